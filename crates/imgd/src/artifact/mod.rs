@@ -1,0 +1,197 @@
+//! Artifact writers: from an assembled root filesystem to the files of a store
+//! entry (iPXE bundle, raw/qcow2/VHD disks, rootfs tarball). Every identifier
+//! an image carries (filesystem and partition UUIDs, FAT serial, VHD UUID) is
+//! derived from the input hash, and every timestamp is the recipe's epoch.
+
+pub mod cpio;
+pub mod disk;
+pub mod esp;
+pub mod ext4;
+pub mod initramfs;
+pub mod tarball;
+
+use crate::config::recipe::Recipe;
+use crate::config::types::{Arch, Format};
+use crate::progress::Progress;
+use crate::rootfs::Rootfs;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// zstd level for initrds and tarballs: fast to build, and the kernel
+/// decompresses it quickly.
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// zstd's multi-threaded output does not depend on the number of workers, so
+/// using every core keeps builds reproducible.
+pub fn zstd_threads<W: std::io::Write>(z: &mut zstd::Encoder<'_, W>) -> std::io::Result<()> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    z.multithread(n)
+}
+
+/// The iPXE script template, built into the binary (and into the input hash).
+pub const IPXE_TEMPLATE: &str = include_str!("../../../../pxe/boot.ipxe");
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Artifact {
+    /// What it is: kernel, initrd, script, disk, rootfs.
+    pub name: String,
+    pub format: Format,
+    /// File name inside the store entry.
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A 16-byte identifier derived from the input hash and a purpose, shaped as
+/// an RFC 4122 version-4 UUID so tools accept it.
+pub fn derived_id(hash: &str, purpose: &str) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("{hash}:{purpose}").as_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&d[..16]);
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
+}
+
+pub fn uuid_string(id: [u8; 16]) -> String {
+    let h = hex::encode(id);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+fn root_partition_type(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+        Arch::Aarch64 => "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
+    }
+}
+
+/// Writes every format of `recipe` into `out` (the entry being built), using
+/// `work` for intermediate files. Returns the artifacts in a fixed order.
+pub fn produce(recipe: &Recipe, rootfs: &Rootfs, hash: &str, entry: &str, out: &Path, work: &Path, progress: &Progress) -> Result<Vec<Artifact>> {
+    let mut made: Vec<(String, Format, String)> = Vec::new();
+    let has = |f: Format| recipe.formats.contains(&f);
+
+    if has(Format::Ipxe) {
+        let step = progress.step("ipxe: kernel, initrd (whole root filesystem), boot.ipxe");
+        std::fs::copy(&rootfs.kernel.image, out.join("vmlinuz")).context("copying the kernel")?;
+        cpio::write_initrd(&rootfs.tree, &out.join("initrd"), recipe.epoch).context("writing initrd")?;
+        let script = IPXE_TEMPLATE
+            .replace("{{entry}}", entry)
+            .replace("{{profile}}", &recipe.name)
+            .replace("{{hash}}", &hash[..12])
+            .replace("{{cmdline}}", &format!("rdinit=/init {}", recipe.cmdline).trim().to_string());
+        std::fs::write(out.join("boot.ipxe"), script)?;
+        made.push(("kernel".into(), Format::Ipxe, "vmlinuz".into()));
+        made.push(("initrd".into(), Format::Ipxe, "initrd".into()));
+        made.push(("script".into(), Format::Ipxe, "boot.ipxe".into()));
+        step.done();
+    }
+
+    if recipe.formats.iter().any(|f| f.is_disk()) {
+        let step = progress.step("disk: initramfs");
+        let initrd = work.join("disk-initrd");
+        initramfs::write(recipe, rootfs, work, &initrd)?;
+        step.done();
+
+        let root_uuid = uuid_string(derived_id(hash, "ext4-uuid"));
+        let root_size = match recipe.disk.size {
+            Some(total) => {
+                let min = 2 * disk::MIB + recipe.disk.esp_size + 16 * disk::MIB;
+                anyhow::ensure!(total >= min, "disk.size {total} is too small: at least {min} bytes");
+                total - 2 * disk::MIB - recipe.disk.esp_size
+            }
+            None => auto_root_size(rootfs, recipe.disk.free),
+        };
+        let layout = disk::Layout::new(root_size + recipe.disk.esp_size + 2 * disk::MIB, recipe.disk.esp_size);
+
+        let step = progress.step("disk: EFI system partition (systemd-boot)");
+        let kernel_copy = work.join("esp-vmlinuz");
+        std::fs::copy(&rootfs.kernel.image, &kernel_copy)?;
+        let loader = work.join("esp-loader.efi");
+        std::fs::copy(&recipe.efi_loader.as_ref().context("no EFI loader")?.path, &loader)?;
+        let conf = work.join("loader.conf");
+        std::fs::write(&conf, "timeout 0\ndefault imgd.conf\n")?;
+        let options = format!("root=UUID={root_uuid} rw init={} {}", recipe.init, recipe.cmdline);
+        let entry_conf = work.join("imgd.conf");
+        std::fs::write(&entry_conf, format!("title {}\nlinux /vmlinuz\ninitrd /initrd\noptions {}\n", recipe.name, options.trim()))?;
+        let serial = u32::from_be_bytes(derived_id(hash, "fat-serial")[..4].try_into().expect("4 bytes"));
+        let esp_img = work.join("esp.img");
+        let files = [
+            esp::EspFile { dest: format!("EFI/BOOT/{}", recipe.arch.efi_boot_file()), src: loader },
+            esp::EspFile { dest: "loader/loader.conf".into(), src: conf },
+            esp::EspFile { dest: "loader/entries/imgd.conf".into(), src: entry_conf },
+            esp::EspFile { dest: "vmlinuz".into(), src: kernel_copy },
+            esp::EspFile { dest: "initrd".into(), src: initrd },
+        ];
+        esp::make(&esp_img, layout.esp_size, serial, &files, recipe.epoch)?;
+        step.done();
+
+        let step = progress.step("disk: ext4 root filesystem");
+        let root_img = work.join("root.ext4");
+        let seed = uuid_string(derived_id(hash, "ext4-hash-seed"));
+        let params = ext4::Ext4Params { uuid: &root_uuid, hash_seed: &seed, label: &recipe.disk.root_label, epoch: recipe.epoch };
+        ext4::make(&rootfs.tree, &root_img, layout.root_size, &params, work)?;
+        step.done();
+
+        let step = progress.step("disk: GPT raw image");
+        let raw = if has(Format::Raw) { out.join("disk.raw") } else { work.join("disk.raw") };
+        let (d, e, r) = (
+            uuid_string(derived_id(hash, "gpt-disk")),
+            uuid_string(derived_id(hash, "gpt-esp")),
+            uuid_string(derived_id(hash, "gpt-root")),
+        );
+        let ids = disk::GptIds { disk: &d, esp: &e, root: &r, root_type: root_partition_type(recipe.arch) };
+        disk::assemble_raw(&raw, &layout, &esp_img, &root_img, &ids)?;
+        std::fs::remove_file(&root_img)?;
+        std::fs::remove_file(&esp_img)?;
+        if has(Format::Raw) {
+            made.push(("disk".into(), Format::Raw, "disk.raw".into()));
+        }
+        step.done();
+        if has(Format::Qcow2) {
+            let step = progress.step("disk: qcow2");
+            disk::to_qcow2(&raw, &out.join("disk.qcow2"))?;
+            made.push(("disk".into(), Format::Qcow2, "disk.qcow2".into()));
+            step.done();
+        }
+        if has(Format::Vhd) {
+            let step = progress.step("disk: fixed VHD");
+            disk::to_vhd(&raw, &out.join("disk.vhd"), recipe.epoch, derived_id(hash, "vhd-uuid"))?;
+            made.push(("disk".into(), Format::Vhd, "disk.vhd".into()));
+            step.done();
+        }
+    }
+
+    if has(Format::Tar) {
+        let step = progress.step("tar: rootfs.tar.zst");
+        tarball::write(&rootfs.tree, &out.join("rootfs.tar.zst"), recipe.epoch)?;
+        made.push(("rootfs".into(), Format::Tar, "rootfs.tar.zst".into()));
+        step.done();
+    }
+
+    let step = progress.step("checksums");
+    let mut artifacts = Vec::new();
+    for (name, format, file) in made {
+        let p = out.join(&file);
+        artifacts.push(Artifact {
+            size: std::fs::metadata(&p)?.len(),
+            sha256: crate::hash::sha256_file(&p)?,
+            name,
+            format,
+            file,
+        });
+    }
+    step.done();
+    Ok(artifacts)
+}
+
+/// Root filesystem size when the profile gives none: content, a block per
+/// inode, ext4 metadata and journal, plus the requested free space; whole MiB.
+fn auto_root_size(rootfs: &Rootfs, free: u64) -> u64 {
+    let content = rootfs.tree.content_bytes();
+    let inodes = rootfs.tree.len() as u64 * 4096;
+    let raw = content + content / 10 + inodes + 64 * disk::MIB + free;
+    raw.div_ceil(disk::MIB) * disk::MIB
+}

@@ -1,0 +1,55 @@
+//! The root filesystem as a zstd-compressed tarball, for deployers that take one.
+
+use crate::rootfs::tree::{Kind, Tree};
+use std::io;
+use std::path::Path;
+
+pub fn write(tree: &Tree, path: &Path, mtime: u64) -> io::Result<()> {
+    let file = std::fs::File::create(path)?;
+    let mut z = zstd::Encoder::new(io::BufWriter::with_capacity(1 << 20, file), super::ZSTD_LEVEL)?;
+    super::zstd_threads(&mut z)?;
+    let mut b = tar::Builder::new(z);
+    b.mode(tar::HeaderMode::Deterministic);
+    for (rel, node) in tree.nodes() {
+        let name = if rel.is_empty() { "./".to_string() } else { format!("./{rel}") };
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(node.mode);
+        h.set_uid(node.uid as u64);
+        h.set_gid(node.gid as u64);
+        h.set_mtime(mtime);
+        h.set_size(0);
+        use tar::EntryType as T;
+        match &node.kind {
+            Kind::File => {
+                let mut f = std::fs::File::open(tree.staged(rel))?;
+                h.set_entry_type(T::Regular);
+                h.set_size(f.metadata()?.len());
+                b.append_data(&mut h, &name, &mut f)?;
+            }
+            Kind::Dir => {
+                h.set_entry_type(T::Directory);
+                b.append_data(&mut h, &name, io::empty())?;
+            }
+            Kind::Symlink(t) => {
+                h.set_entry_type(T::Symlink);
+                b.append_link(&mut h, &name, t)?;
+            }
+            Kind::Hardlink(t) => {
+                h.set_entry_type(T::Link);
+                b.append_link(&mut h, &name, format!("./{t}"))?;
+            }
+            Kind::Char(a, m) | Kind::Block(a, m) => {
+                h.set_entry_type(if matches!(node.kind, Kind::Char(..)) { T::Char } else { T::Block });
+                h.set_device_major(*a)?;
+                h.set_device_minor(*m)?;
+                b.append_data(&mut h, &name, io::empty())?;
+            }
+            Kind::Fifo => {
+                h.set_entry_type(T::Fifo);
+                b.append_data(&mut h, &name, io::empty())?;
+            }
+        }
+    }
+    let z = b.into_inner()?;
+    z.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()
+}

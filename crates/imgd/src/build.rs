@@ -1,0 +1,88 @@
+//! `imgd build` as a library call: hash the recipe, return the store entry if it
+//! exists, else build it in a private directory and commit it atomically.
+
+use crate::artifact;
+use crate::config::Recipe;
+use crate::progress::Progress;
+use crate::store::{entry_name, Entry, Manifest, Store};
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Bumped whenever the builder's output for the same inputs changes.
+pub const BUILDER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "/layout-1");
+
+/// External tools whose version can change the bytes of an artifact.
+const TOOLS: &[(&str, &str)] = &[
+    ("mke2fs", "-V"),
+    ("mformat", "--version"),
+    ("sfdisk", "--version"),
+    ("qemu-img", "--version"),
+    ("depmod", "--version"),
+];
+
+#[derive(Serialize)]
+struct HashInput<'a> {
+    builder: &'static str,
+    tools: BTreeMap<&'static str, String>,
+    ipxe_template: String,
+    recipe: &'a Recipe,
+}
+
+/// SHA-256 over the canonical JSON of the recipe (inputs by content digest),
+/// the builder version, the image tools' versions and the iPXE template.
+pub fn input_hash(recipe: &Recipe) -> String {
+    let tools = TOOLS.iter().map(|(t, a)| (*t, crate::tools::version_line(t, a))).collect();
+    let input = HashInput {
+        builder: BUILDER_VERSION,
+        tools,
+        ipxe_template: crate::hash::sha256_hex(artifact::IPXE_TEMPLATE.as_bytes()),
+        recipe,
+    };
+    let json = serde_json::to_vec(&input).expect("recipe serializes");
+    crate::hash::sha256_hex(&json)
+}
+
+pub struct Built {
+    pub entry: Entry,
+    /// True when the entry already existed (no work was done).
+    pub cached: bool,
+}
+
+pub fn build(recipe: &Recipe, store: &Store, progress: &Progress) -> Result<Built> {
+    let hash = input_hash(recipe);
+    let name = entry_name(&hash, &recipe.name);
+    if let Some(entry) = store.get(&name)? {
+        return Ok(Built { entry, cached: true });
+    }
+    let _lock = store.lock(&hash)?;
+    // Someone else may have finished it while we waited for the lock.
+    if let Some(entry) = store.get(&name)? {
+        return Ok(Built { entry, cached: true });
+    }
+    let pending = store.begin(&name)?;
+    let work = tempfile::Builder::new().prefix("work.").tempdir_in(store.root().join(".tmp"))?;
+
+    let step = progress.step(&format!("root filesystem for {}", recipe.name));
+    let rootfs = crate::rootfs::assemble(recipe, work.path()).context("assembling the root filesystem")?;
+    step.done();
+    let artifacts = artifact::produce(recipe, &rootfs, &hash, &name, pending.path(), work.path(), progress)?;
+    drop(rootfs);
+    drop(work);
+
+    let manifest = Manifest {
+        name: name.clone(),
+        hash: hash.clone(),
+        profile: recipe.name.clone(),
+        hardware: recipe.hardware.clone(),
+        arch: recipe.arch,
+        firmware: recipe.firmware,
+        imgd_version: env!("CARGO_PKG_VERSION").into(),
+        built_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        source_date_epoch: recipe.epoch,
+        artifacts,
+        recipe: serde_json::to_value(recipe)?,
+    };
+    let entry = store.commit(pending, &manifest)?;
+    Ok(Built { entry, cached: false })
+}

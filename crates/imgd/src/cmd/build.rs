@@ -1,0 +1,68 @@
+//! `imgd build` and `imgd hash`.
+
+use super::{ProfileArgs, StoreArgs};
+use clap::Args;
+use imgd::progress::Progress;
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  imgd build hello                      build every format of profiles/hello.toml
+  imgd build hello --format ipxe        only the netboot bundle
+  imgd build debian --hardware aws-nitro-x86_64 --set hostname=web-1
+  imgd build profiles/hello.toml --json | jq -r .artifacts[].file")]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print the manifest as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: &BuildArgs) -> anyhow::Result<()> {
+    let recipe = a.profile.recipe()?;
+    let store = a.store.open()?;
+    let progress = Progress::new(false);
+    let built = imgd::build::build(&recipe, &store, &progress)?;
+    let e = &built.entry;
+    if a.json {
+        let mut v = serde_json::to_value(&e.manifest)?;
+        v["path"] = serde_json::Value::String(e.path.to_string_lossy().into_owned());
+        v["cached"] = serde_json::Value::Bool(built.cached);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let how = if built.cached { "cached" } else { "built" };
+        eprintln!("{how} {}", e.name);
+        for art in &e.manifest.artifacts {
+            eprintln!("  {:<6} {:<15} {:>12} bytes  sha256:{}", art.format, art.file, art.size, &art.sha256[..16]);
+        }
+        println!("{}", e.path.display());
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct HashArgs {
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+    /// Print hash, entry name and the hashed recipe as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn hash(a: &HashArgs) -> anyhow::Result<()> {
+    let recipe = a.profile.recipe()?;
+    let hash = imgd::build::input_hash(&recipe);
+    if a.json {
+        let v = serde_json::json!({
+            "hash": hash,
+            "name": imgd::store::entry_name(&hash, &recipe.name),
+            "recipe": recipe,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{hash}");
+    }
+    Ok(())
+}

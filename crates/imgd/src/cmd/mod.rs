@@ -1,0 +1,80 @@
+//! One module per subcommand, each with its clap arguments and its `run`.
+
+pub mod build;
+pub mod store_cmds;
+pub mod test;
+
+use clap::Args;
+use imgd::config::recipe::ResolveOptions;
+use imgd::config::types::Format;
+use imgd::config::{self, ConfigError, LoadRequest, Recipe};
+use std::path::PathBuf;
+
+/// Options shared by every command that reads a profile.
+#[derive(Args, Debug, Clone)]
+pub struct ProfileArgs {
+    /// Profile: a path to a .toml file, or a name in <root>/profiles/.
+    pub profile: String,
+    /// Hardware name in hardware/ (or a path), overriding the profile's.
+    #[arg(long)]
+    pub hardware: Option<String>,
+    /// Build only these formats (repeatable): ipxe, raw, qcow2, vhd, tar.
+    #[arg(long = "format", value_name = "FORMAT")]
+    pub formats: Vec<Format>,
+    /// Override any profile key, e.g. --set hostname=web-1 --set disk.size=4GiB.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Folder holding profiles/ and hardware/.
+    #[arg(long, env = "IMGD_ROOT", default_value = ".")]
+    pub root: PathBuf,
+    /// Folder of downloaded .deb files (scripts/setup.sh fills it).
+    #[arg(long, env = "IMGD_CACHE")]
+    pub cache: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Store directory [default: $IMGD_STORE or ~/.local/share/imgd/store].
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    pub fn open(&self) -> anyhow::Result<imgd::store::Store> {
+        imgd::store::Store::open(&self.store.clone().unwrap_or_else(imgd::store::default_dir))
+    }
+}
+
+pub fn default_cache() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("imgd");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/var/cache"), PathBuf::from);
+    home.join(".cache/imgd")
+}
+
+impl ProfileArgs {
+    pub fn recipe(&self) -> Result<Recipe, ConfigError> {
+        let loaded = config::load(&LoadRequest {
+            profile: self.profile.clone(),
+            root: self.root.clone(),
+            hardware: self.hardware.clone(),
+            sets: self.sets.clone(),
+        })?;
+        let env_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) => Some(v.trim().parse::<u64>().map_err(|_| {
+                ConfigError::new("SOURCE_DATE_EPOCH", format!("`{v}` is not a number of seconds"))
+            })?),
+            Err(_) => None,
+        };
+        let cache = self.cache.clone().unwrap_or_else(default_cache);
+        config::resolve(
+            &loaded,
+            &ResolveOptions {
+                deb_cache: cache.join("debs"),
+                formats: (!self.formats.is_empty()).then(|| self.formats.clone()),
+                env_epoch,
+            },
+        )
+    }
+}

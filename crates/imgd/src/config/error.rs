@@ -1,0 +1,104 @@
+//! Errors in user input (profiles, hardware files, `--set`): they always name the
+//! file, the line and column where known, and the key, and map to exit code 2.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A mistake in the user's input. `imgd` exits with code 2 on this error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file the mistake is in, or a pseudo-source such as `--set`.
+    pub file: PathBuf,
+    /// 1-based line and column of the offending key or value, when known.
+    pub pos: Option<(usize, usize)>,
+    /// Dotted key, e.g. `disk.size` or `files[2].mode`.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        ConfigError { file: file.into(), pos: None, key: None, message: message.into() }
+    }
+
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    pub fn at(mut self, pos: Option<(usize, usize)>) -> Self {
+        self.pos = pos;
+        self
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, col)) = self.pos {
+            write!(f, ":{line}:{col}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// 1-based (line, column) of a byte offset in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Turns a `toml` deserialization error into a [`ConfigError`] for `file`.
+///
+/// The toml crate reports the span of the offending value; the key is recovered
+/// from the text at that span (`key = value` on the same line) or from the
+/// message ("unknown field `x`").
+pub fn from_toml(file: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
+    let message = err.message().trim().to_string();
+    let pos = err.span().map(|s| line_col(text, s.start));
+    let key = quoted_field(&message).or_else(|| {
+        let span = err.span()?;
+        key_before(text, span.start)
+    });
+    ConfigError { file: file.to_path_buf(), pos, key, message }
+}
+
+/// "unknown field `foo`, expected ..." -> "foo"
+fn quoted_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `").or_else(|| message.strip_prefix("missing field `"))?;
+    Some(rest.split('`').next()?.to_string())
+}
+
+/// The key on the line holding `offset`, when the line reads `key = ...`.
+fn key_before(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = &text[start..offset];
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    (!key.is_empty() && !key.contains(['[', '{', '#'])).then(|| key.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("a = 1\nbb = 2\n", 6), (2, 1));
+        assert_eq!(line_col("a = 1\nbb = 2\n", 11), (2, 6));
+    }
+
+    #[test]
+    fn key_is_recovered_from_the_line() {
+        assert_eq!(key_before("x = 1\nsize = \"big\"\n", 13).as_deref(), Some("size"));
+    }
+}

@@ -1,0 +1,76 @@
+//! Assembling the root filesystem of a build: base, kernel modules, then the
+//! profile's customizations, in that order (the profile has the last word).
+
+pub mod customize;
+pub mod kernel;
+pub mod tree;
+
+use crate::config::recipe::{Base, Kernel, Recipe};
+use anyhow::{bail, Context, Result};
+use kernel::KernelParts;
+use std::path::Path;
+use tree::Tree;
+
+pub struct Rootfs {
+    pub tree: Tree,
+    pub kernel: KernelParts,
+    /// The hardware's modules and their dependencies, in load order, relative
+    /// to the kernel's modules directory.
+    pub boot_modules: Vec<String>,
+}
+
+pub fn assemble(recipe: &Recipe, work: &Path) -> Result<Rootfs> {
+    let mut tree = Tree::new(&work.join("root"))?;
+    match &recipe.base {
+        Base::Debs(debs) => {
+            for d in debs {
+                tree.extract_deb(&d.path).with_context(|| format!("unpacking {}", d.name))?;
+            }
+        }
+        Base::Tarball(t) => tree.extract_tarball(&t.path).with_context(|| format!("unpacking {}", t.name))?,
+        Base::Dir(d) => tree.import_dir(&d.path, "/").with_context(|| format!("copying {}", d.path.display()))?,
+        Base::Debootstrap(spec) => {
+            let target = work.join("debootstrap");
+            if !rustix::process::geteuid().is_root() {
+                bail!("base.debootstrap needs root (debootstrap creates device nodes and chroots)");
+            }
+            let mut cmd = std::process::Command::new("debootstrap");
+            cmd.arg(format!("--variant={}", spec.variant.as_deref().unwrap_or("minbase")));
+            if !spec.packages.is_empty() {
+                cmd.arg(format!("--include={}", spec.packages.join(",")));
+            }
+            cmd.arg(&spec.suite).arg(&target);
+            cmd.arg(spec.mirror.as_deref().unwrap_or("http://deb.debian.org/debian"));
+            crate::tools::run(&mut cmd).context("debootstrap")?;
+            // Caches and logs of the bootstrap itself are not part of an image.
+            for junk in ["var/cache/apt/archives", "var/log/bootstrap.log", "debootstrap"] {
+                let p = target.join(junk);
+                if p.is_dir() {
+                    std::fs::remove_dir_all(&p)?;
+                    std::fs::create_dir_all(&p)?;
+                } else if p.exists() {
+                    std::fs::remove_file(&p)?;
+                }
+            }
+            tree.import_dir(&target, "/")?;
+        }
+    }
+    let kernel = KernelParts::obtain(recipe, &tree, work)?;
+    let boot_modules = if kernel.has_modules() {
+        kernel.closure(&recipe.modules).with_context(|| format!("hardware `{}`", recipe.hardware))?
+    } else {
+        Vec::new()
+    };
+    if !matches!(recipe.kernel, Kernel::FromBase) {
+        kernel.install(&mut tree, &boot_modules)?;
+    }
+    customize::skeleton(&mut tree)?;
+    customize::boot_entry(&mut tree, &recipe.init)?;
+    customize::users(&mut tree, recipe)?;
+    if let Some(h) = &recipe.hostname {
+        customize::hostname(&mut tree, h)?;
+    }
+    customize::files(&mut tree, recipe)?;
+    customize::services(&mut tree, recipe)?;
+    Ok(Rootfs { tree, kernel, boot_modules })
+}

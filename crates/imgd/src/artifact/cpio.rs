@@ -25,14 +25,35 @@ impl<W: Write> CpioWriter<W> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn header(&mut self, name: &str, mode: u32, uid: u32, gid: u32, nlink: u32, size: u64, rdev: (u32, u32)) -> io::Result<()> {
+    fn header(
+        &mut self,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        nlink: u32,
+        size: u64,
+        rdev: (u32, u32),
+    ) -> io::Result<()> {
         if size > u32::MAX as u64 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{name}: too large for newc cpio")));
         }
         self.ino += 1;
         let h = format!(
             "070701{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}",
-            self.ino, mode, uid, gid, nlink, self.mtime, size, 0, 0, rdev.0, rdev.1, name.len() + 1, 0
+            self.ino,
+            mode,
+            uid,
+            gid,
+            nlink,
+            self.mtime,
+            size,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() + 1,
+            0
         );
         self.out.write_all(h.as_bytes())?;
         self.out.write_all(name.as_bytes())?;
@@ -43,7 +64,16 @@ impl<W: Write> CpioWriter<W> {
 
     /// Writes one entry; `data` must yield exactly `size` bytes.
     #[allow(clippy::too_many_arguments)]
-    pub fn entry(&mut self, name: &str, mode: u32, uid: u32, gid: u32, size: u64, rdev: (u32, u32), data: &mut dyn Read) -> io::Result<()> {
+    pub fn entry(
+        &mut self,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        size: u64,
+        rdev: (u32, u32),
+        data: &mut dyn Read,
+    ) -> io::Result<()> {
         let nlink = if mode & 0o170000 == 0o040000 { 2 } else { 1 };
         self.header(name, mode, uid, gid, nlink, size, rdev)?;
         let copied = io::copy(&mut data.take(size), &mut self.out)?;

@@ -10,7 +10,18 @@ use anyhow::{Context, Result};
 use std::path::Path;
 
 const APPLETS: &[&str] = &[
-    "sh", "mount", "umount", "insmod", "modprobe", "findfs", "sleep", "switch_root", "cat", "ls", "echo", "poweroff",
+    "sh",
+    "mount",
+    "umount",
+    "insmod",
+    "modprobe",
+    "findfs",
+    "sleep",
+    "switch_root",
+    "cat",
+    "ls",
+    "echo",
+    "poweroff",
     "mkdir",
 ];
 

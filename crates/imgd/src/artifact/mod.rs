@@ -69,7 +69,15 @@ fn root_partition_type(arch: Arch) -> &'static str {
 
 /// Writes every format of `recipe` into `out` (the entry being built), using
 /// `work` for intermediate files. Returns the artifacts in a fixed order.
-pub fn produce(recipe: &Recipe, rootfs: &Rootfs, hash: &str, entry: &str, out: &Path, work: &Path, progress: &Progress) -> Result<Vec<Artifact>> {
+pub fn produce(
+    recipe: &Recipe,
+    rootfs: &Rootfs,
+    hash: &str,
+    entry: &str,
+    out: &Path,
+    work: &Path,
+    progress: &Progress,
+) -> Result<Vec<Artifact>> {
     let mut made: Vec<(String, Format, String)> = Vec::new();
     let has = |f: Format| recipe.formats.contains(&f);
 
@@ -81,7 +89,7 @@ pub fn produce(recipe: &Recipe, rootfs: &Rootfs, hash: &str, entry: &str, out: &
             .replace("{{entry}}", entry)
             .replace("{{profile}}", &recipe.name)
             .replace("{{hash}}", &hash[..12])
-            .replace("{{cmdline}}", &format!("rdinit=/init {}", recipe.cmdline).trim().to_string());
+            .replace("{{cmdline}}", format!("rdinit=/init {}", recipe.cmdline).trim());
         std::fs::write(out.join("boot.ipxe"), script)?;
         made.push(("kernel".into(), Format::Ipxe, "vmlinuz".into()));
         made.push(("initrd".into(), Format::Ipxe, "initrd".into()));
@@ -115,7 +123,10 @@ pub fn produce(recipe: &Recipe, rootfs: &Rootfs, hash: &str, entry: &str, out: &
         std::fs::write(&conf, "timeout 0\ndefault imgd.conf\n")?;
         let options = format!("root=UUID={root_uuid} rw init={} {}", recipe.init, recipe.cmdline);
         let entry_conf = work.join("imgd.conf");
-        std::fs::write(&entry_conf, format!("title {}\nlinux /vmlinuz\ninitrd /initrd\noptions {}\n", recipe.name, options.trim()))?;
+        std::fs::write(
+            &entry_conf,
+            format!("title {}\nlinux /vmlinuz\ninitrd /initrd\noptions {}\n", recipe.name, options.trim()),
+        )?;
         let serial = u32::from_be_bytes(derived_id(hash, "fat-serial")[..4].try_into().expect("4 bytes"));
         let esp_img = work.join("esp.img");
         let files = [
@@ -131,7 +142,12 @@ pub fn produce(recipe: &Recipe, rootfs: &Rootfs, hash: &str, entry: &str, out: &
         let step = progress.step("disk: ext4 root filesystem");
         let root_img = work.join("root.ext4");
         let seed = uuid_string(derived_id(hash, "ext4-hash-seed"));
-        let params = ext4::Ext4Params { uuid: &root_uuid, hash_seed: &seed, label: &recipe.disk.root_label, epoch: recipe.epoch };
+        let params = ext4::Ext4Params {
+            uuid: &root_uuid,
+            hash_seed: &seed,
+            label: &recipe.disk.root_label,
+            epoch: recipe.epoch,
+        };
         ext4::make(&rootfs.tree, &root_img, layout.root_size, &params, work)?;
         step.done();
 

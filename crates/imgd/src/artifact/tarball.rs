@@ -11,7 +11,7 @@ pub fn write(tree: &Tree, path: &Path, mtime: u64) -> io::Result<()> {
     let mut b = tar::Builder::new(z);
     b.mode(tar::HeaderMode::Deterministic);
     for (rel, node) in tree.nodes() {
-        let name = if rel.is_empty() { "./".to_string() } else { format!("./{rel}") };
+        let name = if rel.is_empty() { "./".to_string() } else { rel.clone() };
         let mut h = tar::Header::new_gnu();
         h.set_mode(node.mode);
         h.set_uid(node.uid as u64);
@@ -36,7 +36,7 @@ pub fn write(tree: &Tree, path: &Path, mtime: u64) -> io::Result<()> {
             }
             Kind::Hardlink(t) => {
                 h.set_entry_type(T::Link);
-                b.append_link(&mut h, &name, format!("./{t}"))?;
+                b.append_link(&mut h, &name, t.as_str())?;
             }
             Kind::Char(a, m) | Kind::Block(a, m) => {
                 h.set_entry_type(if matches!(node.kind, Kind::Char(..)) { T::Char } else { T::Block });

@@ -62,9 +62,11 @@ impl ProfileArgs {
             sets: self.sets.clone(),
         })?;
         let env_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-            Ok(v) => Some(v.trim().parse::<u64>().map_err(|_| {
-                ConfigError::new("SOURCE_DATE_EPOCH", format!("`{v}` is not a number of seconds"))
-            })?),
+            Ok(v) => Some(
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| ConfigError::new("SOURCE_DATE_EPOCH", format!("`{v}` is not a number of seconds")))?,
+            ),
             Err(_) => None,
         };
         let cache = self.cache.clone().unwrap_or_else(default_cache);

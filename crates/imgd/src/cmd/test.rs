@@ -61,10 +61,8 @@ pub fn run(a: &TestArgs) -> anyhow::Result<()> {
     let machine = Machine { arch: recipe.arch, firmware: recipe.firmware, qemu: &loaded_hw.qemu, accel: a.accel };
     for f in wanted {
         let file = |name: &str| -> anyhow::Result<std::path::PathBuf> {
-            let art = entry
-                .manifest
-                .artifact(f, name)
-                .with_context(|| format!("entry {} has no {f} {name}", entry.name))?;
+            let art =
+                entry.manifest.artifact(f, name).with_context(|| format!("entry {} has no {f} {name}", entry.name))?;
             Ok(entry.path.join(&art.file))
         };
         let src = match f {

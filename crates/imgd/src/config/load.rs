@@ -12,15 +12,8 @@ use toml::{Table, Value};
 
 /// Keys whose string values are paths, relative to the file that sets them.
 /// `[]` stands for "every element of the array".
-const PATH_KEYS: &[&str] = &[
-    "base.tarball",
-    "base.dir",
-    "base.debs[]",
-    "kernel.deb",
-    "kernel.image",
-    "kernel.modules",
-    "files[].source",
-];
+const PATH_KEYS: &[&str] =
+    &["base.tarball", "base.dir", "base.debs[]", "kernel.deb", "kernel.image", "kernel.modules", "files[].source"];
 
 /// Arrays of tables that a child profile appends to instead of replacing.
 const APPENDED_ARRAYS: &[&str] = &["files", "users"];
@@ -64,12 +57,7 @@ impl Loaded {
     }
 
     pub fn hardware_error(&self, key: &str, message: impl Into<String>) -> ConfigError {
-        let text = std::fs::read_to_string(&self.hardware_path).unwrap_or_default();
-        let mut origins = BTreeMap::new();
-        if let Ok(t) = DeTable::parse(&text) {
-            collect_origins(&self.hardware_path, &text, t.get_ref(), "", 0, &mut origins);
-        }
-        let pos = origins.get(key).and_then(|o: &Origin| o.pos);
+        let pos = locate(&self.hardware_path, key);
         ConfigError::new(&self.hardware_path, message).key(key).at(pos)
     }
 }
@@ -119,13 +107,27 @@ pub fn load(req: &LoadRequest) -> Result<Loaded, ConfigError> {
         }
     })?;
     let hw_text = read(&hardware_path)?;
-    let hardware: HardwareFile =
-        toml::from_str(&hw_text).map_err(|e| from_toml(&hardware_path, &hw_text, &e))?;
-    let hardware_name = Path::new(&hardware_name)
-        .file_stem()
-        .map_or(hardware_name.clone(), |s| s.to_string_lossy().into_owned());
+    let hardware: HardwareFile = toml::from_str(&hw_text).map_err(|e| from_toml(&hardware_path, &hw_text, &e))?;
+    let hardware_name =
+        Path::new(&hardware_name).file_stem().map_or(hardware_name.clone(), |s| s.to_string_lossy().into_owned());
 
     Ok(Loaded { profile_path, profile, hardware_name, hardware_path, hardware, origins })
+}
+
+/// Line and column of a dotted `key` (e.g. `modules`, `services.enable[1]`) in
+/// a TOML file, or of its nearest parent that is there.
+pub fn locate(path: &Path, key: &str) -> Option<(usize, usize)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut origins = BTreeMap::new();
+    let t = DeTable::parse(&text).ok()?;
+    collect_origins(path, &text, t.get_ref(), "", 0, &mut origins);
+    let mut k = key;
+    loop {
+        if let Some(o) = origins.get(k) {
+            return o.pos;
+        }
+        k = &k[..k.rfind(['.', '['])?];
+    }
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
@@ -158,7 +160,10 @@ pub fn find_profile(root: &Path, arg: &str) -> Result<PathBuf, ConfigError> {
     known.sort();
     Err(ConfigError::new(
         &named,
-        format!("no profile named `{arg}` (known: {})", if known.is_empty() { "none".into() } else { known.join(", ") }),
+        format!(
+            "no profile named `{arg}` (known: {})",
+            if known.is_empty() { "none".into() } else { known.join(", ") }
+        ),
     ))
 }
 
@@ -224,10 +229,8 @@ fn load_layers(
     }
     let mut merged = load_layers(&parent_path, origins, depth + 1, chain)?;
     // Elements appended to the parent's arrays keep their own origins, shifted.
-    let offsets: BTreeMap<&str, usize> = APPENDED_ARRAYS
-        .iter()
-        .map(|k| (*k, merged.get(*k).and_then(Value::as_array).map_or(0, Vec::len)))
-        .collect();
+    let offsets: BTreeMap<&str, usize> =
+        APPENDED_ARRAYS.iter().map(|k| (*k, merged.get(*k).and_then(Value::as_array).map_or(0, Vec::len))).collect();
     for (key, origin) in own {
         let key = offsets.iter().fold(key, |key, (arr, off)| shift_index(&key, arr, *off));
         origins.insert(key, origin);
@@ -322,7 +325,10 @@ fn collect_value(file: &Path, text: &str, v: &DeValue<'_>, key: &str, out: &mut 
         DeValue::Array(a) => {
             for (i, item) in a.iter().enumerate() {
                 let k = format!("{key}[{i}]");
-                out.insert(k.clone(), Origin { file: file.to_path_buf(), pos: Some(line_col(text, item.span().start)) });
+                out.insert(
+                    k.clone(),
+                    Origin { file: file.to_path_buf(), pos: Some(line_col(text, item.span().start)) },
+                );
                 collect_value(file, text, item.get_ref(), &k, out);
             }
         }
@@ -418,7 +424,7 @@ mod tests {
         // Errors about the child's second file point into the child.
         let e = l.error("files[1].content", "boom");
         assert!(e.file.ends_with("child.toml"), "{e}");
-        assert_eq!(e.pos.map(|p| p.0), Some(6));
+        assert_eq!(e.pos.map(|p| p.0), Some(7));
         let e = l.error("files[0].source", "boom");
         assert!(e.file.ends_with("base.toml"), "{e}");
     }

@@ -74,6 +74,11 @@ pub struct Disk {
 /// Everything one build needs, checked. Serialized, it is the hash input.
 #[derive(Debug, Clone, Serialize)]
 pub struct Recipe {
+    /// The profile file and hardware file, for error messages (not hashed).
+    #[serde(skip)]
+    pub profile_file: PathBuf,
+    #[serde(skip)]
+    pub hardware_file: PathBuf,
     pub name: String,
     pub hardware: String,
     pub arch: Arch,
@@ -89,6 +94,9 @@ pub struct Recipe {
     pub kernel: Kernel,
     /// Modules to install and load at boot: the hardware's, then the profile's extras.
     pub modules: Vec<String>,
+    /// The profile's part of `modules`, to point errors at the right file.
+    #[serde(skip)]
+    pub extra_modules: Vec<String>,
     pub files: Vec<FileEntry>,
     pub users: Vec<UserSpec>,
     pub services: Vec<String>,
@@ -116,9 +124,10 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
     let p = &l.profile;
     let hw = &l.hardware;
     let arch = hw.arch;
-    let name = p.name.clone().unwrap_or_else(|| {
-        l.profile_path.file_stem().map_or("profile".into(), |s| s.to_string_lossy().into_owned())
-    });
+    let name = p
+        .name
+        .clone()
+        .unwrap_or_else(|| l.profile_path.file_stem().map_or("profile".into(), |s| s.to_string_lossy().into_owned()));
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(l.error("name", format!("profile name `{name}` must be letters, digits, - or _")));
     }
@@ -156,16 +165,24 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
         file_input(key, &path.to_string_lossy())
     };
 
-    let base_spec = p.base.clone().ok_or_else(|| l.error("base", "missing [base]: set one of debs, tarball, dir, debootstrap"))?;
-    let chosen = [base_spec.debs.is_some(), base_spec.tarball.is_some(), base_spec.dir.is_some(), base_spec.debootstrap.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count();
+    let base_spec =
+        p.base.clone().ok_or_else(|| l.error("base", "missing [base]: set one of debs, tarball, dir, debootstrap"))?;
+    let chosen = [
+        base_spec.debs.is_some(),
+        base_spec.tarball.is_some(),
+        base_spec.dir.is_some(),
+        base_spec.debootstrap.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
     if chosen != 1 {
         return Err(l.error("base", "set exactly one of debs, tarball, dir, debootstrap"));
     }
     let base = if let Some(debs) = &base_spec.debs {
-        Base::Debs(debs.iter().enumerate().map(|(i, d)| deb_input(&format!("base.debs[{i}]"), d)).collect::<Result<_, _>>()?)
+        Base::Debs(
+            debs.iter().enumerate().map(|(i, d)| deb_input(&format!("base.debs[{i}]"), d)).collect::<Result<_, _>>()?,
+        )
     } else if let Some(t) = &base_spec.tarball {
         let ok = [".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.zstd"].iter().any(|s| t.ends_with(s));
         if !ok {
@@ -242,12 +259,12 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
     let d = p.disk.clone().unwrap_or_default();
     let size = d.size.map(|s| s.0);
     if let Some(s) = size {
-        if s % MIB != 0 {
+        if !s.is_multiple_of(MIB) {
             return Err(l.error("disk.size", "disk size must be a whole number of MiB (VHD and AWS require it)"));
         }
     }
     let esp_size = d.esp_size.map_or(64 * MIB, |s| s.0);
-    if esp_size < 33 * MIB || esp_size % MIB != 0 {
+    if esp_size < 33 * MIB || !esp_size.is_multiple_of(MIB) {
         return Err(l.error("disk.esp_size", "ESP must be a whole number of MiB and at least 33MiB (FAT32)"));
     }
     let disk = Disk {
@@ -282,6 +299,8 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
     };
 
     Ok(Recipe {
+        profile_file: l.profile_path.clone(),
+        hardware_file: l.hardware_path.clone(),
         name,
         hardware: l.hardware_name.clone(),
         arch,
@@ -295,6 +314,7 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
         base,
         kernel,
         modules,
+        extra_modules: k.extra_modules.iter().map(|m| m.replace('-', "_")).collect(),
         files,
         users: p.users.clone(),
         services: p.services.clone().unwrap_or_default().enable,
@@ -364,4 +384,18 @@ fn dpkg_version_gt(a: &str, b: &str) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(a > b)
+}
+
+impl Recipe {
+    /// A bad-input error about `key` of the profile, found during the build.
+    pub fn profile_error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        let pos = super::load::locate(&self.profile_file, key);
+        ConfigError::new(&self.profile_file, message).key(key).at(pos)
+    }
+
+    /// A bad-input error about `key` of the hardware file.
+    pub fn hardware_error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        let pos = super::load::locate(&self.hardware_file, key);
+        ConfigError::new(&self.hardware_file, message).key(key).at(pos)
+    }
 }

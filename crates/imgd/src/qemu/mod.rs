@@ -33,7 +33,8 @@ pub struct Machine<'a> {
     pub accel: Accel,
 }
 
-const OVMF_CODE: &[&str] = &["/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/qemu/OVMF.fd"];
+const OVMF_CODE: &[&str] =
+    &["/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/qemu/OVMF.fd"];
 const OVMF_VARS: &[&str] = &["/usr/share/OVMF/OVMF_VARS_4M.fd", "/usr/share/OVMF/OVMF_VARS.fd"];
 
 fn first_existing(paths: &[&str]) -> Option<PathBuf> {
@@ -43,12 +44,21 @@ fn first_existing(paths: &[&str]) -> Option<PathBuf> {
 /// The qemu command for `m` booting `src`; `scratch` holds the UEFI vars copy.
 pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Command> {
     if m.arch != Arch::X86_64 {
-        bail!("booting {} hardware in qemu is not supported yet (needs qemu-system-aarch64 and AAVMF)", m.arch.as_str());
+        bail!(
+            "booting {} hardware in qemu is not supported yet (needs qemu-system-aarch64 and AAVMF)",
+            m.arch.as_str()
+        );
     }
     let mut c = Command::new("qemu-system-x86_64");
     c.args(["-machine", &m.qemu.machine, "-cpu", &m.qemu.cpu]);
     c.args(["-m", &m.qemu.memory_mib.to_string(), "-smp", &m.qemu.smp.to_string()]);
-    c.args(["-accel", match m.accel { Accel::Kvm => "kvm", Accel::Tcg => "tcg" }]);
+    c.args([
+        "-accel",
+        match m.accel {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        },
+    ]);
     c.args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"]);
     c.args(["-nic", "none"]);
     match src {
@@ -122,7 +132,12 @@ pub fn boot_until(mut cmd: Command, marker: &str, timeout: Duration, log: &Path)
     let mut tail: std::collections::VecDeque<String> = Default::default();
     let fail = |reason: &str, tail: &std::collections::VecDeque<String>| -> anyhow::Error {
         let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
-        anyhow::anyhow!("{reason} (console log: {})\n--- last {} console lines ---\n{}", log.display(), lines.len(), lines.join("\n"))
+        anyhow::anyhow!(
+            "{reason} (console log: {})\n--- last {} console lines ---\n{}",
+            log.display(),
+            lines.len(),
+            lines.join("\n")
+        )
     };
     loop {
         let left = timeout.saturating_sub(start.elapsed());

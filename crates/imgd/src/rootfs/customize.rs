@@ -3,8 +3,7 @@
 
 use super::tree::{Kind, Tree};
 use crate::config::recipe::{FileContent, Recipe};
-use crate::config::ConfigError;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 
 /// Directories every Linux root needs as mount points.
 pub fn skeleton(tree: &mut Tree) -> Result<()> {
@@ -76,8 +75,8 @@ pub fn users(tree: &mut Tree, recipe: &Recipe) -> Result<()> {
     let days = recipe.epoch / 86_400;
     for (i, u) in recipe.users.iter().enumerate() {
         if ids(&passwd).iter().any(|(n, _)| n == &u.name) {
-            bail!(ConfigError::new("profile", format!("user `{}` already exists in the base", u.name))
-                .key(format!("users[{i}].name")));
+            bail!(recipe
+                .profile_error(&format!("users[{i}].name"), format!("user `{}` already exists in the base", u.name)));
         }
         let uid = u.uid.unwrap_or(1000 + i as u32);
         let home = u.home.clone().unwrap_or_else(|| format!("/home/{}", u.name));
@@ -86,8 +85,9 @@ pub fn users(tree: &mut Tree, recipe: &Recipe) -> Result<()> {
         group.push_str(&format!("{}:x:{uid}:\n", u.name));
         shadow.push_str(&format!("{}:!:{days}:0:99999:7:::\n", u.name));
         for g in &u.groups {
-            group = add_member(&group, g, &u.name)
-                .ok_or_else(|| anyhow!("users[{i}].groups: no group `{g}` in the image's /etc/group"))?;
+            group = add_member(&group, g, &u.name).ok_or_else(|| {
+                recipe.profile_error(&format!("users[{i}].groups"), format!("no group `{g}` in the image's /etc/group"))
+            })?;
         }
         let rel = tree.add_dir(&home, 0o755)?;
         tree.set_owner(&rel, uid, uid);
@@ -131,9 +131,10 @@ fn add_member(group: &str, g: &str, user: &str) -> Option<String> {
 fn owner(tree: &Tree, spec: &str) -> Option<(u32, u32)> {
     let (u, g) = spec.split_once(':').unwrap_or((spec, spec));
     let lookup = |name: &str, table: &str| -> Option<u32> {
-        name.parse().ok().or_else(|| if name == "root" { Some(0) } else { None }).or_else(|| {
-            ids(&text(tree, table)).into_iter().find(|(n, _)| n == name).map(|(_, id)| id)
-        })
+        name.parse()
+            .ok()
+            .or_else(|| if name == "root" { Some(0) } else { None })
+            .or_else(|| ids(&text(tree, table)).into_iter().find(|(n, _)| n == name).map(|(_, id)| id))
     };
     Some((lookup(u, "/etc/passwd")?, lookup(g, "/etc/group")?))
 }
@@ -148,8 +149,7 @@ pub fn files(tree: &mut Tree, recipe: &Recipe) -> Result<()> {
         };
         if let Some(spec) = &f.owner {
             let (uid, gid) = owner(tree, spec).ok_or_else(|| {
-                anyhow!(ConfigError::new("profile", format!("unknown user or group in `{spec}`"))
-                    .key(format!("files[{i}].owner")))
+                recipe.profile_error(&format!("files[{i}].owner"), format!("unknown user or group in `{spec}`"))
             })?;
             tree.set_owner(&rel, uid, gid);
         }
@@ -173,8 +173,9 @@ pub fn services(tree: &mut Tree, recipe: &Recipe) -> Result<()> {
             .map(|d| format!("{d}/{file_name}"))
             .find(|p| matches!(tree.get(p).map(|n| &n.kind), Some(Kind::File)));
         let Some(path) = found else {
-            bail!(ConfigError::new("profile", format!("unit {file_name} is not in the image"))
-                .key(format!("services.enable[{i}]")));
+            bail!(
+                recipe.profile_error(&format!("services.enable[{i}]"), format!("unit {file_name} is not in the image"))
+            );
         };
         let body = text(tree, &path);
         let mut targets = Vec::new();
@@ -191,8 +192,10 @@ pub fn services(tree: &mut Tree, recipe: &Recipe) -> Result<()> {
             }
         }
         if targets.is_empty() {
-            bail!(ConfigError::new("profile", format!("unit {file_name} has no WantedBy= or RequiredBy="))
-                .key(format!("services.enable[{i}]")));
+            bail!(recipe.profile_error(
+                &format!("services.enable[{i}]"),
+                format!("unit {file_name} has no WantedBy= or RequiredBy=")
+            ));
         }
         for t in targets {
             tree.add_symlink(&format!("/etc/systemd/system/{t}/{unit}"), &path)?;

@@ -9,6 +9,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+/// A module a profile or hardware file names that the kernel does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("module `{module}` is not in kernel {kernel} (neither a module nor built in)")]
+pub struct MissingModule {
+    pub module: String,
+    pub kernel: String,
+}
+
 /// A kernel ready to use: the image, and a modules directory with modules.dep.
 pub struct KernelParts {
     pub version: String,
@@ -39,8 +47,8 @@ impl KernelParts {
                 std::fs::create_dir_all(&dir)?;
                 run(std::process::Command::new("dpkg-deb").arg("-x").arg(&deb.path).arg(&dir))
                     .with_context(|| format!("unpacking kernel {}", deb.path.display()))?;
-                let (version, image) = find_image(&dir.join("boot"))
-                    .with_context(|| format!("kernel package {}", deb.name))?;
+                let (version, image) =
+                    find_image(&dir.join("boot")).with_context(|| format!("kernel package {}", deb.name))?;
                 let modules_dir = ["lib/modules", "usr/lib/modules"]
                     .iter()
                     .map(|m| dir.join(m).join(&version))
@@ -116,7 +124,7 @@ impl KernelParts {
 
     /// The modules to load for `names`, dependencies first, as paths relative
     /// to the modules directory. Built-in modules need nothing.
-    pub fn closure(&self, names: &[String]) -> Result<Vec<String>> {
+    pub fn closure(&self, names: &[String]) -> std::result::Result<Vec<String>, MissingModule> {
         let mut order = Vec::new();
         let mut seen = BTreeSet::new();
         for name in names {
@@ -124,10 +132,8 @@ impl KernelParts {
             if let Some(rel) = self.modules.get(&name) {
                 self.visit(rel, &mut seen, &mut order);
             } else if !self.builtin.contains(&name) {
-                bail!(
-                    "module `{name}` is not in kernel {} (neither a module nor built in)",
-                    if self.version.is_empty() { "image" } else { &self.version }
-                );
+                let kernel = if self.version.is_empty() { "image".into() } else { self.version.clone() };
+                return Err(MissingModule { module: name, kernel });
             }
         }
         Ok(order)
@@ -215,7 +221,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let m = d.path().join("lib/modules/1.0");
         std::fs::create_dir_all(&m).unwrap();
-        std::fs::write(m.join("modules.dep"), "k/ext4.ko: k/jbd2.ko k/mbcache.ko\nk/jbd2.ko:\nk/mbcache.ko:\n").unwrap();
+        std::fs::write(m.join("modules.dep"), "k/ext4.ko: k/jbd2.ko k/mbcache.ko\nk/jbd2.ko:\nk/mbcache.ko:\n")
+            .unwrap();
         std::fs::write(m.join("modules.builtin"), "k/virtio.ko\n").unwrap();
         let p = KernelParts::with_modules("1.0".into(), PathBuf::new(), m, d.path()).unwrap();
         assert_eq!(p.closure(&["ext4".into(), "virtio".into()]).unwrap(), ["k/jbd2.ko", "k/mbcache.ko", "k/ext4.ko"]);

@@ -57,7 +57,10 @@ pub fn assemble(recipe: &Recipe, work: &Path) -> Result<Rootfs> {
     }
     let kernel = KernelParts::obtain(recipe, &tree, work)?;
     let boot_modules = if kernel.has_modules() {
-        kernel.closure(&recipe.modules).with_context(|| format!("hardware `{}`", recipe.hardware))?
+        kernel.closure(&recipe.modules).map_err(|e| match recipe.extra_modules.iter().find(|m| e.module == **m) {
+            Some(_) => recipe.profile_error("kernel.extra_modules", e.to_string()),
+            None => recipe.hardware_error("modules", e.to_string()),
+        })?
     } else {
         Vec::new()
     };

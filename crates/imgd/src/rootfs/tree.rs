@@ -279,9 +279,8 @@ impl Tree {
             let path = entry.path()?.to_string_lossy().into_owned();
             let h = entry.header();
             let (mode, uid, gid) = (h.mode()?, h.uid()? as u32, h.gid()? as u32);
-            let dev = || -> io::Result<(u32, u32)> {
-                Ok((h.device_major()?.unwrap_or(0), h.device_minor()?.unwrap_or(0)))
-            };
+            let dev =
+                || -> io::Result<(u32, u32)> { Ok((h.device_major()?.unwrap_or(0), h.device_minor()?.unwrap_or(0))) };
             use tar::EntryType as T;
             let kind = match h.entry_type() {
                 T::Directory => Kind::Dir,
@@ -395,10 +394,7 @@ impl Tree {
 }
 
 fn link_name<R: Read>(entry: &tar::Entry<'_, R>) -> io::Result<String> {
-    entry
-        .link_name()?
-        .map(|p| p.to_string_lossy().into_owned())
-        .ok_or_else(|| err("link without a target".into()))
+    entry.link_name()?.map(|p| p.to_string_lossy().into_owned()).ok_or_else(|| err("link without a target".into()))
 }
 
 fn major(dev: u64) -> u32 {
@@ -456,10 +452,15 @@ mod tests {
             h.set_device_major(5).unwrap();
             h.set_device_minor(1).unwrap();
             h.set_mode(0o600);
+            h.set_uid(0);
+            h.set_gid(0);
             h.set_size(0);
             b.append_data(&mut h, "dev/console", io::empty()).unwrap();
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(tar::EntryType::Link);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mode(0o4755);
             h.set_size(0);
             b.append_link(&mut h, "bin/su2", "bin/su").unwrap();
             b.finish().unwrap();

@@ -1,0 +1,158 @@
+//! imgd build: manifest, cache hits, input hash, reproducibility.
+
+use crate::common::*;
+use std::collections::BTreeMap;
+
+#[test]
+fn hello_builds_every_format_with_a_complete_manifest() {
+    let h = hello();
+    let m = &h.manifest;
+    let hash = m["hash"].as_str().unwrap();
+    assert_eq!(hash.len(), 64);
+    assert_eq!(m["name"].as_str().unwrap(), format!("{}-hello", &hash[..32]));
+    assert_eq!(m["profile"], "hello");
+    let files: BTreeMap<String, String> = m["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["file"].as_str().unwrap().to_string(), a["format"].as_str().unwrap().to_string()))
+        .collect();
+    let want = [
+        ("vmlinuz", "ipxe"),
+        ("initrd", "ipxe"),
+        ("boot.ipxe", "ipxe"),
+        ("disk.raw", "raw"),
+        ("disk.qcow2", "qcow2"),
+        ("disk.vhd", "vhd"),
+        ("rootfs.tar.zst", "tar"),
+    ];
+    for (f, fmt) in want {
+        assert_eq!(files.get(f).map(String::as_str), Some(fmt), "artifact {f} in {files:?}");
+    }
+    // Every artifact's size and sha256 are those of the file on disk.
+    for a in m["artifacts"].as_array().unwrap() {
+        let p = h.file(a["file"].as_str().unwrap());
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), a["size"].as_u64().unwrap());
+        let sum = tool("sha256sum", &[p.to_str().unwrap()]);
+        assert_eq!(sum.split_whitespace().next().unwrap(), a["sha256"].as_str().unwrap(), "{}", p.display());
+    }
+    // The manifest on disk is the one printed.
+    let on_disk: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(h.file("manifest.json")).unwrap()).unwrap();
+    assert_eq!(on_disk["artifacts"], m["artifacts"]);
+    // The script boots relative URLs, so it works from any HTTP base.
+    let script = std::fs::read_to_string(h.file("boot.ipxe")).unwrap();
+    assert!(script.starts_with("#!ipxe"), "{script}");
+    assert!(script.contains("\nkernel vmlinuz initrd=initrd ") && script.contains("\ninitrd initrd\n"), "{script}");
+    assert!(script.contains("console=ttyS0,115200"), "{script}");
+}
+
+#[test]
+fn an_unchanged_profile_is_a_cache_hit() {
+    let h = hello();
+    let again = build(&h.store, &["hello"]);
+    assert_eq!(again["cached"], true);
+    assert_eq!(again["name"], h.manifest["name"]);
+    assert_eq!(again["built_at"], h.manifest["built_at"], "the entry was not rebuilt");
+    let hash = ok(imgd(&h.store).args(["hash", "hello"]));
+    assert_eq!(String::from_utf8_lossy(&hash.stdout).trim(), h.manifest["hash"].as_str().unwrap());
+}
+
+#[test]
+fn same_inputs_give_bit_identical_artifacts_in_another_store() {
+    let h = hello();
+    let other = tempfile::tempdir().unwrap();
+    // Another store, another working directory, another time.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let m = build(&other.path().join("s"), &["hello"]);
+    assert_eq!(m["cached"], false);
+    assert_eq!(m["name"], h.manifest["name"]);
+    assert_eq!(m["artifacts"], h.manifest["artifacts"], "artifacts differ between two builds");
+    let a = std::fs::read(h.file("disk.raw")).unwrap();
+    let b = std::fs::read(std::path::Path::new(m["path"].as_str().unwrap()).join("disk.raw")).unwrap();
+    assert!(a == b, "disk.raw differs byte-wise");
+}
+
+fn hash_of(root: &std::path::Path, profile: &str, cache: Option<&std::path::Path>) -> String {
+    let store = tempfile::tempdir().unwrap();
+    let mut c = imgd(store.path());
+    c.env("IMGD_ROOT", root).args(["hash", profile]);
+    if let Some(cache) = cache {
+        c.env("IMGD_CACHE", cache);
+    }
+    String::from_utf8(ok(&mut c).stdout).unwrap().trim().to_string()
+}
+
+const SMALL: &str = r#"
+hardware = "qemu-x86_64"
+formats = ["tar"]
+[base]
+debs = ["busybox-static"]
+[kernel]
+deb = "linux-image-[0-9]*"
+[[files]]
+path = "/etc/data"
+source = "data.txt"
+"#;
+
+#[test]
+fn one_changed_byte_in_any_input_changes_the_hash() {
+    let p = project(&[("small.toml", SMALL), ("data.txt", "payload\n")]);
+    let base = hash_of(p.path(), "small", None);
+    // An overlay source file.
+    std::fs::write(p.path().join("profiles/data.txt"), "paylod\n").unwrap();
+    let changed_source = hash_of(p.path(), "small", None);
+    assert_ne!(changed_source, base);
+    std::fs::write(p.path().join("profiles/data.txt"), "payload\n").unwrap();
+    assert_eq!(hash_of(p.path(), "small", None), base, "restoring the byte restores the hash");
+    // The profile itself.
+    std::fs::write(p.path().join("profiles/small.toml"), SMALL.replace("/etc/data", "/etc/date")).unwrap();
+    assert_ne!(hash_of(p.path(), "small", None), base);
+    std::fs::write(p.path().join("profiles/small.toml"), SMALL).unwrap();
+    // A base package: same name, one byte different.
+    let real_cache = std::env::var("IMGD_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/imgd"));
+    let cache = tempfile::tempdir().unwrap();
+    std::fs::create_dir(cache.path().join("debs")).unwrap();
+    for e in std::fs::read_dir(real_cache.join("debs")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), cache.path().join("debs").join(e.file_name())).unwrap();
+    }
+    assert_eq!(hash_of(p.path(), "small", Some(cache.path())), base, "a copied cache hashes the same");
+    let bb = std::fs::read_dir(cache.path().join("debs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("busybox-static_"))
+        .unwrap();
+    let mut bytes = std::fs::read(&bb).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&bb, bytes).unwrap();
+    assert_ne!(hash_of(p.path(), "small", Some(cache.path())), base);
+}
+
+#[test]
+fn the_hash_ignores_paths_and_mtimes() {
+    let p = project(&[("small.toml", SMALL), ("data.txt", "payload\n")]);
+    let base = hash_of(p.path(), "small", None);
+    let q = project(&[("small.toml", SMALL), ("data.txt", "payload\n")]);
+    let f = std::fs::File::options().write(true).open(q.path().join("profiles/data.txt")).unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(12345)).unwrap();
+    assert_eq!(hash_of(q.path(), "small", None), base);
+    // A profile given by path from another directory hashes the same too.
+    let by_path = hash_of(q.path(), q.path().join("profiles/small.toml").to_str().unwrap(), None);
+    assert_eq!(by_path, base);
+}
+
+#[test]
+fn set_and_format_make_variants_without_copying_files() {
+    let h = hello();
+    let store = tempfile::tempdir().unwrap();
+    let m = build(store.path(), &["hello", "--format", "tar", "--set", "hostname=web-7"]);
+    assert_ne!(m["hash"], h.manifest["hash"]);
+    assert_eq!(m["artifacts"].as_array().unwrap().len(), 1);
+    let tar = std::path::Path::new(m["path"].as_str().unwrap()).join("rootfs.tar.zst");
+    let out = tool("tar", &["--zstd", "-xOf", tar.to_str().unwrap(), "etc/hostname"]);
+    assert_eq!(out, "web-7\n");
+}

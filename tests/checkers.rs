@@ -1,0 +1,152 @@
+//! Every artifact checked by the tools a user would trust: qemu-img, sfdisk,
+//! fsck.ext4, fsck.vfat, debugfs, mtools, cpio, zstd, tar.
+
+use crate::common::*;
+use serde_json::Value;
+use std::path::Path;
+
+/// Copies a byte range of `src` into a new file (a partition, for fsck).
+fn extract(src: &Path, start: u64, len: u64, dst: &Path) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(src).unwrap();
+    f.seek(SeekFrom::Start(start)).unwrap();
+    let mut out = std::fs::File::create(dst).unwrap();
+    std::io::copy(&mut f.take(len), &mut out).unwrap();
+}
+
+fn partitions(raw: &Path) -> Vec<Value> {
+    let j: Value = serde_json::from_str(&tool("sfdisk", &["--json", raw.to_str().unwrap()])).unwrap();
+    assert_eq!(j["partitiontable"]["label"], "gpt");
+    j["partitiontable"]["partitions"].as_array().unwrap().clone()
+}
+
+#[test]
+fn raw_disk_passes_sfdisk_fsck_ext4_and_fsck_vfat() {
+    let h = hello();
+    let raw = h.file("disk.raw");
+    let raw_s = raw.to_str().unwrap();
+    tool("sfdisk", &["--verify", raw_s]);
+    let size = std::fs::metadata(&raw).unwrap().len();
+    assert_eq!(size % (1 << 20), 0, "disk size is a whole MiB");
+    let parts = partitions(&raw);
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[0]["type"], "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "ESP first");
+    assert_eq!(parts[1]["type"], "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "x86-64 root second");
+    let dir = tempfile::tempdir().unwrap();
+    let esp = dir.path().join("esp.img");
+    let root = dir.path().join("root.img");
+    let range = |p: &Value| (p["start"].as_u64().unwrap() * 512, p["size"].as_u64().unwrap() * 512);
+    let (s, l) = range(&parts[0]);
+    extract(&raw, s, l, &esp);
+    let (s, l) = range(&parts[1]);
+    extract(&raw, s, l, &root);
+
+    tool("fsck.vfat", &["-n", esp.to_str().unwrap()]);
+    let listing = tool("mdir", &["-i", esp.to_str().unwrap(), "-/", "-b", "::"]);
+    for f in
+        ["::/EFI/BOOT/BOOTX64.EFI", "::/loader/loader.conf", "::/loader/entries/imgd.conf", "::/vmlinuz", "::/initrd"]
+    {
+        assert!(listing.contains(f), "ESP lacks {f}:\n{listing}");
+    }
+    let entry = tool("mtype", &["-i", esp.to_str().unwrap(), "::/loader/entries/imgd.conf"]);
+    assert!(entry.contains("options root=UUID="), "{entry}");
+
+    tool("fsck.ext4", &["-fn", root.to_str().unwrap()]);
+    let root_s = root.to_str().unwrap();
+    // Root-owned system files, the profile's modes, device nodes, fixed times.
+    let stat = tool("debugfs", &["-R", "stat /bin/busybox", root_s]);
+    assert!(stat.contains("User:     0   Group:     0"), "{stat}");
+    let init = tool("debugfs", &["-R", "stat /sbin/init", root_s]);
+    assert!(init.contains("Mode:  0755"), "{init}");
+    let console = tool("debugfs", &["-R", "stat /dev/console", root_s]);
+    assert!(
+        console.contains("Type: character special") && console.contains("Device major/minor number: 05:01"),
+        "{console}"
+    );
+    assert!(stat.contains(" mtime: 0x5e0be100"), "mtime is the epoch 2020-01-01: {stat}");
+    // The ext4 UUID on the kernel command line is the filesystem's.
+    let uuid = tool("debugfs", &["-R", "stats", root_s]);
+    let uuid = uuid
+        .lines()
+        .find(|l| l.starts_with("Filesystem UUID:"))
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    assert!(entry.contains(&format!("root=UUID={uuid}")), "{entry} vs {uuid}");
+    // The hardware's modules and their dependencies are in the image, indexed.
+    let ls = tool("debugfs", &["-R", "ls -p /lib/modules", root_s]);
+    let version = ls
+        .lines()
+        .filter_map(|l| l.split('/').nth(5))
+        .find(|v| v.starts_with("6."))
+        .expect("a kernel version dir")
+        .to_string();
+    let dep = tool("debugfs", &["-R", &format!("cat /lib/modules/{version}/modules.dep"), root_s]);
+    for m in ["virtio_blk.ko", "ext4.ko", "jbd2.ko", "virtio_net.ko"] {
+        assert!(dep.contains(m), "modules.dep lacks {m}:\n{dep}");
+    }
+}
+
+#[test]
+fn qcow2_and_vhd_pass_qemu_img() {
+    let h = hello();
+    let raw_size = std::fs::metadata(h.file("disk.raw")).unwrap().len();
+    let q = h.file("disk.qcow2");
+    tool("qemu-img", &["check", q.to_str().unwrap()]);
+    let info: Value = serde_json::from_str(&tool("qemu-img", &["info", "--output=json", q.to_str().unwrap()])).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["format-specific"]["data"]["compat"], "1.1", "qcow2 v3");
+    assert_eq!(info["virtual-size"].as_u64().unwrap(), raw_size);
+    assert!(info["actual-size"].as_u64().unwrap() < raw_size / 4, "unallocated space is not stored: {info}");
+    // Same content as the raw disk.
+    tool(
+        "qemu-img",
+        &["compare", "-f", "qcow2", "-F", "raw", q.to_str().unwrap(), h.file("disk.raw").to_str().unwrap()],
+    );
+
+    let v = h.file("disk.vhd");
+    let info: Value =
+        serde_json::from_str(&tool("qemu-img", &["info", "--output=json", "-f", "vpc", v.to_str().unwrap()])).unwrap();
+    assert_eq!(info["format"], "vpc");
+    assert_eq!(info["virtual-size"].as_u64().unwrap(), raw_size);
+    assert_eq!(std::fs::metadata(&v).unwrap().len(), raw_size + 512, "fixed VHD: raw + footer");
+    tool("qemu-img", &["compare", "-f", "vpc", "-F", "raw", v.to_str().unwrap(), h.file("disk.raw").to_str().unwrap()]);
+    // The footer: fixed disk type (2) and a timestamp from the epoch, not now.
+    let bytes = std::fs::read(&v).unwrap();
+    let footer = &bytes[bytes.len() - 512..];
+    assert_eq!(&footer[..8], b"conectix");
+    assert_eq!(u32::from_be_bytes(footer[60..64].try_into().unwrap()), 2);
+    assert_eq!(u32::from_be_bytes(footer[24..28].try_into().unwrap()), 1_577_836_800 - 946_684_800);
+}
+
+#[test]
+fn initrd_and_tarball_read_with_standard_tools() {
+    let h = hello();
+    let initrd = h.file("initrd");
+    tool("zstd", &["-tq", initrd.to_str().unwrap()]);
+    let list = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("zstd -dc '{}' | cpio -itv --quiet", initrd.display()))
+        .output()
+        .unwrap();
+    assert!(list.status.success());
+    let list = String::from_utf8_lossy(&list.stdout);
+    for f in [" bin/busybox", " sbin/init", " init -> /sbin/init", " dev/console", "/modules.dep"] {
+        assert!(list.contains(f), "initrd lacks {f}:\n{list}");
+    }
+    let console = list.lines().find(|l| l.ends_with(" dev/console")).unwrap();
+    assert!(console.starts_with("crw-------") && console.contains(" root     root "), "{console}");
+
+    let tar = h.file("rootfs.tar.zst");
+    let listing = tool("tar", &["--zstd", "--numeric-owner", "-tvf", tar.to_str().unwrap()]);
+    let init = listing.lines().find(|l| l.ends_with(" sbin/init")).expect("sbin/init in tarball");
+    assert!(init.starts_with("-rwxr-xr-x 0/0"), "{init}");
+    assert!(init.contains("2020-01-01"), "{init}");
+    let names = tool("tar", &["--zstd", "-tf", tar.to_str().unwrap()]);
+    let entries: Vec<&str> = names.lines().collect();
+    let mut sorted = entries.clone();
+    sorted.sort();
+    assert_eq!(entries, sorted, "archive entries are sorted");
+}

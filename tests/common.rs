@@ -1,0 +1,102 @@
+//! Helpers shared by the integration tests.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// `imgd` with the repo's profiles and the given store.
+pub fn imgd(store: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_imgd"));
+    c.current_dir(repo()).env("IMGD_ROOT", repo()).env("IMGD_STORE", store).env("RUST_LOG", "warn");
+    c.env_remove("SOURCE_DATE_EPOCH");
+    c
+}
+
+pub fn ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("imgd runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// `imgd build ARGS --json` into `store`; returns the manifest (+ path, cached).
+pub fn build(store: &Path, args: &[&str]) -> Value {
+    let mut c = imgd(store);
+    c.arg("build").args(args).arg("--json");
+    json(&ok(&mut c))
+}
+
+pub struct Shared {
+    pub _dir: tempfile::TempDir,
+    pub store: PathBuf,
+    pub manifest: Value,
+}
+
+impl Shared {
+    pub fn entry(&self) -> PathBuf {
+        PathBuf::from(self.manifest["path"].as_str().unwrap())
+    }
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.entry().join(name)
+    }
+}
+
+/// The hello profile with every format, built once for all tests that only read it.
+pub fn hello() -> &'static Shared {
+    static HELLO: OnceLock<Shared> = OnceLock::new();
+    HELLO.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let manifest = build(&store, &["hello"]);
+        Shared { _dir: dir, store, manifest }
+    })
+}
+
+/// A scratch project with the repo's hardware files and the given profiles.
+pub fn project(profiles: &[(&str, &str)]) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("profiles")).unwrap();
+    std::fs::create_dir_all(d.path().join("hardware")).unwrap();
+    for e in std::fs::read_dir(repo().join("hardware")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), d.path().join("hardware").join(e.file_name())).unwrap();
+    }
+    for (name, text) in profiles {
+        let p = d.path().join("profiles").join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    d
+}
+
+/// Runs an external checker; panics with its output when it fails.
+pub fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{program} {args:?} failed ({}):\n{text}", out.status);
+    text
+}
+
+/// Names of complete entries in a store (what `imgd ls` would list).
+pub fn entries(store: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(store) else { return vec![] };
+    let mut v: Vec<String> =
+        rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| !n.starts_with('.')).collect();
+    v.sort();
+    v
+}

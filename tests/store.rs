@@ -1,0 +1,107 @@
+//! The store: atomic entries under kill -9, one entry from concurrent builds,
+//! verify finds corruption, gc keeps the newest N.
+
+use crate::common::*;
+use std::time::{Duration, Instant};
+
+#[test]
+fn concurrent_builds_of_one_profile_make_one_entry_and_both_succeed() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let spawn = || {
+        imgd(&store)
+            .args(["build", "hello", "--format", "ipxe", "--set", "hostname=concurrent", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&a.stderr),
+        String::from_utf8_lossy(&b.stderr)
+    );
+    let (ja, jb) = (json(&a), json(&b));
+    assert_eq!(ja["name"], jb["name"]);
+    assert_eq!(entries(&store).len(), 1, "{:?}", entries(&store));
+    // Exactly one of them did the work; the other waited and found it.
+    assert_ne!(ja["cached"], jb["cached"]);
+    ok(imgd(&store).args(["verify"]));
+}
+
+#[test]
+fn kill_9_at_any_moment_leaves_nothing_that_looks_complete() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    for delay_ms in [300u64, 1500, 3500] {
+        let mut child = imgd(&store)
+            .args(["build", "hello", "--set", "hostname=killed"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().ok(); // SIGKILL
+        child.wait().unwrap();
+        let ls = json(&ok(imgd(&store).args(["ls", "--json"])));
+        if finished {
+            continue;
+        }
+        assert_eq!(ls.as_array().unwrap().len(), 0, "after kill at {delay_ms} ms: {ls}");
+        assert!(entries(&store).is_empty(), "after kill at {delay_ms} ms: {:?}", entries(&store));
+    }
+    // The next build completes, and gc clears what the killed ones left behind.
+    let m = build(&store, &["hello", "--set", "hostname=killed"]);
+    assert_eq!(m["cached"], false);
+    ok(imgd(&store).args(["verify"]));
+    ok(imgd(&store).args(["gc", "--keep", "1"]));
+    let leftovers: Vec<_> = std::fs::read_dir(store.join(".tmp")).unwrap().collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn verify_reports_a_corrupted_artifact() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let m = build(&store, &["hello", "--format", "ipxe"]);
+    ok(imgd(&store).args(["verify"]));
+    let initrd = std::path::Path::new(m["path"].as_str().unwrap()).join("initrd");
+    let mut bytes = std::fs::read(&initrd).unwrap();
+    bytes[100] ^= 0x40;
+    std::fs::write(&initrd, bytes).unwrap();
+    let out = imgd(&store).args(["verify"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("CORRUPT") && text.contains("/initrd: expected"), "{text}");
+}
+
+#[test]
+fn gc_keeps_the_newest_entries_of_each_profile() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let start = Instant::now();
+    let mut names = Vec::new();
+    for host in ["gc-a", "gc-b", "gc-c"] {
+        let m = build(&store, &["hello", "--format", "tar", "--set", &format!("hostname={host}")]);
+        names.push(m["name"].as_str().unwrap().to_string());
+        // built_at has one-second resolution.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    assert!(start.elapsed() < Duration::from_secs(120));
+    assert_eq!(entries(&store).len(), 3);
+    ok(imgd(&store).args(["gc", "--keep", "2"]));
+    let left = entries(&store);
+    assert_eq!(
+        left,
+        {
+            let mut v = names[1..].to_vec();
+            v.sort();
+            v
+        },
+        "the oldest went"
+    );
+}

@@ -14,6 +14,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// SHA-256 of a file's content, read in large blocks.
 pub fn sha256_file(path: &Path) -> io::Result<String> {
+    Ok(hex::encode(sha256_state(path)?.finalize()))
+}
+
+/// The hasher after reading a whole file, to continue with more bytes.
+pub fn sha256_state(path: &Path) -> io::Result<Sha256> {
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -24,7 +29,7 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(hex::encode(h.finalize()))
+    Ok(h)
 }
 
 /// A digest of a directory tree: every entry's relative path, type, permission
@@ -85,5 +90,104 @@ mod tests {
         assert_ne!(second, first);
         std::fs::set_permissions(d.path().join("etc/a"), std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_ne!(tree_digest(d.path()).unwrap(), second);
+    }
+}
+
+/// Remembers file digests between runs, keyed by what changes whenever a file's
+/// content can have changed: path, device, inode, size, mtime and ctime (ctime
+/// cannot be set back by a user). Like git's index: a cache hit must not
+/// re-read a 70 MB kernel package to find out nothing changed.
+pub struct DigestCache {
+    path: Option<std::path::PathBuf>,
+    entries: std::sync::Mutex<(std::collections::BTreeMap<String, String>, bool)>,
+}
+
+impl DigestCache {
+    /// A cache stored in `path` (a text file; created on first save).
+    pub fn open(path: &Path) -> DigestCache {
+        let map = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.rsplit_once('\t').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect();
+        DigestCache { path: Some(path.to_path_buf()), entries: std::sync::Mutex::new((map, false)) }
+    }
+
+    /// No persistence: every digest is computed.
+    pub fn none() -> DigestCache {
+        DigestCache { path: None, entries: Default::default() }
+    }
+
+    fn key(path: &Path, md: &std::fs::Metadata) -> String {
+        format!(
+            "{}\t{}:{}:{}:{}.{}:{}.{}",
+            path.display(),
+            md.dev(),
+            md.ino(),
+            md.len(),
+            md.mtime(),
+            md.mtime_nsec(),
+            md.ctime(),
+            md.ctime_nsec()
+        )
+    }
+
+    /// SHA-256 of a file's content, from the cache when the file is unchanged.
+    pub fn file(&self, path: &Path) -> io::Result<String> {
+        let md = std::fs::metadata(path)?;
+        if self.path.is_none() || md.len() < (1 << 20) {
+            return sha256_file(path);
+        }
+        let abs = std::path::absolute(path)?;
+        let key = Self::key(&abs, &md);
+        if let Some(d) = self.entries.lock().expect("not poisoned").0.get(&key) {
+            return Ok(d.clone());
+        }
+        let d = sha256_file(path)?;
+        let mut guard = self.entries.lock().expect("not poisoned");
+        // One entry per path: drop digests of the file's earlier states.
+        let prefix = format!("{}\t", abs.display());
+        guard.0.retain(|k, _| !k.starts_with(&prefix));
+        guard.0.insert(key, d.clone());
+        guard.1 = true;
+        Ok(d)
+    }
+
+    /// Writes the cache back (atomically) if it learned anything.
+    pub fn save(&self) -> io::Result<()> {
+        let (Some(path), guard) = (&self.path, self.entries.lock().expect("not poisoned")) else { return Ok(()) };
+        if !guard.1 {
+            return Ok(());
+        }
+        let text: String = guard.0.iter().map(|(k, v)| format!("{k}\t{v}\n")).collect();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_file_is_rehashed() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("big");
+        std::fs::write(&f, vec![1u8; 2 << 20]).unwrap();
+        let c = DigestCache::open(&d.path().join("cache"));
+        let first = c.file(&f).unwrap();
+        c.save().unwrap();
+        let c = DigestCache::open(&d.path().join("cache"));
+        assert_eq!(c.file(&f).unwrap(), first);
+        // Same size, same mtime, other content: ctime still tells.
+        let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&f, vec![2u8; 2 << 20]).unwrap();
+        std::fs::File::options().write(true).open(&f).unwrap().set_modified(mtime).unwrap();
+        assert_ne!(c.file(&f).unwrap(), first);
     }
 }

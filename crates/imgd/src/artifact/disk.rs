@@ -127,14 +127,16 @@ pub fn to_qcow2(raw: &Path, out: &Path) -> Result<()> {
 
 /// A fixed VHD: the raw disk followed by a 512-byte footer. Written here rather
 /// than by qemu-img, whose footer carries the wall-clock time and a random UUID.
-pub fn to_vhd(raw: &Path, out: &Path, epoch: u64, uuid: [u8; 16]) -> Result<()> {
+/// Returns the footer it appended.
+pub fn to_vhd(raw: &Path, out: &Path, epoch: u64, uuid: [u8; 16]) -> Result<[u8; 512]> {
     let size = std::fs::metadata(raw)?.len();
     let f = File::create(out)?;
     f.set_len(size)?;
     splice(raw, &f, 0)?;
-    f.write_all_at(&vhd_footer(size, epoch, uuid), size)?;
+    let footer = vhd_footer(size, epoch, uuid);
+    f.write_all_at(&footer, size)?;
     f.sync_all()?;
-    Ok(())
+    Ok(footer)
 }
 
 /// Seconds between the Unix epoch and the VHD epoch (2000-01-01T00:00:00Z).

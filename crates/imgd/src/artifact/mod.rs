@@ -16,6 +16,7 @@ use crate::progress::Progress;
 use crate::rootfs::Rootfs;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use std::path::Path;
 
 /// zstd level for initrds and tarballs: fast to build, and the kernel
@@ -79,6 +80,9 @@ pub fn produce(
     progress: &Progress,
 ) -> Result<Vec<Artifact>> {
     let mut made: Vec<(String, Format, String)> = Vec::new();
+    // Digests known without reading the file again (the VHD is the raw disk
+    // plus a footer, so its digest continues the raw disk's).
+    let mut known: std::collections::BTreeMap<String, String> = Default::default();
     let has = |f: Format| recipe.formats.contains(&f);
 
     if has(Format::Ipxe) {
@@ -172,9 +176,16 @@ pub fn produce(
             made.push(("disk".into(), Format::Qcow2, "disk.qcow2".into()));
             step.done();
         }
+        let raw_state = crate::hash::sha256_state(&raw)?;
+        if has(Format::Raw) {
+            known.insert("disk.raw".into(), hex::encode(raw_state.clone().finalize()));
+        }
         if has(Format::Vhd) {
             let step = progress.step("disk: fixed VHD");
-            disk::to_vhd(&raw, &out.join("disk.vhd"), recipe.epoch, derived_id(hash, "vhd-uuid"))?;
+            let footer = disk::to_vhd(&raw, &out.join("disk.vhd"), recipe.epoch, derived_id(hash, "vhd-uuid"))?;
+            let mut state = raw_state;
+            state.update(footer);
+            known.insert("disk.vhd".into(), hex::encode(state.finalize()));
             made.push(("disk".into(), Format::Vhd, "disk.vhd".into()));
             step.done();
         }
@@ -193,7 +204,10 @@ pub fn produce(
         let p = out.join(&file);
         artifacts.push(Artifact {
             size: std::fs::metadata(&p)?.len(),
-            sha256: crate::hash::sha256_file(&p)?,
+            sha256: match known.remove(&file) {
+                Some(d) => d,
+                None => crate::hash::sha256_file(&p)?,
+            },
             name,
             format,
             file,

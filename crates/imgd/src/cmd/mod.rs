@@ -76,6 +76,7 @@ impl ProfileArgs {
                 deb_cache: cache.join("debs"),
                 formats: (!self.formats.is_empty()).then(|| self.formats.clone()),
                 env_epoch,
+                digest_cache: Some(cache.join("digests.tsv")),
             },
         )
     }

@@ -118,6 +118,8 @@ pub struct ResolveOptions {
     pub formats: Option<Vec<Format>>,
     /// `SOURCE_DATE_EPOCH` from the environment.
     pub env_epoch: Option<u64>,
+    /// Where to remember digests of large input files between runs.
+    pub digest_cache: Option<PathBuf>,
 }
 
 pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError> {
@@ -149,10 +151,14 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
         ));
     }
 
+    let digests = match &opts.digest_cache {
+        Some(p) => hash::DigestCache::open(p),
+        None => hash::DigestCache::none(),
+    };
     let file_input = |key: &str, path: &str| -> Result<Input, ConfigError> {
         let pb = PathBuf::from(path);
         let md = std::fs::metadata(&pb).map_err(|e| l.error(key, format!("{path}: {e}")))?;
-        let sha256 = if md.is_dir() { hash::tree_digest(&pb) } else { hash::sha256_file(&pb) }
+        let sha256 = if md.is_dir() { hash::tree_digest(&pb) } else { digests.file(&pb) }
             .map_err(|e| l.error(key, format!("{path}: {e}")))?;
         Ok(Input { name: file_name(&pb), path: pb, sha256 })
     };
@@ -298,6 +304,9 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
         None
     };
 
+    if let Err(e) = digests.save() {
+        tracing::warn!("cannot save the digest cache: {e}");
+    }
     Ok(Recipe {
         profile_file: l.profile_path.clone(),
         hardware_file: l.hardware_path.clone(),

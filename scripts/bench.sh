@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Benchmarks, printed side by side from one run (not timed tests: machines are noisy).
+#   scripts/bench.sh build   cold and cached `imgd build hello` vs the plain shell
+#                            pipeline making the same artifacts from the same .debs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-build}"
+runs="${RUNS:-3}"
+cache="${IMGD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/imgd}"
+debs="$cache/debs"
+
+cargo build --release -q
+imgd="$PWD/target/release/imgd"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+now() { date +%s.%N; }
+calc() { awk "BEGIN { print $1 }"; }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# The artifacts of profiles/hello.toml, made the way a shell script would:
+# dpkg-deb, depmod, find | cpio | zstd, mkfs.ext4 -d, mtools, sfdisk, dd,
+# qemu-img convert, tar. Same inputs, same formats, same compression level.
+shell_pipeline() {
+  local w=$1
+  rm -rf "$w"; mkdir -p "$w/root" "$w/kern" "$w/ird/bin" "$w/out"
+  dpkg-deb -x "$debs"/busybox-static_*.deb "$w/root"
+  dpkg-deb -x "$debs"/linux-image-*.deb "$w/kern"
+  local ver; ver=$(basename "$w"/kern/lib/modules/*)
+  depmod -b "$w/kern" "$ver"
+  # The hardware's modules and their dependencies, into root and initramfs.
+  local mods; mods=$(modprobe -d "$w/kern" -S "$ver" --show-depends -a virtio_pci virtio_blk virtio_net ext4 crc32c_generic \
+    | awk '/^insmod/ {print $2}' | sed "s|^$w/kern/||" | awk '!seen[$0]++')
+  for dest in root ird; do
+    for m in $mods; do install -D -m 0644 "$w/kern/$m" "$w/$dest/$m"; done
+    cp "$w/kern/lib/modules/$ver"/modules.{order,builtin,builtin.modinfo} "$w/$dest/lib/modules/$ver/"
+    depmod -b "$w/$dest" "$ver"
+  done
+  mkdir -p "$w/root"/{proc,sys,dev,run,tmp,sbin,etc}
+  printf '#!/bin/busybox sh\necho IMGD-HELLO-READY\nexec sh\n' > "$w/root/sbin/init"; chmod 755 "$w/root/sbin/init"
+  echo hello > "$w/root/etc/hostname"; ln -sf /sbin/init "$w/root/init"
+  # ipxe
+  cp "$w/kern/boot/vmlinuz-$ver" "$w/out/vmlinuz"
+  (cd "$w/root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | zstd -q -3 -T0 > "$w/out/initrd")
+  # disk initramfs
+  cp "$w/root/bin/busybox" "$w/ird/bin/"; ln -s busybox "$w/ird/bin/sh"
+  printf '#!/bin/sh\nexec switch_root /newroot /sbin/init\n' > "$w/ird/init"; chmod 755 "$w/ird/init"
+  (cd "$w/ird" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | zstd -q -3 -T0 > "$w/disk-initrd")
+  # ESP
+  truncate -s 64M "$w/esp.img"; mformat -i "$w/esp.img" -F -N 12345678 -v ESP ::
+  mmd -i "$w/esp.img" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries
+  mcopy -i "$w/esp.img" /usr/lib/systemd/boot/efi/systemd-bootx64.efi ::/EFI/BOOT/BOOTX64.EFI
+  printf 'timeout 0\ndefault imgd.conf\n' > "$w/loader.conf"; mcopy -i "$w/esp.img" "$w/loader.conf" ::/loader/loader.conf
+  printf 'linux /vmlinuz\ninitrd /initrd\noptions root=LABEL=root\n' > "$w/e.conf"; mcopy -i "$w/esp.img" "$w/e.conf" ::/loader/entries/imgd.conf
+  mcopy -i "$w/esp.img" "$w/out/vmlinuz" ::/vmlinuz; mcopy -i "$w/esp.img" "$w/disk-initrd" ::/initrd
+  # ext4 root, GPT, raw
+  local root_mib=198
+  truncate -s ${root_mib}M "$w/root.ext4"; mkfs.ext4 -q -F -L root -d "$w/root" "$w/root.ext4"
+  truncate -s $((root_mib + 64 + 2))M "$w/out/disk.raw"
+  printf 'label: gpt\nstart=2048, size=64M, type=uefi\nsize=%sM, type=linux\n' "$root_mib" | sfdisk -q "$w/out/disk.raw"
+  dd if="$w/esp.img" of="$w/out/disk.raw" bs=1M seek=1 conv=sparse,notrunc status=none
+  dd if="$w/root.ext4" of="$w/out/disk.raw" bs=1M seek=65 conv=sparse,notrunc status=none
+  qemu-img convert -f raw -O qcow2 -o compat=1.1 "$w/out/disk.raw" "$w/out/disk.qcow2"
+  qemu-img convert -f raw -O vpc -o subformat=fixed,force_size "$w/out/disk.raw" "$w/out/disk.vhd"
+  tar -C "$w/root" --sort=name --owner=0 --group=0 --numeric-owner -cf - . | zstd -q -3 -T0 > "$w/out/rootfs.tar.zst"
+  (cd "$w/out" && sha256sum -- * > SHA256SUMS)
+}
+
+bench_build() {
+  local cold=() hit=() sh=()
+  for i in $(seq "$runs"); do
+    rm -rf "$tmp/store"
+    t0=$(now); IMGD_STORE="$tmp/store" "$imgd" build hello >/dev/null 2>&1; t1=$(now)
+    cold+=("$(calc "$t1 - $t0")")
+    t0=$(now); IMGD_STORE="$tmp/store" "$imgd" build hello >/dev/null 2>&1; t1=$(now)
+    hit+=("$(calc "$t1 - $t0")")
+    t0=$(now); shell_pipeline "$tmp/sh" >/dev/null 2>&1; t1=$(now)
+    sh+=("$(calc "$t1 - $t0")")
+  done
+  local c h s
+  c=$(printf '%s\n' "${cold[@]}" | median); h=$(printf '%s\n' "${hit[@]}" | median); s=$(printf '%s\n' "${sh[@]}" | median)
+  echo "build hello (every format), median of $runs runs:"
+  printf '  %-44s %8.3f s\n' "imgd build, cold" "$c"
+  printf '  %-44s %8.3f s   (goal < 0.100 s)\n' "imgd build, cache hit" "$h"
+  printf '  %-44s %8.3f s\n' "shell pipeline (cpio|zstd, mkfs.ext4 -d, ...)" "$s"
+  printf '  %-44s %8.2fx  (goal >= 1.0: imgd no slower)\n' "shell time / imgd cold time" "$(calc "$s / $c")"
+}
+
+case "$what" in
+  build) bench_build ;;
+  *) echo "usage: $0 build" >&2; exit 2 ;;
+esac

@@ -6,4 +6,5 @@ mod build;
 mod checkers;
 mod common;
 mod errors;
+mod serve;
 mod store;

@@ -12,5 +12,6 @@ pub mod hash;
 pub mod progress;
 pub mod qemu;
 pub mod rootfs;
+pub mod serve;
 pub mod store;
 pub mod tools;

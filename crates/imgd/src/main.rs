@@ -24,6 +24,8 @@ enum Command {
     Hash(cmd::build::HashArgs),
     /// Boot a profile's artifacts headless in qemu and wait for its marker.
     Test(cmd::test::TestArgs),
+    /// Serve netboot scripts and artifacts to iPXE over HTTP.
+    Serve(cmd::serve::ServeArgs),
     /// List store entries.
     Ls(cmd::store_cmds::LsArgs),
     /// Re-hash store entries against their manifests.
@@ -47,6 +49,7 @@ fn main() {
         Command::Build(a) => cmd::build::run(a),
         Command::Hash(a) => cmd::build::hash(a),
         Command::Test(a) => cmd::test::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Ls(a) => cmd::store_cmds::ls(a),
         Command::Verify(a) => cmd::store_cmds::verify(a),
         Command::Gc(a) => cmd::store_cmds::gc(a),

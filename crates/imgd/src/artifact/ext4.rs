@@ -42,7 +42,7 @@ pub fn make(tree: &Tree, image: &Path, size: u64, p: &Ext4Params<'_>, work: &Pat
     .context("mkfs.ext4")?;
 
     let script = work.join("debugfs.script");
-    std::fs::write(&script, fixup_script(tree, p.epoch))?;
+    std::fs::write(&script, fixup_script(tree, p.epoch)?)?;
     let out = Command::new("debugfs")
         .env("E2FSPROGS_FAKE_TIME", &fake_time)
         .arg("-w")
@@ -64,18 +64,23 @@ pub fn make(tree: &Tree, image: &Path, size: u64, p: &Ext4Params<'_>, work: &Pat
     Ok(())
 }
 
-/// debugfs quotes: a path in double quotes, with `"` and `\` escaped.
+/// A tree path as a debugfs argument.
 fn q(rel: &str) -> String {
     quote(&format!("/{rel}"))
 }
 
 fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    // debugfs takes a double-quoted argument literally, backslashes included
+    // (systemd names units `system-systemd\x2dcryptsetup.slice`).
+    format!("\"{s}\"")
 }
 
-fn fixup_script(tree: &Tree, epoch: u64) -> String {
+fn fixup_script(tree: &Tree, epoch: u64) -> Result<String> {
     let mut s = String::new();
     for (rel, node) in tree.nodes() {
+        if rel.contains(['"', '\n', '\r']) {
+            anyhow::bail!("cannot put /{rel} in an ext4 image: its name holds a quote or a newline");
+        }
         let path = q(rel);
         // debugfs 1.47's mknod links only into the current directory.
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
@@ -98,5 +103,5 @@ fn fixup_script(tree: &Tree, epoch: u64) -> String {
     for t in ["atime", "mtime", "ctime", "crtime"] {
         writeln!(s, "sif /lost+found {t} {epoch}").unwrap();
     }
-    s
+    Ok(s)
 }

@@ -1,11 +1,11 @@
 //! One module per subcommand, each with its clap arguments and its `run`.
 
 pub mod build;
+pub mod serve;
 pub mod store_cmds;
 pub mod test;
 
 use clap::Args;
-use imgd::config::recipe::ResolveOptions;
 use imgd::config::types::Format;
 use imgd::config::{self, ConfigError, LoadRequest, Recipe};
 use std::path::PathBuf;
@@ -45,39 +45,18 @@ impl StoreArgs {
     }
 }
 
-pub fn default_cache() -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("imgd");
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/var/cache"), PathBuf::from);
-    home.join(".cache/imgd")
-}
-
 impl ProfileArgs {
-    pub fn recipe(&self) -> Result<Recipe, ConfigError> {
-        let loaded = config::load(&LoadRequest {
+    pub fn request(&self) -> LoadRequest {
+        LoadRequest {
             profile: self.profile.clone(),
             root: self.root.clone(),
             hardware: self.hardware.clone(),
             sets: self.sets.clone(),
-        })?;
-        let env_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-            Ok(v) => Some(
-                v.trim()
-                    .parse::<u64>()
-                    .map_err(|_| ConfigError::new("SOURCE_DATE_EPOCH", format!("`{v}` is not a number of seconds")))?,
-            ),
-            Err(_) => None,
-        };
-        let cache = self.cache.clone().unwrap_or_else(default_cache);
-        config::resolve(
-            &loaded,
-            &ResolveOptions {
-                deb_cache: cache.join("debs"),
-                formats: (!self.formats.is_empty()).then(|| self.formats.clone()),
-                env_epoch,
-                digest_cache: Some(cache.join("digests.tsv")),
-            },
-        )
+        }
+    }
+
+    pub fn recipe(&self) -> Result<Recipe, ConfigError> {
+        let cache = self.cache.clone().unwrap_or_else(config::default_cache);
+        config::recipe(&self.request(), &cache, (!self.formats.is_empty()).then(|| self.formats.clone()))
     }
 }

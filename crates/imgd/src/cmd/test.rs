@@ -34,13 +34,7 @@ pub struct TestArgs {
 
 pub fn run(a: &TestArgs) -> anyhow::Result<()> {
     let recipe = a.profile.recipe()?;
-    let loaded_hw = imgd::config::load(&imgd::config::LoadRequest {
-        profile: a.profile.profile.clone(),
-        root: a.profile.root.clone(),
-        hardware: a.profile.hardware.clone(),
-        sets: a.profile.sets.clone(),
-    })?
-    .hardware;
+    let loaded_hw = imgd::config::load(&a.profile.request())?.hardware;
     let marker = a
         .expect
         .clone()

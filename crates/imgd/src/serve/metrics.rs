@@ -1,0 +1,76 @@
+//! Counters for `/metrics` (Prometheus text format).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    boots: Mutex<BTreeMap<(String, String), u64>>,
+    pub bytes_served: AtomicU64,
+    pub active_transfers: AtomicI64,
+    pub active_connections: AtomicI64,
+    pub rejected_connections: AtomicU64,
+}
+
+impl Metrics {
+    pub fn request(&self, endpoint: &'static str, status: u16) {
+        *self.requests.lock().expect("not poisoned").entry((endpoint, status)).or_default() += 1;
+    }
+
+    pub fn boot(&self, profile: &str, group: &str) {
+        *self.boots.lock().expect("not poisoned").entry((profile.to_string(), group.to_string())).or_default() += 1;
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        s.push_str("# HELP imgd_http_requests_total HTTP requests by endpoint and status.\n");
+        s.push_str("# TYPE imgd_http_requests_total counter\n");
+        for ((e, st), n) in self.requests.lock().expect("not poisoned").iter() {
+            writeln!(s, "imgd_http_requests_total{{endpoint=\"{e}\",status=\"{st}\"}} {n}").unwrap();
+        }
+        s.push_str("# HELP imgd_boots_total Boot scripts served, by profile and group.\n");
+        s.push_str("# TYPE imgd_boots_total counter\n");
+        for ((p, g), n) in self.boots.lock().expect("not poisoned").iter() {
+            writeln!(s, "imgd_boots_total{{profile=\"{}\",group=\"{}\"}} {n}", esc(p), esc(g)).unwrap();
+        }
+        let gauge = |s: &mut String, name: &str, help: &str, kind: &str, v: String| {
+            writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}").unwrap();
+        };
+        gauge(
+            &mut s,
+            "imgd_bytes_served_total",
+            "Artifact bytes sent.",
+            "counter",
+            self.bytes_served.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut s,
+            "imgd_active_transfers",
+            "Artifact downloads in progress.",
+            "gauge",
+            self.active_transfers.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut s,
+            "imgd_active_connections",
+            "Open client connections.",
+            "gauge",
+            self.active_connections.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut s,
+            "imgd_rejected_connections_total",
+            "Connections answered 503 at the connection limit.",
+            "counter",
+            self.rejected_connections.load(Ordering::Relaxed).to_string(),
+        );
+        s
+    }
+}
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

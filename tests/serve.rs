@@ -1,0 +1,391 @@
+//! imgd serve over loopback, with curl as the client: machine selection,
+//! RFC 9110 ranges and conditionals, traversal, allow-list, reload, drain.
+
+use crate::common::*;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Serve {
+    child: Child,
+    pub base: String,
+    _stderr: std::thread::JoinHandle<()>,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Serve {
+    pub fn start(store: &Path, args: &[&str]) -> Serve {
+        let mut child = imgd(store)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = String::new();
+        let base = loop {
+            assert!(Instant::now() < deadline, "server did not start: {seen}");
+            let line = lines.next().unwrap_or_else(|| panic!("server exited: {seen}")).unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+            if let Some(addr) = line.strip_prefix("imgd serve: listening on ") {
+                break addr.trim().to_string();
+            }
+        };
+        let log = std::sync::Arc::new(std::sync::Mutex::new(seen));
+        let l2 = log.clone();
+        let t = std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                l2.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        Serve { child, base, _stderr: t, log }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap();
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < end, "server did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// curl: returns (status, headers, body).
+pub fn curl(args: &[&str]) -> (u16, String, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let hdr = dir.path().join("h");
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-D", hdr.to_str().unwrap(), "-o", "-"])
+        .args(args)
+        .output()
+        .unwrap();
+    let headers = std::fs::read_to_string(&hdr).unwrap_or_default();
+    let status =
+        headers.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, headers.to_ascii_lowercase(), out.stdout)
+}
+
+fn header<'a>(headers: &'a str, name: &str) -> Option<&'a str> {
+    headers.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))).map(str::trim)
+}
+
+fn hello_entry() -> (String, serde_json::Value) {
+    let h = hello();
+    (h.manifest["name"].as_str().unwrap().to_string(), h.manifest.clone())
+}
+
+fn write_config(dir: &Path, text: &str) -> String {
+    let p = dir.join("machines.toml");
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+const MACHINES: &str = r#"
+[[group]]
+name = "by-mac"
+profile = "hello"
+kernel_args = "imgd.group=by-mac"
+selector = { mac = "52:54:00:aa:bb:cc" }
+
+[[group]]
+name = "lab-net"
+profile = "hello"
+vars = { role = "lab" }
+selector = { source = ["127.0.0.64/26"] }
+
+[[group]]
+name = "rack-7-efi"
+profile = "hello"
+selector = { platform = "efi", labels = { rack = "7" } }
+
+[[group]]
+name = "uuid"
+profile = "hello"
+selector = { uuid = "11111111-2222-3333-4444-555555555555", arch = "x86_64" }
+"#;
+
+#[test]
+fn machines_get_the_most_specific_group_and_unknown_ones_retry() {
+    let h = hello();
+    let d = tempfile::tempdir().unwrap();
+    let conf = write_config(d.path(), MACHINES);
+    let s = Serve::start(&h.store, &["--config", &conf]);
+    let script = |args: &[&str], q: &str| {
+        let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        a.push(format!("{}/ipxe?{q}", s.base));
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let (st, _, body) = curl(&a);
+        assert_eq!(st, 200);
+        String::from_utf8(body).unwrap()
+    };
+    let (entry, _) = hello_entry();
+    let mac = script(&[], "mac=52-54-00-AA-BB-CC&platform=efi&arch=x86_64");
+    assert!(mac.contains("group by-mac"), "{mac}");
+    assert!(mac.contains(&format!("kernel /artifacts/{entry}/vmlinuz initrd=initrd rdinit=/init ")), "{mac}");
+    assert!(mac.contains("imgd.group=by-mac"), "{mac}");
+    // The client's source address, from a distinct loopback address.
+    let lab = script(&["--interface", "127.0.0.70"], "mac=52-54-00-00-00-01");
+    assert!(lab.contains("group lab-net"), "{lab}");
+    let other = script(&["--interface", "127.0.0.5"], "mac=52-54-00-00-00-01&platform=efi&rack=7");
+    assert!(other.contains("group rack-7-efi"), "{other}");
+    let uuid = script(&[], "uuid=11111111-2222-3333-4444-555555555555&arch=x86_64");
+    assert!(uuid.contains("group uuid"), "{uuid}");
+    let unknown = script(&["--interface", "127.0.0.5"], "mac=52-54-00-00-00-09&platform=pcbios&rack=7");
+    assert!(unknown.contains("no group matches this machine") && unknown.contains("sleep 10"), "{unknown}");
+    assert!(unknown.contains("chain --replace --autofree /boot.ipxe?rack=7"), "labels survive the retry: {unknown}");
+    assert!(s.log.lock().unwrap().contains("unknown machine: mac 52-54-00-00-00-09"), "logged");
+    // The chain script asks iPXE for every identity variable, escaped.
+    let (_, _, chain) = curl(&[&format!("{}/boot.ipxe?rack=7", s.base)]);
+    let chain = String::from_utf8(chain).unwrap();
+    assert!(
+        chain.contains("/ipxe?mac=${mac:hexhyp}&uuid=${uuid:uristring}")
+            && chain.contains("${platform:uristring}&rack=7"),
+        "{chain}"
+    );
+    // Metrics count boots by profile and group.
+    let (_, _, m) = curl(&[&format!("{}/metrics", s.base)]);
+    let m = String::from_utf8(m).unwrap();
+    assert!(m.contains("imgd_boots_total{profile=\"hello\",group=\"by-mac\"} 1"), "{m}");
+    assert!(m.contains("imgd_http_requests_total{endpoint=\"ipxe\",status=\"200\"} 5"), "{m}");
+    let (st, _, body) = curl(&[&format!("{}/healthz", s.base)]);
+    assert_eq!((st, body.as_slice()), (200, &b"ok\n"[..]));
+}
+
+#[test]
+fn rendered_scripts_match_the_golden_files() {
+    let h = hello();
+    let d = tempfile::tempdir().unwrap();
+    let conf = write_config(d.path(), MACHINES);
+    let s = Serve::start(&h.store, &["--config", &conf, "--artifact-base-url", "http://mirror.example/imgd/"]);
+    let (entry, m) = hello_entry();
+    let (_, _, body) = curl(&[&format!("{}/ipxe?mac=52:54:00:aa:bb:cc", s.base)]);
+    let got = String::from_utf8(body)
+        .unwrap()
+        .replace(&entry, "ENTRY")
+        .replace(m["recipe"]["cmdline"].as_str().unwrap(), "CMDLINE");
+    let golden = std::fs::read_to_string(repo().join("tests/golden/machine-by-mac.ipxe")).unwrap();
+    assert_eq!(got, golden);
+    let (_, _, chain) = curl(&[&format!("{}/boot.ipxe", s.base)]);
+    assert_eq!(
+        String::from_utf8(chain).unwrap(),
+        std::fs::read_to_string(repo().join("tests/golden/chain.ipxe")).unwrap()
+    );
+}
+
+#[test]
+fn artifacts_follow_rfc_9110_ranges_and_conditionals() {
+    let h = hello();
+    let s = Serve::start(&h.store, &["--serve-all"]);
+    let (entry, m) = hello_entry();
+    let art = m["artifacts"].as_array().unwrap().iter().find(|a| a["file"] == "initrd").unwrap().clone();
+    let size = art["size"].as_u64().unwrap();
+    let sha = art["sha256"].as_str().unwrap();
+    let url = format!("{}/artifacts/{entry}/initrd", s.base);
+    let local = std::fs::read(h.file("initrd")).unwrap();
+
+    let (st, hd, body) = curl(&[&url]);
+    assert_eq!(st, 200);
+    assert_eq!(body, local);
+    assert_eq!(header(&hd, "content-length"), Some(size.to_string().as_str()));
+    assert_eq!(header(&hd, "etag"), Some(format!("\"{sha}\"").as_str()));
+    assert!(header(&hd, "cache-control").unwrap().contains("immutable"));
+    assert_eq!(header(&hd, "accept-ranges"), Some("bytes"));
+
+    // HEAD: the same headers, and not one byte of body after them.
+    let mut c = std::net::TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
+    use std::io::Write;
+    write!(c, "HEAD /artifacts/{entry}/initrd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    c.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.to_ascii_lowercase().contains(&format!("content-length: {size}\r\n")), "{raw}");
+    assert!(raw.ends_with("\r\n\r\n"), "HEAD sent a body: {raw}");
+
+    let etag = format!("If-None-Match: \"{sha}\"");
+    let (st, _, body) = curl(&["-H", &etag, &url]);
+    assert_eq!((st, body.len()), (304, 0));
+    let (st, _, _) = curl(&["-H", "If-None-Match: \"other\", W/\"x\"", &url]);
+    assert_eq!(st, 200);
+
+    let (st, hd, body) = curl(&["-H", "Range: bytes=100-199", &url]);
+    assert_eq!(st, 206);
+    assert_eq!(body, &local[100..200]);
+    assert_eq!(header(&hd, "content-range"), Some(format!("bytes 100-199/{size}").as_str()));
+    let (st, _, body) = curl(&["-H", "Range: bytes=-10", &url]);
+    assert_eq!((st, body.as_slice()), (206, &local[local.len() - 10..]));
+    let (st, hd, _) = curl(&["-H", &format!("Range: bytes={size}-"), &url]);
+    assert_eq!(st, 416);
+    assert_eq!(header(&hd, "content-range"), Some(format!("bytes */{size}").as_str()));
+    // If-Range with a different validator: the whole file.
+    let (st, _, body) = curl(&["-H", "Range: bytes=0-9", "-H", "If-Range: \"stale\"", &url]);
+    assert_eq!((st, body.len() as u64), (200, size));
+    let (st, _, body) = curl(&["-H", "Range: bytes=0-9", "-H", &format!("If-Range: \"{sha}\""), &url]);
+    assert_eq!((st, body.len()), (206, 10));
+
+    // Two ranges: multipart/byteranges with both parts and their Content-Range.
+    let (st, hd, body) = curl(&["-H", "Range: bytes=0-3,-4", &url]);
+    assert_eq!(st, 206);
+    let ct = header(&hd, "content-type").unwrap();
+    let boundary = ct.strip_prefix("multipart/byteranges; boundary=").expect("multipart");
+    assert_eq!(header(&hd, "content-length"), Some(body.len().to_string().as_str()));
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains(&format!("content-range: bytes 0-3/{size}").replace("content-range", "Content-Range")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("Content-Range: bytes {}-{}/{size}", size - 4, size - 1)), "{text}");
+    assert!(text.ends_with(&format!("\r\n--{boundary}--\r\n")), "{text}");
+    let mut parts = body.windows(4).enumerate().filter(|(_, w)| *w == b"\r\n\r\n").map(|(i, _)| i + 4);
+    let first = parts.next().unwrap();
+    assert_eq!(&body[first..first + 4], &local[..4]);
+
+    // A big artifact streams in full with bounded memory.
+    let (st, _, body) = curl(&[&format!("{}/artifacts/{entry}/disk.raw", s.base)]);
+    assert_eq!(st, 200);
+    assert_eq!(body.len() as u64, std::fs::metadata(h.file("disk.raw")).unwrap().len());
+}
+
+#[test]
+fn traversal_and_unreferenced_paths_are_refused() {
+    let h = hello();
+    let d = tempfile::tempdir().unwrap();
+    // A store with one entry whose manifest names a symlink out of the store.
+    let store = d.path().join("store");
+    let (entry, m) = hello_entry();
+    let evil = store.join(format!("{}-evil", &entry[..32]));
+    std::fs::create_dir_all(&evil).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", evil.join("vmlinuz")).unwrap();
+    let mut em = m.clone();
+    em["name"] = serde_json::json!(format!("{}-evil", &entry[..32]));
+    em["profile"] = serde_json::json!("evil");
+    em["artifacts"] = serde_json::json!([{"name": "kernel", "format": "ipxe", "file": "vmlinuz", "size": std::fs::metadata("/etc/passwd").unwrap().len(), "sha256": "0"}]);
+    std::fs::write(evil.join("manifest.json"), serde_json::to_string(&em).unwrap()).unwrap();
+    // Copy hello's entry too, so real artifacts exist in this store.
+    let real = store.join(&entry);
+    std::fs::create_dir_all(&real).unwrap();
+    for f in ["manifest.json", "initrd"] {
+        std::fs::copy(h.file(f), real.join(f)).unwrap();
+    }
+    std::fs::write(real.join("secret.txt"), "not an artifact").unwrap();
+    let s = Serve::start(&store, &["--serve-all"]);
+    let b = &s.base;
+    let (st, _, _) = curl(&[&format!("{b}/artifacts/{entry}/initrd")]);
+    assert_eq!(st, 200, "the real artifact is served");
+    for path in [
+        format!("/artifacts/{entry}/../../etc/passwd"),
+        format!("/artifacts/{entry}/%2e%2e/%2e%2e/etc/passwd"),
+        format!("/artifacts/{entry}/%252e%252e%252fetc%252fpasswd"),
+        format!("/artifacts/{entry}/..%5c..%5cetc%5cpasswd"),
+        format!("/artifacts/{entry}/%2fetc%2fpasswd"),
+        format!("/artifacts/{entry}/initrd%00.txt"),
+        format!("/artifacts/{entry}/manifest.json"),
+        format!("/artifacts/{entry}/secret.txt"),
+        format!("/artifacts/{entry}/"),
+        "/artifacts/".to_string(),
+        format!("/artifacts/{}-evil/vmlinuz", &entry[..32]),
+        "//etc/passwd".to_string(),
+        "/profiles/nope/boot.ipxe".to_string(),
+    ] {
+        let (st, _, body) = curl(&["--path-as-is", &format!("{b}{path}")]);
+        assert!(st == 400 || st == 404, "{path} gave {st}");
+        assert!(!String::from_utf8_lossy(&body).contains("root:"), "{path} leaked /etc/passwd");
+    }
+    let (st, _, _) = curl(&["-X", "POST", &format!("{b}/boot.ipxe")]);
+    assert_eq!(st, 405);
+}
+
+#[test]
+fn the_allow_list_refuses_other_clients() {
+    let h = hello();
+    let s = Serve::start(&h.store, &["--serve-all", "--allow", "127.0.0.2/32"]);
+    let url = format!("{}/healthz", s.base);
+    assert_eq!(curl(&["--interface", "127.0.0.1", &url]).0, 403);
+    assert_eq!(curl(&["--interface", "127.0.0.2", &url]).0, 200);
+    // Behind a trusted proxy, the forwarded address is the client.
+    let s = Serve::start(&h.store, &["--serve-all", "--allow", "127.0.0.2/32", "--trusted-proxy", "127.0.0.1/32"]);
+    let url = format!("{}/healthz", s.base);
+    assert_eq!(curl(&["--interface", "127.0.0.1", "-H", "X-Forwarded-For: 127.0.0.2", &url]).0, 200);
+    assert_eq!(curl(&["--interface", "127.0.0.1", "-H", "X-Forwarded-For: 127.0.0.9", &url]).0, 403);
+    // An untrusted peer cannot claim an address.
+    assert_eq!(curl(&["--interface", "127.0.0.3", "-H", "X-Forwarded-For: 127.0.0.2", &url]).0, 403);
+}
+
+#[test]
+fn sighup_reloads_and_a_broken_config_keeps_the_old_one() {
+    let h = hello();
+    let d = tempfile::tempdir().unwrap();
+    let conf = write_config(d.path(), "[[group]]\nname = \"one\"\nprofile = \"hello\"\ndefault = true\n");
+    let s = Serve::start(&h.store, &["--config", &conf]);
+    let get = || String::from_utf8(curl(&[&format!("{}/ipxe?mac=52-54-00-00-00-01", s.base)]).2).unwrap();
+    assert!(get().contains("group one"));
+    write_config(d.path(), "[[group]]\nname = \"two\"\nprofile = \"hello\"\ndefault = true\nbroken = \n");
+    s.signal("HUP");
+    let end = Instant::now() + Duration::from_secs(20);
+    while !s.log.lock().unwrap().contains("reload failed") {
+        assert!(Instant::now() < end, "no reload log: {}", s.log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(get().contains("group one"), "the old configuration keeps serving");
+    write_config(d.path(), "[[group]]\nname = \"two\"\nprofile = \"hello\"\ndefault = true\n");
+    s.signal("HUP");
+    let end = Instant::now() + Duration::from_secs(20);
+    while !get().contains("group two") {
+        assert!(Instant::now() < end, "reload did not take effect");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sigterm_drains_an_in_flight_download() {
+    let h = hello();
+    let (entry, _) = hello_entry();
+    let mut s = Serve::start(&h.store, &["--serve-all", "--drain", "60"]);
+    let size = std::fs::metadata(h.file("disk.raw")).unwrap().len();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("disk");
+    // ~3 s at this rate; SIGTERM arrives after 1 s.
+    let rate = format!("{}", size / 3);
+    let mut dl = Command::new("curl")
+        .args([
+            "-sS",
+            "--limit-rate",
+            &rate,
+            "-o",
+            out.to_str().unwrap(),
+            &format!("{}/artifacts/{entry}/disk.raw", s.base),
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    s.signal("TERM");
+    let status = dl.wait().unwrap();
+    assert!(status.success(), "the download was cut");
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
+    let st = s.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "{st}");
+    // No new connections after shutdown began.
+    let mut buf = String::new();
+    let refused = std::net::TcpStream::connect(s.base.trim_start_matches("http://"))
+        .map(|mut c| c.read_to_string(&mut buf).is_err() || buf.is_empty())
+        .unwrap_or(true);
+    assert!(refused);
+}

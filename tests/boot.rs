@@ -29,3 +29,18 @@ fn a_wrong_marker_fails_with_the_console_tail_and_leaves_no_qemu() {
     let ps = std::process::Command::new("pgrep").args(["-f", &store]).output().unwrap();
     assert!(ps.stdout.is_empty(), "qemu still running: {}", String::from_utf8_lossy(&ps.stdout));
 }
+
+#[test]
+fn hello_netboots_through_real_ipxe_from_imgd_serve() {
+    let h = hello();
+    for platform in ["pcbios", "efi"] {
+        let out = imgd(&h.store)
+            .args(["test", "hello", "--boot", "netboot", "--platform", platform, "--timeout", "240"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{platform} netboot failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains(&format!("netboot ({platform}): `IMGD-HELLO-READY` after")), "{stdout}");
+        assert!(stdout.contains("iPXE fetched boot.ipxe, ipxe and 2 artifacts"), "{stdout}");
+    }
+}

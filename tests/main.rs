@@ -5,6 +5,7 @@ mod boot;
 mod build;
 mod checkers;
 mod common;
+mod debian;
 mod errors;
 mod serve;
 mod store;

@@ -22,10 +22,15 @@ enum Command {
     Build(cmd::build::BuildArgs),
     /// Print a profile's input hash without building.
     Hash(cmd::build::HashArgs),
+    /// Boot a profile in qemu with its console on this terminal.
+    Run(cmd::run::RunArgs),
     /// Boot a profile's artifacts headless in qemu and wait for its marker.
     Test(cmd::test::TestArgs),
     /// Serve netboot scripts and artifacts to iPXE over HTTP.
     Serve(cmd::serve::ServeArgs),
+    /// Copy stdin/stdout to a TCP address (used by qemu's guestfwd in netboot tests).
+    #[command(hide = true)]
+    Relay { addr: String },
     /// List store entries.
     Ls(cmd::store_cmds::LsArgs),
     /// Re-hash store entries against their manifests.
@@ -49,7 +54,9 @@ fn main() {
         Command::Build(a) => cmd::build::run(a),
         Command::Hash(a) => cmd::build::hash(a),
         Command::Test(a) => cmd::test::run(a),
+        Command::Run(a) => cmd::run::run(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Relay { addr } => imgd::qemu::relay(addr),
         Command::Ls(a) => cmd::store_cmds::ls(a),
         Command::Verify(a) => cmd::store_cmds::verify(a),
         Command::Gc(a) => cmd::store_cmds::gc(a),

@@ -1,6 +1,7 @@
 //! One module per subcommand, each with its clap arguments and its `run`.
 
 pub mod build;
+pub mod run;
 pub mod serve;
 pub mod store_cmds;
 pub mod test;

@@ -18,17 +18,22 @@ pub struct TestArgs {
     pub profile: ProfileArgs,
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Which artifact to boot: ipxe (kernel + initrd), raw, qcow2, vhd, or all.
+    /// What to boot: ipxe (kernel + initrd handed to qemu), netboot (the NIC's
+    /// iPXE firmware fetching from imgd's server), raw, qcow2, vhd, or all.
     #[arg(long, default_value = "first")]
     pub boot: String,
+    /// Firmware for netboot: pcbios (SeaBIOS + iPXE ROM) or efi (OVMF + iPXE
+    /// EFI ROM); default: the hardware's.
+    #[arg(long, value_parser = ["pcbios", "efi"])]
+    pub platform: Option<String>,
     /// Seconds to wait for the marker in each boot.
     #[arg(long, default_value_t = 180)]
     pub timeout: u64,
     /// Text to wait for (default: the profile's ready_marker).
     #[arg(long)]
     pub expect: Option<String>,
-    /// CPU emulation: tcg always works; kvm only where nested virtualization does.
-    #[arg(long, value_enum, default_value = "tcg")]
+    /// CPU emulation: auto uses KVM where a (cached) probe shows guests run.
+    #[arg(long, value_enum, default_value = "auto")]
     pub accel: Accel,
 }
 
@@ -43,33 +48,35 @@ pub fn run(a: &TestArgs) -> anyhow::Result<()> {
     let store = a.store.open()?;
     let built = imgd::build::build(&recipe, &store, &Progress::new(false))?;
     let entry = built.entry;
-    let wanted: Vec<Format> = match a.boot.as_str() {
-        "all" => recipe.formats.iter().copied().filter(|f| *f != Format::Tar).collect(),
-        "first" => recipe.formats.iter().copied().filter(|f| *f != Format::Tar).take(1).collect(),
-        other => vec![other.parse().map_err(|e: String| anyhow::anyhow!(e))?],
+    let bootable: Vec<Boot> = recipe
+        .formats
+        .iter()
+        .filter(|f| **f != Format::Tar)
+        .flat_map(
+            |f| if *f == Format::Ipxe { vec![Boot::Artifact(*f), Boot::Netboot] } else { vec![Boot::Artifact(*f)] },
+        )
+        .collect();
+    let wanted: Vec<Boot> = match a.boot.as_str() {
+        "all" => bootable,
+        "first" => bootable.into_iter().take(1).collect(),
+        "netboot" => vec![Boot::Netboot],
+        other => vec![Boot::Artifact(other.parse().map_err(|e: String| anyhow::anyhow!(e))?)],
     };
     if wanted.is_empty() {
         bail!("profile {} builds nothing bootable (only tar)", recipe.name);
     }
     let scratch = tempfile::tempdir()?;
-    let machine = Machine { arch: recipe.arch, firmware: recipe.firmware, qemu: &loaded_hw.qemu, accel: a.accel };
-    for f in wanted {
-        let file = |name: &str| -> anyhow::Result<std::path::PathBuf> {
-            let art =
-                entry.manifest.artifact(f, name).with_context(|| format!("entry {} has no {f} {name}", entry.name))?;
-            Ok(entry.path.join(&art.file))
+    let accel = resolve_accel(a.accel, &entry);
+    let machine = Machine { arch: recipe.arch, firmware: recipe.firmware, qemu: &loaded_hw.qemu, accel, ssh: None };
+    for boot in wanted {
+        let f = match boot {
+            Boot::Netboot => {
+                netboot(a, &recipe, &machine, &entry, &marker, scratch.path())?;
+                continue;
+            }
+            Boot::Artifact(f) => f,
         };
-        let src = match f {
-            Format::Ipxe => BootSource::Direct {
-                kernel: file("kernel")?,
-                initrd: file("initrd")?,
-                cmdline: format!("rdinit=/init {}", recipe.cmdline),
-            },
-            Format::Raw => BootSource::Disk { image: file("disk")?, format: "raw" },
-            Format::Qcow2 => BootSource::Disk { image: file("disk")?, format: "qcow2" },
-            Format::Vhd => BootSource::Disk { image: file("disk")?, format: "vpc" },
-            Format::Tar => bail!("a tarball cannot be booted"),
-        };
+        let src = boot_source(&entry, f, &recipe)?;
         let cmd = qemu::command(&machine, &src, scratch.path())?;
         let log = std::env::temp_dir().join(format!("imgd-test-{}-{f}.log", entry.name));
         eprintln!("booting {} ({f}), console log {}", entry.name, log.display());
@@ -78,4 +85,133 @@ pub fn run(a: &TestArgs) -> anyhow::Result<()> {
         println!("ok {} {f}: `{marker}` after {:.1}s", entry.name, report.seconds);
     }
     Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Boot {
+    Artifact(Format),
+    Netboot,
+}
+
+/// Boots through the NIC's iPXE firmware from an `imgd serve` on loopback,
+/// and checks that iPXE really fetched the script, kernel and initrd from it.
+fn netboot(
+    a: &TestArgs,
+    recipe: &imgd::config::Recipe,
+    machine: &Machine<'_>,
+    entry: &imgd::store::Entry,
+    marker: &str,
+    scratch: &std::path::Path,
+) -> anyhow::Result<()> {
+    use imgd::serve::{http, machines, state};
+    let has = |f: &str| entry.manifest.artifacts.iter().any(|x| x.file == f);
+    if !has("vmlinuz") || !has("initrd") {
+        bail!("{} has no ipxe artifacts to netboot", entry.name);
+    }
+    let sources = state::Sources {
+        root: a.profile.root.clone(),
+        cache: imgd::config::default_cache(),
+        store: a.store.store.clone().unwrap_or_else(imgd::store::default_dir),
+        machines: None,
+        serve_all: false,
+        build_missing: false,
+    };
+    let group = machines::Group {
+        name: "imgd-test".into(),
+        entry: Some(entry.name.clone()),
+        default: true,
+        ..Default::default()
+    };
+    let st = state::load(&sources, Some(machines::MachinesFile { groups: vec![group] }))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let port = listener.local_addr()?.port();
+    let server = http::Server::new(st, http::Options::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let srv = server.clone();
+    let handle = rt.spawn(async move {
+        http::serve(listener, srv, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let platform = a.platform.clone().unwrap_or_else(|| match recipe.firmware {
+        imgd::config::types::Firmware::Uefi => "efi".into(),
+        imgd::config::types::Firmware::Bios => "pcbios".into(),
+    });
+    let firmware =
+        if platform == "efi" { imgd::config::types::Firmware::Uefi } else { imgd::config::types::Firmware::Bios };
+    let m = Machine { firmware, ..*machine };
+    let exe = std::env::current_exe()?;
+    let relay = format!("{} relay 127.0.0.1:{port}", exe.display());
+    let cmd = qemu::command(&m, &BootSource::Netboot { relay }, scratch)?;
+    let log = std::env::temp_dir().join(format!("imgd-test-{}-netboot-{platform}.log", entry.name));
+    eprintln!(
+        "netbooting {} ({platform}) from imgd serve on 127.0.0.1:{port}, console log {}",
+        entry.name,
+        log.display()
+    );
+    let result = qemu::boot_until(cmd, marker, Duration::from_secs(a.timeout), &log);
+    let _ = stop.send(());
+    let _ = rt.block_on(handle);
+    let report = result.with_context(|| format!("{} (netboot, {platform})", entry.name))?;
+    // Passing means iPXE fetched everything from us, not that something booted.
+    let metrics = server.metrics.render();
+    let served = |endpoint: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("imgd_http_requests_total{{endpoint=\"{endpoint}\",status=\"200\"}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let need: u64 =
+        entry.manifest.artifacts.iter().filter(|x| x.file == "vmlinuz" || x.file == "initrd").map(|x| x.size).sum();
+    let sent = server.metrics.bytes_served.load(std::sync::atomic::Ordering::Relaxed);
+    if served("boot.ipxe") < 1 || served("ipxe") < 1 || served("artifacts") < 2 || sent < need {
+        bail!(
+            "the machine booted, but not from imgd: boot.ipxe {}, ipxe {}, artifacts {}, {sent} of {need} bytes",
+            served("boot.ipxe"),
+            served("ipxe"),
+            served("artifacts")
+        );
+    }
+    println!(
+        "ok {} netboot ({platform}): `{marker}` after {:.1}s; iPXE fetched boot.ipxe, ipxe and {} artifacts ({sent} bytes) from imgd",
+        entry.name,
+        report.seconds,
+        served("artifacts")
+    );
+    Ok(())
+}
+
+/// `auto` becomes KVM only when a probe boot of the entry's kernel runs under it.
+pub fn resolve_accel(accel: Accel, entry: &imgd::store::Entry) -> Accel {
+    if accel != Accel::Auto {
+        return accel;
+    }
+    let kernel = entry.manifest.artifacts.iter().find(|x| x.file == "vmlinuz").map(|x| entry.path.join(&x.file));
+    match kernel {
+        Some(k) if qemu::kvm_works(&k, &imgd::config::default_cache()) => Accel::Kvm,
+        _ => Accel::Tcg,
+    }
+}
+
+/// How qemu boots artifact format `f` of `entry`.
+pub fn boot_source(entry: &imgd::store::Entry, f: Format, recipe: &imgd::config::Recipe) -> anyhow::Result<BootSource> {
+    let file = |name: &str| -> anyhow::Result<std::path::PathBuf> {
+        let art =
+            entry.manifest.artifact(f, name).with_context(|| format!("entry {} has no {f} {name}", entry.name))?;
+        Ok(entry.path.join(&art.file))
+    };
+    Ok(match f {
+        Format::Ipxe => BootSource::Direct {
+            kernel: file("kernel")?,
+            initrd: file("initrd")?,
+            cmdline: format!("rdinit=/init {}", recipe.cmdline),
+        },
+        Format::Raw => BootSource::Disk { image: file("disk")?, format: "raw" },
+        Format::Qcow2 => BootSource::Disk { image: file("disk")?, format: "qcow2" },
+        Format::Vhd => BootSource::Disk { image: file("disk")?, format: "vpc" },
+        Format::Tar => bail!("a tarball cannot be booted"),
+    })
 }

@@ -18,19 +18,28 @@ pub enum BootSource {
     Direct { kernel: PathBuf, initrd: PathBuf, cmdline: String },
     /// A disk image; `format` is qemu's name (raw, qcow2, vpc).
     Disk { image: PathBuf, format: &'static str },
+    /// The NIC's iPXE ROM boots from the network. The guest reaches nothing but
+    /// `http://10.0.2.100/`, which qemu relays to `relay` (a command that talks
+    /// to the netboot server on loopback): user networking with restrict=on.
+    Netboot { relay: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Accel {
+    /// KVM where a probe shows guests really run, else TCG.
+    Auto,
     Kvm,
     Tcg,
 }
 
+#[derive(Clone, Copy)]
 pub struct Machine<'a> {
     pub arch: Arch,
     pub firmware: Firmware,
     pub qemu: &'a QemuSpec,
     pub accel: Accel,
+    /// Forward 127.0.0.1:PORT on the host to the guest's port 22.
+    pub ssh: Option<u16>,
 }
 
 const OVMF_CODE: &[&str] =
@@ -56,23 +65,54 @@ pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Comm
         "-accel",
         match m.accel {
             Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
+            // Callers resolve Auto (see `kvm_works`); unresolved means TCG.
+            Accel::Tcg | Accel::Auto => "tcg",
         },
     ]);
     c.args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"]);
-    c.args(["-nic", "none"]);
+    let uefi = |c: &mut Command| -> Result<()> {
+        let code = first_existing(OVMF_CODE).context("OVMF firmware not found (apt-get install ovmf)")?;
+        let vars_src = first_existing(OVMF_VARS).context("OVMF vars not found (apt-get install ovmf)")?;
+        let vars = scratch.join("OVMF_VARS.fd");
+        std::fs::copy(&vars_src, &vars)?;
+        c.arg("-drive").arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()));
+        c.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+        Ok(())
+    };
     match src {
+        BootSource::Netboot { relay } => {
+            if relay.contains(',') {
+                bail!("the relay command must not contain commas (qemu option syntax): {relay}");
+            }
+            if m.firmware == Firmware::Uefi {
+                uefi(&mut c)?;
+            }
+            c.arg("-netdev").arg(format!(
+                "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:{relay},bootfile=http://10.0.2.100/boot.ipxe"
+            ));
+            c.arg("-device").arg(format!("{},netdev=n0,bootindex=1", m.qemu.nic));
+            return Ok(c);
+        }
+        _ => match m.ssh {
+            // Still restrict=on: the guest reaches nothing; only the host's
+            // loopback port reaches in.
+            Some(port) => {
+                c.arg("-netdev").arg(format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"));
+                c.arg("-device").arg(format!("{},netdev=n0", m.qemu.nic));
+            }
+            None => {
+                c.args(["-nic", "none"]);
+            }
+        },
+    }
+    match src {
+        BootSource::Netboot { .. } => unreachable!("handled above"),
         BootSource::Direct { kernel, initrd, cmdline } => {
             c.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).arg("-append").arg(cmdline);
         }
         BootSource::Disk { image, format } => {
             if m.firmware == Firmware::Uefi {
-                let code = first_existing(OVMF_CODE).context("OVMF firmware not found (apt-get install ovmf)")?;
-                let vars_src = first_existing(OVMF_VARS).context("OVMF vars not found (apt-get install ovmf)")?;
-                let vars = scratch.join("OVMF_VARS.fd");
-                std::fs::copy(&vars_src, &vars)?;
-                c.arg("-drive").arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()));
-                c.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+                uefi(&mut c)?;
             }
             c.arg("-drive").arg(format!("file={},format={format},if=none,id=disk0,snapshot=on", image.display()));
             let dev = match m.qemu.disk {
@@ -84,6 +124,69 @@ pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Comm
         }
     }
     Ok(c)
+}
+
+/// Wraps qemu in `setpriv --pdeathsig KILL` so the kernel kills it when imgd
+/// dies, however it dies (even SIGKILL, where no handler runs).
+pub fn guarded(cmd: Command) -> Command {
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().find(|p| Path::new(p).exists());
+    let Some(setpriv) = setpriv else { return cmd };
+    let mut g = Command::new(setpriv);
+    g.args(["--pdeathsig", "KILL", "--"]).arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => g.env(k, v),
+            None => g.env_remove(k),
+        };
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        g.current_dir(d);
+    }
+    g
+}
+
+/// Runs qemu attached to the terminal (`imgd run`) until it exits.
+pub fn run_interactive(cmd: Command) -> Result<std::process::ExitStatus> {
+    let mut cmd = guarded(cmd);
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        // The serial console and qemu's monitor share the terminal: Ctrl-A X quits.
+        let args: Vec<std::ffi::OsString> =
+            cmd.get_args().map(|a| if a == "stdio" { "mon:stdio".into() } else { a.to_os_string() }).collect();
+        let mut c = Command::new(cmd.get_program());
+        c.args(args);
+        cmd = c;
+        eprintln!("imgd run: Ctrl-A X quits qemu");
+    }
+    let mut child = Reaper(cmd.spawn().context("cannot start qemu-system-x86_64 (apt-get install qemu-system-x86)")?);
+    Ok(child.0.wait()?)
+}
+
+/// Whether KVM really runs guests here: /dev/kvm can open while guests die
+/// (nested virtualization without full CPU features). Boots `kernel` for a
+/// few seconds under KVM and looks for its first console line; the answer is
+/// cached in `cache` per qemu version and kernel.
+pub fn kvm_works(kernel: &Path, cache: &Path) -> bool {
+    if std::fs::File::options().read(true).write(true).open("/dev/kvm").is_err() {
+        return false;
+    }
+    let qemu = crate::tools::version_line("qemu-system-x86_64", "--version");
+    let key =
+        crate::hash::sha256_hex(format!("{qemu}\n{}", crate::hash::sha256_file(kernel).unwrap_or_default()).as_bytes());
+    let file = cache.join(format!("kvm-probe-{}", &key[..16]));
+    if let Ok(v) = std::fs::read_to_string(&file) {
+        return v.trim() == "ok";
+    }
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-accel", "kvm", "-cpu", "host", "-m", "256", "-display", "none", "-monitor", "none", "-serial", "stdio"]);
+    c.args(["-nic", "none", "-no-reboot", "-kernel"]).arg(kernel).args(["-append", "console=ttyS0 panic=-1"]);
+    let dir = std::env::temp_dir().join(format!("imgd-kvm-probe-{}", std::process::id()));
+    let ok = boot_until(c, "Linux version", Duration::from_secs(15), &dir).is_ok();
+    let _ = std::fs::remove_file(&dir);
+    let _ = std::fs::create_dir_all(cache);
+    let _ = std::fs::write(&file, if ok { "ok\n" } else { "broken\n" });
+    tracing::info!("KVM probe: {}", if ok { "works" } else { "guests do not run; using TCG" });
+    ok
 }
 
 /// Kills qemu when dropped, whatever path the caller leaves by.
@@ -105,19 +208,25 @@ pub struct BootReport {
 /// Boots headless and waits for `marker` on the serial console, writing the
 /// console to `log`. Fails on timeout, kernel panic or qemu exiting first,
 /// with the reason and the last 40 console lines.
-pub fn boot_until(mut cmd: Command, marker: &str, timeout: Duration, log: &Path) -> Result<BootReport> {
+pub fn boot_until(cmd: Command, marker: &str, timeout: Duration, log: &Path) -> Result<BootReport> {
     let start = Instant::now();
+    let mut cmd = guarded(cmd);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = Reaper(cmd.spawn().context("cannot start qemu-system-x86_64 (apt-get install qemu-system-x86)")?);
     let stdout = child.0.stdout.take().expect("piped");
     let stderr = child.0.stderr.take().expect("piped");
+    // Chunks, not lines: a login prompt ("debian login: ") ends without a newline.
     let (tx, rx) = mpsc::channel::<Option<String>>();
     let tx2 = tx.clone();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).split(b'\n') {
-            let Ok(line) = line else { break };
-            let text = String::from_utf8_lossy(&line).replace('\r', "");
-            if tx.send(Some(text)).is_err() {
+        let mut r = BufReader::new(stdout);
+        loop {
+            let buf = match r.fill_buf() {
+                Ok([]) | Err(_) => break,
+                Ok(b) => b.to_vec(),
+            };
+            r.consume(buf.len());
+            if tx.send(Some(String::from_utf8_lossy(&buf).replace('\r', ""))).is_err() {
                 return;
             }
         }
@@ -125,11 +234,12 @@ pub fn boot_until(mut cmd: Command, marker: &str, timeout: Duration, log: &Path)
     });
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx2.send(Some(format!("[qemu] {line}")));
+            let _ = tx2.send(Some(format!("[qemu] {line}\n")));
         }
     });
     let mut logf = std::fs::File::create(log)?;
     let mut tail: std::collections::VecDeque<String> = Default::default();
+    let mut partial = String::new();
     let fail = |reason: &str, tail: &std::collections::VecDeque<String>| -> anyhow::Error {
         let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
         anyhow::anyhow!(
@@ -145,25 +255,33 @@ pub fn boot_until(mut cmd: Command, marker: &str, timeout: Duration, log: &Path)
             return Err(fail(&format!("timed out after {}s waiting for `{marker}`", timeout.as_secs()), &tail));
         }
         match rx.recv_timeout(left) {
-            Ok(Some(line)) => {
-                writeln!(logf, "{line}")?;
-                tail.push_back(line.clone());
-                if tail.len() > 40 {
-                    tail.pop_front();
+            Ok(Some(chunk)) => {
+                logf.write_all(chunk.as_bytes())?;
+                partial.push_str(&chunk);
+                let mut lines: Vec<String> = partial.split('\n').map(str::to_string).collect();
+                partial = lines.pop().unwrap_or_default();
+                let seen = lines.iter().any(|l| l.contains(marker)) || partial.contains(marker);
+                let panicked = lines.iter().any(|l| l.contains("Kernel panic"));
+                for l in lines {
+                    tail.push_back(l);
+                    if tail.len() > 40 {
+                        tail.pop_front();
+                    }
                 }
-                if line.contains(marker) {
+                if seen {
                     logf.flush()?;
                     return Ok(BootReport { seconds: start.elapsed().as_secs_f64(), log: log.to_path_buf() });
                 }
-                if line.contains("Kernel panic") {
+                if panicked {
                     // Let the panic's backtrace reach the log before failing.
                     let until = Instant::now() + Duration::from_millis(500);
-                    while let Ok(Some(l)) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                        writeln!(logf, "{l}")?;
-                        tail.push_back(l);
-                        if tail.len() > 40 {
-                            tail.pop_front();
-                        }
+                    while let Ok(Some(c)) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                        logf.write_all(c.as_bytes())?;
+                        partial.push_str(&c);
+                    }
+                    tail.extend(partial.lines().map(str::to_string));
+                    while tail.len() > 40 {
+                        tail.pop_front();
                     }
                     return Err(fail("kernel panic", &tail));
                 }
@@ -179,4 +297,20 @@ pub fn boot_until(mut cmd: Command, marker: &str, timeout: Duration, log: &Path)
             }
         }
     }
+}
+
+/// Copies stdin to a TCP connection and the connection to stdout: what qemu's
+/// `guestfwd=...-cmd:` runs once per guest connection.
+pub fn relay(addr: &str) -> Result<()> {
+    let conn = std::net::TcpStream::connect(addr).with_context(|| format!("relay: connecting to {addr}"))?;
+    let mut up = conn.try_clone()?;
+    let t = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
+        let _ = up.shutdown(std::net::Shutdown::Write);
+    });
+    let mut down = conn;
+    std::io::copy(&mut down, &mut std::io::stdout().lock())?;
+    std::io::stdout().flush()?;
+    drop(t);
+    Ok(())
 }

@@ -21,6 +21,32 @@ pub fn skeleton(tree: &mut Tree) -> Result<()> {
         let rel = tree.resolve("/var/lib/dbus/machine-id", false)?;
         tree.remove(&rel)?;
     }
+    ssh_host_keys(tree)
+}
+
+/// OpenSSH's package generates host keys when it is installed, so a bootstrapped
+/// base carries keys every machine of the fleet would share (and that change on
+/// every bootstrap). Drop them; each machine makes its own at first boot.
+fn ssh_host_keys(tree: &mut Tree) -> Result<()> {
+    let keys: Vec<String> =
+        tree.nodes().filter(|(k, _)| k.starts_with("etc/ssh/ssh_host_")).map(|(k, _)| k.clone()).collect();
+    for k in &keys {
+        tree.remove(k)?;
+    }
+    let has_sshd = ["/usr/sbin/sshd", "/sbin/sshd"].iter().any(|p| tree.get(p).is_some());
+    if !has_sshd || tree.get("/etc/systemd/system").is_none() && tree.get("/lib/systemd/system").is_none() {
+        return Ok(());
+    }
+    let unit = "[Unit]\nDescription=Generate SSH host keys (imgd: each machine its own)\nBefore=ssh.service\n\
+                ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key\n\n[Service]\nType=oneshot\n\
+                ExecStart=/usr/bin/ssh-keygen -A\n\n[Install]\nWantedBy=multi-user.target\n";
+    tree.add_bytes("/etc/systemd/system/imgd-ssh-hostkeys.service", unit.as_bytes(), 0o644)?;
+    tree.add_symlink(
+        "/etc/systemd/system/multi-user.target.wants/imgd-ssh-hostkeys.service",
+        "/etc/systemd/system/imgd-ssh-hostkeys.service",
+    )?;
+    let dropin = "[Unit]\nWants=imgd-ssh-hostkeys.service\nAfter=imgd-ssh-hostkeys.service\n";
+    tree.add_bytes("/etc/systemd/system/ssh.service.d/imgd-hostkeys.conf", dropin.as_bytes(), 0o644)?;
     Ok(())
 }
 

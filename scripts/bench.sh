@@ -2,6 +2,9 @@
 # Benchmarks, printed side by side from one run (not timed tests: machines are noisy).
 #   scripts/bench.sh build   cold and cached `imgd build hello` vs the plain shell
 #                            pipeline making the same artifacts from the same .debs
+#   scripts/bench.sh boot    time from command to marker for hello (kernel+initrd,
+#                            real iPXE netboot, UEFI disk) via imgd test vs the same
+#                            boot by hand (qemu command line, python http.server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-build}"
@@ -86,7 +89,72 @@ bench_build() {
   printf '  %-44s %8.2fx  (goal >= 1.0: imgd no slower)\n' "shell time / imgd cold time" "$(calc "$s / $c")"
 }
 
+# Starts a command in the background and prints the seconds until MARKER
+# appears in its output; then kills it.
+until_marker() {
+  local log=$1; shift
+  local t0 t1 pid
+  t0=$(now)
+  setpriv --pdeathsig KILL -- "$@" > "$log" 2>&1 &
+  pid=$!
+  for _ in $(seq 6000); do
+    grep -q IMGD-HELLO-READY "$log" && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  t1=$(now)
+  kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  grep -q IMGD-HELLO-READY "$log" || { echo "hand boot failed, see $log" >&2; tail -5 "$log" >&2; return 1; }
+  calc "$t1 - $t0"
+}
+
+bench_boot() {
+  export IMGD_STORE="$tmp/store"
+  "$imgd" build hello >/dev/null 2>&1
+  local entry; entry=$("$imgd" build hello --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["path"])')
+  local cmdline; cmdline=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["recipe"]["cmdline"])' "$entry/manifest.json")
+  local q=(qemu-system-x86_64 -machine q35 -cpu max -m 1024 -smp 1 -accel tcg -display none -monitor none -serial stdio -no-reboot)
+  local ovmf=(-drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd -drive "if=pflash,format=raw,unit=1,file=$tmp/vars.fd")
+  # A plain static server with the three files, the way people serve netboot.ipxe.
+  mkdir -p "$tmp/www"; cp "$entry"/{vmlinuz,initrd,boot.ipxe} "$tmp/www/"
+  local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  (cd "$tmp/www" && setpriv --pdeathsig KILL -- python3 -m http.server --bind 127.0.0.1 "$port" >/dev/null 2>&1) &
+  local www=$!
+  sleep 0.5
+  local net="user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:$imgd relay 127.0.0.1:$port,bootfile=http://10.0.2.100/boot.ipxe"
+  local rows=()
+  for kind in kernel netboot disk; do
+    local a=() b=()
+    for i in $(seq "$runs"); do
+      cp /usr/share/OVMF/OVMF_VARS_4M.fd "$tmp/vars.fd"
+      case $kind in
+        kernel)
+          t0=$(now); "$imgd" test hello --format kernel --accel tcg >/dev/null 2>&1; t1=$(now)
+          a+=("$(calc "$t1 - $t0")")
+          b+=("$(until_marker "$tmp/k.log" "${q[@]}" -nic none -kernel "$entry/vmlinuz" -initrd "$entry/initrd" -append "rdinit=/init $cmdline")") ;;
+        netboot)
+          t0=$(now); "$imgd" test hello --format ipxe --platform pcbios --accel tcg >/dev/null 2>&1; t1=$(now)
+          a+=("$(calc "$t1 - $t0")")
+          b+=("$(until_marker "$tmp/n.log" "${q[@]}" -netdev "$net" -device virtio-net-pci,netdev=n0,bootindex=1)") ;;
+        disk)
+          t0=$(now); "$imgd" test hello --format raw --accel tcg >/dev/null 2>&1; t1=$(now)
+          a+=("$(calc "$t1 - $t0")")
+          b+=("$(until_marker "$tmp/d.log" "${q[@]}" -nic none "${ovmf[@]}" -drive "file=$entry/disk.raw,format=raw,if=none,id=d0,snapshot=on" -device virtio-blk-pci,drive=d0,bootindex=1)") ;;
+      esac
+    done
+    local ma mb
+    ma=$(printf '%s\n' "${a[@]}" | median); mb=$(printf '%s\n' "${b[@]}" | median)
+    rows+=("$(printf '  %-34s %8.2f s %8.2f s %8.2fx' "$kind" "$ma" "$mb" "$(calc "$ma / $mb")")")
+  done
+  kill "$www" 2>/dev/null || true
+  echo "boot hello to its marker under TCG, median of $runs runs:"
+  printf '  %-34s %10s %10s %9s\n' "" "imgd test" "by hand" "ratio"
+  printf '%s\n' "${rows[@]}"
+  echo "  (ratio = imgd / by hand; goal: ~1.0, imgd adds no measurable time)"
+}
+
 case "$what" in
   build) bench_build ;;
-  *) echo "usage: $0 build" >&2; exit 2 ;;
+  boot) bench_boot ;;
+  *) echo "usage: $0 build|boot" >&2; exit 2 ;;
 esac

@@ -13,10 +13,12 @@ packages=(
   qemu-system-x86 qemu-utils    # together: a newer qemu-utils alone blocks qemu-system-x86
   ovmf ipxe-qemu seabios         # UEFI and BIOS firmware, iPXE NIC ROMs
   systemd-boot-efi               # the EFI loader on disk images
+  grub-pc-bin grub-common        # GRUB for BIOS disk images (grub-mkimage, i386-pc modules)
   e2fsprogs dosfstools mtools fdisk   # mkfs.ext4/debugfs/fsck, fsck.vfat, mformat/mcopy, sfdisk
   kmod busybox-static cpio zstd  # depmod; initrd checks
   debootstrap                    # the debian profile's base
   openssh-client                 # boot tests log in over SSH
+  curl                           # server tests
 )
 
 missing=()

@@ -6,11 +6,12 @@ use crate::common::*;
 #[test]
 fn hello_boots_to_its_marker_in_every_format() {
     let h = hello();
-    for format in ["ipxe", "raw", "qcow2", "vhd"] {
-        let out = imgd(&h.store).args(["test", "hello", "--boot", format, "--timeout", "240"]).output().unwrap();
+    for format in ["kernel", "raw", "qcow2", "vhd"] {
+        let out = imgd(&h.store).args(["test", "hello", "--format", format, "--timeout", "240"]).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{format} boot failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains(&format!("{format}: `IMGD-HELLO-READY` after")), "{stdout}");
+        let shown = if format == "kernel" { "ipxe" } else { format };
+        assert!(stdout.contains(&format!("{shown}: `IMGD-HELLO-READY` after")), "{stdout}");
     }
 }
 
@@ -19,7 +20,7 @@ fn a_wrong_marker_fails_with_the_console_tail_and_leaves_no_qemu() {
     let h = hello();
     let store = h.store.to_str().unwrap().to_string();
     let out = imgd(&h.store)
-        .args(["test", "hello", "--boot", "ipxe", "--timeout", "45", "--expect", "THIS-NEVER-APPEARS"])
+        .args(["test", "hello", "--format", "kernel", "--timeout", "45", "--expect", "THIS-NEVER-APPEARS"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -35,7 +36,7 @@ fn hello_netboots_through_real_ipxe_from_imgd_serve() {
     let h = hello();
     for platform in ["pcbios", "efi"] {
         let out = imgd(&h.store)
-            .args(["test", "hello", "--boot", "netboot", "--platform", platform, "--timeout", "240"])
+            .args(["test", "hello", "--format", "ipxe", "--platform", platform, "--timeout", "240"])
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -43,4 +44,81 @@ fn hello_netboots_through_real_ipxe_from_imgd_serve() {
         assert!(stdout.contains(&format!("netboot ({platform}): `IMGD-HELLO-READY` after")), "{stdout}");
         assert!(stdout.contains("iPXE fetched boot.ipxe, ipxe and 2 artifacts"), "{stdout}");
     }
+}
+
+#[test]
+fn an_init_that_exits_fails_fast_with_the_panic_in_the_tail() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let files =
+        "files=[{path=\"/sbin/init\",mode=\"0755\",content=\"#!/bin/busybox sh\\necho init-giving-up\\nexit 3\\n\"}]";
+    let start = std::time::Instant::now();
+    let out = imgd(&store)
+        .args(["test", "hello", "--set", files, "--format", "kernel", "--timeout", "200"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("kernel panic") || stderr.contains("qemu exited"), "{stderr}");
+    assert!(stderr.contains("init-giving-up") && stderr.contains("Attempted to kill init"), "{stderr}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(150), "it did not wait for the timeout");
+    let ps = std::process::Command::new("pgrep").args(["-f", store.to_str().unwrap()]).output().unwrap();
+    assert!(ps.stdout.is_empty(), "qemu still running");
+}
+
+#[test]
+fn aws_nitro_hardware_boots_its_disk_from_nvme() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let out = imgd(&store)
+        .args(["test", "hello", "--hardware", "aws-nitro-x86_64", "--format", "raw", "--timeout", "240"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let log = stderr.split("console log ").nth(1).and_then(|s| s.split_whitespace().next()).expect("log path");
+    let console = std::fs::read_to_string(log).unwrap();
+    assert!(console.contains("root /dev/nvme0n1p2"), "the root came from NVMe:\n{console}");
+}
+
+#[test]
+fn bios_hardware_gets_a_hybrid_disk_that_boots_through_seabios_and_grub() {
+    let d = tempfile::tempdir().unwrap();
+    let (s1, s2) = (d.path().join("a"), d.path().join("b"));
+    let args = ["hello", "--hardware", "qemu-x86_64-bios", "--format", "raw"];
+    let m1 = build(&s1, &args);
+    let m2 = build(&s2, &args);
+    assert_eq!(m1["artifacts"], m2["artifacts"], "BIOS disks are reproducible too");
+    let raw = std::path::Path::new(m1["path"].as_str().unwrap()).join("disk.raw");
+    tool("sfdisk", &["--verify", raw.to_str().unwrap()]);
+    let j: serde_json::Value = serde_json::from_str(&tool("sfdisk", &["--json", raw.to_str().unwrap()])).unwrap();
+    let types: Vec<&str> =
+        j["partitiontable"]["partitions"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "21686148-6449-6E6F-744E-656564454649",
+            "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+            "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
+        ],
+        "BIOS boot, ESP, root"
+    );
+    let bytes = std::fs::read(&raw).unwrap();
+    assert_eq!(&bytes[510..512], &[0x55, 0xaa], "MBR signature kept");
+    assert_eq!(u64::from_le_bytes(bytes[0x5c..0x64].try_into().unwrap()), 2048, "boot.img points at core.img");
+    // SeaBIOS -> GRUB -> kernel + imgd initramfs -> ext4 root, to the marker.
+    let out = imgd(&s1)
+        .args(["test", "hello", "--hardware", "qemu-x86_64-bios", "--format", "raw", "--timeout", "240"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let log = stderr.split("console log ").nth(1).and_then(|s| s.split_whitespace().next()).expect("log path");
+    let console = std::fs::read_to_string(log).unwrap();
+    assert!(
+        console.contains("imgd: booting hello with GRUB (BIOS)") && console.contains("root /dev/vda3"),
+        "{console}"
+    );
 }

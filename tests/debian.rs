@@ -22,7 +22,7 @@ fn debian_boots_to_login_and_accepts_ssh_with_the_profiles_key() {
         public.trim()
     );
     let store = d.path().join("store");
-    let args = ["debian", "--format", "qcow2", "--set", &users];
+    let args = ["debian", "--set", &users];
     let m = build(&store, &args);
     let qcow2 = std::path::Path::new(m["path"].as_str().unwrap()).join("disk.qcow2");
     tool("qemu-img", &["check", qcow2.to_str().unwrap()]);
@@ -31,7 +31,7 @@ fn debian_boots_to_login_and_accepts_ssh_with_the_profiles_key() {
     let mut run = imgd(&store)
         .arg("run")
         .args(args)
-        .args(["--boot", "qcow2", "--ssh", &port.to_string()])
+        .args(["--format", "qcow2", "--ssh", &port.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -19,6 +19,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("sfdisk", "--version"),
     ("qemu-img", "--version"),
     ("depmod", "--version"),
+    ("grub-mkimage", "--version"),
 ];
 
 #[derive(Serialize)]

@@ -14,10 +14,14 @@ use std::process::Command;
 pub const MIB: u64 = 1 << 20;
 const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 
+const BIOS_BOOT_TYPE: &str = "21686148-6449-6E6F-744E-656564454649";
+
 /// Where the partitions go on the disk.
 #[derive(Debug, Clone, Copy)]
 pub struct Layout {
     pub total: u64,
+    /// A 1 MiB BIOS boot partition for GRUB's core image (BIOS layouts only).
+    pub bios_boot: Option<u64>,
     pub esp_start: u64,
     pub esp_size: u64,
     pub root_start: u64,
@@ -25,16 +29,29 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// 1 MiB alignment; the last MiB is left for the backup GPT.
-    pub fn new(total: u64, esp_size: u64) -> Layout {
-        let esp_start = MIB;
+    /// 1 MiB alignment; the last MiB is left for the backup GPT. A BIOS layout
+    /// puts a BIOS boot partition first and keeps the ESP, so the same disk
+    /// boots under BIOS (GRUB) and UEFI (systemd-boot).
+    pub fn new(total: u64, esp_size: u64, bios: bool) -> Layout {
+        let bios_boot = bios.then_some(MIB);
+        let esp_start = if bios { 2 * MIB } else { MIB };
         let root_start = esp_start + esp_size;
-        Layout { total, esp_start, esp_size, root_start, root_size: total - root_start - MIB }
+        Layout { total, bios_boot, esp_start, esp_size, root_start, root_size: total - root_start - MIB }
+    }
+
+    /// Bytes of a disk that are not the ESP or the root.
+    pub fn overhead(bios: bool) -> u64 {
+        if bios {
+            3 * MIB
+        } else {
+            2 * MIB
+        }
     }
 }
 
 pub struct GptIds<'a> {
     pub disk: &'a str,
+    pub bios: &'a str,
     pub esp: &'a str,
     pub root: &'a str,
     /// Discoverable Partitions Specification root type for the architecture.
@@ -44,8 +61,14 @@ pub struct GptIds<'a> {
 /// Writes the GPT (protective MBR, primary and backup tables) with sfdisk.
 pub fn write_gpt(disk: &Path, l: &Layout, ids: &GptIds<'_>) -> Result<()> {
     let s = |b: u64| b / 512;
+    let bios = match l.bios_boot {
+        Some(start) => {
+            format!("start={}, size={}, type={BIOS_BOOT_TYPE}, uuid={}, name=\"bios\"\n", s(start), s(MIB), ids.bios)
+        }
+        None => String::new(),
+    };
     let script = format!(
-        "label: gpt\nlabel-id: {}\nunit: sectors\nfirst-lba: 2048\n\
+        "label: gpt\nlabel-id: {}\nunit: sectors\nfirst-lba: 2048\n{bios}\
          start={}, size={}, type={ESP_TYPE}, uuid={}, name=\"esp\"\n\
          start={}, size={}, type={}, uuid={}, name=\"root\"\n",
         ids.disk,
@@ -104,15 +127,69 @@ pub fn splice(src: &Path, dst: &File, offset: u64) -> Result<()> {
     Ok(())
 }
 
-/// Assembles the raw disk from the two partition images.
-pub fn assemble_raw(out: &Path, l: &Layout, esp: &Path, root: &Path, ids: &GptIds<'_>) -> Result<()> {
-    let f = File::create(out)?;
+/// Assembles the raw disk from the partition images (and, for BIOS layouts,
+/// GRUB's boot sector and core image).
+pub fn assemble_raw(
+    out: &Path,
+    l: &Layout,
+    esp: &Path,
+    root: &Path,
+    ids: &GptIds<'_>,
+    grub: Option<&GrubBios>,
+) -> Result<()> {
+    let f = File::options().read(true).write(true).create(true).truncate(true).open(out)?;
     f.set_len(l.total)?;
     write_gpt(out, l, ids)?;
     splice(esp, &f, l.esp_start)?;
     splice(root, &f, l.root_start)?;
+    if let (Some(g), Some(start)) = (grub, l.bios_boot) {
+        g.install(&f, start)?;
+    }
     f.sync_all()?;
     Ok(())
+}
+
+/// GRUB for BIOS, installed the way grub-bios-setup does it, on an image file:
+/// boot.img's code goes into the MBR (keeping the partition table), told the
+/// LBA of core.img; core.img goes into the BIOS boot partition, its first
+/// sector (diskboot) told where the rest of itself is.
+pub struct GrubBios {
+    pub boot_img: Vec<u8>,
+    pub core_img: Vec<u8>,
+}
+
+// Offsets from GRUB's include/grub/i386/pc/boot.h and diskboot.S.
+const KERNEL_SECTOR: usize = 0x5c;
+const BOOT_DRIVE: usize = 0x64;
+const DRIVE_CHECK: usize = 0x66;
+const MBR_CODE_END: usize = 0x1b8;
+const BLOCKLIST: usize = 0x200 - 12;
+
+impl GrubBios {
+    fn install(&self, disk: &File, start: u64) -> Result<()> {
+        anyhow::ensure!(self.boot_img.len() == 512, "boot.img must be 512 bytes");
+        let sectors = self.core_img.len().div_ceil(512) as u64;
+        anyhow::ensure!(
+            sectors * 512 <= MIB,
+            "core.img ({} bytes) does not fit the BIOS boot partition",
+            self.core_img.len()
+        );
+        let lba = start / 512;
+        let mut core = self.core_img.clone();
+        core.resize(sectors as usize * 512, 0);
+        core[BLOCKLIST..BLOCKLIST + 8].copy_from_slice(&(lba + 1).to_le_bytes());
+        core[BLOCKLIST + 8..BLOCKLIST + 10].copy_from_slice(&((sectors - 1) as u16).to_le_bytes());
+        core[BLOCKLIST + 10..BLOCKLIST + 12].copy_from_slice(&0x820u16.to_le_bytes());
+        disk.write_all_at(&core, start)?;
+        let mut mbr = [0u8; 512];
+        disk.read_exact_at(&mut mbr, 0)?;
+        mbr[..MBR_CODE_END].copy_from_slice(&self.boot_img[..MBR_CODE_END]);
+        mbr[KERNEL_SECTOR..KERNEL_SECTOR + 8].copy_from_slice(&lba.to_le_bytes());
+        mbr[BOOT_DRIVE] = 0xff; // boot from the drive the BIOS booted us from
+        mbr[DRIVE_CHECK..DRIVE_CHECK + 2].copy_from_slice(&[0x90, 0x90]); // not a floppy: skip the check
+        disk.write_all_at(&mbr, 0)?;
+        Ok(())
+    }
 }
 
 /// qcow2 v3 (compat 1.1); qemu-img leaves zero clusters unallocated.

@@ -11,7 +11,7 @@ pub mod initramfs;
 pub mod tarball;
 
 use crate::config::recipe::Recipe;
-use crate::config::types::{Arch, Format};
+use crate::config::types::{Arch, Firmware, Format};
 use crate::progress::Progress;
 use crate::rootfs::Rootfs;
 use anyhow::{Context, Result};
@@ -108,15 +108,17 @@ pub fn produce(
         step.done();
 
         let root_uuid = uuid_string(derived_id(hash, "ext4-uuid"));
+        let bios = recipe.firmware == Firmware::Bios;
+        let overhead = disk::Layout::overhead(bios);
         let root_size = match recipe.disk.size {
             Some(total) => {
-                let min = 2 * disk::MIB + recipe.disk.esp_size + 16 * disk::MIB;
+                let min = overhead + recipe.disk.esp_size + 16 * disk::MIB;
                 anyhow::ensure!(total >= min, "disk.size {total} is too small: at least {min} bytes");
-                total - 2 * disk::MIB - recipe.disk.esp_size
+                total - overhead - recipe.disk.esp_size
             }
             None => auto_root_size(rootfs, recipe.disk.free),
         };
-        let layout = disk::Layout::new(root_size + recipe.disk.esp_size + 2 * disk::MIB, recipe.disk.esp_size);
+        let layout = disk::Layout::new(root_size + recipe.disk.esp_size + overhead, recipe.disk.esp_size, bios);
 
         let step = progress.step("disk: EFI system partition (systemd-boot)");
         let kernel_copy = work.join("esp-vmlinuz");
@@ -133,13 +135,24 @@ pub fn produce(
         )?;
         let serial = u32::from_be_bytes(derived_id(hash, "fat-serial")[..4].try_into().expect("4 bytes"));
         let esp_img = work.join("esp.img");
-        let files = [
+        let mut files = vec![
             esp::EspFile { dest: format!("EFI/BOOT/{}", recipe.arch.efi_boot_file()), src: loader },
             esp::EspFile { dest: "loader/loader.conf".into(), src: conf },
             esp::EspFile { dest: "loader/entries/imgd.conf".into(), src: entry_conf },
             esp::EspFile { dest: "vmlinuz".into(), src: kernel_copy },
             esp::EspFile { dest: "initrd".into(), src: initrd },
         ];
+        let grub = match &recipe.grub_bios {
+            Some(dir) => {
+                let cfg = grub_config(recipe, serial, options.trim());
+                let core = grub_core(&dir.path, &cfg, work)?;
+                let cfg_file = work.join("grub.cfg");
+                std::fs::write(&cfg_file, &cfg)?;
+                files.push(esp::EspFile { dest: "grub/grub.cfg".into(), src: cfg_file });
+                Some(disk::GrubBios { boot_img: std::fs::read(dir.path.join("boot.img"))?, core_img: core })
+            }
+            None => None,
+        };
         esp::make(&esp_img, layout.esp_size, serial, &files, recipe.epoch)?;
         step.done();
 
@@ -162,8 +175,9 @@ pub fn produce(
             uuid_string(derived_id(hash, "gpt-esp")),
             uuid_string(derived_id(hash, "gpt-root")),
         );
-        let ids = disk::GptIds { disk: &d, esp: &e, root: &r, root_type: root_partition_type(recipe.arch) };
-        disk::assemble_raw(&raw, &layout, &esp_img, &root_img, &ids)?;
+        let b = uuid_string(derived_id(hash, "gpt-bios"));
+        let ids = disk::GptIds { disk: &d, bios: &b, esp: &e, root: &r, root_type: root_partition_type(recipe.arch) };
+        disk::assemble_raw(&raw, &layout, &esp_img, &root_img, &ids, grub.as_ref())?;
         std::fs::remove_file(&root_img)?;
         std::fs::remove_file(&esp_img)?;
         if has(Format::Raw) {
@@ -224,4 +238,52 @@ fn auto_root_size(rootfs: &Rootfs, free: u64) -> u64 {
     let inodes = rootfs.tree.len() as u64 * 4096;
     let raw = content + content / 10 + inodes + 64 * disk::MIB + free;
     raw.div_ceil(disk::MIB) * disk::MIB
+}
+
+/// GRUB's configuration for BIOS boots: serial console as the hardware says,
+/// the ESP found by its FAT serial (whatever the BIOS numbers the disk), then
+/// the same kernel, initramfs and command line systemd-boot uses.
+fn grub_config(recipe: &Recipe, serial: u32, options: &str) -> String {
+    let console = recipe.cmdline.split_whitespace().find_map(|a| a.strip_prefix("console=ttyS")).unwrap_or("0,115200");
+    let (unit, speed) = console.split_once(',').unwrap_or((console, "115200"));
+    let speed: String = speed.chars().take_while(|c| c.is_ascii_digit()).collect();
+    format!(
+        "serial --unit={unit} --speed={speed}\nterminal_input serial console\nterminal_output serial console\n\
+         search --no-floppy --fs-uuid --set=root {:04X}-{:04X}\n\
+         echo \"imgd: booting {} with GRUB (BIOS)\"\n\
+         linux /vmlinuz {options}\ninitrd /initrd\nboot\n",
+        serial >> 16,
+        serial & 0xffff,
+        recipe.name
+    )
+}
+
+/// GRUB's core image with the config built in (no modules needed on disk).
+fn grub_core(dir: &Path, config: &str, work: &Path) -> Result<Vec<u8>> {
+    let early = work.join("grub-early.cfg");
+    std::fs::write(&early, config)?;
+    let out = work.join("core.img");
+    crate::tools::run(
+        std::process::Command::new("grub-mkimage")
+            .args(["-O", "i386-pc", "-p", "/grub", "-d"])
+            .arg(dir)
+            .arg("-c")
+            .arg(&early)
+            .arg("-o")
+            .arg(&out)
+            .args([
+                "biosdisk",
+                "part_gpt",
+                "fat",
+                "search",
+                "search_fs_uuid",
+                "normal",
+                "linux",
+                "serial",
+                "terminal",
+                "echo",
+            ]),
+    )
+    .context("grub-mkimage (apt-get install grub-pc-bin)")?;
+    Ok(std::fs::read(&out)?)
 }

@@ -2,6 +2,7 @@
 
 use super::{ProfileArgs, StoreArgs};
 use clap::Args;
+use imgd::config::types::Format;
 use imgd::progress::Progress;
 
 #[derive(Args, Debug)]
@@ -13,6 +14,9 @@ use imgd::progress::Progress;
 pub struct BuildArgs {
     #[command(flatten)]
     pub profile: ProfileArgs,
+    /// Build only these formats (repeatable): ipxe, raw, qcow2, vhd, tar.
+    #[arg(long = "format", value_name = "FORMAT")]
+    pub formats: Vec<Format>,
     #[command(flatten)]
     pub store: StoreArgs,
     /// Print the manifest as JSON on stdout.
@@ -21,7 +25,7 @@ pub struct BuildArgs {
 }
 
 pub fn run(a: &BuildArgs) -> anyhow::Result<()> {
-    let recipe = a.profile.recipe()?;
+    let recipe = a.profile.recipe_with(&a.formats)?;
     let store = a.store.open()?;
     let progress = Progress::new(false);
     let built = imgd::build::build(&recipe, &store, &progress)?;
@@ -46,13 +50,16 @@ pub fn run(a: &BuildArgs) -> anyhow::Result<()> {
 pub struct HashArgs {
     #[command(flatten)]
     pub profile: ProfileArgs,
+    /// Only these formats (they are part of the hash).
+    #[arg(long = "format", value_name = "FORMAT")]
+    pub formats: Vec<Format>,
     /// Print hash, entry name and the hashed recipe as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn hash(a: &HashArgs) -> anyhow::Result<()> {
-    let recipe = a.profile.recipe()?;
+    let recipe = a.profile.recipe_with(&a.formats)?;
     let hash = imgd::build::input_hash(&recipe);
     if a.json {
         let v = serde_json::json!({

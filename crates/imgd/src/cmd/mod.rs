@@ -19,9 +19,6 @@ pub struct ProfileArgs {
     /// Hardware name in hardware/ (or a path), overriding the profile's.
     #[arg(long)]
     pub hardware: Option<String>,
-    /// Build only these formats (repeatable): ipxe, raw, qcow2, vhd, tar.
-    #[arg(long = "format", value_name = "FORMAT")]
-    pub formats: Vec<Format>,
     /// Override any profile key, e.g. --set hostname=web-1 --set disk.size=4GiB.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
@@ -56,8 +53,14 @@ impl ProfileArgs {
         }
     }
 
+    /// The recipe with the profile's own formats.
     pub fn recipe(&self) -> Result<Recipe, ConfigError> {
+        self.recipe_with(&[])
+    }
+
+    /// The recipe, building only `formats` when any are given.
+    pub fn recipe_with(&self, formats: &[Format]) -> Result<Recipe, ConfigError> {
         let cache = self.cache.clone().unwrap_or_else(config::default_cache);
-        config::recipe(&self.request(), &cache, (!self.formats.is_empty()).then(|| self.formats.clone()))
+        config::recipe(&self.request(), &cache, (!formats.is_empty()).then(|| formats.to_vec()))
     }
 }

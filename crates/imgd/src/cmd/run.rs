@@ -13,15 +13,16 @@ use imgd::qemu::{self, Accel, Machine};
 #[command(after_help = "Examples:
   imgd run hello                      the first disk format, console here (Ctrl-A X quits)
   imgd run debian --ssh 2222          and ssh -p 2222 ops@127.0.0.1
-  imgd run hello --boot ipxe")]
+  imgd run hello --format kernel       the ipxe kernel + initrd handed to qemu directly")]
 pub struct RunArgs {
     #[command(flatten)]
     pub profile: ProfileArgs,
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Artifact to boot: qcow2, raw, vhd or ipxe (default: the first disk format built).
-    #[arg(long)]
-    pub boot: Option<Format>,
+    /// What to boot: qcow2, raw, vhd, or kernel (the ipxe kernel + initrd);
+    /// default: the first disk format the profile builds.
+    #[arg(long = "format", value_name = "FORMAT")]
+    pub format: Option<String>,
     /// Forward 127.0.0.1:PORT to the guest's SSH port.
     #[arg(long, value_name = "PORT")]
     pub ssh: Option<u16>,
@@ -34,8 +35,13 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
     let hw = imgd::config::load(&a.profile.request())?.hardware;
     let store = a.store.open()?;
     let entry = imgd::build::build(&recipe, &store, &Progress::new(false))?.entry;
-    let format = match a.boot {
-        Some(f) => f,
+    let format = match a.format.as_deref() {
+        Some("kernel") => Format::Ipxe,
+        Some("ipxe") => bail!(imgd::config::ConfigError::new(
+            "--format",
+            "`imgd run` boots ipxe artifacts as `--format kernel`; `imgd test --format ipxe` netboots them through iPXE"
+        )),
+        Some(f) => f.parse().map_err(|e: String| imgd::config::ConfigError::new("--format", e))?,
         None => [Format::Qcow2, Format::Raw, Format::Vhd, Format::Ipxe]
             .into_iter()
             .find(|f| recipe.formats.contains(f))

@@ -4,24 +4,27 @@ use super::{ProfileArgs, StoreArgs};
 use anyhow::{bail, Context};
 use clap::Args;
 use imgd::config::types::Format;
+use imgd::config::ConfigError;
 use imgd::progress::Progress;
 use imgd::qemu::{self, Accel, BootSource, Machine};
 use std::time::Duration;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
-  imgd test hello                         boot the first built format and wait for the marker
-  imgd test hello --boot qcow2 --timeout 120
-  imgd test hello --boot all")]
+  imgd test hello                         boot the first format the profile builds
+  imgd test hello --format qcow2 --timeout 120
+  imgd test hello --format ipxe           netboot through the NIC's iPXE firmware from imgd serve
+  imgd test hello --format all            every format the profile builds")]
 pub struct TestArgs {
     #[command(flatten)]
     pub profile: ProfileArgs,
     #[command(flatten)]
     pub store: StoreArgs,
-    /// What to boot: ipxe (kernel + initrd handed to qemu), netboot (the NIC's
-    /// iPXE firmware fetching from imgd's server), raw, qcow2, vhd, or all.
-    #[arg(long, default_value = "first")]
-    pub boot: String,
+    /// What to boot (repeatable): ipxe (the NIC's iPXE firmware netbooting from
+    /// imgd's server), kernel (the ipxe kernel + initrd handed to qemu
+    /// directly), raw, qcow2, vhd, or all. Default: the first format built.
+    #[arg(long = "format", value_name = "FORMAT")]
+    pub formats: Vec<String>,
     /// Firmware for netboot: pcbios (SeaBIOS + iPXE ROM) or efi (OVMF + iPXE
     /// EFI ROM); default: the hardware's.
     #[arg(long, value_parser = ["pcbios", "efi"])]
@@ -52,22 +55,35 @@ pub fn run(a: &TestArgs) -> anyhow::Result<()> {
         .formats
         .iter()
         .filter(|f| **f != Format::Tar)
-        .flat_map(
-            |f| if *f == Format::Ipxe { vec![Boot::Artifact(*f), Boot::Netboot] } else { vec![Boot::Artifact(*f)] },
-        )
+        .map(|f| if *f == Format::Ipxe { Boot::Netboot } else { Boot::Artifact(*f) })
         .collect();
-    let wanted: Vec<Boot> = match a.boot.as_str() {
-        "all" => bootable,
-        "first" => bootable.into_iter().take(1).collect(),
-        "netboot" => vec![Boot::Netboot],
-        other => vec![Boot::Artifact(other.parse().map_err(|e: String| anyhow::anyhow!(e))?)],
-    };
+    let mut wanted: Vec<Boot> = Vec::new();
+    for f in &a.formats {
+        match f.as_str() {
+            "all" => wanted.extend(bootable.iter().copied()),
+            "ipxe" => wanted.push(Boot::Netboot),
+            "kernel" => wanted.push(Boot::Artifact(Format::Ipxe)),
+            other => wanted.push(Boot::Artifact(other.parse().map_err(|e: String| ConfigError::new("--format", e))?)),
+        }
+    }
+    if a.formats.is_empty() {
+        wanted.extend(bootable.first().copied());
+    }
     if wanted.is_empty() {
         bail!("profile {} builds nothing bootable (only tar)", recipe.name);
     }
     let scratch = tempfile::tempdir()?;
     let accel = resolve_accel(a.accel, &entry);
     let machine = Machine { arch: recipe.arch, firmware: recipe.firmware, qemu: &loaded_hw.qemu, accel, ssh: None };
+    for w in &wanted {
+        let f = match w {
+            Boot::Netboot => Format::Ipxe,
+            Boot::Artifact(f) => *f,
+        };
+        if !recipe.formats.contains(&f) {
+            bail!(ConfigError::new("--format", format!("profile {} does not build {f}", recipe.name)));
+        }
+    }
     for boot in wanted {
         let f = match boot {
             Boot::Netboot => {

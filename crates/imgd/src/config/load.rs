@@ -117,10 +117,14 @@ pub fn load(req: &LoadRequest) -> Result<Loaded, ConfigError> {
 /// Line and column of a dotted `key` (e.g. `modules`, `services.enable[1]`) in
 /// a TOML file, or of its nearest parent that is there.
 pub fn locate(path: &Path, key: &str) -> Option<(usize, usize)> {
-    let text = std::fs::read_to_string(path).ok()?;
+    locate_in(path, &std::fs::read_to_string(path).ok()?, key)
+}
+
+/// [`locate`] in text already read.
+pub fn locate_in(path: &Path, text: &str, key: &str) -> Option<(usize, usize)> {
     let mut origins = BTreeMap::new();
-    let t = DeTable::parse(&text).ok()?;
-    collect_origins(path, &text, t.get_ref(), "", 0, &mut origins);
+    let t = DeTable::parse(text).ok()?;
+    collect_origins(path, text, t.get_ref(), "", 0, &mut origins);
     let mut k = key;
     loop {
         if let Some(o) = origins.get(k) {

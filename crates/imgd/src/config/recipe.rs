@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 /// `SOURCE_DATE_EPOCH` sets one: 2020-01-01T00:00:00Z (after 1980, for FAT).
 pub const DEFAULT_EPOCH: u64 = 1_577_836_800;
 
+/// Where Debian's grub-pc-bin keeps GRUB for BIOS.
+pub const GRUB_I386_PC: &str = "/usr/lib/grub/i386-pc";
+
 /// An input file or tree, named by content. `path` is where it is on this machine.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Input {
@@ -107,6 +110,8 @@ pub struct Recipe {
     pub efi_loader: Option<Input>,
     /// busybox-static .deb whose binary runs the disk images' initramfs.
     pub initramfs_busybox: Option<Input>,
+    /// GRUB's i386-pc module folder, for BIOS disk images.
+    pub grub_bios: Option<Input>,
 }
 
 /// Resolution settings that come from the environment rather than the profile.
@@ -144,12 +149,6 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
         return Err(l.error("formats", "no formats to build"));
     }
     let needs_disk = formats.iter().any(|f| f.is_disk());
-    if needs_disk && hw.firmware == Firmware::Bios {
-        return Err(l.hardware_error(
-            "firmware",
-            "disk images for `bios` firmware are not supported yet; use `uefi` or build ipxe/tar only",
-        ));
-    }
 
     let digests = match &opts.digest_cache {
         Some(p) => hash::DigestCache::open(p),
@@ -304,6 +303,23 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
         None
     };
 
+    let grub_bios = if needs_disk && hw.firmware == Firmware::Bios {
+        if arch != Arch::X86_64 {
+            return Err(l.hardware_error("firmware", "bios firmware is only for x86_64"));
+        }
+        let dir = PathBuf::from(GRUB_I386_PC);
+        if !dir.join("boot.img").is_file() {
+            return Err(l.hardware_error(
+                "firmware",
+                format!("BIOS disks need GRUB's {GRUB_I386_PC} (apt-get install grub-pc-bin)"),
+            ));
+        }
+        let sha256 =
+            hash::tree_digest(&dir).map_err(|e| l.hardware_error("firmware", format!("{GRUB_I386_PC}: {e}")))?;
+        Some(Input { name: "grub-i386-pc".into(), path: dir, sha256 })
+    } else {
+        None
+    };
     if let Err(e) = digests.save() {
         tracing::warn!("cannot save the digest cache: {e}");
     }
@@ -332,6 +348,7 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
         sriov: hw.sriov,
         efi_loader,
         initramfs_busybox,
+        grub_bios,
     })
 }
 

@@ -154,7 +154,7 @@ impl MachinesFile {
 
     pub fn parse(path: &Path, text: &str) -> Result<MachinesFile, ConfigError> {
         let f: MachinesFile = toml::from_str(text).map_err(|e| from_toml(path, text, &e))?;
-        let at = |i: usize, key: &str| crate::config::load::locate(path, &format!("group[{i}]{key}"));
+        let at = |i: usize, key: &str| crate::config::load::locate_in(path, text, &format!("group[{i}]{key}"));
         let mut names = std::collections::BTreeSet::new();
         for (i, g) in f.groups.iter().enumerate() {
             let err = |key: &str, m: String| ConfigError::new(path, m).key(format!("group[{i}]{key}")).at(at(i, key));
@@ -285,7 +285,7 @@ default = true
         )
         .unwrap_err();
         assert!(e.message.contains("`a` and `b` are equally specific"), "{e}");
-        assert_eq!(e.pos.map(|p| p.0), Some(7), "{e}");
+        assert_eq!(e.pos.map(|p| p.0), Some(8), "{e}");
         // Disjoint values of the same key do not overlap.
         parse(
             "[[group]]\nname = \"a\"\nprofile = \"x\"\nselector = { arch = \"x86_64\" }\n\

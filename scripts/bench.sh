@@ -5,6 +5,9 @@
 #   scripts/bench.sh boot    time from command to marker for hello (kernel+initrd,
 #                            real iPXE netboot, UEFI disk) via imgd test vs the same
 #                            boot by hand (qemu command line, python http.server)
+#   scripts/bench.sh serve   imgd serve vs nginx (sendfile on) on the same files, with
+#                            wrk: 64 MiB to 64 connections, /ipxe renders vs a small
+#                            static file, 1000 connections downloading a 16 MiB initrd
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-build}"
@@ -153,8 +156,98 @@ bench_boot() {
   echo "  (ratio = imgd / by hand; goal: ~1.0, imgd adds no measurable time)"
 }
 
+# wrk's summary as "requests/s bytes/s p99_ms errors".
+wrk_summary() {
+  python3 -c '
+import re, sys
+t = sys.stdin.read()
+def num(pat, default="0"):
+    m = re.search(pat, t)
+    return m.group(1) if m else default
+def size(v):
+    m = re.match(r"([\d.]+)([KMG]?B)", v)
+    return float(m.group(1)) * {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9}[m.group(2)] if m else 0.0
+def ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    return float(m.group(1)) * {"us": 1e-3, "ms": 1, "s": 1e3}[m.group(2)] if m else 0.0
+rps = float(num(r"Requests/sec:\s+([\d.]+)"))
+bps = size(num(r"Transfer/sec:\s+(\S+)", "0B"))
+p99 = ms(num(r"\s99%\s+(\S+)", "0ms"))
+errs = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", t)) + int(num(r"Non-2xx or 3xx responses: (\d+)"))
+print(f"{rps:.0f} {bps:.0f} {p99:.2f} {errs}")
+'
+}
+
+bench_serve() {
+  ulimit -n 65536 || true
+  command -v nginx >/dev/null && command -v wrk >/dev/null || { echo "apt-get install nginx wrk" >&2; exit 2; }
+  local secs="${SECS:-10}"
+  # One store entry with the files both servers serve.
+  local hash; hash=$(printf 'bench' | sha256sum | cut -c1-64)
+  local entry="${hash:0:32}-bench" dir="$tmp/store/${hash:0:32}-bench"
+  mkdir -p "$dir"
+  head -c $((64 << 20)) /dev/urandom > "$dir/big.bin"
+  head -c $((16 << 20)) /dev/urandom > "$dir/initrd"
+  head -c 300 /dev/urandom | base64 > "$dir/small.txt"
+  cp "$dir/big.bin" "$dir/vmlinuz"
+  python3 - "$dir" "$entry" "$hash" <<'PY'
+import hashlib, json, os, sys
+d, entry, h = sys.argv[1:4]
+arts = []
+for f, name, fmt in [("vmlinuz", "kernel", "ipxe"), ("initrd", "initrd", "ipxe"), ("big.bin", "big", "raw"), ("small.txt", "small", "tar")]:
+    p = os.path.join(d, f)
+    arts.append({"name": name, "format": fmt, "file": f, "size": os.path.getsize(p), "sha256": hashlib.sha256(open(p, "rb").read()).hexdigest()})
+m = {"name": entry, "hash": h, "profile": "bench", "hardware": "qemu-x86_64", "arch": "x86_64", "firmware": "uefi",
+     "imgd_version": "bench", "built_at": 0, "source_date_epoch": 0, "artifacts": arts, "recipe": {"cmdline": "console=ttyS0"}}
+json.dump(m, open(os.path.join(d, "manifest.json"), "w"))
+PY
+  printf '[[group]]\nname = "all"\nentry = "%s"\ndefault = true\n' "$entry" > "$tmp/machines.toml"
+  local port_i port_n
+  port_i=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  port_n=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cat > "$tmp/nginx.conf" <<NGX
+worker_processes auto;
+daemon off;
+pid $tmp/nginx.pid;
+error_log $tmp/nginx.err;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$port_n; root $dir; }
+}
+NGX
+  setpriv --pdeathsig KILL -- nginx -c "$tmp/nginx.conf" &
+  local ngx=$!
+  IMGD_STORE="$tmp/store" setpriv --pdeathsig KILL -- "$imgd" serve --listen "127.0.0.1:$port_i" --config "$tmp/machines.toml" --max-connections 20000 2>"$tmp/serve.log" &
+  local srv=$!
+  sleep 1
+  local I="http://127.0.0.1:$port_i" N="http://127.0.0.1:$port_n"
+  run() { wrk -t2 "$@" 2>&1 | wrk_summary; }
+  echo "imgd serve vs nginx (sendfile on), wrk -t2, ${secs}s each, same files, one run:"
+  local a b
+  a=$(run -c64 -d"${secs}s" "$I/artifacts/$entry/big.bin"); b=$(run -c64 -d"${secs}s" "$N/big.bin")
+  read -r _ ibps _ ierr <<<"$a"; read -r _ nbps _ nerr <<<"$b"
+  printf '  %-46s imgd %8.0f MB/s  nginx %8.0f MB/s  ratio %.2fx  (goal >= 1.0; errors %s/%s)\n' \
+    "64 MiB artifact, 64 connections" "$(calc "$ibps / 1e6")" "$(calc "$nbps / 1e6")" "$(calc "$ibps / $nbps")" "$ierr" "$nerr"
+  a=$(run -c64 -d"${secs}s" --latency "$I/ipxe?mac=52-54-00-12-34-56&platform=efi"); b=$(run -c64 -d"${secs}s" --latency "$N/small.txt")
+  read -r irps _ ip99 ierr <<<"$a"; read -r nrps _ np99 nerr <<<"$b"
+  printf '  %-46s imgd %8.0f req/s  nginx %8.0f req/s  ratio %.2fx  (goal >= 1.0)\n' "/ipxe render vs static small file" "$irps" "$nrps" "$(calc "$irps / $nrps")"
+  printf '  %-46s imgd %8.2f ms     nginx %8.2f ms     (goal < 5 ms; errors %s/%s)\n' "  p99 latency" "$ip99" "$np99" "$ierr" "$nerr"
+  a=$(run -c1000 -d"${secs}s" --timeout 30s "$I/artifacts/$entry/initrd")
+  read -r irps ibps _ ierr <<<"$a"
+  local rss; rss=$(awk '/VmHWM/ {print $2}' /proc/$srv/status)
+  printf '  %-46s %8.0f MB/s, %s errors, peak RSS %s MiB  (goal: 0 errors, < 100 MiB)\n' \
+    "1000 connections x 16 MiB initrd" "$(calc "$ibps / 1e6")" "$ierr" "$(calc "$rss / 1024")"
+  kill "$srv" "$ngx" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+
 case "$what" in
   build) bench_build ;;
   boot) bench_boot ;;
-  *) echo "usage: $0 build|boot" >&2; exit 2 ;;
+  serve) bench_serve ;;
+  *) echo "usage: $0 build|boot|serve" >&2; exit 2 ;;
 esac

@@ -389,3 +389,62 @@ fn sigterm_drains_an_in_flight_download() {
         .unwrap_or(true);
     assert!(refused);
 }
+
+#[test]
+fn beyond_the_connection_limit_clients_get_503_with_retry_after() {
+    let h = hello();
+    let s = Serve::start(&h.store, &["--serve-all", "--max-connections", "2"]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    // Two idle keep-alive connections fill the server.
+    let held: Vec<_> = (0..2).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let (st, hd, _) = curl(&[&format!("{}/healthz", s.base)]);
+    assert_eq!(st, 503);
+    assert_eq!(header(&hd, "retry-after"), Some("10"));
+    drop(held);
+    let end = Instant::now() + Duration::from_secs(10);
+    while curl(&[&format!("{}/healthz", s.base)]).0 != 200 {
+        assert!(Instant::now() < end, "the server did not recover");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, _, m) = curl(&[&format!("{}/metrics", s.base)]);
+    assert!(String::from_utf8_lossy(&m).contains("imgd_rejected_connections_total 1"));
+}
+
+#[test]
+fn a_client_that_never_sends_headers_is_disconnected() {
+    let h = hello();
+    let s = Serve::start(&h.store, &["--serve-all", "--header-timeout", "1", "--idle-timeout", "2"]);
+    let mut c = std::net::TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    use std::io::Write;
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap(); // never finishes
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf);
+    assert!(start.elapsed() < Duration::from_secs(10), "held for {:?}", start.elapsed());
+}
+
+#[test]
+fn build_flag_builds_missing_profiles_and_profile_urls_boot_them() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let conf = write_config(d.path(), "[[group]]\nname = \"g\"\nprofile = \"hello\"\ndefault = true\n");
+    // Without --build, a missing build is reported to the machine, not a crash.
+    {
+        let s = Serve::start(&store, &["--config", &conf]);
+        let (_, _, body) = curl(&[&format!("{}/ipxe?mac=52-54-00-00-00-01", s.base)]);
+        assert!(
+            String::from_utf8_lossy(&body).contains("is not built on this server"),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let s = Serve::start(&store, &["--config", &conf, "--build"]);
+    assert_eq!(entries(&store).len(), 1, "built at start-up");
+    let (st, _, body) = curl(&[&format!("{}/profiles/hello/boot.ipxe", s.base)]);
+    let body = String::from_utf8(body).unwrap();
+    assert_eq!(st, 200);
+    assert!(body.contains(&format!("kernel /artifacts/{}/vmlinuz", entries(&store)[0])), "{body}");
+    assert_eq!(curl(&[&format!("{}/profiles/debian/boot.ipxe", s.base)]).0, 404, "only referenced profiles");
+}

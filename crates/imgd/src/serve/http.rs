@@ -2,13 +2,14 @@
 //! [`State`], and runs the accept loop with limits, reload and drain. Machine
 //! selection, range planning and rendering live in their own modules.
 
+use super::chunks::{ChunkCache, Key, CHUNK};
 use super::idle::IdleTimeout;
 use super::machines::Machine;
 use super::metrics::Metrics;
 use super::range::{self, Ranges};
 use super::render::{self, ipxe_safe, render};
 use super::state::{State, Target};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -22,7 +23,6 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::TcpListener;
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -43,6 +43,8 @@ pub struct Options {
     pub drain: Duration,
     /// Seconds an unknown machine (or a client at the limit) waits to retry.
     pub retry_after: u32,
+    /// Memory for artifact chunks shared by all downloads.
+    pub cache_bytes: usize,
 }
 
 impl Default for Options {
@@ -56,6 +58,7 @@ impl Default for Options {
             idle_timeout: Duration::from_secs(60),
             drain: Duration::from_secs(30),
             retry_after: 10,
+            cache_bytes: 48 << 20,
         }
     }
 }
@@ -64,6 +67,8 @@ pub struct Server {
     state: RwLock<Arc<State>>,
     pub opts: Options,
     pub metrics: Metrics,
+    /// Artifact chunks shared by all downloads.
+    pub chunks: ChunkCache,
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
@@ -112,7 +117,8 @@ const IDENTITY_KEYS: [&str; 6] = ["mac", "uuid", "hostname", "serial", "arch", "
 
 impl Server {
     pub fn new(state: State, opts: Options) -> Arc<Server> {
-        Arc::new(Server { state: RwLock::new(Arc::new(state)), opts, metrics: Metrics::default() })
+        let chunks = ChunkCache::new(opts.cache_bytes);
+        Arc::new(Server { state: RwLock::new(Arc::new(state)), opts, metrics: Metrics::default(), chunks })
     }
 
     pub fn state(&self) -> Arc<State> {
@@ -391,26 +397,26 @@ impl Server {
         r
     }
 
-    /// Streams parts of a file with a bounded buffer, counting bytes and
-    /// active transfers.
+    /// Streams parts of a file from the shared chunk cache, counting bytes
+    /// and active transfers.
     fn stream(self: &Arc<Self>, path: PathBuf, parts: Vec<Part>) -> Body {
-        let guard = Transfer::start(self);
-        let cursor = Cursor { path, parts: parts.into(), reader: None, guard, failed: false };
+        let cursor =
+            Cursor { path, file: None, parts: parts.into(), pos: None, guard: Transfer::start(self), failed: false };
         let s = futures_util::stream::unfold(cursor, |mut c| async move {
             if c.failed {
                 return None;
             }
             loop {
-                if let Some(r) = c.reader.as_mut() {
-                    let mut buf = BytesMut::with_capacity(CHUNK);
-                    match r.read_buf(&mut buf).await {
-                        Ok(0) => {
-                            c.reader = None;
-                            continue;
-                        }
-                        Ok(n) => {
-                            c.guard.bytes(n);
-                            return Some((Ok(Frame::data(buf.freeze())), c));
+                if let Some((off, end)) = c.pos {
+                    if off >= end {
+                        c.pos = None;
+                        continue;
+                    }
+                    match c.chunk(off, end).await {
+                        Ok(piece) => {
+                            c.pos = Some((off + piece.len() as u64, end));
+                            c.guard.bytes(piece.len());
+                            return Some((Ok(Frame::data(piece)), c));
                         }
                         Err(e) => {
                             c.failed = true;
@@ -420,21 +426,13 @@ impl Server {
                 }
                 match c.parts.pop_front()? {
                     Part::Bytes(b) => return Some((Ok(Frame::data(b)), c)),
-                    Part::Region(start, len) => match open_region(&c.path, start, len).await {
-                        Ok(r) => c.reader = Some(r),
-                        Err(e) => {
-                            c.failed = true;
-                            return Some((Err(e), c));
-                        }
-                    },
+                    Part::Region(start, len) => c.pos = Some((start, start + len)),
                 }
             }
         });
         BodyExt::boxed(StreamBody::new(s))
     }
 }
-
-const CHUNK: usize = 256 * 1024;
 
 enum Part {
     Bytes(Bytes),
@@ -443,24 +441,51 @@ enum Part {
 
 struct Cursor {
     path: PathBuf,
+    file: Option<(Arc<std::fs::File>, Key)>,
     parts: VecDeque<Part>,
-    reader: Option<tokio::io::Take<tokio::fs::File>>,
+    /// Next offset and end (exclusive) of the region being sent.
+    pos: Option<(u64, u64)>,
     guard: Transfer,
     failed: bool,
 }
 
-async fn open_region(
-    path: &std::path::Path,
-    start: u64,
-    len: u64,
-) -> std::io::Result<tokio::io::Take<tokio::fs::File>> {
-    let mut f = tokio::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
-        .await?;
-    f.seek(std::io::SeekFrom::Start(start)).await?;
-    Ok(f.take(len))
+impl Cursor {
+    /// The bytes from `off` up to the end of its chunk (or `end`).
+    async fn chunk(&mut self, off: u64, end: u64) -> std::io::Result<Bytes> {
+        if self.file.is_none() {
+            let path = self.path.clone();
+            let opened = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+                use std::os::unix::fs::OpenOptionsExt;
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                    .open(&path)?;
+                let key = ChunkCache::key(&path, &f.metadata()?);
+                Ok((Arc::new(f), key))
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            self.file = Some(opened);
+        }
+        let (file, key) = self.file.clone().expect("opened above");
+        let index = off / CHUNK;
+        let chunk = match self.guard.0.chunks.cached(&key, index) {
+            Some(b) => b,
+            None => {
+                let server = self.guard.0.clone();
+                tokio::task::spawn_blocking(move || server.chunks.load(&key, &file, index))
+                    .await
+                    .map_err(std::io::Error::other)??
+            }
+        };
+        let base = index * CHUNK;
+        let from = (off - base) as usize;
+        let to = ((end - base).min(chunk.len() as u64)) as usize;
+        if from >= to {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "artifact shorter than its manifest"));
+        }
+        Ok(chunk.slice(from..to))
+    }
 }
 
 /// Counts a transfer as active while its body lives, and its bytes as sent.

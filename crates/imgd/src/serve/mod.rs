@@ -7,6 +7,7 @@
 //! - [`range`], [`render`]: Range planning and script templates (pure)
 //! - [`http`]: hyper glue, limits, reload and drain
 
+pub mod chunks;
 pub mod http;
 pub mod idle;
 pub mod machines;

@@ -179,7 +179,7 @@ print(f"{rps:.0f} {bps:.0f} {p99:.2f} {errs}")
 }
 
 bench_serve() {
-  ulimit -n 65536 || true
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   command -v nginx >/dev/null && command -v wrk >/dev/null || { echo "apt-get install nginx wrk" >&2; exit 2; }
   local secs="${SECS:-10}"
   # One store entry with the files both servers serve.
@@ -207,6 +207,7 @@ PY
   port_n=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   cat > "$tmp/nginx.conf" <<NGX
 worker_processes auto;
+user root;
 daemon off;
 pid $tmp/nginx.pid;
 error_log $tmp/nginx.err;
@@ -228,7 +229,7 @@ NGX
   run() { wrk -t2 "$@" 2>&1 | wrk_summary; }
   echo "imgd serve vs nginx (sendfile on), wrk -t2, ${secs}s each, same files, one run:"
   local a b
-  a=$(run -c64 -d"${secs}s" "$I/artifacts/$entry/big.bin"); b=$(run -c64 -d"${secs}s" "$N/big.bin")
+  a=$(run -c64 -d"${secs}s" --timeout 30s "$I/artifacts/$entry/big.bin"); b=$(run -c64 -d"${secs}s" --timeout 30s "$N/big.bin")
   read -r _ ibps _ ierr <<<"$a"; read -r _ nbps _ nerr <<<"$b"
   printf '  %-46s imgd %8.0f MB/s  nginx %8.0f MB/s  ratio %.2fx  (goal >= 1.0; errors %s/%s)\n' \
     "64 MiB artifact, 64 connections" "$(calc "$ibps / 1e6")" "$(calc "$nbps / 1e6")" "$(calc "$ibps / $nbps")" "$ierr" "$nerr"

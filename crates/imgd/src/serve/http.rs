@@ -278,7 +278,7 @@ impl Server {
         let vars: Vec<(String, String)> = group.vars.iter().map(|(k, v)| (k.clone(), ipxe_safe(v))).collect();
         match self.boot_script(target, &group.name, &ipxe_safe(&who), &group.kernel_args, &vars) {
             Ok(s) => {
-                tracing::info!("{who} -> group {} ({})", group.name, target.profile);
+                tracing::debug!("{who} -> group {} ({})", group.name, target.profile);
                 Self::script(s)
             }
             Err(e) => {
@@ -566,6 +566,7 @@ pub async fn serve(
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(server.opts.header_timeout)
+                    .writev(true)
                     .serve_connection(io, service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {

@@ -12,6 +12,7 @@ sudo=""
 packages=(
   qemu-system-x86 qemu-utils    # together: a newer qemu-utils alone blocks qemu-system-x86
   ovmf ipxe-qemu seabios         # UEFI and BIOS firmware, iPXE NIC ROMs
+  qemu-system-arm qemu-efi-aarch64   # aarch64 guests and their UEFI (AAVMF)
   systemd-boot-efi               # the EFI loader on disk images
   grub-pc-bin grub-common        # GRUB for BIOS disk images (grub-mkimage, i386-pc modules)
   e2fsprogs dosfstools mtools fdisk   # mkfs.ext4/debugfs/fsck, fsck.vfat, mformat/mcopy, sfdisk
@@ -20,6 +21,12 @@ packages=(
   openssh-client                 # boot tests log in over SSH
   curl                           # server tests
 )
+
+# arm64 package lists, to download the aarch64 test kernel and busybox.
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  $sudo dpkg --add-architecture arm64
+  $sudo apt-get update -q >/dev/null
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -33,39 +40,49 @@ if [ "${#missing[@]}" -gt 0 ]; then
   codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
   want=()
   for p in "${missing[@]}"; do
-    case "$p" in qemu-system-x86 | qemu-utils) ;; *) want+=("$p") ;; esac
+    case "$p" in qemu-system-x86 | qemu-utils | qemu-system-arm) ;; *) want+=("$p") ;; esac
   done
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades \
-    "qemu-system-x86/$codename" "qemu-utils/$codename" "${want[@]}" >/dev/null
+    "qemu-system-x86/$codename" "qemu-utils/$codename" "qemu-system-arm/$codename" "${want[@]}" >/dev/null
 else
   echo "setup: packages present"
 fi
 
 mkdir -p "$debs"
 chmod 755 "$cache" "$debs"
-kernel=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-if [ -z "$kernel" ]; then
-  $sudo apt-get update -q
-  kernel=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-fi
+# The current Debian kernel of each architecture, busybox-static, and (for
+# aarch64 disks) systemd-boot's EFI binary.
+kernel_of() {
+  apt-cache depends "linux-image-$1:$1" 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {sub(/:.*/, "", $2); print $2; exit}'
+}
 fetch() {
-  local pkg=$1 ver
-  ver=$(apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')
-  if ls "$debs/${pkg}_${ver//:/%3a}_"*.deb >/dev/null 2>&1; then
-    echo "setup: $pkg $ver cached"
+  local pkg=$1 arch=$2 ver
+  ver=$(apt-cache policy "$pkg:$arch" | awk '/Candidate:/ {print $2}')
+  [ -n "$ver" ] && [ "$ver" != "(none)" ] || { echo "setup: no candidate for $pkg:$arch" >&2; return 1; }
+  if [ -f "$debs/${pkg}_${ver//:/%3a}_$arch.deb" ]; then
+    echo "setup: $pkg $ver $arch cached"
     return
   fi
-  echo "setup: downloading $pkg $ver"
-  # Drop older versions so the cache names one package version.
-  rm -f "$debs/${pkg}_"*.deb
-  (cd "$debs" && apt-get download -q "$pkg" 2>&1 | grep -v "^W: Download is performed unsandboxed" || true)
-  ls "$debs/${pkg}_"*.deb >/dev/null
+  echo "setup: downloading $pkg $ver $arch"
+  # Drop older versions so the cache names one version per package and arch.
+  rm -f "$debs/${pkg}_"*"_$arch.deb"
+  (cd "$debs" && apt-get download -q "$pkg:$arch" 2>&1 | grep -v "^W: Download is performed unsandboxed" || true)
+  ls "$debs/${pkg}_"*"_$arch.deb" >/dev/null
 }
-fetch "$kernel"
-fetch busybox-static
+kernels=()
+for arch in amd64 arm64; do
+  k=$(kernel_of "$arch")
+  [ -n "$k" ] || { $sudo apt-get update -q >/dev/null; k=$(kernel_of "$arch"); }
+  fetch "$k" "$arch"
+  fetch busybox-static "$arch"
+  kernels+=("${k}_")
+done
+fetch systemd-boot-efi arm64
 # Older kernels left from a previous setup would make `linux-image-[0-9]*` ambiguous.
 for old in "$debs"/linux-image-*.deb; do
-  case "$old" in *"/${kernel}_"*) ;; *) rm -f "$old" ;; esac
+  keep=0
+  for k in "${kernels[@]}"; do case "$old" in *"/$k"*) keep=1 ;; esac; done
+  [ "$keep" = 1 ] || rm -f "$old"
 done
 echo "setup: deb cache $debs:"
 ls -1 "$debs"

@@ -122,3 +122,29 @@ fn bios_hardware_gets_a_hybrid_disk_that_boots_through_seabios_and_grub() {
         "{console}"
     );
 }
+
+#[test]
+fn aarch64_hardware_boots_through_aavmf_and_directly() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let m = build(&store, &["hello", "--hardware", "metal-aarch64"]);
+    assert_eq!(m["arch"], "aarch64");
+    for format in ["kernel", "raw"] {
+        let out = imgd(&store)
+            .args(["test", "hello", "--hardware", "metal-aarch64", "--format", format, "--timeout", "300"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{format}: {}\n{stderr}", String::from_utf8_lossy(&out.stdout));
+        let log = stderr.split("console log ").nth(1).and_then(|s| s.split_whitespace().next()).expect("log path");
+        let console = std::fs::read_to_string(log).unwrap();
+        assert!(console.contains("kernel 6.1.0") && console.contains("-arm64"), "{console}");
+        if format == "raw" {
+            assert!(console.contains("root /dev/nvme0n1p2"), "the metal hardware's NVMe root:\n{console}");
+        }
+    }
+    // Netboot needs an arm64 iPXE ROM, which Debian does not ship: a clear refusal.
+    let out = imgd(&store).args(["test", "hello", "--hardware", "metal-aarch64", "--format", "ipxe"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("x86 ROMs only"));
+}

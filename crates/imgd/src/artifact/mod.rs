@@ -124,7 +124,17 @@ pub fn produce(
         let kernel_copy = work.join("esp-vmlinuz");
         std::fs::copy(&rootfs.kernel.image, &kernel_copy)?;
         let loader = work.join("esp-loader.efi");
-        std::fs::copy(&recipe.efi_loader.as_ref().context("no EFI loader")?.path, &loader)?;
+        let efi = recipe.efi_loader.as_ref().context("no EFI loader")?;
+        if efi.name.ends_with(".deb") {
+            // systemd-boot of another architecture, from its Debian package.
+            let mut t = crate::rootfs::tree::Tree::new(&work.join("efi-deb"))?;
+            t.extract_deb(&efi.path).with_context(|| format!("unpacking {}", efi.name))?;
+            let want = format!("/usr/lib/systemd/boot/efi/systemd-boot{}.efi", recipe.arch.efi_suffix());
+            let rel = t.resolve(&want, true)?;
+            std::fs::copy(t.staged(&rel), &loader).with_context(|| format!("{} has no {want}", efi.name))?;
+        } else {
+            std::fs::copy(&efi.path, &loader)?;
+        }
         let conf = work.join("loader.conf");
         std::fs::write(&conf, "timeout 0\ndefault imgd.conf\n")?;
         let options = format!("root=UUID={root_uuid} rw init={} {}", recipe.init, recipe.cmdline);

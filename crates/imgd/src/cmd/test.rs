@@ -205,6 +205,10 @@ pub fn resolve_accel(accel: Accel, entry: &imgd::store::Entry) -> Accel {
     if accel != Accel::Auto {
         return accel;
     }
+    // KVM runs guests of the host's own architecture only.
+    if entry.manifest.arch != imgd::config::types::Arch::X86_64 || std::env::consts::ARCH != "x86_64" {
+        return Accel::Tcg;
+    }
     let kernel = entry.manifest.artifacts.iter().find(|x| x.file == "vmlinuz").map(|x| entry.path.join(&x.file));
     match kernel {
         Some(k) if qemu::kvm_works(&k, &imgd::config::default_cache()) => Accel::Kvm,

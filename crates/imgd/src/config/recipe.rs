@@ -285,7 +285,11 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
     }
     cmdline.extend(hw.cmdline.iter().chain(&p.cmdline).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()));
 
-    let efi_loader = if needs_disk {
+    // systemd-boot: the hardware's path; else this machine's (x86_64); else
+    // the systemd-boot-efi package of the target architecture in the deb cache.
+    let efi_loader = if !needs_disk {
+        None
+    } else if hw.efi_loader.is_some() || arch == Arch::X86_64 {
         let path = hw.efi_loader.clone().unwrap_or_else(|| DEFAULT_EFI_LOADER.into());
         let pb = PathBuf::from(&path);
         let sha256 = hash::sha256_file(&pb).map_err(|e| {
@@ -293,7 +297,9 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
         })?;
         Some(Input { name: file_name(&pb), path: pb, sha256 })
     } else {
-        None
+        let deb = find_deb(&opts.deb_cache, "systemd-boot-efi", arch)
+            .map_err(|m| l.hardware_error("efi_loader", format!("disk images need systemd-boot: {m}")))?;
+        Some(file_input("formats", &deb.to_string_lossy())?)
     };
     let initramfs_busybox = if needs_disk {
         let path = find_deb(&opts.deb_cache, "busybox-static", arch)

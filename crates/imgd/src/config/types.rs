@@ -78,6 +78,14 @@ impl Arch {
             Arch::Aarch64 => "aarch64",
         }
     }
+    /// The suffix of EFI binaries for this architecture (systemd-bootx64.efi).
+    pub fn efi_suffix(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x64",
+            Arch::Aarch64 => "aa64",
+        }
+    }
+
     /// The EFI removable-media loader path for this architecture.
     pub fn efi_boot_file(self) -> &'static str {
         match self {

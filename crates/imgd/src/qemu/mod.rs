@@ -45,6 +45,12 @@ pub struct Machine<'a> {
 const OVMF_CODE: &[&str] =
     &["/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/qemu/OVMF.fd"];
 const OVMF_VARS: &[&str] = &["/usr/share/OVMF/OVMF_VARS_4M.fd", "/usr/share/OVMF/OVMF_VARS.fd"];
+const AAVMF_CODE: &[&str] = &["/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd"];
+const AAVMF_VARS: &[&str] = &["/usr/share/AAVMF/AAVMF_VARS.fd"];
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
 
 fn first_existing(paths: &[&str]) -> Option<PathBuf> {
     paths.iter().map(PathBuf::from).find(|p| p.is_file())
@@ -52,13 +58,22 @@ fn first_existing(paths: &[&str]) -> Option<PathBuf> {
 
 /// The qemu command for `m` booting `src`; `scratch` holds the UEFI vars copy.
 pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Command> {
-    if m.arch != Arch::X86_64 {
-        bail!(
-            "booting {} hardware in qemu is not supported yet (needs qemu-system-aarch64 and AAVMF)",
-            m.arch.as_str()
-        );
+    let program = match m.arch {
+        Arch::X86_64 => "qemu-system-x86_64",
+        Arch::Aarch64 => "qemu-system-aarch64",
+    };
+    if m.arch == Arch::Aarch64 {
+        if !on_path(program) {
+            bail!("booting aarch64 hardware needs qemu-system-aarch64 (apt-get install qemu-system-arm)");
+        }
+        if m.firmware == Firmware::Bios {
+            bail!("aarch64 machines have no BIOS: set firmware = \"uefi\"");
+        }
+        if matches!(src, BootSource::Netboot { .. }) {
+            bail!("netboot tests need an iPXE ROM for the NIC; Debian's ipxe-qemu ships x86 ROMs only");
+        }
     }
-    let mut c = Command::new("qemu-system-x86_64");
+    let mut c = Command::new(program);
     c.args(["-machine", &m.qemu.machine, "-cpu", &m.qemu.cpu]);
     c.args(["-m", &m.qemu.memory_mib.to_string(), "-smp", &m.qemu.smp.to_string()]);
     c.args([
@@ -71,8 +86,13 @@ pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Comm
     ]);
     c.args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"]);
     let uefi = |c: &mut Command| -> Result<()> {
-        let code = first_existing(OVMF_CODE).context("OVMF firmware not found (apt-get install ovmf)")?;
-        let vars_src = first_existing(OVMF_VARS).context("OVMF vars not found (apt-get install ovmf)")?;
+        let (code, vars) = match m.arch {
+            Arch::X86_64 => (OVMF_CODE, OVMF_VARS),
+            Arch::Aarch64 => (AAVMF_CODE, AAVMF_VARS),
+        };
+        let pkg = if m.arch == Arch::X86_64 { "ovmf" } else { "qemu-efi-aarch64" };
+        let code = first_existing(code).with_context(|| format!("UEFI firmware not found (apt-get install {pkg})"))?;
+        let vars_src = first_existing(vars).with_context(|| format!("UEFI vars not found (apt-get install {pkg})"))?;
         let vars = scratch.join("OVMF_VARS.fd");
         std::fs::copy(&vars_src, &vars)?;
         c.arg("-drive").arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()));
@@ -212,7 +232,7 @@ pub fn boot_until(cmd: Command, marker: &str, timeout: Duration, log: &Path) -> 
     let start = Instant::now();
     let mut cmd = guarded(cmd);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = Reaper(cmd.spawn().context("cannot start qemu-system-x86_64 (apt-get install qemu-system-x86)")?);
+    let mut child = Reaper(cmd.spawn().context("cannot start qemu (apt-get install qemu-system-x86)")?);
     let stdout = child.0.stdout.take().expect("piped");
     let stderr = child.0.stderr.take().expect("piped");
     // Chunks, not lines: a login prompt ("debian login: ") ends without a newline.

@@ -48,6 +48,15 @@ else
   echo "setup: packages present"
 fi
 
+# A local AWS endpoint (and boto3, the independent client) for the sync tests.
+# Pinned: moto 5.2.1 answered CompleteMultipartUpload with the wrong XML root
+# (getmoto/moto#10055), which the Rust SDK rightly rejects.
+moto_version=5.2.5
+if ! command -v moto_server >/dev/null || ! python3 -c "import boto3, moto; assert moto.__version__ == '$moto_version'" 2>/dev/null; then
+  echo "setup: installing moto[server]==$moto_version"
+  python3 -m pip install -q "moto[server]==$moto_version" 2>&1 | grep -v "Running pip as the 'root' user" || true
+fi
+
 mkdir -p "$debs"
 chmod 755 "$cache" "$debs"
 # The current Debian kernel of each architecture, busybox-static, and (for

@@ -13,6 +13,8 @@ fn hello_boots_to_its_marker_in_every_format() {
         let shown = if format == "kernel" { "ipxe" } else { format };
         assert!(stdout.contains(&format!("{shown}: `IMGD-HELLO-READY` after")), "{stdout}");
     }
+    // Booting never writes to the store (qemu runs the disks as snapshots).
+    ok(imgd(&h.store).args(["verify"]));
 }
 
 #[test]

@@ -156,3 +156,36 @@ fn set_and_format_make_variants_without_copying_files() {
     let out = tool("tar", &["--zstd", "-xOf", tar.to_str().unwrap(), "etc/hostname"]);
     assert_eq!(out, "web-7\n");
 }
+
+#[test]
+fn tarball_and_directory_bases_with_an_explicit_kernel_boot() {
+    // hello's own outputs as inputs: its rootfs tarball as a base, the same
+    // tree unpacked as a directory base, and its kernel image plus modules
+    // directory given explicitly, the way a Nix-built kernel arrives.
+    let h = hello();
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    tool("tar", &["--zstd", "-xf", h.file("rootfs.tar.zst").to_str().unwrap(), "-C", tree.to_str().unwrap()]);
+    let modules = std::fs::read_dir(tree.join("lib/modules")).unwrap().next().unwrap().unwrap().path();
+    let kernel =
+        format!("[kernel]\nimage = \"{}\"\nmodules = \"{}\"\n", h.file("vmlinuz").display(), modules.display());
+    let common = "hardware = \"qemu-x86_64\"\nformats = [\"ipxe\", \"raw\"]\ninit = \"/sbin/init\"\nready_marker = \"IMGD-HELLO-READY\"\ncmdline = \"panic=5\"\n";
+    let from_tar = format!("{common}[base]\ntarball = \"{}\"\n{kernel}", h.file("rootfs.tar.zst").display());
+    let from_dir = format!("{common}[base]\ndir = \"{}\"\n{kernel}", tree.display());
+    let p = project(&[("from-tar.toml", &from_tar), ("from-dir.toml", &from_dir)]);
+    let store = d.path().join("s");
+    for profile in ["from-tar", "from-dir"] {
+        let out = imgd(&store)
+            .env("IMGD_ROOT", p.path())
+            .args(["test", profile, "--format", "kernel", "--format", "raw", "--timeout", "240"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{profile}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

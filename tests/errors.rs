@@ -67,8 +67,23 @@ fn bad_set_and_hardware_errors_exit_2() {
     assert!(e.contains("--set: key `disk.size=huge`: invalid size"), "{e}");
     let e = fails(&[("p.toml", GOOD)], &["p", "--set", "kernle.deb=x"]);
     assert!(e.contains("unknown field `kernle`"), "{e}");
-    let e = fails(&[("p.toml", GOOD)], &["p", "--hardware", "metal-aarch64"]);
-    assert!(e.contains("no package matching `busybox-static` for arm64"), "{e}");
+    // A cache with amd64 packages only cannot build for aarch64 hardware.
+    let amd64 = tempfile::tempdir().unwrap();
+    std::fs::create_dir(amd64.path().join("debs")).unwrap();
+    let real = std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/imgd/debs");
+    let real = std::env::var("IMGD_CACHE").map(|c| std::path::PathBuf::from(c).join("debs")).unwrap_or(real);
+    for e in std::fs::read_dir(real).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().ends_with("_amd64.deb") {
+            std::os::unix::fs::symlink(e.path(), amd64.path().join("debs").join(e.file_name())).unwrap();
+        }
+    }
+    let cache = amd64.path().to_str().unwrap();
+    let e = fails(&[("p.toml", GOOD)], &["p", "--hardware", "metal-aarch64", "--cache", cache]);
+    assert!(
+        e.contains("no package matching `busybox-static` for arm64") && e.contains("found only other architectures"),
+        "{e}"
+    );
     let e = fails(
         &[("p.toml", GOOD), ("../hardware/broken.toml", "arch = \"x86_64\"\nfirmware = \"efi\"\n")],
         &["p", "--hardware", "broken"],

@@ -121,6 +121,11 @@ selector = { platform = "efi", labels = { rack = "7" } }
 name = "uuid"
 profile = "hello"
 selector = { uuid = "11111111-2222-3333-4444-555555555555", arch = "x86_64" }
+
+[[group]]
+name = "named"
+profile = "hello"
+selector = { hostname = "db-3", serial = "SN-0042" }
 "#;
 
 #[test]
@@ -149,6 +154,11 @@ fn machines_get_the_most_specific_group_and_unknown_ones_retry() {
     assert!(other.contains("group rack-7-efi"), "{other}");
     let uuid = script(&[], "uuid=11111111-2222-3333-4444-555555555555&arch=x86_64");
     assert!(uuid.contains("group uuid"), "{uuid}");
+    assert!(script(&[], "hostname=db-3&serial=SN-0042&mac=52-54-00-00-00-02").contains("group named"));
+    assert!(
+        script(&[], "hostname=db-3&serial=SN-9&mac=52-54-00-00-00-02").contains("no group matches"),
+        "all selectors must match"
+    );
     let unknown = script(&["--interface", "127.0.0.5"], "mac=52-54-00-00-00-09&platform=pcbios&rack=7");
     assert!(unknown.contains("no group matches this machine") && unknown.contains("sleep 10"), "{unknown}");
     assert!(unknown.contains("chain --replace --autofree /boot.ipxe?rack=7"), "labels survive the retry: {unknown}");
@@ -165,7 +175,7 @@ fn machines_get_the_most_specific_group_and_unknown_ones_retry() {
     let (_, _, m) = curl(&[&format!("{}/metrics", s.base)]);
     let m = String::from_utf8(m).unwrap();
     assert!(m.contains("imgd_boots_total{profile=\"hello\",group=\"by-mac\"} 1"), "{m}");
-    assert!(m.contains("imgd_http_requests_total{endpoint=\"ipxe\",status=\"200\"} 5"), "{m}");
+    assert!(m.contains("imgd_http_requests_total{endpoint=\"ipxe\",status=\"200\"} 7"), "{m}");
     let (st, _, body) = curl(&[&format!("{}/healthz", s.base)]);
     assert_eq!((st, body.as_slice()), (200, &b"ok\n"[..]));
 }

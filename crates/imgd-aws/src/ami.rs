@@ -1,0 +1,215 @@
+//! AMIs: find by name, register from a snapshot, copy to other regions, tag,
+//! share, wait. Local emulators accept what AWS rejects (a missing snapshot,
+//! duplicate names), so imgd checks those itself before asking.
+
+use crate::Counters;
+use anyhow::{bail, Context, Result};
+use aws_sdk_ec2::types::{
+    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, LaunchPermission,
+    LaunchPermissionModifications, Tag, VolumeType,
+};
+use std::time::{Duration, Instant};
+
+pub const ROOT_DEVICE: &str = "/dev/xvda";
+
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub id: String,
+    pub state: String,
+    pub snapshot: Option<String>,
+}
+
+/// The image of ours named `name` in this region, if any (more than one is an
+/// error: AWS forbids it, emulators do not).
+pub async fn find(ec2: &aws_sdk_ec2::Client, name: &str) -> Result<Option<Found>> {
+    let out = ec2
+        .describe_images()
+        .owners("self")
+        .filters(Filter::builder().name("name").values(name).build())
+        .send()
+        .await
+        .context("DescribeImages")?;
+    let images = out.images();
+    if images.len() > 1 {
+        bail!("{} images are named {name} in one region; deregister the extras", images.len());
+    }
+    Ok(images.first().map(|i| Found {
+        id: i.image_id().unwrap_or_default().to_string(),
+        state: i.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+        snapshot: i
+            .block_device_mappings()
+            .iter()
+            .find_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_string)),
+    }))
+}
+
+/// A completed snapshot of ours carrying tag `imgd:hash` = `hash` (left by a run
+/// that failed after the upload).
+pub async fn find_snapshot(ec2: &aws_sdk_ec2::Client, hash: &str) -> Result<Option<String>> {
+    let out = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(Filter::builder().name("tag:imgd:hash").values(hash).build())
+        .send()
+        .await
+        .context("DescribeSnapshots")?;
+    Ok(out
+        .snapshots()
+        .iter()
+        .find(|s| s.state().map(|x| x.as_str()) == Some("completed"))
+        .and_then(|s| s.snapshot_id().map(str::to_string)))
+}
+
+pub struct Register<'a> {
+    pub name: &'a str,
+    pub description: &'a str,
+    pub arch: imgd::config::types::Arch,
+    pub firmware: imgd::config::types::Firmware,
+    pub ena: bool,
+    pub sriov: bool,
+    pub snapshot: &'a str,
+    pub volume_gib: i64,
+}
+
+pub async fn register(ec2: &aws_sdk_ec2::Client, r: &Register<'_>, counters: &Counters) -> Result<String> {
+    // The snapshot must exist and be complete (an emulator would register anyway).
+    let snaps = ec2.describe_snapshots().snapshot_ids(r.snapshot).send().await;
+    let ok = snaps.as_ref().map(|s| !s.snapshots().is_empty()).unwrap_or(false);
+    if !ok {
+        bail!("snapshot {} does not exist; refusing to register an image from it", r.snapshot);
+    }
+    use imgd::config::types::{Arch, Firmware};
+    counters.mutate();
+    let out = ec2
+        .register_image()
+        .name(r.name)
+        .description(r.description)
+        .architecture(match r.arch {
+            Arch::X86_64 => ArchitectureValues::X8664,
+            Arch::Aarch64 => ArchitectureValues::Arm64,
+        })
+        .boot_mode(match r.firmware {
+            Firmware::Uefi => BootModeValues::Uefi,
+            Firmware::Bios => BootModeValues::LegacyBios,
+        })
+        .virtualization_type("hvm")
+        .root_device_name(ROOT_DEVICE)
+        .ena_support(r.ena)
+        .set_sriov_net_support(r.sriov.then(|| "simple".to_string()))
+        .block_device_mappings(
+            BlockDeviceMapping::builder()
+                .device_name(ROOT_DEVICE)
+                .ebs(
+                    EbsBlockDevice::builder()
+                        .snapshot_id(r.snapshot)
+                        .volume_size(r.volume_gib as i32)
+                        .volume_type(VolumeType::Gp3)
+                        .delete_on_termination(true)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .context("RegisterImage")?;
+    out.image_id().map(str::to_string).context("RegisterImage returned no id")
+}
+
+/// Tags `ids` (images and their snapshots); CopyImage does not copy tags.
+pub async fn tag(
+    ec2: &aws_sdk_ec2::Client,
+    ids: &[String],
+    tags: &[(String, String)],
+    counters: &Counters,
+) -> Result<()> {
+    counters.mutate();
+    let mut req = ec2.create_tags().set_resources(Some(ids.to_vec()));
+    for (k, v) in tags {
+        req = req.tags(Tag::builder().key(k).value(v).build());
+    }
+    req.send().await.context("CreateTags")?;
+    Ok(())
+}
+
+/// Tags present on an image, to re-apply only what is missing.
+pub async fn has_tags(ec2: &aws_sdk_ec2::Client, id: &str, tags: &[(String, String)]) -> Result<bool> {
+    let out = ec2
+        .describe_tags()
+        .filters(Filter::builder().name("resource-id").values(id).build())
+        .send()
+        .await
+        .context("DescribeTags")?;
+    let have: Vec<(String, String)> = out
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string()))
+        .collect();
+    Ok(tags.iter().all(|t| have.contains(t)))
+}
+
+pub struct Copy<'a> {
+    pub source_region: &'a str,
+    pub source_id: &'a str,
+    pub name: &'a str,
+    pub description: &'a str,
+    pub client_token: &'a str,
+    pub kms_key: Option<&'a str>,
+}
+
+pub async fn copy(dest: &aws_sdk_ec2::Client, c: &Copy<'_>, counters: &Counters) -> Result<String> {
+    counters.mutate();
+    let mut req = dest
+        .copy_image()
+        .source_region(c.source_region)
+        .source_image_id(c.source_id)
+        .name(c.name)
+        .description(c.description)
+        .client_token(c.client_token);
+    if let Some(k) = c.kms_key {
+        req = req.encrypted(true).kms_key_id(k);
+    }
+    let out = req.send().await.context("CopyImage")?;
+    out.image_id().map(str::to_string).context("CopyImage returned no id")
+}
+
+pub async fn share(ec2: &aws_sdk_ec2::Client, id: &str, accounts: &[String], counters: &Counters) -> Result<()> {
+    if accounts.is_empty() {
+        return Ok(());
+    }
+    let out = ec2.describe_image_attribute().image_id(id).attribute("launchPermission".into()).send().await?;
+    let have: Vec<&str> = out.launch_permissions().iter().filter_map(|p| p.user_id()).collect();
+    let missing: Vec<&String> = accounts.iter().filter(|a| !have.contains(&a.as_str())).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut adds = LaunchPermissionModifications::builder();
+    for a in missing {
+        adds = adds.add(LaunchPermission::builder().user_id(a.clone()).build());
+    }
+    counters.mutate();
+    ec2.modify_image_attribute()
+        .image_id(id)
+        .launch_permission(adds.build())
+        .send()
+        .await
+        .context("ModifyImageAttribute")?;
+    Ok(())
+}
+
+/// Waits (with a timeout) until the image is available.
+pub async fn wait_available(ec2: &aws_sdk_ec2::Client, id: &str, region: &str, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let out = ec2.describe_images().image_ids(id).send().await.context("DescribeImages")?;
+        let state = out.images().first().and_then(|i| i.state()).map(|s| s.as_str().to_string());
+        match state.as_deref() {
+            Some("available") => return Ok(()),
+            Some("failed") | Some("error") | Some("invalid") => bail!("{region}: image {id} is {}", state.unwrap()),
+            _ => {}
+        }
+        if start.elapsed() > timeout {
+            bail!("{region}: image {id} not available after {}s", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}

@@ -1,0 +1,166 @@
+//! Uploading a store entry to `s3://bucket/<prefix>/<entry>/<file>`.
+//!
+//! Each object carries the artifact's SHA-256 as metadata (`imgd-sha256`) and
+//! S3 verifies a SHA-256 checksum of every part; an object whose metadata
+//! already matches is skipped. Large files go up in parts with bounded
+//! parallelism; uploads a killed run left behind are aborted first, so
+//! orphan parts never pile up.
+
+use crate::Counters;
+use anyhow::{Context, Result};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use std::path::Path;
+use std::sync::Arc;
+
+pub const PART: u64 = 16 << 20;
+const PARALLEL_PARTS: usize = 4;
+
+pub fn key(prefix: &str, entry: &str, file: &str) -> String {
+    let p = prefix.trim_matches('/');
+    if p.is_empty() {
+        format!("{entry}/{file}")
+    } else {
+        format!("{p}/{entry}/{file}")
+    }
+}
+
+/// Uploads `path` to `key` unless an object with the same SHA-256 is there.
+/// Returns whether it uploaded.
+pub async fn upload(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    path: &Path,
+    sha256: &str,
+    counters: &Counters,
+) -> Result<bool> {
+    if let Ok(head) = s3.head_object().bucket(bucket).key(key).send().await {
+        let same = head.metadata().and_then(|m| m.get("imgd-sha256")).is_some_and(|v| v == sha256);
+        if same {
+            tracing::info!("s3://{bucket}/{key}: present, same sha256");
+            return Ok(false);
+        }
+    }
+    abort_stale(s3, bucket, key, counters).await?;
+    let size = std::fs::metadata(path)?.len();
+    if size <= PART {
+        let body = ByteStream::from_path(path).await?;
+        counters.mutate();
+        s3.put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(body)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .metadata("imgd-sha256", sha256)
+            .send()
+            .await
+            .with_context(|| format!("uploading s3://{bucket}/{key}"))?;
+        counters.uploaded_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        return Ok(true);
+    }
+    counters.mutate();
+    let created = s3
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .checksum_algorithm(ChecksumAlgorithm::Sha256)
+        .metadata("imgd-sha256", sha256)
+        .send()
+        .await
+        .with_context(|| format!("starting multipart upload of s3://{bucket}/{key}"))?;
+    let upload_id = created.upload_id().context("no upload id")?.to_string();
+    let result = upload_parts(s3, bucket, key, path, size, &upload_id, counters).await;
+    match result {
+        Ok(parts) => {
+            counters.mutate();
+            s3.complete_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .send()
+                .await
+                .with_context(|| format!("completing s3://{bucket}/{key}"))?;
+            Ok(true)
+        }
+        Err(e) => {
+            // Never leave parts behind to be billed for.
+            counters.mutate();
+            let _ = s3.abort_multipart_upload().bucket(bucket).key(key).upload_id(&upload_id).send().await;
+            Err(e)
+        }
+    }
+}
+
+async fn upload_parts(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    path: &Path,
+    size: u64,
+    upload_id: &str,
+    counters: &Counters,
+) -> Result<Vec<CompletedPart>> {
+    let n = size.div_ceil(PART);
+    let sem = Arc::new(tokio::sync::Semaphore::new(PARALLEL_PARTS));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let permit = sem.clone().acquire_owned().await?;
+        let (s3, bucket, key, path, upload_id) =
+            (s3.clone(), bucket.to_string(), key.to_string(), path.to_path_buf(), upload_id.to_string());
+        let len = PART.min(size - i * PART);
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::File::open(&path)?;
+                let mut buf = vec![0u8; len as usize];
+                f.read_exact_at(&mut buf, i * PART)?;
+                Ok(buf)
+            })
+            .await??;
+            let out = s3
+                .upload_part()
+                .bucket(&bucket)
+                .key(&key)
+                .upload_id(&upload_id)
+                .part_number(i as i32 + 1)
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .body(ByteStream::from(data))
+                .send()
+                .await
+                .with_context(|| format!("part {} of s3://{bucket}/{key}", i + 1))?;
+            anyhow::Ok(
+                CompletedPart::builder()
+                    .part_number(i as i32 + 1)
+                    .set_e_tag(out.e_tag().map(str::to_string))
+                    .set_checksum_sha256(out.checksum_sha256().map(str::to_string))
+                    .build(),
+            )
+        }));
+    }
+    let mut parts = Vec::new();
+    for t in tasks {
+        counters.mutate();
+        parts.push(t.await??);
+    }
+    counters.uploaded_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+    Ok(parts)
+}
+
+/// Aborts multipart uploads of `key` that an interrupted run left open.
+async fn abort_stale(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, counters: &Counters) -> Result<()> {
+    let listed = s3.list_multipart_uploads().bucket(bucket).prefix(key).send().await;
+    let Ok(listed) = listed else { return Ok(()) };
+    for u in listed.uploads() {
+        if u.key() == Some(key) {
+            if let Some(id) = u.upload_id() {
+                tracing::info!("aborting an interrupted upload of s3://{bucket}/{key}");
+                counters.mutate();
+                s3.abort_multipart_upload().bucket(bucket).key(key).upload_id(id).send().await?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -142,7 +142,9 @@ fn netboot(
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let port = listener.local_addr()?.port();
-    let server = http::Server::new(st, http::Options::default());
+    // qemu's guestfwd relay serves one guest connection at a time: a kept-alive
+    // connection would hold back iPXE's next one until it timed out.
+    let server = http::Server::new(st, http::Options { keep_alive: false, ..http::Options::default() });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let srv = server.clone();
     let handle = rt.spawn(async move {

@@ -45,6 +45,9 @@ pub struct Options {
     pub retry_after: u32,
     /// Memory for artifact chunks shared by all downloads.
     pub cache_bytes: usize,
+    /// HTTP keep-alive. On for real clients (iPXE reuses connections); off
+    /// behind qemu's guestfwd relay, which serves one connection at a time.
+    pub keep_alive: bool,
 }
 
 impl Default for Options {
@@ -59,6 +62,7 @@ impl Default for Options {
             drain: Duration::from_secs(30),
             retry_after: 10,
             cache_bytes: 48 << 20,
+            keep_alive: true,
         }
     }
 }
@@ -567,6 +571,7 @@ pub async fn serve(
                     .timer(TokioTimer::new())
                     .header_read_timeout(server.opts.header_timeout)
                     .writev(true)
+                    .keep_alive(server.opts.keep_alive)
                     .serve_connection(io, service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {

@@ -1,7 +1,7 @@
 //! `imgd run`: build if needed, then boot with the serial console on the
 //! terminal. The store's artifacts are never written (qemu snapshot mode).
 
-use super::test::{boot_source, resolve_accel};
+use super::test::{boot_source, netboot_firmware, resolve_accel, NetbootServer};
 use super::{ProfileArgs, StoreArgs};
 use anyhow::{bail, Context};
 use clap::Args;
@@ -19,8 +19,9 @@ pub struct RunArgs {
     pub profile: ProfileArgs,
     #[command(flatten)]
     pub store: StoreArgs,
-    /// What to boot: qcow2, raw, vhd, or kernel (the ipxe kernel + initrd);
-    /// default: the first disk format the profile builds.
+    /// What to boot: qcow2, raw, vhd, ipxe (netboot through the NIC's iPXE
+    /// firmware from imgd's server) or kernel (the ipxe kernel + initrd handed
+    /// to qemu); default: the first disk format the profile builds.
     #[arg(long = "format", value_name = "FORMAT")]
     pub format: Option<String>,
     /// Forward 127.0.0.1:PORT to the guest's SSH port.
@@ -35,12 +36,9 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
     let hw = imgd::config::load(&a.profile.request())?.hardware;
     let store = a.store.open()?;
     let entry = imgd::build::build(&recipe, &store, &Progress::new(false))?.entry;
+    let netboot = a.format.as_deref() == Some("ipxe");
     let format = match a.format.as_deref() {
-        Some("kernel") => Format::Ipxe,
-        Some("ipxe") => bail!(imgd::config::ConfigError::new(
-            "--format",
-            "`imgd run` boots ipxe artifacts as `--format kernel`; `imgd test --format ipxe` netboots them through iPXE"
-        )),
+        Some("kernel") | Some("ipxe") => Format::Ipxe,
         Some(f) => f.parse().map_err(|e: String| imgd::config::ConfigError::new("--format", e))?,
         None => [Format::Qcow2, Format::Raw, Format::Vhd, Format::Ipxe]
             .into_iter()
@@ -50,10 +48,20 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
     if !recipe.formats.contains(&format) {
         bail!("profile {} does not build {format}", recipe.name);
     }
-    let src = boot_source(&entry, format, &recipe)?;
     let accel = resolve_accel(a.accel, &entry);
-    let machine = Machine { arch: recipe.arch, firmware: recipe.firmware, qemu: &hw.qemu, accel, ssh: a.ssh };
+    let mut machine = Machine { arch: recipe.arch, firmware: recipe.firmware, qemu: &hw.qemu, accel, ssh: a.ssh };
     let scratch = tempfile::tempdir()?;
+    let mut _server = None;
+    let src = if netboot {
+        let store_dir = a.store.store.clone().unwrap_or_else(imgd::store::default_dir);
+        let net = NetbootServer::start(&a.profile.root, &store_dir, &entry)?;
+        machine.firmware = netboot_firmware(None, recipe.firmware).0;
+        let relay = net.relay()?;
+        _server = Some(net);
+        qemu::BootSource::Netboot { relay }
+    } else {
+        boot_source(&entry, format, &recipe)?
+    };
     let cmd = qemu::command(&machine, &src, scratch.path())?;
     eprintln!("imgd run: {} ({format}, {accel:?})", entry.name);
     if let Some(port) = a.ssh {

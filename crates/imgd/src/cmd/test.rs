@@ -109,6 +109,111 @@ enum Boot {
     Netboot,
 }
 
+/// An `imgd serve` on loopback that boots one entry for every machine, for
+/// qemu's NIC ROM to netboot from through a guestfwd relay.
+pub struct NetbootServer {
+    rt: tokio::runtime::Runtime,
+    pub server: std::sync::Arc<imgd::serve::http::Server>,
+    pub port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl NetbootServer {
+    pub fn start(root: &std::path::Path, store: &std::path::Path, entry: &imgd::store::Entry) -> anyhow::Result<Self> {
+        use imgd::serve::{http, machines, state};
+        let has = |f: &str| entry.manifest.artifacts.iter().any(|x| x.file == f);
+        if !has("vmlinuz") || !has("initrd") {
+            bail!("{} has no ipxe artifacts to netboot", entry.name);
+        }
+        let sources = state::Sources {
+            root: root.to_path_buf(),
+            cache: imgd::config::default_cache(),
+            store: store.to_path_buf(),
+            machines: None,
+            serve_all: false,
+            build_missing: false,
+        };
+        let group = machines::Group {
+            name: "imgd-test".into(),
+            entry: Some(entry.name.clone()),
+            default: true,
+            ..Default::default()
+        };
+        let st = state::load(&sources, Some(machines::MachinesFile { groups: vec![group] }))?;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let port = listener.local_addr()?.port();
+        // qemu's guestfwd relay serves one guest connection at a time: a kept-alive
+        // connection would hold back iPXE's next one until it timed out.
+        let server = http::Server::new(st, http::Options { keep_alive: false, ..http::Options::default() });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let srv = server.clone();
+        let handle = rt.spawn(async move {
+            http::serve(listener, srv, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Ok(NetbootServer { rt, server, port, stop: Some(stop), handle: Some(handle) })
+    }
+
+    /// What qemu's guestfwd runs per guest connection.
+    pub fn relay(&self) -> anyhow::Result<String> {
+        Ok(format!("{} relay 127.0.0.1:{}", std::env::current_exe()?.display(), self.port))
+    }
+
+    /// Whether iPXE fetched the chain script, its own script, the kernel and
+    /// the initrd (all of their bytes) from this server.
+    pub fn check_served(&self, entry: &imgd::store::Entry) -> anyhow::Result<(u64, u64)> {
+        let metrics = self.server.metrics.render();
+        let served = |endpoint: &str| {
+            metrics
+                .lines()
+                .find(|l| l.starts_with(&format!("imgd_http_requests_total{{endpoint=\"{endpoint}\",status=\"200\"}}")))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let need: u64 =
+            entry.manifest.artifacts.iter().filter(|x| x.file == "vmlinuz" || x.file == "initrd").map(|x| x.size).sum();
+        let sent = self.server.metrics.bytes_served.load(std::sync::atomic::Ordering::Relaxed);
+        if served("boot.ipxe") < 1 || served("ipxe") < 1 || served("artifacts") < 2 || sent < need {
+            bail!(
+                "the machine booted, but not from imgd: boot.ipxe {}, ipxe {}, artifacts {}, {sent} of {need} bytes",
+                served("boot.ipxe"),
+                served("ipxe"),
+                served("artifacts")
+            );
+        }
+        Ok((served("artifacts"), sent))
+    }
+}
+
+impl Drop for NetbootServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = self.rt.block_on(h);
+        }
+    }
+}
+
+/// The firmware for a netboot: `--platform`, else the hardware's.
+pub fn netboot_firmware(
+    platform: Option<&str>,
+    hw: imgd::config::types::Firmware,
+) -> (imgd::config::types::Firmware, &'static str) {
+    use imgd::config::types::Firmware;
+    match platform {
+        Some("pcbios") => (Firmware::Bios, "pcbios"),
+        Some(_) => (Firmware::Uefi, "efi"),
+        None if hw == Firmware::Bios => (Firmware::Bios, "pcbios"),
+        None => (Firmware::Uefi, "efi"),
+    }
+}
+
 /// Boots through the NIC's iPXE firmware from an `imgd serve` on loopback,
 /// and checks that iPXE really fetched the script, kernel and initrd from it.
 fn netboot(
@@ -119,85 +224,25 @@ fn netboot(
     marker: &str,
     scratch: &std::path::Path,
 ) -> anyhow::Result<()> {
-    use imgd::serve::{http, machines, state};
-    let has = |f: &str| entry.manifest.artifacts.iter().any(|x| x.file == f);
-    if !has("vmlinuz") || !has("initrd") {
-        bail!("{} has no ipxe artifacts to netboot", entry.name);
-    }
-    let sources = state::Sources {
-        root: a.profile.root.clone(),
-        cache: imgd::config::default_cache(),
-        store: a.store.store.clone().unwrap_or_else(imgd::store::default_dir),
-        machines: None,
-        serve_all: false,
-        build_missing: false,
-    };
-    let group = machines::Group {
-        name: "imgd-test".into(),
-        entry: Some(entry.name.clone()),
-        default: true,
-        ..Default::default()
-    };
-    let st = state::load(&sources, Some(machines::MachinesFile { groups: vec![group] }))?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let port = listener.local_addr()?.port();
-    // qemu's guestfwd relay serves one guest connection at a time: a kept-alive
-    // connection would hold back iPXE's next one until it timed out.
-    let server = http::Server::new(st, http::Options { keep_alive: false, ..http::Options::default() });
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let srv = server.clone();
-    let handle = rt.spawn(async move {
-        http::serve(listener, srv, async {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    let platform = a.platform.clone().unwrap_or_else(|| match recipe.firmware {
-        imgd::config::types::Firmware::Uefi => "efi".into(),
-        imgd::config::types::Firmware::Bios => "pcbios".into(),
-    });
-    let firmware =
-        if platform == "efi" { imgd::config::types::Firmware::Uefi } else { imgd::config::types::Firmware::Bios };
+    let store = a.store.store.clone().unwrap_or_else(imgd::store::default_dir);
+    let net = NetbootServer::start(&a.profile.root, &store, entry)?;
+    let (firmware, platform) = netboot_firmware(a.platform.as_deref(), recipe.firmware);
     let m = Machine { firmware, ..*machine };
-    let exe = std::env::current_exe()?;
-    let relay = format!("{} relay 127.0.0.1:{port}", exe.display());
-    let cmd = qemu::command(&m, &BootSource::Netboot { relay }, scratch)?;
+    let cmd = qemu::command(&m, &BootSource::Netboot { relay: net.relay()? }, scratch)?;
     let log = std::env::temp_dir().join(format!("imgd-test-{}-netboot-{platform}.log", entry.name));
     eprintln!(
-        "netbooting {} ({platform}) from imgd serve on 127.0.0.1:{port}, console log {}",
+        "netbooting {} ({platform}) from imgd serve on 127.0.0.1:{}, console log {}",
         entry.name,
+        net.port,
         log.display()
     );
-    let result = qemu::boot_until(cmd, marker, Duration::from_secs(a.timeout), &log);
-    let _ = stop.send(());
-    let _ = rt.block_on(handle);
-    let report = result.with_context(|| format!("{} (netboot, {platform})", entry.name))?;
+    let report = qemu::boot_until(cmd, marker, Duration::from_secs(a.timeout), &log)
+        .with_context(|| format!("{} (netboot, {platform})", entry.name))?;
     // Passing means iPXE fetched everything from us, not that something booted.
-    let metrics = server.metrics.render();
-    let served = |endpoint: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(&format!("imgd_http_requests_total{{endpoint=\"{endpoint}\",status=\"200\"}}")))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let need: u64 =
-        entry.manifest.artifacts.iter().filter(|x| x.file == "vmlinuz" || x.file == "initrd").map(|x| x.size).sum();
-    let sent = server.metrics.bytes_served.load(std::sync::atomic::Ordering::Relaxed);
-    if served("boot.ipxe") < 1 || served("ipxe") < 1 || served("artifacts") < 2 || sent < need {
-        bail!(
-            "the machine booted, but not from imgd: boot.ipxe {}, ipxe {}, artifacts {}, {sent} of {need} bytes",
-            served("boot.ipxe"),
-            served("ipxe"),
-            served("artifacts")
-        );
-    }
+    let (artifacts, sent) = net.check_served(entry)?;
     println!(
-        "ok {} netboot ({platform}): `{marker}` after {:.1}s; iPXE fetched boot.ipxe, ipxe and {} artifacts ({sent} bytes) from imgd",
-        entry.name,
-        report.seconds,
-        served("artifacts")
+        "ok {} netboot ({platform}): `{marker}` after {:.1}s; iPXE fetched boot.ipxe, ipxe and {artifacts} artifacts ({sent} bytes) from imgd",
+        entry.name, report.seconds
     );
     Ok(())
 }

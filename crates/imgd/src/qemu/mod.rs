@@ -107,8 +107,9 @@ pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Comm
             if m.firmware == Firmware::Uefi {
                 uefi(&mut c)?;
             }
+            let ssh = m.ssh.map_or(String::new(), |p| format!(",hostfwd=tcp:127.0.0.1:{p}-:22"));
             c.arg("-netdev").arg(format!(
-                "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:{relay},bootfile=http://10.0.2.100/boot.ipxe"
+                "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:{relay},bootfile=http://10.0.2.100/boot.ipxe{ssh}"
             ));
             c.arg("-device").arg(format!("{},netdev=n0,bootindex=1", m.qemu.nic));
             return Ok(c);

@@ -153,7 +153,6 @@ fn aarch64_hardware_boots_through_aavmf_and_directly() {
 
 #[test]
 fn run_netboots_interactively_and_stops_with_imgd() {
-    use std::io::Read;
     let h = hello();
     let mut run = imgd(&h.store)
         .args(["run", "hello", "--format", "ipxe"])
@@ -162,34 +161,8 @@ fn run_netboots_interactively_and_stops_with_imgd() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut out = run.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut console = String::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
-    while !console.contains("IMGD-HELLO-READY") {
-        assert!(std::time::Instant::now() < deadline, "no marker:\n{console}");
-        if let Ok(c) = rx.recv_timeout(std::time::Duration::from_secs(1)) {
-            console.push_str(&c);
-        }
-    }
+    wait_for_console(&mut run, "IMGD-HELLO-READY", std::time::Duration::from_secs(240));
     std::process::Command::new("kill").args(["-TERM", &run.id().to_string()]).status().unwrap();
     run.wait().unwrap();
-    let store = h.store.to_str().unwrap().to_string();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let ps = std::process::Command::new("pgrep").args(["-f", &store]).output().unwrap();
-        if ps.stdout.is_empty() {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "qemu outlived imgd run");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    assert_no_process_mentions(&h.store);
 }

@@ -100,3 +100,44 @@ pub fn entries(store: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Reads `child`'s stdout until `marker` appears (prompts have no newline, so
+/// this reads chunks), within `limit`; panics with the console otherwise, or
+/// if the child exits first. Returns the console read so far.
+pub fn wait_for_console(child: &mut std::process::Child, marker: &str, limit: std::time::Duration) -> String {
+    use std::io::Read;
+    let mut out = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut console = String::new();
+    let deadline = std::time::Instant::now() + limit;
+    while !console.contains(marker) {
+        assert!(std::time::Instant::now() < deadline, "no `{marker}` within {limit:?}:\n{console}");
+        if let Ok(c) = rx.recv_timeout(std::time::Duration::from_secs(1)) {
+            console.push_str(&c);
+        }
+        assert!(child.try_wait().unwrap().is_none(), "exited before `{marker}`:\n{console}");
+    }
+    console
+}
+
+/// Waits (up to 10 s) until no process mentions `path` on its command line:
+/// every qemu of a test uses files under its store.
+pub fn assert_no_process_mentions(path: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let ps = Command::new("pgrep").args(["-f", path.to_str().unwrap()]).output().unwrap();
+        if ps.stdout.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running: {}", String::from_utf8_lossy(&ps.stdout));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

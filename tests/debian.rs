@@ -3,7 +3,6 @@
 //! real ssh client using the key the profile installed.
 
 use crate::common::*;
-use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,26 +36,8 @@ fn debian_boots_to_login_and_accepts_ssh_with_the_profiles_key() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Read the console until the login prompt (no newline after it).
-    let mut out = run.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut console = String::new();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !console.contains("login:") {
-        assert!(Instant::now() < deadline, "no login prompt in 300 s:\n{console}");
-        if let Ok(c) = rx.recv_timeout(Duration::from_secs(1)) {
-            console.push_str(&c);
-        }
-        assert!(run.try_wait().unwrap().is_none(), "imgd run exited early:\n{console}");
-    }
+    // The login prompt has no newline after it.
+    let console = wait_for_console(&mut run, "login:", Duration::from_secs(300));
     assert!(console.contains("Debian GNU/Linux 12"), "{console}");
 
     // sshd may come up just after the getty; retry for a bounded time.
@@ -86,13 +67,5 @@ fn debian_boots_to_login_and_accepts_ssh_with_the_profiles_key() {
     // Stopping imgd stops qemu.
     Command::new("kill").args(["-TERM", &run.id().to_string()]).status().unwrap();
     run.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ps = Command::new("pgrep").args(["-f", store.to_str().unwrap()]).output().unwrap();
-        if ps.stdout.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "qemu outlived imgd: {}", String::from_utf8_lossy(&ps.stdout));
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert_no_process_mentions(&store);
 }

@@ -124,7 +124,7 @@ pub fn locate(path: &Path, key: &str) -> Option<(usize, usize)> {
 pub fn locate_in(path: &Path, text: &str, key: &str) -> Option<(usize, usize)> {
     let mut origins = BTreeMap::new();
     let t = DeTable::parse(text).ok()?;
-    collect_origins(path, text, t.get_ref(), "", 0, &mut origins);
+    collect_origins(path, text, t.get_ref(), "", &mut origins);
     let mut k = key;
     loop {
         if let Some(o) = origins.get(k) {
@@ -217,7 +217,7 @@ fn load_layers(
 
     let mut own = BTreeMap::new();
     if let Ok(t) = DeTable::parse(&text) {
-        collect_origins(path, &text, t.get_ref(), "", 0, &mut own);
+        collect_origins(path, &text, t.get_ref(), "", &mut own);
     }
 
     let Some(parent) = typed.extends else {
@@ -307,14 +307,7 @@ fn visit_key(table: &mut Table, key: &str, f: &mut dyn FnMut(&mut Value)) {
     }
 }
 
-fn collect_origins(
-    file: &Path,
-    text: &str,
-    table: &DeTable<'_>,
-    prefix: &str,
-    _depth: usize,
-    out: &mut BTreeMap<String, Origin>,
-) {
+fn collect_origins(file: &Path, text: &str, table: &DeTable<'_>, prefix: &str, out: &mut BTreeMap<String, Origin>) {
     for (k, v) in table {
         let key = if prefix.is_empty() { k.get_ref().to_string() } else { format!("{prefix}.{}", k.get_ref()) };
         let pos = Some(line_col(text, k.span().start));
@@ -325,7 +318,7 @@ fn collect_origins(
 
 fn collect_value(file: &Path, text: &str, v: &DeValue<'_>, key: &str, out: &mut BTreeMap<String, Origin>) {
     match v {
-        DeValue::Table(t) => collect_origins(file, text, t, key, 0, out),
+        DeValue::Table(t) => collect_origins(file, text, t, key, out),
         DeValue::Array(a) => {
             for (i, item) in a.iter().enumerate() {
                 let k = format!("{key}[{i}]");

@@ -199,7 +199,6 @@ impl MachinesFile {
                     .key(format!("group[{j}].selector"))
                     .at(at(j, ".selector").or(at(j, ""))));
                 }
-                let _ = i;
             }
         }
         Ok(f)

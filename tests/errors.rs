@@ -79,7 +79,7 @@ fn bad_set_and_hardware_errors_exit_2() {
         }
     }
     let cache = amd64.path().to_str().unwrap();
-    let e = fails(&[("p.toml", GOOD)], &["p", "--hardware", "metal-aarch64", "--cache", cache]);
+    let e = fails(&[("p.toml", GOOD)], &["p", "--hardware", "metal-aarch64", "--cache-dir", cache]);
     assert!(
         e.contains("no package matching `busybox-static` for arm64") && e.contains("found only other architectures"),
         "{e}"

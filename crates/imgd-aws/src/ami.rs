@@ -69,6 +69,8 @@ pub struct Register<'a> {
     pub sriov: bool,
     pub snapshot: &'a str,
     pub volume_gib: i64,
+    /// Attempts in all (see `retry::after_failure`).
+    pub attempts: u32,
 }
 
 pub async fn register(ec2: &aws_sdk_ec2::Client, r: &Register<'_>, counters: &Counters) -> Result<String> {
@@ -79,40 +81,57 @@ pub async fn register(ec2: &aws_sdk_ec2::Client, r: &Register<'_>, counters: &Co
         bail!("snapshot {} does not exist; refusing to register an image from it", r.snapshot);
     }
     use imgd::config::types::{Arch, Firmware};
-    counters.mutate();
-    let out = ec2
-        .register_image()
-        .name(r.name)
-        .description(r.description)
-        .architecture(match r.arch {
-            Arch::X86_64 => ArchitectureValues::X8664,
-            Arch::Aarch64 => ArchitectureValues::Arm64,
-        })
-        .boot_mode(match r.firmware {
-            Firmware::Uefi => BootModeValues::Uefi,
-            Firmware::Bios => BootModeValues::LegacyBios,
-        })
-        .virtualization_type("hvm")
-        .root_device_name(ROOT_DEVICE)
-        .ena_support(r.ena)
-        .set_sriov_net_support(r.sriov.then(|| "simple".to_string()))
-        .block_device_mappings(
-            BlockDeviceMapping::builder()
-                .device_name(ROOT_DEVICE)
-                .ebs(
-                    EbsBlockDevice::builder()
-                        .snapshot_id(r.snapshot)
-                        .volume_size(r.volume_gib as i32)
-                        .volume_type(VolumeType::Gp3)
-                        .delete_on_termination(true)
-                        .build(),
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .context("RegisterImage")?;
-    out.image_id().map(str::to_string).context("RegisterImage returned no id")
+    for attempt in 1.. {
+        counters.mutate();
+        let sent = ec2
+            .register_image()
+            .name(r.name)
+            .description(r.description)
+            .architecture(match r.arch {
+                Arch::X86_64 => ArchitectureValues::X8664,
+                Arch::Aarch64 => ArchitectureValues::Arm64,
+            })
+            .boot_mode(match r.firmware {
+                Firmware::Uefi => BootModeValues::Uefi,
+                Firmware::Bios => BootModeValues::LegacyBios,
+            })
+            .virtualization_type("hvm")
+            .root_device_name(ROOT_DEVICE)
+            .ena_support(r.ena)
+            .set_sriov_net_support(r.sriov.then(|| "simple".to_string()))
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(ROOT_DEVICE)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .snapshot_id(r.snapshot)
+                            .volume_size(r.volume_gib as i32)
+                            .volume_type(VolumeType::Gp3)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .customize()
+            .config_override(no_retry())
+            .send()
+            .await;
+        let lookup = async { Ok(find(ec2, r.name).await?.map(|f| f.id)) };
+        match sent {
+            Ok(out) => return out.image_id().map(str::to_string).context("RegisterImage returned no id"),
+            Err(e) => {
+                if let Some(id) = crate::retry::after_failure("RegisterImage", e, attempt, r.attempts, lookup).await? {
+                    return Ok(id);
+                }
+            }
+        }
+    }
+    unreachable!()
+}
+
+/// This call alone without the SDK's retries (`retry::after_failure` decides).
+fn no_retry() -> aws_sdk_ec2::config::Builder {
+    aws_sdk_ec2::config::Builder::default().retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled())
 }
 
 /// Tags `ids` (images and their snapshots); CopyImage does not copy tags.
@@ -154,31 +173,54 @@ pub struct Copy<'a> {
     pub description: &'a str,
     pub client_token: &'a str,
     pub kms_key: Option<&'a str>,
+    pub attempts: u32,
 }
 
 pub async fn copy(dest: &aws_sdk_ec2::Client, c: &Copy<'_>, counters: &Counters) -> Result<String> {
-    counters.mutate();
-    let mut req = dest
-        .copy_image()
-        .source_region(c.source_region)
-        .source_image_id(c.source_id)
-        .name(c.name)
-        .description(c.description)
-        .client_token(c.client_token);
-    if let Some(k) = c.kms_key {
-        req = req.encrypted(true).kms_key_id(k);
+    for attempt in 1.. {
+        counters.mutate();
+        let mut req = dest
+            .copy_image()
+            .source_region(c.source_region)
+            .source_image_id(c.source_id)
+            .name(c.name)
+            .description(c.description)
+            .client_token(c.client_token);
+        if let Some(k) = c.kms_key {
+            req = req.encrypted(true).kms_key_id(k);
+        }
+        let sent = req.customize().config_override(no_retry()).send().await;
+        let lookup = async { Ok(find(dest, c.name).await?.map(|f| f.id)) };
+        match sent {
+            Ok(out) => return out.image_id().map(str::to_string).context("CopyImage returned no id"),
+            Err(e) => {
+                if let Some(id) = crate::retry::after_failure("CopyImage", e, attempt, c.attempts, lookup).await? {
+                    return Ok(id);
+                }
+            }
+        }
     }
-    let out = req.send().await.context("CopyImage")?;
-    out.image_id().map(str::to_string).context("CopyImage returned no id")
+    unreachable!()
+}
+
+/// The accounts in `accounts` that cannot launch the image yet.
+pub async fn unshared(ec2: &aws_sdk_ec2::Client, id: &str, accounts: &[String]) -> Result<Vec<String>> {
+    if accounts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let out = ec2
+        .describe_image_attribute()
+        .image_id(id)
+        .attribute("launchPermission".into())
+        .send()
+        .await
+        .context("DescribeImageAttribute")?;
+    let have: Vec<&str> = out.launch_permissions().iter().filter_map(|p| p.user_id()).collect();
+    Ok(accounts.iter().filter(|a| !have.contains(&a.as_str())).cloned().collect())
 }
 
 pub async fn share(ec2: &aws_sdk_ec2::Client, id: &str, accounts: &[String], counters: &Counters) -> Result<()> {
-    if accounts.is_empty() {
-        return Ok(());
-    }
-    let out = ec2.describe_image_attribute().image_id(id).attribute("launchPermission".into()).send().await?;
-    let have: Vec<&str> = out.launch_permissions().iter().filter_map(|p| p.user_id()).collect();
-    let missing: Vec<&String> = accounts.iter().filter(|a| !have.contains(&a.as_str())).collect();
+    let missing = unshared(ec2, id, accounts).await?;
     if missing.is_empty() {
         return Ok(());
     }
@@ -197,7 +239,13 @@ pub async fn share(ec2: &aws_sdk_ec2::Client, id: &str, accounts: &[String], cou
 }
 
 /// Waits (with a timeout) until the image is available.
-pub async fn wait_available(ec2: &aws_sdk_ec2::Client, id: &str, region: &str, timeout: Duration) -> Result<()> {
+pub async fn wait_available(
+    ec2: &aws_sdk_ec2::Client,
+    id: &str,
+    region: &str,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<()> {
     let start = Instant::now();
     loop {
         let out = ec2.describe_images().image_ids(id).send().await.context("DescribeImages")?;
@@ -210,6 +258,96 @@ pub async fn wait_available(ec2: &aws_sdk_ec2::Client, id: &str, region: &str, t
         if start.elapsed() > timeout {
             bail!("{region}: image {id} not available after {}s", timeout.as_secs());
         }
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tracing::info!("{region}: {id} is {}", state.as_deref().unwrap_or("unknown"));
+        tokio::time::sleep(poll).await;
     }
+}
+
+/// An image or snapshot carrying imgd's tags.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Tagged {
+    pub id: String,
+    pub profile: String,
+    pub hash: String,
+    pub built_at: String,
+    /// Snapshots in the image's block device mappings (empty for a snapshot).
+    pub snapshots: Vec<String>,
+}
+
+fn imgd_tags(tags: &[Tag]) -> Option<(String, String, String)> {
+    let get = |k: &str| tags.iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).map(str::to_string);
+    Some((get("imgd:profile")?, get("imgd:hash")?, get("imgd:built-at").unwrap_or_default()))
+}
+
+/// This account's images tagged by imgd (both imgd:profile and imgd:hash).
+pub async fn list_images(ec2: &aws_sdk_ec2::Client) -> Result<Vec<Tagged>> {
+    let mut out = Vec::new();
+    let mut token = None;
+    loop {
+        let page = ec2
+            .describe_images()
+            .owners("self")
+            .filters(Filter::builder().name("tag-key").values("imgd:hash").build())
+            .set_next_token(token)
+            .send()
+            .await
+            .context("DescribeImages")?;
+        for i in page.images() {
+            if let Some((profile, hash, built_at)) = imgd_tags(i.tags()) {
+                out.push(Tagged {
+                    id: i.image_id().unwrap_or_default().to_string(),
+                    profile,
+                    hash,
+                    built_at,
+                    snapshots: i
+                        .block_device_mappings()
+                        .iter()
+                        .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
+                        .collect(),
+                });
+            }
+        }
+        token = page.next_token().map(str::to_string);
+        if token.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+/// This account's snapshots tagged by imgd.
+pub async fn list_snapshots(ec2: &aws_sdk_ec2::Client) -> Result<Vec<Tagged>> {
+    let mut out = Vec::new();
+    let mut token = None;
+    loop {
+        let page = ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(Filter::builder().name("tag-key").values("imgd:hash").build())
+            .set_next_token(token)
+            .send()
+            .await
+            .context("DescribeSnapshots")?;
+        for s in page.snapshots() {
+            if let Some((profile, hash, built_at)) = imgd_tags(s.tags()) {
+                let id = s.snapshot_id().unwrap_or_default().to_string();
+                out.push(Tagged { id, profile, hash, built_at, snapshots: Vec::new() });
+            }
+        }
+        token = page.next_token().map(str::to_string);
+        if token.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+pub async fn deregister(ec2: &aws_sdk_ec2::Client, id: &str, counters: &Counters) -> Result<()> {
+    counters.mutate();
+    ec2.deregister_image().image_id(id).send().await.with_context(|| format!("DeregisterImage {id}"))?;
+    Ok(())
+}
+
+pub async fn delete_snapshot(ec2: &aws_sdk_ec2::Client, id: &str, counters: &Counters) -> Result<()> {
+    counters.mutate();
+    ec2.delete_snapshot().snapshot_id(id).send().await.with_context(|| format!("DeleteSnapshot {id}"))?;
+    Ok(())
 }

@@ -10,10 +10,11 @@ pub struct Clients {
 }
 
 impl Clients {
-    pub async fn load(home_region: &str, endpoint: Option<String>, max_attempts: u32) -> Clients {
+    pub async fn load(home_region: &str, aws: &crate::AwsArgs) -> Clients {
+        let endpoint = aws.endpoint_url.clone();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(home_region.to_string()))
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(max_attempts));
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(aws.max_attempts));
         if let Some(e) = &endpoint {
             loader = loader.endpoint_url(e);
         }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 #[derive(Debug, Serialize, Clone)]
-pub struct Result_ {
+pub struct SyncResult {
     pub profile: String,
     pub hash: String,
     pub entry: String,
@@ -42,4 +42,32 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
 
 pub fn tfvars(amis: &BTreeMap<String, String>) -> String {
     serde_json::to_string_pretty(&serde_json::json!({ "aws_amis": amis })).expect("json") + "\n"
+}
+
+/// What a `--dry-run` would do, step by step, for people and for scripts.
+#[derive(Debug, Default, Serialize)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Serialize, Clone)]
+pub struct Step {
+    /// upload, snapshot, register, copy, tag, share, deregister, delete-snapshot, delete-object
+    pub action: String,
+    /// A region, or s3://bucket.
+    pub place: String,
+    pub what: String,
+}
+
+impl Plan {
+    pub fn add(&mut self, action: &str, place: &str, what: &str) {
+        self.steps.push(Step { action: action.into(), place: place.into(), what: what.into() });
+    }
+
+    pub fn text(&self) -> String {
+        if self.steps.is_empty() {
+            return "nothing to do\n".into();
+        }
+        self.steps.iter().map(|s| format!("{:<16} {:<16} {}\n", s.action, s.place, s.what)).collect()
+    }
 }

@@ -25,6 +25,69 @@ pub fn key(prefix: &str, entry: &str, file: &str) -> String {
     }
 }
 
+/// Whether `key` holds an object imgd uploaded with this SHA-256.
+pub async fn present(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, sha256: &str) -> bool {
+    let Ok(head) = s3.head_object().bucket(bucket).key(key).send().await else { return false };
+    head.metadata().and_then(|m| m.get("imgd-sha256")).is_some_and(|v| v == sha256)
+}
+
+/// Uploads every artifact of `entry` under `<prefix>/<entry>/`, then its
+/// manifest: a manifest in S3 means the entry there is complete. With a plan,
+/// records what would go up instead. Returns the s3:// URLs.
+pub async fn upload_entry(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    entry: &imgd::store::Entry,
+    counters: &Counters,
+    mut plan: Option<&mut crate::output::Plan>,
+) -> Result<Vec<String>> {
+    let m = &entry.manifest;
+    let mut files: Vec<(String, String, u64)> =
+        m.artifacts.iter().map(|x| (x.file.clone(), x.sha256.clone(), x.size)).collect();
+    let manifest = entry.path.join("manifest.json");
+    files.push(("manifest.json".into(), imgd::hash::sha256_file(&manifest)?, std::fs::metadata(&manifest)?.len()));
+    let mut urls = Vec::new();
+    for (file, sha, size) in &files {
+        let k = key(prefix, &entry.name, file);
+        match plan.as_deref_mut() {
+            Some(p) if !present(s3, bucket, &k, sha).await => {
+                p.add("upload", &format!("s3://{bucket}"), &format!("{k} ({size} bytes)"))
+            }
+            Some(_) => {}
+            None => {
+                upload(s3, bucket, &k, &entry.path.join(file), sha, counters).await?;
+            }
+        }
+        urls.push(format!("s3://{bucket}/{k}"));
+    }
+    Ok(urls)
+}
+
+/// Downloads `key` to `dest`; `Ok(false)` when there is no such object.
+pub async fn download(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    dest: &Path,
+    counters: &Counters,
+) -> Result<bool> {
+    use tokio::io::AsyncWriteExt;
+    let out = match s3.get_object().bucket(bucket).key(key).send().await {
+        Ok(o) => o,
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("GetObject s3://{bucket}/{key}")),
+    };
+    let mut body = out.body;
+    let mut f = tokio::fs::File::create(dest).await.with_context(|| format!("creating {}", dest.display()))?;
+    while let Some(chunk) = body.try_next().await.with_context(|| format!("reading s3://{bucket}/{key}"))? {
+        counters.downloaded_bytes.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        f.write_all(&chunk).await?;
+    }
+    f.sync_all().await?;
+    Ok(true)
+}
+
 /// Uploads `path` to `key` unless an object with the same SHA-256 is there.
 /// Returns whether it uploaded.
 pub async fn upload(
@@ -35,12 +98,9 @@ pub async fn upload(
     sha256: &str,
     counters: &Counters,
 ) -> Result<bool> {
-    if let Ok(head) = s3.head_object().bucket(bucket).key(key).send().await {
-        let same = head.metadata().and_then(|m| m.get("imgd-sha256")).is_some_and(|v| v == sha256);
-        if same {
-            tracing::info!("s3://{bucket}/{key}: present, same sha256");
-            return Ok(false);
-        }
+    if present(s3, bucket, key, sha256).await {
+        tracing::info!("s3://{bucket}/{key}: present, same sha256");
+        return Ok(false);
     }
     abort_stale(s3, bucket, key, counters).await?;
     let size = std::fs::metadata(path)?.len();

@@ -56,7 +56,8 @@ impl Moto {
     }
 
     fn sync(&self, store: &Path, args: &[&str]) -> (Value, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_imgd-sync"))
+        let out = Command::new(env!("CARGO_BIN_EXE_imgd-aws"))
+            .arg("sync")
             .args(args)
             .args(["--endpoint-url", &self.url, "--json", "--max-attempts", "2"])
             .current_dir(repo())

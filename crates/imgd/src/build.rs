@@ -4,6 +4,7 @@
 use crate::artifact;
 use crate::config::Recipe;
 use crate::progress::Progress;
+use crate::store::remote::Remote;
 use crate::store::{entry_name, Entry, Manifest, Store};
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -48,18 +49,37 @@ pub struct Built {
     pub entry: Entry,
     /// True when the entry already existed (no work was done).
     pub cached: bool,
+    /// True when it came from the remote cache.
+    pub fetched: bool,
 }
 
 pub fn build(recipe: &Recipe, store: &Store, progress: &Progress) -> Result<Built> {
+    build_with(recipe, store, progress, None)
+}
+
+/// Like [`build`], first asking `remote` for the entry and pushing it there
+/// after a build. A remote that fails is a warning: the build goes on locally.
+pub fn build_with(recipe: &Recipe, store: &Store, progress: &Progress, remote: Option<&dyn Remote>) -> Result<Built> {
     let hash = input_hash(recipe);
     let name = entry_name(&hash, &recipe.name);
     if let Some(entry) = store.get(&name)? {
-        return Ok(Built { entry, cached: true });
+        return Ok(Built { entry, cached: true, fetched: false });
     }
     let _lock = store.lock(&hash)?;
     // Someone else may have finished it while we waited for the lock.
     if let Some(entry) = store.get(&name)? {
-        return Ok(Built { entry, cached: true });
+        return Ok(Built { entry, cached: true, fetched: false });
+    }
+    if let Some(r) = remote {
+        let step = progress.step(&format!("looking for {name} in {}", r.url()));
+        match fetch(store, r, &name, &hash) {
+            Ok(Some(entry)) => {
+                step.done();
+                return Ok(Built { entry, cached: true, fetched: true });
+            }
+            Ok(None) => step.done(),
+            Err(e) => tracing::warn!("the cache {} failed ({e:#}); building here", r.url()),
+        }
     }
     let pending = store.begin(&name)?;
     let work = tempfile::Builder::new().prefix("work.").tempdir_in(store.root().join(".tmp"))?;
@@ -85,5 +105,33 @@ pub fn build(recipe: &Recipe, store: &Store, progress: &Progress) -> Result<Buil
         recipe: serde_json::to_value(recipe)?,
     };
     let entry = store.commit(pending, &manifest)?;
-    Ok(Built { entry, cached: false })
+    if let Some(r) = remote {
+        let step = progress.step(&format!("sharing {name} with {}", r.url()));
+        match r.push(&entry) {
+            Ok(()) => step.done(),
+            Err(e) => tracing::warn!("could not share {name} with {} ({e:#}); the local build is fine", r.url()),
+        }
+    }
+    Ok(Built { entry, cached: false, fetched: false })
+}
+
+/// The entry from the remote cache, checked before it enters the store: its
+/// manifest must name this hash and every artifact must match its SHA-256.
+fn fetch(store: &Store, remote: &dyn Remote, name: &str, hash: &str) -> Result<Option<Entry>> {
+    let pending = store.begin(name)?;
+    if !remote.fetch(name, pending.path())? {
+        return Ok(None);
+    }
+    let manifest = Manifest::read(&pending.path().join("manifest.json"))?;
+    if manifest.hash != hash || manifest.name != name {
+        anyhow::bail!("its manifest names {} ({}), not {name}", manifest.name, manifest.hash);
+    }
+    for a in &manifest.artifacts {
+        let path = pending.path().join(&a.file);
+        let (size, sha) = (std::fs::metadata(&path)?.len(), crate::hash::sha256_file(&path)?);
+        if size != a.size || sha != a.sha256 {
+            anyhow::bail!("{} does not match its manifest (sha256 {sha}, {size} bytes)", a.file);
+        }
+    }
+    Ok(Some(store.commit(pending, &manifest)?))
 }

@@ -31,9 +31,15 @@ enum Command {
     /// Copy stdin/stdout to a TCP address (used by qemu's guestfwd in netboot tests).
     #[command(hide = true)]
     Relay { addr: String },
-    /// Upload a build to S3 and make its AMI in every region (runs imgd-sync).
+    /// Upload a build to S3 and make its AMI in every region (runs imgd-aws).
     #[command(disable_help_flag = true)]
     Sync {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// Remove old AMIs, their snapshots and unreferenced S3 entries (runs imgd-aws).
+    #[command(disable_help_flag = true)]
+    Prune {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
@@ -63,7 +69,8 @@ fn main() {
         Command::Run(a) => cmd::run::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Relay { addr } => imgd::qemu::relay(addr),
-        Command::Sync { args } => forward("imgd-sync", args),
+        Command::Sync { args } => forward("sync", args),
+        Command::Prune { args } => forward("prune", args),
         Command::Ls(a) => cmd::store_cmds::ls(a),
         Command::Verify(a) => cmd::store_cmds::verify(a),
         Command::Gc(a) => cmd::store_cmds::gc(a),
@@ -76,13 +83,13 @@ fn main() {
     }
 }
 
-/// Runs a companion binary installed beside `imgd` (the AWS SDK lives there, so
-/// the rest of imgd builds without it) and exits with its status.
-fn forward(program: &str, args: &[std::ffi::OsString]) -> anyhow::Result<()> {
+/// Runs `imgd-aws <command>`, installed beside `imgd` (the AWS SDK lives there,
+/// so the rest of imgd builds without it), and exits with its status.
+fn forward(command: &str, args: &[std::ffi::OsString]) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
-    let path = exe.with_file_name(program);
-    let path = if path.is_file() { path } else { std::path::PathBuf::from(program) };
-    let status = std::process::Command::new(&path).args(args).status().map_err(|e| {
+    let path = exe.with_file_name("imgd-aws");
+    let path = if path.is_file() { path } else { std::path::PathBuf::from("imgd-aws") };
+    let status = std::process::Command::new(&path).arg(command).args(args).status().map_err(|e| {
         anyhow::anyhow!("cannot run {} ({e}); build it with `cargo build --release -p imgd-aws`", path.display())
     })?;
     std::process::exit(status.code().unwrap_or(1));

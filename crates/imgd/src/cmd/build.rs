@@ -10,7 +10,8 @@ use imgd::progress::Progress;
   imgd build hello                      build every format of profiles/hello.toml
   imgd build hello --format ipxe        only the netboot bundle
   imgd build debian --hardware aws-nitro-x86_64 --set hostname=web-1
-  imgd build profiles/hello.toml --json | jq -r .artifacts[].file")]
+  imgd build profiles/hello.toml --json | jq -r .artifacts[].file
+  imgd build hello --cache s3://team-images/cache   fetch it if a colleague built it, else build and share")]
 pub struct BuildArgs {
     #[command(flatten)]
     pub profile: ProfileArgs,
@@ -28,15 +29,20 @@ pub fn run(a: &BuildArgs) -> anyhow::Result<()> {
     let recipe = a.profile.recipe_with(&a.formats)?;
     let store = a.store.open()?;
     let progress = Progress::new(false);
-    let built = imgd::build::build(&recipe, &store, &progress)?;
+    let built = a.profile.build(&recipe, &store, &progress)?;
     let e = &built.entry;
     if a.json {
         let mut v = serde_json::to_value(&e.manifest)?;
         v["path"] = serde_json::Value::String(e.path.to_string_lossy().into_owned());
         v["cached"] = serde_json::Value::Bool(built.cached);
+        v["fetched"] = serde_json::Value::Bool(built.fetched);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        let how = if built.cached { "cached" } else { "built" };
+        let how = match (built.fetched, built.cached) {
+            (true, _) => "fetched",
+            (false, true) => "cached",
+            (false, false) => "built",
+        };
         eprintln!("{how} {}", e.name);
         for art in &e.manifest.artifacts {
             eprintln!("  {:<6} {:<15} {:>12} bytes  sha256:{}", art.format, art.file, art.size, &art.sha256[..16]);

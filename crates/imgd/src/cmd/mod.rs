@@ -25,9 +25,13 @@ pub struct ProfileArgs {
     /// Folder holding profiles/ and hardware/.
     #[arg(long, env = "IMGD_ROOT", default_value = ".")]
     pub root: PathBuf,
-    /// Folder of downloaded .deb files (scripts/setup.sh fills it).
-    #[arg(long, env = "IMGD_CACHE")]
-    pub cache: Option<PathBuf>,
+    /// imgd's local cache folder, holding the .deb files scripts/setup.sh fetched.
+    #[arg(long = "cache-dir", env = "IMGD_CACHE")]
+    pub cache_dir: Option<PathBuf>,
+    /// Shared build cache, s3://bucket/prefix: fetched instead of building when
+    /// it has the input hash, filled after a build [default: `cache` in <root>/imgd.toml].
+    #[arg(long = "cache", env = "IMGD_BUILD_CACHE", value_name = "URL")]
+    pub remote_cache: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -53,6 +57,22 @@ impl ProfileArgs {
         }
     }
 
+    /// The shared build cache, if one is configured.
+    pub fn remote(&self) -> Result<Option<imgd::store::remote::S3Cache>, ConfigError> {
+        imgd::store::remote::configured(self.remote_cache.as_deref(), &self.root)
+    }
+
+    /// Builds (or fetches, or finds) the recipe's entry.
+    pub fn build(
+        &self,
+        recipe: &Recipe,
+        store: &imgd::store::Store,
+        progress: &imgd::progress::Progress,
+    ) -> anyhow::Result<imgd::build::Built> {
+        let remote = self.remote()?;
+        imgd::build::build_with(recipe, store, progress, remote.as_ref().map(|r| r as &dyn imgd::store::remote::Remote))
+    }
+
     /// The recipe with the profile's own formats.
     pub fn recipe(&self) -> Result<Recipe, ConfigError> {
         self.recipe_with(&[])
@@ -60,7 +80,7 @@ impl ProfileArgs {
 
     /// The recipe, building only `formats` when any are given.
     pub fn recipe_with(&self, formats: &[Format]) -> Result<Recipe, ConfigError> {
-        let cache = self.cache.clone().unwrap_or_else(config::default_cache);
+        let cache = self.cache_dir.clone().unwrap_or_else(config::default_cache);
         config::recipe(&self.request(), &cache, (!formats.is_empty()).then(|| formats.to_vec()))
     }
 }

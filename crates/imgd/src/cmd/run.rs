@@ -35,7 +35,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
     let recipe = a.profile.recipe()?;
     let hw = imgd::config::load(&a.profile.request())?.hardware;
     let store = a.store.open()?;
-    let entry = imgd::build::build(&recipe, &store, &Progress::new(false))?.entry;
+    let entry = a.profile.build(&recipe, &store, &Progress::new(false))?.entry;
     let netboot = a.format.as_deref() == Some("ipxe");
     let format = match a.format.as_deref() {
         Some("kernel") | Some("ipxe") => Format::Ipxe,

@@ -49,7 +49,7 @@ pub fn run(a: &TestArgs) -> anyhow::Result<()> {
         .or_else(|| recipe.ready_marker.clone())
         .context("no marker: set ready_marker in the profile or pass --expect")?;
     let store = a.store.open()?;
-    let built = imgd::build::build(&recipe, &store, &Progress::new(false))?;
+    let built = a.profile.build(&recipe, &store, &Progress::new(false))?;
     let entry = built.entry;
     let bootable: Vec<Boot> = recipe
         .formats

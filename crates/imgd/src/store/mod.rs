@@ -7,6 +7,7 @@
 //! that looks complete. `.locks/<hash>.lock` serializes builds of one hash.
 
 pub mod manifest;
+pub mod remote;
 
 use anyhow::{Context, Result};
 pub use manifest::Manifest;

@@ -122,6 +122,9 @@ pub fn run(a: &SyncArgs) -> Result<()> {
     Ok(())
 }
 
+/// The id a dry run reports for an image it would create.
+const NEW: &str = "(new)";
+
 /// What every region's work shares.
 #[derive(Clone)]
 struct Job {
@@ -186,7 +189,10 @@ async fn sync(a: &SyncArgs, entry: &imgd::store::Entry) -> Result<(SyncResult, P
                 if a.method == "import" { "import the VHD from S3" } else { "snapshot the raw disk (EBS direct)" };
             plan.add("snapshot", &home, &format!("{how}, unless a snapshot tagged imgd:hash exists"));
             plan.add("register", &home, &job.name);
-            String::from("(new)")
+            for acct in &job.share {
+                plan.add("share", &home, acct);
+            }
+            String::from(NEW)
         }
         None => {
             let snapshot = match ami::find_snapshot(&ec2, &m.hash).await? {
@@ -311,7 +317,7 @@ async fn copy_to(
         for acct in &job.share {
             plan.add("share", region, acct);
         }
-        return Ok(("(new)".into(), None));
+        return Ok((NEW.into(), None));
     }
     let token = imgd::hash::sha256_hex(format!("{}:{region}", job.hash).as_bytes());
     let copy = ami::Copy {
@@ -331,6 +337,9 @@ async fn copy_to(
 /// Tags (CopyImage does not copy them; an earlier run may have died before
 /// tagging), waits until available, shares. Each step only if needed.
 async fn finish(ec2: &aws_sdk_ec2::Client, region: &str, id: &str, job: &Job, plan: &mut Plan) -> Result<()> {
+    if id == NEW {
+        return Ok(()); // a dry run's planned image: its steps are in the plan already
+    }
     let tagged = ami::has_tags(ec2, id, &job.tags).await?;
     if job.dry {
         if !tagged {

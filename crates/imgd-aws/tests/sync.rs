@@ -1,81 +1,10 @@
 //! imgd sync against a real local AWS endpoint (moto server on loopback), with
 //! boto3 as the independent client that checks what exists afterwards.
 
+mod support;
+
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-struct Moto {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server (pip install 'moto[server]')");
-        let url = format!("http://127.0.0.1:{port}");
-        let end = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < end, "moto did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Moto { child, url }
-    }
-
-    /// Runs boto3 code with `s3` and `ec2(region)` bound to this endpoint; the
-    /// code's last expression is printed as JSON.
-    fn py(&self, code: &str) -> Value {
-        let script = format!(
-            "import boto3, json\nE='{}'\nkw=dict(endpoint_url=E, aws_access_key_id='test', aws_secret_access_key='test')\n\
-             s3=boto3.client('s3', region_name='us-east-1', **kw)\nec2=lambda r: boto3.client('ec2', region_name=r, **kw)\n{code}\n",
-            self.url
-        );
-        let out = Command::new("python3").arg("-c").arg(&script).output().unwrap();
-        assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(text.trim()).unwrap_or(Value::Null)
-    }
-
-    fn sync(&self, store: &Path, args: &[&str]) -> (Value, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_imgd-aws"))
-            .arg("sync")
-            .args(args)
-            .args(["--endpoint-url", &self.url, "--json", "--max-attempts", "2"])
-            .current_dir(repo())
-            .env("IMGD_ROOT", repo())
-            .env("IMGD_STORE", store)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "imgd sync failed: {stderr}");
-        (serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}")), stderr)
-    }
-}
+use support::Moto;
 
 #[test]
 fn sync_uploads_snapshots_registers_copies_and_a_rerun_does_nothing() {
@@ -168,4 +97,129 @@ fn encryption_by_default_sends_every_block() {
     let d = tempfile::tempdir().unwrap();
     let (r, _) = moto.sync(&d.path().join("store"), &["hello", "--bucket", "imgs", "--regions", "us-east-1"]);
     assert_eq!(r["blocks_sent"], r["blocks_total"], "{r}");
+}
+
+#[test]
+fn throttling_5xx_and_lost_answers_still_end_with_one_ami_per_region() {
+    use support::proxy::{Faults, Proxy};
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let faults = Faults {
+        throttle_every: 4,
+        lose_first_answer: vec!["RegisterImage", "CopyImage", "CreateTags"],
+        ..Faults::default()
+    };
+    let proxy = Proxy::start(&moto.addr, faults);
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let args = ["hello", "--bucket", "imgs", "--regions", "us-east-1,eu-west-1,ap-south-1", "--max-attempts", "10"];
+    let (r, _) = support::aws_ok(&proxy.url, &store, "sync", &args);
+    assert_eq!(r["amis"].as_object().unwrap().len(), 3, "{r}");
+    let (throttled, lost) = proxy.log(|l| (l.throttled, l.lost.clone()));
+    assert!(throttled > 20, "only {throttled} requests throttled");
+    assert_eq!(lost, ["RegisterImage", "CreateTags", "CopyImage"], "each lost answer happened once");
+    for region in ["us-east-1", "eu-west-1", "ap-south-1"] {
+        assert_eq!(moto.images(region).len(), 1, "{region}: exactly one AMI despite the lost answers");
+    }
+    // Straight to moto, without faults: nothing left to do.
+    let (again, _) = moto.sync(&store, &args[..5]);
+    assert_eq!(again["amis"], r["amis"]);
+    assert_eq!(again["mutating_calls"], 0, "{again}");
+}
+
+#[test]
+fn import_method_uses_import_snapshot_and_explains_a_missing_vmimport_role() {
+    use support::proxy::{Faults, Proxy};
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let args = ["hello", "--bucket", "imgs", "--regions", "us-east-1", "--method", "import", "--poll", "1"];
+
+    // No vmimport role: a clear message, nothing registered.
+    let denied = Proxy::start(&moto.addr, Faults { no_vmimport_role: true, ..Faults::default() });
+    let out = support::aws(&denied.url, &store, "sync", &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("`vmimport` service role") && err.contains("--method ebs-direct"), "{err}");
+    assert!(moto.images("us-east-1").is_empty());
+
+    // With the role: the VHD in S3 becomes the snapshot behind the AMI.
+    let proxy = Proxy::start(&moto.addr, Faults::default());
+    let (r, _) = support::aws_ok(&proxy.url, &store, "sync", &args);
+    assert_eq!(proxy.log(|l| l.import_polls), 3, "polled until the task completed");
+    assert!(!proxy.log(|l| l.requests.iter().any(|x| x.starts_with("PUT /snapshots"))), "no EBS direct calls");
+    let snap = r["snapshots"]["us-east-1"].as_str().unwrap();
+    let ami = r["amis"]["us-east-1"].as_str().unwrap();
+    let tags = moto.py(&format!(
+        "t = ec2('us-east-1').describe_tags(Filters=[{{'Name': 'resource-id', 'Values': ['{snap}']}}])['Tags']\n\
+         print(json.dumps({{x['Key']: x['Value'] for x in t}}))"
+    ));
+    assert_eq!(tags["imgd:hash"], r["hash"], "the imported snapshot carries imgd's tags");
+    let vhd_key = r["s3"].as_array().unwrap().iter().find(|k| k.as_str().unwrap().ends_with(".vhd")).unwrap();
+    assert!(vhd_key.as_str().unwrap().starts_with("s3://imgs/imgd/"), "{r}");
+    assert_eq!(moto.images("us-east-1").len(), 1, "{ami}");
+}
+
+#[test]
+fn dry_run_prints_a_plan_and_changes_nothing() {
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let base = ["hello", "--bucket", "imgs", "--regions", "us-east-1,eu-west-1", "--share", "123456789012"];
+    let plan_of = |v: &Value| -> Vec<(String, String)> {
+        v["plan"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["action"].as_str().unwrap().to_string(), s["place"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let (p, _) = moto.sync(&store, &[&base[..], &["--dry-run"]].concat());
+    let steps = plan_of(&p);
+    let uploads = steps.iter().filter(|(a, _)| a == "upload").count();
+    assert_eq!(uploads, 8, "seven artifact files (the ipxe bundle is three) and the manifest: {p}");
+    for want in [("snapshot", "us-east-1"), ("register", "us-east-1"), ("copy", "eu-west-1"), ("share", "eu-west-1")] {
+        assert!(steps.contains(&(want.0.into(), want.1.into())), "{want:?} missing: {p}");
+    }
+    assert!(moto.keys("imgs").is_empty() && moto.images("us-east-1").is_empty(), "a dry run changed something");
+
+    // After a real run the plan is empty; with one more account, only the shares.
+    let (r, _) = moto.sync(&store, &base);
+    let perms = moto.py(&format!(
+        "print(json.dumps([p.get('UserId') for p in ec2('eu-west-1').describe_image_attribute(ImageId='{}', \
+         Attribute='launchPermission')['LaunchPermissions']]))",
+        r["amis"]["eu-west-1"].as_str().unwrap()
+    ));
+    assert_eq!(perms, serde_json::json!(["123456789012"]), "--share granted launch permission on the copy");
+    let (p, _) = moto.sync(&store, &[&base[..], &["--dry-run"]].concat());
+    assert!(plan_of(&p).is_empty(), "{p}");
+    let (p, _) = moto.sync(&store, &[&base[..], &["--share", "210987654321", "--dry-run"]].concat());
+    assert_eq!(plan_of(&p), [("share".into(), "us-east-1".into()), ("share".into(), "eu-west-1".into())], "{p}");
+}
+
+#[test]
+fn kms_key_encrypts_the_snapshot_and_the_copies_and_sends_every_block() {
+    use support::proxy::{Faults, Proxy};
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let proxy = Proxy::start(&moto.addr, Faults::default());
+    let key = "arn:aws:kms:us-east-1:123456789012:key/0b1e7a3c-imgd-test";
+    let d = tempfile::tempdir().unwrap();
+    let args = ["hello", "--bucket", "imgs", "--regions", "us-east-1,eu-west-1", "--kms-key", key];
+    let (r, _) = support::aws_ok(&proxy.url, &d.path().join("store"), "sync", &args);
+    assert_eq!(r["blocks_sent"], r["blocks_total"], "an encrypted snapshot gets its zero blocks too: {r}");
+    // moto keeps no encryption state, so check what imgd asked AWS for.
+    let bodies = proxy.log(|l| l.bodies.clone());
+    let start: Value =
+        bodies.iter().find(|(w, _)| w == "POST /snapshots").map(|(_, b)| serde_json::from_str(b).unwrap()).unwrap();
+    assert_eq!(
+        (start["Encrypted"].clone(), start["KmsKeyArn"].clone()),
+        (Value::Bool(true), Value::from(key)),
+        "{start}"
+    );
+    let copy = &bodies.iter().find(|(w, _)| w == "CopyImage").unwrap().1;
+    let copy = percent_encoding::percent_decode_str(copy).decode_utf8_lossy();
+    assert!(copy.contains("Encrypted=true") && copy.contains(&format!("KmsKeyId={key}&")), "{copy}");
 }

@@ -1,0 +1,313 @@
+//! A loopback HTTP proxy in front of moto that injects faults, and answers the
+//! two EC2 calls moto lacks (ImportSnapshot, DescribeImportSnapshotTasks) the
+//! way AWS does.
+//!
+//! Faults: every Nth request is throttled before it reaches moto (503 with the
+//! service's throttling code), and the first RegisterImage/CopyImage is
+//! forwarded but its answer replaced by a 500: the request landed, the answer
+//! was lost, which is what makes blind retries create duplicates.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+#[derive(Default, Clone)]
+pub struct Faults {
+    /// Throttle every Nth request (0: never).
+    pub throttle_every: usize,
+    /// EC2 actions whose first answer is lost after moto acted on it.
+    pub lose_first_answer: Vec<&'static str>,
+    /// Answer ImportSnapshot as AWS does when the vmimport role is missing.
+    pub no_vmimport_role: bool,
+}
+
+#[derive(Default)]
+pub struct Log {
+    /// Every request: the EC2 action, or "METHOD /path" for REST services.
+    pub requests: Vec<String>,
+    pub throttled: usize,
+    pub lost: Vec<String>,
+    /// Polls of DescribeImportSnapshotTasks.
+    pub import_polls: usize,
+    /// Bodies of EC2 calls and of StartSnapshot, to check what was asked for.
+    pub bodies: Vec<(String, String)>,
+}
+
+struct Task {
+    id: String,
+    bucket: String,
+    key: String,
+    polls: usize,
+    snapshot: Option<String>,
+    error: Option<String>,
+}
+
+struct State {
+    upstream: String,
+    faults: Faults,
+    log: Mutex<Log>,
+    tasks: Mutex<BTreeMap<String, Task>>,
+    lost_once: Mutex<BTreeSet<String>>,
+}
+
+pub struct Proxy {
+    pub url: String,
+    state: Arc<State>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Proxy {
+    /// Starts on a free loopback port, forwarding to `upstream` (host:port).
+    pub fn start(upstream: &str, faults: Faults) -> Proxy {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(State {
+            upstream: upstream.to_string(),
+            faults,
+            log: Mutex::default(),
+            tasks: Mutex::default(),
+            lost_once: Mutex::default(),
+        });
+        let st = state.clone();
+        rt.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        Proxy { url, state, _rt: rt }
+    }
+
+    pub fn log<T>(&self, f: impl FnOnce(&Log) -> T) -> T {
+        f(&self.state.log.lock().unwrap())
+    }
+}
+
+fn form(body: &[u8]) -> BTreeMap<String, String> {
+    let dec = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (dec(k), dec(v)))
+        .collect()
+}
+
+fn xml(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder().status(status).header("content-type", "text/xml").body(Full::new(Bytes::from(body))).unwrap()
+}
+
+fn ec2_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    xml(
+        status,
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{code}</Code>\
+             <Message>{message}</Message></Error></Errors><RequestID>proxy</RequestID></Response>"
+        ),
+    )
+}
+
+async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let params =
+        if parts.method == hyper::Method::POST && parts.uri.path() == "/" { form(&body) } else { BTreeMap::new() };
+    let action = params.get("Action").cloned();
+    let what = action.clone().unwrap_or_else(|| format!("{} {}", parts.method, parts.uri.path()));
+    let n = {
+        let mut log = st.log.lock().unwrap();
+        log.requests.push(what.clone());
+        if action.is_some() || what == "POST /snapshots" {
+            log.bodies.push((what.clone(), String::from_utf8_lossy(&body).into_owned()));
+        }
+        log.requests.len()
+    };
+
+    // Throttle before anything happens.
+    if st.faults.throttle_every > 0 && n % st.faults.throttle_every == 0 {
+        st.log.lock().unwrap().throttled += 1;
+        return Ok(match &action {
+            Some(_) => ec2_error(StatusCode::SERVICE_UNAVAILABLE, "RequestLimitExceeded", "Request limit exceeded."),
+            None if parts.uri.path().starts_with("/snapshots") => Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .header("x-amzn-errortype", "ThrottlingException")
+                .body(Full::new(Bytes::from_static(b"{\"message\":\"Rate exceeded\"}")))
+                .unwrap(),
+            None => xml(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>".into(),
+            ),
+        });
+    }
+
+    match action.as_deref() {
+        Some("ImportSnapshot") => return Ok(import_snapshot(&st, &params).await),
+        Some("DescribeImportSnapshotTasks") => return Ok(describe_import(&st, &params).await),
+        _ => {}
+    }
+
+    let answer = forward(&st.upstream, parts, body).await;
+    if let Some(a) = &action {
+        if st.faults.lose_first_answer.contains(&a.as_str()) && st.lost_once.lock().unwrap().insert(a.clone()) {
+            st.log.lock().unwrap().lost.push(a.clone());
+            return Ok(ec2_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "An internal error has occurred"));
+        }
+    }
+    Ok(answer)
+}
+
+async fn forward(upstream: &str, parts: hyper::http::request::Parts, body: Bytes) -> Response<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(upstream).await.expect("moto is up");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::from_parts(parts, Full::new(body));
+    let resp = sender.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    Response::from_parts(parts, Full::new(bytes))
+}
+
+/// An unsigned request to moto, with an Authorization header only so moto
+/// routes it to `service` (moto does not check signatures).
+async fn moto(
+    st: &State,
+    service: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: String,
+) -> (u16, Bytes) {
+    let auth = format!(
+        "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"
+    );
+    let mut b = Request::builder().method(method).uri(path).header("host", &st.upstream).header("authorization", auth);
+    if method == "POST" {
+        b = b.header("content-type", "application/x-www-form-urlencoded");
+    }
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let (parts, _) = b.body(()).unwrap().into_parts();
+    let resp = forward(&st.upstream, parts, Bytes::from(body)).await;
+    let status = resp.status().as_u16();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = text.find(open)? + open.len();
+    Some(&text[start..start + text[start..].find(close)?])
+}
+
+async fn import_snapshot(st: &State, p: &BTreeMap<String, String>) -> Response<Full<Bytes>> {
+    if st.faults.no_vmimport_role {
+        return ec2_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameter",
+            "The service role vmimport provided does not exist or does not have sufficient permissions",
+        );
+    }
+    let get = |k: &str| p.get(k).cloned().unwrap_or_default();
+    if get("DiskContainer.Format") != "VHD" {
+        return ec2_error(StatusCode::BAD_REQUEST, "InvalidParameter", "Unsupported disk format");
+    }
+    let token = get("ClientToken");
+    let mut tasks = st.tasks.lock().unwrap();
+    let next = format!("import-snap-{:017x}", tasks.len() + 1);
+    let task = tasks.entry(token).or_insert_with(|| Task {
+        id: next,
+        bucket: get("DiskContainer.UserBucket.S3Bucket"),
+        key: get("DiskContainer.UserBucket.S3Key"),
+        polls: 0,
+        snapshot: None,
+        error: None,
+    });
+    xml(
+        StatusCode::OK,
+        format!(
+            "<ImportSnapshotResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>proxy</requestId>\
+             <importTaskId>{}</importTaskId><snapshotTaskDetail><status>active</status><progress>0</progress>\
+             <statusMessage>pending</statusMessage></snapshotTaskDetail></ImportSnapshotResponse>",
+            task.id
+        ),
+    )
+}
+
+/// Advances the task a step per poll; at the third, checks the VHD in S3 (its
+/// footer, as AWS would) and makes a real snapshot in moto.
+async fn describe_import(st: &State, p: &BTreeMap<String, String>) -> Response<Full<Bytes>> {
+    st.log.lock().unwrap().import_polls += 1;
+    let id = p.get("ImportTaskId.1").cloned().unwrap_or_default();
+    let (bucket, key, polls) = {
+        let mut tasks = st.tasks.lock().unwrap();
+        let Some(t) = tasks.values_mut().find(|t| t.id == id) else {
+            return ec2_error(StatusCode::BAD_REQUEST, "InvalidConversionTaskId.Malformed", "no such task");
+        };
+        t.polls += 1;
+        (t.bucket.clone(), t.key.clone(), t.polls)
+    };
+    if polls == 3 {
+        let outcome = convert(st, &bucket, &key).await;
+        let mut tasks = st.tasks.lock().unwrap();
+        let t = tasks.values_mut().find(|t| t.id == id).unwrap();
+        match outcome {
+            Ok(snap) => t.snapshot = Some(snap),
+            Err(e) => t.error = Some(e),
+        }
+    }
+    let tasks = st.tasks.lock().unwrap();
+    let t = tasks.values().find(|t| t.id == id).unwrap();
+    let detail = match (&t.snapshot, &t.error) {
+        (Some(s), _) => format!("<status>completed</status><snapshotId>{s}</snapshotId><progress>100</progress>"),
+        (_, Some(e)) => format!("<status>deleted</status><statusMessage>{e}</statusMessage>"),
+        _ => format!(
+            "<status>active</status><progress>{}</progress><statusMessage>converting</statusMessage>",
+            polls * 30
+        ),
+    };
+    xml(
+        StatusCode::OK,
+        format!(
+            "<DescribeImportSnapshotTasksResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>proxy\
+             </requestId><importSnapshotTaskSet><item><importTaskId>{id}</importTaskId><snapshotTaskDetail>{detail}\
+             <format>VHD</format><userBucket><s3Bucket>{bucket}</s3Bucket><s3Key>{key}</s3Key></userBucket>\
+             </snapshotTaskDetail></item></importSnapshotTaskSet></DescribeImportSnapshotTasksResponse>"
+        ),
+    )
+}
+
+async fn convert(st: &State, bucket: &str, key: &str) -> Result<String, String> {
+    let (status, footer) =
+        moto(st, "s3", "GET", &format!("/{bucket}/{key}"), &[("range", "bytes=-512")], String::new()).await;
+    if status >= 300 {
+        return Err(format!("ClientError: Unable to find the S3 object s3://{bucket}/{key} ({status})"));
+    }
+    if footer.len() != 512 || &footer[..8] != b"conectix" {
+        return Err("ClientError: Disk validation failed [Unsupported VHD footer]".into());
+    }
+    let size = u64::from_be_bytes(footer[48..56].try_into().unwrap());
+    let gib = size.div_ceil(1 << 30);
+    let (_, vol) = moto(
+        st,
+        "ec2",
+        "POST",
+        "/",
+        &[],
+        format!("Action=CreateVolume&Version=2016-11-15&Size={gib}&AvailabilityZone=us-east-1a"),
+    )
+    .await;
+    let vol = between(&String::from_utf8_lossy(&vol), "<volumeId>", "</volumeId>").ok_or("no volume")?.to_string();
+    let (_, snap) =
+        moto(st, "ec2", "POST", "/", &[], format!("Action=CreateSnapshot&Version=2016-11-15&VolumeId={vol}")).await;
+    let snap =
+        between(&String::from_utf8_lossy(&snap), "<snapshotId>", "</snapshotId>").ok_or("no snapshot")?.to_string();
+    Ok(snap)
+}

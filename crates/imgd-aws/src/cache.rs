@@ -34,6 +34,10 @@ pub enum CacheCmd {
         /// The entry's directory in the store.
         #[arg(long)]
         entry_dir: PathBuf,
+        /// Replace objects even when their metadata claims the same content
+        /// (imgd passes it after a fetched copy failed verification).
+        #[arg(long)]
+        overwrite: bool,
         #[command(flatten)]
         aws: AwsArgs,
     },
@@ -77,7 +81,7 @@ pub fn run(cmd: &CacheCmd) -> Result<i32> {
             tracing::info!("fetched {entry} from {url} ({} bytes)", counters.get(&counters.downloaded_bytes));
             Ok(0)
         }),
-        CacheCmd::Push { url, entry_dir, aws } => rt.block_on(async {
+        CacheCmd::Push { url, entry_dir, overwrite, aws } => rt.block_on(async {
             let (bucket, prefix) = parse_url(url)?;
             let dir = entry_dir.canonicalize().with_context(|| format!("{}", entry_dir.display()))?;
             let name = dir.file_name().context("entry directory has no name")?.to_string_lossy().into_owned();
@@ -85,7 +89,8 @@ pub fn run(cmd: &CacheCmd) -> Result<i32> {
             let entry = imgd::store::Entry { name, path: dir, manifest };
             let s3c = Clients::load("us-east-1", aws).await.s3();
             let counters = Counters::default();
-            s3::upload_entry(&s3c, &bucket, &prefix, &entry, &counters, None).await?;
+            let mode = if *overwrite { s3::Mode::Overwrite } else { s3::Mode::SkipPresent };
+            s3::upload_entry(&s3c, &bucket, &prefix, &entry, &counters, mode).await?;
             tracing::info!("pushed {} to {url} ({} bytes)", entry.name, counters.get(&counters.uploaded_bytes));
             Ok(0)
         }),

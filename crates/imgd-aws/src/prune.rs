@@ -145,8 +145,14 @@ async fn prune(a: &PruneArgs) -> Result<Report> {
 
     // S3 entries no kept build and no local store entry references.
     let store_dir = a.store.clone().unwrap_or_else(imgd::store::default_dir);
+    // Complete entries only (an interrupted build's leftovers reference nothing).
     let local: BTreeSet<String> = std::fs::read_dir(&store_dir)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("manifest.json").is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     let s3 = clients.s3();
     let mut doomed = Vec::new();

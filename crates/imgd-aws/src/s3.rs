@@ -31,16 +31,26 @@ pub async fn present(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, sha256: &
     head.metadata().and_then(|m| m.get("imgd-sha256")).is_some_and(|v| v == sha256)
 }
 
+/// How [`upload_entry`] treats objects already there.
+pub enum Mode<'p> {
+    /// Skip objects whose imgd-sha256 metadata matches (the normal case).
+    SkipPresent,
+    /// Upload regardless (a copy there failed verification).
+    Overwrite,
+    /// Upload nothing; record what would go up.
+    Plan(&'p mut crate::output::Plan),
+}
+
 /// Uploads every artifact of `entry` under `<prefix>/<entry>/`, then its
-/// manifest: a manifest in S3 means the entry there is complete. With a plan,
-/// records what would go up instead. Returns the s3:// URLs.
+/// manifest: a manifest in S3 means the entry there is complete. Returns the
+/// s3:// URLs.
 pub async fn upload_entry(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
     prefix: &str,
     entry: &imgd::store::Entry,
     counters: &Counters,
-    mut plan: Option<&mut crate::output::Plan>,
+    mut mode: Mode<'_>,
 ) -> Result<Vec<String>> {
     let m = &entry.manifest;
     let mut files: Vec<(String, String, u64)> =
@@ -50,13 +60,17 @@ pub async fn upload_entry(
     let mut urls = Vec::new();
     for (file, sha, size) in &files {
         let k = key(prefix, &entry.name, file);
-        match plan.as_deref_mut() {
-            Some(p) if !present(s3, bucket, &k, sha).await => {
+        let path = entry.path.join(file);
+        match &mut mode {
+            Mode::Plan(p) if !present(s3, bucket, &k, sha).await => {
                 p.add("upload", &format!("s3://{bucket}"), &format!("{k} ({size} bytes)"))
             }
-            Some(_) => {}
-            None => {
-                upload(s3, bucket, &k, &entry.path.join(file), sha, counters).await?;
+            Mode::Plan(_) => {}
+            Mode::SkipPresent => {
+                upload(s3, bucket, &k, &path, sha, counters, false).await?;
+            }
+            Mode::Overwrite => {
+                upload(s3, bucket, &k, &path, sha, counters, true).await?;
             }
         }
         urls.push(format!("s3://{bucket}/{k}"));
@@ -88,7 +102,8 @@ pub async fn download(
     Ok(true)
 }
 
-/// Uploads `path` to `key` unless an object with the same SHA-256 is there.
+/// Uploads `path` to `key` unless an object with the same SHA-256 is there
+/// (or regardless, with `overwrite`).
 /// Returns whether it uploaded.
 pub async fn upload(
     s3: &aws_sdk_s3::Client,
@@ -97,8 +112,9 @@ pub async fn upload(
     path: &Path,
     sha256: &str,
     counters: &Counters,
+    overwrite: bool,
 ) -> Result<bool> {
-    if present(s3, bucket, key, sha256).await {
+    if !overwrite && present(s3, bucket, key, sha256).await {
         tracing::info!("s3://{bucket}/{key}: present, same sha256");
         return Ok(false);
     }

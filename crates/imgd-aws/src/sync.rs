@@ -170,8 +170,8 @@ async fn sync(a: &SyncArgs, entry: &imgd::store::Entry) -> Result<(SyncResult, P
 
     // S3: every artifact, then the manifest (its presence marks the entry complete).
     let s3c = clients.s3();
-    let keys =
-        s3::upload_entry(&s3c, &a.bucket, &a.prefix, entry, &job.counters, a.dry_run.then_some(&mut plan)).await?;
+    let mode = if a.dry_run { s3::Mode::Plan(&mut plan) } else { s3::Mode::SkipPresent };
+    let keys = s3::upload_entry(&s3c, &a.bucket, &a.prefix, entry, &job.counters, mode).await?;
 
     // The home region: find, or snapshot + register.
     let ec2 = clients.ec2(&home);

@@ -70,6 +70,7 @@ pub fn build_with(recipe: &Recipe, store: &Store, progress: &Progress, remote: O
     if let Some(entry) = store.get(&name)? {
         return Ok(Built { entry, cached: true, fetched: false });
     }
+    let mut bad_copy = false;
     if let Some(r) = remote {
         let step = progress.step(&format!("looking for {name} in {}", r.url()));
         match fetch(store, r, &name, &hash) {
@@ -78,7 +79,10 @@ pub fn build_with(recipe: &Recipe, store: &Store, progress: &Progress, remote: O
                 return Ok(Built { entry, cached: true, fetched: true });
             }
             Ok(None) => step.done(),
-            Err(e) => tracing::warn!("the cache {} failed ({e:#}); building here", r.url()),
+            Err(e) => {
+                tracing::warn!("{name} from {}: {e:#}; building here", r.url());
+                bad_copy = true;
+            }
         }
     }
     let pending = store.begin(&name)?;
@@ -107,7 +111,7 @@ pub fn build_with(recipe: &Recipe, store: &Store, progress: &Progress, remote: O
     let entry = store.commit(pending, &manifest)?;
     if let Some(r) = remote {
         let step = progress.step(&format!("sharing {name} with {}", r.url()));
-        match r.push(&entry) {
+        match r.push(&entry, bad_copy) {
             Ok(()) => step.done(),
             Err(e) => tracing::warn!("could not share {name} with {} ({e:#}); the local build is fine", r.url()),
         }

@@ -16,8 +16,9 @@ use std::process::Command;
 pub trait Remote {
     /// Downloads entry `name` into `dest`; false when the cache lacks it.
     fn fetch(&self, name: &str, dest: &Path) -> Result<bool>;
-    /// Uploads a committed entry.
-    fn push(&self, entry: &super::Entry) -> Result<()>;
+    /// Uploads a committed entry; `overwrite` replaces objects that claim to
+    /// be the same (after a fetched copy failed verification).
+    fn push(&self, entry: &super::Entry, overwrite: bool) -> Result<()>;
     fn url(&self) -> &str;
 }
 
@@ -58,9 +59,10 @@ impl Remote for S3Cache {
         }
     }
 
-    fn push(&self, entry: &super::Entry) -> Result<()> {
+    fn push(&self, entry: &super::Entry, overwrite: bool) -> Result<()> {
         let args = ["cache", "push", "--url", &self.url, "--entry-dir"].map(std::ffi::OsStr::new);
-        match self.run(&[&args[..], &[entry.path.as_os_str()]].concat())? {
+        let flag: &[&std::ffi::OsStr] = if overwrite { &[std::ffi::OsStr::new("--overwrite")] } else { &[] };
+        match self.run(&[&args[..], &[entry.path.as_os_str()], flag].concat())? {
             0 => Ok(()),
             c => bail!("imgd-aws cache push exited with {c}"),
         }

@@ -46,11 +46,11 @@ pub enum CacheCmd {
 /// `s3://bucket/some/prefix` -> ("bucket", "some/prefix").
 pub fn parse_url(url: &str) -> Result<(String, String)> {
     let Some(rest) = url.strip_prefix("s3://") else {
-        bail!(imgd::config::ConfigError::new("--cache", &format!("`{url}` is not an s3://bucket/prefix URL")));
+        bail!(imgd::config::ConfigError::new("--cache", format!("`{url}` is not an s3://bucket/prefix URL")));
     };
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
-        bail!(imgd::config::ConfigError::new("--cache", &format!("`{url}` names no bucket")));
+        bail!(imgd::config::ConfigError::new("--cache", format!("`{url}` names no bucket")));
     }
     Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
 }

@@ -14,7 +14,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    Sync(sync::SyncArgs),
+    Sync(Box<sync::SyncArgs>),
     Prune(prune::PruneArgs),
     /// The S3 build cache (run by `imgd build --cache`).
     #[command(subcommand)]

@@ -1,6 +1,7 @@
 //! `imgd prune`: deregister imgd's AMIs beyond the newest N builds of each
-//! profile, delete their snapshots, and delete S3 entries that no kept AMI
-//! and no local store entry references.
+//! profile, delete their snapshots, delete S3 entries that no kept AMI and
+//! no local store entry references, and abort multipart uploads that
+//! interrupted syncs left more than a day ago.
 //!
 //! A plan by default; `--yes` carries it out. Only things carrying imgd's
 //! marks are ever touched: images and snapshots tagged `imgd:profile` and
@@ -173,7 +174,21 @@ async fn prune(a: &PruneArgs) -> Result<Report> {
             }
         }
     }
+    // Multipart uploads an interrupted sync left over a day ago (a younger one
+    // may belong to a sync still running, or be resumed by the next).
+    let mut stale = Vec::new();
+    for (key, id) in stale_uploads(&s3, &a.bucket, &a.prefix).await? {
+        let entry = key.rsplit('/').nth(1).unwrap_or_default();
+        if parse_entry(entry).is_some_and(|(_, p)| wanted(p)) {
+            plan.add("abort-upload", &format!("s3://{}", a.bucket), &key);
+            stale.push((key, id));
+        }
+    }
     if a.yes {
+        for (key, id) in &stale {
+            counters.mutate();
+            s3.abort_multipart_upload().bucket(&a.bucket).key(key).upload_id(id).send().await?;
+        }
         // The manifest goes first: an entry without one is no longer complete.
         doomed.sort_by_key(|k| !k.ends_with("/manifest.json"));
         for key in &doomed {
@@ -191,6 +206,22 @@ fn parse_entry(name: &str) -> Option<(&str, &str)> {
     let ok =
         hash.len() == imgd::store::NAME_HASH_LEN && hash.bytes().all(|b| b.is_ascii_hexdigit()) && !profile.is_empty();
     ok.then_some((hash, profile))
+}
+
+/// (key, upload id) of multipart uploads under `<prefix>/` begun over a day ago.
+async fn stale_uploads(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Result<Vec<(String, String)>> {
+    let p = prefix.trim_matches('/');
+    let base = if p.is_empty() { String::new() } else { format!("{p}/") };
+    let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+    let day_ago = aws_smithy_types::DateTime::from(day_ago);
+    let listed = s3.list_multipart_uploads().bucket(bucket).prefix(&base).send().await;
+    let listed = listed.with_context(|| format!("listing uploads in s3://{bucket}/{base}"))?;
+    Ok(listed
+        .uploads()
+        .iter()
+        .filter(|u| u.initiated().is_some_and(|t| t.secs() < day_ago.secs()))
+        .filter_map(|u| Some((u.key()?.to_string(), u.upload_id()?.to_string())))
+        .collect())
 }
 
 /// Entry folder -> its object keys, under `<prefix>/`.

@@ -3,14 +3,19 @@
 //! Each object carries the artifact's SHA-256 as metadata (`imgd-sha256`) and
 //! S3 verifies a SHA-256 checksum of every part; an object whose metadata
 //! already matches is skipped. Large files go up in parts with bounded
-//! parallelism; uploads a killed run left behind are aborted first, so
-//! orphan parts never pile up.
+//! parallelism; an upload a killed run left behind is resumed (its parts
+//! that match, by checksum, are kept) when it was for the same content, and
+//! aborted otherwise, so orphan parts never pile up.
 
 use crate::Counters;
 use anyhow::{Context, Result};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
-use std::path::Path;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 pub const PART: u64 = 16 << 20;
@@ -95,7 +100,7 @@ pub async fn download(
     let mut body = out.body;
     let mut f = tokio::fs::File::create(dest).await.with_context(|| format!("creating {}", dest.display()))?;
     while let Some(chunk) = body.try_next().await.with_context(|| format!("reading s3://{bucket}/{key}"))? {
-        counters.downloaded_bytes.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        counters.downloaded_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         f.write_all(&chunk).await?;
     }
     f.sync_all().await?;
@@ -118,9 +123,9 @@ pub async fn upload(
         tracing::info!("s3://{bucket}/{key}: present, same sha256");
         return Ok(false);
     }
-    abort_stale(s3, bucket, key, counters).await?;
     let size = std::fs::metadata(path)?.len();
     if size <= PART {
+        abort_stale(s3, bucket, key, None, counters).await?;
         let body = ByteStream::from_path(path).await?;
         counters.mutate();
         s3.put_object()
@@ -132,43 +137,144 @@ pub async fn upload(
             .send()
             .await
             .with_context(|| format!("uploading s3://{bucket}/{key}"))?;
-        counters.uploaded_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        counters.uploaded_bytes.fetch_add(size, Ordering::Relaxed);
         return Ok(true);
     }
-    counters.mutate();
-    let created = s3
-        .create_multipart_upload()
-        .bucket(bucket)
-        .key(key)
-        .checksum_algorithm(ChecksumAlgorithm::Sha256)
-        .metadata("imgd-sha256", sha256)
-        .send()
-        .await
-        .with_context(|| format!("starting multipart upload of s3://{bucket}/{key}"))?;
-    let upload_id = created.upload_id().context("no upload id")?.to_string();
-    let result = upload_parts(s3, bucket, key, path, size, &upload_id, counters).await;
-    match result {
-        Ok(parts) => {
+
+    // Resume the upload an interrupted run of ours started for this content,
+    // abort any other; else start one and remember it.
+    let state = UploadState::path(bucket, key);
+    let ours = UploadState::read(&state).filter(|s| s.sha256 == sha256).map(|s| s.upload_id);
+    let resumed = abort_stale(s3, bucket, key, ours.as_deref(), counters).await?;
+    let listed = match resumed {
+        Some(id) => match list_parts(s3, bucket, key, &id).await {
+            Ok(done) => Some((id, done)),
+            Err(e) => {
+                // Parts we cannot list we cannot check: start over.
+                tracing::warn!("s3://{bucket}/{key}: {e:#}; starting the upload again");
+                counters.mutate();
+                s3.abort_multipart_upload().bucket(bucket).key(key).upload_id(&id).send().await?;
+                None
+            }
+        },
+        None => None,
+    };
+    let (upload_id, done) = match listed {
+        Some((id, done)) => {
+            tracing::info!("s3://{bucket}/{key}: resuming an interrupted upload ({} parts there)", done.len());
+            (id, done)
+        }
+        None => {
             counters.mutate();
-            s3.complete_multipart_upload()
+            let created = s3
+                .create_multipart_upload()
                 .bucket(bucket)
                 .key(key)
-                .upload_id(&upload_id)
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .metadata("imgd-sha256", sha256)
                 .send()
                 .await
-                .with_context(|| format!("completing s3://{bucket}/{key}"))?;
-            Ok(true)
+                .with_context(|| format!("starting multipart upload of s3://{bucket}/{key}"))?;
+            let id = created.upload_id().context("no upload id")?.to_string();
+            UploadState { upload_id: id.clone(), sha256: sha256.to_string() }.write(&state)?;
+            (id, BTreeMap::new())
         }
-        Err(e) => {
-            // Never leave parts behind to be billed for.
-            counters.mutate();
-            let _ = s3.abort_multipart_upload().bucket(bucket).key(key).upload_id(&upload_id).send().await;
-            Err(e)
+    };
+    // On failure the upload stays for the next run to resume (or abort), and
+    // `imgd prune` aborts leftovers; it never just grows.
+    let parts = upload_parts(s3, bucket, key, path, size, &upload_id, done, counters).await?;
+    counters.mutate();
+    s3.complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(&upload_id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .send()
+        .await
+        .with_context(|| format!("completing s3://{bucket}/{key}"))?;
+    let _ = std::fs::remove_file(&state);
+    Ok(true)
+}
+
+/// A multipart upload in flight, remembered in imgd's cache folder so an
+/// interrupted run's parts are reused only for the same content (S3 does not
+/// list an upload's metadata).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct UploadState {
+    upload_id: String,
+    sha256: String,
+}
+
+impl UploadState {
+    fn path(bucket: &str, key: &str) -> PathBuf {
+        let id = imgd::hash::sha256_hex(format!("{bucket}/{key}").as_bytes());
+        imgd::config::default_cache().join("uploads").join(format!("{}.json", &id[..32]))
+    }
+    fn read(path: &Path) -> Option<UploadState> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+    fn write(&self, path: &Path) -> Result<()> {
+        std::fs::create_dir_all(path.parent().unwrap())?;
+        crate::output::write_atomic(path, &serde_json::to_string(self)?)
+    }
+}
+
+/// A part already in S3: its ETag, SHA-256 checksum (when S3 lists it) and size.
+struct DonePart {
+    e_tag: String,
+    sha256: Option<String>,
+    size: u64,
+}
+
+async fn list_parts(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+) -> Result<BTreeMap<i32, DonePart>> {
+    let mut out = BTreeMap::new();
+    let mut marker = None;
+    loop {
+        let page = s3
+            .list_parts()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .set_part_number_marker(marker)
+            .send()
+            .await
+            .with_context(|| format!("ListParts s3://{bucket}/{key}"))?;
+        for p in page.parts() {
+            if let (Some(n), Some(e)) = (p.part_number(), p.e_tag()) {
+                let done = DonePart {
+                    e_tag: e.to_string(),
+                    sha256: p.checksum_sha256().map(str::to_string),
+                    size: p.size().unwrap_or(0) as u64,
+                };
+                out.insert(n, done);
+            }
+        }
+        marker = page.next_part_number_marker().map(str::to_string);
+        if !page.is_truncated().unwrap_or(false) {
+            return Ok(out);
         }
     }
 }
 
+/// Whether a part in S3 holds exactly `data`: by its SHA-256 checksum, or,
+/// where S3 lists none, by its ETag (the MD5 of a plainly stored part).
+fn same_part(done: &DonePart, data: &[u8], sha_b64: &str) -> bool {
+    use md5::Digest;
+    if done.size != data.len() as u64 {
+        return false;
+    }
+    match &done.sha256 {
+        Some(s) => s == sha_b64,
+        None => done.e_tag.trim_matches('"') == hex::encode(md5::Md5::digest(data)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn upload_parts(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
@@ -176,16 +282,19 @@ async fn upload_parts(
     path: &Path,
     size: u64,
     upload_id: &str,
+    done: BTreeMap<i32, DonePart>,
     counters: &Counters,
 ) -> Result<Vec<CompletedPart>> {
     let n = size.div_ceil(PART);
+    let done = Arc::new(done);
     let sem = Arc::new(tokio::sync::Semaphore::new(PARALLEL_PARTS));
     let mut tasks = Vec::new();
     for i in 0..n {
         let permit = sem.clone().acquire_owned().await?;
-        let (s3, bucket, key, path, upload_id) =
-            (s3.clone(), bucket.to_string(), key.to_string(), path.to_path_buf(), upload_id.to_string());
+        let (s3, bucket, key, path, upload_id, done) =
+            (s3.clone(), bucket.to_string(), key.to_string(), path.to_path_buf(), upload_id.to_string(), done.clone());
         let len = PART.min(size - i * PART);
+        let number = i as i32 + 1;
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
@@ -196,47 +305,65 @@ async fn upload_parts(
                 Ok(buf)
             })
             .await??;
+            let sha = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&data));
+            if let Some(d) = done.get(&number).filter(|d| same_part(d, &data, &sha)) {
+                let part = CompletedPart::builder().part_number(number).e_tag(&d.e_tag).checksum_sha256(sha);
+                return anyhow::Ok((part.build(), 0));
+            }
             let out = s3
                 .upload_part()
                 .bucket(&bucket)
                 .key(&key)
                 .upload_id(&upload_id)
-                .part_number(i as i32 + 1)
+                .part_number(number)
                 .checksum_algorithm(ChecksumAlgorithm::Sha256)
                 .body(ByteStream::from(data))
                 .send()
                 .await
-                .with_context(|| format!("part {} of s3://{bucket}/{key}", i + 1))?;
-            anyhow::Ok(
-                CompletedPart::builder()
-                    .part_number(i as i32 + 1)
-                    .set_e_tag(out.e_tag().map(str::to_string))
-                    .set_checksum_sha256(out.checksum_sha256().map(str::to_string))
-                    .build(),
-            )
+                .with_context(|| format!("part {number} of s3://{bucket}/{key}"))?;
+            let part = CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .set_checksum_sha256(out.checksum_sha256().map(str::to_string).or(Some(sha)));
+            anyhow::Ok((part.build(), len))
         }));
     }
     let mut parts = Vec::new();
     for t in tasks {
-        counters.mutate();
-        parts.push(t.await??);
+        let (part, sent) = t.await??;
+        if sent > 0 {
+            counters.mutate();
+            counters.uploaded_bytes.fetch_add(sent, Ordering::Relaxed);
+        }
+        parts.push(part);
     }
-    counters.uploaded_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
     Ok(parts)
 }
 
-/// Aborts multipart uploads of `key` that an interrupted run left open.
-async fn abort_stale(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, counters: &Counters) -> Result<()> {
+/// Aborts the multipart uploads of `key` that interrupted runs left open,
+/// except `keep` (ours, to resume), which it returns if S3 still has it.
+async fn abort_stale(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    keep: Option<&str>,
+    counters: &Counters,
+) -> Result<Option<String>> {
     let listed = s3.list_multipart_uploads().bucket(bucket).prefix(key).send().await;
-    let Ok(listed) = listed else { return Ok(()) };
+    let Ok(listed) = listed else { return Ok(None) };
+    let mut kept = None;
     for u in listed.uploads() {
-        if u.key() == Some(key) {
-            if let Some(id) = u.upload_id() {
-                tracing::info!("aborting an interrupted upload of s3://{bucket}/{key}");
-                counters.mutate();
-                s3.abort_multipart_upload().bucket(bucket).key(key).upload_id(id).send().await?;
-            }
+        let (Some(k), Some(id)) = (u.key(), u.upload_id()) else { continue };
+        if k != key {
+            continue;
         }
+        if Some(id) == keep {
+            kept = Some(id.to_string());
+            continue;
+        }
+        tracing::info!("aborting an interrupted upload of s3://{bucket}/{key}");
+        counters.mutate();
+        s3.abort_multipart_upload().bucket(bucket).key(key).upload_id(id).send().await?;
     }
-    Ok(())
+    Ok(kept)
 }

@@ -83,7 +83,7 @@ pub fn run(a: &SyncArgs) -> Result<()> {
     if !recipe.formats.contains(&needed) {
         bail!(ConfigError::new(
             &recipe.profile_file,
-            &format!("imgd sync --method {} makes AMIs from the {needed} disk: add \"{needed}\" to formats", a.method)
+            format!("imgd sync --method {} makes AMIs from the {needed} disk: add \"{needed}\" to formats", a.method)
         )
         .key("formats"));
     }

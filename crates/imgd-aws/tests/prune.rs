@@ -42,7 +42,9 @@ fn prune_keeps_the_newest_builds_plans_first_and_leaves_foreign_things_alone() {
          s = e.create_snapshot(VolumeId=v)['SnapshotId']\n\
          e.register_image(Name='hand-made', RootDeviceName='/dev/xvda', BlockDeviceMappings=[{{'DeviceName': '/dev/xvda', 'Ebs': {{'SnapshotId': s}}}}])\n\
          s3.put_object(Bucket='imgs', Key='imgd/{}/notes.txt', Body=b'mine')\n\
-         s3.put_object(Bucket='imgs', Key='imgd/backups/db.tar', Body=b'mine')",
+         s3.put_object(Bucket='imgs', Key='imgd/backups/db.tar', Body=b'mine')\n\
+         s3.create_multipart_upload(Bucket='imgs', Key='imgd/{}/disk.raw')",
+        entry(0),
         entry(0)
     ));
     // A second machine's store holds build b only: its S3 copy stays.
@@ -88,6 +90,8 @@ fn prune_keeps_the_newest_builds_plans_first_and_leaves_foreign_things_alone() {
         "print(json.dumps([s['SnapshotId'] for s in ec2('us-east-1').describe_snapshots(OwnerIds=['self'])['Snapshots'] if s['SnapshotId'] == '{snap_a}']))"
     ));
     assert_eq!(gone, serde_json::json!([]), "a's snapshot is deleted");
+    let uploads = moto.py("print(json.dumps(len(s3.list_multipart_uploads(Bucket='imgs').get('Uploads', []))))");
+    assert_eq!(uploads, 0, "the leftover upload is aborted");
     let keys = moto.keys("imgs");
     assert!(keys.contains(&"imgd/backups/db.tar".to_string()));
     assert!(keys.contains(&format!("imgd/{}/notes.txt", entry(0))), "an object without imgd's metadata stays");

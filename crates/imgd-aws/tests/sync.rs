@@ -223,3 +223,57 @@ fn kms_key_encrypts_the_snapshot_and_the_copies_and_sends_every_block() {
     let copy = percent_encoding::percent_decode_str(copy).decode_utf8_lossy();
     assert!(copy.contains("Encrypted=true") && copy.contains(&format!("KmsKeyId={key}&")), "{copy}");
 }
+
+#[test]
+fn an_interrupted_upload_resumes_with_the_parts_already_sent() {
+    use support::proxy::{Faults, Proxy};
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let slow = Proxy::start(&moto.addr, Faults { part_delay_ms: 300, ..Faults::default() });
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let args = ["sync", "hello", "--bucket", "imgs", "--regions", "us-east-1", "--endpoint-url", &slow.url];
+    let mut child = support::test_env(&mut std::process::Command::new(env!("CARGO_BIN_EXE_imgd-aws")), &store)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it (as a lost SSH session would) while disk.raw is going up.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while slow.log(|l| l.requests.iter().filter(|r| r.starts_with("UploadPart") && r.ends_with("disk.raw")).count())
+        < 10
+    {
+        assert!(std::time::Instant::now() < end && child.try_wait().unwrap().is_none(), "never saw the parts");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let entry =
+        std::fs::read_dir(&store).unwrap().filter_map(|e| e.ok()).find(|e| e.path().join("manifest.json").is_file());
+    let entry = entry.unwrap().file_name().into_string().unwrap();
+    let key = format!("imgd/{entry}/disk.raw");
+    let before = moto.py(&format!(
+        "u = [x for x in s3.list_multipart_uploads(Bucket='imgs').get('Uploads', []) if x['Key'] == '{key}']\n\
+         print(json.dumps(len(s3.list_parts(Bucket='imgs', Key='{key}', UploadId=u[0]['UploadId']).get('Parts', []))))"
+    ));
+    let have = before.as_u64().unwrap();
+    assert!(have >= 2, "{have} parts were in S3 when it died");
+
+    // The re-run keeps those parts, sends the rest, and leaves no upload open.
+    let mended = Proxy::start(&moto.addr, Faults::default());
+    let (r, _) = support::aws_ok(&mended.url, &store, "sync", &args[1..6]);
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(store.join(&entry).join("manifest.json")).unwrap()).unwrap();
+    let total: u64 = manifest["artifacts"].as_array().unwrap().iter().map(|a| a["size"].as_u64().unwrap()).sum();
+    let sent = r["uploaded_bytes"].as_u64().unwrap();
+    assert!(sent <= total - have * (16 << 20), "sent {sent} of {total} with {have} parts already there");
+    let check = moto.py(&format!(
+        "import hashlib\n\
+         body = s3.get_object(Bucket='imgs', Key='{key}')['Body'].read()\n\
+         print(json.dumps([hashlib.sha256(body).hexdigest(), len(s3.list_multipart_uploads(Bucket='imgs').get('Uploads', []))]))"
+    ));
+    let raw = manifest["artifacts"].as_array().unwrap().iter().find(|a| a["file"] == "disk.raw").unwrap();
+    assert_eq!(check[0], raw["sha256"], "the resumed object is the disk");
+    assert_eq!(check[1], 0, "no upload left open");
+}

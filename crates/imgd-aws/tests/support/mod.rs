@@ -103,7 +103,7 @@ pub fn test_env<'c>(c: &'c mut Command, store: &Path) -> &'c mut Command {
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", std::env::var("TEST_RUST_LOG").unwrap_or("warn".into()))
 }
 
 /// Like [`aws`], asserting success and parsing stdout as JSON.

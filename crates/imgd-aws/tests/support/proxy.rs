@@ -2,6 +2,9 @@
 //! two EC2 calls moto lacks (ImportSnapshot, DescribeImportSnapshotTasks) the
 //! way AWS does.
 //!
+//! It also mends one way moto's answers differ from S3's (ListParts' root
+//! element), so the SDK can parse them.
+//!
 //! Faults: every Nth request is throttled before it reaches moto (503 with the
 //! service's throttling code), and the first RegisterImage/CopyImage is
 //! forwarded but its answer replaced by a 500: the request landed, the answer
@@ -23,6 +26,8 @@ pub struct Faults {
     pub lose_first_answer: Vec<&'static str>,
     /// Answer ImportSnapshot as AWS does when the vmimport role is missing.
     pub no_vmimport_role: bool,
+    /// Hold each S3 UploadPart this long before forwarding it (a slow link).
+    pub part_delay_ms: u64,
 }
 
 #[derive(Default)]
@@ -122,7 +127,12 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
     let params =
         if parts.method == hyper::Method::POST && parts.uri.path() == "/" { form(&body) } else { BTreeMap::new() };
     let action = params.get("Action").cloned();
-    let what = action.clone().unwrap_or_else(|| format!("{} {}", parts.method, parts.uri.path()));
+    let upload_part = parts.method == hyper::Method::PUT && parts.uri.query().is_some_and(|q| q.contains("partNumber"));
+    let what = match &action {
+        Some(a) => a.clone(),
+        None if upload_part => format!("UploadPart {}", parts.uri.path()),
+        None => format!("{} {}", parts.method, parts.uri.path()),
+    };
     let n = {
         let mut log = st.log.lock().unwrap();
         log.requests.push(what.clone());
@@ -149,13 +159,25 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
         });
     }
 
+    if upload_part && st.faults.part_delay_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(st.faults.part_delay_ms)).await;
+    }
     match action.as_deref() {
         Some("ImportSnapshot") => return Ok(import_snapshot(&st, &params).await),
         Some("DescribeImportSnapshotTasks") => return Ok(describe_import(&st, &params).await),
         _ => {}
     }
 
-    let answer = forward(&st.upstream, parts, body).await;
+    let list_parts = parts.method == hyper::Method::GET && parts.uri.query().is_some_and(|q| q.contains("uploadId"));
+    let mut answer = forward(&st.upstream, parts, body).await;
+    if list_parts {
+        // moto 5.2 names ListParts' root element ListPartsResponse; S3 says ListPartsResult.
+        let (mut p, b) = answer.into_parts();
+        p.headers.remove(hyper::header::CONTENT_LENGTH);
+        let text = String::from_utf8_lossy(&b.collect().await.unwrap().to_bytes())
+            .replace("ListPartsResponse", "ListPartsResult");
+        answer = Response::from_parts(p, Full::new(Bytes::from(text)));
+    }
     if let Some(a) = &action {
         if st.faults.lose_first_answer.contains(&a.as_str()) && st.lost_once.lock().unwrap().insert(a.clone()) {
             st.log.lock().unwrap().lost.push(a.clone());

@@ -132,7 +132,7 @@ pub async fn upload(
             .bucket(bucket)
             .key(key)
             .body(body)
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_sha256(hex_to_b64(sha256)?)
             .metadata("imgd-sha256", sha256)
             .send()
             .await
@@ -194,6 +194,12 @@ pub async fn upload(
         .with_context(|| format!("completing s3://{bucket}/{key}"))?;
     let _ = std::fs::remove_file(&state);
     Ok(true)
+}
+
+/// The artifact's SHA-256 (hex, from the manifest) as S3 wants it (base64).
+fn hex_to_b64(hex_digest: &str) -> Result<String> {
+    let bytes = hex::decode(hex_digest).context("bad sha256 in the manifest")?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 /// A multipart upload in flight, remembered in imgd's cache folder so an
@@ -310,13 +316,15 @@ async fn upload_parts(
                 let part = CompletedPart::builder().part_number(number).e_tag(&d.e_tag).checksum_sha256(sha);
                 return anyhow::Ok((part.build(), 0));
             }
+            // The checksum goes in a header computed here, so the body goes
+            // up plain (not aws-chunked with a trailer) and S3 verifies it.
             let out = s3
                 .upload_part()
                 .bucket(&bucket)
                 .key(&key)
                 .upload_id(&upload_id)
                 .part_number(number)
-                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .checksum_sha256(&sha)
                 .body(ByteStream::from(data))
                 .send()
                 .await

@@ -59,10 +59,13 @@ pub struct AwsArgs {
 pub struct BuildArgs {
     /// Profile: a path or a name in <root>/profiles/ (built if needed).
     pub profile: String,
+    /// Hardware name in hardware/ (or a path), overriding the profile's.
     #[arg(long)]
     pub hardware: Option<String>,
+    /// Override any profile key, e.g. --set hostname=web-1.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
+    /// Folder holding profiles/ and hardware/.
     #[arg(long, env = "IMGD_ROOT", default_value = ".")]
     pub root: PathBuf,
     /// Store directory [default: $IMGD_STORE or ~/.local/share/imgd/store].

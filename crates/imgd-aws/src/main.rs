@@ -6,7 +6,13 @@ use imgd::config::ConfigError;
 use imgd_aws::{cache, prune, sync};
 
 #[derive(Parser, Debug)]
-#[command(name = "imgd-aws", version, about = "imgd's AWS side: sync, prune, and the S3 build cache.")]
+// Users reach these through `imgd sync` / `imgd prune`, so usage lines say `imgd`.
+#[command(
+    name = "imgd-aws",
+    bin_name = "imgd",
+    version,
+    about = "imgd's AWS side: sync, prune, and the S3 build cache."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -21,8 +21,10 @@ use std::path::PathBuf;
   imgd prune --bucket my-images --regions us-east-1,eu-west-1            (show the plan)
   imgd prune --bucket my-images --regions us-east-1,eu-west-1 --keep 2 --profile web --yes")]
 pub struct PruneArgs {
+    /// S3 bucket for the artifacts (and the import method's VHD).
     #[arg(long)]
     pub bucket: String,
+    /// Key prefix; entries go under <prefix>/<hash>-<profile>/.
     #[arg(long, default_value = "imgd")]
     pub prefix: String,
     /// Regions to clean, comma-separated.
@@ -37,6 +39,7 @@ pub struct PruneArgs {
     /// Carry the plan out (without it, nothing changes).
     #[arg(long)]
     pub yes: bool,
+    /// Print the result (or the plan) as JSON on stdout.
     #[arg(long)]
     pub json: bool,
     /// Local store whose entries keep their S3 copies [default: $IMGD_STORE or ~/.local/share/imgd/store].

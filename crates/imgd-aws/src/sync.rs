@@ -20,8 +20,10 @@ use std::time::Duration;
 pub struct SyncArgs {
     #[command(flatten)]
     pub build: crate::BuildArgs,
+    /// S3 bucket for the artifacts (and the import method's VHD).
     #[arg(long)]
     pub bucket: String,
+    /// Key prefix; entries go under <prefix>/<hash>-<profile>/.
     #[arg(long, default_value = "imgd")]
     pub prefix: String,
     /// Regions that need the AMI, comma-separated.
@@ -49,6 +51,7 @@ pub struct SyncArgs {
     /// Show what would be uploaded and created, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the result (or the plan) as JSON on stdout.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -65,12 +65,13 @@ pub async fn upload(ebs: &aws_sdk_ebs::Client, r: &Request<'_>, counters: &Arc<C
     let send_zeros = encrypted || started.kms_key_arn().is_some();
 
     let blocks = size.div_ceil(BLOCK);
+    let bar = imgd::progress::Progress::new(false).bytes(&format!("snapshot {id} from {}", raw.display()), size);
     counters.blocks_total.fetch_add(blocks, Ordering::Relaxed);
     let sem = Arc::new(tokio::sync::Semaphore::new(WORKERS));
     let mut tasks = Vec::new();
     for index in 0..blocks {
         let permit = sem.clone().acquire_owned().await?;
-        let (ebs, raw, id, counters) = (ebs.clone(), raw.to_path_buf(), id.clone(), counters.clone());
+        let (ebs, raw, id, counters, bar) = (ebs.clone(), raw.to_path_buf(), id.clone(), counters.clone(), bar.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
@@ -81,6 +82,7 @@ pub async fn upload(ebs: &aws_sdk_ebs::Client, r: &Request<'_>, counters: &Arc<C
                 Ok(buf)
             })
             .await??;
+            bar.inc(BLOCK.min(size - index * BLOCK));
             if !send_zeros && data.iter().all(|b| *b == 0) {
                 return anyhow::Ok(None);
             }
@@ -107,6 +109,7 @@ pub async fn upload(ebs: &aws_sdk_ebs::Client, r: &Request<'_>, counters: &Arc<C
             sent.push(b);
         }
     }
+    bar.finish();
     sent.sort_by_key(|(i, _)| *i);
     // LINEAR: SHA-256 over the block checksums in block order.
     let mut agg = Sha256::new();

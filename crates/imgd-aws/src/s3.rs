@@ -292,13 +292,21 @@ async fn upload_parts(
     counters: &Counters,
 ) -> Result<Vec<CompletedPart>> {
     let n = size.div_ceil(PART);
+    let bar = imgd::progress::Progress::new(false).bytes(&format!("s3://{bucket}/{key}"), size);
     let done = Arc::new(done);
     let sem = Arc::new(tokio::sync::Semaphore::new(PARALLEL_PARTS));
     let mut tasks = Vec::new();
     for i in 0..n {
         let permit = sem.clone().acquire_owned().await?;
-        let (s3, bucket, key, path, upload_id, done) =
-            (s3.clone(), bucket.to_string(), key.to_string(), path.to_path_buf(), upload_id.to_string(), done.clone());
+        let (s3, bucket, key, path, upload_id, done, bar) = (
+            s3.clone(),
+            bucket.to_string(),
+            key.to_string(),
+            path.to_path_buf(),
+            upload_id.to_string(),
+            done.clone(),
+            bar.clone(),
+        );
         let len = PART.min(size - i * PART);
         let number = i as i32 + 1;
         tasks.push(tokio::spawn(async move {
@@ -312,6 +320,7 @@ async fn upload_parts(
             })
             .await??;
             let sha = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&data));
+            bar.inc(len);
             if let Some(d) = done.get(&number).filter(|d| same_part(d, &data, &sha)) {
                 let part = CompletedPart::builder().part_number(number).e_tag(&d.e_tag).checksum_sha256(sha);
                 return anyhow::Ok((part.build(), 0));
@@ -345,6 +354,7 @@ async fn upload_parts(
         }
         parts.push(part);
     }
+    bar.finish();
     Ok(parts)
 }
 

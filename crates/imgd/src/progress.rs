@@ -64,3 +64,79 @@ impl Drop for Step {
         }
     }
 }
+
+/// Progress of a transfer in bytes: a bar with rate and ETA on a terminal,
+/// a plain line at most every 10 s otherwise. Cheap to clone and share
+/// between the tasks that move the bytes.
+#[derive(Clone)]
+pub struct Bytes {
+    inner: std::sync::Arc<BytesInner>,
+}
+
+struct BytesInner {
+    bar: Option<ProgressBar>,
+    msg: String,
+    total: u64,
+    start: Instant,
+    done: std::sync::atomic::AtomicU64,
+    last_line: std::sync::Mutex<Instant>,
+    quiet: bool,
+}
+
+impl Progress {
+    pub fn bytes(&self, msg: &str, total: u64) -> Bytes {
+        let bar = (self.tty && !self.quiet).then(|| {
+            let b = ProgressBar::new(total);
+            let style = "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}";
+            b.set_style(ProgressStyle::with_template(style).expect("valid template").progress_chars("=> "));
+            b.set_message(msg.to_string());
+            b
+        });
+        let now = Instant::now();
+        let inner = BytesInner {
+            bar,
+            msg: msg.to_string(),
+            total,
+            start: now,
+            done: Default::default(),
+            last_line: std::sync::Mutex::new(now),
+            quiet: self.quiet,
+        };
+        Bytes { inner: std::sync::Arc::new(inner) }
+    }
+}
+
+impl Bytes {
+    pub fn inc(&self, n: u64) {
+        let i = &self.inner;
+        let done = i.done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        match &i.bar {
+            Some(b) => b.inc(n),
+            None if !i.quiet => {
+                let mut last = i.last_line.lock().expect("progress lock");
+                if last.elapsed() >= Duration::from_secs(10) {
+                    *last = Instant::now();
+                    tracing::info!("{}: {}", i.msg, rate(done, i.total, i.start.elapsed()));
+                }
+            }
+            None => {}
+        }
+    }
+
+    pub fn finish(&self) {
+        let i = &self.inner;
+        let done = i.done.load(std::sync::atomic::Ordering::Relaxed);
+        let line = format!("{}: {}", i.msg, rate(done, i.total, i.start.elapsed()));
+        match &i.bar {
+            Some(b) => b.finish_with_message(line),
+            None if !i.quiet => tracing::info!("{line}"),
+            None => {}
+        }
+    }
+}
+
+fn rate(done: u64, total: u64, took: Duration) -> String {
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let per_sec = mib(done) / took.as_secs_f64().max(0.001);
+    format!("{:.1} of {:.1} MiB, {per_sec:.1} MiB/s", mib(done), mib(total))
+}

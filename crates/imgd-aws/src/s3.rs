@@ -8,7 +8,7 @@
 //! aborted otherwise, so orphan parts never pile up.
 
 use crate::Counters;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use base64::Engine;
@@ -126,17 +126,26 @@ pub async fn upload(
     let size = std::fs::metadata(path)?.len();
     if size <= PART {
         abort_stale(s3, bucket, key, None, counters).await?;
-        let body = ByteStream::from_path(path).await?;
+        let data = bytes::Bytes::from(tokio::fs::read(path).await?);
+        let md5 = hex::encode(md5::Md5::digest(&data));
         counters.mutate();
-        s3.put_object()
+        let out = s3
+            .put_object()
             .bucket(bucket)
             .key(key)
-            .body(body)
+            .body(ByteStream::from(data))
             .checksum_sha256(hex_to_b64(sha256)?)
             .metadata("imgd-sha256", sha256)
             .send()
             .await
             .with_context(|| format!("uploading s3://{bucket}/{key}"))?;
+        let kms = out.server_side_encryption().is_some_and(|e| e.as_str().starts_with("aws:kms"));
+        let etag = out.e_tag().unwrap_or_default().trim_matches('"');
+        if !kms && etag != md5 {
+            // Not to be taken for complete: the next run must not skip it.
+            let _ = s3.delete_object().bucket(bucket).key(key).send().await;
+            bail!("s3://{bucket}/{key} arrived corrupted (ETag {etag}, MD5 {md5}); run again");
+        }
         counters.uploaded_bytes.fetch_add(size, Ordering::Relaxed);
         return Ok(true);
     }
@@ -267,16 +276,15 @@ async fn list_parts(
     }
 }
 
-/// Whether a part in S3 holds exactly `data`: by its SHA-256 checksum, or,
+/// Whether a part in S3 holds exactly our part: by its SHA-256 checksum, or,
 /// where S3 lists none, by its ETag (the MD5 of a plainly stored part).
-fn same_part(done: &DonePart, data: &[u8], sha_b64: &str) -> bool {
-    use md5::Digest;
-    if done.size != data.len() as u64 {
+fn same_part(done: &DonePart, md5_hex: &str, sha_b64: &str, len: u64) -> bool {
+    if done.size != len {
         return false;
     }
     match &done.sha256 {
         Some(s) => s == sha_b64,
-        None => done.e_tag.trim_matches('"') == hex::encode(md5::Md5::digest(data)),
+        None => done.e_tag.trim_matches('"') == md5_hex,
     }
 }
 
@@ -311,33 +319,52 @@ async fn upload_parts(
         let number = i as i32 + 1;
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            // Read and hash off the async workers.
+            let (data, sha, md5) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
                 use std::os::unix::fs::FileExt;
                 let f = std::fs::File::open(&path)?;
                 let mut buf = vec![0u8; len as usize];
                 f.read_exact_at(&mut buf, i * PART)?;
-                Ok(buf)
+                let sha = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&buf));
+                let md5 = hex::encode(md5::Md5::digest(&buf));
+                Ok((bytes::Bytes::from(buf), sha, md5))
             })
             .await??;
-            let sha = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&data));
             bar.inc(len);
-            if let Some(d) = done.get(&number).filter(|d| same_part(d, &data, &sha)) {
+            if let Some(d) = done.get(&number).filter(|d| same_part(d, &md5, &sha, len)) {
                 let part = CompletedPart::builder().part_number(number).e_tag(&d.e_tag).checksum_sha256(sha);
                 return anyhow::Ok((part.build(), 0));
             }
             // The checksum goes in a header computed here, so the body goes
             // up plain (not aws-chunked with a trailer) and S3 verifies it.
-            let out = s3
-                .upload_part()
-                .bucket(&bucket)
-                .key(&key)
-                .upload_id(&upload_id)
-                .part_number(number)
-                .checksum_sha256(&sha)
-                .body(ByteStream::from(data))
-                .send()
-                .await
-                .with_context(|| format!("part {number} of s3://{bucket}/{key}"))?;
+            // Endpoints that do not verify it still answer with the part's
+            // MD5 as its ETag (unless KMS-encrypted): imgd checks that too.
+            let mut attempt = 0;
+            let out = loop {
+                attempt += 1;
+                let out = s3
+                    .upload_part()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .checksum_sha256(&sha)
+                    .body(ByteStream::from(data.clone()))
+                    .send()
+                    .await
+                    .with_context(|| format!("part {number} of s3://{bucket}/{key}"))?;
+                let kms = out.server_side_encryption().is_some_and(|e| e.as_str().starts_with("aws:kms"));
+                let etag = out.e_tag().unwrap_or_default().trim_matches('"');
+                if kms || etag == md5 {
+                    break out;
+                }
+                if attempt == 3 {
+                    bail!("part {number} of s3://{bucket}/{key} arrived corrupted 3 times (ETag {etag}, MD5 {md5})");
+                }
+                tracing::warn!(
+                    "part {number} of s3://{bucket}/{key} arrived corrupted (ETag {etag}, MD5 {md5}); sending it again"
+                );
+            };
             let part = CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(out.e_tag().map(str::to_string))

@@ -107,6 +107,7 @@ fn throttling_5xx_and_lost_answers_still_end_with_one_ami_per_region() {
     let faults = Faults {
         throttle_every: 4,
         lose_first_answer: vec!["RegisterImage", "CopyImage", "CreateTags"],
+        corrupt_first_part: true,
         ..Faults::default()
     };
     let proxy = Proxy::start(&moto.addr, faults);
@@ -120,6 +121,20 @@ fn throttling_5xx_and_lost_answers_still_end_with_one_ami_per_region() {
     assert_eq!(lost, ["RegisterImage", "CreateTags", "CopyImage"], "each lost answer happened once");
     for region in ["us-east-1", "eu-west-1", "ap-south-1"] {
         assert_eq!(moto.images(region).len(), 1, "{region}: exactly one AMI despite the lost answers");
+    }
+    // A part corrupted on the way (moto does not check checksums) was caught and sent again.
+    assert_eq!(proxy.log(|l| l.corrupted), 1);
+    let entry = r["entry"].as_str().unwrap();
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(store.join(entry).join("manifest.json")).unwrap()).unwrap();
+    let stored = moto.py(&format!(
+        "import hashlib\n\
+         print(json.dumps({{f: hashlib.sha256(s3.get_object(Bucket='imgs', Key=f'imgd/{entry}/{{f}}')['Body'].read()).hexdigest() for f in ['disk.raw', 'disk.vhd']}}))"
+    ));
+    for a in
+        manifest["artifacts"].as_array().unwrap().iter().filter(|a| a["file"] == "disk.raw" || a["file"] == "disk.vhd")
+    {
+        assert_eq!(stored[a["file"].as_str().unwrap()], a["sha256"], "{stored}");
     }
     // Straight to moto, without faults: nothing left to do.
     let (again, _) = moto.sync(&store, &args[..5]);

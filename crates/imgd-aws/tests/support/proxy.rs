@@ -28,6 +28,8 @@ pub struct Faults {
     pub no_vmimport_role: bool,
     /// Hold each S3 UploadPart this long before forwarding it (a slow link).
     pub part_delay_ms: u64,
+    /// Flip a byte in the first UploadPart's body (moto stores it anyway).
+    pub corrupt_first_part: bool,
 }
 
 #[derive(Default)]
@@ -40,6 +42,7 @@ pub struct Log {
     pub import_polls: usize,
     /// Bodies of EC2 calls and of StartSnapshot, to check what was asked for.
     pub bodies: Vec<(String, String)>,
+    pub corrupted: usize,
 }
 
 struct Task {
@@ -123,7 +126,7 @@ fn ec2_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Byt
 
 async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await?.to_bytes();
+    let mut body = body.collect().await?.to_bytes();
     let params =
         if parts.method == hyper::Method::POST && parts.uri.path() == "/" { form(&body) } else { BTreeMap::new() };
     let action = params.get("Action").cloned();
@@ -159,6 +162,15 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
         });
     }
 
+    if upload_part && st.faults.corrupt_first_part && !body.is_empty() {
+        let mut log = st.log.lock().unwrap();
+        if log.corrupted == 0 {
+            log.corrupted += 1;
+            let mut v = body.to_vec();
+            v[body.len() / 2] ^= 0xff;
+            body = Bytes::from(v);
+        }
+    }
     if upload_part && st.faults.part_delay_ms > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(st.faults.part_delay_ms)).await;
     }

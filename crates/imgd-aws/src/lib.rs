@@ -71,6 +71,9 @@ pub struct BuildArgs {
     /// Store directory [default: $IMGD_STORE or ~/.local/share/imgd/store].
     #[arg(long)]
     pub store: Option<PathBuf>,
+    /// Shared build cache, s3://bucket/prefix [default: `cache` in <root>/imgd.toml].
+    #[arg(long = "cache", env = "IMGD_BUILD_CACHE", value_name = "URL")]
+    pub remote_cache: Option<String>,
 }
 
 impl BuildArgs {
@@ -84,5 +87,18 @@ impl BuildArgs {
         let recipe = imgd::config::recipe(&req, &imgd::config::default_cache(), None)?;
         let store = imgd::store::Store::open(&self.store.clone().unwrap_or_else(imgd::store::default_dir))?;
         Ok((recipe, store))
+    }
+
+    /// Finds, fetches from the shared cache, or builds the recipe's entry.
+    pub fn build(
+        &self,
+        recipe: &imgd::config::Recipe,
+        store: &imgd::store::Store,
+        aws: &AwsArgs,
+    ) -> anyhow::Result<imgd::store::Entry> {
+        let remote = imgd::store::remote::configured(self.remote_cache.as_deref(), &self.root)?
+            .map(|r| r.endpoint(aws.endpoint_url.as_deref()));
+        let remote = remote.as_ref().map(|r| r as &dyn imgd::store::remote::Remote);
+        Ok(imgd::build::build_with(recipe, store, &imgd::progress::Progress::new(false), remote)?.entry)
     }
 }

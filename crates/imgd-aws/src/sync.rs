@@ -90,7 +90,7 @@ pub fn run(a: &SyncArgs) -> Result<()> {
         )
         .key("formats"));
     }
-    let entry = imgd::build::build(&recipe, &store, &imgd::progress::Progress::new(false))?.entry;
+    let entry = a.build.build(&recipe, &store, &a.aws)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (result, plan) = rt.block_on(sync(a, &entry))?;
     if a.dry_run {

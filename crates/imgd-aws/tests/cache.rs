@@ -70,6 +70,20 @@ fn two_stores_sharing_a_bucket_build_once_and_never_trust_a_bad_copy() {
     let (five, log) = build(&moto, &d.path().join("five"), &repo, &cache);
     assert_eq!(five["fetched"], true, "the rebuild replaced the bad copy: {log}");
 
+    // imgd sync on a fresh machine fetches the build too, then syncs it.
+    let out = support::test_env(&mut std::process::Command::new(support::imgd()), &d.path().join("seven"))
+        .args(["sync", "hello", "--cache", "s3://cache/team", "--bucket", "cache", "--regions", "us-east-1"])
+        .args(["--endpoint-url", &moto.url])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains(&format!("fetched {entry} from s3://cache/team")) && !log.contains("root filesystem"),
+        "{log}"
+    );
+
     // A bad cache setting is an input error naming the file, line and key.
     std::fs::write(project.join("imgd.toml"), "\ncache = \"https://cache/team\"\n").unwrap();
     let out = support::test_env(&mut std::process::Command::new(support::imgd()), &d.path().join("six"))

@@ -26,6 +26,7 @@ pub trait Remote {
 pub struct S3Cache {
     url: String,
     exe: PathBuf,
+    endpoint: Option<String>,
 }
 
 /// `imgd-aws cache fetch` exits with this when the bucket lacks the entry.
@@ -38,11 +39,23 @@ impl S3Cache {
         }
         // Beside this executable (cargo and packages install them together), else on PATH.
         let beside = std::env::current_exe().ok().map(|e| e.with_file_name("imgd-aws")).filter(|p| p.is_file());
-        Ok(S3Cache { url: url.to_string(), exe: beside.unwrap_or_else(|| PathBuf::from("imgd-aws")) })
+        let exe = beside.unwrap_or_else(|| PathBuf::from("imgd-aws"));
+        Ok(S3Cache { url: url.to_string(), exe, endpoint: None })
+    }
+
+    /// A custom S3 endpoint (else `$AWS_ENDPOINT_URL` or AWS's own).
+    pub fn endpoint(mut self, url: Option<&str>) -> Self {
+        self.endpoint = url.map(str::to_string);
+        self
     }
 
     fn run(&self, args: &[&std::ffi::OsStr]) -> Result<i32> {
-        let status = Command::new(&self.exe).args(args).status().with_context(|| {
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(args);
+        if let Some(e) = &self.endpoint {
+            cmd.args(["--endpoint-url", e]);
+        }
+        let status = cmd.status().with_context(|| {
             format!("running {} (build it with `cargo build --release -p imgd-aws`)", self.exe.display())
         })?;
         Ok(status.code().unwrap_or(1))

@@ -276,6 +276,20 @@ async fn list_parts(
     }
 }
 
+/// (base64 SHA-256, hex MD5) of a part. Disks are mostly zeros, and hashing
+/// 16 MiB twice costs more CPU than checking it is all zeros, so the digests
+/// of a zero part are computed once per length.
+fn digests(buf: &[u8]) -> (String, String) {
+    let hash = |b: &[u8]| {
+        (base64::engine::general_purpose::STANDARD.encode(Sha256::digest(b)), hex::encode(md5::Md5::digest(b)))
+    };
+    if buf.iter().any(|b| *b != 0) {
+        return hash(buf);
+    }
+    static ZEROS: std::sync::Mutex<BTreeMap<usize, (String, String)>> = std::sync::Mutex::new(BTreeMap::new());
+    ZEROS.lock().expect("zero digests").entry(buf.len()).or_insert_with(|| hash(buf)).clone()
+}
+
 /// Whether a part in S3 holds exactly our part: by its SHA-256 checksum, or,
 /// where S3 lists none, by its ETag (the MD5 of a plainly stored part).
 fn same_part(done: &DonePart, md5_hex: &str, sha_b64: &str, len: u64) -> bool {
@@ -325,8 +339,7 @@ async fn upload_parts(
                 let f = std::fs::File::open(&path)?;
                 let mut buf = vec![0u8; len as usize];
                 f.read_exact_at(&mut buf, i * PART)?;
-                let sha = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&buf));
-                let md5 = hex::encode(md5::Md5::digest(&buf));
+                let (sha, md5) = digests(&buf);
                 Ok((bytes::Bytes::from(buf), sha, md5))
             })
             .await??;
@@ -411,4 +424,30 @@ async fn abort_stale(
         s3.abort_multipart_upload().bucket(bucket).key(key).upload_id(id).send().await?;
     }
     Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn zero_parts_get_the_same_digests_as_hashing_them() {
+        use sha2::Digest;
+        for len in [1usize, 4096, 1 << 20] {
+            let zeros = vec![0u8; len];
+            let want = (
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sha2::Sha256::digest(&zeros)),
+                hex::encode(md5::Md5::digest(&zeros)),
+            );
+            assert_eq!(super::digests(&zeros), want);
+            assert_eq!(super::digests(&zeros), want, "from the cache");
+        }
+        let mut one = vec![0u8; 4096];
+        one[4095] = 1;
+        assert_ne!(super::digests(&one), super::digests(&[0u8; 4096]));
+    }
+
+    #[test]
+    fn keys_join_prefix_entry_and_file() {
+        assert_eq!(super::key("imgd/", "e", "f"), "imgd/e/f");
+        assert_eq!(super::key("", "e", "f"), "e/f");
+    }
 }

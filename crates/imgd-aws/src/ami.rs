@@ -5,8 +5,8 @@
 use crate::Counters;
 use anyhow::{bail, Context, Result};
 use aws_sdk_ec2::types::{
-    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, LaunchPermission,
-    LaunchPermissionModifications, Tag, VolumeType,
+    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, Image, LaunchPermission,
+    LaunchPermissionModifications, Snapshot, Tag, VolumeType,
 };
 use std::time::{Duration, Instant};
 
@@ -36,10 +36,7 @@ pub async fn find(ec2: &aws_sdk_ec2::Client, name: &str) -> Result<Option<Found>
     Ok(images.first().map(|i| Found {
         id: i.image_id().unwrap_or_default().to_string(),
         state: i.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
-        snapshot: i
-            .block_device_mappings()
-            .iter()
-            .find_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_string)),
+        snapshot: snapshots_of(i).into_iter().next(),
     }))
 }
 
@@ -264,7 +261,7 @@ pub async fn wait_available(
 }
 
 /// An image or snapshot carrying imgd's tags.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct Tagged {
     pub id: String,
     pub profile: String,
@@ -281,63 +278,55 @@ fn imgd_tags(tags: &[Tag]) -> Option<(String, String, String)> {
 
 /// This account's images tagged by imgd (both imgd:profile and imgd:hash).
 pub async fn list_images(ec2: &aws_sdk_ec2::Client) -> Result<Vec<Tagged>> {
-    let mut out = Vec::new();
-    let mut token = None;
-    loop {
-        let page = ec2
-            .describe_images()
-            .owners("self")
-            .filters(Filter::builder().name("tag-key").values("imgd:hash").build())
-            .set_next_token(token)
-            .send()
-            .await
-            .context("DescribeImages")?;
-        for i in page.images() {
-            if let Some((profile, hash, built_at)) = imgd_tags(i.tags()) {
-                out.push(Tagged {
-                    id: i.image_id().unwrap_or_default().to_string(),
-                    profile,
-                    hash,
-                    built_at,
-                    snapshots: i
-                        .block_device_mappings()
-                        .iter()
-                        .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
-                        .collect(),
-                });
-            }
-        }
-        token = page.next_token().map(str::to_string);
-        if token.is_none() {
-            return Ok(out);
-        }
-    }
+    let images: Vec<Image> = ec2
+        .describe_images()
+        .owners("self")
+        .filters(Filter::builder().name("tag-key").values("imgd:hash").build())
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<_, _>>()
+        .await
+        .context("DescribeImages")?;
+    Ok(images
+        .iter()
+        .filter_map(|i| {
+            let (profile, hash, built_at) = imgd_tags(i.tags())?;
+            let id = i.image_id().unwrap_or_default().to_string();
+            Some(Tagged { id, profile, hash, built_at, snapshots: snapshots_of(i) })
+        })
+        .collect())
 }
 
 /// This account's snapshots tagged by imgd.
 pub async fn list_snapshots(ec2: &aws_sdk_ec2::Client) -> Result<Vec<Tagged>> {
-    let mut out = Vec::new();
-    let mut token = None;
-    loop {
-        let page = ec2
-            .describe_snapshots()
-            .owner_ids("self")
-            .filters(Filter::builder().name("tag-key").values("imgd:hash").build())
-            .set_next_token(token)
-            .send()
-            .await
-            .context("DescribeSnapshots")?;
-        for s in page.snapshots() {
-            if let Some((profile, hash, built_at)) = imgd_tags(s.tags()) {
-                let id = s.snapshot_id().unwrap_or_default().to_string();
-                out.push(Tagged { id, profile, hash, built_at, snapshots: Vec::new() });
-            }
-        }
-        token = page.next_token().map(str::to_string);
-        if token.is_none() {
-            return Ok(out);
-        }
-    }
+    let snapshots: Vec<Snapshot> = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(Filter::builder().name("tag-key").values("imgd:hash").build())
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<_, _>>()
+        .await
+        .context("DescribeSnapshots")?;
+    Ok(snapshots
+        .iter()
+        .filter_map(|s| {
+            let (profile, hash, built_at) = imgd_tags(s.tags())?;
+            let id = s.snapshot_id().unwrap_or_default().to_string();
+            Some(Tagged { id, profile, hash, built_at, snapshots: Vec::new() })
+        })
+        .collect())
+}
+
+/// The snapshots in an image's block device mappings.
+fn snapshots_of(image: &Image) -> Vec<String> {
+    image
+        .block_device_mappings()
+        .iter()
+        .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
+        .collect()
 }
 
 pub async fn deregister(ec2: &aws_sdk_ec2::Client, id: &str, counters: &Counters) -> Result<()> {

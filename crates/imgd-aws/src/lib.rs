@@ -54,6 +54,17 @@ pub struct AwsArgs {
     pub max_attempts: u32,
 }
 
+/// Where in S3 the entries go: `s3://<bucket>/<prefix>/<hash>-<profile>/<file>`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BucketArgs {
+    /// S3 bucket for the artifacts (and the import method's VHD).
+    #[arg(long)]
+    pub bucket: String,
+    /// Key prefix; entries go under <prefix>/<hash>-<profile>/.
+    #[arg(long, default_value = "imgd")]
+    pub prefix: String,
+}
+
 /// The profile to build (or find in the store) before syncing it.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BuildArgs {

@@ -21,12 +21,8 @@ use std::path::PathBuf;
   imgd prune --bucket my-images --regions us-east-1,eu-west-1            (show the plan)
   imgd prune --bucket my-images --regions us-east-1,eu-west-1 --keep 2 --profile web --yes")]
 pub struct PruneArgs {
-    /// S3 bucket for the artifacts (and the import method's VHD).
-    #[arg(long)]
-    pub bucket: String,
-    /// Key prefix; entries go under <prefix>/<hash>-<profile>/.
-    #[arg(long, default_value = "imgd")]
-    pub prefix: String,
+    #[command(flatten)]
+    pub s3: crate::BucketArgs,
     /// Regions to clean, comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     pub regions: Vec<String>,
@@ -160,43 +156,46 @@ async fn prune(a: &PruneArgs) -> Result<Report> {
         .unwrap_or_default();
     let s3 = clients.s3();
     let mut doomed = Vec::new();
-    for (entry, keys) in s3_entries(&s3, &a.bucket, &a.prefix).await? {
+    for (entry, keys) in s3_entries(&s3, &a.s3.bucket, &a.s3.prefix).await? {
         let Some((hash32, profile)) = parse_entry(&entry) else { continue };
         let referenced = kept_hashes.iter().any(|h| h.starts_with(hash32)) || local.contains(&entry);
         if !wanted(profile) || referenced {
             continue;
         }
         for key in keys {
-            let head = s3.head_object().bucket(&a.bucket).key(&key).send().await;
+            let head = s3.head_object().bucket(&a.s3.bucket).key(&key).send().await;
             let ours = head.ok().and_then(|h| h.metadata().map(|m| m.contains_key("imgd-sha256"))).unwrap_or(false);
             if ours {
-                plan.add("delete-object", &format!("s3://{}", a.bucket), &key);
+                plan.add("delete-object", &format!("s3://{}", a.s3.bucket), &key);
                 doomed.push(key);
             } else {
-                tracing::warn!("s3://{}/{key}: not uploaded by imgd (no imgd-sha256 metadata); left alone", a.bucket);
+                tracing::warn!(
+                    "s3://{}/{key}: not uploaded by imgd (no imgd-sha256 metadata); left alone",
+                    a.s3.bucket
+                );
             }
         }
     }
     // Multipart uploads an interrupted sync left over a day ago (a younger one
     // may belong to a sync still running, or be resumed by the next).
     let mut stale = Vec::new();
-    for (key, id) in stale_uploads(&s3, &a.bucket, &a.prefix).await? {
+    for (key, id) in stale_uploads(&s3, &a.s3.bucket, &a.s3.prefix).await? {
         let entry = key.rsplit('/').nth(1).unwrap_or_default();
         if parse_entry(entry).is_some_and(|(_, p)| wanted(p)) {
-            plan.add("abort-upload", &format!("s3://{}", a.bucket), &key);
+            plan.add("abort-upload", &format!("s3://{}", a.s3.bucket), &key);
             stale.push((key, id));
         }
     }
     if a.yes {
         for (key, id) in &stale {
             counters.mutate();
-            s3.abort_multipart_upload().bucket(&a.bucket).key(key).upload_id(id).send().await?;
+            s3.abort_multipart_upload().bucket(&a.s3.bucket).key(key).upload_id(id).send().await?;
         }
         // The manifest goes first: an entry without one is no longer complete.
         doomed.sort_by_key(|k| !k.ends_with("/manifest.json"));
         for key in &doomed {
             counters.mutate();
-            s3.delete_object().bucket(&a.bucket).key(key).send().await.with_context(|| format!("deleting {key}"))?;
+            s3.delete_object().bucket(&a.s3.bucket).key(key).send().await.with_context(|| format!("deleting {key}"))?;
         }
     }
     kept.sort();
@@ -213,8 +212,7 @@ fn parse_entry(name: &str) -> Option<(&str, &str)> {
 
 /// (key, upload id) of multipart uploads under `<prefix>/` begun over a day ago.
 async fn stale_uploads(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Result<Vec<(String, String)>> {
-    let p = prefix.trim_matches('/');
-    let base = if p.is_empty() { String::new() } else { format!("{p}/") };
+    let base = crate::s3::prefix_dir(prefix);
     let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
     let day_ago = aws_smithy_types::DateTime::from(day_ago);
     let listed = s3.list_multipart_uploads().bucket(bucket).prefix(&base).send().await;
@@ -229,8 +227,7 @@ async fn stale_uploads(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> R
 
 /// Entry folder -> its object keys, under `<prefix>/`.
 async fn s3_entries(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Result<BTreeMap<String, Vec<String>>> {
-    let p = prefix.trim_matches('/');
-    let base = if p.is_empty() { String::new() } else { format!("{p}/") };
+    let base = crate::s3::prefix_dir(prefix);
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut token = None;
     loop {

@@ -3,9 +3,9 @@
 //! The SDK retries throttling and 5xx answers with jittered backoff, which is
 //! right for calls that are safe to repeat. RegisterImage is not (it has no
 //! idempotency token), and emulators ignore CopyImage's: if the request landed
-//! but the answer was lost, a blind retry makes a second image. For those,
-//! imgd turns the SDK's retry off for those calls and, after any failure, looks for
-//! the result by name before it tries again.
+//! but the answer was lost, a blind retry makes a second image. Those calls
+//! run without the SDK's retry, and after any failure imgd looks for the
+//! result by name before it tries again.
 
 use anyhow::{bail, Result};
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};

@@ -21,13 +21,18 @@ use std::sync::Arc;
 pub const PART: u64 = 16 << 20;
 const PARALLEL_PARTS: usize = 4;
 
-pub fn key(prefix: &str, entry: &str, file: &str) -> String {
+/// `<prefix>/` (or nothing for an empty prefix): where entries start.
+pub fn prefix_dir(prefix: &str) -> String {
     let p = prefix.trim_matches('/');
     if p.is_empty() {
-        format!("{entry}/{file}")
+        String::new()
     } else {
-        format!("{p}/{entry}/{file}")
+        format!("{p}/")
     }
+}
+
+pub fn key(prefix: &str, entry: &str, file: &str) -> String {
+    format!("{}{entry}/{file}", prefix_dir(prefix))
 }
 
 /// Whether `key` holds an object imgd uploaded with this SHA-256.
@@ -71,11 +76,9 @@ pub async fn upload_entry(
                 p.add("upload", &format!("s3://{bucket}"), &format!("{k} ({size} bytes)"))
             }
             Mode::Plan(_) => {}
-            Mode::SkipPresent => {
-                upload(s3, bucket, &k, &path, sha, counters, false).await?;
-            }
-            Mode::Overwrite => {
-                upload(s3, bucket, &k, &path, sha, counters, true).await?;
+            Mode::SkipPresent | Mode::Overwrite => {
+                let overwrite = matches!(mode, Mode::Overwrite);
+                upload(s3, bucket, &k, &path, sha, counters, overwrite).await?;
             }
         }
         urls.push(format!("s3://{bucket}/{k}"));
@@ -139,9 +142,8 @@ pub async fn upload(
             .send()
             .await
             .with_context(|| format!("uploading s3://{bucket}/{key}"))?;
-        let kms = out.server_side_encryption().is_some_and(|e| e.as_str().starts_with("aws:kms"));
         let etag = out.e_tag().unwrap_or_default().trim_matches('"');
-        if !kms && etag != md5 {
+        if !intact(out.server_side_encryption(), etag, &md5) {
             // Not to be taken for complete: the next run must not skip it.
             let _ = s3.delete_object().bucket(bucket).key(key).send().await;
             bail!("s3://{bucket}/{key} arrived corrupted (ETag {etag}, MD5 {md5}); run again");
@@ -203,6 +205,13 @@ pub async fn upload(
         .with_context(|| format!("completing s3://{bucket}/{key}"))?;
     let _ = std::fs::remove_file(&state);
     Ok(true)
+}
+
+/// Whether S3 stored what was sent: its ETag is the MD5 of the bytes, except
+/// for KMS-encrypted objects, whose ETag is opaque (S3's own SHA-256 check
+/// covers those; this one is for endpoints that do not check).
+fn intact(sse: Option<&aws_sdk_s3::types::ServerSideEncryption>, etag: &str, md5_hex: &str) -> bool {
+    sse.is_some_and(|e| e.as_str().starts_with("aws:kms")) || etag == md5_hex
 }
 
 /// The artifact's SHA-256 (hex, from the manifest) as S3 wants it (base64).
@@ -366,9 +375,8 @@ async fn upload_parts(
                     .send()
                     .await
                     .with_context(|| format!("part {number} of s3://{bucket}/{key}"))?;
-                let kms = out.server_side_encryption().is_some_and(|e| e.as_str().starts_with("aws:kms"));
                 let etag = out.e_tag().unwrap_or_default().trim_matches('"');
-                if kms || etag == md5 {
+                if intact(out.server_side_encryption(), etag, &md5) {
                     break out;
                 }
                 if attempt == 3 {

@@ -20,12 +20,8 @@ use std::time::Duration;
 pub struct SyncArgs {
     #[command(flatten)]
     pub build: crate::BuildArgs,
-    /// S3 bucket for the artifacts (and the import method's VHD).
-    #[arg(long)]
-    pub bucket: String,
-    /// Key prefix; entries go under <prefix>/<hash>-<profile>/.
-    #[arg(long, default_value = "imgd")]
-    pub prefix: String,
+    #[command(flatten)]
+    pub s3: crate::BucketArgs,
     /// Regions that need the AMI, comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     pub regions: Vec<String>,
@@ -174,7 +170,7 @@ async fn sync(a: &SyncArgs, entry: &imgd::store::Entry) -> Result<(SyncResult, P
     // S3: every artifact, then the manifest (its presence marks the entry complete).
     let s3c = clients.s3();
     let mode = if a.dry_run { s3::Mode::Plan(&mut plan) } else { s3::Mode::SkipPresent };
-    let keys = s3::upload_entry(&s3c, &a.bucket, &a.prefix, entry, &job.counters, mode).await?;
+    let keys = s3::upload_entry(&s3c, &a.s3.bucket, &a.s3.prefix, entry, &job.counters, mode).await?;
 
     // The home region: find, or snapshot + register.
     let ec2 = clients.ec2(&home);
@@ -203,8 +199,8 @@ async fn sync(a: &SyncArgs, entry: &imgd::store::Entry) -> Result<(SyncResult, P
                 None if a.method == "import" => {
                     let vhd = m.artifact(Format::Vhd, "disk").context("the entry has no VHD")?;
                     let req = import::Request {
-                        bucket: &a.bucket,
-                        key: &s3::key(&a.prefix, &entry.name, &vhd.file),
+                        bucket: &a.s3.bucket,
+                        key: &s3::key(&a.s3.prefix, &entry.name, &vhd.file),
                         description: &job.description,
                         tags: &job.tags,
                         client_token: &m.hash[..32],
@@ -311,8 +307,8 @@ async fn copy_to(
     plan: &mut Plan,
 ) -> Result<(String, Option<String>)> {
     if let Some(f) = ami::find(ec2, &job.name).await? {
-        finish(ec2, region, &f.id, job, plan).await?;
-        return Ok((f.id, f.snapshot));
+        let snapshot = finish(ec2, region, &f.id, job, plan).await?;
+        return Ok((f.id, snapshot.or(f.snapshot)));
     }
     if job.dry {
         plan.add("copy", region, &format!("{} from {}", job.name, job.home));
@@ -333,15 +329,23 @@ async fn copy_to(
         attempts: job.attempts,
     };
     let id = ami::copy(ec2, &copy, &job.counters).await?;
-    finish(ec2, region, &id, job, plan).await?;
-    Ok((id, ami::find(ec2, &job.name).await?.and_then(|f| f.snapshot)))
+    let snapshot = finish(ec2, region, &id, job, plan).await?;
+    Ok((id, snapshot))
 }
 
-/// Tags (CopyImage does not copy them; an earlier run may have died before
-/// tagging), waits until available, shares. Each step only if needed.
-async fn finish(ec2: &aws_sdk_ec2::Client, region: &str, id: &str, job: &Job, plan: &mut Plan) -> Result<()> {
+/// Waits until the image is available, then tags it and its snapshot
+/// (CopyImage copies no tags, an earlier run may have died before tagging, and
+/// a pending copy may not list its snapshot yet) and shares it, each step only
+/// if needed. Returns the image's snapshot.
+async fn finish(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    id: &str,
+    job: &Job,
+    plan: &mut Plan,
+) -> Result<Option<String>> {
     if id == NEW {
-        return Ok(()); // a dry run's planned image: its steps are in the plan already
+        return Ok(None); // a dry run's planned image: its steps are in the plan already
     }
     let tagged = ami::has_tags(ec2, id, &job.tags).await?;
     if job.dry {
@@ -351,16 +355,15 @@ async fn finish(ec2: &aws_sdk_ec2::Client, region: &str, id: &str, job: &Job, pl
         for acct in ami::unshared(ec2, id, &job.share).await? {
             plan.add("share", region, &format!("{id} with {acct}"));
         }
-        return Ok(());
-    }
-    // The image's snapshot carries the tags too, so prune can find it.
-    let snapshot = ami::find(ec2, &job.name).await?.and_then(|f| f.snapshot);
-    let mut ids = vec![id.to_string()];
-    ids.extend(snapshot);
-    if !tagged {
-        ami::tag(ec2, &ids, &job.tags, &job.counters).await?;
+        return Ok(None);
     }
     ami::wait_available(ec2, id, region, job.wait, job.poll).await?;
+    // The snapshot carries the tags too, so prune can find it.
+    let snapshot = ami::find(ec2, &job.name).await?.and_then(|f| f.snapshot);
+    if !tagged {
+        let ids: Vec<String> = std::iter::once(id.to_string()).chain(snapshot.clone()).collect();
+        ami::tag(ec2, &ids, &job.tags, &job.counters).await?;
+    }
     ami::share(ec2, id, &job.share, &job.counters).await?;
-    Ok(())
+    Ok(snapshot)
 }

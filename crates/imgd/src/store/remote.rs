@@ -107,10 +107,9 @@ impl Settings {
 
 /// The cache to use: the flag (or its environment variable), else imgd.toml.
 pub fn configured(flag: Option<&str>, root: &Path) -> Result<Option<S3Cache>, ConfigError> {
-    let from_file = || -> Result<Option<String>, ConfigError> { Ok(Settings::load(root)?.cache) };
     let url = match flag {
         Some(u) => Some(u.to_string()),
-        None => from_file()?,
+        None => Settings::load(root)?.cache,
     };
     match url.as_deref() {
         None | Some("") => Ok(None),

@@ -1,0 +1,400 @@
+//! AMIs: find by name, register from a snapshot, copy to other regions, tag,
+//! share, wait. Local emulators accept what AWS rejects (a missing snapshot,
+//! duplicate names), so imgd checks those itself before asking.
+
+use crate::Counters;
+use anyhow::{bail, Context, Result};
+use aws_sdk_ec2::types::{
+    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, Image, LaunchPermission,
+    LaunchPermissionModifications, Snapshot, Tag, VolumeType,
+};
+use std::time::{Duration, Instant};
+
+pub const ROOT_DEVICE: &str = "/dev/xvda";
+
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub id: String,
+    pub state: String,
+    pub snapshot: Option<String>,
+}
+
+/// The image of ours named `name` in this region, if any (more than one is an
+/// error: AWS forbids it, emulators do not).
+pub async fn find(ec2: &aws_sdk_ec2::Client, name: &str) -> Result<Option<Found>> {
+    let out = ec2
+        .describe_images()
+        .owners("self")
+        .filters(Filter::builder().name("name").values(name).build())
+        .send()
+        .await
+        .context("DescribeImages")?;
+    let images = out.images();
+    if images.len() > 1 {
+        bail!("{} images are named {name} in one region; deregister the extras", images.len());
+    }
+    Ok(images.first().and_then(|i| {
+        Some(Found {
+            id: i.image_id()?.to_string(),
+            state: i.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+            snapshot: snapshots_of(i).into_iter().next(),
+        })
+    }))
+}
+
+/// A completed snapshot of ours carrying tag `imgd:hash` = `hash` (left by a run
+/// that failed after the upload).
+pub async fn find_snapshot(ec2: &aws_sdk_ec2::Client, hash: &str) -> Result<Option<String>> {
+    let out = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(Filter::builder().name("tag:imgd:hash").values(hash).build())
+        .send()
+        .await
+        .context("DescribeSnapshots")?;
+    Ok(out
+        .snapshots()
+        .iter()
+        .find(|s| s.state().map(|x| x.as_str()) == Some("completed"))
+        .and_then(|s| s.snapshot_id().map(str::to_string)))
+}
+
+pub struct Register<'a> {
+    pub name: &'a str,
+    pub description: &'a str,
+    pub machine: crate::Machine,
+    pub snapshot: &'a str,
+    pub volume_gib: i64,
+    /// Attempts in all (see `retry::after_failure`).
+    pub attempts: u32,
+}
+
+pub async fn register(ec2: &aws_sdk_ec2::Client, r: &Register<'_>, counters: &Counters) -> Result<String> {
+    // The snapshot must exist and be complete (an emulator would register anyway).
+    let snaps = ec2.describe_snapshots().snapshot_ids(r.snapshot).send().await;
+    let ok = snaps.as_ref().map(|s| !s.snapshots().is_empty()).unwrap_or(false);
+    if !ok {
+        bail!("snapshot {} does not exist; refusing to register an image from it", r.snapshot);
+    }
+    use crate::{Arch, BootMode};
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        counters.mutate();
+        let sent = ec2
+            .register_image()
+            .name(r.name)
+            .description(r.description)
+            .architecture(match r.machine.arch {
+                Arch::X86_64 => ArchitectureValues::X8664,
+                Arch::Arm64 => ArchitectureValues::Arm64,
+            })
+            .boot_mode(match r.machine.boot {
+                BootMode::Uefi => BootModeValues::Uefi,
+                BootMode::LegacyBios => BootModeValues::LegacyBios,
+            })
+            .virtualization_type("hvm")
+            .root_device_name(ROOT_DEVICE)
+            .ena_support(r.machine.ena)
+            .set_sriov_net_support(r.machine.sriov.then(|| "simple".to_string()))
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(ROOT_DEVICE)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .snapshot_id(r.snapshot)
+                            .volume_size(r.volume_gib as i32)
+                            .volume_type(VolumeType::Gp3)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .customize()
+            .config_override(no_retry())
+            .send()
+            .await;
+        let lookup = async { Ok(find(ec2, r.name).await?.map(|f| f.id)) };
+        match sent {
+            Ok(out) => return out.image_id().map(str::to_string).context("RegisterImage returned no id"),
+            Err(e) => {
+                if let Some(id) = crate::retry::after_failure("RegisterImage", e, attempt, r.attempts, lookup).await? {
+                    return Ok(id);
+                }
+            }
+        }
+    }
+}
+
+/// This call alone without the SDK's retries (`retry::after_failure` decides).
+fn no_retry() -> aws_sdk_ec2::config::Builder {
+    aws_sdk_ec2::config::Builder::default().retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled())
+}
+
+/// Tags `ids` (images and their snapshots); CopyImage does not copy tags.
+pub async fn tag(
+    ec2: &aws_sdk_ec2::Client,
+    ids: &[String],
+    tags: &[(String, String)],
+    counters: &Counters,
+) -> Result<()> {
+    counters.mutate();
+    let mut req = ec2.create_tags().set_resources(Some(ids.to_vec()));
+    for (k, v) in tags {
+        req = req.tags(Tag::builder().key(k).value(v).build());
+    }
+    req.send().await.context("CreateTags")?;
+    Ok(())
+}
+
+/// Tags present on an image, to re-apply only what is missing.
+pub async fn has_tags(ec2: &aws_sdk_ec2::Client, id: &str, tags: &[(String, String)]) -> Result<bool> {
+    let out = ec2
+        .describe_tags()
+        .filters(Filter::builder().name("resource-id").values(id).build())
+        .send()
+        .await
+        .context("DescribeTags")?;
+    let have: Vec<(String, String)> = out
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string()))
+        .collect();
+    Ok(tags.iter().all(|t| have.contains(t)))
+}
+
+pub struct Copy<'a> {
+    pub source_region: &'a str,
+    pub source_id: &'a str,
+    pub name: &'a str,
+    pub description: &'a str,
+    pub client_token: &'a str,
+    pub kms_key: Option<&'a str>,
+    pub attempts: u32,
+}
+
+pub async fn copy(dest: &aws_sdk_ec2::Client, c: &Copy<'_>, counters: &Counters) -> Result<String> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        counters.mutate();
+        let mut req = dest
+            .copy_image()
+            .source_region(c.source_region)
+            .source_image_id(c.source_id)
+            .name(c.name)
+            .description(c.description)
+            .client_token(c.client_token);
+        if let Some(k) = c.kms_key {
+            req = req.encrypted(true).kms_key_id(k);
+        }
+        let sent = req.customize().config_override(no_retry()).send().await;
+        let lookup = async { Ok(find(dest, c.name).await?.map(|f| f.id)) };
+        match sent {
+            Ok(out) => return out.image_id().map(str::to_string).context("CopyImage returned no id"),
+            Err(e) => {
+                if let Some(id) = crate::retry::after_failure("CopyImage", e, attempt, c.attempts, lookup).await? {
+                    return Ok(id);
+                }
+            }
+        }
+    }
+}
+
+/// The accounts that may launch the image.
+pub async fn shared_with(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<std::collections::BTreeSet<String>> {
+    let out = ec2
+        .describe_image_attribute()
+        .image_id(id)
+        .attribute("launchPermission".into())
+        .send()
+        .await
+        .context("DescribeImageAttribute")?;
+    Ok(out.launch_permissions().iter().filter_map(|p| p.user_id()).map(str::to_string).collect())
+}
+
+/// Grants launch permission to `accounts`.
+pub async fn share(ec2: &aws_sdk_ec2::Client, id: &str, accounts: &[String], counters: &Counters) -> Result<()> {
+    if accounts.is_empty() {
+        return Ok(());
+    }
+    let mut adds = LaunchPermissionModifications::builder();
+    for a in accounts {
+        adds = adds.add(LaunchPermission::builder().user_id(a.clone()).build());
+    }
+    counters.mutate();
+    ec2.modify_image_attribute()
+        .image_id(id)
+        .launch_permission(adds.build())
+        .send()
+        .await
+        .context("ModifyImageAttribute")?;
+    Ok(())
+}
+
+/// Waits (with a timeout) until the image is available.
+pub async fn wait_available(
+    ec2: &aws_sdk_ec2::Client,
+    id: &str,
+    region: &str,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let out = ec2.describe_images().image_ids(id).send().await.context("DescribeImages")?;
+        let state = out.images().first().and_then(|i| i.state()).map(|s| s.as_str().to_string());
+        match state.as_deref() {
+            Some("available") => return Ok(()),
+            Some(bad @ ("failed" | "error" | "invalid")) => bail!("{region}: image {id} is {bad}"),
+            _ => {}
+        }
+        if start.elapsed() > timeout {
+            bail!("{region}: image {id} not available after {}s", timeout.as_secs());
+        }
+        tracing::info!("{region}: {id} is {}", state.as_deref().unwrap_or("unknown"));
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// An image or snapshot carrying imgd's tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tagged {
+    pub id: String,
+    pub profile: String,
+    pub hash: String,
+    pub built_at: String,
+    /// Snapshots in the image's block device mappings (empty for a snapshot).
+    pub snapshots: Vec<String>,
+}
+
+/// imgd's tags on an image or snapshot, checked: anyone with access to the
+/// account can tag anything, so a value that is not what imgd writes (a
+/// short hash, a profile name with odd characters) makes the thing foreign,
+/// and it is never touched.
+fn imgd_tags(id: &str, tags: &[Tag]) -> Option<(String, String, String)> {
+    let get = |k: &str| tags.iter().find(|t| t.key() == Some(k)).and_then(|t| t.value());
+    let (profile, hash) = (get("imgd:profile")?, get("imgd:hash")?);
+    if !crate::is_profile_name(profile) || !crate::is_hash(hash) {
+        tracing::warn!("{}: imgd tags with values imgd does not write; left alone", id.escape_debug());
+        return None;
+    }
+    // An ISO 8601 UTC time as imgd writes it; anything else sorts as oldest.
+    let built_at = get("imgd:built-at").filter(|t| is_iso8601(t)).unwrap_or_default();
+    Some((profile.to_string(), hash.to_string(), built_at.to_string()))
+}
+
+/// `2026-11-22T10:00:00Z`, the form imgd tags and that sorts as time does.
+fn is_iso8601(t: &str) -> bool {
+    aws_smithy_types::DateTime::from_str(t, aws_smithy_types::date_time::Format::DateTime).is_ok()
+        && t.len() == 20
+        && t.ends_with('Z')
+}
+
+/// This account's images tagged by imgd (both imgd:profile and imgd:hash).
+pub async fn list_images(ec2: &aws_sdk_ec2::Client) -> Result<Vec<Tagged>> {
+    let images: Vec<Image> = ec2
+        .describe_images()
+        .owners("self")
+        .filters(Filter::builder().name("tag-key").values("imgd:hash").build())
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<_, _>>()
+        .await
+        .context("DescribeImages")?;
+    Ok(images
+        .iter()
+        .filter_map(|i| {
+            let id = i.image_id()?.to_string();
+            let (profile, hash, built_at) = imgd_tags(&id, i.tags())?;
+            Some(Tagged { id, profile, hash, built_at, snapshots: snapshots_of(i) })
+        })
+        .collect())
+}
+
+/// This account's snapshots tagged by imgd.
+pub async fn list_snapshots(ec2: &aws_sdk_ec2::Client) -> Result<Vec<Tagged>> {
+    let snapshots: Vec<Snapshot> = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(Filter::builder().name("tag-key").values("imgd:hash").build())
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<_, _>>()
+        .await
+        .context("DescribeSnapshots")?;
+    Ok(snapshots
+        .iter()
+        .filter_map(|s| {
+            let id = s.snapshot_id()?.to_string();
+            let (profile, hash, built_at) = imgd_tags(&id, s.tags())?;
+            Some(Tagged { id, profile, hash, built_at, snapshots: Vec::new() })
+        })
+        .collect())
+}
+
+/// The snapshots in an image's block device mappings.
+fn snapshots_of(image: &Image) -> Vec<String> {
+    image
+        .block_device_mappings()
+        .iter()
+        .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
+        .collect()
+}
+
+pub async fn deregister(ec2: &aws_sdk_ec2::Client, id: &str, counters: &Counters) -> Result<()> {
+    counters.mutate();
+    ec2.deregister_image().image_id(id).send().await.with_context(|| format!("DeregisterImage {id}"))?;
+    Ok(())
+}
+
+pub async fn delete_snapshot(ec2: &aws_sdk_ec2::Client, id: &str, counters: &Counters) -> Result<()> {
+    counters.mutate();
+    ec2.delete_snapshot().snapshot_id(id).send().await.with_context(|| format!("DeleteSnapshot {id}"))?;
+    Ok(())
+}
+
+/// ISO 8601 UTC from Unix seconds, as the `imgd:built-at` tag carries it.
+pub fn iso8601(secs: u64) -> String {
+    let t = aws_smithy_types::DateTime::from_secs(i64::try_from(secs).unwrap_or(i64::MAX));
+    // DateTime's own format prints fractional seconds only when there are some.
+    t.fmt(aws_smithy_types::date_time::Format::DateTime).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(k: &str, v: &str) -> Tag {
+        Tag::builder().key(k).value(v).build()
+    }
+
+    #[test]
+    fn built_at_is_iso8601_utc() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso8601(1_763_779_200), "2025-11-22T02:40:00Z");
+        assert!(is_iso8601(&iso8601(1_763_779_200)));
+    }
+
+    #[test]
+    fn foreign_or_malformed_tags_make_a_thing_not_imgds() {
+        let hash = "ab".repeat(32);
+        let good =
+            [tag("imgd:profile", "hello"), tag("imgd:hash", &hash), tag("imgd:built-at", "2026-01-02T03:04:05Z")];
+        assert_eq!(imgd_tags("snap-1", &good), Some(("hello".into(), hash.clone(), "2026-01-02T03:04:05Z".into())));
+        for bad in [
+            vec![tag("imgd:profile", "hello"), tag("imgd:hash", "abc")],
+            vec![tag("imgd:profile", "he/llo"), tag("imgd:hash", &hash)],
+            vec![tag("imgd:profile", ""), tag("imgd:hash", &hash)],
+            vec![tag("imgd:hash", &hash)],
+            vec![tag("imgd:profile", "hello"), tag("imgd:hash", &format!("{}é", &hash[..62]))],
+        ] {
+            assert_eq!(imgd_tags("snap-2", &bad), None, "{bad:?}");
+        }
+        // A built-at imgd did not write sorts as oldest instead of failing.
+        let odd = [tag("imgd:profile", "hello"), tag("imgd:hash", &hash), tag("imgd:built-at", "yesterday\n")];
+        assert_eq!(imgd_tags("snap-3", &odd).map(|t| t.2), Some(String::new()));
+    }
+}

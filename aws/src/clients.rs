@@ -1,0 +1,41 @@
+//! One place that builds AWS clients: the standard credential chain and
+//! region, `--endpoint-url`/`AWS_ENDPOINT_URL` for a local emulator, and the
+//! SDK's retries with backoff for throttling and 5xx answers.
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+pub struct Clients {
+    pub config: SdkConfig,
+    pub endpoint: Option<String>,
+}
+
+impl Clients {
+    pub async fn load(home_region: &str, aws: &crate::Options) -> Clients {
+        let endpoint = aws.endpoint_url.clone();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(home_region.to_string()))
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(aws.max_attempts));
+        if let Some(e) = &endpoint {
+            loader = loader.endpoint_url(e);
+        }
+        Clients { config: loader.load().await, endpoint }
+    }
+
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        let conf = aws_sdk_s3::config::Builder::from(&self.config)
+            // Emulators and custom endpoints serve buckets by path.
+            .force_path_style(self.endpoint.is_some())
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    pub fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
+        let conf = aws_sdk_ec2::config::Builder::from(&self.config).region(Region::new(region.to_string())).build();
+        aws_sdk_ec2::Client::from_conf(conf)
+    }
+
+    pub fn ebs(&self, region: &str) -> aws_sdk_ebs::Client {
+        let conf = aws_sdk_ebs::config::Builder::from(&self.config).region(Region::new(region.to_string())).build();
+        aws_sdk_ebs::Client::from_conf(conf)
+    }
+}

@@ -1,0 +1,73 @@
+//! `imgd prune`: deregister imgd's AMIs beyond the newest N builds of each
+//! profile, delete their snapshots and the S3 entries published for them,
+//! apply the cache entries' own retention when asked, and abort multipart
+//! uploads interrupted syncs left more than a day ago.
+//!
+//! Observe -> plan ([`plan::plan`], pure) -> apply (only with `--yes`). Only
+//! things carrying imgd's marks are ever touched: images and snapshots whose
+//! `imgd:profile` and `imgd:hash` tags hold values imgd writes, and S3 objects
+//! with imgd's `imgd-sha256` metadata under an entry folder `<hash>-<profile>`.
+
+pub mod apply;
+pub mod observe;
+pub mod plan;
+
+pub use plan::{plan, Observed, Plan, Step};
+
+use crate::s3::Location;
+use crate::{clients::Clients, Counters, Options};
+use anyhow::Result;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub at: Location,
+    pub regions: Vec<String>,
+    /// Only this profile's builds (default: every profile).
+    pub profile: Option<String>,
+    /// Builds with AMIs to keep per profile, newest by `imgd:built-at` (at least 1).
+    pub keep: usize,
+    pub cache: CacheRetention,
+    /// Complete entries of the local store: their S3 copies stay.
+    pub local: BTreeSet<String>,
+    /// Now, in Unix seconds (a parameter, so the plan is a pure function).
+    pub now: u64,
+}
+
+impl Request {
+    pub fn wants(&self, profile: &str) -> bool {
+        self.profile.as_deref().is_none_or(|p| p == profile)
+    }
+}
+
+/// Retention for S3 entries no AMI references. Nothing is deleted unless one is set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheRetention {
+    /// Keep the newest N per profile.
+    pub keep: Option<usize>,
+    /// Delete those not written for this long.
+    pub max_age: Option<Duration>,
+}
+
+pub struct Outcome {
+    pub plan: Plan,
+    pub applied: bool,
+    pub mutating_calls: u64,
+}
+
+/// Observe, plan, and with `yes`, apply.
+pub async fn run(req: &Request, opts: &Options, yes: bool) -> Result<Outcome> {
+    let home = req.regions.first().map_or("us-east-1", String::as_str);
+    let clients = Clients::load(home, opts).await;
+    let seen = observe::observe(&clients, req).await?;
+    let plan = plan::plan(&seen, req);
+    for key in &plan.foreign {
+        tracing::warn!("{}: not uploaded by imgd (no imgd-sha256 metadata); left alone", req.at.url(key));
+    }
+    let counters = Counters::default();
+    if yes {
+        apply::apply(&clients, req, &plan, &counters).await?;
+    }
+    Ok(Outcome { plan, applied: yes, mutating_calls: counters.get(&counters.mutating_calls) })
+}

@@ -1,0 +1,94 @@
+//! `imgd sync`: a build to S3 and to an AMI in every region, then the
+//! region -> AMI map for Terraform.
+//!
+//! [`observe`] lists what exists (objects by SHA-256, images by name, tags,
+//! launch permissions), [`plan::plan`] turns that and the [`Request`] into
+//! steps, and [`apply`] carries them out. A dry run stops after the plan.
+
+pub mod apply;
+pub mod observe;
+pub mod plan;
+
+pub use apply::apply;
+pub use observe::observe;
+pub use plan::{plan, Observed, Plan, Step};
+
+use crate::output::SyncResult;
+use crate::s3::Location;
+use crate::{clients::Clients, Counters, Entry, Options};
+use anyhow::Result;
+use std::time::Duration;
+
+/// How the EBS snapshot behind the AMI is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Straight from the raw disk through the EBS direct APIs (no staging, no role).
+    EbsDirect,
+    /// ImportSnapshot of the VHD in S3 (needs the vmimport role).
+    Import,
+}
+
+/// What to sync and where.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub entry: Entry,
+    pub to: Location,
+    /// Where the AMI is registered first.
+    pub home: String,
+    /// Every other region that needs a copy.
+    pub others: Vec<String>,
+    pub method: Method,
+    /// Accounts to grant launch permission.
+    pub share: Vec<String>,
+    /// Encrypt the snapshot and the copies with this KMS key.
+    pub kms_key: Option<String>,
+    /// How long to wait for each AMI (and an import) to become available.
+    pub wait: Duration,
+    /// Between polls of an import task or a pending AMI.
+    pub poll: Duration,
+}
+
+impl Request {
+    /// `imgd-<profile>-<hash12>`: how every region finds this build's image.
+    pub fn image_name(&self) -> String {
+        format!("imgd-{}-{}", self.entry.profile, &self.entry.hash[..12])
+    }
+
+    pub fn description(&self) -> String {
+        format!("imgd {} ({})", self.entry.profile, self.entry.name)
+    }
+
+    /// The home region first, then the others.
+    pub fn regions(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.home.as_str()).chain(self.others.iter().map(String::as_str))
+    }
+
+    /// The tags on every image and snapshot of this build (prune reads them).
+    pub fn tags(&self) -> Vec<(String, String)> {
+        vec![
+            ("imgd:profile".to_string(), self.entry.profile.clone()),
+            ("imgd:hash".to_string(), self.entry.hash.clone()),
+            ("imgd:built-at".to_string(), crate::ami::iso8601(self.entry.built_at)),
+            ("Name".to_string(), self.image_name()),
+        ]
+    }
+}
+
+/// What a sync did: the plan, and unless it was a dry run, the result.
+pub struct Outcome {
+    pub plan: Plan,
+    pub result: Option<SyncResult>,
+}
+
+/// Observe, plan, and (unless `dry_run`) apply.
+pub async fn run(req: &Request, opts: &Options, dry_run: bool) -> Result<Outcome> {
+    let clients = Clients::load(&req.home, opts).await;
+    let seen = observe(&clients, req).await?;
+    let plan = plan::plan(&seen, req);
+    if dry_run {
+        return Ok(Outcome { plan, result: None });
+    }
+    let counters = std::sync::Arc::new(Counters::default());
+    let result = apply(&clients, req, &seen, &plan, opts, &counters).await?;
+    Ok(Outcome { plan, result: Some(result) })
+}

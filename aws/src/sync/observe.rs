@@ -1,0 +1,45 @@
+//! What exists for a sync: objects with the entry's SHA-256s, the image named
+//! for the build in each region (its tags and launch permissions), and a
+//! snapshot a failed run left. Only describe/list/head calls.
+
+use super::plan::{ImageState, Observed};
+use super::Request;
+use crate::{ami, clients::Clients};
+use anyhow::Result;
+
+pub async fn observe(clients: &Clients, req: &Request) -> Result<Observed> {
+    let s3 = clients.s3();
+    let mut uploaded = Vec::new();
+    for f in &req.entry.files {
+        uploaded.push(crate::s3::present(&s3, &req.to.bucket, &req.to.key(&req.entry.name, &f.name), &f.sha256).await);
+    }
+    let name = req.image_name();
+    let tags = req.tags();
+    let mut tasks = Vec::new();
+    for region in req.regions() {
+        let (ec2, region, name, tags) = (clients.ec2(region), region.to_string(), name.clone(), tags.clone());
+        let sharing = !req.share.is_empty();
+        tasks.push(tokio::spawn(async move {
+            let image = match ami::find(&ec2, &name).await? {
+                Some(f) => Some(ImageState {
+                    tagged: ami::has_tags(&ec2, &f.id, &tags).await?,
+                    shared_with: if sharing { ami::shared_with(&ec2, &f.id).await? } else { Default::default() },
+                    id: f.id,
+                    snapshot: f.snapshot,
+                }),
+                None => None,
+            };
+            anyhow::Ok((region, image))
+        }));
+    }
+    let mut images = std::collections::BTreeMap::new();
+    for t in tasks {
+        let (region, image) = t.await??;
+        images.insert(region, image);
+    }
+    let snapshot = match images.get(&req.home) {
+        Some(Some(_)) => None,
+        _ => ami::find_snapshot(&clients.ec2(&req.home), &req.entry.hash).await?,
+    };
+    Ok(Observed { uploaded, snapshot, images })
+}

@@ -1,0 +1,294 @@
+//! The sync plan: a pure function of what exists ([`Observed`]) and what is
+//! wanted ([`super::Request`]). No AWS calls here, so every case is a unit test.
+
+use super::{Method, Request};
+use crate::output::Row;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What exists, as [`super::observe`] found it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Per file of the entry, in order: an object with the same SHA-256 is there.
+    pub uploaded: Vec<bool>,
+    /// A completed snapshot in the home region tagged with this build's hash
+    /// (left by a run that died after the upload). Looked for only when the
+    /// home region has no image.
+    pub snapshot: Option<String>,
+    /// Region -> the image named for this build there, if any.
+    pub images: BTreeMap<String, Option<ImageState>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageState {
+    pub id: String,
+    pub snapshot: Option<String>,
+    /// It carries every imgd tag.
+    pub tagged: bool,
+    /// Accounts that may launch it (looked up only when sharing is asked for).
+    pub shared_with: BTreeSet<String>,
+}
+
+/// The image a step acts on: one that exists, or the one the plan makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Image {
+    Existing(String),
+    New,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The entry's `file`-th file to `key`.
+    Upload {
+        file: usize,
+        key: String,
+        size: u64,
+    },
+    /// A snapshot of the disk in the home region.
+    Snapshot {
+        region: String,
+        method: Method,
+    },
+    Register {
+        region: String,
+        name: String,
+    },
+    Copy {
+        region: String,
+        name: String,
+        from: String,
+    },
+    /// imgd's tags on the image and its snapshot (CopyImage copies none).
+    Tag {
+        region: String,
+        image: Image,
+    },
+    Share {
+        region: String,
+        image: Image,
+        account: String,
+    },
+}
+
+impl Step {
+    /// The region a step happens in (None for S3).
+    pub fn region(&self) -> Option<&str> {
+        match self {
+            Step::Upload { .. } => None,
+            Step::Snapshot { region, .. }
+            | Step::Register { region, .. }
+            | Step::Copy { region, .. }
+            | Step::Tag { region, .. }
+            | Step::Share { region, .. } => Some(region),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    /// One row per step, for people (`--dry-run`) and scripts (`--json`).
+    pub fn rows(&self, bucket: &str) -> Vec<Row> {
+        let image = |i: &Image| match i {
+            Image::Existing(id) => id.clone(),
+            Image::New => "(new)".to_string(),
+        };
+        self.steps
+            .iter()
+            .map(|s| match s {
+                Step::Upload { key, size, .. } => {
+                    Row::new("upload", &format!("s3://{bucket}"), &format!("{key} ({size} bytes)"))
+                }
+                Step::Snapshot { region, method } => {
+                    let how = match method {
+                        Method::Import => "import the VHD from S3",
+                        Method::EbsDirect => "snapshot the raw disk (EBS direct)",
+                    };
+                    Row::new("snapshot", region, how)
+                }
+                Step::Register { region, name } => Row::new("register", region, name),
+                Step::Copy { region, name, from } => Row::new("copy", region, &format!("{name} from {from}")),
+                Step::Tag { region, image: i } => {
+                    Row::new("tag", region, &format!("{} with imgd:profile, imgd:hash, imgd:built-at", image(i)))
+                }
+                Step::Share { region, image: i, account } => {
+                    Row::new("share", region, &format!("{} with {account}", image(i)))
+                }
+            })
+            .collect()
+    }
+}
+
+/// Every step that makes what `req` asks for out of what `seen` found, in the
+/// order they must happen: uploads, then the home region, then the others.
+pub fn plan(seen: &Observed, req: &Request) -> Plan {
+    let mut steps = Vec::new();
+    for (i, f) in req.entry.files.iter().enumerate() {
+        if !seen.uploaded.get(i).copied().unwrap_or(false) {
+            steps.push(Step::Upload { file: i, key: req.to.key(&req.entry.name, &f.name), size: f.size });
+        }
+    }
+    let name = req.image_name();
+    for region in req.regions() {
+        let region = region.to_string();
+        match seen.images.get(&region).and_then(Option::as_ref) {
+            Some(img) => {
+                let existing = Image::Existing(img.id.clone());
+                if !img.tagged {
+                    steps.push(Step::Tag { region: region.clone(), image: existing.clone() });
+                }
+                for account in req.share.iter().filter(|a| !img.shared_with.contains(*a)) {
+                    steps.push(Step::Share {
+                        region: region.clone(),
+                        image: existing.clone(),
+                        account: account.clone(),
+                    });
+                }
+            }
+            None => {
+                if region == req.home {
+                    if seen.snapshot.is_none() {
+                        steps.push(Step::Snapshot { region: region.clone(), method: req.method });
+                    }
+                    steps.push(Step::Register { region: region.clone(), name: name.clone() });
+                } else {
+                    let from = req.home.clone();
+                    steps.push(Step::Copy { region: region.clone(), name: name.clone(), from });
+                }
+                steps.push(Step::Tag { region: region.clone(), image: Image::New });
+                for account in &req.share {
+                    steps.push(Step::Share { region: region.clone(), image: Image::New, account: account.clone() });
+                }
+            }
+        }
+    }
+    Plan { steps }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::s3::Location;
+    use crate::{Arch, BootMode, Entry, File, Machine};
+
+    fn request(regions: &[&str], share: &[&str]) -> Request {
+        let file = |n: &str| File { name: n.into(), path: n.into(), sha256: "00".repeat(32), size: 10 };
+        let entry = Entry {
+            name: format!("{}-hello", "ab".repeat(16)),
+            hash: "ab".repeat(32),
+            profile: "hello".into(),
+            built_at: 0,
+            files: vec![file("disk.raw"), file("manifest.json")],
+            raw_disk: Some(file("disk.raw")),
+            vhd: None,
+            machine: Machine { arch: Arch::X86_64, boot: BootMode::Uefi, ena: true, sriov: false },
+        };
+        Request {
+            entry,
+            to: Location::new("imgs", "fleet"),
+            home: regions[0].to_string(),
+            others: regions[1..].iter().map(|r| r.to_string()).collect(),
+            method: Method::EbsDirect,
+            share: share.iter().map(|s| s.to_string()).collect(),
+            kms_key: None,
+            wait: std::time::Duration::from_secs(1),
+            poll: std::time::Duration::from_secs(1),
+        }
+    }
+
+    fn image(id: &str, tagged: bool, shared: &[&str]) -> Option<ImageState> {
+        Some(ImageState {
+            id: id.into(),
+            snapshot: Some(format!("snap-{id}")),
+            tagged,
+            shared_with: shared.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    fn actions(p: &Plan) -> Vec<(String, String)> {
+        p.rows("imgs").into_iter().map(|r| (r.action, r.place)).collect()
+    }
+
+    #[test]
+    fn nothing_there_plans_everything_in_order() {
+        let req = request(&["us-east-1", "eu-west-1"], &["111122223333"]);
+        let p = plan(&Observed::default(), &req);
+        let want = [
+            ("upload", "s3://imgs"),
+            ("upload", "s3://imgs"),
+            ("snapshot", "us-east-1"),
+            ("register", "us-east-1"),
+            ("tag", "us-east-1"),
+            ("share", "us-east-1"),
+            ("copy", "eu-west-1"),
+            ("tag", "eu-west-1"),
+            ("share", "eu-west-1"),
+        ];
+        assert_eq!(actions(&p), want.map(|(a, b)| (a.to_string(), b.to_string())));
+        assert_eq!(p.steps[0], Step::Upload { file: 0, key: format!("fleet/{}/disk.raw", req.entry.name), size: 10 });
+        assert!(p.steps.contains(&Step::Register { region: "us-east-1".into(), name: req.image_name() }));
+    }
+
+    #[test]
+    fn everything_there_plans_nothing() {
+        let req = request(&["us-east-1", "eu-west-1"], &["111122223333"]);
+        let seen = Observed {
+            uploaded: vec![true, true],
+            snapshot: None,
+            images: [
+                ("us-east-1".to_string(), image("ami-1", true, &["111122223333"])),
+                ("eu-west-1".to_string(), image("ami-2", true, &["111122223333"])),
+            ]
+            .into(),
+        };
+        assert_eq!(plan(&seen, &req), Plan::default());
+    }
+
+    #[test]
+    fn only_what_is_missing() {
+        let req = request(&["us-east-1", "eu-west-1", "ap-south-1"], &["111122223333", "444455556666"]);
+        let seen = Observed {
+            uploaded: vec![true, false],
+            snapshot: None,
+            images: [
+                ("us-east-1".to_string(), image("ami-1", true, &["111122223333"])),
+                ("eu-west-1".to_string(), image("ami-2", false, &["111122223333", "444455556666"])),
+                ("ap-south-1".to_string(), None),
+            ]
+            .into(),
+        };
+        let p = plan(&seen, &req);
+        assert_eq!(
+            p.steps,
+            vec![
+                Step::Upload { file: 1, key: format!("fleet/{}/manifest.json", req.entry.name), size: 10 },
+                Step::Share {
+                    region: "us-east-1".into(),
+                    image: Image::Existing("ami-1".into()),
+                    account: "444455556666".into()
+                },
+                Step::Tag { region: "eu-west-1".into(), image: Image::Existing("ami-2".into()) },
+                Step::Copy { region: "ap-south-1".into(), name: req.image_name(), from: "us-east-1".into() },
+                Step::Tag { region: "ap-south-1".into(), image: Image::New },
+                Step::Share { region: "ap-south-1".into(), image: Image::New, account: "111122223333".into() },
+                Step::Share { region: "ap-south-1".into(), image: Image::New, account: "444455556666".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_snapshot_left_by_a_failed_run_is_registered_not_made_again() {
+        let req = request(&["us-east-1"], &[]);
+        let seen = Observed { uploaded: vec![true, true], snapshot: Some("snap-9".into()), images: Default::default() };
+        let p = plan(&seen, &req);
+        assert_eq!(
+            p.steps,
+            vec![
+                Step::Register { region: "us-east-1".into(), name: req.image_name() },
+                Step::Tag { region: "us-east-1".into(), image: Image::New },
+            ]
+        );
+    }
+}

@@ -1,0 +1,300 @@
+//! Disk images: a GPT disk (ESP + ext4 root) assembled from partition images,
+//! and its qcow2 and VHD forms.
+//!
+//! Partitions are built as separate files and spliced in with a sparse copy, so
+//! the raw disk stores only the blocks the filesystems use.
+
+use crate::tools::run;
+use anyhow::{Context, Result};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+
+pub const MIB: u64 = 1 << 20;
+const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+
+const BIOS_BOOT_TYPE: &str = "21686148-6449-6E6F-744E-656564454649";
+
+/// Where the partitions go on the disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    pub total: u64,
+    /// A 1 MiB BIOS boot partition for GRUB's core image (BIOS layouts only).
+    pub bios_boot: Option<u64>,
+    pub esp_start: u64,
+    pub esp_size: u64,
+    pub root_start: u64,
+    pub root_size: u64,
+}
+
+impl Layout {
+    /// 1 MiB alignment; the last MiB is left for the backup GPT. A BIOS layout
+    /// puts a BIOS boot partition first and keeps the ESP, so the same disk
+    /// boots under BIOS (GRUB) and UEFI (systemd-boot).
+    pub fn new(total: u64, esp_size: u64, bios: bool) -> Layout {
+        let bios_boot = bios.then_some(MIB);
+        let esp_start = if bios { 2 * MIB } else { MIB };
+        let root_start = esp_start + esp_size;
+        Layout { total, bios_boot, esp_start, esp_size, root_start, root_size: total - root_start - MIB }
+    }
+
+    /// Bytes of a disk that are not the ESP or the root.
+    pub fn overhead(bios: bool) -> u64 {
+        if bios {
+            3 * MIB
+        } else {
+            2 * MIB
+        }
+    }
+}
+
+pub struct GptIds<'a> {
+    pub disk: &'a str,
+    pub bios: &'a str,
+    pub esp: &'a str,
+    pub root: &'a str,
+    /// Discoverable Partitions Specification root type for the architecture.
+    pub root_type: &'a str,
+}
+
+/// Writes the GPT (protective MBR, primary and backup tables) with sfdisk.
+pub fn write_gpt(disk: &Path, l: &Layout, ids: &GptIds<'_>) -> Result<()> {
+    let s = |b: u64| b / 512;
+    let bios = match l.bios_boot {
+        Some(start) => {
+            format!("start={}, size={}, type={BIOS_BOOT_TYPE}, uuid={}, name=\"bios\"\n", s(start), s(MIB), ids.bios)
+        }
+        None => String::new(),
+    };
+    let script = format!(
+        "label: gpt\nlabel-id: {}\nunit: sectors\nfirst-lba: 2048\n{bios}\
+         start={}, size={}, type={ESP_TYPE}, uuid={}, name=\"esp\"\n\
+         start={}, size={}, type={}, uuid={}, name=\"root\"\n",
+        ids.disk,
+        s(l.esp_start),
+        s(l.esp_size),
+        ids.esp,
+        s(l.root_start),
+        s(l.root_size),
+        ids.root_type,
+        ids.root
+    );
+    let mut child = Command::new("sfdisk")
+        .args(["--quiet", "--no-reread", "--no-tell-kernel", "--wipe", "never"])
+        .arg(disk)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run sfdisk (install fdisk)")?;
+    use std::io::Write;
+    child.stdin.take().context("sfdisk's input was not piped")?.write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        anyhow::bail!("sfdisk failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Copies the data regions of `src` into `dst` at `offset`, skipping holes, so
+/// unused space stays unallocated.
+pub fn splice(src: &Path, dst: &File, offset: u64) -> Result<()> {
+    use rustix::fs::{seek, SeekFrom};
+    let f = File::open(src).with_context(|| format!("opening {}", src.display()))?;
+    let len = f.metadata()?.len();
+    let mut buf = vec![0u8; 4 * MIB as usize];
+    let mut pos = 0u64;
+    while pos < len {
+        let data = match seek(&f, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break, // only a hole is left
+            Err(e) => return Err(e.into()),
+        };
+        let hole = seek(&f, SeekFrom::Hole(data)).map_err(std::io::Error::from)?.min(len);
+        let mut at = data;
+        while at < hole {
+            let n = ((hole - at) as usize).min(buf.len());
+            f.read_exact_at(&mut buf[..n], at)?;
+            // A data extent may still hold zero blocks: keep those sparse too.
+            if buf[..n].iter().any(|b| *b != 0) {
+                dst.write_all_at(&buf[..n], offset + at)?;
+            }
+            at += n as u64;
+        }
+        pos = hole;
+    }
+    Ok(())
+}
+
+/// Assembles the raw disk from the partition images (and, for BIOS layouts,
+/// GRUB's boot sector and core image).
+pub fn assemble_raw(
+    out: &Path,
+    l: &Layout,
+    esp: &Path,
+    root: &Path,
+    ids: &GptIds<'_>,
+    grub: Option<&GrubBios>,
+) -> Result<()> {
+    let f = File::options().read(true).write(true).create(true).truncate(true).open(out)?;
+    f.set_len(l.total)?;
+    write_gpt(out, l, ids)?;
+    splice(esp, &f, l.esp_start)?;
+    splice(root, &f, l.root_start)?;
+    if let (Some(g), Some(start)) = (grub, l.bios_boot) {
+        g.install(&f, start)?;
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
+/// GRUB for BIOS, installed the way grub-bios-setup does it, on an image file:
+/// boot.img's code goes into the MBR (keeping the partition table), told the
+/// LBA of core.img; core.img goes into the BIOS boot partition, its first
+/// sector (diskboot) told where the rest of itself is.
+pub struct GrubBios {
+    pub boot_img: Vec<u8>,
+    pub core_img: Vec<u8>,
+}
+
+// Offsets from GRUB's include/grub/i386/pc/boot.h and diskboot.S.
+const KERNEL_SECTOR: usize = 0x5c;
+const BOOT_DRIVE: usize = 0x64;
+const DRIVE_CHECK: usize = 0x66;
+const MBR_CODE_END: usize = 0x1b8;
+const BLOCKLIST: usize = 0x200 - 12;
+
+impl GrubBios {
+    fn install(&self, disk: &File, start: u64) -> Result<()> {
+        anyhow::ensure!(self.boot_img.len() == 512, "boot.img must be 512 bytes");
+        let sectors = self.core_img.len().div_ceil(512) as u64;
+        anyhow::ensure!(
+            sectors * 512 <= MIB,
+            "core.img ({} bytes) does not fit the BIOS boot partition",
+            self.core_img.len()
+        );
+        let lba = start / 512;
+        let mut core = self.core_img.clone();
+        core.resize(sectors as usize * 512, 0);
+        core[BLOCKLIST..BLOCKLIST + 8].copy_from_slice(&(lba + 1).to_le_bytes());
+        core[BLOCKLIST + 8..BLOCKLIST + 10].copy_from_slice(&((sectors - 1) as u16).to_le_bytes());
+        core[BLOCKLIST + 10..BLOCKLIST + 12].copy_from_slice(&0x820u16.to_le_bytes());
+        disk.write_all_at(&core, start)?;
+        let mut mbr = [0u8; 512];
+        disk.read_exact_at(&mut mbr, 0)?;
+        mbr[..MBR_CODE_END].copy_from_slice(&self.boot_img[..MBR_CODE_END]);
+        mbr[KERNEL_SECTOR..KERNEL_SECTOR + 8].copy_from_slice(&lba.to_le_bytes());
+        mbr[BOOT_DRIVE] = 0xff; // boot from the drive the BIOS booted us from
+        mbr[DRIVE_CHECK..DRIVE_CHECK + 2].copy_from_slice(&[0x90, 0x90]); // not a floppy: skip the check
+        disk.write_all_at(&mbr, 0)?;
+        Ok(())
+    }
+}
+
+/// qcow2 v3 (compat 1.1); qemu-img leaves zero clusters unallocated.
+pub fn to_qcow2(raw: &Path, out: &Path) -> Result<()> {
+    run(Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1"])
+        .arg(raw)
+        .arg(out))
+    .context("qemu-img convert")?;
+    Ok(())
+}
+
+/// A fixed VHD: the raw disk followed by a 512-byte footer. Written here rather
+/// than by qemu-img, whose footer carries the wall-clock time and a random UUID.
+/// Returns the footer it appended.
+pub fn to_vhd(raw: &Path, out: &Path, epoch: u64, uuid: [u8; 16]) -> Result<[u8; 512]> {
+    let size = std::fs::metadata(raw)?.len();
+    let f = File::create(out)?;
+    f.set_len(size)?;
+    splice(raw, &f, 0)?;
+    let footer = vhd_footer(size, epoch, uuid);
+    f.write_all_at(&footer, size)?;
+    f.sync_all()?;
+    Ok(footer)
+}
+
+/// Seconds between the Unix epoch and the VHD epoch (2000-01-01T00:00:00Z).
+const VHD_EPOCH: u64 = 946_684_800;
+
+pub fn vhd_footer(size: u64, epoch: u64, uuid: [u8; 16]) -> [u8; 512] {
+    let mut f = [0u8; 512];
+    f[0..8].copy_from_slice(b"conectix");
+    f[8..12].copy_from_slice(&2u32.to_be_bytes()); // features: reserved bit
+    f[12..16].copy_from_slice(&0x0001_0000u32.to_be_bytes()); // version 1.0
+    f[16..24].copy_from_slice(&u64::MAX.to_be_bytes()); // no dynamic header: fixed
+    f[24..28].copy_from_slice(&(epoch.saturating_sub(VHD_EPOCH) as u32).to_be_bytes());
+    // "win " tells readers (Hyper-V, Azure, qemu) to take the size from the
+    // footer rather than from the CHS geometry, which cannot express every size.
+    f[28..32].copy_from_slice(b"win ");
+    f[32..36].copy_from_slice(&0x000a_0000u32.to_be_bytes());
+    f[36..40].copy_from_slice(b"Wi2k");
+    f[40..48].copy_from_slice(&size.to_be_bytes());
+    f[48..56].copy_from_slice(&size.to_be_bytes());
+    let (c, h, s) = chs(size);
+    f[56..58].copy_from_slice(&c.to_be_bytes());
+    f[58] = h;
+    f[59] = s;
+    f[60..64].copy_from_slice(&2u32.to_be_bytes()); // fixed disk
+    f[68..84].copy_from_slice(&uuid);
+    let sum: u32 = f.iter().map(|b| *b as u32).fold(0u32, u32::wrapping_add);
+    f[64..68].copy_from_slice(&(!sum).to_be_bytes());
+    f
+}
+
+/// CHS geometry as the VHD specification computes it.
+fn chs(size: u64) -> (u16, u8, u8) {
+    let mut total = size / 512;
+    total = total.min(65535 * 16 * 255);
+    let (spt, heads, cth);
+    if total >= 65535 * 16 * 63 {
+        spt = 255;
+        heads = 16;
+        cth = total / spt;
+    } else {
+        let mut s = 17;
+        let mut c = total / s;
+        let mut h = c.div_ceil(1024).max(4);
+        if c >= h * 1024 || h > 16 {
+            s = 31;
+            h = 16;
+            c = total / s;
+        }
+        if c >= h * 1024 {
+            s = 63;
+            h = 16;
+            c = total / s;
+        }
+        spt = s;
+        heads = h;
+        cth = c;
+    }
+    ((cth / heads) as u16, heads as u8, spt as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vhd_footer_checksum_and_fields() {
+        let f = vhd_footer(64 * MIB, VHD_EPOCH + 10, [7; 16]);
+        assert_eq!(&f[0..8], b"conectix");
+        assert_eq!(u64::from_be_bytes(f[48..56].try_into().unwrap()), 64 * MIB);
+        assert_eq!(u32::from_be_bytes(f[24..28].try_into().unwrap()), 10);
+        let mut z = f;
+        z[64..68].fill(0);
+        let sum: u32 = z.iter().map(|b| *b as u32).sum();
+        assert_eq!(u32::from_be_bytes(f[64..68].try_into().unwrap()), !sum);
+    }
+
+    #[test]
+    fn chs_follows_the_spec_table() {
+        // 64 MiB: 131072 sectors -> 17 spt, 8 heads (c*h*s <= total)
+        let (c, h, s) = chs(64 * MIB);
+        assert!((c as u64) * (h as u64) * (s as u64) <= 131072);
+        assert_eq!(chs(200 << 30), (65535, 16, 255));
+    }
+}

@@ -1,0 +1,289 @@
+//! Artifact writers: from an assembled root filesystem to the files of a store
+//! entry (iPXE bundle, raw/qcow2/VHD disks, rootfs tarball). Every identifier
+//! an image carries (filesystem and partition UUIDs, FAT serial, VHD UUID) is
+//! derived from the input hash, and every timestamp is the recipe's epoch.
+
+pub mod cpio;
+pub mod disk;
+pub mod esp;
+pub mod ext4;
+pub mod initramfs;
+pub mod tarball;
+
+use crate::config::recipe::Recipe;
+use crate::config::types::{Arch, Firmware, Format};
+use crate::progress::Progress;
+use crate::rootfs::Rootfs;
+pub use crate::store::manifest::{Artifact, ArtifactFile, ArtifactName};
+use anyhow::{Context, Result};
+use sha2::Digest;
+use std::path::Path;
+
+/// zstd level for initrds and tarballs: fast to build, and the kernel
+/// decompresses it quickly.
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// zstd's multi-threaded output does not depend on the number of workers, so
+/// using every core keeps builds reproducible.
+pub fn zstd_threads<W: std::io::Write>(z: &mut zstd::Encoder<'_, W>) -> std::io::Result<()> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    z.multithread(n)
+}
+
+/// The iPXE script template, built into the binary (and into the input hash).
+pub const IPXE_TEMPLATE: &str = include_str!("../../pxe/boot.ipxe");
+
+/// A 16-byte identifier derived from the input hash and a purpose, shaped as
+/// an RFC 4122 version-4 UUID so tools accept it.
+pub fn derived_id(hash: &str, purpose: &str) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("{hash}:{purpose}").as_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&d[..16]);
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
+}
+
+pub fn uuid_string(id: [u8; 16]) -> String {
+    let h = hex::encode(id);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+fn root_partition_type(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+        Arch::Aarch64 => "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
+    }
+}
+
+/// Writes every format of `recipe` into `out` (the entry being built), using
+/// `work` for intermediate files. Returns the artifacts in a fixed order.
+pub fn produce(
+    recipe: &Recipe,
+    rootfs: &Rootfs,
+    hash: &str,
+    entry: &str,
+    out: &Path,
+    work: &Path,
+    progress: &Progress,
+) -> Result<Vec<Artifact>> {
+    let mut made: Vec<(ArtifactName, Format, &str)> = Vec::new();
+    // Digests known without reading the file again (the VHD is the raw disk
+    // plus a footer, so its digest continues the raw disk's).
+    let mut known: std::collections::BTreeMap<&str, String> = Default::default();
+    let has = |f: Format| recipe.formats.contains(&f);
+
+    if has(Format::Ipxe) {
+        let step = progress.step("ipxe: kernel, initrd (whole root filesystem), boot.ipxe");
+        std::fs::copy(&rootfs.kernel.image, out.join("vmlinuz")).context("copying the kernel")?;
+        cpio::write_initrd(&rootfs.tree, &out.join("initrd"), recipe.epoch).context("writing initrd")?;
+        let script = IPXE_TEMPLATE
+            .replace("{{entry}}", entry)
+            .replace("{{profile}}", &recipe.name)
+            .replace("{{hash}}", &hash[..12])
+            .replace("{{cmdline}}", format!("rdinit=/init {}", recipe.cmdline).trim());
+        std::fs::write(out.join("boot.ipxe"), script)?;
+        made.push((ArtifactName::Kernel, Format::Ipxe, "vmlinuz"));
+        made.push((ArtifactName::Initrd, Format::Ipxe, "initrd"));
+        made.push((ArtifactName::Script, Format::Ipxe, "boot.ipxe"));
+        step.done();
+    }
+
+    if recipe.formats.iter().any(|f| f.is_disk()) {
+        let step = progress.step("disk: initramfs");
+        let initrd = work.join("disk-initrd");
+        initramfs::write(recipe, rootfs, work, &initrd)?;
+        step.done();
+
+        let root_uuid = uuid_string(derived_id(hash, "ext4-uuid"));
+        let bios = recipe.firmware == Firmware::Bios;
+        let overhead = disk::Layout::overhead(bios);
+        let root_size = match recipe.disk.size {
+            Some(total) => {
+                let min = overhead + recipe.disk.esp_size + 16 * disk::MIB;
+                anyhow::ensure!(total >= min, "disk.size {total} is too small: at least {min} bytes");
+                total - overhead - recipe.disk.esp_size
+            }
+            None => auto_root_size(rootfs, recipe.disk.free),
+        };
+        let layout = disk::Layout::new(root_size + recipe.disk.esp_size + overhead, recipe.disk.esp_size, bios);
+
+        let step = progress.step("disk: EFI system partition (systemd-boot)");
+        let kernel_copy = work.join("esp-vmlinuz");
+        std::fs::copy(&rootfs.kernel.image, &kernel_copy)?;
+        let loader = work.join("esp-loader.efi");
+        let efi = recipe.efi_loader.as_ref().context("no EFI loader")?;
+        if efi.name.ends_with(".deb") {
+            // systemd-boot of another architecture, from its Debian package.
+            let mut t = crate::rootfs::tree::Tree::new(&work.join("efi-deb"))?;
+            t.extract_deb(&efi.path).with_context(|| format!("unpacking {}", efi.name))?;
+            let want = format!("/usr/lib/systemd/boot/efi/systemd-boot{}.efi", recipe.arch.efi_suffix());
+            let rel = t.resolve(&want, true)?;
+            std::fs::copy(t.staged(&rel), &loader).with_context(|| format!("{} has no {want}", efi.name))?;
+        } else {
+            std::fs::copy(&efi.path, &loader)?;
+        }
+        let conf = work.join("loader.conf");
+        std::fs::write(&conf, "timeout 0\ndefault imgd.conf\n")?;
+        let options = format!("root=UUID={root_uuid} rw init={} {}", recipe.init, recipe.cmdline);
+        let entry_conf = work.join("imgd.conf");
+        std::fs::write(
+            &entry_conf,
+            format!("title {}\nlinux /vmlinuz\ninitrd /initrd\noptions {}\n", recipe.name, options.trim()),
+        )?;
+        let id = derived_id(hash, "fat-serial");
+        let serial = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
+        let esp_img = work.join("esp.img");
+        let mut files = vec![
+            esp::EspFile { dest: format!("EFI/BOOT/{}", recipe.arch.efi_boot_file()), src: loader },
+            esp::EspFile { dest: "loader/loader.conf".into(), src: conf },
+            esp::EspFile { dest: "loader/entries/imgd.conf".into(), src: entry_conf },
+            esp::EspFile { dest: "vmlinuz".into(), src: kernel_copy },
+            esp::EspFile { dest: "initrd".into(), src: initrd },
+        ];
+        let grub = match &recipe.grub_bios {
+            Some(dir) => {
+                let cfg = grub_config(recipe, serial, options.trim());
+                let core = grub_core(&dir.path, &cfg, work)?;
+                let cfg_file = work.join("grub.cfg");
+                std::fs::write(&cfg_file, &cfg)?;
+                files.push(esp::EspFile { dest: "grub/grub.cfg".into(), src: cfg_file });
+                Some(disk::GrubBios { boot_img: std::fs::read(dir.path.join("boot.img"))?, core_img: core })
+            }
+            None => None,
+        };
+        esp::make(&esp_img, layout.esp_size, serial, &files, recipe.epoch)?;
+        step.done();
+
+        let step = progress.step("disk: ext4 root filesystem");
+        let root_img = work.join("root.ext4");
+        let seed = uuid_string(derived_id(hash, "ext4-hash-seed"));
+        let params = ext4::Ext4Params {
+            uuid: &root_uuid,
+            hash_seed: &seed,
+            label: &recipe.disk.root_label,
+            epoch: recipe.epoch,
+        };
+        ext4::make(&rootfs.tree, &root_img, layout.root_size, &params, work)?;
+        step.done();
+
+        let step = progress.step("disk: GPT raw image");
+        let raw = if has(Format::Raw) { out.join("disk.raw") } else { work.join("disk.raw") };
+        let (d, e, r) = (
+            uuid_string(derived_id(hash, "gpt-disk")),
+            uuid_string(derived_id(hash, "gpt-esp")),
+            uuid_string(derived_id(hash, "gpt-root")),
+        );
+        let b = uuid_string(derived_id(hash, "gpt-bios"));
+        let ids = disk::GptIds { disk: &d, bios: &b, esp: &e, root: &r, root_type: root_partition_type(recipe.arch) };
+        disk::assemble_raw(&raw, &layout, &esp_img, &root_img, &ids, grub.as_ref())?;
+        std::fs::remove_file(&root_img)?;
+        std::fs::remove_file(&esp_img)?;
+        if has(Format::Raw) {
+            made.push((ArtifactName::Disk, Format::Raw, "disk.raw"));
+        }
+        step.done();
+        if has(Format::Qcow2) {
+            let step = progress.step("disk: qcow2");
+            disk::to_qcow2(&raw, &out.join("disk.qcow2"))?;
+            made.push((ArtifactName::Disk, Format::Qcow2, "disk.qcow2"));
+            step.done();
+        }
+        let raw_state = crate::hash::sha256_state(&raw)?;
+        if has(Format::Raw) {
+            known.insert("disk.raw", hex::encode(raw_state.clone().finalize()));
+        }
+        if has(Format::Vhd) {
+            let step = progress.step("disk: fixed VHD");
+            let footer = disk::to_vhd(&raw, &out.join("disk.vhd"), recipe.epoch, derived_id(hash, "vhd-uuid"))?;
+            let mut state = raw_state;
+            state.update(footer);
+            known.insert("disk.vhd", hex::encode(state.finalize()));
+            made.push((ArtifactName::Disk, Format::Vhd, "disk.vhd"));
+            step.done();
+        }
+    }
+
+    if has(Format::Tar) {
+        let step = progress.step("tar: rootfs.tar.zst");
+        tarball::write(&rootfs.tree, &out.join("rootfs.tar.zst"), recipe.epoch)?;
+        made.push((ArtifactName::Rootfs, Format::Tar, "rootfs.tar.zst"));
+        step.done();
+    }
+
+    let step = progress.step("checksums");
+    let mut artifacts = Vec::new();
+    for (name, format, file) in made {
+        let p = out.join(file);
+        artifacts.push(Artifact {
+            size: std::fs::metadata(&p)?.len(),
+            sha256: match known.remove(file) {
+                Some(d) => d,
+                None => crate::hash::sha256_file(&p)?,
+            },
+            name,
+            format,
+            file: ArtifactFile::new(file).map_err(anyhow::Error::msg)?,
+        });
+    }
+    step.done();
+    Ok(artifacts)
+}
+
+/// Root filesystem size when the profile gives none: content, a block per
+/// inode, ext4 metadata and journal, plus the requested free space; whole MiB.
+fn auto_root_size(rootfs: &Rootfs, free: u64) -> u64 {
+    let content = rootfs.tree.content_bytes();
+    let inodes = rootfs.tree.len() as u64 * 4096;
+    let raw = content + content / 10 + inodes + 64 * disk::MIB + free;
+    raw.div_ceil(disk::MIB) * disk::MIB
+}
+
+/// GRUB's configuration for BIOS boots: serial console as the hardware says,
+/// the ESP found by its FAT serial (whatever the BIOS numbers the disk), then
+/// the same kernel, initramfs and command line systemd-boot uses.
+fn grub_config(recipe: &Recipe, serial: u32, options: &str) -> String {
+    let console = recipe.cmdline.split_whitespace().find_map(|a| a.strip_prefix("console=ttyS")).unwrap_or("0,115200");
+    let (unit, speed) = console.split_once(',').unwrap_or((console, "115200"));
+    let speed: String = speed.chars().take_while(|c| c.is_ascii_digit()).collect();
+    format!(
+        "serial --unit={unit} --speed={speed}\nterminal_input serial console\nterminal_output serial console\n\
+         search --no-floppy --fs-uuid --set=root {:04X}-{:04X}\n\
+         echo \"imgd: booting {} with GRUB (BIOS)\"\n\
+         linux /vmlinuz {options}\ninitrd /initrd\nboot\n",
+        serial >> 16,
+        serial & 0xffff,
+        recipe.name
+    )
+}
+
+/// GRUB's core image with the config built in (no modules needed on disk).
+fn grub_core(dir: &Path, config: &str, work: &Path) -> Result<Vec<u8>> {
+    let early = work.join("grub-early.cfg");
+    std::fs::write(&early, config)?;
+    let out = work.join("core.img");
+    crate::tools::run(
+        std::process::Command::new("grub-mkimage")
+            .args(["-O", "i386-pc", "-p", "/grub", "-d"])
+            .arg(dir)
+            .arg("-c")
+            .arg(&early)
+            .arg("-o")
+            .arg(&out)
+            .args([
+                "biosdisk",
+                "part_gpt",
+                "fat",
+                "search",
+                "search_fs_uuid",
+                "normal",
+                "linux",
+                "serial",
+                "terminal",
+                "echo",
+            ]),
+    )
+    .context("grub-mkimage (apt-get install grub-pc-bin)")?;
+    Ok(std::fs::read(&out)?)
+}

@@ -1,0 +1,161 @@
+//! `imgd build` as a library call: hash the recipe, return the store entry if it
+//! exists, else build it in a private directory and commit it atomically.
+
+use crate::artifact;
+use crate::config::Recipe;
+use crate::progress::Progress;
+use crate::store::remote::Remote;
+use crate::store::{entry_name, Entry, Manifest, Store};
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Bumped whenever the builder's output for the same inputs changes.
+pub const BUILDER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "/layout-1");
+
+/// External tools whose version can change the bytes of an artifact.
+const TOOLS: &[(&str, &str)] = &[
+    ("mke2fs", "-V"),
+    ("mformat", "--version"),
+    ("sfdisk", "--version"),
+    ("qemu-img", "--version"),
+    ("depmod", "--version"),
+    ("grub-mkimage", "--version"),
+];
+
+#[derive(Serialize)]
+struct HashInput<'a> {
+    builder: &'static str,
+    tools: BTreeMap<&'static str, String>,
+    ipxe_template: String,
+    recipe: &'a Recipe,
+}
+
+/// SHA-256 over the canonical JSON of the recipe (inputs by content digest),
+/// the builder version, the image tools' versions and the iPXE template.
+pub fn input_hash(recipe: &Recipe) -> String {
+    let tools = TOOLS.iter().map(|(t, a)| (*t, crate::tools::version_line(t, a))).collect();
+    let input = HashInput {
+        builder: BUILDER_VERSION,
+        tools,
+        ipxe_template: crate::hash::sha256_hex(artifact::IPXE_TEMPLATE.as_bytes()),
+        recipe,
+    };
+    // Serializing plain data to a Vec cannot fail; an empty input would still
+    // hash, but to a value no real recipe has.
+    let json = serde_json::to_vec(&input).unwrap_or_default();
+    crate::hash::sha256_hex(&json)
+}
+
+pub struct Built {
+    pub entry: Entry,
+    /// True when the entry already existed (no work was done).
+    pub cached: bool,
+    /// True when it came from the remote cache.
+    pub fetched: bool,
+}
+
+pub fn build(recipe: &Recipe, store: &Store, progress: &Progress) -> Result<Built> {
+    build_with(recipe, store, progress, None)
+}
+
+/// Like [`build`], first asking `remote` for the entry and pushing it there
+/// after a build. A remote that fails is a warning: the build goes on locally.
+pub fn build_with(recipe: &Recipe, store: &Store, progress: &Progress, remote: Option<&dyn Remote>) -> Result<Built> {
+    let hash = input_hash(recipe);
+    let name = entry_name(&hash, &recipe.name);
+    if let Some(entry) = store.get(&name)? {
+        return Ok(Built { entry, cached: true, fetched: false });
+    }
+    let _lock = store.lock(&hash)?;
+    // Someone else may have finished it while we waited for the lock.
+    if let Some(entry) = store.get(&name)? {
+        return Ok(Built { entry, cached: true, fetched: false });
+    }
+    // Builds killed earlier (kill -9, a crash loop) left their folders.
+    match store.sweep_tmp(Some(&hash)) {
+        Ok(gone) if !gone.is_empty() => tracing::info!("removed {} folder(s) killed builds left", gone.len()),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot sweep the store's .tmp: {e:#}"),
+    }
+    let mut bad_copy = false;
+    if let Some(r) = remote {
+        let step = progress.step(&format!("looking for {name} in {}", r.url()));
+        match fetch(store, r, &name, &hash) {
+            Ok(Some(entry)) => {
+                step.done();
+                return Ok(Built { entry, cached: true, fetched: true });
+            }
+            Ok(None) => step.done(),
+            Err(e) => {
+                tracing::warn!("{name} from {}: {e:#}; building here", r.url());
+                bad_copy = true;
+            }
+        }
+    }
+    let pending = store.begin(&name)?;
+    let work = store.work_dir(&name)?;
+
+    let step = progress.step(&format!("root filesystem for {}", recipe.name));
+    let rootfs = crate::rootfs::assemble(recipe, work.path()).context("assembling the root filesystem")?;
+    step.done();
+    let artifacts = artifact::produce(recipe, &rootfs, &hash, &name, pending.path(), work.path(), progress)?;
+    drop(rootfs);
+    drop(work);
+
+    let manifest = Manifest {
+        name: name.clone(),
+        hash: hash.clone(),
+        profile: recipe.name.clone(),
+        hardware: recipe.hardware.clone(),
+        arch: recipe.arch,
+        firmware: recipe.firmware,
+        imgd_version: env!("CARGO_PKG_VERSION").into(),
+        built_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        source_date_epoch: recipe.epoch,
+        artifacts,
+        recipe: serde_json::from_value(serde_json::to_value(recipe)?)?,
+    };
+    let entry = store.commit(pending, &manifest)?;
+    if let Some(r) = remote {
+        let step = progress.step(&format!("sharing {name} with {}", r.url()));
+        match r.push(&entry, bad_copy) {
+            Ok(()) => step.done(),
+            Err(e) => tracing::warn!("could not share {name} with {} ({e:#}); the local build is fine", r.url()),
+        }
+    }
+    Ok(Built { entry, cached: false, fetched: false })
+}
+
+/// The entry from the remote cache, checked before it enters the store.
+///
+/// Everything in the cache is untrusted: the manifest is read with a size
+/// limit and checked ([`Manifest::parse`]: plain file names only, 64-hex
+/// digests, nothing listed twice), it must name this very hash and entry,
+/// each file is fetched into the private pending folder with at most the size
+/// the manifest promises, and re-hashed. Only then is the entry committed
+/// (with the manifest as imgd writes it, not the bytes fetched).
+fn fetch(store: &Store, remote: &dyn Remote, name: &str, hash: &str) -> Result<Option<Entry>> {
+    let pending = store.begin(name)?;
+    let fetched = pending.path().join("manifest.json");
+    if !remote.get(name, "manifest.json", &fetched, crate::store::manifest::MAX_BYTES)? {
+        return Ok(None);
+    }
+    let manifest = Manifest::read(&fetched)?;
+    if manifest.hash != hash || manifest.name != name {
+        anyhow::bail!("its manifest names {} ({}), not {name}", manifest.name, manifest.hash);
+    }
+    for a in &manifest.artifacts {
+        let path = pending.path().join(a.file.as_str());
+        if !remote.get(name, a.file.as_str(), &path, a.size)? {
+            anyhow::bail!("{} is missing although the manifest lists it", a.file);
+        }
+        let (size, sha) = (std::fs::metadata(&path)?.len(), crate::hash::sha256_file(&path)?);
+        if size != a.size || sha != a.sha256 {
+            anyhow::bail!("{} does not match its manifest (sha256 {sha}, {size} bytes)", a.file);
+        }
+    }
+    let bytes: u64 = manifest.artifacts.iter().map(|a| a.size).sum();
+    tracing::info!("fetched {name} from {} ({bytes} bytes)", remote.url());
+    Ok(Some(store.commit(pending, &manifest)?))
+}

@@ -1,0 +1,139 @@
+//! `imgd serve`: run the netboot server until SIGTERM/SIGINT; SIGHUP reloads
+//! machines.toml (an invalid file is logged and the old one keeps serving).
+
+use super::StoreArgs;
+use anyhow::Context;
+use clap::Args;
+use imgd::serve::state::{self, Sources, State};
+use imgd::serve::{listener, Options, Server};
+use ipnet::IpNet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  imgd serve --config machines.toml
+  imgd serve --config machines.toml --allow 10.0.0.0/8 --build
+  imgd serve --serve-all --listen 127.0.0.1:8080
+  imgd serve --config machines.toml --artifact-base-url https://bucket.s3.amazonaws.com/imgd
+
+iPXE: chain http://SERVER:8080/boot.ipxe (e.g. as the DHCP boot file name).")]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Address to listen on (`[::]:8080` serves IPv4 and IPv6).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: String,
+    /// machines.toml: which machine boots what.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Only these client networks may connect (repeatable); others get 403.
+    #[arg(long = "allow", value_name = "CIDR")]
+    pub allow: Vec<IpNet>,
+    /// Proxies whose X-Forwarded-For is trusted (repeatable).
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub trusted_proxy: Vec<IpNet>,
+    /// Rendered scripts fetch kernels and initrds from here instead (a mirror).
+    #[arg(long)]
+    pub artifact_base_url: Option<String>,
+    /// Build referenced profiles that are missing from the store at start-up.
+    #[arg(long)]
+    pub build: bool,
+    /// Serve every store entry, file and built profile to every client, not
+    /// only what --config gives to whom.
+    #[arg(long)]
+    pub serve_all: bool,
+    /// Folder holding profiles/ and hardware/.
+    #[arg(long, env = "IMGD_ROOT", default_value = ".")]
+    pub root: PathBuf,
+    /// Connections beyond this get 503 with Retry-After (lowered to what the
+    /// open-files limit allows).
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Seconds a client may take to send request headers.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout: u64,
+    /// Seconds a connection may sit with no bytes moving.
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout: u64,
+    /// Seconds shutdown waits for in-flight downloads.
+    #[arg(long, default_value_t = 30)]
+    pub drain: u64,
+}
+
+/// Loads the state under the store's GC lock and roots what it serves, so an
+/// `imgd gc` never removes an entry this server hands out.
+fn load(sources: &Sources, root: &imgd::store::Root, previous: Option<&State>) -> anyhow::Result<State> {
+    let store = imgd::store::Store::open(&sources.store)?;
+    let _gc = store.gc_lock(false)?;
+    let st = state::load(sources, None, previous)?;
+    root.set(&st.served())?;
+    for (g, t) in st.stale_groups() {
+        let e = t.entry.as_ref().map_or("?", |e| e.name.as_str());
+        tracing::warn!("group {g} boots {e}, not profile {}'s current build", t.profile);
+    }
+    Ok(st)
+}
+
+pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
+    // Signals first: a SIGHUP that arrives while the store loads must not
+    // kill the server (its default action), it is queued for the reloader.
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut hup, mut term, mut int) = rt.block_on(async {
+        anyhow::Ok((signal(SignalKind::hangup())?, signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?))
+    })?;
+    let sources = Sources {
+        root: a.root.clone(),
+        cache: imgd::dirs::cache(),
+        store: a.store.dir(),
+        machines: a.config.clone(),
+        serve_all: a.serve_all,
+        build_missing: a.build,
+    };
+    let store = imgd::store::Store::open(&sources.store)?;
+    let root = store.gc_root(&format!("serve-{}", std::process::id()))?;
+    let initial = load(&sources, &root, None)?;
+    let opts = Options {
+        allow: a.allow.clone(),
+        trusted_proxies: a.trusted_proxy.clone(),
+        artifact_base_url: a.artifact_base_url.clone(),
+        max_connections: listener::connections_that_fit(a.max_connections),
+        header_timeout: Duration::from_secs(a.header_timeout),
+        idle_timeout: Duration::from_secs(a.idle_timeout),
+        drain: Duration::from_secs(a.drain),
+        ..Options::default()
+    };
+    rt.block_on(async move {
+        let tcp =
+            tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
+        let addr = tcp.local_addr()?;
+        let server = Server::new(initial, opts);
+        eprintln!("imgd serve: listening on http://{addr}");
+        tracing::info!("serving {} group(s)", server.state().machines.groups.len());
+
+        let reloader = server.clone();
+        let root = std::sync::Arc::new(root);
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let (src, root, previous) = (sources.clone(), root.clone(), reloader.state());
+                match tokio::task::spawn_blocking(move || load(&src, &root, Some(&previous))).await {
+                    Ok(Ok(s)) => {
+                        reloader.replace_state(s);
+                        tracing::info!("reloaded configuration");
+                    }
+                    Ok(Err(e)) => tracing::error!("reload failed, still serving the previous configuration: {e:#}"),
+                    Err(e) => tracing::error!("reload failed: {e}"),
+                }
+            }
+        });
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        listener::serve(tcp, server, shutdown).await?;
+        Ok(())
+    })
+}

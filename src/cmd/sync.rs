@@ -1,0 +1,201 @@
+//! `imgd sync`: a profile's build to S3 and to an AMI in every region, then
+//! the region -> AMI map for Terraform (feature `aws`).
+
+use super::{ProfileArgs, StoreArgs};
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use imgd::config::types::Format;
+use imgd::config::ConfigError;
+use imgd_aws::sync::{Method, Request};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  imgd sync hello --bucket my-images --regions us-east-1,eu-west-1 --tfvars amis.auto.tfvars.json
+  imgd sync hello --bucket b --regions us-east-1 --dry-run --json     (the plan, changing nothing)
+  imgd sync hello --bucket b --regions us-east-1 --endpoint-url http://127.0.0.1:5000   (a local emulator)")]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub bucket: BucketArgs,
+    /// Regions that need the AMI, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub regions: Vec<String>,
+    /// Where the AMI is registered first (default: the first region).
+    #[arg(long)]
+    pub home_region: Option<String>,
+    /// How the snapshot behind the AMI is made.
+    #[arg(long, value_enum, default_value = "ebs-direct")]
+    pub method: SyncMethod,
+    /// Accounts to grant launch permission (repeatable).
+    #[arg(long = "share", value_name = "ACCOUNT")]
+    pub share: Vec<String>,
+    /// Encrypt the snapshot and the copies with this KMS key.
+    #[arg(long)]
+    pub kms_key: Option<String>,
+    /// Write region -> AMI (plus hash, profile, snapshots) here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write {"aws_amis": {...}} here for Terraform.
+    #[arg(long)]
+    pub tfvars: Option<PathBuf>,
+    /// Show what would be uploaded and created, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result (or the plan) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    /// Seconds to wait for each AMI (and an import) to become available.
+    #[arg(long, default_value_t = 3600)]
+    pub wait: u64,
+    /// Seconds between polls of an import task or a pending AMI.
+    #[arg(long, default_value_t = 5, hide = true)]
+    pub poll: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SyncMethod {
+    /// Snapshot the raw disk through the EBS direct APIs (no staging, no role).
+    EbsDirect,
+    /// ImportSnapshot of the VHD in S3 (needs the vmimport role).
+    Import,
+}
+
+impl SyncMethod {
+    fn method(self) -> Method {
+        match self {
+            SyncMethod::EbsDirect => Method::EbsDirect,
+            SyncMethod::Import => Method::Import,
+        }
+    }
+
+    /// The disk format the snapshot is made from.
+    fn disk(self) -> Format {
+        match self {
+            SyncMethod::EbsDirect => Format::Raw,
+            SyncMethod::Import => Format::Vhd,
+        }
+    }
+}
+
+/// How to reach AWS: the standard chain for credentials and region, plus these.
+#[derive(Args, Debug, Clone)]
+pub struct AwsArgs {
+    /// A local emulator or a custom endpoint.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+    /// Attempts per AWS call (throttling and 5xx are retried with jittered backoff).
+    #[arg(long, default_value_t = 8)]
+    pub max_attempts: u32,
+}
+
+impl AwsArgs {
+    pub fn options(&self) -> imgd_aws::Options {
+        imgd::store::s3::options(self.endpoint_url.as_deref(), self.max_attempts)
+    }
+}
+
+/// Where in S3 the entries go: `s3://<bucket>/<prefix>/<hash>-<profile>/<file>`.
+#[derive(Args, Debug, Clone)]
+pub struct BucketArgs {
+    /// S3 bucket for the artifacts (and the import method's VHD).
+    #[arg(long)]
+    pub bucket: String,
+    /// Key prefix; entries go under <prefix>/<hash>-<profile>/.
+    #[arg(long, default_value = "imgd")]
+    pub prefix: String,
+}
+
+impl BucketArgs {
+    pub fn location(&self) -> Result<imgd_aws::s3::Location, ConfigError> {
+        imgd_aws::s3::check_bucket(&self.bucket).map_err(|m| ConfigError::new("--bucket", m))?;
+        Ok(imgd_aws::s3::Location::new(&self.bucket, &self.prefix))
+    }
+}
+
+/// Region names as AWS spells them (`us-east-1`), checked before any call.
+pub fn check_regions(regions: &[String]) -> Result<(), ConfigError> {
+    for r in regions {
+        let ok = !r.is_empty()
+            && r.len() <= 32
+            && r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok {
+            return Err(ConfigError::new("--regions", format!("`{}` is not an AWS region name", r.escape_debug())));
+        }
+    }
+    Ok(())
+}
+
+pub fn run(a: &SyncArgs) -> Result<()> {
+    let to = a.bucket.location()?;
+    check_regions(&a.regions)?;
+    for acct in &a.share {
+        if acct.len() != 12 || !acct.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ConfigError::new(
+                "--share",
+                format!("`{}` is not a 12-digit AWS account id", acct.escape_debug()),
+            )
+            .into());
+        }
+    }
+    let (_, recipe) = a.profile.loaded()?;
+    let disk = a.method.disk();
+    if !recipe.formats.contains(&disk) {
+        let how = a.method.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
+        return Err(recipe
+            .profile_error(
+                "formats",
+                format!("imgd sync --method {how} makes AMIs from the {disk} disk: add \"{disk}\" to formats"),
+            )
+            .into());
+    }
+    let store = a.store.open()?;
+    let entry = a.profile.build_via(&recipe, &store, a.aws.endpoint_url.as_deref())?.entry;
+    let home = a.home_region.clone().unwrap_or_else(|| a.regions[0].clone());
+    let req = Request {
+        entry: entry.for_aws()?,
+        to,
+        others: a.regions.iter().filter(|r| **r != home).cloned().collect(),
+        home,
+        method: a.method.method(),
+        share: a.share.clone(),
+        kms_key: a.kms_key.clone(),
+        wait: Duration::from_secs(a.wait),
+        poll: Duration::from_secs(a.poll.max(1)),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let outcome = rt.block_on(imgd_aws::sync::run(&req, &a.aws.options(), a.dry_run))?;
+    let Some(result) = outcome.result else {
+        let rows = outcome.plan.rows(&req.to.bucket);
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "dry_run": true, "plan": rows }))?);
+        } else {
+            print!("{}", imgd_aws::output::text(&rows));
+        }
+        return Ok(());
+    };
+    if let Some(p) = &a.out {
+        imgd::fsutil::write_atomic(p, (serde_json::to_string_pretty(&result.amis_json())? + "\n").as_bytes())?;
+    }
+    if let Some(p) = &a.tfvars {
+        imgd::fsutil::write_atomic(p, (serde_json::to_string_pretty(&result.tfvars())? + "\n").as_bytes())?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        for (r, id) in &result.amis {
+            println!("{r}\t{id}");
+        }
+        eprintln!(
+            "{} mutating call(s), {} byte(s) uploaded, {} of {} blocks sent",
+            result.mutating_calls, result.uploaded_bytes, result.blocks_sent, result.blocks_total
+        );
+    }
+    Ok(())
+}

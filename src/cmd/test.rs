@@ -1,0 +1,285 @@
+//! `imgd test`: build if needed, boot headless, wait for the readiness marker.
+
+use super::{ProfileArgs, StoreArgs};
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use imgd::config::types::Format;
+use imgd::config::ConfigError;
+use imgd::qemu::{self, Accel, BootSource, BootTarget, Machine, Platform};
+use imgd::store::manifest::ArtifactName;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  imgd test hello                         boot the first format the profile builds
+  imgd test hello --format qcow2 --timeout 120
+  imgd test hello --format ipxe           netboot through the NIC's iPXE firmware from imgd serve
+  imgd test hello --format all            every format the profile builds")]
+pub struct TestArgs {
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// What to boot (repeatable). Default: the first format built.
+    #[arg(long = "format", value_name = "FORMAT", value_enum)]
+    pub formats: Vec<TestFormat>,
+    /// Firmware for netboot [default: the hardware's].
+    #[arg(long, value_enum)]
+    pub platform: Option<Platform>,
+    /// Seconds to wait for the marker in each boot.
+    #[arg(long, default_value_t = 180)]
+    pub timeout: u64,
+    /// Text to wait for (default: the profile's ready_marker).
+    #[arg(long)]
+    pub expect: Option<String>,
+    /// CPU emulation: auto uses KVM where a (cached) probe shows guests run.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: Accel,
+}
+
+/// `--format` of `imgd test`: one way to boot, or all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TestFormat {
+    /// The NIC's iPXE firmware netbooting from imgd's own server.
+    Ipxe,
+    /// The ipxe kernel + initrd handed to qemu directly.
+    Kernel,
+    Raw,
+    Qcow2,
+    Vhd,
+    /// Every format the profile builds.
+    All,
+}
+
+impl TestFormat {
+    fn targets(self, bootable: &[BootTarget]) -> Vec<BootTarget> {
+        match self {
+            TestFormat::All => bootable.to_vec(),
+            TestFormat::Ipxe => vec![BootTarget::Ipxe],
+            TestFormat::Kernel => vec![BootTarget::Kernel],
+            TestFormat::Raw => vec![BootTarget::Raw],
+            TestFormat::Qcow2 => vec![BootTarget::Qcow2],
+            TestFormat::Vhd => vec![BootTarget::Vhd],
+        }
+    }
+}
+
+pub fn run(a: &TestArgs) -> anyhow::Result<()> {
+    let (loaded, recipe) = a.profile.loaded()?;
+    let marker = a
+        .expect
+        .clone()
+        .or_else(|| recipe.ready_marker.clone())
+        .context("no marker: set ready_marker in the profile or pass --expect")?;
+    let bootable: Vec<BootTarget> = recipe.formats.iter().filter_map(|f| BootTarget::of(*f)).collect();
+    let mut wanted: Vec<BootTarget> = a.formats.iter().flat_map(|f| f.targets(&bootable)).collect();
+    if a.formats.is_empty() {
+        wanted.extend(bootable.first().copied());
+    }
+    if wanted.is_empty() {
+        bail!("profile {} builds nothing bootable (only tar)", recipe.name);
+    }
+    if let Some(t) = wanted.iter().find(|t| !recipe.formats.contains(&t.format())) {
+        bail!(ConfigError::new("--format", format!("profile {} does not build {}", recipe.name, t.format())));
+    }
+    let store = a.store.open()?;
+    let entry = a.profile.build(&recipe, &store)?.entry;
+    let scratch = tempfile::tempdir()?;
+    // Console logs go in a private folder, kept when a boot fails.
+    let logs = tempfile::Builder::new().prefix("imgd-test.").tempdir()?;
+    let accel = resolve_accel(a.accel, &entry);
+    let machine =
+        Machine { arch: recipe.arch, firmware: recipe.firmware, qemu: &loaded.hardware.qemu, accel, ssh: None };
+    for target in wanted {
+        let result = match target {
+            BootTarget::Ipxe => netboot(a, &recipe, &machine, &entry, &marker, scratch.path(), logs.path()),
+            _ => boot(a, &machine, &entry, target, &marker, scratch.path(), logs.path()),
+        };
+        if let Err(e) = result {
+            let kept = logs.keep();
+            return Err(e.context(format!("console logs kept in {}", kept.display())));
+        }
+    }
+    Ok(())
+}
+
+fn boot(
+    a: &TestArgs,
+    machine: &Machine<'_>,
+    entry: &imgd::store::Entry,
+    target: BootTarget,
+    marker: &str,
+    scratch: &std::path::Path,
+    logs: &std::path::Path,
+) -> anyhow::Result<()> {
+    let src = boot_source(entry, target)?;
+    let cmd = qemu::command(machine, &src, scratch)?;
+    let log = logs.join(format!("{}-{target}.log", entry.name));
+    eprintln!("booting {} ({target}), console log {}", entry.name, log.display());
+    let report = qemu::boot_until(cmd, marker, Duration::from_secs(a.timeout), &log)
+        .with_context(|| format!("{} ({target})", entry.name))?;
+    println!("ok {} {target}: `{marker}` after {:.1}s", entry.name, report.seconds);
+    Ok(())
+}
+
+/// An `imgd serve` on loopback that boots one entry for every machine, for
+/// qemu's NIC ROM to netboot from through a guestfwd relay.
+pub struct NetbootServer {
+    rt: tokio::runtime::Runtime,
+    pub server: std::sync::Arc<imgd::serve::Server>,
+    pub port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl NetbootServer {
+    pub fn start(root: &std::path::Path, store: &std::path::Path, entry: &imgd::store::Entry) -> anyhow::Result<Self> {
+        use imgd::serve::{listener, machines, state, Options, Server};
+        let m = &entry.manifest;
+        if m.artifact(Format::Ipxe, ArtifactName::Kernel).is_none()
+            || m.artifact(Format::Ipxe, ArtifactName::Initrd).is_none()
+        {
+            bail!("{} has no ipxe artifacts to netboot", entry.name);
+        }
+        let sources = state::Sources {
+            root: root.to_path_buf(),
+            cache: imgd::dirs::cache(),
+            store: store.to_path_buf(),
+            machines: None,
+            serve_all: false,
+            build_missing: false,
+        };
+        let group = machines::Group {
+            name: "imgd-test".into(),
+            entry: Some(entry.name.clone()),
+            default: true,
+            ..Default::default()
+        };
+        let st = state::load(&sources, Some(machines::MachinesFile { groups: vec![group] }), None)?;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let tcp = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let port = tcp.local_addr()?.port();
+        // qemu's guestfwd relay serves one guest connection at a time: a kept-alive
+        // connection would hold back iPXE's next one until it timed out.
+        let server = Server::new(st, Options { keep_alive: false, ..Options::default() });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let srv = server.clone();
+        let handle = rt.spawn(async move {
+            listener::serve(tcp, srv, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Ok(NetbootServer { rt, server, port, stop: Some(stop), handle: Some(handle) })
+    }
+
+    /// What qemu's guestfwd runs per guest connection.
+    pub fn relay(&self) -> anyhow::Result<String> {
+        Ok(format!("{} relay 127.0.0.1:{}", std::env::current_exe()?.display(), self.port))
+    }
+
+    /// Whether iPXE fetched the chain script, its own script, the kernel and
+    /// the initrd (all of their bytes) from this server.
+    pub fn check_served(&self, entry: &imgd::store::Entry) -> anyhow::Result<(u64, u64)> {
+        let metrics = &self.server.metrics;
+        let served = |endpoint: &str| metrics.requests(endpoint, 200);
+        let m = &entry.manifest;
+        let need: u64 = [ArtifactName::Kernel, ArtifactName::Initrd]
+            .iter()
+            .filter_map(|n| m.artifact(Format::Ipxe, *n))
+            .map(|x| x.size)
+            .sum();
+        let sent = metrics.bytes_served.load(std::sync::atomic::Ordering::Relaxed);
+        if served("boot.ipxe") < 1 || served("ipxe") < 1 || served("artifacts") < 2 || sent < need {
+            bail!(
+                "the machine booted, but not from imgd: boot.ipxe {}, ipxe {}, artifacts {}, {sent} of {need} bytes",
+                served("boot.ipxe"),
+                served("ipxe"),
+                served("artifacts")
+            );
+        }
+        Ok((served("artifacts"), sent))
+    }
+}
+
+impl Drop for NetbootServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = self.rt.block_on(h);
+        }
+    }
+}
+
+/// Boots through the NIC's iPXE firmware from an `imgd serve` on loopback,
+/// and checks that iPXE really fetched the script, kernel and initrd from it.
+fn netboot(
+    a: &TestArgs,
+    recipe: &imgd::config::Recipe,
+    machine: &Machine<'_>,
+    entry: &imgd::store::Entry,
+    marker: &str,
+    scratch: &std::path::Path,
+    logs: &std::path::Path,
+) -> anyhow::Result<()> {
+    let net = NetbootServer::start(&a.profile.root, &a.store.dir(), entry)?;
+    let platform = a.platform.unwrap_or(Platform::of(recipe.firmware));
+    let m = Machine { firmware: platform.firmware(), ..*machine };
+    let cmd = qemu::command(&m, &BootSource::Netboot { relay: net.relay()? }, scratch)?;
+    let platform = platform.as_str();
+    let log = logs.join(format!("{}-netboot-{platform}.log", entry.name));
+    eprintln!(
+        "netbooting {} ({platform}) from imgd serve on 127.0.0.1:{}, console log {}",
+        entry.name,
+        net.port,
+        log.display()
+    );
+    let report = qemu::boot_until(cmd, marker, Duration::from_secs(a.timeout), &log)
+        .with_context(|| format!("{} (netboot, {platform})", entry.name))?;
+    // Passing means iPXE fetched everything from us, not that something booted.
+    let (artifacts, sent) = net.check_served(entry)?;
+    println!(
+        "ok {} netboot ({platform}): `{marker}` after {:.1}s; iPXE fetched boot.ipxe, ipxe and {artifacts} artifacts ({sent} bytes) from imgd",
+        entry.name, report.seconds
+    );
+    Ok(())
+}
+
+/// `auto` becomes KVM only when a probe boot of the entry's kernel runs under it.
+pub fn resolve_accel(accel: Accel, entry: &imgd::store::Entry) -> Accel {
+    if accel != Accel::Auto {
+        return accel;
+    }
+    // KVM runs guests of the host's own architecture only.
+    if entry.manifest.arch != imgd::config::types::Arch::X86_64 || std::env::consts::ARCH != "x86_64" {
+        return Accel::Tcg;
+    }
+    let kernel = entry.manifest.artifact(Format::Ipxe, ArtifactName::Kernel).map(|x| entry.path.join(x.file.as_str()));
+    match kernel {
+        Some(k) if qemu::kvm_works(&k, &imgd::dirs::cache()) => Accel::Kvm,
+        _ => Accel::Tcg,
+    }
+}
+
+/// How qemu boots `target` of `entry` (netboot aside: see [`NetbootServer`]).
+pub fn boot_source(entry: &imgd::store::Entry, target: BootTarget) -> anyhow::Result<BootSource> {
+    let f = target.format();
+    let file = |name: ArtifactName| -> anyhow::Result<std::path::PathBuf> {
+        let art =
+            entry.manifest.artifact(f, name).with_context(|| format!("entry {} has no {f} {name:?}", entry.name))?;
+        Ok(entry.path.join(art.file.as_str()))
+    };
+    Ok(match target {
+        BootTarget::Kernel => BootSource::Direct {
+            kernel: file(ArtifactName::Kernel)?,
+            initrd: file(ArtifactName::Initrd)?,
+            cmdline: format!("rdinit=/init {}", entry.manifest.recipe.cmdline),
+        },
+        BootTarget::Raw => BootSource::Disk { image: file(ArtifactName::Disk)?, format: "raw" },
+        BootTarget::Qcow2 => BootSource::Disk { image: file(ArtifactName::Disk)?, format: "qcow2" },
+        BootTarget::Vhd => BootSource::Disk { image: file(ArtifactName::Disk)?, format: "vpc" },
+        BootTarget::Ipxe => bail!("a netboot needs imgd's server, not a file"),
+    })
+}

@@ -1,0 +1,50 @@
+//! Profiles and hardware files: schema, layered loading, and resolution into a
+//! [`Recipe`], the complete and checked description of one build.
+
+pub mod error;
+pub mod hardware;
+pub mod load;
+pub mod profile;
+pub mod recipe;
+pub mod types;
+
+pub use error::ConfigError;
+pub use load::{load, LoadRequest, Loaded, Origins};
+pub use recipe::{resolve, Recipe};
+
+use std::path::Path;
+
+/// `SOURCE_DATE_EPOCH` from the environment, checked.
+pub fn env_epoch() -> Result<Option<u64>, ConfigError> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| ConfigError::new("SOURCE_DATE_EPOCH", format!("`{v}` is not a number of seconds"))),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Loads and resolves a profile with the usual settings: `cache` is imgd's
+/// cache folder (deb cache in `debs/`, digest cache beside it).
+pub fn recipe(req: &LoadRequest, cache: &Path, formats: Option<Vec<types::Format>>) -> Result<Recipe, ConfigError> {
+    resolve_in(&load(req)?, cache, formats)
+}
+
+/// [`resolve`] a loaded profile with the usual settings.
+pub fn resolve_in(loaded: &Loaded, cache: &Path, formats: Option<Vec<types::Format>>) -> Result<Recipe, ConfigError> {
+    let opts = recipe::ResolveOptions {
+        deb_cache: cache.join("debs"),
+        formats,
+        env_epoch: env_epoch()?,
+        digest_cache: Some(cache.join("digests.tsv")),
+    };
+    resolve(loaded, &opts)
+}
+
+/// Whether `name` can name a profile: letters, digits, - and _ (it becomes
+/// part of store entry names, S3 keys and AMI names).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}

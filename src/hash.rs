@@ -1,0 +1,195 @@
+//! Content digests: files, directory trees, and the input hash that names a build.
+//!
+//! The input hash covers content only. Paths on the caller's machine and mtimes
+//! never enter it, so the same inputs give the same name everywhere.
+
+use sha2::{Digest, Sha256};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// SHA-256 of a file's content, read in large blocks.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    Ok(hex::encode(sha256_state(path)?.finalize()))
+}
+
+/// The hasher after reading a whole file, to continue with more bytes.
+pub fn sha256_state(path: &Path) -> io::Result<Sha256> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h)
+}
+
+/// A digest of a directory tree: every entry's relative path, type, permission
+/// bits, ownership and content (or link target), in sorted order.
+///
+/// Ownership by the invoking user is recorded as root, matching how the tree is
+/// imported into an image (see `rootfs::Tree::import_dir`).
+pub fn tree_digest(dir: &Path) -> io::Result<String> {
+    let mut h = Sha256::new();
+    let me = rustix::process::geteuid().as_raw();
+    let mut stack = vec![dir.to_path_buf()];
+    let mut entries = Vec::new();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let p = e.path();
+            if e.file_type()?.is_dir() {
+                stack.push(p.clone());
+            }
+            entries.push(p);
+        }
+    }
+    entries.sort();
+    for p in entries {
+        let md = std::fs::symlink_metadata(&p)?;
+        let rel = p.strip_prefix(dir).unwrap_or(&p);
+        let owner = |id: u32| if id == me { 0 } else { id };
+        h.update(rel.as_os_str().as_encoded_bytes());
+        h.update(format!("\0{:o}\0{}\0{}\0", md.permissions().mode(), owner(md.uid()), owner(md.gid())));
+        let ft = md.file_type();
+        if ft.is_file() {
+            h.update(sha256_file(&p)?);
+        } else if ft.is_symlink() {
+            h.update(std::fs::read_link(&p)?.as_os_str().as_encoded_bytes());
+        } else if !ft.is_dir() {
+            h.update(format!("dev:{}", md.rdev()));
+        }
+        h.update(b"\n");
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_digest_sees_content_and_modes_but_not_mtimes() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("etc")).unwrap();
+        std::fs::write(d.path().join("etc/a"), "1").unwrap();
+        let first = tree_digest(d.path()).unwrap();
+        let f = std::fs::File::options().write(true).open(d.path().join("etc/a")).unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(tree_digest(d.path()).unwrap(), first, "mtime must not matter");
+        std::fs::write(d.path().join("etc/a"), "2").unwrap();
+        let second = tree_digest(d.path()).unwrap();
+        assert_ne!(second, first);
+        std::fs::set_permissions(d.path().join("etc/a"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_ne!(tree_digest(d.path()).unwrap(), second);
+    }
+}
+
+/// Remembers file digests between runs, keyed by what changes whenever a file's
+/// content can have changed: path, device, inode, size, mtime and ctime (ctime
+/// cannot be set back by a user). Like git's index: a cache hit must not
+/// re-read a 70 MB kernel package to find out nothing changed.
+pub struct DigestCache {
+    path: Option<std::path::PathBuf>,
+    entries: std::sync::Mutex<(std::collections::BTreeMap<String, String>, bool)>,
+}
+
+impl DigestCache {
+    /// A cache stored in `path` (a text file; created on first save).
+    pub fn open(path: &Path) -> DigestCache {
+        let map = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.rsplit_once('\t').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect();
+        DigestCache { path: Some(path.to_path_buf()), entries: std::sync::Mutex::new((map, false)) }
+    }
+
+    /// No persistence: every digest is computed.
+    pub fn none() -> DigestCache {
+        DigestCache { path: None, entries: Default::default() }
+    }
+
+    fn key(path: &Path, md: &std::fs::Metadata) -> String {
+        format!(
+            "{}\t{}:{}:{}:{}.{}:{}.{}",
+            path.display(),
+            md.dev(),
+            md.ino(),
+            md.len(),
+            md.mtime(),
+            md.mtime_nsec(),
+            md.ctime(),
+            md.ctime_nsec()
+        )
+    }
+
+    /// SHA-256 of a file's content, from the cache when the file is unchanged.
+    pub fn file(&self, path: &Path) -> io::Result<String> {
+        let md = std::fs::metadata(path)?;
+        if self.path.is_none() || md.len() < (1 << 20) {
+            return sha256_file(path);
+        }
+        let abs = std::path::absolute(path)?;
+        let key = Self::key(&abs, &md);
+        if let Some(d) = self.entries.lock().unwrap_or_else(|p| p.into_inner()).0.get(&key) {
+            return Ok(d.clone());
+        }
+        let d = sha256_file(path)?;
+        let mut guard = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        // One entry per path: drop digests of the file's earlier states.
+        let prefix = format!("{}\t", abs.display());
+        guard.0.retain(|k, _| !k.starts_with(&prefix));
+        guard.0.insert(key, d.clone());
+        guard.1 = true;
+        Ok(d)
+    }
+
+    /// Writes the cache back (atomically) if it learned anything.
+    pub fn save(&self) -> io::Result<()> {
+        let (Some(path), guard) = (&self.path, self.entries.lock().unwrap_or_else(|p| p.into_inner())) else {
+            return Ok(());
+        };
+        if !guard.1 {
+            return Ok(());
+        }
+        let text: String = guard.0.iter().map(|(k, v)| format!("{k}\t{v}\n")).collect();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_file_is_rehashed() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("big");
+        std::fs::write(&f, vec![1u8; 2 << 20]).unwrap();
+        let c = DigestCache::open(&d.path().join("cache"));
+        let first = c.file(&f).unwrap();
+        c.save().unwrap();
+        let c = DigestCache::open(&d.path().join("cache"));
+        assert_eq!(c.file(&f).unwrap(), first);
+        // Same size, same mtime, other content: ctime still tells.
+        let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&f, vec![2u8; 2 << 20]).unwrap();
+        std::fs::File::options().write(true).open(&f).unwrap().set_modified(mtime).unwrap();
+        assert_ne!(c.file(&f).unwrap(), first);
+    }
+}

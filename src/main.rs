@@ -1,0 +1,80 @@
+//! The `imgd` command line: a thin layer over the library. Bad input
+//! (profiles, hardware files, flags) exits with code 2; other failures with 1.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+use imgd::config::ConfigError;
+
+#[derive(Parser, Debug)]
+#[command(name = "imgd", version, about = "Machine profiles to reproducible, bootable images: build, netboot, test.")]
+struct Cli {
+    /// More log output (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Build a profile into a store entry (cached by input hash).
+    Build(cmd::build::BuildArgs),
+    /// Print a profile's input hash without building.
+    Hash(cmd::build::HashArgs),
+    /// Boot a profile in qemu with its console on this terminal.
+    Run(cmd::run::RunArgs),
+    /// Boot a profile's artifacts headless in qemu and wait for its marker.
+    Test(cmd::test::TestArgs),
+    /// Serve netboot scripts and artifacts to iPXE over HTTP.
+    Serve(cmd::serve::ServeArgs),
+    /// Copy stdin/stdout to a TCP address (used by qemu's guestfwd in netboot tests).
+    #[command(hide = true)]
+    Relay { addr: String },
+    /// Upload a build to S3 and make its AMI in every region.
+    #[cfg(feature = "aws")]
+    Sync(Box<cmd::sync::SyncArgs>),
+    /// Remove old AMIs, their snapshots and S3 entries (a plan unless --yes).
+    #[cfg(feature = "aws")]
+    Prune(cmd::prune::PruneArgs),
+    /// List store entries.
+    Ls(cmd::store_cmds::LsArgs),
+    /// Re-hash store entries against their manifests.
+    Verify(cmd::store_cmds::VerifyArgs),
+    /// Remove old store entries, keeping the newest N per profile.
+    Gc(cmd::store_cmds::GcArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let default = match cli.verbose {
+        0 => "imgd=info,imgd_aws=info",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+
+    let result = match &cli.command {
+        Command::Build(a) => cmd::build::run(a),
+        Command::Hash(a) => cmd::build::hash(a),
+        Command::Test(a) => cmd::test::run(a),
+        Command::Run(a) => cmd::run::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Relay { addr } => imgd::qemu::relay(addr),
+        #[cfg(feature = "aws")]
+        Command::Sync(a) => cmd::sync::run(a),
+        #[cfg(feature = "aws")]
+        Command::Prune(a) => cmd::prune::run(a),
+        Command::Ls(a) => cmd::store_cmds::ls(a),
+        Command::Verify(a) => cmd::store_cmds::verify(a),
+        Command::Gc(a) => cmd::store_cmds::gc(a),
+    };
+    if let Err(e) = result {
+        // A ConfigError anywhere in the chain means the user's input is wrong.
+        let bad_input = e.chain().any(|c| c.is::<ConfigError>());
+        eprintln!("error: {e:#}");
+        std::process::exit(if bad_input { 2 } else { 1 });
+    }
+}

@@ -1,0 +1,427 @@
+//! Booting artifacts in local qemu: the command line for a hardware profile,
+//! and a headless boot that waits for a marker on the serial console.
+//!
+//! Guests never get a network unless a test asks for one, and disk images are
+//! opened with `snapshot=on` so the store's files are never written.
+
+use crate::config::hardware::{DiskBus, QemuSpec};
+use crate::config::types::{Arch, Firmware, Format};
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub enum BootSource {
+    /// Kernel and initrd handed to qemu directly (`-kernel/-initrd`).
+    Direct { kernel: PathBuf, initrd: PathBuf, cmdline: String },
+    /// A disk image; `format` is qemu's name (raw, qcow2, vpc).
+    Disk { image: PathBuf, format: &'static str },
+    /// The NIC's iPXE ROM boots from the network. The guest reaches nothing but
+    /// `http://10.0.2.100/`, which qemu relays to `relay` (a command that talks
+    /// to the netboot server on loopback): user networking with restrict=on.
+    Netboot { relay: String },
+}
+
+/// What `imgd run` and `imgd test` boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BootTarget {
+    /// The NIC's iPXE firmware netbooting from imgd's own server.
+    Ipxe,
+    /// The ipxe format's kernel + initrd handed to qemu directly.
+    Kernel,
+    Raw,
+    Qcow2,
+    Vhd,
+}
+
+impl BootTarget {
+    /// The artifact format this boots.
+    pub fn format(self) -> Format {
+        match self {
+            BootTarget::Ipxe | BootTarget::Kernel => Format::Ipxe,
+            BootTarget::Raw => Format::Raw,
+            BootTarget::Qcow2 => Format::Qcow2,
+            BootTarget::Vhd => Format::Vhd,
+        }
+    }
+
+    /// How a format is booted by default (a tarball is not bootable).
+    pub fn of(f: Format) -> Option<BootTarget> {
+        match f {
+            Format::Ipxe => Some(BootTarget::Ipxe),
+            Format::Raw => Some(BootTarget::Raw),
+            Format::Qcow2 => Some(BootTarget::Qcow2),
+            Format::Vhd => Some(BootTarget::Vhd),
+            Format::Tar => None,
+        }
+    }
+}
+
+impl std::fmt::Display for BootTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use clap::ValueEnum;
+        let name = self.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
+        f.pad(&name)
+    }
+}
+
+/// The firmware a netboot runs, in iPXE's words (`${platform}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Platform {
+    /// SeaBIOS with the NIC's iPXE ROM.
+    Pcbios,
+    /// OVMF with the NIC's iPXE EFI ROM.
+    Efi,
+}
+
+impl Platform {
+    pub fn of(f: Firmware) -> Platform {
+        match f {
+            Firmware::Bios => Platform::Pcbios,
+            Firmware::Uefi => Platform::Efi,
+        }
+    }
+
+    pub fn firmware(self) -> Firmware {
+        match self {
+            Platform::Pcbios => Firmware::Bios,
+            Platform::Efi => Firmware::Uefi,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Pcbios => "pcbios",
+            Platform::Efi => "efi",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// KVM where a probe shows guests really run, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Clone, Copy)]
+pub struct Machine<'a> {
+    pub arch: Arch,
+    pub firmware: Firmware,
+    pub qemu: &'a QemuSpec,
+    pub accel: Accel,
+    /// Forward 127.0.0.1:PORT on the host to the guest's port 22.
+    pub ssh: Option<u16>,
+}
+
+const OVMF_CODE: &[&str] =
+    &["/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/qemu/OVMF.fd"];
+const OVMF_VARS: &[&str] = &["/usr/share/OVMF/OVMF_VARS_4M.fd", "/usr/share/OVMF/OVMF_VARS.fd"];
+const AAVMF_CODE: &[&str] = &["/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd"];
+const AAVMF_VARS: &[&str] = &["/usr/share/AAVMF/AAVMF_VARS.fd"];
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+fn first_existing(paths: &[&str]) -> Option<PathBuf> {
+    paths.iter().map(PathBuf::from).find(|p| p.is_file())
+}
+
+/// The qemu command for `m` booting `src`; `scratch` holds the UEFI vars copy.
+pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Command> {
+    let program = match m.arch {
+        Arch::X86_64 => "qemu-system-x86_64",
+        Arch::Aarch64 => "qemu-system-aarch64",
+    };
+    if m.arch == Arch::Aarch64 {
+        if !on_path(program) {
+            bail!("booting aarch64 hardware needs qemu-system-aarch64 (apt-get install qemu-system-arm)");
+        }
+        if m.firmware == Firmware::Bios {
+            bail!("aarch64 machines have no BIOS: set firmware = \"uefi\"");
+        }
+        if matches!(src, BootSource::Netboot { .. }) {
+            bail!("netboot tests need an iPXE ROM for the NIC; Debian's ipxe-qemu ships x86 ROMs only");
+        }
+    }
+    let mut c = Command::new(program);
+    c.args(["-machine", &m.qemu.machine, "-cpu", &m.qemu.cpu]);
+    c.args(["-m", &m.qemu.memory_mib.to_string(), "-smp", &m.qemu.smp.to_string()]);
+    c.args([
+        "-accel",
+        match m.accel {
+            Accel::Kvm => "kvm",
+            // Callers resolve Auto (see `kvm_works`); unresolved means TCG.
+            Accel::Tcg | Accel::Auto => "tcg",
+        },
+    ]);
+    c.args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"]);
+    let uefi = |c: &mut Command| -> Result<()> {
+        let (code, vars) = match m.arch {
+            Arch::X86_64 => (OVMF_CODE, OVMF_VARS),
+            Arch::Aarch64 => (AAVMF_CODE, AAVMF_VARS),
+        };
+        let pkg = if m.arch == Arch::X86_64 { "ovmf" } else { "qemu-efi-aarch64" };
+        let code = first_existing(code).with_context(|| format!("UEFI firmware not found (apt-get install {pkg})"))?;
+        let vars_src = first_existing(vars).with_context(|| format!("UEFI vars not found (apt-get install {pkg})"))?;
+        let vars = scratch.join("OVMF_VARS.fd");
+        std::fs::copy(&vars_src, &vars)?;
+        c.arg("-drive").arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()));
+        c.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+        Ok(())
+    };
+    // Only a netboot gets a network (restricted); other guests get none, or
+    // with --ssh a restricted one whose only way in is the host's loopback port.
+    let user_net = |c: &mut Command| match m.ssh {
+        Some(port) => {
+            c.arg("-netdev").arg(format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"));
+            c.arg("-device").arg(format!("{},netdev=n0", m.qemu.nic));
+        }
+        None => {
+            c.args(["-nic", "none"]);
+        }
+    };
+    match src {
+        BootSource::Netboot { relay } => {
+            if relay.contains(',') {
+                bail!("the relay command must not contain commas (qemu option syntax): {relay}");
+            }
+            if m.firmware == Firmware::Uefi {
+                uefi(&mut c)?;
+            }
+            let ssh = m.ssh.map_or(String::new(), |p| format!(",hostfwd=tcp:127.0.0.1:{p}-:22"));
+            c.arg("-netdev").arg(format!(
+                "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:{relay},bootfile=http://10.0.2.100/boot.ipxe{ssh}"
+            ));
+            c.arg("-device").arg(format!("{},netdev=n0,bootindex=1", m.qemu.nic));
+        }
+        BootSource::Direct { kernel, initrd, cmdline } => {
+            user_net(&mut c);
+            c.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).arg("-append").arg(cmdline);
+        }
+        BootSource::Disk { image, format } => {
+            user_net(&mut c);
+            if m.firmware == Firmware::Uefi {
+                uefi(&mut c)?;
+            }
+            c.arg("-drive").arg(format!("file={},format={format},if=none,id=disk0,snapshot=on", image.display()));
+            let dev = match m.qemu.disk {
+                DiskBus::Virtio => "virtio-blk-pci,drive=disk0,bootindex=1".to_string(),
+                DiskBus::Nvme => "nvme,drive=disk0,serial=imgd0,bootindex=1".to_string(),
+                DiskBus::Ide => "ide-hd,drive=disk0,bootindex=1".to_string(),
+            };
+            c.args(["-device", &dev]);
+        }
+    }
+    Ok(c)
+}
+
+/// Wraps qemu in `setpriv --pdeathsig KILL` so the kernel kills it when imgd
+/// dies, however it dies (even SIGKILL, where no handler runs).
+pub fn guarded(cmd: Command) -> Command {
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().find(|p| Path::new(p).exists());
+    let Some(setpriv) = setpriv else { return cmd };
+    let mut g = Command::new(setpriv);
+    g.args(["--pdeathsig", "KILL", "--"]).arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => g.env(k, v),
+            None => g.env_remove(k),
+        };
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        g.current_dir(d);
+    }
+    g
+}
+
+/// Runs qemu attached to the terminal (`imgd run`) until it exits.
+pub fn run_interactive(cmd: Command) -> Result<std::process::ExitStatus> {
+    let mut cmd = guarded(cmd);
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        // The serial console and qemu's monitor share the terminal: Ctrl-A X quits.
+        let args: Vec<std::ffi::OsString> =
+            cmd.get_args().map(|a| if a == "stdio" { "mon:stdio".into() } else { a.to_os_string() }).collect();
+        let mut c = Command::new(cmd.get_program());
+        c.args(args);
+        cmd = c;
+        eprintln!("imgd run: Ctrl-A X quits qemu");
+    }
+    let mut child = Reaper(cmd.spawn().context("cannot start qemu-system-x86_64 (apt-get install qemu-system-x86)")?);
+    Ok(child.0.wait()?)
+}
+
+/// Whether KVM really runs guests here: /dev/kvm can open while guests die
+/// (nested virtualization without full CPU features). Boots `kernel` for a
+/// few seconds under KVM and looks for its first console line; the answer is
+/// cached in `cache` per qemu version and kernel.
+pub fn kvm_works(kernel: &Path, cache: &Path) -> bool {
+    if std::fs::File::options().read(true).write(true).open("/dev/kvm").is_err() {
+        return false;
+    }
+    let qemu = crate::tools::version_line("qemu-system-x86_64", "--version");
+    let key =
+        crate::hash::sha256_hex(format!("{qemu}\n{}", crate::hash::sha256_file(kernel).unwrap_or_default()).as_bytes());
+    let file = cache.join(format!("kvm-probe-{}", &key[..16]));
+    // A success is for good; a failure is re-checked after a day, so a
+    // one-off (a busy host, a module loading) does not stick.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    match std::fs::read_to_string(&file).as_deref().map(str::trim) {
+        Ok("ok") => return true,
+        Ok(v) => {
+            let when = v.strip_prefix("broken ").and_then(|t| t.parse::<u64>().ok());
+            if when.is_some_and(|t| now.saturating_sub(t) < 86_400) {
+                return false;
+            }
+        }
+        Err(_) => {}
+    }
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-accel", "kvm", "-cpu", "host", "-m", "256", "-display", "none", "-monitor", "none", "-serial", "stdio"]);
+    c.args(["-nic", "none", "-no-reboot", "-kernel"]).arg(kernel).args(["-append", "console=ttyS0 panic=-1"]);
+    let Ok(scratch) = tempfile::tempdir() else { return false };
+    let ok = boot_until(c, "Linux version", Duration::from_secs(15), &scratch.path().join("console.log")).is_ok();
+    let _ = std::fs::create_dir_all(cache);
+    let verdict = if ok { "ok\n".to_string() } else { format!("broken {now}\n") };
+    let _ = crate::fsutil::write_atomic(&file, verdict.as_bytes());
+    tracing::info!("KVM probe: {}", if ok { "works" } else { "guests do not run; using TCG" });
+    ok
+}
+
+/// Kills qemu when dropped, whatever path the caller leaves by.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[derive(Debug)]
+pub struct BootReport {
+    pub seconds: f64,
+    pub log: PathBuf,
+}
+
+/// Boots headless and waits for `marker` on the serial console, writing the
+/// console to `log`. Fails on timeout, kernel panic or qemu exiting first,
+/// with the reason and the last 40 console lines.
+pub fn boot_until(cmd: Command, marker: &str, timeout: Duration, log: &Path) -> Result<BootReport> {
+    let start = Instant::now();
+    let mut cmd = guarded(cmd);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = Reaper(cmd.spawn().context("cannot start qemu (apt-get install qemu-system-x86)")?);
+    let (Some(stdout), Some(stderr)) = (child.0.stdout.take(), child.0.stderr.take()) else {
+        bail!("qemu's console pipes were not set up");
+    };
+    // Chunks, not lines: a login prompt ("debian login: ") ends without a newline.
+    let (tx, rx) = mpsc::channel::<Option<String>>();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        loop {
+            let buf = match r.fill_buf() {
+                Ok([]) | Err(_) => break,
+                Ok(b) => b.to_vec(),
+            };
+            r.consume(buf.len());
+            if tx.send(Some(String::from_utf8_lossy(&buf).replace('\r', ""))).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(None);
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx2.send(Some(format!("[qemu] {line}\n")));
+        }
+    });
+    // create_new: the log's folder is the caller's private one, and an
+    // existing file (or a planted symlink) is never written through.
+    let mut logf = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .open(log)
+        .with_context(|| format!("creating console log {}", log.display()))?;
+    let mut tail: std::collections::VecDeque<String> = Default::default();
+    let mut partial = String::new();
+    let fail = |reason: &str, tail: &std::collections::VecDeque<String>| -> anyhow::Error {
+        let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
+        anyhow::anyhow!(
+            "{reason} (console log: {})\n--- last {} console lines ---\n{}",
+            log.display(),
+            lines.len(),
+            lines.join("\n")
+        )
+    };
+    loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(fail(&format!("timed out after {}s waiting for `{marker}`", timeout.as_secs()), &tail));
+        }
+        match rx.recv_timeout(left) {
+            Ok(Some(chunk)) => {
+                logf.write_all(chunk.as_bytes())?;
+                partial.push_str(&chunk);
+                let mut lines: Vec<String> = partial.split('\n').map(str::to_string).collect();
+                partial = lines.pop().unwrap_or_default();
+                let seen = lines.iter().any(|l| l.contains(marker)) || partial.contains(marker);
+                let panicked = lines.iter().any(|l| l.contains("Kernel panic"));
+                for l in lines {
+                    tail.push_back(l);
+                    if tail.len() > 40 {
+                        tail.pop_front();
+                    }
+                }
+                if seen {
+                    logf.flush()?;
+                    return Ok(BootReport { seconds: start.elapsed().as_secs_f64(), log: log.to_path_buf() });
+                }
+                if panicked {
+                    // Let the panic's backtrace reach the log before failing.
+                    let until = Instant::now() + Duration::from_millis(500);
+                    while let Ok(Some(c)) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                        logf.write_all(c.as_bytes())?;
+                        partial.push_str(&c);
+                    }
+                    tail.extend(partial.lines().map(str::to_string));
+                    while tail.len() > 40 {
+                        tail.pop_front();
+                    }
+                    return Err(fail("kernel panic", &tail));
+                }
+            }
+            Ok(None) => {
+                let status = child.0.wait()?;
+                return Err(fail(&format!("qemu exited ({status}) before `{marker}` appeared"), &tail));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.0.wait()?;
+                return Err(fail(&format!("qemu exited ({status}) before `{marker}` appeared"), &tail));
+            }
+        }
+    }
+}
+
+/// Copies stdin to a TCP connection and the connection to stdout: what qemu's
+/// `guestfwd=...-cmd:` runs once per guest connection.
+pub fn relay(addr: &str) -> Result<()> {
+    let conn = std::net::TcpStream::connect(addr).with_context(|| format!("relay: connecting to {addr}"))?;
+    let mut up = conn.try_clone()?;
+    let t = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
+        let _ = up.shutdown(std::net::Shutdown::Write);
+    });
+    let mut down = conn;
+    std::io::copy(&mut down, &mut std::io::stdout().lock())?;
+    std::io::stdout().flush()?;
+    drop(t);
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! The kernel and its modules: where they come from (a .deb, explicit paths, or
+//! the base's own /boot and /lib/modules), which modules a machine needs (the
+//! hardware's list closed over modules.dep), and installing them into a tree.
+
+use super::tree::Tree;
+use crate::config::recipe::{Kernel, Recipe};
+use crate::tools::run;
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// A module a profile or hardware file names that the kernel does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("module `{module}` is not in kernel {kernel} (neither a module nor built in)")]
+pub struct MissingModule {
+    pub module: String,
+    pub kernel: String,
+}
+
+/// A kernel ready to use: the image, and a modules directory with modules.dep.
+pub struct KernelParts {
+    pub version: String,
+    pub image: PathBuf,
+    /// `.../lib/modules/<version>`, with modules.dep present.
+    pub modules_dir: PathBuf,
+    /// Module name (`virtio_blk`) -> path relative to `modules_dir`.
+    modules: BTreeMap<String, String>,
+    /// Relative module path -> its dependencies' relative paths.
+    deps: BTreeMap<String, Vec<String>>,
+    builtin: BTreeSet<String>,
+}
+
+/// `kernel/fs/ext4/ext4.ko.xz` -> `ext4`; dashes count as underscores.
+pub fn module_name(rel: &str) -> String {
+    let file = rel.rsplit('/').next().unwrap_or(rel);
+    let stem = file.split(".ko").next().unwrap_or(file);
+    stem.replace('-', "_")
+}
+
+impl KernelParts {
+    /// Gets the kernel named by the recipe. `work` is scratch space; `base` is
+    /// the root tree (for `from_base`).
+    pub fn obtain(recipe: &Recipe, base: &Tree, work: &Path) -> Result<KernelParts> {
+        match &recipe.kernel {
+            Kernel::Deb(deb) => {
+                let dir = work.join("kernel-deb");
+                std::fs::create_dir_all(&dir)?;
+                run(std::process::Command::new("dpkg-deb").arg("-x").arg(&deb.path).arg(&dir))
+                    .with_context(|| format!("unpacking kernel {}", deb.path.display()))?;
+                let (version, image) =
+                    find_image(&dir.join("boot")).with_context(|| format!("kernel package {}", deb.name))?;
+                let modules_dir = ["lib/modules", "usr/lib/modules"]
+                    .iter()
+                    .map(|m| dir.join(m).join(&version))
+                    .find(|p| p.is_dir())
+                    .ok_or_else(|| anyhow!("kernel package {} has no lib/modules/{version}", deb.name))?;
+                Self::with_modules(version, image, modules_dir, work)
+            }
+            Kernel::Explicit { image, modules } => {
+                let Some(modules) = modules else {
+                    let parts = KernelParts {
+                        version: String::new(),
+                        image: image.path.clone(),
+                        modules_dir: PathBuf::new(),
+                        modules: BTreeMap::new(),
+                        deps: BTreeMap::new(),
+                        builtin: BTreeSet::new(),
+                    };
+                    return Ok(parts);
+                };
+                let version = modules.path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                Self::with_modules(version, image.path.clone(), modules.path.clone(), work)
+            }
+            Kernel::FromBase => {
+                let boot = base.resolve("/boot", true)?;
+                let (version, _) = find_image(&base.staged(&boot)).context("kernel.from_base: the base's /boot")?;
+                let image = base.staged(&base.resolve(&format!("/boot/vmlinuz-{version}"), true)?);
+                let mods = base.staged(&base.resolve(&format!("/lib/modules/{version}"), true)?);
+                if !mods.is_dir() {
+                    bail!("kernel.from_base: the base has /boot/vmlinuz-{version} but no /lib/modules/{version}");
+                }
+                Self::with_modules(version, image, mods, work)
+            }
+        }
+    }
+
+    /// Reads modules.dep, running depmod on a private copy when it is missing
+    /// (Debian's kernel packages ship none).
+    fn with_modules(version: String, image: PathBuf, modules_dir: PathBuf, work: &Path) -> Result<KernelParts> {
+        let mut dir = modules_dir;
+        if !dir.join("modules.dep").is_file() {
+            let inside_work = dir.starts_with(work);
+            if !inside_work {
+                let copy = work.join("kernel-modules/lib/modules").join(&version);
+                std::fs::create_dir_all(work.join("kernel-modules/lib/modules"))?;
+                run(std::process::Command::new("cp").arg("-a").arg(&dir).arg(&copy))?;
+                dir = copy;
+            }
+            depmod(&dir, &version)?;
+        }
+        let mut parts = KernelParts {
+            version,
+            image,
+            modules_dir: dir.clone(),
+            modules: BTreeMap::new(),
+            deps: BTreeMap::new(),
+            builtin: BTreeSet::new(),
+        };
+        let dep = std::fs::read_to_string(dir.join("modules.dep")).context("reading modules.dep")?;
+        for line in dep.lines() {
+            let Some((m, rest)) = line.split_once(':') else { continue };
+            parts.modules.insert(module_name(m), m.to_string());
+            parts.deps.insert(m.to_string(), rest.split_whitespace().map(str::to_string).collect());
+        }
+        if let Ok(b) = std::fs::read_to_string(dir.join("modules.builtin")) {
+            parts.builtin = b.lines().map(module_name).collect();
+        }
+        Ok(parts)
+    }
+
+    pub fn has_modules(&self) -> bool {
+        !self.modules.is_empty()
+    }
+
+    /// The modules to load for `names`, dependencies first, as paths relative
+    /// to the modules directory. Built-in modules need nothing.
+    pub fn closure(&self, names: &[String]) -> std::result::Result<Vec<String>, MissingModule> {
+        let mut order = Vec::new();
+        let mut seen = BTreeSet::new();
+        for name in names {
+            let name = name.replace('-', "_");
+            if let Some(rel) = self.modules.get(&name) {
+                self.visit(rel, &mut seen, &mut order);
+            } else if !self.builtin.contains(&name) {
+                let kernel = if self.version.is_empty() { "image".into() } else { self.version.clone() };
+                return Err(MissingModule { module: name, kernel });
+            }
+        }
+        Ok(order)
+    }
+
+    fn visit(&self, rel: &str, seen: &mut BTreeSet<String>, order: &mut Vec<String>) {
+        if !seen.insert(rel.to_string()) {
+            return;
+        }
+        // modules.dep lists every transitive dependency, but visiting them keeps
+        // the order right for hand-written files too.
+        for d in self.deps.get(rel).into_iter().flatten() {
+            self.visit(d, seen, order);
+        }
+        order.push(rel.to_string());
+    }
+
+    /// Copies `modules` (relative paths) and the kernel's module index inputs
+    /// into `tree` under /lib/modules/<version>, then runs depmod there so the
+    /// image's modprobe finds them.
+    pub fn install(&self, tree: &mut Tree, modules: &[String]) -> Result<()> {
+        if modules.is_empty() {
+            return Ok(());
+        }
+        let dest = format!("/lib/modules/{}", self.version);
+        for m in modules {
+            tree.add_copy(&format!("{dest}/{m}"), &self.modules_dir.join(m), 0o644)?;
+        }
+        for f in ["modules.order", "modules.builtin", "modules.builtin.modinfo"] {
+            let src = self.modules_dir.join(f);
+            if src.is_file() {
+                tree.add_copy(&format!("{dest}/{f}"), &src, 0o644)?;
+            }
+        }
+        let rel = tree.resolve(&dest, true)?;
+        depmod(&tree.staged(&rel), &self.version)?;
+        let mut generated: Vec<String> = std::fs::read_dir(tree.staged(&rel))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("modules."))
+            .collect();
+        generated.sort();
+        for g in generated {
+            tree.adopt(&format!("{rel}/{g}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs depmod for a modules directory `<base>/lib/modules/<version>`.
+fn depmod(modules_dir: &Path, version: &str) -> Result<()> {
+    let s = modules_dir.to_string_lossy();
+    let suffix = format!("/lib/modules/{version}");
+    let base = s.strip_suffix(&suffix).ok_or_else(|| anyhow!("{s} does not end in {suffix}"))?;
+    run(std::process::Command::new("depmod").arg("-b").arg(base).arg(version)).context("depmod")?;
+    Ok(())
+}
+
+/// Finds `vmlinuz-<version>` (or `vmlinux-`/`Image-`) in a /boot directory.
+fn find_image(boot: &Path) -> Result<(String, PathBuf)> {
+    let mut found: Vec<(String, PathBuf)> = std::fs::read_dir(boot)
+        .with_context(|| format!("reading {}", boot.display()))?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().into_string().ok()?;
+            let v = ["vmlinuz-", "vmlinux-", "Image-"].iter().find_map(|p| name.strip_prefix(p))?;
+            Some((v.to_string(), e.path()))
+        })
+        .collect();
+    found.sort();
+    found.pop().ok_or_else(|| anyhow!("no vmlinuz-* in {}", boot.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names_normalize() {
+        assert_eq!(module_name("kernel/fs/ext4/ext4.ko"), "ext4");
+        assert_eq!(module_name("kernel/crypto/crc32c-intel.ko.xz"), "crc32c_intel");
+    }
+
+    #[test]
+    fn closure_orders_dependencies_first_and_rejects_unknown() {
+        let d = tempfile::tempdir().unwrap();
+        let m = d.path().join("lib/modules/1.0");
+        std::fs::create_dir_all(&m).unwrap();
+        std::fs::write(m.join("modules.dep"), "k/ext4.ko: k/jbd2.ko k/mbcache.ko\nk/jbd2.ko:\nk/mbcache.ko:\n")
+            .unwrap();
+        std::fs::write(m.join("modules.builtin"), "k/virtio.ko\n").unwrap();
+        let p = KernelParts::with_modules("1.0".into(), PathBuf::new(), m, d.path()).unwrap();
+        assert_eq!(p.closure(&["ext4".into(), "virtio".into()]).unwrap(), ["k/jbd2.ko", "k/mbcache.ko", "k/ext4.ko"]);
+        let e = p.closure(&["ena".into()]).unwrap_err().to_string();
+        assert!(e.contains("`ena` is not in kernel 1.0"), "{e}");
+    }
+}

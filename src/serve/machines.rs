@@ -1,0 +1,362 @@
+//! `machines.toml`: which machine boots what.
+//!
+//! ```toml
+//! [[group]]
+//! name = "web-rack-12"
+//! profile = "hello"                  # a profile in profiles/ (its current build), or:
+//! # entry = "9f2c...-hello"          # pin a store entry
+//! kernel_args = "imgd.role=web"      # appended to the profile's command line
+//! vars = { role = "web" }            # extra template variables: {{var.role}}
+//! downloads = ["disk", "rootfs"]     # besides kernel, initrd and script, the
+//!                                    # entry's files this group's machines may fetch
+//! [group.selector]                   # every selector given must match
+//! mac = "52:54:00:12:34:56"          # also with dashes, any case
+//! uuid = "..."; hostname = "..."; serial = "..."
+//! arch = "x86_64"                    # iPXE ${buildarch}: i386, x86_64, arm64
+//! platform = "efi"                   # iPXE ${platform}: pcbios, efi
+//! source = ["10.12.0.0/16"]          # the client's address (after --trusted-proxy)
+//! labels = { rack = "12" }           # query parameters: /boot.ipxe?rack=12
+//!
+//! [[group]]
+//! name = "everything-else"
+//! profile = "hello"
+//! default = true                     # at most one; used when nothing else matches
+//! ```
+//!
+//! MAC, UUID, hostname and serial are *claims* the client makes; anyone on the
+//! network can send any value. Where that matters, add `source` so a group
+//! also requires the request to come from the right network. `source` also
+//! decides who may download the group's files: a group without it lets any
+//! client that can reach the server fetch its boot files.
+//!
+//! Names, kernel arguments and vars land in iPXE scripts and logs, so they
+//! must not hold control characters; group names are letters, digits, `.`,
+//! `_` and `-`.
+//!
+//! The most specific matching group wins: first by the number of identity
+//! selectors (mac, uuid, hostname, serial), then by the number of the others.
+//! Two groups of equal specificity that one machine could match both are a
+//! configuration error, reported when the file is loaded.
+
+use crate::config::error::{from_toml, ConfigError};
+use crate::store::manifest::ArtifactName;
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MachinesFile {
+    #[serde(default, rename = "group")]
+    pub groups: Vec<Group>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    pub name: String,
+    pub profile: Option<String>,
+    pub entry: Option<String>,
+    #[serde(default)]
+    pub kernel_args: String,
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    #[serde(default)]
+    pub default: bool,
+    #[serde(default)]
+    pub selector: Selector,
+    /// Files of the entry beyond kernel, initrd and script that this group's
+    /// machines may download (e.g. `disk` to install from the network).
+    #[serde(default)]
+    pub downloads: Vec<ArtifactName>,
+}
+
+impl Group {
+    /// Whether a client at `ip` is one of this group's machines as far as
+    /// its address says (the only part of a request that is not a claim).
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.selector.source.is_empty() || self.selector.source.iter().any(|n| n.contains(&ip))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    pub mac: Option<String>,
+    pub uuid: Option<String>,
+    pub hostname: Option<String>,
+    pub serial: Option<String>,
+    pub arch: Option<String>,
+    pub platform: Option<String>,
+    #[serde(default)]
+    pub source: Vec<IpNet>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What a booting machine tells us about itself (plus where it connects from).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Machine {
+    pub mac: Option<String>,
+    pub uuid: Option<String>,
+    pub hostname: Option<String>,
+    pub serial: Option<String>,
+    pub arch: Option<String>,
+    pub platform: Option<String>,
+    pub source: Option<IpAddr>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `52-54-00-AB-cd-ef` and `52:54:00:ab:cd:ef` are the same MAC.
+pub fn normalize_mac(s: &str) -> String {
+    s.trim().to_ascii_lowercase().replace('-', ":")
+}
+
+fn eq_ci(a: &Option<String>, b: &Option<String>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+        _ => false,
+    }
+}
+
+impl Selector {
+    /// (identity selectors, other selectors): compared lexicographically.
+    pub fn specificity(&self) -> (usize, usize) {
+        let identity = [&self.mac, &self.uuid, &self.hostname, &self.serial].iter().filter(|s| s.is_some()).count();
+        let other = [&self.arch, &self.platform].iter().filter(|s| s.is_some()).count()
+            + usize::from(!self.source.is_empty())
+            + self.labels.len();
+        (identity, other)
+    }
+
+    pub fn matches(&self, m: &Machine) -> bool {
+        let exact = |want: &Option<String>, have: &Option<String>| want.is_none() || eq_ci(want, have);
+        let mac_ok = match &self.mac {
+            None => true,
+            Some(w) => m.mac.as_deref().map(normalize_mac) == Some(normalize_mac(w)),
+        };
+        mac_ok
+            && exact(&self.uuid, &m.uuid)
+            && exact(&self.hostname, &m.hostname)
+            && exact(&self.serial, &m.serial)
+            && exact(&self.arch, &m.arch)
+            && exact(&self.platform, &m.platform)
+            && (self.source.is_empty()
+                || m.source.map(|ip| ip.to_canonical()).is_some_and(|ip| self.source.iter().any(|n| n.contains(&ip))))
+            && self.labels.iter().all(|(k, v)| m.labels.get(k) == Some(v))
+    }
+
+    /// Could one machine match both selectors?
+    fn overlaps(&self, o: &Selector) -> bool {
+        let compatible = |a: &Option<String>, b: &Option<String>| a.is_none() || b.is_none() || eq_ci(a, b);
+        let macs = match (&self.mac, &o.mac) {
+            (Some(a), Some(b)) => normalize_mac(a) == normalize_mac(b),
+            _ => true,
+        };
+        let sources = self.source.is_empty()
+            || o.source.is_empty()
+            || self.source.iter().any(|a| o.source.iter().any(|b| a.contains(b) || b.contains(a)));
+        macs && compatible(&self.uuid, &o.uuid)
+            && compatible(&self.hostname, &o.hostname)
+            && compatible(&self.serial, &o.serial)
+            && compatible(&self.arch, &o.arch)
+            && compatible(&self.platform, &o.platform)
+            && sources
+            && self.labels.iter().all(|(k, v)| o.labels.get(k).is_none_or(|w| w == v))
+    }
+}
+
+impl MachinesFile {
+    pub fn load(path: &Path) -> Result<MachinesFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, format!("cannot read: {e}")))?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<MachinesFile, ConfigError> {
+        let f: MachinesFile = toml::from_str(text).map_err(|e| from_toml(path, text, &e))?;
+        let at = |i: usize, key: &str| crate::config::load::locate_in(path, text, &format!("group[{i}]{key}"));
+        let mut names = std::collections::BTreeSet::new();
+        for (i, g) in f.groups.iter().enumerate() {
+            let err = |key: &str, m: String| ConfigError::new(path, m).key(format!("group[{i}]{key}")).at(at(i, key));
+            let name_ok = !g.name.is_empty()
+                && g.name.len() <= 128
+                && g.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !name_ok {
+                return Err(err(
+                    ".name",
+                    format!("group name `{}`: use letters, digits, . _ -", g.name.escape_debug()),
+                ));
+            }
+            if !names.insert(g.name.clone()) {
+                return Err(err(".name", format!("group name `{}` is used twice", g.name)));
+            }
+            if let Some(p) = g.profile.as_deref().filter(|p| !crate::config::valid_name(p)) {
+                return Err(err(".profile", format!("`{}` is not a profile name", p.escape_debug())));
+            }
+            if let Some(e) = g.entry.as_deref().filter(|e| !crate::store::valid_entry_name(e)) {
+                return Err(err(".entry", format!("`{}` is not a store entry name", e.escape_debug())));
+            }
+            if g.kernel_args.chars().any(char::is_control) {
+                return Err(err(".kernel_args", "control characters (a newline would end the script line)".into()));
+            }
+            for (k, v) in &g.vars {
+                let key_ok = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !key_ok || v.chars().any(char::is_control) {
+                    return Err(err(
+                        &format!(".vars.{k}"),
+                        "var names are letters, digits and _, values have no control characters".into(),
+                    ));
+                }
+            }
+            if g.profile.is_some() == g.entry.is_some() {
+                return Err(err("", format!("group `{}`: set exactly one of profile, entry", g.name)));
+            }
+            if g.default && g.selector != Selector::default() {
+                return Err(err(".selector", format!("group `{}`: the default group takes no selectors", g.name)));
+            }
+            if !g.default && g.selector == Selector::default() {
+                return Err(err(
+                    "",
+                    format!("group `{}` has no selector: add one, or make it `default = true`", g.name),
+                ));
+            }
+        }
+        let defaults: Vec<&Group> = f.groups.iter().filter(|g| g.default).collect();
+        if defaults.len() > 1 {
+            return Err(ConfigError::new(
+                path,
+                format!("more than one default group: {}, {}", defaults[0].name, defaults[1].name),
+            ));
+        }
+        for (i, a) in f.groups.iter().enumerate() {
+            for (j, b) in f.groups.iter().enumerate().skip(i + 1) {
+                if !a.default
+                    && !b.default
+                    && a.selector.specificity() == b.selector.specificity()
+                    && a.selector.overlaps(&b.selector)
+                {
+                    return Err(ConfigError::new(
+                        path,
+                        format!(
+                            "groups `{}` and `{}` are equally specific and one machine could match both; \
+                             make one more specific (e.g. add mac or source)",
+                            a.name, b.name
+                        ),
+                    )
+                    .key(format!("group[{j}].selector"))
+                    .at(at(j, ".selector").or(at(j, ""))));
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    /// The group for `m`: the most specific match, else the default.
+    pub fn select(&self, m: &Machine) -> Option<&Group> {
+        self.groups
+            .iter()
+            .filter(|g| !g.default && g.selector.matches(m))
+            .max_by_key(|g| g.selector.specificity())
+            .or_else(|| self.groups.iter().find(|g| g.default))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<MachinesFile, ConfigError> {
+        MachinesFile::parse(Path::new("machines.toml"), text)
+    }
+
+    fn machine(mac: &str) -> Machine {
+        Machine {
+            mac: Some(mac.into()),
+            arch: Some("x86_64".into()),
+            platform: Some("efi".into()),
+            ..Default::default()
+        }
+    }
+
+    const CONF: &str = r#"
+[[group]]
+name = "by-mac"
+profile = "a"
+selector = { mac = "52-54-00-AA-BB-CC" }
+
+[[group]]
+name = "efi"
+profile = "b"
+selector = { platform = "efi" }
+
+[[group]]
+name = "efi-rack"
+profile = "c"
+selector = { platform = "efi", labels = { rack = "12" } }
+
+[[group]]
+name = "lab"
+profile = "d"
+selector = { mac = "52:54:00:aa:bb:cc", source = ["127.0.0.0/24"] }
+
+[[group]]
+name = "fallback"
+profile = "e"
+default = true
+"#;
+
+    #[test]
+    fn most_specific_wins_and_default_catches_the_rest() {
+        let f = parse(CONF).unwrap();
+        let pick = |m: &Machine| f.select(m).map(|g| g.name.clone());
+        let mut m = machine("52:54:00:aa:bb:cc");
+        assert_eq!(pick(&m).as_deref(), Some("by-mac"), "mac (identity) beats platform");
+        m.source = Some("127.0.0.9".parse().unwrap());
+        assert_eq!(pick(&m).as_deref(), Some("lab"), "mac + source beats mac");
+        m.source = Some("127.0.1.9".parse().unwrap());
+        assert_eq!(pick(&m).as_deref(), Some("by-mac"));
+        let mut other = machine("52:54:00:00:00:01");
+        assert_eq!(pick(&other).as_deref(), Some("efi"));
+        other.labels.insert("rack".into(), "12".into());
+        assert_eq!(pick(&other).as_deref(), Some("efi-rack"));
+        other.platform = Some("pcbios".into());
+        assert_eq!(pick(&other).as_deref(), Some("fallback"));
+    }
+
+    #[test]
+    fn equal_specificity_overlaps_are_rejected() {
+        let e = parse(
+            "[[group]]\nname = \"a\"\nprofile = \"x\"\nselector = { arch = \"x86_64\" }\n\
+             [[group]]\nname = \"b\"\nprofile = \"y\"\nselector = { platform = \"efi\" }\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("`a` and `b` are equally specific"), "{e}");
+        assert_eq!(e.pos.map(|p| p.0), Some(8), "{e}");
+        // Disjoint values of the same key do not overlap.
+        parse(
+            "[[group]]\nname = \"a\"\nprofile = \"x\"\nselector = { arch = \"x86_64\" }\n\
+             [[group]]\nname = \"b\"\nprofile = \"y\"\nselector = { arch = \"arm64\" }\n",
+        )
+        .unwrap();
+        // Nor do disjoint networks.
+        parse(
+            "[[group]]\nname = \"a\"\nprofile = \"x\"\nselector = { source = [\"10.0.0.0/8\"] }\n\
+             [[group]]\nname = \"b\"\nprofile = \"y\"\nselector = { source = [\"192.168.0.0/16\"] }\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn bad_groups_are_reported_with_their_key() {
+        let e = parse("[[group]]\nname = \"a\"\nprofile = \"x\"\nselector = { colour = \"red\" }\n").unwrap_err();
+        assert!(e.message.contains("unknown field `colour`"), "{e}");
+        let e = parse("[[group]]\nname = \"a\"\nselector = { arch = \"x86_64\" }\n").unwrap_err();
+        assert!(e.message.contains("exactly one of profile, entry"), "{e}");
+        let e =
+            parse("[[group]]\nname = \"a\"\nprofile = \"x\"\nselector = { source = [\"10.0.0.0/33\"] }\n").unwrap_err();
+        assert!(e.pos.is_some(), "{e}");
+    }
+}

@@ -1,0 +1,100 @@
+//! Counters for `/metrics` (Prometheus text format).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    boots: Mutex<BTreeMap<(String, String), u64>>,
+    pub bytes_served: AtomicU64,
+    pub active_transfers: AtomicI64,
+    pub active_connections: AtomicI64,
+    pub rejected_connections: AtomicU64,
+}
+
+impl Metrics {
+    pub fn request(&self, endpoint: &'static str, status: u16) {
+        *self.requests.lock().unwrap_or_else(|p| p.into_inner()).entry((endpoint, status)).or_default() += 1;
+    }
+
+    pub fn boot(&self, profile: &str, group: &str) {
+        *self
+            .boots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((profile.to_string(), group.to_string()))
+            .or_default() += 1;
+    }
+
+    /// Requests answered so far at `endpoint` with `status`.
+    pub fn requests(&self, endpoint: &str, status: u16) -> u64 {
+        self.requests.lock().unwrap_or_else(|p| p.into_inner()).get(&(endpoint, status)).copied().unwrap_or(0)
+    }
+
+    pub fn render(&self, state: &super::state::State) -> String {
+        let mut s = String::new();
+        s.push_str("# HELP imgd_http_requests_total HTTP requests by endpoint and status.\n");
+        s.push_str("# TYPE imgd_http_requests_total counter\n");
+        for ((e, st), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(s, "imgd_http_requests_total{{endpoint=\"{e}\",status=\"{st}\"}} {n}");
+        }
+        s.push_str("# HELP imgd_boots_total Boot scripts served, by profile and group.\n");
+        s.push_str("# TYPE imgd_boots_total counter\n");
+        for ((p, g), n) in self.boots.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(s, "imgd_boots_total{{profile=\"{}\",group=\"{}\"}} {n}", esc(p), esc(g));
+        }
+        s.push_str("# HELP imgd_group_stale 1 when a group boots an entry other than its profile's current build.\n");
+        s.push_str("# TYPE imgd_group_stale gauge\n");
+        for (g, t) in &state.groups {
+            let entry = t.entry.as_ref().map_or("", |e| e.name.as_str());
+            let _ = writeln!(
+                s,
+                "imgd_group_stale{{group=\"{}\",profile=\"{}\",entry=\"{}\"}} {}",
+                esc(g),
+                esc(&t.profile),
+                esc(entry),
+                u8::from(t.stale)
+            );
+        }
+        let gauge = |s: &mut String, name: &str, help: &str, kind: &str, v: String| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        gauge(
+            &mut s,
+            "imgd_bytes_served_total",
+            "Artifact bytes sent.",
+            "counter",
+            self.bytes_served.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut s,
+            "imgd_active_transfers",
+            "Artifact downloads in progress.",
+            "gauge",
+            self.active_transfers.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut s,
+            "imgd_active_connections",
+            "Open client connections.",
+            "gauge",
+            self.active_connections.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut s,
+            "imgd_rejected_connections_total",
+            "Connections answered 503 at the connection limit.",
+            "counter",
+            self.rejected_connections.load(Ordering::Relaxed).to_string(),
+        );
+        s
+    }
+}
+
+/// A label value as the Prometheus text format wants it.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

@@ -1,0 +1,288 @@
+//! Requests to routes: the only place that looks at a request's method, path
+//! and query. Everything a client sends is checked here, before it reaches
+//! selection, a script, a log line or the filesystem: path segments are plain
+//! names ([`EntryName`], [`ArtifactFile`]), and every identity claim has the
+//! shape iPXE gives it ([`Claims`]) or the request is refused with 400.
+
+use crate::store::manifest::ArtifactFile;
+use std::collections::BTreeMap;
+
+/// What a request asks for, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/boot.ipxe?LABELS`: the script that sends the machine's identity on.
+    Chain {
+        labels: Labels,
+    },
+    /// `/ipxe?mac=..&uuid=..&LABELS`: the script for this machine's group.
+    Machine {
+        claims: Claims,
+        labels: Labels,
+    },
+    /// `/profiles/<name>/boot.ipxe`: a profile's script for any machine.
+    Profile {
+        name: String,
+    },
+    /// `/artifacts/<entry>/<file>`.
+    Artifact {
+        entry: EntryName,
+        file: ArtifactFile,
+    },
+    Metrics,
+    Healthz,
+}
+
+impl Route {
+    /// The endpoint label in metrics.
+    pub fn endpoint(&self) -> &'static str {
+        match self {
+            Route::Chain { .. } => "boot.ipxe",
+            Route::Machine { .. } => "ipxe",
+            Route::Profile { .. } => "profile",
+            Route::Artifact { .. } => "artifacts",
+            Route::Metrics => "metrics",
+            Route::Healthz => "healthz",
+        }
+    }
+}
+
+/// Why a request has no route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// Not GET or HEAD.
+    Method,
+    /// A path or query value that cannot be right; the message says which.
+    BadRequest(String),
+    NotFound,
+}
+
+/// A store entry name in a URL: `<32 hex>-<profile name>`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntryName(String);
+
+impl EntryName {
+    pub fn new(s: &str) -> Option<EntryName> {
+        let (hash, profile) = s.split_once('-')?;
+        let ok = hash.len() == crate::store::NAME_HASH_LEN
+            && hash.bytes().all(|b| b.is_ascii_hexdigit())
+            && crate::config::valid_name(profile);
+        ok.then(|| EntryName(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What a booting machine says about itself, each value of the shape iPXE
+/// sends. These are claims, not identity: anyone can send any of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claims {
+    /// As sent (`52-54-00-aa-bb-cc` or with colons): six hex pairs.
+    pub mac: Option<String>,
+    /// 8-4-4-4-12 hex digits.
+    pub uuid: Option<String>,
+    pub hostname: Option<String>,
+    pub serial: Option<String>,
+    /// iPXE's `${buildarch}` and `${platform}`: short lowercase words.
+    pub arch: Option<String>,
+    pub platform: Option<String>,
+}
+
+/// Extra query parameters (`/boot.ipxe?rack=12`), matched by `labels` selectors.
+pub type Labels = BTreeMap<String, String>;
+
+pub const IDENTITY_KEYS: [&str; 6] = ["mac", "uuid", "hostname", "serial", "arch", "platform"];
+
+/// At most this many labels, and this long a value: a query is not a data store.
+const MAX_LABELS: usize = 32;
+const MAX_VALUE: usize = 256;
+
+pub fn route(method: &hyper::Method, path: &str, query: Option<&str>) -> Result<Route, Refused> {
+    if method != hyper::Method::GET && method != hyper::Method::HEAD {
+        return Err(Refused::Method);
+    }
+    let seg = segments(path).ok_or_else(|| Refused::BadRequest("bad path".into()))?;
+    let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
+    match seg.as_slice() {
+        ["boot.ipxe"] => {
+            let (_, labels) = split_query(query)?;
+            Ok(Route::Chain { labels })
+        }
+        ["ipxe"] => {
+            let (claims, labels) = split_query(query)?;
+            Ok(Route::Machine { claims, labels })
+        }
+        ["profiles", name, "boot.ipxe"] if crate::config::valid_name(name) => {
+            Ok(Route::Profile { name: name.to_string() })
+        }
+        ["artifacts", entry, file] => {
+            let entry = EntryName::new(entry).ok_or(Refused::NotFound)?;
+            let file = ArtifactFile::new(file).map_err(|_| Refused::NotFound)?;
+            Ok(Route::Artifact { entry, file })
+        }
+        ["metrics"] => Ok(Route::Metrics),
+        ["healthz"] => Ok(Route::Healthz),
+        _ => Err(Refused::NotFound),
+    }
+}
+
+/// Splits a path into percent-decoded segments, refusing anything that could
+/// name another path once decoded (separators, dot segments, NUL, backslash).
+pub fn segments(path: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for raw in path.split('/').skip(1) {
+        let seg = percent_encoding::percent_decode_str(raw).decode_utf8().ok()?.into_owned();
+        if seg.is_empty() || seg == "." || seg == ".." || seg.contains(['/', '\\', '\0']) || seg.contains('%') {
+            if seg.is_empty() && out.is_empty() && path == "/" {
+                return Some(out);
+            }
+            return None;
+        }
+        out.push(seg);
+    }
+    Some(out)
+}
+
+/// The query as identity claims and labels. An empty value is no claim
+/// (iPXE sends `hostname=` when it has none); a value of the wrong shape is
+/// a 400 naming the key.
+pub fn split_query(q: Option<&str>) -> Result<(Claims, Labels), Refused> {
+    let bad = |k: &str, why: &str| Refused::BadRequest(format!("query parameter `{}`: {why}", k.escape_debug()));
+    let mut claims = Claims::default();
+    let mut labels = Labels::new();
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let dec =
+            |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8().map(|c| c.into_owned());
+        let (k, v) = (dec(k).map_err(|_| bad(k, "not UTF-8"))?, dec(v).map_err(|_| bad(k, "not UTF-8"))?);
+        if v.len() > MAX_VALUE {
+            return Err(bad(&k, "too long"));
+        }
+        if v.chars().any(char::is_control) {
+            return Err(bad(&k, "control characters"));
+        }
+        let slot = match k.as_str() {
+            "mac" => &mut claims.mac,
+            "uuid" => &mut claims.uuid,
+            "hostname" => &mut claims.hostname,
+            "serial" => &mut claims.serial,
+            "arch" => &mut claims.arch,
+            "platform" => &mut claims.platform,
+            _ => {
+                let key_ok = !k.is_empty()
+                    && k.len() <= 64
+                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+                if !key_ok {
+                    return Err(bad(&k, "a label name is letters, digits, _ - ."));
+                }
+                labels.insert(k, v);
+                if labels.len() > MAX_LABELS {
+                    return Err(bad("labels", "too many"));
+                }
+                continue;
+            }
+        };
+        if v.is_empty() {
+            continue;
+        }
+        if let Err(why) = check_claim(&k, &v) {
+            return Err(bad(&k, why));
+        }
+        *slot = Some(v);
+    }
+    Ok((claims, labels))
+}
+
+/// The shape of each claim as iPXE sends it.
+fn check_claim(key: &str, v: &str) -> Result<(), &'static str> {
+    let hex_groups = |sep: &[u8], sizes: &[usize]| {
+        let parts: Vec<&str> = v.split(|c: char| c.is_ascii() && sep.contains(&(c as u8))).collect();
+        parts.len() == sizes.len()
+            && parts.iter().zip(sizes).all(|(p, n)| p.len() == *n && p.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    let ok = match key {
+        "mac" => hex_groups(b":-", &[2, 2, 2, 2, 2, 2]) && !(v.contains(':') && v.contains('-')),
+        "uuid" => hex_groups(b"-", &[8, 4, 4, 4, 12]),
+        "hostname" => v.len() <= 253 && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')),
+        // SMBIOS serials are free text; keep them printable and short.
+        "serial" => v.len() <= 128 && v.bytes().all(|b| (0x20..0x7f).contains(&b)),
+        _ => v.len() <= 16 && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(match key {
+            "mac" => "not a MAC address (six hex pairs)",
+            "uuid" => "not a UUID",
+            "hostname" => "not a host name",
+            "serial" => "not a printable serial number",
+            _ => "not a short lowercase word",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::Method;
+
+    #[test]
+    fn traversal_in_any_encoding_is_refused() {
+        assert_eq!(segments("/artifacts/e/initrd").unwrap(), ["artifacts", "e", "initrd"]);
+        assert_eq!(segments("/").unwrap(), Vec::<String>::new());
+        for bad in [
+            "/artifacts/../etc/passwd",
+            "/artifacts/e/..",
+            "/artifacts/%2e%2e/x",
+            "/artifacts/e/%2fetc%2fpasswd",
+            "/artifacts/e/%252e%252e",
+            "/artifacts/e/..%5c..%5cx",
+            "/artifacts/e/a%00b",
+            "/artifacts//x",
+            "/artifacts/e\\..\\x",
+        ] {
+            assert!(segments(bad).is_none(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn routes_are_typed() {
+        let e = format!("{}-hello", "ab".repeat(16));
+        assert_eq!(
+            route(&Method::GET, &format!("/artifacts/{e}/initrd"), None),
+            Ok(Route::Artifact { entry: EntryName::new(&e).unwrap(), file: ArtifactFile::new("initrd").unwrap() })
+        );
+        assert_eq!(route(&Method::GET, "/artifacts/not-an-entry/initrd", None), Err(Refused::NotFound));
+        assert_eq!(route(&Method::GET, &format!("/artifacts/{e}/manifest.json"), None), Err(Refused::NotFound));
+        assert_eq!(route(&Method::POST, "/boot.ipxe", None), Err(Refused::Method));
+        assert_eq!(route(&Method::HEAD, "/metrics", None), Ok(Route::Metrics));
+        assert_eq!(route(&Method::GET, "/profiles/a.b/boot.ipxe", None), Err(Refused::NotFound));
+    }
+
+    #[test]
+    fn claims_have_ipxes_shapes_and_the_rest_are_labels() {
+        let (c, l) = split_query(Some(
+            "mac=52-54-00-AA-bb-cc&uuid=11111111-2222-3333-4444-555555555555&hostname=&serial=SN+0042&arch=x86_64&platform=efi&rack=7",
+        ))
+        .unwrap();
+        assert_eq!(c.mac.as_deref(), Some("52-54-00-AA-bb-cc"));
+        assert_eq!(c.hostname, None, "empty is no claim");
+        assert_eq!(c.serial.as_deref(), Some("SN 0042"));
+        assert_eq!(l.get("rack").map(String::as_str), Some("7"));
+        for bad in [
+            "mac=x%20%3B%20chain%20http://evil/",
+            "mac=52-54-00-aa-bb-cc%0Aforged",
+            "mac=52:54-00:aa:bb:cc",
+            "uuid=not-a-uuid",
+            "hostname=a%20b",
+            "serial=a%0Ab",
+            "arch=X86%3B",
+            "rack=a%0Ab",
+            "ra%20ck=1",
+            "mac=%FF",
+        ] {
+            assert!(matches!(split_query(Some(bad)), Err(Refused::BadRequest(_))), "{bad} was accepted");
+        }
+    }
+}

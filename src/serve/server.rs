@@ -1,0 +1,424 @@
+//! The server: a typed route in ([`super::route`]), an answer out. Scripts are
+//! rendered from the current [`State`]; files are answered by
+//! [`super::respond`]'s decision and streamed by [`super::stream`]. Accepting
+//! connections lives in [`super::listener`].
+
+use super::chunks::ChunkCache;
+use super::machines::Machine;
+use super::metrics::Metrics;
+use super::render::{self, ipxe_safe, render};
+use super::respond::{self, Conditions, Decision, FileMeta};
+use super::route::{self, Claims, EntryName, Labels, Refused, Route};
+use super::state::{State, Target};
+use crate::store::manifest::ArtifactFile;
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Clients allowed to talk to the server; empty means everyone.
+    pub allow: Vec<IpNet>,
+    /// Proxies whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Where rendered scripts fetch kernels and initrds (a mirror filled by
+    /// `imgd sync`); default: this server's `/artifacts`.
+    pub artifact_base_url: Option<String>,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// How long shutdown waits for in-flight transfers.
+    pub drain: Duration,
+    /// Seconds an unknown machine (or a client at the limit) waits to retry.
+    pub retry_after: u32,
+    /// Memory for artifact chunks shared by all downloads.
+    pub cache_bytes: usize,
+    /// HTTP keep-alive. On for real clients (iPXE reuses connections); off
+    /// behind qemu's guestfwd relay, which serves one connection at a time.
+    pub keep_alive: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            allow: Vec::new(),
+            trusted_proxies: Vec::new(),
+            artifact_base_url: None,
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            drain: Duration::from_secs(30),
+            retry_after: 10,
+            cache_bytes: 48 << 20,
+            keep_alive: true,
+        }
+    }
+}
+
+pub struct Server {
+    state: RwLock<Arc<State>>,
+    pub opts: Options,
+    pub metrics: Metrics,
+    /// Artifact chunks shared by all downloads.
+    pub chunks: ChunkCache,
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn empty_body() -> Body {
+    http_body_util::Empty::new().map_err(|n| match n {}).boxed()
+}
+
+fn encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// An address as one family sees it: IPv4 clients of a `[::]` listener
+/// arrive as `::ffff:a.b.c.d` and must match IPv4 networks.
+fn canonical(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+/// The client behind a chain of proxies: walking X-Forwarded-For from the
+/// right, the first address that is not a trusted proxy. Unparseable hops
+/// stop the walk (nothing left of them can be believed).
+pub fn forwarded_client(peer: IpAddr, xff: &[&str], trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let peer = canonical(peer);
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = xff.iter().flat_map(|v| v.split(',')).map(str::trim).collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = canonical(ip);
+                if !is_trusted(&client) {
+                    return client;
+                }
+            }
+            Err(_) => return client,
+        }
+    }
+    client
+}
+
+impl Server {
+    pub fn new(state: State, opts: Options) -> Arc<Server> {
+        let chunks = ChunkCache::new(opts.cache_bytes);
+        Arc::new(Server { state: RwLock::new(Arc::new(state)), opts, metrics: Metrics::default(), chunks })
+    }
+
+    pub fn state(&self) -> Arc<State> {
+        // A poisoned lock only means a writer panicked mid-swap of an Arc:
+        // the value inside is still a whole state.
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Swaps in a new state; requests in flight keep the one they started with.
+    pub fn replace_state(&self, s: State) {
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
+    }
+
+    fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let xff: Vec<&str> = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+        forwarded_client(peer, &xff, &self.opts.trusted_proxies)
+    }
+
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let client = self.client(peer.ip(), req.headers());
+        let (endpoint, mut resp) = self.answer(&req, client).await;
+        self.metrics.request(endpoint, resp.status().as_u16());
+        if req.method() == Method::HEAD {
+            *resp.body_mut() = empty_body();
+        }
+        resp
+    }
+
+    async fn answer(self: &Arc<Self>, req: &Request<Incoming>, client: IpAddr) -> (&'static str, Response<Body>) {
+        if !self.opts.allow.is_empty() && !self.opts.allow.iter().any(|n| n.contains(&client)) {
+            tracing::info!(%client, "refused: not in --allow");
+            return ("forbidden", text(StatusCode::FORBIDDEN, "forbidden\n"));
+        }
+        let route = match route::route(req.method(), req.uri().path(), req.uri().query()) {
+            Ok(r) => r,
+            Err(Refused::Method) => {
+                let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use GET or HEAD\n");
+                r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                return ("other", r);
+            }
+            Err(Refused::BadRequest(why)) => {
+                tracing::info!(%client, "bad request: {why}");
+                return ("other", text(StatusCode::BAD_REQUEST, format!("{why}\n")));
+            }
+            Err(Refused::NotFound) => return ("other", text(StatusCode::NOT_FOUND, "not found\n")),
+        };
+        let state = self.state();
+        let endpoint = route.endpoint();
+        let resp = match route {
+            Route::Chain { labels } => self.chain(&labels),
+            Route::Machine { claims, labels } => self.machine_script(&state, claims, labels, client),
+            Route::Profile { name } => self.profile_script(&state, &name, client),
+            Route::Artifact { entry, file } => self.artifact(&state, req, client, &entry, &file).await,
+            Route::Metrics => text(StatusCode::OK, self.metrics.render(&state)),
+            Route::Healthz => text(StatusCode::OK, "ok\n"),
+        };
+        (endpoint, resp)
+    }
+
+    fn script(body: String) -> Response<Body> {
+        let mut r = text(StatusCode::OK, body);
+        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
+    }
+
+    fn artifacts_base(&self) -> String {
+        self.opts.artifact_base_url.clone().map_or_else(|| "/artifacts".into(), |u| u.trim_end_matches('/').to_string())
+    }
+
+    /// `?k=v&…` of the labels, percent-encoded: safe in a script line.
+    fn label_query(labels: &Labels, lead: char) -> String {
+        let q: Vec<String> = labels.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect();
+        if q.is_empty() {
+            String::new()
+        } else {
+            format!("{lead}{}", q.join("&"))
+        }
+    }
+
+    /// `/boot.ipxe`: sends the machine's identity on to `/ipxe`, with any
+    /// extra query parameters (labels) passed through.
+    fn chain(&self, labels: &Labels) -> Response<Body> {
+        let labels = Self::label_query(labels, '&');
+        Self::script(render(render::CHAIN, &[("base", ""), ("labels", &labels)]))
+    }
+
+    fn unknown(&self, reason: &str, labels: &Labels) -> Response<Body> {
+        let query = Self::label_query(labels, '?');
+        let retry = self.opts.retry_after.to_string();
+        Self::script(render(
+            render::UNKNOWN,
+            &[("reason", &ipxe_safe(reason)), ("retry", &retry), ("base", ""), ("query", &query)],
+        ))
+    }
+
+    fn boot_script(
+        &self,
+        target: &Target,
+        group: &str,
+        machine: &str,
+        extra: &str,
+        vars: &[(String, String)],
+    ) -> Result<String, String> {
+        let entry = target.entry.as_ref().map_err(Clone::clone)?;
+        let m = &entry.manifest;
+        use crate::config::types::Format;
+        use crate::store::manifest::ArtifactName;
+        if m.artifact(Format::Ipxe, ArtifactName::Kernel).is_none()
+            || m.artifact(Format::Ipxe, ArtifactName::Initrd).is_none()
+        {
+            return Err(format!("{} has no ipxe artifacts (build it with --format ipxe)", entry.name));
+        }
+        // The profile's command line and the group's kernel_args come from
+        // trusted files, checked for control characters when loaded.
+        let cmdline = format!("rdinit=/init {} {extra}", m.recipe.cmdline);
+        let artifacts = self.artifacts_base();
+        let mut all: Vec<(&str, &str)> = vec![
+            ("machine", machine),
+            ("group", group),
+            ("profile", &target.profile),
+            ("entry", &entry.name),
+            ("artifacts", &artifacts),
+            ("cmdline", cmdline.trim()),
+        ];
+        let named: Vec<(String, &str)> = vars.iter().map(|(k, v)| (format!("var.{k}"), v.as_str())).collect();
+        all.extend(named.iter().map(|(k, v)| (k.as_str(), *v)));
+        self.metrics.boot(&target.profile, group);
+        Ok(render(render::MACHINE, &all))
+    }
+
+    /// `/ipxe?mac=..`: the script for this machine's group.
+    fn machine_script(&self, state: &State, claims: Claims, labels: Labels, client: IpAddr) -> Response<Body> {
+        // Claims are checked to iPXE's shapes (route.rs), so `who` is safe in
+        // a script comment and a log line.
+        let who = format!("mac {} from {client}", claims.mac.as_deref().unwrap_or("?"));
+        let m = Machine {
+            mac: claims.mac,
+            uuid: claims.uuid,
+            hostname: claims.hostname,
+            serial: claims.serial,
+            arch: claims.arch,
+            platform: claims.platform,
+            source: Some(client),
+            labels: labels.clone(),
+        };
+        let Some(group) = state.machines.select(&m) else {
+            tracing::warn!("unknown machine: {who} (no group matches, no default group)");
+            return self.unknown(&format!("no group matches this machine ({who})"), &labels);
+        };
+        let Some(target) = state.group(group) else {
+            return self.unknown(&format!("group {} has no target", group.name), &labels);
+        };
+        let vars: Vec<(String, String)> = group.vars.iter().map(|(k, v)| (k.clone(), ipxe_safe(v))).collect();
+        match self.boot_script(target, &group.name, &who, &group.kernel_args, &vars) {
+            Ok(s) => {
+                tracing::debug!("{who} -> group {} ({})", group.name, target.profile);
+                Self::script(s)
+            }
+            Err(e) => {
+                tracing::warn!("{who} -> group {}: {e}", group.name);
+                self.unknown(&e, &labels)
+            }
+        }
+    }
+
+    fn profile_script(&self, state: &State, name: &str, client: IpAddr) -> Response<Body> {
+        let Some(target) = state.profiles.get(name) else {
+            return text(StatusCode::NOT_FOUND, format!("no profile {name} is served here\n"));
+        };
+        if !state.may_boot_profile(client, name) {
+            tracing::info!(%client, "refused: no group that boots {name} admits this client");
+            return text(StatusCode::FORBIDDEN, "forbidden\n");
+        }
+        match self.boot_script(target, &format!("profile:{name}"), "any machine", "", &[]) {
+            Ok(s) => Self::script(s),
+            Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        }
+    }
+
+    async fn artifact(
+        self: &Arc<Self>,
+        state: &State,
+        req: &Request<Incoming>,
+        client: IpAddr,
+        entry: &EntryName,
+        file: &ArtifactFile,
+    ) -> Response<Body> {
+        let not_found = || text(StatusCode::NOT_FOUND, "not found\n");
+        let Some(e) = state.entries.get(entry.as_str()) else { return not_found() };
+        let Some(art) = e.manifest.file(file.as_str()) else { return not_found() };
+        if !state.may_download(client, &e.name, art) {
+            tracing::info!(%client, "refused: {}/{} is not for this client", e.name, art.file);
+            return text(StatusCode::FORBIDDEN, "forbidden\n");
+        }
+        let meta = FileMeta {
+            size: art.size,
+            etag: format!("\"{}\"", art.sha256),
+            content_type: if art.file.as_str().ends_with(".ipxe") {
+                "text/plain; charset=utf-8"
+            } else {
+                "application/octet-stream"
+            },
+        };
+        let h = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let cond = Conditions {
+            if_none_match: h(header::IF_NONE_MATCH),
+            if_range: h(header::IF_RANGE),
+            range: h(header::RANGE),
+        };
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(&meta.etag) {
+            headers.insert(header::ETAG, v);
+        }
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        let (status, body) = match respond::decide(&meta, &cond) {
+            Decision::NotModified => (StatusCode::NOT_MODIFIED, empty_body()),
+            Decision::Unsatisfiable { size } => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    headers.insert(header::CONTENT_RANGE, v);
+                }
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+                (StatusCode::RANGE_NOT_SATISFIABLE, empty_body())
+            }
+            Decision::Send { status, content_type, content_range, parts, len } => {
+                // The path comes from a checked manifest; still refuse anything but a
+                // plain file of the size the manifest promises (no symlinks out of the store).
+                let opened = match super::stream::open(e.path.join(art.file.as_str()), art.size).await {
+                    Ok(f) => f,
+                    Err(err) => {
+                        tracing::error!("refusing {}/{}: {err}", e.name, art.file);
+                        return not_found();
+                    }
+                };
+                if let Ok(v) = HeaderValue::from_str(&content_type) {
+                    headers.insert(header::CONTENT_TYPE, v);
+                }
+                if let Some(v) = content_range.and_then(|cr| HeaderValue::from_str(&cr).ok()) {
+                    headers.insert(header::CONTENT_RANGE, v);
+                }
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                let body =
+                    if req.method() == Method::HEAD { empty_body() } else { super::stream::body(self, opened, parts) };
+                (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body)
+            }
+        };
+        let mut r = Response::new(body);
+        *r.status_mut() = status;
+        *r.headers_mut() = headers;
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(s: &[&str]) -> Vec<IpNet> {
+        s.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let p: IpAddr = "10.0.0.1".parse().unwrap();
+        let t = nets(&["10.0.0.0/24"]);
+        assert_eq!(
+            forwarded_client("192.0.2.9".parse().unwrap(), &["10.9.9.9"], &t),
+            "192.0.2.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(forwarded_client(p, &["198.51.100.7"], &t), "198.51.100.7".parse::<IpAddr>().unwrap());
+        // The right-most untrusted hop: earlier hops could be forged by the client.
+        assert_eq!(
+            forwarded_client(p, &["1.1.1.1, 198.51.100.7, 10.0.0.2"], &t),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(forwarded_client(p, &["1.1.1.1", "198.51.100.7"], &t), "198.51.100.7".parse::<IpAddr>().unwrap());
+        // A hop that does not parse stops the walk at the last good one.
+        assert_eq!(forwarded_client(p, &["198.51.100.7, junk"], &t), p);
+        assert_eq!(forwarded_client(p, &[], &t), p);
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_match_ipv4_networks() {
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let t = nets(&["10.0.0.0/24"]);
+        assert_eq!(forwarded_client(mapped, &["::ffff:198.51.100.7"], &t), "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(forwarded_client(mapped, &[], &nets(&[])), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn the_forwarded_for_parser_never_panics_and_only_returns_what_it_was_given() {
+        use proptest::prelude::*;
+        proptest!(ProptestConfig::with_cases(2000), |(hops in prop::collection::vec("[0-9a-f:., ]{0,40}", 0..6), peer in any::<[u8; 4]>())| {
+            let peer = IpAddr::from(peer);
+            let xff: Vec<&str> = hops.iter().map(String::as_str).collect();
+            let got = forwarded_client(peer, &xff, &nets(&["0.0.0.0/0", "::/0"]));
+            let named = got == peer || hops.iter().flat_map(|h| h.split(',')).any(|h| h.trim().parse::<IpAddr>().is_ok_and(|ip| ip.to_canonical() == got));
+            prop_assert!(named, "{got} is neither the peer nor a hop");
+        });
+    }
+}

@@ -1,0 +1,216 @@
+//! What the server serves, computed from machines.toml and the store: for each
+//! group its store entry (or why there is none), the profiles whose scripts
+//! are served, and who may download what. Immutable once built; a reload
+//! builds a new one from the files and the state it replaces.
+//!
+//! Continuity: a group never loses a bootable entry it had. A `profile = `
+//! group boots the profile's exact current build when the store has it; else
+//! (a tool upgrade changed the input hash, the store was copied from a build
+//! host, the profile was edited before a SIGHUP) the entry it booted before
+//! the reload, else the newest complete entry of that profile and hardware,
+//! with a warning and `imgd_group_stale` set; only with none of those is the
+//! group without a boot.
+//!
+//! Downloads follow the machines file: a client may fetch an entry's files
+//! only if a group that boots the entry admits it (no `source` selector, or
+//! one containing its address), and only the files a boot needs (kernel,
+//! initrd, script) unless the group lists more in `downloads`. `--serve-all`
+//! serves every entry and file to every client.
+
+use super::machines::{Group, MachinesFile};
+use crate::config::types::Format;
+use crate::config::{self, LoadRequest};
+use crate::store::manifest::{Artifact, ArtifactName};
+use crate::store::{entry_name, Entry, Store};
+use anyhow::Result;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// Where profiles and the store are, and what to do about missing builds.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub root: PathBuf,
+    pub cache: PathBuf,
+    pub store: PathBuf,
+    pub machines: Option<PathBuf>,
+    /// Serve every store entry and every built profile to everyone, not only
+    /// what the machines file gives to whom.
+    pub serve_all: bool,
+    /// Build referenced profiles that are not in the store yet.
+    pub build_missing: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub profile: String,
+    /// The entry to boot, or why there is none.
+    pub entry: Result<Entry, String>,
+    /// The entry is not the profile's current build (see the module docs).
+    pub stale: bool,
+}
+
+pub struct State {
+    pub machines: MachinesFile,
+    /// Group name -> what it boots.
+    pub groups: BTreeMap<String, Target>,
+    /// Profile name -> what `/profiles/<name>/boot.ipxe` boots.
+    pub profiles: BTreeMap<String, Target>,
+    /// Entry name -> entry, for `/artifacts/`.
+    pub entries: BTreeMap<String, Entry>,
+    pub serve_all: bool,
+}
+
+/// The files every boot needs; others (disks, tarballs) only where a group opts in.
+pub const BOOT_FILES: [ArtifactName; 3] = [ArtifactName::Kernel, ArtifactName::Initrd, ArtifactName::Script];
+
+impl State {
+    pub fn group(&self, g: &Group) -> Option<&Target> {
+        self.groups.get(&g.name)
+    }
+
+    /// Whether `client` may download `art` of entry `entry`.
+    pub fn may_download(&self, client: IpAddr, entry: &str, art: &Artifact) -> bool {
+        if self.serve_all {
+            return true;
+        }
+        self.machines.groups.iter().any(|g| {
+            let boots = self.groups.get(&g.name).is_some_and(|t| t.entry.as_ref().is_ok_and(|e| e.name == entry));
+            let file_ok =
+                (art.format == Format::Ipxe && BOOT_FILES.contains(&art.name)) || g.downloads.contains(&art.name);
+            boots && file_ok && g.admits(client)
+        })
+    }
+
+    /// Whether `client` may fetch profile `name`'s script.
+    pub fn may_boot_profile(&self, client: IpAddr, name: &str) -> bool {
+        self.serve_all
+            || self.machines.groups.iter().any(|g| {
+                self.groups.get(&g.name).is_some_and(|t| t.profile == name && t.entry.is_ok()) && g.admits(client)
+            })
+    }
+
+    /// Every entry this state hands out (for the store's GC root).
+    pub fn served(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+
+    /// Groups booting something other than their profile's current build.
+    pub fn stale_groups(&self) -> Vec<(&str, &Target)> {
+        self.groups.iter().filter(|(_, t)| t.stale).map(|(g, t)| (g.as_str(), t)).collect()
+    }
+}
+
+/// The current build of a profile: resolve it, hash it, find (or build) it;
+/// failing that, what `previous` booted, else the newest build of it.
+fn current(src: &Sources, store: &Store, profile: &str, previous: Option<&Target>) -> Target {
+    let req = LoadRequest { profile: profile.to_string(), root: src.root.clone(), ..Default::default() };
+    let recipe = config::recipe(&req, &src.cache, None);
+    let exact = match &recipe {
+        Ok(r) => {
+            let name = entry_name(&crate::build::input_hash(r), &r.name);
+            match store.get(&name) {
+                Ok(Some(e)) => Ok(e),
+                Ok(None) if src.build_missing => {
+                    tracing::info!("building {profile} (not in the store)");
+                    let progress = crate::progress::Progress::new(false);
+                    crate::build::build(r, store, &progress).map(|b| b.entry).map_err(|e| format!("{e:#}"))
+                }
+                Ok(None) => Err(format!("profile {profile} is not built on this server (run `imgd build {profile}`)")),
+                Err(e) => Err(format!("{e:#}")),
+            }
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    let why = match exact {
+        Ok(e) => return Target { profile: profile.into(), entry: Ok(e), stale: false },
+        Err(why) => why,
+    };
+    let kept = previous.and_then(|t| t.entry.as_ref().ok()).and_then(|e| store.get(&e.name).ok().flatten());
+    let hardware = recipe.as_ref().ok().map(|r| r.hardware.clone());
+    let fallback = kept.or_else(|| newest(store, profile, hardware.as_deref()));
+    match fallback {
+        Some(e) => {
+            tracing::warn!("profile {profile}: {why}; serving {} instead (built {})", e.name, e.manifest.built_at);
+            Target { profile: profile.into(), entry: Ok(e), stale: true }
+        }
+        None => Target { profile: profile.into(), entry: Err(why), stale: false },
+    }
+}
+
+/// The newest complete, netbootable entry of `profile` (for `hardware`, when known).
+fn newest(store: &Store, profile: &str, hardware: Option<&str>) -> Option<Entry> {
+    let entries = store.entries().ok()?;
+    entries.into_iter().rev().find(|e| {
+        let m = &e.manifest;
+        m.profile == profile
+            && hardware.is_none_or(|h| m.hardware == h)
+            && m.artifact(Format::Ipxe, ArtifactName::Kernel).is_some()
+            && m.artifact(Format::Ipxe, ArtifactName::Initrd).is_some()
+    })
+}
+
+/// Builds the state from the sources (`machines` overrides the file);
+/// `previous` is the state a reload replaces.
+pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&State>) -> Result<State> {
+    let machines = match (machines, &src.machines) {
+        (Some(m), _) => m,
+        (None, Some(p)) => MachinesFile::load(p)?,
+        (None, None) => MachinesFile::default(),
+    };
+    let store = Store::open(&src.store)?;
+    let mut groups = BTreeMap::new();
+    let mut profiles: BTreeMap<String, Target> = BTreeMap::new();
+    let mut entries = BTreeMap::new();
+    for g in &machines.groups {
+        let before = previous.and_then(|p| p.groups.get(&g.name));
+        let target = match (&g.profile, &g.entry) {
+            (Some(p), _) => {
+                let t = profiles.entry(p.clone()).or_insert_with(|| current(src, &store, p, before)).clone();
+                if let Err(e) = &t.entry {
+                    tracing::warn!("group {}: {e}", g.name);
+                }
+                t
+            }
+            (None, Some(name)) => {
+                let entry = match store.get(name) {
+                    Ok(Some(e)) => Ok(e),
+                    Ok(None) => Err(format!("entry {name} is not in the store")),
+                    Err(e) => Err(format!("{e:#}")),
+                };
+                let profile = entry.as_ref().map_or_else(|_| name.clone(), |e| e.manifest.profile.clone());
+                Target { profile, entry, stale: false }
+            }
+            // MachinesFile::parse refuses a group with neither.
+            (None, None) => Target { profile: String::new(), entry: Err("no profile or entry".into()), stale: false },
+        };
+        if let Ok(e) = &target.entry {
+            entries.insert(e.name.clone(), e.clone());
+        }
+        groups.insert(g.name.clone(), target);
+    }
+    if src.serve_all {
+        for e in store.entries()? {
+            entries.insert(e.name.clone(), e);
+        }
+        let dir = src.root.join("profiles");
+        for f in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if let Some(p) = name.strip_suffix(".toml").filter(|p| config::valid_name(p)) {
+                if !profiles.contains_key(p) {
+                    let quiet = Sources { build_missing: false, ..src.clone() };
+                    let t = current(&quiet, &store, p, previous.and_then(|s| s.profiles.get(p)));
+                    if t.entry.is_ok() {
+                        profiles.insert(p.to_string(), t);
+                    }
+                }
+            }
+        }
+    }
+    for t in profiles.values() {
+        if let Ok(e) = &t.entry {
+            entries.insert(e.name.clone(), e.clone());
+        }
+    }
+    Ok(State { machines, groups, profiles, entries, serve_all: src.serve_all })
+}

@@ -1,0 +1,133 @@
+//! Streaming a file's parts from the shared chunk cache, counting bytes and
+//! active transfers. The file is opened (no symlinks followed) and checked on
+//! the blocking pool before the response starts, so a missing or swapped
+//! file is a 404, not a broken body; the open handle keeps the bytes readable
+//! even if `imgd gc` unlinks the entry mid-download.
+
+use super::chunks::{ChunkCache, Key, CHUNK};
+use super::respond::Part;
+use super::server::{Body, Server};
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// An artifact opened for reading.
+pub struct Opened {
+    file: Arc<std::fs::File>,
+    key: Key,
+}
+
+/// Opens `path` without following symlinks and checks it is a regular file
+/// of `size` bytes (what the manifest promises). Blocking: runs on the pool.
+pub async fn open(path: PathBuf, size: u64) -> std::io::Result<Opened> {
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)?;
+        let md = f.metadata()?;
+        if !md.file_type().is_file() || md.len() != size {
+            return Err(std::io::Error::other(format!(
+                "{}: not a regular file of {size} bytes ({:?}, {} bytes)",
+                path.display(),
+                md.file_type(),
+                md.len()
+            )));
+        }
+        Ok(Opened { key: ChunkCache::key(&path, &md), file: Arc::new(f) })
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// A body that sends `parts` of the opened file.
+pub fn body(server: &Arc<Server>, file: Opened, parts: Vec<Part>) -> Body {
+    let cursor = Cursor { file, parts: parts.into(), pos: None, guard: Transfer::start(server), failed: false };
+    let s = futures_util::stream::unfold(cursor, |mut c| async move {
+        if c.failed {
+            return None;
+        }
+        loop {
+            if let Some((off, end)) = c.pos {
+                if off >= end {
+                    c.pos = None;
+                    continue;
+                }
+                match c.chunk(off, end).await {
+                    Ok(piece) => {
+                        c.pos = Some((off + piece.len() as u64, end));
+                        c.guard.bytes(piece.len());
+                        return Some((Ok(Frame::data(piece)), c));
+                    }
+                    Err(e) => {
+                        c.failed = true;
+                        return Some((Err(e), c));
+                    }
+                }
+            }
+            match c.parts.pop_front()? {
+                Part::Bytes(b) => return Some((Ok(Frame::data(b)), c)),
+                Part::Region(start, len) => c.pos = Some((start, start + len)),
+            }
+        }
+    });
+    BodyExt::boxed(StreamBody::new(s))
+}
+
+struct Cursor {
+    file: Opened,
+    parts: VecDeque<Part>,
+    /// Next offset and end (exclusive) of the region being sent.
+    pos: Option<(u64, u64)>,
+    guard: Transfer,
+    failed: bool,
+}
+
+impl Cursor {
+    /// The bytes from `off` up to the end of its chunk (or `end`).
+    async fn chunk(&mut self, off: u64, end: u64) -> std::io::Result<Bytes> {
+        let index = off / CHUNK;
+        let key = &self.file.key;
+        let chunk = match self.guard.0.chunks.cached(key, index) {
+            Some(b) => b,
+            None => {
+                let (server, key, file) = (self.guard.0.clone(), key.clone(), self.file.file.clone());
+                tokio::task::spawn_blocking(move || server.chunks.load(&key, &file, index))
+                    .await
+                    .map_err(std::io::Error::other)??
+            }
+        };
+        let base = index * CHUNK;
+        let from = (off - base) as usize;
+        let to = ((end - base).min(chunk.len() as u64)) as usize;
+        if from >= to {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "artifact shorter than its manifest"));
+        }
+        Ok(chunk.slice(from..to))
+    }
+}
+
+/// Counts a transfer as active while its body lives, and its bytes as sent.
+struct Transfer(Arc<Server>);
+
+impl Transfer {
+    fn start(server: &Arc<Server>) -> Transfer {
+        server.metrics.active_transfers.fetch_add(1, Ordering::Relaxed);
+        Transfer(server.clone())
+    }
+
+    fn bytes(&self, n: usize) {
+        self.0.metrics.bytes_served.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        self.0.metrics.active_transfers.fetch_sub(1, Ordering::Relaxed);
+    }
+}

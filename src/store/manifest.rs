@@ -1,0 +1,263 @@
+//! `manifest.json`: what a store entry is and holds. Consumers (serve, sync,
+//! test) find artifacts through it by format and [`ArtifactName`], never by
+//! guessing file names.
+//!
+//! A manifest is also read from places imgd does not control (the S3 build
+//! cache, a store copied from another machine), so reading one checks it:
+//! the file is at most [`MAX_BYTES`], entry and file names can only be plain
+//! names ([`ArtifactFile`]: no `/`, no `..`, no control characters), the hash
+//! is 64 hex digits, and no file is listed twice.
+//!
+//! ```json
+//! { "name": "9f2c...-hello", "hash": "9f2c...(64 hex)", "profile": "hello",
+//!   "hardware": "qemu-x86_64", "arch": "x86_64", "firmware": "uefi",
+//!   "imgd_version": "0.1.0", "built_at": 1763779200, "source_date_epoch": 1577836800,
+//!   "artifacts": [{"name": "disk", "format": "raw", "file": "disk.raw",
+//!                  "size": 268435456, "sha256": "..."}],
+//!   "recipe": { "cmdline": "console=ttyS0", "ena": false, "sriov": false,
+//!               ...the rest of the resolved profile, inputs by digest... } }
+//! ```
+
+use crate::config::types::{Arch, Firmware, Format};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// A manifest larger than this is refused unread (real ones are a few KiB).
+pub const MAX_BYTES: u64 = 4 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    pub hash: String,
+    pub profile: String,
+    pub hardware: String,
+    pub arch: Arch,
+    pub firmware: Firmware,
+    pub imgd_version: String,
+    /// When the entry was committed (Unix seconds). Not an input: it orders
+    /// entries for `gc` and `ls`, and is the only field that differs between
+    /// two builds of the same inputs.
+    pub built_at: u64,
+    /// The epoch stamped on every file in the images.
+    pub source_date_epoch: u64,
+    pub artifacts: Vec<Artifact>,
+    pub recipe: RecipeRecord,
+}
+
+/// One file of an entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    /// What it is within its format.
+    pub name: ArtifactName,
+    pub format: Format,
+    /// File name inside the store entry.
+    pub file: ArtifactFile,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// What an artifact is: consumers look artifacts up by format and this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactName {
+    Kernel,
+    Initrd,
+    Script,
+    Disk,
+    Rootfs,
+}
+
+/// A file name inside a store entry, checked where it enters: 1 to 128 of
+/// `A-Z a-z 0-9 . _ -`, not starting with a dot, and not `manifest.json`. It
+/// can only ever name a file directly inside the entry folder.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ArtifactFile(String);
+
+impl ArtifactFile {
+    pub fn new(name: &str) -> Result<ArtifactFile, String> {
+        let ok = (1..=128).contains(&name.len())
+            && !name.starts_with('.')
+            && name != "manifest.json"
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(ArtifactFile(name.to_string()))
+        } else {
+            Err(format!("`{}` is not an artifact file name", name.escape_debug()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A plain name: joined to an entry folder it names a file directly inside.
+impl AsRef<Path> for ArtifactFile {
+    fn as_ref(&self) -> &Path {
+        Path::new(&self.0)
+    }
+}
+
+impl std::fmt::Display for ArtifactFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ArtifactFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ArtifactFile::new(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The resolved recipe as recorded: the fields consumers read, typed, and
+/// the rest kept as written for people and audits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RecipeRecord {
+    /// The kernel command line (console, hardware's, profile's).
+    #[serde(default)]
+    pub cmdline: String,
+    /// AMI flags from the hardware file (`imgd sync`).
+    #[serde(default)]
+    pub ena: bool,
+    #[serde(default)]
+    pub sriov: bool,
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Manifest {
+    /// Reads and checks a manifest (see the module docs).
+    pub fn read(path: &Path) -> Result<Manifest> {
+        use std::io::Read;
+        let f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut text = Vec::new();
+        f.take(MAX_BYTES + 1).read_to_end(&mut text).with_context(|| format!("reading {}", path.display()))?;
+        if text.len() as u64 > MAX_BYTES {
+            bail!("{} is larger than {MAX_BYTES} bytes; not a manifest", path.display());
+        }
+        Self::parse(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    pub fn parse(text: &[u8]) -> Result<Manifest> {
+        let m: Manifest = serde_json::from_slice(text)?;
+        m.check()?;
+        Ok(m)
+    }
+
+    /// What serde cannot say: the names fit together and nothing is listed twice.
+    fn check(&self) -> Result<()> {
+        let hex64 = self.hash.len() == 64 && self.hash.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex64 {
+            bail!("hash `{}` is not 64 hex digits", self.hash.escape_debug());
+        }
+        if self.name != super::entry_name(&self.hash, &self.profile) || !crate::config::valid_name(&self.profile) {
+            bail!("entry name `{}` does not match its hash and profile", self.name.escape_debug());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for a in &self.artifacts {
+            let sha_ok = a.sha256.len() == 64 && a.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !sha_ok {
+                bail!("{}: sha256 `{}` is not 64 hex digits", a.file, a.sha256.escape_debug());
+            }
+            if !seen.insert(&a.file) {
+                bail!("{} is listed twice", a.file);
+            }
+        }
+        Ok(())
+    }
+
+    /// Written to a temporary file, synced, then renamed.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let mut text = serde_json::to_string_pretty(self)?;
+        text.push('\n');
+        crate::fsutil::write_atomic(path, text.as_bytes())
+    }
+
+    pub fn artifact(&self, format: Format, name: ArtifactName) -> Option<&Artifact> {
+        self.artifacts.iter().find(|a| a.format == format && a.name == name)
+    }
+
+    /// The artifact stored in `file`.
+    pub fn file(&self, file: &str) -> Option<&Artifact> {
+        self.artifacts.iter().find(|a| a.file.as_str() == file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(files: &[&str]) -> serde_json::Value {
+        let hash = "ab".repeat(32);
+        serde_json::json!({
+            "name": format!("{}-hello", &hash[..32]), "hash": hash, "profile": "hello",
+            "hardware": "qemu-x86_64", "arch": "x86_64", "firmware": "uefi", "imgd_version": "0.1.0",
+            "built_at": 1, "source_date_epoch": 2,
+            "artifacts": files.iter().map(|f| serde_json::json!({
+                "name": "disk", "format": "raw", "file": f, "size": 1, "sha256": "00".repeat(32)
+            })).collect::<Vec<_>>(),
+            "recipe": { "cmdline": "console=ttyS0", "ena": true, "sriov": false, "other": [1, 2] },
+        })
+    }
+
+    fn parse(v: &serde_json::Value) -> Result<Manifest> {
+        Manifest::parse(&serde_json::to_vec(v).unwrap())
+    }
+
+    #[test]
+    fn typed_fields_and_the_rest_round_trip() {
+        let m = parse(&manifest(&["disk.raw"])).unwrap();
+        assert_eq!((m.recipe.cmdline.as_str(), m.recipe.ena, m.recipe.sriov), ("console=ttyS0", true, false));
+        assert_eq!(m.recipe.rest["other"], serde_json::json!([1, 2]));
+        assert_eq!(m.artifact(Format::Raw, ArtifactName::Disk).unwrap().file.as_str(), "disk.raw");
+        assert_eq!(serde_json::to_value(&m).unwrap(), manifest(&["disk.raw"]));
+    }
+
+    #[test]
+    fn names_that_could_leave_the_entry_folder_are_refused() {
+        for bad in [
+            "/etc/passwd",
+            "../../x",
+            "..",
+            ".",
+            "a/b",
+            "link/../x",
+            ".hidden",
+            "manifest.json",
+            "a\nb",
+            "a\\b",
+            "",
+            &"x".repeat(129),
+        ] {
+            let e = parse(&manifest(&[bad])).unwrap_err();
+            assert!(format!("{e:#}").contains("not an artifact file name"), "{bad:?}: {e:#}");
+        }
+        assert!(format!("{:#}", parse(&manifest(&["a", "a"])).unwrap_err()).contains("listed twice"));
+    }
+
+    #[test]
+    fn a_name_or_hash_that_does_not_fit_is_refused() {
+        let mut v = manifest(&["disk.raw"]);
+        v["name"] = serde_json::json!(format!("{}-other", "ab".repeat(16)));
+        assert!(parse(&v).is_err());
+        let mut v = manifest(&["disk.raw"]);
+        v["hash"] = serde_json::json!("abc");
+        assert!(parse(&v).is_err());
+        let mut v = manifest(&["disk.raw"]);
+        v["artifacts"][0]["sha256"] = serde_json::json!("../x");
+        assert!(parse(&v).is_err());
+    }
+
+    #[test]
+    fn an_oversized_manifest_is_refused_unread() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("manifest.json");
+        std::fs::write(&p, vec![b' '; (MAX_BYTES + 1) as usize]).unwrap();
+        assert!(format!("{:#}", Manifest::read(&p).unwrap_err()).contains("larger than"));
+    }
+}

@@ -1,0 +1,298 @@
+//! The local store: one directory per build, named `<hash>-<profile>`, holding
+//! the artifacts and a `manifest.json`.
+//!
+//! An entry is complete exactly when its directory exists under its final name:
+//! builds happen in `.tmp/` inside the store and are renamed into place after
+//! every file (manifest last) is synced, so a kill at any moment leaves nothing
+//! that looks complete. `.locks/<hash>.lock` serializes builds of one hash and
+//! tells `gc` which `.tmp/` folders belong to a running build; a build sweeps
+//! the leftovers of killed ones when it starts, so a crash-looping builder
+//! does not fill its disk.
+//!
+//! GC roots (as Nix has them): a running `imgd serve` lists the entries it
+//! hands out in `.roots/<id>.json` and holds `.roots/<id>.lock` while it runs;
+//! `gc` never removes a rooted entry, and drops roots whose lock is free (the
+//! server is gone). `gc` holds `.locks/gc.lock` exclusively; a server holds it
+//! shared while it picks entries and writes its root, so neither sees the
+//! other half done.
+
+pub mod manifest;
+pub mod remote;
+#[cfg(feature = "aws")]
+pub mod s3;
+
+use anyhow::{Context, Result};
+pub use manifest::Manifest;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Hex digits of the input hash used in entry names (128 bits).
+pub const NAME_HASH_LEN: usize = 32;
+
+pub struct Store {
+    root: PathBuf,
+}
+
+/// A complete entry.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: String,
+    pub path: PathBuf,
+    pub manifest: Manifest,
+}
+
+pub fn entry_name(hash: &str, profile: &str) -> String {
+    format!("{}-{profile}", &hash[..NAME_HASH_LEN])
+}
+
+/// A build in progress: a private directory inside the store.
+pub struct Pending {
+    pub dir: tempfile::TempDir,
+    name: String,
+}
+
+impl Pending {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Holds the per-hash build lock until dropped.
+pub struct BuildLock {
+    _file: File,
+}
+
+impl Store {
+    pub fn open(root: &Path) -> Result<Store> {
+        for d in [root.to_path_buf(), root.join(".tmp"), root.join(".locks")] {
+            std::fs::create_dir_all(&d).with_context(|| format!("creating store directory {}", d.display()))?;
+        }
+        Ok(Store { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The complete entry with this name, if any. A name that is not an
+    /// entry name (`<32 hex>-<profile>`) is never looked up.
+    pub fn get(&self, name: &str) -> Result<Option<Entry>> {
+        if !valid_entry_name(name) {
+            anyhow::bail!("`{}` is not a store entry name (<32 hex digits>-<profile>)", name.escape_debug());
+        }
+        let path = self.root.join(name);
+        let mpath = path.join("manifest.json");
+        if !mpath.is_file() {
+            return Ok(None);
+        }
+        let manifest = Manifest::read(&mpath)?;
+        Ok(Some(Entry { name: name.to_string(), path, manifest }))
+    }
+
+    /// Blocks until no other process builds `hash`.
+    pub fn lock(&self, hash: &str) -> Result<BuildLock> {
+        let p = self.root.join(".locks").join(format!("{}.lock", &hash[..NAME_HASH_LEN]));
+        let f = File::options().create(true).truncate(false).write(true).open(&p)?;
+        f.lock().with_context(|| format!("locking {}", p.display()))?;
+        Ok(BuildLock { _file: f })
+    }
+
+    /// A private folder for a build of `name` (hold its lock first): named
+    /// after the entry, so `gc` can tell it belongs to a running build.
+    pub fn begin(&self, name: &str) -> Result<Pending> {
+        let dir = tempfile::Builder::new().prefix(&format!("{name}.")).tempdir_in(self.root.join(".tmp"))?;
+        Ok(Pending { dir, name: name.to_string() })
+    }
+
+    /// Scratch space for a build of `name` (removed when dropped).
+    pub fn work_dir(&self, name: &str) -> Result<tempfile::TempDir> {
+        Ok(tempfile::Builder::new().prefix(&format!("{name}.work.")).tempdir_in(self.root.join(".tmp"))?)
+    }
+
+    /// Writes the manifest, syncs everything and renames the entry into place.
+    pub fn commit(&self, pending: Pending, manifest: &Manifest) -> Result<Entry> {
+        let dir = pending.dir.path();
+        let mut names: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+        names.sort_by_key(|e| e.file_name());
+        for e in names {
+            File::open(e.path())?.sync_all()?;
+        }
+        manifest.write(&dir.join("manifest.json"))?;
+        File::open(dir)?.sync_all()?;
+        let dest = self.root.join(&pending.name);
+        let tmp = pending.dir.keep();
+        std::fs::rename(&tmp, &dest).with_context(|| format!("moving build into {}", dest.display()))?;
+        File::open(&self.root)?.sync_all()?;
+        self.get(&pending.name)?.context("entry vanished after commit")
+    }
+
+    /// Every complete entry, oldest first.
+    pub fn entries(&self) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.root)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            match self.get(&name) {
+                Ok(Some(entry)) => out.push(entry),
+                Ok(None) => {}
+                Err(err) => tracing::warn!("skipping {name}: {err:#}"),
+            }
+        }
+        out.sort_by(|a, b| (a.manifest.built_at, &a.name).cmp(&(b.manifest.built_at, &b.name)));
+        Ok(out)
+    }
+
+    /// Re-hashes an entry's artifacts; returns a problem per bad file.
+    pub fn verify(&self, entry: &Entry) -> Vec<String> {
+        let mut problems = Vec::new();
+        for a in &entry.manifest.artifacts {
+            let p = entry.path.join(&a.file);
+            match (std::fs::metadata(&p), crate::hash::sha256_file(&p)) {
+                (Ok(md), Ok(sum)) if md.len() == a.size && sum == a.sha256 => {}
+                (Ok(md), Ok(sum)) => problems.push(format!(
+                    "{}/{}: expected {} bytes sha256 {}, found {} bytes sha256 {sum}",
+                    entry.name,
+                    a.file,
+                    a.size,
+                    a.sha256,
+                    md.len()
+                )),
+                (Err(e), _) | (_, Err(e)) => problems.push(format!("{}/{}: {e}", entry.name, a.file)),
+            }
+        }
+        problems
+    }
+
+    /// Removes the folders in `.tmp/` that no running build holds (killed
+    /// builds' leftovers). `held` is the hash whose lock the caller holds
+    /// itself: its folders are leftovers too. Returns what it removed.
+    pub fn sweep_tmp(&self, held: Option<&str>) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for e in std::fs::read_dir(self.root.join(".tmp"))? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            // `<hash32>-<profile>.<random>` or `.work.<random>`, or a gc's `.gc`.
+            let hash = name.split('-').next().unwrap_or("");
+            let mine = held.is_some_and(|h| h.starts_with(hash));
+            if hash.len() == NAME_HASH_LEN && !mine && self.build_running(hash) {
+                continue;
+            }
+            let gone = if e.file_type()?.is_dir() {
+                std::fs::remove_dir_all(e.path())
+            } else {
+                std::fs::remove_file(e.path())
+            };
+            match gone {
+                Ok(()) => removed.push(format!(".tmp/{name}")),
+                Err(err) => tracing::warn!("cannot remove .tmp/{name}: {err}"),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Whether a build of the hash starting with `hash32` holds its lock now.
+    fn build_running(&self, hash32: &str) -> bool {
+        let lock = self.root.join(".locks").join(format!("{hash32}.lock"));
+        File::options().write(true).open(&lock).is_ok_and(|f| f.try_lock().is_err())
+    }
+
+    /// Removes all but the newest `keep` entries of each profile, except those
+    /// a running server hands out, and leftovers of interrupted builds that
+    /// nobody is running. Returns removed names.
+    pub fn gc(&self, keep: usize) -> Result<Vec<String>> {
+        let _gc = self.gc_lock(true)?;
+        let rooted = self.live_roots()?;
+        let mut by_profile: std::collections::BTreeMap<String, Vec<Entry>> = Default::default();
+        for e in self.entries()? {
+            by_profile.entry(e.manifest.profile.clone()).or_default().push(e);
+        }
+        let mut removed = Vec::new();
+        for (_, mut entries) in by_profile {
+            entries.reverse(); // newest first
+            for e in entries.into_iter().skip(keep) {
+                if rooted.contains(&e.name) {
+                    tracing::info!("keeping {}: a running imgd serve hands it out", e.name);
+                    continue;
+                }
+                // Rename out of the namespace first: a half-deleted entry must
+                // not look complete.
+                let trash = self.root.join(".tmp").join(format!("{}.gc", e.name));
+                std::fs::rename(&e.path, &trash)?;
+                std::fs::remove_dir_all(&trash)?;
+                removed.push(e.name);
+            }
+        }
+        removed.extend(self.sweep_tmp(None)?);
+        Ok(removed)
+    }
+
+    /// `.locks/gc.lock`: exclusive for gc, shared for a server choosing entries.
+    pub fn gc_lock(&self, exclusive: bool) -> Result<File> {
+        let p = self.root.join(".locks").join("gc.lock");
+        let f = File::options().create(true).truncate(false).write(true).open(&p)?;
+        if exclusive { f.lock() } else { f.lock_shared() }.with_context(|| format!("locking {}", p.display()))?;
+        Ok(f)
+    }
+
+    /// Entries that running servers hand out; roots of servers that are gone
+    /// are removed.
+    pub fn live_roots(&self) -> Result<std::collections::BTreeSet<String>> {
+        let dir = self.root.join(".roots");
+        let mut live = std::collections::BTreeSet::new();
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let lock = path.with_extension("lock");
+            let held = File::options().write(true).open(&lock).is_ok_and(|f| f.try_lock().is_err());
+            if !held {
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(&lock);
+                continue;
+            }
+            let names: Vec<String> =
+                std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+            live.extend(names.into_iter().filter(|n| valid_entry_name(n)));
+        }
+        Ok(live)
+    }
+
+    /// Makes `names` a GC root for as long as the returned root lives.
+    pub fn gc_root(&self, id: &str) -> Result<Root> {
+        let dir = self.root.join(".roots");
+        std::fs::create_dir_all(&dir)?;
+        let lock = File::options().create(true).truncate(false).write(true).open(dir.join(format!("{id}.lock")))?;
+        lock.try_lock().with_context(|| format!("GC root {id} is held by another process"))?;
+        Ok(Root { path: dir.join(format!("{id}.json")), _lock: lock })
+    }
+}
+
+/// A GC root: the entries listed in it survive `imgd gc` while it lives.
+pub struct Root {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl Root {
+    /// Replaces the rooted entries (atomically: gc sees the old list or the new).
+    pub fn set(&self, names: &[String]) -> Result<()> {
+        crate::fsutil::write_atomic(&self.path, &serde_json::to_vec(names)?)
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// `<32 hex>-<profile>`: the only names the store gives entries.
+pub fn valid_entry_name(name: &str) -> bool {
+    name.split_once('-').is_some_and(|(hash, profile)| {
+        hash.len() == NAME_HASH_LEN && hash.bytes().all(|b| b.is_ascii_hexdigit()) && crate::config::valid_name(profile)
+    })
+}

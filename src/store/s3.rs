@@ -1,0 +1,101 @@
+//! The store's side of the AWS crate (feature `aws`): an entry as
+//! `imgd_aws` sees it (named files with their digests, the machine's traits),
+//! the options every AWS command shares, and the S3 build cache.
+
+use super::remote::Remote;
+use super::Entry;
+use crate::config::types::{Arch, Firmware, Format};
+use crate::store::manifest::ArtifactName;
+use anyhow::{Context, Result};
+use std::path::Path;
+use std::sync::Arc;
+
+impl Entry {
+    /// The entry for `imgd_aws`: every artifact, then the manifest (uploaded
+    /// last, it marks the entry complete in S3).
+    pub fn for_aws(&self) -> Result<imgd_aws::Entry> {
+        let m = &self.manifest;
+        let file = |name: &str, sha256: &str, size: u64| imgd_aws::File {
+            name: name.to_string(),
+            path: self.path.join(name),
+            sha256: sha256.to_string(),
+            size,
+        };
+        let mut files: Vec<imgd_aws::File> =
+            m.artifacts.iter().map(|a| file(a.file.as_str(), &a.sha256, a.size)).collect();
+        let manifest = self.path.join("manifest.json");
+        let size = std::fs::metadata(&manifest).with_context(|| format!("{}", manifest.display()))?.len();
+        files.push(file("manifest.json", &crate::hash::sha256_file(&manifest)?, size));
+        let disk = |f: Format| m.artifact(f, ArtifactName::Disk).map(|a| file(a.file.as_str(), &a.sha256, a.size));
+        Ok(imgd_aws::Entry {
+            name: self.name.clone(),
+            hash: m.hash.clone(),
+            profile: m.profile.clone(),
+            built_at: m.built_at,
+            files,
+            raw_disk: disk(Format::Raw),
+            vhd: disk(Format::Vhd),
+            machine: imgd_aws::Machine {
+                arch: match m.arch {
+                    Arch::X86_64 => imgd_aws::Arch::X86_64,
+                    Arch::Aarch64 => imgd_aws::Arch::Arm64,
+                },
+                boot: match m.firmware {
+                    Firmware::Uefi => imgd_aws::BootMode::Uefi,
+                    Firmware::Bios => imgd_aws::BootMode::LegacyBios,
+                },
+                ena: m.recipe.ena,
+                sriov: m.recipe.sriov,
+            },
+        })
+    }
+}
+
+/// What every AWS call shares: the endpoint, attempts, where uploads in
+/// flight are remembered, and progress on this terminal.
+pub fn options(endpoint: Option<&str>, max_attempts: u32) -> imgd_aws::Options {
+    imgd_aws::Options {
+        endpoint_url: endpoint.map(str::to_string),
+        max_attempts,
+        state_dir: crate::dirs::cache().join("uploads"),
+        progress: Arc::new(crate::progress::Progress::new(false)),
+    }
+}
+
+/// An S3 build cache, reached through the AWS crate on a runtime of its own
+/// (builds are synchronous code).
+pub struct S3Cache {
+    url: String,
+    rt: tokio::runtime::Runtime,
+    cache: imgd_aws::cache::Cache,
+}
+
+impl S3Cache {
+    pub fn new(url: &str, endpoint: Option<&str>) -> Result<S3Cache, String> {
+        let at: imgd_aws::s3::Location = url.parse()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the S3 client: {e}"))?;
+        let cache = rt.block_on(imgd_aws::cache::Cache::open(at, &options(endpoint, 8)));
+        Ok(S3Cache { url: url.to_string(), rt, cache })
+    }
+}
+
+impl Remote for S3Cache {
+    fn get(&self, entry: &str, file: &str, dest: &Path, max_size: u64) -> Result<bool> {
+        self.rt.block_on(self.cache.get(entry, file, dest, max_size))
+    }
+
+    fn push(&self, entry: &Entry, overwrite: bool) -> Result<()> {
+        let e = entry.for_aws()?;
+        self.rt.block_on(self.cache.put(&e.name, &e.files, overwrite))?;
+        let c = &self.cache.counters;
+        tracing::info!("pushed {} to {} ({} bytes)", entry.name, self.url, c.get(&c.uploaded_bytes));
+        Ok(())
+    }
+
+    fn url(&self) -> &str {
+        &self.url
+    }
+}

@@ -1,0 +1,121 @@
+//! imgd prune against moto on loopback: keep-N per profile, the plan first,
+//! and nothing without imgd's marks ever touched.
+
+use super::support::{self, Moto};
+use serde_json::Value;
+
+fn steps(v: &Value, action: &str) -> Vec<String> {
+    v["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["action"] == action)
+        .map(|s| format!("{} {}", s["place"].as_str().unwrap(), s["what"].as_str().unwrap()))
+        .collect()
+}
+
+#[test]
+fn prune_keeps_the_newest_builds_plans_first_and_leaves_foreign_things_alone() {
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let regions = "us-east-1,eu-west-1";
+    // Three builds of one profile, oldest first.
+    let mut builds = Vec::new();
+    for host in ["a", "b", "c"] {
+        let set = format!("hostname={host}");
+        let (r, _) = moto.sync(&store, &["hello", "--set", &set, "--bucket", "imgs", "--regions", regions]);
+        builds.push(r);
+    }
+    let entry = |i: usize| builds[i]["entry"].as_str().unwrap().to_string();
+    let hash12 = |i: usize| builds[i]["hash"].as_str().unwrap()[..12].to_string();
+    let snap_a = builds[0]["snapshots"]["us-east-1"].as_str().unwrap().to_string();
+
+    // Things imgd did not make: an untagged AMI, a stray object inside an
+    // entry folder, an unrelated folder.
+    moto.py(&format!(
+        "e = ec2('us-east-1')\n\
+         v = e.create_volume(Size=1, AvailabilityZone='us-east-1a')['VolumeId']\n\
+         s = e.create_snapshot(VolumeId=v)['SnapshotId']\n\
+         e.register_image(Name='hand-made', RootDeviceName='/dev/xvda', BlockDeviceMappings=[{{'DeviceName': '/dev/xvda', 'Ebs': {{'SnapshotId': s}}}}])\n\
+         s3.put_object(Bucket='imgs', Key='imgd/{}/notes.txt', Body=b'mine')\n\
+         s3.put_object(Bucket='imgs', Key='imgd/backups/db.tar', Body=b'mine')\n\
+         s3.create_multipart_upload(Bucket='imgs', Key='imgd/{}/disk.raw')",
+        entry(0),
+        entry(0)
+    ));
+    // A second machine's store holds build b only: its S3 copy stays.
+    let other = d.path().join("other-store");
+    std::fs::create_dir_all(&other).unwrap();
+    let cp = std::process::Command::new("cp").arg("-a").arg(store.join(entry(1))).arg(&other).status().unwrap();
+    assert!(cp.success());
+    let other = other.to_str().unwrap();
+    let before = (moto.images("us-east-1"), moto.images("eu-west-1"), moto.keys("imgs"));
+
+    // The plan, through `imgd prune` as a user types it.
+    let out = support::test_env(&mut std::process::Command::new(support::imgd()), &store)
+        .args(["prune", "--bucket", "imgs", "--regions", regions, "--keep", "1", "--store", other, "--json"])
+        .args(["--endpoint-url", &moto.url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["applied"], false);
+    assert_eq!(plan["kept"].as_array().unwrap().len(), 1, "{plan}");
+    assert_eq!(plan["kept"][0]["hash"], builds[2]["hash"]);
+    let dereg = steps(&plan, "deregister");
+    assert_eq!(dereg.len(), 4, "a and b in both regions: {dereg:?}");
+    assert!(dereg.iter().all(|s| s.contains(&hash12(0)) || s.contains(&hash12(1))), "{dereg:?}");
+    assert!(steps(&plan, "delete-snapshot").iter().any(|s| s.contains(&snap_a)), "{plan}");
+    let objects = steps(&plan, "delete-object");
+    assert_eq!(objects.len(), 8, "a's artifacts and manifest only: {objects:?}");
+    assert!(objects.iter().all(|o| o.contains(&entry(0)) && !o.ends_with("notes.txt")), "{objects:?}");
+    assert_eq!(
+        (moto.images("us-east-1"), moto.images("eu-west-1"), moto.keys("imgs")),
+        before,
+        "a plan changed something"
+    );
+
+    // --yes carries it out.
+    let args = ["--bucket", "imgs", "--regions", regions, "--keep", "1", "--store", other, "--yes"];
+    let (done, _) = support::aws_ok(&moto.url, &store, "prune", &args);
+    assert_eq!(done["applied"], true);
+    let newest = format!("imgd-hello-{}", hash12(2));
+    assert_eq!(moto.images("us-east-1"), ["hand-made".to_string(), newest.clone()]);
+    assert_eq!(moto.images("eu-west-1"), [newest]);
+    let gone = moto.py(&format!(
+        "print(json.dumps([s['SnapshotId'] for s in ec2('us-east-1').describe_snapshots(OwnerIds=['self'])['Snapshots'] if s['SnapshotId'] == '{snap_a}']))"
+    ));
+    assert_eq!(gone, serde_json::json!([]), "a's snapshot is deleted");
+    let uploads = moto.py("print(json.dumps(len(s3.list_multipart_uploads(Bucket='imgs').get('Uploads', []))))");
+    assert_eq!(uploads, 0, "the leftover upload is aborted");
+    let keys = moto.keys("imgs");
+    assert!(keys.contains(&"imgd/backups/db.tar".to_string()));
+    assert!(keys.contains(&format!("imgd/{}/notes.txt", entry(0))), "an object without imgd's metadata stays");
+    assert!(!keys.iter().any(|k| k.starts_with(&format!("imgd/{}/", entry(0))) && !k.ends_with("notes.txt")));
+    for kept in [entry(1), entry(2)] {
+        assert_eq!(keys.iter().filter(|k| k.contains(&kept)).count(), 8, "{kept} stays (store / newest AMI)");
+    }
+
+    // Nothing left to do; the kept build still syncs without changes.
+    let (again, _) = support::aws_ok(&moto.url, &store, "prune", &args);
+    assert!(again["plan"].as_array().unwrap().is_empty(), "{again}");
+    assert_eq!(again["mutating_calls"], 0);
+    let newest_args = ["hello", "--set", "hostname=c", "--bucket", "imgs", "--regions", regions];
+    let (r, _) = moto.sync(&store, &newest_args);
+    assert_eq!(r["mutating_calls"], 0, "{r}");
+}
+
+#[test]
+fn prune_refuses_keep_zero() {
+    let d = tempfile::tempdir().unwrap();
+    let out = support::aws(
+        "http://127.0.0.1:9",
+        d.path(),
+        "prune",
+        &["--bucket", "b", "--regions", "us-east-1", "--keep", "0"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--keep"));
+}

@@ -1,0 +1,112 @@
+//! What the AWS tests share: a moto server on loopback, boto3 as the
+//! independent checker, and runs of the real imgd binary.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use crate::common::repo;
+
+pub struct Moto {
+    child: Child,
+    pub url: String,
+    pub addr: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]')");
+        let addr = format!("127.0.0.1:{port}");
+        let end = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < end, "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto { child, url: format!("http://{addr}"), addr }
+    }
+
+    /// Runs boto3 code with `s3` and `ec2(region)` bound to this endpoint; what
+    /// the code prints is parsed as JSON.
+    pub fn py(&self, code: &str) -> Value {
+        let script = format!(
+            "import boto3, json\nE='{}'\nkw=dict(endpoint_url=E, aws_access_key_id='test', aws_secret_access_key='test')\n\
+             s3=boto3.client('s3', region_name='us-east-1', **kw)\nec2=lambda r: boto3.client('ec2', region_name=r, **kw)\n{code}\n",
+            self.url
+        );
+        let out = Command::new("python3").arg("-c").arg(&script).output().unwrap();
+        assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.trim()).unwrap_or(Value::Null)
+    }
+
+    /// Names of this account's images in `region`.
+    pub fn images(&self, region: &str) -> Vec<String> {
+        let v = self.py(&format!(
+            "print(json.dumps(sorted(i['Name'] for i in ec2('{region}').describe_images(Owners=['self'])['Images'])))"
+        ));
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// Keys in the bucket.
+    pub fn keys(&self, bucket: &str) -> Vec<String> {
+        let v = self.py(&format!(
+            "print(json.dumps(sorted(o['Key'] for o in s3.list_objects_v2(Bucket='{bucket}').get('Contents', []))))"
+        ));
+        serde_json::from_value(v).unwrap()
+    }
+
+    pub fn sync(&self, store: &Path, args: &[&str]) -> (Value, String) {
+        aws_ok(&self.url, store, "sync", args)
+    }
+}
+
+/// `imgd <cmd> args --json` against `endpoint`, with test credentials and no
+/// instance-metadata lookups.
+pub fn aws(endpoint: &str, store: &Path, cmd: &str, args: &[&str]) -> Output {
+    let mut c = Command::new(imgd());
+    c.arg(cmd).args(args).args(["--endpoint-url", endpoint, "--json"]);
+    if !args.contains(&"--max-attempts") {
+        c.args(["--max-attempts", "2"]);
+    }
+    test_env(&mut c, store).output().unwrap()
+}
+
+pub fn test_env<'c>(c: &'c mut Command, store: &Path) -> &'c mut Command {
+    c.current_dir(repo())
+        .env("IMGD_ROOT", repo())
+        .env("IMGD_STORE", store)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("RUST_LOG", std::env::var("TEST_RUST_LOG").unwrap_or("warn".into()))
+}
+
+/// Like [`aws`], asserting success and parsing stdout as JSON.
+pub fn aws_ok(endpoint: &str, store: &Path, cmd: &str, args: &[&str]) -> (Value, String) {
+    let out = aws(endpoint, store, cmd, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "imgd {cmd} failed: {stderr}");
+    (serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}")), stderr)
+}
+
+/// The `imgd` binary under test.
+pub fn imgd() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_imgd"))
+}

@@ -1,0 +1,292 @@
+//! imgd sync against a real local AWS endpoint (moto server on loopback), with
+//! boto3 as the independent client that checks what exists afterwards.
+
+use super::support::{self, Moto};
+use serde_json::Value;
+
+#[test]
+fn sync_uploads_snapshots_registers_copies_and_a_rerun_does_nothing() {
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let (out, tfv) = (d.path().join("amis.json"), d.path().join("amis.auto.tfvars.json"));
+    let args = [
+        "hello",
+        "--bucket",
+        "imgs",
+        "--prefix",
+        "fleet",
+        "--regions",
+        "us-east-1,eu-west-1",
+        "--out",
+        out.to_str().unwrap(),
+        "--tfvars",
+        tfv.to_str().unwrap(),
+    ];
+    let (r, _) = moto.sync(&store, &args);
+    let amis = r["amis"].as_object().unwrap();
+    assert_eq!(amis.len(), 2, "{r}");
+    let (home, copy) = (amis["us-east-1"].as_str().unwrap(), amis["eu-west-1"].as_str().unwrap());
+    assert!(home.starts_with("ami-") && copy.starts_with("ami-") && home != copy, "{r}");
+    assert_eq!(r["artifact_id"], format!("eu-west-1:{copy},us-east-1:{home}"));
+    let hash = r["hash"].as_str().unwrap();
+    assert_eq!(r["name"], format!("imgd-hello-{}", &hash[..12]));
+
+    // Terraform's hand-off, written whole.
+    let tf: Value = serde_json::from_str(&std::fs::read_to_string(&tfv).unwrap()).unwrap();
+    assert_eq!(tf["aws_amis"]["us-east-1"], home);
+    assert_eq!(tf["aws_amis"]["eu-west-1"], copy);
+    let o: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(o["hash"], hash);
+    assert!(o["snapshots"]["us-east-1"].as_str().unwrap().starts_with("snap-"));
+
+    // S3 holds every artifact under the store's name, with its sha256.
+    let entry = r["entry"].as_str().unwrap();
+    let objects = moto.py(&format!(
+        "r = s3.list_objects_v2(Bucket='imgs', Prefix='fleet/{entry}/')\n\
+         print(json.dumps({{o['Key'].split('/')[-1]: s3.head_object(Bucket='imgs', Key=o['Key'])['Metadata'].get('imgd-sha256') for o in r.get('Contents', [])}}))"
+    ));
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(store.join(entry).join("manifest.json")).unwrap()).unwrap();
+    for a in manifest["artifacts"].as_array().unwrap() {
+        assert_eq!(objects[a["file"].as_str().unwrap()], a["sha256"], "{objects}");
+    }
+    assert!(objects.get("manifest.json").is_some());
+    assert!(r["uploaded_bytes"].as_u64().unwrap() > 250 << 20, "the raw and vhd disks went up in parts");
+
+    // EBS direct: only the non-zero blocks of the mostly empty disk were sent.
+    let (sent, total) = (r["blocks_sent"].as_u64().unwrap(), r["blocks_total"].as_u64().unwrap());
+    assert!(sent > 0 && sent * 4 < total, "{sent} of {total} blocks sent");
+
+    // The copy carries imgd's tags (CopyImage does not copy them).
+    let tags = moto.py(&format!(
+        "t = ec2('eu-west-1').describe_tags(Filters=[{{'Name': 'resource-id', 'Values': ['{copy}']}}])['Tags']\n\
+         print(json.dumps({{x['Key']: x['Value'] for x in t}}))"
+    ));
+    assert_eq!(tags["imgd:hash"], hash);
+    assert_eq!(tags["imgd:profile"], "hello");
+    assert!(tags["imgd:built-at"].as_str().unwrap().ends_with('Z'));
+    let images = moto.py(
+        "print(json.dumps([i['Name'] for r in ['us-east-1','eu-west-1'] for i in ec2(r).describe_images(Owners=['self'])['Images']]))",
+    );
+    assert_eq!(images.as_array().unwrap().len(), 2, "exactly one AMI per region: {images}");
+
+    // A re-run with nothing changed uploads nothing and changes nothing.
+    let (again, _) = moto.sync(&store, &args);
+    assert_eq!(again["amis"], r["amis"]);
+    assert_eq!(again["mutating_calls"], 0, "{again}");
+    assert_eq!(again["uploaded_bytes"], 0, "{again}");
+
+    // A region added later is the only thing done.
+    let mut more = args.to_vec();
+    more[6] = "us-east-1,eu-west-1,ap-south-1";
+    let (third, _) = moto.sync(&store, &more);
+    assert_eq!(third["amis"].as_object().unwrap().len(), 3);
+    assert_eq!(third["amis"]["eu-west-1"], copy);
+    assert_eq!(third["uploaded_bytes"], 0);
+    assert!(third["mutating_calls"].as_u64().unwrap() <= 2, "copy + tags only: {third}");
+}
+
+#[test]
+fn encryption_by_default_sends_every_block() {
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')\nec2('us-east-1').enable_ebs_encryption_by_default()");
+    let d = tempfile::tempdir().unwrap();
+    let (r, _) = moto.sync(&d.path().join("store"), &["hello", "--bucket", "imgs", "--regions", "us-east-1"]);
+    assert_eq!(r["blocks_sent"], r["blocks_total"], "{r}");
+}
+
+#[test]
+fn throttling_5xx_and_lost_answers_still_end_with_one_ami_per_region() {
+    use super::proxy::{Faults, Proxy};
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let faults = Faults {
+        throttle_every: 4,
+        lose_first_answer: vec!["RegisterImage", "CopyImage", "CreateTags"],
+        corrupt_first_part: true,
+        ..Faults::default()
+    };
+    let proxy = Proxy::start(&moto.addr, faults);
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let args = ["hello", "--bucket", "imgs", "--regions", "us-east-1,eu-west-1,ap-south-1", "--max-attempts", "10"];
+    let (r, _) = support::aws_ok(&proxy.url, &store, "sync", &args);
+    assert_eq!(r["amis"].as_object().unwrap().len(), 3, "{r}");
+    let (throttled, lost) = proxy.log(|l| (l.throttled, l.lost.clone()));
+    assert!(throttled > 20, "only {throttled} requests throttled");
+    assert_eq!(lost, ["RegisterImage", "CreateTags", "CopyImage"], "each lost answer happened once");
+    for region in ["us-east-1", "eu-west-1", "ap-south-1"] {
+        assert_eq!(moto.images(region).len(), 1, "{region}: exactly one AMI despite the lost answers");
+    }
+    // A part corrupted on the way (moto does not check checksums) was caught and sent again.
+    assert_eq!(proxy.log(|l| l.corrupted), 1);
+    let entry = r["entry"].as_str().unwrap();
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(store.join(entry).join("manifest.json")).unwrap()).unwrap();
+    let stored = moto.py(&format!(
+        "import hashlib\n\
+         print(json.dumps({{f: hashlib.sha256(s3.get_object(Bucket='imgs', Key=f'imgd/{entry}/{{f}}')['Body'].read()).hexdigest() for f in ['disk.raw', 'disk.vhd']}}))"
+    ));
+    for a in
+        manifest["artifacts"].as_array().unwrap().iter().filter(|a| a["file"] == "disk.raw" || a["file"] == "disk.vhd")
+    {
+        assert_eq!(stored[a["file"].as_str().unwrap()], a["sha256"], "{stored}");
+    }
+    // Straight to moto, without faults: nothing left to do.
+    let (again, _) = moto.sync(&store, &args[..5]);
+    assert_eq!(again["amis"], r["amis"]);
+    assert_eq!(again["mutating_calls"], 0, "{again}");
+}
+
+#[test]
+fn import_method_uses_import_snapshot_and_explains_a_missing_vmimport_role() {
+    use super::proxy::{Faults, Proxy};
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let args = ["hello", "--bucket", "imgs", "--regions", "us-east-1", "--method", "import", "--poll", "1"];
+
+    // No vmimport role: a clear message, nothing registered.
+    let denied = Proxy::start(&moto.addr, Faults { no_vmimport_role: true, ..Faults::default() });
+    let out = support::aws(&denied.url, &store, "sync", &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("`vmimport` service role") && err.contains("--method ebs-direct"), "{err}");
+    assert!(moto.images("us-east-1").is_empty());
+
+    // With the role: the VHD in S3 becomes the snapshot behind the AMI.
+    let proxy = Proxy::start(&moto.addr, Faults::default());
+    let (r, _) = support::aws_ok(&proxy.url, &store, "sync", &args);
+    assert_eq!(proxy.log(|l| l.import_polls), 3, "polled until the task completed");
+    assert!(!proxy.log(|l| l.requests.iter().any(|x| x.starts_with("PUT /snapshots"))), "no EBS direct calls");
+    let snap = r["snapshots"]["us-east-1"].as_str().unwrap();
+    let ami = r["amis"]["us-east-1"].as_str().unwrap();
+    let tags = moto.py(&format!(
+        "t = ec2('us-east-1').describe_tags(Filters=[{{'Name': 'resource-id', 'Values': ['{snap}']}}])['Tags']\n\
+         print(json.dumps({{x['Key']: x['Value'] for x in t}}))"
+    ));
+    assert_eq!(tags["imgd:hash"], r["hash"], "the imported snapshot carries imgd's tags");
+    let vhd_key = r["s3"].as_array().unwrap().iter().find(|k| k.as_str().unwrap().ends_with(".vhd")).unwrap();
+    assert!(vhd_key.as_str().unwrap().starts_with("s3://imgs/imgd/"), "{r}");
+    assert_eq!(moto.images("us-east-1").len(), 1, "{ami}");
+}
+
+#[test]
+fn dry_run_prints_a_plan_and_changes_nothing() {
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let base = ["hello", "--bucket", "imgs", "--regions", "us-east-1,eu-west-1", "--share", "123456789012"];
+    let plan_of = |v: &Value| -> Vec<(String, String)> {
+        v["plan"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["action"].as_str().unwrap().to_string(), s["place"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let (p, _) = moto.sync(&store, &[&base[..], &["--dry-run"]].concat());
+    let steps = plan_of(&p);
+    let uploads = steps.iter().filter(|(a, _)| a == "upload").count();
+    assert_eq!(uploads, 8, "seven artifact files (the ipxe bundle is three) and the manifest: {p}");
+    for want in [("snapshot", "us-east-1"), ("register", "us-east-1"), ("copy", "eu-west-1"), ("share", "eu-west-1")] {
+        assert!(steps.contains(&(want.0.into(), want.1.into())), "{want:?} missing: {p}");
+    }
+    assert!(moto.keys("imgs").is_empty() && moto.images("us-east-1").is_empty(), "a dry run changed something");
+
+    // After a real run the plan is empty; with one more account, only the shares.
+    let (r, _) = moto.sync(&store, &base);
+    let perms = moto.py(&format!(
+        "print(json.dumps([p.get('UserId') for p in ec2('eu-west-1').describe_image_attribute(ImageId='{}', \
+         Attribute='launchPermission')['LaunchPermissions']]))",
+        r["amis"]["eu-west-1"].as_str().unwrap()
+    ));
+    assert_eq!(perms, serde_json::json!(["123456789012"]), "--share granted launch permission on the copy");
+    let (p, _) = moto.sync(&store, &[&base[..], &["--dry-run"]].concat());
+    assert!(plan_of(&p).is_empty(), "{p}");
+    let (p, _) = moto.sync(&store, &[&base[..], &["--share", "210987654321", "--dry-run"]].concat());
+    assert_eq!(plan_of(&p), [("share".into(), "us-east-1".into()), ("share".into(), "eu-west-1".into())], "{p}");
+}
+
+#[test]
+fn kms_key_encrypts_the_snapshot_and_the_copies_and_sends_every_block() {
+    use super::proxy::{Faults, Proxy};
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let proxy = Proxy::start(&moto.addr, Faults::default());
+    let key = "arn:aws:kms:us-east-1:123456789012:key/0b1e7a3c-imgd-test";
+    let d = tempfile::tempdir().unwrap();
+    let args = ["hello", "--bucket", "imgs", "--regions", "us-east-1,eu-west-1", "--kms-key", key];
+    let (r, _) = support::aws_ok(&proxy.url, &d.path().join("store"), "sync", &args);
+    assert_eq!(r["blocks_sent"], r["blocks_total"], "an encrypted snapshot gets its zero blocks too: {r}");
+    // moto keeps no encryption state, so check what imgd asked AWS for.
+    let bodies = proxy.log(|l| l.bodies.clone());
+    let start: Value =
+        bodies.iter().find(|(w, _)| w == "POST /snapshots").map(|(_, b)| serde_json::from_str(b).unwrap()).unwrap();
+    assert_eq!(
+        (start["Encrypted"].clone(), start["KmsKeyArn"].clone()),
+        (Value::Bool(true), Value::from(key)),
+        "{start}"
+    );
+    let copy = &bodies.iter().find(|(w, _)| w == "CopyImage").unwrap().1;
+    let copy = percent_encoding::percent_decode_str(copy).decode_utf8_lossy();
+    assert!(copy.contains("Encrypted=true") && copy.contains(&format!("KmsKeyId={key}&")), "{copy}");
+}
+
+#[test]
+fn an_interrupted_upload_resumes_with_the_parts_already_sent() {
+    use super::proxy::{Faults, Proxy};
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let slow = Proxy::start(&moto.addr, Faults { part_delay_ms: 300, ..Faults::default() });
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let args = ["sync", "hello", "--bucket", "imgs", "--regions", "us-east-1", "--endpoint-url", &slow.url];
+    let mut child = support::test_env(&mut std::process::Command::new(support::imgd()), &store)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it (as a lost SSH session would) while disk.raw is going up.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while slow.log(|l| l.requests.iter().filter(|r| r.starts_with("UploadPart") && r.ends_with("disk.raw")).count())
+        < 10
+    {
+        assert!(std::time::Instant::now() < end && child.try_wait().unwrap().is_none(), "never saw the parts");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let entry =
+        std::fs::read_dir(&store).unwrap().filter_map(|e| e.ok()).find(|e| e.path().join("manifest.json").is_file());
+    let entry = entry.unwrap().file_name().into_string().unwrap();
+    let key = format!("imgd/{entry}/disk.raw");
+    let before = moto.py(&format!(
+        "u = [x for x in s3.list_multipart_uploads(Bucket='imgs').get('Uploads', []) if x['Key'] == '{key}']\n\
+         print(json.dumps(len(s3.list_parts(Bucket='imgs', Key='{key}', UploadId=u[0]['UploadId']).get('Parts', []))))"
+    ));
+    let have = before.as_u64().unwrap();
+    assert!(have >= 2, "{have} parts were in S3 when it died");
+
+    // The re-run keeps those parts, sends the rest, and leaves no upload open.
+    let mended = Proxy::start(&moto.addr, Faults::default());
+    let (r, _) = support::aws_ok(&mended.url, &store, "sync", &args[1..6]);
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(store.join(&entry).join("manifest.json")).unwrap()).unwrap();
+    let total: u64 = manifest["artifacts"].as_array().unwrap().iter().map(|a| a["size"].as_u64().unwrap()).sum();
+    let sent = r["uploaded_bytes"].as_u64().unwrap();
+    assert!(sent <= total - have * (16 << 20), "sent {sent} of {total} with {have} parts already there");
+    let check = moto.py(&format!(
+        "import hashlib\n\
+         body = s3.get_object(Bucket='imgs', Key='{key}')['Body'].read()\n\
+         print(json.dumps([hashlib.sha256(body).hexdigest(), len(s3.list_multipart_uploads(Bucket='imgs').get('Uploads', []))]))"
+    ));
+    let raw = manifest["artifacts"].as_array().unwrap().iter().find(|a| a["file"] == "disk.raw").unwrap();
+    assert_eq!(check[0], raw["sha256"], "the resumed object is the disk");
+    assert_eq!(check[1], 0, "no upload left open");
+}

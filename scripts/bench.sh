@@ -251,7 +251,6 @@ NGX
 }
 
 bench_sync() {
-  cargo build --release -q -p imgd-aws
   local venv="$cache/bench-venv"
   if [ ! -x "$venv/bin/aws" ]; then
     python3 -m venv "$venv" && "$venv/bin/pip" install -q awscli
@@ -269,12 +268,12 @@ bench_sync() {
   local raw="$entry/disk.raw"
   echo "S3 upload of a $(du --apparent-size -h "$raw" | cut -f1) raw disk ($(du -h "$raw" | cut -f1) not zero) to moto on loopback, one run each:"
   local t0 t1 t2
-  t0=$(now); "$imgd"-aws cache push --url s3://bench-imgd/imgd --entry-dir "$entry"; t1=$(now)
+  t0=$(now); "$imgd" sync hello "${sets[@]}" --bucket bench-imgd --s3-only >/dev/null; t1=$(now)
   "$venv/bin/aws" s3 cp --only-show-errors "$raw" s3://bench-awscli/disk.raw; t2=$(now)
   local ti ta; ti=$(calc "$t1 - $t0"); ta=$(calc "$t2 - $t1")
   printf '  %-44s imgd %6.2f s  aws s3 cp %6.2f s  ratio %.2fx  (goal >= 1.0)\n' \
     "upload (imgd: 16 MiB parts x4 + SHA-256)" "$ti" "$ta" "$(calc "$ta / $ti")"
-  t0=$(now); "$imgd"-aws cache push --url s3://bench-imgd/imgd --entry-dir "$entry"; t1=$(now)
+  t0=$(now); "$imgd" sync hello "${sets[@]}" --bucket bench-imgd --s3-only >/dev/null; t1=$(now)
   "$venv/bin/aws" s3 cp --only-show-errors "$raw" s3://bench-awscli/disk.raw; t2=$(now)
   ti=$(calc "$t1 - $t0"); ta=$(calc "$t2 - $t1")
   printf '  %-44s imgd %6.2f s  aws s3 cp %6.2f s  ratio %.0fx  (imgd skips what S3 has by SHA-256)\n' \

@@ -23,8 +23,12 @@ pub struct SyncArgs {
     #[command(flatten)]
     pub bucket: BucketArgs,
     /// Regions that need the AMI, comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "s3_only")]
     pub regions: Vec<String>,
+    /// Only upload the build to S3 (an iPXE mirror for --artifact-base-url, or
+    /// a cache fill): no snapshot, no AMI.
+    #[arg(long, conflicts_with_all = ["regions", "home_region", "share", "kms_key", "tfvars"])]
+    pub s3_only: bool,
     /// Where the AMI is registered first (default: the first region).
     #[arg(long)]
     pub home_region: Option<String>,
@@ -146,7 +150,7 @@ pub fn run(a: &SyncArgs) -> Result<()> {
     }
     let (_, recipe) = a.profile.loaded()?;
     let disk = a.method.disk();
-    if !recipe.formats.contains(&disk) {
+    if !a.s3_only && !recipe.formats.contains(&disk) {
         let how = a.method.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
         return Err(recipe
             .profile_error(
@@ -157,10 +161,11 @@ pub fn run(a: &SyncArgs) -> Result<()> {
     }
     let store = a.store.open()?;
     let entry = a.profile.build_via(&recipe, &store, a.aws.endpoint_url.as_deref())?.entry;
-    let home = a.home_region.clone().unwrap_or_else(|| a.regions[0].clone());
+    let home = a.home_region.clone().or_else(|| a.regions.first().cloned()).unwrap_or_default();
     let req = Request {
         entry: entry.for_aws()?,
         to,
+        ami: !a.s3_only,
         others: a.regions.iter().filter(|r| **r != home).cloned().collect(),
         home,
         method: a.method.method(),

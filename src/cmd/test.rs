@@ -85,19 +85,16 @@ pub fn run(a: &TestArgs) -> anyhow::Result<()> {
     let store = a.store.open()?;
     let entry = a.profile.build(&recipe, &store)?.entry;
     let scratch = tempfile::tempdir()?;
-    // Console logs go in a private folder, kept when a boot fails.
-    let logs = tempfile::Builder::new().prefix("imgd-test.").tempdir()?;
+    // Console logs go in a private folder of their own (never a predictable
+    // /tmp name a symlink could be planted at), kept for reading afterwards.
+    let logs = tempfile::Builder::new().prefix("imgd-test.").tempdir()?.keep();
     let accel = resolve_accel(a.accel, &entry);
     let machine =
         Machine { arch: recipe.arch, firmware: recipe.firmware, qemu: &loaded.hardware.qemu, accel, ssh: None };
     for target in wanted {
-        let result = match target {
-            BootTarget::Ipxe => netboot(a, &recipe, &machine, &entry, &marker, scratch.path(), logs.path()),
-            _ => boot(a, &machine, &entry, target, &marker, scratch.path(), logs.path()),
-        };
-        if let Err(e) = result {
-            let kept = logs.keep();
-            return Err(e.context(format!("console logs kept in {}", kept.display())));
+        match target {
+            BootTarget::Ipxe => netboot(a, &recipe, &machine, &entry, &marker, scratch.path(), &logs)?,
+            _ => boot(a, &machine, &entry, target, &marker, scratch.path(), &logs)?,
         }
     }
     Ok(())
@@ -118,7 +115,7 @@ fn boot(
     eprintln!("booting {} ({target}), console log {}", entry.name, log.display());
     let report = qemu::boot_until(cmd, marker, Duration::from_secs(a.timeout), &log)
         .with_context(|| format!("{} ({target})", entry.name))?;
-    println!("ok {} {target}: `{marker}` after {:.1}s", entry.name, report.seconds);
+    println!("ok {} {}: `{marker}` after {:.1}s", entry.name, target.format(), report.seconds);
     Ok(())
 }
 

@@ -372,8 +372,11 @@ pub fn boot_until(cmd: Command, marker: &str, timeout: Duration, log: &Path) -> 
                 let mut lines: Vec<String> = partial.split('\n').map(str::to_string).collect();
                 partial = lines.pop().unwrap_or_default();
                 let seen = lines.iter().any(|l| l.contains(marker)) || partial.contains(marker);
-                let panicked = lines.iter().any(|l| l.contains("Kernel panic"));
-                for l in lines {
+                let panic_at = lines.iter().position(|l| l.contains("Kernel panic"));
+                // On a panic the tail ends at the panic line: its backtrace is
+                // in the log, and what led to it is what a reader needs.
+                let keep = panic_at.map_or(lines.len(), |i| i + 1);
+                for l in lines.into_iter().take(keep) {
                     tail.push_back(l);
                     if tail.len() > 40 {
                         tail.pop_front();
@@ -383,18 +386,14 @@ pub fn boot_until(cmd: Command, marker: &str, timeout: Duration, log: &Path) -> 
                     logf.flush()?;
                     return Ok(BootReport { seconds: start.elapsed().as_secs_f64(), log: log.to_path_buf() });
                 }
-                if panicked {
+                if panic_at.is_some() {
                     // Let the panic's backtrace reach the log before failing.
                     let until = Instant::now() + Duration::from_millis(500);
                     while let Ok(Some(c)) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
                         logf.write_all(c.as_bytes())?;
-                        partial.push_str(&c);
                     }
-                    tail.extend(partial.lines().map(str::to_string));
-                    while tail.len() > 40 {
-                        tail.pop_front();
-                    }
-                    return Err(fail("kernel panic", &tail));
+                    logf.flush()?;
+                    return Err(fail("kernel panic (its backtrace is in the console log)", &tail));
                 }
             }
             Ok(None) => {

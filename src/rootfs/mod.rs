@@ -75,5 +75,21 @@ pub fn assemble(recipe: &Recipe, work: &Path) -> Result<Rootfs> {
     }
     customize::files(&mut tree, recipe)?;
     customize::services(&mut tree, recipe)?;
+    check_init(&tree, recipe)?;
     Ok(Rootfs { tree, kernel, boot_modules })
+}
+
+/// The kernel (or the disk initramfs) starts `init`: one that is not in the
+/// image, or not executable, would only show as a kernel panic at boot.
+fn check_init(tree: &Tree, recipe: &Recipe) -> Result<()> {
+    use tree::Kind;
+    let init = &recipe.init;
+    let ok = match tree.get(init) {
+        Some(n) if matches!(n.kind, Kind::File | Kind::Hardlink(_)) => n.mode & 0o111 != 0,
+        _ => false,
+    };
+    if !ok {
+        bail!(recipe.profile_error("init", format!("{init} is not an executable file in the image")));
+    }
+    Ok(())
 }

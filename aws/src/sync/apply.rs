@@ -26,6 +26,9 @@ pub async fn apply(
             crate::s3::upload(&s3, &req.to.bucket, key, f, counters, false, opts).await?;
         }
     }
+    if !req.ami {
+        return Ok(result(req, BTreeMap::new(), BTreeMap::new(), counters));
+    }
     let job =
         Arc::new(Job { req: req.clone(), tags: req.tags(), attempts: opts.max_attempts, counters: counters.clone() });
 
@@ -69,8 +72,16 @@ pub async fn apply(
     if !failed.is_empty() {
         bail!("some regions failed (the others are done; re-run to finish):\n  {}", failed.join("\n  "));
     }
-    let c = counters;
-    Ok(SyncResult {
+    Ok(result(req, amis, snapshots, counters))
+}
+
+fn result(
+    req: &Request,
+    amis: BTreeMap<String, String>,
+    snapshots: BTreeMap<String, String>,
+    c: &Counters,
+) -> SyncResult {
+    SyncResult {
         profile: req.entry.profile.clone(),
         hash: req.entry.hash.clone(),
         entry: req.entry.name.clone(),
@@ -83,7 +94,7 @@ pub async fn apply(
         uploaded_bytes: c.get(&c.uploaded_bytes),
         blocks_sent: c.get(&c.blocks_sent),
         blocks_total: c.get(&c.blocks_total),
-    })
+    }
 }
 
 /// What every region's work shares.

@@ -33,6 +33,8 @@ pub enum Method {
 pub struct Request {
     pub entry: Entry,
     pub to: Location,
+    /// Make AMIs (else only upload: an iPXE mirror, or a cache fill).
+    pub ami: bool,
     /// Where the AMI is registered first.
     pub home: String,
     /// Every other region that needs a copy.
@@ -58,9 +60,10 @@ impl Request {
         format!("imgd {} ({})", self.entry.profile, self.entry.name)
     }
 
-    /// The home region first, then the others.
+    /// The home region first, then the others (none when only uploading).
     pub fn regions(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.home.as_str()).chain(self.others.iter().map(String::as_str))
+        let all = std::iter::once(self.home.as_str()).chain(self.others.iter().map(String::as_str));
+        all.take(if self.ami { usize::MAX } else { 0 })
     }
 
     /// The tags on every image and snapshot of this build (prune reads them).

@@ -38,6 +38,7 @@ pub async fn observe(clients: &Clients, req: &Request) -> Result<Observed> {
         images.insert(region, image);
     }
     let snapshot = match images.get(&req.home) {
+        _ if !req.ami => None,
         Some(Some(_)) => None,
         _ => ami::find_snapshot(&clients.ec2(&req.home), &req.entry.hash).await?,
     };

@@ -188,6 +188,7 @@ mod tests {
         Request {
             entry,
             to: Location::new("imgs", "fleet"),
+            ami: true,
             home: regions[0].to_string(),
             others: regions[1..].iter().map(|r| r.to_string()).collect(),
             method: Method::EbsDirect,
@@ -275,6 +276,17 @@ mod tests {
                 Step::Share { region: "ap-south-1".into(), image: Image::New, account: "111122223333".into() },
                 Step::Share { region: "ap-south-1".into(), image: Image::New, account: "444455556666".into() },
             ]
+        );
+    }
+
+    #[test]
+    fn uploading_only_plans_no_region() {
+        let mut req = request(&["us-east-1", "eu-west-1"], &["111122223333"]);
+        req.ami = false;
+        let p = plan(&Observed { uploaded: vec![false, true], ..Default::default() }, &req);
+        assert_eq!(
+            p.steps,
+            vec![Step::Upload { file: 0, key: format!("fleet/{}/disk.raw", req.entry.name), size: 10 }]
         );
     }
 

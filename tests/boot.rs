@@ -166,3 +166,31 @@ fn run_netboots_interactively_and_stops_with_imgd() {
     run.wait().unwrap();
     assert_no_process_mentions(&h.store);
 }
+
+#[test]
+fn imgd_test_never_writes_through_a_planted_temp_symlink() {
+    let h = hello();
+    let entry = h.manifest["name"].as_str().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let victim = d.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    // Where imgd test used to write its console log, planted by another user.
+    let planted: Vec<std::path::PathBuf> =
+        ["ipxe", "kernel"].iter().map(|f| std::env::temp_dir().join(format!("imgd-test-{entry}-{f}.log"))).collect();
+    for p in &planted {
+        let _ = std::fs::remove_file(p);
+        std::os::unix::fs::symlink(&victim, p).unwrap();
+    }
+    let out = imgd(&h.store).args(["test", "hello", "--format", "kernel", "--timeout", "240"]).output().unwrap();
+    for p in &planted {
+        let _ = std::fs::remove_file(p);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n", "written through the symlink");
+    let log = stderr.split("console log ").nth(1).and_then(|s| s.split_whitespace().next()).expect("log path");
+    let dir = std::path::Path::new(log).parent().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(dir).unwrap().permissions().mode() & 0o777, 0o700, "{log}");
+    assert!(std::fs::read_to_string(log).unwrap().contains("IMGD-HELLO-READY"));
+}

@@ -103,3 +103,51 @@ fn a_module_the_kernel_lacks_is_reported_against_the_hardware() {
     let e = fails(&[("p.toml", &p)], &["p"]);
     assert!(e.contains("module `no_such_driver` is not in kernel 6."), "{e}");
 }
+
+#[test]
+fn a_key_a_parent_set_that_fails_during_the_build_names_the_parent_file() {
+    let parent = GOOD.replace("[kernel]", "[services]\nenable = [\"nope.service\"]\n[kernel]");
+    let child = "extends = \"parent.toml\"\nhostname = \"c\"\n";
+    let e = fails(&[("parent.toml", &parent), ("child.toml", child)], &["child"]);
+    assert!(e.contains("parent.toml:6:11: key `services.enable[0]`: unit nope.service is not in the image"), "{e}");
+    let parent = GOOD.replace("[kernel]", "[kernel]\nextra_modules = [\"no_such_driver\"]");
+    let e = fails(&[("parent.toml", &parent), ("child.toml", child)], &["child"]);
+    assert!(e.contains("parent.toml:6:1: key `kernel.extra_modules`"), "{e}");
+    // init is checked against the image, where the key was set.
+    let e = fails(&[("parent.toml", &format!("init = \"/bin/nope\"\n{GOOD}")), ("child.toml", child)], &["child"]);
+    assert!(e.contains("parent.toml:1:1: key `init`: /bin/nope is not an executable file in the image"), "{e}");
+}
+
+#[test]
+fn control_characters_in_strings_that_land_in_files_are_refused() {
+    for (set, key) in [
+        (r#"users=[{name="x",shell="/bin/sh\nr00t::0:0::/root:/bin/sh"}]"#, "users[0].shell"),
+        (r#"users=[{name="x",home="/home/x:0:0"}]"#, "users[0].home"),
+        (
+            r#"users=[{name="x",ssh_authorized_keys=["ssh-ed25519 AAAA a\nssh-ed25519 BBBB evil"]}]"#,
+            "users[0].ssh_authorized_keys[0]",
+        ),
+        (r#"users=[{name="x",groups=["sudo\nroot"]}]"#, "users[0].groups[0]"),
+        (r#"users=[{name="r00t:x"}]"#, "users[0].name"),
+        (r#"hostname="web\n127.0.0.1 evil""#, "hostname"),
+        (r#"cmdline="quiet\ninit=/bin/sh""#, "cmdline"),
+        (r#"init="/sbin/init x""#, "init"),
+        (r#"files=[{path="/etc/a\nb",content="x"}]"#, "files[0].path"),
+        (r#"files=[{path="/etc/a",symlink="/x\ny"}]"#, "files[0].symlink"),
+        (r#"services={enable=["a\nb.service"]}"#, "services.enable[0]"),
+        (r#"ready_marker="A\u001b[2J""#, "ready_marker"),
+    ] {
+        let e = fails(&[("p.toml", GOOD)], &["p", "--set", set]);
+        assert!(e.contains("--set") && e.contains(&format!("key `{key}`")), "{set}: {e}");
+    }
+}
+
+#[test]
+fn a_very_deep_set_key_is_an_error_not_a_crash() {
+    let deep = format!("{}=1", vec!["a"; 20_000].join("."));
+    let e = fails(&[("p.toml", GOOD)], &["p", "--set", &deep]);
+    assert!(e.contains("keys are at most 8 levels deep"), "{e}");
+    let nested = format!("disk={}1{}", "[".repeat(20_000), "]".repeat(20_000));
+    let e = fails(&[("p.toml", GOOD)], &["p", "--set", &nested]);
+    assert!(e.contains("--set"), "{e}");
+}

@@ -10,6 +10,7 @@ mod boot;
 mod build;
 mod checkers;
 mod common;
+mod corpus;
 mod debian;
 mod errors;
 mod serve;

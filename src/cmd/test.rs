@@ -87,7 +87,12 @@ pub fn run(a: &TestArgs) -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
     // Console logs go in a private folder of their own (never a predictable
     // /tmp name a symlink could be planted at), kept for reading afterwards.
-    let logs = tempfile::Builder::new().prefix("imgd-test.").tempdir()?.keep();
+    use std::os::unix::fs::PermissionsExt;
+    let logs = tempfile::Builder::new()
+        .prefix("imgd-test.")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()?
+        .keep();
     let accel = resolve_accel(a.accel, &entry);
     let machine =
         Machine { arch: recipe.arch, firmware: recipe.firmware, qemu: &loaded.hardware.qemu, accel, ssh: None };

@@ -509,4 +509,31 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("hardware"));
         assert_eq!(e.pos, Some((2, 1)));
     }
+
+    /// Whatever a profile file says, loading it gives a profile or an error
+    /// that names a file (never a panic).
+    #[test]
+    fn any_profile_text_loads_or_fails_cleanly() {
+        use proptest::prelude::*;
+        let d = project();
+        let piece = prop_oneof![
+            Just("hardware = \"vm\"\n".to_string()),
+            Just("[base]\n".to_string()),
+            Just("[[files]]\n".to_string()),
+            Just("[[users]]\n".to_string()),
+            "extends = \"[a-z./]{0,8}\"\n",
+            "(hostname|name|init|cmdline) = \"[ -~]{0,8}\"\n",
+            "(path|content|mode|owner|symlink) = \"[ -~]{0,8}\"\n",
+            "(size|free|esp_size) = (\"[0-9]{0,4}[KMGT]?i?B?\"|[0-9]{1,25})\n",
+            "formats = \\[\"(ipxe|raw|tar|iso)\"\\]\n",
+            "[\\x00-\\x7f]{0,12}",
+        ];
+        proptest!(ProptestConfig::with_cases(400), |(parts in prop::collection::vec(piece, 0..12), sets in prop::collection::vec("[a-z.\\[\\]]{0,12}=[ -~]{0,10}", 0..3))| {
+            write(d.path(), "profiles/p.toml", &parts.concat());
+            let r = LoadRequest { profile: "p".into(), root: d.path().to_path_buf(), sets, ..Default::default() };
+            if let Err(e) = load(&r) {
+                prop_assert!(!e.file.as_os_str().is_empty());
+            }
+        });
+    }
 }

@@ -359,4 +359,28 @@ default = true
             parse("[[group]]\nname = \"a\"\nprofile = \"x\"\nselector = { source = [\"10.0.0.0/33\"] }\n").unwrap_err();
         assert!(e.pos.is_some(), "{e}");
     }
+
+    /// Whatever the text, loading gives a value or an error naming the file.
+    #[test]
+    fn any_text_loads_or_fails_cleanly() {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            Just("[[group]]\n".to_string()),
+            "name = \"[a-z -;]{0,6}\"\n",
+            "profile = \"[a-z.]{0,6}\"\n",
+            "entry = \"[0-9a-f./-]{0,40}\"\n",
+            "default = (true|false)\n",
+            "kernel_args = \"[ -~]{0,10}\"\n",
+            "downloads = \\[\"(disk|rootfs|kernel|x)\"\\]\n",
+            "selector = \\{ (mac|uuid|arch|platform|hostname) = \"[0-9a-f:-]{0,17}\" \\}\n",
+            "selector = \\{ source = \\[\"[0-9a-f.:/]{0,20}\"\\] \\}\n",
+            "[\\x00-\\x7f]{0,12}",
+        ];
+        proptest!(ProptestConfig::with_cases(1500), |(parts in prop::collection::vec(piece, 0..14))| {
+            let text: String = parts.concat();
+            if let Err(e) = parse(&text) {
+                prop_assert_eq!(e.file, std::path::PathBuf::from("machines.toml"));
+            }
+        });
+    }
 }

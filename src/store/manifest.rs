@@ -260,4 +260,28 @@ mod tests {
         std::fs::write(&p, vec![b' '; (MAX_BYTES + 1) as usize]).unwrap();
         assert!(format!("{:#}", Manifest::read(&p).unwrap_err()).contains("larger than"));
     }
+
+    /// Mutations of a good manifest: parsed and checked, or refused; never a
+    /// panic, and nothing that could name a file outside the entry gets through.
+    #[test]
+    fn mutated_manifests_parse_or_fail_cleanly() {
+        use proptest::prelude::*;
+        let good = serde_json::to_string(&manifest(&["disk.raw", "vmlinuz"])).unwrap();
+        proptest!(ProptestConfig::with_cases(3000), |(at in 0usize..2000, junk in "[ -~\\x00\u{e9}/\\\\.]{0,6}", cut in 0usize..3)| {
+            let mut text = good.clone();
+            let at = at.min(text.len());
+            let at = (0..=at).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            match cut {
+                0 => text.insert_str(at, &junk),
+                1 => text.replace_range(at..(at + junk.len()).min(text.len()), &junk),
+                _ => text.truncate(at),
+            }
+            if let Ok(m) = Manifest::parse(text.as_bytes()) {
+                for a in &m.artifacts {
+                    let f = a.file.as_str();
+                    prop_assert!(!f.contains('/') && !f.starts_with('.') && f != "manifest.json", "{f}");
+                }
+            }
+        });
+    }
 }

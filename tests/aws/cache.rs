@@ -93,3 +93,67 @@ fn two_stores_sharing_a_bucket_build_once_and_never_trust_a_bad_copy() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("imgd.toml:2:") && err.contains("key `cache`"), "{err}");
 }
+
+#[test]
+fn a_poisoned_cache_can_neither_write_outside_the_store_nor_pass_for_the_build() {
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='cache')");
+    let d = tempfile::tempdir().unwrap();
+    let repo = support::repo();
+    let args = ["--format", "ipxe", "--cache", "s3://cache/team"];
+    // A real entry in the bucket, pushed by a builder.
+    let (one, _) = build(&moto, &d.path().join("one"), &repo, &args);
+    let entry = one["name"].as_str().unwrap().to_string();
+    let key = format!("team/{entry}/manifest.json");
+    let good: Value = serde_json::from_str(
+        &std::fs::read_to_string(d.path().join("one").join(&entry).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let victim = d.path().join("victim");
+    let put = |manifest: &Value| {
+        let body = serde_json::to_string(manifest).unwrap().replace('\'', "\\'");
+        moto.py(&format!(
+            "h = s3.head_object(Bucket='cache', Key='{key}')\n\
+             s3.put_object(Bucket='cache', Key='{key}', Body='{body}'.encode(), Metadata=h['Metadata'])"
+        ));
+    };
+    let with_file = |name: &str| {
+        let mut m = good.clone();
+        m["artifacts"][0]["file"] = Value::from(name);
+        m
+    };
+    let climbing = format!("../../../..{}", victim.display());
+    let mut other_hash = good.clone();
+    other_hash["hash"] = Value::from("0".repeat(64));
+    other_hash["name"] = Value::from(format!("{}-hello", "0".repeat(32)));
+    let mut smaller = good.clone();
+    smaller["artifacts"][1]["size"] = Value::from(good["artifacts"][1]["size"].as_u64().unwrap() / 2);
+    let mut larger = good.clone();
+    larger["artifacts"][0]["size"] = Value::from(good["artifacts"][0]["size"].as_u64().unwrap() + 1);
+    let cases = [
+        ("an absolute name", with_file(victim.to_str().unwrap()), "not an artifact file name"),
+        ("a climbing name", with_file(&climbing), "not an artifact file name"),
+        ("a name through a folder", with_file("link/vmlinuz"), "not an artifact file name"),
+        ("the manifest's own name", with_file("manifest.json"), "not an artifact file name"),
+        ("an oversized name", with_file(&"v".repeat(300)), "not an artifact file name"),
+        ("a manifest for another hash", other_hash, "its manifest names"),
+        ("a file larger than its manifest says", smaller, "more than the"),
+        ("a file shorter than its manifest says", larger, "does not match its manifest"),
+    ];
+    for (i, (what, manifest, why)) in cases.iter().enumerate() {
+        put(manifest);
+        let store = d.path().join(format!("s{i}"));
+        let (r, log) = build(&moto, &store, &repo, &args);
+        assert_eq!(
+            (r["fetched"].clone(), r["cached"].clone()),
+            (Value::Bool(false), Value::Bool(false)),
+            "{what}: {log}"
+        );
+        assert!(log.contains(why), "{what}: {log}");
+        assert!(!victim.exists(), "{what}: wrote outside the store");
+        assert_eq!(r["artifacts"], one["artifacts"], "{what}: built here instead, bit-identical");
+        let verify =
+            std::process::Command::new(support::imgd()).args(["verify", "--store"]).arg(&store).output().unwrap();
+        assert!(verify.status.success(), "{what}: {}", String::from_utf8_lossy(&verify.stdout));
+    }
+}

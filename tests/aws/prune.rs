@@ -119,3 +119,52 @@ fn prune_refuses_keep_zero() {
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--keep"));
 }
+
+#[test]
+fn prune_leaves_cache_entries_to_their_own_retention_and_survives_foreign_tags() {
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let d = tempfile::tempdir().unwrap();
+    // Two cache-only entries (no AMI ever made from them), a second apart.
+    let mut names = Vec::new();
+    for host in ["cache-a", "cache-b"] {
+        let out = support::test_env(&mut std::process::Command::new(support::imgd()), &d.path().join(host))
+            .args(["build", "hello", "--format", "ipxe", "--set", &format!("hostname={host}"), "--json"])
+            .args(["--cache", "s3://imgs/imgd"])
+            .env("AWS_ENDPOINT_URL", &moto.url)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        names.push(serde_json::from_slice::<Value>(&out.stdout).unwrap()["name"].as_str().unwrap().to_string());
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+    }
+    // Things that carry imgd's tags with values imgd never writes.
+    moto.py(
+        "e = ec2('us-east-1')\n\
+         v = e.create_volume(Size=1, AvailabilityZone='us-east-1a')['VolumeId']\n\
+         s = e.create_snapshot(VolumeId=v)['SnapshotId']\n\
+         e.create_tags(Resources=[s], Tags=[{'Key': 'imgd:hash', 'Value': 'abc'}, {'Key': 'imgd:profile', 'Value': 'hello'}])\n\
+         s2 = e.create_snapshot(VolumeId=v)['SnapshotId']\n\
+         e.create_tags(Resources=[s2], Tags=[{'Key': 'imgd:hash', 'Value': 'ab' * 32}, {'Key': 'imgd:profile', 'Value': 'he\\nllo'}])",
+    );
+    let keys_before = moto.keys("imgs");
+    let store = d.path().join("empty-store");
+    let base = ["--bucket", "imgs", "--regions", "us-east-1", "--keep", "1", "--yes"];
+    let (r, log) = support::aws_ok(&moto.url, &store, "prune", &base);
+    assert!(r["plan"].as_array().unwrap().is_empty(), "AMI retention never touches cache entries: {r}");
+    assert_eq!(moto.keys("imgs"), keys_before);
+    assert!(log.contains("imgd tags with values imgd does not write"), "{log}");
+    let snaps = moto.py("print(json.dumps(len(ec2('us-east-1').describe_snapshots(OwnerIds=['self'])['Snapshots'])))");
+    assert_eq!(snaps, 2, "foreign snapshots are left alone");
+
+    // The cache's own retention, shown in the plan first.
+    let (plan, _) = support::aws_ok(&moto.url, &store, "prune", &[&base[..6], &["--cache-keep", "1"]].concat());
+    let doomed: Vec<String> =
+        plan["plan"].as_array().unwrap().iter().map(|s| s["what"].as_str().unwrap().to_string()).collect();
+    assert!(!doomed.is_empty() && doomed.iter().all(|w| w.contains(&names[0]) && w.contains("(cache:")), "{doomed:?}");
+    assert_eq!(moto.keys("imgs"), keys_before, "a plan changed something");
+    let (done, _) = support::aws_ok(&moto.url, &store, "prune", &[&base[..], &["--cache-keep", "1"]].concat());
+    assert_eq!(done["applied"], true);
+    let keys = moto.keys("imgs");
+    assert!(keys.iter().all(|k| !k.contains(&names[0])) && keys.iter().any(|k| k.contains(&names[1])), "{keys:?}");
+}

@@ -3,7 +3,7 @@
 
 mod cmd;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use imgd::config::ConfigError;
 
 #[derive(Parser, Debug)]
@@ -43,6 +43,13 @@ enum Command {
     Verify(cmd::store_cmds::VerifyArgs),
     /// Remove old store entries, keeping the newest N per profile.
     Gc(cmd::store_cmds::GcArgs),
+    /// Print shell completions: imgd completions bash > /etc/bash_completion.d/imgd
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): imgd man | man -l -
+    Man,
 }
 
 fn main() {
@@ -70,6 +77,11 @@ fn main() {
         Command::Ls(a) => cmd::store_cmds::ls(a),
         Command::Verify(a) => cmd::store_cmds::verify(a),
         Command::Gc(a) => cmd::store_cmds::gc(a),
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "imgd", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map_err(Into::into),
     };
     if let Err(e) = result {
         // A ConfigError anywhere in the chain means the user's input is wrong.

@@ -9,6 +9,7 @@ mod aws;
 mod boot;
 mod build;
 mod checkers;
+mod cli;
 mod common;
 mod corpus;
 mod debian;

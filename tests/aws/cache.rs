@@ -111,10 +111,10 @@ fn a_poisoned_cache_can_neither_write_outside_the_store_nor_pass_for_the_build()
     .unwrap();
     let victim = d.path().join("victim");
     let put = |manifest: &Value| {
-        let body = serde_json::to_string(manifest).unwrap().replace('\'', "\\'");
+        let body: String = serde_json::to_vec(manifest).unwrap().iter().map(|b| format!("{b:02x}")).collect();
         moto.py(&format!(
             "h = s3.head_object(Bucket='cache', Key='{key}')\n\
-             s3.put_object(Bucket='cache', Key='{key}', Body='{body}'.encode(), Metadata=h['Metadata'])"
+             s3.put_object(Bucket='cache', Key='{key}', Body=bytes.fromhex('{body}'), Metadata=h['Metadata'])"
         ));
     };
     let with_file = |name: &str| {

@@ -97,15 +97,26 @@ pub struct Selector {
     pub labels: BTreeMap<String, String>,
 }
 
-/// What a booting machine tells us about itself (plus where it connects from).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Machine {
+/// What a booting machine says about itself. These are claims, not
+/// identity: anyone can send any of them. [`super::route`] checks each has
+/// the shape iPXE gives it before it gets here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claims {
+    /// As sent (`52-54-00-aa-bb-cc` or with colons): six hex pairs.
     pub mac: Option<String>,
+    /// 8-4-4-4-12 hex digits.
     pub uuid: Option<String>,
     pub hostname: Option<String>,
     pub serial: Option<String>,
+    /// iPXE's `${buildarch}` and `${platform}`: short lowercase words.
     pub arch: Option<String>,
     pub platform: Option<String>,
+}
+
+/// A booting machine: its claims, where it connects from, and its labels.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Machine {
+    pub claims: Claims,
     pub source: Option<IpAddr>,
     pub labels: BTreeMap<String, String>,
 }
@@ -136,14 +147,14 @@ impl Selector {
         let exact = |want: &Option<String>, have: &Option<String>| want.is_none() || eq_ci(want, have);
         let mac_ok = match &self.mac {
             None => true,
-            Some(w) => m.mac.as_deref().map(normalize_mac) == Some(normalize_mac(w)),
+            Some(w) => m.claims.mac.as_deref().map(normalize_mac) == Some(normalize_mac(w)),
         };
         mac_ok
-            && exact(&self.uuid, &m.uuid)
-            && exact(&self.hostname, &m.hostname)
-            && exact(&self.serial, &m.serial)
-            && exact(&self.arch, &m.arch)
-            && exact(&self.platform, &m.platform)
+            && exact(&self.uuid, &m.claims.uuid)
+            && exact(&self.hostname, &m.claims.hostname)
+            && exact(&self.serial, &m.claims.serial)
+            && exact(&self.arch, &m.claims.arch)
+            && exact(&self.platform, &m.claims.platform)
             && (self.source.is_empty()
                 || m.source.map(|ip| ip.to_canonical()).is_some_and(|ip| self.source.iter().any(|n| n.contains(&ip))))
             && self.labels.iter().all(|(k, v)| m.labels.get(k) == Some(v))
@@ -273,12 +284,13 @@ mod tests {
     }
 
     fn machine(mac: &str) -> Machine {
-        Machine {
+        let claims = Claims {
             mac: Some(mac.into()),
             arch: Some("x86_64".into()),
             platform: Some("efi".into()),
             ..Default::default()
-        }
+        };
+        Machine { claims, ..Default::default() }
     }
 
     const CONF: &str = r#"
@@ -322,7 +334,7 @@ default = true
         assert_eq!(pick(&other).as_deref(), Some("efi"));
         other.labels.insert("rack".into(), "12".into());
         assert_eq!(pick(&other).as_deref(), Some("efi-rack"));
-        other.platform = Some("pcbios".into());
+        other.claims.platform = Some("pcbios".into());
         assert_eq!(pick(&other).as_deref(), Some("fallback"));
     }
 

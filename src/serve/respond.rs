@@ -6,11 +6,11 @@ use super::range::{self, Ranges};
 use bytes::Bytes;
 
 /// What the request said about conditions and ranges.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Conditions<'a> {
-    pub if_none_match: Option<&'a str>,
-    pub if_range: Option<&'a str>,
-    pub range: Option<&'a str>,
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Conditions {
+    pub if_none_match: Option<String>,
+    pub if_range: Option<String>,
+    pub range: Option<String>,
 }
 
 /// What is known of the file.
@@ -40,16 +40,16 @@ pub enum Decision {
     Send { status: u16, content_type: String, content_range: Option<String>, parts: Vec<Part>, len: u64 },
 }
 
-pub fn decide(meta: &FileMeta, c: &Conditions<'_>) -> Decision {
-    if let Some(inm) = c.if_none_match {
+pub fn decide(meta: &FileMeta, c: &Conditions) -> Decision {
+    if let Some(inm) = &c.if_none_match {
         let hit = inm.split(',').map(|t| t.trim().trim_start_matches("W/")).any(|t| t == "*" || t == meta.etag);
         if hit {
             return Decision::NotModified;
         }
     }
-    let range_header = match c.if_range {
+    let range_header = match &c.if_range {
         Some(ir) if ir.trim() != meta.etag => None, // changed since: send it all
-        _ => c.range,
+        _ => c.range.as_deref(),
     };
     let size = meta.size;
     let ctype = meta.content_type;
@@ -114,27 +114,29 @@ mod tests {
     fn conditionals() {
         let m = meta();
         assert_eq!(
-            decide(&m, &Conditions { if_none_match: Some("\"abc\""), ..Default::default() }),
+            decide(&m, &Conditions { if_none_match: Some("\"abc\"".into()), ..Default::default() }),
             Decision::NotModified
         );
         assert_eq!(
-            decide(&m, &Conditions { if_none_match: Some("W/\"x\", *"), ..Default::default() }),
+            decide(&m, &Conditions { if_none_match: Some("W/\"x\", *".into()), ..Default::default() }),
             Decision::NotModified
         );
         assert_eq!(
-            send_len(&decide(&m, &Conditions { if_none_match: Some("\"x\""), ..Default::default() })),
+            send_len(&decide(&m, &Conditions { if_none_match: Some("\"x\"".into()), ..Default::default() })),
             Some((200, 1000))
         );
-        let stale = Conditions { if_range: Some("\"old\""), range: Some("bytes=0-9"), ..Default::default() };
+        let stale =
+            Conditions { if_range: Some("\"old\"".into()), range: Some("bytes=0-9".into()), ..Default::default() };
         assert_eq!(send_len(&decide(&m, &stale)), Some((200, 1000)), "If-Range with another validator: all of it");
-        let fresh = Conditions { if_range: Some("\"abc\""), range: Some("bytes=0-9"), ..Default::default() };
+        let fresh =
+            Conditions { if_range: Some("\"abc\"".into()), range: Some("bytes=0-9".into()), ..Default::default() };
         assert_eq!(send_len(&decide(&m, &fresh)), Some((206, 10)));
     }
 
     #[test]
     fn ranges() {
         let m = meta();
-        let r = |h: &str| decide(&m, &Conditions { range: Some(h), ..Default::default() });
+        let r = |h: &str| decide(&m, &Conditions { range: Some(h.into()), ..Default::default() });
         match r("bytes=100-199") {
             Decision::Send { status: 206, content_range: Some(cr), parts, len: 100, .. } => {
                 assert_eq!(cr, "bytes 100-199/1000");
@@ -164,7 +166,7 @@ mod tests {
     fn overlapping_ranges_never_send_more_than_the_file() {
         let m = meta();
         let many = format!("bytes={}", vec!["0-"; 16].join(","));
-        let d = decide(&m, &Conditions { range: Some(&many), ..Default::default() });
+        let d = decide(&m, &Conditions { range: Some(many), ..Default::default() });
         let (_, len) = send_len(&d).unwrap();
         assert!(len <= m.size, "{len} bytes for a {}-byte file", m.size);
     }

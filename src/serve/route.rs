@@ -4,7 +4,9 @@
 //! names ([`EntryName`], [`ArtifactFile`]), and every identity claim has the
 //! shape iPXE gives it ([`Claims`]) or the request is refused with 400.
 
+use super::respond::Conditions;
 use crate::store::manifest::ArtifactFile;
+use hyper::header::{self, HeaderMap};
 use std::collections::BTreeMap;
 
 /// What a request asks for, checked.
@@ -23,10 +25,11 @@ pub enum Route {
     Profile {
         name: String,
     },
-    /// `/artifacts/<entry>/<file>`.
+    /// `/artifacts/<entry>/<file>`, with the request's conditional and range headers.
     Artifact {
         entry: EntryName,
         file: ArtifactFile,
+        conditions: Conditions,
     },
     Metrics,
     Healthz,
@@ -74,20 +77,7 @@ impl EntryName {
     }
 }
 
-/// What a booting machine says about itself, each value of the shape iPXE
-/// sends. These are claims, not identity: anyone can send any of them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Claims {
-    /// As sent (`52-54-00-aa-bb-cc` or with colons): six hex pairs.
-    pub mac: Option<String>,
-    /// 8-4-4-4-12 hex digits.
-    pub uuid: Option<String>,
-    pub hostname: Option<String>,
-    pub serial: Option<String>,
-    /// iPXE's `${buildarch}` and `${platform}`: short lowercase words.
-    pub arch: Option<String>,
-    pub platform: Option<String>,
-}
+pub use super::machines::Claims;
 
 /// Extra query parameters (`/boot.ipxe?rack=12`), matched by `labels` selectors.
 pub type Labels = BTreeMap<String, String>;
@@ -98,10 +88,32 @@ pub const IDENTITY_KEYS: [&str; 6] = ["mac", "uuid", "hostname", "serial", "arch
 const MAX_LABELS: usize = 32;
 const MAX_VALUE: usize = 256;
 
-pub fn route(method: &hyper::Method, path: &str, query: Option<&str>) -> Result<Route, Refused> {
+/// A request as the server acts on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub route: Route,
+    /// HEAD: the same answer without a body.
+    pub head: bool,
+}
+
+pub fn parse(method: &hyper::Method, uri: &hyper::Uri, headers: &HeaderMap) -> Result<Parsed, Refused> {
     if method != hyper::Method::GET && method != hyper::Method::HEAD {
         return Err(Refused::Method);
     }
+    let mut route = route(uri.path(), uri.query())?;
+    if let Route::Artifact { conditions, .. } = &mut route {
+        let h = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        *conditions = Conditions {
+            if_none_match: h(header::IF_NONE_MATCH),
+            if_range: h(header::IF_RANGE),
+            range: h(header::RANGE),
+        };
+    }
+    Ok(Parsed { route, head: method == hyper::Method::HEAD })
+}
+
+/// The route of a path and query.
+pub fn route(path: &str, query: Option<&str>) -> Result<Route, Refused> {
     let seg = segments(path).ok_or_else(|| Refused::BadRequest("bad path".into()))?;
     let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
     match seg.as_slice() {
@@ -119,7 +131,7 @@ pub fn route(method: &hyper::Method, path: &str, query: Option<&str>) -> Result<
         ["artifacts", entry, file] => {
             let entry = EntryName::new(entry).ok_or(Refused::NotFound)?;
             let file = ArtifactFile::new(file).map_err(|_| Refused::NotFound)?;
-            Ok(Route::Artifact { entry, file })
+            Ok(Route::Artifact { entry, file, conditions: Conditions::default() })
         }
         ["metrics"] => Ok(Route::Metrics),
         ["healthz"] => Ok(Route::Healthz),
@@ -249,15 +261,21 @@ mod tests {
     #[test]
     fn routes_are_typed() {
         let e = format!("{}-hello", "ab".repeat(16));
-        assert_eq!(
-            route(&Method::GET, &format!("/artifacts/{e}/initrd"), None),
-            Ok(Route::Artifact { entry: EntryName::new(&e).unwrap(), file: ArtifactFile::new("initrd").unwrap() })
-        );
-        assert_eq!(route(&Method::GET, "/artifacts/not-an-entry/initrd", None), Err(Refused::NotFound));
-        assert_eq!(route(&Method::GET, &format!("/artifacts/{e}/manifest.json"), None), Err(Refused::NotFound));
-        assert_eq!(route(&Method::POST, "/boot.ipxe", None), Err(Refused::Method));
-        assert_eq!(route(&Method::HEAD, "/metrics", None), Ok(Route::Metrics));
-        assert_eq!(route(&Method::GET, "/profiles/a.b/boot.ipxe", None), Err(Refused::NotFound));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RANGE, "bytes=0-9".parse().unwrap());
+        let uri: hyper::Uri = format!("/artifacts/{e}/initrd").parse().unwrap();
+        let p = parse(&Method::GET, &uri, &headers).unwrap();
+        let conditions = Conditions { range: Some("bytes=0-9".into()), ..Default::default() };
+        let file = ArtifactFile::new("initrd").unwrap();
+        assert_eq!(p.route, Route::Artifact { entry: EntryName::new(&e).unwrap(), file, conditions });
+        assert!(!p.head);
+        assert_eq!(route("/artifacts/not-an-entry/initrd", None), Err(Refused::NotFound));
+        assert_eq!(route(&format!("/artifacts/{e}/manifest.json"), None), Err(Refused::NotFound));
+        let post = parse(&Method::POST, &"/boot.ipxe".parse().unwrap(), &HeaderMap::new());
+        assert_eq!(post, Err(Refused::Method));
+        let head = parse(&Method::HEAD, &"/metrics".parse().unwrap(), &HeaderMap::new()).unwrap();
+        assert_eq!((head.route, head.head), (Route::Metrics, true));
+        assert_eq!(route("/profiles/a.b/boot.ipxe", None), Err(Refused::NotFound));
     }
 
     #[test]

@@ -139,23 +139,32 @@ impl Server {
         forwarded_client(peer, &xff, &self.opts.trusted_proxies)
     }
 
+    /// The one place that sees the hyper request: it becomes a client
+    /// address and a typed route, and nothing below looks at it again.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let client = self.client(peer.ip(), req.headers());
-        let (endpoint, mut resp) = self.answer(&req, client).await;
+        let parsed = route::parse(req.method(), req.uri(), req.headers());
+        let head = req.method() == Method::HEAD;
+        drop(req);
+        let (endpoint, mut resp) = self.answer(parsed, client).await;
         self.metrics.request(endpoint, resp.status().as_u16());
-        if req.method() == Method::HEAD {
+        if head {
             *resp.body_mut() = empty_body();
         }
         resp
     }
 
-    async fn answer(self: &Arc<Self>, req: &Request<Incoming>, client: IpAddr) -> (&'static str, Response<Body>) {
+    async fn answer(
+        self: &Arc<Self>,
+        parsed: Result<route::Parsed, Refused>,
+        client: IpAddr,
+    ) -> (&'static str, Response<Body>) {
         if !self.opts.allow.is_empty() && !self.opts.allow.iter().any(|n| n.contains(&client)) {
             tracing::info!(%client, "refused: not in --allow");
             return ("forbidden", text(StatusCode::FORBIDDEN, "forbidden\n"));
         }
-        let route = match route::route(req.method(), req.uri().path(), req.uri().query()) {
-            Ok(r) => r,
+        let parsed = match parsed {
+            Ok(p) => p,
             Err(Refused::Method) => {
                 let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use GET or HEAD\n");
                 r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
@@ -168,12 +177,14 @@ impl Server {
             Err(Refused::NotFound) => return ("other", text(StatusCode::NOT_FOUND, "not found\n")),
         };
         let state = self.state();
-        let endpoint = route.endpoint();
-        let resp = match route {
+        let endpoint = parsed.route.endpoint();
+        let resp = match parsed.route {
             Route::Chain { labels } => self.chain(&labels),
             Route::Machine { claims, labels } => self.machine_script(&state, claims, labels, client),
             Route::Profile { name } => self.profile_script(&state, &name, client),
-            Route::Artifact { entry, file } => self.artifact(&state, req, client, &entry, &file).await,
+            Route::Artifact { entry, file, conditions } => {
+                self.artifact(&state, client, &entry, &file, &conditions, parsed.head).await
+            }
             Route::Metrics => text(StatusCode::OK, self.metrics.render(&state)),
             Route::Healthz => text(StatusCode::OK, "ok\n"),
         };
@@ -256,16 +267,7 @@ impl Server {
         // Claims are checked to iPXE's shapes (route.rs), so `who` is safe in
         // a script comment and a log line.
         let who = format!("mac {} from {client}", claims.mac.as_deref().unwrap_or("?"));
-        let m = Machine {
-            mac: claims.mac,
-            uuid: claims.uuid,
-            hostname: claims.hostname,
-            serial: claims.serial,
-            arch: claims.arch,
-            platform: claims.platform,
-            source: Some(client),
-            labels: labels.clone(),
-        };
+        let m = Machine { claims, source: Some(client), labels: labels.clone() };
         let Some(group) = state.machines.select(&m) else {
             tracing::warn!("unknown machine: {who} (no group matches, no default group)");
             return self.unknown(&format!("no group matches this machine ({who})"), &labels);
@@ -303,10 +305,11 @@ impl Server {
     async fn artifact(
         self: &Arc<Self>,
         state: &State,
-        req: &Request<Incoming>,
         client: IpAddr,
         entry: &EntryName,
         file: &ArtifactFile,
+        cond: &Conditions,
+        head: bool,
     ) -> Response<Body> {
         let not_found = || text(StatusCode::NOT_FOUND, "not found\n");
         let Some(e) = state.entries.get(entry.as_str()) else { return not_found() };
@@ -324,19 +327,13 @@ impl Server {
                 "application/octet-stream"
             },
         };
-        let h = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
-        let cond = Conditions {
-            if_none_match: h(header::IF_NONE_MATCH),
-            if_range: h(header::IF_RANGE),
-            range: h(header::RANGE),
-        };
         let mut headers = HeaderMap::new();
         if let Ok(v) = HeaderValue::from_str(&meta.etag) {
             headers.insert(header::ETAG, v);
         }
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        let (status, body) = match respond::decide(&meta, &cond) {
+        let (status, body) = match respond::decide(&meta, cond) {
             Decision::NotModified => (StatusCode::NOT_MODIFIED, empty_body()),
             Decision::Unsatisfiable { size } => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
@@ -362,8 +359,7 @@ impl Server {
                     headers.insert(header::CONTENT_RANGE, v);
                 }
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-                let body =
-                    if req.method() == Method::HEAD { empty_body() } else { super::stream::body(self, opened, parts) };
+                let body = if head { empty_body() } else { super::stream::body(self, opened, parts) };
                 (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body)
             }
         };

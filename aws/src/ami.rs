@@ -252,7 +252,7 @@ pub async fn wait_available(
         if start.elapsed() > timeout {
             bail!("{region}: image {id} not available after {}s", timeout.as_secs());
         }
-        tracing::info!("{region}: {id} is {}", state.as_deref().unwrap_or("unknown"));
+        tracing::info!("{region}: {id} is {}", state.as_deref().unwrap_or("unknown").escape_debug());
         tokio::time::sleep(poll).await;
     }
 }

@@ -1,6 +1,7 @@
 //! One place that builds AWS clients: the standard credential chain and
-//! region, `--endpoint-url`/`AWS_ENDPOINT_URL` for a local emulator, and the
-//! SDK's retries with backoff for throttling and 5xx answers.
+//! region, `--endpoint-url`/`AWS_ENDPOINT_URL` for a local emulator, the
+//! SDK's retries with backoff for throttling and 5xx answers, and the one
+//! HTTP client (hyper + rustls on ring, the system's trust roots).
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
@@ -12,7 +13,12 @@ pub struct Clients {
 impl Clients {
     pub async fn load(home_region: &str, aws: &crate::Options) -> Clients {
         let endpoint = aws.endpoint_url.clone();
+        use aws_smithy_http_client::tls;
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+            .build_https();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
             .region(Region::new(home_region.to_string()))
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(aws.max_attempts));
         if let Some(e) = &endpoint {

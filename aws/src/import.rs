@@ -58,7 +58,9 @@ pub async fn snapshot(ec2: &aws_sdk_ec2::Client, r: &Request<'_>, counters: &Cou
             return Err(aws_sdk_ec2::Error::from(e)).context("ImportSnapshot");
         }
     };
-    let task = started.import_task_id().context("ImportSnapshot returned no task id")?.to_string();
+    let id = started.import_task_id().context("ImportSnapshot returned no task id")?.to_string();
+    // Ids and messages from AWS go into log lines: no control characters.
+    let task = id.escape_debug().to_string();
     tracing::info!("importing s3://{}/{} as a snapshot (task {task})", r.bucket, r.key);
 
     let start = Instant::now();
@@ -66,7 +68,7 @@ pub async fn snapshot(ec2: &aws_sdk_ec2::Client, r: &Request<'_>, counters: &Cou
     loop {
         let out = ec2
             .describe_import_snapshot_tasks()
-            .import_task_ids(&task)
+            .import_task_ids(&id)
             .send()
             .await
             .context("DescribeImportSnapshotTasks")?;
@@ -80,15 +82,20 @@ pub async fn snapshot(ec2: &aws_sdk_ec2::Client, r: &Request<'_>, counters: &Cou
             "completed" => {
                 let id =
                     detail.snapshot_id().with_context(|| format!("import task {task} completed without a snapshot"))?;
-                tracing::info!("import task {task}: snapshot {id}");
+                tracing::info!("import task {task}: snapshot {}", id.escape_debug());
                 return Ok(id.to_string());
             }
             "deleting" | "deleted" | "error" => {
-                bail!("import task {task} {status}: {}", detail.status_message().unwrap_or("no message"))
+                bail!("import task {task} {status}: {}", detail.status_message().unwrap_or("no message").escape_debug())
             }
             _ => {}
         }
-        let now = format!("{status} {}% {}", detail.progress().unwrap_or("0"), detail.status_message().unwrap_or(""));
+        let now = format!(
+            "{} {}% {}",
+            status.escape_debug(),
+            detail.progress().unwrap_or("0").escape_debug(),
+            detail.status_message().unwrap_or("").escape_debug()
+        );
         if now != last {
             tracing::info!("import task {task}: {}", now.trim());
             last = now;

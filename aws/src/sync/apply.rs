@@ -8,6 +8,7 @@ use super::{Method, Request};
 use crate::output::SyncResult;
 use crate::{ami, clients::Clients, ebs, import, Counters, Options};
 use anyhow::{bail, Context, Result};
+use sha2::Digest;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -230,5 +231,3 @@ async fn run_region(
     ami::wait_available(ec2, &id, region, req.wait, req.poll).await?;
     Ok((id, snap))
 }
-
-use sha2::Digest;

@@ -2,13 +2,42 @@
 //! qemu-img, depmod, dpkg-deb) with errors that show what failed and its stderr.
 
 use anyhow::{bail, Context, Result};
+use std::path::Path;
 use std::process::{Command, Stdio};
+
+/// Wraps a command in `setpriv --pdeathsig KILL` so the kernel kills it when
+/// imgd dies, however it dies (even SIGKILL, where no handler runs): a killed
+/// build must not leave a tool writing into a folder the next build sweeps,
+/// nor a qemu running. The spawning thread must wait for the child (the signal
+/// follows the thread that spawned it), which `run` and qemu's callers do.
+pub fn guarded(cmd: &Command) -> Command {
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().find(|p| Path::new(p).exists());
+    let mut g = match setpriv {
+        Some(setpriv) => {
+            let mut g = Command::new(setpriv);
+            g.args(["--pdeathsig", "KILL", "--"]).arg(cmd.get_program());
+            g
+        }
+        None => Command::new(cmd.get_program()),
+    };
+    g.args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => g.env(k, v),
+            None => g.env_remove(k),
+        };
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        g.current_dir(d);
+    }
+    g
+}
 
 /// Runs a command to completion; a non-zero exit becomes an error carrying the
 /// command line and the tail of its stderr.
 pub fn run(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}").replace('"', "");
-    let out = cmd
+    let out = guarded(cmd)
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot run {shown} (is it installed? see scripts/setup.sh)"))?;

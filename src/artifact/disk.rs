@@ -80,7 +80,7 @@ pub fn write_gpt(disk: &Path, l: &Layout, ids: &GptIds<'_>) -> Result<()> {
         ids.root_type,
         ids.root
     );
-    let mut child = Command::new("sfdisk")
+    let mut child = crate::tools::guarded(&Command::new("sfdisk"))
         .args(["--quiet", "--no-reread", "--no-tell-kernel", "--wipe", "never"])
         .arg(disk)
         .stdin(std::process::Stdio::piped())

@@ -43,7 +43,7 @@ pub fn make(tree: &Tree, image: &Path, size: u64, p: &Ext4Params<'_>, work: &Pat
 
     let script = work.join("debugfs.script");
     std::fs::write(&script, fixup_script(tree, p.epoch)?)?;
-    let out = Command::new("debugfs")
+    let out = crate::tools::guarded(&Command::new("debugfs"))
         .env("E2FSPROGS_FAKE_TIME", &fake_time)
         .arg("-w")
         .arg("-f")

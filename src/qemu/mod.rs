@@ -220,28 +220,9 @@ pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Comm
     Ok(c)
 }
 
-/// Wraps qemu in `setpriv --pdeathsig KILL` so the kernel kills it when imgd
-/// dies, however it dies (even SIGKILL, where no handler runs).
-pub fn guarded(cmd: Command) -> Command {
-    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().find(|p| Path::new(p).exists());
-    let Some(setpriv) = setpriv else { return cmd };
-    let mut g = Command::new(setpriv);
-    g.args(["--pdeathsig", "KILL", "--"]).arg(cmd.get_program()).args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => g.env(k, v),
-            None => g.env_remove(k),
-        };
-    }
-    if let Some(d) = cmd.get_current_dir() {
-        g.current_dir(d);
-    }
-    g
-}
-
 /// Runs qemu attached to the terminal (`imgd run`) until it exits.
 pub fn run_interactive(cmd: Command) -> Result<std::process::ExitStatus> {
-    let mut cmd = guarded(cmd);
+    let mut cmd = crate::tools::guarded(&cmd);
     use std::io::IsTerminal;
     if std::io::stdin().is_terminal() {
         // The serial console and qemu's monitor share the terminal: Ctrl-A X quits.
@@ -314,7 +295,7 @@ pub struct BootReport {
 /// with the reason and the last 40 console lines.
 pub fn boot_until(cmd: Command, marker: &str, timeout: Duration, log: &Path) -> Result<BootReport> {
     let start = Instant::now();
-    let mut cmd = guarded(cmd);
+    let mut cmd = crate::tools::guarded(&cmd);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = Reaper(cmd.spawn().context("cannot start qemu (apt-get install qemu-system-x86)")?);
     let (Some(stdout), Some(stderr)) = (child.0.stdout.take(), child.0.stderr.take()) else {

@@ -310,7 +310,7 @@ impl Tree {
 
     /// Unpacks the data of a Debian package (any compression dpkg-deb reads).
     pub fn extract_deb(&mut self, deb: &Path) -> io::Result<()> {
-        let mut child = std::process::Command::new("dpkg-deb")
+        let mut child = crate::tools::guarded(&std::process::Command::new("dpkg-deb"))
             .arg("--fsys-tarfile")
             .arg(deb)
             .stdout(std::process::Stdio::piped())

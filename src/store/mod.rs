@@ -180,11 +180,18 @@ impl Store {
             if hash.len() == NAME_HASH_LEN && !mine && self.build_running(hash) {
                 continue;
             }
-            let gone = if e.file_type()?.is_dir() {
-                std::fs::remove_dir_all(e.path())
-            } else {
-                std::fs::remove_file(e.path())
-            };
+            let is_dir = e.file_type()?.is_dir();
+            let remove = || if is_dir { std::fs::remove_dir_all(e.path()) } else { std::fs::remove_file(e.path()) };
+            // A tool a killed build started may still be finishing (the kernel
+            // delivers its death signal, but not instantly): try again briefly.
+            let mut gone = remove();
+            for _ in 0..5 {
+                if gone.is_ok() || !e.path().exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                gone = remove();
+            }
             match gone {
                 Ok(()) => removed.push(format!(".tmp/{name}")),
                 Err(err) => tracing::warn!("cannot remove .tmp/{name}: {err}"),

@@ -12,17 +12,60 @@
 #                            on loopback): imgd vs `aws s3 cp` (awscli from PyPI); EBS
 #                            direct blocks sent vs blocks in the disk; a re-run's bytes
 #                            and mutating calls
-set -euo pipefail
+#   scripts/bench.sh all     every mode in turn
+#
+# Every figure also ends up as one line a script can compare between commits:
+#   figure <mode>.<name> <imgd> <anchor> <unit> <ratio>
+# (anchor and ratio are "-" where there is no other tool to compare with).
+#
+# QUICK=1 runs each mode once with small sizes and short runs (a minute or so
+# each): CI uses it to show that every mode still runs and prints its figures.
+# RUNS=N, SECS=N override the number of runs and wrk's duration.
+# IMGD_BIN=path uses that imgd instead of building target/release/imgd.
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-build}"
-runs="${RUNS:-3}"
+exec 3>&2 # the terminal's stderr, for failures inside steps whose output is hidden
+quick="${QUICK:-0}"
+if [ "$quick" = 1 ]; then runs="${RUNS:-1}"; else runs="${RUNS:-3}"; fi
 cache="${IMGD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/imgd}"
 debs="$cache/debs"
 
-cargo build --release -q
-imgd="$PWD/target/release/imgd"
+# A failed step names itself: no silent exit 2 from deep inside a pipeline.
+trap 'echo "bench.sh $what: line $LINENO failed (exit $?): $BASH_COMMAND" >&3' ERR
+
+# need PROGRAM PACKAGE: stops with a message when a tool is missing.
+need() {
+  command -v "$1" >/dev/null || { echo "bench.sh $what: $1 is missing (apt-get install $2, or scripts/setup.sh)" >&2; exit 2; }
+}
+# One deb of the cache, for amd64 (setup also fetches arm64 ones).
+deb() {
+  local found=("$debs"/$1_*_amd64.deb)
+  [ -f "${found[0]}" ] || { echo "bench.sh $what: no $1 amd64 .deb in $debs (run scripts/setup.sh)" >&2; exit 2; }
+  echo "${found[0]}"
+}
+
+if [ -n "${IMGD_BIN:-}" ]; then
+  imgd="$IMGD_BIN"
+else
+  cargo build --release -q
+  imgd="$PWD/target/release/imgd"
+fi
+[ -x "$imgd" ] || { echo "bench.sh: no imgd at $imgd" >&2; exit 2; }
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+# Servers started in the background, stopped however the script ends (nginx's
+# workers outlive a master that is killed rather than told to stop).
+servers=()
+stop_servers() {
+  [ "${#servers[@]}" -gt 0 ] || return 0
+  kill -TERM "${servers[@]}" 2>/dev/null || true
+  wait "${servers[@]}" 2>/dev/null || true
+  servers=()
+}
+trap 'stop_servers; rm -rf "$tmp"' EXIT
+
+# figure NAME IMGD ANCHOR UNIT RATIO: the machine-readable line of one figure.
+figure() { printf 'figure %s.%s %s %s %s %s\n' "$what_now" "$1" "$2" "$3" "$4" "$5"; }
 
 now() { date +%s.%N; }
 calc() { awk "BEGIN { print $1 }"; }
@@ -34,8 +77,8 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 shell_pipeline() {
   local w=$1
   rm -rf "$w"; mkdir -p "$w/root" "$w/kern" "$w/ird/bin" "$w/out"
-  dpkg-deb -x "$debs"/busybox-static_*.deb "$w/root"
-  dpkg-deb -x "$debs"/linux-image-*.deb "$w/kern"
+  dpkg-deb -x "$(deb busybox-static)" "$w/root"
+  dpkg-deb -x "$(deb 'linux-image-[0-9]*')" "$w/kern"
   local ver; ver=$(basename "$w"/kern/lib/modules/*)
   depmod -b "$w/kern" "$ver"
   # The hardware's modules and their dependencies, into root and initramfs.
@@ -77,6 +120,7 @@ shell_pipeline() {
 }
 
 bench_build() {
+  need mformat mtools; need sfdisk fdisk; need cpio cpio; need zstd zstd; need modprobe kmod
   local cold=() hit=() sh=()
   for i in $(seq "$runs"); do
     rm -rf "$tmp/store"
@@ -94,6 +138,8 @@ bench_build() {
   printf '  %-44s %8.3f s   (goal < 0.100 s)\n' "imgd build, cache hit" "$h"
   printf '  %-44s %8.3f s\n' "shell pipeline (cpio|zstd, mkfs.ext4 -d, ...)" "$s"
   printf '  %-44s %8.2fx  (goal >= 1.0: imgd no slower)\n' "shell time / imgd cold time" "$(calc "$s / $c")"
+  figure cold "$c" "$s" s "$(calc "$s / $c")"
+  figure cache_hit "$h" - s -
 }
 
 # Starts a command in the background and prints the seconds until MARKER
@@ -116,6 +162,8 @@ until_marker() {
 }
 
 bench_boot() {
+  need qemu-system-x86_64 qemu-system-x86; need python3 python3
+  [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || { echo "bench.sh boot: no OVMF (apt-get install ovmf)" >&2; exit 2; }
   export IMGD_STORE="$tmp/store"
   "$imgd" build hello >/dev/null 2>&1
   local entry; entry=$("$imgd" build hello --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["path"])')
@@ -129,7 +177,7 @@ bench_boot() {
   local www=$!
   sleep 0.5
   local net="user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:$imgd relay 127.0.0.1:$port,bootfile=http://10.0.2.100/boot.ipxe"
-  local rows=()
+  local rows=() figs=()
   for kind in kernel netboot disk; do
     local a=() b=()
     for i in $(seq "$runs"); do
@@ -152,12 +200,18 @@ bench_boot() {
     local ma mb
     ma=$(printf '%s\n' "${a[@]}" | median); mb=$(printf '%s\n' "${b[@]}" | median)
     rows+=("$(printf '  %-34s %8.2f s %8.2f s %8.2fx' "$kind" "$ma" "$mb" "$(calc "$ma / $mb")")")
+    figs+=("$kind $ma $mb s $(calc "$ma / $mb")")
   done
   kill "$www" 2>/dev/null || true
   echo "boot hello to its marker under TCG, median of $runs runs:"
   printf '  %-34s %10s %10s %9s\n' "" "imgd test" "by hand" "ratio"
   printf '%s\n' "${rows[@]}"
   echo "  (ratio = imgd / by hand; goal: ~1.0, imgd adds no measurable time)"
+  local f
+  for f in "${figs[@]}"; do
+    # shellcheck disable=SC2086
+    figure $f
+  done
 }
 
 # wrk's summary as "requests/s bytes/s p99_ms errors".
@@ -184,13 +238,14 @@ print(f"{rps:.0f} {bps:.0f} {p99:.2f} {errs}")
 
 bench_serve() {
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-  command -v nginx >/dev/null && command -v wrk >/dev/null || { echo "apt-get install nginx wrk" >&2; exit 2; }
-  local secs="${SECS:-10}"
+  need nginx nginx-light; need wrk wrk
+  local secs big=64 conns=1000
+  if [ "$quick" = 1 ]; then secs="${SECS:-2}"; big=8; conns=200; else secs="${SECS:-10}"; fi
   # One store entry with the files both servers serve.
   local hash; hash=$(printf 'bench' | sha256sum | cut -c1-64)
   local entry="${hash:0:32}-bench" dir="$tmp/store/${hash:0:32}-bench"
   mkdir -p "$dir"
-  head -c $((64 << 20)) /dev/urandom > "$dir/big.bin"
+  head -c $((big << 20)) /dev/urandom > "$dir/big.bin"
   head -c $((16 << 20)) /dev/urandom > "$dir/initrd"
   head -c 300 /dev/urandom | base64 > "$dir/small.txt"
   cp "$dir/big.bin" "$dir/vmlinuz"
@@ -198,14 +253,14 @@ bench_serve() {
 import hashlib, json, os, sys
 d, entry, h = sys.argv[1:4]
 arts = []
-for f, name, fmt in [("vmlinuz", "kernel", "ipxe"), ("initrd", "initrd", "ipxe"), ("big.bin", "big", "raw"), ("small.txt", "small", "tar")]:
+for f, name, fmt in [("vmlinuz", "kernel", "ipxe"), ("initrd", "initrd", "ipxe"), ("big.bin", "disk", "raw"), ("small.txt", "rootfs", "tar")]:
     p = os.path.join(d, f)
     arts.append({"name": name, "format": fmt, "file": f, "size": os.path.getsize(p), "sha256": hashlib.sha256(open(p, "rb").read()).hexdigest()})
 m = {"name": entry, "hash": h, "profile": "bench", "hardware": "qemu-x86_64", "arch": "x86_64", "firmware": "uefi",
      "imgd_version": "bench", "built_at": 0, "source_date_epoch": 0, "artifacts": arts, "recipe": {"cmdline": "console=ttyS0"}}
 json.dump(m, open(os.path.join(d, "manifest.json"), "w"))
 PY
-  printf '[[group]]\nname = "all"\nentry = "%s"\ndefault = true\n' "$entry" > "$tmp/machines.toml"
+  printf '[[group]]\nname = "all"\nentry = "%s"\ndefault = true\ndownloads = ["disk", "rootfs"]\n' "$entry" > "$tmp/machines.toml"
   local port_i port_n
   port_i=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   port_n=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -224,10 +279,11 @@ http {
   server { listen 127.0.0.1:$port_n; root $dir; }
 }
 NGX
-  setpriv --pdeathsig KILL -- nginx -c "$tmp/nginx.conf" &
-  local ngx=$!
+  nginx -c "$tmp/nginx.conf" &
+  servers+=($!)
   IMGD_STORE="$tmp/store" setpriv --pdeathsig KILL -- "$imgd" serve --listen "127.0.0.1:$port_i" --config "$tmp/machines.toml" --max-connections 20000 2>"$tmp/serve.log" &
   local srv=$!
+  servers+=("$srv")
   sleep 1
   local I="http://127.0.0.1:$port_i" N="http://127.0.0.1:$port_n"
   run() { wrk -t2 "$@" 2>&1 | wrk_summary; }
@@ -236,21 +292,27 @@ NGX
   a=$(run -c64 -d"${secs}s" --timeout 30s "$I/artifacts/$entry/big.bin"); b=$(run -c64 -d"${secs}s" --timeout 30s "$N/big.bin")
   read -r _ ibps _ ierr <<<"$a"; read -r _ nbps _ nerr <<<"$b"
   printf '  %-46s imgd %8.0f MB/s  nginx %8.0f MB/s  ratio %.2fx  (goal >= 1.0; errors %s/%s)\n' \
-    "64 MiB artifact, 64 connections" "$(calc "$ibps / 1e6")" "$(calc "$nbps / 1e6")" "$(calc "$ibps / $nbps")" "$ierr" "$nerr"
+    "$big MiB artifact, 64 connections" "$(calc "$ibps / 1e6")" "$(calc "$nbps / 1e6")" "$(calc "$ibps / $nbps")" "$ierr" "$nerr"
+  figure artifact_64c "$(calc "$ibps / 1e6")" "$(calc "$nbps / 1e6")" MB/s "$(calc "$ibps / $nbps")"
+  [ "$ierr" = 0 ] || { echo "bench.sh serve: imgd had $ierr errors; its log:" >&2; tail -5 "$tmp/serve.log" >&2; exit 1; }
   a=$(run -c64 -d"${secs}s" --latency "$I/ipxe?mac=52-54-00-12-34-56&platform=efi"); b=$(run -c64 -d"${secs}s" --latency "$N/small.txt")
   read -r irps _ ip99 ierr <<<"$a"; read -r nrps _ np99 nerr <<<"$b"
   printf '  %-46s imgd %8.0f req/s  nginx %8.0f req/s  ratio %.2fx  (goal >= 1.0)\n' "/ipxe render vs static small file" "$irps" "$nrps" "$(calc "$irps / $nrps")"
   printf '  %-46s imgd %8.2f ms     nginx %8.2f ms     (goal < 5 ms; errors %s/%s)\n' "  p99 latency" "$ip99" "$np99" "$ierr" "$nerr"
-  a=$(run -c1000 -d"${secs}s" --timeout 30s "$I/artifacts/$entry/initrd")
+  figure ipxe_render "$irps" "$nrps" req/s "$(calc "$irps / $nrps")"
+  figure ipxe_p99 "$ip99" "$np99" ms "$(calc "$ip99 / $np99")"
+  a=$(run -c"$conns" -d"${secs}s" --timeout 30s "$I/artifacts/$entry/initrd")
   read -r irps ibps _ ierr <<<"$a"
   local rss; rss=$(awk '/VmHWM/ {print $2}' /proc/$srv/status)
   printf '  %-46s %8.0f MB/s, %s errors, peak RSS %s MiB  (goal: 0 errors, < 100 MiB)\n' \
-    "1000 connections x 16 MiB initrd" "$(calc "$ibps / 1e6")" "$ierr" "$(calc "$rss / 1024")"
-  kill "$srv" "$ngx" 2>/dev/null || true
-  wait 2>/dev/null || true
+    "$conns connections x 16 MiB initrd" "$(calc "$ibps / 1e6")" "$ierr" "$(calc "$rss / 1024")"
+  figure "peak_rss_${conns}c" "$(calc "$rss / 1024")" - MiB -
+  figure "errors_${conns}c" "$ierr" - count -
+  stop_servers
 }
 
 bench_sync() {
+  need moto_server "moto[server] from PyPI: scripts/setup.sh"
   local venv="$cache/bench-venv"
   if [ ! -x "$venv/bin/aws" ]; then
     python3 -m venv "$venv" && "$venv/bin/pip" install -q awscli
@@ -263,7 +325,9 @@ bench_sync() {
     AWS_SHARED_CREDENTIALS_FILE=/dev/null IMGD_STORE="$tmp/store" RUST_LOG=warn
   for _ in $(seq 100); do curl -s "$AWS_ENDPOINT_URL" >/dev/null && break; sleep 0.1; done
   "$venv/bin/aws" s3 mb s3://bench-imgd >/dev/null && "$venv/bin/aws" s3 mb s3://bench-awscli >/dev/null
-  local sets=(--set 'disk.size="1GiB"' --set 'formats=["raw"]')
+  local size=1GiB
+  if [ "$quick" = 1 ]; then size=512MiB; fi
+  local sets=(--set "disk.size=\"$size\"" --set 'formats=["raw"]')
   local entry; entry=$("$imgd" build hello "${sets[@]}" 2>/dev/null)
   local raw="$entry/disk.raw"
   echo "S3 upload of a $(du --apparent-size -h "$raw" | cut -f1) raw disk ($(du -h "$raw" | cut -f1) not zero) to moto on loopback, one run each:"
@@ -273,11 +337,13 @@ bench_sync() {
   local ti ta; ti=$(calc "$t1 - $t0"); ta=$(calc "$t2 - $t1")
   printf '  %-44s imgd %6.2f s  aws s3 cp %6.2f s  ratio %.2fx  (goal >= 1.0)\n' \
     "upload (imgd: 16 MiB parts x4 + SHA-256)" "$ti" "$ta" "$(calc "$ta / $ti")"
+  figure upload "$ti" "$ta" s "$(calc "$ta / $ti")"
   t0=$(now); "$imgd" sync hello "${sets[@]}" --bucket bench-imgd --s3-only >/dev/null; t1=$(now)
   "$venv/bin/aws" s3 cp --only-show-errors "$raw" s3://bench-awscli/disk.raw; t2=$(now)
   ti=$(calc "$t1 - $t0"); ta=$(calc "$t2 - $t1")
   printf '  %-44s imgd %6.2f s  aws s3 cp %6.2f s  ratio %.0fx  (imgd skips what S3 has by SHA-256)\n' \
     "the same upload again" "$ti" "$ta" "$(calc "$ta / $ti")"
+  figure upload_again "$ti" "$ta" s "$(calc "$ta / $ti")"
   local out; out=$("$imgd" sync hello "${sets[@]}" --bucket bench-imgd --regions us-east-1 --json)
   local again; again=$("$imgd" sync hello "${sets[@]}" --bucket bench-imgd --regions us-east-1 --json)
   python3 - "$out" "$again" <<'PY'
@@ -286,15 +352,27 @@ first, again = (json.loads(a) for a in sys.argv[1:3])
 print(f"  {'EBS direct snapshot':<44} {first['blocks_sent']} of {first['blocks_total']} blocks sent "
       f"({100 * first['blocks_sent'] / first['blocks_total']:.1f}%; zero blocks skipped)")
 print(f"  {'re-run with nothing changed':<44} {again['uploaded_bytes']} bytes, {again['mutating_calls']} mutating calls  (goal: 0 and 0)")
+print(f"figure sync.ebs_blocks_sent {first['blocks_sent']} {first['blocks_total']} blocks {first['blocks_sent'] / first['blocks_total']:.4f}")
+print(f"figure sync.rerun_bytes {again['uploaded_bytes']} - bytes -")
+print(f"figure sync.rerun_mutating_calls {again['mutating_calls']} - calls -")
 PY
   kill "$moto" 2>/dev/null || true
   wait 2>/dev/null || true
 }
 
-case "$what" in
-  build) bench_build ;;
-  boot) bench_boot ;;
-  serve) bench_serve ;;
-  sync) bench_sync ;;
-  *) echo "usage: $0 build|boot|serve|sync" >&2; exit 2 ;;
-esac
+what_now=""
+one() {
+  what_now=$1
+  case "$1" in
+    build) bench_build ;;
+    boot) bench_boot ;;
+    serve) bench_serve ;;
+    sync) bench_sync ;;
+    *) echo "usage: $0 build|boot|serve|sync|all" >&2; exit 2 ;;
+  esac
+}
+if [ "$what" = all ]; then
+  for m in build boot serve sync; do one "$m"; done
+else
+  one "$what"
+fi

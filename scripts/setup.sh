@@ -20,6 +20,7 @@ packages=(
   debootstrap                    # the debian profile's base
   openssh-client                 # boot tests log in over SSH
   curl                           # server tests
+  nginx-light wrk                # scripts/bench.sh serve: the server to compare with, the load
 )
 
 # arm64 package lists, to download the aarch64 test kernel and busybox.

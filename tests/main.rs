@@ -6,6 +6,7 @@
 
 #[cfg(feature = "aws")]
 mod aws;
+mod bench;
 mod boot;
 mod build;
 mod checkers;

@@ -1,0 +1,70 @@
+//! `scripts/bench.sh` in its quick form (QUICK=1): every mode runs on a
+//! machine set up by scripts/setup.sh and prints its figures. Timings are not
+//! asserted (machines are noisy); that the benchmark works, is.
+
+use crate::common::repo;
+use std::process::Command;
+
+/// Runs one mode and returns its `figure` lines as (name, imgd value).
+fn quick(mode: &str) -> Vec<(String, f64)> {
+    let out = Command::new("timeout")
+        .args(["--kill-after=10", "600", "bash"])
+        .arg(repo().join("scripts/bench.sh"))
+        .arg(mode)
+        .env("QUICK", "1")
+        .env("IMGD_BIN", env!("CARGO_BIN_EXE_imgd"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench.sh {mode} failed ({}):\n{stdout}\n{stderr}", out.status);
+    let figures: Vec<(String, f64)> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("figure "))
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            assert_eq!(f.len(), 5, "figure lines are: name imgd anchor unit ratio: {l}");
+            let value = f[1].parse().unwrap_or_else(|_| panic!("not a number: {l}"));
+            for v in [f[2], f[4]] {
+                assert!(v == "-" || v.parse::<f64>().is_ok(), "anchor and ratio are numbers or -: {l}");
+            }
+            (f[0].to_string(), value)
+        })
+        .collect();
+    assert!(!figures.is_empty(), "bench.sh {mode} printed no figures:\n{stdout}");
+    assert!(figures.iter().all(|(n, _)| n.starts_with(&format!("{mode}."))), "{figures:?}");
+    figures
+}
+
+fn named<'a>(figures: &'a [(String, f64)], name: &str) -> &'a f64 {
+    &figures.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no figure {name}: {figures:?}")).1
+}
+
+#[test]
+fn bench_build_runs_in_its_quick_form() {
+    let f = quick("build");
+    assert!(*named(&f, "build.cold") > 0.0);
+    assert!(*named(&f, "build.cache_hit") > 0.0);
+}
+
+#[test]
+fn bench_boot_runs_in_its_quick_form() {
+    let f = quick("boot");
+    for kind in ["kernel", "netboot", "disk"] {
+        assert!(*named(&f, &format!("boot.{kind}")) > 0.0);
+    }
+}
+
+#[test]
+fn bench_serve_runs_in_its_quick_form() {
+    let f = quick("serve");
+    assert!(*named(&f, "serve.artifact_64c") > 0.0);
+    assert_eq!(*named(&f, "serve.errors_200c"), 0.0, "downloads under load end without errors");
+}
+
+#[test]
+fn bench_sync_runs_in_its_quick_form() {
+    let f = quick("sync");
+    assert!(*named(&f, "sync.upload") > 0.0);
+    assert_eq!(*named(&f, "sync.rerun_mutating_calls"), 0.0, "a re-run changes nothing");
+}

@@ -32,16 +32,17 @@ cache="${IMGD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/imgd}"
 debs="$cache/debs"
 
 # A failed step names itself: no silent exit 2 from deep inside a pipeline.
-trap 'echo "bench.sh $what: line $LINENO failed (exit $?): $BASH_COMMAND" >&3' ERR
+what_now=$what # the mode running now (`all` runs each in turn)
+trap 'echo "bench.sh $what_now: line $LINENO failed (exit $?): $BASH_COMMAND" >&3' ERR
 
-# need PROGRAM PACKAGE: stops with a message when a tool is missing.
+# need PROGRAM HINT: stops with a message when a tool is missing.
 need() {
-  command -v "$1" >/dev/null || { echo "bench.sh $what: $1 is missing (apt-get install $2, or scripts/setup.sh)" >&2; exit 2; }
+  command -v "$1" >/dev/null || { echo "bench.sh $what_now: $1 is missing ($2; scripts/setup.sh installs it)" >&2; exit 2; }
 }
 # One deb of the cache, for amd64 (setup also fetches arm64 ones).
 deb() {
   local found=("$debs"/$1_*_amd64.deb)
-  [ -f "${found[0]}" ] || { echo "bench.sh $what: no $1 amd64 .deb in $debs (run scripts/setup.sh)" >&2; exit 2; }
+  [ -f "${found[0]}" ] || { echo "bench.sh $what_now: no $1 amd64 .deb in $debs (run scripts/setup.sh)" >&2; exit 2; }
   echo "${found[0]}"
 }
 
@@ -120,7 +121,8 @@ shell_pipeline() {
 }
 
 bench_build() {
-  need mformat mtools; need sfdisk fdisk; need cpio cpio; need zstd zstd; need modprobe kmod
+  need mformat "apt-get install mtools"; need sfdisk "apt-get install fdisk"; need cpio "apt-get install cpio"
+  need zstd "apt-get install zstd"; need modprobe "apt-get install kmod"
   local cold=() hit=() sh=()
   for i in $(seq "$runs"); do
     rm -rf "$tmp/store"
@@ -162,7 +164,7 @@ until_marker() {
 }
 
 bench_boot() {
-  need qemu-system-x86_64 qemu-system-x86; need python3 python3
+  need qemu-system-x86_64 "apt-get install qemu-system-x86"; need python3 "apt-get install python3"
   [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || { echo "bench.sh boot: no OVMF (apt-get install ovmf)" >&2; exit 2; }
   export IMGD_STORE="$tmp/store"
   "$imgd" build hello >/dev/null 2>&1
@@ -238,7 +240,7 @@ print(f"{rps:.0f} {bps:.0f} {p99:.2f} {errs}")
 
 bench_serve() {
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-  need nginx nginx-light; need wrk wrk
+  need nginx "apt-get install nginx-light"; need wrk "apt-get install wrk"
   local secs big=64 conns=1000
   if [ "$quick" = 1 ]; then secs="${SECS:-2}"; big=8; conns=200; else secs="${SECS:-10}"; fi
   # One store entry with the files both servers serve.
@@ -312,7 +314,7 @@ NGX
 }
 
 bench_sync() {
-  need moto_server "moto[server] from PyPI: scripts/setup.sh"
+  need moto_server "pip install 'moto[server]'"
   local venv="$cache/bench-venv"
   if [ ! -x "$venv/bin/aws" ]; then
     python3 -m venv "$venv" && "$venv/bin/pip" install -q awscli
@@ -360,7 +362,6 @@ PY
   wait 2>/dev/null || true
 }
 
-what_now=""
 one() {
   what_now=$1
   case "$1" in

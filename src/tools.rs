@@ -33,6 +33,35 @@ pub fn guarded(cmd: &Command) -> Command {
     g
 }
 
+/// Streams the data of a Debian package (`dpkg-deb --fsys-tarfile`, any
+/// compression dpkg-deb reads) as a tar archive into `read`. A pipe, not
+/// `dpkg-deb -x`: `-x` runs tar as a grandchild that goes on writing after imgd
+/// is killed, racing the next build's sweep of `.tmp`; a pipe's writer dies
+/// with its reader.
+pub fn read_deb_data<T>(
+    deb: &Path,
+    read: impl FnOnce(&mut dyn std::io::Read) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    use std::io::Error;
+    let mut child = guarded(&Command::new("dpkg-deb"))
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::new(e.kind(), format!("cannot run dpkg-deb (install dpkg): {e}")))?;
+    let Some(stdout) = child.stdout.take() else {
+        return Err(Error::other("dpkg-deb's output was not piped"));
+    };
+    let res = read(&mut std::io::BufReader::with_capacity(1 << 20, stdout));
+    let status = child.wait()?;
+    let out = res?;
+    if !status.success() {
+        return Err(Error::other(format!("dpkg-deb --fsys-tarfile {} failed: {status}", deb.display())));
+    }
+    Ok(out)
+}
+
 /// Runs a command to completion; a non-zero exit becomes an error carrying the
 /// command line and the tail of its stderr.
 pub fn run(cmd: &mut Command) -> Result<String> {

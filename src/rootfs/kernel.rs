@@ -45,7 +45,12 @@ impl KernelParts {
             Kernel::Deb(deb) => {
                 let dir = work.join("kernel-deb");
                 std::fs::create_dir_all(&dir)?;
-                unpack_deb(&deb.path, &dir).with_context(|| format!("unpacking kernel {}", deb.path.display()))?;
+                crate::tools::read_deb_data(&deb.path, |data| {
+                    let mut archive = tar::Archive::new(data);
+                    archive.set_preserve_permissions(true);
+                    archive.unpack(&dir)
+                })
+                .with_context(|| format!("unpacking kernel {}", deb.path.display()))?;
                 let (version, image) =
                     find_image(&dir.join("boot")).with_context(|| format!("kernel package {}", deb.name))?;
                 let modules_dir = ["lib/modules", "usr/lib/modules"]
@@ -203,30 +208,6 @@ fn find_image(boot: &Path) -> Result<(String, PathBuf)> {
         .collect();
     found.sort();
     found.pop().ok_or_else(|| anyhow!("no vmlinuz-* in {}", boot.display()))
-}
-
-/// Unpacks a package's files into `dir` through a pipe from `dpkg-deb
-/// --fsys-tarfile`, not `dpkg-deb -x`: `-x` runs tar as a grandchild that
-/// goes on writing into `dir` after imgd is killed, racing the next build's
-/// sweep of `.tmp`; a pipe's writer dies with its reader.
-fn unpack_deb(deb: &Path, dir: &Path) -> Result<()> {
-    let mut child = crate::tools::guarded(&std::process::Command::new("dpkg-deb"))
-        .arg("--fsys-tarfile")
-        .arg(deb)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("cannot run dpkg-deb (install dpkg)")?;
-    let stdout = child.stdout.take().context("dpkg-deb's output was not piped")?;
-    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, stdout));
-    archive.set_preserve_permissions(true);
-    let res = archive.unpack(dir);
-    let status = child.wait()?;
-    res?;
-    if !status.success() {
-        bail!("dpkg-deb --fsys-tarfile {} failed: {status}", deb.display());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -310,20 +310,7 @@ impl Tree {
 
     /// Unpacks the data of a Debian package (any compression dpkg-deb reads).
     pub fn extract_deb(&mut self, deb: &Path) -> io::Result<()> {
-        let mut child = crate::tools::guarded(&std::process::Command::new("dpkg-deb"))
-            .arg("--fsys-tarfile")
-            .arg(deb)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("dpkg-deb: {e}")))?;
-        let Some(stdout) = child.stdout.take() else { return Err(err("dpkg-deb's output was not piped".into())) };
-        let res = self.extract_tar(stdout);
-        let status = child.wait()?;
-        res?;
-        if !status.success() {
-            return Err(err(format!("dpkg-deb --fsys-tarfile {} failed: {status}", deb.display())));
-        }
-        Ok(())
+        crate::tools::read_deb_data(deb, |data| self.extract_tar(data))
     }
 
     /// Unpacks a .tar, .tar.gz or .tar.zst file (detected by its magic bytes).

@@ -88,15 +88,9 @@ pub const IDENTITY_KEYS: [&str; 6] = ["mac", "uuid", "hostname", "serial", "arch
 const MAX_LABELS: usize = 32;
 const MAX_VALUE: usize = 256;
 
-/// A request as the server acts on it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Parsed {
-    pub route: Route,
-    /// HEAD: the same answer without a body.
-    pub head: bool,
-}
-
-pub fn parse(method: &hyper::Method, uri: &hyper::Uri, headers: &HeaderMap) -> Result<Parsed, Refused> {
+/// The route of a request: GET or HEAD, its path and query, and for an
+/// artifact its conditional and range headers.
+pub fn parse(method: &hyper::Method, uri: &hyper::Uri, headers: &HeaderMap) -> Result<Route, Refused> {
     if method != hyper::Method::GET && method != hyper::Method::HEAD {
         return Err(Refused::Method);
     }
@@ -109,7 +103,7 @@ pub fn parse(method: &hyper::Method, uri: &hyper::Uri, headers: &HeaderMap) -> R
             range: h(header::RANGE),
         };
     }
-    Ok(Parsed { route, head: method == hyper::Method::HEAD })
+    Ok(route)
 }
 
 /// The route of a path and query.
@@ -264,17 +258,16 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::RANGE, "bytes=0-9".parse().unwrap());
         let uri: hyper::Uri = format!("/artifacts/{e}/initrd").parse().unwrap();
-        let p = parse(&Method::GET, &uri, &headers).unwrap();
         let conditions = Conditions { range: Some("bytes=0-9".into()), ..Default::default() };
         let file = ArtifactFile::new("initrd").unwrap();
-        assert_eq!(p.route, Route::Artifact { entry: EntryName::new(&e).unwrap(), file, conditions });
-        assert!(!p.head);
+        let artifact = Route::Artifact { entry: EntryName::new(&e).unwrap(), file, conditions };
+        assert_eq!(parse(&Method::GET, &uri, &headers), Ok(artifact));
         assert_eq!(route("/artifacts/not-an-entry/initrd", None), Err(Refused::NotFound));
         assert_eq!(route(&format!("/artifacts/{e}/manifest.json"), None), Err(Refused::NotFound));
         let post = parse(&Method::POST, &"/boot.ipxe".parse().unwrap(), &HeaderMap::new());
         assert_eq!(post, Err(Refused::Method));
-        let head = parse(&Method::HEAD, &"/metrics".parse().unwrap(), &HeaderMap::new()).unwrap();
-        assert_eq!((head.route, head.head), (Route::Metrics, true));
+        let head = parse(&Method::HEAD, &"/metrics".parse().unwrap(), &HeaderMap::new());
+        assert_eq!(head, Ok(Route::Metrics));
         assert_eq!(route("/profiles/a.b/boot.ipxe", None), Err(Refused::NotFound));
     }
 

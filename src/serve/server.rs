@@ -146,7 +146,7 @@ impl Server {
         let parsed = route::parse(req.method(), req.uri(), req.headers());
         let head = req.method() == Method::HEAD;
         drop(req);
-        let (endpoint, mut resp) = self.answer(parsed, client).await;
+        let (endpoint, mut resp) = self.answer(parsed, head, client).await;
         self.metrics.request(endpoint, resp.status().as_u16());
         if head {
             *resp.body_mut() = empty_body();
@@ -156,15 +156,16 @@ impl Server {
 
     async fn answer(
         self: &Arc<Self>,
-        parsed: Result<route::Parsed, Refused>,
+        parsed: Result<Route, Refused>,
+        head: bool,
         client: IpAddr,
     ) -> (&'static str, Response<Body>) {
         if !self.opts.allow.is_empty() && !self.opts.allow.iter().any(|n| n.contains(&client)) {
             tracing::info!(%client, "refused: not in --allow");
             return ("forbidden", text(StatusCode::FORBIDDEN, "forbidden\n"));
         }
-        let parsed = match parsed {
-            Ok(p) => p,
+        let route = match parsed {
+            Ok(r) => r,
             Err(Refused::Method) => {
                 let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use GET or HEAD\n");
                 r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
@@ -177,13 +178,13 @@ impl Server {
             Err(Refused::NotFound) => return ("other", text(StatusCode::NOT_FOUND, "not found\n")),
         };
         let state = self.state();
-        let endpoint = parsed.route.endpoint();
-        let resp = match parsed.route {
+        let endpoint = route.endpoint();
+        let resp = match route {
             Route::Chain { labels } => self.chain(&labels),
             Route::Machine { claims, labels } => self.machine_script(&state, claims, labels, client),
             Route::Profile { name } => self.profile_script(&state, &name, client),
             Route::Artifact { entry, file, conditions } => {
-                self.artifact(&state, client, &entry, &file, &conditions, parsed.head).await
+                self.artifact(&state, client, &entry, &file, &conditions, head).await
             }
             Route::Metrics => text(StatusCode::OK, self.metrics.render(&state)),
             Route::Healthz => text(StatusCode::OK, "ok\n"),

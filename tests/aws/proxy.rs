@@ -43,6 +43,10 @@ pub struct Log {
     /// Bodies of EC2 calls and of StartSnapshot, to check what was asked for.
     pub bodies: Vec<(String, String)>,
     pub corrupted: usize,
+    /// S3 bodies that came with a checksum header, checked as S3 would.
+    pub checksums_checked: usize,
+    /// Those whose body did not match its header (S3 would answer BadDigest).
+    pub bad_checksums: Vec<String>,
 }
 
 struct Task {
@@ -124,6 +128,23 @@ fn ec2_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Byt
     )
 }
 
+/// What S3 checks on a PUT with a checksum header (moto checks nothing):
+/// `None` without one, an empty string when the body matches, else why not.
+fn checksum_mismatch(headers: &hyper::HeaderMap, body: &[u8]) -> Option<String> {
+    use base64::Engine;
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    let sent = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (sent, ours) = if let Some(v) = sent("x-amz-checksum-crc32c") {
+        (v, b64(&(crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, body) as u32).to_be_bytes()))
+    } else if let Some(v) = sent("x-amz-checksum-sha256") {
+        use sha2::Digest;
+        (v, b64(&sha2::Sha256::digest(body)))
+    } else {
+        return None;
+    };
+    Some(if sent == ours { String::new() } else { format!("header {sent}, body {ours}") })
+}
+
 async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
     let (parts, body) = req.into_parts();
     let mut body = body.collect().await?.to_bytes();
@@ -162,6 +183,15 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
         });
     }
 
+    if parts.method == hyper::Method::PUT {
+        if let Some(bad) = checksum_mismatch(&parts.headers, &body) {
+            let mut log = st.log.lock().unwrap();
+            log.checksums_checked += 1;
+            if !bad.is_empty() {
+                log.bad_checksums.push(format!("{what}: {bad}"));
+            }
+        }
+    }
     if upload_part && st.faults.corrupt_first_part && !body.is_empty() {
         let mut log = st.log.lock().unwrap();
         if log.corrupted == 0 {

@@ -122,6 +122,9 @@ fn throttling_5xx_and_lost_answers_still_end_with_one_ami_per_region() {
     }
     // A part corrupted on the way (moto does not check checksums) was caught and sent again.
     assert_eq!(proxy.log(|l| l.corrupted), 1);
+    // Every object and part went with a checksum S3 would accept.
+    let (checked, bad) = proxy.log(|l| (l.checksums_checked, l.bad_checksums.clone()));
+    assert!(checked >= 2 && bad.is_empty(), "{checked} checked: {bad:?}");
     let entry = r["entry"].as_str().unwrap();
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(store.join(entry).join("manifest.json")).unwrap()).unwrap();

@@ -284,7 +284,7 @@ http {
 NGX
   nginx -c "$tmp/nginx.conf" &
   servers+=($!)
-  IMGD_STORE="$tmp/store" setpriv --pdeathsig KILL -- "$imgd" serve --listen "127.0.0.1:$port_i" --config "$tmp/machines.toml" --max-connections 20000 2>"$tmp/serve.log" &
+  IMGD_STORE="$tmp/store" setpriv --pdeathsig KILL -- "$imgd" serve --listen "127.0.0.1:$port_i" --config "$tmp/machines.toml" --max-connections 20000 ${CACHE_MIB:+--cache-mib "$CACHE_MIB"} 2>"$tmp/serve.log" &
   local srv=$!
   servers+=("$srv")
   sleep 1

@@ -667,3 +667,50 @@ fn a_machines_file_with_control_characters_is_refused_naming_the_key() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("machines.toml:5:") && err.contains("group[0].kernel_args"), "{err}");
 }
+
+#[test]
+fn clients_that_stop_reading_hold_no_more_chunk_memory_than_the_budget() {
+    use std::io::Write;
+    let h = hello();
+    let s = Serve::start(&h.store, &["--serve-all", "--cache-mib", "1"]);
+    let (entry, _) = hello_entry();
+    let file = h.file("disk.raw");
+    let size = std::fs::metadata(&file).unwrap().len();
+    assert!(size >= 64 << 20, "disk.raw is {size} bytes");
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let metric = |name: &str| -> u64 {
+        let (_, _, body) = curl(&[&format!("{}/metrics", s.base)]);
+        let text = String::from_utf8(body).unwrap();
+        let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{text}"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    // 32 clients ask for the disk at places 1 MiB apart and never read: each
+    // pins what the server could not yet write, 8 times the 1 MiB budget if
+    // every one held a chunk of its own.
+    let stalled: Vec<std::net::TcpStream> = (0..32u64)
+        .map(|i| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            let req = format!(
+                "GET /artifacts/{entry}/disk.raw HTTP/1.1\r\nHost: x\r\nRange: bytes={}-\r\n\r\n",
+                i * (1 << 20)
+            );
+            c.write_all(req.as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    let end = Instant::now() + Duration::from_secs(30);
+    while metric("imgd_active_transfers") < 32 {
+        assert!(Instant::now() < end, "the stalled downloads never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let held = metric("imgd_chunk_bytes");
+    assert!(held <= 1 << 20, "{held} bytes of chunks with a 1 MiB budget");
+    assert!(metric("imgd_chunk_budget_full_total") > 0, "past the budget, readers got pieces of their own");
+    // Nobody waits on them: a whole download still arrives, byte for byte.
+    let (st, _, body) = curl(&["--max-time", "120", &format!("{}/artifacts/{entry}/disk.raw", s.base)]);
+    assert_eq!((st, body.len() as u64), (200, size));
+    assert!(body == std::fs::read(&file).unwrap(), "the download is the file");
+    drop(stalled);
+    assert!(metric("imgd_chunk_bytes") <= 1 << 20);
+}

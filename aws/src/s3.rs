@@ -517,7 +517,7 @@ mod tests {
             let want = super::Digests {
                 crc32c: base64::Engine::encode(
                     &base64::engine::general_purpose::STANDARD,
-                    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &zeros).to_be_bytes()[4..].to_vec(),
+                    &crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &zeros).to_be_bytes()[4..],
                 ),
                 md5: hex::encode(md5::Md5::digest(&zeros)),
             };

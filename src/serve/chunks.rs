@@ -3,24 +3,42 @@
 //! A thousand machines booting at once fetch the same kernel and initrd. Each
 //! connection reading into its own buffer would cost connections x buffer of
 //! memory; here they share immutable `Bytes` chunks read once (by `pread` on
-//! the blocking pool), so memory is bounded by the cache, not by the number of
-//! clients. Artifacts never change once committed, so cached chunks never go
-//! stale; entries are keyed by path and the file's (device, inode, size).
+//! the blocking pool). Artifacts never change once committed, so cached
+//! chunks never go stale; entries are keyed by path and the file's (device,
+//! inode, size).
+//!
+//! The budget bounds every chunk alive, not only the cached ones: a chunk
+//! evicted while a slow client still sends it keeps its memory until that
+//! client is done, and counting only the cache would let such orphans grow
+//! with the number of clients. So each chunk's memory is counted from its read
+//! until its last reference drops. When the budget is all held by clients, a
+//! reader gets a small piece of its own instead of a chunk ([`PIECE`]): it
+//! never waits on another client (a stalled one could hold memory until its
+//! idle timeout), and what it costs stays of the order of the connection's
+//! own buffers.
 
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Chunk size: large enough for few syscalls, small enough that a client only
 /// holds little at once.
 pub const CHUNK: u64 = 128 * 1024;
 
+/// What a reader gets, unshared, when the budget is held by other clients.
+pub const PIECE: u64 = 16 * 1024;
+
 pub type Key = (PathBuf, u64, u64, u64);
 
 pub struct ChunkCache {
     budget: usize,
+    /// Bytes of every chunk alive: cached, or held by a response.
+    live: Arc<AtomicUsize>,
+    /// Reads answered with a piece because the budget was held.
+    pieces: AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -28,47 +46,110 @@ pub struct ChunkCache {
 struct Inner {
     map: HashMap<(Key, u64), Bytes>,
     order: VecDeque<(Key, u64)>,
-    bytes: usize,
+}
+
+/// A chunk's memory, counted in `live` until its last `Bytes` drops.
+struct Counted {
+    data: Vec<u8>,
+    live: Arc<AtomicUsize>,
+}
+
+impl AsRef<[u8]> for Counted {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.live.fetch_sub(self.data.len(), Ordering::Relaxed);
+    }
 }
 
 impl ChunkCache {
     pub fn new(budget: usize) -> Self {
-        ChunkCache { budget, inner: Mutex::new(Inner::default()) }
+        ChunkCache { budget, live: Arc::default(), pieces: AtomicU64::new(0), inner: Mutex::new(Inner::default()) }
     }
 
     pub fn key(path: &Path, md: &std::fs::Metadata) -> Key {
         (path.to_path_buf(), md.dev(), md.ino(), md.len())
     }
 
-    /// The chunk if it is cached (never blocks on I/O).
-    pub fn cached(&self, key: &Key, index: u64) -> Option<Bytes> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).map.get(&(key.clone(), index)).cloned()
+    /// Bytes of chunk memory alive now (cached or being sent).
+    pub fn live_bytes(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
     }
 
-    /// The chunk of `file` starting at `index * CHUNK` (shorter at the end),
-    /// read and cached if needed. Blocking: call it off the async workers.
-    pub fn load(&self, key: &Key, file: &std::fs::File, index: u64) -> std::io::Result<Bytes> {
-        if let Some(b) = self.cached(key, index) {
-            return Ok(b);
-        }
-        let key = (key.clone(), index);
+    /// Reads so far that got a piece because the budget was held.
+    pub fn pieces(&self) -> u64 {
+        self.pieces.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A poisoned map still holds whole entries (each is inserted at once).
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The chunk if it is cached (never blocks on I/O).
+    pub fn cached(&self, key: &Key, index: u64) -> Option<Bytes> {
+        self.lock().map.get(&(key.clone(), index)).cloned()
+    }
+
+    /// Bytes of `file` from `off`: the rest of its chunk (read and cached if
+    /// needed), or, when the budget is held by responses in flight, a piece
+    /// of at most [`PIECE`] bytes read for this caller alone. Shorter at the
+    /// end of the file. Blocking: call it off the async workers.
+    pub fn read(&self, key: &Key, file: &std::fs::File, off: u64) -> std::io::Result<Bytes> {
+        let size = key.3;
+        let index = off / CHUNK;
         let start = index * CHUNK;
-        let len = CHUNK.min(key.0 .3.saturating_sub(start)) as usize;
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, start)?;
-        let b = Bytes::from(buf);
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if inner.map.insert(key.clone(), b.clone()).is_none() {
-            inner.order.push_back(key);
-            inner.bytes += len;
-        }
-        while inner.bytes > self.budget {
-            let Some(old) = inner.order.pop_front() else { break };
-            if let Some(v) = inner.map.remove(&old) {
-                inner.bytes -= v.len();
+        let chunk = match self.cached(key, index) {
+            Some(c) => c,
+            None => {
+                let len = CHUNK.min(size.saturating_sub(start)) as usize;
+                if !self.make_room(len) {
+                    self.pieces.fetch_add(1, Ordering::Relaxed);
+                    let len = PIECE.min(size.saturating_sub(off)) as usize;
+                    let mut buf = vec![0u8; len];
+                    file.read_exact_at(&mut buf, off)?;
+                    return Ok(Bytes::from(buf));
+                }
+                let mut data = vec![0u8; len];
+                let read = file.read_exact_at(&mut data, start);
+                // Counted from here, so an error (dropping it) uncounts it.
+                let counted = Counted { data, live: self.live.clone() };
+                read?;
+                let chunk = Bytes::from_owner(counted);
+                let mut inner = self.lock();
+                // Another reader may have cached it meanwhile: keep one.
+                let cached = inner.map.entry((key.clone(), index)).or_insert_with(|| chunk.clone()).clone();
+                if cached.as_ptr() == chunk.as_ptr() {
+                    inner.order.push_back((key.clone(), index));
+                }
+                cached
             }
+        };
+        let from = (off - start) as usize;
+        Ok(chunk.slice(from.min(chunk.len())..))
+    }
+
+    /// Reserves `len` bytes of the budget for a new chunk, evicting cached
+    /// chunks oldest first until it fits. False when it cannot fit because
+    /// the rest is held by responses in flight.
+    fn make_room(&self, len: usize) -> bool {
+        let mut inner = self.lock();
+        loop {
+            let live = self.live.load(Ordering::Relaxed);
+            if live + len <= self.budget {
+                // Counted now (the chunk's `Counted` takes it over), so two
+                // readers cannot both take the last room.
+                self.live.fetch_add(len, Ordering::Relaxed);
+                return true;
+            }
+            let Some(old) = inner.order.pop_front() else { return false };
+            // Frees its memory now unless a response still holds it.
+            inner.map.remove(&old);
         }
-        Ok(b)
     }
 }
 
@@ -76,23 +157,62 @@ impl ChunkCache {
 mod tests {
     use super::*;
 
-    #[test]
-    fn chunks_are_shared_and_the_budget_holds() {
+    fn file(len: u64) -> (tempfile::TempDir, std::fs::File, Key, Vec<u8>) {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f");
-        let data: Vec<u8> = (0..(CHUNK * 3 + 10)).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         std::fs::write(&p, &data).unwrap();
         let f = std::fs::File::open(&p).unwrap();
         let k = ChunkCache::key(&p, &f.metadata().unwrap());
+        (d, f, k, data)
+    }
+
+    #[test]
+    fn chunks_are_shared_and_the_budget_holds() {
+        let (_d, f, k, data) = file(CHUNK * 3 + 10);
         let c = ChunkCache::new(2 * CHUNK as usize);
         assert!(c.cached(&k, 0).is_none());
-        let a = c.load(&k, &f, 0).unwrap();
+        let a = c.read(&k, &f, 0).unwrap();
         let b = c.cached(&k, 0).unwrap();
         assert_eq!(a.as_ptr(), b.as_ptr(), "the same memory");
         assert_eq!(&a[..], &data[..CHUNK as usize]);
-        assert_eq!(&c.load(&k, &f, 3).unwrap()[..], &data[3 * CHUNK as usize..]);
-        c.load(&k, &f, 1).unwrap();
-        c.load(&k, &f, 2).unwrap();
-        assert!(c.inner.lock().unwrap().bytes <= 2 * CHUNK as usize);
+        drop((a, b));
+        assert_eq!(&c.read(&k, &f, 3 * CHUNK + 4).unwrap()[..], &data[3 * CHUNK as usize + 4..]);
+        assert_eq!(&c.read(&k, &f, CHUNK + 7).unwrap()[..], &data[CHUNK as usize + 7..2 * CHUNK as usize]);
+        c.read(&k, &f, 2 * CHUNK).unwrap();
+        assert!(c.live_bytes() <= 2 * CHUNK as usize, "{}", c.live_bytes());
+    }
+
+    #[test]
+    fn chunks_held_by_responses_count_and_past_the_budget_readers_get_pieces() {
+        let (_d, f, k, data) = file(CHUNK * 4);
+        let c = ChunkCache::new(2 * CHUNK as usize);
+        // Two slow clients hold chunks 0 and 1: the whole budget.
+        let held = [c.read(&k, &f, 0).unwrap(), c.read(&k, &f, CHUNK).unwrap()];
+        assert_eq!(c.live_bytes(), 2 * CHUNK as usize);
+        // A third client gets a small piece of its own, right bytes, no wait,
+        // and the chunks in flight are neither copied nor over the budget.
+        let off = 2 * CHUNK + 5;
+        let piece = c.read(&k, &f, off).unwrap();
+        assert_eq!(piece.len() as u64, PIECE);
+        assert_eq!(c.pieces(), 1);
+        assert_eq!(&piece[..], &data[off as usize..(off + PIECE) as usize]);
+        assert_eq!(c.live_bytes(), 2 * CHUNK as usize, "evicted chunks still held are still counted");
+        assert!(c.cached(&k, 0).is_none() && c.cached(&k, 1).is_none(), "evicted to make room");
+        // Once the clients are done, their memory is free and chunks are shared again.
+        drop(held);
+        assert_eq!(c.live_bytes(), 0);
+        let chunk = c.read(&k, &f, off).unwrap();
+        assert_eq!(chunk.len() as u64, CHUNK - 5);
+        assert_eq!(c.live_bytes(), CHUNK as usize);
+    }
+
+    #[test]
+    fn a_failed_read_leaves_nothing_counted() {
+        let (_d, f, mut k, _) = file(CHUNK);
+        k.3 = 2 * CHUNK; // the manifest promised more than the file has
+        let c = ChunkCache::new(4 * CHUNK as usize);
+        assert!(c.read(&k, &f, CHUNK).is_err());
+        assert_eq!(c.live_bytes(), 0);
     }
 }

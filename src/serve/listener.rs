@@ -99,6 +99,10 @@ pub async fn serve(
                     .timer(TokioTimer::new())
                     .header_read_timeout(server.opts.header_timeout)
                     .writev(true)
+                    // Hyper queues body frames until this much is buffered
+                    // (400 KiB by default): at one chunk, a slow client pins
+                    // about one chunk, and no measurable throughput is lost.
+                    .max_buf_size(crate::serve::chunks::CHUNK as usize)
                     .keep_alive(server.opts.keep_alive)
                     .serve_connection(io, service);
                 let conn = graceful.watch(conn);

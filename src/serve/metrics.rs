@@ -34,7 +34,7 @@ impl Metrics {
         self.requests.lock().unwrap_or_else(|p| p.into_inner()).get(&(endpoint, status)).copied().unwrap_or(0)
     }
 
-    pub fn render(&self, state: &super::state::State) -> String {
+    pub fn render(&self, state: &super::state::State, chunks: &super::chunks::ChunkCache) -> String {
         let mut s = String::new();
         s.push_str("# HELP imgd_http_requests_total HTTP requests by endpoint and status.\n");
         s.push_str("# TYPE imgd_http_requests_total counter\n");
@@ -89,6 +89,20 @@ impl Metrics {
             "Connections answered 503 at the connection limit.",
             "counter",
             self.rejected_connections.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut s,
+            "imgd_chunk_bytes",
+            "Memory in artifact chunks, cached or being sent (bounded by --cache-mib).",
+            "gauge",
+            chunks.live_bytes().to_string(),
+        );
+        gauge(
+            &mut s,
+            "imgd_chunk_budget_full_total",
+            "Reads that found the chunk budget held by downloads and sent a piece of their own instead.",
+            "counter",
+            chunks.pieces().to_string(),
         );
         s
     }

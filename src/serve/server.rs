@@ -39,7 +39,8 @@ pub struct Options {
     pub drain: Duration,
     /// Seconds an unknown machine (or a client at the limit) waits to retry.
     pub retry_after: u32,
-    /// Memory for artifact chunks shared by all downloads.
+    /// Memory for artifact chunks shared by all downloads (those being sent
+    /// included, see chunks.rs).
     pub cache_bytes: usize,
     /// HTTP keep-alive. On for real clients (iPXE reuses connections); off
     /// behind qemu's guestfwd relay, which serves one connection at a time.
@@ -57,7 +58,7 @@ impl Default for Options {
             idle_timeout: Duration::from_secs(60),
             drain: Duration::from_secs(30),
             retry_after: 10,
-            cache_bytes: 48 << 20,
+            cache_bytes: 16 << 20,
             keep_alive: true,
         }
     }
@@ -186,7 +187,7 @@ impl Server {
             Route::Artifact { entry, file, conditions } => {
                 self.artifact(&state, client, &entry, &file, &conditions, head).await
             }
-            Route::Metrics => text(StatusCode::OK, self.metrics.render(&state)),
+            Route::Metrics => text(StatusCode::OK, self.metrics.render(&state, &self.chunks)),
             Route::Healthz => text(StatusCode::OK, "ok\n"),
         };
         (endpoint, resp)

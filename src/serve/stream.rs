@@ -89,26 +89,25 @@ struct Cursor {
 }
 
 impl Cursor {
-    /// The bytes from `off` up to the end of its chunk (or `end`).
+    /// The bytes from `off` up to the end of its chunk (or `end`): shared
+    /// from the chunk cache, or a piece of this response's own when the
+    /// cache's budget is held by others.
     async fn chunk(&mut self, off: u64, end: u64) -> std::io::Result<Bytes> {
-        let index = off / CHUNK;
         let key = &self.file.key;
-        let chunk = match self.guard.0.chunks.cached(key, index) {
-            Some(b) => b,
+        let index = off / CHUNK;
+        let bytes = match self.guard.0.chunks.cached(key, index) {
+            Some(chunk) => chunk.slice(((off - index * CHUNK) as usize).min(chunk.len())..),
             None => {
                 let (server, key, file) = (self.guard.0.clone(), key.clone(), self.file.file.clone());
-                tokio::task::spawn_blocking(move || server.chunks.load(&key, &file, index))
+                tokio::task::spawn_blocking(move || server.chunks.read(&key, &file, off))
                     .await
                     .map_err(std::io::Error::other)??
             }
         };
-        let base = index * CHUNK;
-        let from = (off - base) as usize;
-        let to = ((end - base).min(chunk.len() as u64)) as usize;
-        if from >= to {
+        if bytes.is_empty() {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "artifact shorter than its manifest"));
         }
-        Ok(chunk.slice(from..to))
+        Ok(bytes.slice(..bytes.len().min((end - off) as usize)))
     }
 }
 

@@ -19,7 +19,7 @@
 
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -109,16 +109,17 @@ impl ChunkCache {
                 let len = CHUNK.min(size.saturating_sub(start)) as usize;
                 if !self.make_room(len) {
                     self.pieces.fetch_add(1, Ordering::Relaxed);
-                    let len = PIECE.min(size.saturating_sub(off)) as usize;
-                    let mut buf = vec![0u8; len];
-                    file.read_exact_at(&mut buf, off)?;
-                    return Ok(Bytes::from(buf));
+                    return Ok(Bytes::from(read_at(file, PIECE.min(size.saturating_sub(off)) as usize, off)?));
                 }
-                let mut data = vec![0u8; len];
-                let read = file.read_exact_at(&mut data, start);
-                // Counted from here, so an error (dropping it) uncounts it.
+                // Counted from make_room on, so an error uncounts it here.
+                let data = match read_at(file, len, start) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.live.fetch_sub(len, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                };
                 let counted = Counted { data, live: self.live.clone() };
-                read?;
                 let chunk = Bytes::from_owner(counted);
                 let mut inner = self.lock();
                 // Another reader may have cached it meanwhile: keep one.
@@ -151,6 +152,20 @@ impl ChunkCache {
             inner.map.remove(&old);
         }
     }
+}
+
+/// `len` bytes of `file` at `off`, read straight into a new buffer's
+/// spare capacity: zeroing 128 KiB first cost 7% of a serving core.
+fn read_at(file: &std::fs::File, len: usize, off: u64) -> std::io::Result<Vec<u8>> {
+    let mut data = Vec::with_capacity(len);
+    while data.len() < len {
+        let at = off + data.len() as u64;
+        if rustix::io::pread(file, rustix::buffer::spare_capacity(&mut data), at)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "artifact shorter than its manifest"));
+        }
+    }
+    data.truncate(len);
+    Ok(data)
 }
 
 #[cfg(test)]

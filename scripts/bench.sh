@@ -312,7 +312,7 @@ NGX
     a=$(run -c"$conns" -d"${secs}s" --timeout 30s "$I/artifacts/$entry/initrd")
     read -r irps ibps _ ierr <<<"$a"
     rss=$(awk '/VmHWM/ {print $2}' "/proc/$srv/status")
-    printf '  %-46s %8.0f MB/s, %s errors, peak RSS %s MiB  (goal: 0 errors, <= 64 MiB)\n' \
+    printf '  %-46s %8.0f MB/s, %s errors, peak RSS %s MiB  (goal: 0 errors; <= 64 MiB at 1000)\n' \
       "$conns connections x 16 MiB initrd" "$(calc "$ibps / 1e6")" "$ierr" "$(calc "$rss / 1024")"
     figure "peak_rss_${conns}c" "$(calc "$rss / 1024")" - MiB -
     figure "errors_${conns}c" "$ierr" - count -

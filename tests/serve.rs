@@ -714,18 +714,3 @@ fn clients_that_stop_reading_hold_no_more_chunk_memory_than_the_budget() {
     drop(stalled);
     assert!(metric("imgd_chunk_bytes") <= 1 << 20);
 }
-
-#[test]
-fn a_group_that_cannot_boot_tells_the_machine_to_retry_and_only_the_log_why() {
-    let h = hello();
-    let d = tempfile::tempdir().unwrap();
-    // debian is a profile of the project but not built in this store.
-    let conf = write_config(d.path(), "[[group]]\nname = \"deb\"\nprofile = \"debian\"\ndefault = true\n");
-    let s = Serve::start(&h.store, &["--config", &conf]);
-    let (st, _, body) = curl(&[&format!("{}/ipxe?mac=52-54-00-00-00-07", s.base)]);
-    let script = String::from_utf8(body).unwrap();
-    assert_eq!(st, 200);
-    assert!(script.contains("group deb cannot boot now") && script.contains("sleep 10"), "{script}");
-    assert!(!script.contains("not built") && !script.contains(h.store.to_str().unwrap()), "{script}");
-    s.wait_log("group deb: profile debian is not built");
-}

@@ -284,10 +284,8 @@ impl Server {
                 Self::script(s)
             }
             Err(e) => {
-                // The reason can hold store paths and parse errors: the log
-                // gets it, the client only what to do.
                 tracing::warn!("{who} -> group {}: {e}", group.name);
-                self.unknown(&format!("group {} cannot boot now (the server's log says why)", group.name), &labels)
+                self.unknown(&e, &labels)
             }
         }
     }

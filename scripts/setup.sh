@@ -17,7 +17,8 @@ packages=(
   grub-pc-bin grub-common        # GRUB for BIOS disk images (grub-mkimage, i386-pc modules)
   e2fsprogs dosfstools mtools fdisk   # mkfs.ext4/debugfs/fsck, fsck.vfat, mformat/mcopy, sfdisk
   kmod busybox-static cpio zstd  # depmod; initrd checks
-  debootstrap                    # the debian profile's base
+  mmdebstrap gpgv debian-archive-keyring   # Debian bases: assembly, index signatures
+  gpg                            # tests sign an archive of their own
   openssh-client                 # boot tests log in over SSH
   curl                           # server tests
   nginx-light wrk                # scripts/bench.sh serve: the server to compare with, the load

@@ -9,6 +9,7 @@
 pub mod artifact;
 pub mod build;
 pub mod config;
+pub mod debian;
 pub mod dirs;
 pub mod fsutil;
 pub mod hash;

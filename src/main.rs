@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Build a profile into a store entry (cached by input hash).
     Build(cmd::build::BuildArgs),
+    /// Pin a profile's Debian base to an exact package set (profiles/NAME.lock).
+    Lock(cmd::lock::LockArgs),
     /// Print a profile's input hash without building.
     Hash(cmd::build::HashArgs),
     /// Boot a profile in qemu with its console on this terminal.
@@ -66,6 +68,7 @@ fn main() {
     let result = match &cli.command {
         Command::Build(a) => cmd::build::run(a),
         Command::Hash(a) => cmd::build::hash(a),
+        Command::Lock(a) => cmd::lock::run(a),
         Command::Test(a) => cmd::test::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Serve(a) => cmd::serve::run(a),

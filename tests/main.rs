@@ -15,5 +15,6 @@ mod common;
 mod corpus;
 mod debian;
 mod errors;
+mod lock;
 mod serve;
 mod store;

@@ -1,6 +1,7 @@
 //! One module per subcommand, each with its clap arguments and its `run`.
 
 pub mod build;
+pub mod lock;
 #[cfg(feature = "aws")]
 pub mod prune;
 pub mod run;
@@ -37,6 +38,10 @@ pub struct ProfileArgs {
     /// it has the input hash, filled after a build [default: `cache` in <root>/imgd.toml].
     #[arg(long = "cache", env = "IMGD_BUILD_CACHE", value_name = "URL")]
     pub remote_cache: Option<String>,
+    /// Build a Debian base that has no lock file from whatever the mirror has
+    /// today (the build is still named by the packages it got).
+    #[arg(long)]
+    pub unlocked: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -89,18 +94,22 @@ impl ProfileArgs {
     }
 
     /// The profile (parsed once) and its recipe with the profile's own formats.
-    pub fn loaded(&self) -> Result<(config::Loaded, Recipe), ConfigError> {
+    pub fn loaded(&self) -> anyhow::Result<(config::Loaded, Recipe)> {
         let loaded = config::load(&self.request())?;
-        let recipe = config::resolve_in(&loaded, &self.cache(), None)?;
+        let mut recipe = config::resolve_in(&loaded, &self.cache(), None, self.unlocked)?;
+        imgd::debian::lock_now_if_unlocked(&mut recipe)?;
         Ok((loaded, recipe))
     }
 
-    fn cache(&self) -> PathBuf {
+    pub fn cache(&self) -> PathBuf {
         self.cache_dir.clone().unwrap_or_else(imgd::dirs::cache)
     }
 
     /// The recipe, building only `formats` when any are given.
-    pub fn recipe_with(&self, formats: &[Format]) -> Result<Recipe, ConfigError> {
-        config::recipe(&self.request(), &self.cache(), (!formats.is_empty()).then(|| formats.to_vec()))
+    pub fn recipe_with(&self, formats: &[Format]) -> anyhow::Result<Recipe> {
+        let formats = (!formats.is_empty()).then(|| formats.to_vec());
+        let mut recipe = config::resolve_in(&config::load(&self.request())?, &self.cache(), formats, self.unlocked)?;
+        imgd::debian::lock_now_if_unlocked(&mut recipe)?;
+        Ok(recipe)
     }
 }

@@ -12,8 +12,16 @@ use toml::{Table, Value};
 
 /// Keys whose string values are paths, relative to the file that sets them.
 /// `[]` stands for "every element of the array".
-const PATH_KEYS: &[&str] =
-    &["base.tarball", "base.dir", "base.debs[]", "kernel.deb", "kernel.image", "kernel.modules", "files[].source"];
+const PATH_KEYS: &[&str] = &[
+    "base.tarball",
+    "base.dir",
+    "base.debs[]",
+    "base.debian.keyring",
+    "kernel.deb",
+    "kernel.image",
+    "kernel.modules",
+    "files[].source",
+];
 
 /// Arrays of tables that a child profile appends to instead of replacing.
 const APPENDED_ARRAYS: &[&str] = &["files", "users"];

@@ -29,16 +29,23 @@ pub fn env_epoch() -> Result<Option<u64>, ConfigError> {
 /// Loads and resolves a profile with the usual settings: `cache` is imgd's
 /// cache folder (deb cache in `debs/`, digest cache beside it).
 pub fn recipe(req: &LoadRequest, cache: &Path, formats: Option<Vec<types::Format>>) -> Result<Recipe, ConfigError> {
-    resolve_in(&load(req)?, cache, formats)
+    resolve_in(&load(req)?, cache, formats, false)
 }
 
 /// [`resolve`] a loaded profile with the usual settings.
-pub fn resolve_in(loaded: &Loaded, cache: &Path, formats: Option<Vec<types::Format>>) -> Result<Recipe, ConfigError> {
+pub fn resolve_in(
+    loaded: &Loaded,
+    cache: &Path,
+    formats: Option<Vec<types::Format>>,
+    unlocked: bool,
+) -> Result<Recipe, ConfigError> {
     let opts = recipe::ResolveOptions {
         deb_cache: cache.join("debs"),
         formats,
         env_epoch: env_epoch()?,
         digest_cache: Some(cache.join("digests.tsv")),
+        cache: cache.to_path_buf(),
+        unlocked,
     };
     resolve(loaded, &opts)
 }

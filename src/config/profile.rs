@@ -21,7 +21,8 @@
 //!                                  #   looked up in the deb cache, or give a path to a .deb)
 //! # tarball = "rootfs.tar.zst"     #   a .tar, .tar.gz or .tar.zst
 //! # dir = "rootfs/"                #   a directory tree
-//! # debootstrap = { suite = "bookworm", packages = ["systemd-sysv"], mirror = "http://deb.debian.org/debian" }
+//! # debian = { suite = "bookworm", packages = ["systemd-sysv"] }   #   a Debian base, installed from
+//!                                  #   the lock file beside the profile (`imgd lock`)
 //!
 //! [kernel]                         # exactly one of:
 //! deb = "linux-image-*-amd64"      #   a kernel .deb (name pattern in the deb cache, or a path)
@@ -86,16 +87,22 @@ pub struct BaseSpec {
     pub debs: Option<Vec<String>>,
     pub tarball: Option<String>,
     pub dir: Option<String>,
-    pub debootstrap: Option<DebootstrapSpec>,
+    pub debian: Option<DebianSpec>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct DebootstrapSpec {
+pub struct DebianSpec {
     pub suite: String,
+    /// Default http://deb.debian.org/debian.
     pub mirror: Option<String>,
-    /// debootstrap --variant; default minbase.
+    /// essential, minbase (default) or important, as debootstrap's --variant.
     pub variant: Option<String>,
+    /// Default ["main"].
+    pub components: Option<Vec<String>>,
+    /// The keyring the mirror's InRelease must be signed with; default
+    /// Debian's archive keyring.
+    pub keyring: Option<String>,
     #[serde(default)]
     pub packages: Vec<String>,
 }

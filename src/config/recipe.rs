@@ -8,8 +8,9 @@
 use super::error::ConfigError;
 use super::hardware::DEFAULT_EFI_LOADER;
 use super::load::Loaded;
-use super::profile::{DebootstrapSpec, UserSpec};
+use super::profile::UserSpec;
 use super::types::{Arch, Firmware, Format, MIB};
+use crate::debian::lock::{Lock, Request};
 use crate::hash;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -37,7 +38,116 @@ pub enum Base {
     Debs(Vec<Input>),
     Tarball(Input),
     Dir(Input),
-    Debootstrap(DebootstrapSpec),
+    Debian(DebianBase),
+}
+
+/// A Debian base: what the profile asks for and, once locked, exactly which
+/// packages are installed. The hash covers the request and the locked set
+/// (by SHA-256), not the mirror: the same files from another mirror are the
+/// same image.
+#[derive(Debug, Clone, Serialize)]
+pub struct DebianBase {
+    pub request: Request,
+    /// (name, version, SHA-256) of every locked package.
+    pub packages: Vec<(String, String, String)>,
+    #[serde(skip)]
+    pub lock: Option<Lock>,
+    #[serde(skip)]
+    pub mirror: String,
+    #[serde(skip)]
+    pub keyring: PathBuf,
+    /// `profiles/<name>.lock`, beside the profile named on the command line.
+    #[serde(skip)]
+    pub lock_path: PathBuf,
+    /// imgd's cache folder (package pool, assembled bases).
+    #[serde(skip)]
+    pub cache: PathBuf,
+}
+
+impl DebianBase {
+    pub fn set_lock(&mut self, lock: Lock) {
+        self.packages = lock.packages.iter().map(|p| (p.name.clone(), p.version.clone(), p.sha256.clone())).collect();
+        self.lock = Some(lock);
+    }
+}
+
+/// Debian package names: lowercase letters, digits, + - . (Policy 5.6.1).
+fn debian_name(s: &str) -> bool {
+    s.len() >= 2
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+/// The profile's Debian base with its lock, if the lock file exists. A lock
+/// that was resolved for another request (the profile changed since) is an
+/// error that says to run `imgd lock`.
+pub fn debian_base(l: &Loaded, arch: Arch, cache: &Path) -> Result<Option<DebianBase>, ConfigError> {
+    debian_base_with(l, arch, cache, true)
+}
+
+/// [`debian_base`] without reading the lock (for `imgd lock`, which makes it).
+pub fn debian_base_unchecked(l: &Loaded, arch: Arch, cache: &Path) -> Result<Option<DebianBase>, ConfigError> {
+    debian_base_with(l, arch, cache, false)
+}
+
+fn debian_base_with(l: &Loaded, arch: Arch, cache: &Path, read_lock: bool) -> Result<Option<DebianBase>, ConfigError> {
+    let Some(spec) = l.profile.base.as_ref().and_then(|b| b.debian.as_ref()) else { return Ok(None) };
+    let key = |k: &str| format!("base.debian.{k}");
+    if !debian_name(&spec.suite) {
+        return Err(l.error(&key("suite"), format!("suite `{}` is not a suite name (bookworm, stable)", spec.suite)));
+    }
+    let variant =
+        spec.variant.as_deref().unwrap_or("minbase").parse().map_err(|e: String| l.error(&key("variant"), e))?;
+    let components = spec.components.clone().unwrap_or_else(|| vec!["main".into()]);
+    for (i, c) in components.iter().enumerate() {
+        if !debian_name(c) {
+            return Err(l.error(&format!("base.debian.components[{i}]"), format!("`{c}` is not a component name")));
+        }
+    }
+    let mut packages = spec.packages.clone();
+    for (i, p) in packages.iter().enumerate() {
+        if !debian_name(p) {
+            return Err(l.error(&format!("base.debian.packages[{i}]"), format!("`{p}` is not a Debian package name")));
+        }
+    }
+    packages.sort();
+    packages.dedup();
+    let mirror = spec.mirror.clone().unwrap_or_else(|| "http://deb.debian.org/debian".into());
+    crate::debian::fetch::Mirror::new(&mirror).map_err(|e| l.error(&key("mirror"), format!("{e:#}")))?;
+    let keyring = PathBuf::from(spec.keyring.as_deref().unwrap_or(crate::debian::archive::DEBIAN_KEYRING));
+    let request =
+        Request { suite: spec.suite.clone(), architecture: arch.debian().into(), variant, components, packages };
+    let lock_path = l.profile_path.with_extension("lock");
+    let mut base = DebianBase {
+        request,
+        packages: Vec::new(),
+        lock: None,
+        mirror: mirror.trim_end_matches('/').to_string(),
+        keyring,
+        lock_path: lock_path.clone(),
+        cache: cache.to_path_buf(),
+    };
+    if read_lock && lock_path.exists() {
+        let lock = Lock::read(&lock_path).map_err(|e| ConfigError::new(&lock_path, format!("{e:#}")))?;
+        if lock.request != base.request {
+            return Err(l.error(
+                "base.debian",
+                format!(
+                    "{} was resolved for {}; the profile now asks for {}: run `imgd lock {}`",
+                    lock_path.display(),
+                    describe(&lock.request),
+                    describe(&base.request),
+                    l.profile_path.display()
+                ),
+            ));
+        }
+        base.set_lock(lock);
+    }
+    Ok(Some(base))
+}
+
+fn describe(r: &Request) -> String {
+    format!("{} {} {} [{}] + [{}]", r.suite, r.architecture, r.variant, r.components.join(" "), r.packages.join(" "))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -123,6 +233,11 @@ pub struct ResolveOptions {
     pub env_epoch: Option<u64>,
     /// Where to remember digests of large input files between runs.
     pub digest_cache: Option<PathBuf>,
+    /// imgd's cache folder.
+    pub cache: PathBuf,
+    /// `--unlocked`: a Debian base without a lock file is resolved from the
+    /// mirror at build time instead of being an error.
+    pub unlocked: bool,
 }
 
 pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError> {
@@ -169,18 +284,14 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
     };
 
     let base_spec =
-        p.base.clone().ok_or_else(|| l.error("base", "missing [base]: set one of debs, tarball, dir, debootstrap"))?;
-    let chosen = [
-        base_spec.debs.is_some(),
-        base_spec.tarball.is_some(),
-        base_spec.dir.is_some(),
-        base_spec.debootstrap.is_some(),
-    ]
-    .iter()
-    .filter(|x| **x)
-    .count();
+        p.base.clone().ok_or_else(|| l.error("base", "missing [base]: set one of debs, tarball, dir, debian"))?;
+    let chosen =
+        [base_spec.debs.is_some(), base_spec.tarball.is_some(), base_spec.dir.is_some(), base_spec.debian.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
     if chosen != 1 {
-        return Err(l.error("base", "set exactly one of debs, tarball, dir, debootstrap"));
+        return Err(l.error("base", "set exactly one of debs, tarball, dir, debian"));
     }
     let base = if let Some(debs) = &base_spec.debs {
         Base::Debs(
@@ -198,11 +309,19 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
         }
         Base::Dir(file_input("base.dir", d)?)
     } else {
-        let spec = base_spec.debootstrap.clone().unwrap_or_default();
-        if spec.suite.is_empty() {
-            return Err(l.error("base.debootstrap.suite", "suite must not be empty"));
+        let base = debian_base(l, arch, &opts.cache)?.ok_or_else(|| l.error("base", "no base"))?;
+        if base.lock.is_none() && !opts.unlocked {
+            return Err(l.error(
+                "base.debian",
+                format!(
+                    "no lock file {}: run `imgd lock {}` to pin the package set (and commit it), \
+                     or build with --unlocked to take whatever the mirror has today",
+                    base.lock_path.display(),
+                    l.profile_path.display()
+                ),
+            ));
         }
-        Base::Debootstrap(spec)
+        Base::Debian(base)
     };
 
     let k = p.kernel.clone().ok_or_else(|| l.error("kernel", "missing [kernel]: set one of deb, from_base, image"))?;

@@ -29,30 +29,12 @@ pub fn assemble(recipe: &Recipe, work: &Path) -> Result<Rootfs> {
         }
         Base::Tarball(t) => tree.extract_tarball(&t.path).with_context(|| format!("unpacking {}", t.name))?,
         Base::Dir(d) => tree.import_dir(&d.path, "/").with_context(|| format!("copying {}", d.path.display()))?,
-        Base::Debootstrap(spec) => {
-            let target = work.join("debootstrap");
-            if !rustix::process::geteuid().is_root() {
-                bail!("base.debootstrap needs root (debootstrap creates device nodes and chroots)");
-            }
-            let mut cmd = std::process::Command::new("debootstrap");
-            cmd.arg(format!("--variant={}", spec.variant.as_deref().unwrap_or("minbase")));
-            if !spec.packages.is_empty() {
-                cmd.arg(format!("--include={}", spec.packages.join(",")));
-            }
-            cmd.arg(&spec.suite).arg(&target);
-            cmd.arg(spec.mirror.as_deref().unwrap_or("http://deb.debian.org/debian"));
-            crate::tools::run(&mut cmd).context("debootstrap")?;
-            // Caches and logs of the bootstrap itself are not part of an image.
-            for junk in ["var/cache/apt/archives", "var/log/bootstrap.log", "debootstrap"] {
-                let p = target.join(junk);
-                if p.is_dir() {
-                    std::fs::remove_dir_all(&p)?;
-                    std::fs::create_dir_all(&p)?;
-                } else if p.exists() {
-                    std::fs::remove_file(&p)?;
-                }
-            }
-            tree.import_dir(&target, "/")?;
+        Base::Debian(base) => {
+            let lock = base.lock.as_ref().context("the Debian base has no lock (run `imgd lock`)")?;
+            let cache = crate::debian::bootstrap::Cache::new(&base.cache);
+            let mirror = crate::debian::fetch::Mirror::new(&base.mirror)?;
+            let tarball = crate::debian::bootstrap::base_tarball(lock, &cache, &mirror, recipe.epoch)?;
+            tree.extract_tarball(&tarball).with_context(|| format!("unpacking {}", tarball.display()))?;
         }
     }
     let kernel = KernelParts::obtain(recipe, &tree, work)?;

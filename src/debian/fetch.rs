@@ -1,0 +1,153 @@
+//! Getting files from a Debian mirror (http, https or file://), and `.deb`s
+//! into a content-addressed pool where each is kept under its SHA-256.
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A mirror's base URL (the folder holding `dists/` and `pool/`).
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl std::fmt::Display for Mirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.base)
+    }
+}
+
+/// Largest index or package imgd will read from a mirror (a bound, not a
+/// guess: Debian's largest .deb is under 2 GiB).
+const MAX_BODY: u64 = 4 << 30;
+
+impl Mirror {
+    pub fn new(url: &str) -> Result<Mirror> {
+        let base = url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://") || base.starts_with("file:///")) {
+            bail!("mirror `{url}`: expected an http://, https:// or file:/// URL");
+        }
+        // It lands in the image's sources.list and a shell hook: a URL's
+        // own characters only.
+        if !base.bytes().all(|b| b.is_ascii_graphic() && !b"'\"\\`$;&|<>".contains(&b)) {
+            bail!("mirror `{}`: characters a mirror URL does not have", base.escape_default());
+        }
+        let config = ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(20)))
+            .timeout_recv_body(Some(Duration::from_secs(600)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .build();
+        Ok(Mirror { base, agent: config.into() })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base, path.trim_start_matches('/'))
+    }
+
+    /// A reader over the file at `path`, below the mirror's base.
+    fn open(&self, path: &str) -> Result<Box<dyn Read + Send>> {
+        if path.split('/').any(|c| c == "..") {
+            bail!("{self}: refusing path `{path}` (it climbs out of the mirror)");
+        }
+        let url = self.url(path);
+        if let Some(local) = url.strip_prefix("file://") {
+            let f = std::fs::File::open(local).with_context(|| format!("reading {local}"))?;
+            return Ok(Box::new(f));
+        }
+        let resp = self.agent.get(&url).call().with_context(|| format!("GET {url}"))?;
+        Ok(Box::new(resp.into_body().into_reader().take(MAX_BODY)))
+    }
+
+    /// The whole file at `path` (indexes: small enough to hold).
+    pub fn get(&self, path: &str) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.open(path)?.read_to_end(&mut buf).with_context(|| format!("reading {}", self.url(path)))?;
+        Ok(buf)
+    }
+}
+
+/// `.deb` files kept by SHA-256: `<dir>/<sha256>.deb`. A file is only ever
+/// put there whole and checked (written to a temporary name, renamed), so
+/// one found there is taken as complete.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub dir: PathBuf,
+}
+
+impl Pool {
+    pub fn new(dir: PathBuf) -> Pool {
+        Pool { dir }
+    }
+
+    pub fn path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}.deb"))
+    }
+
+    pub fn has(&self, sha256: &str) -> bool {
+        self.path(sha256).is_file()
+    }
+
+    /// Downloads `path` from `mirror` unless the pool has it; a download whose
+    /// size or SHA-256 differs from what was locked is an error and is not kept.
+    pub fn fetch(&self, mirror: &Mirror, path: &str, sha256: &str, size: u64) -> Result<PathBuf> {
+        let dest = self.path(sha256);
+        if dest.is_file() {
+            return Ok(dest);
+        }
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        let mut reader = mirror.open(path)?.take(size + 1);
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 << 10];
+        let mut got = 0u64;
+        loop {
+            let n = reader.read(&mut buf).with_context(|| format!("downloading {path} from {mirror}"))?;
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+            hasher.update(&buf[..n]);
+            tmp.write_all(&buf[..n])?;
+        }
+        let actual = hex::encode(hasher.finalize());
+        if got != size || actual != sha256 {
+            bail!("{mirror}/{path}: got {got} bytes with SHA-256 {actual}, the lock says {size} bytes with {sha256}: refused");
+        }
+        tmp.as_file().sync_all()?;
+        tmp.persist(&dest).map_err(|e| e.error)?;
+        Ok(dest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_keeps_only_files_with_the_locked_digest() {
+        let d = tempfile::tempdir().unwrap();
+        let www = d.path().join("www");
+        std::fs::create_dir_all(www.join("pool")).unwrap();
+        std::fs::write(www.join("pool/a.deb"), b"package a").unwrap();
+        let mirror = Mirror::new(&format!("file://{}", www.display())).unwrap();
+        let pool = Pool::new(d.path().join("pool"));
+        let good = crate::hash::sha256_hex(b"package a");
+
+        let e = pool.fetch(&mirror, "pool/a.deb", &"0".repeat(64), 9).unwrap_err().to_string();
+        assert!(e.contains("refused"), "{e}");
+        let e = pool.fetch(&mirror, "pool/a.deb", &good, 8).unwrap_err().to_string();
+        assert!(e.contains("got 9 bytes"), "{e}");
+        // Nothing of the refused downloads is left, under any name.
+        assert_eq!(std::fs::read_dir(&pool.dir).unwrap().count(), 0);
+
+        let got = pool.fetch(&mirror, "pool/a.deb", &good, 9).unwrap();
+        assert_eq!(std::fs::read(&got).unwrap(), b"package a");
+        assert!(pool.has(&good));
+        assert!(pool.fetch(&mirror, "../etc/passwd", &good, 9).is_ok(), "already pooled: no fetch");
+        assert!(pool.fetch(&mirror, "../x.deb", &"1".repeat(64), 9).unwrap_err().to_string().contains("climbs out"));
+        assert!(Mirror::new("ftp://x").is_err());
+    }
+}

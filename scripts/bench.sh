@@ -12,6 +12,8 @@
 #                            on loopback): imgd vs `aws s3 cp` (awscli from PyPI); EBS
 #                            direct blocks sent vs blocks in the disk; a re-run's bytes
 #                            and mutating calls
+#   scripts/bench.sh debian  the locked debian profile: cold build, rebuild after a
+#                            profile change (cached base) vs mmdebstrap from the mirror
 #   scripts/bench.sh all     every mode in turn
 #
 # Every figure also ends up as one line a script can compare between commits:
@@ -369,6 +371,44 @@ PY
   wait 2>/dev/null || true
 }
 
+# The debian profile (locked bookworm base, rootfs tarball only): a cold build
+# (empty package pool and base cache: download + mmdebstrap), a rebuild after
+# a profile change (cached base), and what a script does today, mmdebstrap
+# from the mirror every time. QUICK=1: the rebuild only, on the usual cache.
+bench_debian() {
+  need mmdebstrap "apt-get install mmdebstrap"
+  [ "$(id -u)" = 0 ] || { echo "bench.sh debian: needs root (mmdebstrap --mode=root)" >&2; exit 2; }
+  local pkgs; pkgs=$(awk -F'[][]' '/^packages = / {gsub(/[" ]/, "", $2); print $2}' profiles/debian.toml)
+  local cold=() re=() mm=()
+  IMGD_STORE="$tmp/store" "$imgd" build debian --format tar >/dev/null 2>&1
+  for i in $(seq "$runs"); do
+    if [ "$quick" != 1 ]; then
+      rm -rf "$tmp/cache" "$tmp/store"; mkdir -p "$tmp/cache"; cp -r "$debs" "$tmp/cache/debs"
+      t0=$(now); IMGD_CACHE="$tmp/cache" IMGD_STORE="$tmp/store" "$imgd" build debian --format tar >/dev/null 2>&1; t1=$(now)
+      cold+=("$(calc "$t1 - $t0")")
+      rm -f "$tmp/mm.tar"
+      t0=$(now); SOURCE_DATE_EPOCH=1577836800 mmdebstrap --quiet --mode=root --variant=minbase --include="$pkgs" \
+        bookworm "$tmp/mm.tar.zst" http://deb.debian.org/debian >/dev/null 2>&1; t1=$(now)
+      mm+=("$(calc "$t1 - $t0")")
+    fi
+    t0=$(now); IMGD_STORE="$tmp/store" "$imgd" build debian --format tar --set "hostname=bench-$i-$RANDOM" >/dev/null 2>&1; t1=$(now)
+    re+=("$(calc "$t1 - $t0")")
+  done
+  local r; r=$(printf '%s\n' "${re[@]}" | median)
+  echo "build debian (rootfs tarball), median of $runs runs:"
+  if [ "$quick" != 1 ]; then
+    local c m; c=$(printf '%s\n' "${cold[@]}" | median); m=$(printf '%s\n' "${mm[@]}" | median)
+    printf '  %-52s %8.1f s\n' "imgd, cold (download + mmdebstrap + image)" "$c" \
+      "mmdebstrap from the mirror (base only)" "$m" "imgd, rebuild after a profile change" "$r"
+    printf '  rebuild is %.1fx faster than mmdebstrap alone\n' "$(calc "$m / $r")"
+    figure cold "$c" "$m" s "$(calc "$m / $c")"
+    figure rebuild "$r" "$m" s "$(calc "$m / $r")"
+  else
+    printf '  %-52s %8.1f s\n' "imgd, rebuild after a profile change" "$r"
+    figure rebuild "$r" - s -
+  fi
+}
+
 one() {
   what_now=$1
   case "$1" in
@@ -376,11 +416,12 @@ one() {
     boot) bench_boot ;;
     serve) bench_serve ;;
     sync) bench_sync ;;
-    *) echo "usage: $0 build|boot|serve|sync|all" >&2; exit 2 ;;
+    debian) bench_debian ;;
+    *) echo "usage: $0 build|boot|serve|sync|debian|all" >&2; exit 2 ;;
   esac
 }
 if [ "$what" = all ]; then
-  for m in build boot serve sync; do one "$m"; done
+  for m in build boot serve sync debian; do one "$m"; done
 else
   one "$what"
 fi

@@ -68,3 +68,9 @@ fn bench_sync_runs_in_its_quick_form() {
     assert!(*named(&f, "sync.upload") > 0.0);
     assert_eq!(*named(&f, "sync.rerun_mutating_calls"), 0.0, "a re-run changes nothing");
 }
+
+#[test]
+fn bench_debian_runs_in_its_quick_form() {
+    let f = quick("debian");
+    assert!(*named(&f, "debian.rebuild") > 0.0);
+}

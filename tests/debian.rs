@@ -97,7 +97,7 @@ fn newest_base() -> std::path::PathBuf {
 /// `imgd build` with no network at all: a network namespace of its own,
 /// with only a loopback that is down.
 fn build_offline(store: &std::path::Path, args: &[&str]) -> serde_json::Value {
-    let mut c = imgd(store);
+    let c = imgd(store);
     let program = c.get_program().to_owned();
     let mut wrapped = Command::new("unshare");
     wrapped.arg("--net").arg(program).arg("build").args(args).arg("--json");

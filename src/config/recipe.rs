@@ -38,7 +38,7 @@ pub enum Base {
     Debs(Vec<Input>),
     Tarball(Input),
     Dir(Input),
-    Debian(DebianBase),
+    Debian(Box<DebianBase>),
 }
 
 /// A Debian base: what the profile asks for and, once locked, exactly which
@@ -321,7 +321,7 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
                 ),
             ));
         }
-        Base::Debian(base)
+        Base::Debian(Box::new(base))
     };
 
     let k = p.kernel.clone().ok_or_else(|| l.error("kernel", "missing [kernel]: set one of deb, from_base, image"))?;

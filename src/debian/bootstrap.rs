@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Bumped when the way a base is assembled changes its bytes.
-const BASE_VERSION: &str = "mmdebstrap-custom-1";
+const BASE_VERSION: &str = "mmdebstrap-custom-2";
 
 /// Downloads running at once: a mirror serves many small files faster in
 /// parallel, and a handful is what apt uses.
@@ -53,6 +53,7 @@ pub fn base_key(lock: &Lock, epoch: u64) -> String {
 
 /// Fetches every locked package the pool lacks from `mirror`, in parallel.
 pub fn fetch_all(lock: &Lock, pool: &Pool, mirror: &Mirror) -> Result<()> {
+    pool.sweep_partial();
     let missing: Vec<_> = lock.packages.iter().filter(|p| !pool.has(&p.sha256)).collect();
     if missing.is_empty() {
         return Ok(());
@@ -90,11 +91,30 @@ pub fn base_tarball(lock: &Lock, cache: &Cache, mirror: &Mirror, epoch: u64) -> 
     if !rustix::process::geteuid().is_root() {
         bail!("assembling a Debian base needs root (mmdebstrap --mode=root creates device nodes and chroots)");
     }
-    fetch_all(lock, &cache.pool, mirror)?;
     std::fs::create_dir_all(&cache.bases)?;
+    // One assembly per base at a time: a second build of it waits, then
+    // finds it done.
+    let lockfile = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(cache.bases.join(format!(".{key}.lock")))?;
+    lockfile.lock().context("locking the base")?;
+    if done.is_file() {
+        return Ok(done);
+    }
+    // Assemblies of this base that were killed (we hold its lock) left
+    // their folders: they would fill the disk of a crash-looping builder.
+    let prefix = format!(".assemble-{}-", &key[..16]);
+    for e in std::fs::read_dir(&cache.bases)?.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    fetch_all(lock, &cache.pool, mirror)?;
     // Work in a private folder beside the result: a killed build leaves no
     // half-written base under a name that would be taken as complete.
-    let work = tempfile::Builder::new().prefix(".assemble-").tempdir_in(&cache.bases)?;
+    let work = tempfile::Builder::new().prefix(&prefix).tempdir_in(&cache.bases)?;
     let repo = work.path().join("repo");
     local_repo(lock, &cache.pool, &repo)?;
     let out = work.path().join("base.tar.zst");
@@ -106,9 +126,11 @@ pub fn base_tarball(lock: &Lock, cache: &Cache, mirror: &Mirror, epoch: u64) -> 
         .arg(format!("--architectures={}", lock.request.architecture))
         .arg(format!("--include={}", names.join(",")))
         // The host's hostname and resolver do not belong in an image (imgd
-        // writes the profile's hostname); the image's apt points at the
-        // real mirror, not at the local repository it was built from.
-        .arg("--customize-hook=rm -f \"$1/etc/hostname\" \"$1/etc/resolv.conf\"")
+        // writes the profile's hostname), nor do SSH host keys that
+        // openssh-server's postinst made (secrets, different every run:
+        // images make their own at first boot). The image's apt points at
+        // the real mirror, not at the local repository it was built from.
+        .arg("--customize-hook=rm -f \"$1/etc/hostname\" \"$1/etc/resolv.conf\" \"$1\"/etc/ssh/ssh_host_*")
         .arg(format!("--customize-hook=printf '%s' '{sources}' > \"$1/etc/apt/sources.list\""))
         .arg(&lock.request.suite)
         .arg(&out)

@@ -69,6 +69,8 @@ impl Mirror {
     }
 }
 
+const PARTIAL: &str = ".partial-";
+
 /// `.deb` files kept by SHA-256: `<dir>/<sha256>.deb`. A file is only ever
 /// put there whole and checked (written to a temporary name, renamed), so
 /// one found there is taken as complete.
@@ -90,6 +92,18 @@ impl Pool {
         self.path(sha256).is_file()
     }
 
+    /// Removes downloads that a killed imgd left, an hour old or more (a
+    /// running download is younger: it writes as it goes).
+    pub fn sweep_partial(&self) {
+        let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < hour_ago);
+            if old && e.file_name().to_string_lossy().starts_with(PARTIAL) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// Downloads `path` from `mirror` unless the pool has it; a download whose
     /// size or SHA-256 differs from what was locked is an error and is not kept.
     pub fn fetch(&self, mirror: &Mirror, path: &str, sha256: &str, size: u64) -> Result<PathBuf> {
@@ -98,7 +112,7 @@ impl Pool {
             return Ok(dest);
         }
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        let mut tmp = tempfile::Builder::new().prefix(PARTIAL).tempfile_in(&self.dir)?;
         let mut reader = mirror.open(path)?.take(size + 1);
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 256 << 10];

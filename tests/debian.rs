@@ -124,16 +124,24 @@ fn the_locked_base_rebuilds_offline_and_bit_identical_in_another_store() {
     let changed = build_offline(&one, &["debian", "--format", "tar", "--set", "hostname=elsewhere"]);
     eprintln!("figure debian rebuild after a profile change, offline, cached base: {:.1}s", t.elapsed().as_secs_f64());
     assert_ne!(changed["hash"], first["hash"]);
+    // Builds link the unpacked base's files; what they change (the profile
+    // adds user ops) must never reach the cache through a link.
+    let unpacked = base.with_extension("").with_extension("tree");
+    let passwd = std::fs::read_to_string(unpacked.join("root/etc/passwd")).unwrap();
+    assert!(passwd.contains("root:x:0:0") && !passwd.contains("ops:"), "{passwd}");
 
     // No cached base, no network: assembled again from the pool, with the
     // same bytes, and the same artifacts in a second store.
     let aside = base.with_extension("aside");
     std::fs::rename(&base, &aside).unwrap();
+    let tree_aside = unpacked.with_extension("tree-aside");
+    std::fs::rename(&unpacked, &tree_aside).unwrap();
     let t = Instant::now();
     let again = build_offline(&two, &["debian", "--format", "tar"]);
     eprintln!("figure debian base assembled offline from the pool: {:.1}s", t.elapsed().as_secs_f64());
     let rebuilt_sha = tool("sha256sum", &[base.to_str().unwrap()]);
     std::fs::remove_file(&aside).unwrap();
+    std::fs::remove_dir_all(&tree_aside).unwrap();
     assert_eq!(rebuilt_sha.split_whitespace().next(), base_sha.split_whitespace().next(), "the base is reproducible");
     assert_eq!(again["hash"], first["hash"]);
     assert_eq!(again["artifacts"], first["artifacts"], "bit-identical artifacts in two stores");

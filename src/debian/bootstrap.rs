@@ -13,6 +13,7 @@
 
 use super::fetch::{Mirror, Pool};
 use super::lock::Lock;
+use crate::rootfs::tree::Tree;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -91,26 +92,14 @@ pub fn base_tarball(lock: &Lock, cache: &Cache, mirror: &Mirror, epoch: u64) -> 
     if !rustix::process::geteuid().is_root() {
         bail!("assembling a Debian base needs root (mmdebstrap --mode=root creates device nodes and chroots)");
     }
-    std::fs::create_dir_all(&cache.bases)?;
-    // One assembly per base at a time: a second build of it waits, then
-    // finds it done.
-    let lockfile = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(cache.bases.join(format!(".{key}.lock")))?;
-    lockfile.lock().context("locking the base")?;
+    let _locked = lock_base(cache, &key)?;
     if done.is_file() {
         return Ok(done);
     }
     // Assemblies of this base that were killed (we hold its lock) left
     // their folders: they would fill the disk of a crash-looping builder.
     let prefix = format!(".assemble-{}-", &key[..16]);
-    for e in std::fs::read_dir(&cache.bases)?.flatten() {
-        if e.file_name().to_string_lossy().starts_with(&prefix) {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
+    sweep(&cache.bases, &prefix);
     fetch_all(lock, &cache.pool, mirror)?;
     // Work in a private folder beside the result: a killed build leaves no
     // half-written base under a name that would be taken as complete.
@@ -140,6 +129,83 @@ pub fn base_tarball(lock: &Lock, cache: &Cache, mirror: &Mirror, epoch: u64) -> 
     crate::tools::run(&mut cmd).context("mmdebstrap")?;
     std::fs::rename(&out, &done)?;
     Ok(done)
+}
+
+/// One assembly (or unpacking) of a base at a time: a second build of it
+/// waits, then finds it done.
+fn lock_base(cache: &Cache, key: &str) -> Result<std::fs::File> {
+    std::fs::create_dir_all(&cache.bases)?;
+    let f = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(cache.bases.join(format!(".{key}.lock")))?;
+    f.lock().context("locking the base")?;
+    Ok(f)
+}
+
+/// The base as a tree staged in `staging`. The tarball is unpacked once
+/// into the cache (`<key>.tree`: files and node table); every build links
+/// its files from there instead of writing 700 MB again.
+pub fn base_tree(lock: &Lock, cache: &Cache, mirror: &Mirror, epoch: u64, staging: &Path) -> Result<Tree> {
+    let key = base_key(lock, epoch);
+    let unpacked = cache.bases.join(format!("{key}.tree"));
+    if !unpacked.join("nodes.json").is_file() {
+        let tarball = base_tarball(lock, cache, mirror, epoch)?;
+        let _locked = lock_base(cache, &key)?;
+        if !unpacked.join("nodes.json").is_file() {
+            let prefix = format!(".unpack-{}-", &key[..16]);
+            sweep(&cache.bases, &prefix);
+            let tmp = tempfile::Builder::new().prefix(&prefix).tempdir_in(&cache.bases)?;
+            let mut tree = Tree::new(&tmp.path().join("root"))?;
+            tree.extract_tarball(&tarball).with_context(|| format!("unpacking {}", tarball.display()))?;
+            tree.save(tmp.path())?;
+            // Only whole unpacked trees are ever under this name.
+            std::fs::rename(tmp.keep(), &unpacked)?;
+            drop(_locked);
+            prune_unused(cache, &key);
+        }
+    }
+    let tree =
+        Tree::link_from(&unpacked, staging).with_context(|| format!("linking the base from {}", unpacked.display()))?;
+    // Last use, for pruning.
+    if let Ok(f) = std::fs::File::open(unpacked.join("nodes.json")) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+    Ok(tree)
+}
+
+/// Bases unused this long are removed when a new one is made (each is a
+/// tarball and an unpacked tree, ~1 GB for a server base).
+const UNUSED_DAYS: u64 = 14;
+
+/// Removes the tarball and tree of every base other than `keep` that no
+/// build used for [`UNUSED_DAYS`], each under its own lock.
+fn prune_unused(cache: &Cache, keep: &str) {
+    let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(UNUSED_DAYS * 86_400);
+    let Ok(rd) = std::fs::read_dir(&cache.bases) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(key) = name.strip_suffix(".tree") else { continue };
+        let used = std::fs::metadata(e.path().join("nodes.json")).and_then(|m| m.modified());
+        if key == keep || used.is_ok_and(|t| t > cutoff) {
+            continue;
+        }
+        let Ok(_locked) = lock_base(cache, key) else { continue };
+        tracing::info!("removing Debian base {} (unused for {UNUSED_DAYS} days)", &key[..key.len().min(16)]);
+        let _ = std::fs::remove_dir_all(e.path());
+        let _ = std::fs::remove_file(cache.bases.join(format!("{key}.tar.zst")));
+    }
+}
+
+/// Removes what killed runs left under `prefix` (the caller holds the lock
+/// of the base it names).
+fn sweep(dir: &Path, prefix: &str) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// A flat repository of exactly the locked files: hard links into the pool

@@ -33,8 +33,7 @@ pub fn assemble(recipe: &Recipe, work: &Path) -> Result<Rootfs> {
             let lock = base.lock.as_ref().context("the Debian base has no lock (run `imgd lock`)")?;
             let cache = crate::debian::bootstrap::Cache::new(&base.cache);
             let mirror = crate::debian::fetch::Mirror::new(&base.mirror)?;
-            let tarball = crate::debian::bootstrap::base_tarball(lock, &cache, &mirror, recipe.epoch)?;
-            tree.extract_tarball(&tarball).with_context(|| format!("unpacking {}", tarball.display()))?;
+            tree = crate::debian::bootstrap::base_tree(lock, &cache, &mirror, recipe.epoch, &work.join("root"))?;
         }
     }
     let kernel = KernelParts::obtain(recipe, &tree, work)?;

@@ -10,7 +10,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     Dir,
     File,
@@ -22,7 +22,7 @@ pub enum Kind {
     Fifo,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Node {
     pub kind: Kind,
     /// Permission bits, including setuid/setgid/sticky (0o7777).
@@ -66,6 +66,47 @@ impl Tree {
         std::fs::create_dir_all(staging)?;
         let mut nodes = BTreeMap::new();
         nodes.insert(String::new(), Node::new(Kind::Dir, 0o755));
+        Ok(Tree { staging: staging.to_path_buf(), nodes })
+    }
+
+    /// Writes the node table beside the staging directory, so the tree can
+    /// be reused with [`Tree::link_from`] (the staging directory must be
+    /// `<dir>/root`).
+    pub fn save(&self, dir: &Path) -> io::Result<()> {
+        if self.staging != dir.join("root") {
+            return Err(err(format!("{} is not {}/root", self.staging.display(), dir.display())));
+        }
+        let json = serde_json::to_vec(&self.nodes).map_err(io::Error::other)?;
+        std::fs::write(dir.join("nodes.json"), json)
+    }
+
+    /// A new tree staged in `staging` with the content of a saved one: every
+    /// file is a hard link to the saved file (a copy across file systems),
+    /// so a 700 MB base costs a few thousand links, not 700 MB of writes.
+    /// This is safe because the tree never writes into a file in place:
+    /// [`Tree::insert`] unlinks what it replaces, and tools (depmod) write
+    /// new files.
+    pub fn link_from(saved: &Path, staging: &Path) -> io::Result<Tree> {
+        let json = std::fs::read(saved.join("nodes.json"))?;
+        let nodes: BTreeMap<String, Node> =
+            serde_json::from_slice(&json).map_err(|e| err(format!("{}: {e}", saved.display())))?;
+        let from = saved.join("root");
+        std::fs::create_dir_all(staging)?;
+        // Keys sort parents before children ("a" < "a/b").
+        for (rel, node) in nodes.iter().filter(|(k, _)| !k.is_empty()) {
+            let dst = staging.join(rel);
+            match &node.kind {
+                Kind::Dir => std::fs::create_dir(&dst)?,
+                Kind::File | Kind::Hardlink(_) => {
+                    let src = from.join(rel);
+                    if std::fs::hard_link(&src, &dst).is_err() {
+                        std::fs::copy(&src, &dst)?;
+                    }
+                }
+                Kind::Symlink(t) => std::os::unix::fs::symlink(t, &dst)?,
+                _ => {}
+            }
+        }
         Ok(Tree { staging: staging.to_path_buf(), nodes })
     }
 

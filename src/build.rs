@@ -97,7 +97,7 @@ pub fn build_with(recipe: &Recipe, store: &Store, progress: &Progress, remote: O
     let work = store.work_dir(&name)?;
 
     let step = progress.step(&format!("root filesystem for {}", recipe.name));
-    let rootfs = crate::rootfs::assemble(recipe, work.path()).context("assembling the root filesystem")?;
+    let rootfs = crate::rootfs::assemble(recipe, work.path(), remote).context("assembling the root filesystem")?;
     step.done();
     let artifacts = artifact::produce(recipe, &rootfs, &hash, &name, pending.path(), work.path(), progress)?;
     drop(rootfs);

@@ -22,6 +22,8 @@ enum Command {
     Build(cmd::build::BuildArgs),
     /// Pin a profile's Debian base to an exact package set (profiles/NAME.lock).
     Lock(cmd::lock::LockArgs),
+    /// Fetch a profile's locked Debian packages into the local pool.
+    Fetch(cmd::fetch::FetchArgs),
     /// Print a profile's input hash without building.
     Hash(cmd::build::HashArgs),
     /// Boot a profile in qemu with its console on this terminal.
@@ -69,6 +71,7 @@ fn main() {
         Command::Build(a) => cmd::build::run(a),
         Command::Hash(a) => cmd::build::hash(a),
         Command::Lock(a) => cmd::lock::run(a),
+        Command::Fetch(a) => cmd::fetch::run(a),
         Command::Test(a) => cmd::test::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Serve(a) => cmd::serve::run(a),

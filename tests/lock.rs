@@ -6,7 +6,7 @@ use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-struct Mirror {
+pub struct Mirror {
     dir: tempfile::TempDir,
     gnupg: PathBuf,
     keyring: PathBuf,
@@ -36,7 +36,7 @@ const ARCHIVE: Pkgs = &[
 ];
 
 impl Mirror {
-    fn new() -> Mirror {
+    pub fn new() -> Mirror {
         let dir = tempfile::tempdir().unwrap();
         let gnupg = dir.path().join("gnupg");
         std::fs::create_dir_all(&gnupg).unwrap();
@@ -115,7 +115,7 @@ impl Mirror {
     }
 
     /// A project whose profile has a Debian base on this mirror.
-    fn project(&self, packages: &str) -> tempfile::TempDir {
+    pub fn project(&self, packages: &str) -> tempfile::TempDir {
         let profile = format!(
             "hardware = \"qemu-x86_64\"\nformats = [\"tar\"]\n[base.debian]\nsuite = \"bookworm\"\nmirror = \"{}\"\n\
              keyring = \"{}\"\npackages = [{packages}]\n[kernel]\nfrom_base = true\n",

@@ -14,6 +14,7 @@
 use super::fetch::{Mirror, Pool};
 use super::lock::Lock;
 use crate::rootfs::tree::Tree;
+use crate::store::remote::Remote;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -52,12 +53,46 @@ pub fn base_key(lock: &Lock, epoch: u64) -> String {
     crate::hash::sha256_hex(input.to_string().as_bytes())
 }
 
-/// Fetches every locked package the pool lacks from `mirror`, in parallel.
-pub fn fetch_all(lock: &Lock, pool: &Pool, mirror: &Mirror) -> Result<()> {
+/// The remote cache's folder for pooled packages (`<prefix>/debian-pool/<sha256>.deb`).
+pub const REMOTE_POOL: &str = "debian-pool";
+
+/// Puts every locked package in the pool: from the remote cache when it has
+/// it (checked by SHA-256 like anything else; a bad copy is skipped), else
+/// from `mirror`, in parallel, and then shares what came from the mirror
+/// with the remote cache. A lock stays buildable after the mirror dropped
+/// its versions, as long as the pool or the cache holds them.
+pub fn fetch_all(lock: &Lock, pool: &Pool, mirror: &Mirror, remote: Option<&dyn Remote>) -> Result<FetchReport> {
     pool.sweep_partial();
-    let missing: Vec<_> = lock.packages.iter().filter(|p| !pool.has(&p.sha256)).collect();
+    let mut report = FetchReport::default();
+    let mut missing: Vec<_> = lock.packages.iter().filter(|p| !pool.has(&p.sha256)).collect();
+    // Packages whose copy in the remote cache was bad: replaced after.
+    let mut bad: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    if let Some(r) = remote {
+        missing.retain(|p| {
+            let name = format!("{}.deb", p.sha256);
+            let got = pool.partial_dir().and_then(|tmp| {
+                let file = tmp.path().join(&name);
+                if !r.get(REMOTE_POOL, &name, &file, p.size)? {
+                    return Ok(false);
+                }
+                pool.adopt(&file, &p.sha256, p.size).map(|_| true)
+            });
+            match got {
+                Ok(true) => {
+                    report.from_cache += 1;
+                    false
+                }
+                Ok(false) => true,
+                Err(e) => {
+                    tracing::warn!("{} {} from {}: {e:#}; taking it from the mirror", p.name, p.version, r.url());
+                    bad.insert(&p.sha256);
+                    true
+                }
+            }
+        });
+    }
     if missing.is_empty() {
-        return Ok(());
+        return Ok(report);
     }
     let bytes: u64 = missing.iter().map(|p| p.size).sum();
     tracing::info!("fetching {} locked packages ({} MiB) from {mirror}", missing.len(), bytes >> 20);
@@ -76,13 +111,42 @@ pub fn fetch_all(lock: &Lock, pool: &Pool, mirror: &Mirror) -> Result<()> {
             })
             .collect();
         workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|_| bail!("a download thread panicked")))
-    })
+    })?;
+    report.from_mirror = missing.len();
+    if let Some(r) = remote {
+        for p in &missing {
+            let name = format!("{}.deb", p.sha256);
+            match r.put_file(REMOTE_POOL, &name, &pool.path(&p.sha256), &p.sha256, bad.contains(p.sha256.as_str())) {
+                Ok(()) => report.shared += 1,
+                Err(e) => {
+                    tracing::warn!("could not share {} with {} ({e:#}); the local pool is fine", p.name, r.url());
+                    break;
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Where the packages of one [`fetch_all`] came from.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct FetchReport {
+    pub from_cache: usize,
+    pub from_mirror: usize,
+    /// Sent to the remote cache after coming from the mirror.
+    pub shared: usize,
 }
 
 /// The base's root filesystem as a `.tar.zst`, assembled now or found in the
 /// cache. `mirror` is where missing packages come from and what the image's
 /// sources.list names.
-pub fn base_tarball(lock: &Lock, cache: &Cache, mirror: &Mirror, epoch: u64) -> Result<PathBuf> {
+pub fn base_tarball(
+    lock: &Lock,
+    cache: &Cache,
+    mirror: &Mirror,
+    remote: Option<&dyn Remote>,
+    epoch: u64,
+) -> Result<PathBuf> {
     let key = base_key(lock, epoch);
     let done = cache.bases.join(format!("{key}.tar.zst"));
     if done.is_file() {
@@ -100,7 +164,7 @@ pub fn base_tarball(lock: &Lock, cache: &Cache, mirror: &Mirror, epoch: u64) -> 
     // their folders: they would fill the disk of a crash-looping builder.
     let prefix = format!(".assemble-{}-", &key[..16]);
     sweep(&cache.bases, &prefix);
-    fetch_all(lock, &cache.pool, mirror)?;
+    fetch_all(lock, &cache.pool, mirror, remote)?;
     // Work in a private folder beside the result: a killed build leaves no
     // half-written base under a name that would be taken as complete.
     let work = tempfile::Builder::new().prefix(&prefix).tempdir_in(&cache.bases)?;
@@ -147,11 +211,18 @@ fn lock_base(cache: &Cache, key: &str) -> Result<std::fs::File> {
 /// The base as a tree staged in `staging`. The tarball is unpacked once
 /// into the cache (`<key>.tree`: files and node table); every build links
 /// its files from there instead of writing 700 MB again.
-pub fn base_tree(lock: &Lock, cache: &Cache, mirror: &Mirror, epoch: u64, staging: &Path) -> Result<Tree> {
+pub fn base_tree(
+    lock: &Lock,
+    cache: &Cache,
+    mirror: &Mirror,
+    remote: Option<&dyn Remote>,
+    epoch: u64,
+    staging: &Path,
+) -> Result<Tree> {
     let key = base_key(lock, epoch);
     let unpacked = cache.bases.join(format!("{key}.tree"));
     if !unpacked.join("nodes.json").is_file() {
-        let tarball = base_tarball(lock, cache, mirror, epoch)?;
+        let tarball = base_tarball(lock, cache, mirror, remote, epoch)?;
         let _locked = lock_base(cache, &key)?;
         if !unpacked.join("nodes.json").is_file() {
             let prefix = format!(".unpack-{}-", &key[..16]);

@@ -92,6 +92,26 @@ impl Pool {
         self.path(sha256).is_file()
     }
 
+    /// A new private folder in the pool's folder, for a download to land in
+    /// before [`Pool::adopt`] checks it.
+    pub fn partial_dir(&self) -> Result<tempfile::TempDir> {
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        Ok(tempfile::Builder::new().prefix(PARTIAL).tempdir_in(&self.dir)?)
+    }
+
+    /// Keeps a downloaded file as `sha256` if it has that size and digest;
+    /// else this is an error (and the caller's private folder goes with it).
+    pub fn adopt(&self, file: &std::path::Path, sha256: &str, size: u64) -> Result<PathBuf> {
+        let got = std::fs::metadata(file)?.len();
+        let actual = crate::hash::sha256_file(file)?;
+        if got != size || actual != sha256 {
+            bail!("got {got} bytes with SHA-256 {actual}, the lock says {size} bytes with {sha256}: refused");
+        }
+        let dest = self.path(sha256);
+        std::fs::rename(file, &dest)?;
+        Ok(dest)
+    }
+
     /// Removes downloads that a killed imgd left, an hour old or more (a
     /// running download is younger: it writes as it goes).
     pub fn sweep_partial(&self) {
@@ -99,7 +119,7 @@ impl Pool {
         for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < hour_ago);
             if old && e.file_name().to_string_lossy().starts_with(PARTIAL) {
-                let _ = std::fs::remove_file(e.path());
+                let _ = std::fs::remove_file(e.path()).or_else(|_| std::fs::remove_dir_all(e.path()));
             }
         }
     }

@@ -19,7 +19,8 @@ pub struct Rootfs {
     pub boot_modules: Vec<String>,
 }
 
-pub fn assemble(recipe: &Recipe, work: &Path) -> Result<Rootfs> {
+/// `remote`: the shared build cache, which also holds pooled Debian packages.
+pub fn assemble(recipe: &Recipe, work: &Path, remote: Option<&dyn crate::store::remote::Remote>) -> Result<Rootfs> {
     let mut tree = Tree::new(&work.join("root"))?;
     match &recipe.base {
         Base::Debs(debs) => {
@@ -33,7 +34,8 @@ pub fn assemble(recipe: &Recipe, work: &Path) -> Result<Rootfs> {
             let lock = base.lock.as_ref().context("the Debian base has no lock (run `imgd lock`)")?;
             let cache = crate::debian::bootstrap::Cache::new(&base.cache);
             let mirror = crate::debian::fetch::Mirror::new(&base.mirror)?;
-            tree = crate::debian::bootstrap::base_tree(lock, &cache, &mirror, recipe.epoch, &work.join("root"))?;
+            tree =
+                crate::debian::bootstrap::base_tree(lock, &cache, &mirror, remote, recipe.epoch, &work.join("root"))?;
         }
     }
     let kernel = KernelParts::obtain(recipe, &tree, work)?;

@@ -20,6 +20,10 @@ pub trait Remote {
     /// Uploads a committed entry; `overwrite` replaces objects that claim to
     /// be the same (after a fetched copy failed verification).
     fn push(&self, entry: &super::Entry, overwrite: bool) -> Result<()>;
+    /// Uploads one file as `<entry>/<file>` (unless an object with its
+    /// SHA-256 is there and not `overwrite`): the Debian package pool is
+    /// shared this way.
+    fn put_file(&self, entry: &str, file: &str, path: &Path, sha256: &str, overwrite: bool) -> Result<()>;
     fn url(&self) -> &str;
 }
 

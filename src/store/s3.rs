@@ -95,6 +95,12 @@ impl Remote for S3Cache {
         Ok(())
     }
 
+    fn put_file(&self, entry: &str, file: &str, path: &Path, sha256: &str, overwrite: bool) -> Result<()> {
+        let size = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?.len();
+        let f = imgd_aws::File { name: file.to_string(), path: path.to_path_buf(), sha256: sha256.to_string(), size };
+        self.rt.block_on(self.cache.put(entry, &[f], overwrite))
+    }
+
     fn url(&self) -> &str {
         &self.url
     }

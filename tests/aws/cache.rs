@@ -157,3 +157,79 @@ fn a_poisoned_cache_can_neither_write_outside_the_store_nor_pass_for_the_build()
         assert!(verify.status.success(), "{what}: {}", String::from_utf8_lossy(&verify.stdout));
     }
 }
+
+/// `imgd fetch p --cache s3://cache/team --json` with its own local cache.
+fn fetch(moto: &Moto, project: &Path, local_cache: &Path, extra: &[&str]) -> std::process::Output {
+    support::test_env(&mut std::process::Command::new(support::imgd()), &project.join("store"))
+        .env("IMGD_ROOT", project)
+        .env("IMGD_CACHE", local_cache)
+        .env("AWS_ENDPOINT_URL", &moto.url)
+        .args(["fetch", "p", "--json", "--cache", "s3://cache/team"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn locked_debian_packages_are_shared_through_the_cache_and_outlive_the_mirror() {
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='cache')");
+    let mirror = crate::lock::Mirror::new();
+    let p = mirror.project("\"tool\"");
+    let d = tempfile::tempdir().unwrap();
+    let lock = support::test_env(&mut std::process::Command::new(support::imgd()), &d.path().join("s"))
+        .env("IMGD_ROOT", p.path())
+        .args(["lock", "p"])
+        .output()
+        .unwrap();
+    assert!(lock.status.success(), "{}", String::from_utf8_lossy(&lock.stderr));
+    let json = |o: &std::process::Output| -> Value {
+        assert!(o.status.success(), "imgd fetch: {}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+
+    // The first machine takes them from the mirror and shares them.
+    let one = json(&fetch(&moto, p.path(), &d.path().join("one"), &[]));
+    assert_eq!((one["from_mirror"].as_u64(), one["shared"].as_u64()), (Some(6), Some(6)), "{one}");
+    let keys = moto.keys("cache");
+    assert_eq!(keys.len(), 6, "{keys:?}");
+    assert!(keys.iter().all(|k| k.starts_with("team/debian-pool/") && k.ends_with(".deb")), "{keys:?}");
+
+    // The mirror is gone (it dropped those versions, or is unreachable):
+    // a second machine still gets every package, from the cache, checked.
+    let gone = ["--set", "base.debian.mirror=http://127.0.0.1:9/debian"];
+    let two = json(&fetch(&moto, p.path(), &d.path().join("two"), &gone));
+    assert_eq!((two["from_cache"].as_u64(), two["from_mirror"].as_u64()), (Some(6), Some(0)), "{two}");
+    let pool = d.path().join("two/debian/pool");
+    for e in std::fs::read_dir(&pool).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        assert_eq!(imgd::hash::sha256_file(&path).unwrap(), name, "pooled under its own SHA-256");
+    }
+
+    // A copy in the cache that was tampered with is refused, taken from the
+    // mirror instead, and replaced in the cache.
+    let victim = keys[0].clone();
+    moto.py(&format!(
+        "o=s3.get_object(Bucket='cache', Key='{victim}'); \
+         s3.put_object(Bucket='cache', Key='{victim}', Body=b'evil'+o['Body'].read()[4:], Metadata=o['Metadata'])"
+    ));
+    let three = json(&fetch(&moto, p.path(), &d.path().join("three"), &[]));
+    assert_eq!((three["from_cache"].as_u64(), three["from_mirror"].as_u64()), (Some(5), Some(1)), "{three}");
+    let sha = victim.trim_start_matches("team/debian-pool/").trim_end_matches(".deb");
+    let body = moto.py(&format!(
+        "import hashlib; print(json.dumps(hashlib.sha256(s3.get_object(Bucket='cache', Key='{victim}')['Body'].read()).hexdigest()))"
+    ));
+    assert_eq!(body.as_str(), Some(sha), "the bad copy was replaced");
+
+    // Neither the mirror nor the cache has them: a clear failure.
+    let out = support::test_env(&mut std::process::Command::new(support::imgd()), &d.path().join("s"))
+        .env("IMGD_ROOT", p.path())
+        .env("IMGD_CACHE", d.path().join("four"))
+        .args(["fetch", "p"])
+        .args(gone)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:9"), "{}", String::from_utf8_lossy(&out.stderr));
+}

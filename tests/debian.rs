@@ -115,8 +115,34 @@ fn the_locked_base_rebuilds_offline_and_bit_identical_in_another_store() {
     let _base = BASE.lock().unwrap_or_else(|e| e.into_inner());
     let d = tempfile::tempdir().unwrap();
     let (one, two) = (d.path().join("one"), d.path().join("two"));
-    let first = build(&one, &["debian", "--format", "tar"]);
+    // Every format: root filesystem tarball, raw, qcow2, VHD (and the SBOM).
+    let first = build(&one, &["debian"]);
     let base = newest_base();
+
+    // What is inside: the manifest lists every installed package, and an
+    // SPDX 2.3 SBOM beside the artifacts describes the same set.
+    let installed = first["recipe"]["base"]["debian"]["packages"].as_array().unwrap().clone();
+    let lock: toml::Table = std::fs::read_to_string(repo().join("profiles/debian.lock")).unwrap().parse().unwrap();
+    let locked = lock["package"].as_array().unwrap();
+    assert_eq!(installed.len(), locked.len());
+    let sbom_file = std::path::Path::new(first["path"].as_str().unwrap()).join("sbom.spdx.json");
+    let sbom: serde_json::Value = serde_json::from_slice(&std::fs::read(&sbom_file).unwrap()).unwrap();
+    assert_eq!(sbom["spdxVersion"], "SPDX-2.3");
+    assert_eq!(sbom["SPDXID"], "SPDXRef-DOCUMENT");
+    let pkgs = sbom["packages"].as_array().unwrap();
+    assert_eq!(pkgs.len(), locked.len() + 1, "the image and each package");
+    for (l, p) in locked.iter().zip(&pkgs[1..]) {
+        assert_eq!(p["name"].as_str(), l["name"].as_str());
+        assert_eq!(p["versionInfo"].as_str(), l["version"].as_str());
+        assert_eq!(p["checksums"][0]["checksumValue"].as_str(), l["sha256"].as_str());
+        let purl = p["externalRefs"][0]["referenceLocator"].as_str().unwrap();
+        assert!(purl.starts_with(&format!("pkg:deb/debian/{}@", l["name"].as_str().unwrap())), "{purl}");
+    }
+    let contains =
+        sbom["relationships"].as_array().unwrap().iter().filter(|r| r["relationshipType"] == "CONTAINS").count();
+    assert_eq!(contains, locked.len());
+    let openssh = pkgs.iter().find(|p| p["name"] == "openssh-server").expect("openssh-server in the SBOM");
+    assert!(installed.iter().any(|i| i["name"] == "openssh-server" && i["version"] == openssh["versionInfo"]));
     let base_sha = tool("sha256sum", &[base.to_str().unwrap()]);
 
     // A changed profile, no network: the cached base is reused.
@@ -137,7 +163,7 @@ fn the_locked_base_rebuilds_offline_and_bit_identical_in_another_store() {
     let tree_aside = unpacked.with_extension("tree-aside");
     std::fs::rename(&unpacked, &tree_aside).unwrap();
     let t = Instant::now();
-    let again = build_offline(&two, &["debian", "--format", "tar"]);
+    let again = build_offline(&two, &["debian"]);
     eprintln!("figure debian base assembled offline from the pool: {:.1}s", t.elapsed().as_secs_f64());
     let rebuilt_sha = tool("sha256sum", &[base.to_str().unwrap()]);
     std::fs::remove_file(&aside).unwrap();
@@ -145,4 +171,9 @@ fn the_locked_base_rebuilds_offline_and_bit_identical_in_another_store() {
     assert_eq!(rebuilt_sha.split_whitespace().next(), base_sha.split_whitespace().next(), "the base is reproducible");
     assert_eq!(again["hash"], first["hash"]);
     assert_eq!(again["artifacts"], first["artifacts"], "bit-identical artifacts in two stores");
+    let formats: Vec<&str> =
+        first["artifacts"].as_array().unwrap().iter().map(|a| a["format"].as_str().unwrap()).collect();
+    for f in ["raw", "qcow2", "vhd", "tar", "sbom"] {
+        assert!(formats.contains(&f), "{f} compared: {formats:?}");
+    }
 }

@@ -8,6 +8,7 @@ pub mod disk;
 pub mod esp;
 pub mod ext4;
 pub mod initramfs;
+pub mod sbom;
 pub mod tarball;
 
 use crate::config::recipe::Recipe;
@@ -210,6 +211,14 @@ pub fn produce(
         tarball::write(&rootfs.tree, &out.join("rootfs.tar.zst"), recipe.epoch)?;
         made.push((ArtifactName::Rootfs, Format::Tar, "rootfs.tar.zst"));
         step.done();
+    }
+
+    if let crate::config::recipe::Base::Debian(base) = &recipe.base {
+        if let Some(lock) = &base.lock {
+            let doc = sbom::document(entry, &recipe.name, hash, recipe.epoch, lock);
+            std::fs::write(out.join(sbom::FILE), serde_json::to_vec_pretty(&doc)?)?;
+            made.push((ArtifactName::Sbom, Format::Sbom, sbom::FILE));
+        }
     }
 
     let step = progress.step("checksums");

@@ -48,8 +48,8 @@ pub enum Base {
 #[derive(Debug, Clone, Serialize)]
 pub struct DebianBase {
     pub request: Request,
-    /// (name, version, SHA-256) of every locked package.
-    pub packages: Vec<(String, String, String)>,
+    /// Every locked package: what the image holds (and the manifest lists).
+    pub packages: Vec<InstalledPackage>,
     #[serde(skip)]
     pub lock: Option<Lock>,
     #[serde(skip)]
@@ -64,9 +64,20 @@ pub struct DebianBase {
     pub cache: PathBuf,
 }
 
+#[derive(Debug, Clone, Serialize)]
+pub struct InstalledPackage {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+}
+
 impl DebianBase {
     pub fn set_lock(&mut self, lock: Lock) {
-        self.packages = lock.packages.iter().map(|p| (p.name.clone(), p.version.clone(), p.sha256.clone())).collect();
+        self.packages = lock
+            .packages
+            .iter()
+            .map(|p| InstalledPackage { name: p.name.clone(), version: p.version.clone(), sha256: p.sha256.clone() })
+            .collect();
         self.lock = Some(lock);
     }
 }

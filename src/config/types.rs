@@ -19,6 +19,9 @@ pub enum Format {
     Vhd,
     /// The root filesystem as a zstd-compressed tarball.
     Tar,
+    /// The SPDX software bill of materials of a distribution base: written
+    /// for every build that has one, never asked for (not in `ALL`).
+    Sbom,
 }
 
 impl Format {
@@ -31,6 +34,7 @@ impl Format {
             Format::Qcow2 => "qcow2",
             Format::Vhd => "vhd",
             Format::Tar => "tar",
+            Format::Sbom => "sbom",
         }
     }
 

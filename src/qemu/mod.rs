@@ -54,7 +54,7 @@ impl BootTarget {
             Format::Raw => Some(BootTarget::Raw),
             Format::Qcow2 => Some(BootTarget::Qcow2),
             Format::Vhd => Some(BootTarget::Vhd),
-            Format::Tar => None,
+            Format::Tar | Format::Sbom => None,
         }
     }
 }

@@ -68,6 +68,7 @@ pub enum ArtifactName {
     Script,
     Disk,
     Rootfs,
+    Sbom,
 }
 
 /// A file name inside a store entry, checked where it enters: 1 to 128 of

@@ -1,6 +1,7 @@
-//! The debian profile end to end: debootstrap, build, boot the qcow2 with
-//! `imgd run --ssh`, reach `login:` on the serial console, and log in with a
-//! real ssh client using the key the profile installed.
+//! The debian profile end to end: the locked base (mmdebstrap from the pooled
+//! packages), build, boot the qcow2 with `imgd run --ssh`, reach `login:` on
+//! the serial console, and log in with a real ssh client using the key the
+//! profile installed; then offline rebuilds and their reproducibility.
 
 use crate::common::*;
 use std::process::{Command, Stdio};

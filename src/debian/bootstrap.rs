@@ -191,6 +191,8 @@ pub fn base_tarball(
         .arg(format!("deb [trusted=yes] copy://{} ./", repo.display()));
     tracing::info!("assembling the Debian base ({} packages) with mmdebstrap", names.len());
     crate::tools::run(&mut cmd).context("mmdebstrap")?;
+    // On disk before it has the name that says it is complete.
+    std::fs::File::open(&out)?.sync_all()?;
     std::fs::rename(&out, &done)?;
     Ok(done)
 }
@@ -231,7 +233,9 @@ pub fn base_tree(
             let mut tree = Tree::new(&tmp.path().join("root"))?;
             tree.extract_tarball(&tarball).with_context(|| format!("unpacking {}", tarball.display()))?;
             tree.save(tmp.path())?;
-            // Only whole unpacked trees are ever under this name.
+            // Only whole unpacked trees are ever under this name: every file
+            // on disk first (one syncfs, not 16,000 fsyncs).
+            rustix::fs::syncfs(std::fs::File::open(tmp.path())?)?;
             std::fs::rename(tmp.keep(), &unpacked)?;
             drop(_locked);
             prune_unused(cache, &key);

@@ -69,7 +69,11 @@ impl Release {
         Ok(Release {
             suite: p.get("Suite").unwrap_or_default().to_string(),
             codename: p.get("Codename").unwrap_or_default().to_string(),
-            date: p.get("Date").context("the Release file has no Date")?.to_string(),
+            date: p
+                .get("Date")
+                .filter(|d| !d.contains(char::is_control))
+                .context("the Release file has no one-line Date")?
+                .to_string(),
             files,
         })
     }

@@ -139,15 +139,15 @@ pub struct FetchReport {
 
 /// The base's root filesystem as a `.tar.zst`, assembled now or found in the
 /// cache. `mirror` is where missing packages come from and what the image's
-/// sources.list names.
+/// sources.list names; `key` is its [`base_key`].
 pub fn base_tarball(
     lock: &Lock,
     cache: &Cache,
     mirror: &Mirror,
     remote: Option<&dyn Remote>,
+    key: &str,
     epoch: u64,
 ) -> Result<PathBuf> {
-    let key = base_key(lock, epoch);
     let done = cache.bases.join(format!("{key}.tar.zst"));
     if done.is_file() {
         tracing::info!("Debian base {} (cached)", &key[..16]);
@@ -156,7 +156,7 @@ pub fn base_tarball(
     if !rustix::process::geteuid().is_root() {
         bail!("assembling a Debian base needs root (mmdebstrap --mode=root creates device nodes and chroots)");
     }
-    let _locked = lock_base(cache, &key)?;
+    let _locked = lock_base(cache, key)?;
     if done.is_file() {
         return Ok(done);
     }
@@ -224,7 +224,7 @@ pub fn base_tree(
     let key = base_key(lock, epoch);
     let unpacked = cache.bases.join(format!("{key}.tree"));
     if !unpacked.join("nodes.json").is_file() {
-        let tarball = base_tarball(lock, cache, mirror, remote, epoch)?;
+        let tarball = base_tarball(lock, cache, mirror, remote, &key, epoch)?;
         let _locked = lock_base(cache, &key)?;
         if !unpacked.join("nodes.json").is_file() {
             let prefix = format!(".unpack-{}-", &key[..16]);

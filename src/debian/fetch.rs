@@ -108,6 +108,7 @@ impl Pool {
             bail!("got {got} bytes with SHA-256 {actual}, the lock says {size} bytes with {sha256}: refused");
         }
         let dest = self.path(sha256);
+        std::fs::File::open(file)?.sync_all()?;
         std::fs::rename(file, &dest)?;
         Ok(dest)
     }

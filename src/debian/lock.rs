@@ -81,6 +81,10 @@ impl Lock {
         if self.lock_version != LOCK_VERSION {
             bail!("lock_version {} (this imgd reads {LOCK_VERSION}): run `imgd lock` again", self.lock_version);
         }
+        // Both land in the lock file's header comment, a line each.
+        if self.mirror.contains(char::is_control) || self.release_date.contains(char::is_control) {
+            bail!("mirror or release_date holds a control character");
+        }
         if self.packages.is_empty() {
             bail!("no packages");
         }

@@ -14,13 +14,69 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// SHA-256 of a file's content, read in large blocks.
 pub fn sha256_file(path: &Path) -> io::Result<String> {
-    Ok(hex::encode(sha256_state(path)?.finalize()))
+    Ok(sha256_state(path)?.hex())
+}
+
+/// A SHA-256 in progress over a file's bytes. ring's assembly, not sha2: on
+/// CPUs without SHA extensions it hashes ~1.8x faster, and a build hashes
+/// gigabytes of disk images.
+#[derive(Clone)]
+pub struct Sha256State(ring::digest::Context);
+
+impl Sha256State {
+    pub fn new() -> Self {
+        Sha256State(ring::digest::Context::new(&ring::digest::SHA256))
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    pub fn hex(self) -> String {
+        hex::encode(self.0.finish())
+    }
+}
+
+impl Default for Sha256State {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A writer that hashes what passes through it, so a file is hashed as it is
+/// written rather than read back.
+pub struct HashingWriter<W> {
+    inner: W,
+    hash: Sha256State,
+}
+
+impl<W: io::Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter { inner, hash: Sha256State::new() }
+    }
+
+    /// The inner writer and the SHA-256 (hex) of everything written.
+    pub fn finish(self) -> (W, String) {
+        (self.inner, self.hash.hex())
+    }
+}
+
+impl<W: io::Write> io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// The hasher after reading a whole file, to continue with more bytes.
-pub fn sha256_state(path: &Path) -> io::Result<Sha256> {
+pub fn sha256_state(path: &Path) -> io::Result<Sha256State> {
     let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
+    let mut h = Sha256State::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf)?;

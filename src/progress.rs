@@ -39,6 +39,12 @@ impl Progress {
         };
         Step { bar, msg: msg.to_string(), start: Instant::now(), quiet: self.quiet }
     }
+
+    /// A step that runs beside others: no spinner (two would fight over the
+    /// terminal), a log line where there is no terminal.
+    pub fn background_step(&self, msg: &str) -> Step {
+        Progress { tty: false, quiet: self.quiet || self.tty }.step(msg)
+    }
 }
 
 pub struct Step {

@@ -150,3 +150,66 @@ fn initrd_and_tarball_read_with_standard_tools() {
     sorted.sort();
     assert_eq!(entries, sorted, "archive entries are sorted");
 }
+
+/// The ext4 root filesystem takes every owner, mode and time from the tree's
+/// node table, not from the staging files (which belong to whoever builds,
+/// with today's times): checked by debugfs and fsck.ext4, on a tree with what
+/// a real root filesystem holds (setuid, other owners, hard links, device
+/// nodes, a fifo, a directory whose blocks need an extent tree).
+#[test]
+fn ext4_owners_modes_and_times_come_from_the_node_table() {
+    use imgd::artifact::ext4;
+    use imgd::rootfs::tree::{Kind, Node, Tree};
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Tree::new(&dir.path().join("root")).unwrap();
+    t.add_bytes("/usr/bin/sudo", b"#!/bin/sh\n", 0o4755).unwrap();
+    t.insert("/usr/bin/sudoedit", Node::new(Kind::Hardlink("usr/bin/sudo".into()), 0o4755)).unwrap();
+    t.add_dir("/home/ops", 0o700).unwrap();
+    t.set_owner("home/ops", 1000, 1000);
+    t.add_bytes("/home/ops/.profile", b"export A=1\n", 0o640).unwrap();
+    t.set_owner("home/ops/.profile", 70000, 70001); // above 16 bits: the high halves
+    t.insert("/dev/console", Node::new(Kind::Char(5, 1), 0o600)).unwrap();
+    t.insert("/run/initctl", Node::new(Kind::Fifo, 0o600)).unwrap();
+    t.add_symlink("/bin", "usr/bin").unwrap();
+    for i in 0..2000 {
+        t.add_bytes(&format!("/etc/many/file-{i:04}"), format!("{i}\n").as_bytes(), 0o644).unwrap();
+    }
+    let image = dir.path().join("disk.img");
+    let offset = 1 << 20; // inside a file, as the root partition of a disk
+    std::fs::File::create(&image).unwrap().set_len(offset + (64 << 20)).unwrap();
+    let epoch = 1_700_000_000u64;
+    let params = ext4::Ext4Params {
+        uuid: "0b6ce9c4-5f5d-4bb4-9a8e-2f8d2a0c2a11",
+        hash_seed: "5a5b9c1e-7d4f-4f0e-8a8e-3c3b8d2e1f00",
+        label: "root",
+        epoch,
+    };
+    let work = tempfile::tempdir().unwrap();
+    ext4::make(&t, &image, ext4::Region { offset, size: 64 << 20 }, &params, work.path()).unwrap();
+
+    let part = dir.path().join("part.img");
+    extract(&image, offset, 64 << 20, &part);
+    let p = part.to_str().unwrap();
+    tool("fsck.ext4", &["-fn", p]);
+    let stat = |path: &str| tool("debugfs", &["-R", &format!("stat {path}"), p]);
+    let sudo = stat("/usr/bin/sudo");
+    assert!(sudo.contains("Mode:  04755") && sudo.contains("User:     0   Group:     0"), "{sudo}");
+    assert!(sudo.contains("Links: 2"), "sudoedit is a hard link of sudo: {sudo}");
+    let home = stat("/home/ops");
+    assert!(home.contains("Mode:  0700") && home.contains("User:  1000   Group:  1000"), "{home}");
+    let profile = stat("/home/ops/.profile");
+    assert!(profile.contains("Mode:  0640") && profile.contains("User: 70000   Group: 70001"), "{profile}");
+    let console = stat("/dev/console");
+    assert!(console.contains("Type: character special") && console.contains("Mode:  0600"), "{console}");
+    assert!(stat("/run/initctl").contains("Type: FIFO"));
+    let many = stat("/etc/many");
+    assert!(many.contains("(ETB0)"), "2000 entries between file data need an extent tree block: {many}");
+    assert!(stat("/etc/many/file-1999").contains("Mode:  0644"));
+    // Every time of every inode is the epoch, nanoseconds zero.
+    for path in ["/", "/lost+found", "/usr/bin/sudo", "/home/ops/.profile", "/dev/console", "/etc/many/file-0000"] {
+        let s = stat(path);
+        for field in ["ctime", "atime", "mtime", "crtime"] {
+            assert!(s.contains(&format!("{field}: 0x6553f100:00000000")), "{path} {field}:\n{s}");
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! Disk images: a GPT disk (ESP + ext4 root) assembled from partition images,
 //! and its qcow2 and VHD forms.
 //!
-//! Partitions are built as separate files and spliced in with a sparse copy, so
+//! The ESP is built as a file and spliced in with a sparse copy; the root
+//! filesystem is made in place (mkfs at the partition's offset). Either way
 //! the raw disk stores only the blocks the filesystems use.
 
 use crate::tools::run;
@@ -127,25 +128,52 @@ pub fn splice(src: &Path, dst: &File, offset: u64) -> Result<()> {
     Ok(())
 }
 
-/// Assembles the raw disk from the partition images (and, for BIOS layouts,
-/// GRUB's boot sector and core image).
+/// Assembles the raw disk: the GPT, the ESP image spliced in, the root
+/// filesystem made in place by `make_root` (given the disk and the root
+/// partition's offset and size), and, for BIOS layouts, GRUB's boot sector and
+/// core image.
 pub fn assemble_raw(
     out: &Path,
     l: &Layout,
     esp: &Path,
-    root: &Path,
     ids: &GptIds<'_>,
     grub: Option<&GrubBios>,
+    make_root: impl FnOnce(&Path, u64, u64) -> Result<()>,
 ) -> Result<()> {
     let f = File::options().read(true).write(true).create(true).truncate(true).open(out)?;
     f.set_len(l.total)?;
     write_gpt(out, l, ids)?;
     splice(esp, &f, l.esp_start)?;
-    splice(root, &f, l.root_start)?;
+    make_root(out, l.root_start, l.root_size)?;
     if let (Some(g), Some(start)) = (grub, l.bios_boot) {
         g.install(&f, start)?;
     }
     f.sync_all()?;
+    Ok(())
+}
+
+/// Copies the data regions of `src` into `dst` at the same offsets with
+/// copy_file_range (the kernel moves the bytes, and may share them on file
+/// systems that can), leaving holes as holes.
+pub fn copy_sparse(src: &File, dst: &File, len: u64) -> Result<()> {
+    use rustix::fs::{copy_file_range, seek, SeekFrom};
+    let mut pos = 0u64;
+    while pos < len {
+        let data = match seek(src, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = seek(src, SeekFrom::Hole(data)).map_err(std::io::Error::from)?.min(len);
+        let (mut off_in, mut off_out) = (data, data);
+        while off_in < hole {
+            let want = (hole - off_in) as usize;
+            let n =
+                copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want).map_err(std::io::Error::from)?;
+            anyhow::ensure!(n > 0, "copy_file_range stopped at byte {off_in}");
+        }
+        pos = hole;
+    }
     Ok(())
 }
 
@@ -206,10 +234,11 @@ pub fn to_qcow2(raw: &Path, out: &Path) -> Result<()> {
 /// than by qemu-img, whose footer carries the wall-clock time and a random UUID.
 /// Returns the footer it appended.
 pub fn to_vhd(raw: &Path, out: &Path, epoch: u64, uuid: [u8; 16]) -> Result<[u8; 512]> {
-    let size = std::fs::metadata(raw)?.len();
+    let src = File::open(raw)?;
+    let size = src.metadata()?.len();
     let f = File::create(out)?;
     f.set_len(size)?;
-    splice(raw, &f, 0)?;
+    copy_sparse(&src, &f, size)?;
     let footer = vhd_footer(size, epoch, uuid);
     f.write_all_at(&footer, size)?;
     f.sync_all()?;

@@ -1,10 +1,15 @@
 //! The ext4 root filesystem, made by mkfs.ext4 from the staging directory
-//! (no mount, no loop device), then corrected with one debugfs script: the
-//! ownership, modes, device nodes and timestamps of the tree's node table.
+//! straight into the disk image at the root partition's offset (no mount, no
+//! loop device, no copy), then corrected: device nodes made with debugfs, and
+//! every inode's ownership, mode and timestamps set from the tree's node table
+//! (see `ext4_inodes`).
 //!
 //! mkfs.ext4 -d copies ctime/atime from the staging files and the owner of
-//! whoever ran the build; the debugfs pass replaces all of that, so the image
-//! is the same whoever builds it and whenever.
+//! whoever ran the build; the inode pass replaces all of that, so the image
+//! is the same whoever builds it and whenever. mkfs.ext4 adds a directory's
+//! entries in `alphasort` order, which follows the locale: it runs under
+//! LC_ALL=C so the layout does not depend on the host's locale (nor on the
+//! host filesystem's readdir order, which scandir's sort already hides).
 
 use crate::rootfs::tree::{Kind, Tree};
 use crate::tools::run;
@@ -24,43 +29,63 @@ pub struct Ext4Params<'a> {
     pub epoch: u64,
 }
 
-/// Makes an ext4 filesystem of `size` bytes in the new file `image`.
-pub fn make(tree: &Tree, image: &Path, size: u64, p: &Ext4Params<'_>, work: &Path) -> Result<()> {
+/// Where the filesystem goes in the image file: a partition of a disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Region {
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// Makes an ext4 filesystem filling `region` of the existing file `image`.
+pub fn make(tree: &Tree, image: &Path, region: Region, p: &Ext4Params<'_>, work: &Path) -> Result<()> {
     let conf = work.join("mke2fs.conf");
     std::fs::write(&conf, MKE2FS_CONF)?;
-    std::fs::File::create(image)?.set_len(size)?;
     let fake_time = p.epoch.to_string();
+    let t0 = std::time::Instant::now();
     run(Command::new("mkfs.ext4")
         .env("MKE2FS_CONFIG", &conf)
         .env("E2FSPROGS_FAKE_TIME", &fake_time)
+        .env("LC_ALL", "C")
         .args(["-q", "-F", "-t", "ext4", "-T", "ext4", "-U", p.uuid, "-L", p.label])
         .arg("-E")
-        .arg(format!("hash_seed={},root_owner=0:0", p.hash_seed))
+        .arg(format!("hash_seed={},root_owner=0:0,offset={}", p.hash_seed, region.offset))
         .arg("-d")
         .arg(tree.staging())
-        .arg(image))
+        .arg(image)
+        .arg(format!("{}k", region.size / 1024)))
     .context("mkfs.ext4")?;
 
-    let script = work.join("debugfs.script");
-    std::fs::write(&script, fixup_script(tree, p.epoch)?)?;
-    let out = crate::tools::guarded(&Command::new("debugfs"))
-        .env("E2FSPROGS_FAKE_TIME", &fake_time)
-        .arg("-w")
-        .arg("-f")
-        .arg(&script)
-        .arg(image)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .context("cannot run debugfs (install e2fsprogs)")?;
-    // debugfs exits 0 even when a command fails; its complaints are the lines
-    // that are neither its banner nor the echo of a command.
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if let Some(line) = stderr.lines().find(|l| !l.starts_with("debugfs") && !l.trim().is_empty()) {
-        anyhow::bail!("debugfs fix-up of {} failed: {line}", image.display());
+    let t1 = std::time::Instant::now();
+    let mknods = mknod_script(tree)?;
+    if !mknods.is_empty() {
+        let script = work.join("debugfs.script");
+        std::fs::write(&script, mknods)?;
+        // `name?offset=N` is libext2fs's way to open a filesystem inside a file.
+        let mut target = image.as_os_str().to_owned();
+        target.push(format!("?offset={}", region.offset));
+        let out = crate::tools::guarded(&Command::new("debugfs"))
+            .env("E2FSPROGS_FAKE_TIME", &fake_time)
+            .arg("-w")
+            .arg("-f")
+            .arg(&script)
+            .arg(&target)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("cannot run debugfs (install e2fsprogs)")?;
+        // debugfs exits 0 even when a command fails; its complaints are the lines
+        // that are neither its banner nor the echo of a command.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if let Some(line) = stderr.lines().find(|l| !l.starts_with("debugfs") && !l.trim().is_empty()) {
+            anyhow::bail!("debugfs mknod in {} failed: {line}", image.display());
+        }
+        if !out.status.success() {
+            anyhow::bail!("debugfs failed ({}): {stderr}", out.status);
+        }
     }
-    if !out.status.success() {
-        anyhow::bail!("debugfs failed ({}): {stderr}", out.status);
-    }
+    let f = std::fs::File::options().read(true).write(true).open(image)?;
+    super::ext4_inodes::apply(&f, region.offset, tree, p.epoch)
+        .with_context(|| format!("setting owners, modes and times in {}", image.display()))?;
+    tracing::debug!(mkfs = ?(t1 - t0), inodes = ?t1.elapsed(), "ext4 made");
     Ok(())
 }
 
@@ -75,34 +100,24 @@ fn quote(s: &str) -> String {
     format!("\"{s}\"")
 }
 
-fn fixup_script(tree: &Tree, epoch: u64) -> Result<String> {
+/// debugfs commands that make the tree's device nodes and fifos (a non-root
+/// builder cannot stage them); empty when there are none.
+fn mknod_script(tree: &Tree) -> Result<String> {
     let mut s = String::new();
     for (rel, node) in tree.nodes() {
+        let special = match node.kind {
+            Kind::Char(a, b) => format!("c {a} {b}"),
+            Kind::Block(a, b) => format!("b {a} {b}"),
+            Kind::Fifo => "p".to_string(),
+            _ => continue,
+        };
         if rel.contains(['"', '\n', '\r']) {
             anyhow::bail!("cannot put /{rel} in an ext4 image: its name holds a quote or a newline");
         }
-        let path = q(rel);
         // debugfs 1.47's mknod links only into the current directory.
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        let special = match node.kind {
-            Kind::Char(a, b) => Some(format!("c {a} {b}")),
-            Kind::Block(a, b) => Some(format!("b {a} {b}")),
-            Kind::Fifo => Some("p".to_string()),
-            _ => None,
-        };
-        if let Some(special) = special {
-            let _ = writeln!(s, "cd {}\nmknod {} {special}\ncd /", q(parent), quote(name));
-            // into a String: cannot fail
-        }
-        let _ = writeln!(s, "sif {path} mode 0{:o}", node.st_mode()); // into a String: cannot fail
-        let _ = writeln!(s, "sif {path} uid {}", node.uid); // into a String: cannot fail
-        let _ = writeln!(s, "sif {path} gid {}", node.gid); // into a String: cannot fail
-        for t in ["atime", "mtime", "ctime", "crtime"] {
-            let _ = writeln!(s, "sif {path} {t} {epoch}"); // into a String: cannot fail
-        }
-    }
-    for t in ["atime", "mtime", "ctime", "crtime"] {
-        let _ = writeln!(s, "sif /lost+found {t} {epoch}"); // into a String: cannot fail
+        let _ = writeln!(s, "cd {}\nmknod {} {special}\ncd /", q(parent), quote(name));
+        // into a String: cannot fail
     }
     Ok(s)
 }

@@ -7,6 +7,7 @@ pub mod cpio;
 pub mod disk;
 pub mod esp;
 pub mod ext4;
+pub mod ext4_inodes;
 pub mod initramfs;
 pub mod sbom;
 pub mod tarball;
@@ -17,7 +18,6 @@ use crate::progress::Progress;
 use crate::rootfs::Rootfs;
 pub use crate::store::manifest::{Artifact, ArtifactFile, ArtifactName};
 use anyhow::{Context, Result};
-use sha2::Digest;
 use std::path::Path;
 
 /// zstd level for initrds and tarballs: fast to build, and the kernel
@@ -27,8 +27,11 @@ pub const ZSTD_LEVEL: i32 = 3;
 /// zstd's multi-threaded output does not depend on the number of workers, so
 /// using every core keeps builds reproducible.
 pub fn zstd_threads<W: std::io::Write>(z: &mut zstd::Encoder<'_, W>) -> std::io::Result<()> {
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    z.multithread(n)
+    z.multithread(cores())
+}
+
+fn cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as u32
 }
 
 /// The iPXE script template, built into the binary (and into the input hash).
@@ -91,7 +94,13 @@ pub fn produce(
         step.done();
     }
 
-    if recipe.formats.iter().any(|f| f.is_disk()) {
+    let any_disk = recipe.formats.iter().any(|f| f.is_disk());
+    // The raw disk (in `out` when it is wanted, else in `work` for the other
+    // disk formats), or None when no disk format is.
+    let disk = |made: &mut Vec<(ArtifactName, Format, &str)>| -> Result<Option<std::path::PathBuf>> {
+        if !any_disk {
+            return Ok(None);
+        }
         let step = progress.step("disk: initramfs");
         let initrd = work.join("disk-initrd");
         initramfs::write(recipe, rootfs, work, &initrd)?;
@@ -157,19 +166,7 @@ pub fn produce(
         esp::make(&esp_img, layout.esp_size, serial, &files, recipe.epoch)?;
         step.done();
 
-        let step = progress.step("disk: ext4 root filesystem");
-        let root_img = work.join("root.ext4");
-        let seed = uuid_string(derived_id(hash, "ext4-hash-seed"));
-        let params = ext4::Ext4Params {
-            uuid: &root_uuid,
-            hash_seed: &seed,
-            label: &recipe.disk.root_label,
-            epoch: recipe.epoch,
-        };
-        ext4::make(&rootfs.tree, &root_img, layout.root_size, &params, work)?;
-        step.done();
-
-        let step = progress.step("disk: GPT raw image");
+        let step = progress.step("disk: GPT raw image, ext4 root filesystem made in place");
         let raw = if has(Format::Raw) { out.join("disk.raw") } else { work.join("disk.raw") };
         let (d, e, r) = (
             uuid_string(derived_id(hash, "gpt-disk")),
@@ -178,66 +175,109 @@ pub fn produce(
         );
         let b = uuid_string(derived_id(hash, "gpt-bios"));
         let ids = disk::GptIds { disk: &d, bios: &b, esp: &e, root: &r, root_type: root_partition_type(recipe.arch) };
-        disk::assemble_raw(&raw, &layout, &esp_img, &root_img, &ids, grub.as_ref())?;
-        std::fs::remove_file(&root_img)?;
+        let seed = uuid_string(derived_id(hash, "ext4-hash-seed"));
+        let params = ext4::Ext4Params {
+            uuid: &root_uuid,
+            hash_seed: &seed,
+            label: &recipe.disk.root_label,
+            epoch: recipe.epoch,
+        };
+        disk::assemble_raw(&raw, &layout, &esp_img, &ids, grub.as_ref(), |disk, offset, size| {
+            ext4::make(&rootfs.tree, disk, ext4::Region { offset, size }, &params, work)
+        })?;
         std::fs::remove_file(&esp_img)?;
         if has(Format::Raw) {
             made.push((ArtifactName::Disk, Format::Raw, "disk.raw"));
         }
         step.done();
-        if has(Format::Qcow2) {
-            let step = progress.step("disk: qcow2");
-            disk::to_qcow2(&raw, &out.join("disk.qcow2"))?;
-            made.push((ArtifactName::Disk, Format::Qcow2, "disk.qcow2"));
-            step.done();
-        }
-        let raw_state = crate::hash::sha256_state(&raw)?;
-        if has(Format::Raw) {
-            known.insert("disk.raw", hex::encode(raw_state.clone().finalize()));
-        }
-        if has(Format::Vhd) {
-            let step = progress.step("disk: fixed VHD");
-            let footer = disk::to_vhd(&raw, &out.join("disk.vhd"), recipe.epoch, derived_id(hash, "vhd-uuid"))?;
-            let mut state = raw_state;
-            state.update(footer);
-            known.insert("disk.vhd", hex::encode(state.finalize()));
-            made.push((ArtifactName::Disk, Format::Vhd, "disk.vhd"));
-            step.done();
-        }
-    }
+        Ok(Some(raw))
+    };
 
-    if has(Format::Tar) {
-        let step = progress.step("tar: rootfs.tar.zst");
-        tarball::write(&rootfs.tree, &out.join("rootfs.tar.zst"), recipe.epoch)?;
-        made.push((ArtifactName::Rootfs, Format::Tar, "rootfs.tar.zst"));
-        step.done();
-    }
-
-    if let crate::config::recipe::Base::Debian(base) = &recipe.base {
-        if let Some(lock) = &base.lock {
-            let doc = sbom::document(entry, &recipe.name, hash, recipe.epoch, lock);
-            std::fs::write(out.join(sbom::FILE), serde_json::to_vec_pretty(&doc)?)?;
-            made.push((ArtifactName::Sbom, Format::Sbom, sbom::FILE));
-        }
-    }
-
-    let step = progress.step("checksums");
-    let mut artifacts = Vec::new();
-    for (name, format, file) in made {
-        let p = out.join(file);
-        artifacts.push(Artifact {
-            size: std::fs::metadata(&p)?.len(),
-            sha256: match known.remove(file) {
-                Some(d) => d,
-                None => crate::hash::sha256_file(&p)?,
-            },
-            name,
-            format,
-            file: ArtifactFile::new(file).map_err(anyhow::Error::msg)?,
+    // The tarball is written (and hashed as it is written) beside the disk
+    // images, and each disk image is hashed while the next is made: on two
+    // cores this halves a whole-profile rebuild, most of which is SHA-256.
+    std::thread::scope(|s| -> Result<Vec<Artifact>> {
+        let tar = has(Format::Tar).then(|| {
+            s.spawn(|| -> Result<String> {
+                let step = progress.background_step("tar: rootfs.tar.zst");
+                // One zstd worker beside the disk images (whose mkfs and hashing
+                // are the longer path), every core when it is the only format.
+                let workers = if any_disk { 1 } else { cores() };
+                let sha = tarball::write(&rootfs.tree, &out.join("rootfs.tar.zst"), recipe.epoch, workers)?;
+                step.done();
+                Ok(sha)
+            })
         });
-    }
-    step.done();
-    Ok(artifacts)
+        let raw = disk(&mut made)?;
+        if let Some(raw) = &raw {
+            let raw_hash = s.spawn({
+                let raw = raw.clone();
+                move || crate::hash::sha256_state(&raw)
+            });
+            let qcow2_hash = if has(Format::Qcow2) {
+                let step = progress.step("disk: qcow2");
+                disk::to_qcow2(raw, &out.join("disk.qcow2"))?;
+                made.push((ArtifactName::Disk, Format::Qcow2, "disk.qcow2"));
+                step.done();
+                let qcow2 = out.join("disk.qcow2");
+                Some(s.spawn(move || crate::hash::sha256_file(&qcow2)))
+            } else {
+                None
+            };
+            let footer = if has(Format::Vhd) {
+                let step = progress.step("disk: fixed VHD");
+                let footer = disk::to_vhd(raw, &out.join("disk.vhd"), recipe.epoch, derived_id(hash, "vhd-uuid"))?;
+                made.push((ArtifactName::Disk, Format::Vhd, "disk.vhd"));
+                step.done();
+                Some(footer)
+            } else {
+                None
+            };
+            let step = progress.step("disk: checksums");
+            let raw_state = raw_hash.join().map_err(|_| anyhow::anyhow!("hashing the raw disk panicked"))??;
+            if has(Format::Raw) {
+                known.insert("disk.raw", raw_state.clone().hex());
+            }
+            if let Some(footer) = footer {
+                // The VHD is the raw disk plus a footer: its digest continues the raw disk's.
+                let mut state = raw_state;
+                state.update(&footer);
+                known.insert("disk.vhd", state.hex());
+            }
+            if let Some(h) = qcow2_hash {
+                known.insert("disk.qcow2", h.join().map_err(|_| anyhow::anyhow!("hashing the qcow2 panicked"))??);
+            }
+            step.done();
+        }
+        if let Some(tar) = tar {
+            known.insert("rootfs.tar.zst", tar.join().map_err(|_| anyhow::anyhow!("writing the tarball panicked"))??);
+            made.push((ArtifactName::Rootfs, Format::Tar, "rootfs.tar.zst"));
+        }
+
+        if let crate::config::recipe::Base::Debian(base) = &recipe.base {
+            if let Some(lock) = &base.lock {
+                let doc = sbom::document(entry, &recipe.name, hash, recipe.epoch, lock);
+                std::fs::write(out.join(sbom::FILE), serde_json::to_vec_pretty(&doc)?)?;
+                made.push((ArtifactName::Sbom, Format::Sbom, sbom::FILE));
+            }
+        }
+
+        let mut artifacts = Vec::new();
+        for (name, format, file) in made {
+            let p = out.join(file);
+            artifacts.push(Artifact {
+                size: std::fs::metadata(&p)?.len(),
+                sha256: match known.remove(file) {
+                    Some(d) => d,
+                    None => crate::hash::sha256_file(&p)?,
+                },
+                name,
+                format,
+                file: ArtifactFile::new(file).map_err(anyhow::Error::msg)?,
+            });
+        }
+        Ok(artifacts)
+    })
 }
 
 /// Root filesystem size when the profile gives none: content, a block per

@@ -4,10 +4,13 @@ use crate::rootfs::tree::{Kind, Tree};
 use std::io;
 use std::path::Path;
 
-pub fn write(tree: &Tree, path: &Path, mtime: u64) -> io::Result<()> {
+/// Writes the tarball and returns its SHA-256 (hashed as it is written).
+/// `workers` is zstd's thread count, which does not change the bytes.
+pub fn write(tree: &Tree, path: &Path, mtime: u64, workers: u32) -> io::Result<String> {
     let file = std::fs::File::create(path)?;
-    let mut z = zstd::Encoder::new(io::BufWriter::with_capacity(1 << 20, file), super::ZSTD_LEVEL)?;
-    super::zstd_threads(&mut z)?;
+    let out = crate::hash::HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file));
+    let mut z = zstd::Encoder::new(out, super::ZSTD_LEVEL)?;
+    z.multithread(workers.max(1))?;
     let mut b = tar::Builder::new(z);
     b.mode(tar::HeaderMode::Deterministic);
     for (rel, node) in tree.nodes() {
@@ -51,5 +54,7 @@ pub fn write(tree: &Tree, path: &Path, mtime: u64) -> io::Result<()> {
         }
     }
     let z = b.into_inner()?;
-    z.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()
+    let (file, sha256) = z.finish()?.finish();
+    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(sha256)
 }

@@ -123,6 +123,12 @@ impl Tree {
         self.nodes.iter()
     }
 
+    /// The node at a normalized key (as [`Tree::nodes`] lists them), without
+    /// following symlinks.
+    pub fn node(&self, rel: &str) -> Option<&Node> {
+        self.nodes.get(rel)
+    }
+
     pub fn len(&self) -> usize {
         self.nodes.len()
     }

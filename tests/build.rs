@@ -73,6 +73,32 @@ fn same_inputs_give_bit_identical_artifacts_in_another_store() {
     assert!(a == b, "disk.raw differs byte-wise");
 }
 
+/// What differs from one build host to the next must not reach the bytes: the
+/// store on another filesystem (tmpfs: another readdir order for the staging
+/// tree), another collation (sv_SE sorts `_` and case unlike C, and mkfs.ext4
+/// adds entries in alphasort order), another time zone, another umask.
+#[test]
+fn another_filesystem_locale_time_zone_and_umask_give_the_same_bytes() {
+    let h = hello();
+    let locales = tempfile::tempdir().unwrap();
+    tool("localedef", &["-i", "sv_SE", "-f", "UTF-8", locales.path().join("sv_SE.UTF-8").to_str().unwrap()]);
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let mut c = std::process::Command::new("sh");
+    c.args(["-c", "umask 077 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_imgd"), "build", "hello", "--json"])
+        .current_dir(repo())
+        .env("IMGD_ROOT", repo())
+        .env("IMGD_STORE", shm.path().join("s"))
+        .env("RUST_LOG", "warn")
+        .env("LOCPATH", locales.path())
+        .env("LC_ALL", "sv_SE.UTF-8")
+        .env("TZ", "Pacific/Chatham")
+        .env_remove("SOURCE_DATE_EPOCH");
+    let m: serde_json::Value = serde_json::from_slice(&ok(&mut c).stdout).unwrap();
+    assert_eq!(m["cached"], false);
+    assert_eq!(m["name"], h.manifest["name"]);
+    assert_eq!(m["artifacts"], h.manifest["artifacts"], "artifacts differ on another host set-up");
+}
+
 fn hash_of(root: &std::path::Path, profile: &str, cache: Option<&std::path::Path>) -> String {
     let store = tempfile::tempdir().unwrap();
     let mut c = imgd(store.path());

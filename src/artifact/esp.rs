@@ -1,6 +1,8 @@
 //! The EFI system partition: FAT32 made with mtools (no mount), holding
 //! systemd-boot as the removable-media loader, a loader entry, the kernel and
-//! the disk initramfs. mtools stamps files with SOURCE_DATE_EPOCH.
+//! the disk initramfs. mtools stamps files with SOURCE_DATE_EPOCH, as FAT
+//! keeps time: local time, so mtools runs with TZ=UTC (the builder's time
+//! zone must not change the image).
 
 use crate::tools::run;
 use anyhow::{Context, Result};
@@ -15,7 +17,7 @@ pub struct EspFile {
 
 fn mtools(program: &str, epoch: u64) -> Command {
     let mut c = Command::new(program);
-    c.env("SOURCE_DATE_EPOCH", epoch.to_string()).env("MTOOLS_SKIP_CHECK", "1");
+    c.env("SOURCE_DATE_EPOCH", epoch.to_string()).env("MTOOLS_SKIP_CHECK", "1").env("TZ", "UTC0");
     c
 }
 

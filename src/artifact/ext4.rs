@@ -7,9 +7,11 @@
 //! mkfs.ext4 -d copies ctime/atime from the staging files and the owner of
 //! whoever ran the build; the inode pass replaces all of that, so the image
 //! is the same whoever builds it and whenever. mkfs.ext4 adds a directory's
-//! entries in `alphasort` order, which follows the locale: it runs under
-//! LC_ALL=C so the layout does not depend on the host's locale (nor on the
-//! host filesystem's readdir order, which scandir's sort already hides).
+//! entries in scandir + alphasort order, not the host filesystem's readdir
+//! order; alphasort follows LC_COLLATE, which mke2fs 1.47 leaves at "C" (it
+//! sets only LC_CTYPE and LC_MESSAGES from the environment). It runs under
+//! LC_ALL=C anyway, so a version that took the whole locale could not reorder
+//! the image (tests/build.rs builds under sv_SE, another zone, umask, tmpfs).
 
 use crate::rootfs::tree::{Kind, Tree};
 use crate::tools::run;

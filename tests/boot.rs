@@ -19,9 +19,12 @@ fn hello_boots_to_its_marker_in_every_format() {
 
 #[test]
 fn a_wrong_marker_fails_with_the_console_tail_and_leaves_no_qemu() {
-    let h = hello();
-    let store = h.store.to_str().unwrap().to_string();
-    let out = imgd(&h.store)
+    // A store of its own: other tests boot from the shared one at the same
+    // time, and their qemu would match the pgrep below.
+    let d = tempfile::tempdir().unwrap();
+    let own = d.path().join("s");
+    let store = own.to_str().unwrap().to_string();
+    let out = imgd(&own)
         .args(["test", "hello", "--format", "kernel", "--timeout", "45", "--expect", "THIS-NEVER-APPEARS"])
         .output()
         .unwrap();
@@ -29,6 +32,11 @@ fn a_wrong_marker_fails_with_the_console_tail_and_leaves_no_qemu() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("timed out after 45s waiting for `THIS-NEVER-APPEARS`"), "{stderr}");
     assert!(stderr.contains("IMGD-HELLO-READY"), "the console tail is shown: {stderr}");
+    // A failed boot keeps its console log for reading.
+    let kept = stderr.split("console logs kept in ").nth(1).and_then(|s| s.lines().next()).expect("logs kept");
+    let kept = std::path::Path::new(kept);
+    assert!(std::fs::read_dir(kept).unwrap().count() > 0, "{}", kept.display());
+    std::fs::remove_dir_all(kept).unwrap();
     let ps = std::process::Command::new("pgrep").args(["-f", &store]).output().unwrap();
     assert!(ps.stdout.is_empty(), "qemu still running: {}", String::from_utf8_lossy(&ps.stdout));
 }
@@ -73,7 +81,7 @@ fn aws_nitro_hardware_boots_its_disk_from_nvme() {
     let d = tempfile::tempdir().unwrap();
     let store = d.path().join("s");
     let out = imgd(&store)
-        .args(["test", "hello", "--hardware", "aws-nitro-x86_64", "--format", "raw", "--timeout", "240"])
+        .args(["test", "hello", "--hardware", "aws-nitro-x86_64", "--format", "raw", "--timeout", "240", "--keep-logs"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -111,7 +119,7 @@ fn bios_hardware_gets_a_hybrid_disk_that_boots_through_seabios_and_grub() {
     assert_eq!(u64::from_le_bytes(bytes[0x5c..0x64].try_into().unwrap()), 2048, "boot.img points at core.img");
     // SeaBIOS -> GRUB -> kernel + imgd initramfs -> ext4 root, to the marker.
     let out = imgd(&s1)
-        .args(["test", "hello", "--hardware", "qemu-x86_64-bios", "--format", "raw", "--timeout", "240"])
+        .args(["test", "hello", "--hardware", "qemu-x86_64-bios", "--format", "raw", "--timeout", "240", "--keep-logs"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -133,7 +141,17 @@ fn aarch64_hardware_boots_through_aavmf_and_directly() {
     assert_eq!(m["arch"], "aarch64");
     for format in ["kernel", "raw"] {
         let out = imgd(&store)
-            .args(["test", "hello", "--hardware", "metal-aarch64", "--format", format, "--timeout", "300"])
+            .args([
+                "test",
+                "hello",
+                "--hardware",
+                "metal-aarch64",
+                "--format",
+                format,
+                "--timeout",
+                "300",
+                "--keep-logs",
+            ])
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -181,7 +199,10 @@ fn imgd_test_never_writes_through_a_planted_temp_symlink() {
         let _ = std::fs::remove_file(p);
         std::os::unix::fs::symlink(&victim, p).unwrap();
     }
-    let out = imgd(&h.store).args(["test", "hello", "--format", "kernel", "--timeout", "240"]).output().unwrap();
+    let out = imgd(&h.store)
+        .args(["test", "hello", "--format", "kernel", "--timeout", "240", "--keep-logs"])
+        .output()
+        .unwrap();
     for p in &planted {
         let _ = std::fs::remove_file(p);
     }
@@ -193,4 +214,15 @@ fn imgd_test_never_writes_through_a_planted_temp_symlink() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(dir).unwrap().permissions().mode() & 0o777, 0o700, "{log}");
     assert!(std::fs::read_to_string(log).unwrap().contains("IMGD-HELLO-READY"));
+    assert!(stderr.contains(&format!("console logs kept in {}", dir.display())), "{stderr}");
+    std::fs::remove_dir_all(dir).unwrap();
+
+    // Without --keep-logs a passing test leaves no log folder behind.
+    let out = imgd(&h.store).args(["test", "hello", "--format", "kernel", "--timeout", "240"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let log = stderr.split("console log ").nth(1).and_then(|s| s.split_whitespace().next()).expect("log path");
+    let dir = std::path::Path::new(log).parent().unwrap();
+    assert!(!dir.exists(), "{} was left behind after a passing test", dir.display());
+    assert!(!stderr.contains("console logs kept"), "{stderr}");
 }

@@ -35,6 +35,10 @@ pub struct TestArgs {
     /// CPU emulation: auto uses KVM where a (cached) probe shows guests run.
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: Accel,
+    /// Keep the console logs when every boot passes (they are always kept
+    /// when one fails).
+    #[arg(long)]
+    pub keep_logs: bool,
 }
 
 /// `--format` of `imgd test`: one way to boot, or all of them.
@@ -86,23 +90,24 @@ pub fn run(a: &TestArgs) -> anyhow::Result<()> {
     let entry = a.profile.build(&recipe, &store)?.entry;
     let scratch = tempfile::tempdir()?;
     // Console logs go in a private folder of their own (never a predictable
-    // /tmp name a symlink could be planted at), kept for reading afterwards.
+    // /tmp name a symlink could be planted at), kept when a boot fails (the
+    // error names the log) or with --keep-logs, removed otherwise: a CI job
+    // that tests every commit must not fill /tmp.
     use std::os::unix::fs::PermissionsExt;
-    let logs = tempfile::Builder::new()
-        .prefix("imgd-test.")
-        .permissions(std::fs::Permissions::from_mode(0o700))
-        .tempdir()?
-        .keep();
+    let logs =
+        tempfile::Builder::new().prefix("imgd-test.").permissions(std::fs::Permissions::from_mode(0o700)).tempdir()?;
     let accel = resolve_accel(a.accel, &entry);
     let machine =
         Machine { arch: recipe.arch, firmware: recipe.firmware, qemu: &loaded.hardware.qemu, accel, ssh: None };
-    for target in wanted {
-        match target {
-            BootTarget::Ipxe => netboot(a, &recipe, &machine, &entry, &marker, scratch.path(), &logs)?,
-            _ => boot(a, &machine, &entry, target, &marker, scratch.path(), &logs)?,
-        }
+    let booted = wanted.into_iter().try_for_each(|target| match target {
+        BootTarget::Ipxe => netboot(a, &recipe, &machine, &entry, &marker, scratch.path(), logs.path()),
+        _ => boot(a, &machine, &entry, target, &marker, scratch.path(), logs.path()),
+    });
+    if booted.is_err() || a.keep_logs {
+        let kept = logs.keep();
+        eprintln!("console logs kept in {}", kept.display());
     }
-    Ok(())
+    booted
 }
 
 fn boot(

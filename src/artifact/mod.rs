@@ -196,7 +196,7 @@ pub fn produce(
     // The tarball is written (and hashed as it is written) beside the disk
     // images, and each disk image is hashed while the next is made: on two
     // cores this halves a whole-profile rebuild, most of which is SHA-256.
-    std::thread::scope(|s| -> Result<Vec<Artifact>> {
+    std::thread::scope(|s| -> Result<()> {
         let tar = has(Format::Tar).then(|| {
             s.spawn(|| -> Result<String> {
                 let step = progress.background_step("tar: rootfs.tar.zst");
@@ -208,25 +208,24 @@ pub fn produce(
                 Ok(sha)
             })
         });
-        let raw = disk(&mut made)?;
-        if let Some(raw) = &raw {
+        if let Some(raw) = disk(&mut made)? {
             let raw_hash = s.spawn({
                 let raw = raw.clone();
                 move || crate::hash::sha256_state(&raw)
             });
             let qcow2_hash = if has(Format::Qcow2) {
                 let step = progress.step("disk: qcow2");
-                disk::to_qcow2(raw, &out.join("disk.qcow2"))?;
+                let qcow2 = out.join("disk.qcow2");
+                disk::to_qcow2(&raw, &qcow2)?;
                 made.push((ArtifactName::Disk, Format::Qcow2, "disk.qcow2"));
                 step.done();
-                let qcow2 = out.join("disk.qcow2");
                 Some(s.spawn(move || crate::hash::sha256_file(&qcow2)))
             } else {
                 None
             };
             let footer = if has(Format::Vhd) {
                 let step = progress.step("disk: fixed VHD");
-                let footer = disk::to_vhd(raw, &out.join("disk.vhd"), recipe.epoch, derived_id(hash, "vhd-uuid"))?;
+                let footer = disk::to_vhd(&raw, &out.join("disk.vhd"), recipe.epoch, derived_id(hash, "vhd-uuid"))?;
                 made.push((ArtifactName::Disk, Format::Vhd, "disk.vhd"));
                 step.done();
                 Some(footer)
@@ -234,7 +233,7 @@ pub fn produce(
                 None
             };
             let step = progress.step("disk: checksums");
-            let raw_state = raw_hash.join().map_err(|_| anyhow::anyhow!("hashing the raw disk panicked"))??;
+            let raw_state = joined(raw_hash, "hashing the raw disk")?;
             if has(Format::Raw) {
                 known.insert("disk.raw", raw_state.clone().hex());
             }
@@ -245,39 +244,45 @@ pub fn produce(
                 known.insert("disk.vhd", state.hex());
             }
             if let Some(h) = qcow2_hash {
-                known.insert("disk.qcow2", h.join().map_err(|_| anyhow::anyhow!("hashing the qcow2 panicked"))??);
+                known.insert("disk.qcow2", joined(h, "hashing the qcow2")?);
             }
             step.done();
         }
         if let Some(tar) = tar {
-            known.insert("rootfs.tar.zst", tar.join().map_err(|_| anyhow::anyhow!("writing the tarball panicked"))??);
+            known.insert("rootfs.tar.zst", joined(tar, "writing the tarball")?);
             made.push((ArtifactName::Rootfs, Format::Tar, "rootfs.tar.zst"));
         }
+        Ok(())
+    })?;
 
-        if let crate::config::recipe::Base::Debian(base) = &recipe.base {
-            if let Some(lock) = &base.lock {
-                let doc = sbom::document(entry, &recipe.name, hash, recipe.epoch, lock);
-                std::fs::write(out.join(sbom::FILE), serde_json::to_vec_pretty(&doc)?)?;
-                made.push((ArtifactName::Sbom, Format::Sbom, sbom::FILE));
-            }
+    if let crate::config::recipe::Base::Debian(base) = &recipe.base {
+        if let Some(lock) = &base.lock {
+            let doc = sbom::document(entry, &recipe.name, hash, recipe.epoch, lock);
+            std::fs::write(out.join(sbom::FILE), serde_json::to_vec_pretty(&doc)?)?;
+            made.push((ArtifactName::Sbom, Format::Sbom, sbom::FILE));
         }
+    }
 
-        let mut artifacts = Vec::new();
-        for (name, format, file) in made {
-            let p = out.join(file);
-            artifacts.push(Artifact {
-                size: std::fs::metadata(&p)?.len(),
-                sha256: match known.remove(file) {
-                    Some(d) => d,
-                    None => crate::hash::sha256_file(&p)?,
-                },
-                name,
-                format,
-                file: ArtifactFile::new(file).map_err(anyhow::Error::msg)?,
-            });
-        }
-        Ok(artifacts)
-    })
+    let mut artifacts = Vec::new();
+    for (name, format, file) in made {
+        let p = out.join(file);
+        artifacts.push(Artifact {
+            size: std::fs::metadata(&p)?.len(),
+            sha256: match known.remove(file) {
+                Some(d) => d,
+                None => crate::hash::sha256_file(&p)?,
+            },
+            name,
+            format,
+            file: ArtifactFile::new(file).map_err(anyhow::Error::msg)?,
+        });
+    }
+    Ok(artifacts)
+}
+
+/// The result of a scoped thread; a panic in it becomes an error naming `what`.
+fn joined<T, E: Into<anyhow::Error>>(h: std::thread::ScopedJoinHandle<'_, Result<T, E>>, what: &str) -> Result<T> {
+    h.join().map_err(|_| anyhow::anyhow!("{what} panicked"))?.map_err(Into::into)
 }
 
 /// Root filesystem size when the profile gives none: content, a block per

@@ -120,12 +120,12 @@ shell_pipeline() {
   qemu-img convert -f raw -O qcow2 -o compat=1.1 "$w/out/disk.raw" "$w/out/disk.qcow2"
   qemu-img convert -f raw -O vpc -o subformat=fixed,force_size "$w/out/disk.raw" "$w/out/disk.vhd"
   tar -C "$w/root" --sort=name --owner=0 --group=0 --numeric-owner -cf - . | zstd -q -3 -T0 > "$w/out/rootfs.tar.zst"
-  (cd "$w/out" && sha256sum -- * > SHA256SUMS)
+  (cd "$w/out" && b3sum -- * > B3SUMS) # imgd's manifest digest is BLAKE3: same work
 }
 
 bench_build() {
   need mformat "apt-get install mtools"; need sfdisk "apt-get install fdisk"; need cpio "apt-get install cpio"
-  need zstd "apt-get install zstd"; need modprobe "apt-get install kmod"
+  need zstd "apt-get install zstd"; need modprobe "apt-get install kmod"; need b3sum "apt-get install b3sum"
   local cold=() hit=() sh=()
   for i in $(seq "$runs"); do
     rm -rf "$tmp/store"
@@ -255,12 +255,12 @@ bench_serve() {
   head -c 300 /dev/urandom | base64 > "$dir/small.txt"
   cp "$dir/big.bin" "$dir/vmlinuz"
   python3 - "$dir" "$entry" "$hash" <<'PY'
-import hashlib, json, os, sys
+import json, os, subprocess, sys
 d, entry, h = sys.argv[1:4]
 arts = []
 for f, name, fmt in [("vmlinuz", "kernel", "ipxe"), ("initrd", "initrd", "ipxe"), ("big.bin", "disk", "raw"), ("small.txt", "rootfs", "tar")]:
     p = os.path.join(d, f)
-    arts.append({"name": name, "format": fmt, "file": f, "size": os.path.getsize(p), "sha256": hashlib.sha256(open(p, "rb").read()).hexdigest()})
+    arts.append({"name": name, "format": fmt, "file": f, "size": os.path.getsize(p), "blake3": subprocess.check_output(["b3sum", "--no-names", p], text=True).strip()})
 m = {"name": entry, "hash": h, "profile": "bench", "hardware": "qemu-x86_64", "arch": "x86_64", "firmware": "uefi",
      "imgd_version": "bench", "built_at": 0, "source_date_epoch": 0, "artifacts": arts, "recipe": {"cmdline": "console=ttyS0"}}
 json.dump(m, open(os.path.join(d, "manifest.json"), "w"))

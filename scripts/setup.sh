@@ -21,6 +21,7 @@ packages=(
   gpg                            # tests sign an archive of their own
   openssh-client                 # boot tests log in over SSH
   curl                           # server tests
+  b3sum                          # checks the manifest's BLAKE3 digests as a user would
   locales                        # a reproducibility test builds under another locale
   nginx-light wrk                # scripts/bench.sh serve: the server to compare with, the load
 )

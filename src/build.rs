@@ -10,8 +10,9 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// Bumped whenever the builder's output for the same inputs changes.
-pub const BUILDER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "/layout-1");
+/// Bumped whenever the builder's output for the same inputs changes (its
+/// files, or the manifest: `layout-2` names artifacts by BLAKE3).
+pub const BUILDER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "/layout-2");
 
 /// External tools whose version can change the bytes of an artifact.
 const TOOLS: &[(&str, &str)] = &[
@@ -150,9 +151,9 @@ fn fetch(store: &Store, remote: &dyn Remote, name: &str, hash: &str) -> Result<O
         if !remote.get(name, a.file.as_str(), &path, a.size)? {
             anyhow::bail!("{} is missing although the manifest lists it", a.file);
         }
-        let (size, sha) = (std::fs::metadata(&path)?.len(), crate::hash::sha256_file(&path)?);
-        if size != a.size || sha != a.sha256 {
-            anyhow::bail!("{} does not match its manifest (sha256 {sha}, {size} bytes)", a.file);
+        let (size, digest) = (std::fs::metadata(&path)?.len(), crate::hash::artifact_digest(&path)?);
+        if size != a.size || digest != a.blake3 {
+            anyhow::bail!("{} does not match its manifest (blake3 {digest}, {size} bytes)", a.file);
         }
     }
     let bytes: u64 = manifest.artifacts.iter().map(|a| a.size).sum();

@@ -17,45 +17,111 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
     Ok(sha256_state(path)?.hex())
 }
 
-/// A SHA-256 in progress over a file's bytes. ring's assembly, not sha2: on
-/// CPUs without SHA extensions it hashes ~1.8x faster, and a build hashes
-/// gigabytes of disk images.
-#[derive(Clone)]
-pub struct Sha256State(ring::digest::Context);
+/// A SHA-256 in progress. ring's assembly, not sha2: on CPUs without SHA
+/// extensions it hashes ~1.8x faster.
+struct Sha256State(ring::digest::Context);
 
 impl Sha256State {
-    pub fn new() -> Self {
+    fn new() -> Self {
         Sha256State(ring::digest::Context::new(&ring::digest::SHA256))
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn hex(self) -> String {
+        hex::encode(self.0.finish())
+    }
+}
+
+/// The store's digest of an artifact: BLAKE3, hex. Content names in the
+/// store (manifest, S3 metadata, ETags) use it because a build hashes
+/// gigabytes of disk images and BLAKE3 runs ~7x SHA-256 on CPUs without SHA
+/// extensions (`b3sum` checks a file by hand). Inputs and Debian's packages
+/// keep SHA-256, the digest their sources publish.
+#[derive(Clone, Default)]
+pub struct ArtifactDigest(blake3::Hasher);
+
+impl ArtifactDigest {
+    pub fn new() -> Self {
+        Self::default()
     }
 
     pub fn update(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
     }
 
-    pub fn hex(self) -> String {
-        hex::encode(self.0.finish())
+    pub fn hex(&self) -> String {
+        self.0.finalize().to_hex().to_string()
+    }
+
+    /// The digest after reading a whole file, to continue with more bytes.
+    pub fn of_file(path: &Path) -> io::Result<Self> {
+        let mut h = Self::new();
+        h.0.update_reader(std::fs::File::open(path)?)?;
+        Ok(h)
     }
 }
 
-impl Default for Sha256State {
-    fn default() -> Self {
-        Self::new()
+impl ArtifactDigest {
+    /// Like [`Self::of_file`], for a sparse file (a disk image, half of it
+    /// holes): holes are hashed as zeros from memory rather than read, which
+    /// would have the kernel zero and copy every page of them.
+    pub fn of_sparse_file(path: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        let mut h = Self::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let zeros = vec![0u8; 1 << 20];
+        let zero_run = |h: &mut Self, mut n: u64| {
+            while n > 0 {
+                let k = n.min(zeros.len() as u64) as usize;
+                h.update(&zeros[..k]);
+                n -= k as u64;
+            }
+        };
+        let mut pos = 0;
+        for (start, end) in crate::fsutil::data_regions(&f, len)? {
+            zero_run(&mut h, start - pos);
+            let mut at = start;
+            while at < end {
+                let k = ((end - at) as usize).min(buf.len());
+                f.read_exact_at(&mut buf[..k], at)?;
+                h.update(&buf[..k]);
+                at += k as u64;
+            }
+            pos = end;
+        }
+        zero_run(&mut h, len - pos);
+        Ok(h)
     }
 }
 
-/// A writer that hashes what passes through it, so a file is hashed as it is
-/// written rather than read back.
+/// The artifact digest (hex) of a file.
+pub fn artifact_digest(path: &Path) -> io::Result<String> {
+    Ok(ArtifactDigest::of_file(path)?.hex())
+}
+
+/// Whether `s` has the shape of an artifact digest: 64 hex digits.
+pub fn is_digest_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A writer that digests what passes through it, so a file is hashed as it
+/// is written rather than read back.
 pub struct HashingWriter<W> {
     inner: W,
-    hash: Sha256State,
+    hash: ArtifactDigest,
 }
 
 impl<W: io::Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hash: Sha256State::new() }
+        HashingWriter { inner, hash: ArtifactDigest::new() }
     }
 
-    /// The inner writer and the SHA-256 (hex) of everything written.
+    /// The inner writer and the artifact digest (hex) of everything written.
     pub fn finish(self) -> (W, String) {
         (self.inner, self.hash.hex())
     }
@@ -73,8 +139,8 @@ impl<W: io::Write> io::Write for HashingWriter<W> {
     }
 }
 
-/// The hasher after reading a whole file, to continue with more bytes.
-pub fn sha256_state(path: &Path) -> io::Result<Sha256State> {
+/// The hasher after reading a whole file.
+fn sha256_state(path: &Path) -> io::Result<Sha256State> {
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256State::new();
     let mut buf = vec![0u8; 1 << 20];

@@ -219,7 +219,7 @@ fn artifacts_follow_rfc_9110_ranges_and_conditionals() {
     let (entry, m) = hello_entry();
     let art = m["artifacts"].as_array().unwrap().iter().find(|a| a["file"] == "initrd").unwrap().clone();
     let size = art["size"].as_u64().unwrap();
-    let sha = art["sha256"].as_str().unwrap();
+    let digest = art["blake3"].as_str().unwrap();
     let url = format!("{}/artifacts/{entry}/initrd", s.base);
     let local = std::fs::read(h.file("initrd")).unwrap();
 
@@ -227,7 +227,7 @@ fn artifacts_follow_rfc_9110_ranges_and_conditionals() {
     assert_eq!(st, 200);
     assert_eq!(body, local);
     assert_eq!(header(&hd, "content-length"), Some(size.to_string().as_str()));
-    assert_eq!(header(&hd, "etag"), Some(format!("\"{sha}\"").as_str()));
+    assert_eq!(header(&hd, "etag"), Some(format!("\"{digest}\"").as_str()));
     assert!(header(&hd, "cache-control").unwrap().contains("immutable"));
     assert_eq!(header(&hd, "accept-ranges"), Some("bytes"));
 
@@ -241,7 +241,7 @@ fn artifacts_follow_rfc_9110_ranges_and_conditionals() {
     assert!(raw.to_ascii_lowercase().contains(&format!("content-length: {size}\r\n")), "{raw}");
     assert!(raw.ends_with("\r\n\r\n"), "HEAD sent a body: {raw}");
 
-    let etag = format!("If-None-Match: \"{sha}\"");
+    let etag = format!("If-None-Match: \"{digest}\"");
     let (st, _, body) = curl(&["-H", &etag, &url]);
     assert_eq!((st, body.len()), (304, 0));
     let (st, _, _) = curl(&["-H", "If-None-Match: \"other\", W/\"x\"", &url]);
@@ -259,7 +259,7 @@ fn artifacts_follow_rfc_9110_ranges_and_conditionals() {
     // If-Range with a different validator: the whole file.
     let (st, _, body) = curl(&["-H", "Range: bytes=0-9", "-H", "If-Range: \"stale\"", &url]);
     assert_eq!((st, body.len() as u64), (200, size));
-    let (st, _, body) = curl(&["-H", "Range: bytes=0-9", "-H", &format!("If-Range: \"{sha}\""), &url]);
+    let (st, _, body) = curl(&["-H", "Range: bytes=0-9", "-H", &format!("If-Range: \"{digest}\""), &url]);
     assert_eq!((st, body.len()), (206, 10));
 
     // Two ranges: multipart/byteranges with both parts and their Content-Range.
@@ -298,7 +298,7 @@ fn traversal_and_unreferenced_paths_are_refused() {
     let mut em = m.clone();
     em["name"] = serde_json::json!(format!("{}-evil", &entry[..32]));
     em["profile"] = serde_json::json!("evil");
-    em["artifacts"] = serde_json::json!([{"name": "kernel", "format": "ipxe", "file": "vmlinuz", "size": std::fs::metadata("/etc/passwd").unwrap().len(), "sha256": "0"}]);
+    em["artifacts"] = serde_json::json!([{"name": "kernel", "format": "ipxe", "file": "vmlinuz", "size": std::fs::metadata("/etc/passwd").unwrap().len(), "blake3": "00".repeat(32)}]);
     std::fs::write(evil.join("manifest.json"), serde_json::to_string(&em).unwrap()).unwrap();
     // Copy hello's entry too, so real artifacts exist in this store.
     let real = store.join(&entry);

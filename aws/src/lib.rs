@@ -107,7 +107,10 @@ pub struct Entry {
 pub struct File {
     pub name: String,
     pub path: PathBuf,
-    pub sha256: String,
+    /// The content's name with its algorithm, `blake3:<hex>` (artifacts) or
+    /// `sha256:<hex>` (Debian packages): stored as the object's `imgd-digest`
+    /// metadata, an object whose metadata matches is not sent again.
+    pub digest: String,
     pub size: u64,
 }
 

@@ -1,13 +1,13 @@
 //! Uploading a store entry to `s3://bucket/<prefix>/<entry>/<file>`.
 //!
-//! Each object carries the artifact's SHA-256 as metadata (`imgd-sha256`); an
-//! object whose metadata already matches is skipped. S3 checks what arrives:
-//! a small file against its SHA-256 (known from the manifest, so free), each
-//! part of a large one against a CRC32C. The part checksum only has to catch
-//! damage in transit (TLS and SigV4 cover tampering, the SHA-256 names the
-//! content), and a CRC costs a fraction of a SHA-256 on both ends: on a CPU
-//! without SHA extensions, SHA-256 runs at ~85 MB/s, CRC32C at memory speed.
-//! The payload is not hashed again for SigV4: the checksum header is signed.
+//! Each object carries the file's digest as metadata (`imgd-digest`,
+//! `blake3:<hex>` for artifacts); an object whose metadata already matches is
+//! skipped. S3 checks what arrives against a CRC32C (a small file's whole
+//! body, each part of a large one). The checksum only has to catch damage in
+//! transit (TLS and SigV4 cover tampering, the digest names the content), and
+//! a CRC costs a fraction of a SHA-256 on both ends: on a CPU without SHA
+//! extensions, SHA-256 runs at ~85 MB/s, CRC32C at memory speed. The payload
+//! is not hashed again for SigV4: the checksum header is signed.
 //! Large files go up in parts with bounded parallelism; an upload a killed
 //! run left behind is resumed (its parts that match, by checksum and MD5,
 //! are kept) when it was for the same content, and aborted otherwise, so
@@ -89,14 +89,20 @@ impl std::str::FromStr for Location {
     }
 }
 
-/// Whether `key` holds an object imgd uploaded with this SHA-256.
-pub async fn present(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, sha256: &str) -> bool {
+/// The metadata key that carries a file's digest.
+const DIGEST_METADATA: &str = "imgd-digest";
+/// Metadata that marks an object as imgd's: today's key, and the one imgd
+/// wrote before artifacts were named by BLAKE3.
+pub const OUR_METADATA: [&str; 2] = [DIGEST_METADATA, "imgd-sha256"];
+
+/// Whether `key` holds an object imgd uploaded with this digest.
+pub async fn present(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, digest: &str) -> bool {
     let Ok(head) = s3.head_object().bucket(bucket).key(key).send().await else { return false };
-    head.metadata().and_then(|m| m.get("imgd-sha256")).is_some_and(|v| v == sha256)
+    head.metadata().and_then(|m| m.get(DIGEST_METADATA)).is_some_and(|v| v == digest)
 }
 
 /// Uploads `files` under `<prefix>/<entry>/` in order, skipping objects whose
-/// `imgd-sha256` metadata already matches (unless `overwrite`: a copy there
+/// `imgd-digest` metadata already matches (unless `overwrite`: a copy there
 /// failed verification). The caller puts the manifest last: a manifest in S3
 /// means the entry there is complete.
 pub async fn upload_files(
@@ -114,7 +120,7 @@ pub async fn upload_files(
     Ok(())
 }
 
-/// Uploads `path` to `key` unless an object with the same SHA-256 is there
+/// Uploads `path` to `key` unless an object with the same digest is there
 /// (or regardless, with `overwrite`).
 /// Returns whether it uploaded.
 pub async fn upload(
@@ -126,24 +132,24 @@ pub async fn upload(
     overwrite: bool,
     opts: &crate::Options,
 ) -> Result<bool> {
-    let (path, sha256) = (file.path.as_path(), file.sha256.as_str());
-    if !overwrite && present(s3, bucket, key, sha256).await {
-        tracing::info!("s3://{bucket}/{key}: present, same sha256");
+    let (path, digest) = (file.path.as_path(), file.digest.as_str());
+    if !overwrite && present(s3, bucket, key, digest).await {
+        tracing::info!("s3://{bucket}/{key}: present, same digest");
         return Ok(false);
     }
     let size = std::fs::metadata(path)?.len();
     if size <= PART {
         abort_stale(s3, bucket, key, None, counters).await?;
         let data = bytes::Bytes::from(tokio::fs::read(path).await?);
-        let md5 = hex::encode(md5::Md5::digest(&data));
+        let Digests { crc32c, md5 } = digests(&data);
         counters.mutate();
         let out = s3
             .put_object()
             .bucket(bucket)
             .key(key)
             .body(ByteStream::from(data))
-            .checksum_sha256(hex_to_b64(sha256)?)
-            .metadata("imgd-sha256", sha256)
+            .checksum_crc32_c(crc32c)
+            .metadata(DIGEST_METADATA, digest)
             // The signed checksum header covers the body; hashing it again
             // for the signature would double the CPU cost.
             .customize()
@@ -165,7 +171,7 @@ pub async fn upload(
     // abort any other; else start one and remember it.
     let state = UploadState::path(&opts.state_dir, bucket, key);
     let ours = UploadState::read(&state)
-        .filter(|s| s.sha256 == sha256 && s.part_checksum == PART_CHECKSUM)
+        .filter(|s| s.digest == digest && s.part_checksum == PART_CHECKSUM)
         .map(|s| s.upload_id);
     let resumed = abort_stale(s3, bucket, key, ours.as_deref(), counters).await?;
     let listed = match resumed {
@@ -193,13 +199,13 @@ pub async fn upload(
                 .bucket(bucket)
                 .key(key)
                 .checksum_algorithm(ChecksumAlgorithm::Crc32C)
-                .metadata("imgd-sha256", sha256)
+                .metadata(DIGEST_METADATA, digest)
                 .send()
                 .await
                 .with_context(|| format!("starting multipart upload of s3://{bucket}/{key}"))?;
             let id = created.upload_id().context("no upload id")?.to_string();
             let part_checksum = PART_CHECKSUM.to_string();
-            UploadState { upload_id: id.clone(), sha256: sha256.to_string(), part_checksum }.write(&state)?;
+            UploadState { upload_id: id.clone(), digest: digest.to_string(), part_checksum }.write(&state)?;
             (id, BTreeMap::new())
         }
     };
@@ -228,19 +234,15 @@ fn intact(sse: Option<&aws_sdk_s3::types::ServerSideEncryption>, etag: &str, md5
     sse.is_some_and(|e| e.as_str().starts_with("aws:kms")) || etag == md5_hex
 }
 
-/// The artifact's SHA-256 (hex, from the manifest) as S3 wants it (base64).
-fn hex_to_b64(hex_digest: &str) -> Result<String> {
-    let bytes = hex::decode(hex_digest).context("bad sha256 in the manifest")?;
-    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
-}
-
 /// A multipart upload in flight, remembered in imgd's cache folder so an
 /// interrupted run's parts are reused only for the same content (S3 does not
 /// list an upload's metadata).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct UploadState {
     upload_id: String,
-    sha256: String,
+    /// The file's digest (state files of older imgd versions, which have
+    /// none, are read as no state: their uploads are aborted).
+    digest: String,
     /// The upload's checksum algorithm: its parts must all use it, so an
     /// upload an older imgd started with another (SHA-256) is
     /// aborted, not resumed. Missing in those state files.
@@ -311,7 +313,7 @@ async fn list_parts(
     }
 }
 
-/// A part's digests: base64 CRC32C (S3's checksum) and hex MD5 (what S3
+/// A body's or part's digests: base64 CRC32C (S3's checksum) and hex MD5 (what S3
 /// answers as its ETag).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Digests {

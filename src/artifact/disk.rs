@@ -9,7 +9,7 @@ use crate::tools::run;
 use anyhow::{Context, Result};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub const MIB: u64 = 1 << 20;
@@ -101,18 +101,10 @@ pub fn write_gpt(disk: &Path, l: &Layout, ids: &GptIds<'_>) -> Result<()> {
 /// Copies the data regions of `src` into `dst` at `offset`, skipping holes, so
 /// unused space stays unallocated.
 pub fn splice(src: &Path, dst: &File, offset: u64) -> Result<()> {
-    use rustix::fs::{seek, SeekFrom};
     let f = File::open(src).with_context(|| format!("opening {}", src.display()))?;
     let len = f.metadata()?.len();
     let mut buf = vec![0u8; 4 * MIB as usize];
-    let mut pos = 0u64;
-    while pos < len {
-        let data = match seek(&f, SeekFrom::Data(pos)) {
-            Ok(d) => d,
-            Err(rustix::io::Errno::NXIO) => break, // only a hole is left
-            Err(e) => return Err(e.into()),
-        };
-        let hole = seek(&f, SeekFrom::Hole(data)).map_err(std::io::Error::from)?.min(len);
+    for (data, hole) in crate::fsutil::data_regions(&f, len)? {
         let mut at = data;
         while at < hole {
             let n = ((hole - at) as usize).min(buf.len());
@@ -123,32 +115,37 @@ pub fn splice(src: &Path, dst: &File, offset: u64) -> Result<()> {
             }
             at += n as u64;
         }
-        pos = hole;
     }
     Ok(())
 }
 
-/// Assembles the raw disk: the GPT, the ESP image spliced in, the root
-/// filesystem made in place by `make_root` (given the disk and the root
-/// partition's offset and size), and, for BIOS layouts, GRUB's boot sector and
-/// core image.
+/// Assembles the raw disk: the GPT, the root filesystem made in place by
+/// `make_root` (given the disk and the root partition's offset and size) while
+/// `make_esp` makes the ESP image (and GRUB, for BIOS layouts) beside it, then
+/// the ESP spliced in and GRUB's boot sector and core image installed. The
+/// two write disjoint ranges of the file.
 pub fn assemble_raw(
     out: &Path,
     l: &Layout,
-    esp: &Path,
     ids: &GptIds<'_>,
-    grub: Option<&GrubBios>,
-    make_root: impl FnOnce(&Path, u64, u64) -> Result<()>,
+    make_esp: impl FnOnce() -> Result<(PathBuf, Option<GrubBios>)>,
+    make_root: impl FnOnce(&Path, u64, u64) -> Result<()> + Send,
 ) -> Result<()> {
     let f = File::options().read(true).write(true).create(true).truncate(true).open(out)?;
     f.set_len(l.total)?;
     write_gpt(out, l, ids)?;
-    splice(esp, &f, l.esp_start)?;
-    make_root(out, l.root_start, l.root_size)?;
+    let (esp, grub) = std::thread::scope(|s| -> Result<_> {
+        let root = s.spawn(|| make_root(out, l.root_start, l.root_size));
+        let esp = make_esp();
+        root.join().map_err(|_| anyhow::anyhow!("making the root filesystem panicked"))??;
+        esp
+    })?;
+    splice(&esp, &f, l.esp_start)?;
     if let (Some(g), Some(start)) = (grub, l.bios_boot) {
         g.install(&f, start)?;
     }
-    f.sync_all()?;
+    // Not synced here: mkfs.ext4 synced the bulk of it, the store's commit
+    // syncs the rest, and the qcow2, VHD and digest are read from it next.
     Ok(())
 }
 
@@ -156,15 +153,8 @@ pub fn assemble_raw(
 /// copy_file_range (the kernel moves the bytes, and may share them on file
 /// systems that can), leaving holes as holes.
 pub fn copy_sparse(src: &File, dst: &File, len: u64) -> Result<()> {
-    use rustix::fs::{copy_file_range, seek, SeekFrom};
-    let mut pos = 0u64;
-    while pos < len {
-        let data = match seek(src, SeekFrom::Data(pos)) {
-            Ok(d) => d,
-            Err(rustix::io::Errno::NXIO) => break,
-            Err(e) => return Err(e.into()),
-        };
-        let hole = seek(src, SeekFrom::Hole(data)).map_err(std::io::Error::from)?.min(len);
+    use rustix::fs::copy_file_range;
+    for (data, hole) in crate::fsutil::data_regions(src, len)? {
         let (mut off_in, mut off_out) = (data, data);
         while off_in < hole {
             let want = (hole - off_in) as usize;
@@ -172,7 +162,6 @@ pub fn copy_sparse(src: &File, dst: &File, len: u64) -> Result<()> {
                 copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want).map_err(std::io::Error::from)?;
             anyhow::ensure!(n > 0, "copy_file_range stopped at byte {off_in}");
         }
-        pos = hole;
     }
     Ok(())
 }
@@ -222,6 +211,10 @@ impl GrubBios {
 
 /// qcow2 v3 (compat 1.1); qemu-img leaves zero clusters unallocated.
 pub fn to_qcow2(raw: &Path, out: &Path) -> Result<()> {
+    // qemu-img truncates the file it is given (the same inode), so the
+    // flusher can follow it from the start.
+    File::create(out)?;
+    let _flush = crate::fsutil::Flusher::follow(out)?;
     run(Command::new("qemu-img")
         .args(["convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1"])
         .arg(raw)
@@ -237,11 +230,11 @@ pub fn to_vhd(raw: &Path, out: &Path, epoch: u64, uuid: [u8; 16]) -> Result<[u8;
     let src = File::open(raw)?;
     let size = src.metadata()?.len();
     let f = File::create(out)?;
+    let _flush = crate::fsutil::Flusher::follow(out)?;
     f.set_len(size)?;
     copy_sparse(&src, &f, size)?;
     let footer = vhd_footer(size, epoch, uuid);
     f.write_all_at(&footer, size)?;
-    f.sync_all()?;
     Ok(footer)
 }
 

@@ -44,6 +44,7 @@ pub fn make(tree: &Tree, image: &Path, region: Region, p: &Ext4Params<'_>, work:
     std::fs::write(&conf, MKE2FS_CONF)?;
     let fake_time = p.epoch.to_string();
     let t0 = std::time::Instant::now();
+    let flush = crate::fsutil::Flusher::follow(image)?;
     run(Command::new("mkfs.ext4")
         .env("MKE2FS_CONFIG", &conf)
         .env("E2FSPROGS_FAKE_TIME", &fake_time)
@@ -56,6 +57,7 @@ pub fn make(tree: &Tree, image: &Path, region: Region, p: &Ext4Params<'_>, work:
         .arg(image)
         .arg(format!("{}k", region.size / 1024)))
     .context("mkfs.ext4")?;
+    drop(flush);
 
     let t1 = std::time::Instant::now();
     let mknods = mknod_script(tree)?;

@@ -254,7 +254,6 @@ pub fn apply(image: &File, offset: u64, tree: &Tree, epoch: u64) -> Result<()> {
         fs.write_inode(ino, &mut inode)?;
     }
     ensure!(paths == tree.len(), "the ext4 image holds {paths} of the root filesystem's {} paths", tree.len());
-    image.sync_data()?;
     Ok(())
 }
 

@@ -101,11 +101,6 @@ pub fn produce(
         if !any_disk {
             return Ok(None);
         }
-        let step = progress.step("disk: initramfs");
-        let initrd = work.join("disk-initrd");
-        initramfs::write(recipe, rootfs, work, &initrd)?;
-        step.done();
-
         let root_uuid = uuid_string(derived_id(hash, "ext4-uuid"));
         let bios = recipe.firmware == Firmware::Bios;
         let overhead = disk::Layout::overhead(bios);
@@ -119,54 +114,7 @@ pub fn produce(
         };
         let layout = disk::Layout::new(root_size + recipe.disk.esp_size + overhead, recipe.disk.esp_size, bios);
 
-        let step = progress.step("disk: EFI system partition (systemd-boot)");
-        let kernel_copy = work.join("esp-vmlinuz");
-        std::fs::copy(&rootfs.kernel.image, &kernel_copy)?;
-        let loader = work.join("esp-loader.efi");
-        let efi = recipe.efi_loader.as_ref().context("no EFI loader")?;
-        if efi.name.ends_with(".deb") {
-            // systemd-boot of another architecture, from its Debian package.
-            let mut t = crate::rootfs::tree::Tree::new(&work.join("efi-deb"))?;
-            t.extract_deb(&efi.path).with_context(|| format!("unpacking {}", efi.name))?;
-            let want = format!("/usr/lib/systemd/boot/efi/systemd-boot{}.efi", recipe.arch.efi_suffix());
-            let rel = t.resolve(&want, true)?;
-            std::fs::copy(t.staged(&rel), &loader).with_context(|| format!("{} has no {want}", efi.name))?;
-        } else {
-            std::fs::copy(&efi.path, &loader)?;
-        }
-        let conf = work.join("loader.conf");
-        std::fs::write(&conf, "timeout 0\ndefault imgd.conf\n")?;
-        let options = format!("root=UUID={root_uuid} rw init={} {}", recipe.init, recipe.cmdline);
-        let entry_conf = work.join("imgd.conf");
-        std::fs::write(
-            &entry_conf,
-            format!("title {}\nlinux /vmlinuz\ninitrd /initrd\noptions {}\n", recipe.name, options.trim()),
-        )?;
-        let id = derived_id(hash, "fat-serial");
-        let serial = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
-        let esp_img = work.join("esp.img");
-        let mut files = vec![
-            esp::EspFile { dest: format!("EFI/BOOT/{}", recipe.arch.efi_boot_file()), src: loader },
-            esp::EspFile { dest: "loader/loader.conf".into(), src: conf },
-            esp::EspFile { dest: "loader/entries/imgd.conf".into(), src: entry_conf },
-            esp::EspFile { dest: "vmlinuz".into(), src: kernel_copy },
-            esp::EspFile { dest: "initrd".into(), src: initrd },
-        ];
-        let grub = match &recipe.grub_bios {
-            Some(dir) => {
-                let cfg = grub_config(recipe, serial, options.trim());
-                let core = grub_core(&dir.path, &cfg, work)?;
-                let cfg_file = work.join("grub.cfg");
-                std::fs::write(&cfg_file, &cfg)?;
-                files.push(esp::EspFile { dest: "grub/grub.cfg".into(), src: cfg_file });
-                Some(disk::GrubBios { boot_img: std::fs::read(dir.path.join("boot.img"))?, core_img: core })
-            }
-            None => None,
-        };
-        esp::make(&esp_img, layout.esp_size, serial, &files, recipe.epoch)?;
-        step.done();
-
-        let step = progress.step("disk: GPT raw image, ext4 root filesystem made in place");
+        let step = progress.background_step("disk: GPT raw image, ext4 root filesystem made in place");
         let raw = if has(Format::Raw) { out.join("disk.raw") } else { work.join("disk.raw") };
         let (d, e, r) = (
             uuid_string(derived_id(hash, "gpt-disk")),
@@ -182,10 +130,67 @@ pub fn produce(
             label: &recipe.disk.root_label,
             epoch: recipe.epoch,
         };
-        disk::assemble_raw(&raw, &layout, &esp_img, &ids, grub.as_ref(), |disk, offset, size| {
+        // The root filesystem does not depend on the ESP (its size is fixed):
+        // mkfs.ext4, the longest step, runs while the initramfs and the ESP
+        // are made.
+        let make_esp = || -> Result<(std::path::PathBuf, Option<disk::GrubBios>)> {
+            let step = progress.step("disk: initramfs");
+            let initrd = work.join("disk-initrd");
+            initramfs::write(recipe, rootfs, work, &initrd)?;
+            step.done();
+
+            let step = progress.step("disk: EFI system partition (systemd-boot)");
+            let kernel_copy = work.join("esp-vmlinuz");
+            std::fs::copy(&rootfs.kernel.image, &kernel_copy)?;
+            let loader = work.join("esp-loader.efi");
+            let efi = recipe.efi_loader.as_ref().context("no EFI loader")?;
+            if efi.name.ends_with(".deb") {
+                // systemd-boot of another architecture, from its Debian package.
+                let mut t = crate::rootfs::tree::Tree::new(&work.join("efi-deb"))?;
+                t.extract_deb(&efi.path).with_context(|| format!("unpacking {}", efi.name))?;
+                let want = format!("/usr/lib/systemd/boot/efi/systemd-boot{}.efi", recipe.arch.efi_suffix());
+                let rel = t.resolve(&want, true)?;
+                std::fs::copy(t.staged(&rel), &loader).with_context(|| format!("{} has no {want}", efi.name))?;
+            } else {
+                std::fs::copy(&efi.path, &loader)?;
+            }
+            let conf = work.join("loader.conf");
+            std::fs::write(&conf, "timeout 0\ndefault imgd.conf\n")?;
+            let options = format!("root=UUID={root_uuid} rw init={} {}", recipe.init, recipe.cmdline);
+            let entry_conf = work.join("imgd.conf");
+            std::fs::write(
+                &entry_conf,
+                format!("title {}\nlinux /vmlinuz\ninitrd /initrd\noptions {}\n", recipe.name, options.trim()),
+            )?;
+            let id = derived_id(hash, "fat-serial");
+            let serial = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
+            let esp_img = work.join("esp.img");
+            let mut files = vec![
+                esp::EspFile { dest: format!("EFI/BOOT/{}", recipe.arch.efi_boot_file()), src: loader },
+                esp::EspFile { dest: "loader/loader.conf".into(), src: conf },
+                esp::EspFile { dest: "loader/entries/imgd.conf".into(), src: entry_conf },
+                esp::EspFile { dest: "vmlinuz".into(), src: kernel_copy },
+                esp::EspFile { dest: "initrd".into(), src: initrd },
+            ];
+            let grub = match &recipe.grub_bios {
+                Some(dir) => {
+                    let cfg = grub_config(recipe, serial, options.trim());
+                    let core = grub_core(&dir.path, &cfg, work)?;
+                    let cfg_file = work.join("grub.cfg");
+                    std::fs::write(&cfg_file, &cfg)?;
+                    files.push(esp::EspFile { dest: "grub/grub.cfg".into(), src: cfg_file });
+                    Some(disk::GrubBios { boot_img: std::fs::read(dir.path.join("boot.img"))?, core_img: core })
+                }
+                None => None,
+            };
+            esp::make(&esp_img, layout.esp_size, serial, &files, recipe.epoch)?;
+            step.done();
+            Ok((esp_img, grub))
+        };
+        disk::assemble_raw(&raw, &layout, &ids, make_esp, |disk, offset, size| {
             ext4::make(&rootfs.tree, disk, ext4::Region { offset, size }, &params, work)
         })?;
-        std::fs::remove_file(&esp_img)?;
+        std::fs::remove_file(work.join("esp.img"))?;
         if has(Format::Raw) {
             made.push((ArtifactName::Disk, Format::Raw, "disk.raw"));
         }
@@ -194,8 +199,9 @@ pub fn produce(
     };
 
     // The tarball is written (and hashed as it is written) beside the disk
-    // images, and each disk image is hashed while the next is made: on two
-    // cores this halves a whole-profile rebuild, most of which is SHA-256.
+    // images; once the raw disk is made, the qcow2 and the VHD are made from
+    // it side by side while it is hashed. Each file starts its writeback as
+    // soon as it is complete (the commit waits for it).
     std::thread::scope(|s| -> Result<()> {
         let tar = has(Format::Tar).then(|| {
             s.spawn(|| -> Result<String> {
@@ -211,40 +217,44 @@ pub fn produce(
         if let Some(raw) = disk(&mut made)? {
             let raw_hash = s.spawn({
                 let raw = raw.clone();
-                move || crate::hash::sha256_state(&raw)
+                move || crate::hash::ArtifactDigest::of_sparse_file(&raw)
             });
-            let qcow2_hash = if has(Format::Qcow2) {
-                let step = progress.step("disk: qcow2");
-                let qcow2 = out.join("disk.qcow2");
-                disk::to_qcow2(&raw, &qcow2)?;
-                made.push((ArtifactName::Disk, Format::Qcow2, "disk.qcow2"));
-                step.done();
-                Some(s.spawn(move || crate::hash::sha256_file(&qcow2)))
-            } else {
-                None
-            };
+            let qcow2 = has(Format::Qcow2).then(|| {
+                let raw = raw.clone();
+                s.spawn(move || -> Result<String> {
+                    let step = progress.background_step("disk: qcow2");
+                    let qcow2 = out.join("disk.qcow2");
+                    disk::to_qcow2(&raw, &qcow2)?;
+                    let digest = crate::hash::artifact_digest(&qcow2)?;
+                    step.done();
+                    Ok(digest)
+                })
+            });
             let footer = if has(Format::Vhd) {
                 let step = progress.step("disk: fixed VHD");
                 let footer = disk::to_vhd(&raw, &out.join("disk.vhd"), recipe.epoch, derived_id(hash, "vhd-uuid"))?;
-                made.push((ArtifactName::Disk, Format::Vhd, "disk.vhd"));
                 step.done();
                 Some(footer)
             } else {
                 None
             };
+            if let Some(h) = qcow2 {
+                known.insert("disk.qcow2", joined(h, "making the qcow2")?);
+                made.push((ArtifactName::Disk, Format::Qcow2, "disk.qcow2"));
+            }
+            if footer.is_some() {
+                made.push((ArtifactName::Disk, Format::Vhd, "disk.vhd"));
+            }
             let step = progress.step("disk: checksums");
             let raw_state = joined(raw_hash, "hashing the raw disk")?;
             if has(Format::Raw) {
-                known.insert("disk.raw", raw_state.clone().hex());
+                known.insert("disk.raw", raw_state.hex());
             }
             if let Some(footer) = footer {
                 // The VHD is the raw disk plus a footer: its digest continues the raw disk's.
                 let mut state = raw_state;
                 state.update(&footer);
                 known.insert("disk.vhd", state.hex());
-            }
-            if let Some(h) = qcow2_hash {
-                known.insert("disk.qcow2", joined(h, "hashing the qcow2")?);
             }
             step.done();
         }
@@ -268,9 +278,9 @@ pub fn produce(
         let p = out.join(file);
         artifacts.push(Artifact {
             size: std::fs::metadata(&p)?.len(),
-            sha256: match known.remove(file) {
+            blake3: match known.remove(file) {
                 Some(d) => d,
-                None => crate::hash::sha256_file(&p)?,
+                None => crate::hash::artifact_digest(&p)?,
             },
             name,
             format,

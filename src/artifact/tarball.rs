@@ -4,10 +4,11 @@ use crate::rootfs::tree::{Kind, Tree};
 use std::io;
 use std::path::Path;
 
-/// Writes the tarball and returns its SHA-256 (hashed as it is written).
+/// Writes the tarball and returns its artifact digest (hashed as it is written).
 /// `workers` is zstd's thread count, which does not change the bytes.
 pub fn write(tree: &Tree, path: &Path, mtime: u64, workers: u32) -> io::Result<String> {
     let file = std::fs::File::create(path)?;
+    let _flush = crate::fsutil::Flusher::follow(path)?;
     let out = crate::hash::HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file));
     let mut z = zstd::Encoder::new(out, super::ZSTD_LEVEL)?;
     z.multithread(workers.max(1))?;
@@ -54,7 +55,7 @@ pub fn write(tree: &Tree, path: &Path, mtime: u64, workers: u32) -> io::Result<S
         }
     }
     let z = b.into_inner()?;
-    let (file, sha256) = z.finish()?.finish();
-    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    Ok(sha256)
+    let (file, digest) = z.finish()?.finish();
+    file.into_inner().map_err(|e| e.into_error())?;
+    Ok(digest)
 }

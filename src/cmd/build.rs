@@ -43,7 +43,7 @@ pub fn run(a: &BuildArgs) -> anyhow::Result<()> {
         };
         eprintln!("{how} {}", e.name);
         for art in &e.manifest.artifacts {
-            eprintln!("  {:<6} {:<15} {:>12} bytes  sha256:{}", art.format, art.file, art.size, &art.sha256[..16]);
+            eprintln!("  {:<6} {:<15} {:>12} bytes  blake3:{}", art.format, art.file, art.size, &art.blake3[..16]);
         }
         println!("{}", e.path.display());
     }

@@ -322,7 +322,7 @@ impl Server {
         }
         let meta = FileMeta {
             size: art.size,
-            etag: format!("\"{}\"", art.sha256),
+            etag: format!("\"{}\"", art.blake3),
             content_type: if art.file.as_str().ends_with(".ipxe") {
                 "text/plain; charset=utf-8"
             } else {

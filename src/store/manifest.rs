@@ -6,14 +6,14 @@
 //! cache, a store copied from another machine), so reading one checks it:
 //! the file is at most [`MAX_BYTES`], entry and file names can only be plain
 //! names ([`ArtifactFile`]: no `/`, no `..`, no control characters), the hash
-//! is 64 hex digits, and no file is listed twice.
+//! and every artifact digest are 64 hex digits, and no file is listed twice.
 //!
 //! ```json
 //! { "name": "9f2c...-hello", "hash": "9f2c...(64 hex)", "profile": "hello",
 //!   "hardware": "qemu-x86_64", "arch": "x86_64", "firmware": "uefi",
 //!   "imgd_version": "0.1.0", "built_at": 1763779200, "source_date_epoch": 1577836800,
 //!   "artifacts": [{"name": "disk", "format": "raw", "file": "disk.raw",
-//!                  "size": 268435456, "sha256": "..."}],
+//!                  "size": 268435456, "blake3": "..."}],
 //!   "recipe": { "cmdline": "console=ttyS0", "ena": false, "sriov": false,
 //!               ...the rest of the resolved profile, inputs by digest... } }
 //! ```
@@ -56,7 +56,8 @@ pub struct Artifact {
     /// File name inside the store entry.
     pub file: ArtifactFile,
     pub size: u64,
-    pub sha256: String,
+    /// BLAKE3 of the file, hex ([`crate::hash::ArtifactDigest`]).
+    pub blake3: String,
 }
 
 /// What an artifact is: consumers look artifacts up by format and this.
@@ -161,9 +162,8 @@ impl Manifest {
         }
         let mut seen = std::collections::BTreeSet::new();
         for a in &self.artifacts {
-            let sha_ok = a.sha256.len() == 64 && a.sha256.bytes().all(|b| b.is_ascii_hexdigit());
-            if !sha_ok {
-                bail!("{}: sha256 `{}` is not 64 hex digits", a.file, a.sha256.escape_debug());
+            if !crate::hash::is_digest_hex(&a.blake3) {
+                bail!("{}: blake3 `{}` is not 64 hex digits", a.file, a.blake3.escape_debug());
             }
             if !seen.insert(&a.file) {
                 bail!("{} is listed twice", a.file);
@@ -200,7 +200,7 @@ mod tests {
             "hardware": "qemu-x86_64", "arch": "x86_64", "firmware": "uefi", "imgd_version": "0.1.0",
             "built_at": 1, "source_date_epoch": 2,
             "artifacts": files.iter().map(|f| serde_json::json!({
-                "name": "disk", "format": "raw", "file": f, "size": 1, "sha256": "00".repeat(32)
+                "name": "disk", "format": "raw", "file": f, "size": 1, "blake3": "00".repeat(32)
             })).collect::<Vec<_>>(),
             "recipe": { "cmdline": "console=ttyS0", "ena": true, "sriov": false, "other": [1, 2] },
         })
@@ -250,7 +250,7 @@ mod tests {
         v["hash"] = serde_json::json!("abc");
         assert!(parse(&v).is_err());
         let mut v = manifest(&["disk.raw"]);
-        v["artifacts"][0]["sha256"] = serde_json::json!("../x");
+        v["artifacts"][0]["blake3"] = serde_json::json!("../x");
         assert!(parse(&v).is_err());
     }
 

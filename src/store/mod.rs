@@ -150,14 +150,14 @@ impl Store {
         let mut problems = Vec::new();
         for a in &entry.manifest.artifacts {
             let p = entry.path.join(&a.file);
-            match (std::fs::metadata(&p), crate::hash::sha256_file(&p)) {
-                (Ok(md), Ok(sum)) if md.len() == a.size && sum == a.sha256 => {}
+            match (std::fs::metadata(&p), crate::hash::artifact_digest(&p)) {
+                (Ok(md), Ok(sum)) if md.len() == a.size && sum == a.blake3 => {}
                 (Ok(md), Ok(sum)) => problems.push(format!(
-                    "{}/{}: expected {} bytes sha256 {}, found {} bytes sha256 {sum}",
+                    "{}/{}: expected {} bytes blake3 {}, found {} bytes blake3 {sum}",
                     entry.name,
                     a.file,
                     a.size,
-                    a.sha256,
+                    a.blake3,
                     md.len()
                 )),
                 (Err(e), _) | (_, Err(e)) => problems.push(format!("{}/{}: {e}", entry.name, a.file)),

@@ -15,18 +15,18 @@ impl Entry {
     /// last, it marks the entry complete in S3).
     pub fn for_aws(&self) -> Result<imgd_aws::Entry> {
         let m = &self.manifest;
-        let file = |name: &str, sha256: &str, size: u64| imgd_aws::File {
+        let file = |name: &str, blake3: &str, size: u64| imgd_aws::File {
             name: name.to_string(),
             path: self.path.join(name),
-            sha256: sha256.to_string(),
+            digest: format!("blake3:{blake3}"),
             size,
         };
         let mut files: Vec<imgd_aws::File> =
-            m.artifacts.iter().map(|a| file(a.file.as_str(), &a.sha256, a.size)).collect();
+            m.artifacts.iter().map(|a| file(a.file.as_str(), &a.blake3, a.size)).collect();
         let manifest = self.path.join("manifest.json");
         let size = std::fs::metadata(&manifest).with_context(|| format!("{}", manifest.display()))?.len();
-        files.push(file("manifest.json", &crate::hash::sha256_file(&manifest)?, size));
-        let disk = |f: Format| m.artifact(f, ArtifactName::Disk).map(|a| file(a.file.as_str(), &a.sha256, a.size));
+        files.push(file("manifest.json", &crate::hash::artifact_digest(&manifest)?, size));
+        let disk = |f: Format| m.artifact(f, ArtifactName::Disk).map(|a| file(a.file.as_str(), &a.blake3, a.size));
         Ok(imgd_aws::Entry {
             name: self.name.clone(),
             hash: m.hash.clone(),
@@ -97,7 +97,8 @@ impl Remote for S3Cache {
 
     fn put_file(&self, entry: &str, file: &str, path: &Path, sha256: &str, overwrite: bool) -> Result<()> {
         let size = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?.len();
-        let f = imgd_aws::File { name: file.to_string(), path: path.to_path_buf(), sha256: sha256.to_string(), size };
+        let digest = format!("sha256:{sha256}");
+        let f = imgd_aws::File { name: file.to_string(), path: path.to_path_buf(), digest, size };
         self.rt.block_on(self.cache.put(entry, &[f], overwrite))
     }
 

@@ -6,7 +6,7 @@
 //! Observe -> plan ([`plan::plan`], pure) -> apply (only with `--yes`). Only
 //! things carrying imgd's marks are ever touched: images and snapshots whose
 //! `imgd:profile` and `imgd:hash` tags hold values imgd writes, and S3 objects
-//! with imgd's `imgd-sha256` metadata under an entry folder `<hash>-<profile>`.
+//! with imgd's `imgd-digest` metadata under an entry folder `<hash>-<profile>`.
 
 pub mod apply;
 pub mod observe;
@@ -63,7 +63,7 @@ pub async fn run(req: &Request, opts: &Options, yes: bool) -> Result<Outcome> {
     let seen = observe::observe(&clients, req).await?;
     let plan = plan::plan(&seen, req);
     for key in &plan.foreign {
-        tracing::warn!("{}: not uploaded by imgd (no imgd-sha256 metadata); left alone", req.at.url(key));
+        tracing::warn!("{}: not uploaded by imgd (no imgd-digest metadata); left alone", req.at.url(key));
     }
     let counters = Counters::default();
     if yes {

@@ -40,7 +40,10 @@ pub async fn observe(clients: &Clients, req: &Request) -> Result<Observed> {
         let keys = seen.entries.get(&name).map(|e| e.keys.clone()).unwrap_or_default();
         for key in keys {
             let head = s3.head_object().bucket(bucket).key(&key).send().await;
-            let ours = head.ok().and_then(|h| h.metadata().map(|m| m.contains_key("imgd-sha256"))).unwrap_or(false);
+            let ours = head
+                .ok()
+                .and_then(|h| h.metadata().map(|m| crate::s3::OUR_METADATA.iter().any(|k| m.contains_key(*k))))
+                .unwrap_or(false);
             seen.marks.insert(key, ours);
         }
     }

@@ -27,7 +27,8 @@ pub struct Observed {
     pub entries: BTreeMap<String, S3Entry>,
     /// Multipart uploads under the prefix.
     pub uploads: Vec<Upload>,
-    /// Object key -> whether it carries imgd's `imgd-sha256` metadata; looked
+    /// Object key -> whether it carries imgd's `imgd-digest` metadata (or the
+    /// `imgd-sha256` of objects older imgd versions uploaded); looked
     /// up only for the objects the plan would delete.
     pub marks: BTreeMap<String, bool>,
 }

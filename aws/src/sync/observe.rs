@@ -11,7 +11,7 @@ pub async fn observe(clients: &Clients, req: &Request) -> Result<Observed> {
     let s3 = clients.s3();
     let mut uploaded = Vec::new();
     for f in &req.entry.files {
-        uploaded.push(crate::s3::present(&s3, &req.to.bucket, &req.to.key(&req.entry.name, &f.name), &f.sha256).await);
+        uploaded.push(crate::s3::present(&s3, &req.to.bucket, &req.to.key(&req.entry.name, &f.name), &f.digest).await);
     }
     let name = req.image_name();
     let tags = req.tags();

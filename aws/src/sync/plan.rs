@@ -174,7 +174,8 @@ mod tests {
     use crate::{Arch, BootMode, Entry, File, Machine};
 
     fn request(regions: &[&str], share: &[&str]) -> Request {
-        let file = |n: &str| File { name: n.into(), path: n.into(), sha256: "00".repeat(32), size: 10 };
+        let file =
+            |n: &str| File { name: n.into(), path: n.into(), digest: format!("blake3:{}", "00".repeat(32)), size: 10 };
         let entry = Entry {
             name: format!("{}-hello", "ab".repeat(16)),
             hash: "ab".repeat(32),

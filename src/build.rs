@@ -100,7 +100,10 @@ pub fn build_with(recipe: &Recipe, store: &Store, progress: &Progress, remote: O
     let step = progress.step(&format!("root filesystem for {}", recipe.name));
     let rootfs = crate::rootfs::assemble(recipe, work.path(), remote).context("assembling the root filesystem")?;
     step.done();
-    let artifacts = artifact::produce(recipe, &rootfs, &hash, &name, pending.path(), work.path(), progress)?;
+    // Kept in the store, which holds what it is for; ~200 MB per Debian base.
+    let frames = artifact::tarball::FrameCache::new(store.root().join(".cache/tar-frames"), 1 << 30);
+    let places = artifact::Places { out: pending.path(), work: work.path(), tar_frames: Some(&frames) };
+    let artifacts = artifact::produce(recipe, &rootfs, &hash, &name, places, progress)?;
     drop(rootfs);
     drop(work);
 

@@ -61,17 +61,27 @@ fn root_partition_type(arch: Arch) -> &'static str {
     }
 }
 
-/// Writes every format of `recipe` into `out` (the entry being built), using
-/// `work` for intermediate files. Returns the artifacts in a fixed order.
+/// Where [`produce`] writes.
+pub struct Places<'a> {
+    /// The entry being built: the artifacts.
+    pub out: &'a Path,
+    /// Intermediate files.
+    pub work: &'a Path,
+    /// Compressed tarball segments kept between builds.
+    pub tar_frames: Option<&'a tarball::FrameCache>,
+}
+
+/// Writes every format of `recipe` into `places.out`. Returns the artifacts
+/// in a fixed order.
 pub fn produce(
     recipe: &Recipe,
     rootfs: &Rootfs,
     hash: &str,
     entry: &str,
-    out: &Path,
-    work: &Path,
+    places: Places<'_>,
     progress: &Progress,
 ) -> Result<Vec<Artifact>> {
+    let Places { out, work, tar_frames } = places;
     let mut made: Vec<(ArtifactName, Format, &str)> = Vec::new();
     // Digests known without reading the file again (the VHD is the raw disk
     // plus a footer, so its digest continues the raw disk's).
@@ -200,18 +210,19 @@ pub fn produce(
 
     // The tarball is written (and hashed as it is written) beside the disk
     // images; once the raw disk is made, the qcow2 and the VHD are made from
-    // it side by side while it is hashed. Each file starts its writeback as
-    // soon as it is complete (the commit waits for it).
+    // it side by side while it is hashed. Each file goes to disk while it is
+    // written (fsutil::Flusher), so the commit's fsync finds little to do.
     std::thread::scope(|s| -> Result<()> {
         let tar = has(Format::Tar).then(|| {
             s.spawn(|| -> Result<String> {
                 let step = progress.background_step("tar: rootfs.tar.zst");
-                // One zstd worker beside the disk images (whose mkfs and hashing
+                // One compressor beside the disk images (whose mkfs and hashing
                 // are the longer path), every core when it is the only format.
                 let workers = if any_disk { 1 } else { cores() };
-                let sha = tarball::write(&rootfs.tree, &out.join("rootfs.tar.zst"), recipe.epoch, workers)?;
+                let digest =
+                    tarball::write(&rootfs.tree, &out.join("rootfs.tar.zst"), recipe.epoch, workers, tar_frames)?;
                 step.done();
-                Ok(sha)
+                Ok(digest)
             })
         });
         if let Some(raw) = disk(&mut made)? {
@@ -224,8 +235,11 @@ pub fn produce(
                 s.spawn(move || -> Result<String> {
                     let step = progress.background_step("disk: qcow2");
                     let qcow2 = out.join("disk.qcow2");
+                    let t0 = std::time::Instant::now();
                     disk::to_qcow2(&raw, &qcow2)?;
+                    let t1 = std::time::Instant::now();
                     let digest = crate::hash::artifact_digest(&qcow2)?;
+                    tracing::debug!(convert = ?(t1 - t0), digest = ?t1.elapsed(), "qcow2 made");
                     step.done();
                     Ok(digest)
                 })

@@ -291,7 +291,6 @@ fn an_interrupted_upload_resumes_with_the_parts_already_sent() {
          body = s3.get_object(Bucket='imgs', Key='{key}')['Body'].read()\n\
          print(json.dumps([hashlib.sha256(body).hexdigest(), len(s3.list_multipart_uploads(Bucket='imgs').get('Uploads', []))]))"
     ));
-    let raw = manifest["artifacts"].as_array().unwrap().iter().find(|a| a["file"] == "disk.raw").unwrap();
     let local = imgd::hash::sha256_file(&store.join(&entry).join("disk.raw")).unwrap();
     assert_eq!(check[0].as_str(), Some(local.as_str()), "the resumed object is the disk");
     assert_eq!(check[1], 0, "no upload left open");

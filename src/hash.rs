@@ -62,9 +62,7 @@ impl ArtifactDigest {
         h.0.update_reader(std::fs::File::open(path)?)?;
         Ok(h)
     }
-}
 
-impl ArtifactDigest {
     /// Like [`Self::of_file`], for a sparse file (a disk image, half of it
     /// holes): holes are hashed as zeros from memory rather than read, which
     /// would have the kernel zero and copy every page of them.
@@ -197,6 +195,23 @@ pub fn tree_digest(dir: &Path) -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sparse_file_digests_as_if_read_whole() {
+        use std::os::unix::fs::FileExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("disk");
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(9 << 20).unwrap(); // a hole at each end, data at 3 MiB and at 5 MiB + 1
+        f.write_all_at(&[7u8; 70_000], 3 << 20).unwrap();
+        f.write_all_at(b"x", (5 << 20) + 1).unwrap();
+        let sparse = ArtifactDigest::of_sparse_file(&p).unwrap().hex();
+        assert_eq!(sparse, artifact_digest(&p).unwrap());
+        let mut whole = vec![0u8; 9 << 20];
+        whole[3 << 20..(3 << 20) + 70_000].fill(7);
+        whole[(5 << 20) + 1] = b'x';
+        assert_eq!(sparse, blake3::hash(&whole).to_hex().to_string());
+    }
 
     #[test]
     fn tree_digest_sees_content_and_modes_but_not_mtimes() {

@@ -143,60 +143,7 @@ pub fn produce(
         // The root filesystem does not depend on the ESP (its size is fixed):
         // mkfs.ext4, the longest step, runs while the initramfs and the ESP
         // are made.
-        let make_esp = || -> Result<(std::path::PathBuf, Option<disk::GrubBios>)> {
-            let step = progress.step("disk: initramfs");
-            let initrd = work.join("disk-initrd");
-            initramfs::write(recipe, rootfs, work, &initrd)?;
-            step.done();
-
-            let step = progress.step("disk: EFI system partition (systemd-boot)");
-            let kernel_copy = work.join("esp-vmlinuz");
-            std::fs::copy(&rootfs.kernel.image, &kernel_copy)?;
-            let loader = work.join("esp-loader.efi");
-            let efi = recipe.efi_loader.as_ref().context("no EFI loader")?;
-            if efi.name.ends_with(".deb") {
-                // systemd-boot of another architecture, from its Debian package.
-                let mut t = crate::rootfs::tree::Tree::new(&work.join("efi-deb"))?;
-                t.extract_deb(&efi.path).with_context(|| format!("unpacking {}", efi.name))?;
-                let want = format!("/usr/lib/systemd/boot/efi/systemd-boot{}.efi", recipe.arch.efi_suffix());
-                let rel = t.resolve(&want, true)?;
-                std::fs::copy(t.staged(&rel), &loader).with_context(|| format!("{} has no {want}", efi.name))?;
-            } else {
-                std::fs::copy(&efi.path, &loader)?;
-            }
-            let conf = work.join("loader.conf");
-            std::fs::write(&conf, "timeout 0\ndefault imgd.conf\n")?;
-            let options = format!("root=UUID={root_uuid} rw init={} {}", recipe.init, recipe.cmdline);
-            let entry_conf = work.join("imgd.conf");
-            std::fs::write(
-                &entry_conf,
-                format!("title {}\nlinux /vmlinuz\ninitrd /initrd\noptions {}\n", recipe.name, options.trim()),
-            )?;
-            let id = derived_id(hash, "fat-serial");
-            let serial = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
-            let esp_img = work.join("esp.img");
-            let mut files = vec![
-                esp::EspFile { dest: format!("EFI/BOOT/{}", recipe.arch.efi_boot_file()), src: loader },
-                esp::EspFile { dest: "loader/loader.conf".into(), src: conf },
-                esp::EspFile { dest: "loader/entries/imgd.conf".into(), src: entry_conf },
-                esp::EspFile { dest: "vmlinuz".into(), src: kernel_copy },
-                esp::EspFile { dest: "initrd".into(), src: initrd },
-            ];
-            let grub = match &recipe.grub_bios {
-                Some(dir) => {
-                    let cfg = grub_config(recipe, serial, options.trim());
-                    let core = grub_core(&dir.path, &cfg, work)?;
-                    let cfg_file = work.join("grub.cfg");
-                    std::fs::write(&cfg_file, &cfg)?;
-                    files.push(esp::EspFile { dest: "grub/grub.cfg".into(), src: cfg_file });
-                    Some(disk::GrubBios { boot_img: std::fs::read(dir.path.join("boot.img"))?, core_img: core })
-                }
-                None => None,
-            };
-            esp::make(&esp_img, layout.esp_size, serial, &files, recipe.epoch)?;
-            step.done();
-            Ok((esp_img, grub))
-        };
+        let make_esp = || esp_image(recipe, rootfs, hash, work, layout.esp_size, &root_uuid, progress);
         disk::assemble_raw(&raw, &layout, &ids, make_esp, |disk, offset, size| {
             ext4::make(&rootfs.tree, disk, ext4::Region { offset, size }, &params, work)
         })?;
@@ -302,6 +249,72 @@ pub fn produce(
         });
     }
     Ok(artifacts)
+}
+
+/// The ESP image (systemd-boot, its loader entry, the kernel and the disk's
+/// initramfs; GRUB's configuration for BIOS layouts) in `work`, and GRUB's
+/// boot images when the hardware boots by BIOS.
+fn esp_image(
+    recipe: &Recipe,
+    rootfs: &Rootfs,
+    hash: &str,
+    work: &Path,
+    esp_size: u64,
+    root_uuid: &str,
+    progress: &Progress,
+) -> Result<(std::path::PathBuf, Option<disk::GrubBios>)> {
+    let step = progress.step("disk: initramfs");
+    let initrd = work.join("disk-initrd");
+    initramfs::write(recipe, rootfs, work, &initrd)?;
+    step.done();
+
+    let step = progress.step("disk: EFI system partition (systemd-boot)");
+    let kernel_copy = work.join("esp-vmlinuz");
+    std::fs::copy(&rootfs.kernel.image, &kernel_copy)?;
+    let loader = work.join("esp-loader.efi");
+    let efi = recipe.efi_loader.as_ref().context("no EFI loader")?;
+    if efi.name.ends_with(".deb") {
+        // systemd-boot of another architecture, from its Debian package.
+        let mut t = crate::rootfs::tree::Tree::new(&work.join("efi-deb"))?;
+        t.extract_deb(&efi.path).with_context(|| format!("unpacking {}", efi.name))?;
+        let want = format!("/usr/lib/systemd/boot/efi/systemd-boot{}.efi", recipe.arch.efi_suffix());
+        let rel = t.resolve(&want, true)?;
+        std::fs::copy(t.staged(&rel), &loader).with_context(|| format!("{} has no {want}", efi.name))?;
+    } else {
+        std::fs::copy(&efi.path, &loader)?;
+    }
+    let conf = work.join("loader.conf");
+    std::fs::write(&conf, "timeout 0\ndefault imgd.conf\n")?;
+    let options = format!("root=UUID={root_uuid} rw init={} {}", recipe.init, recipe.cmdline);
+    let entry_conf = work.join("imgd.conf");
+    std::fs::write(
+        &entry_conf,
+        format!("title {}\nlinux /vmlinuz\ninitrd /initrd\noptions {}\n", recipe.name, options.trim()),
+    )?;
+    let id = derived_id(hash, "fat-serial");
+    let serial = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
+    let esp_img = work.join("esp.img");
+    let mut files = vec![
+        esp::EspFile { dest: format!("EFI/BOOT/{}", recipe.arch.efi_boot_file()), src: loader },
+        esp::EspFile { dest: "loader/loader.conf".into(), src: conf },
+        esp::EspFile { dest: "loader/entries/imgd.conf".into(), src: entry_conf },
+        esp::EspFile { dest: "vmlinuz".into(), src: kernel_copy },
+        esp::EspFile { dest: "initrd".into(), src: initrd },
+    ];
+    let grub = match &recipe.grub_bios {
+        Some(dir) => {
+            let cfg = grub_config(recipe, serial, options.trim());
+            let core = grub_core(&dir.path, &cfg, work)?;
+            let cfg_file = work.join("grub.cfg");
+            std::fs::write(&cfg_file, &cfg)?;
+            files.push(esp::EspFile { dest: "grub/grub.cfg".into(), src: cfg_file });
+            Some(disk::GrubBios { boot_img: std::fs::read(dir.path.join("boot.img"))?, core_img: core })
+        }
+        None => None,
+    };
+    esp::make(&esp_img, esp_size, serial, &files, recipe.epoch)?;
+    step.done();
+    Ok((esp_img, grub))
 }
 
 /// The result of a scoped thread; a panic in it becomes an error naming `what`.

@@ -12,6 +12,8 @@ sudo=""
 packages=(
   qemu-system-x86 qemu-utils    # together: a newer qemu-utils alone blocks qemu-system-x86
   ovmf ipxe-qemu seabios         # UEFI and BIOS firmware, iPXE NIC ROMs
+  ipxe                           # serve --proxy-dhcp: undionly.kpxe, snponly.efi for PXE firmware
+  dnsmasq-base iproute2          # netboot tests: the site's DHCP server (addresses only), netns + bridge
   qemu-system-arm qemu-efi-aarch64   # aarch64 guests and their UEFI (AAVMF)
   systemd-boot-efi               # the EFI loader on disk images
   grub-pc-bin grub-common        # GRUB for BIOS disk images (grub-mkimage, i386-pc modules)

@@ -16,5 +16,6 @@ mod corpus;
 mod debian;
 mod errors;
 mod lock;
+mod netboot;
 mod serve;
 mod store;

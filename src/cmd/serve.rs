@@ -5,7 +5,7 @@ use super::StoreArgs;
 use anyhow::Context;
 use clap::Args;
 use imgd::serve::state::{self, Sources, State};
-use imgd::serve::{listener, Options, Server};
+use imgd::serve::{listener, pxe, Options, Server};
 use ipnet::IpNet;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,8 +16,10 @@ use std::time::Duration;
   imgd serve --config machines.toml --allow 10.0.0.0/8 --build
   imgd serve --serve-all --listen 127.0.0.1:8080
   imgd serve --config machines.toml --artifact-base-url https://bucket.s3.amazonaws.com/imgd
+  imgd serve --config machines.toml --proxy-dhcp eth1
 
-iPXE: chain http://SERVER:8080/boot.ipxe (e.g. as the DHCP boot file name).")]
+iPXE: chain http://SERVER:8080/boot.ipxe (e.g. as the DHCP boot file name).
+PXE or UEFI HTTP boot firmware, with no DHCP boot options to set: --proxy-dhcp.")]
 pub struct ServeArgs {
     #[command(flatten)]
     pub store: StoreArgs,
@@ -64,6 +66,15 @@ pub struct ServeArgs {
     /// Peak memory is about 12 MiB + this + 18 KiB per connection.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub cache_mib: u64,
+    /// Answer PXE and UEFI HTTP boot firmware on this interface (name or
+    /// one of its IPv4 addresses): proxyDHCP beside the site's DHCP server
+    /// (never handing out addresses) and read-only TFTP for the iPXE
+    /// loaders. Needs ports 67, 69 and 4011 (root or CAP_NET_BIND_SERVICE).
+    #[arg(long, value_name = "IFACE|ADDR")]
+    pub proxy_dhcp: Option<String>,
+    /// Where the iPXE loaders (undionly.kpxe, snponly.efi) are.
+    #[arg(long, value_name = "DIR", default_value = imgd::serve::loaders::DEBIAN_IPXE_DIR)]
+    pub ipxe_dir: PathBuf,
 }
 
 /// Loads the state under the store's GC lock and roots what it serves, so an
@@ -78,6 +89,18 @@ fn load(sources: &Sources, root: &imgd::store::Root, previous: Option<&State>) -
         tracing::warn!("group {g} boots {e}, not profile {}'s current build", t.profile);
     }
     Ok(st)
+}
+
+/// The PXE side's settings: the interface, and the HTTP address machines on
+/// it reach (its address, the --listen port).
+fn pxe_config(spec: &str, listen: &str) -> anyhow::Result<pxe::Config> {
+    let (iface, addr) = pxe::resolve_interface(spec)?;
+    let port = listen
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .with_context(|| format!("--listen {listen}: no port"))?;
+    let http = std::net::SocketAddrV4::new(addr, port);
+    Ok(pxe::Config { iface, addr, http, dhcp_port: 67, pxe_port: pxe::PXE_PORT, tftp_port: 69 })
 }
 
 pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
@@ -99,6 +122,14 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
     let store = imgd::store::Store::open(&sources.store)?;
     let root = store.gc_root(&format!("serve-{}", std::process::id()))?;
     let initial = load(&sources, &root, None)?;
+    let pxe = match &a.proxy_dhcp {
+        Some(spec) => Some(pxe_config(spec, &a.listen)?),
+        None => None,
+    };
+    let loaders = match pxe {
+        Some(_) => Some(imgd::serve::loaders::Loaders::load(&a.ipxe_dir)?),
+        None => None,
+    };
     let opts = Options {
         allow: a.allow.clone(),
         trusted_proxies: a.trusted_proxy.clone(),
@@ -108,12 +139,28 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
         idle_timeout: Duration::from_secs(a.idle_timeout),
         drain: Duration::from_secs(a.drain),
         cache_bytes: (a.cache_mib << 20) as usize,
+        loaders: loaders.clone(),
         ..Options::default()
     };
     rt.block_on(async move {
         let tcp =
             tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
         let addr = tcp.local_addr()?;
+        if let (Some(cfg), Some(loaders)) = (pxe, loaders) {
+            let proxy = pxe::ProxyDhcp::bind(std::sync::Arc::new(cfg.clone()))?;
+            let tftp = pxe::tftp(cfg.addr, cfg.tftp_port, loaders).await?;
+            tokio::spawn(async move {
+                if let Err(e) = proxy.run().await {
+                    tracing::error!("proxyDHCP stopped: {e:#}");
+                }
+            });
+            tokio::spawn(async move {
+                if let Err(e) = tftp.serve().await {
+                    tracing::error!("TFTP stopped: {e:#}");
+                }
+            });
+            eprintln!("imgd serve: proxyDHCP and TFTP on {} ({})", cfg.iface, cfg.addr);
+        }
         let server = Server::new(initial, opts);
         eprintln!("imgd serve: listening on http://{addr}");
         tracing::info!("serving {} group(s)", server.state().machines.groups.len());

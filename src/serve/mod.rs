@@ -6,14 +6,19 @@
 //! - [`machines`]: the config file and selection (pure)
 //! - [`state`]: config + store -> what is served, to whom, and continuity
 //! - [`range`], [`respond`], [`render`]: what bytes to send, scripts (pure)
+//! - [`dhcp`] (pure), [`pxe`]: proxyDHCP and TFTP for firmware that does
+//!   not speak HTTP, handing out the [`loaders`] (`--proxy-dhcp`)
 //! - [`server`]: a route in, an answer out; [`stream`]: file bodies from
 //!   the shared [`chunks`] cache; [`listener`]: accept, limits, drain
 
 pub mod chunks;
+pub mod dhcp;
 pub mod idle;
 pub mod listener;
+pub mod loaders;
 pub mod machines;
 pub mod metrics;
+pub mod pxe;
 pub mod range;
 pub mod render;
 pub mod respond;

@@ -31,6 +31,10 @@ pub enum Route {
         file: ArtifactFile,
         conditions: Conditions,
     },
+    /// `/loaders/<file>`: an iPXE build for UEFI HTTP boot (`--proxy-dhcp`).
+    Loader {
+        loader: super::loaders::Loader,
+    },
     Metrics,
     Healthz,
 }
@@ -43,6 +47,7 @@ impl Route {
             Route::Machine { .. } => "ipxe",
             Route::Profile { .. } => "profile",
             Route::Artifact { .. } => "artifacts",
+            Route::Loader { .. } => "loaders",
             Route::Metrics => "metrics",
             Route::Healthz => "healthz",
         }
@@ -126,6 +131,9 @@ pub fn route(path: &str, query: Option<&str>) -> Result<Route, Refused> {
             let entry = EntryName::new(entry).ok_or(Refused::NotFound)?;
             let file = ArtifactFile::new(file).map_err(|_| Refused::NotFound)?;
             Ok(Route::Artifact { entry, file, conditions: Conditions::default() })
+        }
+        ["loaders", name] => {
+            super::loaders::Loader::from_name(name).map(|loader| Route::Loader { loader }).ok_or(Refused::NotFound)
         }
         ["metrics"] => Ok(Route::Metrics),
         ["healthz"] => Ok(Route::Healthz),
@@ -269,6 +277,9 @@ mod tests {
         let head = parse(&Method::HEAD, &"/metrics".parse().unwrap(), &HeaderMap::new());
         assert_eq!(head, Ok(Route::Metrics));
         assert_eq!(route("/profiles/a.b/boot.ipxe", None), Err(Refused::NotFound));
+        let snp = super::super::loaders::Loader::UefiSnp;
+        assert_eq!(route("/loaders/snponly.efi", None), Ok(Route::Loader { loader: snp }));
+        assert_eq!(route("/loaders/ipxe.lkrn", None), Err(Refused::NotFound));
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub struct Options {
     /// HTTP keep-alive. On for real clients (iPXE reuses connections); off
     /// behind qemu's guestfwd relay, which serves one connection at a time.
     pub keep_alive: bool,
+    /// iPXE builds for UEFI HTTP boot clients (`--proxy-dhcp`); without
+    /// them `/loaders/` is 404.
+    pub loaders: Option<super::loaders::Loaders>,
 }
 
 impl Default for Options {
@@ -60,6 +63,7 @@ impl Default for Options {
             retry_after: 10,
             cache_bytes: 16 << 20,
             keep_alive: true,
+            loaders: None,
         }
     }
 }
@@ -187,6 +191,15 @@ impl Server {
             Route::Artifact { entry, file, conditions } => {
                 self.artifact(&state, client, &entry, &file, &conditions, head).await
             }
+            Route::Loader { loader } => match &self.opts.loaders {
+                Some(l) => {
+                    let mut r = Response::new(Full::new(l.get(loader)).map_err(|never| match never {}).boxed());
+                    let t = HeaderValue::from_static("application/efi");
+                    r.headers_mut().insert(header::CONTENT_TYPE, t);
+                    r
+                }
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            },
             Route::Metrics => text(StatusCode::OK, self.metrics.render(&state, &self.chunks)),
             Route::Healthz => text(StatusCode::OK, "ok\n"),
         };

@@ -1,0 +1,304 @@
+//! proxyDHCP answers (PXE spec 2.1, RFC 4578), as pure functions: a packet
+//! in, what to boot and the reply's bytes out. The sockets live in
+//! [`super::proxy_dhcp`].
+//!
+//! imgd never hands out addresses: the site's DHCP server does that, and imgd
+//! answers beside it, only to clients that say they are netbooting (option 60
+//! `PXEClient`/`HTTPClient` with an architecture, option 93), with the boot
+//! file alone. What each client gets:
+//! - iPXE (user class `iPXE`), whichever firmware it came from: the URL of
+//!   `/boot.ipxe`, so the chain ends there and never loops back to TFTP;
+//! - legacy BIOS PXE (arch 0): `undionly.kpxe` over TFTP;
+//! - x86_64 UEFI PXE (arch 7 or 9): `snponly.efi` over TFTP;
+//! - x86_64 UEFI HTTP boot (arch 16, class `HTTPClient`): `snponly.efi` by URL.
+//!
+//! Every field is checked before use (the packet comes from anyone on the
+//! segment): a request with a malformed field is ignored, not answered.
+
+use super::loaders::Loader;
+use dhcproto::v4::{self, DhcpOption, Message, MessageType, Opcode, OptionCode};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// How a netbooting client asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// iPXE, already running (user class `iPXE`).
+    Ipxe,
+    /// Firmware PXE on a legacy BIOS.
+    BiosPxe,
+    /// Firmware PXE under x86_64 UEFI.
+    UefiPxe,
+    /// UEFI HTTP boot on x86_64.
+    UefiHttp,
+}
+
+/// A checked boot request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub kind: MessageType,
+    pub client: Client,
+    /// RFC 4578 client architecture (option 93).
+    pub arch: u16,
+    pub xid: u32,
+    pub mac: [u8; 6],
+    pub ciaddr: Ipv4Addr,
+    pub giaddr: Ipv4Addr,
+    /// Option 97 (type 0 + 16-byte UUID), echoed back as PXE asks.
+    pub guid: Option<Vec<u8>>,
+}
+
+impl Request {
+    pub fn mac_text(&self) -> String {
+        self.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    }
+}
+
+/// Why a packet gets no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Ignored {
+    #[error("not a DHCP request: {0}")]
+    Malformed(String),
+    #[error("not a netboot client (no PXEClient/HTTPClient class with an architecture)")]
+    NotNetboot,
+    #[error("DHCP message {0:?}, not one this port answers")]
+    Kind(MessageType),
+    #[error("client architecture {0} has no boot program here")]
+    Architecture(u16),
+    #[error("malformed client GUID (option 97)")]
+    Guid,
+}
+
+/// What the client is told to boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootFile {
+    /// A loader over TFTP from this server.
+    Tftp(Loader),
+    /// A URL the client fetches itself.
+    Url(String),
+}
+
+impl BootFile {
+    pub fn text(&self) -> String {
+        match self {
+            BootFile::Tftp(l) => l.file_name().to_string(),
+            BootFile::Url(u) => u.clone(),
+        }
+    }
+}
+
+/// Parses and checks a packet from a client.
+pub fn parse(bytes: &[u8]) -> Result<Request, Ignored> {
+    let msg = Message::decode(&mut Decoder::new(bytes)).map_err(|e| Ignored::Malformed(e.to_string()))?;
+    if msg.opcode() != Opcode::BootRequest {
+        return Err(Ignored::Malformed("not a BOOTREQUEST".into()));
+    }
+    let mac: [u8; 6] = match msg.chaddr().get(..6) {
+        Some(m) if msg.htype() == v4::HType::Eth => m.try_into().map_err(|_| Ignored::Malformed("chaddr".into()))?,
+        _ => return Err(Ignored::Malformed("not Ethernet".into())),
+    };
+    let opts = msg.opts();
+    let kind = opts.msg_type().ok_or_else(|| Ignored::Malformed("no message type".into()))?;
+    let class = match opts.get(OptionCode::ClassIdentifier) {
+        Some(DhcpOption::ClassIdentifier(c)) => c.as_slice(),
+        _ => return Err(Ignored::NotNetboot),
+    };
+    let http = class.starts_with(b"HTTPClient");
+    if !(http || class.starts_with(b"PXEClient")) {
+        return Err(Ignored::NotNetboot);
+    }
+    let arch = match opts.get(OptionCode::ClientSystemArchitecture) {
+        Some(DhcpOption::ClientSystemArchitecture(a)) => u16::from(*a),
+        _ => return Err(Ignored::NotNetboot),
+    };
+    // RFC 3004 user classes are length-prefixed; iPXE sends a bare "iPXE"
+    // (not RFC 3004), as pixiecore and dnsmasq match it. Accept both.
+    let ipxe = match opts.get(OptionCode::UserClass) {
+        Some(DhcpOption::UserClass(u)) => u.as_slice() == b"iPXE" || u.as_slice() == b"\x04iPXE",
+        _ => false,
+    };
+    let guid = match opts.get(OptionCode::ClientMachineIdentifier) {
+        None => None,
+        Some(DhcpOption::ClientMachineIdentifier(g)) if g.len() == 17 && g[0] == 0 => Some(g.clone()),
+        // PXE ROMs in the wild omit it; a present one must be well formed.
+        Some(_) => return Err(Ignored::Guid),
+    };
+    let client = match (ipxe, http, arch) {
+        (true, _, _) => Client::Ipxe,
+        (false, false, 0) => Client::BiosPxe,
+        (false, false, 7 | 9) => Client::UefiPxe,
+        (false, true, 16) => Client::UefiHttp,
+        (false, _, a) => return Err(Ignored::Architecture(a)),
+    };
+    Ok(Request { kind, client, arch, xid: msg.xid(), mac, ciaddr: msg.ciaddr(), giaddr: msg.giaddr(), guid })
+}
+
+/// What to boot: `http` is imgd serve's HTTP address as the client reaches it.
+pub fn boot_file(req: &Request, http: SocketAddrV4) -> BootFile {
+    match req.client {
+        Client::Ipxe => BootFile::Url(format!("http://{http}/boot.ipxe")),
+        Client::BiosPxe => BootFile::Tftp(Loader::BiosUndi),
+        Client::UefiPxe => BootFile::Tftp(Loader::UefiSnp),
+        Client::UefiHttp => BootFile::Url(format!("http://{http}/loaders/{}", Loader::UefiSnp.file_name())),
+    }
+}
+
+/// The answer to `req` from `server` (this host's address on the client's
+/// segment): an OFFER to a DISCOVER on port 67, an ACK to a REQUEST on the
+/// PXE port 4011. No address is offered (yiaddr stays 0.0.0.0).
+pub fn reply(req: &Request, server: Ipv4Addr, boot: &BootFile) -> Vec<u8> {
+    let kind = if req.kind == MessageType::Discover { MessageType::Offer } else { MessageType::Ack };
+    let mut m = Message::default();
+    m.set_opcode(Opcode::BootReply)
+        .set_xid(req.xid)
+        .set_chaddr(&req.mac)
+        .set_ciaddr(req.ciaddr)
+        .set_giaddr(req.giaddr)
+        .set_siaddr(server)
+        .set_flags(v4::Flags::default().set_broadcast())
+        .set_sname_str(server.to_string())
+        .set_fname_str(boot.text());
+    let opts = m.opts_mut();
+    opts.insert(DhcpOption::MessageType(kind));
+    opts.insert(DhcpOption::ServerIdentifier(server));
+    let class: &[u8] = if req.client == Client::UefiHttp { b"HTTPClient" } else { b"PXEClient" };
+    opts.insert(DhcpOption::ClassIdentifier(class.to_vec()));
+    if let Some(g) = &req.guid {
+        opts.insert(DhcpOption::ClientMachineIdentifier(g.clone()));
+    }
+    if req.client == Client::BiosPxe {
+        // PXE discovery control = 8: skip boot server discovery, boot the
+        // file named here. UEFI firmware is left without it: several ignore
+        // proxy offers that carry it and instead ask port 4011 (pixiecore's
+        // finding), which imgd answers.
+        opts.insert(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
+    }
+    let mut out = Vec::with_capacity(400);
+    // Encoding a message built from checked values cannot fail; an empty
+    // packet would be dropped by the caller.
+    if m.encode(&mut Encoder::new(&mut out)).is_err() {
+        out.clear();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dhcproto::v4::Architecture;
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    const SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+
+    fn packet(kind: MessageType, class: Option<&[u8]>, arch: Option<u16>, user: Option<&[u8]>) -> Vec<u8> {
+        let mut m = Message::default();
+        m.set_xid(0xabcd1234).set_chaddr(&MAC);
+        let o = m.opts_mut();
+        o.insert(DhcpOption::MessageType(kind));
+        if let Some(c) = class {
+            o.insert(DhcpOption::ClassIdentifier(c.to_vec()));
+        }
+        if let Some(a) = arch {
+            o.insert(DhcpOption::ClientSystemArchitecture(Architecture::from(a)));
+        }
+        if let Some(u) = user {
+            o.insert(DhcpOption::UserClass(u.to_vec()));
+        }
+        let mut g = vec![0u8];
+        g.extend(1..=16u8);
+        o.insert(DhcpOption::ClientMachineIdentifier(g));
+        let mut out = Vec::new();
+        m.encode(&mut Encoder::new(&mut out)).unwrap();
+        out
+    }
+
+    fn http() -> SocketAddrV4 {
+        SocketAddrV4::new(SERVER, 8080)
+    }
+
+    #[test]
+    fn each_firmware_gets_the_boot_file_it_can_run() {
+        let pxe = b"PXEClient:Arch:00000:UNDI:002001".as_slice();
+        type Case<'a> = (&'a [u8], u16, Option<&'a [u8]>, BootFile);
+        let cases: [Case; 5] = [
+            (pxe, 0, None, BootFile::Tftp(Loader::BiosUndi)),
+            (b"PXEClient:Arch:00007:UNDI:003000", 7, None, BootFile::Tftp(Loader::UefiSnp)),
+            (b"PXEClient:Arch:00009:UNDI:003000", 9, None, BootFile::Tftp(Loader::UefiSnp)),
+            (
+                b"HTTPClient:Arch:00016:UNDI:003001",
+                16,
+                None,
+                BootFile::Url("http://192.0.2.1:8080/loaders/snponly.efi".into()),
+            ),
+            // iPXE, from any firmware, goes straight to the script: no loop.
+            (
+                b"PXEClient:Arch:00007:UNDI:003010",
+                7,
+                Some(b"iPXE"),
+                BootFile::Url("http://192.0.2.1:8080/boot.ipxe".into()),
+            ),
+        ];
+        for (class, arch, user, want) in cases {
+            let req = parse(&packet(MessageType::Discover, Some(class), Some(arch), user)).unwrap();
+            assert_eq!(boot_file(&req, http()), want, "{}", String::from_utf8_lossy(class));
+        }
+    }
+
+    #[test]
+    fn ordinary_dhcp_and_unknown_architectures_get_no_answer() {
+        let plain = packet(MessageType::Discover, None, None, None);
+        assert_eq!(parse(&plain), Err(Ignored::NotNetboot));
+        let no_arch = packet(MessageType::Discover, Some(b"PXEClient"), None, None);
+        assert_eq!(parse(&no_arch), Err(Ignored::NotNetboot));
+        let other = packet(MessageType::Discover, Some(b"android-dhcp-13"), Some(0), None);
+        assert_eq!(parse(&other), Err(Ignored::NotNetboot));
+        // arm64 UEFI: Debian has no iPXE for it.
+        let arm = packet(MessageType::Discover, Some(b"PXEClient:Arch:00011"), Some(11), None);
+        assert_eq!(parse(&arm), Err(Ignored::Architecture(11)));
+        assert!(matches!(parse(b"\x01\x01\x06\x00garbage"), Err(Ignored::Malformed(_))));
+        assert!(matches!(parse(&[]), Err(Ignored::Malformed(_))));
+    }
+
+    #[test]
+    fn a_malformed_guid_is_not_answered() {
+        let mut m = Message::default();
+        m.set_chaddr(&MAC).opts_mut().insert(DhcpOption::MessageType(MessageType::Discover));
+        m.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+        m.opts_mut().insert(DhcpOption::ClientSystemArchitecture(Architecture::from(7)));
+        m.opts_mut().insert(DhcpOption::ClientMachineIdentifier(vec![1; 17]));
+        let mut b = Vec::new();
+        m.encode(&mut Encoder::new(&mut b)).unwrap();
+        assert_eq!(parse(&b), Err(Ignored::Guid));
+    }
+
+    #[test]
+    fn the_reply_offers_no_address_and_names_the_boot_file() {
+        let req = parse(&packet(MessageType::Discover, Some(b"PXEClient:Arch:00000"), Some(0), None)).unwrap();
+        let bytes = reply(&req, SERVER, &boot_file(&req, http()));
+        let m = Message::decode(&mut Decoder::new(&bytes)).unwrap();
+        assert_eq!(m.opcode(), Opcode::BootReply);
+        assert_eq!(m.xid(), 0xabcd1234);
+        assert_eq!(&m.chaddr()[..6], &MAC);
+        assert_eq!(m.yiaddr(), Ipv4Addr::UNSPECIFIED, "a proxy never offers an address");
+        assert_eq!(m.siaddr(), SERVER);
+        // The file field on the wire: the name, NUL-padded (offset 108, 128 bytes).
+        assert_eq!(&bytes[108..108 + 14], b"undionly.kpxe\0");
+        assert_eq!(m.opts().msg_type(), Some(MessageType::Offer));
+        assert_eq!(m.opts().get(OptionCode::ServerIdentifier), Some(&DhcpOption::ServerIdentifier(SERVER)));
+        let class = m.opts().get(OptionCode::ClassIdentifier);
+        assert_eq!(class, Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec())));
+        let vendor = m.opts().get(OptionCode::VendorExtensions);
+        assert_eq!(vendor, Some(&DhcpOption::VendorExtensions(vec![6, 1, 8, 255])));
+        assert!(m.opts().get(OptionCode::ClientMachineIdentifier).is_some(), "the GUID is echoed");
+
+        // Port 4011: a REQUEST gets an ACK; HTTP boot's answer says HTTPClient.
+        let req = parse(&packet(MessageType::Request, Some(b"HTTPClient:Arch:00016"), Some(16), None)).unwrap();
+        let m = Message::decode(&mut Decoder::new(&reply(&req, SERVER, &boot_file(&req, http())))).unwrap();
+        assert_eq!(m.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(
+            m.opts().get(OptionCode::ClassIdentifier),
+            Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()))
+        );
+        assert!(m.opts().get(OptionCode::VendorExtensions).is_none());
+    }
+}

@@ -1,0 +1,200 @@
+//! `imgd serve --proxy-dhcp IFACE|ADDR`: the PXE side of the netboot path.
+//! proxyDHCP on ports 67 and 4011 of one interface (answers from
+//! [`super::dhcp`]) and a read-only TFTP server for the [`super::loaders`],
+//! so firmware that knows only DHCP + TFTP reaches `/boot.ipxe` with no
+//! dnsmasq beside imgd.
+
+use super::dhcp::{self, Ignored};
+use super::loaders::{Loader, Loaders};
+use anyhow::{bail, Context};
+use dhcproto::v4::MessageType;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+
+/// The PXE port where firmware sends its second request (PXE spec 2.1).
+pub const PXE_PORT: u16 = 4011;
+
+/// Where the PXE side listens and what it points clients at.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The interface facing the machines.
+    pub iface: String,
+    /// This host's address on it: the DHCP server identifier, the TFTP server.
+    pub addr: Ipv4Addr,
+    /// imgd serve's HTTP address as machines reach it.
+    pub http: SocketAddrV4,
+    /// DHCP (67), PXE (4011) and TFTP (69) ports; other values only in tests.
+    pub dhcp_port: u16,
+    pub pxe_port: u16,
+    pub tftp_port: u16,
+}
+
+/// `IFACE` or `ADDR` (one of this host's IPv4 addresses) to the interface
+/// and its address.
+pub fn resolve_interface(spec: &str) -> anyhow::Result<(String, Ipv4Addr)> {
+    let ifs = if_addrs::get_if_addrs().context("listing network interfaces")?;
+    let v4 = |i: &if_addrs::Interface| match i.ip() {
+        std::net::IpAddr::V4(a) => Some(a),
+        _ => None,
+    };
+    let found = match spec.parse::<Ipv4Addr>() {
+        Ok(want) => ifs.iter().find(|i| v4(i) == Some(want)),
+        Err(_) => ifs.iter().find(|i| i.name == spec && v4(i).is_some()),
+    };
+    match found.and_then(|i| Some((i.name.clone(), v4(i)?))) {
+        Some(f) => Ok(f),
+        None => {
+            let mut have: Vec<String> = ifs.iter().filter_map(|i| Some(format!("{} ({})", i.name, v4(i)?))).collect();
+            have.dedup();
+            bail!("--proxy-dhcp {spec}: no interface with that name or IPv4 address here; have {}", have.join(", "))
+        }
+    }
+}
+
+/// A UDP socket on `port` of every address, bound to `iface`: DHCP clients
+/// without an address broadcast, so only a wildcard socket hears them, and
+/// the device binding keeps it (and its broadcast replies) to that segment.
+fn udp_on_device(iface: &str, port: u16) -> anyhow::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true)?;
+    s.bind_device(Some(iface.as_bytes())).with_context(|| format!("binding a socket to interface {iface}"))?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
+        .with_context(|| format!("binding UDP port {port} on {iface}"))?;
+    Ok(UdpSocket::from_std(s.into())?)
+}
+
+/// The proxyDHCP sockets, bound (so a port in use fails at start-up, not later).
+pub struct ProxyDhcp {
+    cfg: Arc<Config>,
+    on_dhcp: UdpSocket,
+    on_pxe: UdpSocket,
+}
+
+impl ProxyDhcp {
+    pub fn bind(cfg: Arc<Config>) -> anyhow::Result<ProxyDhcp> {
+        let on_dhcp = udp_on_device(&cfg.iface, cfg.dhcp_port)?;
+        let on_pxe = udp_on_device(&cfg.iface, cfg.pxe_port)?;
+        tracing::info!(iface = %cfg.iface, addr = %cfg.addr, "proxyDHCP on ports {} and {}", cfg.dhcp_port, cfg.pxe_port);
+        Ok(ProxyDhcp { cfg, on_dhcp, on_pxe })
+    }
+
+    /// Answers netboot clients until the task is dropped.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let ProxyDhcp { cfg, on_dhcp, on_pxe } = self;
+        let (mut a, mut b) = ([0u8; 1500], [0u8; 1500]);
+        loop {
+            let (on_pxe_port, n, from) = tokio::select! {
+                r = on_dhcp.recv_from(&mut a) => { let (n, f) = r?; (false, n, f) }
+                r = on_pxe.recv_from(&mut b) => { let (n, f) = r?; (true, n, f) }
+            };
+            let bytes = if on_pxe_port { &b[..n] } else { &a[..n] };
+            let req = match dhcp::parse(bytes) {
+                Ok(r) => r,
+                Err(why) => {
+                    tracing::debug!(%from, "proxyDHCP: ignored: {why}");
+                    continue;
+                }
+            };
+            // Port 67 hears every client's DISCOVER and REQUEST: only a
+            // DISCOVER gets a proxy OFFER (the REQUEST is for the site's
+            // server). Port 4011 is asked by clients that took the offer.
+            let answers = if on_pxe_port {
+                matches!(req.kind, MessageType::Request | MessageType::Inform)
+            } else {
+                req.kind == MessageType::Discover
+            };
+            if !answers {
+                tracing::debug!(%from, "proxyDHCP: ignored: {}", Ignored::Kind(req.kind));
+                continue;
+            }
+            let boot = dhcp::boot_file(&req, cfg.http);
+            let reply = dhcp::reply(&req, cfg.addr, &boot);
+            if reply.is_empty() {
+                continue;
+            }
+            // A relayed request goes back to the relay; a client without an
+            // address hears a broadcast; on 4011 it has one and is answered there.
+            let to: SocketAddr = if !req.giaddr.is_unspecified() {
+                (req.giaddr, cfg.dhcp_port).into()
+            } else if on_pxe_port {
+                from
+            } else {
+                (Ipv4Addr::BROADCAST, cfg.dhcp_port + 1).into()
+            };
+            let sock = if on_pxe_port { &on_pxe } else { &on_dhcp };
+            match sock.send_to(&reply, to).await {
+                Ok(_) => tracing::info!(
+                    mac = %req.mac_text(), client = ?req.client, arch = req.arch, port = if on_pxe_port { cfg.pxe_port } else { cfg.dhcp_port },
+                    "proxyDHCP: boot {}", boot.text()
+                ),
+                Err(e) => tracing::warn!(mac = %req.mac_text(), "proxyDHCP: sending to {to}: {e}"),
+            }
+        }
+    }
+}
+
+/// Serves only the loaders, from memory: any other name is "file not
+/// found", and writes are refused.
+struct LoaderFiles(Loaders);
+
+impl async_tftp::server::Handler for LoaderFiles {
+    type Reader = futures_lite::io::Cursor<bytes::Bytes>;
+    type Writer = futures_lite::io::Sink;
+
+    async fn read_req_open(
+        &mut self,
+        client: &SocketAddr,
+        path: &Path,
+    ) -> Result<(Self::Reader, Option<u64>), async_tftp::packet::Error> {
+        let Some(l) = path.to_str().and_then(Loader::from_name) else {
+            tracing::info!(%client, "TFTP: refused {:?}", path.to_string_lossy().escape_debug().to_string());
+            return Err(async_tftp::packet::Error::FileNotFound);
+        };
+        let b = self.0.get(l);
+        tracing::info!(%client, "TFTP: sending {} ({} bytes)", l.file_name(), b.len());
+        let len = b.len() as u64;
+        Ok((futures_lite::io::Cursor::new(b), Some(len)))
+    }
+
+    async fn write_req_open(
+        &mut self,
+        _: &SocketAddr,
+        _: &Path,
+        _: Option<u64>,
+    ) -> Result<Self::Writer, async_tftp::packet::Error> {
+        Err(async_tftp::packet::Error::IllegalOperation)
+    }
+}
+
+/// Block size cap: 1468 bytes of data fill a 1500-byte Ethernet frame, so
+/// no block is ever fragmented (U-Boot and some PXE ROMs cannot reassemble).
+pub const TFTP_MAX_BLOCK: u16 = 1468;
+/// Window cap (RFC 7440): enough to fill a LAN, bounded for slow firmware.
+pub const TFTP_MAX_WINDOW: u16 = 32;
+/// A transfer whose client stops acknowledging ends after this many resends.
+pub const TFTP_RETRIES: u32 = 5;
+
+/// The read-only TFTP server, bound to `addr:port`; `.serve()` runs it.
+pub async fn tftp(
+    addr: Ipv4Addr,
+    port: u16,
+    loaders: Loaders,
+) -> anyhow::Result<async_tftp::server::TftpServer<impl async_tftp::server::Handler>> {
+    let server = async_tftp::server::TftpServerBuilder::with_handler(LoaderFiles(loaders))
+        .bind(SocketAddr::from((addr, port)))
+        .timeout(Duration::from_secs(2))
+        .max_send_retries(TFTP_RETRIES)
+        .block_size_limit(TFTP_MAX_BLOCK)
+        .window_size_limit(TFTP_MAX_WINDOW)
+        .build()
+        .await
+        .with_context(|| format!("TFTP on {addr}:{port}"))?;
+    tracing::info!("TFTP on {addr}:{port} (loaders only, read-only)");
+    Ok(server)
+}

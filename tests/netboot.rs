@@ -1,0 +1,209 @@
+//! Netboot on a real (virtual) layer-2 network: a network namespace with a
+//! bridge, the site's DHCP server (dnsmasq handing out addresses only, no
+//! boot options) in a namespace of its own behind a veth, `imgd serve
+//! --proxy-dhcp` on the bridge, and qemu machines on tap devices whose
+//! firmware finds imgd by proxyDHCP alone. Nothing leaves the namespaces:
+//! they have no route anywhere, and addresses are from 192.0.2.0/24
+//! (documentation). Needs root (CI runs as root).
+
+use crate::common::*;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SERVER: &str = "192.0.2.1";
+
+/// Two namespaces (`<name>` with the bridge, imgd and the machines;
+/// `<name>-site` with the site's DHCP server) and the processes in them,
+/// all removed on drop, failed test or not.
+struct Lan {
+    ns: String,
+    site: String,
+    children: Vec<Child>,
+    taps: usize,
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Lan {
+    fn new(tag: &str) -> Lan {
+        assert!(rustix::process::geteuid().is_root(), "netboot tests need root (network namespaces, taps)");
+        let ns = format!("imgd-{tag}-{}", std::process::id());
+        let site = format!("{ns}-site");
+        let lan = Lan { ns: ns.clone(), site: site.clone(), children: Vec::new(), taps: 0 };
+        sh(&["ip", "netns", "add", &ns]);
+        sh(&["ip", "netns", "add", &site]);
+        for (n, cmd) in [
+            (&ns, "link set lo up"),
+            (&ns, "link add br0 type bridge"),
+            (&ns, "addr add 192.0.2.1/24 dev br0"),
+            (&ns, "link set br0 up"),
+            (&ns, &format!("link add vsite type veth peer name eth0 netns {site}")),
+            (&ns, "link set vsite master br0 up"),
+            (&site, "link set lo up"),
+            (&site, "addr add 192.0.2.2/24 dev eth0"),
+            (&site, "link set eth0 up"),
+        ] {
+            let mut a = vec!["ip", "-n", n.as_str()];
+            a.extend(cmd.split(' '));
+            sh(&a);
+        }
+        lan
+    }
+
+    /// Starts `args` inside namespace `ns`, stdout piped.
+    fn spawn(&mut self, ns: &str, args: &[&str], stderr: Stdio) -> &mut Child {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        self.children.push(child);
+        self.children.last_mut().unwrap()
+    }
+
+    /// The site's DHCP server: addresses only, no boot file, no next-server.
+    fn site_dhcp(&mut self) {
+        let site = self.site.clone();
+        self.spawn(
+            &site,
+            &[
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--interface=eth0",
+                "--bind-interfaces",
+                "--dhcp-range=192.0.2.100,192.0.2.199,255.255.255.0,10m",
+                "--dhcp-authoritative",
+                "--leasefile-ro",
+                "--pid-file",
+                "--user=root",
+            ],
+            Stdio::null(),
+        );
+    }
+
+    /// A tap on the bridge for one machine.
+    fn tap(&mut self) -> String {
+        let tap = format!("tap{}", self.taps);
+        self.taps += 1;
+        sh(&["ip", "-n", &self.ns, "tuntap", "add", "dev", &tap, "mode", "tap"]);
+        sh(&["ip", "-n", &self.ns, "link", "set", &tap, "master", "br0", "up"]);
+        tap
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.site]).status();
+    }
+}
+
+/// `imgd serve --proxy-dhcp br0` in the namespace, booting hello for every
+/// machine; returns its log file (stderr), once it listens.
+fn serve(lan: &mut Lan, store: &Path, dir: &Path) -> std::path::PathBuf {
+    let machines = dir.join("machines.toml");
+    std::fs::write(&machines, "[[group]]\nname = \"lab\"\nprofile = \"hello\"\ndefault = true\n").unwrap();
+    let log = dir.join("serve.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let ns = lan.ns.clone();
+    let exe = env!("CARGO_BIN_EXE_imgd");
+    let (store, machines) = (store.to_str().unwrap(), machines.to_str().unwrap());
+    let root = repo();
+    let child = lan.spawn(
+        &ns,
+        &[
+            "env",
+            "RUST_LOG=info",
+            &format!("IMGD_ROOT={}", root.display()),
+            exe,
+            "serve",
+            "--store",
+            store,
+            "--config",
+            machines,
+            "--listen",
+            &format!("{SERVER}:8080"),
+            "--proxy-dhcp",
+            "br0",
+        ],
+        Stdio::from(f),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("listening on") {
+        assert!(child.try_wait().unwrap().is_none(), "imgd serve exited:\n{}", std::fs::read_to_string(&log).unwrap());
+        assert!(Instant::now() < deadline, "imgd serve did not start:\n{}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    log
+}
+
+/// qemu on a tap of the LAN, its serial console on stdout.
+fn machine(lan: &mut Lan, scratch: &Path, uefi: bool, mac: &str) -> usize {
+    let tap = lan.tap();
+    let mut a: Vec<String> =
+        ["qemu-system-x86_64", "-machine", "q35", "-m", "512", "-nographic", "-no-reboot"].map(String::from).to_vec();
+    a.extend(["-serial", "stdio", "-monitor", "none", "-display", "none"].map(String::from));
+    a.push("-netdev".into());
+    a.push(format!("tap,id=n0,ifname={tap},script=no,downscript=no"));
+    if uefi {
+        let vars = scratch.join(format!("vars-{tap}.fd"));
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+        a.push("-drive".into());
+        a.push("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into());
+        a.push("-drive".into());
+        a.push(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+        // No option ROM: the firmware's own UEFI PXE does the netboot.
+        a.push("-device".into());
+        a.push(format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1"));
+    } else {
+        // SeaBIOS with the NIC's iPXE option ROM (Debian's ipxe-qemu).
+        a.push("-device".into());
+        a.push(format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1"));
+    }
+    let ns = lan.ns.clone();
+    let args: Vec<&str> = a.iter().map(String::as_str).collect();
+    lan.spawn(&ns, &args, Stdio::null());
+    lan.children.len() - 1
+}
+
+fn boots(uefi: bool, mac: &str, tag: &str) -> (String, String) {
+    let h = hello();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lan = Lan::new(tag);
+    lan.site_dhcp();
+    let log = serve(&mut lan, &h.store, dir.path());
+    let i = machine(&mut lan, dir.path(), uefi, mac);
+    let console = wait_for_console(&mut lan.children[i], "IMGD-HELLO-READY", Duration::from_secs(240));
+    (console, std::fs::read_to_string(log).unwrap())
+}
+
+#[test]
+fn uefi_pxe_firmware_netboots_through_proxy_dhcp_and_tftp() {
+    let (console, log) = boots(true, "52:54:00:00:07:01", "uefipxe");
+    // The firmware's own PXE took the proxy offer, fetched snponly.efi over
+    // TFTP; that iPXE asked again and was sent to the script over HTTP.
+    assert!(log.contains("client=UefiPxe") && log.contains("proxyDHCP: boot snponly.efi"), "{log}");
+    assert!(log.contains("TFTP: sending snponly.efi"), "{log}");
+    assert!(log.contains("client=Ipxe") && log.contains(&format!("boot http://{SERVER}:8080/boot.ipxe")), "{log}");
+    assert!(console.contains("IMGD-HELLO-READY"));
+}
+
+#[test]
+fn the_nics_ipxe_rom_under_seabios_goes_straight_to_the_script() {
+    let (_console, log) = boots(false, "52:54:00:00:00:01", "biosipxe");
+    assert!(log.contains("client=Ipxe") && log.contains(&format!("boot http://{SERVER}:8080/boot.ipxe")), "{log}");
+    assert!(!log.contains("TFTP: sending"), "iPXE needs no loader: {log}");
+}

@@ -151,7 +151,19 @@ fn serve(lan: &mut Lan, store: &Path, dir: &Path) -> std::path::PathBuf {
 }
 
 /// qemu on a tap of the LAN, its serial console on stdout.
-fn machine(lan: &mut Lan, scratch: &Path, uefi: bool, mac: &str) -> usize {
+#[derive(Clone, Copy, PartialEq)]
+enum Firmware {
+    /// SeaBIOS with the NIC's iPXE option ROM (Debian's ipxe-qemu).
+    BiosIpxeRom,
+    /// OVMF's own UEFI PXE (the NIC has no option ROM).
+    UefiPxe,
+    /// OVMF's own UEFI HTTP boot: its PXE turned off by OVMF's fw_cfg knobs,
+    /// so the HTTP boot option is the one that runs.
+    UefiHttp,
+}
+
+fn machine(lan: &mut Lan, scratch: &Path, fw: Firmware, mac: &str) -> usize {
+    let uefi = fw != Firmware::BiosIpxeRom;
     let tap = lan.tap();
     let mut a: Vec<String> =
         ["qemu-system-x86_64", "-machine", "q35", "-m", "512", "-nographic", "-no-reboot"].map(String::from).to_vec();
@@ -165,11 +177,16 @@ fn machine(lan: &mut Lan, scratch: &Path, uefi: bool, mac: &str) -> usize {
         a.push("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into());
         a.push("-drive".into());
         a.push(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
-        // No option ROM: the firmware's own UEFI PXE does the netboot.
+        if fw == Firmware::UefiHttp {
+            for knob in ["IPv4PXESupport", "IPv6PXESupport"] {
+                a.push("-fw_cfg".into());
+                a.push(format!("name=opt/org.tianocore/{knob},string=n"));
+            }
+        }
+        // No option ROM: the firmware's own network stack does the netboot.
         a.push("-device".into());
         a.push(format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1"));
     } else {
-        // SeaBIOS with the NIC's iPXE option ROM (Debian's ipxe-qemu).
         a.push("-device".into());
         a.push(format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1"));
     }
@@ -179,20 +196,31 @@ fn machine(lan: &mut Lan, scratch: &Path, uefi: bool, mac: &str) -> usize {
     lan.children.len() - 1
 }
 
-fn boots(uefi: bool, mac: &str, tag: &str) -> (String, String) {
+fn boots(fw: Firmware, mac: &str, tag: &str) -> (String, String) {
     let h = hello();
     let dir = tempfile::tempdir().unwrap();
     let mut lan = Lan::new(tag);
     lan.site_dhcp();
     let log = serve(&mut lan, &h.store, dir.path());
-    let i = machine(&mut lan, dir.path(), uefi, mac);
-    let console = wait_for_console(&mut lan.children[i], "IMGD-HELLO-READY", Duration::from_secs(240));
-    (console, std::fs::read_to_string(log).unwrap())
+    let i = machine(&mut lan, dir.path(), fw, mac);
+    let child = &mut lan.children[i];
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for_console(child, "IMGD-HELLO-READY", Duration::from_secs(90))
+    }));
+    let log = std::fs::read_to_string(log).unwrap();
+    match waited {
+        Ok(console) => (console, log),
+        Err(e) => panic!("{}\nimgd serve's log:\n{log}", panic_text(&*e)),
+    }
+}
+
+fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
 }
 
 #[test]
 fn uefi_pxe_firmware_netboots_through_proxy_dhcp_and_tftp() {
-    let (console, log) = boots(true, "52:54:00:00:07:01", "uefipxe");
+    let (console, log) = boots(Firmware::UefiPxe, "52:54:00:00:07:01", "uefipxe");
     // The firmware's own PXE took the proxy offer, fetched snponly.efi over
     // TFTP; that iPXE asked again and was sent to the script over HTTP.
     assert!(log.contains("client=UefiPxe") && log.contains("proxyDHCP: boot snponly.efi"), "{log}");
@@ -203,7 +231,18 @@ fn uefi_pxe_firmware_netboots_through_proxy_dhcp_and_tftp() {
 
 #[test]
 fn the_nics_ipxe_rom_under_seabios_goes_straight_to_the_script() {
-    let (_console, log) = boots(false, "52:54:00:00:00:01", "biosipxe");
+    let (_console, log) = boots(Firmware::BiosIpxeRom, "52:54:00:00:00:01", "biosipxe");
     assert!(log.contains("client=Ipxe") && log.contains(&format!("boot http://{SERVER}:8080/boot.ipxe")), "{log}");
     assert!(!log.contains("TFTP: sending"), "iPXE needs no loader: {log}");
+}
+
+#[test]
+fn uefi_http_boot_firmware_netboots_through_proxy_dhcp() {
+    let (_console, log) = boots(Firmware::UefiHttp, "52:54:00:00:10:01", "uefihttp");
+    // The firmware's HTTP boot took the proxy's URL and fetched iPXE over
+    // HTTP; no TFTP at all.
+    let url = format!("boot http://{SERVER}:8080/loaders/snponly.efi");
+    assert!(log.contains("client=UefiHttp") && log.contains(&url), "{log}");
+    assert!(!log.contains("TFTP: sending"), "{log}");
+    assert!(log.contains("client=Ipxe"), "{log}");
 }

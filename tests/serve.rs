@@ -241,6 +241,16 @@ fn artifacts_follow_rfc_9110_ranges_and_conditionals() {
     assert!(raw.to_ascii_lowercase().contains(&format!("content-length: {size}\r\n")), "{raw}");
     assert!(raw.ends_with("\r\n\r\n"), "HEAD sent a body: {raw}");
 
+    // A script's HEAD says the size its GET sends, too (UEFI HTTP boot
+    // sizes its buffer from a HEAD; a 0 there stalled it).
+    let (_, _, script) = curl(&[&format!("{}/boot.ipxe", s.base)]);
+    let mut c = std::net::TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
+    write!(c, "HEAD /boot.ipxe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    c.read_to_string(&mut raw).unwrap();
+    assert!(raw.to_ascii_lowercase().contains(&format!("content-length: {}\r\n", script.len())), "{raw}");
+    assert!(raw.ends_with("\r\n\r\n"), "HEAD sent a body: {raw}");
+
     let etag = format!("If-None-Match: \"{digest}\"");
     let (st, _, body) = curl(&["-H", &etag, &url]);
     assert_eq!((st, body.len()), (304, 0));

@@ -154,6 +154,12 @@ impl Server {
         let (endpoint, mut resp) = self.answer(parsed, head, client).await;
         self.metrics.request(endpoint, resp.status().as_u16());
         if head {
+            // A HEAD answer says the size the GET would send: UEFI HTTP boot
+            // sizes its download buffer from it (a 0 there stalls the boot).
+            let exact = hyper::body::Body::size_hint(resp.body()).exact();
+            if let (false, Some(n)) = (resp.headers().contains_key(header::CONTENT_LENGTH), exact) {
+                resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
             *resp.body_mut() = empty_body();
         }
         resp
@@ -194,8 +200,7 @@ impl Server {
             Route::Loader { loader } => match &self.opts.loaders {
                 Some(l) => {
                     let mut r = Response::new(Full::new(l.get(loader)).map_err(|never| match never {}).boxed());
-                    let t = HeaderValue::from_static("application/efi");
-                    r.headers_mut().insert(header::CONTENT_TYPE, t);
+                    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/efi"));
                     r
                 }
                 None => text(StatusCode::NOT_FOUND, "not found\n"),

@@ -246,3 +246,39 @@ fn uefi_http_boot_firmware_netboots_through_proxy_dhcp() {
     assert!(!log.contains("TFTP: sending"), "{log}");
     assert!(log.contains("client=Ipxe"), "{log}");
 }
+
+#[test]
+fn tftp_sends_the_loaders_whole_and_nothing_else() {
+    let h = hello();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lan = Lan::new("tftp");
+    let log = serve(&mut lan, &h.store, dir.path());
+    let curl = |args: &[&str]| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &lan.ns, "curl", "-sS", "--max-time", "20", "--path-as-is"]).args(args);
+        c.output().unwrap()
+    };
+    let want = std::fs::read("/usr/lib/ipxe/snponly.efi").unwrap();
+    // RFC 2348 block sizes, the one above the cap included (the server
+    // answers 1468, which fills an Ethernet frame).
+    for blksize in ["512", "1468", "8192"] {
+        let got = dir.path().join(format!("snp-{blksize}"));
+        let url = format!("tftp://{SERVER}/snponly.efi");
+        let out = curl(&["--tftp-blksize", blksize, "-o", got.to_str().unwrap(), &url]);
+        assert!(out.status.success(), "blksize {blksize}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(std::fs::read(&got).unwrap() == want, "blksize {blksize}: the bytes differ");
+    }
+    let bios = curl(&[&format!("tftp://{SERVER}/undionly.kpxe")]);
+    assert_eq!(bios.stdout, std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap());
+    // Nothing but the loaders: no other file, no traversal, no writes.
+    for path in ["../../../../etc/passwd", "/etc/passwd", "..%2f..%2fetc%2fpasswd", "ipxe.efi", "SNPONLY.EFI"] {
+        let out = curl(&[&format!("tftp://{SERVER}/{path}")]);
+        assert!(!out.status.success() && out.stdout.is_empty(), "{path} was served");
+    }
+    let upload = dir.path().join("x");
+    std::fs::write(&upload, b"x").unwrap();
+    let out = curl(&["-T", upload.to_str().unwrap(), &format!("tftp://{SERVER}/snponly.efi")]);
+    assert!(!out.status.success(), "a write was accepted");
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("TFTP: refused \"../../../../etc/passwd\""), "{log}");
+}

@@ -8,6 +8,11 @@
 #   scripts/bench.sh serve   imgd serve vs nginx (sendfile on) on the same files, with
 #                            wrk: 64 MiB to 64 connections, /ipxe renders vs a small
 #                            static file, 1000 connections downloading a 16 MiB initrd
+#   scripts/bench.sh storm   a boot storm: 10,000 simulated iPXE machines (own MAC and
+#                            127.0.0.0/8 source address each) arriving within 60 s,
+#                            /boot.ipxe -> /ipxe -> kernel + initrd (1 MiB each) on one
+#                            kept-alive connection, imgd serve vs nginx serving the same
+#                            scripts and files statically (MACHINES=, WINDOW= override)
 #   scripts/bench.sh sync    a 1 GiB mostly-empty raw disk to S3 on a local endpoint (moto
 #                            on loopback): imgd vs `aws s3 cp` (awscli from PyPI); EBS
 #                            direct blocks sent vs blocks in the disk; a re-run's bytes
@@ -24,7 +29,8 @@
 # each): CI uses it to show that every mode still runs and prints its figures.
 # RUNS=N, SECS=N override the number of runs and wrk's duration; CONNS="1000 5000"
 # the connection counts of the serve memory figure.
-# IMGD_BIN=path uses that imgd instead of building target/release/imgd.
+# IMGD_BIN=path uses that imgd instead of building target/release/imgd; STORM_BIN=path
+# the storm load generator (scripts/storm.rs, `cargo build --example storm`).
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-build}"
@@ -322,6 +328,112 @@ NGX
   stop_servers
 }
 
+bench_storm() {
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  need nginx "apt-get install nginx-light"; need curl "apt-get install curl"
+  local machines window
+  if [ "$quick" = 1 ]; then machines="${MACHINES:-300}"; window="${WINDOW:-3}"; else machines="${MACHINES:-10000}"; window="${WINDOW:-60}"; fi
+  local storm="${STORM_BIN:-}"
+  if [ -z "$storm" ]; then cargo build --release -q --example storm; storm="$PWD/target/release/examples/storm"; fi
+  # A store entry with a 1 MiB kernel and initrd: the storm measures the
+  # server's answers and its memory, not loopback's copy bandwidth.
+  local hash; hash=$(printf 'storm' | sha256sum | cut -c1-64)
+  local entry="${hash:0:32}-storm" dir="$tmp/storm-store/${hash:0:32}-storm"
+  mkdir -p "$dir"
+  head -c $((1 << 20)) /dev/urandom > "$dir/vmlinuz"
+  head -c $((1 << 20)) /dev/urandom > "$dir/initrd"
+  python3 - "$dir" "$entry" "$hash" <<'PY'
+import json, os, subprocess, sys
+d, entry, h = sys.argv[1:4]
+arts = []
+for f, name in [("vmlinuz", "kernel"), ("initrd", "initrd")]:
+    p = os.path.join(d, f)
+    arts.append({"name": name, "format": "ipxe", "file": f, "size": os.path.getsize(p), "blake3": subprocess.check_output(["b3sum", "--no-names", p], text=True).strip()})
+m = {"name": entry, "hash": h, "profile": "storm", "hardware": "qemu-x86_64", "arch": "x86_64", "firmware": "uefi",
+     "imgd_version": "bench", "built_at": 0, "source_date_epoch": 0, "artifacts": arts, "recipe": {"cmdline": "console=ttyS0"}}
+json.dump(m, open(os.path.join(d, "manifest.json"), "w"))
+PY
+  # A fleet's machines file: 200 racks by source network (127.1.N.0/24 is
+  # not how the storm's addresses fall, so every machine is matched against
+  # all of them), then the default group that boots them.
+  : > "$tmp/storm-machines.toml"
+  local r
+  for r in $(seq 1 200); do
+    printf '[[group]]
+name = "rack-%s"
+entry = "%s"
+selector = { source = ["127.%s.0.0/16"] }
+' "$r" "$entry" "$((r + 1))" >> "$tmp/storm-machines.toml"
+  done
+  printf '[[group]]
+name = "fleet"
+entry = "%s"
+default = true
+' "$entry" >> "$tmp/storm-machines.toml"
+  local port_i port_n
+  port_i=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  port_n=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  IMGD_STORE="$tmp/storm-store" setpriv --pdeathsig KILL -- "$imgd" serve --listen "127.0.0.1:$port_i" \
+    --config "$tmp/storm-machines.toml" --max-connections 20000 2>"$tmp/storm-serve.log" &
+  local srv=$!
+  servers+=("$srv")
+  local I="http://127.0.0.1:$port_i" N="http://127.0.0.1:$port_n" i
+  for i in $(seq 1 50); do curl -sf "$I/healthz" >/dev/null && break; sleep 0.1; done
+  # nginx's root: the scripts imgd renders, saved as files, and the entry.
+  local root="$tmp/storm-nginx"
+  mkdir -p "$root/artifacts"
+  curl -sf "$I/boot.ipxe" > "$root/boot.ipxe"
+  curl -sf "$I/ipxe?mac=52-54-00-00-00-01&platform=efi" > "$root/ipxe"
+  ln -s "$dir" "$root/artifacts/$entry"
+  cat > "$tmp/storm-nginx.conf" <<NGX
+worker_processes auto;
+user root;
+daemon off;
+pid $tmp/storm-nginx.pid;
+error_log $tmp/storm-nginx.err;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$port_n; root $root; }
+}
+NGX
+  nginx -c "$tmp/storm-nginx.conf" &
+  servers+=($!)
+  for i in $(seq 1 50); do curl -sf "$N/boot.ipxe" >/dev/null && break; sleep 0.1; done
+  echo "boot storm: $machines machines (own MAC + 127/8 address each) within ${window}s, each /boot.ipxe -> /ipxe -> kernel + initrd (1 MiB each):"
+  # Peak RSS of imgd's own run: clear_refs resets its high-water mark.
+  echo 5 > "/proc/$srv/clear_refs"
+  local a b
+  a=$("$storm" "$I" "$machines" "$window")
+  local rss; rss=$(awk '/VmHWM/ {print $2}' "/proc/$srv/status")
+  b=$("$storm" "$N" "$machines" "$window")
+  local nrss=0 w
+  for w in $(pgrep -f "nginx: worker process" || true); do
+    nrss=$((nrss + $(awk '/VmHWM/ {print $2}' "/proc/$w/status" 2>/dev/null || echo 0)))
+  done
+  local _n irend isecs irps is50 is99 ia50 ia99 imb ierr nrend nsecs nrps ns50 ns99 na50 na99 nmb nerr
+  read -r _n irend isecs irps is50 is99 ia50 ia99 imb ierr <<<"$a"
+  read -r _n nrend nsecs nrps ns50 ns99 na50 na99 nmb nerr <<<"$b"
+  printf '  %-34s imgd %8s      nginx %8s      (goal: 0 errors)\n' "errors" "$ierr" "$nerr"
+  printf '  %-34s imgd %8s      nginx %8s\n' "renders (/ipxe answered)" "$irend" "$nrend"
+  printf '  %-34s imgd %8s /s   nginx %8s /s\n' "renders per second" "$irps" "$nrps"
+  printf '  %-34s imgd %8s ms   nginx %8s ms\n' "script latency p50" "$is50" "$ns50"
+  printf '  %-34s imgd %8s ms   nginx %8s ms   ratio %.2fx  (goal < 50 ms)\n' "script latency p99" "$is99" "$ns99" "$(calc "$is99 / ($ns99 + 0.001)")"
+  printf '  %-34s imgd %8s ms   nginx %8s ms\n' "artifact latency p50 (1 MiB)" "$ia50" "$na50"
+  printf '  %-34s imgd %8s ms   nginx %8s ms\n' "artifact latency p99 (1 MiB)" "$ia99" "$na99"
+  printf '  %-34s imgd %8.1f MiB  nginx %8.1f MiB (all workers)  (goal < 200 MiB)\n' "server peak RSS" "$(calc "$rss / 1024")" "$(calc "$nrss / 1024")"
+  figure errors "$ierr" "$nerr" count -
+  figure renders_per_s "$irps" "$nrps" req/s "$(calc "$irps / $nrps")"
+  figure script_p99 "$is99" "$ns99" ms "$(calc "$is99 / ($ns99 + 0.001)")"
+  figure artifact_p99 "$ia99" "$na99" ms "$(calc "$ia99 / ($na99 + 0.001)")"
+  figure peak_rss "$(calc "$rss / 1024")" "$(calc "$nrss / 1024")" MiB "$(calc "$rss / ($nrss + 1)")"
+  [ "$ierr" = 0 ] || { echo "bench.sh storm: imgd had $ierr errors; its log:" >&2; tail -5 "$tmp/storm-serve.log" >&2; exit 1; }
+  stop_servers
+}
+
 bench_sync() {
   need moto_server "pip install 'moto[server]'"
   local venv="$cache/bench-venv"
@@ -431,13 +543,14 @@ one() {
     build) bench_build ;;
     boot) bench_boot ;;
     serve) bench_serve ;;
+    storm) bench_storm ;;
     sync) bench_sync ;;
     debian) bench_debian ;;
-    *) echo "usage: $0 build|boot|serve|sync|debian|all" >&2; exit 2 ;;
+    *) echo "usage: $0 build|boot|serve|storm|sync|debian|all" >&2; exit 2 ;;
   esac
 }
 if [ "$what" = all ]; then
-  for m in build boot serve sync debian; do one "$m"; done
+  for m in build boot serve storm sync debian; do one "$m"; done
 else
   one "$what"
 fi

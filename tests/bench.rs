@@ -13,6 +13,8 @@ fn quick(mode: &str) -> Vec<(String, f64)> {
         .arg(mode)
         .env("QUICK", "1")
         .env("IMGD_BIN", env!("CARGO_BIN_EXE_imgd"))
+        // `cargo test` builds the examples beside the binaries' folder.
+        .env("STORM_BIN", std::path::Path::new(env!("CARGO_BIN_EXE_imgd")).with_file_name("examples").join("storm"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -73,4 +75,12 @@ fn bench_sync_runs_in_its_quick_form() {
 fn bench_debian_runs_in_its_quick_form() {
     let f = quick("debian");
     assert!(*named(&f, "debian.rebuild") > 0.0);
+}
+
+#[test]
+fn bench_storm_runs_in_its_quick_form() {
+    let f = quick("storm");
+    assert_eq!(*named(&f, "storm.errors"), 0.0, "a storm of a few hundred machines has no errors");
+    assert!(*named(&f, "storm.renders_per_s") > 0.0);
+    assert!(*named(&f, "storm.peak_rss") > 0.0);
 }

@@ -196,7 +196,21 @@ fn machine(lan: &mut Lan, scratch: &Path, fw: Firmware, mac: &str) -> usize {
     lan.children.len() - 1
 }
 
-fn boots(fw: Firmware, mac: &str, tag: &str) -> (String, String) {
+/// imgd serve's /metrics, asked from inside the namespace.
+fn metrics(lan: &Lan) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lan.ns, "curl", "-sS", "--max-time", "10", &format!("http://{SERVER}:8080/metrics")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of one counter line in /metrics (0 when absent).
+fn counter(metrics: &str, series: &str) -> u64 {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0)
+}
+
+fn boots(fw: Firmware, mac: &str, tag: &str) -> (String, String, String) {
     let h = hello();
     let dir = tempfile::tempdir().unwrap();
     let mut lan = Lan::new(tag);
@@ -209,7 +223,7 @@ fn boots(fw: Firmware, mac: &str, tag: &str) -> (String, String) {
     }));
     let log = std::fs::read_to_string(log).unwrap();
     match waited {
-        Ok(console) => (console, log),
+        Ok(console) => (console, log, metrics(&lan)),
         Err(e) => panic!("{}\nimgd serve's log:\n{log}", panic_text(&*e)),
     }
 }
@@ -220,25 +234,34 @@ fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
 
 #[test]
 fn uefi_pxe_firmware_netboots_through_proxy_dhcp_and_tftp() {
-    let (console, log) = boots(Firmware::UefiPxe, "52:54:00:00:07:01", "uefipxe");
+    let (console, log, m) = boots(Firmware::UefiPxe, "52:54:00:00:07:01", "uefipxe");
     // The firmware's own PXE took the proxy offer, fetched snponly.efi over
     // TFTP; that iPXE asked again and was sent to the script over HTTP.
     assert!(log.contains("client=UefiPxe") && log.contains("proxyDHCP: boot snponly.efi"), "{log}");
     assert!(log.contains("TFTP: sending snponly.efi"), "{log}");
     assert!(log.contains("client=Ipxe") && log.contains(&format!("boot http://{SERVER}:8080/boot.ipxe")), "{log}");
     assert!(console.contains("IMGD-HELLO-READY"));
+    // /metrics counts it: the firmware's offer and 4011 ack, the loader, iPXE's offer.
+    for series in [
+        "imgd_proxydhcp_packets_total{client=\"uefi_pxe\",reply=\"offer\"}",
+        "imgd_proxydhcp_packets_total{client=\"uefi_pxe\",reply=\"ack\"}",
+        "imgd_proxydhcp_packets_total{client=\"ipxe\",reply=\"offer\"}",
+        "imgd_tftp_requests_total{file=\"snponly.efi\",outcome=\"sent\"}",
+    ] {
+        assert!(counter(&m, series) >= 1, "{series} not counted:\n{m}");
+    }
 }
 
 #[test]
 fn the_nics_ipxe_rom_under_seabios_goes_straight_to_the_script() {
-    let (_console, log) = boots(Firmware::BiosIpxeRom, "52:54:00:00:00:01", "biosipxe");
+    let (_console, log, _) = boots(Firmware::BiosIpxeRom, "52:54:00:00:00:01", "biosipxe");
     assert!(log.contains("client=Ipxe") && log.contains(&format!("boot http://{SERVER}:8080/boot.ipxe")), "{log}");
     assert!(!log.contains("TFTP: sending"), "iPXE needs no loader: {log}");
 }
 
 #[test]
 fn uefi_http_boot_firmware_netboots_through_proxy_dhcp() {
-    let (_console, log) = boots(Firmware::UefiHttp, "52:54:00:00:10:01", "uefihttp");
+    let (_console, log, _) = boots(Firmware::UefiHttp, "52:54:00:00:10:01", "uefihttp");
     // The firmware's HTTP boot took the proxy's URL and fetched iPXE over
     // HTTP; no TFTP at all.
     let url = format!("boot http://{SERVER}:8080/loaders/snponly.efi");
@@ -281,4 +304,8 @@ fn tftp_sends_the_loaders_whole_and_nothing_else() {
     assert!(!out.status.success(), "a write was accepted");
     let log = std::fs::read_to_string(log).unwrap();
     assert!(log.contains("TFTP: refused \"../../../../etc/passwd\""), "{log}");
+    let m = metrics(&lan);
+    assert_eq!(counter(&m, "imgd_tftp_requests_total{file=\"-\",outcome=\"refused\"}"), 5, "{m}");
+    assert_eq!(counter(&m, "imgd_tftp_requests_total{file=\"snponly.efi\",outcome=\"sent\"}"), 3, "{m}");
+    assert_eq!(counter(&m, "imgd_tftp_requests_total{file=\"-\",outcome=\"write_refused\"}"), 1, "{m}");
 }

@@ -146,11 +146,13 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
         let tcp =
             tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
         let addr = tcp.local_addr()?;
+        let server = Server::new(initial, opts);
         if let (Some(cfg), Some(loaders)) = (pxe, loaders) {
             let proxy = pxe::ProxyDhcp::bind(std::sync::Arc::new(cfg.clone()))?;
-            let tftp = pxe::tftp(cfg.addr, cfg.tftp_port, loaders).await?;
+            let tftp = pxe::tftp(cfg.addr, cfg.tftp_port, loaders, server.clone()).await?;
+            let srv = server.clone();
             tokio::spawn(async move {
-                if let Err(e) = proxy.run().await {
+                if let Err(e) = proxy.run(srv).await {
                     tracing::error!("proxyDHCP stopped: {e:#}");
                 }
             });
@@ -161,7 +163,6 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
             });
             eprintln!("imgd serve: proxyDHCP and TFTP on {} ({})", cfg.iface, cfg.addr);
         }
-        let server = Server::new(initial, opts);
         eprintln!("imgd serve: listening on http://{addr}");
         tracing::info!("serving {} group(s)", server.state().machines.groups.len());
 

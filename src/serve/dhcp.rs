@@ -33,6 +33,18 @@ pub enum Client {
     UefiHttp,
 }
 
+impl Client {
+    /// The label in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Client::Ipxe => "ipxe",
+            Client::BiosPxe => "bios_pxe",
+            Client::UefiPxe => "uefi_pxe",
+            Client::UefiHttp => "uefi_http",
+        }
+    }
+}
+
 /// A checked boot request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -67,6 +79,19 @@ pub enum Ignored {
     Architecture(u16),
     #[error("malformed client GUID (option 97)")]
     Guid,
+}
+
+impl Ignored {
+    /// The reason label in metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Ignored::Malformed(_) => "malformed",
+            Ignored::NotNetboot => "not_netboot",
+            Ignored::Kind(_) => "other_message",
+            Ignored::Architecture(_) => "architecture",
+            Ignored::Guid => "bad_guid",
+        }
+    }
 }
 
 /// What the client is told to boot.

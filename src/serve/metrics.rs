@@ -9,6 +9,10 @@ use std::sync::Mutex;
 pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     boots: Mutex<BTreeMap<(String, String), u64>>,
+    /// proxyDHCP answers by (client kind, reply), and packets left alone by reason.
+    dhcp: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// TFTP requests by (file or "-", outcome).
+    tftp: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     pub bytes_served: AtomicU64,
     pub active_transfers: AtomicI64,
     pub active_connections: AtomicI64,
@@ -27,6 +31,17 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .entry((profile.to_string(), group.to_string()))
             .or_default() += 1;
+    }
+
+    /// A proxyDHCP packet: `client` is its kind or `ignored`, `what` the
+    /// reply (offer, ack) or why it got none.
+    pub fn dhcp(&self, client: &'static str, what: &'static str) {
+        *self.dhcp.lock().unwrap_or_else(|p| p.into_inner()).entry((client, what)).or_default() += 1;
+    }
+
+    /// A TFTP read request: the loader sent, or refused.
+    pub fn tftp(&self, file: &'static str, outcome: &'static str) {
+        *self.tftp.lock().unwrap_or_else(|p| p.into_inner()).entry((file, outcome)).or_default() += 1;
     }
 
     /// Requests answered so far at `endpoint` with `status`.
@@ -59,6 +74,26 @@ impl Metrics {
                 u8::from(t.stale)
             );
         }
+        let dhcp = self.dhcp.lock().unwrap_or_else(|p| p.into_inner());
+        if !dhcp.is_empty() {
+            s.push_str(
+                "# HELP imgd_proxydhcp_packets_total proxyDHCP packets by client kind and reply (or why none).\n",
+            );
+            s.push_str("# TYPE imgd_proxydhcp_packets_total counter\n");
+            for ((c, w), n) in dhcp.iter() {
+                let _ = writeln!(s, "imgd_proxydhcp_packets_total{{client=\"{c}\",reply=\"{w}\"}} {n}");
+            }
+        }
+        drop(dhcp);
+        let tftp = self.tftp.lock().unwrap_or_else(|p| p.into_inner());
+        if !tftp.is_empty() {
+            s.push_str("# HELP imgd_tftp_requests_total TFTP read requests by file and outcome.\n");
+            s.push_str("# TYPE imgd_tftp_requests_total counter\n");
+            for ((f, o), n) in tftp.iter() {
+                let _ = writeln!(s, "imgd_tftp_requests_total{{file=\"{f}\",outcome=\"{o}\"}} {n}");
+            }
+        }
+        drop(tftp);
         let gauge = |s: &mut String, name: &str, help: &str, kind: &str, v: String| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };

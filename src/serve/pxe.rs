@@ -84,8 +84,10 @@ impl ProxyDhcp {
         Ok(ProxyDhcp { cfg, on_dhcp, on_pxe })
     }
 
-    /// Answers netboot clients until the task is dropped.
-    pub async fn run(self) -> anyhow::Result<()> {
+    /// Answers netboot clients until the task is dropped, counting in
+    /// `metrics` what it answered and what it left alone.
+    pub async fn run(self, server: Arc<super::Server>) -> anyhow::Result<()> {
+        let metrics = &server.metrics;
         let ProxyDhcp { cfg, on_dhcp, on_pxe } = self;
         let (mut a, mut b) = ([0u8; 1500], [0u8; 1500]);
         loop {
@@ -98,6 +100,7 @@ impl ProxyDhcp {
                 Ok(r) => r,
                 Err(why) => {
                     tracing::debug!(%from, "proxyDHCP: ignored: {why}");
+                    metrics.dhcp("ignored", why.label());
                     continue;
                 }
             };
@@ -110,7 +113,9 @@ impl ProxyDhcp {
                 req.kind == MessageType::Discover
             };
             if !answers {
-                tracing::debug!(%from, "proxyDHCP: ignored: {}", Ignored::Kind(req.kind));
+                let why = Ignored::Kind(req.kind);
+                tracing::debug!(%from, "proxyDHCP: ignored: {why}");
+                metrics.dhcp("ignored", why.label());
                 continue;
             }
             let boot = dhcp::boot_file(&req, cfg.http);
@@ -128,11 +133,15 @@ impl ProxyDhcp {
                 (Ipv4Addr::BROADCAST, cfg.dhcp_port + 1).into()
             };
             let sock = if on_pxe_port { &on_pxe } else { &on_dhcp };
+            let what = if req.kind == MessageType::Discover { "offer" } else { "ack" };
             match sock.send_to(&reply, to).await {
-                Ok(_) => tracing::info!(
+                Ok(_) => {
+                    metrics.dhcp(req.client.label(), what);
+                    tracing::info!(
                     mac = %req.mac_text(), client = ?req.client, arch = req.arch, port = if on_pxe_port { cfg.pxe_port } else { cfg.dhcp_port },
                     "proxyDHCP: boot {}", boot.text()
-                ),
+                    )
+                }
                 Err(e) => tracing::warn!(mac = %req.mac_text(), "proxyDHCP: sending to {to}: {e}"),
             }
         }
@@ -140,8 +149,8 @@ impl ProxyDhcp {
 }
 
 /// Serves only the loaders, from memory: any other name is "file not
-/// found", and writes are refused.
-struct LoaderFiles(Loaders);
+/// found", and writes are refused. Counts in the server's metrics.
+struct LoaderFiles(Loaders, Arc<super::Server>);
 
 impl async_tftp::server::Handler for LoaderFiles {
     type Reader = futures_lite::io::Cursor<bytes::Bytes>;
@@ -154,9 +163,11 @@ impl async_tftp::server::Handler for LoaderFiles {
     ) -> Result<(Self::Reader, Option<u64>), async_tftp::packet::Error> {
         let Some(l) = path.to_str().and_then(Loader::from_name) else {
             tracing::info!(%client, "TFTP: refused {:?}", path.to_string_lossy().escape_debug().to_string());
+            self.1.metrics.tftp("-", "refused");
             return Err(async_tftp::packet::Error::FileNotFound);
         };
         let b = self.0.get(l);
+        self.1.metrics.tftp(l.file_name(), "sent");
         tracing::info!(%client, "TFTP: sending {} ({} bytes)", l.file_name(), b.len());
         let len = b.len() as u64;
         Ok((futures_lite::io::Cursor::new(b), Some(len)))
@@ -168,6 +179,7 @@ impl async_tftp::server::Handler for LoaderFiles {
         _: &Path,
         _: Option<u64>,
     ) -> Result<Self::Writer, async_tftp::packet::Error> {
+        self.1.metrics.tftp("-", "write_refused");
         Err(async_tftp::packet::Error::IllegalOperation)
     }
 }
@@ -185,8 +197,9 @@ pub async fn tftp(
     addr: Ipv4Addr,
     port: u16,
     loaders: Loaders,
+    counts_in: Arc<super::Server>,
 ) -> anyhow::Result<async_tftp::server::TftpServer<impl async_tftp::server::Handler>> {
-    let server = async_tftp::server::TftpServerBuilder::with_handler(LoaderFiles(loaders))
+    let server = async_tftp::server::TftpServerBuilder::with_handler(LoaderFiles(loaders, counts_in))
         .bind(SocketAddr::from((addr, port)))
         .timeout(Duration::from_secs(2))
         .max_send_retries(TFTP_RETRIES)

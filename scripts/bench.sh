@@ -72,7 +72,14 @@ stop_servers() {
   wait "${servers[@]}" 2>/dev/null || true
   servers=()
 }
-trap 'stop_servers; rm -rf "$tmp"' EXIT
+# Network namespaces made by a mode (storm's DHCP phase), removed however it ends.
+namespaces=()
+drop_namespaces() {
+  local n
+  for n in "${namespaces[@]}"; do ip netns del "$n" 2>/dev/null || true; done
+  namespaces=()
+}
+trap 'stop_servers; drop_namespaces; rm -rf "$tmp"' EXIT
 
 # figure NAME IMGD ANCHOR UNIT RATIO: the machine-readable line of one figure.
 figure() { printf 'figure %s.%s %s %s %s %s\n' "$what_now" "$1" "$2" "$3" "$4" "$5"; }
@@ -432,6 +439,60 @@ NGX
   figure peak_rss "$(calc "$rss / 1024")" "$(calc "$nrss / 1024")" MiB "$(calc "$rss / ($nrss + 1)")"
   [ "$ierr" = 0 ] || { echo "bench.sh storm: imgd had $ierr errors; its log:" >&2; tail -5 "$tmp/storm-serve.log" >&2; exit 1; }
   stop_servers
+  storm_dhcp "$machines" "$window" "$storm" "$entry"
+}
+
+# The DHCP side of the storm: the machines' PXE DISCOVERs and port-4011
+# REQUESTs, broadcast on a veth between two network namespaces (no broadcast
+# on loopback; nothing leaves them), answered by imgd serve --proxy-dhcp and
+# then by dnsmasq in proxy mode (--dhcp-range=...,proxy with a pxe-service).
+storm_dhcp() {
+  local machines=$1 window=$2 storm=$3 entry=$4
+  if [ "$(id -u)" != 0 ] || ! command -v dnsmasq >/dev/null; then
+    echo "  (proxyDHCP storm skipped: it needs root and dnsmasq for its network namespaces)"
+    return 0
+  fi
+  local S="imgd-storm-s-$$" C="imgd-storm-c-$$"
+  ip netns add "$S"; namespaces+=("$S")
+  ip netns add "$C"; namespaces+=("$C")
+  ip -n "$S" link set lo up; ip -n "$C" link set lo up
+  ip -n "$S" link add eth0 type veth peer name eth0 netns "$C"
+  ip -n "$S" addr add 192.0.2.1/24 dev eth0; ip -n "$S" link set eth0 up
+  ip -n "$C" addr add 192.0.2.50/24 dev eth0; ip -n "$C" link set eth0 up
+  local srv a b rss nrss
+  IMGD_STORE="$tmp/storm-store" ip netns exec "$S" setpriv --pdeathsig KILL -- "$imgd" serve --listen 192.0.2.1:8080 \
+    --config "$tmp/storm-machines.toml" --proxy-dhcp eth0 2>"$tmp/storm-dhcp.log" &
+  srv=$!
+  servers+=("$srv")
+  local i
+  for i in $(seq 1 50); do grep -q "listening on" "$tmp/storm-dhcp.log" 2>/dev/null && break; sleep 0.1; done
+  echo 5 > "/proc/$srv/clear_refs"
+  a=$(ip netns exec "$C" "$storm" dhcp "$machines" "$window")
+  rss=$(awk '/VmHWM/ {print $2}' "/proc/$srv/status")
+  stop_servers
+  ip netns exec "$S" dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --interface=eth0 --bind-interfaces \
+    --dhcp-range=192.0.2.0,proxy --pxe-service=BC_EFI,imgd,snponly --pxe-service=X86-64_EFI,imgd,snponly \
+    --user=root --pid-file --log-facility=/dev/null &
+  srv=$!
+  servers+=("$srv")
+  sleep 1
+  b=$(ip netns exec "$C" "$storm" dhcp "$machines" "$window")
+  nrss=$(awk '/VmHWM/ {print $2}' "/proc/$srv/status")
+  stop_servers
+  drop_namespaces
+  local _n io ia is i50 i99 ia50 ia99 ierr no na ns n50 n99 na50 na99 nerr
+  read -r _n io ia is i50 i99 ia50 ia99 ierr <<<"$a"
+  read -r _n no na ns n50 n99 na50 na99 nerr <<<"$b"
+  echo "proxyDHCP storm: $machines UEFI PXE machines within ${window}s (DISCOVER -> offer, then REQUEST to port 4011 -> ack; no retries):"
+  printf '  %-34s imgd %8s      dnsmasq %8s      (goal: 0)\n' "machines without an ack" "$ierr" "$nerr"
+  printf '  %-34s imgd %8s ms   dnsmasq %8s ms\n' "offer latency p50" "$i50" "$n50"
+  printf '  %-34s imgd %8s ms   dnsmasq %8s ms\n' "offer latency p99" "$i99" "$n99"
+  printf '  %-34s imgd %8s ms   dnsmasq %8s ms\n' "4011 ack latency p99" "$ia99" "$na99"
+  printf '  %-34s imgd %8.1f MiB  dnsmasq %8.1f MiB\n' "server peak RSS" "$(calc "$rss / 1024")" "$(calc "$nrss / 1024")"
+  figure dhcp_errors "$ierr" "$nerr" count -
+  figure dhcp_offer_p99 "$i99" "$n99" ms "$(calc "$i99 / ($n99 + 0.001)")"
+  figure dhcp_ack_p99 "$ia99" "$na99" ms "$(calc "$ia99 / ($na99 + 0.001)")"
+  [ "$ierr" = 0 ] || { echo "bench.sh storm: imgd left $ierr machines unanswered; its log:" >&2; tail -5 "$tmp/storm-dhcp.log" >&2; exit 1; }
 }
 
 bench_sync() {

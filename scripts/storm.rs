@@ -9,7 +9,14 @@
 //! written by hand (requests with Content-Length answers only), so the load
 //! generator costs little next to the server it measures.
 //!
+//! `storm dhcp` does the same for proxyDHCP: each machine broadcasts a UEFI
+//! PXE DISCOVER (its own MAC and xid) and, once offered a boot file, asks
+//! the offering server's port 4011 as the firmware does. It runs inside a
+//! network namespace the bench script made (there is no broadcast on
+//! loopback), and a lost or unanswered packet counts as an error (no retries).
+//!
 //! usage: storm BASE_URL MACHINES WINDOW_SECS
+//!        storm dhcp MACHINES WINDOW_SECS
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -135,9 +142,117 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// One machine's DHCP exchange, by xid.
+struct Pending {
+    sent: Instant,
+    offered: Option<f64>,
+    acked: Option<f64>,
+}
+
+fn discover(i: u32, kind: dhcproto::v4::MessageType, ciaddr: Ipv4Addr) -> Vec<u8> {
+    use dhcproto::v4::{Architecture, DhcpOption, Message};
+    use dhcproto::{Encodable, Encoder};
+    let mac = [0x52, 0x54, 0x01, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+    let mut m = Message::default();
+    m.set_xid(0x1000_0000 + i).set_chaddr(&mac).set_ciaddr(ciaddr);
+    let o = m.opts_mut();
+    o.insert(DhcpOption::MessageType(kind));
+    o.insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00007:UNDI:003000".to_vec()));
+    o.insert(DhcpOption::ClientSystemArchitecture(Architecture::from(7)));
+    o.insert(DhcpOption::ClientNetworkInterface(1, 3, 0));
+    let mut guid = vec![0u8];
+    guid.extend_from_slice(&[0x11; 12]);
+    guid.extend_from_slice(&i.to_be_bytes());
+    o.insert(DhcpOption::ClientMachineIdentifier(guid));
+    let mut out = Vec::new();
+    let _ = m.encode(&mut Encoder::new(&mut out));
+    out
+}
+
+async fn dhcp_storm(n: u32, window: f64) {
+    use dhcproto::v4::{Message, MessageType};
+    use dhcproto::{Decodable, Decoder};
+    // Port 68 on the namespace's eth0: a limited broadcast needs the device
+    // named (the namespace has no default route).
+    let bound = || -> std::io::Result<tokio::net::UdpSocket> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_broadcast(true)?;
+        s.bind_device(Some(b"eth0"))?;
+        s.set_nonblocking(true)?;
+        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())?;
+        tokio::net::UdpSocket::from_std(s.into())
+    };
+    let sock = Arc::new(bound().unwrap_or_else(|e| {
+        eprintln!("storm dhcp: port 68 on eth0: {e}");
+        std::process::exit(2)
+    }));
+    let pending: Arc<Mutex<std::collections::HashMap<u32, Pending>>> = Arc::default();
+    let (p2, s2) = (pending.clone(), sock.clone());
+    let receiver = tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        loop {
+            let Ok((len, _)) = s2.recv_from(&mut buf).await else { return };
+            let Ok(m) = Message::decode(&mut Decoder::new(&buf[..len])) else { continue };
+            let mut p = p2.lock().await;
+            let Some(e) = p.get_mut(&m.xid()) else { continue };
+            let ms = e.sent.elapsed().as_secs_f64() * 1e3;
+            match m.opts().msg_type() {
+                Some(MessageType::Offer) if e.offered.is_none() => {
+                    e.offered = Some(ms);
+                    e.sent = Instant::now();
+                    // As the firmware does: ask the offering server's PXE port.
+                    let i = m.xid() - 0x1000_0000;
+                    let req = discover(i, MessageType::Request, Ipv4Addr::new(192, 0, 2, 50));
+                    let to = SocketAddr::from((m.siaddr(), 4011));
+                    let _ = s2.send_to(&req, to).await;
+                }
+                Some(MessageType::Ack) if e.acked.is_none() => e.acked = Some(ms),
+                _ => {}
+            }
+        }
+    });
+    let start = Instant::now();
+    for i in 0..n {
+        let at = start + Duration::from_secs_f64(window * f64::from(i) / f64::from(n));
+        tokio::time::sleep_until(at.into()).await;
+        pending.lock().await.insert(0x1000_0000 + i, Pending { sent: Instant::now(), offered: None, acked: None });
+        let pkt = discover(i, MessageType::Discover, Ipv4Addr::UNSPECIFIED);
+        if let Err(e) = sock.send_to(&pkt, "255.255.255.255:67").await {
+            eprintln!("storm dhcp: send: {e}");
+        }
+    }
+    // Answers still on their way get 5 s, as a PXE client's first timeout.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    receiver.abort();
+    let secs = start.elapsed().as_secs_f64() - 5.0;
+    let p = pending.lock().await;
+    let mut offers: Vec<f64> = p.values().filter_map(|e| e.offered).collect();
+    let mut acks: Vec<f64> = p.values().filter_map(|e| e.acked).collect();
+    let errors = p.values().filter(|e| e.acked.is_none()).count();
+    // machines offers acks secs offer_p50 offer_p99 ack_p50 ack_p99 errors
+    println!(
+        "{n} {} {} {secs:.1} {:.2} {:.2} {:.2} {:.2} {errors}",
+        offers.len(),
+        acks.len(),
+        pct(&mut offers, 0.5),
+        pct(&mut offers, 0.99),
+        pct(&mut acks, 0.5),
+        pct(&mut acks, 0.99)
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("dhcp") {
+        let (Some(n), Some(w)) = (args.get(2).and_then(|a| a.parse().ok()), args.get(3).and_then(|a| a.parse().ok()))
+        else {
+            eprintln!("usage: storm dhcp MACHINES WINDOW_SECS");
+            std::process::exit(2)
+        };
+        return dhcp_storm(n, w).await;
+    }
     let usage = "usage: storm http://127.x.y.z:PORT MACHINES WINDOW_SECS";
     let (Some(base), Some(n), Some(window)) = (args.get(1), args.get(2), args.get(3)) else {
         eprintln!("{usage}");

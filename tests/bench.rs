@@ -83,4 +83,7 @@ fn bench_storm_runs_in_its_quick_form() {
     assert_eq!(*named(&f, "storm.errors"), 0.0, "a storm of a few hundred machines has no errors");
     assert!(*named(&f, "storm.renders_per_s") > 0.0);
     assert!(*named(&f, "storm.peak_rss") > 0.0);
+    // The proxyDHCP phase (CI runs as root): every machine offered and acked.
+    assert_eq!(*named(&f, "storm.dhcp_errors"), 0.0);
+    assert!(*named(&f, "storm.dhcp_offer_p99") > 0.0);
 }

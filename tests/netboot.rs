@@ -309,3 +309,16 @@ fn tftp_sends_the_loaders_whole_and_nothing_else() {
     assert_eq!(counter(&m, "imgd_tftp_requests_total{file=\"snponly.efi\",outcome=\"sent\"}"), 3, "{m}");
     assert_eq!(counter(&m, "imgd_tftp_requests_total{file=\"-\",outcome=\"write_refused\"}"), 1, "{m}");
 }
+
+#[test]
+fn an_interface_that_is_not_here_is_named_in_the_error() {
+    let d = tempfile::tempdir().unwrap();
+    let out = imgd(&d.path().join("s"))
+        .args(["serve", "--serve-all", "--listen", "127.0.0.1:0", "--proxy-dhcp", "no-such-if0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--proxy-dhcp no-such-if0: no interface with that name or IPv4 address here"), "{stderr}");
+    assert!(stderr.contains("lo (127.0.0.1)"), "the interfaces it has are listed: {stderr}");
+}

@@ -27,7 +27,7 @@ pub struct Config {
     pub addr: Ipv4Addr,
     /// imgd serve's HTTP address as machines reach it.
     pub http: SocketAddrV4,
-    /// DHCP (67), PXE (4011) and TFTP (69) ports; other values only in tests.
+    /// DHCP (67; clients answer on the next port), PXE (4011), TFTP (69).
     pub dhcp_port: u16,
     pub pxe_port: u16,
     pub tftp_port: u16,

@@ -19,6 +19,7 @@ pub mod ebs;
 pub mod import;
 pub mod output;
 pub mod prune;
+pub mod regions;
 pub mod retry;
 pub mod s3;
 pub mod sync;

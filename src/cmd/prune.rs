@@ -17,9 +17,13 @@ use std::time::Duration;
 pub struct PruneArgs {
     #[command(flatten)]
     pub bucket: BucketArgs,
-    /// Regions to clean, comma-separated.
+    /// Regions to clean, comma-separated; `all` is every region enabled for
+    /// the account (asked in --home-region).
     #[arg(long, value_delimiter = ',', required = true)]
     pub regions: Vec<String>,
+    /// Where to ask for the account's regions with `--regions all`.
+    #[arg(long)]
+    pub home_region: Option<String>,
     /// Only this profile's builds (default: every profile).
     #[arg(long)]
     pub profile: Option<String>,
@@ -81,16 +85,17 @@ pub fn run(a: &PruneArgs) -> Result<()> {
         return Err(ConfigError::new("--profile", format!("`{}` is not a profile name", p.escape_debug())).into());
     }
     check_regions(&a.regions)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let regions = super::sync::resolve_regions(&a.regions, a.home_region.as_deref(), &a.aws, &rt)?;
     let req = imgd_aws::prune::Request {
         at: a.bucket.location()?,
-        regions: a.regions.clone(),
+        regions,
         profile: a.profile.clone(),
         keep: a.keep,
         cache: imgd_aws::prune::CacheRetention { keep: a.cache_keep, max_age: a.cache_max_age },
         local: local_entries(&a.store.dir()),
         now: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let outcome = rt.block_on(imgd_aws::prune::run(&req, &a.aws.options(), a.yes))?;
     let rows = outcome.plan.rows(&req.at.bucket);
     if a.json {

@@ -13,6 +13,7 @@ use std::time::Duration;
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
   imgd sync hello --bucket my-images --regions us-east-1,eu-west-1 --tfvars amis.auto.tfvars.json
+  imgd sync hello --bucket b --regions all --home-region us-east-1   (every enabled region)
   imgd sync hello --bucket b --regions us-east-1 --dry-run --json     (the plan, changing nothing)
   imgd sync hello --bucket b --regions us-east-1 --endpoint-url http://127.0.0.1:5000   (a local emulator)")]
 pub struct SyncArgs {
@@ -22,7 +23,9 @@ pub struct SyncArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub bucket: BucketArgs,
-    /// Regions that need the AMI, comma-separated.
+    /// Regions that need the AMI, comma-separated; `all` is every region
+    /// enabled for the account (DescribeRegions, with --home-region), so a
+    /// region enabled later gets the AMI on the next sync.
     #[arg(long, value_delimiter = ',', required_unless_present = "s3_only")]
     pub regions: Vec<String>,
     /// Only upload the build to S3 (an iPXE mirror for --artifact-base-url, or
@@ -123,17 +126,44 @@ impl BucketArgs {
     }
 }
 
-/// Region names as AWS spells them (`us-east-1`), checked before any call.
+/// Region names as AWS spells them (`us-east-1`), checked before any call;
+/// `all` only alone.
 pub fn check_regions(regions: &[String]) -> Result<(), ConfigError> {
-    for r in regions {
-        let ok = !r.is_empty()
-            && r.len() <= 32
-            && r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !ok {
+    if regions.len() > 1 && regions.iter().any(|r| r == "all") {
+        return Err(ConfigError::new("--regions", "`all` stands alone, not in a list".to_string()));
+    }
+    for r in regions.iter().filter(|r| *r != "all") {
+        if !imgd_aws::regions::is_region_name(r) {
             return Err(ConfigError::new("--regions", format!("`{}` is not an AWS region name", r.escape_debug())));
         }
     }
     Ok(())
+}
+
+/// `--regions` as a list: `all` asks the account (in `home`, which it needs).
+pub fn resolve_regions(
+    regions: &[String],
+    home: Option<&str>,
+    aws: &AwsArgs,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Vec<String>> {
+    if regions != ["all"] {
+        return Ok(regions.to_vec());
+    }
+    let Some(home) = home else {
+        return Err(
+            ConfigError::new("--home-region", "--regions all needs --home-region (where to ask)".to_string()).into()
+        );
+    };
+    check_regions(&[home.to_string()]).map_err(|_| {
+        ConfigError::new("--home-region", format!("`{}` is not an AWS region name", home.escape_debug()))
+    })?;
+    let mut found = rt.block_on(imgd_aws::regions::enabled(home, &aws.options()))?;
+    tracing::info!("--regions all: {}", found.join(","));
+    // The home region first: where the AMI is registered, and where prune's
+    // first client goes.
+    found.sort_by_key(|r| r != home);
+    Ok(found)
 }
 
 pub fn run(a: &SyncArgs) -> Result<()> {
@@ -159,14 +189,16 @@ pub fn run(a: &SyncArgs) -> Result<()> {
             )
             .into());
     }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let regions = resolve_regions(&a.regions, a.home_region.as_deref(), &a.aws, &rt)?;
     let store = a.store.open()?;
     let entry = a.profile.build_via(&recipe, &store, a.aws.endpoint_url.as_deref())?.entry;
-    let home = a.home_region.clone().or_else(|| a.regions.first().cloned()).unwrap_or_default();
+    let home = a.home_region.clone().or_else(|| regions.first().cloned()).unwrap_or_default();
     let req = Request {
         entry: entry.for_aws()?,
         to,
         ami: !a.s3_only,
-        others: a.regions.iter().filter(|r| **r != home).cloned().collect(),
+        others: regions.iter().filter(|r| **r != home).cloned().collect(),
         home,
         method: a.method.method(),
         share: a.share.clone(),
@@ -174,7 +206,6 @@ pub fn run(a: &SyncArgs) -> Result<()> {
         wait: Duration::from_secs(a.wait),
         poll: Duration::from_secs(a.poll.max(1)),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let outcome = rt.block_on(imgd_aws::sync::run(&req, &a.aws.options(), a.dry_run))?;
     let Some(result) = outcome.result else {
         let rows = outcome.plan.rows(&req.to.bucket);

@@ -295,3 +295,39 @@ fn an_interrupted_upload_resumes_with_the_parts_already_sent() {
     assert_eq!(check[0].as_str(), Some(local.as_str()), "the resumed object is the disk");
     assert_eq!(check[1], 0, "no upload left open");
 }
+
+#[test]
+fn regions_all_is_every_region_the_account_has_enabled() {
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    // What the account has enabled, asked independently (boto3).
+    let enabled = moto.py(
+        "print(json.dumps(sorted(r['RegionName'] for r in ec2('us-east-1').describe_regions()['Regions'] \
+         if r.get('OptInStatus', 'opt-in-not-required') != 'not-opted-in')))",
+    );
+    let enabled: Vec<String> = serde_json::from_value(enabled).unwrap();
+    assert!(enabled.len() > 3, "{enabled:?}");
+    let args = ["hello", "--bucket", "imgs", "--regions", "all", "--home-region", "us-east-1", "--dry-run"];
+    let (p, _) = moto.sync(&store, &args);
+    let mut copies: Vec<String> = p["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["action"] == "copy")
+        .map(|s| s["place"].as_str().unwrap().to_string())
+        .collect();
+    copies.sort();
+    let want: Vec<String> = enabled.iter().filter(|r| *r != "us-east-1").cloned().collect();
+    assert_eq!(copies, want, "a copy to every enabled region but home: {p}");
+    assert!(p["plan"].as_array().unwrap().iter().any(|s| s["action"] == "register" && s["place"] == "us-east-1"));
+
+    // `all` needs a region to ask in, and stands alone.
+    for (bad, key) in [(&["--regions", "all"][..], "--home-region"), (&["--regions", "all,us-east-1"][..], "--regions")] {
+        let out = support::aws(&moto.url, &store, "sync", &[&["hello", "--bucket", "imgs"][..], bad].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(key), "{stderr}");
+    }
+}

@@ -398,3 +398,67 @@ mod tests {
         assert_eq!(imgd_tags("snap-3", &odd).map(|t| t.2), Some(String::new()));
     }
 }
+
+/// Images something in this region still launches from, with why: instances
+/// that exist (pending, running, stopping, stopped: a stopped instance needs
+/// its AMI to be replaced by an ASG) and launch templates' default and latest
+/// versions. Ids are checked (`ami-` + hex); anything else (an SSM reference
+/// such as `resolve:ssm:…`) is not an image id and is skipped.
+pub async fn in_use(ec2: &aws_sdk_ec2::Client) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
+    let mut used: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let ami_id =
+        |s: &str| s.strip_prefix("ami-").is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    let states = ["pending", "running", "stopping", "stopped"];
+    let mut pages = ec2
+        .describe_instances()
+        .filters(
+            Filter::builder().name("instance-state-name").set_values(Some(states.map(String::from).to_vec())).build(),
+        )
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.context("DescribeInstances")?;
+        for i in page.reservations().iter().flat_map(|r| r.instances()) {
+            let (Some(image), Some(id)) = (i.image_id(), i.instance_id()) else { continue };
+            if ami_id(image) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                let state = i.state().and_then(|s| s.name()).map_or("?", |n| n.as_str());
+                used.entry(image.to_string()).or_default().push(format!("instance {id} ({state})"));
+            }
+        }
+    }
+    let templates: Vec<aws_sdk_ec2::types::LaunchTemplate> = ec2
+        .describe_launch_templates()
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<_, _>>()
+        .await
+        .context("DescribeLaunchTemplates")?;
+    for t in templates {
+        let Some(lt) = t.launch_template_id() else { continue };
+        if !lt.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            continue;
+        }
+        let out = ec2
+            .describe_launch_template_versions()
+            .launch_template_id(lt)
+            .versions("$Default")
+            .versions("$Latest")
+            .send()
+            .await
+            .with_context(|| format!("DescribeLaunchTemplateVersions {lt}"))?;
+        for v in out.launch_template_versions() {
+            let Some(image) = v.launch_template_data().and_then(|d| d.image_id()) else { continue };
+            if ami_id(image) {
+                let which = if v.default_version() == Some(true) { "default" } else { "latest" };
+                let n = v.version_number().unwrap_or_default();
+                let why = format!("launch template {lt} version {n} ({which})");
+                let list = used.entry(image.to_string()).or_default();
+                if !list.contains(&why) {
+                    list.push(why);
+                }
+            }
+        }
+    }
+    Ok(used)
+}

@@ -108,7 +108,7 @@ pub fn run(a: &PruneArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for b in &outcome.plan.kept {
-            eprintln!("keeping {} {} (built {})", b.profile, &b.hash[..12], b.built_at);
+            eprintln!("keeping {} {} (built {}): {}", b.profile, &b.hash[..12], b.built_at, b.why.join("; "));
         }
         print!("{}", imgd_aws::output::text(&rows));
         if !outcome.applied && !rows.is_empty() {

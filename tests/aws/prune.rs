@@ -168,3 +168,66 @@ fn prune_leaves_cache_entries_to_their_own_retention_and_survives_foreign_tags()
     let keys = moto.keys("imgs");
     assert!(keys.iter().all(|k| !k.contains(&names[0])) && keys.iter().any(|k| k.contains(&names[1])), "{keys:?}");
 }
+
+#[test]
+fn prune_never_deregisters_an_ami_something_still_launches_from() {
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let mut amis = Vec::new();
+    for host in ["a", "b", "c"] {
+        let set = format!("hostname={host}");
+        let (r, _) = moto.sync(&store, &["hello", "--set", &set, "--bucket", "imgs", "--regions", "us-east-1"]);
+        amis.push(r["amis"]["us-east-1"].as_str().unwrap().to_string());
+    }
+    // A stopped instance launched from a; a launch template whose default
+    // version launches b.
+    let ids = moto.py(&format!(
+        "e = ec2('us-east-1')\n\
+         i = e.run_instances(ImageId='{}', MinCount=1, MaxCount=1)['Instances'][0]['InstanceId']\n\
+         e.stop_instances(InstanceIds=[i])\n\
+         t = e.create_launch_template(LaunchTemplateName='web', LaunchTemplateData={{'ImageId': '{}'}})\n\
+         print(json.dumps([i, t['LaunchTemplate']['LaunchTemplateId']]))",
+        amis[0], amis[1]
+    ));
+    let (instance, template) = (ids[0].as_str().unwrap().to_string(), ids[1].as_str().unwrap().to_string());
+    let prune = |yes: bool| {
+        let mut args = vec!["--bucket", "imgs", "--regions", "us-east-1", "--keep", "1"];
+        if yes {
+            args.push("--yes");
+        }
+        support::aws_ok(&moto.url, &store, "prune", &args).0
+    };
+    let plan = prune(true);
+    assert!(steps(&plan, "deregister").is_empty(), "nothing unused to deregister: {plan}");
+    let why: Vec<String> = plan["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["why"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect::<Vec<_>>().join("; "))
+        .collect();
+    assert_eq!(why.len(), 3, "{plan}");
+    assert!(why.iter().any(|w| w.contains(&amis[0]) && w.contains(&format!("instance {instance}"))), "{why:?}");
+    assert!(why.iter().any(|w| w.contains(&amis[1]) && w.contains(&format!("launch template {template}"))), "{why:?}");
+    assert!(why.iter().any(|w| w.contains("among the newest 1 of hello")), "{why:?}");
+    let ids = || -> Vec<String> {
+        let v = moto.py("print(json.dumps(sorted(i['ImageId'] for i in ec2('us-east-1').describe_images(Owners=['self'])['Images'])))");
+        serde_json::from_value(v).unwrap()
+    };
+    let mut all = amis.clone();
+    all.sort();
+    assert_eq!(ids(), all, "an AMI in use was deregistered");
+
+    // Once nothing launches from them, they go.
+    moto.py(&format!(
+        "e = ec2('us-east-1')\n\
+         e.terminate_instances(InstanceIds=['{instance}'])\n\
+         e.delete_launch_template(LaunchTemplateId='{template}')\n\
+         print('null')"
+    ));
+    let plan = prune(true);
+    let gone = steps(&plan, "deregister");
+    assert_eq!(gone.len(), 2, "{plan}");
+    assert_eq!(ids(), vec![amis[2].clone()]);
+}

@@ -303,10 +303,9 @@ fn regions_all_is_every_region_the_account_has_enabled() {
     let d = tempfile::tempdir().unwrap();
     let store = d.path().join("store");
     // What the account has enabled, asked independently (boto3).
-    let enabled = moto.py(
-        "print(json.dumps(sorted(r['RegionName'] for r in ec2('us-east-1').describe_regions()['Regions'] \
-         if r.get('OptInStatus', 'opt-in-not-required') != 'not-opted-in')))",
-    );
+    let enabled = moto
+        .py("print(json.dumps(sorted(r['RegionName'] for r in ec2('us-east-1').describe_regions()['Regions'] \
+         if r.get('OptInStatus', 'opt-in-not-required') != 'not-opted-in')))");
     let enabled: Vec<String> = serde_json::from_value(enabled).unwrap();
     assert!(enabled.len() > 3, "{enabled:?}");
     let args = ["hello", "--bucket", "imgs", "--regions", "all", "--home-region", "us-east-1", "--dry-run"];
@@ -324,7 +323,8 @@ fn regions_all_is_every_region_the_account_has_enabled() {
     assert!(p["plan"].as_array().unwrap().iter().any(|s| s["action"] == "register" && s["place"] == "us-east-1"));
 
     // `all` needs a region to ask in, and stands alone.
-    for (bad, key) in [(&["--regions", "all"][..], "--home-region"), (&["--regions", "all,us-east-1"][..], "--regions")] {
+    for (bad, key) in [(&["--regions", "all"][..], "--home-region"), (&["--regions", "all,us-east-1"][..], "--regions")]
+    {
         let out = support::aws(&moto.url, &store, "sync", &[&["hello", "--bucket", "imgs"][..], bad].concat());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");

@@ -1,4 +1,5 @@
 //! What exists for a prune: imgd-tagged images and snapshots in every region,
+//! what launches from which image there (instances, launch templates),
 //! the entry folders under the prefix, open multipart uploads (every listing
 //! paginated), and imgd's metadata on the objects the plan would delete.
 
@@ -11,7 +12,11 @@ pub async fn observe(clients: &Clients, req: &Request) -> Result<Observed> {
     let mut seen = Observed::default();
     for region in &req.regions {
         let ec2 = clients.ec2(region);
-        let r = Region { images: ami::list_images(&ec2).await?, snapshots: ami::list_snapshots(&ec2).await? };
+        let r = Region {
+            images: ami::list_images(&ec2).await?,
+            snapshots: ami::list_snapshots(&ec2).await?,
+            in_use: ami::in_use(&ec2).await?,
+        };
         seen.regions.insert(region.clone(), r);
     }
     let s3 = clients.s3();

@@ -2,7 +2,9 @@
 //! retention the user asked for ([`super::Request`]).
 //!
 //! - Builds with AMIs: the newest `keep` of each profile (by `imgd:built-at`,
-//!   over every listed region) stay; the others' images are deregistered,
+//!   over every listed region) stay, and so does every build with an AMI
+//!   something still launches from (an instance, a launch template's default
+//!   or latest version); the others' images are deregistered,
 //!   their snapshots deleted (unless a kept image uses one), and their S3
 //!   entries deleted unless the local store holds them.
 //! - S3 entries no AMI or snapshot references (the build cache, iPXE-only
@@ -37,6 +39,8 @@ pub struct Observed {
 pub struct Region {
     pub images: Vec<Tagged>,
     pub snapshots: Vec<Tagged>,
+    /// Image id -> what launches from it here (instances, launch templates).
+    pub in_use: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -59,6 +63,8 @@ pub struct Build {
     pub profile: String,
     pub built_at: String,
     pub hash: String,
+    /// Why it stays: among the newest `keep`, and/or what launches from its AMIs.
+    pub why: Vec<String>,
 }
 
 /// Why an object goes.
@@ -134,12 +140,30 @@ fn kept_builds(seen: &Observed, req: &Request) -> Vec<Build> {
     }
     let mut by_profile: BTreeMap<String, Vec<Build>> = BTreeMap::new();
     for ((profile, hash), built_at) in builds {
-        by_profile.entry(profile.clone()).or_default().push(Build { profile, built_at, hash });
+        by_profile.entry(profile.clone()).or_default().push(Build { profile, built_at, hash, why: Vec::new() });
     }
+    // What launches from each build's AMIs, over every region.
+    let mut used: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (region, r) in &seen.regions {
+        for i in &r.images {
+            for why in r.in_use.get(&i.id).into_iter().flatten() {
+                used.entry(i.hash.as_str()).or_default().push(format!("{} in {region}: {why}", i.id));
+            }
+        }
+    }
+    let keep = req.keep.max(1);
     let mut kept = Vec::new();
     for list in by_profile.values_mut() {
         list.sort_by(|x, y| (&y.built_at, &y.hash).cmp(&(&x.built_at, &x.hash)));
-        kept.extend(list.iter().take(req.keep.max(1)).cloned());
+        for (n, b) in list.iter_mut().enumerate() {
+            if n < keep {
+                b.why.push(format!("among the newest {keep} of {}", b.profile));
+            }
+            b.why.extend(used.get(b.hash.as_str()).into_iter().flatten().cloned());
+            if !b.why.is_empty() {
+                kept.push(b.clone());
+            }
+        }
     }
     kept.sort();
     kept
@@ -296,6 +320,7 @@ mod tests {
                 tagged("snap-3", 3, "hello", 3, &[]),
                 tagged("snap-9", 9, "web", 1, &[]),
             ],
+            in_use: BTreeMap::new(),
         };
         seen.regions.insert("us-east-1".into(), r);
         for n in [1, 2, 3] {
@@ -391,5 +416,31 @@ mod tests {
             aborts,
             [&Step::AbortUpload { key: format!("imgd/{}/disk.raw", entry(1, "hello")), id: "old".into() }]
         );
+    }
+
+    #[test]
+    fn an_ami_something_launches_from_is_kept_and_the_plan_says_why() {
+        let mut seen = world();
+        let r = seen.regions.get_mut("us-east-1").unwrap();
+        r.in_use.insert("ami-1".into(), vec!["instance i-0abc (stopped)".into()]);
+        r.in_use.insert("ami-404".into(), vec!["instance i-0def (running)".into()]);
+        let p = plan(&seen, &request(1));
+        let gone: Vec<&str> = p
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Deregister { image, .. } => Some(image.id.as_str()),
+                Step::DeleteSnapshot { snapshot, .. } => Some(snapshot.id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(gone, ["ami-2", "snap-2"], "only the unused, not-newest build goes");
+        let old = p.kept.iter().find(|b| b.hash == hash(1)).expect("the used build is kept");
+        assert_eq!(old.why, ["ami-1 in us-east-1: instance i-0abc (stopped)"]);
+        let newest = p.kept.iter().find(|b| b.hash == hash(3)).unwrap();
+        assert_eq!(newest.why, ["among the newest 1 of hello"]);
+        // Its S3 entry stays with it.
+        let key = format!("imgd/{}/disk.raw", entry(1, "hello"));
+        assert!(!p.steps.contains(&Step::DeleteObject { key, why: Why::Ami }));
     }
 }

@@ -363,42 +363,6 @@ pub fn iso8601(secs: u64) -> String {
     t.fmt(aws_smithy_types::date_time::Format::DateTime).unwrap_or_default()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tag(k: &str, v: &str) -> Tag {
-        Tag::builder().key(k).value(v).build()
-    }
-
-    #[test]
-    fn built_at_is_iso8601_utc() {
-        assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
-        assert_eq!(iso8601(1_763_779_200), "2025-11-22T02:40:00Z");
-        assert!(is_iso8601(&iso8601(1_763_779_200)));
-    }
-
-    #[test]
-    fn foreign_or_malformed_tags_make_a_thing_not_imgds() {
-        let hash = "ab".repeat(32);
-        let good =
-            [tag("imgd:profile", "hello"), tag("imgd:hash", &hash), tag("imgd:built-at", "2026-01-02T03:04:05Z")];
-        assert_eq!(imgd_tags("snap-1", &good), Some(("hello".into(), hash.clone(), "2026-01-02T03:04:05Z".into())));
-        for bad in [
-            vec![tag("imgd:profile", "hello"), tag("imgd:hash", "abc")],
-            vec![tag("imgd:profile", "he/llo"), tag("imgd:hash", &hash)],
-            vec![tag("imgd:profile", ""), tag("imgd:hash", &hash)],
-            vec![tag("imgd:hash", &hash)],
-            vec![tag("imgd:profile", "hello"), tag("imgd:hash", &format!("{}é", &hash[..62]))],
-        ] {
-            assert_eq!(imgd_tags("snap-2", &bad), None, "{bad:?}");
-        }
-        // A built-at imgd did not write sorts as oldest instead of failing.
-        let odd = [tag("imgd:profile", "hello"), tag("imgd:hash", &hash), tag("imgd:built-at", "yesterday\n")];
-        assert_eq!(imgd_tags("snap-3", &odd).map(|t| t.2), Some(String::new()));
-    }
-}
-
 /// Images something in this region still launches from, with why: instances
 /// that exist (pending, running, stopping, stopped: a stopped instance needs
 /// its AMI to be replaced by an ASG) and launch templates' default and latest
@@ -461,4 +425,40 @@ pub async fn in_use(ec2: &aws_sdk_ec2::Client) -> Result<std::collections::BTree
         }
     }
     Ok(used)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(k: &str, v: &str) -> Tag {
+        Tag::builder().key(k).value(v).build()
+    }
+
+    #[test]
+    fn built_at_is_iso8601_utc() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso8601(1_763_779_200), "2025-11-22T02:40:00Z");
+        assert!(is_iso8601(&iso8601(1_763_779_200)));
+    }
+
+    #[test]
+    fn foreign_or_malformed_tags_make_a_thing_not_imgds() {
+        let hash = "ab".repeat(32);
+        let good =
+            [tag("imgd:profile", "hello"), tag("imgd:hash", &hash), tag("imgd:built-at", "2026-01-02T03:04:05Z")];
+        assert_eq!(imgd_tags("snap-1", &good), Some(("hello".into(), hash.clone(), "2026-01-02T03:04:05Z".into())));
+        for bad in [
+            vec![tag("imgd:profile", "hello"), tag("imgd:hash", "abc")],
+            vec![tag("imgd:profile", "he/llo"), tag("imgd:hash", &hash)],
+            vec![tag("imgd:profile", ""), tag("imgd:hash", &hash)],
+            vec![tag("imgd:hash", &hash)],
+            vec![tag("imgd:profile", "hello"), tag("imgd:hash", &format!("{}é", &hash[..62]))],
+        ] {
+            assert_eq!(imgd_tags("snap-2", &bad), None, "{bad:?}");
+        }
+        // A built-at imgd did not write sorts as oldest instead of failing.
+        let odd = [tag("imgd:profile", "hello"), tag("imgd:hash", &hash), tag("imgd:built-at", "yesterday\n")];
+        assert_eq!(imgd_tags("snap-3", &odd).map(|t| t.2), Some(String::new()));
+    }
 }

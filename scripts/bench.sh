@@ -87,6 +87,30 @@ figure() { printf 'figure %s.%s %s %s %s %s\n' "$what_now" "$1" "$2" "$3" "$4" "
 now() { date +%s.%N; }
 calc() { awk "BEGIN { print $1 }"; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# free_port: a TCP port on loopback nothing listens on now.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# start_nginx NAME PORT ROOT CONNECTIONS: nginx (sendfile on, no access log)
+# serving ROOT on loopback PORT, config and pid under $tmp/NAME.*, stopped
+# with the other servers.
+start_nginx() {
+  cat > "$tmp/$1.conf" <<NGX
+worker_processes auto;
+user root;
+daemon off;
+pid $tmp/$1.pid;
+error_log $tmp/$1.err;
+events { worker_connections $4; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$2; root $3; }
+}
+NGX
+  nginx -c "$tmp/$1.conf" &
+  servers+=($!)
+}
 
 # The artifacts of profiles/hello.toml, made the way a shell script would:
 # dpkg-deb, depmod, find | cpio | zstd, mkfs.ext4 -d, mtools, sfdisk, dd,
@@ -190,7 +214,7 @@ bench_boot() {
   local ovmf=(-drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd -drive "if=pflash,format=raw,unit=1,file=$tmp/vars.fd")
   # A plain static server with the three files, the way people serve netboot.ipxe.
   mkdir -p "$tmp/www"; cp "$entry"/{vmlinuz,initrd,boot.ipxe} "$tmp/www/"
-  local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  local port; port=$(free_port)
   (cd "$tmp/www" && setpriv --pdeathsig KILL -- python3 -m http.server --bind 127.0.0.1 "$port" >/dev/null 2>&1) &
   local www=$!
   sleep 0.5
@@ -280,25 +304,9 @@ json.dump(m, open(os.path.join(d, "manifest.json"), "w"))
 PY
   printf '[[group]]\nname = "all"\nentry = "%s"\ndefault = true\ndownloads = ["disk", "rootfs"]\n' "$entry" > "$tmp/machines.toml"
   local port_i port_n
-  port_i=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  port_n=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  cat > "$tmp/nginx.conf" <<NGX
-worker_processes auto;
-user root;
-daemon off;
-pid $tmp/nginx.pid;
-error_log $tmp/nginx.err;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$port_n; root $dir; }
-}
-NGX
-  nginx -c "$tmp/nginx.conf" &
-  servers+=($!)
+  port_i=$(free_port)
+  port_n=$(free_port)
+  start_nginx nginx "$port_n" "$dir" 8192
   IMGD_STORE="$tmp/store" setpriv --pdeathsig KILL -- "$imgd" serve --listen "127.0.0.1:$port_i" --config "$tmp/machines.toml" --max-connections 20000 ${CACHE_MIB:+--cache-mib "$CACHE_MIB"} 2>"$tmp/serve.log" &
   local srv=$!
   servers+=("$srv")
@@ -378,8 +386,8 @@ entry = "%s"
 default = true
 ' "$entry" >> "$tmp/storm-machines.toml"
   local port_i port_n
-  port_i=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  port_n=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  port_i=$(free_port)
+  port_n=$(free_port)
   IMGD_STORE="$tmp/storm-store" setpriv --pdeathsig KILL -- "$imgd" serve --listen "127.0.0.1:$port_i" \
     --config "$tmp/storm-machines.toml" --max-connections 20000 2>"$tmp/storm-serve.log" &
   local srv=$!
@@ -392,23 +400,7 @@ default = true
   curl -sf "$I/boot.ipxe" > "$root/boot.ipxe"
   curl -sf "$I/ipxe?mac=52-54-00-00-00-01&platform=efi" > "$root/ipxe"
   ln -s "$dir" "$root/artifacts/$entry"
-  cat > "$tmp/storm-nginx.conf" <<NGX
-worker_processes auto;
-user root;
-daemon off;
-pid $tmp/storm-nginx.pid;
-error_log $tmp/storm-nginx.err;
-events { worker_connections 20000; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$port_n; root $root; }
-}
-NGX
-  nginx -c "$tmp/storm-nginx.conf" &
-  servers+=($!)
+  start_nginx storm-nginx "$port_n" "$root" 20000
   for i in $(seq 1 50); do curl -sf "$N/boot.ipxe" >/dev/null && break; sleep 0.1; done
   echo "boot storm: $machines machines (own MAC + 127/8 address each) within ${window}s, each /boot.ipxe -> /ipxe -> kernel + initrd (1 MiB each):"
   # Peak RSS of imgd's own run: clear_refs resets its high-water mark.
@@ -501,7 +493,7 @@ bench_sync() {
   if [ ! -x "$venv/bin/aws" ]; then
     python3 -m venv "$venv" && "$venv/bin/pip" install -q awscli
   fi
-  local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  local port; port=$(free_port)
   MOTO_EC2_LOAD_DEFAULT_AMIS=false setpriv --pdeathsig KILL -- moto_server -H 127.0.0.1 -p "$port" >/dev/null 2>&1 &
   local moto=$!
   export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \

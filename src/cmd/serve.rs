@@ -100,7 +100,7 @@ fn pxe_config(spec: &str, listen: &str) -> anyhow::Result<pxe::Config> {
         .and_then(|(_, p)| p.parse::<u16>().ok())
         .with_context(|| format!("--listen {listen}: no port"))?;
     let http = std::net::SocketAddrV4::new(addr, port);
-    Ok(pxe::Config { iface, addr, http, dhcp_port: 67, pxe_port: pxe::PXE_PORT, tftp_port: 69 })
+    Ok(pxe::Config { iface, addr, http })
 }
 
 pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
@@ -122,12 +122,9 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
     let store = imgd::store::Store::open(&sources.store)?;
     let root = store.gc_root(&format!("serve-{}", std::process::id()))?;
     let initial = load(&sources, &root, None)?;
+    // The PXE side: where it listens, and the loaders it hands out.
     let pxe = match &a.proxy_dhcp {
-        Some(spec) => Some(pxe_config(spec, &a.listen)?),
-        None => None,
-    };
-    let loaders = match pxe {
-        Some(_) => Some(imgd::serve::loaders::Loaders::load(&a.ipxe_dir)?),
+        Some(spec) => Some((pxe_config(spec, &a.listen)?, imgd::serve::loaders::Loaders::load(&a.ipxe_dir)?)),
         None => None,
     };
     let opts = Options {
@@ -139,7 +136,7 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
         idle_timeout: Duration::from_secs(a.idle_timeout),
         drain: Duration::from_secs(a.drain),
         cache_bytes: (a.cache_mib << 20) as usize,
-        loaders: loaders.clone(),
+        loaders: pxe.as_ref().map(|(_, l)| l.clone()),
         ..Options::default()
     };
     rt.block_on(async move {
@@ -147,9 +144,9 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
             tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
         let addr = tcp.local_addr()?;
         let server = Server::new(initial, opts);
-        if let (Some(cfg), Some(loaders)) = (pxe, loaders) {
+        if let Some((cfg, loaders)) = pxe {
             let proxy = pxe::ProxyDhcp::bind(std::sync::Arc::new(cfg.clone()))?;
-            let tftp = pxe::tftp(cfg.addr, cfg.tftp_port, loaders, server.clone()).await?;
+            let tftp = pxe::tftp(cfg.addr, pxe::TFTP_PORT, loaders, server.clone()).await?;
             let srv = server.clone();
             tokio::spawn(async move {
                 if let Err(e) = proxy.run(srv).await {

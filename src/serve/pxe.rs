@@ -15,8 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
 
+/// DHCP's server port; clients answer on the next one.
+pub const DHCP_PORT: u16 = 67;
 /// The PXE port where firmware sends its second request (PXE spec 2.1).
 pub const PXE_PORT: u16 = 4011;
+/// TFTP's port.
+pub const TFTP_PORT: u16 = 69;
 
 /// Where the PXE side listens and what it points clients at.
 #[derive(Debug, Clone)]
@@ -27,10 +31,6 @@ pub struct Config {
     pub addr: Ipv4Addr,
     /// imgd serve's HTTP address as machines reach it.
     pub http: SocketAddrV4,
-    /// DHCP (67; clients answer on the next port), PXE (4011), TFTP (69).
-    pub dhcp_port: u16,
-    pub pxe_port: u16,
-    pub tftp_port: u16,
 }
 
 /// `IFACE` or `ADDR` (one of this host's IPv4 addresses) to the interface
@@ -78,9 +78,9 @@ pub struct ProxyDhcp {
 
 impl ProxyDhcp {
     pub fn bind(cfg: Arc<Config>) -> anyhow::Result<ProxyDhcp> {
-        let on_dhcp = udp_on_device(&cfg.iface, cfg.dhcp_port)?;
-        let on_pxe = udp_on_device(&cfg.iface, cfg.pxe_port)?;
-        tracing::info!(iface = %cfg.iface, addr = %cfg.addr, "proxyDHCP on ports {} and {}", cfg.dhcp_port, cfg.pxe_port);
+        let on_dhcp = udp_on_device(&cfg.iface, DHCP_PORT)?;
+        let on_pxe = udp_on_device(&cfg.iface, PXE_PORT)?;
+        tracing::info!(iface = %cfg.iface, addr = %cfg.addr, "proxyDHCP on ports {} and {}", DHCP_PORT, PXE_PORT);
         Ok(ProxyDhcp { cfg, on_dhcp, on_pxe })
     }
 
@@ -126,11 +126,11 @@ impl ProxyDhcp {
             // A relayed request goes back to the relay; a client without an
             // address hears a broadcast; on 4011 it has one and is answered there.
             let to: SocketAddr = if !req.giaddr.is_unspecified() {
-                (req.giaddr, cfg.dhcp_port).into()
+                (req.giaddr, DHCP_PORT).into()
             } else if on_pxe_port {
                 from
             } else {
-                (Ipv4Addr::BROADCAST, cfg.dhcp_port + 1).into()
+                (Ipv4Addr::BROADCAST, DHCP_PORT + 1).into()
             };
             let sock = if on_pxe_port { &on_pxe } else { &on_dhcp };
             let what = if req.kind == MessageType::Discover { "offer" } else { "ack" };
@@ -138,7 +138,7 @@ impl ProxyDhcp {
                 Ok(_) => {
                     metrics.dhcp(req.client.label(), what);
                     tracing::info!(
-                    mac = %req.mac_text(), client = ?req.client, arch = req.arch, port = if on_pxe_port { cfg.pxe_port } else { cfg.dhcp_port },
+                    mac = %req.mac_text(), client = ?req.client, arch = req.arch, port = if on_pxe_port { PXE_PORT } else { DHCP_PORT },
                     "proxyDHCP: boot {}", boot.text()
                     )
                 }

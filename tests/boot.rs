@@ -1,12 +1,13 @@
 //! Booting what was built, in real qemu under TCG: the iPXE kernel+initrd
-//! directly, and every disk format through OVMF and systemd-boot.
+//! directly, every disk format through OVMF and systemd-boot, the unified
+//! kernel image as OVMF's own removable-media loader.
 
 use crate::common::*;
 
 #[test]
 fn hello_boots_to_its_marker_in_every_format() {
     let h = hello();
-    for format in ["kernel", "raw", "qcow2", "vhd"] {
+    for format in ["kernel", "raw", "qcow2", "vhd", "uki"] {
         let out = imgd(&h.store).args(["test", "hello", "--format", format, "--timeout", "240"]).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{format} boot failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));

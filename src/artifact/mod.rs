@@ -11,6 +11,7 @@ pub mod ext4_inodes;
 pub mod initramfs;
 pub mod sbom;
 pub mod tarball;
+pub mod uki;
 
 use crate::config::recipe::Recipe;
 use crate::config::types::{Arch, Firmware, Format};
@@ -101,6 +102,19 @@ pub fn produce(
         made.push((ArtifactName::Kernel, Format::Ipxe, "vmlinuz"));
         made.push((ArtifactName::Initrd, Format::Ipxe, "initrd"));
         made.push((ArtifactName::Script, Format::Ipxe, "boot.ipxe"));
+        step.done();
+    }
+
+    let uki_file = format!("{}.efi", recipe.name);
+    if has(Format::Uki) {
+        let step = progress.step("uki: EFI stub + kernel + initrd (whole root filesystem) + command line");
+        // The same initrd as the iPXE bundle's: reuse it when it was made.
+        let initrd = if has(Format::Ipxe) { out.join("initrd") } else { work.join("uki-initrd") };
+        if !has(Format::Ipxe) {
+            cpio::write_initrd(&rootfs.tree, &initrd, recipe.epoch).context("writing initrd")?;
+        }
+        write_uki(recipe, rootfs, hash, &initrd, work, &out.join(&uki_file))?;
+        made.push((ArtifactName::Uki, Format::Uki, &uki_file));
         step.done();
     }
 
@@ -273,16 +287,8 @@ fn esp_image(
     std::fs::copy(&rootfs.kernel.image, &kernel_copy)?;
     let loader = work.join("esp-loader.efi");
     let efi = recipe.efi_loader.as_ref().context("no EFI loader")?;
-    if efi.name.ends_with(".deb") {
-        // systemd-boot of another architecture, from its Debian package.
-        let mut t = crate::rootfs::tree::Tree::new(&work.join("efi-deb"))?;
-        t.extract_deb(&efi.path).with_context(|| format!("unpacking {}", efi.name))?;
-        let want = format!("/usr/lib/systemd/boot/efi/systemd-boot{}.efi", recipe.arch.efi_suffix());
-        let rel = t.resolve(&want, true)?;
-        std::fs::copy(t.staged(&rel), &loader).with_context(|| format!("{} has no {want}", efi.name))?;
-    } else {
-        std::fs::copy(&efi.path, &loader)?;
-    }
+    let want = format!("/usr/lib/systemd/boot/efi/systemd-boot{}.efi", recipe.arch.efi_suffix());
+    std::fs::write(&loader, systemd_efi_file(efi, &want, work)?)?;
     let conf = work.join("loader.conf");
     std::fs::write(&conf, "timeout 0\ndefault imgd.conf\n")?;
     let options = format!("root=UUID={root_uuid} rw init={} {}", recipe.init, recipe.cmdline);
@@ -315,6 +321,36 @@ fn esp_image(
     esp::make(&esp_img, esp_size, serial, &files, recipe.epoch)?;
     step.done();
     Ok((esp_img, grub))
+}
+
+/// A file of systemd-boot-efi: `input` itself, or, when it is the package
+/// (another architecture's), the file at `want` inside it.
+fn systemd_efi_file(input: &crate::config::recipe::Input, want: &str, work: &Path) -> Result<Vec<u8>> {
+    if !input.name.ends_with(".deb") {
+        return std::fs::read(&input.path).with_context(|| format!("reading {}", input.path.display()));
+    }
+    let dir = tempfile::tempdir_in(work)?;
+    let mut t = crate::rootfs::tree::Tree::new(&dir.path().join("deb"))?;
+    t.extract_deb(&input.path).with_context(|| format!("unpacking {}", input.name))?;
+    let rel = t.resolve(want, true)?;
+    std::fs::read(t.staged(&rel)).with_context(|| format!("{} has no {want}", input.name))
+}
+
+/// The unified kernel image: systemd's stub + the kernel, `initrd`, the
+/// netboot command line and the image's os-release, written to `out`.
+fn write_uki(recipe: &Recipe, rootfs: &Rootfs, hash: &str, initrd: &Path, work: &Path, out: &Path) -> Result<()> {
+    let stub_input = recipe.efi_stub.as_ref().context("no EFI stub")?;
+    let want = format!("/usr/lib/systemd/boot/efi/linux{}.efi.stub", recipe.arch.efi_suffix());
+    let stub = systemd_efi_file(stub_input, &want, work)?;
+    let image_os_release = ["/etc/os-release", "/usr/lib/os-release"].iter().find_map(|p| {
+        let rel = rootfs.tree.resolve(p, true).ok()?;
+        std::fs::read_to_string(rootfs.tree.staged(&rel)).ok()
+    });
+    let osrel = uki::os_release(image_os_release.as_deref(), &recipe.name, hash);
+    let cmdline = format!("rdinit=/init {}", recipe.cmdline);
+    let sections = uki::sections(osrel, cmdline.trim(), &rootfs.kernel.image, initrd);
+    uki::write(&stub, &sections, out).with_context(|| format!("writing the unified kernel image {}", out.display()))?;
+    Ok(())
 }
 
 /// The result of a scoped thread; a panic in it becomes an error naming `what`.

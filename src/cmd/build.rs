@@ -14,7 +14,7 @@ use imgd::config::types::Format;
 pub struct BuildArgs {
     #[command(flatten)]
     pub profile: ProfileArgs,
-    /// Build only these formats (repeatable): ipxe, raw, qcow2, vhd, tar.
+    /// Build only these formats (repeatable): ipxe, raw, qcow2, vhd, tar, uki.
     #[arg(long = "format", value_name = "FORMAT")]
     pub formats: Vec<Format>,
     #[command(flatten)]

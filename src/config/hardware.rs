@@ -11,6 +11,7 @@
 //! ena = true                      # AMI flags, used by `imgd sync`
 //! sriov = true
 //! efi_loader = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"   # default shown
+//! efi_stub = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"       # for uki; default shown
 //!
 //! [qemu]                          # how `imgd run` / `imgd test` emulate this machine
 //! machine = "q35"
@@ -25,6 +26,7 @@ use super::types::{Arch, Firmware};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_EFI_LOADER: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+pub const DEFAULT_EFI_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +43,7 @@ pub struct HardwareFile {
     #[serde(default)]
     pub sriov: bool,
     pub efi_loader: Option<String>,
+    pub efi_stub: Option<String>,
     #[serde(default)]
     pub qemu: QemuSpec,
 }

@@ -6,7 +6,7 @@
 //! serializing, so moving a checkout does not change any hash.
 
 use super::error::ConfigError;
-use super::hardware::DEFAULT_EFI_LOADER;
+use super::hardware::{DEFAULT_EFI_LOADER, DEFAULT_EFI_STUB};
 use super::load::Loaded;
 use super::profile::UserSpec;
 use super::types::{Arch, Firmware, Format, MIB};
@@ -227,6 +227,9 @@ pub struct Recipe {
     pub sriov: bool,
     /// systemd-boot, for UEFI disk images.
     pub efi_loader: Option<Input>,
+    /// systemd's EFI stub (`linux*.efi.stub`, or the systemd-boot-efi .deb
+    /// that holds it), for unified kernel images.
+    pub efi_stub: Option<Input>,
     /// busybox-static .deb whose binary runs the disk images' initramfs.
     pub initramfs_busybox: Option<Input>,
     /// GRUB's i386-pc module folder, for BIOS disk images.
@@ -265,7 +268,10 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
 
     let mut formats = match &opts.formats {
         Some(f) => f.clone(),
-        None => p.formats.clone().unwrap_or_else(|| Format::ALL.to_vec()),
+        // Unless the profile says, every format the hardware boots.
+        None => p.formats.clone().unwrap_or_else(|| {
+            Format::ALL.into_iter().filter(|f| *f != Format::Uki || hw.firmware == Firmware::Uefi).collect()
+        }),
     };
     formats.sort();
     formats.dedup();
@@ -407,21 +413,35 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
     }
     cmdline.extend(hw.cmdline.iter().chain(&p.cmdline).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()));
 
-    // systemd-boot: the hardware's path; else this machine's (x86_64); else
-    // the systemd-boot-efi package of the target architecture in the deb cache.
-    let efi_loader = if !needs_disk {
-        None
-    } else if hw.efi_loader.is_some() || arch == Arch::X86_64 {
-        let path = hw.efi_loader.clone().unwrap_or_else(|| DEFAULT_EFI_LOADER.into());
-        let pb = PathBuf::from(&path);
-        let sha256 = hash::sha256_file(&pb).map_err(|e| {
-            l.hardware_error("efi_loader", format!("{path}: {e} (install systemd-boot-efi, see scripts/setup.sh)"))
-        })?;
-        Some(Input { name: file_name(&pb), path: pb, sha256 })
+    // systemd-boot and its EFI stub: the hardware's path; else this
+    // machine's (x86_64); else the systemd-boot-efi package of the target
+    // architecture in the deb cache.
+    let systemd_efi = |key: &str, hw_path: Option<&String>, default: &str, why: &str| -> Result<Input, ConfigError> {
+        if hw_path.is_some() || arch == Arch::X86_64 {
+            let path = hw_path.cloned().unwrap_or_else(|| default.into());
+            let pb = PathBuf::from(&path);
+            let sha256 = hash::sha256_file(&pb).map_err(|e| {
+                l.hardware_error(key, format!("{path}: {e} (install systemd-boot-efi, see scripts/setup.sh)"))
+            })?;
+            Ok(Input { name: file_name(&pb), path: pb, sha256 })
+        } else {
+            let deb = find_deb(&opts.deb_cache, "systemd-boot-efi", arch)
+                .map_err(|m| l.hardware_error(key, format!("{why}: {m}")))?;
+            file_input("formats", &deb.to_string_lossy())
+        }
+    };
+    let efi_loader = if needs_disk {
+        Some(systemd_efi("efi_loader", hw.efi_loader.as_ref(), DEFAULT_EFI_LOADER, "disk images need systemd-boot")?)
     } else {
-        let deb = find_deb(&opts.deb_cache, "systemd-boot-efi", arch)
-            .map_err(|m| l.hardware_error("efi_loader", format!("disk images need systemd-boot: {m}")))?;
-        Some(file_input("formats", &deb.to_string_lossy())?)
+        None
+    };
+    let efi_stub = if formats.contains(&Format::Uki) {
+        if hw.firmware != Firmware::Uefi {
+            return Err(l.error("formats", format!("a uki boots by UEFI; hardware {} boots by BIOS", l.hardware_name)));
+        }
+        Some(systemd_efi("efi_stub", hw.efi_stub.as_ref(), DEFAULT_EFI_STUB, "a uki needs systemd's EFI stub")?)
+    } else {
+        None
     };
     let initramfs_busybox = if needs_disk {
         let path = find_deb(&opts.deb_cache, "busybox-static", arch)
@@ -474,6 +494,7 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
         ena: hw.ena,
         sriov: hw.sriov,
         efi_loader,
+        efi_stub,
         initramfs_busybox,
         grub_bios,
     })

@@ -19,13 +19,17 @@ pub enum Format {
     Vhd,
     /// The root filesystem as a zstd-compressed tarball.
     Tar,
+    /// A unified kernel image (`<profile>.efi`): systemd's EFI stub with the
+    /// kernel, the whole root filesystem as initrd, the command line and
+    /// os-release as PE sections; one file UEFI firmware boots (UEFI only).
+    Uki,
     /// The SPDX software bill of materials of a distribution base: written
     /// for every build that has one, never asked for (not in `ALL`).
     Sbom,
 }
 
 impl Format {
-    pub const ALL: [Format; 5] = [Format::Ipxe, Format::Raw, Format::Qcow2, Format::Vhd, Format::Tar];
+    pub const ALL: [Format; 6] = [Format::Ipxe, Format::Raw, Format::Qcow2, Format::Vhd, Format::Tar, Format::Uki];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -34,6 +38,7 @@ impl Format {
             Format::Qcow2 => "qcow2",
             Format::Vhd => "vhd",
             Format::Tar => "tar",
+            Format::Uki => "uki",
             Format::Sbom => "sbom",
         }
     }
@@ -56,7 +61,7 @@ impl FromStr for Format {
         Format::ALL
             .into_iter()
             .find(|f| f.as_str() == s)
-            .ok_or_else(|| format!("unknown format `{s}` (expected one of ipxe, raw, qcow2, vhd, tar)"))
+            .ok_or_else(|| format!("unknown format `{s}` (expected one of ipxe, raw, qcow2, vhd, tar, uki)"))
     }
 }
 

@@ -18,6 +18,9 @@ pub enum BootSource {
     Direct { kernel: PathBuf, initrd: PathBuf, cmdline: String },
     /// A disk image; `format` is qemu's name (raw, qcow2, vpc).
     Disk { image: PathBuf, format: &'static str },
+    /// An EFI application (a unified kernel image) that the firmware loads
+    /// as the removable-media loader of a small ESP made in `scratch`.
+    EfiApp { app: PathBuf },
     /// The NIC's iPXE ROM boots from the network. The guest reaches nothing but
     /// `http://10.0.2.100/`, which qemu relays to `relay` (a command that talks
     /// to the netboot server on loopback): user networking with restrict=on.
@@ -34,6 +37,9 @@ pub enum BootTarget {
     Raw,
     Qcow2,
     Vhd,
+    /// The unified kernel image, loaded (and under Secure Boot, verified)
+    /// by the UEFI firmware.
+    Uki,
 }
 
 impl BootTarget {
@@ -44,6 +50,7 @@ impl BootTarget {
             BootTarget::Raw => Format::Raw,
             BootTarget::Qcow2 => Format::Qcow2,
             BootTarget::Vhd => Format::Vhd,
+            BootTarget::Uki => Format::Uki,
         }
     }
 
@@ -54,6 +61,7 @@ impl BootTarget {
             Format::Raw => Some(BootTarget::Raw),
             Format::Qcow2 => Some(BootTarget::Qcow2),
             Format::Vhd => Some(BootTarget::Vhd),
+            Format::Uki => Some(BootTarget::Uki),
             Format::Tar | Format::Sbom => None,
         }
     }
@@ -115,11 +123,17 @@ pub struct Machine<'a> {
     pub accel: Accel,
     /// Forward 127.0.0.1:PORT on the host to the guest's port 22.
     pub ssh: Option<u16>,
+    /// UEFI with Secure Boot enforced, and these variables (PK, KEK, db
+    /// enrolled: see [`enrol_vars`]) instead of the empty template.
+    pub secure_boot: Option<&'a Path>,
 }
 
 const OVMF_CODE: &[&str] =
     &["/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/qemu/OVMF.fd"];
 const OVMF_VARS: &[&str] = &["/usr/share/OVMF/OVMF_VARS_4M.fd", "/usr/share/OVMF/OVMF_VARS.fd"];
+/// OVMF built with Secure Boot and SMM (the variable store is protected
+/// from the OS, as on real hardware).
+const OVMF_CODE_SECBOOT: &[&str] = &["/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"];
 const AAVMF_CODE: &[&str] = &["/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd"];
 const AAVMF_VARS: &[&str] = &["/usr/share/AAVMF/AAVMF_VARS.fd"];
 
@@ -149,7 +163,11 @@ pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Comm
         }
     }
     let mut c = Command::new(program);
-    c.args(["-machine", &m.qemu.machine, "-cpu", &m.qemu.cpu]);
+    // Secure Boot's variables live behind SMM on x86_64 (the secboot OVMF
+    // refuses to start without it).
+    let smm = m.secure_boot.is_some() && m.arch == Arch::X86_64;
+    let machine = if smm { format!("{},smm=on", m.qemu.machine) } else { m.qemu.machine.clone() };
+    c.args(["-machine", &machine, "-cpu", &m.qemu.cpu]);
     c.args(["-m", &m.qemu.memory_mib.to_string(), "-smp", &m.qemu.smp.to_string()]);
     c.args([
         "-accel",
@@ -166,8 +184,18 @@ pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Comm
             Arch::Aarch64 => (AAVMF_CODE, AAVMF_VARS),
         };
         let pkg = if m.arch == Arch::X86_64 { "ovmf" } else { "qemu-efi-aarch64" };
-        let code = first_existing(code).with_context(|| format!("UEFI firmware not found (apt-get install {pkg})"))?;
-        let vars_src = first_existing(vars).with_context(|| format!("UEFI vars not found (apt-get install {pkg})"))?;
+        let code = match (m.secure_boot, m.arch) {
+            (Some(_), Arch::X86_64) => {
+                c.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+                first_existing(OVMF_CODE_SECBOOT)
+            }
+            _ => first_existing(code),
+        };
+        let code = code.with_context(|| format!("UEFI firmware not found (apt-get install {pkg})"))?;
+        let vars_src = match m.secure_boot {
+            Some(v) => v.to_path_buf(),
+            None => first_existing(vars).with_context(|| format!("UEFI vars not found (apt-get install {pkg})"))?,
+        };
         let vars = scratch.join("OVMF_VARS.fd");
         std::fs::copy(&vars_src, &vars)?;
         c.arg("-drive").arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()));
@@ -203,21 +231,72 @@ pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Comm
             user_net(&mut c);
             c.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).arg("-append").arg(cmdline);
         }
+        BootSource::EfiApp { app } => {
+            user_net(&mut c);
+            if m.firmware != Firmware::Uefi {
+                bail!("an EFI application boots by UEFI; this hardware boots by BIOS");
+            }
+            uefi(&mut c)?;
+            let esp = scratch.join("esp.img");
+            let size = (std::fs::metadata(app)?.len() + 40 * crate::artifact::disk::MIB)
+                .div_ceil(crate::artifact::disk::MIB)
+                * crate::artifact::disk::MIB;
+            let dest = format!("EFI/BOOT/{}", m.arch.efi_boot_file());
+            crate::artifact::esp::make(
+                &esp,
+                size,
+                0x1d0_0001,
+                &[crate::artifact::esp::EspFile { dest, src: app.clone() }],
+                0,
+            )?;
+            c.arg("-drive").arg(format!("file={},format=raw,if=none,id=disk0,snapshot=on", esp.display()));
+            c.args(["-device", &disk_device(m.qemu.disk)]);
+        }
         BootSource::Disk { image, format } => {
             user_net(&mut c);
             if m.firmware == Firmware::Uefi {
                 uefi(&mut c)?;
             }
             c.arg("-drive").arg(format!("file={},format={format},if=none,id=disk0,snapshot=on", image.display()));
-            let dev = match m.qemu.disk {
-                DiskBus::Virtio => "virtio-blk-pci,drive=disk0,bootindex=1".to_string(),
-                DiskBus::Nvme => "nvme,drive=disk0,serial=imgd0,bootindex=1".to_string(),
-                DiskBus::Ide => "ide-hd,drive=disk0,bootindex=1".to_string(),
-            };
-            c.args(["-device", &dev]);
+            c.args(["-device", &disk_device(m.qemu.disk)]);
         }
     }
     Ok(c)
+}
+
+/// qemu's device for the boot disk `disk0` on `bus`.
+fn disk_device(bus: DiskBus) -> String {
+    match bus {
+        DiskBus::Virtio => "virtio-blk-pci,drive=disk0,bootindex=1".to_string(),
+        DiskBus::Nvme => "nvme,drive=disk0,serial=imgd0,bootindex=1".to_string(),
+        DiskBus::Ide => "ide-hd,drive=disk0,bootindex=1".to_string(),
+    }
+}
+
+/// A UEFI variable store with Secure Boot on and `cert` enrolled as PK,
+/// KEK and db, written to `out`: virt-fw-vars (PyPI virt-firmware) edits a
+/// copy of OVMF's empty template, as one would for a fleet's own keys.
+pub fn enrol_vars(cert: &Path, out: &Path) -> Result<()> {
+    let template = first_existing(&["/usr/share/OVMF/OVMF_VARS_4M.fd"])
+        .context("OVMF's 4M variable store not found (apt-get install ovmf)")?;
+    // The owner GUID of the enrolled entries: any fixed value does.
+    const OWNER: &str = "a0d3b1b6-8f57-4a5e-9d2c-696d67640001";
+    crate::tools::run(
+        Command::new("virt-fw-vars")
+            .arg("--input")
+            .arg(&template)
+            .arg("--output")
+            .arg(out)
+            .args(["--set-pk", OWNER])
+            .arg(cert)
+            .args(["--add-kek", OWNER])
+            .arg(cert)
+            .args(["--add-db", OWNER])
+            .arg(cert)
+            .arg("--secure-boot"),
+    )
+    .context("enrolling the certificate (pip install virt-firmware)")?;
+    Ok(())
 }
 
 /// Runs qemu attached to the terminal (`imgd run`) until it exits.
@@ -366,6 +445,17 @@ pub fn boot_until(cmd: Command, marker: &str, timeout: Duration, log: &Path) -> 
                 if seen {
                     logf.flush()?;
                     return Ok(BootReport { seconds: start.elapsed().as_secs_f64(), log: log.to_path_buf() });
+                }
+                // OVMF has tried every boot option: nothing will come.
+                if tail.iter().any(|l| l.contains("BdsDxe: No bootable option or device was found")) {
+                    logf.flush()?;
+                    let refused = tail.iter().any(|l| l.contains("Access Denied") || l.contains("Security Violation"));
+                    let why = if refused {
+                        "the firmware refused the image: Secure Boot verification failed (Access Denied)"
+                    } else {
+                        "the firmware found nothing to boot"
+                    };
+                    return Err(fail(why, &tail));
                 }
                 if panic_at.is_some() {
                     // Let the panic's backtrace reach the log before failing.

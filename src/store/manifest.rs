@@ -70,6 +70,8 @@ pub enum ArtifactName {
     Disk,
     Rootfs,
     Sbom,
+    /// A unified kernel image.
+    Uki,
 }
 
 /// A file name inside a store entry, checked where it enters: 1 to 128 of

@@ -15,7 +15,8 @@ packages=(
   ipxe                           # serve --proxy-dhcp: undionly.kpxe, snponly.efi for PXE firmware
   dnsmasq-base iproute2          # netboot tests: the site's DHCP server (addresses only), netns + bridge
   qemu-system-arm qemu-efi-aarch64   # aarch64 guests and their UEFI (AAVMF)
-  systemd-boot-efi               # the EFI loader on disk images
+  systemd-boot-efi               # the EFI loader on disk images, the stub of unified kernel images
+  sbsigntool openssl             # imgd sign (sbsign), its checks (sbverify) and test keys
   grub-pc-bin grub-common        # GRUB for BIOS disk images (grub-mkimage, i386-pc modules)
   e2fsprogs dosfstools mtools fdisk   # mkfs.ext4/debugfs/fsck, fsck.vfat, mformat/mcopy, sfdisk
   kmod busybox-static cpio zstd  # depmod; initrd checks
@@ -61,6 +62,12 @@ moto_version=5.2.5
 if ! command -v moto_server >/dev/null || ! python3 -c "import boto3, moto; assert moto.__version__ == '$moto_version'" 2>/dev/null; then
   echo "setup: installing moto[server]==$moto_version"
   python3 -m pip install -q "moto[server]==$moto_version" 2>&1 | grep -v "Running pip as the 'root' user" || true
+fi
+
+# Secure Boot tests enrol their own keys into a copy of OVMF's variable store.
+if ! command -v virt-fw-vars >/dev/null; then
+  echo "setup: installing virt-firmware"
+  python3 -m pip install -q "virt-firmware==26.10" 2>&1 | grep -v "Running pip as the 'root' user" || true
 fi
 
 mkdir -p "$debs"

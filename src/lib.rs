@@ -17,5 +17,6 @@ pub mod progress;
 pub mod qemu;
 pub mod rootfs;
 pub mod serve;
+pub mod sign;
 pub mod store;
 pub mod tools;

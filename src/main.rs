@@ -24,6 +24,8 @@ enum Command {
     Lock(cmd::lock::LockArgs),
     /// Fetch a profile's locked Debian packages into the local pool.
     Fetch(cmd::fetch::FetchArgs),
+    /// Sign a build's unified kernel image for Secure Boot (kept beside the entry).
+    Sign(cmd::sign::SignArgs),
     /// Print a profile's input hash without building.
     Hash(cmd::build::HashArgs),
     /// Boot a profile in qemu with its console on this terminal.
@@ -80,6 +82,7 @@ fn main() {
         Command::Lock(a) => cmd::lock::run(a),
         Command::Fetch(a) => cmd::fetch::run(a),
         Command::Test(a) => cmd::test::run(a),
+        Command::Sign(a) => cmd::sign::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Relay { addr } => imgd::qemu::relay(addr),

@@ -17,5 +17,6 @@ mod debian;
 mod errors;
 mod lock;
 mod netboot;
+mod secureboot;
 mod serve;
 mod store;

@@ -7,6 +7,7 @@ pub mod lock;
 pub mod prune;
 pub mod run;
 pub mod serve;
+pub mod sign;
 pub mod store_cmds;
 #[cfg(feature = "aws")]
 pub mod sync;

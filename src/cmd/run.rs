@@ -45,8 +45,14 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
     let store = a.store.open()?;
     let entry = a.profile.build(&recipe, &store)?.entry;
     let accel = resolve_accel(a.accel, &entry);
-    let mut machine =
-        Machine { arch: recipe.arch, firmware: recipe.firmware, qemu: &loaded.hardware.qemu, accel, ssh: a.ssh };
+    let mut machine = Machine {
+        arch: recipe.arch,
+        firmware: recipe.firmware,
+        qemu: &loaded.hardware.qemu,
+        accel,
+        ssh: a.ssh,
+        secure_boot: None,
+    };
     let scratch = tempfile::tempdir()?;
     let mut _server = None;
     let src = if target == BootTarget::Ipxe {

@@ -229,6 +229,7 @@ impl Store {
                 let trash = self.root.join(".tmp").join(format!("{}.gc", e.name));
                 std::fs::rename(&e.path, &trash)?;
                 std::fs::remove_dir_all(&trash)?;
+                crate::sign::forget(self, &e.name)?;
                 removed.push(e.name);
             }
         }

@@ -1,0 +1,171 @@
+//! Secure Boot signing of a store entry's EFI binaries (its unified kernel
+//! image), done after the build: the entry keeps the unsigned bytes its
+//! input hash names (reproducible, the same on every builder); signed copies
+//! live beside it in `.signed/<entry>/<certificate fingerprint>/`, so a
+//! signature is renewed (new key, expiring certificate) without a rebuild,
+//! and the private key never enters the store: only the certificate's
+//! SHA-256 fingerprint is recorded, in that folder's `signature.json`.
+//!
+//! The Authenticode signature itself is made by `sbsign` (Debian's
+//! sbsigntool, what distributions sign their own EFI binaries with) and
+//! checked with `sbverify` before the copy is published: PE/COFF
+//! Authenticode hashing and PKCS#7 are easy to get subtly wrong, and no
+//! well-kept Rust crate signs PE images.
+
+use crate::store::{Entry, Store};
+use crate::tools::run;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Where signed copies live, inside the store.
+pub const SIGNED_DIR: &str = ".signed";
+/// The record of one signed set.
+pub const RECORD: &str = "signature.json";
+
+/// What a signed folder holds, and what it was made from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub entry: String,
+    /// SHA-256 of the signing certificate (DER), hex.
+    pub cert_sha256: String,
+    pub files: Vec<SignedFile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SignedFile {
+    pub file: String,
+    /// BLAKE3 of the unsigned artifact in the entry (the manifest's).
+    pub unsigned_blake3: String,
+    /// BLAKE3 and size of the signed copy.
+    pub blake3: String,
+    pub size: u64,
+}
+
+/// A published signed set.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub dir: PathBuf,
+    pub record: Record,
+}
+
+impl Signed {
+    pub fn file(&self, name: &str) -> Option<PathBuf> {
+        self.record.files.iter().any(|f| f.file == name).then(|| self.dir.join(name))
+    }
+}
+
+/// SHA-256 of a PEM certificate's DER bytes, hex: the name of its signed sets.
+pub fn cert_fingerprint(cert: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(cert).with_context(|| format!("reading certificate {}", cert.display()))?;
+    let p = pem::parse(&text).with_context(|| format!("{}: not a PEM certificate", cert.display()))?;
+    if p.tag() != "CERTIFICATE" {
+        bail!("{}: a PEM {}, not a CERTIFICATE", cert.display(), p.tag());
+    }
+    Ok(crate::hash::sha256_hex(p.contents()))
+}
+
+fn set_dir(store: &Store, entry: &str, fingerprint: &str) -> PathBuf {
+    store.root().join(SIGNED_DIR).join(entry).join(&fingerprint[..32])
+}
+
+/// The entry's set signed with the certificate `fingerprint`, if one is
+/// published. Its record is checked against the entry before it is trusted.
+pub fn find(store: &Store, entry: &Entry, fingerprint: &str) -> Result<Option<Signed>> {
+    let dir = set_dir(store, &entry.name, fingerprint);
+    let bytes = match std::fs::read(dir.join(RECORD)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.join(RECORD).display())),
+    };
+    let record: Record =
+        serde_json::from_slice(&bytes).with_context(|| format!("{}: not a signature record", dir.display()))?;
+    if record.entry != entry.name || record.cert_sha256 != fingerprint {
+        bail!("{}: its record names another entry or certificate", dir.display());
+    }
+    for f in &record.files {
+        crate::store::manifest::ArtifactFile::new(&f.file).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        if !entry.manifest.artifacts.iter().any(|a| a.file.as_str() == f.file && a.blake3 == f.unsigned_blake3) {
+            bail!("{}: {} was signed from other bytes than the entry holds", dir.display(), f.file);
+        }
+    }
+    Ok(Some(Signed { dir, record }))
+}
+
+/// The entry's EFI artifacts (unified kernel images): what gets signed.
+fn efi_artifacts(entry: &Entry) -> Vec<&crate::store::manifest::Artifact> {
+    entry.manifest.artifacts.iter().filter(|a| a.name == crate::store::manifest::ArtifactName::Uki).collect()
+}
+
+/// Signs the entry's EFI binaries with `key` and `cert` and publishes the
+/// set (replacing one made with the same certificate before). Each unsigned
+/// file is checked against the manifest first: a damaged entry is never
+/// signed.
+pub fn sign(store: &Store, entry: &Entry, key: &Path, cert: &Path) -> Result<Signed> {
+    let fingerprint = cert_fingerprint(cert)?;
+    let arts = efi_artifacts(entry);
+    if arts.is_empty() {
+        bail!("entry {} has no EFI binary to sign: build the `uki` format", entry.name);
+    }
+    if !key.is_file() {
+        bail!("signing key {}: not a file", key.display());
+    }
+    // The build lock of the entry's hash: a build starting meanwhile must not
+    // sweep this work folder as a killed build's leftovers.
+    let _lock = store.lock(&entry.manifest.hash)?;
+    let work = store.work_dir(&entry.name)?;
+    let mut files = Vec::new();
+    for a in arts {
+        let src = entry.path.join(a.file.as_str());
+        let digest = crate::hash::artifact_digest(&src).with_context(|| format!("reading {}", src.display()))?;
+        if digest != a.blake3 {
+            bail!("{}: its bytes do not match the manifest; not signing a damaged entry (rebuild it)", src.display());
+        }
+        let out = work.path().join(a.file.as_str());
+        run(Command::new("sbsign").arg("--key").arg(key).arg("--cert").arg(cert).arg("--output").arg(&out).arg(&src))
+            .context("sbsign (apt-get install sbsigntool; an encrypted key must be decrypted first)")?;
+        run(Command::new("sbverify").arg("--cert").arg(cert).arg(&out))
+            .context("sbverify: the signed copy does not verify against the certificate")?;
+        files.push(SignedFile {
+            file: a.file.as_str().to_string(),
+            unsigned_blake3: a.blake3.clone(),
+            blake3: crate::hash::artifact_digest(&out)?,
+            size: std::fs::metadata(&out)?.len(),
+        });
+    }
+    let record = Record { entry: entry.name.clone(), cert_sha256: fingerprint.clone(), files };
+    std::fs::write(work.path().join(RECORD), serde_json::to_vec_pretty(&record)?)?;
+    for f in std::fs::read_dir(work.path())? {
+        std::fs::File::open(f?.path())?.sync_all()?;
+    }
+    // Publish: the folder appears whole under its name or not at all; an
+    // older set for the same certificate is swapped out, then removed.
+    let dir = set_dir(store, &entry.name, &fingerprint);
+    let parent = dir.parent().context("signed set has no parent")?;
+    std::fs::create_dir_all(parent)?;
+    let staged = work.keep();
+    if dir.exists() {
+        rustix::fs::renameat_with(rustix::fs::CWD, &staged, rustix::fs::CWD, &dir, rustix::fs::RenameFlags::EXCHANGE)
+            .with_context(|| format!("replacing {}", dir.display()))?;
+    } else {
+        std::fs::rename(&staged, &dir).with_context(|| format!("publishing {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_dir_all(&staged);
+    std::fs::File::open(parent)?.sync_all()?;
+    tracing::info!(entry = %entry.name, cert_sha256 = %fingerprint, "signed {} EFI binary(ies)", record.files.len());
+    Ok(Signed { dir, record })
+}
+
+/// Removes every signed set of `entry` (when gc removes the entry).
+pub fn forget(store: &Store, entry: &str) -> Result<()> {
+    let dir = store.root().join(SIGNED_DIR).join(entry);
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}

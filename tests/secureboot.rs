@@ -1,0 +1,145 @@
+//! Unified kernel images and Secure Boot: the uki's sections checked with
+//! binutils, `imgd sign` with keys made here, and OVMF with Secure Boot
+//! enforced (the certificate enrolled by virt-fw-vars) booting the signed
+//! image and refusing a changed one and one signed with another key.
+
+use crate::common::*;
+use std::path::{Path, PathBuf};
+
+/// A self-signed key pair made with openssl (as a user would make a db key).
+fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (key, cert) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.crt")));
+    tool(
+        "openssl",
+        &[
+            "req",
+            "-new",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "3650",
+            "-subj",
+            &format!("/CN=imgd test {name}/"),
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+    );
+    (key, cert)
+}
+
+fn uki_of(m: &serde_json::Value) -> (String, String) {
+    let a = m["artifacts"].as_array().unwrap().iter().find(|a| a["format"] == "uki").expect("a uki artifact");
+    (a["file"].as_str().unwrap().to_string(), a["blake3"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn the_uki_carries_the_kernel_initrd_and_command_line_as_pe_sections() {
+    let h = hello();
+    let (file, _) = uki_of(&h.manifest);
+    assert_eq!(file, "hello.efi");
+    let uki = h.file(&file);
+    let d = tempfile::tempdir().unwrap();
+    let out = |s: &str| d.path().join(s.trim_start_matches('.'));
+    let mut args = vec![];
+    for s in [".osrel", ".cmdline", ".linux", ".initrd"] {
+        args.push("--dump-section".to_string());
+        args.push(format!("{s}={}", out(s).display()));
+    }
+    let copy = d.path().join("copy.efi");
+    let args: Vec<&str> =
+        args.iter().map(String::as_str).chain([uki.to_str().unwrap(), copy.to_str().unwrap()]).collect();
+    tool("objcopy", &args);
+    // Exactly the bundle's kernel and initrd, the netboot command line, and
+    // an os-release naming the build.
+    assert_eq!(std::fs::read(out(".linux")).unwrap(), std::fs::read(h.file("vmlinuz")).unwrap());
+    assert_eq!(std::fs::read(out(".initrd")).unwrap(), std::fs::read(h.file("initrd")).unwrap());
+    let cmdline = std::fs::read_to_string(out(".cmdline")).unwrap();
+    assert!(cmdline.starts_with("rdinit=/init console=ttyS0,115200"), "{cmdline}");
+    let osrel = std::fs::read_to_string(out(".osrel")).unwrap();
+    let hash = h.manifest["hash"].as_str().unwrap();
+    assert!(
+        osrel.contains("IMAGE_ID=hello\n") && osrel.contains(&format!("IMAGE_VERSION={}\n", &hash[..12])),
+        "{osrel}"
+    );
+    // The stub's own sections are still there, and the file is a PE image
+    // binutils reads as such.
+    let headers = tool("objdump", &["-h", uki.to_str().unwrap()]);
+    assert!(headers.contains("pei-x86-64") && headers.contains(".sdmagic") && headers.contains(".text"), "{headers}");
+}
+
+#[test]
+fn a_signed_uki_boots_under_enforced_secure_boot_and_a_changed_or_foreign_one_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let (key_a, cert_a) = keypair(d.path(), "a");
+    let (key_b, cert_b) = keypair(d.path(), "b");
+    let sign = |key: &Path, cert: &Path| -> serde_json::Value {
+        let out = ok(imgd(&store).args(["sign", "hello", "--json", "--key"]).arg(key).arg("--cert").arg(cert));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let rec = sign(&key_a, &cert_a);
+    let m: serde_json::Value =
+        serde_json::from_slice(&ok(imgd(&store).args(["build", "hello", "--json"])).stdout).unwrap();
+    assert_eq!(m["cached"], true, "signing left the build as it was");
+    let (file, unsigned) = uki_of(&m);
+    // The record names the certificate by the SHA-256 of its DER, as openssl
+    // computes it, and the unsigned bytes it was made from.
+    let fp = tool("openssl", &["x509", "-in", cert_a.to_str().unwrap(), "-noout", "-fingerprint", "-sha256"]);
+    let fp: String = fp.split('=').nth(1).unwrap().trim().replace(':', "").to_lowercase();
+    assert_eq!(rec["cert_sha256"], fp.as_str());
+    assert_eq!(rec["files"][0]["unsigned_blake3"], unsigned.as_str());
+    let signed = PathBuf::from(rec["path"].as_str().unwrap()).join(&file);
+    tool("sbverify", &["--cert", cert_a.to_str().unwrap(), signed.to_str().unwrap()]);
+    // The entry still holds the unsigned image its hash names.
+    ok(imgd(&store).args(["verify"]));
+    // The private key is nowhere in the store.
+    let key_text = std::fs::read_to_string(&key_a).unwrap();
+    let secret = key_text.lines().nth(1).unwrap();
+    let grep = std::process::Command::new("grep").args(["-rqF", secret]).arg(&store).status().unwrap();
+    assert_eq!(grep.code(), Some(1), "the key's text was found in the store");
+
+    let boot = || {
+        imgd(&store)
+            .args(["test", "hello", "--format", "uki", "--timeout", "150", "--secure-boot"])
+            .arg(&cert_a)
+            .output()
+            .unwrap()
+    };
+    let out = boot();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("uki (Secure Boot): `IMGD-HELLO-READY` after"), "{stdout}");
+
+    let refused = |what: &str| {
+        let out = boot();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what} booted:\n{err}");
+        assert!(err.contains("the firmware refused the image") && err.contains("Access Denied"), "{what}:\n{err}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("IMGD-HELLO-READY"));
+    };
+    // One byte changed inside the kernel section of the signed image.
+    let good = std::fs::read(&signed).unwrap();
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 0x01;
+    std::fs::write(&signed, &bad).unwrap();
+    refused("a changed image");
+    // A correct signature, by a key the firmware does not trust.
+    let rec_b = sign(&key_b, &cert_b);
+    assert_ne!(rec_b["path"], rec["path"], "each certificate has a set of its own");
+    std::fs::copy(PathBuf::from(rec_b["path"].as_str().unwrap()).join(&file), &signed).unwrap();
+    refused("an image signed with another key");
+    std::fs::write(&signed, &good).unwrap();
+
+    // gc removes the signed sets with their entry.
+    let mut other = std::fs::read_to_string(repo().join("profiles/hello.toml")).unwrap();
+    other = other.replace("imgd hello image", "imgd hello image, changed");
+    let proj = project(&[("hello.toml", &other)]);
+    ok(imgd(&store).current_dir(proj.path()).env("IMGD_ROOT", proj.path()).args(["build", "hello", "--format", "uki"]));
+    ok(imgd(&store).args(["gc", "--keep", "1"]));
+    let left: Vec<_> = std::fs::read_dir(store.join(".signed")).unwrap().collect();
+    assert!(left.is_empty(), "signed sets outlived their entry: {left:?}");
+}

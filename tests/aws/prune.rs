@@ -69,7 +69,7 @@ fn prune_keeps_the_newest_builds_plans_first_and_leaves_foreign_things_alone() {
     assert!(dereg.iter().all(|s| s.contains(&hash12(0)) || s.contains(&hash12(1))), "{dereg:?}");
     assert!(steps(&plan, "delete-snapshot").iter().any(|s| s.contains(&snap_a)), "{plan}");
     let objects = steps(&plan, "delete-object");
-    assert_eq!(objects.len(), 8, "a's artifacts and manifest only: {objects:?}");
+    assert_eq!(objects.len(), 9, "a's artifacts (eight) and manifest only: {objects:?}");
     assert!(objects.iter().all(|o| o.contains(&entry(0)) && !o.ends_with("notes.txt")), "{objects:?}");
     assert_eq!(
         (moto.images("us-east-1"), moto.images("eu-west-1"), moto.keys("imgs")),
@@ -95,7 +95,7 @@ fn prune_keeps_the_newest_builds_plans_first_and_leaves_foreign_things_alone() {
     assert!(keys.contains(&format!("imgd/{}/notes.txt", entry(0))), "an object without imgd's metadata stays");
     assert!(!keys.iter().any(|k| k.starts_with(&format!("imgd/{}/", entry(0))) && !k.ends_with("notes.txt")));
     for kept in [entry(1), entry(2)] {
-        assert_eq!(keys.iter().filter(|k| k.contains(&kept)).count(), 8, "{kept} stays (store / newest AMI)");
+        assert_eq!(keys.iter().filter(|k| k.contains(&kept)).count(), 9, "{kept} stays (store / newest AMI)");
     }
 
     // Nothing left to do; the kept build still syncs without changes.

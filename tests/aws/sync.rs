@@ -197,7 +197,7 @@ fn dry_run_prints_a_plan_and_changes_nothing() {
     let (p, _) = moto.sync(&store, &[&base[..], &["--dry-run"]].concat());
     let steps = plan_of(&p);
     let uploads = steps.iter().filter(|(a, _)| a == "upload").count();
-    assert_eq!(uploads, 8, "seven artifact files (the ipxe bundle is three) and the manifest: {p}");
+    assert_eq!(uploads, 9, "eight artifact files (the ipxe bundle is three, the uki one) and the manifest: {p}");
     for want in [("snapshot", "us-east-1"), ("register", "us-east-1"), ("copy", "eu-west-1"), ("share", "eu-west-1")] {
         assert!(steps.contains(&(want.0.into(), want.1.into())), "{want:?} missing: {p}");
     }

@@ -72,6 +72,25 @@ fn the_uki_carries_the_kernel_initrd_and_command_line_as_pe_sections() {
 }
 
 #[test]
+fn a_uki_is_for_uefi_hardware_only() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    // hello lists uki; on BIOS hardware its other formats still build.
+    let uefi: serde_json::Value =
+        serde_json::from_slice(&ok(imgd(&store).args(["hash", "hello", "--json"])).stdout).unwrap();
+    assert!(uefi.to_string().contains("\"uki\""), "{uefi}");
+    let out = ok(imgd(&store).args(["hash", "hello", "--hardware", "qemu-x86_64-bios", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!v.to_string().contains("\"uki\""), "{v}");
+    // Asked for by name there, it is bad input.
+    let out =
+        imgd(&store).args(["hash", "hello", "--hardware", "qemu-x86_64-bios", "--format", "uki"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("formats") && err.contains("boots by BIOS"), "{err}");
+}
+
+#[test]
 fn a_signed_uki_boots_under_enforced_secure_boot_and_a_changed_or_foreign_one_is_refused() {
     let d = tempfile::tempdir().unwrap();
     let store = d.path().join("store");

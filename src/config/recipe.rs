@@ -268,10 +268,16 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
 
     let mut formats = match &opts.formats {
         Some(f) => f.clone(),
-        // Unless the profile says, every format the hardware boots.
-        None => p.formats.clone().unwrap_or_else(|| {
-            Format::ALL.into_iter().filter(|f| *f != Format::Uki || hw.firmware == Firmware::Uefi).collect()
-        }),
+        // The profile's formats, or every one: on BIOS hardware without the
+        // uki, which only UEFI boots (the same profile serves both kinds of
+        // hardware; asking for a uki by --format there is an error below).
+        None => p
+            .formats
+            .clone()
+            .unwrap_or_else(|| Format::ALL.to_vec())
+            .into_iter()
+            .filter(|f| *f != Format::Uki || hw.firmware == Firmware::Uefi)
+            .collect(),
     };
     formats.sort();
     formats.dedup();

@@ -161,8 +161,11 @@ fn the_locked_base_rebuilds_offline_and_bit_identical_in_another_store() {
     // No cached base, no network: assembled again from the pool, with the
     // same bytes, and the same artifacts in a second store.
     let aside = base.with_extension("aside");
-    std::fs::rename(&base, &aside).unwrap();
     let tree_aside = unpacked.with_extension("tree-aside");
+    // What a killed earlier run of this test set aside is not needed.
+    let _ = std::fs::remove_file(&aside);
+    let _ = std::fs::remove_dir_all(&tree_aside);
+    std::fs::rename(&base, &aside).unwrap();
     std::fs::rename(&unpacked, &tree_aside).unwrap();
     let t = Instant::now();
     let again = build_offline(&two, &["debian"]);

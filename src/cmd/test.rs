@@ -127,10 +127,20 @@ pub fn run(a: &TestArgs) -> anyhow::Result<()> {
         ssh: None,
         secure_boot: secure.as_ref().map(|(vars, _)| vars.as_path()),
     };
-    let booted = wanted.into_iter().try_for_each(|target| match (target, &secure) {
-        (BootTarget::Ipxe, _) => netboot(a, &recipe, &machine, &entry, &marker, scratch.path(), logs.path()),
-        (BootTarget::Uki, Some((_, app))) => boot_app(a, &machine, &entry, app, &marker, scratch.path(), logs.path()),
-        _ => boot(a, &machine, &entry, target, &marker, scratch.path(), logs.path()),
+    let booted = wanted.into_iter().try_for_each(|target| {
+        // The source, its name in the log file and progress lines, and in the result line.
+        let (src, name, shown) = match (target, &secure) {
+            (BootTarget::Ipxe, _) => {
+                return netboot(a, &recipe, &machine, &entry, &marker, scratch.path(), logs.path());
+            }
+            (BootTarget::Uki, Some((_, app))) => (
+                BootSource::EfiApp { app: app.clone() },
+                "uki-secure-boot".to_string(),
+                "uki (Secure Boot)".to_string(),
+            ),
+            _ => (boot_source(&entry, target)?, target.to_string(), target.format().to_string()),
+        };
+        boot(a, &machine, &entry, src, [&name, &shown], &marker, scratch.path(), logs.path())
     });
     if booted.is_err() || a.keep_logs {
         let kept = logs.keep();
@@ -139,22 +149,23 @@ pub fn run(a: &TestArgs) -> anyhow::Result<()> {
     booted
 }
 
+#[allow(clippy::too_many_arguments)]
 fn boot(
     a: &TestArgs,
     machine: &Machine<'_>,
     entry: &imgd::store::Entry,
-    target: BootTarget,
+    src: BootSource,
+    [name, shown]: [&str; 2],
     marker: &str,
     scratch: &std::path::Path,
     logs: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let src = boot_source(entry, target)?;
     let cmd = qemu::command(machine, &src, scratch)?;
-    let log = logs.join(format!("{}-{target}.log", entry.name));
-    eprintln!("booting {} ({target}), console log {}", entry.name, log.display());
+    let log = logs.join(format!("{}-{name}.log", entry.name));
+    eprintln!("booting {} ({name}), console log {}", entry.name, log.display());
     let report = qemu::boot_until(cmd, marker, Duration::from_secs(a.timeout), &log)
-        .with_context(|| format!("{} ({target})", entry.name))?;
-    println!("ok {} {}: `{marker}` after {:.1}s", entry.name, target.format(), report.seconds);
+        .with_context(|| format!("{} ({name})", entry.name))?;
+    println!("ok {} {shown}: `{marker}` after {:.1}s", entry.name, report.seconds);
     Ok(())
 }
 
@@ -186,25 +197,6 @@ fn secure_boot(
         }
     };
     Ok((vars, app))
-}
-
-/// Boots a signed EFI binary (Secure Boot) and waits for the marker.
-fn boot_app(
-    a: &TestArgs,
-    machine: &Machine<'_>,
-    entry: &imgd::store::Entry,
-    app: &std::path::Path,
-    marker: &str,
-    scratch: &std::path::Path,
-    logs: &std::path::Path,
-) -> anyhow::Result<()> {
-    let cmd = qemu::command(machine, &BootSource::EfiApp { app: app.to_path_buf() }, scratch)?;
-    let log = logs.join(format!("{}-uki-secure-boot.log", entry.name));
-    eprintln!("booting {} (signed uki, Secure Boot enforced), console log {}", entry.name, log.display());
-    let report = qemu::boot_until(cmd, marker, Duration::from_secs(a.timeout), &log)
-        .with_context(|| format!("{} (uki, Secure Boot)", entry.name))?;
-    println!("ok {} uki (Secure Boot): `{marker}` after {:.1}s", entry.name, report.seconds);
-    Ok(())
 }
 
 /// An `imgd serve` on loopback that boots one entry for every machine, for

@@ -17,6 +17,7 @@ packages=(
   qemu-system-arm qemu-efi-aarch64   # aarch64 guests and their UEFI (AAVMF)
   systemd-boot-efi               # the EFI loader on disk images, the stub of unified kernel images
   sbsigntool openssl             # imgd sign (sbsign), its checks (sbverify) and test keys
+  systemd                        # systemd-measure: the independent check of the manifest's PCR 11
   grub-pc-bin grub-common        # GRUB for BIOS disk images (grub-mkimage, i386-pc modules)
   e2fsprogs dosfstools mtools fdisk   # mkfs.ext4/debugfs/fsck, fsck.vfat, mformat/mcopy, sfdisk
   kmod busybox-static cpio zstd  # depmod; initrd checks

@@ -11,8 +11,9 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// Bumped whenever the builder's output for the same inputs changes (its
-/// files, or the manifest: `layout-2` names artifacts by BLAKE3).
-pub const BUILDER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "/layout-2");
+/// files, or the manifest: `layout-2` names artifacts by BLAKE3, `layout-3`
+/// records a UKI's PCR 11).
+pub const BUILDER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "/layout-3");
 
 /// External tools whose version can change the bytes of an artifact.
 const TOOLS: &[(&str, &str)] = &[
@@ -117,6 +118,7 @@ pub fn build_with(recipe: &Recipe, store: &Store, progress: &Progress, remote: O
         imgd_version: env!("CARGO_PKG_VERSION").into(),
         built_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         source_date_epoch: recipe.epoch,
+        pcr11: pcr11(pending.path(), &artifacts)?,
         artifacts,
         recipe: serde_json::from_value(serde_json::to_value(recipe)?)?,
     };
@@ -159,7 +161,17 @@ fn fetch(store: &Store, remote: &dyn Remote, name: &str, hash: &str) -> Result<O
             anyhow::bail!("{} does not match its manifest (blake3 {digest}, {size} bytes)", a.file);
         }
     }
+    // Derived from the UKI just checked, never taken from the remote.
+    let mut manifest = manifest;
+    manifest.pcr11 = pcr11(pending.path(), &manifest.artifacts)?;
     let bytes: u64 = manifest.artifacts.iter().map(|a| a.size).sum();
     tracing::info!("fetched {name} from {} ({bytes} bytes)", remote.url());
     Ok(Some(store.commit(pending, &manifest)?))
+}
+
+/// PCR 11 for the entry's UKI in `dir`, if it has one.
+fn pcr11(dir: &std::path::Path, artifacts: &[crate::store::manifest::Artifact]) -> Result<Option<artifact::uki::Pcr11>> {
+    use crate::store::manifest::ArtifactName;
+    let Some(a) = artifacts.iter().find(|a| a.name == ArtifactName::Uki) else { return Ok(None) };
+    artifact::uki::pcr11(&dir.join(a.file.as_str())).map(Some).context("measuring the UKI as its stub will")
 }

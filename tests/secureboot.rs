@@ -71,6 +71,49 @@ fn the_uki_carries_the_kernel_initrd_and_command_line_as_pe_sections() {
     assert!(headers.contains("pei-x86-64") && headers.contains(".sdmagic") && headers.contains(".text"), "{headers}");
 }
 
+/// The manifest's PCR 11 is what systemd's own calculator says the stub
+/// measures, for the sections as binutils reads them out of the file: at
+/// kernel start (`--phase=`) and after each systemd boot phase.
+#[test]
+fn the_manifest_records_the_pcr11_systemd_measure_calculates() {
+    let h = hello();
+    let uki = h.file(&uki_of(&h.manifest).0);
+    let d = tempfile::tempdir().unwrap();
+    let mut measure_args = vec!["calculate".to_string(), "--bank=sha256".into(), "--json=short".into()];
+    for s in ["linux", "osrel", "cmdline", "initrd"] {
+        let out = d.path().join(s);
+        let section = format!(".{s}");
+        tool("objcopy", &["-O", "binary", "--only-section", &section, uki.to_str().unwrap(), out.to_str().unwrap()]);
+        measure_args.push(format!("--{s}={}", out.display()));
+    }
+    let calculate = |phase: Option<&str>| -> Vec<(String, String)> {
+        let mut args = measure_args.clone();
+        if let Some(p) = phase {
+            args.push(format!("--phase={p}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = std::process::Command::new("/usr/lib/systemd/systemd-measure").args(&args).output().unwrap();
+        assert!(out.status.success(), "systemd-measure: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["sha256"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                assert_eq!(e["pcr"], 11);
+                (e["phase"].as_str().unwrap_or("").to_string(), e["hash"].as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    let pcr = &h.manifest["pcr11"];
+    assert_eq!(calculate(Some("")), vec![(String::new(), pcr["sha256"].as_str().unwrap().to_string())]);
+    let phases = calculate(None);
+    assert_eq!(phases.len(), 4, "{phases:?}");
+    for (phase, value) in phases {
+        assert_eq!(pcr["phases_sha256"][&phase].as_str(), Some(value.as_str()), "phase {phase}");
+    }
+}
+
 #[test]
 fn a_uki_is_for_uefi_hardware_only() {
     let d = tempfile::tempdir().unwrap();

@@ -94,11 +94,19 @@ impl Pe {
             "PE alignments are not powers of two"
         );
         ensure!(b.len() >= sections + count * SECTION_HEADER, "PE section table is cut short");
-        // A signed stub would carry a certificate table: its signature would
-        // no longer match once sections are added.
-        let certs = opt + 112 + 4 * 8;
-        ensure!(u32_at(b, certs + 4) == 0, "the stub is signed; use the unsigned linux*.efi.stub");
         Ok(p)
+    }
+
+    /// Whether the image carries a certificate table (an Authenticode signature).
+    fn signed(&self, b: &[u8]) -> bool {
+        u32_at(b, self.opt + 112 + 4 * 8 + 4) != 0
+    }
+
+    /// Section `i`'s name, size in memory, and place and size in the file.
+    fn section_at(&self, b: &[u8], i: usize) -> (Vec<u8>, u64, u64, u64) {
+        let h = self.section(i);
+        let name = b[h..h + 8].iter().copied().take_while(|&c| c != 0).collect();
+        (name, u32_at(b, h + 8) as u64, u32_at(b, h + 20) as u64, u32_at(b, h + 16) as u64)
     }
 
     fn section(&self, i: usize) -> usize {
@@ -109,6 +117,8 @@ impl Pe {
 /// Writes `stub` plus `sections` to `out`. Returns the file's size.
 pub fn write(stub: &[u8], sections: &[Section], out: &Path) -> Result<u64> {
     let pe = Pe::parse(stub).context("reading the EFI stub")?;
+    // A signed stub's signature would no longer match once sections are added.
+    ensure!(!pe.signed(stub), "the stub is signed; use the unsigned linux*.efi.stub");
     let room = pe.size_of_headers;
     let needed = pe.section(pe.count + sections.len());
     ensure!(
@@ -252,6 +262,80 @@ impl Write for Summed {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// The sections systemd's stub measures into PCR 11, in the order it
+/// measures them (systemd 252 `unified_sections`, less `.pcrsig`, which
+/// carries signatures over this very value).
+const MEASURED_SECTIONS: [&str; 7] = [".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".pcrpkey"];
+
+/// The boot phases `systemd-pcrphase` measures into PCR 11 after the stub,
+/// when the initrd and the image run systemd and the machine has a TPM.
+pub const BOOT_PHASES: [&str; 4] = ["enter-initrd", "leave-initrd", "sysinit", "ready"];
+
+/// The SHA-256 bank values of PCR 11 that booting a UKI produces.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pcr11 {
+    /// When the kernel starts: systemd's stub has measured the UKI's
+    /// sections (each name with its NUL, then its bytes as loaded).
+    pub sha256: String,
+    /// After each boot phase, `systemd-measure`'s phase paths
+    /// (`enter-initrd`, `enter-initrd:leave-initrd`, ...) to values.
+    pub phases_sha256: std::collections::BTreeMap<String, String>,
+}
+
+/// What PCR 11 will hold after the systemd stub in `uki` boots it, computed
+/// from the file's own section table (so it holds for any UKI, signed or
+/// not: the signature is outside the measured sections).
+pub fn pcr11(uki: &Path) -> Result<Pcr11> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(uki).with_context(|| format!("opening {}", uki.display()))?;
+    let file_len = f.metadata()?.len();
+    let mut head = vec![0u8; (file_len as usize).min(64 << 10)];
+    f.read_exact_at(&mut head, 0)?;
+    let pe = Pe::parse(&head).with_context(|| format!("reading {}", uki.display()))?;
+    let extend = |pcr: &mut [u8; 32], digest: &[u8]| {
+        *pcr = Sha256::new().chain_update(&pcr[..]).chain_update(digest).finalize().into();
+    };
+    let mut pcr = [0u8; 32];
+    for want in MEASURED_SECTIONS {
+        let Some((_, vsize, at, raw)) =
+            (0..pe.count).map(|i| pe.section_at(&head, i)).find(|(n, ..)| n == want.as_bytes())
+        else {
+            continue;
+        };
+        // The stub measures the section as loaded: VirtualSize bytes, the
+        // file's data zero-filled past SizeOfRawData.
+        ensure!(at + raw.min(vsize) <= file_len, "{want} runs past the end of {}", uki.display());
+        let mut name = want.as_bytes().to_vec();
+        name.push(0);
+        extend(&mut pcr, &Sha256::digest(&name));
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut done, from_file) = (0u64, raw.min(vsize));
+        while done < vsize {
+            let n = ((vsize - done) as usize).min(buf.len());
+            if done < from_file {
+                let m = n.min((from_file - done) as usize);
+                f.read_exact_at(&mut buf[..m], at + done)?;
+                buf[m..n].fill(0);
+            } else {
+                buf[..n].fill(0);
+            }
+            h.update(&buf[..n]);
+            done += n as u64;
+        }
+        extend(&mut pcr, &h.finalize());
+    }
+    let sha256 = hex::encode(pcr);
+    let mut phases_sha256 = std::collections::BTreeMap::new();
+    for (i, phase) in BOOT_PHASES.iter().enumerate() {
+        extend(&mut pcr, &Sha256::digest(phase.as_bytes()));
+        phases_sha256.insert(BOOT_PHASES[..=i].join(":"), hex::encode(pcr));
+    }
+    Ok(Pcr11 { sha256, phases_sha256 })
 }
 
 /// The os-release of a UKI: the image's own (`/etc/os-release` or

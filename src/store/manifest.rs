@@ -44,6 +44,11 @@ pub struct Manifest {
     pub source_date_epoch: u64,
     pub artifacts: Vec<Artifact>,
     pub recipe: RecipeRecord,
+    /// With a UKI: the PCR 11 values booting it produces, for attestation
+    /// ([`crate::artifact::uki::pcr11`]; derived from the file, so a copy
+    /// fetched from elsewhere gets it recomputed, not believed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcr11: Option<crate::artifact::uki::Pcr11>,
 }
 
 /// One file of an entry.
@@ -169,6 +174,13 @@ impl Manifest {
             }
             if !seen.insert(&a.file) {
                 bail!("{} is listed twice", a.file);
+            }
+        }
+        if let Some(p) = &self.pcr11 {
+            for v in std::iter::once(&p.sha256).chain(p.phases_sha256.values()) {
+                if !crate::hash::is_digest_hex(v) {
+                    bail!("pcr11: `{}` is not 64 hex digits", v.escape_debug());
+                }
             }
         }
         Ok(())

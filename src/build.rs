@@ -170,7 +170,10 @@ fn fetch(store: &Store, remote: &dyn Remote, name: &str, hash: &str) -> Result<O
 }
 
 /// PCR 11 for the entry's UKI in `dir`, if it has one.
-fn pcr11(dir: &std::path::Path, artifacts: &[crate::store::manifest::Artifact]) -> Result<Option<artifact::uki::Pcr11>> {
+fn pcr11(
+    dir: &std::path::Path,
+    artifacts: &[crate::store::manifest::Artifact],
+) -> Result<Option<artifact::uki::Pcr11>> {
     use crate::store::manifest::ArtifactName;
     let Some(a) = artifacts.iter().find(|a| a.name == ArtifactName::Uki) else { return Ok(None) };
     artifact::uki::pcr11(&dir.join(a.file.as_str())).map(Some).context("measuring the UKI as its stub will")

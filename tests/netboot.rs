@@ -111,11 +111,15 @@ impl Drop for Lan {
     }
 }
 
-/// `imgd serve --proxy-dhcp br0` in the namespace, booting hello for every
-/// machine; returns its log file (stderr), once it listens.
-fn serve(lan: &mut Lan, store: &Path, dir: &Path) -> std::path::PathBuf {
+/// Every machine boots hello through iPXE.
+const LAB: &str = "[[group]]\nname = \"lab\"\nprofile = \"hello\"\ndefault = true\n";
+
+/// `imgd serve --proxy-dhcp br0` in the namespace with `machines` as its
+/// machines file; returns its log file (stderr), once it listens.
+fn serve(lan: &mut Lan, store: &Path, dir: &Path, machines: &str) -> std::path::PathBuf {
+    let machines_text = machines;
     let machines = dir.join("machines.toml");
-    std::fs::write(&machines, "[[group]]\nname = \"lab\"\nprofile = \"hello\"\ndefault = true\n").unwrap();
+    std::fs::write(&machines, machines_text).unwrap();
     let log = dir.join("serve.log");
     let f = std::fs::File::create(&log).unwrap();
     let ns = lan.ns.clone();
@@ -160,24 +164,35 @@ enum Firmware {
     /// OVMF's own UEFI HTTP boot: its PXE turned off by OVMF's fw_cfg knobs,
     /// so the HTTP boot option is the one that runs.
     UefiHttp,
+    /// AAVMF (aarch64 UEFI) HTTP boot, PXE turned off the same way.
+    Aarch64Http,
 }
 
 fn machine(lan: &mut Lan, scratch: &Path, fw: Firmware, mac: &str) -> usize {
     let uefi = fw != Firmware::BiosIpxeRom;
     let tap = lan.tap();
+    let (qemu, machine, code, vars) = match fw {
+        Firmware::Aarch64Http => {
+            ("qemu-system-aarch64", "virt", "/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd")
+        }
+        _ => ("qemu-system-x86_64", "q35", "/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+    };
     let mut a: Vec<String> =
-        ["qemu-system-x86_64", "-machine", "q35", "-m", "512", "-nographic", "-no-reboot"].map(String::from).to_vec();
+        [qemu, "-machine", machine, "-m", "1024", "-nographic", "-no-reboot"].map(String::from).to_vec();
+    if fw == Firmware::Aarch64Http {
+        a.extend(["-cpu", "max", "-accel", "tcg"].map(String::from));
+    }
     a.extend(["-serial", "stdio", "-monitor", "none", "-display", "none"].map(String::from));
     a.push("-netdev".into());
     a.push(format!("tap,id=n0,ifname={tap},script=no,downscript=no"));
     if uefi {
-        let vars = scratch.join(format!("vars-{tap}.fd"));
-        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+        let own_vars = scratch.join(format!("vars-{tap}.fd"));
+        std::fs::copy(vars, &own_vars).unwrap();
         a.push("-drive".into());
-        a.push("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into());
+        a.push(format!("if=pflash,format=raw,unit=0,readonly=on,file={code}"));
         a.push("-drive".into());
-        a.push(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
-        if fw == Firmware::UefiHttp {
+        a.push(format!("if=pflash,format=raw,unit=1,file={}", own_vars.display()));
+        if matches!(fw, Firmware::UefiHttp | Firmware::Aarch64Http) {
             for knob in ["IPv4PXESupport", "IPv6PXESupport"] {
                 a.push("-fw_cfg".into());
                 a.push(format!("name=opt/org.tianocore/{knob},string=n"));
@@ -211,16 +226,27 @@ fn counter(metrics: &str, series: &str) -> u64 {
 }
 
 fn boots(fw: Firmware, mac: &str, tag: &str) -> (String, String, String) {
-    let h = hello();
+    boots_with(fw, mac, tag, &hello().store, LAB, Duration::from_secs(90))
+}
+
+/// A machine with firmware `fw` netboots from `store` served with `machines`
+/// until hello's marker: (console, serve's log, /metrics).
+fn boots_with(
+    fw: Firmware,
+    mac: &str,
+    tag: &str,
+    store: &Path,
+    machines: &str,
+    limit: Duration,
+) -> (String, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut lan = Lan::new(tag);
     lan.site_dhcp();
-    let log = serve(&mut lan, &h.store, dir.path());
+    let log = serve(&mut lan, store, dir.path(), machines);
     let i = machine(&mut lan, dir.path(), fw, mac);
     let child = &mut lan.children[i];
-    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_for_console(child, "IMGD-HELLO-READY", Duration::from_secs(90))
-    }));
+    let waited =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_for_console(child, "IMGD-HELLO-READY", limit)));
     let log = std::fs::read_to_string(log).unwrap();
     match waited {
         Ok(console) => (console, log, metrics(&lan)),
@@ -270,12 +296,49 @@ fn uefi_http_boot_firmware_netboots_through_proxy_dhcp() {
     assert!(log.contains("client=Ipxe"), "{log}");
 }
 
+/// `http_boot = "uki"`: the firmware is handed the entry's unified kernel
+/// image and boots it itself; no iPXE, no script, no TFTP.
+#[test]
+fn uefi_http_boot_firmware_boots_the_groups_uki_without_ipxe() {
+    let h = hello();
+    let mac = "52:54:00:00:16:02";
+    let machines = format!(
+        "[[group]]\nname = \"uki\"\nprofile = \"hello\"\nhttp_boot = \"uki\"\nselector = {{ mac = \"{mac}\" }}\n\n{LAB}"
+    );
+    let (_console, log, m) =
+        boots_with(Firmware::UefiHttp, mac, "ukihttp", &h.store, &machines, Duration::from_secs(90));
+    let entry = h.manifest["name"].as_str().unwrap();
+    let url = format!("boot http://{SERVER}:8080/artifacts/{entry}/hello.efi");
+    assert!(log.contains("client=UefiHttp") && log.contains(&url), "{log}");
+    assert!(!log.contains("client=Ipxe") && !log.contains("TFTP: sending"), "iPXE was not needed: {log}");
+    assert!(m.contains("endpoint=\"artifacts\""), "{m}");
+}
+
+/// aarch64 machines netboot too: AAVMF's HTTP boot fetches the arm64 UKI
+/// (Debian ships no arm64 iPXE, so this is the way). TCG, so slower.
+#[test]
+fn aarch64_uefi_http_boot_boots_the_arm64_uki() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let m = build(&store, &["hello", "--hardware", "metal-aarch64"]);
+    assert_eq!(m["arch"], "aarch64");
+    let entry = m["name"].as_str().unwrap();
+    let mac = "52:54:00:00:19:01";
+    let machines = format!(
+        "[[group]]\nname = \"arm\"\nentry = \"{entry}\"\nhttp_boot = \"uki\"\nselector = {{ mac = \"{mac}\" }}\n"
+    );
+    let (_console, log, _) =
+        boots_with(Firmware::Aarch64Http, mac, "armhttp", &store, &machines, Duration::from_secs(240));
+    let url = format!("boot http://{SERVER}:8080/artifacts/{entry}/hello.efi");
+    assert!(log.contains("arch=19") && log.contains(&url), "{log}");
+}
+
 #[test]
 fn tftp_sends_the_loaders_whole_and_nothing_else() {
     let h = hello();
     let dir = tempfile::tempdir().unwrap();
     let mut lan = Lan::new("tftp");
-    let log = serve(&mut lan, &h.store, dir.path());
+    let log = serve(&mut lan, &h.store, dir.path(), LAB);
     let curl = |args: &[&str]| {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &lan.ns, "curl", "-sS", "--max-time", "20", "--path-as-is"]).args(args);

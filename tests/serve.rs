@@ -500,8 +500,11 @@ fn downloads_follow_the_machines_file() {
     assert_eq!(get("127.0.0.70", &format!("/artifacts/{entry}/rootfs.tar.zst")), 403);
     assert_eq!(get("127.0.0.70", "/profiles/hello/boot.ipxe"), 200);
     assert_eq!(get("127.0.0.5", "/profiles/hello/boot.ipxe"), 403);
-    // A group that opts in to disks (e.g. to install from the network).
-    write_config(d.path(), &format!("{lab}downloads = [\"disk\"]\n"));
+    let uki = format!("/artifacts/{entry}/hello.efi");
+    assert_eq!(get("127.0.0.70", &uki), 403, "the UKI only for groups that boot it");
+    // A group that opts in to disks (e.g. to install from the network), and
+    // whose UEFI HTTP boot firmware boots the UKI.
+    write_config(d.path(), &format!("{lab}downloads = [\"disk\"]\nhttp_boot = \"uki\"\n"));
     s.signal("HUP");
     let end = Instant::now() + Duration::from_secs(20);
     while get("127.0.0.70", &disk) != 206 {
@@ -510,6 +513,8 @@ fn downloads_follow_the_machines_file() {
     }
     assert_eq!(get("127.0.0.5", &disk), 403, "still only for the group's machines");
     assert_eq!(get("127.0.0.70", &format!("/artifacts/{entry}/rootfs.tar.zst")), 403);
+    assert_eq!(get("127.0.0.70", &uki), 206);
+    assert_eq!(get("127.0.0.5", &uki), 403);
 }
 
 #[test]

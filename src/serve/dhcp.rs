@@ -10,7 +10,9 @@
 //!   `/boot.ipxe`, so the chain ends there and never loops back to TFTP;
 //! - legacy BIOS PXE (arch 0): `undionly.kpxe` over TFTP;
 //! - x86_64 UEFI PXE (arch 7 or 9): `snponly.efi` over TFTP;
-//! - x86_64 UEFI HTTP boot (arch 16, class `HTTPClient`): `snponly.efi` by URL.
+//! - UEFI HTTP boot (class `HTTPClient`; arch 16 x86_64, 19 arm64): the
+//!   machine's unified kernel image by URL when its group has
+//!   `http_boot = "uki"`, else (x86_64 only) `snponly.efi` by URL.
 //!
 //! Every field is checked before use (the packet comes from anyone on the
 //! segment): a request with a malformed field is ignored, not answered.
@@ -29,7 +31,7 @@ pub enum Client {
     BiosPxe,
     /// Firmware PXE under x86_64 UEFI.
     UefiPxe,
-    /// UEFI HTTP boot on x86_64.
+    /// UEFI HTTP boot (x86_64 or arm64: see [`Request::arch`]).
     UefiHttp,
 }
 
@@ -44,6 +46,10 @@ impl Client {
         }
     }
 }
+
+/// RFC 4578 architecture numbers for UEFI HTTP boot.
+pub const ARCH_X64_HTTP: u16 = 16;
+pub const ARCH_ARM64_HTTP: u16 = 19;
 
 /// A checked boot request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,20 +158,28 @@ pub fn parse(bytes: &[u8]) -> Result<Request, Ignored> {
         (true, _, _) => Client::Ipxe,
         (false, false, 0) => Client::BiosPxe,
         (false, false, 7 | 9) => Client::UefiPxe,
-        (false, true, 16) => Client::UefiHttp,
+        (false, true, ARCH_X64_HTTP | ARCH_ARM64_HTTP) => Client::UefiHttp,
         (false, _, a) => return Err(Ignored::Architecture(a)),
     };
     Ok(Request { kind, client, arch, xid: msg.xid(), mac, ciaddr: msg.ciaddr(), giaddr: msg.giaddr(), guid })
 }
 
 /// What to boot: `http` is imgd serve's HTTP address as the client reaches it.
-pub fn boot_file(req: &Request, http: SocketAddrV4) -> BootFile {
-    match req.client {
-        Client::Ipxe => BootFile::Url(format!("http://{http}/boot.ipxe")),
-        Client::BiosPxe => BootFile::Tftp(Loader::BiosUndi),
-        Client::UefiPxe => BootFile::Tftp(Loader::UefiSnp),
-        Client::UefiHttp => BootFile::Url(format!("http://{http}/loaders/{}", Loader::UefiSnp.file_name())),
-    }
+///
+/// `uki` is the server path of the unified kernel image the machine's group
+/// gives UEFI HTTP boot firmware, if it gives one. None: nothing to boot
+/// (an arm64 HTTP client whose group has no UKI; there is no arm64 iPXE).
+pub fn boot_file(req: &Request, http: SocketAddrV4, uki: Option<&str>) -> Option<BootFile> {
+    Some(match (req.client, uki) {
+        (Client::Ipxe, _) => BootFile::Url(format!("http://{http}/boot.ipxe")),
+        (Client::BiosPxe, _) => BootFile::Tftp(Loader::BiosUndi),
+        (Client::UefiPxe, _) => BootFile::Tftp(Loader::UefiSnp),
+        (Client::UefiHttp, Some(path)) => BootFile::Url(format!("http://{http}{path}")),
+        (Client::UefiHttp, None) if req.arch == ARCH_X64_HTTP => {
+            BootFile::Url(format!("http://{http}/loaders/{}", Loader::UefiSnp.file_name()))
+        }
+        (Client::UefiHttp, None) => return None,
+    })
 }
 
 /// The answer to `req` from `server` (this host's address on the client's
@@ -265,8 +279,24 @@ mod tests {
         ];
         for (class, arch, user, want) in cases {
             let req = parse(&packet(MessageType::Discover, Some(class), Some(arch), user)).unwrap();
-            assert_eq!(boot_file(&req, http()), want, "{}", String::from_utf8_lossy(class));
+            assert_eq!(boot_file(&req, http(), None), Some(want), "{}", String::from_utf8_lossy(class));
         }
+    }
+
+    #[test]
+    fn http_boot_gets_the_groups_uki_and_arm64_gets_nothing_else() {
+        let uki = "/artifacts/0123456789abcdef0123456789abcdef-hello/hello.efi";
+        let url = format!("http://192.0.2.1:8080{uki}");
+        let x64 = parse(&packet(MessageType::Discover, Some(b"HTTPClient:Arch:00016"), Some(16), None)).unwrap();
+        assert_eq!(boot_file(&x64, http(), Some(uki)), Some(BootFile::Url(url.clone())));
+        let arm = parse(&packet(MessageType::Discover, Some(b"HTTPClient:Arch:00019"), Some(19), None)).unwrap();
+        assert_eq!((arm.client, arm.arch), (Client::UefiHttp, 19));
+        assert_eq!(boot_file(&arm, http(), Some(uki)), Some(BootFile::Url(url)));
+        // No arm64 iPXE to fall back to: no answer at all.
+        assert_eq!(boot_file(&arm, http(), None), None);
+        // PXE clients get their loader whatever the group says.
+        let pxe = parse(&packet(MessageType::Discover, Some(b"PXEClient:Arch:00007"), Some(7), None)).unwrap();
+        assert_eq!(boot_file(&pxe, http(), Some(uki)), Some(BootFile::Tftp(Loader::UefiSnp)));
     }
 
     #[test]
@@ -299,7 +329,7 @@ mod tests {
     #[test]
     fn the_reply_offers_no_address_and_names_the_boot_file() {
         let req = parse(&packet(MessageType::Discover, Some(b"PXEClient:Arch:00000"), Some(0), None)).unwrap();
-        let bytes = reply(&req, SERVER, &boot_file(&req, http()));
+        let bytes = reply(&req, SERVER, &boot_file(&req, http(), None).unwrap());
         let m = Message::decode(&mut Decoder::new(&bytes)).unwrap();
         assert_eq!(m.opcode(), Opcode::BootReply);
         assert_eq!(m.xid(), 0xabcd1234);
@@ -318,7 +348,8 @@ mod tests {
 
         // Port 4011: a REQUEST gets an ACK; HTTP boot's answer says HTTPClient.
         let req = parse(&packet(MessageType::Request, Some(b"HTTPClient:Arch:00016"), Some(16), None)).unwrap();
-        let m = Message::decode(&mut Decoder::new(&reply(&req, SERVER, &boot_file(&req, http())))).unwrap();
+        let m =
+            Message::decode(&mut Decoder::new(&reply(&req, SERVER, &boot_file(&req, http(), None).unwrap()))).unwrap();
         assert_eq!(m.opts().msg_type(), Some(MessageType::Ack));
         assert_eq!(
             m.opts().get(OptionCode::ClassIdentifier),

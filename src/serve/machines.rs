@@ -9,6 +9,9 @@
 //! vars = { role = "web" }            # extra template variables: {{var.role}}
 //! downloads = ["disk", "rootfs"]     # besides kernel, initrd and script, the
 //!                                    # entry's files this group's machines may fetch
+//! http_boot = "uki"                  # UEFI HTTP boot firmware (--proxy-dhcp) gets the
+//!                                    # entry's unified kernel image itself; default
+//!                                    # "ipxe": iPXE's EFI build, which asks for a script
 //! [group.selector]                   # every selector given must match
 //! mac = "52:54:00:12:34:56"          # also with dashes, any case
 //! uuid = "..."; hostname = "..."; serial = "..."
@@ -71,6 +74,29 @@ pub struct Group {
     /// machines may download (e.g. `disk` to install from the network).
     #[serde(default)]
     pub downloads: Vec<ArtifactName>,
+    /// What UEFI HTTP boot firmware of this group's machines is told to fetch.
+    #[serde(default)]
+    pub http_boot: HttpBoot,
+}
+
+/// What proxyDHCP hands to UEFI HTTP boot firmware.
+///
+/// At DHCP time a machine is known only by its MAC, architecture and
+/// platform (it has no address yet and sends no labels), so a group is found
+/// for it with those alone: `source` and `labels` groups are not matched then
+/// (the default group is), but the download is still checked against the
+/// client's address like any other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpBoot {
+    /// iPXE's EFI build, which then asks `/boot.ipxe` for the group's script
+    /// (x86_64 only: Debian ships no arm64 iPXE).
+    #[default]
+    Ipxe,
+    /// The entry's unified kernel image (format `uki`): no iPXE, no script;
+    /// the firmware loads it (and, with Secure Boot, verifies it) itself.
+    /// The only network boot for aarch64 machines.
+    Uki,
 }
 
 impl Group {

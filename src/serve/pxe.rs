@@ -118,7 +118,16 @@ impl ProxyDhcp {
                 metrics.dhcp("ignored", why.label());
                 continue;
             }
-            let boot = dhcp::boot_file(&req, cfg.http);
+            let uki = match req.client {
+                dhcp::Client::UefiHttp => http_boot_uki(&server.state(), &req),
+                _ => None,
+            };
+            let Some(boot) = dhcp::boot_file(&req, cfg.http, uki.as_deref()) else {
+                let why = Ignored::Architecture(req.arch);
+                tracing::info!(mac = %req.mac_text(), "proxyDHCP: ignored: {why} (give its group http_boot = \"uki\")");
+                metrics.dhcp("ignored", why.label());
+                continue;
+            };
             let reply = dhcp::reply(&req, cfg.addr, &boot);
             if reply.is_empty() {
                 continue;
@@ -144,6 +153,43 @@ impl ProxyDhcp {
                 }
                 Err(e) => tracing::warn!(mac = %req.mac_text(), "proxyDHCP: sending to {to}: {e}"),
             }
+        }
+    }
+}
+
+/// The path of the unified kernel image a UEFI HTTP boot client gets: its
+/// group (found by what DHCP tells: MAC, architecture, platform `efi`) asks
+/// for `http_boot = "uki"` and boots an entry with a UKI for its architecture.
+fn http_boot_uki(state: &super::state::State, req: &dhcp::Request) -> Option<String> {
+    use super::machines::{Claims, HttpBoot, Machine};
+    use crate::config::types::{Arch, Format};
+    use crate::store::manifest::ArtifactName;
+    let (ipxe_arch, arch) = match req.arch {
+        dhcp::ARCH_X64_HTTP => ("x86_64", Arch::X86_64),
+        dhcp::ARCH_ARM64_HTTP => ("arm64", Arch::Aarch64),
+        _ => return None,
+    };
+    let claims = Claims {
+        mac: Some(req.mac_text()),
+        arch: Some(ipxe_arch.into()),
+        platform: Some("efi".into()),
+        ..Default::default()
+    };
+    let group = state.machines.select(&Machine { claims, ..Default::default() })?;
+    if group.http_boot != HttpBoot::Uki {
+        return None;
+    }
+    let entry = state.group(group)?.entry.as_ref().ok()?;
+    let uki = entry.manifest.artifact(Format::Uki, ArtifactName::Uki);
+    match uki {
+        Some(a) if entry.manifest.arch == arch => Some(format!("/artifacts/{}/{}", entry.name, a.file)),
+        _ => {
+            tracing::warn!(
+                mac = %req.mac_text(),
+                "group {} has http_boot = \"uki\" but {} has no {ipxe_arch} UKI (add \"uki\" to the profile's formats)",
+                group.name, entry.name
+            );
+            None
         }
     }
 }

@@ -14,10 +14,11 @@
 //! Downloads follow the machines file: a client may fetch an entry's files
 //! only if a group that boots the entry admits it (no `source` selector, or
 //! one containing its address), and only the files a boot needs (kernel,
-//! initrd, script) unless the group lists more in `downloads`. `--serve-all`
+//! initrd, script; the UKI for `http_boot = "uki"`) unless the group lists
+//! more in `downloads`. `--serve-all`
 //! serves every entry and file to every client.
 
-use super::machines::{Group, MachinesFile};
+use super::machines::{Group, HttpBoot, MachinesFile};
 use crate::config::types::Format;
 use crate::config::{self, LoadRequest};
 use crate::store::manifest::{Artifact, ArtifactName};
@@ -76,8 +77,9 @@ impl State {
         }
         self.machines.groups.iter().any(|g| {
             let boots = self.groups.get(&g.name).is_some_and(|t| t.entry.as_ref().is_ok_and(|e| e.name == entry));
-            let file_ok =
-                (art.format == Format::Ipxe && BOOT_FILES.contains(&art.name)) || g.downloads.contains(&art.name);
+            let file_ok = (art.format == Format::Ipxe && BOOT_FILES.contains(&art.name))
+                || (art.name == ArtifactName::Uki && g.http_boot == HttpBoot::Uki)
+                || g.downloads.contains(&art.name);
             boots && file_ok && g.admits(client)
         })
     }

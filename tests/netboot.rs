@@ -168,12 +168,18 @@ enum Firmware {
     Aarch64Http,
 }
 
-fn machine(lan: &mut Lan, scratch: &Path, fw: Firmware, mac: &str) -> usize {
+/// A machine on the LAN; `secure_vars`: an OVMF variable store with keys
+/// enrolled, booted with Secure Boot enforced (OVMF's secboot build, SMM,
+/// so TCG).
+fn machine(lan: &mut Lan, scratch: &Path, fw: Firmware, mac: &str, secure_vars: Option<&Path>) -> usize {
     let uefi = fw != Firmware::BiosIpxeRom;
     let tap = lan.tap();
-    let (qemu, machine, code, vars) = match fw {
-        Firmware::Aarch64Http => {
+    let (qemu, machine, code, vars) = match (fw, secure_vars) {
+        (Firmware::Aarch64Http, _) => {
             ("qemu-system-aarch64", "virt", "/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd")
+        }
+        (_, Some(v)) => {
+            ("qemu-system-x86_64", "q35,smm=on", "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd", v.to_str().unwrap())
         }
         _ => ("qemu-system-x86_64", "q35", "/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
     };
@@ -181,6 +187,9 @@ fn machine(lan: &mut Lan, scratch: &Path, fw: Firmware, mac: &str) -> usize {
         [qemu, "-machine", machine, "-m", "1024", "-nographic", "-no-reboot"].map(String::from).to_vec();
     if fw == Firmware::Aarch64Http {
         a.extend(["-cpu", "max", "-accel", "tcg"].map(String::from));
+    }
+    if secure_vars.is_some() {
+        a.extend(["-accel", "tcg", "-global", "driver=cfi.pflash01,property=secure,value=on"].map(String::from));
     }
     a.extend(["-serial", "stdio", "-monitor", "none", "-display", "none"].map(String::from));
     a.push("-netdev".into());
@@ -226,7 +235,7 @@ fn counter(metrics: &str, series: &str) -> u64 {
 }
 
 fn boots(fw: Firmware, mac: &str, tag: &str) -> (String, String, String) {
-    boots_with(fw, mac, tag, &hello().store, LAB, Duration::from_secs(90))
+    boots_with(fw, mac, tag, &hello().store, LAB, Duration::from_secs(90), None)
 }
 
 /// A machine with firmware `fw` netboots from `store` served with `machines`
@@ -238,12 +247,13 @@ fn boots_with(
     store: &Path,
     machines: &str,
     limit: Duration,
+    secure_vars: Option<&Path>,
 ) -> (String, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut lan = Lan::new(tag);
     lan.site_dhcp();
     let log = serve(&mut lan, store, dir.path(), machines);
-    let i = machine(&mut lan, dir.path(), fw, mac);
+    let i = machine(&mut lan, dir.path(), fw, mac, secure_vars);
     let child = &mut lan.children[i];
     let waited =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_for_console(child, "IMGD-HELLO-READY", limit)));
@@ -306,7 +316,7 @@ fn uefi_http_boot_firmware_boots_the_groups_uki_without_ipxe() {
         "[[group]]\nname = \"uki\"\nprofile = \"hello\"\nhttp_boot = \"uki\"\nselector = {{ mac = \"{mac}\" }}\n\n{LAB}"
     );
     let (_console, log, m) =
-        boots_with(Firmware::UefiHttp, mac, "ukihttp", &h.store, &machines, Duration::from_secs(90));
+        boots_with(Firmware::UefiHttp, mac, "ukihttp", &h.store, &machines, Duration::from_secs(90), None);
     let entry = h.manifest["name"].as_str().unwrap();
     let url = format!("boot http://{SERVER}:8080/artifacts/{entry}/hello.efi");
     assert!(log.contains("client=UefiHttp") && log.contains(&url), "{log}");
@@ -328,9 +338,43 @@ fn aarch64_uefi_http_boot_boots_the_arm64_uki() {
         "[[group]]\nname = \"arm\"\nentry = \"{entry}\"\nhttp_boot = \"uki\"\nselector = {{ mac = \"{mac}\" }}\n"
     );
     let (_console, log, _) =
-        boots_with(Firmware::Aarch64Http, mac, "armhttp", &store, &machines, Duration::from_secs(240));
+        boots_with(Firmware::Aarch64Http, mac, "armhttp", &store, &machines, Duration::from_secs(240), None);
     let url = format!("boot http://{SERVER}:8080/artifacts/{entry}/hello.efi");
     assert!(log.contains("arch=19") && log.contains(&url), "{log}");
+}
+
+/// Secure Boot over the network: with `signed_with`, HTTP boot firmware is
+/// sent the UKI's signed copy (`imgd sign`) and OVMF, enforcing Secure Boot
+/// with that certificate enrolled, boots it. Without it, the same firmware
+/// gets the unsigned UKI and refuses it.
+#[test]
+fn secure_boot_firmware_boots_the_signed_uki_over_http_and_refuses_the_unsigned_one() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let m = build(&store, &["hello"]);
+    let entry = m["name"].as_str().unwrap();
+    let (key, cert) = crate::secureboot::keypair(d.path(), "db");
+    ok(imgd(&store).args(["sign", "hello", "--key", key.to_str().unwrap(), "--cert", cert.to_str().unwrap()]));
+    let vars = d.path().join("enrolled.fd");
+    imgd::qemu::enrol_vars(&cert, &vars).unwrap();
+    let mac = "52:54:00:00:5b:01";
+    let group = |signed: &str| {
+        format!(
+            "[[group]]\nname = \"secure\"\nentry = \"{entry}\"\nhttp_boot = \"uki\"\n{signed}selector = {{ mac = \"{mac}\" }}\n"
+        )
+    };
+    let signed = group(&format!("signed_with = {:?}\n", cert.to_str().unwrap()));
+    let (_c, log, _) =
+        boots_with(Firmware::UefiHttp, mac, "sbhttp", &store, &signed, Duration::from_secs(150), Some(&vars));
+    let fp = imgd::sign::cert_fingerprint(&cert).unwrap();
+    assert!(log.contains(&format!("boot http://{SERVER}:8080/signed/{entry}/{}/hello.efi", &fp[..32])), "{log}");
+
+    // The unsigned image to the same firmware: refused ("Access Denied"), no marker.
+    let refused = std::panic::catch_unwind(|| {
+        boots_with(Firmware::UefiHttp, mac, "sbhttp2", &store, &group(""), Duration::from_secs(60), Some(&vars))
+    });
+    let why = panic_text(&*refused.expect_err("the unsigned UKI booted under Secure Boot"));
+    assert!(why.contains("Access Denied") || why.contains("Security Violation"), "{why}");
 }
 
 #[test]

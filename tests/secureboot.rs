@@ -7,7 +7,7 @@ use crate::common::*;
 use std::path::{Path, PathBuf};
 
 /// A self-signed key pair made with openssl (as a user would make a db key).
-fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+pub fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let (key, cert) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.crt")));
     tool(
         "openssl",

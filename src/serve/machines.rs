@@ -12,6 +12,8 @@
 //! http_boot = "uki"                  # UEFI HTTP boot firmware (--proxy-dhcp) gets the
 //!                                    # entry's unified kernel image itself; default
 //!                                    # "ipxe": iPXE's EFI build, which asks for a script
+//! signed_with = "keys/db.crt"        # ...the UKI's copy signed with this certificate
+//!                                    # (`imgd sign`), for Secure Boot; relative to this file
 //! [group.selector]                   # every selector given must match
 //! mac = "52:54:00:12:34:56"          # also with dashes, any case
 //! uuid = "..."; hostname = "..."; serial = "..."
@@ -77,6 +79,12 @@ pub struct Group {
     /// What UEFI HTTP boot firmware of this group's machines is told to fetch.
     #[serde(default)]
     pub http_boot: HttpBoot,
+    /// The certificate whose signed UKI (`imgd sign`) this group's machines
+    /// get, as written (relative to the machines file).
+    pub signed_with: Option<std::path::PathBuf>,
+    /// Its SHA-256 fingerprint, computed when the file is loaded.
+    #[serde(skip)]
+    pub signed_with_sha256: Option<String>,
 }
 
 /// What proxyDHCP hands to UEFI HTTP boot firmware.
@@ -213,7 +221,20 @@ impl MachinesFile {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<MachinesFile, ConfigError> {
-        let f: MachinesFile = toml::from_str(text).map_err(|e| from_toml(path, text, &e))?;
+        let mut f: MachinesFile = toml::from_str(text).map_err(|e| from_toml(path, text, &e))?;
+        let here = path.parent().unwrap_or(Path::new("."));
+        for (i, g) in f.groups.iter_mut().enumerate() {
+            let Some(cert) = &g.signed_with else { continue };
+            let key = format!("group[{i}].signed_with");
+            let err = |m: String| {
+                ConfigError::new(path, m).key(key.clone()).at(crate::config::load::locate_in(path, text, &key))
+            };
+            if g.http_boot != HttpBoot::Uki {
+                return Err(err("signed_with is for http_boot = \"uki\" (the signed image is the UKI)".into()));
+            }
+            let fp = crate::sign::cert_fingerprint(&here.join(cert)).map_err(|e| err(format!("{e:#}")))?;
+            g.signed_with_sha256 = Some(fp);
+        }
         let at = |i: usize, key: &str| crate::config::load::locate_in(path, text, &format!("group[{i}]{key}"));
         let mut names = std::collections::BTreeSet::new();
         for (i, g) in f.groups.iter().enumerate() {

@@ -120,7 +120,16 @@ impl ProxyDhcp {
             }
             let uki = match req.client {
                 dhcp::Client::UefiHttp => http_boot_uki(&server.state(), &req),
-                _ => None,
+                _ => HttpBootUki::NotAsked,
+            };
+            let uki = match uki {
+                HttpBootUki::Path(p) => Some(p),
+                HttpBootUki::NotAsked => None,
+                HttpBootUki::Missing => {
+                    tracing::info!(mac = %req.mac_text(), "proxyDHCP: ignored: its group's signed UKI is missing");
+                    metrics.dhcp("ignored", "no_signed_uki");
+                    continue;
+                }
             };
             let Some(boot) = dhcp::boot_file(&req, cfg.http, uki.as_deref()) else {
                 let why = Ignored::Architecture(req.arch);
@@ -157,10 +166,25 @@ impl ProxyDhcp {
     }
 }
 
-/// The path of the unified kernel image a UEFI HTTP boot client gets: its
-/// group (found by what DHCP tells: MAC, architecture, platform `efi`) asks
-/// for `http_boot = "uki"` and boots an entry with a UKI for its architecture.
-fn http_boot_uki(state: &super::state::State, req: &dhcp::Request) -> Option<String> {
+/// What a UEFI HTTP boot client's group says about UKIs.
+enum HttpBootUki {
+    /// The group does not ask for one (or has none for this architecture).
+    NotAsked,
+    /// The server path of the UKI (or its signed copy) to boot.
+    Path(String),
+    /// The group asks for a signed UKI that is not there: answer nothing
+    /// rather than an image the firmware would refuse.
+    Missing,
+}
+
+/// The unified kernel image a UEFI HTTP boot client gets: its group (found
+/// by what DHCP tells: MAC, architecture, platform `efi`) asks for
+/// `http_boot = "uki"` and boots an entry with a UKI for its architecture.
+fn http_boot_uki(state: &super::state::State, req: &dhcp::Request) -> HttpBootUki {
+    http_boot_uki_path(state, req).unwrap_or(HttpBootUki::NotAsked)
+}
+
+fn http_boot_uki_path(state: &super::state::State, req: &dhcp::Request) -> Option<HttpBootUki> {
     use super::machines::{Claims, HttpBoot, Machine};
     use crate::config::types::{Arch, Format};
     use crate::store::manifest::ArtifactName;
@@ -182,7 +206,14 @@ fn http_boot_uki(state: &super::state::State, req: &dhcp::Request) -> Option<Str
     let entry = state.group(group)?.entry.as_ref().ok()?;
     let uki = entry.manifest.artifact(Format::Uki, ArtifactName::Uki);
     match uki {
-        Some(a) if entry.manifest.arch == arch => Some(format!("/artifacts/{}/{}", entry.name, a.file)),
+        Some(a) if entry.manifest.arch == arch => Some(match state.signed.get(&group.name) {
+            None => HttpBootUki::Path(format!("/artifacts/{}/{}", entry.name, a.file)),
+            Some(Ok(set)) => {
+                HttpBootUki::Path(format!("/signed/{}/{}/{}", entry.name, &set.record.cert_sha256[..32], a.file))
+            }
+            // Logged when the state was loaded.
+            Some(Err(_)) => HttpBootUki::Missing,
+        }),
         _ => {
             tracing::warn!(
                 mac = %req.mac_text(),

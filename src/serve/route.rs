@@ -31,6 +31,14 @@ pub enum Route {
         file: ArtifactFile,
         conditions: Conditions,
     },
+    /// `/signed/<entry>/<cert>/<file>`: the copy of an entry's UKI signed
+    /// with the certificate whose SHA-256 starts with `cert` (32 hex digits).
+    Signed {
+        entry: EntryName,
+        cert: String,
+        file: ArtifactFile,
+        conditions: Conditions,
+    },
     /// `/loaders/<file>`: an iPXE build for UEFI HTTP boot (`--proxy-dhcp`).
     Loader {
         loader: super::loaders::Loader,
@@ -47,6 +55,7 @@ impl Route {
             Route::Machine { .. } => "ipxe",
             Route::Profile { .. } => "profile",
             Route::Artifact { .. } => "artifacts",
+            Route::Signed { .. } => "signed",
             Route::Loader { .. } => "loaders",
             Route::Metrics => "metrics",
             Route::Healthz => "healthz",
@@ -100,7 +109,7 @@ pub fn parse(method: &hyper::Method, uri: &hyper::Uri, headers: &HeaderMap) -> R
         return Err(Refused::Method);
     }
     let mut route = route(uri.path(), uri.query())?;
-    if let Route::Artifact { conditions, .. } = &mut route {
+    if let Route::Artifact { conditions, .. } | Route::Signed { conditions, .. } = &mut route {
         let h = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         *conditions = Conditions {
             if_none_match: h(header::IF_NONE_MATCH),
@@ -131,6 +140,15 @@ pub fn route(path: &str, query: Option<&str>) -> Result<Route, Refused> {
             let entry = EntryName::new(entry).ok_or(Refused::NotFound)?;
             let file = ArtifactFile::new(file).map_err(|_| Refused::NotFound)?;
             Ok(Route::Artifact { entry, file, conditions: Conditions::default() })
+        }
+        ["signed", entry, cert, file] => {
+            let entry = EntryName::new(entry).ok_or(Refused::NotFound)?;
+            let cert_ok = cert.len() == 32 && cert.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            let file = ArtifactFile::new(file).map_err(|_| Refused::NotFound)?;
+            if !cert_ok {
+                return Err(Refused::NotFound);
+            }
+            Ok(Route::Signed { entry, cert: cert.to_string(), file, conditions: Conditions::default() })
         }
         ["loaders", name] => {
             super::loaders::Loader::from_name(name).map(|loader| Route::Loader { loader }).ok_or(Refused::NotFound)

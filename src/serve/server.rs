@@ -197,6 +197,18 @@ impl Server {
             Route::Artifact { entry, file, conditions } => {
                 self.artifact(&state, client, &entry, &file, &conditions, head).await
             }
+            Route::Signed { entry, cert, file, conditions } => {
+                match state.signed_file(client, entry.as_str(), &cert, file.as_str()) {
+                    Some((path, f)) => {
+                        let what = format!("{}/{cert}/{file}", entry.as_str());
+                        self.send_file(&what, path, f.size, &f.blake3, &conditions, head).await
+                    }
+                    None => {
+                        tracing::info!(%client, "refused: no group hands this client {}/{cert}/{file}", entry.as_str());
+                        text(StatusCode::FORBIDDEN, "forbidden\n")
+                    }
+                }
+            }
             Route::Loader { loader } => match &self.opts.loaders {
                 Some(l) => {
                     let mut r = Response::new(Full::new(l.get(loader)).map_err(|never| match never {}).boxed());
@@ -338,10 +350,26 @@ impl Server {
             tracing::info!(%client, "refused: {}/{} is not for this client", e.name, art.file);
             return text(StatusCode::FORBIDDEN, "forbidden\n");
         }
+        let what = format!("{}/{}", e.name, art.file);
+        self.send_file(&what, e.path.join(art.file.as_str()), art.size, &art.blake3, cond, head).await
+    }
+
+    /// Sends `path`, which its record says is `size` bytes with BLAKE3
+    /// `blake3`, as the method, conditionals and ranges ask.
+    async fn send_file(
+        self: &Arc<Self>,
+        what: &str,
+        path: std::path::PathBuf,
+        size: u64,
+        blake3: &str,
+        cond: &Conditions,
+        head: bool,
+    ) -> Response<Body> {
+        let not_found = || text(StatusCode::NOT_FOUND, "not found\n");
         let meta = FileMeta {
-            size: art.size,
-            etag: format!("\"{}\"", art.blake3),
-            content_type: if art.file.as_str().ends_with(".ipxe") {
+            size,
+            etag: format!("\"{blake3}\""),
+            content_type: if what.ends_with(".ipxe") {
                 "text/plain; charset=utf-8"
             } else {
                 "application/octet-stream"
@@ -365,10 +393,10 @@ impl Server {
             Decision::Send { status, content_type, content_range, parts, len } => {
                 // The path comes from a checked manifest; still refuse anything but a
                 // plain file of the size the manifest promises (no symlinks out of the store).
-                let opened = match super::stream::open(e.path.join(art.file.as_str()), art.size).await {
+                let opened = match super::stream::open(path, size).await {
                     Ok(f) => f,
                     Err(err) => {
-                        tracing::error!("refusing {}/{}: {err}", e.name, art.file);
+                        tracing::error!("refusing {what}: {err}");
                         return not_found();
                     }
                 };

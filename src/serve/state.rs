@@ -26,7 +26,7 @@ use crate::store::{entry_name, Entry, Store};
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where profiles and the store are, and what to do about missing builds.
 #[derive(Debug, Clone)]
@@ -59,6 +59,8 @@ pub struct State {
     pub profiles: BTreeMap<String, Target>,
     /// Entry name -> entry, for `/artifacts/`.
     pub entries: BTreeMap<String, Entry>,
+    /// Group name -> the signed UKI set it hands out (`signed_with`), or why none.
+    pub signed: BTreeMap<String, Result<crate::sign::Signed, String>>,
     pub serve_all: bool,
 }
 
@@ -81,6 +83,23 @@ impl State {
                 || (art.name == ArtifactName::Uki && g.http_boot == HttpBoot::Uki)
                 || g.downloads.contains(&art.name);
             boots && file_ok && g.admits(client)
+        })
+    }
+
+    /// The signed copy of `file` of `entry` made with the certificate whose
+    /// fingerprint starts with `cert`, if a group that admits `client` hands it out.
+    pub fn signed_file(
+        &self,
+        client: IpAddr,
+        entry: &str,
+        cert: &str,
+        file: &str,
+    ) -> Option<(PathBuf, crate::sign::SignedFile)> {
+        self.machines.groups.iter().find_map(|g| {
+            let set = self.signed.get(&g.name)?.as_ref().ok()?;
+            let ok = set.record.entry == entry && set.record.cert_sha256.starts_with(cert) && g.admits(client);
+            let f = set.record.files.iter().find(|f| f.file == file).filter(|_| ok)?;
+            Some((set.dir.join(file), f.clone()))
         })
     }
 
@@ -214,5 +233,25 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
             entries.insert(e.name.clone(), e.clone());
         }
     }
-    Ok(State { machines, groups, profiles, entries, serve_all: src.serve_all })
+    let mut signed = BTreeMap::new();
+    for g in &machines.groups {
+        let (Some(fp), Some(Ok(entry))) = (&g.signed_with_sha256, groups.get(&g.name).map(|t| &t.entry)) else {
+            continue;
+        };
+        let set = match crate::sign::find(&store, entry, fp) {
+            Ok(Some(set)) => Ok(set),
+            Ok(None) => Err(format!(
+                "{} has no UKI signed with {} (run `imgd sign {} --key … --cert …`)",
+                entry.name,
+                g.signed_with.as_deref().unwrap_or(Path::new("?")).display(),
+                entry.manifest.profile
+            )),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        if let Err(e) = &set {
+            tracing::warn!("group {}: {e}; its HTTP boot machines get nothing", g.name);
+        }
+        signed.insert(g.name.clone(), set);
+    }
+    Ok(State { machines, groups, profiles, entries, signed, serve_all: src.serve_all })
 }

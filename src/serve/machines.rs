@@ -330,6 +330,24 @@ mod tests {
         MachinesFile::parse(Path::new("machines.toml"), text)
     }
 
+    #[test]
+    fn signed_with_names_a_certificate_beside_the_file_for_uki_groups_only() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("machines.toml");
+        let group = |extra: &str| format!("[[group]]\nname = \"s\"\nprofile = \"a\"\ndefault = true\n{extra}");
+        let missing = group("http_boot = \"uki\"\nsigned_with = \"db.crt\"\n");
+        let e = MachinesFile::parse(&file, &missing).unwrap_err().to_string();
+        assert!(e.contains("machines.toml:6:1") && e.contains("group[0].signed_with") && e.contains("db.crt"), "{e}");
+        let der = [0x30u8, 0x03, 0x02, 0x01, 0x01];
+        let pem = pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()));
+        std::fs::write(d.path().join("db.crt"), pem).unwrap();
+        let f = MachinesFile::parse(&file, &missing).unwrap();
+        assert_eq!(f.groups[0].signed_with_sha256.as_deref(), Some(crate::hash::sha256_hex(&der).as_str()));
+        let not_uki = group("signed_with = \"db.crt\"\n");
+        let e = MachinesFile::parse(&file, &not_uki).unwrap_err().to_string();
+        assert!(e.contains("signed_with is for http_boot = \"uki\""), "{e}");
+    }
+
     fn machine(mac: &str) -> Machine {
         let claims = Claims {
             mac: Some(mac.into()),

@@ -95,6 +95,16 @@ pub fn find(store: &Store, entry: &Entry, fingerprint: &str) -> Result<Option<Si
     Ok(Some(Signed { dir, record }))
 }
 
+/// The entry's set signed with `cert`, signing it now if there is none yet
+/// (a cached build keeps its signatures). True when it was signed now.
+pub fn ensure(store: &Store, entry: &Entry, key: &Path, cert: &Path) -> Result<(Signed, bool)> {
+    let fp = cert_fingerprint(cert)?;
+    Ok(match find(store, entry, &fp)? {
+        Some(s) => (s, false),
+        None => (sign(store, entry, key, cert)?, true),
+    })
+}
+
 /// The entry's EFI artifacts (unified kernel images): what gets signed.
 fn efi_artifacts(entry: &Entry) -> Vec<&crate::store::manifest::Artifact> {
     entry.manifest.artifacts.iter().filter(|a| a.name == crate::store::manifest::ArtifactName::Uki).collect()

@@ -205,3 +205,40 @@ fn a_signed_uki_boots_under_enforced_secure_boot_and_a_changed_or_foreign_one_is
     let left: Vec<_> = std::fs::read_dir(store.join(".signed")).unwrap().collect();
     assert!(left.is_empty(), "signed sets outlived their entry: {left:?}");
 }
+
+/// `[secure_boot]` in a profile: `imgd build` signs the uki after the build
+/// (paths relative to the profile), the hash is the unsigned profile's, a
+/// rebuild keeps the signature, and a missing certificate is a config error
+/// naming file, line and key.
+#[test]
+fn a_profile_with_secure_boot_keys_is_signed_by_build_outside_its_hash() {
+    let hello_text = std::fs::read_to_string(repo().join("profiles/hello.toml")).unwrap();
+    let signed_text = format!("{hello_text}\n[secure_boot]\nkey = \"keys/db.key\"\ncert = \"keys/db.crt\"\n");
+    let proj = project(&[("hello.toml", &signed_text)]);
+    std::fs::create_dir_all(proj.path().join("profiles/keys")).unwrap();
+    let (_key, cert) = keypair(&proj.path().join("profiles/keys"), "db");
+    let store = proj.path().join("store");
+    let build = |args: &[&str]| -> serde_json::Value {
+        let out = ok(imgd(&store).env("IMGD_ROOT", proj.path()).args(["build", "hello", "--json"]).args(args));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let m = build(&["--format", "uki"]);
+    let fp = tool("openssl", &["x509", "-in", cert.to_str().unwrap(), "-noout", "-fingerprint", "-sha256"]);
+    let fp = fp.trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase();
+    assert_eq!(m["signed"]["cert_sha256"], fp.as_str(), "{m}");
+    let dir = PathBuf::from(m["signed"]["path"].as_str().unwrap());
+    tool("sbverify", &["--cert", cert.to_str().unwrap(), dir.join("hello.efi").to_str().unwrap()]);
+    // The repository's hello (no keys) has the same hash: signing is not an input.
+    let plain: serde_json::Value =
+        serde_json::from_slice(&ok(imgd(&store).args(["hash", "hello", "--format", "uki", "--json"])).stdout).unwrap();
+    assert_eq!(plain["hash"], m["hash"]);
+    // A cache hit keeps the set it signed.
+    let again = build(&["--format", "uki"]);
+    assert_eq!((again["cached"].as_bool(), &again["signed"]), (Some(true), &m["signed"]));
+    // A certificate that is not there: exit 2 at the key.
+    std::fs::remove_file(&cert).unwrap();
+    let out = imgd(&store).env("IMGD_ROOT", proj.path()).args(["build", "hello", "--format", "uki"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("profiles/hello.toml:") && stderr.contains("key `secure_boot.cert`"), "{stderr}");
+}

@@ -21,6 +21,8 @@ const PATH_KEYS: &[&str] = &[
     "kernel.image",
     "kernel.modules",
     "files[].source",
+    "secure_boot.key",
+    "secure_boot.cert",
 ];
 
 /// Arrays of tables that a child profile appends to instead of replacing.

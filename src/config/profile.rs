@@ -52,6 +52,10 @@
 //! free = "256MiB"                  # free space left in the root filesystem when size is automatic
 //! esp_size = "64MiB"               # EFI system partition
 //! root_label = "root"
+//!
+//! [secure_boot]                    # sign the uki after each build (see `imgd sign`);
+//! key = "keys/db.key"              # not part of the hash; relative to this file
+//! cert = "keys/db.crt"
 //! ```
 
 use super::types::{Format, Mode, Size};
@@ -79,6 +83,7 @@ pub struct ProfileFile {
     pub users: Vec<UserSpec>,
     pub services: Option<ServicesSpec>,
     pub disk: Option<DiskSpec>,
+    pub secure_boot: Option<SecureBootSpec>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -148,6 +153,18 @@ pub struct UserSpec {
 pub struct ServicesSpec {
     #[serde(default)]
     pub enable: Vec<String>,
+}
+
+/// Signs the uki after each build (as `imgd sign` does). Not part of the
+/// build's hash: the unsigned image stays reproducible, and a key change
+/// re-signs without rebuilding.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecureBootSpec {
+    /// The private key (PEM, unencrypted); read by sbsign only.
+    pub key: String,
+    /// Its certificate (PEM), the one enrolled in the machines' db.
+    pub cert: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

@@ -234,6 +234,19 @@ pub struct Recipe {
     pub initramfs_busybox: Option<Input>,
     /// GRUB's i386-pc module folder, for BIOS disk images.
     pub grub_bios: Option<Input>,
+    /// `[secure_boot]`: sign the uki after the build. Not hashed, not
+    /// recorded in the manifest: signing happens after the build.
+    #[serde(skip)]
+    pub signing: Option<Signing>,
+}
+
+/// A profile's signing key and certificate, checked when it is loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signing {
+    pub key: PathBuf,
+    pub cert: PathBuf,
+    /// SHA-256 of the certificate (DER), hex.
+    pub cert_sha256: String,
 }
 
 /// Resolution settings that come from the environment rather than the profile.
@@ -449,6 +462,17 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
     } else {
         None
     };
+    // Only where a uki is built: on BIOS hardware the same profile has none.
+    let signing = match (&p.secure_boot, formats.contains(&Format::Uki)) {
+        (Some(sb), true) => {
+            let key = PathBuf::from(&sb.key);
+            std::fs::metadata(&key).map_err(|e| l.error("secure_boot.key", format!("{}: {e}", sb.key)))?;
+            let cert_sha256 = crate::sign::cert_fingerprint(Path::new(&sb.cert))
+                .map_err(|e| l.error("secure_boot.cert", format!("{e:#}")))?;
+            Some(Signing { key, cert: PathBuf::from(&sb.cert), cert_sha256 })
+        }
+        _ => None,
+    };
     let initramfs_busybox = if needs_disk {
         let path = find_deb(&opts.deb_cache, "busybox-static", arch)
             .map_err(|m| l.error("formats", format!("disk images need busybox-static for their initramfs: {m}")))?;
@@ -503,6 +527,7 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
         efi_stub,
         initramfs_busybox,
         grub_bios,
+        signing,
     })
 }
 

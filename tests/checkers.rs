@@ -43,13 +43,30 @@ fn raw_disk_passes_sfdisk_fsck_ext4_and_fsck_vfat() {
 
     tool("fsck.vfat", &["-n", esp.to_str().unwrap()]);
     let listing = tool("mdir", &["-i", esp.to_str().unwrap(), "-/", "-b", "::"]);
-    for f in
-        ["::/EFI/BOOT/BOOTX64.EFI", "::/loader/loader.conf", "::/loader/entries/imgd.conf", "::/vmlinuz", "::/initrd"]
-    {
+    // UEFI disks: systemd-boot and one unified kernel image (type #2 entry).
+    for f in ["::/EFI/BOOT/BOOTX64.EFI", "::/loader/loader.conf", "::/EFI/Linux/hello.efi"] {
         assert!(listing.contains(f), "ESP lacks {f}:\n{listing}");
     }
-    let entry = tool("mtype", &["-i", esp.to_str().unwrap(), "::/loader/entries/imgd.conf"]);
-    assert!(entry.contains("options root=UUID="), "{entry}");
+    for f in ["::/loader/entries/imgd.conf", "::/vmlinuz", "::/initrd"] {
+        assert!(!listing.contains(f), "a UEFI ESP has no type #1 entry, yet has {f}:\n{listing}");
+    }
+    let conf = tool("mtype", &["-i", esp.to_str().unwrap(), "::/loader/loader.conf"]);
+    assert!(conf.contains("default hello.efi"), "{conf}");
+    let uki = dir.path().join("esp-hello.efi");
+    tool("mcopy", &["-i", esp.to_str().unwrap(), "::/EFI/Linux/hello.efi", uki.to_str().unwrap()]);
+    let cmdline = dir.path().join("cmdline");
+    let (uki_s, cmdline_s) = (uki.to_str().unwrap(), cmdline.to_str().unwrap());
+    tool("objcopy", &["-O", "binary", "--only-section", ".cmdline", uki_s, cmdline_s]);
+    let cmdline = std::fs::read_to_string(&cmdline).unwrap();
+    assert!(cmdline.starts_with("root=UUID=") && cmdline.contains("console=ttyS0"), "{cmdline}");
+    // The kernel is the image's; the initramfs is the disk's own (small: it
+    // mounts the root, it is not the root).
+    let linux = dir.path().join("linux");
+    tool("objcopy", &["-O", "binary", "--only-section", ".linux", uki_s, linux.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&linux).unwrap(), std::fs::read(h.file("vmlinuz")).unwrap());
+    let initrd = dir.path().join("initrd");
+    tool("objcopy", &["-O", "binary", "--only-section", ".initrd", uki_s, initrd.to_str().unwrap()]);
+    assert!(std::fs::metadata(&initrd).unwrap().len() < std::fs::metadata(h.file("initrd")).unwrap().len());
 
     tool("fsck.ext4", &["-fn", root.to_str().unwrap()]);
     let root_s = root.to_str().unwrap();
@@ -74,7 +91,7 @@ fn raw_disk_passes_sfdisk_fsck_ext4_and_fsck_vfat() {
         .last()
         .unwrap()
         .to_string();
-    assert!(entry.contains(&format!("root=UUID={uuid}")), "{entry} vs {uuid}");
+    assert!(cmdline.contains(&format!("root=UUID={uuid}")), "{cmdline} vs {uuid}");
     // The hardware's modules and their dependencies are in the image, indexed.
     let ls = tool("debugfs", &["-R", "ls -p /lib/modules", root_s]);
     let version = ls

@@ -113,7 +113,8 @@ pub fn produce(
         if !has(Format::Ipxe) {
             cpio::write_initrd(&rootfs.tree, &initrd, recipe.epoch).context("writing initrd")?;
         }
-        write_uki(recipe, rootfs, hash, &initrd, work, &out.join(&uki_file))?;
+        let cmdline = format!("rdinit=/init {}", recipe.cmdline);
+        write_uki(recipe, rootfs, hash, &initrd, &cmdline, work, &out.join(&uki_file))?;
         made.push((ArtifactName::Uki, Format::Uki, &uki_file));
         step.done();
     }
@@ -283,33 +284,47 @@ fn esp_image(
     step.done();
 
     let step = progress.step("disk: EFI system partition (systemd-boot)");
-    let kernel_copy = work.join("esp-vmlinuz");
-    std::fs::copy(&rootfs.kernel.image, &kernel_copy)?;
     let loader = work.join("esp-loader.efi");
     let efi = recipe.efi_loader.as_ref().context("no EFI loader")?;
     let want = format!("/usr/lib/systemd/boot/efi/systemd-boot{}.efi", recipe.arch.efi_suffix());
     std::fs::write(&loader, systemd_efi_file(efi, &want, work)?)?;
-    let conf = work.join("loader.conf");
-    std::fs::write(&conf, "timeout 0\ndefault imgd.conf\n")?;
     let options = format!("root=UUID={root_uuid} rw init={} {}", recipe.init, recipe.cmdline);
-    let entry_conf = work.join("imgd.conf");
-    std::fs::write(
-        &entry_conf,
-        format!("title {}\nlinux /vmlinuz\ninitrd /initrd\noptions {}\n", recipe.name, options.trim()),
-    )?;
+    let options = options.trim();
+    let conf = work.join("loader.conf");
+    let mut files = vec![
+        esp::EspFile { dest: format!("EFI/BOOT/{}", recipe.arch.efi_boot_file()), src: loader },
+        esp::EspFile { dest: "loader/loader.conf".into(), src: conf.clone() },
+    ];
+    if recipe.firmware == Firmware::Uefi {
+        // A type #2 entry: one unified kernel image (kernel, this initramfs,
+        // the root= command line), found by systemd-boot in EFI/Linux/.
+        let uki_name = format!("{}.efi", recipe.name);
+        let uki = work.join("esp-uki.efi");
+        write_uki(recipe, rootfs, hash, &initrd, options, work, &uki)?;
+        std::fs::write(&conf, format!("timeout 0\ndefault {uki_name}\n"))?;
+        files.push(esp::EspFile { dest: format!("EFI/Linux/{uki_name}"), src: uki });
+    } else {
+        // GRUB (BIOS) reads the kernel and initramfs from the ESP itself;
+        // systemd-boot's type #1 entry is for UEFI machines that boot the
+        // same disk.
+        let kernel_copy = work.join("esp-vmlinuz");
+        std::fs::copy(&rootfs.kernel.image, &kernel_copy)?;
+        std::fs::write(&conf, "timeout 0\ndefault imgd.conf\n")?;
+        let entry_conf = work.join("imgd.conf");
+        std::fs::write(
+            &entry_conf,
+            format!("title {}\nlinux /vmlinuz\ninitrd /initrd\noptions {options}\n", recipe.name),
+        )?;
+        files.push(esp::EspFile { dest: "loader/entries/imgd.conf".into(), src: entry_conf });
+        files.push(esp::EspFile { dest: "vmlinuz".into(), src: kernel_copy });
+        files.push(esp::EspFile { dest: "initrd".into(), src: initrd });
+    }
     let id = derived_id(hash, "fat-serial");
     let serial = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
     let esp_img = work.join("esp.img");
-    let mut files = vec![
-        esp::EspFile { dest: format!("EFI/BOOT/{}", recipe.arch.efi_boot_file()), src: loader },
-        esp::EspFile { dest: "loader/loader.conf".into(), src: conf },
-        esp::EspFile { dest: "loader/entries/imgd.conf".into(), src: entry_conf },
-        esp::EspFile { dest: "vmlinuz".into(), src: kernel_copy },
-        esp::EspFile { dest: "initrd".into(), src: initrd },
-    ];
     let grub = match &recipe.grub_bios {
         Some(dir) => {
-            let cfg = grub_config(recipe, serial, options.trim());
+            let cfg = grub_config(recipe, serial, options);
             let core = grub_core(&dir.path, &cfg, work)?;
             let cfg_file = work.join("grub.cfg");
             std::fs::write(&cfg_file, &cfg)?;
@@ -336,9 +351,17 @@ fn systemd_efi_file(input: &crate::config::recipe::Input, want: &str, work: &Pat
     std::fs::read(t.staged(&rel)).with_context(|| format!("{} has no {want}", input.name))
 }
 
-/// The unified kernel image: systemd's stub + the kernel, `initrd`, the
-/// netboot command line and the image's os-release, written to `out`.
-fn write_uki(recipe: &Recipe, rootfs: &Rootfs, hash: &str, initrd: &Path, work: &Path, out: &Path) -> Result<()> {
+/// A unified kernel image: systemd's stub + the kernel, `initrd`, `cmdline`
+/// and the image's os-release, written to `out`.
+fn write_uki(
+    recipe: &Recipe,
+    rootfs: &Rootfs,
+    hash: &str,
+    initrd: &Path,
+    cmdline: &str,
+    work: &Path,
+    out: &Path,
+) -> Result<()> {
     let stub_input = recipe.efi_stub.as_ref().context("no EFI stub")?;
     let want = format!("/usr/lib/systemd/boot/efi/linux{}.efi.stub", recipe.arch.efi_suffix());
     let stub = systemd_efi_file(stub_input, &want, work)?;
@@ -347,7 +370,6 @@ fn write_uki(recipe: &Recipe, rootfs: &Rootfs, hash: &str, initrd: &Path, work: 
         std::fs::read_to_string(rootfs.tree.staged(&rel)).ok()
     });
     let osrel = uki::os_release(image_os_release.as_deref(), &recipe.name, hash);
-    let cmdline = format!("rdinit=/init {}", recipe.cmdline);
     let sections = uki::sections(osrel, cmdline.trim(), &rootfs.kernel.image, initrd);
     uki::write(&stub, &sections, out).with_context(|| format!("writing the unified kernel image {}", out.display()))?;
     Ok(())

@@ -454,11 +454,15 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
     } else {
         None
     };
+    // UEFI disks boot a unified kernel image too (systemd-boot's type #2
+    // entry), so one signature covers kernel, initrd and command line there.
     let efi_stub = if formats.contains(&Format::Uki) {
         if hw.firmware != Firmware::Uefi {
             return Err(l.error("formats", format!("a uki boots by UEFI; hardware {} boots by BIOS", l.hardware_name)));
         }
         Some(systemd_efi("efi_stub", hw.efi_stub.as_ref(), DEFAULT_EFI_STUB, "a uki needs systemd's EFI stub")?)
+    } else if needs_disk && hw.firmware == Firmware::Uefi {
+        Some(systemd_efi("efi_stub", hw.efi_stub.as_ref(), DEFAULT_EFI_STUB, "UEFI disks boot a uki")?)
     } else {
         None
     };

@@ -11,6 +11,11 @@
 //! checked with `sbverify` before the copy is published: PE/COFF
 //! Authenticode hashing and PKCS#7 are easy to get subtly wrong, and no
 //! well-kept Rust crate signs PE images.
+//!
+//! A UEFI entry's raw disk is signed too: its signed copy (`disk.raw` in the
+//! set, a sparse copy) has systemd-boot and the disk's unified kernel image
+//! on the ESP replaced by signed ones (mtools, in place on the copy), so the
+//! whole disk boot passes Secure Boot.
 
 use crate::store::{Entry, Store};
 use crate::tools::run;
@@ -128,17 +133,24 @@ pub fn sign(store: &Store, entry: &Entry, key: &Path, cert: &Path) -> Result<Sig
     let _lock = store.lock(&entry.manifest.hash)?;
     let work = store.work_dir(&entry.name)?;
     let mut files = Vec::new();
-    for a in arts {
+    let checked = |a: &crate::store::manifest::Artifact| -> Result<PathBuf> {
         let src = entry.path.join(a.file.as_str());
         let digest = crate::hash::artifact_digest(&src).with_context(|| format!("reading {}", src.display()))?;
         if digest != a.blake3 {
             bail!("{}: its bytes do not match the manifest; not signing a damaged entry (rebuild it)", src.display());
         }
+        Ok(src)
+    };
+    let disk = entry.manifest.artifact(crate::config::types::Format::Raw, crate::store::manifest::ArtifactName::Disk);
+    let disk = disk.filter(|_| entry.manifest.firmware == crate::config::types::Firmware::Uefi);
+    for a in arts.into_iter().chain(disk) {
+        let src = checked(a)?;
         let out = work.path().join(a.file.as_str());
-        run(Command::new("sbsign").arg("--key").arg(key).arg("--cert").arg(cert).arg("--output").arg(&out).arg(&src))
-            .context("sbsign (apt-get install sbsigntool; an encrypted key must be decrypted first)")?;
-        run(Command::new("sbverify").arg("--cert").arg(cert).arg(&out))
-            .context("sbverify: the signed copy does not verify against the certificate")?;
+        if a.name == crate::store::manifest::ArtifactName::Disk {
+            sign_disk(entry, &src, &out, key, cert, work.path())?;
+        } else {
+            sign_file(&src, &out, key, cert)?;
+        }
         files.push(SignedFile {
             file: a.file.as_str().to_string(),
             unsigned_blake3: a.blake3.clone(),
@@ -167,6 +179,77 @@ pub fn sign(store: &Store, entry: &Entry, key: &Path, cert: &Path) -> Result<Sig
     std::fs::File::open(parent)?.sync_all()?;
     tracing::info!(entry = %entry.name, cert_sha256 = %fingerprint, "signed {} EFI binary(ies)", record.files.len());
     Ok(Signed { dir, record })
+}
+
+/// `sbsign` `src` to `out`, then `sbverify` it against `cert`.
+fn sign_file(src: &Path, out: &Path, key: &Path, cert: &Path) -> Result<()> {
+    run(Command::new("sbsign").arg("--key").arg(key).arg("--cert").arg(cert).arg("--output").arg(out).arg(src))
+        .context("sbsign (apt-get install sbsigntool; an encrypted key must be decrypted first)")?;
+    run(Command::new("sbverify").arg("--cert").arg(cert).arg(out))
+        .context("sbverify: the signed copy does not verify against the certificate")?;
+    Ok(())
+}
+
+/// A copy of the raw disk `src` at `out` whose ESP holds signed systemd-boot
+/// and a signed unified kernel image.
+fn sign_disk(entry: &Entry, src: &Path, out: &Path, key: &Path, cert: &Path, work: &Path) -> Result<()> {
+    // Sparse (and a reflink where the file system has them): a disk is
+    // mostly unwritten blocks.
+    run(Command::new("cp").args(["--reflink=auto", "--sparse=always"]).arg(src).arg(out))?;
+    let offset = esp_offset(out)?;
+    let image = format!("{}@@{offset}", out.display());
+    let m = &entry.manifest;
+    let on_esp = [format!("::/EFI/BOOT/{}", m.arch.efi_boot_file()), format!("::/EFI/Linux/{}.efi", m.profile)];
+    for (i, path) in on_esp.iter().enumerate() {
+        let (plain, signed) = (work.join(format!("esp-{i}.efi")), work.join(format!("esp-{i}.signed.efi")));
+        let mtools = |args: &[&std::ffi::OsStr]| {
+            run(Command::new(args[0]).env("MTOOLS_SKIP_CHECK", "1").args(&args[1..]))
+                .with_context(|| format!("{} on the ESP of {}", args[0].to_string_lossy(), out.display()))
+        };
+        mtools(&["mcopy".as_ref(), "-n".as_ref(), "-i".as_ref(), image.as_ref(), path.as_ref(), plain.as_ref()])?;
+        sign_file(&plain, &signed, key, cert)?;
+        // -m keeps the file's time; -o overwrites it in place.
+        mtools(&[
+            "mcopy".as_ref(),
+            "-o".as_ref(),
+            "-m".as_ref(),
+            "-i".as_ref(),
+            image.as_ref(),
+            signed.as_ref(),
+            path.as_ref(),
+        ])?;
+        std::fs::remove_file(&plain)?;
+        std::fs::remove_file(&signed)?;
+    }
+    Ok(())
+}
+
+/// Byte offset of the EFI system partition in a GPT disk image.
+fn esp_offset(disk: &Path) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    // C12A7328-F81F-11D2-BA4B-00A0C93EC93B as GPT stores it (mixed endian).
+    const ESP: [u8; 16] =
+        [0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b];
+    let f = std::fs::File::open(disk)?;
+    let mut h = [0u8; 92];
+    f.read_exact_at(&mut h, 512)?;
+    if &h[..8] != b"EFI PART" {
+        bail!("{}: no GPT header", disk.display());
+    }
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default());
+    let (table, count, size) = (u64_at(&h, 72), u32_at(&h, 80).min(256), u32_at(&h, 84) as usize);
+    if !(128..=4096).contains(&size) {
+        bail!("{}: GPT entry size {size}", disk.display());
+    }
+    let mut e = vec![0u8; size];
+    for i in 0..count as u64 {
+        f.read_exact_at(&mut e, table * 512 + i * size as u64)?;
+        if e[..16] == ESP {
+            return Ok(u64_at(&e, 32) * 512);
+        }
+    }
+    bail!("{}: no EFI system partition", disk.display())
 }
 
 /// Removes every signed set of `entry` (when gc removes the entry).

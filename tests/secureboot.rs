@@ -242,3 +242,72 @@ fn a_profile_with_secure_boot_keys_is_signed_by_build_outside_its_hash() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("profiles/hello.toml:") && stderr.contains("key `secure_boot.cert`"), "{stderr}");
 }
+
+/// `imgd sign` signs a UEFI entry's raw disk too: a copy whose ESP holds
+/// signed systemd-boot and a signed UKI (still a clean FAT), which OVMF
+/// enforcing Secure Boot boots, and refuses when it trusts another key.
+#[test]
+fn a_signed_disk_boots_under_secure_boot_and_is_refused_by_firmware_trusting_another_key() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let (key_a, cert_a) = keypair(d.path(), "a");
+    let (_key_b, cert_b) = keypair(d.path(), "b");
+    let out = ok(imgd(&store).args(["sign", "hello", "--json", "--key"]).arg(&key_a).arg("--cert").arg(&cert_a));
+    let rec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&ok(imgd(&store).args(["build", "hello", "--json"])).stdout).unwrap();
+    let unsigned = m["artifacts"].as_array().unwrap().iter().find(|a| a["format"] == "raw").unwrap();
+    let signed = rec["files"].as_array().unwrap().iter().find(|f| f["file"] == "disk.raw").expect("disk.raw signed");
+    assert_eq!(signed["unsigned_blake3"], unsigned["blake3"]);
+    assert_ne!(signed["blake3"], unsigned["blake3"]);
+    let disk = PathBuf::from(rec["path"].as_str().unwrap()).join("disk.raw");
+    let disk_s = disk.to_str().unwrap();
+    tool("sfdisk", &["--verify", disk_s]);
+
+    // The ESP, read with mtools and checked with fsck.vfat: both binaries
+    // verify against the certificate.
+    let parts: serde_json::Value = serde_json::from_str(&tool("sfdisk", &["--json", disk_s])).unwrap();
+    let esp = &parts["partitiontable"]["partitions"][0];
+    assert_eq!(esp["type"], "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+    let (start, size) = (esp["start"].as_u64().unwrap() * 512, esp["size"].as_u64().unwrap() * 512);
+    let esp_img = d.path().join("esp.img");
+    let dd = format!("skip={start}");
+    tool(
+        "dd",
+        &[
+            &format!("if={disk_s}"),
+            &format!("of={}", esp_img.display()),
+            "bs=1M",
+            "iflag=skip_bytes,count_bytes",
+            &dd,
+            &format!("count={size}"),
+        ],
+    );
+    tool("fsck.vfat", &["-n", esp_img.to_str().unwrap()]);
+    for f in ["::/EFI/BOOT/BOOTX64.EFI", "::/EFI/Linux/hello.efi"] {
+        let local = d.path().join("bin.efi");
+        let _ = std::fs::remove_file(&local);
+        tool("mcopy", &["-i", esp_img.to_str().unwrap(), f, local.to_str().unwrap()]);
+        tool("sbverify", &["--cert", cert_a.to_str().unwrap(), local.to_str().unwrap()]);
+    }
+
+    let boot = |vars: Option<&Path>| {
+        let mut c = imgd(&store);
+        c.args(["test", "hello", "--format", "raw", "--timeout", "150", "--secure-boot"]).arg(&cert_a);
+        if let Some(v) = vars {
+            c.arg("--vars").arg(v);
+        }
+        c.output().unwrap()
+    };
+    let out = boot(None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("raw (Secure Boot): `IMGD-HELLO-READY` after"), "{stdout}");
+    // Firmware that trusts only key b refuses the disk key a signed.
+    let vars_b = d.path().join("vars-b.fd");
+    imgd::qemu::enrol_vars(&cert_b, &vars_b).unwrap();
+    let out = boot(Some(&vars_b));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "booted with the wrong key enrolled:\n{err}");
+    assert!(err.contains("the firmware refused the image") && err.contains("Access Denied"), "{err}");
+}

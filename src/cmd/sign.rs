@@ -11,8 +11,10 @@ use std::path::PathBuf;
   imgd test hello --format uki --secure-boot db.crt   boot the signed image with Secure Boot enforced
 
 The key is read by sbsign only; it is never copied into the store. Signed
-copies go to <store>/.signed/<entry>/<certificate fingerprint>/; signing again
-with the same certificate replaces them, with another adds a set beside.")]
+copies go to <store>/.signed/<entry>/<certificate fingerprint>/: the uki, and
+for UEFI entries the raw disk with signed systemd-boot and UKI on its ESP.
+Signing again with the same certificate replaces them, with another adds a
+set beside.")]
 pub struct SignArgs {
     #[command(flatten)]
     pub profile: ProfileArgs,

@@ -133,11 +133,7 @@ pub fn run(a: &TestArgs) -> anyhow::Result<()> {
             (BootTarget::Ipxe, _) => {
                 return netboot(a, &recipe, &machine, &entry, &marker, scratch.path(), logs.path());
             }
-            (BootTarget::Uki, Some((_, app))) => (
-                BootSource::EfiApp { app: app.clone() },
-                "uki-secure-boot".to_string(),
-                "uki (Secure Boot)".to_string(),
-            ),
+            (_, Some((_, src))) => (src.clone(), format!("{target}-secure-boot"), format!("{target} (Secure Boot)")),
             _ => (boot_source(&entry, target)?, target.to_string(), target.format().to_string()),
         };
         boot(a, &machine, &entry, src, [&name, &shown], &marker, scratch.path(), logs.path())
@@ -170,7 +166,7 @@ fn boot(
 }
 
 /// For `--secure-boot CERT`: the variable store to boot with (enrolled with
-/// CERT unless --vars gives one) and the uki signed with CERT.
+/// CERT unless --vars gives one) and the signed uki or raw disk to boot.
 fn secure_boot(
     a: &TestArgs,
     store: &imgd::store::Store,
@@ -178,16 +174,22 @@ fn secure_boot(
     wanted: &[BootTarget],
     cert: &std::path::Path,
     scratch: &std::path::Path,
-) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
-    if wanted != [BootTarget::Uki] {
-        bail!(ConfigError::new("--secure-boot", "boots the signed uki only: pass --format uki"));
-    }
+) -> anyhow::Result<(std::path::PathBuf, BootSource)> {
+    let (format, name) = match wanted {
+        [BootTarget::Uki] => (Format::Uki, ArtifactName::Uki),
+        [BootTarget::Raw] => (Format::Raw, ArtifactName::Disk),
+        _ => bail!(ConfigError::new("--secure-boot", "boots a signed uki or raw disk: pass --format uki or raw")),
+    };
     let fp = imgd::sign::cert_fingerprint(cert)?;
     let signed = imgd::sign::find(store, entry, &fp)?.with_context(|| {
-        format!("{} has no uki signed with {} yet: run imgd sign first", entry.name, cert.display())
+        format!("{} has nothing signed with {} yet: run imgd sign first", entry.name, cert.display())
     })?;
-    let uki = entry.manifest.artifact(Format::Uki, ArtifactName::Uki).context("the entry has no uki")?;
-    let app = signed.file(uki.file.as_str()).context("the signed set has no uki")?;
+    let art = entry.manifest.artifact(format, name).with_context(|| format!("the entry has no {format}"))?;
+    let file = signed.file(art.file.as_str()).with_context(|| format!("the signed set has no {}", art.file))?;
+    let src = match format {
+        Format::Uki => BootSource::EfiApp { app: file },
+        _ => BootSource::Disk { image: file, format: "raw" },
+    };
     let vars = match &a.vars {
         Some(v) => v.clone(),
         None => {
@@ -196,7 +198,7 @@ fn secure_boot(
             v
         }
     };
-    Ok((vars, app))
+    Ok((vars, src))
 }
 
 /// An `imgd serve` on loopback that boots one entry for every machine, for

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+#[derive(Debug, Clone)]
 pub enum BootSource {
     /// Kernel and initrd handed to qemu directly (`-kernel/-initrd`).
     Direct { kernel: PathBuf, initrd: PathBuf, cmdline: String },

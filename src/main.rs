@@ -24,7 +24,7 @@ enum Command {
     Lock(cmd::lock::LockArgs),
     /// Fetch a profile's locked Debian packages into the local pool.
     Fetch(cmd::fetch::FetchArgs),
-    /// Sign a build's unified kernel image for Secure Boot (kept beside the entry).
+    /// Sign a build's unified kernel image and UEFI disk for Secure Boot (kept beside the entry).
     Sign(cmd::sign::SignArgs),
     /// Print a profile's input hash without building.
     Hash(cmd::build::HashArgs),

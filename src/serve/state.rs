@@ -135,7 +135,13 @@ fn current(src: &Sources, store: &Store, profile: &str, previous: Option<&Target
                 Ok(None) if src.build_missing => {
                     tracing::info!("building {profile} (not in the store)");
                     let progress = crate::progress::Progress::new(false);
-                    crate::build::build(r, store, &progress).map(|b| b.entry).map_err(|e| format!("{e:#}"))
+                    let built = crate::build::build(r, store, &progress).map(|b| b.entry);
+                    // A profile with `[secure_boot]` is signed as `imgd build` signs it.
+                    let signed = |e: Entry| match &r.signing {
+                        Some(s) => crate::sign::ensure(store, &e, &s.key, &s.cert).map(|_| e),
+                        None => Ok(e),
+                    };
+                    built.and_then(signed).map_err(|e| format!("{e:#}"))
                 }
                 Ok(None) => Err(format!("profile {profile} is not built on this server (run `imgd build {profile}`)")),
                 Err(e) => Err(format!("{e:#}")),

@@ -119,6 +119,7 @@ pub fn build_with(recipe: &Recipe, store: &Store, progress: &Progress, remote: O
         built_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         source_date_epoch: recipe.epoch,
         pcr11: pcr11(pending.path(), &artifacts)?,
+        disk_pcr11: disk_pcr11(pending.path(), &artifacts, &recipe.name, recipe.firmware)?,
         artifacts,
         recipe: serde_json::from_value(serde_json::to_value(recipe)?)?,
     };
@@ -164,6 +165,7 @@ fn fetch(store: &Store, remote: &dyn Remote, name: &str, hash: &str) -> Result<O
     // Derived from the UKI just checked, never taken from the remote.
     let mut manifest = manifest;
     manifest.pcr11 = pcr11(pending.path(), &manifest.artifacts)?;
+    manifest.disk_pcr11 = disk_pcr11(pending.path(), &manifest.artifacts, &manifest.profile, manifest.firmware)?;
     let bytes: u64 = manifest.artifacts.iter().map(|a| a.size).sum();
     tracing::info!("fetched {name} from {} ({bytes} bytes)", remote.url());
     Ok(Some(store.commit(pending, &manifest)?))
@@ -177,4 +179,22 @@ fn pcr11(
     use crate::store::manifest::ArtifactName;
     let Some(a) = artifacts.iter().find(|a| a.name == ArtifactName::Uki) else { return Ok(None) };
     artifact::uki::pcr11(&dir.join(a.file.as_str())).map(Some).context("measuring the UKI as its stub will")
+}
+
+/// PCR 11 for the UKI on the ESP of the entry's raw UEFI disk, if it has one.
+fn disk_pcr11(
+    dir: &std::path::Path,
+    artifacts: &[crate::store::manifest::Artifact],
+    profile: &str,
+    firmware: crate::config::types::Firmware,
+) -> Result<Option<artifact::uki::Pcr11>> {
+    use crate::config::types::{Firmware, Format};
+    use crate::store::manifest::ArtifactName;
+    let raw = artifacts.iter().find(|a| a.format == Format::Raw && a.name == ArtifactName::Disk);
+    let Some(raw) = raw.filter(|_| firmware == Firmware::Uefi) else { return Ok(None) };
+    // Beside the pending entry (in the store's .tmp), not inside it.
+    let tmp = tempfile::tempdir_in(dir.parent().unwrap_or(dir))?;
+    let uki = tmp.path().join("disk-uki.efi");
+    artifact::disk::esp_file(&dir.join(raw.file.as_str()), &format!("::/EFI/Linux/{profile}.efi"), &uki)?;
+    artifact::uki::pcr11(&uki).map(Some).context("measuring the disk's UKI as its stub will")
 }

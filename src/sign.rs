@@ -196,7 +196,7 @@ fn sign_disk(entry: &Entry, src: &Path, out: &Path, key: &Path, cert: &Path, wor
     // Sparse (and a reflink where the file system has them): a disk is
     // mostly unwritten blocks.
     run(Command::new("cp").args(["--reflink=auto", "--sparse=always"]).arg(src).arg(out))?;
-    let offset = esp_offset(out)?;
+    let offset = crate::artifact::disk::esp_offset(out)?;
     let image = format!("{}@@{offset}", out.display());
     let m = &entry.manifest;
     let on_esp = [format!("::/EFI/BOOT/{}", m.arch.efi_boot_file()), format!("::/EFI/Linux/{}.efi", m.profile)];
@@ -222,34 +222,6 @@ fn sign_disk(entry: &Entry, src: &Path, out: &Path, key: &Path, cert: &Path, wor
         std::fs::remove_file(&signed)?;
     }
     Ok(())
-}
-
-/// Byte offset of the EFI system partition in a GPT disk image.
-fn esp_offset(disk: &Path) -> Result<u64> {
-    use std::os::unix::fs::FileExt;
-    // C12A7328-F81F-11D2-BA4B-00A0C93EC93B as GPT stores it (mixed endian).
-    const ESP: [u8; 16] =
-        [0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b];
-    let f = std::fs::File::open(disk)?;
-    let mut h = [0u8; 92];
-    f.read_exact_at(&mut h, 512)?;
-    if &h[..8] != b"EFI PART" {
-        bail!("{}: no GPT header", disk.display());
-    }
-    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
-    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default());
-    let (table, count, size) = (u64_at(&h, 72), u32_at(&h, 80).min(256), u32_at(&h, 84) as usize);
-    if !(128..=4096).contains(&size) {
-        bail!("{}: GPT entry size {size}", disk.display());
-    }
-    let mut e = vec![0u8; size];
-    for i in 0..count as u64 {
-        f.read_exact_at(&mut e, table * 512 + i * size as u64)?;
-        if e[..16] == ESP {
-            return Ok(u64_at(&e, 32) * 512);
-        }
-    }
-    bail!("{}: no EFI system partition", disk.display())
 }
 
 /// Removes every signed set of `entry` (when gc removes the entry).

@@ -71,47 +71,59 @@ fn the_uki_carries_the_kernel_initrd_and_command_line_as_pe_sections() {
     assert!(headers.contains("pei-x86-64") && headers.contains(".sdmagic") && headers.contains(".text"), "{headers}");
 }
 
-/// The manifest's PCR 11 is what systemd's own calculator says the stub
-/// measures, for the sections as binutils reads them out of the file: at
-/// kernel start (`--phase=`) and after each systemd boot phase.
-#[test]
-fn the_manifest_records_the_pcr11_systemd_measure_calculates() {
-    let h = hello();
-    let uki = h.file(&uki_of(&h.manifest).0);
+/// PCR 11 as `systemd-measure calculate` gives it for `uki`'s sections (as
+/// binutils reads them out of the file): (phase, value) pairs, `phase`
+/// `Some("")` for the value at kernel start, None for every boot phase.
+fn systemd_measure(uki: &Path, phase: Option<&str>) -> Vec<(String, String)> {
     let d = tempfile::tempdir().unwrap();
-    let mut measure_args = vec!["calculate".to_string(), "--bank=sha256".into(), "--json=short".into()];
+    let mut args = vec!["calculate".to_string(), "--bank=sha256".into(), "--json=short".into()];
     for s in ["linux", "osrel", "cmdline", "initrd"] {
         let out = d.path().join(s);
         let section = format!(".{s}");
         tool("objcopy", &["-O", "binary", "--only-section", &section, uki.to_str().unwrap(), out.to_str().unwrap()]);
-        measure_args.push(format!("--{s}={}", out.display()));
+        args.push(format!("--{s}={}", out.display()));
     }
-    let calculate = |phase: Option<&str>| -> Vec<(String, String)> {
-        let mut args = measure_args.clone();
-        if let Some(p) = phase {
-            args.push(format!("--phase={p}"));
+    if let Some(p) = phase {
+        args.push(format!("--phase={p}"));
+    }
+    let out = std::process::Command::new("/usr/lib/systemd/systemd-measure").args(&args).output().unwrap();
+    assert!(out.status.success(), "systemd-measure: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["sha256"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["pcr"], 11);
+            (e["phase"].as_str().unwrap_or("").to_string(), e["hash"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+/// The manifest's PCR 11 values (`pcr11` for the uki artifact, `disk_pcr11`
+/// for the UKI on the raw disk's ESP) are what systemd's own calculator says
+/// the stub measures: at kernel start (`--phase=`) and after each phase.
+#[test]
+fn the_manifest_records_the_pcr11_systemd_measure_calculates() {
+    let h = hello();
+    let d = tempfile::tempdir().unwrap();
+    // The disk's UKI, read out of the ESP with mtools at the partition's offset.
+    let disk = h.file("disk.raw");
+    let parts: serde_json::Value = serde_json::from_str(&tool("sfdisk", &["--json", disk.to_str().unwrap()])).unwrap();
+    let esp_at = parts["partitiontable"]["partitions"][0]["start"].as_u64().unwrap() * 512;
+    let disk_uki = d.path().join("disk-uki.efi");
+    let image = format!("{}@@{esp_at}", disk.display());
+    tool("mcopy", &["-i", &image, "::/EFI/Linux/hello.efi", disk_uki.to_str().unwrap()]);
+    for (uki, pcr) in [(h.file(&uki_of(&h.manifest).0), &h.manifest["pcr11"]), (disk_uki, &h.manifest["disk_pcr11"])] {
+        let at_start = systemd_measure(&uki, Some(""));
+        assert_eq!(at_start, vec![(String::new(), pcr["sha256"].as_str().unwrap().to_string())], "{}", uki.display());
+        let phases = systemd_measure(&uki, None);
+        assert_eq!(phases.len(), 4, "{phases:?}");
+        for (phase, value) in phases {
+            assert_eq!(pcr["phases_sha256"][&phase].as_str(), Some(value.as_str()), "phase {phase}");
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = std::process::Command::new("/usr/lib/systemd/systemd-measure").args(&args).output().unwrap();
-        assert!(out.status.success(), "systemd-measure: {}", String::from_utf8_lossy(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["sha256"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                assert_eq!(e["pcr"], 11);
-                (e["phase"].as_str().unwrap_or("").to_string(), e["hash"].as_str().unwrap().to_string())
-            })
-            .collect()
-    };
-    let pcr = &h.manifest["pcr11"];
-    assert_eq!(calculate(Some("")), vec![(String::new(), pcr["sha256"].as_str().unwrap().to_string())]);
-    let phases = calculate(None);
-    assert_eq!(phases.len(), 4, "{phases:?}");
-    for (phase, value) in phases {
-        assert_eq!(pcr["phases_sha256"][&phase].as_str(), Some(value.as_str()), "phase {phase}");
     }
+    assert_ne!(h.manifest["pcr11"], h.manifest["disk_pcr11"], "the disk boots its own initramfs and command line");
 }
 
 #[test]

@@ -59,6 +59,42 @@ pub struct GptIds<'a> {
     pub root_type: &'a str,
 }
 
+/// Byte offset of the EFI system partition in a GPT disk image.
+pub fn esp_offset(disk: &Path) -> Result<u64> {
+    // C12A7328-F81F-11D2-BA4B-00A0C93EC93B as GPT stores it (mixed endian).
+    const ESP: [u8; 16] =
+        [0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b];
+    let f = std::fs::File::open(disk)?;
+    let mut h = [0u8; 92];
+    f.read_exact_at(&mut h, 512)?;
+    if &h[..8] != b"EFI PART" {
+        anyhow::bail!("{}: no GPT header", disk.display());
+    }
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default());
+    let (table, count, size) = (u64_at(&h, 72), u32_at(&h, 80).min(256), u32_at(&h, 84) as usize);
+    if !(128..=4096).contains(&size) {
+        anyhow::bail!("{}: GPT entry size {size}", disk.display());
+    }
+    let mut e = vec![0u8; size];
+    for i in 0..count as u64 {
+        f.read_exact_at(&mut e, table * 512 + i * size as u64)?;
+        if e[..16] == ESP {
+            return Ok(u64_at(&e, 32) * 512);
+        }
+    }
+    anyhow::bail!("{}: no EFI system partition", disk.display())
+}
+
+/// Copies `path` (`::/EFI/...`) out of the ESP of the GPT disk `disk` to
+/// `out`, with mtools (no mounts).
+pub fn esp_file(disk: &Path, path: &str, out: &Path) -> Result<()> {
+    let image = format!("{}@@{}", disk.display(), esp_offset(disk)?);
+    run(Command::new("mcopy").env("MTOOLS_SKIP_CHECK", "1").args(["-n", "-i", &image, path]).arg(out))
+        .with_context(|| format!("reading {path} from the ESP of {}", disk.display()))
+        .map(drop)
+}
+
 /// Writes the GPT (protective MBR, primary and backup tables) with sfdisk.
 pub fn write_gpt(disk: &Path, l: &Layout, ids: &GptIds<'_>) -> Result<()> {
     let s = |b: u64| b / 512;

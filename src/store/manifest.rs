@@ -49,6 +49,10 @@ pub struct Manifest {
     /// fetched from elsewhere gets it recomputed, not believed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pcr11: Option<crate::artifact::uki::Pcr11>,
+    /// The same for the UKI on the raw disk's ESP (its own initramfs and
+    /// `root=` command line), when the raw disk is built for UEFI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_pcr11: Option<crate::artifact::uki::Pcr11>,
 }
 
 /// One file of an entry.
@@ -176,7 +180,7 @@ impl Manifest {
                 bail!("{} is listed twice", a.file);
             }
         }
-        if let Some(p) = &self.pcr11 {
+        for p in self.pcr11.iter().chain(&self.disk_pcr11) {
             for v in std::iter::once(&p.sha256).chain(p.phases_sha256.values()) {
                 if !crate::hash::is_digest_hex(v) {
                     bail!("pcr11: `{}` is not 64 hex digits", v.escape_debug());

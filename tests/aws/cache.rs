@@ -158,6 +158,34 @@ fn a_poisoned_cache_can_neither_write_outside_the_store_nor_pass_for_the_build()
     }
 }
 
+/// A manifest's PCR 11 is derived from the UKI it lists: a cache that lies
+/// about it is not believed (the entry is fetched, its value recomputed).
+#[test]
+fn a_fetched_entrys_pcr11_is_recomputed_not_taken_from_the_cache() {
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='cache')");
+    let d = tempfile::tempdir().unwrap();
+    let repo = support::repo();
+    let args = ["--format", "uki", "--cache", "s3://cache/team"];
+    let (one, _) = build(&moto, &d.path().join("one"), &repo, &args);
+    let entry = one["name"].as_str().unwrap().to_string();
+    assert!(one["pcr11"]["sha256"].as_str().is_some_and(|v| v.len() == 64), "{one}");
+    let key = format!("team/{entry}/manifest.json");
+    let mut lying: Value = serde_json::from_str(
+        &std::fs::read_to_string(d.path().join("one").join(&entry).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    lying["pcr11"]["sha256"] = Value::from("0".repeat(64));
+    let body: String = serde_json::to_vec(&lying).unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    moto.py(&format!(
+        "h = s3.head_object(Bucket='cache', Key='{key}')\n\
+         s3.put_object(Bucket='cache', Key='{key}', Body=bytes.fromhex('{body}'), Metadata=h['Metadata'])"
+    ));
+    let (two, log) = build(&moto, &d.path().join("two"), &repo, &args);
+    assert_eq!(two["fetched"], Value::Bool(true), "{log}");
+    assert_eq!(two["pcr11"], one["pcr11"], "{log}");
+}
+
 /// `imgd fetch p --cache s3://cache/team --json` with its own local cache.
 fn fetch(moto: &Moto, project: &Path, local_cache: &Path, extra: &[&str]) -> std::process::Output {
     support::test_env(&mut std::process::Command::new(support::imgd()), &project.join("store"))

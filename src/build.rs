@@ -134,6 +134,22 @@ pub fn build_with(recipe: &Recipe, store: &Store, progress: &Progress, remote: O
     Ok(Built { entry, cached: false, fetched: false })
 }
 
+/// The recipe's entry from `remote` into `store`, never building: None when
+/// the remote does not have it. (A netboot replica serves what was built
+/// elsewhere.) Checked exactly as [`build_with`] checks what it fetches.
+pub fn fetch_only(recipe: &Recipe, store: &Store, remote: &dyn Remote) -> Result<Option<Entry>> {
+    let hash = input_hash(recipe);
+    let name = entry_name(&hash, &recipe.name);
+    if let Some(entry) = store.get(&name)? {
+        return Ok(Some(entry));
+    }
+    let _lock = store.lock(&hash)?;
+    if let Some(entry) = store.get(&name)? {
+        return Ok(Some(entry));
+    }
+    fetch(store, remote, &name, &hash)
+}
+
 /// The entry from the remote cache, checked before it enters the store.
 ///
 /// Everything in the cache is untrusted: the manifest is read with a size

@@ -41,6 +41,11 @@ pub struct ServeArgs {
     /// Build referenced profiles that are missing from the store at start-up.
     #[arg(long)]
     pub build: bool,
+    /// Shared build cache, s3://bucket/prefix: entries this server lacks are
+    /// fetched from it (checked) instead of being missing; with --build,
+    /// built only when it lacks them too.
+    #[arg(long = "cache", env = "IMGD_BUILD_CACHE", value_name = "URL")]
+    pub remote_cache: Option<String>,
     /// Serve every store entry, file and built profile to every client, not
     /// only what --config gives to whom.
     #[arg(long)]
@@ -118,6 +123,7 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
         machines: a.config.clone(),
         serve_all: a.serve_all,
         build_missing: a.build,
+        remote_cache: a.remote_cache.clone(),
     };
     let store = imgd::store::Store::open(&sources.store)?;
     let root = store.gc_root(&format!("serve-{}", std::process::id()))?;

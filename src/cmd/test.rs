@@ -227,6 +227,7 @@ impl NetbootServer {
             machines: None,
             serve_all: false,
             build_missing: false,
+            remote_cache: None,
         };
         let group = machines::Group {
             name: "imgd-test".into(),

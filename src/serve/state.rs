@@ -40,6 +40,10 @@ pub struct Sources {
     pub serve_all: bool,
     /// Build referenced profiles that are not in the store yet.
     pub build_missing: bool,
+    /// The shared build cache (`--cache s3://…`): entries
+    /// missing here are fetched from it (and checked) before any build, so
+    /// a replica with only the machines file and the bucket serves the same.
+    pub remote_cache: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -124,7 +128,13 @@ impl State {
 
 /// The current build of a profile: resolve it, hash it, find (or build) it;
 /// failing that, what `previous` booted, else the newest build of it.
-fn current(src: &Sources, store: &Store, profile: &str, previous: Option<&Target>) -> Target {
+fn current(
+    src: &Sources,
+    store: &Store,
+    remote: Option<&dyn crate::store::remote::Remote>,
+    profile: &str,
+    previous: Option<&Target>,
+) -> Target {
     let req = LoadRequest { profile: profile.to_string(), root: src.root.clone(), ..Default::default() };
     let recipe = config::recipe(&req, &src.cache, None);
     let exact = match &recipe {
@@ -132,10 +142,18 @@ fn current(src: &Sources, store: &Store, profile: &str, previous: Option<&Target
             let name = entry_name(&crate::build::input_hash(r), &r.name);
             match store.get(&name) {
                 Ok(Some(e)) => Ok(e),
+                Ok(None) if remote.is_some() && !src.build_missing => {
+                    let remote = remote.expect("checked");
+                    match crate::build::fetch_only(r, store, remote) {
+                        Ok(Some(e)) => Ok(e),
+                        Ok(None) => Err(format!("profile {profile} is not built here nor in {}", remote.url())),
+                        Err(e) => Err(format!("{name} from {}: {e:#}", remote.url())),
+                    }
+                }
                 Ok(None) if src.build_missing => {
                     tracing::info!("building {profile} (not in the store)");
                     let progress = crate::progress::Progress::new(false);
-                    let built = crate::build::build(r, store, &progress).map(|b| b.entry);
+                    let built = crate::build::build_with(r, store, &progress, remote).map(|b| b.entry);
                     // A profile with `[secure_boot]` is signed as `imgd build` signs it.
                     let signed = |e: Entry| match &r.signing {
                         Some(s) => crate::sign::ensure(store, &e, &s.key, &s.cert).map(|_| e),
@@ -186,6 +204,11 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
         (None, None) => MachinesFile::default(),
     };
     let store = Store::open(&src.store)?;
+    let remote = match &src.remote_cache {
+        Some(url) => crate::store::remote::configured(Some(url), &src.root, None)?,
+        None => None,
+    };
+    let remote = remote.as_deref();
     let mut groups = BTreeMap::new();
     let mut profiles: BTreeMap<String, Target> = BTreeMap::new();
     let mut entries = BTreeMap::new();
@@ -193,7 +216,7 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
         let before = previous.and_then(|p| p.groups.get(&g.name));
         let target = match (&g.profile, &g.entry) {
             (Some(p), _) => {
-                let t = profiles.entry(p.clone()).or_insert_with(|| current(src, &store, p, before)).clone();
+                let t = profiles.entry(p.clone()).or_insert_with(|| current(src, &store, remote, p, before)).clone();
                 if let Err(e) = &t.entry {
                     tracing::warn!("group {}: {e}", g.name);
                 }
@@ -226,7 +249,7 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
             if let Some(p) = name.strip_suffix(".toml").filter(|p| config::valid_name(p)) {
                 if !profiles.contains_key(p) {
                     let quiet = Sources { build_missing: false, ..src.clone() };
-                    let t = current(&quiet, &store, p, previous.and_then(|s| s.profiles.get(p)));
+                    let t = current(&quiet, &store, None, p, previous.and_then(|s| s.profiles.get(p)));
                     if t.entry.is_ok() {
                         profiles.insert(p.to_string(), t);
                     }

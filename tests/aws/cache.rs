@@ -186,6 +186,63 @@ fn a_fetched_entrys_pcr11_is_recomputed_not_taken_from_the_cache() {
     assert_eq!(two["pcr11"], one["pcr11"], "{log}");
 }
 
+/// Stateless netboot replicas: two `imgd serve --cache s3://…` with empty
+/// stores and only the machines file fetch the entry from the bucket
+/// (checked) and give machines identical scripts and bytes; a profile the
+/// bucket lacks is reported, not built.
+#[test]
+fn two_netboot_replicas_with_only_the_bucket_give_identical_answers() {
+    use crate::serve::{curl, Serve};
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='cache')");
+    let d = tempfile::tempdir().unwrap();
+    // A project whose hello builds only the netboot bundle (what replicas serve).
+    let hello = std::fs::read_to_string(support::repo().join("profiles/hello.toml")).unwrap();
+    let hello: String = hello
+        .lines()
+        .map(|l| if l.starts_with("formats") { "formats = [\"ipxe\"]\n".into() } else { format!("{l}\n") })
+        .collect();
+    let other = hello.replace("imgd hello image", "another image");
+    let project = crate::common::project(&[("hello.toml", &hello), ("other.toml", &other)]);
+    let root = project.path();
+    let (built, _) = build(&moto, &d.path().join("builder"), root, &["--cache", "s3://cache/team"]);
+    let entry = built["name"].as_str().unwrap();
+    let machines = d.path().join("machines.toml");
+    std::fs::write(
+        &machines,
+        "[[group]]\nname = \"lab\"\nprofile = \"hello\"\ndefault = true\n\n\
+         [[group]]\nname = \"other\"\nprofile = \"other\"\nselector = { mac = \"52:54:00:00:00:99\" }\n",
+    )
+    .unwrap();
+    let replica = |n: usize| {
+        let store = d.path().join(format!("replica{n}"));
+        let mut cmd = std::process::Command::new(support::imgd());
+        support::test_env(&mut cmd, &store)
+            .args(["serve", "--listen", "127.0.0.1:0", "--cache", "s3://cache/team", "--config"])
+            .arg(&machines)
+            .arg("--root")
+            .arg(root)
+            .env("AWS_ENDPOINT_URL", &moto.url);
+        Serve::spawn(cmd)
+    };
+    let (a, b) = (replica(1), replica(2));
+    let ask = |s: &Serve, path: &str| {
+        let (status, _, body) = curl(&[&format!("{}{path}", s.base)]);
+        assert_eq!(status, 200, "{path}: {}", s.log.lock().unwrap());
+        body
+    };
+    let script = "/ipxe?mac=52-54-00-12-34-56&uuid=&hostname=&serial=&arch=x86_64&platform=efi";
+    let (sa, sb) = (ask(&a, script), ask(&b, script));
+    assert_eq!(sa, sb, "the replicas answer differently");
+    assert!(String::from_utf8_lossy(&sa).contains(entry), "{}", String::from_utf8_lossy(&sa));
+    let kernel = std::fs::read(d.path().join("builder").join(entry).join("vmlinuz")).unwrap();
+    for s in [&a, &b] {
+        assert!(ask(s, &format!("/artifacts/{entry}/vmlinuz")) == kernel, "the kernel's bytes differ");
+    }
+    let log = a.log.lock().unwrap().clone();
+    assert!(log.contains("profile other is not built here nor in s3://cache/team"), "{log}");
+}
+
 /// `imgd fetch p --cache s3://cache/team --json` with its own local cache.
 fn fetch(moto: &Moto, project: &Path, local_cache: &Path, extra: &[&str]) -> std::process::Output {
     support::test_env(&mut std::process::Command::new(support::imgd()), &project.join("store"))

@@ -19,6 +19,7 @@
 //! serves every entry and file to every client.
 
 use super::machines::{Group, HttpBoot, MachinesFile};
+use crate::build::fetch_only;
 use crate::config::types::Format;
 use crate::config::{self, LoadRequest};
 use crate::store::manifest::{Artifact, ArtifactName};
@@ -142,12 +143,12 @@ fn current(
             let name = entry_name(&crate::build::input_hash(r), &r.name);
             match store.get(&name) {
                 Ok(Some(e)) => Ok(e),
-                Ok(None) if remote.is_some() && !src.build_missing => {
-                    let remote = remote.expect("checked");
-                    match crate::build::fetch_only(r, store, remote) {
-                        Ok(Some(e)) => Ok(e),
-                        Ok(None) => Err(format!("profile {profile} is not built here nor in {}", remote.url())),
-                        Err(e) => Err(format!("{name} from {}: {e:#}", remote.url())),
+                Ok(None) if !src.build_missing && remote.is_some() => {
+                    match remote.map(|c| (c, fetch_only(r, store, c))) {
+                        Some((_, Ok(Some(e)))) => Ok(e),
+                        Some((c, Ok(None))) => Err(format!("profile {profile} is not built here nor in {}", c.url())),
+                        Some((c, Err(e))) => Err(format!("{name} from {}: {e:#}", c.url())),
+                        None => Err(format!("profile {profile} is not built on this server")),
                     }
                 }
                 Ok(None) if src.build_missing => {

@@ -517,6 +517,37 @@ fn downloads_follow_the_machines_file() {
     assert_eq!(get("127.0.0.5", &uki), 403);
 }
 
+/// Boot events: one log line per boot step (script, kernel, initrd) with
+/// the machine's MAC (for the script), source, group and entry.
+#[test]
+fn each_boot_step_is_one_log_line_with_source_group_and_entry() {
+    let h = hello();
+    let d = tempfile::tempdir().unwrap();
+    let lab = "[[group]]\nname = \"lab\"\nprofile = \"hello\"\nselector = { source = [\"127.0.0.64/26\"] }\n";
+    let conf = write_config(d.path(), lab);
+    let s = Serve::start(&h.store, &["--config", &conf]);
+    let (entry, _) = hello_entry();
+    let get = |path: &str| curl(&["--interface", "127.0.0.70", &format!("{}{path}", s.base)]).0;
+    assert_eq!(get("/ipxe?mac=52-54-00-AA-BB-CC&uuid=&hostname=&serial=&arch=x86_64&platform=efi"), 200);
+    assert_eq!(get(&format!("/artifacts/{entry}/vmlinuz")), 200);
+    assert_eq!(get(&format!("/artifacts/{entry}/initrd")), 200);
+    let end = Instant::now() + Duration::from_secs(10);
+    let want = [
+        format!("step=script mac=52:54:00:aa:bb:cc source=127.0.0.70 group=lab entry={entry}"),
+        format!("step=kernel source=127.0.0.70 group=lab entry={entry} file=vmlinuz"),
+        format!("step=initrd source=127.0.0.70 group=lab entry={entry} file=initrd"),
+    ];
+    loop {
+        let log = s.log.lock().unwrap().clone();
+        if want.iter().all(|w| log.contains(w.as_str())) {
+            assert_eq!(log.matches("boot step").count(), 3, "one line per step:\n{log}");
+            break;
+        }
+        assert!(Instant::now() < end, "boot steps not logged as {want:?}:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_dual_stack_listener_matches_ipv4_clients_against_ipv4_networks() {
     let h = hello();

@@ -298,7 +298,8 @@ impl Server {
     fn machine_script(&self, state: &State, claims: Claims, labels: Labels, client: IpAddr) -> Response<Body> {
         // Claims are checked to iPXE's shapes (route.rs), so `who` is safe in
         // a script comment and a log line.
-        let who = format!("mac {} from {client}", claims.mac.as_deref().unwrap_or("?"));
+        let mac = claims.mac.as_deref().map(crate::serve::machines::normalize_mac).unwrap_or_else(|| "?".into());
+        let who = format!("mac {mac} from {client}");
         let m = Machine { claims, source: Some(client), labels: labels.clone() };
         let Some(group) = state.machines.select(&m) else {
             tracing::warn!("unknown machine: {who} (no group matches, no default group)");
@@ -310,7 +311,9 @@ impl Server {
         let vars: Vec<(String, String)> = group.vars.iter().map(|(k, v)| (k.clone(), ipxe_safe(v))).collect();
         match self.boot_script(target, &group.name, &who, &group.kernel_args, &vars) {
             Ok(s) => {
-                tracing::debug!("{who} -> group {} ({})", group.name, target.profile);
+                // A boot event: one line per step (script here, each file in `artifact`).
+                let entry = target.entry.as_ref().map_or("?", |e| e.name.as_str());
+                tracing::info!(step = %"script", %mac, source = %client, group = %group.name, entry = %entry, "boot step");
                 Self::script(s)
             }
             Err(e) => {
@@ -346,9 +349,13 @@ impl Server {
         let not_found = || text(StatusCode::NOT_FOUND, "not found\n");
         let Some(e) = state.entries.get(entry.as_str()) else { return not_found() };
         let Some(art) = e.manifest.file(file.as_str()) else { return not_found() };
-        if !state.may_download(client, &e.name, art) {
+        let Some(group) = state.download_group(client, &e.name, art) else {
             tracing::info!(%client, "refused: {}/{} is not for this client", e.name, art.file);
             return text(StatusCode::FORBIDDEN, "forbidden\n");
+        };
+        if !head {
+            let step = format!("{:?}", art.name).to_lowercase();
+            tracing::info!(step = %step, source = %client, group = %group, entry = %e.name, file = %art.file, "boot step");
         }
         let what = format!("{}/{}", e.name, art.file);
         self.send_file(&what, e.path.join(art.file.as_str()), art.size, &art.blake3, cond, head).await

@@ -79,16 +79,23 @@ impl State {
 
     /// Whether `client` may download `art` of entry `entry`.
     pub fn may_download(&self, client: IpAddr, entry: &str, art: &Artifact) -> bool {
+        self.download_group(client, entry, art).is_some()
+    }
+
+    /// The group that lets `client` download `art` of `entry` (`*` for
+    /// `--serve-all`), if one does.
+    pub fn download_group(&self, client: IpAddr, entry: &str, art: &Artifact) -> Option<&str> {
         if self.serve_all {
-            return true;
+            return Some("*");
         }
-        self.machines.groups.iter().any(|g| {
+        let g = self.machines.groups.iter().find(|g| {
             let boots = self.groups.get(&g.name).is_some_and(|t| t.entry.as_ref().is_ok_and(|e| e.name == entry));
             let file_ok = (art.format == Format::Ipxe && BOOT_FILES.contains(&art.name))
                 || (art.name == ArtifactName::Uki && g.http_boot == HttpBoot::Uki)
                 || g.downloads.contains(&art.name);
             boots && file_ok && g.admits(client)
-        })
+        });
+        g.map(|g| g.name.as_str())
     }
 
     /// The signed copy of `file` of `entry` made with the certificate whose

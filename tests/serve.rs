@@ -173,7 +173,7 @@ fn machines_get_the_most_specific_group_and_unknown_ones_retry() {
     let unknown = script(&["--interface", "127.0.0.5"], "mac=52-54-00-00-00-09&platform=pcbios&rack=7");
     assert!(unknown.contains("no group matches this machine") && unknown.contains("sleep 10"), "{unknown}");
     assert!(unknown.contains("chain --replace --autofree /boot.ipxe?rack=7"), "labels survive the retry: {unknown}");
-    assert!(s.log.lock().unwrap().contains("unknown machine: mac 52-54-00-00-00-09"), "logged");
+    assert!(s.log.lock().unwrap().contains("unknown machine: mac 52:54:00:00:00:09"), "logged");
     // The chain script asks iPXE for every identity variable, escaped.
     let (_, _, chain) = curl(&[&format!("{}/boot.ipxe?rack=7", s.base)]);
     let chain = String::from_utf8(chain).unwrap();

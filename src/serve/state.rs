@@ -77,11 +77,6 @@ impl State {
         self.groups.get(&g.name)
     }
 
-    /// Whether `client` may download `art` of entry `entry`.
-    pub fn may_download(&self, client: IpAddr, entry: &str, art: &Artifact) -> bool {
-        self.download_group(client, entry, art).is_some()
-    }
-
     /// The group that lets `client` download `art` of `entry` (`*` for
     /// `--serve-all`), if one does.
     pub fn download_group(&self, client: IpAddr, entry: &str, art: &Artifact) -> Option<&str> {

@@ -141,3 +141,60 @@ pub fn assert_no_process_mentions(path: &Path) {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// An iPXE code-signing PKI in `dir`, as iPXE's docs lay it out: a root
+/// (`ca.crt`, what a verifying iPXE is built to trust) and a signer issued
+/// by it with extended key usage codeSigning (`sign.key`, `sign.crt`).
+pub fn ipxe_pki(dir: &Path) {
+    let ext = dir.join("ext.cnf");
+    std::fs::write(
+        &ext,
+        "[sign]\nbasicConstraints = CA:false\nkeyUsage = critical,digitalSignature\nextendedKeyUsage = codeSigning\n",
+    )
+    .unwrap();
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let e = ext.to_str().unwrap();
+    tool("openssl", &["genrsa", "-out", &p("ca.key"), "2048"]);
+    tool(
+        "openssl",
+        &["req", "-x509", "-new", "-key", &p("ca.key"), "-subj", "/CN=imgd test iPXE root/", "-days", "30"]
+            .into_iter()
+            .chain(["-addext", "basicConstraints=critical,CA:true", "-addext", "keyUsage=critical,keyCertSign"])
+            .chain(["-out", &p("ca.crt")])
+            .collect::<Vec<_>>(),
+    );
+    tool(
+        "openssl",
+        &["req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=imgd test signer/"]
+            .into_iter()
+            .chain(["-keyout", &p("sign.key"), "-out", &p("sign.csr")])
+            .collect::<Vec<_>>(),
+    );
+    tool(
+        "openssl",
+        &["x509", "-req", "-in", &p("sign.csr"), "-CA", &p("ca.crt"), "-CAkey", &p("ca.key"), "-CAcreateserial"]
+            .into_iter()
+            .chain(["-days", "30", "-extfile", e, "-extensions", "sign", "-out", &p("sign.crt")])
+            .collect::<Vec<_>>(),
+    );
+}
+
+/// Checks a detached CMS signature over `content` against the root
+/// `ca_crt`, as iPXE's imgverify does (openssl as the independent checker).
+pub fn cms_verifies(content: &[u8], sig: &[u8], ca_crt: &Path) -> bool {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("content"), content).unwrap();
+    std::fs::write(d.path().join("sig"), sig).unwrap();
+    Command::new("openssl")
+        .args(["cms", "-verify", "-binary", "-inform", "DER", "-purpose", "any", "-out", "/dev/null"])
+        .arg("-in")
+        .arg(d.path().join("sig"))
+        .arg("-content")
+        .arg(d.path().join("content"))
+        .arg("-CAfile")
+        .arg(ca_crt)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}

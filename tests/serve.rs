@@ -178,8 +178,7 @@ fn machines_get_the_most_specific_group_and_unknown_ones_retry() {
     let (_, _, chain) = curl(&[&format!("{}/boot.ipxe?rack=7", s.base)]);
     let chain = String::from_utf8(chain).unwrap();
     assert!(
-        chain.contains("/ipxe?mac=${mac:hexhyp}&uuid=${uuid:uristring}")
-            && chain.contains("${platform:uristring}&rack=7"),
+        chain.contains("/ipxe?mac=${mac:hexhyp}&uuid=${uuid}") && chain.contains("${platform:uristring}&rack=7"),
         "{chain}"
     );
     // Metrics count boots by profile and group.
@@ -759,4 +758,114 @@ fn clients_that_stop_reading_hold_no_more_chunk_memory_than_the_budget() {
     assert!(body == std::fs::read(&file).unwrap(), "the download is the file");
     drop(stalled);
     assert!(metric("imgd_chunk_bytes") <= 1 << 20);
+}
+
+/// `[ipxe_signing]`: every script and boot file has a detached CMS
+/// signature beside it that checks against the root (openssl as the
+/// independent checker, as iPXE's imgverify would), for exactly the bytes
+/// served; `verify = true` groups get scripts that refuse to boot unchecked
+/// files, others check where the iPXE can; signatures follow the download rules.
+#[test]
+fn ipxe_signatures_cover_every_script_and_boot_file_a_client_may_fetch() {
+    let h = hello();
+    let d = tempfile::tempdir().unwrap();
+    ipxe_pki(d.path());
+    let conf = write_config(
+        d.path(),
+        "[ipxe_signing]\nkey = \"sign.key\"\ncert = \"sign.crt\"\n\n\
+         [[group]]\nname = \"lab\"\nprofile = \"hello\"\nverify = true\nselector = { source = [\"127.0.0.64/26\"] }\n\n\
+         [[group]]\nname = \"mac\"\nprofile = \"hello\"\nselector = { mac = \"52:54:00:00:00:99\" }\n",
+    );
+    let s = Serve::start(&h.store, &["--config", &conf]);
+    let (entry, _) = hello_entry();
+    let ca = d.path().join("ca.crt");
+    let get = |from: &str, path: &str| {
+        let (status, _, body) = curl(&["--interface", from, &format!("{}{path}", s.base)]);
+        (status, body)
+    };
+    let signed = |from: &str, path: &str, sig_path: &str| {
+        let (a, body) = get(from, path);
+        let (b, sig) = get(from, sig_path);
+        assert_eq!((a, b), (200, 200), "{path} and {sig_path} from {from}");
+        assert!(cms_verifies(&body, &sig, &ca), "{sig_path} does not verify {path}");
+        (body, sig)
+    };
+    let query = "?mac=52-54-00-aa-bb-cc&uuid=&hostname=&serial=&arch=x86_64&platform=efi";
+    let (chain, _) = signed("127.0.0.70", "/boot.ipxe", "/boot.ipxe.sig");
+    let chain = String::from_utf8(chain).unwrap();
+    assert!(chain.contains("imgverify machine /ipxe.sig?mac=${mac:hexhyp}"), "{chain}");
+    let (script, sig) = signed("127.0.0.70", &format!("/ipxe{query}"), &format!("/ipxe.sig{query}"));
+    let script = String::from_utf8(script).unwrap();
+    for (file, name) in [("vmlinuz", "kernel"), ("initrd", "initrd")] {
+        let line = format!("imgverify {name} /artifacts/{entry}/{file}.sig || goto refuse");
+        assert!(script.contains(&line), "no `{line}` in the verify group's script:\n{script}");
+        let (body, sig) =
+            signed("127.0.0.70", &format!("/artifacts/{entry}/{file}"), &format!("/artifacts/{entry}/{file}.sig"));
+        // One byte changed (a mirror or a man in the middle): refused.
+        let mut tampered = body.clone();
+        tampered[body.len() / 2] ^= 1;
+        assert!(!cms_verifies(&tampered, &sig, &ca), "a tampered {file} verifies");
+    }
+    assert!(!script.contains("mac 52:54"), "a signed script names no machine (one signature per group):\n{script}");
+    // The form a verifying iPXE was seen to boot (and refuse) with: netboot::a_verifying_ipxe_*.
+    let (_, m) = hello_entry();
+    let got = script.replace(&entry, "ENTRY").replace(m["recipe"]["cmdline"].as_str().unwrap(), "CMDLINE");
+    assert_eq!(got, std::fs::read_to_string(repo().join("tests/golden/machine-verify.ipxe")).unwrap());
+    // Signatures are of the bytes: the same script, the same signature; a
+    // signature of one file is not one of another.
+    assert_eq!(get("127.0.0.71", &format!("/ipxe.sig{query}")).1, sig, "one signature serves the group");
+    let kernel_sig = get("127.0.0.70", &format!("/artifacts/{entry}/vmlinuz.sig")).1;
+    assert!(!cms_verifies(&get("127.0.0.70", &format!("/artifacts/{entry}/initrd")).1, &kernel_sig, &ca));
+    // Not a verify group: the script checks what it can and boots on.
+    let other = "?mac=52-54-00-00-00-99&uuid=&hostname=&serial=&arch=x86_64&platform=efi";
+    let (script, _) = signed("127.0.0.5", &format!("/ipxe{other}"), &format!("/ipxe.sig{other}"));
+    let script = String::from_utf8(script).unwrap();
+    assert!(script.contains(&format!("imgverify kernel /artifacts/{entry}/vmlinuz.sig || echo")), "{script}");
+    assert!(!script.contains("goto refuse"), "{script}");
+    // Signatures follow the download rules; the key is never served or logged.
+    assert_eq!(get("127.0.0.5", &format!("/artifacts/{entry}/disk.raw.sig")).0, 403);
+    assert_eq!(get("127.0.0.70", &format!("/artifacts/{entry}/disk.raw.sig")).0, 403);
+    assert_eq!(get("127.0.0.70", "/metrics.sig").0, 404);
+    let key = std::fs::read_to_string(d.path().join("sign.key")).unwrap();
+    let key_line = key.lines().nth(1).unwrap();
+    assert!(!s.log.lock().unwrap().contains(key_line));
+    // Without [ipxe_signing], no signatures and the plain scripts.
+    let plain = write_config(d.path(), "[[group]]\nname = \"all\"\nprofile = \"hello\"\ndefault = true\n");
+    let p = Serve::start(&h.store, &["--config", &plain]);
+    let (status, _, body) = curl(&[&format!("{}/boot.ipxe", p.base)]);
+    assert_eq!(status, 200);
+    assert!(!String::from_utf8(body).unwrap().contains("imgverify"));
+    assert_eq!(curl(&[&format!("{}/boot.ipxe.sig", p.base)]).0, 404);
+}
+
+/// A signer iPXE would refuse (no codeSigning) and `verify` without a
+/// signer are configuration errors naming the key, exit 2.
+#[test]
+fn ipxe_signing_mistakes_are_refused_at_their_key() {
+    let h = hello();
+    let d = tempfile::tempdir().unwrap();
+    ipxe_pki(d.path());
+    let run = |text: &str| {
+        let conf = write_config(d.path(), text);
+        let out = imgd(&h.store).args(["serve", "--listen", "127.0.0.1:0", "--config", &conf]).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let group = "[[group]]\nname = \"all\"\nprofile = \"hello\"\ndefault = true\nverify = true\n";
+    let (code, err) = run(group);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("machines.toml:5") && err.contains("group[0].verify") && err.contains("[ipxe_signing]"),
+        "{err}"
+    );
+    // The root itself has no codeSigning usage: iPXE would refuse its signatures.
+    let (code, err) = run(&format!("[ipxe_signing]\nkey = \"ca.key\"\ncert = \"ca.crt\"\n{group}"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("ipxe_signing.cert") && err.contains("codeSigning"), "{err}");
+    // A key that is not the certificate's.
+    let (code, err) = run(&format!("[ipxe_signing]\nkey = \"ca.key\"\ncert = \"sign.crt\"\n{group}"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("ipxe_signing") && err.contains("ca.key"), "{err}");
+    let (code, err) = run(&format!("[ipxe_signing]\nkey = \"missing.key\"\ncert = \"sign.crt\"\n{group}"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("ipxe_signing.key") && err.contains("missing.key"), "{err}");
 }

@@ -235,7 +235,8 @@ impl NetbootServer {
             default: true,
             ..Default::default()
         };
-        let st = state::load(&sources, Some(machines::MachinesFile { groups: vec![group] }), None)?;
+        let st =
+            state::load(&sources, Some(machines::MachinesFile { groups: vec![group], ..Default::default() }), None)?;
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let tcp = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let port = tcp.local_addr()?.port();

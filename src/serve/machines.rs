@@ -14,6 +14,9 @@
 //!                                    # "ipxe": iPXE's EFI build, which asks for a script
 //! signed_with = "keys/db.crt"        # ...the UKI's copy signed with this certificate
 //!                                    # (`imgd sign`), for Secure Boot; relative to this file
+//! verify = true                      # its scripts `imgverify` every file before booting
+//!                                    # it, and refuse to boot if that fails (needs
+//!                                    # [ipxe_signing] and a verifying iPXE)
 //! [group.selector]                   # every selector given must match
 //! mac = "52:54:00:12:34:56"          # also with dashes, any case
 //! uuid = "..."; hostname = "..."; serial = "..."
@@ -26,6 +29,11 @@
 //! name = "everything-else"
 //! profile = "hello"
 //! default = true                     # at most one; used when nothing else matches
+//!
+//! [ipxe_signing]                     # a `.sig` (detached CMS) beside every script and
+//! key = "keys/ipxe.key"              # boot file, for iPXE's imgverify; relative to this
+//! cert = "keys/ipxe.crt"             # file; the certificate allows codeSigning
+//! certs = "keys/intermediate.crt"    # optional: included in every signature
 //! ```
 //!
 //! MAC, UUID, hostname and serial are *claims* the client makes; anyone on the
@@ -56,6 +64,21 @@ use std::path::Path;
 pub struct MachinesFile {
     #[serde(default, rename = "group")]
     pub groups: Vec<Group>,
+    /// `[ipxe_signing]`: the key that signs what iPXE `imgverify`s, as written.
+    #[serde(default, rename = "ipxe_signing")]
+    pub ipxe_signing_paths: Option<IpxeSigningPaths>,
+    /// The same, checked and resolved against the file when it is loaded.
+    #[serde(skip)]
+    pub ipxe_signing: Option<super::imgverify::IpxeSigning>,
+}
+
+/// `[ipxe_signing]` as written (relative to the machines file).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IpxeSigningPaths {
+    pub key: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub certs: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -85,6 +108,11 @@ pub struct Group {
     /// Its SHA-256 fingerprint, computed when the file is loaded.
     #[serde(skip)]
     pub signed_with_sha256: Option<String>,
+    /// Scripts for this group's machines `imgverify` every download and
+    /// refuse to boot what fails (or an iPXE that cannot check); needs
+    /// `[ipxe_signing]`.
+    #[serde(default)]
+    pub verify: bool,
 }
 
 /// What proxyDHCP hands to UEFI HTTP boot firmware.
@@ -223,6 +251,36 @@ impl MachinesFile {
     pub fn parse(path: &Path, text: &str) -> Result<MachinesFile, ConfigError> {
         let mut f: MachinesFile = toml::from_str(text).map_err(|e| from_toml(path, text, &e))?;
         let here = path.parent().unwrap_or(Path::new("."));
+        if let Some(p) = &f.ipxe_signing_paths {
+            let err = |key: &str, e: anyhow::Error| {
+                let key = format!("ipxe_signing.{key}");
+                ConfigError::new(path, format!("{e:#}")).at(crate::config::load::locate_in(path, text, &key)).key(key)
+            };
+            for (key, file) in [("key", Some(&p.key)), ("cert", Some(&p.cert)), ("certs", p.certs.as_ref())] {
+                if let Some(file) = file {
+                    std::fs::metadata(here.join(file))
+                        .map_err(|e| err(key, anyhow::anyhow!("{}: {e}", here.join(file).display())))?;
+                }
+            }
+            let s = super::imgverify::IpxeSigning::check(
+                here.join(&p.key),
+                here.join(&p.cert),
+                p.certs.as_ref().map(|c| here.join(c)),
+            )
+            .map_err(|e| err("cert", e))?;
+            f.ipxe_signing = Some(s);
+        }
+        for (i, g) in f.groups.iter().enumerate() {
+            if g.verify && f.ipxe_signing.is_none() {
+                let key = format!("group[{i}].verify");
+                return Err(ConfigError::new(
+                    path,
+                    "verify = true needs [ipxe_signing] (the key that signs what iPXE verifies)",
+                )
+                .at(crate::config::load::locate_in(path, text, &key))
+                .key(key));
+            }
+        }
         for (i, g) in f.groups.iter_mut().enumerate() {
             let Some(cert) = &g.signed_with else { continue };
             let key = format!("group[{i}].signed_with");

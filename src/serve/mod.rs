@@ -8,12 +8,14 @@
 //! - [`range`], [`respond`], [`render`]: what bytes to send, scripts (pure)
 //! - [`dhcp`] (pure), [`pxe`]: proxyDHCP and TFTP for firmware that does
 //!   not speak HTTP, handing out the [`loaders`] (`--proxy-dhcp`)
+//! - [`imgverify`]: detached signatures for iPXE's `imgverify` (`[ipxe_signing]`)
 //! - [`server`]: a route in, an answer out; [`stream`]: file bodies from
 //!   the shared [`chunks`] cache; [`listener`]: accept, limits, drain
 
 pub mod chunks;
 pub mod dhcp;
 pub mod idle;
+pub mod imgverify;
 pub mod listener;
 pub mod loaders;
 pub mod machines;

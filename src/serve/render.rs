@@ -4,6 +4,16 @@
 pub const MACHINE: &str = include_str!("../../pxe/machine.ipxe");
 pub const CHAIN: &str = include_str!("../../pxe/chain.ipxe");
 pub const UNKNOWN: &str = include_str!("../../pxe/unknown.ipxe");
+/// With `[ipxe_signing]`: the same steps, each fetched script and file
+/// checked with `imgverify` against its `.sig`.
+pub const MACHINE_SIGNED: &str = include_str!("../../pxe/machine-signed.ipxe");
+pub const CHAIN_SIGNED: &str = include_str!("../../pxe/chain-signed.ipxe");
+pub const UNKNOWN_SIGNED: &str = include_str!("../../pxe/unknown-signed.ipxe");
+/// What a failed `imgverify` does in [`MACHINE_SIGNED`]: a group with
+/// `verify = true` refuses to boot; others boot on (an iPXE that verifies
+/// still refuses to run what it could not check).
+pub const ON_UNVERIFIED_REFUSE: &str = "goto refuse";
+pub const ON_UNVERIFIED_WARN: &str = "echo imgd: signature not checked";
 
 pub fn render(template: &str, vars: &[(&str, &str)]) -> String {
     let mut out = String::with_capacity(template.len() + 256);

@@ -39,6 +39,10 @@ pub enum Route {
         file: ArtifactFile,
         conditions: Conditions,
     },
+    /// `<script or boot file>.sig`: the detached CMS signature of what the
+    /// same path without `.sig` (and the same query) answers, for iPXE's
+    /// `imgverify` (`[ipxe_signing]`).
+    Signature(Box<Route>),
     /// `/loaders/<file>`: an iPXE build for UEFI HTTP boot (`--proxy-dhcp`).
     Loader {
         loader: super::loaders::Loader,
@@ -56,6 +60,7 @@ impl Route {
             Route::Profile { .. } => "profile",
             Route::Artifact { .. } => "artifacts",
             Route::Signed { .. } => "signed",
+            Route::Signature(_) => "signature",
             Route::Loader { .. } => "loaders",
             Route::Metrics => "metrics",
             Route::Healthz => "healthz",
@@ -123,8 +128,21 @@ pub fn parse(method: &hyper::Method, uri: &hyper::Uri, headers: &HeaderMap) -> R
 /// The route of a path and query.
 pub fn route(path: &str, query: Option<&str>) -> Result<Route, Refused> {
     let seg = segments(path).ok_or_else(|| Refused::BadRequest("bad path".into()))?;
-    let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
-    match seg.as_slice() {
+    let mut seg: Vec<&str> = seg.iter().map(String::as_str).collect();
+    if let Some(last) = seg.last_mut().filter(|l| l.ends_with(".sig")) {
+        *last = &last[..last.len() - ".sig".len()];
+        return match route_of(&seg, query)? {
+            of @ (Route::Chain { .. } | Route::Machine { .. } | Route::Profile { .. } | Route::Artifact { .. }) => {
+                Ok(Route::Signature(Box::new(of)))
+            }
+            _ => Err(Refused::NotFound),
+        };
+    }
+    route_of(&seg, query)
+}
+
+fn route_of(seg: &[&str], query: Option<&str>) -> Result<Route, Refused> {
+    match seg {
         ["boot.ipxe"] => {
             let (_, labels) = split_query(query)?;
             Ok(Route::Chain { labels })
@@ -258,6 +276,27 @@ fn check_claim(key: &str, v: &str) -> Result<(), &'static str> {
 mod tests {
     use super::*;
     use hyper::Method;
+
+    #[test]
+    fn a_sig_suffix_names_the_signature_of_a_script_or_boot_file_only() {
+        let e = "0123456789abcdef0123456789abcdef-hello";
+        let sig = |p: &str, q: Option<&str>| match route(p, q) {
+            Ok(Route::Signature(of)) => Some(*of),
+            _ => None,
+        };
+        assert_eq!(sig("/boot.ipxe.sig", None), Some(Route::Chain { labels: Labels::new() }));
+        assert_eq!(sig("/ipxe.sig", Some("mac=52-54-00-aa-bb-cc")), route("/ipxe", Some("mac=52-54-00-aa-bb-cc")).ok());
+        assert_eq!(
+            sig(&format!("/artifacts/{e}/vmlinuz.sig"), None),
+            route(&format!("/artifacts/{e}/vmlinuz"), None).ok()
+        );
+        assert_eq!(sig("/profiles/hello/boot.ipxe.sig", None), Some(Route::Profile { name: "hello".into() }));
+        // Nothing else has a signature, and a bad query is still a 400.
+        for p in ["/metrics.sig", "/healthz.sig", "/loaders/snponly.efi.sig", "/.sig", "/boot.ipxe.sig.sig"] {
+            assert!(sig(p, None).is_none(), "{p}");
+        }
+        assert!(matches!(route("/ipxe.sig", Some("mac=zz")), Err(Refused::BadRequest(_))));
+    }
 
     #[test]
     fn traversal_in_any_encoding_is_refused() {

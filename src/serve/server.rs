@@ -68,6 +68,39 @@ impl Default for Options {
     }
 }
 
+/// Why a script or file is not sent; [`Denied::response`] is the answer.
+enum Denied {
+    NotFound(String),
+    Forbidden,
+    Unavailable(String),
+}
+
+impl Denied {
+    fn response(self) -> Response<Body> {
+        match self {
+            Denied::NotFound(why) => text(StatusCode::NOT_FOUND, format!("{why}\n")),
+            Denied::Forbidden => text(StatusCode::FORBIDDEN, "forbidden\n"),
+            Denied::Unavailable(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        }
+    }
+}
+
+/// What sending a machine's script means besides its bytes.
+enum Sent {
+    /// A boot: counted in metrics and logged as a boot step.
+    Boot(Boot),
+    /// No boot (unknown machine, nothing to boot): a warning.
+    Warn(String),
+}
+
+struct Boot {
+    profile: String,
+    group: String,
+    entry: String,
+    mac: String,
+    client: IpAddr,
+}
+
 pub struct Server {
     state: RwLock<Arc<State>>,
     pub opts: Options,
@@ -191,7 +224,8 @@ impl Server {
         let state = self.state();
         let endpoint = route.endpoint();
         let resp = match route {
-            Route::Chain { labels } => self.chain(&labels),
+            Route::Chain { labels } => Self::script(self.chain(&state, &labels)),
+            Route::Signature(of) => self.signature(&state, *of, client).await,
             Route::Machine { claims, labels } => self.machine_script(&state, claims, labels, client),
             Route::Profile { name } => self.profile_script(&state, &name, client),
             Route::Artifact { entry, file, conditions } => {
@@ -245,26 +279,28 @@ impl Server {
 
     /// `/boot.ipxe`: sends the machine's identity on to `/ipxe`, with any
     /// extra query parameters (labels) passed through.
-    fn chain(&self, labels: &Labels) -> Response<Body> {
+    fn chain(&self, state: &State, labels: &Labels) -> String {
         let labels = Self::label_query(labels, '&');
-        Self::script(render(render::CHAIN, &[("base", ""), ("labels", &labels)]))
+        let template = if state.signer.is_some() { render::CHAIN_SIGNED } else { render::CHAIN };
+        render(template, &[("base", ""), ("labels", &labels)])
     }
 
-    fn unknown(&self, reason: &str, labels: &Labels) -> Response<Body> {
+    fn unknown(&self, state: &State, reason: &str, labels: &Labels) -> String {
         let query = Self::label_query(labels, '?');
         let retry = self.opts.retry_after.to_string();
-        Self::script(render(
-            render::UNKNOWN,
-            &[("reason", &ipxe_safe(reason)), ("retry", &retry), ("base", ""), ("query", &query)],
-        ))
+        let template = if state.signer.is_some() { render::UNKNOWN_SIGNED } else { render::UNKNOWN };
+        render(template, &[("reason", &ipxe_safe(reason)), ("retry", &retry), ("base", ""), ("query", &query)])
     }
 
+    /// The boot script of `target` for `group`: signed steps when the
+    /// server signs (`verify`: refuse to boot what fails them).
     fn boot_script(
         &self,
+        state: &State,
         target: &Target,
         group: &str,
         machine: &str,
-        extra: &str,
+        (extra, verify): (&str, bool),
         vars: &[(String, String)],
     ) -> Result<String, String> {
         let entry = target.entry.as_ref().map_err(Clone::clone)?;
@@ -280,6 +316,7 @@ impl Server {
         // trusted files, checked for control characters when loaded.
         let cmdline = format!("rdinit=/init {} {extra}", m.recipe.cmdline);
         let artifacts = self.artifacts_base();
+        let unverified = if verify { render::ON_UNVERIFIED_REFUSE } else { render::ON_UNVERIFIED_WARN };
         let mut all: Vec<(&str, &str)> = vec![
             ("machine", machine),
             ("group", group),
@@ -287,54 +324,140 @@ impl Server {
             ("entry", &entry.name),
             ("artifacts", &artifacts),
             ("cmdline", cmdline.trim()),
+            ("unverified", unverified),
         ];
         let named: Vec<(String, &str)> = vars.iter().map(|(k, v)| (format!("var.{k}"), v.as_str())).collect();
         all.extend(named.iter().map(|(k, v)| (k.as_str(), *v)));
-        self.metrics.boot(&target.profile, group);
-        Ok(render(render::MACHINE, &all))
+        // A signed script names no machine: it is the same for the whole
+        // group, so one signature serves them all.
+        let template = if state.signer.is_some() { render::MACHINE_SIGNED } else { render::MACHINE };
+        Ok(render(template, &all))
     }
 
-    /// `/ipxe?mac=..`: the script for this machine's group.
-    fn machine_script(&self, state: &State, claims: Claims, labels: Labels, client: IpAddr) -> Response<Body> {
+    /// `/ipxe?mac=..`: the script for this machine's group, and what to
+    /// count and log when it is sent (not when only its signature is).
+    fn machine_body(&self, state: &State, claims: Claims, labels: Labels, client: IpAddr) -> (String, Sent) {
         // Claims are checked to iPXE's shapes (route.rs), so `who` is safe in
         // a script comment and a log line.
         let mac = claims.mac.as_deref().map(crate::serve::machines::normalize_mac).unwrap_or_else(|| "?".into());
         let who = format!("mac {mac} from {client}");
         let m = Machine { claims, source: Some(client), labels: labels.clone() };
         let Some(group) = state.machines.select(&m) else {
-            tracing::warn!("unknown machine: {who} (no group matches, no default group)");
-            return self.unknown(&format!("no group matches this machine ({who})"), &labels);
+            let warn = format!("unknown machine: {who} (no group matches, no default group)");
+            return (self.unknown(state, &format!("no group matches this machine ({who})"), &labels), Sent::Warn(warn));
         };
         let Some(target) = state.group(group) else {
-            return self.unknown(&format!("group {} has no target", group.name), &labels);
+            let why = format!("group {} has no target", group.name);
+            return (self.unknown(state, &why, &labels), Sent::Warn(why));
         };
         let vars: Vec<(String, String)> = group.vars.iter().map(|(k, v)| (k.clone(), ipxe_safe(v))).collect();
-        match self.boot_script(target, &group.name, &who, &group.kernel_args, &vars) {
+        let how = (group.kernel_args.as_str(), group.verify);
+        match self.boot_script(state, target, &group.name, &who, how, &vars) {
             Ok(s) => {
-                // A boot event: one line per step (script here, each file in `artifact`).
-                let entry = target.entry.as_ref().map_or("?", |e| e.name.as_str());
-                tracing::info!(step = %"script", %mac, source = %client, group = %group.name, entry = %entry, "boot step");
-                Self::script(s)
+                let entry = target.entry.as_ref().map_or("?", |e| e.name.as_str()).to_string();
+                let boot = Boot { profile: target.profile.clone(), group: group.name.clone(), entry, mac, client };
+                (s, Sent::Boot(boot))
             }
             Err(e) => {
-                tracing::warn!("{who} -> group {}: {e}", group.name);
-                self.unknown(&e, &labels)
+                let warn = format!("{who} -> group {}: {e}", group.name);
+                (self.unknown(state, &e, &labels), Sent::Warn(warn))
             }
         }
     }
 
-    fn profile_script(&self, state: &State, name: &str, client: IpAddr) -> Response<Body> {
+    fn machine_script(&self, state: &State, claims: Claims, labels: Labels, client: IpAddr) -> Response<Body> {
+        let (body, sent) = self.machine_body(state, claims, labels, client);
+        match sent {
+            Sent::Boot(b) => {
+                // A boot event: one line per step (script here, each file in `artifact`).
+                self.metrics.boot(&b.profile, &b.group);
+                tracing::info!(step = %"script", mac = %b.mac, source = %b.client, group = %b.group, entry = %b.entry, "boot step");
+            }
+            Sent::Warn(w) => tracing::warn!("{w}"),
+        }
+        Self::script(body)
+    }
+
+    /// `/profiles/<name>/boot.ipxe`: the script, or the answer refusing it.
+    fn profile_body(&self, state: &State, name: &str, client: IpAddr) -> Result<(String, String), Denied> {
         let Some(target) = state.profiles.get(name) else {
-            return text(StatusCode::NOT_FOUND, format!("no profile {name} is served here\n"));
+            return Err(Denied::NotFound(format!("no profile {name} is served here")));
         };
         if !state.may_boot_profile(client, name) {
             tracing::info!(%client, "refused: no group that boots {name} admits this client");
-            return text(StatusCode::FORBIDDEN, "forbidden\n");
+            return Err(Denied::Forbidden);
         }
-        match self.boot_script(target, &format!("profile:{name}"), "any machine", "", &[]) {
-            Ok(s) => Self::script(s),
-            Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        let group = format!("profile:{name}");
+        match self.boot_script(state, target, &group, "any machine", ("", false), &[]) {
+            Ok(s) => Ok((s, target.profile.clone())),
+            Err(e) => Err(Denied::Unavailable(e)),
         }
+    }
+
+    fn profile_script(&self, state: &State, name: &str, client: IpAddr) -> Response<Body> {
+        match self.profile_body(state, name, client) {
+            Ok((s, profile)) => {
+                self.metrics.boot(&profile, &format!("profile:{name}"));
+                Self::script(s)
+            }
+            Err(d) => d.response(),
+        }
+    }
+
+    /// `<path>.sig`: the signature of what `of` answers this client.
+    async fn signature(self: &Arc<Self>, state: &State, of: Route, client: IpAddr) -> Response<Body> {
+        let Some(signer) = state.signer.clone() else {
+            return text(StatusCode::NOT_FOUND, "not found (no [ipxe_signing] in the machines file)\n");
+        };
+        let sig = match of {
+            Route::Chain { labels } => signer.script(&self.chain(state, &labels)).await,
+            Route::Machine { claims, labels } => {
+                signer.script(&self.machine_body(state, claims, labels, client).0).await
+            }
+            Route::Profile { name } => match self.profile_body(state, &name, client) {
+                Ok((s, _)) => signer.script(&s).await,
+                Err(d) => return d.response(),
+            },
+            Route::Artifact { entry, file, .. } => {
+                let (path, size) = match self.allowed_file(state, client, &entry, &file) {
+                    Ok((e, art)) => (e.path.join(art.file.as_str()), art.size),
+                    Err(d) => return d.response(),
+                };
+                signer.file(path, size).await
+            }
+            _ => return text(StatusCode::NOT_FOUND, "not found\n"),
+        };
+        match sig {
+            Ok(sig) => {
+                let mut r = Response::new(Full::new(sig).map_err(|never| match never {}).boxed());
+                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/pkcs7-signature"));
+                r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                r
+            }
+            Err(e) => {
+                tracing::error!(%client, "signing for imgverify: {e:#}");
+                text(StatusCode::SERVICE_UNAVAILABLE, "cannot sign (see the server's log)\n")
+            }
+        }
+    }
+
+    /// An entry's file, if this client may download it: the entry is
+    /// served, the manifest lists the file, and a group hands it to the client.
+    fn allowed_file<'s>(
+        &self,
+        state: &'s State,
+        client: IpAddr,
+        entry: &EntryName,
+        file: &ArtifactFile,
+    ) -> Result<(&'s crate::store::Entry, &'s crate::store::manifest::Artifact), Denied> {
+        let not_found = || Denied::NotFound("not found".into());
+        let Some(e) = state.entries.get(entry.as_str()) else { return Err(not_found()) };
+        let Some(art) = e.manifest.file(file.as_str()) else { return Err(not_found()) };
+        if state.download_group(client, &e.name, art).is_none() {
+            tracing::info!(%client, "refused: {}/{} is not for this client", e.name, art.file);
+            return Err(Denied::Forbidden);
+        }
+        Ok((e, art))
     }
 
     async fn artifact(
@@ -346,13 +469,11 @@ impl Server {
         cond: &Conditions,
         head: bool,
     ) -> Response<Body> {
-        let not_found = || text(StatusCode::NOT_FOUND, "not found\n");
-        let Some(e) = state.entries.get(entry.as_str()) else { return not_found() };
-        let Some(art) = e.manifest.file(file.as_str()) else { return not_found() };
-        let Some(group) = state.download_group(client, &e.name, art) else {
-            tracing::info!(%client, "refused: {}/{} is not for this client", e.name, art.file);
-            return text(StatusCode::FORBIDDEN, "forbidden\n");
+        let (e, art) = match self.allowed_file(state, client, entry, file) {
+            Ok(found) => found,
+            Err(d) => return d.response(),
         };
+        let group = state.download_group(client, &e.name, art).unwrap_or("?");
         if !head {
             let step = format!("{:?}", art.name).to_lowercase();
             tracing::info!(step = %step, source = %client, group = %group, entry = %e.name, file = %art.file, "boot step");

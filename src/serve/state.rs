@@ -67,6 +67,8 @@ pub struct State {
     /// Group name -> the signed UKI set it hands out (`signed_with`), or why none.
     pub signed: BTreeMap<String, Result<crate::sign::Signed, String>>,
     pub serve_all: bool,
+    /// Signs scripts and boot files for iPXE (`[ipxe_signing]`), with its caches.
+    pub signer: Option<std::sync::Arc<super::imgverify::Signer>>,
 }
 
 /// The files every boot needs; others (disks, tarballs) only where a group opts in.
@@ -285,5 +287,12 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
         }
         signed.insert(g.name.clone(), set);
     }
-    Ok(State { machines, groups, profiles, entries, signed, serve_all: src.serve_all })
+    // Signatures of store files stay valid across reloads (entries are
+    // immutable): keep the cache when the key and certificate are the same.
+    let signer = match (&machines.ipxe_signing, previous.and_then(|p| p.signer.as_ref())) {
+        (Some(s), Some(old)) if old.signing == *s => Some(old.clone()),
+        (Some(s), _) => Some(std::sync::Arc::new(super::imgverify::Signer::new(s.clone()))),
+        (None, _) => None,
+    };
+    Ok(State { machines, groups, profiles, entries, signed, serve_all: src.serve_all, signer })
 }

@@ -141,15 +141,24 @@ pub fn sign(store: &Store, entry: &Entry, key: &Path, cert: &Path) -> Result<Sig
         }
         Ok(src)
     };
-    let disk = entry.manifest.artifact(crate::config::types::Format::Raw, crate::store::manifest::ArtifactName::Disk);
-    let disk = disk.filter(|_| entry.manifest.firmware == crate::config::types::Firmware::Uefi);
-    for a in arts.into_iter().chain(disk) {
+    use crate::config::types::Format;
+    let uefi = entry.manifest.firmware == crate::config::types::Firmware::Uefi;
+    let disk = |f: Format| entry.manifest.artifact(f, crate::store::manifest::ArtifactName::Disk).filter(|_| uefi);
+    // The raw disk first: the qcow2 and VHD copies are made from its signed copy.
+    let disks = [Format::Raw, Format::Qcow2, Format::Vhd].into_iter().filter_map(disk);
+    let mut signed_raw = None;
+    for a in arts.into_iter().chain(disks) {
         let src = checked(a)?;
         let out = work.path().join(a.file.as_str());
-        if a.name == crate::store::manifest::ArtifactName::Disk {
-            sign_disk(entry, &src, &out, key, cert, work.path())?;
-        } else {
-            sign_file(&src, &out, key, cert)?;
+        match (a.name, a.format, &signed_raw) {
+            (crate::store::manifest::ArtifactName::Disk, Format::Raw, _) => {
+                sign_disk(entry, &src, &out, key, cert, work.path())?;
+                signed_raw = Some(out.clone());
+            }
+            (_, Format::Qcow2, Some(raw)) => crate::artifact::disk::to_qcow2(raw, &out)?,
+            (_, Format::Vhd, Some(raw)) => signed_vhd(&src, raw, &out)?,
+            (crate::store::manifest::ArtifactName::Disk, _, None) => continue,
+            _ => sign_file(&src, &out, key, cert)?,
         }
         files.push(SignedFile {
             file: a.file.as_str().to_string(),
@@ -220,6 +229,27 @@ fn sign_disk(entry: &Entry, src: &Path, out: &Path, key: &Path, cert: &Path, wor
         ])?;
         std::fs::remove_file(&plain)?;
         std::fs::remove_file(&signed)?;
+    }
+    Ok(())
+}
+
+/// The signed raw disk as a fixed VHD with the entry's VHD footer: a fixed
+/// footer describes the disk's size and identity (time stamp, UUID), not its
+/// bytes, so it stays as the build made it; rebuilding it from its own
+/// fields and comparing checks that it is one.
+fn signed_vhd(unsigned: &Path, signed_raw: &Path, out: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(unsigned)?;
+    let len = f.metadata()?.len();
+    let mut footer = [0u8; 512];
+    anyhow::ensure!(len >= 512, "{}: too short for a VHD", unsigned.display());
+    f.read_exact_at(&mut footer, len - 512)?;
+    let stamp = u32::from_be_bytes(footer[24..28].try_into()?);
+    let uuid: [u8; 16] = footer[68..84].try_into()?;
+    let epoch = u64::from(stamp) + crate::artifact::disk::VHD_EPOCH;
+    let written = crate::artifact::disk::to_vhd(signed_raw, out, epoch, uuid)?;
+    if written != footer {
+        bail!("{}: its footer is not one imgd writes; not making a signed copy", unsigned.display());
     }
     Ok(())
 }

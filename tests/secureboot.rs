@@ -275,6 +275,26 @@ fn a_signed_disk_boots_under_secure_boot_and_is_refused_by_firmware_trusting_ano
     let disk = PathBuf::from(rec["path"].as_str().unwrap()).join("disk.raw");
     let disk_s = disk.to_str().unwrap();
     tool("sfdisk", &["--verify", disk_s]);
+    // The qcow2 and VHD copies hold the signed disk, byte for byte (qemu-img
+    // compares the guest-visible contents), and pass qemu-img's own check.
+    for (file, fmt) in [("disk.qcow2", "qcow2"), ("disk.vhd", "vpc")] {
+        let f = rec["files"].as_array().unwrap().iter().find(|f| f["file"] == file);
+        let from = m["artifacts"].as_array().unwrap().iter().find(|a| a["file"] == file).unwrap();
+        assert_eq!(f.unwrap_or_else(|| panic!("{file} signed"))["unsigned_blake3"], from["blake3"]);
+        let copy = disk.with_file_name(file);
+        let copy = copy.to_str().unwrap();
+        if fmt == "qcow2" {
+            tool("qemu-img", &["check", copy]);
+        }
+        tool("qemu-img", &["compare", "-f", "raw", "-F", fmt, disk_s, copy]);
+    }
+    // The VHD keeps the entry's footer (size and identity), only the disk changed.
+    let tail = |p: &Path| {
+        let b = std::fs::read(p).unwrap();
+        b[b.len() - 512..].to_vec()
+    };
+    let built_vhd = PathBuf::from(m["path"].as_str().unwrap()).join("disk.vhd");
+    assert_eq!(tail(&disk.with_file_name("disk.vhd")), tail(&built_vhd));
 
     // The ESP, read with mtools and checked with fsck.vfat: both binaries
     // verify against the certificate.

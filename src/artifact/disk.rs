@@ -275,7 +275,7 @@ pub fn to_vhd(raw: &Path, out: &Path, epoch: u64, uuid: [u8; 16]) -> Result<[u8;
 }
 
 /// Seconds between the Unix epoch and the VHD epoch (2000-01-01T00:00:00Z).
-const VHD_EPOCH: u64 = 946_684_800;
+pub const VHD_EPOCH: u64 = 946_684_800;
 
 pub fn vhd_footer(size: u64, epoch: u64, uuid: [u8; 16]) -> [u8; 512] {
     let mut f = [0u8; 512];

@@ -2,12 +2,14 @@
 //! share, wait. Local emulators accept what AWS rejects (a missing snapshot,
 //! duplicate names), so imgd checks those itself before asking.
 
+use crate::sync::Principal;
 use crate::Counters;
 use anyhow::{bail, Context, Result};
 use aws_sdk_ec2::types::{
     ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, Image, LaunchPermission,
-    LaunchPermissionModifications, Snapshot, Tag, VolumeType,
+    LaunchPermissionModifications, OperationType, PermissionGroup, Snapshot, SnapshotAttributeName, Tag, VolumeType,
 };
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 pub const ROOT_DEVICE: &str = "/dev/xvda";
@@ -17,6 +19,8 @@ pub struct Found {
     pub id: String,
     pub state: String,
     pub snapshot: Option<String>,
+    /// Its deprecation time (Unix seconds), if set.
+    pub deprecation: Option<i64>,
 }
 
 /// The image of ours named `name` in this region, if any (more than one is an
@@ -38,8 +42,14 @@ pub async fn find(ec2: &aws_sdk_ec2::Client, name: &str) -> Result<Option<Found>
             id: i.image_id()?.to_string(),
             state: i.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
             snapshot: snapshots_of(i).into_iter().next(),
+            deprecation: i.deprecation_time().and_then(parse_time),
         })
     }))
+}
+
+/// An ISO 8601 time as AWS writes it, in Unix seconds.
+fn parse_time(s: &str) -> Option<i64> {
+    aws_smithy_types::DateTime::from_str(s, aws_smithy_types::date_time::Format::DateTime).ok().map(|t| t.secs())
 }
 
 /// A completed snapshot of ours carrying tag `imgd:hash` = `hash` (left by a run
@@ -201,8 +211,8 @@ pub async fn copy(dest: &aws_sdk_ec2::Client, c: &Copy<'_>, counters: &Counters)
     }
 }
 
-/// The accounts that may launch the image.
-pub async fn shared_with(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<std::collections::BTreeSet<String>> {
+/// Who may launch the image: accounts, organizations, OUs, everyone.
+pub async fn shared_with(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<BTreeSet<Principal>> {
     let out = ec2
         .describe_image_attribute()
         .image_id(id)
@@ -210,17 +220,60 @@ pub async fn shared_with(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<std::col
         .send()
         .await
         .context("DescribeImageAttribute")?;
-    Ok(out.launch_permissions().iter().filter_map(|p| p.user_id()).map(str::to_string).collect())
+    Ok(out
+        .launch_permissions()
+        .iter()
+        .filter_map(|p| {
+            if let Some(a) = p.user_id() {
+                Some(Principal::Account(a.to_string()))
+            } else if let Some(a) = p.organization_arn() {
+                Some(Principal::Organization(a.to_string()))
+            } else if let Some(a) = p.organizational_unit_arn() {
+                Some(Principal::OrganizationalUnit(a.to_string()))
+            } else {
+                (p.group().map(|g| g.as_str()) == Some("all")).then_some(Principal::Public)
+            }
+        })
+        .collect())
 }
 
-/// Grants launch permission to `accounts`.
-pub async fn share(ec2: &aws_sdk_ec2::Client, id: &str, accounts: &[String], counters: &Counters) -> Result<()> {
-    if accounts.is_empty() {
+/// Who may create volumes from the snapshot (accounts, and `all`).
+pub async fn snapshot_shared_with(ec2: &aws_sdk_ec2::Client, snapshot: &str) -> Result<BTreeSet<Principal>> {
+    let out = ec2
+        .describe_snapshot_attribute()
+        .snapshot_id(snapshot)
+        .attribute(SnapshotAttributeName::CreateVolumePermission)
+        .send()
+        .await
+        .context("DescribeSnapshotAttribute")?;
+    Ok(out
+        .create_volume_permissions()
+        .iter()
+        .filter_map(|p| match (p.user_id(), p.group()) {
+            (Some(a), _) => Some(Principal::Account(a.to_string())),
+            (None, Some(g)) if g.as_str() == "all" => Some(Principal::Public),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Grants launch permission to each principal.
+pub async fn share(ec2: &aws_sdk_ec2::Client, id: &str, to: &[Principal], counters: &Counters) -> Result<()> {
+    if to.is_empty() {
         return Ok(());
     }
     let mut adds = LaunchPermissionModifications::builder();
-    for a in accounts {
-        adds = adds.add(LaunchPermission::builder().user_id(a.clone()).build());
+    for p in to {
+        let lp = LaunchPermission::builder();
+        adds = adds.add(
+            match p {
+                Principal::Account(a) => lp.user_id(a.clone()),
+                Principal::Organization(a) => lp.organization_arn(a.clone()),
+                Principal::OrganizationalUnit(a) => lp.organizational_unit_arn(a.clone()),
+                Principal::Public => lp.group(PermissionGroup::All),
+            }
+            .build(),
+        );
     }
     counters.mutate();
     ec2.modify_image_attribute()
@@ -229,6 +282,52 @@ pub async fn share(ec2: &aws_sdk_ec2::Client, id: &str, accounts: &[String], cou
         .send()
         .await
         .context("ModifyImageAttribute")?;
+    Ok(())
+}
+
+/// Grants create-volume permission on `snapshot` to accounts (and `all`
+/// for public); other principals cannot be named there.
+pub async fn share_snapshot(
+    ec2: &aws_sdk_ec2::Client,
+    snapshot: &str,
+    to: &[Principal],
+    counters: &Counters,
+) -> Result<()> {
+    // The OperationType form (AWS takes it as well as the structured one;
+    // moto takes only this one).
+    let users: Vec<String> = to
+        .iter()
+        .filter_map(|p| match p {
+            Principal::Account(a) => Some(a.clone()),
+            _ => None,
+        })
+        .collect();
+    let public = to.contains(&Principal::Public);
+    if users.is_empty() && !public {
+        return Ok(());
+    }
+    counters.mutate();
+    ec2.modify_snapshot_attribute()
+        .snapshot_id(snapshot)
+        .attribute(SnapshotAttributeName::CreateVolumePermission)
+        .operation_type(OperationType::Add)
+        .set_user_ids((!users.is_empty()).then_some(users))
+        .set_group_names(public.then(|| vec!["all".to_string()]))
+        .send()
+        .await
+        .context("ModifySnapshotAttribute")?;
+    Ok(())
+}
+
+/// Sets the image's deprecation time (Unix seconds).
+pub async fn deprecate(ec2: &aws_sdk_ec2::Client, id: &str, at: i64, counters: &Counters) -> Result<()> {
+    counters.mutate();
+    ec2.enable_image_deprecation()
+        .image_id(id)
+        .deprecate_at(aws_smithy_types::DateTime::from_secs(at))
+        .send()
+        .await
+        .context("EnableImageDeprecation")?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use imgd::config::types::Format;
 use imgd::config::ConfigError;
-use imgd_aws::sync::{Method, Request};
+use imgd_aws::sync::{Method, Principal, Request};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ pub struct SyncArgs {
     pub regions: Vec<String>,
     /// Only upload the build to S3 (an iPXE mirror for --artifact-base-url, or
     /// a cache fill): no snapshot, no AMI.
-    #[arg(long, conflicts_with_all = ["regions", "home_region", "share", "kms_key", "tfvars"])]
+    #[arg(long, conflicts_with_all = ["regions", "home_region", "share", "share_org", "share_ou", "public", "deprecate_in", "kms_key", "tfvars"])]
     pub s3_only: bool,
     /// Where the AMI is registered first (default: the first region).
     #[arg(long)]
@@ -38,9 +38,24 @@ pub struct SyncArgs {
     /// How the snapshot behind the AMI is made.
     #[arg(long, value_enum, default_value = "ebs-direct")]
     pub method: SyncMethod,
-    /// Accounts to grant launch permission (repeatable).
+    /// Accounts to grant launch permission, and create-volume permission on
+    /// the snapshot (repeatable); on every regional copy.
     #[arg(long = "share", value_name = "ACCOUNT")]
     pub share: Vec<String>,
+    /// AWS Organizations organizations to grant launch permission (ARN, repeatable).
+    #[arg(long = "share-org", value_name = "ARN")]
+    pub share_org: Vec<String>,
+    /// Organizational units to grant launch permission (ARN, repeatable).
+    #[arg(long = "share-ou", value_name = "ARN")]
+    pub share_ou: Vec<String>,
+    /// Make every copy and its snapshot public (launchable by any AWS
+    /// account). Only this flag does; nothing else implies it.
+    #[arg(long)]
+    pub public: bool,
+    /// Deprecate every copy this long after the build: `90d`, `12h`, `2w`,
+    /// `45m` (a build older than that: in a minute).
+    #[arg(long, value_name = "DURATION")]
+    pub deprecate_in: Option<String>,
     /// Encrypt the snapshot and the copies with this KMS key.
     #[arg(long)]
     pub kms_key: Option<String>,
@@ -169,15 +184,12 @@ pub fn resolve_regions(
 pub fn run(a: &SyncArgs) -> Result<()> {
     let to = a.bucket.location()?;
     check_regions(&a.regions)?;
-    for acct in &a.share {
-        if acct.len() != 12 || !acct.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(ConfigError::new(
-                "--share",
-                format!("`{}` is not a 12-digit AWS account id", acct.escape_debug()),
-            )
-            .into());
-        }
-    }
+    let share = principals(a)?;
+    let deprecate_in = a
+        .deprecate_in
+        .as_deref()
+        .map(|d| duration(d).map_err(|e| ConfigError::new("--deprecate-in", e)))
+        .transpose()?;
     let (_, recipe) = a.profile.loaded()?;
     let disk = a.method.disk();
     if !a.s3_only && !recipe.formats.contains(&disk) {
@@ -201,7 +213,12 @@ pub fn run(a: &SyncArgs) -> Result<()> {
         others: regions.iter().filter(|r| **r != home).cloned().collect(),
         home,
         method: a.method.method(),
-        share: a.share.clone(),
+        deprecate: deprecate_in.map(|secs| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let built = i64::try_from(entry.manifest.built_at).unwrap_or(0);
+            imgd_aws::sync::Deprecation::after(built, secs, i64::try_from(now).unwrap_or(i64::MAX))
+        }),
+        share,
         kms_key: a.kms_key.clone(),
         wait: Duration::from_secs(a.wait),
         poll: Duration::from_secs(a.poll.max(1)),
@@ -234,4 +251,96 @@ pub fn run(a: &SyncArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--share`, `--share-org`, `--share-ou`, `--public`, each checked to the
+/// shape AWS gives it (an error names the flag and the value).
+fn principals(a: &SyncArgs) -> Result<Vec<Principal>> {
+    let bad = |flag: &str, v: &str, what: &str| -> anyhow::Error {
+        ConfigError::new(flag, format!("`{}` is not {what}", v.escape_debug())).into()
+    };
+    let id = |s: &str, prefix: &str, min: usize| {
+        s.strip_prefix(prefix).is_some_and(|r| {
+            r.len() >= min
+                && r.len() <= 64
+                && r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+    };
+    let account = |s: &str| s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit());
+    let mut out = Vec::new();
+    for v in &a.share {
+        if !account(v) {
+            return Err(bad("--share", v, "a 12-digit AWS account id (for everyone, --public)"));
+        }
+        out.push(Principal::Account(v.clone()));
+    }
+    // arn:aws:organizations::<account>:organization/o-<id>
+    // arn:aws:organizations::<account>:ou/o-<id>/ou-<root>-<id>
+    let org_parts = |v: &str| -> Option<(String, Vec<String>)> {
+        let rest = v.strip_prefix("arn:")?.split_once(":organizations::")?.1;
+        let (acct, path) = rest.split_once(':')?;
+        account(acct).then(|| {
+            let mut p = path.split('/').map(str::to_string);
+            (p.next().unwrap_or_default(), p.collect())
+        })
+    };
+    for v in &a.share_org {
+        match org_parts(v) {
+            Some((kind, ids)) if kind == "organization" && ids.len() == 1 && id(&ids[0], "o-", 10) => {
+                out.push(Principal::Organization(v.clone()))
+            }
+            _ => {
+                return Err(bad(
+                    "--share-org",
+                    v,
+                    "an organization ARN (arn:aws:organizations::ACCOUNT:organization/o-…)",
+                ))
+            }
+        }
+    }
+    for v in &a.share_ou {
+        match org_parts(v) {
+            Some((kind, ids)) if kind == "ou" && ids.len() == 2 && id(&ids[0], "o-", 10) && id(&ids[1], "ou-", 8) => {
+                out.push(Principal::OrganizationalUnit(v.clone()))
+            }
+            _ => return Err(bad("--share-ou", v, "an OU ARN (arn:aws:organizations::ACCOUNT:ou/o-…/ou-…)")),
+        }
+    }
+    if a.public {
+        out.push(Principal::Public);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// `90d`, `12h`, `2w`, `45m` in seconds.
+fn duration(s: &str) -> std::result::Result<i64, String> {
+    let (n, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: i64 = n
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("`{}`: use a count and m, h, d or w (e.g. 90d)", s.escape_debug()))?;
+    let per = match unit {
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("`{}`: use a count and m, h, d or w (e.g. 90d)", s.escape_debug())),
+    };
+    n.checked_mul(per).filter(|s| *s <= 100 * 365 * 86_400).ok_or_else(|| format!("`{s}`: more than a century"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations() {
+        assert_eq!(super::duration("90d"), Ok(90 * 86_400));
+        assert_eq!(super::duration("2w"), Ok(14 * 86_400));
+        assert_eq!(super::duration("45m"), Ok(2700));
+        for bad in ["", "d", "90", "0d", "-1d", "1y", "9999999999w"] {
+            assert!(super::duration(bad).is_err(), "{bad}");
+        }
+    }
 }

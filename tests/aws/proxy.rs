@@ -1,6 +1,7 @@
 //! A loopback HTTP proxy in front of moto that injects faults, and answers the
-//! two EC2 calls moto lacks (ImportSnapshot, DescribeImportSnapshotTasks) the
-//! way AWS does.
+//! EC2 calls moto lacks (ImportSnapshot, DescribeImportSnapshotTasks,
+//! Enable/DisableImageDeprecation, with `deprecationTime` added to
+//! DescribeImages' answers) the way AWS does.
 //!
 //! It also mends one way moto's answers differ from S3's (ListParts' root
 //! element), so the SDK can parse them.
@@ -64,6 +65,8 @@ struct State {
     log: Mutex<Log>,
     tasks: Mutex<BTreeMap<String, Task>>,
     lost_once: Mutex<BTreeSet<String>>,
+    /// Image -> deprecation time (ISO 8601), which moto does not keep.
+    deprecations: Mutex<BTreeMap<String, String>>,
 }
 
 pub struct Proxy {
@@ -84,6 +87,7 @@ impl Proxy {
             log: Mutex::default(),
             tasks: Mutex::default(),
             lost_once: Mutex::default(),
+            deprecations: Mutex::default(),
         });
         let st = state.clone();
         rt.spawn(async move {
@@ -207,8 +211,24 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
     match action.as_deref() {
         Some("ImportSnapshot") => return Ok(import_snapshot(&st, &params).await),
         Some("DescribeImportSnapshotTasks") => return Ok(describe_import(&st, &params).await),
+        Some(a @ ("EnableImageDeprecation" | "DisableImageDeprecation")) => {
+            let id = params.get("ImageId").cloned().unwrap_or_default();
+            let mut d = st.deprecations.lock().unwrap();
+            match params.get("DeprecateAt") {
+                Some(at) if a == "EnableImageDeprecation" => d.insert(id, at.clone()),
+                _ => d.remove(&id),
+            };
+            return Ok(xml(
+                StatusCode::OK,
+                format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><{a}Response xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+                     <requestId>proxy</requestId><return>true</return></{a}Response>"
+                ),
+            ));
+        }
         _ => {}
     }
+    let describe_images = action.as_deref() == Some("DescribeImages");
 
     let list_parts = parts.method == hyper::Method::GET && parts.uri.query().is_some_and(|q| q.contains("uploadId"));
     let mut answer = forward(&st.upstream, parts, body).await;
@@ -218,6 +238,17 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
         p.headers.remove(hyper::header::CONTENT_LENGTH);
         let text = String::from_utf8_lossy(&b.collect().await.unwrap().to_bytes())
             .replace("ListPartsResponse", "ListPartsResult");
+        answer = Response::from_parts(p, Full::new(Bytes::from(text)));
+    }
+    if describe_images {
+        // What AWS adds to an image with a deprecation time.
+        let (mut p, b) = answer.into_parts();
+        p.headers.remove(hyper::header::CONTENT_LENGTH);
+        let mut text = String::from_utf8_lossy(&b.collect().await.unwrap().to_bytes()).into_owned();
+        for (id, at) in st.deprecations.lock().unwrap().iter() {
+            let tag = format!("<imageId>{id}</imageId>");
+            text = text.replace(&tag, &format!("{tag}<deprecationTime>{at}</deprecationTime>"));
+        }
         answer = Response::from_parts(p, Full::new(Bytes::from(text)));
     }
     if let Some(a) = &action {

@@ -43,15 +43,7 @@ impl Moto {
     /// Runs boto3 code with `s3` and `ec2(region)` bound to this endpoint; what
     /// the code prints is parsed as JSON.
     pub fn py(&self, code: &str) -> Value {
-        let script = format!(
-            "import boto3, json\nE='{}'\nkw=dict(endpoint_url=E, aws_access_key_id='test', aws_secret_access_key='test')\n\
-             s3=boto3.client('s3', region_name='us-east-1', **kw)\nec2=lambda r: boto3.client('ec2', region_name=r, **kw)\n{code}\n",
-            self.url
-        );
-        let out = Command::new("python3").arg("-c").arg(&script).output().unwrap();
-        assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(text.trim()).unwrap_or(Value::Null)
+        py_at(&self.url, code)
     }
 
     /// Names of this account's images in `region`.
@@ -73,6 +65,19 @@ impl Moto {
     pub fn sync(&self, store: &Path, args: &[&str]) -> (Value, String) {
         aws_ok(&self.url, store, "sync", args)
     }
+}
+
+/// Runs boto3 code against `endpoint` (moto, or a proxy in front of it)
+/// with `s3` and `ec2(region)` bound; what the code prints is parsed as JSON.
+pub fn py_at(endpoint: &str, code: &str) -> Value {
+    let script = format!(
+        "import boto3, json\nE='{endpoint}'\nkw=dict(endpoint_url=E, aws_access_key_id='test', aws_secret_access_key='test')\n\
+         s3=boto3.client('s3', region_name='us-east-1', **kw)\nec2=lambda r: boto3.client('ec2', region_name=r, **kw)\n{code}\n"
+    );
+    let out = Command::new("python3").arg("-c").arg(&script).output().unwrap();
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or(Value::Null)
 }
 
 /// `imgd <cmd> args --json` against `endpoint`, with test credentials and no

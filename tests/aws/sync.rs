@@ -331,3 +331,133 @@ fn regions_all_is_every_region_the_account_has_enabled() {
         assert!(stderr.contains(key), "{stderr}");
     }
 }
+
+/// Sharing with an account, an organization, an OU and everyone, and a
+/// deprecation time: on the home image and on its copy, the snapshot shared
+/// with the account and `all` (create-volume permission names nothing else),
+/// all checked with boto3; a re-run makes no mutating call (counted by imgd
+/// and, independently, by the proxy); what someone removed by hand is put
+/// back by the next run, and only that.
+#[test]
+fn sharing_and_deprecation_reach_every_copy_and_a_rerun_changes_nothing() {
+    use super::proxy::{Faults, Proxy};
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let proxy = Proxy::start(&moto.addr, Faults::default());
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let org = "arn:aws:organizations::111122223333:organization/o-abcdefghij";
+    let ou = "arn:aws:organizations::111122223333:ou/o-abcdefghij/ou-ab12-cdefgh34";
+    let args = [
+        "hello",
+        "--bucket",
+        "imgs",
+        "--regions",
+        "us-east-1,eu-west-1",
+        "--share",
+        "444455556666",
+        "--share-org",
+        org,
+        "--share-ou",
+        ou,
+        "--public",
+        "--deprecate-in",
+        "90d",
+    ];
+    let (r, _) = support::aws_ok(&proxy.url, &store, "sync", &args);
+    let look = |region: &str| {
+        let ami = r["amis"][region].as_str().unwrap();
+        support::py_at(
+            &proxy.url,
+            &format!(
+                "import datetime\nc=ec2('{region}')\ni=c.describe_images(ImageIds=['{ami}'])['Images'][0]\n\
+                 lp=c.describe_image_attribute(ImageId='{ami}', Attribute='launchPermission')['LaunchPermissions']\n\
+                 snap=i['BlockDeviceMappings'][0]['Ebs']['SnapshotId']\n\
+                 cv=c.describe_snapshot_attribute(SnapshotId=snap, Attribute='createVolumePermission')['CreateVolumePermissions']\n\
+                 dep=i.get('DeprecationTime')\n\
+                 dep=dep and datetime.datetime.fromisoformat(dep.replace('Z','+00:00')).timestamp()\n\
+                 print(json.dumps({{'lp': sorted(json.dumps(x, sort_keys=True) for x in lp), \
+                 'cv': sorted(json.dumps(x, sort_keys=True) for x in cv), 'dep': dep}}))"
+            ),
+        )
+    };
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(store.join(r["entry"].as_str().unwrap()).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let built = manifest["built_at"].as_i64().unwrap();
+    let want_dep = (built + 90 * 86_400) / 60 * 60;
+    let check = |region: &str| {
+        let got = look(region);
+        let lp: Vec<&str> = got["lp"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        for want in [
+            "{\"UserId\": \"444455556666\"}".to_string(),
+            format!("{{\"OrganizationArn\": \"{org}\"}}"),
+            format!("{{\"OrganizationalUnitArn\": \"{ou}\"}}"),
+            "{\"Group\": \"all\"}".to_string(),
+        ] {
+            assert!(lp.contains(&want.as_str()), "{region}: {want} not in {lp:?}");
+        }
+        let cv: Vec<&str> = got["cv"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert_eq!(cv, ["{\"Group\": \"all\"}", "{\"UserId\": \"444455556666\"}"], "{region}");
+        assert_eq!(got["dep"].as_f64().map(|t| t as i64), Some(want_dep), "{region}: {got}");
+    };
+    check("us-east-1");
+    check("eu-west-1");
+
+    // A re-run changes nothing: imgd's count, and every request the proxy saw.
+    let seen = proxy.log(|l| l.requests.len());
+    let (again, _) = support::aws_ok(&proxy.url, &store, "sync", &args);
+    assert_eq!(again["mutating_calls"], 0, "{again}");
+    let read_only = |a: &str| ["Describe", "Get", "List", "HEAD ", "GET "].iter().any(|p| a.starts_with(p));
+    let writes: Vec<String> = proxy.log(|l| l.requests[seen..].iter().filter(|a| !read_only(a)).cloned().collect());
+    assert!(writes.is_empty(), "a re-run wrote: {writes:?}");
+
+    // Someone makes the copy private and lifts its deprecation: the next run
+    // puts both back, with two calls.
+    let copy = r["amis"]["eu-west-1"].as_str().unwrap();
+    support::py_at(
+        &proxy.url,
+        &format!(
+            "c=ec2('eu-west-1')\nc.modify_image_attribute(ImageId='{copy}', LaunchPermission={{'Remove': [{{'Group': 'all'}}]}})\n\
+             c.disable_image_deprecation(ImageId='{copy}')"
+        ),
+    );
+    let (mended, _) = support::aws_ok(&proxy.url, &store, "sync", &args);
+    assert_eq!(mended["mutating_calls"], 2, "{mended}");
+    check("eu-west-1");
+}
+
+/// Who an image is shared with is checked before anything runs: a value of
+/// the wrong shape is an error naming the flag (exit 2), and nothing is made
+/// public except by `--public`.
+#[test]
+fn share_and_deprecation_flags_are_checked_before_any_call() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    // No endpoint is running: a check that let these through would fail differently.
+    let run = |extra: &[&str]| {
+        let mut args = vec!["hello", "--bucket", "imgs", "--regions", "us-east-1"];
+        args.extend(extra);
+        let out = support::aws("http://127.0.0.1:9", &store, "sync", &args);
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    for (extra, flag, says) in [
+        (&["--share", "all"][..], "--share", "--public"),
+        (&["--share", "12345"][..], "--share", "12-digit"),
+        (&["--share-org", "o-abcdefghij"][..], "--share-org", "organization ARN"),
+        (
+            &["--share-org", "arn:aws:organizations::111122223333:ou/o-abcdefghij/ou-ab12-cdefgh34"][..],
+            "--share-org",
+            "organization ARN",
+        ),
+        (&["--share-ou", "arn:aws:organizations::111122223333:organization/o-abcdefghij"][..], "--share-ou", "OU ARN"),
+        (&["--deprecate-in", "1y"][..], "--deprecate-in", "m, h, d or w"),
+        (&["--deprecate-in", "0d"][..], "--deprecate-in", "m, h, d or w"),
+    ] {
+        let (code, err) = run(extra);
+        assert_eq!(code, Some(2), "{extra:?}: {err}");
+        assert!(err.contains(flag) && err.contains(says), "{extra:?}: {err}");
+    }
+    assert!(!store.exists(), "nothing was built");
+}

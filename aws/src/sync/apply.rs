@@ -4,7 +4,7 @@
 //! region's image is waited for until it is available.
 
 use super::plan::{Image, Observed, Plan, Step};
-use super::{Method, Request};
+use super::{Method, Principal, Request};
 use crate::output::SyncResult;
 use crate::{ami, clients::Clients, ebs, import, Counters, Options};
 use anyhow::{bail, Context, Result};
@@ -172,7 +172,9 @@ async fn run_region(
             Image::New => new_id.clone().context("the plan tags or shares an image it did not make"),
         }
     };
-    let mut to_share: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut to_share: BTreeMap<String, Vec<Principal>> = BTreeMap::new();
+    let mut snapshot_to_share: BTreeMap<String, Vec<Principal>> = BTreeMap::new();
+    let mut to_deprecate: BTreeMap<String, i64> = BTreeMap::new();
     for step in steps {
         match step {
             Step::Upload { .. } | Step::Snapshot { .. } => {}
@@ -215,13 +217,32 @@ async fn run_region(
                     new_snapshot = snap.or(new_snapshot);
                 }
             }
-            Step::Share { image, account, .. } => {
-                to_share.entry(id_of(&image, &new_id)?).or_default().push(account);
+            Step::Share { image, principal, .. } => {
+                to_share.entry(id_of(&image, &new_id)?).or_default().push(principal);
+            }
+            Step::ShareSnapshot { image, principal, .. } => {
+                let snap = match &image {
+                    Image::New => new_snapshot.clone(),
+                    Image::Existing(_) => known.as_ref().and_then(|k| k.snapshot.clone()),
+                };
+                let snap = snap.context("sharing the snapshot of an image whose snapshot is not known")?;
+                snapshot_to_share.entry(snap).or_default().push(principal);
+            }
+            Step::Deprecate { image, at, .. } => {
+                to_deprecate.insert(id_of(&image, &new_id)?, at);
             }
         }
     }
-    for (id, accounts) in &to_share {
-        ami::share(ec2, id, accounts, &job.counters).await?;
+    // The snapshot first: an image shared before its (encrypted) snapshot
+    // is one the other account sees but cannot launch yet.
+    for (snap, to) in &snapshot_to_share {
+        ami::share_snapshot(ec2, snap, to, &job.counters).await?;
+    }
+    for (id, to) in &to_share {
+        ami::share(ec2, id, to, &job.counters).await?;
+    }
+    for (id, at) in &to_deprecate {
+        ami::deprecate(ec2, id, *at, &job.counters).await?;
     }
     let (id, snap) = match (new_id, known) {
         (Some(id), _) => (id, new_snapshot),

@@ -13,6 +13,11 @@ pub use apply::apply;
 pub use observe::observe;
 pub use plan::{plan, Observed, Plan, Step};
 
+/// Whole minutes: what AWS keeps of a deprecation time.
+pub fn to_minute(secs: i64) -> i64 {
+    secs - secs.rem_euclid(60)
+}
+
 use crate::output::SyncResult;
 use crate::s3::Location;
 use crate::{clients::Clients, Counters, Entry, Options};
@@ -28,6 +33,71 @@ pub enum Method {
     Import,
 }
 
+/// Someone an image is shared with.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Principal {
+    /// A 12-digit AWS account id.
+    Account(String),
+    /// An AWS Organizations organization, by ARN.
+    Organization(String),
+    /// An organizational unit, by ARN.
+    OrganizationalUnit(String),
+    /// Everyone (`--public`, never implied).
+    Public,
+}
+
+impl Principal {
+    /// For plans and logs.
+    pub fn label(&self) -> String {
+        match self {
+            Principal::Account(a) => format!("account {a}"),
+            Principal::Organization(a) => format!("organization {a}"),
+            Principal::OrganizationalUnit(a) => format!("OU {a}"),
+            Principal::Public => "everyone (public)".into(),
+        }
+    }
+
+    /// Whether a snapshot can be shared with it too: create-volume
+    /// permission names accounts or `all`, never organizations or OUs
+    /// (there, launch permission is what AWS offers).
+    pub fn shares_snapshots(&self) -> bool {
+        matches!(self, Principal::Account(_) | Principal::Public)
+    }
+}
+
+/// A deprecation time for every copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deprecation {
+    /// Unix seconds (AWS keeps whole minutes).
+    pub at: i64,
+    /// The build is older than the duration asked for, so `at` is the next
+    /// minute instead (AWS refuses times in the past): a copy already
+    /// deprecated by then is left as it is.
+    pub or_earlier: bool,
+}
+
+impl Deprecation {
+    /// `DURATION` after `built_at`, or in a minute if that has passed.
+    pub fn after(built_at: i64, duration_secs: i64, now: i64) -> Deprecation {
+        let at = to_minute(built_at.saturating_add(duration_secs));
+        let soonest = to_minute(now) + 120;
+        if at >= soonest {
+            Deprecation { at, or_earlier: false }
+        } else {
+            Deprecation { at: soonest, or_earlier: true }
+        }
+    }
+
+    /// Whether an image deprecated at `have` (if at all) needs no change.
+    pub fn satisfied_by(&self, have: Option<i64>) -> bool {
+        match have.map(to_minute) {
+            Some(t) if self.or_earlier => t <= self.at,
+            Some(t) => t == to_minute(self.at),
+            None => false,
+        }
+    }
+}
+
 /// What to sync and where.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -40,8 +110,11 @@ pub struct Request {
     /// Every other region that needs a copy.
     pub others: Vec<String>,
     pub method: Method,
-    /// Accounts to grant launch permission.
-    pub share: Vec<String>,
+    /// Who may launch the image (and, where AWS allows it, create volumes
+    /// from its snapshot).
+    pub share: Vec<Principal>,
+    /// When every copy of the image is deprecated (`--deprecate-in`).
+    pub deprecate: Option<Deprecation>,
     /// Encrypt the snapshot and the copies with this KMS key.
     pub kms_key: Option<String>,
     /// How long to wait for each AMI (and an import) to become available.

@@ -1,5 +1,6 @@
 //! What exists for a sync: objects with the entry's SHA-256s, the image named
-//! for the build in each region (its tags and launch permissions), and a
+//! for the build in each region (its tags, launch and create-volume
+//! permissions, deprecation time), and a
 //! snapshot a failed run left. Only describe/list/head calls.
 
 use super::plan::{ImageState, Observed};
@@ -19,11 +20,17 @@ pub async fn observe(clients: &Clients, req: &Request) -> Result<Observed> {
     for region in req.regions() {
         let (ec2, region, name, tags) = (clients.ec2(region), region.to_string(), name.clone(), tags.clone());
         let sharing = !req.share.is_empty();
+        let snapshots = req.share.iter().any(|p| p.shares_snapshots());
         tasks.push(tokio::spawn(async move {
             let image = match ami::find(&ec2, &name).await? {
                 Some(f) => Some(ImageState {
                     tagged: ami::has_tags(&ec2, &f.id, &tags).await?,
                     shared_with: if sharing { ami::shared_with(&ec2, &f.id).await? } else { Default::default() },
+                    snapshot_shared_with: match (&f.snapshot, snapshots) {
+                        (Some(s), true) => ami::snapshot_shared_with(&ec2, s).await?,
+                        _ => Default::default(),
+                    },
+                    deprecation: f.deprecation,
                     id: f.id,
                     snapshot: f.snapshot,
                 }),

@@ -1,7 +1,7 @@
 //! The sync plan: a pure function of what exists ([`Observed`]) and what is
 //! wanted ([`super::Request`]). No AWS calls here, so every case is a unit test.
 
-use super::{Method, Request};
+use super::{Method, Principal, Request};
 use crate::output::Row;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,8 +24,12 @@ pub struct ImageState {
     pub snapshot: Option<String>,
     /// It carries every imgd tag.
     pub tagged: bool,
-    /// Accounts that may launch it (looked up only when sharing is asked for).
-    pub shared_with: BTreeSet<String>,
+    /// Who may launch it (looked up only when sharing is asked for).
+    pub shared_with: BTreeSet<Principal>,
+    /// Who may create volumes from its snapshot (accounts and public only).
+    pub snapshot_shared_with: BTreeSet<Principal>,
+    /// Its deprecation time (Unix seconds), if one is set.
+    pub deprecation: Option<i64>,
 }
 
 /// The image a step acts on: one that exists, or the one the plan makes.
@@ -65,7 +69,20 @@ pub enum Step {
     Share {
         region: String,
         image: Image,
-        account: String,
+        principal: Principal,
+    },
+    /// Create-volume permission on the image's snapshot, so a shared
+    /// (encrypted) image can be copied and its volumes made elsewhere.
+    ShareSnapshot {
+        region: String,
+        image: Image,
+        principal: Principal,
+    },
+    /// The deprecation time, on this copy (CopyImage copies none).
+    Deprecate {
+        region: String,
+        image: Image,
+        at: i64,
     },
 }
 
@@ -78,7 +95,9 @@ impl Step {
             | Step::Register { region, .. }
             | Step::Copy { region, .. }
             | Step::Tag { region, .. }
-            | Step::Share { region, .. } => Some(region),
+            | Step::Share { region, .. }
+            | Step::ShareSnapshot { region, .. }
+            | Step::Deprecate { region, .. } => Some(region),
         }
     }
 }
@@ -113,9 +132,19 @@ impl Plan {
                 Step::Tag { region, image: i } => {
                     Row::new("tag", region, &format!("{} with imgd:profile, imgd:hash, imgd:built-at", image(i)))
                 }
-                Step::Share { region, image: i, account } => {
-                    Row::new("share", region, &format!("{} with {account}", image(i)))
+                Step::Share { region, image: i, principal } => {
+                    Row::new("share", region, &format!("{} with {}", image(i), principal.label()))
                 }
+                Step::ShareSnapshot { region, image: i, principal } => Row::new(
+                    "share-snapshot",
+                    region,
+                    &format!("the snapshot of {} with {} (create volumes)", image(i), principal.label()),
+                ),
+                Step::Deprecate { region, image: i, at } => Row::new(
+                    "deprecate",
+                    region,
+                    &format!("{} at {}", image(i), crate::ami::iso8601(u64::try_from(*at).unwrap_or(0))),
+                ),
             })
             .collect()
     }
@@ -139,13 +168,7 @@ pub fn plan(seen: &Observed, req: &Request) -> Plan {
                 if !img.tagged {
                     steps.push(Step::Tag { region: region.clone(), image: existing.clone() });
                 }
-                for account in req.share.iter().filter(|a| !img.shared_with.contains(*a)) {
-                    steps.push(Step::Share {
-                        region: region.clone(),
-                        image: existing.clone(),
-                        account: account.clone(),
-                    });
-                }
+                settle(&mut steps, &region, &existing, Some(img), req);
             }
             None => {
                 if region == req.home {
@@ -158,19 +181,39 @@ pub fn plan(seen: &Observed, req: &Request) -> Plan {
                     steps.push(Step::Copy { region: region.clone(), name: name.clone(), from });
                 }
                 steps.push(Step::Tag { region: region.clone(), image: Image::New });
-                for account in &req.share {
-                    steps.push(Step::Share { region: region.clone(), image: Image::New, account: account.clone() });
-                }
+                settle(&mut steps, &region, &Image::New, None, req);
             }
         }
     }
     Plan { steps }
 }
 
+/// Sharing and deprecation for one image: what `req` asks that `seen`
+/// (None: a new image) lacks. Every copy gets them; nothing is inherited.
+fn settle(steps: &mut Vec<Step>, region: &str, image: &Image, seen: Option<&ImageState>, req: &Request) {
+    let region = region.to_string();
+    for p in &req.share {
+        if !seen.is_some_and(|s| s.shared_with.contains(p)) {
+            steps.push(Step::Share { region: region.clone(), image: image.clone(), principal: p.clone() });
+        }
+    }
+    for p in req.share.iter().filter(|p| p.shares_snapshots()) {
+        if !seen.is_some_and(|s| s.snapshot_shared_with.contains(p)) {
+            steps.push(Step::ShareSnapshot { region: region.clone(), image: image.clone(), principal: p.clone() });
+        }
+    }
+    if let Some(d) = req.deprecate {
+        if !d.satisfied_by(seen.and_then(|s| s.deprecation)) {
+            steps.push(Step::Deprecate { region, image: image.clone(), at: d.at });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::s3::Location;
+    use crate::sync::Deprecation;
     use crate::{Arch, BootMode, Entry, File, Machine};
 
     fn request(regions: &[&str], share: &[&str]) -> Request {
@@ -193,7 +236,8 @@ mod tests {
             home: regions[0].to_string(),
             others: regions[1..].iter().map(|r| r.to_string()).collect(),
             method: Method::EbsDirect,
-            share: share.iter().map(|s| s.to_string()).collect(),
+            share: share.iter().map(|s| Principal::Account(s.to_string())).collect(),
+            deprecate: None,
             kms_key: None,
             wait: std::time::Duration::from_secs(1),
             poll: std::time::Duration::from_secs(1),
@@ -205,8 +249,14 @@ mod tests {
             id: id.into(),
             snapshot: Some(format!("snap-{id}")),
             tagged,
-            shared_with: shared.iter().map(|s| s.to_string()).collect(),
+            shared_with: shared.iter().map(|s| Principal::Account(s.to_string())).collect(),
+            snapshot_shared_with: shared.iter().map(|s| Principal::Account(s.to_string())).collect(),
+            deprecation: None,
         })
+    }
+
+    fn acct(a: &str) -> Principal {
+        Principal::Account(a.into())
     }
 
     fn actions(p: &Plan) -> Vec<(String, String)> {
@@ -224,9 +274,11 @@ mod tests {
             ("register", "us-east-1"),
             ("tag", "us-east-1"),
             ("share", "us-east-1"),
+            ("share-snapshot", "us-east-1"),
             ("copy", "eu-west-1"),
             ("tag", "eu-west-1"),
             ("share", "eu-west-1"),
+            ("share-snapshot", "eu-west-1"),
         ];
         assert_eq!(actions(&p), want.map(|(a, b)| (a.to_string(), b.to_string())));
         assert_eq!(p.steps[0], Step::Upload { file: 0, key: format!("fleet/{}/disk.raw", req.entry.name), size: 10 });
@@ -269,13 +321,20 @@ mod tests {
                 Step::Share {
                     region: "us-east-1".into(),
                     image: Image::Existing("ami-1".into()),
-                    account: "444455556666".into()
+                    principal: acct("444455556666")
+                },
+                Step::ShareSnapshot {
+                    region: "us-east-1".into(),
+                    image: Image::Existing("ami-1".into()),
+                    principal: acct("444455556666")
                 },
                 Step::Tag { region: "eu-west-1".into(), image: Image::Existing("ami-2".into()) },
                 Step::Copy { region: "ap-south-1".into(), name: req.image_name(), from: "us-east-1".into() },
                 Step::Tag { region: "ap-south-1".into(), image: Image::New },
-                Step::Share { region: "ap-south-1".into(), image: Image::New, account: "111122223333".into() },
-                Step::Share { region: "ap-south-1".into(), image: Image::New, account: "444455556666".into() },
+                Step::Share { region: "ap-south-1".into(), image: Image::New, principal: acct("111122223333") },
+                Step::Share { region: "ap-south-1".into(), image: Image::New, principal: acct("444455556666") },
+                Step::ShareSnapshot { region: "ap-south-1".into(), image: Image::New, principal: acct("111122223333") },
+                Step::ShareSnapshot { region: "ap-south-1".into(), image: Image::New, principal: acct("444455556666") },
             ]
         );
     }
@@ -303,5 +362,78 @@ mod tests {
                 Step::Tag { region: "us-east-1".into(), image: Image::New },
             ]
         );
+    }
+
+    #[test]
+    fn organizations_ous_and_public_are_shared_on_every_copy_and_snapshots_where_aws_allows() {
+        let org = Principal::Organization("arn:aws:organizations::111122223333:organization/o-abcdefghij".into());
+        let ou = Principal::OrganizationalUnit(
+            "arn:aws:organizations::111122223333:ou/o-abcdefghij/ou-ab12-cdefgh34".into(),
+        );
+        let mut req = request(&["us-east-1", "eu-west-1"], &[]);
+        req.share = vec![org.clone(), ou.clone(), Principal::Public];
+        let p = plan(&Observed { uploaded: vec![true, true], ..Default::default() }, &req);
+        for region in ["us-east-1", "eu-west-1"] {
+            let here: Vec<&Step> = p.steps.iter().filter(|s| s.region() == Some(region)).collect();
+            for who in [&org, &ou, &Principal::Public] {
+                assert!(here.iter().any(|s| matches!(s, Step::Share { principal, .. } if principal == who)), "{who:?}");
+            }
+            // Create-volume permission names accounts or `all` only.
+            let snaps: Vec<&Principal> = here
+                .iter()
+                .filter_map(|s| match s {
+                    Step::ShareSnapshot { principal, .. } => Some(principal),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(snaps, vec![&Principal::Public], "{region}");
+        }
+    }
+
+    #[test]
+    fn deprecation_is_set_on_every_copy_and_left_alone_when_it_is_there_to_the_minute() {
+        let mut req = request(&["us-east-1", "eu-west-1"], &[]);
+        req.deprecate = Some(Deprecation { at: 1_900_000_000, or_earlier: false });
+        let mut home = image("ami-1", true, &[]).unwrap();
+        home.deprecation = Some(super::super::to_minute(1_900_000_000) + 30);
+        let mut other = image("ami-2", true, &[]).unwrap();
+        other.deprecation = Some(1_800_000_000);
+        let seen = Observed {
+            uploaded: vec![true, true],
+            snapshot: None,
+            images: [("us-east-1".to_string(), Some(home)), ("eu-west-1".to_string(), Some(other))].into(),
+        };
+        assert_eq!(
+            plan(&seen, &req).steps,
+            vec![Step::Deprecate {
+                region: "eu-west-1".into(),
+                image: Image::Existing("ami-2".into()),
+                at: 1_900_000_000
+            }]
+        );
+        // Someone removed it: the next run sets it again; a new copy gets it too.
+        let mut seen = seen;
+        seen.images.insert("us-east-1".into(), image("ami-1", true, &[]));
+        seen.images.insert("eu-west-1".into(), None);
+        let steps = plan(&seen, &req).steps;
+        assert!(steps.contains(&Step::Deprecate {
+            region: "us-east-1".into(),
+            image: Image::Existing("ami-1".into()),
+            at: 1_900_000_000
+        }));
+        assert!(steps.contains(&Step::Deprecate { region: "eu-west-1".into(), image: Image::New, at: 1_900_000_000 }));
+    }
+
+    #[test]
+    fn an_old_build_is_deprecated_in_a_minute_and_then_left_alone() {
+        let now = 2_000_000_000;
+        let d = Deprecation::after(1_000_000_000, 90 * 86_400, now);
+        assert!(d.or_earlier && d.at > now && d.at % 60 == 0);
+        assert!(d.satisfied_by(Some(d.at - 3600)), "already deprecated earlier: kept");
+        assert!(!d.satisfied_by(None));
+        let fresh = Deprecation::after(now, 90 * 86_400, now);
+        assert_eq!(fresh, Deprecation { at: now - now % 60 + 90 * 86_400, or_earlier: false });
+        assert!(!fresh.satisfied_by(Some(fresh.at - 3600)), "another time is corrected");
+        assert!(fresh.satisfied_by(Some(fresh.at + 59)), "AWS keeps minutes");
     }
 }

@@ -43,6 +43,10 @@ enum Command {
     /// Remove old AMIs, their snapshots and S3 entries (a plan unless --yes).
     #[cfg(feature = "aws")]
     Prune(cmd::prune::PruneArgs),
+    /// Point an SSM release channel at a build that exists in every listed
+    /// region (a rollback; a plan unless --yes).
+    #[cfg(feature = "aws")]
+    Promote(cmd::promote::PromoteArgs),
     /// List store entries.
     Ls(cmd::store_cmds::LsArgs),
     /// Re-hash store entries against their manifests.
@@ -90,6 +94,8 @@ fn main() {
         Command::Sync(a) => cmd::sync::run(a),
         #[cfg(feature = "aws")]
         Command::Prune(a) => cmd::prune::run(a),
+        #[cfg(feature = "aws")]
+        Command::Promote(a) => cmd::promote::run(a),
         Command::Ls(a) => cmd::store_cmds::ls(a),
         Command::Verify(a) => cmd::store_cmds::verify(a),
         Command::Gc(a) => cmd::store_cmds::gc(a),

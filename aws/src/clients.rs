@@ -44,4 +44,9 @@ impl Clients {
         let conf = aws_sdk_ebs::config::Builder::from(&self.config).region(Region::new(region.to_string())).build();
         aws_sdk_ebs::Client::from_conf(conf)
     }
+
+    pub fn ssm(&self, region: &str) -> aws_sdk_ssm::Client {
+        let conf = aws_sdk_ssm::config::Builder::from(&self.config).region(Region::new(region.to_string())).build();
+        aws_sdk_ssm::Client::from_conf(conf)
+    }
 }

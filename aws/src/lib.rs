@@ -18,10 +18,12 @@ pub mod clients;
 pub mod ebs;
 pub mod import;
 pub mod output;
+pub mod promote;
 pub mod prune;
 pub mod regions;
 pub mod retry;
 pub mod s3;
+pub mod ssm;
 pub mod sync;
 
 use std::path::PathBuf;

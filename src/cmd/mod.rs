@@ -4,6 +4,8 @@ pub mod build;
 pub mod fetch;
 pub mod lock;
 #[cfg(feature = "aws")]
+pub mod promote;
+#[cfg(feature = "aws")]
 pub mod prune;
 pub mod run;
 pub mod serve;

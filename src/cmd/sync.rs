@@ -30,7 +30,7 @@ pub struct SyncArgs {
     pub regions: Vec<String>,
     /// Only upload the build to S3 (an iPXE mirror for --artifact-base-url, or
     /// a cache fill): no snapshot, no AMI.
-    #[arg(long, conflicts_with_all = ["regions", "home_region", "share", "share_org", "share_ou", "public", "deprecate_in", "kms_key", "tfvars"])]
+    #[arg(long, conflicts_with_all = ["regions", "home_region", "share", "share_org", "share_ou", "public", "deprecate_in", "ssm_parameter", "kms_key", "tfvars"])]
     pub s3_only: bool,
     /// Where the AMI is registered first (default: the first region).
     #[arg(long)]
@@ -56,6 +56,11 @@ pub struct SyncArgs {
     /// `45m` (a build older than that: in a minute).
     #[arg(long, value_name = "DURATION")]
     pub deprecate_in: Option<String>,
+    /// Point this SSM parameter (in each region) at the region's AMI once it
+    /// is available, tagged and shared: a release channel launch templates
+    /// resolve with `resolve:ssm:NAME`. Type String, data type aws:ec2:image.
+    #[arg(long, value_name = "NAME")]
+    pub ssm_parameter: Option<String>,
     /// Encrypt the snapshot and the copies with this KMS key.
     #[arg(long)]
     pub kms_key: Option<String>,
@@ -185,6 +190,9 @@ pub fn run(a: &SyncArgs) -> Result<()> {
     let to = a.bucket.location()?;
     check_regions(&a.regions)?;
     let share = principals(a)?;
+    if let Some(p) = &a.ssm_parameter {
+        imgd_aws::ssm::check_name(p).map_err(|e| ConfigError::new("--ssm-parameter", format!("{e:#}")))?;
+    }
     let deprecate_in = a
         .deprecate_in
         .as_deref()
@@ -219,6 +227,7 @@ pub fn run(a: &SyncArgs) -> Result<()> {
             imgd_aws::sync::Deprecation::after(built, secs, i64::try_from(now).unwrap_or(i64::MAX))
         }),
         share,
+        ssm_parameter: a.ssm_parameter.clone(),
         kms_key: a.kms_key.clone(),
         wait: Duration::from_secs(a.wait),
         poll: Duration::from_secs(a.poll.max(1)),

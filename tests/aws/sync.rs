@@ -461,3 +461,111 @@ fn share_and_deprecation_flags_are_checked_before_any_call() {
     }
     assert!(!store.exists(), "nothing was built");
 }
+
+/// An SSM release channel: sync publishes each region's AMI in the
+/// parameter (data type aws:ec2:image), a re-run leaves it, a newer build
+/// moves it, `imgd promote` moves it back in every region (a plan first),
+/// and a build missing from one region is refused with nothing changed.
+#[test]
+fn the_ssm_channel_follows_sync_and_promote_rolls_it_back_everywhere_or_nowhere() {
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let param = "/fleet/hello/ami";
+    let sync = |regions: &str, host: &str| {
+        let set = format!("hostname={host}");
+        let args = ["hello", "--bucket", "imgs", "--regions", regions, "--ssm-parameter", param, "--set", set.as_str()];
+        moto.sync(&store, &args).0
+    };
+    let channel = |region: &str| {
+        moto.py(&format!(
+            "c=boto3.client('ssm', region_name='{region}', **kw)\n\
+             p=c.get_parameter(Name='{param}')['Parameter']\nprint(json.dumps([p['Value'], p.get('DataType')]))"
+        ))
+    };
+    let a = sync("us-east-1,eu-west-1", "a");
+    for r in ["us-east-1", "eu-west-1"] {
+        assert_eq!(channel(r), serde_json::json!([a["amis"][r], "aws:ec2:image"]), "{r}");
+    }
+    assert_eq!(sync("us-east-1,eu-west-1", "a")["mutating_calls"], 0, "a re-run publishes nothing");
+    let b = sync("us-east-1,eu-west-1", "b");
+    assert_ne!(a["hash"], b["hash"]);
+    for r in ["us-east-1", "eu-west-1"] {
+        assert_eq!(channel(r)[0], b["amis"][r], "{r}: the channel follows the newest sync");
+    }
+
+    // Roll back to a: the plan first (nothing changes), then --yes.
+    let to = &a["hash"].as_str().unwrap()[..12];
+    let promote = |to: &str, yes: bool| {
+        let mut args = vec!["hello", "--to", to, "--ssm-parameter", param, "--regions", "us-east-1,eu-west-1"];
+        if yes {
+            args.push("--yes");
+        }
+        support::aws(&moto.url, &store, "promote", &args)
+    };
+    let plan = promote(to, false);
+    assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(plan["plan"].as_array().unwrap().len(), 2, "{plan}");
+    assert_eq!(plan["mutating_calls"], 0);
+    assert_eq!(channel("us-east-1")[0], b["amis"]["us-east-1"], "a plan changes nothing");
+    let done: Value = serde_json::from_slice(&promote(to, true).stdout).unwrap();
+    assert_eq!(done["mutating_calls"], 2, "{done}");
+    for r in ["us-east-1", "eu-west-1"] {
+        assert_eq!(channel(r)[0], a["amis"][r], "{r}: rolled back");
+    }
+    let again: Value = serde_json::from_slice(&promote(to, true).stdout).unwrap();
+    assert_eq!(again["mutating_calls"], 0, "{again}");
+
+    // A build in one region only: refused, no region moved.
+    let c = sync("us-east-1", "c");
+    let out = promote(c["entry"].as_str().unwrap(), true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("eu-west-1") && err.contains("nothing changed"), "{err}");
+    assert_eq!(channel("us-east-1")[0], c["amis"]["us-east-1"], "sync c moved us-east-1 itself");
+    assert_eq!(channel("eu-west-1")[0], a["amis"]["eu-west-1"], "eu-west-1 untouched");
+}
+
+/// prune keeps what a release channel names: after a rollback to an older
+/// build, `--keep 1` keeps the newest and the one the SSM parameter points
+/// at, and says why.
+#[test]
+fn prune_keeps_the_ami_a_release_channel_points_at() {
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let param = "/fleet/hello/ami";
+    let sync = |host: &str| {
+        let set = format!("hostname={host}");
+        moto.sync(
+            &store,
+            &["hello", "--bucket", "imgs", "--regions", "us-east-1", "--ssm-parameter", param, "--set", &set],
+        )
+        .0
+    };
+    let (a, _b, c) = (sync("a"), sync("b"), sync("c"));
+    let to = &a["hash"].as_str().unwrap()[..12];
+    let args = ["hello", "--to", to, "--ssm-parameter", param, "--regions", "us-east-1", "--yes"];
+    assert!(support::aws(&moto.url, &store, "promote", &args).status.success());
+    let (r, _) = support::aws_ok(
+        &moto.url,
+        &store,
+        "prune",
+        &["--bucket", "imgs", "--regions", "us-east-1", "--keep", "1", "--yes"],
+    );
+    let left = moto.images("us-east-1");
+    let name = |v: &Value| v["name"].as_str().unwrap().to_string();
+    assert_eq!(
+        left,
+        {
+            let mut v = vec![name(&a), name(&c)];
+            v.sort();
+            v
+        },
+        "{r}"
+    );
+    assert!(r.to_string().contains(&format!("SSM parameter {param}")), "the plan says why: {r}");
+}

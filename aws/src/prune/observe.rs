@@ -1,5 +1,6 @@
 //! What exists for a prune: imgd-tagged images and snapshots in every region,
-//! what launches from which image there (instances, launch templates),
+//! what launches from which image there (instances, launch templates, SSM
+//! parameters of data type aws:ec2:image),
 //! the entry folders under the prefix, open multipart uploads (every listing
 //! paginated), and imgd's metadata on the objects the plan would delete.
 
@@ -12,11 +13,13 @@ pub async fn observe(clients: &Clients, req: &Request) -> Result<Observed> {
     let mut seen = Observed::default();
     for region in &req.regions {
         let ec2 = clients.ec2(region);
-        let r = Region {
-            images: ami::list_images(&ec2).await?,
-            snapshots: ami::list_snapshots(&ec2).await?,
-            in_use: ami::in_use(&ec2).await?,
-        };
+        let mut in_use = ami::in_use(&ec2).await?;
+        // A release channel (imgd's or anyone's) still names it: launch
+        // templates resolving `resolve:ssm:` would break.
+        for (name, image) in crate::ssm::image_parameters(&clients.ssm(region)).await? {
+            in_use.entry(image).or_default().push(format!("SSM parameter {name}"));
+        }
+        let r = Region { images: ami::list_images(&ec2).await?, snapshots: ami::list_snapshots(&ec2).await?, in_use };
         seen.regions.insert(region.clone(), r);
     }
     let s3 = clients.s3();

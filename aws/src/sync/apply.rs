@@ -44,14 +44,18 @@ pub async fn apply(
             snapshot = Some(make_snapshot(clients, &home_ec2, req, method, opts, &job.counters).await?);
         }
     }
-    let home = run_region(&home_ec2, &req.home, known(&req.home), steps_in(&req.home), None, snapshot, &job).await?;
+    let home_ssm = clients.ssm(&req.home);
+    let home =
+        run_region((&home_ec2, &home_ssm), &req.home, known(&req.home), steps_in(&req.home), None, snapshot, &job)
+            .await?;
 
     let mut tasks = Vec::new();
     for region in &req.others {
         let (ec2, region, job, home_id) = (clients.ec2(region), region.clone(), job.clone(), home.0.clone());
+        let ssm = clients.ssm(&region);
         let (image, steps) = (known(&region), steps_in(&region));
         tasks.push(tokio::spawn(async move {
-            let res = run_region(&ec2, &region, image, steps, Some(&home_id), None, &job).await;
+            let res = run_region((&ec2, &ssm), &region, image, steps, Some(&home_id), None, &job).await;
             (region, res)
         }));
     }
@@ -154,7 +158,7 @@ async fn make_snapshot(
 /// the image copies are made from; `snapshot` the one a new home image
 /// registers. Returns the image and its snapshot.
 async fn run_region(
-    ec2: &aws_sdk_ec2::Client,
+    (ec2, ssm): (&aws_sdk_ec2::Client, &aws_sdk_ssm::Client),
     region: &str,
     known: Option<super::plan::ImageState>,
     steps: Vec<Step>,
@@ -175,6 +179,7 @@ async fn run_region(
     let mut to_share: BTreeMap<String, Vec<Principal>> = BTreeMap::new();
     let mut snapshot_to_share: BTreeMap<String, Vec<Principal>> = BTreeMap::new();
     let mut to_deprecate: BTreeMap<String, i64> = BTreeMap::new();
+    let mut publish: Option<String> = None;
     for step in steps {
         match step {
             Step::Upload { .. } | Step::Snapshot { .. } => {}
@@ -231,6 +236,7 @@ async fn run_region(
             Step::Deprecate { image, at, .. } => {
                 to_deprecate.insert(id_of(&image, &new_id)?, at);
             }
+            Step::Publish { parameter, .. } => publish = Some(parameter),
         }
     }
     // The snapshot first: an image shared before its (encrypted) snapshot
@@ -250,5 +256,25 @@ async fn run_region(
         (None, None) => bail!("{region}: the plan made no image here and none exists"),
     };
     ami::wait_available(ec2, &id, region, req.wait, req.poll).await?;
+    if let Some(parameter) = publish {
+        // Checked, not assumed: a channel never points at an image that is
+        // not available, tagged and shared as asked (what launches from it
+        // in another account would fail).
+        anyhow::ensure!(
+            ami::has_tags(ec2, &id, &job.tags).await?,
+            "{region}: {id} lacks imgd's tags; not publishing it"
+        );
+        if !req.share.is_empty() {
+            let shared = ami::shared_with(ec2, &id).await?;
+            let missing: Vec<String> = req.share.iter().filter(|p| !shared.contains(*p)).map(|p| p.label()).collect();
+            anyhow::ensure!(
+                missing.is_empty(),
+                "{region}: {id} is not shared with {}; not publishing it",
+                missing.join(", ")
+            );
+        }
+        crate::ssm::put(ssm, &parameter, &id, &job.counters).await?;
+        tracing::info!(%region, %parameter, image = %id, "published");
+    }
     Ok((id, snap))
 }

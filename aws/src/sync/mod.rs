@@ -115,6 +115,9 @@ pub struct Request {
     pub share: Vec<Principal>,
     /// When every copy of the image is deprecated (`--deprecate-in`).
     pub deprecate: Option<Deprecation>,
+    /// The SSM parameter that names the current AMI in each region
+    /// (`--ssm-parameter`), set once the image there is ready.
+    pub ssm_parameter: Option<String>,
     /// Encrypt the snapshot and the copies with this KMS key.
     pub kms_key: Option<String>,
     /// How long to wait for each AMI (and an import) to become available.

@@ -19,6 +19,7 @@ pub async fn observe(clients: &Clients, req: &Request) -> Result<Observed> {
     let mut tasks = Vec::new();
     for region in req.regions() {
         let (ec2, region, name, tags) = (clients.ec2(region), region.to_string(), name.clone(), tags.clone());
+        let (ssm, parameter) = (clients.ssm(&region), req.ssm_parameter.clone());
         let sharing = !req.share.is_empty();
         let snapshots = req.share.iter().any(|p| p.shares_snapshots());
         tasks.push(tokio::spawn(async move {
@@ -36,18 +37,24 @@ pub async fn observe(clients: &Clients, req: &Request) -> Result<Observed> {
                 }),
                 None => None,
             };
-            anyhow::Ok((region, image))
+            let value = match &parameter {
+                Some(p) => crate::ssm::get(&ssm, p).await?,
+                None => None,
+            };
+            anyhow::Ok((region, image, value))
         }));
     }
     let mut images = std::collections::BTreeMap::new();
+    let mut parameters = std::collections::BTreeMap::new();
     for t in tasks {
-        let (region, image) = t.await??;
-        images.insert(region, image);
+        let (region, image, value) = t.await??;
+        images.insert(region.clone(), image);
+        parameters.insert(region, value);
     }
     let snapshot = match images.get(&req.home) {
         _ if !req.ami => None,
         Some(Some(_)) => None,
         _ => ami::find_snapshot(&clients.ec2(&req.home), &req.entry.hash).await?,
     };
-    Ok(Observed { uploaded, snapshot, images })
+    Ok(Observed { uploaded, snapshot, images, parameters })
 }

@@ -16,6 +16,8 @@ pub struct Observed {
     pub snapshot: Option<String>,
     /// Region -> the image named for this build there, if any.
     pub images: BTreeMap<String, Option<ImageState>>,
+    /// Region -> the SSM parameter's value there (asked only with one).
+    pub parameters: BTreeMap<String, Option<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +86,13 @@ pub enum Step {
         image: Image,
         at: i64,
     },
+    /// The SSM parameter pointed at the image: last, once it is available,
+    /// tagged and shared (checked again just before).
+    Publish {
+        region: String,
+        image: Image,
+        parameter: String,
+    },
 }
 
 impl Step {
@@ -97,7 +106,8 @@ impl Step {
             | Step::Tag { region, .. }
             | Step::Share { region, .. }
             | Step::ShareSnapshot { region, .. }
-            | Step::Deprecate { region, .. } => Some(region),
+            | Step::Deprecate { region, .. }
+            | Step::Publish { region, .. } => Some(region),
         }
     }
 }
@@ -140,6 +150,9 @@ impl Plan {
                     region,
                     &format!("the snapshot of {} with {} (create volumes)", image(i), principal.label()),
                 ),
+                Step::Publish { region, image: i, parameter } => {
+                    Row::new("publish", region, &format!("SSM {parameter} = {}", image(i)))
+                }
                 Step::Deprecate { region, image: i, at } => Row::new(
                     "deprecate",
                     region,
@@ -169,6 +182,11 @@ pub fn plan(seen: &Observed, req: &Request) -> Plan {
                     steps.push(Step::Tag { region: region.clone(), image: existing.clone() });
                 }
                 settle(&mut steps, &region, &existing, Some(img), req);
+                if let Some(name) = &req.ssm_parameter {
+                    if seen.parameters.get(&region).and_then(Option::as_deref) != Some(img.id.as_str()) {
+                        steps.push(Step::Publish { region: region.clone(), image: existing, parameter: name.clone() });
+                    }
+                }
             }
             None => {
                 if region == req.home {
@@ -182,6 +200,9 @@ pub fn plan(seen: &Observed, req: &Request) -> Plan {
                 }
                 steps.push(Step::Tag { region: region.clone(), image: Image::New });
                 settle(&mut steps, &region, &Image::New, None, req);
+                if let Some(name) = &req.ssm_parameter {
+                    steps.push(Step::Publish { region: region.clone(), image: Image::New, parameter: name.clone() });
+                }
             }
         }
     }
@@ -238,6 +259,7 @@ mod tests {
             method: Method::EbsDirect,
             share: share.iter().map(|s| Principal::Account(s.to_string())).collect(),
             deprecate: None,
+            ssm_parameter: None,
             kms_key: None,
             wait: std::time::Duration::from_secs(1),
             poll: std::time::Duration::from_secs(1),
@@ -296,6 +318,7 @@ mod tests {
                 ("eu-west-1".to_string(), image("ami-2", true, &["111122223333"])),
             ]
             .into(),
+            parameters: Default::default(),
         };
         assert_eq!(plan(&seen, &req), Plan::default());
     }
@@ -312,6 +335,7 @@ mod tests {
                 ("ap-south-1".to_string(), None),
             ]
             .into(),
+            parameters: Default::default(),
         };
         let p = plan(&seen, &req);
         assert_eq!(
@@ -353,7 +377,7 @@ mod tests {
     #[test]
     fn a_snapshot_left_by_a_failed_run_is_registered_not_made_again() {
         let req = request(&["us-east-1"], &[]);
-        let seen = Observed { uploaded: vec![true, true], snapshot: Some("snap-9".into()), images: Default::default() };
+        let seen = Observed { uploaded: vec![true, true], snapshot: Some("snap-9".into()), ..Default::default() };
         let p = plan(&seen, &req);
         assert_eq!(
             p.steps,
@@ -402,6 +426,7 @@ mod tests {
             uploaded: vec![true, true],
             snapshot: None,
             images: [("us-east-1".to_string(), Some(home)), ("eu-west-1".to_string(), Some(other))].into(),
+            parameters: Default::default(),
         };
         assert_eq!(
             plan(&seen, &req).steps,
@@ -435,5 +460,37 @@ mod tests {
         assert_eq!(fresh, Deprecation { at: now - now % 60 + 90 * 86_400, or_earlier: false });
         assert!(!fresh.satisfied_by(Some(fresh.at - 3600)), "another time is corrected");
         assert!(fresh.satisfied_by(Some(fresh.at + 59)), "AWS keeps minutes");
+    }
+
+    #[test]
+    fn the_ssm_parameter_is_published_last_and_only_where_it_points_elsewhere() {
+        let mut req = request(&["us-east-1", "eu-west-1", "ap-south-1"], &["111122223333"]);
+        req.ssm_parameter = Some("/fleet/hello".into());
+        let seen = Observed {
+            uploaded: vec![true, true],
+            snapshot: None,
+            images: [
+                ("us-east-1".to_string(), image("ami-1", true, &["111122223333"])),
+                ("eu-west-1".to_string(), image("ami-2", true, &["111122223333"])),
+                ("ap-south-1".to_string(), None),
+            ]
+            .into(),
+            parameters: [
+                ("us-east-1".to_string(), Some("ami-1".to_string())),
+                ("eu-west-1".to_string(), Some("ami-old".to_string())),
+                ("ap-south-1".to_string(), None),
+            ]
+            .into(),
+        };
+        let steps = plan(&seen, &req).steps;
+        let publish =
+            |r: &str, i: Image| Step::Publish { region: r.into(), image: i, parameter: "/fleet/hello".into() };
+        assert!(!steps.iter().any(|s| s.region() == Some("us-east-1")), "{steps:?}");
+        assert_eq!(
+            steps.iter().filter(|s| s.region() == Some("eu-west-1")).collect::<Vec<_>>(),
+            vec![&publish("eu-west-1", Image::Existing("ami-2".into()))]
+        );
+        let new: Vec<&Step> = steps.iter().filter(|s| s.region() == Some("ap-south-1")).collect();
+        assert_eq!(new.last(), Some(&&publish("ap-south-1", Image::New)), "after copy, tag and share: {new:?}");
     }
 }

@@ -156,10 +156,13 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
         if parts.method == hyper::Method::POST && parts.uri.path() == "/" { form(&body) } else { BTreeMap::new() };
     let action = params.get("Action").cloned();
     let upload_part = parts.method == hyper::Method::PUT && parts.uri.query().is_some_and(|q| q.contains("partNumber"));
-    let what = match &action {
-        Some(a) => a.clone(),
-        None if upload_part => format!("UploadPart {}", parts.uri.path()),
-        None => format!("{} {}", parts.method, parts.uri.path()),
+    // JSON-protocol services (SSM) name the action in a header.
+    let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).and_then(|t| t.rsplit('.').next());
+    let what = match (&action, target) {
+        (Some(a), _) => a.clone(),
+        (None, Some(t)) => t.to_string(),
+        (None, None) if upload_part => format!("UploadPart {}", parts.uri.path()),
+        (None, None) => format!("{} {}", parts.method, parts.uri.path()),
     };
     let n = {
         let mut log = st.log.lock().unwrap();

@@ -332,8 +332,8 @@ fn regions_all_is_every_region_the_account_has_enabled() {
     }
 }
 
-/// Sharing with an account, an organization, an OU and everyone, and a
-/// deprecation time: on the home image and on its copy, the snapshot shared
+/// Sharing with an account, an organization, an OU and everyone, a
+/// deprecation time and an SSM channel: on the home image and on its copy, the snapshot shared
 /// with the account and `all` (create-volume permission names nothing else),
 /// all checked with boto3; a re-run makes no mutating call (counted by imgd
 /// and, independently, by the proxy); what someone removed by hand is put
@@ -363,6 +363,8 @@ fn sharing_and_deprecation_reach_every_copy_and_a_rerun_changes_nothing() {
         "--public",
         "--deprecate-in",
         "90d",
+        "--ssm-parameter",
+        "/fleet/hello/ami",
     ];
     let (r, _) = support::aws_ok(&proxy.url, &store, "sync", &args);
     let look = |region: &str| {
@@ -412,6 +414,9 @@ fn sharing_and_deprecation_reach_every_copy_and_a_rerun_changes_nothing() {
     let read_only = |a: &str| ["Describe", "Get", "List", "HEAD ", "GET "].iter().any(|p| a.starts_with(p));
     let writes: Vec<String> = proxy.log(|l| l.requests[seen..].iter().filter(|a| !read_only(a)).cloned().collect());
     assert!(writes.is_empty(), "a re-run wrote: {writes:?}");
+    let count = |from: usize, action: &str| proxy.log(|l| l.requests[from..].iter().filter(|a| *a == action).count());
+    assert_eq!(count(0, "PutParameter"), 2, "the channel was published in both regions through the proxy");
+    assert_eq!(count(seen, "GetParameter"), 2, "and read back by the re-run");
 
     // Someone makes the copy private and lifts its deprecation: the next run
     // puts both back, with two calls.

@@ -43,6 +43,65 @@ pub struct Request<'a> {
     pub kms_key: Option<&'a str>,
 }
 
+/// Throttling of one block is waited out by that block alone, with capped
+/// exponential backoff and jitter, however long the snapshot's request rate
+/// is exceeded (the SDK's own retries give up after `--max-attempts` and
+/// share one retry budget across the whole upload): the upload never fails
+/// or starts over for it. Any other error fails the block.
+const THROTTLE_RETRIES: u32 = 40;
+const THROTTLE_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const THROTTLE_CAP: std::time::Duration = std::time::Duration::from_secs(20);
+
+async fn put_block(
+    ebs: &aws_sdk_ebs::Client,
+    id: &str,
+    index: u64,
+    data: Vec<u8>,
+    checksum: &str,
+    counters: &Counters,
+) -> Result<()> {
+    use aws_sdk_ebs::error::ProvideErrorMetadata;
+    let data = bytes::Bytes::from(data);
+    let mut wait = THROTTLE_FIRST;
+    let mut attempt = 0;
+    loop {
+        counters.mutate();
+        let sent = ebs
+            .put_snapshot_block()
+            .snapshot_id(id)
+            .block_index(index as i32)
+            .data_length(BLOCK as i32)
+            .checksum(checksum)
+            .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+            .block_data(ByteStream::from(data.clone()))
+            .send()
+            .await;
+        let err = match sent {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let throttled = matches!(err.code(), Some("ThrottlingException" | "RequestThrottledException"))
+            || err.raw_response().is_some_and(|r| r.status().as_u16() == 429);
+        if !throttled || attempt >= THROTTLE_RETRIES {
+            return Err(err).with_context(|| format!("PutSnapshotBlock {index}"));
+        }
+        counters.throttled.fetch_add(1, Ordering::Relaxed);
+        // Full jitter: blocks throttled together do not come back together.
+        let jitter = rand_fraction(index, attempt);
+        tokio::time::sleep(wait.mul_f64(0.5 + jitter / 2.0)).await;
+        wait = (wait * 2).min(THROTTLE_CAP);
+        attempt += 1;
+    }
+}
+
+/// A fraction in [0, 1) that differs per block and attempt (jitter needs
+/// spread, not secrecy: a hash of the two and the clock).
+fn rand_fraction(index: u64, attempt: u32) -> f64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let h = Sha256::digest(format!("{index}:{attempt}:{nanos}").as_bytes());
+    f64::from(u32::from_le_bytes([h[0], h[1], h[2], h[3]])) / (f64::from(u32::MAX) + 1.0)
+}
+
 pub async fn upload(
     ebs: &aws_sdk_ebs::Client,
     r: &Request<'_>,
@@ -93,17 +152,7 @@ pub async fn upload(
             }
             let digest = Sha256::digest(&data);
             let b64 = base64::engine::general_purpose::STANDARD.encode(digest);
-            counters.mutate();
-            ebs.put_snapshot_block()
-                .snapshot_id(&id)
-                .block_index(index as i32)
-                .data_length(BLOCK as i32)
-                .checksum(&b64)
-                .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
-                .block_data(ByteStream::from(data))
-                .send()
-                .await
-                .with_context(|| format!("PutSnapshotBlock {index}"))?;
+            put_block(&ebs, &id, index, data, &b64, &counters).await?;
             counters.blocks_sent.fetch_add(1, Ordering::Relaxed);
             anyhow::Ok(Some((index, digest.to_vec())))
         }));

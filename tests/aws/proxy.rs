@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex};
 pub struct Faults {
     /// Throttle every Nth request (0: never).
     pub throttle_every: usize,
+    /// Throttle every Nth EBS PutSnapshotBlock, and only those (0: never).
+    pub throttle_blocks_every: usize,
     /// EC2 actions whose first answer is lost after moto acted on it.
     pub lose_first_answer: Vec<&'static str>,
     /// Answer ImportSnapshot as AWS does when the vmimport role is missing.
@@ -38,6 +40,8 @@ pub struct Log {
     /// Every request: the EC2 action, or "METHOD /path" for REST services.
     pub requests: Vec<String>,
     pub throttled: usize,
+    /// PutSnapshotBlock requests seen.
+    pub blocks: usize,
     pub lost: Vec<String>,
     /// Polls of DescribeImportSnapshotTasks.
     pub import_polls: usize,
@@ -174,7 +178,17 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
     };
 
     // Throttle before anything happens.
-    if st.faults.throttle_every > 0 && n % st.faults.throttle_every == 0 {
+    let block = parts.method == hyper::Method::PUT && parts.uri.path().contains("/blocks/");
+    let nth_block = if block {
+        let mut log = st.log.lock().unwrap();
+        log.blocks += 1;
+        log.blocks
+    } else {
+        0
+    };
+    let throttle_block =
+        block && st.faults.throttle_blocks_every > 0 && nth_block % st.faults.throttle_blocks_every == 0;
+    if throttle_block || (st.faults.throttle_every > 0 && n % st.faults.throttle_every == 0) {
         st.log.lock().unwrap().throttled += 1;
         return Ok(match &action {
             Some(_) => ec2_error(StatusCode::SERVICE_UNAVAILABLE, "RequestLimitExceeded", "Request limit exceeded."),

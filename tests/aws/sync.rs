@@ -574,3 +574,29 @@ fn prune_keeps_the_ami_a_release_channel_points_at() {
     );
     assert!(r.to_string().contains(&format!("SSM parameter {param}")), "the plan says why: {r}");
 }
+
+/// EBS direct under a snapshot's request-rate limit: every third block
+/// request is throttled, and the SDK is told not to retry at all
+/// (`--max-attempts 1`); each throttled block waits and is sent again on its
+/// own, the upload neither fails nor starts over, and the snapshot holds
+/// exactly the disk's non-zero blocks.
+#[test]
+fn throttled_blocks_are_waited_out_one_by_one() {
+    use super::proxy::{Faults, Proxy};
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let proxy = Proxy::start(&moto.addr, Faults { throttle_blocks_every: 3, ..Faults::default() });
+    let d = tempfile::tempdir().unwrap();
+    let args = ["hello", "--bucket", "imgs", "--regions", "us-east-1", "--max-attempts", "1"];
+    let (r, _) = support::aws_ok(&proxy.url, &d.path().join("store"), "sync", &args);
+    let (throttled, seen) = proxy.log(|l| (l.throttled, l.blocks));
+    assert!(throttled > 0 && r["throttled"].as_u64() == Some(throttled as u64), "{r} vs {throttled}");
+    let sent = r["blocks_sent"].as_u64().unwrap();
+    assert_eq!(seen as u64, sent + throttled as u64, "each throttled block sent again, nothing more: {r}");
+    assert_eq!(proxy.log(|l| l.requests.iter().filter(|a| a.as_str() == "POST /snapshots").count()), 1, "one snapshot");
+    let snap = r["snapshots"]["us-east-1"].as_str().unwrap();
+    let state = moto.py(&format!(
+        "print(json.dumps(ec2('us-east-1').describe_snapshots(SnapshotIds=['{snap}'])['Snapshots'][0]['State']))"
+    ));
+    assert_eq!(state, "completed");
+}

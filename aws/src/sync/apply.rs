@@ -99,6 +99,7 @@ fn result(
         uploaded_bytes: c.get(&c.uploaded_bytes),
         blocks_sent: c.get(&c.blocks_sent),
         blocks_total: c.get(&c.blocks_total),
+        throttled: c.get(&c.throttled),
     }
 }
 

@@ -203,7 +203,7 @@ fn dry_run_prints_a_plan_and_changes_nothing() {
     }
     assert!(moto.keys("imgs").is_empty() && moto.images("us-east-1").is_empty(), "a dry run changed something");
 
-    // After a real run the plan is empty; with one more account, only the shares.
+    // After a real run the plan is empty; with one more account, only its shares.
     let (r, _) = moto.sync(&store, &base);
     let perms = moto.py(&format!(
         "print(json.dumps([p.get('UserId') for p in ec2('eu-west-1').describe_image_attribute(ImageId='{}', \
@@ -214,7 +214,14 @@ fn dry_run_prints_a_plan_and_changes_nothing() {
     let (p, _) = moto.sync(&store, &[&base[..], &["--dry-run"]].concat());
     assert!(plan_of(&p).is_empty(), "{p}");
     let (p, _) = moto.sync(&store, &[&base[..], &["--share", "210987654321", "--dry-run"]].concat());
-    assert_eq!(plan_of(&p), [("share".into(), "us-east-1".into()), ("share".into(), "eu-west-1".into())], "{p}");
+    // Launch permission on each copy, and create-volume permission on its snapshot.
+    let want = [
+        ("share", "us-east-1"),
+        ("share-snapshot", "us-east-1"),
+        ("share", "eu-west-1"),
+        ("share-snapshot", "eu-west-1"),
+    ];
+    assert_eq!(plan_of(&p), want.map(|(a, r)| (a.to_string(), r.to_string())), "{p}");
 }
 
 #[test]

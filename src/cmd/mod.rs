@@ -117,3 +117,41 @@ impl ProfileArgs {
         Ok(recipe)
     }
 }
+
+/// A span of time on the command line: a positive count and a unit, s, m, h,
+/// d or w (`90d`, `12h`), at most a century. `--deprecate-in` and
+/// `--cache-max-age` both take it.
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
+pub fn duration(s: &str) -> Result<std::time::Duration, String> {
+    let how = || format!("`{}`: use a count and s, m, h, d or w (e.g. 90d)", s.escape_debug());
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().ok().filter(|n| *n > 0).ok_or_else(how)?;
+    let per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(how()),
+    };
+    n.checked_mul(per)
+        .filter(|s| *s <= 100 * 365 * 86_400)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("`{}`: more than a century", s.escape_debug()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations() {
+        let secs = |s| super::duration(s).map(|d| d.as_secs());
+        assert_eq!(secs("90d"), Ok(90 * 86_400));
+        assert_eq!(secs("2w"), Ok(14 * 86_400));
+        assert_eq!(secs("45m"), Ok(2700));
+        assert_eq!(secs("12h"), Ok(43_200));
+        assert_eq!(secs("30s"), Ok(30));
+        for bad in ["", "d", "90", "0d", "-1d", "1y", "1.5d", "d1", "9999999999w", "99999999999999999999d", "1d\n"] {
+            assert!(super::duration(bad).is_err(), "{bad}");
+        }
+    }
+}

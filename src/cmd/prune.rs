@@ -35,7 +35,7 @@ pub struct PruneArgs {
     #[arg(long, value_name = "N")]
     pub cache_keep: Option<usize>,
     /// ...and delete those not written for this long (e.g. 30d, 12h).
-    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    #[arg(long, value_name = "AGE", value_parser = super::duration)]
     pub cache_max_age: Option<Duration>,
     /// Carry the plan out (without it, nothing changes).
     #[arg(long)]
@@ -51,19 +51,6 @@ pub struct PruneArgs {
 }
 
 /// `30d`, `12h`, `90m`, `45s`.
-fn parse_age(s: &str) -> Result<Duration, String> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n.parse().map_err(|_| format!("`{s}`: expected a number and a unit (30d, 12h, 90m)"))?;
-    let secs = match unit {
-        "d" => 86_400,
-        "h" => 3600,
-        "m" => 60,
-        "s" => 1,
-        _ => return Err(format!("`{s}`: the unit is d, h, m or s")),
-    };
-    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(|| format!("`{s}` is too long"))
-}
-
 #[derive(serde::Serialize)]
 struct Report {
     applied: bool,
@@ -129,16 +116,4 @@ fn local_entries(store: &std::path::Path) -> BTreeSet<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn ages_parse_with_units() {
-        assert_eq!(super::parse_age("30d"), Ok(std::time::Duration::from_secs(30 * 86_400)));
-        assert_eq!(super::parse_age("90m"), Ok(std::time::Duration::from_secs(5400)));
-        assert!(super::parse_age("30").is_err());
-        assert!(super::parse_age("d").is_err());
-        assert!(super::parse_age("99999999999999999d").is_err());
-    }
 }

@@ -196,7 +196,7 @@ pub fn run(a: &SyncArgs) -> Result<()> {
     let deprecate_in = a
         .deprecate_in
         .as_deref()
-        .map(|d| duration(d).map_err(|e| ConfigError::new("--deprecate-in", e)))
+        .map(|d| super::duration(d).map(|d| d.as_secs() as i64).map_err(|e| ConfigError::new("--deprecate-in", e)))
         .transpose()?;
     let (_, recipe) = a.profile.loaded()?;
     let disk = a.method.disk();
@@ -321,35 +321,4 @@ fn principals(a: &SyncArgs) -> Result<Vec<Principal>> {
     out.sort();
     out.dedup();
     Ok(out)
-}
-
-/// `90d`, `12h`, `2w`, `45m` in seconds.
-fn duration(s: &str) -> std::result::Result<i64, String> {
-    let (n, unit) = s.split_at(s.len().saturating_sub(1));
-    let n: i64 = n
-        .parse()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("`{}`: use a count and m, h, d or w (e.g. 90d)", s.escape_debug()))?;
-    let per = match unit {
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(format!("`{}`: use a count and m, h, d or w (e.g. 90d)", s.escape_debug())),
-    };
-    n.checked_mul(per).filter(|s| *s <= 100 * 365 * 86_400).ok_or_else(|| format!("`{s}`: more than a century"))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn durations() {
-        assert_eq!(super::duration("90d"), Ok(90 * 86_400));
-        assert_eq!(super::duration("2w"), Ok(14 * 86_400));
-        assert_eq!(super::duration("45m"), Ok(2700));
-        for bad in ["", "d", "90", "0d", "-1d", "1y", "9999999999w"] {
-            assert!(super::duration(bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -58,8 +58,17 @@ pub async fn image_parameters(ssm: &aws_sdk_ssm::Client) -> Result<Vec<(String, 
     while let Some(page) = pages.next().await {
         let page = page.context("DescribeParameters")?;
         for p in page.parameters() {
-            if p.data_type() == Some("aws:ec2:image") {
-                names.extend(p.name().map(str::to_string));
+            if p.data_type() != Some("aws:ec2:image") {
+                continue;
+            }
+            // Names come from AWS and land in the printed plan: only those
+            // SSM itself could have made (no control characters) are used.
+            match p.name() {
+                Some(n) if check_name(n).is_ok() => names.push(n.to_string()),
+                Some(n) => {
+                    tracing::warn!("skipping SSM parameter {:?}: not a valid name", n.escape_debug().to_string())
+                }
+                None => {}
             }
         }
     }

@@ -68,6 +68,13 @@ impl Default for Options {
     }
 }
 
+/// A store file this client may download, and the group that allows it.
+struct Allowed<'s> {
+    entry: &'s crate::store::Entry,
+    art: &'s crate::store::manifest::Artifact,
+    group: &'s str,
+}
+
 /// Why a script or file is not sent; [`Denied::response`] is the answer.
 enum Denied {
     NotFound(String),
@@ -420,7 +427,7 @@ impl Server {
             },
             Route::Artifact { entry, file, .. } => {
                 let (path, size) = match self.allowed_file(state, client, &entry, &file) {
-                    Ok((e, art)) => (e.path.join(art.file.as_str()), art.size),
+                    Ok(a) => (a.entry.path.join(a.art.file.as_str()), a.art.size),
                     Err(d) => return d.response(),
                 };
                 signer.file(path, size).await
@@ -449,15 +456,15 @@ impl Server {
         client: IpAddr,
         entry: &EntryName,
         file: &ArtifactFile,
-    ) -> Result<(&'s crate::store::Entry, &'s crate::store::manifest::Artifact), Denied> {
+    ) -> Result<Allowed<'s>, Denied> {
         let not_found = || Denied::NotFound("not found".into());
         let Some(e) = state.entries.get(entry.as_str()) else { return Err(not_found()) };
         let Some(art) = e.manifest.file(file.as_str()) else { return Err(not_found()) };
-        if state.download_group(client, &e.name, art).is_none() {
+        let Some(group) = state.download_group(client, &e.name, art) else {
             tracing::info!(%client, "refused: {}/{} is not for this client", e.name, art.file);
             return Err(Denied::Forbidden);
-        }
-        Ok((e, art))
+        };
+        Ok(Allowed { entry: e, art, group })
     }
 
     async fn artifact(
@@ -469,11 +476,10 @@ impl Server {
         cond: &Conditions,
         head: bool,
     ) -> Response<Body> {
-        let (e, art) = match self.allowed_file(state, client, entry, file) {
+        let Allowed { entry: e, art, group } = match self.allowed_file(state, client, entry, file) {
             Ok(found) => found,
             Err(d) => return d.response(),
         };
-        let group = state.download_group(client, &e.name, art).unwrap_or("?");
         if !head {
             let step = format!("{:?}", art.name).to_lowercase();
             tracing::info!(step = %step, source = %client, group = %group, entry = %e.name, file = %art.file, "boot step");

@@ -52,21 +52,63 @@ fn parse_time(s: &str) -> Option<i64> {
     aws_smithy_types::DateTime::from_str(s, aws_smithy_types::date_time::Format::DateTime).ok().map(|t| t.secs())
 }
 
-/// A completed snapshot of ours carrying tag `imgd:hash` = `hash` (left by a run
-/// that failed after the upload).
-pub async fn find_snapshot(ec2: &aws_sdk_ec2::Client, hash: &str) -> Result<Option<String>> {
-    let out = ec2
+/// A snapshot of ours tagged with a build's hash that no image uses yet: left
+/// by a run that died after StartSnapshot (pending or, once EBS has cancelled
+/// it, error) or after the upload (completed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftSnapshot {
+    pub id: String,
+    pub state: LeftState,
+    pub encrypted: bool,
+    pub kms_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftState {
+    Pending,
+    Completed,
+    /// Cancelled by EBS (a snapshot nobody completed within its timeout) or failed.
+    Error,
+}
+
+/// A snapshot id as EC2 writes it; ids from AWS name local journal files,
+/// so anything else is refused where it enters.
+pub fn valid_snapshot_id(id: &str) -> bool {
+    id.strip_prefix("snap-").is_some_and(|h| (8..=32).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Every snapshot of ours carrying tag `imgd:hash` = `hash`, oldest first.
+pub async fn left_snapshots(ec2: &aws_sdk_ec2::Client, hash: &str) -> Result<Vec<LeftSnapshot>> {
+    let mut found: Vec<(i64, LeftSnapshot)> = Vec::new();
+    let mut pages = ec2
         .describe_snapshots()
         .owner_ids("self")
         .filters(Filter::builder().name("tag:imgd:hash").values(hash).build())
-        .send()
-        .await
-        .context("DescribeSnapshots")?;
-    Ok(out
-        .snapshots()
-        .iter()
-        .find(|s| s.state().map(|x| x.as_str()) == Some("completed"))
-        .and_then(|s| s.snapshot_id().map(str::to_string)))
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        for s in page.context("DescribeSnapshots")?.snapshots() {
+            let Some(id) = s.snapshot_id().filter(|id| valid_snapshot_id(id)) else {
+                tracing::warn!("skipping a snapshot with an id EC2 would not make: {:?}", s.snapshot_id());
+                continue;
+            };
+            let state = match s.state().map(|x| x.as_str()) {
+                Some("completed") => LeftState::Completed,
+                Some("pending") => LeftState::Pending,
+                Some("error") => LeftState::Error,
+                _ => continue, // recoverable/recovering: archive tiers, not ours to touch
+            };
+            let left = LeftSnapshot {
+                id: id.to_string(),
+                state,
+                encrypted: s.encrypted() == Some(true),
+                kms_key: s.kms_key_id().map(str::to_string),
+            };
+            found.push((s.start_time().map_or(0, |t| t.secs()), left));
+        }
+    }
+    found.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
+    Ok(found.into_iter().map(|(_, s)| s).collect())
 }
 
 pub struct Register<'a> {

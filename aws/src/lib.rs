@@ -38,6 +38,8 @@ pub struct Counters {
     pub downloaded_bytes: AtomicU64,
     pub blocks_sent: AtomicU64,
     pub blocks_total: AtomicU64,
+    /// Blocks an interrupted run had sent and a resume did not send again.
+    pub blocks_resumed: AtomicU64,
     /// Requests answered "slow down" and waited out (EBS blocks).
     pub throttled: AtomicU64,
 }

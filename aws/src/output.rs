@@ -21,6 +21,8 @@ pub struct SyncResult {
     pub uploaded_bytes: u64,
     pub blocks_sent: u64,
     pub blocks_total: u64,
+    /// Blocks an interrupted upload had sent, not sent again.
+    pub blocks_resumed: u64,
     /// EBS block requests throttled and waited out.
     pub throttled: u64,
 }

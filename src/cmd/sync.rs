@@ -254,8 +254,12 @@ pub fn run(a: &SyncArgs) -> Result<()> {
         for (r, id) in &result.amis {
             println!("{r}\t{id}");
         }
+        let resumed = match result.blocks_resumed {
+            0 => String::new(),
+            n => format!(" ({n} more sent by an interrupted run)"),
+        };
         eprintln!(
-            "{} mutating call(s), {} byte(s) uploaded, {} of {} blocks sent",
+            "{} mutating call(s), {} byte(s) uploaded, {} of {} blocks sent{resumed}",
             result.mutating_calls, result.uploaded_bytes, result.blocks_sent, result.blocks_total
         );
     }

@@ -3,8 +3,14 @@
 //! Enable/DisableImageDeprecation, with `deprecationTime` added to
 //! DescribeImages' answers) the way AWS does.
 //!
-//! It also mends one way moto's answers differ from S3's (ListParts' root
-//! element), so the SDK can parse them.
+//! It also mends ways moto's answers differ from AWS's, so the SDK can parse
+//! them and imgd sees what AWS would show: ListParts' root element, and EBS
+//! direct snapshots — moto reports one `completed` from StartSnapshot on and
+//! checks nothing, so the proxy keeps each one's state (pending until
+//! CompleteSnapshot, error once "cancelled" with [`Proxy::cancel_snapshot`])
+//! in DescribeSnapshots, refuses blocks for a snapshot that is not pending,
+//! and checks what EBS checks: each block's SHA-256, and at completion the
+//! block count and the LINEAR aggregate of the checksums.
 //!
 //! Faults: every Nth request is throttled before it reaches moto (503 with the
 //! service's throttling code), and the first RegisterImage/CopyImage is
@@ -33,6 +39,8 @@ pub struct Faults {
     pub part_delay_ms: u64,
     /// Flip a byte in the first UploadPart's body (moto stores it anyway).
     pub corrupt_first_part: bool,
+    /// Hold each accepted PutSnapshotBlock this long before answering.
+    pub block_delay_ms: u64,
 }
 
 #[derive(Default)]
@@ -52,6 +60,28 @@ pub struct Log {
     pub checksums_checked: usize,
     /// Those whose body did not match its header (S3 would answer BadDigest).
     pub bad_checksums: Vec<String>,
+    /// EBS direct: snapshot id -> what EBS would hold.
+    pub ebs: BTreeMap<String, EbsSnapshot>,
+    /// Why EBS would refuse a block or a completion (empty when all was right).
+    pub ebs_refused: Vec<String>,
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct EbsSnapshot {
+    pub state: EbsState,
+    /// Block index -> its SHA-256 checksum (base64), as last written.
+    pub blocks: BTreeMap<u64, String>,
+    /// PutSnapshotBlock requests it accepted (a block written twice counts twice).
+    pub puts: usize,
+}
+
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EbsState {
+    #[default]
+    Pending,
+    Completed,
+    /// EBS cancelled it (nobody completed it within its timeout).
+    Error,
 }
 
 struct Task {
@@ -110,6 +140,13 @@ impl Proxy {
 
     pub fn log<T>(&self, f: impl FnOnce(&Log) -> T) -> T {
         f(&self.state.log.lock().unwrap())
+    }
+
+    /// What EBS does to a pending snapshot nobody completes within its
+    /// timeout: it becomes `error` and takes no more blocks.
+    pub fn cancel_snapshot(&self, id: &str) {
+        let mut log = self.state.log.lock().unwrap();
+        log.ebs.get_mut(id).expect("a snapshot the proxy saw started").state = EbsState::Error;
     }
 }
 
@@ -222,6 +259,9 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
             body = Bytes::from(v);
         }
     }
+    if let Some(refused) = ebs_check(&st, &parts, &body) {
+        return Ok(refused);
+    }
     if upload_part && st.faults.part_delay_ms > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(st.faults.part_delay_ms)).await;
     }
@@ -246,6 +286,8 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
         _ => {}
     }
     let describe_images = action.as_deref() == Some("DescribeImages");
+    let describe_snapshots = action.as_deref() == Some("DescribeSnapshots");
+    let ebs_call = ebs_call(&parts);
 
     let list_parts = parts.method == hyper::Method::GET && parts.uri.query().is_some_and(|q| q.contains("uploadId"));
     let mut answer = forward(&st.upstream, parts, body).await;
@@ -255,6 +297,28 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
         p.headers.remove(hyper::header::CONTENT_LENGTH);
         let text = String::from_utf8_lossy(&b.collect().await.unwrap().to_bytes())
             .replace("ListPartsResponse", "ListPartsResult");
+        answer = Response::from_parts(p, Full::new(Bytes::from(text)));
+    }
+    if let Some(call) = ebs_call {
+        answer = ebs_answered(&st, call, answer).await;
+    }
+    if describe_snapshots {
+        // What AWS shows of an EBS direct snapshot: its real state.
+        let (mut p, b) = answer.into_parts();
+        p.headers.remove(hyper::header::CONTENT_LENGTH);
+        let text = String::from_utf8_lossy(&b.collect().await.unwrap().to_bytes()).into_owned();
+        let log = st.log.lock().unwrap();
+        let text = text
+            .split_inclusive("</item>")
+            .map(|item| {
+                let id = between(item, "<snapshotId>", "</snapshotId>").unwrap_or_default();
+                match log.ebs.get(id).map(|s| s.state) {
+                    Some(EbsState::Pending) => item.replace("<status>completed</status>", "<status>pending</status>"),
+                    Some(EbsState::Error) => item.replace("<status>completed</status>", "<status>error</status>"),
+                    _ => item.to_string(),
+                }
+            })
+            .collect::<String>();
         answer = Response::from_parts(p, Full::new(Bytes::from(text)));
     }
     if describe_images {
@@ -275,6 +339,115 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
         }
     }
     Ok(answer)
+}
+
+/// An EBS direct call, from its method and path.
+#[derive(Debug, Clone)]
+enum EbsCall {
+    Start,
+    Put { snapshot: String, index: u64, checksum: String },
+    Complete { snapshot: String, count: Option<usize>, aggregate: Option<String> },
+}
+
+fn ebs_call(parts: &hyper::http::request::Parts) -> Option<EbsCall> {
+    let path = parts.uri.path();
+    let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    match (&parts.method, path.strip_prefix("/snapshots")?) {
+        (&hyper::Method::POST, "") => Some(EbsCall::Start),
+        (&hyper::Method::POST, rest) => Some(EbsCall::Complete {
+            snapshot: rest.strip_prefix("/completion/")?.to_string(),
+            count: header("x-amz-ChangedBlocksCount").and_then(|c| c.parse().ok()),
+            aggregate: header("x-amz-Checksum"),
+        }),
+        (&hyper::Method::PUT, rest) => {
+            let (snapshot, index) = rest.strip_prefix('/')?.split_once("/blocks/")?;
+            let checksum = header("x-amz-Checksum").unwrap_or_default();
+            Some(EbsCall::Put { snapshot: snapshot.to_string(), index: index.parse().ok()?, checksum })
+        }
+        _ => None,
+    }
+}
+
+fn ebs_error(code: &str, message: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(StatusCode::BAD_REQUEST)
+        .header("x-amzn-errortype", code)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(format!("{{\"message\":\"{message}\",\"Reason\":\"INVALID_PARAMETER_VALUE\"}}"))))
+        .unwrap()
+}
+
+/// What EBS refuses before it acts: a block for a snapshot that is not
+/// pending, or whose body is not its checksum.
+fn ebs_check(st: &State, parts: &hyper::http::request::Parts, body: &[u8]) -> Option<Response<Full<Bytes>>> {
+    let Some(EbsCall::Put { snapshot, index, checksum }) = ebs_call(parts) else { return None };
+    let mut log = st.log.lock().unwrap();
+    let state = log.ebs.get(&snapshot).map(|s| s.state);
+    let why = if state != Some(EbsState::Pending) {
+        format!("block {index} for {snapshot}, which is {state:?}, not pending")
+    } else {
+        use base64::Engine;
+        use sha2::Digest;
+        if checksum == base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(body)) {
+            return None;
+        }
+        format!("block {index} of {snapshot}: its checksum is not its body's")
+    };
+    log.ebs_refused.push(why.clone());
+    Some(ebs_error("ValidationException", &why))
+}
+
+/// Keeps what EBS would after moto answered `call`.
+async fn ebs_answered(st: &State, call: EbsCall, answer: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    if !answer.status().is_success() {
+        return answer;
+    }
+    match call {
+        EbsCall::Start => {
+            let (p, b) = answer.into_parts();
+            let bytes = b.collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            let id = v["SnapshotId"].as_str().unwrap().to_string();
+            st.log.lock().unwrap().ebs.insert(id, EbsSnapshot::default());
+            Response::from_parts(p, Full::new(bytes))
+        }
+        EbsCall::Put { snapshot, index, checksum } => {
+            if st.faults.block_delay_ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(st.faults.block_delay_ms)).await;
+            }
+            let mut log = st.log.lock().unwrap();
+            let s = log.ebs.get_mut(&snapshot).unwrap();
+            s.puts += 1;
+            s.blocks.insert(index, checksum);
+            answer
+        }
+        EbsCall::Complete { snapshot, count, aggregate } => {
+            use base64::Engine;
+            use sha2::Digest;
+            let mut log = st.log.lock().unwrap();
+            let s = log.ebs.get_mut(&snapshot).unwrap();
+            let mut agg = sha2::Sha256::new();
+            for sum in s.blocks.values() {
+                agg.update(base64::engine::general_purpose::STANDARD.decode(sum).unwrap_or_default());
+            }
+            let ours = base64::engine::general_purpose::STANDARD.encode(agg.finalize());
+            let why = if s.state != EbsState::Pending {
+                Some(format!("{snapshot}: completed while {:?}", s.state))
+            } else if count != Some(s.blocks.len()) {
+                Some(format!("{snapshot}: ChangedBlocksCount {count:?}, {} blocks written", s.blocks.len()))
+            } else if aggregate.as_deref() != Some(ours.as_str()) {
+                Some(format!("{snapshot}: aggregate checksum {aggregate:?}, blocks give {ours}"))
+            } else {
+                None
+            };
+            s.state = if why.is_some() { EbsState::Error } else { EbsState::Completed };
+            if let Some(why) = why {
+                log.ebs_refused.push(why);
+                return Response::new(Full::new(Bytes::from_static(b"{\"Status\":\"error\"}")));
+            }
+            answer
+        }
+    }
 }
 
 async fn forward(upstream: &str, parts: hyper::http::request::Parts, body: Bytes) -> Response<Full<Bytes>> {

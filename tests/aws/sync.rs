@@ -607,3 +607,179 @@ fn throttled_blocks_are_waited_out_one_by_one() {
     ));
     assert_eq!(state, "completed");
 }
+
+/// Runs `imgd sync args` through `proxy` and kills it (SIGKILL, as a lost
+/// build host would) once its EBS journal records at least `lines` blocks.
+/// Returns the pending snapshot it left.
+fn sync_killed_mid_snapshot(
+    proxy: &super::proxy::Proxy,
+    store: &std::path::Path,
+    args: &[&str],
+    lines: usize,
+) -> String {
+    let mut child = support::test_env(&mut std::process::Command::new(support::imgd()), store)
+        .arg("sync")
+        .args(args)
+        .args(["--endpoint-url", &proxy.url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        assert!(std::time::Instant::now() < end && child.try_wait().unwrap().is_none(), "never saw the blocks");
+        let snap = proxy.log(|l| l.ebs.keys().next().cloned());
+        let recorded = snap
+            .as_ref()
+            .map_or(0, |s| std::fs::read_to_string(journal(s)).map_or(0, |t| t.lines().count().saturating_sub(1)));
+        if recorded >= lines {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return snap.unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The snapshots RegisterImage calls named (moto reports its own snapshot
+/// for an image, so the request is where the truth is).
+fn registered_from(proxy: &super::proxy::Proxy) -> Vec<String> {
+    proxy.log(|l| {
+        l.bodies
+            .iter()
+            .filter(|(a, _)| a == "RegisterImage")
+            .filter_map(|(_, b)| {
+                b.split('&').find_map(|kv| kv.strip_prefix("BlockDeviceMapping.1.Ebs.SnapshotId=")).map(str::to_string)
+            })
+            .collect()
+    })
+}
+
+/// Where imgd keeps a snapshot's block journal (the tests leave IMGD_CACHE as it is).
+fn journal(snapshot: &str) -> std::path::PathBuf {
+    imgd::dirs::cache().join("uploads").join(format!("ebs-{snapshot}.blocks"))
+}
+
+/// Non-zero 512 KiB blocks of the disk: index -> SHA-256 (hex).
+fn nonzero_blocks(raw: &std::path::Path) -> std::collections::BTreeMap<u64, String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(raw).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    let mut buf = vec![0u8; 512 * 1024];
+    for index in 0.. {
+        buf.fill(0);
+        let mut got = 0;
+        while got < buf.len() {
+            match f.read(&mut buf[got..]).unwrap() {
+                0 => break,
+                n => got += n,
+            }
+        }
+        if got == 0 {
+            break;
+        }
+        if buf.iter().any(|b| *b != 0) {
+            out.insert(index, hex::encode(sha2::Sha256::digest(&buf)));
+        }
+    }
+    out
+}
+
+/// A sync killed in the middle of its EBS direct upload leaves a pending
+/// snapshot. The next run plans to resume it, writes to that same snapshot
+/// only the blocks its journal does not name, and completes it: EBS's own
+/// checks (every block's checksum, the block count, the LINEAR aggregate —
+/// enforced by the proxy, moto checks none) pass, and the snapshot's blocks
+/// read back equal the disk's.
+#[test]
+fn an_interrupted_ebs_snapshot_is_finished_by_the_next_run_sending_only_what_is_missing() {
+    use super::proxy::{EbsState, Faults, Proxy};
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let proxy = Proxy::start(&moto.addr, Faults { block_delay_ms: 400, ..Faults::default() });
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let args = ["hello", "--bucket", "imgs", "--regions", "us-east-1"];
+    let snap = sync_killed_mid_snapshot(&proxy, &store, &args, 8);
+    let puts_before = proxy.log(|l| l.ebs[&snap].puts);
+
+    let plan = support::aws_ok(&proxy.url, &store, "sync", &[&args[..], &["--dry-run"]].concat()).0;
+    let snapshot_row = plan["plan"].as_array().unwrap().iter().find(|r| r["action"] == "snapshot").cloned();
+    assert!(snapshot_row.is_some_and(|r| r["what"].as_str().unwrap().contains(&format!("resume {snap}"))), "{plan}");
+
+    let (r, _) = support::aws_ok(&proxy.url, &store, "sync", &args);
+    assert_eq!(registered_from(&proxy), vec![snap.clone()], "the image is made from the finished snapshot");
+    let starts = proxy.log(|l| l.requests.iter().filter(|a| a.as_str() == "POST /snapshots").count());
+    assert_eq!(starts, 1, "no second snapshot was started");
+    let (state, refused, puts_after) = proxy.log(|l| (l.ebs[&snap].state, l.ebs_refused.clone(), l.ebs[&snap].puts));
+    assert_eq!(state, EbsState::Completed);
+    assert!(refused.is_empty(), "EBS would have refused: {refused:?}");
+
+    let entry = r["entry"].as_str().unwrap();
+    let want = nonzero_blocks(&store.join(entry).join("disk.raw"));
+    let (resumed, sent) = (r["blocks_resumed"].as_u64().unwrap(), r["blocks_sent"].as_u64().unwrap());
+    assert!(resumed >= 8 && sent >= 1, "resumed {resumed}, sent {sent}: {r}");
+    assert_eq!(resumed + sent, want.len() as u64, "every non-zero block, once: {r}");
+    assert_eq!((puts_after - puts_before) as u64, sent, "the re-run sent nothing it did not count");
+
+    // Read back through EBS direct (boto3): exactly the disk's non-zero blocks.
+    let got = moto.py(&format!(
+        "import hashlib\n\
+         e = boto3.client('ebs', region_name='us-east-1', **kw)\n\
+         out = {{}}\n\
+         for b in e.list_snapshot_blocks(SnapshotId='{snap}')['Blocks']:\n\
+         \x20   d = e.get_snapshot_block(SnapshotId='{snap}', BlockIndex=b['BlockIndex'], BlockToken=b['BlockToken'])['BlockData'].read()\n\
+         \x20   out[str(b['BlockIndex'])] = hashlib.sha256(d).hexdigest()\n\
+         print(json.dumps(out))"
+    ));
+    let want_json: serde_json::Map<String, Value> =
+        want.iter().map(|(i, h)| (i.to_string(), Value::String(h.clone()))).collect();
+    assert_eq!(got, Value::Object(want_json));
+    assert!(!journal(&snap).exists(), "the journal goes with the finished upload");
+    assert_eq!(moto.images("us-east-1").len(), 1);
+}
+
+/// A pending snapshot EBS cancelled (nobody completed it within its timeout)
+/// can never be finished: the next run deletes it, with its journal, and
+/// makes a new one; the plan says so first.
+#[test]
+fn a_snapshot_ebs_cancelled_is_deleted_and_made_again() {
+    use super::proxy::{EbsState, Faults, Proxy};
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let proxy = Proxy::start(&moto.addr, Faults { block_delay_ms: 400, ..Faults::default() });
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let args = ["hello", "--bucket", "imgs", "--regions", "us-east-1"];
+    let old = sync_killed_mid_snapshot(&proxy, &store, &args, 1);
+    proxy.cancel_snapshot(&old);
+
+    let plan = support::aws_ok(&proxy.url, &store, "sync", &[&args[..], &["--dry-run"]].concat()).0;
+    let rows: Vec<(String, String)> = plan["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["action"].as_str().unwrap().to_string(), r["what"].as_str().unwrap().to_string()))
+        .collect();
+    let del = rows.iter().position(|(a, w)| a == "delete-snapshot" && w.starts_with(&old));
+    let new = rows.iter().position(|(a, w)| a == "snapshot" && !w.contains("resume"));
+    assert!(del.is_some() && new.is_some() && del < new, "{plan}");
+
+    let (r, _) = support::aws_ok(&proxy.url, &store, "sync", &args);
+    let registered = registered_from(&proxy);
+    let snap = registered[0].as_str();
+    assert_ne!(snap, old);
+    assert_eq!(proxy.log(|l| l.ebs.len()), 2, "one new snapshot: {registered:?}");
+    assert_eq!(r["blocks_resumed"], 0, "{r}");
+    assert_eq!(proxy.log(|l| l.ebs[snap].state), EbsState::Completed);
+    assert!(proxy.log(|l| l.ebs_refused.is_empty()), "no block went to the cancelled snapshot");
+    let left = moto.py(&format!(
+        "print(json.dumps([s['SnapshotId'] for s in ec2('us-east-1').describe_snapshots(OwnerIds=['self'])['Snapshots'] if s['SnapshotId'] == '{old}']))"
+    ));
+    assert_eq!(left, serde_json::json!([]), "the cancelled snapshot is gone");
+    assert!(!journal(&old).exists() && !journal(snap).exists());
+    // Done: a re-run changes nothing.
+    let (again, _) = support::aws_ok(&proxy.url, &store, "sync", &args);
+    assert_eq!(again["mutating_calls"], 0, "{again}");
+}

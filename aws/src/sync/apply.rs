@@ -38,10 +38,20 @@ pub async fn apply(
         |region: &str| -> Vec<Step> { plan.steps.iter().filter(|s| s.region() == Some(region)).cloned().collect() };
     let known = |region: &str| seen.images.get(region).cloned().flatten();
     let home_ec2 = clients.ec2(&req.home);
-    let mut snapshot = seen.snapshot.clone();
+    let mut snapshot = None;
     for step in steps_in(&req.home) {
-        if let Step::Snapshot { method, .. } = step {
-            snapshot = Some(make_snapshot(clients, &home_ec2, req, method, opts, &job.counters).await?);
+        match step {
+            Step::DeleteSnapshot { id, .. } => {
+                ami::delete_snapshot(&home_ec2, &id, &job.counters).await?;
+                ebs::journal::forget(&opts.state_dir, &id);
+                tracing::info!(region = %req.home, "deleted {id}, an interrupted upload EBS cancelled");
+            }
+            Step::Snapshot { method, resume, .. } => {
+                let resume = resume.and_then(|id| seen.left.iter().find(|l| l.id == id));
+                snapshot = Some(make_snapshot(clients, &home_ec2, req, method, resume, opts, &job.counters).await?);
+            }
+            Step::Register { snapshot: Some(left), .. } => snapshot = Some(left),
+            _ => {}
         }
     }
     let home_ssm = clients.ssm(&req.home);
@@ -99,6 +109,7 @@ fn result(
         uploaded_bytes: c.get(&c.uploaded_bytes),
         blocks_sent: c.get(&c.blocks_sent),
         blocks_total: c.get(&c.blocks_total),
+        blocks_resumed: c.get(&c.blocks_resumed),
         throttled: c.get(&c.throttled),
     }
 }
@@ -117,6 +128,7 @@ async fn make_snapshot(
     ec2: &aws_sdk_ec2::Client,
     req: &Request,
     method: Method,
+    resume: Option<&ami::LeftSnapshot>,
     opts: &Options,
     counters: &Arc<Counters>,
 ) -> Result<String> {
@@ -144,11 +156,13 @@ async fn make_snapshot(
                 ec2.get_ebs_encryption_by_default().send().await.ok().and_then(|r| r.ebs_encryption_by_default());
             let r = ebs::Request {
                 raw: &raw.path,
+                hash: &req.entry.hash,
                 description: &description,
                 tags: &tags,
-                client_token: token,
                 encrypted: req.kms_key.is_some() || by_default == Some(true),
                 kms_key: req.kms_key.as_deref(),
+                resume: resume.map(|l| ebs::Resume { id: &l.id, encrypted: l.encrypted }),
+                state_dir: &opts.state_dir,
             };
             Ok(ebs::upload(&clients.ebs(&req.home), &r, counters, opts).await?.id)
         }
@@ -183,7 +197,7 @@ async fn run_region(
     let mut publish: Option<String> = None;
     for step in steps {
         match step {
-            Step::Upload { .. } | Step::Snapshot { .. } => {}
+            Step::Upload { .. } | Step::Snapshot { .. } | Step::DeleteSnapshot { .. } => {}
             Step::Register { .. } => {
                 let snap = snapshot.as_deref().context("no snapshot to register the image from")?;
                 // The volume holds the raw disk whichever way the snapshot was made.

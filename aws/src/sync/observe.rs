@@ -1,7 +1,7 @@
 //! What exists for a sync: objects with the entry's SHA-256s, the image named
 //! for the build in each region (its tags, launch and create-volume
-//! permissions, deprecation time), and a
-//! snapshot a failed run left. Only describe/list/head calls.
+//! permissions, deprecation time), and the
+//! snapshots failed runs left. Only describe/list/head calls.
 
 use super::plan::{ImageState, Observed};
 use super::Request;
@@ -51,10 +51,10 @@ pub async fn observe(clients: &Clients, req: &Request) -> Result<Observed> {
         images.insert(region.clone(), image);
         parameters.insert(region, value);
     }
-    let snapshot = match images.get(&req.home) {
-        _ if !req.ami => None,
-        Some(Some(_)) => None,
-        _ => ami::find_snapshot(&clients.ec2(&req.home), &req.entry.hash).await?,
+    let left = match images.get(&req.home) {
+        _ if !req.ami => Vec::new(),
+        Some(Some(_)) => Vec::new(),
+        _ => ami::left_snapshots(&clients.ec2(&req.home), &req.entry.hash).await?,
     };
-    Ok(Observed { uploaded, snapshot, images, parameters })
+    Ok(Observed { uploaded, left, images, parameters })
 }

@@ -2,6 +2,7 @@
 //! wanted ([`super::Request`]). No AWS calls here, so every case is a unit test.
 
 use super::{Method, Principal, Request};
+use crate::ami::{LeftSnapshot, LeftState};
 use crate::output::Row;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,10 +11,10 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct Observed {
     /// Per file of the entry, in order: an object with the same SHA-256 is there.
     pub uploaded: Vec<bool>,
-    /// A completed snapshot in the home region tagged with this build's hash
-    /// (left by a run that died after the upload). Looked for only when the
-    /// home region has no image.
-    pub snapshot: Option<String>,
+    /// Snapshots in the home region tagged with this build's hash, oldest
+    /// first: what runs that died before registering left. Looked for only
+    /// when the home region has no image.
+    pub left: Vec<LeftSnapshot>,
     /// Region -> the image named for this build there, if any.
     pub images: BTreeMap<String, Option<ImageState>>,
     /// Region -> the SSM parameter's value there (asked only with one).
@@ -49,14 +50,24 @@ pub enum Step {
         key: String,
         size: u64,
     },
-    /// A snapshot of the disk in the home region.
+    /// A snapshot of the disk in the home region; `resume`: the pending
+    /// snapshot an interrupted EBS direct upload left, to finish.
     Snapshot {
         region: String,
         method: Method,
+        resume: Option<String>,
     },
+    /// A snapshot a run left that can never complete (EBS cancelled it).
+    DeleteSnapshot {
+        region: String,
+        id: String,
+    },
+    /// The image, from `snapshot` (a completed one a run left) or, when
+    /// None, from the one the plan's Snapshot step makes.
     Register {
         region: String,
         name: String,
+        snapshot: Option<String>,
     },
     Copy {
         region: String,
@@ -101,6 +112,7 @@ impl Step {
         match self {
             Step::Upload { .. } => None,
             Step::Snapshot { region, .. }
+            | Step::DeleteSnapshot { region, .. }
             | Step::Register { region, .. }
             | Step::Copy { region, .. }
             | Step::Tag { region, .. }
@@ -130,14 +142,23 @@ impl Plan {
                 Step::Upload { key, size, .. } => {
                     Row::new("upload", &format!("s3://{bucket}"), &format!("{key} ({size} bytes)"))
                 }
-                Step::Snapshot { region, method } => {
-                    let how = match method {
-                        Method::Import => "import the VHD from S3",
-                        Method::EbsDirect => "snapshot the raw disk (EBS direct)",
+                Step::Snapshot { region, method, resume } => {
+                    let how = match (method, resume) {
+                        (Method::Import, _) => "import the VHD from S3".to_string(),
+                        (Method::EbsDirect, None) => "snapshot the raw disk (EBS direct)".to_string(),
+                        (Method::EbsDirect, Some(id)) => {
+                            format!("resume {id}, an interrupted EBS direct upload (blocks it has are not sent again)")
+                        }
                     };
-                    Row::new("snapshot", region, how)
+                    Row::new("snapshot", region, &how)
                 }
-                Step::Register { region, name } => Row::new("register", region, name),
+                Step::DeleteSnapshot { region, id } => {
+                    Row::new("delete-snapshot", region, &format!("{id} (an interrupted upload EBS cancelled)"))
+                }
+                Step::Register { region, name, snapshot: None } => Row::new("register", region, name),
+                Step::Register { region, name, snapshot: Some(id) } => {
+                    Row::new("register", region, &format!("{name} from {id} (a finished upload a run left)"))
+                }
                 Step::Copy { region, name, from } => Row::new("copy", region, &format!("{name} from {from}")),
                 Step::Tag { region, image: i } => {
                     Row::new("tag", region, &format!("{} with imgd:profile, imgd:hash, imgd:built-at", image(i)))
@@ -190,10 +211,8 @@ pub fn plan(seen: &Observed, req: &Request) -> Plan {
             }
             None => {
                 if region == req.home {
-                    if seen.snapshot.is_none() {
-                        steps.push(Step::Snapshot { region: region.clone(), method: req.method });
-                    }
-                    steps.push(Step::Register { region: region.clone(), name: name.clone() });
+                    let snapshot = left_snapshots(&mut steps, &region, &seen.left, req);
+                    steps.push(Step::Register { region: region.clone(), name: name.clone(), snapshot });
                 } else {
                     let from = req.home.clone();
                     steps.push(Step::Copy { region: region.clone(), name: name.clone(), from });
@@ -207,6 +226,31 @@ pub fn plan(seen: &Observed, req: &Request) -> Plan {
         }
     }
     Plan { steps }
+}
+
+/// What to do with the snapshots earlier runs left in the home region, and
+/// the completed one to register from, if any. Cancelled ones (error) are
+/// deleted. A completed one is used as it is. Else the newest pending one is
+/// resumed when it is an EBS direct upload with the encryption asked for
+/// (EBS cancels a pending snapshot nobody writes to within its timeout, so an
+/// older one is left to that and deleted by a later run); else a new snapshot.
+fn left_snapshots(steps: &mut Vec<Step>, region: &str, left: &[LeftSnapshot], req: &Request) -> Option<String> {
+    for s in left.iter().filter(|s| s.state == LeftState::Error) {
+        steps.push(Step::DeleteSnapshot { region: region.to_string(), id: s.id.clone() });
+    }
+    if let Some(done) = left.iter().rev().find(|s| s.state == LeftState::Completed) {
+        return Some(done.id.clone());
+    }
+    let fits = |s: &&LeftSnapshot| match &req.kms_key {
+        Some(k) => s.encrypted && s.kms_key.as_deref() == Some(k.as_str()),
+        None => true,
+    };
+    let resume = match req.method {
+        Method::EbsDirect => left.iter().rev().filter(|s| s.state == LeftState::Pending).find(fits),
+        Method::Import => None,
+    };
+    steps.push(Step::Snapshot { region: region.to_string(), method: req.method, resume: resume.map(|s| s.id.clone()) });
+    None
 }
 
 /// Sharing and deprecation for one image: what `req` asks that `seen`
@@ -304,7 +348,11 @@ mod tests {
         ];
         assert_eq!(actions(&p), want.map(|(a, b)| (a.to_string(), b.to_string())));
         assert_eq!(p.steps[0], Step::Upload { file: 0, key: format!("fleet/{}/disk.raw", req.entry.name), size: 10 });
-        assert!(p.steps.contains(&Step::Register { region: "us-east-1".into(), name: req.image_name() }));
+        assert!(p.steps.contains(&Step::Register {
+            region: "us-east-1".into(),
+            name: req.image_name(),
+            snapshot: None
+        }));
     }
 
     #[test]
@@ -312,7 +360,7 @@ mod tests {
         let req = request(&["us-east-1", "eu-west-1"], &["111122223333"]);
         let seen = Observed {
             uploaded: vec![true, true],
-            snapshot: None,
+            left: Vec::new(),
             images: [
                 ("us-east-1".to_string(), image("ami-1", true, &["111122223333"])),
                 ("eu-west-1".to_string(), image("ami-2", true, &["111122223333"])),
@@ -328,7 +376,7 @@ mod tests {
         let req = request(&["us-east-1", "eu-west-1", "ap-south-1"], &["111122223333", "444455556666"]);
         let seen = Observed {
             uploaded: vec![true, false],
-            snapshot: None,
+            left: Vec::new(),
             images: [
                 ("us-east-1".to_string(), image("ami-1", true, &["111122223333"])),
                 ("eu-west-1".to_string(), image("ami-2", false, &["111122223333", "444455556666"])),
@@ -374,18 +422,78 @@ mod tests {
         );
     }
 
+    fn left(id: &str, state: LeftState) -> LeftSnapshot {
+        LeftSnapshot { id: id.into(), state, encrypted: false, kms_key: None }
+    }
+
     #[test]
     fn a_snapshot_left_by_a_failed_run_is_registered_not_made_again() {
         let req = request(&["us-east-1"], &[]);
-        let seen = Observed { uploaded: vec![true, true], snapshot: Some("snap-9".into()), ..Default::default() };
+        let seen = Observed {
+            uploaded: vec![true, true],
+            left: vec![left("snap-1", LeftState::Pending), left("snap-9", LeftState::Completed)],
+            ..Default::default()
+        };
         let p = plan(&seen, &req);
         assert_eq!(
             p.steps,
             vec![
-                Step::Register { region: "us-east-1".into(), name: req.image_name() },
+                Step::Register { region: "us-east-1".into(), name: req.image_name(), snapshot: Some("snap-9".into()) },
                 Step::Tag { region: "us-east-1".into(), image: Image::New },
             ]
         );
+    }
+
+    #[test]
+    fn an_interrupted_upload_is_resumed_and_a_cancelled_one_deleted() {
+        let req = request(&["us-east-1"], &[]);
+        let snapshot = |resume: Option<&str>| Step::Snapshot {
+            region: "us-east-1".into(),
+            method: Method::EbsDirect,
+            resume: resume.map(str::to_string),
+        };
+        let steps = |l: Vec<LeftSnapshot>| {
+            let seen = Observed { uploaded: vec![true, true], left: l, ..Default::default() };
+            plan(&seen, &req).steps.into_iter().take_while(|s| !matches!(s, Step::Register { .. })).collect::<Vec<_>>()
+        };
+        // The newest pending one is finished; an older one is left to EBS's timeout.
+        assert_eq!(
+            steps(vec![left("snap-1", LeftState::Pending), left("snap-2", LeftState::Pending)]),
+            vec![snapshot(Some("snap-2"))]
+        );
+        // A cancelled one goes, and a new snapshot is made.
+        let del = Step::DeleteSnapshot { region: "us-east-1".into(), id: "snap-3".into() };
+        assert_eq!(steps(vec![left("snap-3", LeftState::Error)]), vec![del.clone(), snapshot(None)]);
+        assert_eq!(
+            steps(vec![left("snap-3", LeftState::Error), left("snap-4", LeftState::Pending)]),
+            vec![del, snapshot(Some("snap-4"))]
+        );
+        // Asked for a KMS key: only a snapshot encrypted with it is finished.
+        let mut keyed = req.clone();
+        keyed.kms_key = Some("arn:aws:kms:us-east-1:111122223333:key/k".into());
+        let mut enc = left("snap-5", LeftState::Pending);
+        let seen =
+            |l: &LeftSnapshot| Observed { uploaded: vec![true, true], left: vec![l.clone()], ..Default::default() };
+        assert!(plan(&seen(&enc), &keyed).steps.contains(&Step::Snapshot {
+            region: "us-east-1".into(),
+            method: Method::EbsDirect,
+            resume: None
+        }));
+        enc.encrypted = true;
+        enc.kms_key = keyed.kms_key.clone();
+        assert!(plan(&seen(&enc), &keyed).steps.contains(&Step::Snapshot {
+            region: "us-east-1".into(),
+            method: Method::EbsDirect,
+            resume: Some("snap-5".into())
+        }));
+        // An import is never resumed from a snapshot (ImportSnapshot's token does that).
+        let mut import = req.clone();
+        import.method = Method::Import;
+        assert!(plan(&seen(&left("snap-6", LeftState::Pending)), &import).steps.contains(&Step::Snapshot {
+            region: "us-east-1".into(),
+            method: Method::Import,
+            resume: None
+        }));
     }
 
     #[test]
@@ -424,7 +532,7 @@ mod tests {
         other.deprecation = Some(1_800_000_000);
         let seen = Observed {
             uploaded: vec![true, true],
-            snapshot: None,
+            left: Vec::new(),
             images: [("us-east-1".to_string(), Some(home)), ("eu-west-1".to_string(), Some(other))].into(),
             parameters: Default::default(),
         };
@@ -468,7 +576,7 @@ mod tests {
         req.ssm_parameter = Some("/fleet/hello".into());
         let seen = Observed {
             uploaded: vec![true, true],
-            snapshot: None,
+            left: Vec::new(),
             images: [
                 ("us-east-1".to_string(), image("ami-1", true, &["111122223333"])),
                 ("eu-west-1".to_string(), image("ami-2", true, &["111122223333"])),

@@ -7,6 +7,12 @@
 //! zeros anyway). An account with EBS encryption by default makes encrypted
 //! snapshots, where an unsent block is not guaranteed to read as zeros, so
 //! there every block is sent (coldsnap made the same change in 0.8.0).
+//!
+//! An upload a killed run left is finished, not started over: the next run
+//! writes to the same pending snapshot and sends only the blocks its
+//! [`journal`] does not name.
+
+pub mod journal;
 
 use crate::Counters;
 use anyhow::{bail, Context, Result};
@@ -21,6 +27,9 @@ use std::sync::Arc;
 
 pub const BLOCK: u64 = 512 * 1024;
 const WORKERS: usize = 16;
+/// EBS cancels a pending snapshot no block is written to for this long
+/// (its default); a killed run's upload can be resumed until then.
+const TIMEOUT_MINUTES: i32 = 60;
 
 pub struct Snapshot {
     pub id: String,
@@ -35,12 +44,23 @@ pub fn gib(bytes: u64) -> i64 {
 /// What to snapshot and how.
 pub struct Request<'a> {
     pub raw: &'a Path,
+    /// The build's hash: a journal is used only for the disk it was kept for.
+    pub hash: &'a str,
     pub description: &'a str,
     pub tags: &'a [(String, String)],
-    /// Makes StartSnapshot idempotent across retries.
-    pub client_token: &'a str,
     pub encrypted: bool,
     pub kms_key: Option<&'a str>,
+    /// The pending snapshot an interrupted run left, to finish.
+    pub resume: Option<Resume<'a>>,
+    /// Where journals are kept.
+    pub state_dir: &'a Path,
+}
+
+#[derive(Clone, Copy)]
+pub struct Resume<'a> {
+    pub id: &'a str,
+    /// As DescribeSnapshots says: an encrypted one needs its zero blocks too.
+    pub encrypted: bool,
 }
 
 /// Throttling of one block is waited out by that block alone, with capped
@@ -108,26 +128,20 @@ pub async fn upload(
     counters: &Arc<Counters>,
     opts: &crate::Options,
 ) -> Result<Snapshot> {
-    let Request { raw, description, tags, client_token, encrypted, kms_key } = *r;
-    let size = std::fs::metadata(raw)?.len();
+    let size = std::fs::metadata(r.raw)?.len();
     let volume_gib = gib(size);
-    counters.mutate();
-    let mut start =
-        ebs.start_snapshot().volume_size(volume_gib).description(description).client_token(client_token).timeout(60);
-    for (k, v) in tags {
-        start = start.tags(Tag::builder().key(k).value(v).build());
+    let (id, send_zeros) = match r.resume {
+        Some(p) => (p.id.to_string(), p.encrypted || r.encrypted),
+        None => start(ebs, r, volume_gib, counters).await?,
+    };
+    let disk = journal::Disk { snapshot: &id, hash: r.hash, size };
+    let done = Arc::new(if r.resume.is_some() { journal::read(r.state_dir, disk) } else { Default::default() });
+    if r.resume.is_some() {
+        tracing::info!("{id}: resuming an interrupted upload ({} blocks recorded as sent)", done.len());
     }
-    if encrypted {
-        start = start.encrypted(true);
-        if let Some(k) = kms_key {
-            start = start.kms_key_arn(k);
-        }
-    }
-    let started = start.send().await.context("StartSnapshot")?;
-    let id = started.snapshot_id().context("no snapshot id")?.to_string();
-    // Encryption by default can make the snapshot encrypted without our asking.
-    let send_zeros = encrypted || started.kms_key_arn().is_some();
+    let journal = Arc::new(journal::Journal::open(r.state_dir, disk, !done.is_empty())?);
 
+    let raw = r.raw;
     let blocks = size.div_ceil(BLOCK);
     let bar = opts.progress.start(&format!("snapshot {id} from {}", raw.display()), size);
     counters.blocks_total.fetch_add(blocks, Ordering::Relaxed);
@@ -136,6 +150,7 @@ pub async fn upload(
     for index in 0..blocks {
         let permit = sem.clone().acquire_owned().await?;
         let (ebs, raw, id, counters, bar) = (ebs.clone(), raw.to_path_buf(), id.clone(), counters.clone(), bar.clone());
+        let (done, journal) = (done.clone(), journal.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
@@ -150,11 +165,21 @@ pub async fn upload(
             if !send_zeros && data.iter().all(|b| *b == 0) {
                 return anyhow::Ok(None);
             }
-            let digest = Sha256::digest(&data);
+            let digest: [u8; 32] = Sha256::digest(&data).into();
+            if done.get(&index) == Some(&digest) {
+                counters.blocks_resumed.fetch_add(1, Ordering::Relaxed);
+                return anyhow::Ok(Some((index, digest)));
+            }
             let b64 = base64::engine::general_purpose::STANDARD.encode(digest);
             put_block(&ebs, &id, index, data, &b64, &counters).await?;
             counters.blocks_sent.fetch_add(1, Ordering::Relaxed);
-            anyhow::Ok(Some((index, digest.to_vec())))
+            // Off the runtime's threads; a line that fails to land only costs
+            // this block being sent again by a later resume.
+            let recorded = tokio::task::spawn_blocking(move || journal.record(index, &digest)).await?;
+            if let Err(e) = recorded {
+                tracing::warn!("{id}: block {index} not recorded in the journal: {e}");
+            }
+            anyhow::Ok(Some((index, digest)))
         }));
     }
     let mut sent = Vec::new();
@@ -172,7 +197,7 @@ pub async fn upload(
     }
     let agg = base64::engine::general_purpose::STANDARD.encode(agg.finalize());
     counters.mutate();
-    let done = ebs
+    let completed = ebs
         .complete_snapshot()
         .snapshot_id(&id)
         .changed_blocks_count(sent.len() as i32)
@@ -182,10 +207,46 @@ pub async fn upload(
         .send()
         .await
         .context("CompleteSnapshot")?;
-    if let Some(status) = done.status() {
+    // Complete (or never completable): nothing left to resume either way.
+    if let Ok(j) = Arc::try_unwrap(journal) {
+        j.remove();
+    }
+    if let Some(status) = completed.status() {
         if status.as_str() == "error" {
             bail!("snapshot {id} failed to complete");
         }
     }
     Ok(Snapshot { id, volume_gib })
+}
+
+/// StartSnapshot: the new snapshot's id, and whether zero blocks must be sent.
+/// The SDK gives the call an idempotency token of its own, kept across its
+/// retries; a token derived from the build would, after EBS cancelled that
+/// snapshot, keep returning the cancelled one.
+async fn start(
+    ebs: &aws_sdk_ebs::Client,
+    r: &Request<'_>,
+    volume_gib: i64,
+    counters: &Counters,
+) -> Result<(String, bool)> {
+    counters.mutate();
+    let mut start = ebs.start_snapshot().volume_size(volume_gib).description(r.description).timeout(TIMEOUT_MINUTES);
+    for (k, v) in r.tags {
+        start = start.tags(Tag::builder().key(k).value(v).build());
+    }
+    if r.encrypted {
+        start = start.encrypted(true);
+        if let Some(k) = r.kms_key {
+            start = start.kms_key_arn(k);
+        }
+    }
+    let started = start.send().await.context("StartSnapshot")?;
+    let id = started.snapshot_id().context("no snapshot id")?;
+    anyhow::ensure!(
+        crate::ami::valid_snapshot_id(id),
+        "StartSnapshot answered {:?}, not a snapshot id",
+        id.escape_debug().to_string()
+    );
+    // Encryption by default can make the snapshot encrypted without our asking.
+    Ok((id.to_string(), r.encrypted || started.kms_key_arn().is_some()))
 }

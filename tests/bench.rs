@@ -72,6 +72,12 @@ fn bench_sync_runs_in_its_quick_form() {
 }
 
 #[test]
+fn bench_ebs_runs_in_its_quick_form() {
+    let f = quick("ebs");
+    assert!(*named(&f, "ebs.blocks_per_s") > 0.0);
+}
+
+#[test]
 fn bench_debian_runs_in_its_quick_form() {
     let f = quick("debian");
     assert!(*named(&f, "debian.rebuild") > 0.0);

@@ -39,8 +39,10 @@ pub struct Faults {
     pub part_delay_ms: u64,
     /// Flip a byte in the first UploadPart's body (moto stores it anyway).
     pub corrupt_first_part: bool,
-    /// Hold each accepted PutSnapshotBlock this long before answering.
-    pub block_delay_ms: u64,
+    /// Accept this many PutSnapshotBlock requests, then hold every later one
+    /// unanswered (a link that died mid-upload) until [`Proxy::release_blocks`];
+    /// held ones never reach moto. 0: never.
+    pub stall_blocks_after: usize,
 }
 
 #[derive(Default)]
@@ -101,6 +103,7 @@ struct State {
     lost_once: Mutex<BTreeSet<String>>,
     /// Image -> deprecation time (ISO 8601), which moto does not keep.
     deprecations: Mutex<BTreeMap<String, String>>,
+    released: std::sync::atomic::AtomicBool,
 }
 
 pub struct Proxy {
@@ -122,6 +125,7 @@ impl Proxy {
             tasks: Mutex::default(),
             lost_once: Mutex::default(),
             deprecations: Mutex::default(),
+            released: Default::default(),
         });
         let st = state.clone();
         rt.spawn(async move {
@@ -140,6 +144,11 @@ impl Proxy {
 
     pub fn log<T>(&self, f: impl FnOnce(&Log) -> T) -> T {
         f(&self.state.log.lock().unwrap())
+    }
+
+    /// Ends `stall_blocks_after` for blocks sent from now on.
+    pub fn release_blocks(&self) {
+        self.state.released.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// What EBS does to a pending snapshot nobody completes within its
@@ -261,6 +270,13 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
     }
     if let Some(refused) = ebs_check(&st, &parts, &body) {
         return Ok(refused);
+    }
+    if block
+        && st.faults.stall_blocks_after > 0
+        && nth_block > st.faults.stall_blocks_after
+        && !st.released.load(std::sync::atomic::Ordering::SeqCst)
+    {
+        std::future::pending::<()>().await;
     }
     if upload_part && st.faults.part_delay_ms > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(st.faults.part_delay_ms)).await;
@@ -412,9 +428,6 @@ async fn ebs_answered(st: &State, call: EbsCall, answer: Response<Full<Bytes>>) 
             Response::from_parts(p, Full::new(bytes))
         }
         EbsCall::Put { snapshot, index, checksum } => {
-            if st.faults.block_delay_ms > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(st.faults.block_delay_ms)).await;
-            }
             let mut log = st.log.lock().unwrap();
             let s = log.ebs.get_mut(&snapshot).unwrap();
             s.puts += 1;

@@ -608,8 +608,9 @@ fn throttled_blocks_are_waited_out_one_by_one() {
     assert_eq!(state, "completed");
 }
 
-/// Runs `imgd sync args` through `proxy` and kills it (SIGKILL, as a lost
-/// build host would) once its EBS journal records at least `lines` blocks.
+/// Runs `imgd sync args` through `proxy` (which stops taking blocks at some
+/// point) and kills it (SIGKILL, as a lost build host would) once its EBS
+/// journal records `lines` blocks.
 /// Returns the pending snapshot it left.
 fn sync_killed_mid_snapshot(
     proxy: &super::proxy::Proxy,
@@ -697,12 +698,14 @@ fn an_interrupted_ebs_snapshot_is_finished_by_the_next_run_sending_only_what_is_
     use super::proxy::{EbsState, Faults, Proxy};
     let moto = Moto::start();
     moto.py("s3.create_bucket(Bucket='imgs')");
-    let proxy = Proxy::start(&moto.addr, Faults { block_delay_ms: 400, ..Faults::default() });
+    let proxy = Proxy::start(&moto.addr, Faults { stall_blocks_after: 12, ..Faults::default() });
     let d = tempfile::tempdir().unwrap();
     let store = d.path().join("store");
     let args = ["hello", "--bucket", "imgs", "--regions", "us-east-1"];
-    let snap = sync_killed_mid_snapshot(&proxy, &store, &args, 8);
+    let snap = sync_killed_mid_snapshot(&proxy, &store, &args, 12);
     let puts_before = proxy.log(|l| l.ebs[&snap].puts);
+    assert_eq!(puts_before, 12, "EBS took 12 blocks before the link died");
+    proxy.release_blocks();
 
     let plan = support::aws_ok(&proxy.url, &store, "sync", &[&args[..], &["--dry-run"]].concat()).0;
     let snapshot_row = plan["plan"].as_array().unwrap().iter().find(|r| r["action"] == "snapshot").cloned();
@@ -719,7 +722,7 @@ fn an_interrupted_ebs_snapshot_is_finished_by_the_next_run_sending_only_what_is_
     let entry = r["entry"].as_str().unwrap();
     let want = nonzero_blocks(&store.join(entry).join("disk.raw"));
     let (resumed, sent) = (r["blocks_resumed"].as_u64().unwrap(), r["blocks_sent"].as_u64().unwrap());
-    assert!(resumed >= 8 && sent >= 1, "resumed {resumed}, sent {sent}: {r}");
+    assert_eq!(resumed, 12, "the blocks EBS took were not sent again: {r}");
     assert_eq!(resumed + sent, want.len() as u64, "every non-zero block, once: {r}");
     assert_eq!((puts_after - puts_before) as u64, sent, "the re-run sent nothing it did not count");
 
@@ -748,12 +751,13 @@ fn a_snapshot_ebs_cancelled_is_deleted_and_made_again() {
     use super::proxy::{EbsState, Faults, Proxy};
     let moto = Moto::start();
     moto.py("s3.create_bucket(Bucket='imgs')");
-    let proxy = Proxy::start(&moto.addr, Faults { block_delay_ms: 400, ..Faults::default() });
+    let proxy = Proxy::start(&moto.addr, Faults { stall_blocks_after: 3, ..Faults::default() });
     let d = tempfile::tempdir().unwrap();
     let store = d.path().join("store");
     let args = ["hello", "--bucket", "imgs", "--regions", "us-east-1"];
-    let old = sync_killed_mid_snapshot(&proxy, &store, &args, 1);
+    let old = sync_killed_mid_snapshot(&proxy, &store, &args, 3);
     proxy.cancel_snapshot(&old);
+    proxy.release_blocks();
 
     let plan = support::aws_ok(&proxy.url, &store, "sync", &[&args[..], &["--dry-run"]].concat()).0;
     let rows: Vec<(String, String)> = plan["plan"]

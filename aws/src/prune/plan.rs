@@ -110,7 +110,8 @@ impl Plan {
                     &format!("{} {} {} (built {})", i.id, i.profile, &i.hash[..12], i.built_at),
                 ),
                 Step::DeleteSnapshot { region, snapshot: s } => {
-                    Row::new("delete-snapshot", region, &format!("{} {} {}", s.id, s.profile, &s.hash[..12]))
+                    let failed = if s.failed { " (state error: an upload that never finished)" } else { "" };
+                    Row::new("delete-snapshot", region, &format!("{} {} {}{failed}", s.id, s.profile, &s.hash[..12]))
                 }
                 Step::DeleteObject { key, why } => {
                     let what = match why {
@@ -236,7 +237,9 @@ pub fn plan(seen: &Observed, req: &Request) -> Plan {
         for i in r.images.iter().filter(|i| req.wants(&i.profile) && !kept_hashes.contains(i.hash.as_str())) {
             steps.push(Step::Deregister { region: region.clone(), image: i.clone() });
         }
-        for s in r.snapshots.iter().filter(|s| req.wants(&s.profile) && !kept_hashes.contains(s.hash.as_str())) {
+        // A failed snapshot goes even when its build is kept: nothing can use it.
+        let doomed = |s: &&Tagged| req.wants(&s.profile) && (s.failed || !kept_hashes.contains(s.hash.as_str()));
+        for s in r.snapshots.iter().filter(doomed) {
             if !in_use.contains(s.id.as_str()) {
                 steps.push(Step::DeleteSnapshot { region: region.clone(), snapshot: s.clone() });
             }
@@ -280,6 +283,7 @@ mod tests {
             hash: hash(n),
             built_at: format!("2026-01-{day:02}T00:00:00Z"),
             snapshots: snapshots.iter().map(|s| s.to_string()).collect(),
+            failed: false,
         }
     }
 
@@ -391,6 +395,25 @@ mod tests {
         assert_eq!(doomed.get(&entry(20, "hello")), Some(&Why::CacheAge));
         assert_eq!(doomed.get(&entry(21, "hello")), Some(&Why::CacheAge));
         assert!(!doomed.contains_key(&entry(22, "hello")));
+    }
+
+    #[test]
+    fn a_failed_snapshot_goes_even_when_its_build_is_kept() {
+        let mut seen = world();
+        let r = seen.regions.get_mut("us-east-1").unwrap();
+        let mut failed = tagged("snap-3x", 3, "hello", 3, &[]);
+        failed.failed = true;
+        r.snapshots.push(failed);
+        r.snapshots.push(tagged("snap-3y", 3, "hello", 3, &[])); // completed, unused: its build is kept
+        let mut web = tagged("snap-9x", 9, "web", 1, &[]);
+        web.failed = true;
+        r.snapshots.push(web);
+        let mut req = request(3);
+        req.profile = Some("hello".into());
+        let p = plan(&seen, &req);
+        let gone = rows(&p);
+        assert_eq!(gone.len(), 1, "{gone:?}");
+        assert!(gone[0].starts_with("delete-snapshot us-east-1 snap-3x hello") && gone[0].contains("state error"));
     }
 
     #[test]

@@ -608,19 +608,31 @@ fn throttled_blocks_are_waited_out_one_by_one() {
     assert_eq!(state, "completed");
 }
 
-/// Runs `imgd sync args` through `proxy` (which stops taking blocks at some
-/// point) and kills it (SIGKILL, as a lost build host would) once its EBS
-/// journal records `lines` blocks.
-/// Returns the pending snapshot it left.
-fn sync_killed_mid_snapshot(
-    proxy: &super::proxy::Proxy,
-    store: &std::path::Path,
-    args: &[&str],
-    lines: usize,
-) -> String {
-    let mut child = support::test_env(&mut std::process::Command::new(support::imgd()), store)
+/// What the killed-snapshot tests start from: moto, the proxy in front of
+/// it, a store, and the pending snapshot a sync left when it was killed.
+struct Killed {
+    moto: Moto,
+    proxy: super::proxy::Proxy,
+    _dir: tempfile::TempDir,
+    store: std::path::PathBuf,
+    snapshot: String,
+}
+
+const KILLED_ARGS: [&str; 5] = ["hello", "--bucket", "imgs", "--regions", "us-east-1"];
+
+/// Runs `imgd sync KILLED_ARGS` through a proxy that stops taking blocks
+/// after `blocks`, and kills it (SIGKILL, as a lost build host would) once
+/// its EBS journal records that many.
+fn sync_killed_mid_snapshot(blocks: usize) -> Killed {
+    use super::proxy::{Faults, Proxy};
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let proxy = Proxy::start(&moto.addr, Faults { stall_blocks_after: blocks, ..Faults::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut child = support::test_env(&mut std::process::Command::new(support::imgd()), &store)
         .arg("sync")
-        .args(args)
+        .args(KILLED_ARGS)
         .args(["--endpoint-url", &proxy.url])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -633,10 +645,10 @@ fn sync_killed_mid_snapshot(
         let recorded = snap
             .as_ref()
             .map_or(0, |s| std::fs::read_to_string(journal(s)).map_or(0, |t| t.lines().count().saturating_sub(1)));
-        if recorded >= lines {
+        if recorded >= blocks {
             child.kill().unwrap();
             child.wait().unwrap();
-            return snap.unwrap();
+            return Killed { moto, proxy, _dir: dir, store, snapshot: snap.unwrap() };
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
@@ -695,14 +707,9 @@ fn nonzero_blocks(raw: &std::path::Path) -> std::collections::BTreeMap<u64, Stri
 /// read back equal the disk's.
 #[test]
 fn an_interrupted_ebs_snapshot_is_finished_by_the_next_run_sending_only_what_is_missing() {
-    use super::proxy::{EbsState, Faults, Proxy};
-    let moto = Moto::start();
-    moto.py("s3.create_bucket(Bucket='imgs')");
-    let proxy = Proxy::start(&moto.addr, Faults { stall_blocks_after: 12, ..Faults::default() });
-    let d = tempfile::tempdir().unwrap();
-    let store = d.path().join("store");
-    let args = ["hello", "--bucket", "imgs", "--regions", "us-east-1"];
-    let snap = sync_killed_mid_snapshot(&proxy, &store, &args, 12);
+    use super::proxy::EbsState;
+    let Killed { moto, proxy, store, snapshot: snap, _dir } = sync_killed_mid_snapshot(12);
+    let args = KILLED_ARGS;
     let puts_before = proxy.log(|l| l.ebs[&snap].puts);
     assert_eq!(puts_before, 12, "EBS took 12 blocks before the link died");
     proxy.release_blocks();
@@ -748,14 +755,9 @@ fn an_interrupted_ebs_snapshot_is_finished_by_the_next_run_sending_only_what_is_
 /// makes a new one; the plan says so first.
 #[test]
 fn a_snapshot_ebs_cancelled_is_deleted_and_made_again() {
-    use super::proxy::{EbsState, Faults, Proxy};
-    let moto = Moto::start();
-    moto.py("s3.create_bucket(Bucket='imgs')");
-    let proxy = Proxy::start(&moto.addr, Faults { stall_blocks_after: 3, ..Faults::default() });
-    let d = tempfile::tempdir().unwrap();
-    let store = d.path().join("store");
-    let args = ["hello", "--bucket", "imgs", "--regions", "us-east-1"];
-    let old = sync_killed_mid_snapshot(&proxy, &store, &args, 3);
+    use super::proxy::EbsState;
+    let Killed { moto, proxy, store, snapshot: old, _dir } = sync_killed_mid_snapshot(3);
+    let args = KILLED_ARGS;
     proxy.cancel_snapshot(&old);
     proxy.release_blocks();
 

@@ -40,6 +40,9 @@ pub struct Counters {
     pub blocks_total: AtomicU64,
     /// Blocks an interrupted run had sent and a resume did not send again.
     pub blocks_resumed: AtomicU64,
+    /// How long the EBS direct snapshot took, StartSnapshot (or the resume)
+    /// to CompleteSnapshot.
+    pub snapshot_millis: AtomicU64,
     /// Requests answered "slow down" and waited out (EBS blocks).
     pub throttled: AtomicU64,
 }

@@ -23,6 +23,8 @@ pub struct SyncResult {
     pub blocks_total: u64,
     /// Blocks an interrupted upload had sent, not sent again.
     pub blocks_resumed: u64,
+    /// Seconds the EBS direct snapshot took (0 when none was made).
+    pub snapshot_seconds: f64,
     /// EBS block requests throttled and waited out.
     pub throttled: u64,
 }

@@ -110,6 +110,7 @@ fn result(
         blocks_sent: c.get(&c.blocks_sent),
         blocks_total: c.get(&c.blocks_total),
         blocks_resumed: c.get(&c.blocks_resumed),
+        snapshot_seconds: c.get(&c.snapshot_millis) as f64 / 1000.0,
         throttled: c.get(&c.throttled),
     }
 }

@@ -17,6 +17,7 @@ pub mod progress;
 pub mod qemu;
 pub mod rootfs;
 pub mod serve;
+pub mod shelf;
 pub mod sign;
 pub mod store;
 pub mod tools;

@@ -74,6 +74,56 @@ fn same_inputs_give_bit_identical_artifacts_in_another_store() {
     assert!(a == b, "disk.raw differs byte-wise");
 }
 
+/// The kernel package is unpacked once into imgd's cache and builds read it
+/// from there; what a killed unpack left is never taken as whole, and a cache
+/// that cannot be written costs time, not the build or its bytes.
+#[test]
+fn the_unpacked_kernel_is_kept_in_the_cache_and_never_changes_the_bytes() {
+    let h = hello();
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let real_debs = std::env::var_os("IMGD_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/imgd"))
+        .join("debs");
+    std::os::unix::fs::symlink(real_debs, cache.join("debs")).unwrap();
+    let build_with = |store: &str, cache: &std::path::Path| {
+        let out = ok(imgd(&d.path().join(store)).env("IMGD_CACHE", cache).args(["build", "hello", "--json"]));
+        (json(&out), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+
+    let (first, _) = build_with("one", &cache);
+    assert_eq!(first["artifacts"], h.manifest["artifacts"]);
+    let kernels: Vec<std::path::PathBuf> = std::fs::read_dir(cache.join("kernels"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    assert_eq!(kernels.len(), 1, "{kernels:?}");
+    let kept = &kernels[0];
+    let deps = std::fs::read_dir(kept.join("lib/modules")).unwrap().next().unwrap().unwrap().path();
+    assert!(deps.join("modules.dep").is_file(), "depmod ran once, in the cache");
+
+    // A folder that lacks its completion mark (an unpack killed before the
+    // rename, or a removal killed half way) is made again, not used.
+    std::fs::remove_file(kept.join(".used")).unwrap();
+    std::fs::remove_dir_all(kept.join("boot")).unwrap();
+    let (second, _) = build_with("two", &cache);
+    assert_eq!(second["artifacts"], h.manifest["artifacts"]);
+    assert!(kept.join(".used").is_file() && kept.join("boot").is_dir());
+
+    // No cache folder at all (a file where it would be): unpacked in the
+    // build's own work folder, with a warning, and the same bytes.
+    let blocked = d.path().join("blocked");
+    std::fs::create_dir_all(&blocked).unwrap();
+    std::os::unix::fs::symlink(cache.join("debs"), blocked.join("debs")).unwrap();
+    std::fs::write(blocked.join("kernels"), "not a folder").unwrap();
+    let (third, stderr) = build_with("three", &blocked);
+    assert_eq!(third["artifacts"], h.manifest["artifacts"]);
+    assert!(stderr.contains("cannot keep the unpacked kernel"), "{stderr}");
+}
+
 /// What differs from one build host to the next must not reach the bytes: the
 /// store on another filesystem (tmpfs: another readdir order for the staging
 /// tree), another collation (sv_SE sorts `_` and case unlike C, and mkfs.ext4

@@ -238,6 +238,10 @@ pub struct Recipe {
     /// recorded in the manifest: signing happens after the build.
     #[serde(skip)]
     pub signing: Option<Signing>,
+    /// imgd's cache folder (unpacked kernel packages). Not hashed: what is
+    /// kept there is named by the SHA-256 of what it came from.
+    #[serde(skip)]
+    pub cache: PathBuf,
 }
 
 /// A profile's signing key and certificate, checked when it is loaded.
@@ -532,6 +536,7 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
         initramfs_busybox,
         grub_bios,
         signing,
+        cache: opts.cache.clone(),
     })
 }
 

@@ -14,6 +14,7 @@
 use super::fetch::{Mirror, Pool};
 use super::lock::Lock;
 use crate::rootfs::tree::Tree;
+use crate::shelf::Shelf;
 use crate::store::remote::Remote;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -30,12 +31,12 @@ const PARALLEL_DOWNLOADS: usize = 4;
 #[derive(Debug, Clone)]
 pub struct Cache {
     pub pool: Pool,
-    pub bases: PathBuf,
+    pub bases: Shelf,
 }
 
 impl Cache {
     pub fn new(cache: &Path) -> Cache {
-        Cache { pool: Pool::new(cache.join("debian/pool")), bases: cache.join("debian/bases") }
+        Cache { pool: Pool::new(cache.join("debian/pool")), bases: Shelf::new(cache.join("debian/bases")) }
     }
 }
 
@@ -148,7 +149,7 @@ pub fn base_tarball(
     key: &str,
     epoch: u64,
 ) -> Result<PathBuf> {
-    let done = cache.bases.join(format!("{key}.tar.zst"));
+    let done = cache.bases.dir().join(format!("{key}.tar.zst"));
     if done.is_file() {
         tracing::info!("Debian base {} (cached)", &key[..16]);
         return Ok(done);
@@ -156,18 +157,15 @@ pub fn base_tarball(
     if !rustix::process::geteuid().is_root() {
         bail!("assembling a Debian base needs root (mmdebstrap --mode=root creates device nodes and chroots)");
     }
-    let _locked = lock_base(cache, key)?;
+    let _locked = cache.bases.lock(key)?;
     if done.is_file() {
         return Ok(done);
     }
-    // Assemblies of this base that were killed (we hold its lock) left
-    // their folders: they would fill the disk of a crash-looping builder.
-    let prefix = format!(".assemble-{}-", &key[..16]);
-    sweep(&cache.bases, &prefix);
     fetch_all(lock, &cache.pool, mirror, remote)?;
     // Work in a private folder beside the result: a killed build leaves no
-    // half-written base under a name that would be taken as complete.
-    let work = tempfile::Builder::new().prefix(&prefix).tempdir_in(&cache.bases)?;
+    // half-written base under a name that would be taken as complete (and
+    // the next assembly sweeps it: it would fill a crash-looping builder's disk).
+    let work = cache.bases.workspace(&format!(".assemble-{}-", &key[..16]))?;
     let repo = work.path().join("repo");
     local_repo(lock, &cache.pool, &repo)?;
     let out = work.path().join("base.tar.zst");
@@ -197,19 +195,6 @@ pub fn base_tarball(
     Ok(done)
 }
 
-/// One assembly (or unpacking) of a base at a time: a second build of it
-/// waits, then finds it done.
-fn lock_base(cache: &Cache, key: &str) -> Result<std::fs::File> {
-    std::fs::create_dir_all(&cache.bases)?;
-    let f = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(cache.bases.join(format!(".{key}.lock")))?;
-    f.lock().context("locking the base")?;
-    Ok(f)
-}
-
 /// The base as a tree staged in `staging`. The tarball is unpacked once
 /// into the cache (`<key>.tree`: files and node table); every build links
 /// its files from there instead of writing 700 MB again.
@@ -222,14 +207,14 @@ pub fn base_tree(
     staging: &Path,
 ) -> Result<Tree> {
     let key = base_key(lock, epoch);
-    let unpacked = cache.bases.join(format!("{key}.tree"));
+    let unpacked = cache.bases.dir().join(format!("{key}.tree"));
     if !unpacked.join("nodes.json").is_file() {
         let tarball = base_tarball(lock, cache, mirror, remote, &key, epoch)?;
-        let _locked = lock_base(cache, &key)?;
+        // One assembly (or unpacking) of a base at a time: a second build
+        // of it waits, then finds it done.
+        let _locked = cache.bases.lock(&key)?;
         if !unpacked.join("nodes.json").is_file() {
-            let prefix = format!(".unpack-{}-", &key[..16]);
-            sweep(&cache.bases, &prefix);
-            let tmp = tempfile::Builder::new().prefix(&prefix).tempdir_in(&cache.bases)?;
+            let tmp = cache.bases.workspace(&format!(".unpack-{}-", &key[..16]))?;
             let mut tree = Tree::new(&tmp.path().join("root"))?;
             tree.extract_tarball(&tarball).with_context(|| format!("unpacking {}", tarball.display()))?;
             tree.save(tmp.path())?;
@@ -244,9 +229,7 @@ pub fn base_tree(
     let tree =
         Tree::link_from(&unpacked, staging).with_context(|| format!("linking the base from {}", unpacked.display()))?;
     // Last use, for pruning.
-    if let Ok(f) = std::fs::File::open(unpacked.join("nodes.json")) {
-        let _ = f.set_modified(std::time::SystemTime::now());
-    }
+    crate::shelf::touch(&unpacked.join("nodes.json"));
     Ok(tree)
 }
 
@@ -257,29 +240,12 @@ const UNUSED_DAYS: u64 = 14;
 /// Removes the tarball and tree of every base other than `keep` that no
 /// build used for [`UNUSED_DAYS`], each under its own lock.
 fn prune_unused(cache: &Cache, keep: &str) {
-    let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(UNUSED_DAYS * 86_400);
-    let Ok(rd) = std::fs::read_dir(&cache.bases) else { return };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(key) = name.strip_suffix(".tree") else { continue };
-        let used = std::fs::metadata(e.path().join("nodes.json")).and_then(|m| m.modified());
-        if key == keep || used.is_ok_and(|t| t > cutoff) {
-            continue;
-        }
-        let Ok(_locked) = lock_base(cache, key) else { continue };
+    let unused = std::time::Duration::from_secs(UNUSED_DAYS * 86_400);
+    for (key, tree) in cache.bases.unused(".tree", "nodes.json", unused, keep) {
+        let Ok(_locked) = cache.bases.lock(&key) else { continue };
         tracing::info!("removing Debian base {} (unused for {UNUSED_DAYS} days)", &key[..key.len().min(16)]);
-        let _ = std::fs::remove_dir_all(e.path());
-        let _ = std::fs::remove_file(cache.bases.join(format!("{key}.tar.zst")));
-    }
-}
-
-/// Removes what killed runs left under `prefix` (the caller holds the lock
-/// of the base it names).
-fn sweep(dir: &Path, prefix: &str) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().starts_with(prefix) {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
+        let _ = std::fs::remove_dir_all(tree);
+        let _ = std::fs::remove_file(cache.bases.dir().join(format!("{key}.tar.zst")));
     }
 }
 

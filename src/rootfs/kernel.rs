@@ -4,6 +4,7 @@
 
 use super::tree::Tree;
 use crate::config::recipe::{Kernel, Recipe};
+use crate::shelf::Shelf;
 use crate::tools::run;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,21 +44,19 @@ impl KernelParts {
     pub fn obtain(recipe: &Recipe, base: &Tree, work: &Path) -> Result<KernelParts> {
         match &recipe.kernel {
             Kernel::Deb(deb) => {
-                let dir = work.join("kernel-deb");
-                std::fs::create_dir_all(&dir)?;
-                crate::tools::read_deb_data(&deb.path, |data| {
-                    let mut archive = tar::Archive::new(data);
-                    archive.set_preserve_permissions(true);
-                    archive.unpack(&dir)
-                })
-                .with_context(|| format!("unpacking kernel {}", deb.path.display()))?;
-                let (version, image) =
-                    find_image(&dir.join("boot")).with_context(|| format!("kernel package {}", deb.name))?;
-                let modules_dir = ["lib/modules", "usr/lib/modules"]
-                    .iter()
-                    .map(|m| dir.join(m).join(&version))
-                    .find(|p| p.is_dir())
-                    .ok_or_else(|| anyhow!("kernel package {} has no lib/modules/{version}", deb.name))?;
+                let dir = match unpacked_deb(deb, &Shelf::new(recipe.cache.join("kernels"))) {
+                    Ok(dir) => dir,
+                    Err(e) => {
+                        // A cache folder that cannot be written (a read-only
+                        // home) costs time, not the build.
+                        tracing::warn!("cannot keep the unpacked kernel in imgd's cache ({e:#}); unpacking it here");
+                        let dir = work.join("kernel-deb");
+                        unpack_deb(&deb.path, &dir)
+                            .with_context(|| format!("unpacking kernel {}", deb.path.display()))?;
+                        dir
+                    }
+                };
+                let (version, image, modules_dir) = deb_parts(&dir, &deb.name)?;
                 Self::with_modules(version, image, modules_dir, work)
             }
             Kernel::Explicit { image, modules } => {
@@ -184,6 +183,74 @@ impl KernelParts {
         }
         Ok(())
     }
+}
+
+/// Unpacks a kernel package with its permissions.
+fn unpack_deb(deb: &Path, dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    crate::tools::read_deb_data(deb, |data| {
+        let mut archive = tar::Archive::new(data);
+        archive.set_preserve_permissions(true);
+        archive.unpack(dir)
+    })
+}
+
+/// The kernel's version, image and modules folder in an unpacked package.
+fn deb_parts(dir: &Path, name: &str) -> Result<(String, PathBuf, PathBuf)> {
+    let (version, image) = find_image(&dir.join("boot")).with_context(|| format!("kernel package {name}"))?;
+    let modules_dir = ["lib/modules", "usr/lib/modules"]
+        .iter()
+        .map(|m| dir.join(m).join(&version))
+        .find(|p| p.is_dir())
+        .ok_or_else(|| anyhow!("kernel package {name} has no lib/modules/{version}"))?;
+    Ok((version, image, modules_dir))
+}
+
+/// Kernel packages unused this long are removed when another is unpacked
+/// (each is ~400 MB unpacked).
+const UNUSED_DAYS: u64 = 14;
+
+/// The kernel package unpacked, with modules.dep, in imgd's cache under its
+/// SHA-256: a Debian kernel .deb is ~70 MB of xz holding ~400 MB of modules,
+/// and unpacking it was most of a small image's build (5 of 6 s for hello,
+/// half of it the kernel writing 400 MB). Builds only read from it: modules
+/// and the image are copied into the tree and the store.
+fn unpacked_deb(deb: &crate::config::recipe::Input, shelf: &Shelf) -> Result<PathBuf> {
+    let key = &deb.sha256;
+    let done = shelf.dir().join(key);
+    let used = done.join(".used");
+    if !used.is_file() {
+        let _locked = shelf.lock(key)?;
+        if !used.is_file() {
+            let work = shelf.workspace(&format!(".unpack-{}-", &key[..16]))?;
+            let dir = work.path().join("deb");
+            unpack_deb(&deb.path, &dir).with_context(|| format!("unpacking kernel {}", deb.path.display()))?;
+            let (version, _, modules_dir) = deb_parts(&dir, &deb.name)?;
+            // Debian's kernel packages ship no modules.dep.
+            if !modules_dir.join("modules.dep").is_file() {
+                depmod(&modules_dir, &version)?;
+            }
+            // `.used` last: it is what says the folder is whole.
+            std::fs::write(dir.join(".used"), "")?;
+            rustix::fs::syncfs(std::fs::File::open(&dir)?)?;
+            // What a removal that was killed half way left (we hold the lock).
+            if done.exists() {
+                std::fs::remove_dir_all(&done)?;
+            }
+            std::fs::rename(&dir, &done)?;
+            drop(_locked);
+            let unused = std::time::Duration::from_secs(UNUSED_DAYS * 86_400);
+            for (old, path) in shelf.unused("", ".used", unused, key) {
+                if old.len() == 64 && old.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    let Ok(_locked) = shelf.lock(&old) else { continue };
+                    tracing::info!("removing unpacked kernel {} (unused for {UNUSED_DAYS} days)", &old[..16]);
+                    let _ = std::fs::remove_dir_all(path);
+                }
+            }
+        }
+    }
+    crate::shelf::touch(&used);
+    Ok(done)
 }
 
 /// Runs depmod for a modules directory `<base>/lib/modules/<version>`.

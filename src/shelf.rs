@@ -1,0 +1,118 @@
+//! Things imgd makes once and keeps in its cache folder, named by the hash of
+//! what went in: assembled Debian bases, unpacked kernel packages. Each is
+//! made under a lock of its own name in a private folder beside that name,
+//! and renamed into place only when whole: a killed run never leaves
+//! something that looks complete, and the next maker sweeps what it left.
+
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// One folder of such things.
+#[derive(Debug, Clone)]
+pub struct Shelf {
+    dir: PathBuf,
+}
+
+impl Shelf {
+    pub fn new(dir: PathBuf) -> Shelf {
+        Shelf { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Blocks until this process is the only maker of `key`; the lock is
+    /// held until the returned file is dropped.
+    pub fn lock(&self, key: &str) -> Result<std::fs::File> {
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        let f = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(format!(".{key}.lock")))?;
+        f.lock().with_context(|| format!("locking {key} in {}", self.dir.display()))?;
+        Ok(f)
+    }
+
+    /// A private folder to make something in, beside where it will be
+    /// renamed to. Folders with the same `prefix` that killed runs left are
+    /// removed first: the caller holds the lock of the key the prefix names,
+    /// so no live maker owns them.
+    pub fn workspace(&self, prefix: &str) -> Result<tempfile::TempDir> {
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(prefix) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        Ok(tempfile::Builder::new().prefix(prefix).tempdir_in(&self.dir)?)
+    }
+
+    /// Keys (names ending in `suffix`, which is stripped) whose `used` file
+    /// has not been touched for `unused`, other than `keep`: what the caller
+    /// may remove, each under its own lock.
+    pub fn unused(&self, suffix: &str, used: &str, unused: Duration, keep: &str) -> Vec<(String, PathBuf)> {
+        let cutoff = SystemTime::now().checked_sub(unused).unwrap_or(SystemTime::UNIX_EPOCH);
+        let Ok(rd) = std::fs::read_dir(&self.dir) else { return vec![] };
+        rd.flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let key = name.strip_suffix(suffix)?.to_string();
+                let last = std::fs::metadata(e.path().join(used)).and_then(|m| m.modified());
+                (key != keep && !key.starts_with('.') && !last.is_ok_and(|t| t > cutoff)).then(|| (key, e.path()))
+            })
+            .collect()
+    }
+}
+
+/// Marks `file` as used now, for [`Shelf::unused`].
+pub fn touch(file: &Path) {
+    if let Ok(f) = std::fs::File::open(file) {
+        let _ = f.set_modified(SystemTime::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workspace_sweeps_what_killed_makers_of_its_key_left_and_nothing_else() {
+        let d = tempfile::tempdir().unwrap();
+        let shelf = Shelf::new(d.path().join("s"));
+        let _l = shelf.lock("k1").unwrap();
+        let left = shelf.workspace(".make-k1-").unwrap().keep();
+        let other = shelf.workspace(".make-k2-").unwrap().keep();
+        let w = shelf.workspace(".make-k1-").unwrap();
+        assert!(!left.exists(), "a killed maker's folder of the same key is swept");
+        assert!(other.exists() && w.path().exists());
+    }
+
+    #[test]
+    fn only_things_unused_for_long_enough_are_offered_for_removal() {
+        let d = tempfile::tempdir().unwrap();
+        let shelf = Shelf::new(d.path().to_path_buf());
+        for k in ["old", "new", "kept"] {
+            std::fs::create_dir_all(d.path().join(format!("{k}.tree"))).unwrap();
+            std::fs::write(d.path().join(format!("{k}.tree/used")), "").unwrap();
+        }
+        let long_ago = SystemTime::now() - Duration::from_secs(30 * 86_400);
+        for k in ["old", "kept"] {
+            std::fs::File::options()
+                .write(true)
+                .open(d.path().join(format!("{k}.tree/used")))
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+        let keys: Vec<String> = shelf
+            .unused(".tree", "used", Duration::from_secs(14 * 86_400), "kept")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, ["old"]);
+        touch(&d.path().join("old.tree/used"));
+        assert!(shelf.unused(".tree", "used", Duration::from_secs(14 * 86_400), "kept").is_empty());
+    }
+}

@@ -47,6 +47,7 @@ fn bench_build_runs_in_its_quick_form() {
     let f = quick("build");
     assert!(*named(&f, "build.cold") > 0.0);
     assert!(*named(&f, "build.cache_hit") > 0.0);
+    assert!(*named(&f, "build.changed") > 0.0);
 }
 
 #[test]

@@ -83,10 +83,7 @@ fn the_unpacked_kernel_is_kept_in_the_cache_and_never_changes_the_bytes() {
     let d = tempfile::tempdir().unwrap();
     let cache = d.path().join("cache");
     std::fs::create_dir_all(&cache).unwrap();
-    let real_debs = std::env::var_os("IMGD_CACHE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/imgd"))
-        .join("debs");
+    let real_debs = cache_dir().join("debs");
     std::os::unix::fs::symlink(real_debs, cache.join("debs")).unwrap();
     let build_with = |store: &str, cache: &std::path::Path| {
         let out = ok(imgd(&d.path().join(store)).env("IMGD_CACHE", cache).args(["build", "hello", "--json"]));
@@ -187,9 +184,7 @@ fn one_changed_byte_in_any_input_changes_the_hash() {
     assert_ne!(hash_of(p.path(), "small", None), base);
     std::fs::write(p.path().join("profiles/small.toml"), SMALL).unwrap();
     // A base package: same name, one byte different.
-    let real_cache = std::env::var("IMGD_CACHE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/imgd"));
+    let real_cache = cache_dir();
     let cache = tempfile::tempdir().unwrap();
     std::fs::create_dir(cache.path().join("debs")).unwrap();
     for e in std::fs::read_dir(real_cache.join("debs")).unwrap() {

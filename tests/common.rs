@@ -67,6 +67,16 @@ pub fn hello() -> &'static Shared {
     })
 }
 
+/// imgd's cache folder, as the binary under test finds it (`$IMGD_CACHE`,
+/// else `$XDG_CACHE_HOME/imgd`, else `~/.cache/imgd`).
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("IMGD_CACHE") {
+        return d.into();
+    }
+    let xdg = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from);
+    xdg.unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache")).join("imgd")
+}
+
 /// A scratch project with the repo's hardware files and the given profiles.
 pub fn project(profiles: &[(&str, &str)]) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();

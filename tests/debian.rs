@@ -71,15 +71,6 @@ fn debian_boots_to_login_and_accepts_ssh_with_the_profiles_key() {
     assert_no_process_mentions(&store);
 }
 
-/// imgd's cache folder, as the binary under test finds it.
-fn cache_dir() -> std::path::PathBuf {
-    if let Some(d) = std::env::var_os("IMGD_CACHE") {
-        return d.into();
-    }
-    let xdg = std::env::var_os("XDG_CACHE_HOME").map(std::path::PathBuf::from);
-    xdg.unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache")).join("imgd")
-}
-
 /// The newest assembled base in the cache.
 fn newest_base() -> std::path::PathBuf {
     let dir = cache_dir().join("debian/bases");

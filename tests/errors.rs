@@ -70,9 +70,7 @@ fn bad_set_and_hardware_errors_exit_2() {
     // A cache with amd64 packages only cannot build for aarch64 hardware.
     let amd64 = tempfile::tempdir().unwrap();
     std::fs::create_dir(amd64.path().join("debs")).unwrap();
-    let real = std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/imgd/debs");
-    let real = std::env::var("IMGD_CACHE").map(|c| std::path::PathBuf::from(c).join("debs")).unwrap_or(real);
-    for e in std::fs::read_dir(real).unwrap() {
+    for e in std::fs::read_dir(cache_dir().join("debs")).unwrap() {
         let e = e.unwrap();
         if e.file_name().to_string_lossy().ends_with("_amd64.deb") {
             std::os::unix::fs::symlink(e.path(), amd64.path().join("debs").join(e.file_name())).unwrap();

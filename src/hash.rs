@@ -197,6 +197,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_digest_cache_line_that_is_not_a_sha256_is_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let big = d.path().join("big");
+        std::fs::write(&big, vec![7u8; 2 << 20]).unwrap();
+        let want = sha256_file(&big).unwrap();
+        let abs = std::path::absolute(&big).unwrap();
+        let key = DigestCache::key(&abs, &std::fs::metadata(&big).unwrap());
+        let tsv = d.path().join("digests.tsv");
+        std::fs::write(&tsv, format!("{key}\t../../etc\n")).unwrap();
+        assert_eq!(DigestCache::open(&tsv).file(&big).unwrap(), want, "the planted value is not used");
+        std::fs::write(&tsv, format!("{key}\t{}\n", "a".repeat(64))).unwrap();
+        assert_eq!(DigestCache::open(&tsv).file(&big).unwrap(), "a".repeat(64), "a well-formed line is trusted");
+    }
+
+    #[test]
     fn a_sparse_file_digests_as_if_read_whole() {
         use std::os::unix::fs::FileExt;
         let d = tempfile::tempdir().unwrap();
@@ -239,6 +254,11 @@ pub struct DigestCache {
     entries: std::sync::Mutex<(std::collections::BTreeMap<String, String>, bool)>,
 }
 
+/// Whether `s` is a SHA-256 as imgd writes it: 64 lowercase hex digits.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 impl DigestCache {
     /// A cache stored in `path` (a text file; created on first save).
     pub fn open(path: &Path) -> DigestCache {
@@ -246,6 +266,9 @@ impl DigestCache {
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.rsplit_once('\t').map(|(k, v)| (k.to_string(), v.to_string())))
+            // A digest names folders in the cache (unpacked kernels): a
+            // damaged or edited line is dropped and the digest computed again.
+            .filter(|(_, v)| is_sha256_hex(v))
             .collect();
         DigestCache { path: Some(path.to_path_buf()), entries: std::sync::Mutex::new((map, false)) }
     }

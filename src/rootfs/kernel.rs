@@ -44,8 +44,9 @@ impl KernelParts {
     pub fn obtain(recipe: &Recipe, base: &Tree, work: &Path) -> Result<KernelParts> {
         match &recipe.kernel {
             Kernel::Deb(deb) => {
-                let dir = match unpacked_deb(deb, &Shelf::new(recipe.cache.join("kernels"))) {
-                    Ok(dir) => dir,
+                let shelf = Shelf::new(recipe.cache.join("kernels"));
+                let dir = match shelf.lock(&deb.sha256) {
+                    Ok(locked) => unpacked_deb(deb, &shelf, locked)?,
                     Err(e) => {
                         // A cache folder that cannot be written (a read-only
                         // home) costs time, not the build.
@@ -215,37 +216,35 @@ const UNUSED_DAYS: u64 = 14;
 /// and unpacking it was most of a small image's build (5 of 6 s for hello,
 /// half of it the kernel writing 400 MB). Builds only read from it: modules
 /// and the image are copied into the tree and the store.
-fn unpacked_deb(deb: &crate::config::recipe::Input, shelf: &Shelf) -> Result<PathBuf> {
+/// `_locked`: the shelf's lock of this package, held while it is made.
+fn unpacked_deb(deb: &crate::config::recipe::Input, shelf: &Shelf, _locked: std::fs::File) -> Result<PathBuf> {
     let key = &deb.sha256;
     let done = shelf.dir().join(key);
     let used = done.join(".used");
     if !used.is_file() {
-        let _locked = shelf.lock(key)?;
-        if !used.is_file() {
-            let work = shelf.workspace(&format!(".unpack-{}-", &key[..16]))?;
-            let dir = work.path().join("deb");
-            unpack_deb(&deb.path, &dir).with_context(|| format!("unpacking kernel {}", deb.path.display()))?;
-            let (version, _, modules_dir) = deb_parts(&dir, &deb.name)?;
-            // Debian's kernel packages ship no modules.dep.
-            if !modules_dir.join("modules.dep").is_file() {
-                depmod(&modules_dir, &version)?;
-            }
-            // `.used` last: it is what says the folder is whole.
-            std::fs::write(dir.join(".used"), "")?;
-            rustix::fs::syncfs(std::fs::File::open(&dir)?)?;
-            // What a removal that was killed half way left (we hold the lock).
-            if done.exists() {
-                std::fs::remove_dir_all(&done)?;
-            }
-            std::fs::rename(&dir, &done)?;
-            drop(_locked);
-            let unused = std::time::Duration::from_secs(UNUSED_DAYS * 86_400);
-            for (old, path) in shelf.unused("", ".used", unused, key) {
-                if old.len() == 64 && old.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    let Ok(_locked) = shelf.lock(&old) else { continue };
-                    tracing::info!("removing unpacked kernel {} (unused for {UNUSED_DAYS} days)", &old[..16]);
-                    let _ = std::fs::remove_dir_all(path);
-                }
+        let work = shelf.workspace(&format!(".unpack-{}-", &key[..16]))?;
+        let dir = work.path().join("deb");
+        unpack_deb(&deb.path, &dir).with_context(|| format!("unpacking kernel {}", deb.path.display()))?;
+        let (version, _, modules_dir) = deb_parts(&dir, &deb.name)?;
+        // Debian's kernel packages ship no modules.dep.
+        if !modules_dir.join("modules.dep").is_file() {
+            depmod(&modules_dir, &version)?;
+        }
+        // `.used` last: it is what says the folder is whole.
+        std::fs::write(dir.join(".used"), "")?;
+        rustix::fs::syncfs(std::fs::File::open(&dir)?)?;
+        // What a removal that was killed half way left (we hold the lock).
+        if done.exists() {
+            std::fs::remove_dir_all(&done)?;
+        }
+        std::fs::rename(&dir, &done)?;
+        drop(_locked);
+        let unused = std::time::Duration::from_secs(UNUSED_DAYS * 86_400);
+        for (old, path) in shelf.unused("", ".used", unused, key) {
+            if crate::hash::is_sha256_hex(&old) {
+                let Ok(_locked) = shelf.lock(&old) else { continue };
+                tracing::info!("removing unpacked kernel {} (unused for {UNUSED_DAYS} days)", &old[..16]);
+                let _ = std::fs::remove_dir_all(path);
             }
         }
     }

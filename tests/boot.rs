@@ -172,8 +172,11 @@ fn aarch64_hardware_boots_through_aavmf_and_directly() {
 
 #[test]
 fn run_netboots_interactively_and_stops_with_imgd() {
-    let h = hello();
-    let mut run = imgd(&h.store)
+    // A store of its own: other tests boot from the shared one at the same
+    // time, and their qemu would match the check below.
+    let d = tempfile::tempdir().unwrap();
+    let own = d.path().join("s");
+    let mut run = imgd(&own)
         .args(["run", "hello", "--format", "ipxe"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -183,7 +186,7 @@ fn run_netboots_interactively_and_stops_with_imgd() {
     wait_for_console(&mut run, "IMGD-HELLO-READY", std::time::Duration::from_secs(240));
     std::process::Command::new("kill").args(["-TERM", &run.id().to_string()]).status().unwrap();
     run.wait().unwrap();
-    assert_no_process_mentions(&h.store);
+    assert_no_process_mentions(&own);
 }
 
 #[test]

@@ -73,6 +73,7 @@ fn an_init_that_exits_fails_fast_with_the_panic_in_the_tail() {
     assert!(stderr.contains("kernel panic") || stderr.contains("qemu exited"), "{stderr}");
     assert!(stderr.contains("init-giving-up") && stderr.contains("Attempted to kill init"), "{stderr}");
     assert!(start.elapsed() < std::time::Duration::from_secs(150), "it did not wait for the timeout");
+    remove_kept_logs(&out);
     let ps = std::process::Command::new("pgrep").args(["-f", store.to_str().unwrap()]).output().unwrap();
     assert!(ps.stdout.is_empty(), "qemu still running");
 }
@@ -91,6 +92,7 @@ fn aws_nitro_hardware_boots_its_disk_from_nvme() {
     let log = stderr.split("console log ").nth(1).and_then(|s| s.split_whitespace().next()).expect("log path");
     let console = std::fs::read_to_string(log).unwrap();
     assert!(console.contains("root /dev/nvme0n1p2"), "the root came from NVMe:\n{console}");
+    remove_kept_logs(&out);
 }
 
 #[test]
@@ -132,6 +134,7 @@ fn bios_hardware_gets_a_hybrid_disk_that_boots_through_seabios_and_grub() {
         console.contains("imgd: booting hello with GRUB (BIOS)") && console.contains("root /dev/vda3"),
         "{console}"
     );
+    remove_kept_logs(&out);
 }
 
 #[test]
@@ -160,6 +163,7 @@ fn aarch64_hardware_boots_through_aavmf_and_directly() {
         let log = stderr.split("console log ").nth(1).and_then(|s| s.split_whitespace().next()).expect("log path");
         let console = std::fs::read_to_string(log).unwrap();
         assert!(console.contains("kernel 6.1.0") && console.contains("-arm64"), "{console}");
+        remove_kept_logs(&out);
         if format == "raw" {
             assert!(console.contains("root /dev/nvme0n1p2"), "the metal hardware's NVMe root:\n{console}");
         }
@@ -167,7 +171,9 @@ fn aarch64_hardware_boots_through_aavmf_and_directly() {
     // Netboot needs an arm64 iPXE ROM, which Debian does not ship: a clear refusal.
     let out = imgd(&store).args(["test", "hello", "--hardware", "metal-aarch64", "--format", "ipxe"]).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("x86 ROMs only"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("x86 ROMs only"), "{stderr}");
+    assert!(!stderr.contains("console logs kept"), "a refusal before any boot keeps no empty log folder: {stderr}");
 }
 
 #[test]

@@ -41,6 +41,16 @@ pub fn build(store: &Path, args: &[&str]) -> Value {
     json(&ok(&mut c))
 }
 
+/// Removes the console-log folder `imgd test` kept (on a failed boot, or
+/// with --keep-logs) once a test has read it: runs of the suite must not fill
+/// /tmp with them.
+pub fn remove_kept_logs(out: &Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if let Some(dir) = stderr.split("console logs kept in ").nth(1).and_then(|s| s.lines().next()) {
+        std::fs::remove_dir_all(dir).unwrap_or_else(|e| panic!("{dir}: {e}"));
+    }
+}
+
 pub struct Shared {
     pub _dir: tempfile::TempDir,
     pub store: PathBuf,

@@ -194,6 +194,7 @@ fn a_signed_uki_boots_under_enforced_secure_boot_and_a_changed_or_foreign_one_is
         assert!(!out.status.success(), "{what} booted:\n{err}");
         assert!(err.contains("the firmware refused the image") && err.contains("Access Denied"), "{what}:\n{err}");
         assert!(!String::from_utf8_lossy(&out.stdout).contains("IMGD-HELLO-READY"));
+        remove_kept_logs(&out);
     };
     // One byte changed inside the kernel section of the signed image.
     let good = std::fs::read(&signed).unwrap();
@@ -342,4 +343,5 @@ fn a_signed_disk_boots_under_secure_boot_and_is_refused_by_firmware_trusting_ano
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "booted with the wrong key enrolled:\n{err}");
     assert!(err.contains("the firmware refused the image") && err.contains("Access Denied"), "{err}");
+    remove_kept_logs(&out);
 }

@@ -138,7 +138,9 @@ pub fn run(a: &TestArgs) -> anyhow::Result<()> {
         };
         boot(a, &machine, &entry, src, [&name, &shown], &marker, scratch.path(), logs.path())
     });
-    if booted.is_err() || a.keep_logs {
+    // A boot refused before qemu started wrote no log: nothing to keep.
+    let wrote_logs = std::fs::read_dir(logs.path()).is_ok_and(|mut d| d.next().is_some());
+    if (booted.is_err() && wrote_logs) || a.keep_logs {
         let kept = logs.keep();
         eprintln!("console logs kept in {}", kept.display());
     }

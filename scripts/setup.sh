@@ -56,19 +56,28 @@ else
   echo "setup: packages present"
 fi
 
+# pip's own exit code decides; only its as-root warning is filtered out.
+pip_install() {
+  local rc=0
+  python3 -m pip install -q "$@" 2>&1 | { grep -v "Running pip as the 'root' user" || true; } || rc=$?
+  return "$rc"
+}
+
 # A local AWS endpoint (and boto3, the independent client) for the sync tests.
 # Pinned: moto 5.2.1 answered CompleteMultipartUpload with the wrong XML root
 # (getmoto/moto#10055), which the Rust SDK rightly rejects.
 moto_version=5.2.5
 if ! command -v moto_server >/dev/null || ! python3 -c "import boto3, moto; assert moto.__version__ == '$moto_version'" 2>/dev/null; then
   echo "setup: installing moto[server]==$moto_version"
-  python3 -m pip install -q "moto[server]==$moto_version" 2>&1 | grep -v "Running pip as the 'root' user" || true
+  pip_install "moto[server]==$moto_version" && python3 -c "import boto3, moto; assert moto.__version__ == '$moto_version'" ||
+    { echo "setup: moto $moto_version did not install (see pip's output above)" >&2; exit 1; }
 fi
 
 # Secure Boot tests enrol their own keys into a copy of OVMF's variable store.
 if ! command -v virt-fw-vars >/dev/null; then
   echo "setup: installing virt-firmware"
-  python3 -m pip install -q "virt-firmware==26.10" 2>&1 | grep -v "Running pip as the 'root' user" || true
+  pip_install "virt-firmware==26.10" && command -v virt-fw-vars >/dev/null ||
+    { echo "setup: virt-firmware did not install (see pip's output above)" >&2; exit 1; }
 fi
 
 mkdir -p "$debs"

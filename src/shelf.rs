@@ -27,13 +27,21 @@ impl Shelf {
     /// held until the returned file is dropped.
     pub fn lock(&self, key: &str) -> Result<std::fs::File> {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
-        let f = std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.dir.join(format!(".{key}.lock")))?;
+        let f = std::fs::File::options().create(true).truncate(false).write(true).open(self.lock_path(key))?;
         f.lock().with_context(|| format!("locking {key} in {}", self.dir.display()))?;
         Ok(f)
+    }
+
+    /// The lock of `key` if no one holds it: for removals, which skip what
+    /// is being made rather than wait for it.
+    pub fn try_lock(&self, key: &str) -> Result<std::fs::File> {
+        let f = std::fs::File::options().create(true).truncate(false).write(true).open(self.lock_path(key))?;
+        f.try_lock().map_err(|e| anyhow::anyhow!("{key} in {} is locked: {e}", self.dir.display()))?;
+        Ok(f)
+    }
+
+    fn lock_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!(".{key}.lock"))
     }
 
     /// A private folder to make something in, beside where it will be
@@ -64,6 +72,33 @@ impl Shelf {
             })
             .collect()
     }
+}
+
+/// Something removed from the cache because nothing used it, and what that freed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    /// `kernel <sha256>`, `Debian base <key>`.
+    pub what: String,
+    pub bytes: u64,
+}
+
+/// Disk space taken by `path` and what is under it, each inode counted once
+/// (as `du` counts it); symlinks are not followed.
+pub fn disk_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut todo = vec![path.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+        if seen.insert((m.dev(), m.ino())) {
+            total += m.blocks() * 512;
+        }
+        if m.is_dir() {
+            todo.extend(std::fs::read_dir(&p).into_iter().flatten().flatten().map(|e| e.path()));
+        }
+    }
+    total
 }
 
 /// Marks `file` as used now, for [`Shelf::unused`].

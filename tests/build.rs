@@ -121,6 +121,78 @@ fn the_unpacked_kernel_is_kept_in_the_cache_and_never_changes_the_bytes() {
     assert!(stderr.contains("cannot keep the unpacked kernel"), "{stderr}");
 }
 
+#[test]
+fn imgd_gc_removes_unpacked_kernels_and_bases_no_build_used_lately() {
+    let h = hello();
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::os::unix::fs::symlink(cache_dir().join("debs"), cache.join("debs")).unwrap();
+    let store = d.path().join("s");
+    let build = || json(&ok(imgd(&store).env("IMGD_CACHE", &cache).args(["build", "hello", "--json"])));
+    let gc =
+        |args: &[&str]| imgd(&store).env("IMGD_CACHE", &cache).args(["gc", "--keep", "1"]).args(args).output().unwrap();
+    let age = |path: &std::path::Path, days: u64| {
+        let when = std::time::SystemTime::now() - std::time::Duration::from_secs(days * 86_400);
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(when).unwrap();
+    };
+    assert_eq!(build()["artifacts"], h.manifest["artifacts"]);
+    let kernel = std::fs::read_dir(cache.join("kernels"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .unwrap();
+    let sha = kernel.file_name().unwrap().to_string_lossy().into_owned();
+    // Debian bases as the cache holds them: a tarball and its unpacked tree,
+    // marked used by the tree's node table. One idle for a month, one used
+    // yesterday; and a folder imgd did not make, which is never touched.
+    let bases = cache.join("debian/bases");
+    let (old, young) = ("a".repeat(64), "b".repeat(64));
+    for key in [&old, &young] {
+        std::fs::create_dir_all(bases.join(format!("{key}.tree/root/etc"))).unwrap();
+        std::fs::write(bases.join(format!("{key}.tree/root/etc/os-release")), "x".repeat(100_000)).unwrap();
+        std::fs::write(bases.join(format!("{key}.tree/nodes.json")), "{}").unwrap();
+        std::fs::write(bases.join(format!("{key}.tar.zst")), "tarball").unwrap();
+    }
+    age(&bases.join(format!("{old}.tree/nodes.json")), 30);
+    age(&bases.join(format!("{young}.tree/nodes.json")), 1);
+    let foreign = cache.join("kernels/not-made-by-imgd");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join(".used"), "").unwrap();
+    age(&foreign.join(".used"), 30);
+
+    // The kernel was used by the build just now: kept; the idle base goes.
+    let out = gc(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("removed Debian base {old} from the cache")), "{stdout}");
+    assert!(!stdout.contains("kernel") && !stdout.contains(&young), "{stdout}");
+    assert!(!bases.join(format!("{old}.tree")).exists() && !bases.join(format!("{old}.tar.zst")).exists());
+    assert!(
+        bases.join(format!("{young}.tree/nodes.json")).is_file() && bases.join(format!("{young}.tar.zst")).is_file()
+    );
+
+    // A month later the kernel is idle too, and what it freed is shown.
+    age(&kernel.join(".used"), 30);
+    let out = gc(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line =
+        stdout.lines().find(|l| l.starts_with(&format!("removed kernel {sha} from the cache ("))).expect(&stdout);
+    let mib: u64 = line.rsplit('(').next().unwrap().trim_end_matches(" MiB)").parse().unwrap();
+    assert!(mib > 100, "an unpacked Debian kernel is hundreds of MiB: {line}");
+    assert!(stdout.contains(&format!("freed {mib} MiB in {}", cache.display())), "{stdout}");
+    assert!(!kernel.exists() && foreign.is_dir(), "{stdout}");
+    // A younger age limit than a day could take what a running build reads.
+    let out = gc(&["--cache-unused", "1h"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1d"));
+    // Removed is only disk: the next build (the store entry gone too) makes
+    // it again, with the same bytes.
+    ok(imgd(&store).env("IMGD_CACHE", &cache).args(["gc", "--keep", "0"]));
+    assert_eq!(build()["artifacts"], h.manifest["artifacts"]);
+    assert!(kernel.join(".used").is_file());
+}
+
 /// What differs from one build host to the next must not reach the bytes: the
 /// store on another filesystem (tmpfs: another readdir order for the staging
 /// tree), another collation (sv_SE sorts `_` and case unlike C, and mkfs.ext4

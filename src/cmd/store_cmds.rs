@@ -83,12 +83,43 @@ pub struct GcArgs {
     /// Keep the newest N entries of each profile.
     #[arg(long)]
     pub keep: usize,
+    /// imgd's local cache folder, where unpacked kernels and Debian bases are kept.
+    #[arg(long = "cache-dir", env = "IMGD_CACHE")]
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// Also remove unpacked kernels and Debian bases no build used for this
+    /// long (a count and s, m, h, d or w; at least a day, so that a build
+    /// that is reading one never loses it). Downloaded packages are kept.
+    #[arg(long, value_name = "AGE", default_value = "14d", value_parser = cache_age)]
+    pub cache_unused: std::time::Duration,
+}
+
+fn cache_age(s: &str) -> Result<std::time::Duration, String> {
+    let d = super::duration(s)?;
+    if d < std::time::Duration::from_secs(86_400) {
+        return Err(format!("`{s}`: at least 1d (a build may be reading what was used more recently)"));
+    }
+    Ok(d)
 }
 
 pub fn gc(a: &GcArgs) -> anyhow::Result<()> {
     let store = a.store.open()?;
     for name in store.gc(a.keep)? {
         println!("removed {name}");
+    }
+    // The cache: rebuilt on demand, so what no build used lately is only disk.
+    let cache = a.cache_dir.clone().unwrap_or_else(imgd::dirs::cache);
+    let mut removed = imgd::rootfs::kernel::remove_unused(&imgd::rootfs::kernel::shelf(&cache), a.cache_unused, "");
+    removed.extend(imgd::debian::bootstrap::remove_unused(
+        &imgd::debian::bootstrap::Cache::new(&cache),
+        a.cache_unused,
+        "",
+    ));
+    let mib = |b: u64| b.div_ceil(1 << 20);
+    for r in &removed {
+        println!("removed {} from the cache ({} MiB)", r.what, mib(r.bytes));
+    }
+    if !removed.is_empty() {
+        println!("freed {} MiB in {}", mib(removed.iter().map(|r| r.bytes).sum()), cache.display());
     }
     Ok(())
 }

@@ -223,13 +223,14 @@ pub fn base_tree(
             rustix::fs::syncfs(std::fs::File::open(tmp.path())?)?;
             std::fs::rename(tmp.keep(), &unpacked)?;
             drop(_locked);
-            prune_unused(cache, &key);
+            remove_unused(cache, std::time::Duration::from_secs(UNUSED_DAYS * 86_400), &key);
         }
     }
+    // Used now, before the files are linked: a removal of unused bases
+    // must never see this one as unused while a build reads it.
+    crate::shelf::touch(&unpacked.join("nodes.json"));
     let tree =
         Tree::link_from(&unpacked, staging).with_context(|| format!("linking the base from {}", unpacked.display()))?;
-    // Last use, for pruning.
-    crate::shelf::touch(&unpacked.join("nodes.json"));
     Ok(tree)
 }
 
@@ -238,15 +239,24 @@ pub fn base_tree(
 const UNUSED_DAYS: u64 = 14;
 
 /// Removes the tarball and tree of every base other than `keep` that no
-/// build used for [`UNUSED_DAYS`], each under its own lock.
-fn prune_unused(cache: &Cache, keep: &str) {
-    let unused = std::time::Duration::from_secs(UNUSED_DAYS * 86_400);
+/// build used for `unused`, each under its own lock (one being made is skipped).
+pub fn remove_unused(cache: &Cache, unused: std::time::Duration, keep: &str) -> Vec<crate::shelf::Removed> {
+    let mut removed = Vec::new();
     for (key, tree) in cache.bases.unused(".tree", "nodes.json", unused, keep) {
-        let Ok(_locked) = cache.bases.lock(&key) else { continue };
-        tracing::info!("removing Debian base {} (unused for {UNUSED_DAYS} days)", &key[..key.len().min(16)]);
-        let _ = std::fs::remove_dir_all(tree);
-        let _ = std::fs::remove_file(cache.bases.dir().join(format!("{key}.tar.zst")));
+        // Only what imgd made: a base is named by a SHA-256.
+        if !crate::hash::is_sha256_hex(&key) {
+            continue;
+        }
+        let Ok(_locked) = cache.bases.try_lock(&key) else { continue };
+        let tarball = cache.bases.dir().join(format!("{key}.tar.zst"));
+        let bytes = crate::shelf::disk_bytes(&tree) + crate::shelf::disk_bytes(&tarball);
+        tracing::info!("removing Debian base {} (unused for {})", &key[..16], humantime::format_duration(unused));
+        if std::fs::remove_dir_all(&tree).is_ok() {
+            let _ = std::fs::remove_file(&tarball);
+            removed.push(crate::shelf::Removed { what: format!("Debian base {key}"), bytes });
+        }
     }
+    removed
 }
 
 /// A flat repository of exactly the locked files: hard links into the pool

@@ -44,7 +44,7 @@ impl KernelParts {
     pub fn obtain(recipe: &Recipe, base: &Tree, work: &Path) -> Result<KernelParts> {
         match &recipe.kernel {
             Kernel::Deb(deb) => {
-                let shelf = Shelf::new(recipe.cache.join("kernels"));
+                let shelf = shelf(&recipe.cache);
                 let dir = match shelf.lock(&deb.sha256) {
                     Ok(locked) => unpacked_deb(deb, &shelf, locked)?,
                     Err(e) => {
@@ -239,17 +239,34 @@ fn unpacked_deb(deb: &crate::config::recipe::Input, shelf: &Shelf, _locked: std:
         }
         std::fs::rename(&dir, &done)?;
         drop(_locked);
-        let unused = std::time::Duration::from_secs(UNUSED_DAYS * 86_400);
-        for (old, path) in shelf.unused("", ".used", unused, key) {
-            if crate::hash::is_sha256_hex(&old) {
-                let Ok(_locked) = shelf.lock(&old) else { continue };
-                tracing::info!("removing unpacked kernel {} (unused for {UNUSED_DAYS} days)", &old[..16]);
-                let _ = std::fs::remove_dir_all(path);
-            }
-        }
+        remove_unused(shelf, std::time::Duration::from_secs(UNUSED_DAYS * 86_400), key);
     }
     crate::shelf::touch(&used);
     Ok(done)
+}
+
+/// Removes the unpacked kernels other than `keep` that no build used for
+/// `unused`, each under its own lock (one being made is skipped).
+pub fn remove_unused(shelf: &Shelf, unused: std::time::Duration, keep: &str) -> Vec<crate::shelf::Removed> {
+    let mut removed = Vec::new();
+    for (old, path) in shelf.unused("", ".used", unused, keep) {
+        // Only what imgd made: a folder named by a package's SHA-256.
+        if !crate::hash::is_sha256_hex(&old) {
+            continue;
+        }
+        let Ok(_locked) = shelf.try_lock(&old) else { continue };
+        let bytes = crate::shelf::disk_bytes(&path);
+        tracing::info!("removing unpacked kernel {} (unused for {})", &old[..16], humantime::format_duration(unused));
+        if std::fs::remove_dir_all(&path).is_ok() {
+            removed.push(crate::shelf::Removed { what: format!("kernel {old}"), bytes });
+        }
+    }
+    removed
+}
+
+/// Where a cache folder keeps its unpacked kernels.
+pub fn shelf(cache: &Path) -> Shelf {
+    Shelf::new(cache.join("kernels"))
 }
 
 /// Runs depmod for a modules directory `<base>/lib/modules/<version>`.

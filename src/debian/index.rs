@@ -141,7 +141,7 @@ impl Index {
                 .parse()
                 .map_err(|e| anyhow::anyhow!("package {name}: bad Version: {e}"))?;
             let sha256 = field("SHA256").with_context(|| format!("package {name} has no SHA256"))?.to_ascii_lowercase();
-            if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if !crate::hash::is_sha256_hex(&sha256) {
                 bail!("package {name}: SHA256 `{sha256}` is not a SHA-256");
             }
             let filename = field("Filename").with_context(ctx)?;

@@ -84,11 +84,7 @@ pub struct EntryName(String);
 
 impl EntryName {
     pub fn new(s: &str) -> Option<EntryName> {
-        let (hash, profile) = s.split_once('-')?;
-        let ok = hash.len() == crate::store::NAME_HASH_LEN
-            && hash.bytes().all(|b| b.is_ascii_hexdigit())
-            && crate::config::valid_name(profile);
-        ok.then(|| EntryName(s.to_string()))
+        crate::store::valid_entry_name(s).then(|| EntryName(s.to_string()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -164,8 +164,7 @@ impl Manifest {
 
     /// What serde cannot say: the names fit together and nothing is listed twice.
     fn check(&self) -> Result<()> {
-        let hex64 = self.hash.len() == 64 && self.hash.bytes().all(|b| b.is_ascii_hexdigit());
-        if !hex64 {
+        if !crate::hash::is_digest_hex(&self.hash) {
             bail!("hash `{}` is not 64 hex digits", self.hash.escape_debug());
         }
         if self.name != super::entry_name(&self.hash, &self.profile) || !crate::config::valid_name(&self.profile) {

@@ -169,7 +169,7 @@ pub async fn upload(
 
     // Resume the upload an interrupted run of ours started for this content,
     // abort any other; else start one and remember it.
-    let state = UploadState::path(&opts.state_dir, bucket, key);
+    let state = UploadState::path(&opts.state_dir, opts.endpoint_url.as_deref(), bucket, key);
     let ours = UploadState::read(&state)
         .filter(|s| s.digest == digest && s.part_checksum == PART_CHECKSUM)
         .map(|s| s.upload_id);
@@ -251,8 +251,16 @@ struct UploadState {
 }
 
 impl UploadState {
-    fn path(dir: &Path, bucket: &str, key: &str) -> PathBuf {
-        let id = hex::encode(Sha256::digest(format!("{bucket}/{key}").as_bytes()));
+    /// One file per object and service: a bucket of the same name behind
+    /// another endpoint (an S3-compatible store, a test server) is another
+    /// upload, whose state must not replace this one's. AWS's own endpoint
+    /// keeps the name it always had, so an upload in flight still resumes.
+    fn path(dir: &Path, endpoint: Option<&str>, bucket: &str, key: &str) -> PathBuf {
+        let name = match endpoint {
+            None => format!("{bucket}/{key}"),
+            Some(e) => format!("{e}\n{bucket}/{key}"),
+        };
+        let id = hex::encode(Sha256::digest(name.as_bytes()));
         dir.join(format!("{}.json", &id[..32]))
     }
     fn read(path: &Path) -> Option<UploadState> {
@@ -511,6 +519,21 @@ async fn abort_stale(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn upload_state_is_one_file_per_object_and_endpoint_and_aws_keeps_its_old_name() {
+        use super::UploadState;
+        let dir = std::path::Path::new("/state");
+        let aws = UploadState::path(dir, None, "imgs", "a/disk.raw");
+        let other = UploadState::path(dir, Some("http://127.0.0.1:9000"), "imgs", "a/disk.raw");
+        let third = UploadState::path(dir, Some("http://127.0.0.1:9001"), "imgs", "a/disk.raw");
+        assert!(aws != other && other != third);
+        assert_eq!(other, UploadState::path(dir, Some("http://127.0.0.1:9000"), "imgs", "a/disk.raw"));
+        // What a run before this change wrote for AWS is still found.
+        use sha2::Digest;
+        let old = hex::encode(sha2::Sha256::digest(b"imgs/a/disk.raw"));
+        assert_eq!(aws, dir.join(format!("{}.json", &old[..32])));
+    }
+
     #[test]
     fn zero_parts_get_the_same_digests_as_hashing_them() {
         use sha2::Digest;

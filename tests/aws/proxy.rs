@@ -104,6 +104,7 @@ struct State {
     /// Image -> deprecation time (ISO 8601), which moto does not keep.
     deprecations: Mutex<BTreeMap<String, String>>,
     released: std::sync::atomic::AtomicBool,
+    parts_undelayed: std::sync::atomic::AtomicBool,
 }
 
 pub struct Proxy {
@@ -126,6 +127,7 @@ impl Proxy {
             lost_once: Mutex::default(),
             deprecations: Mutex::default(),
             released: Default::default(),
+            parts_undelayed: Default::default(),
         });
         let st = state.clone();
         rt.spawn(async move {
@@ -149,6 +151,11 @@ impl Proxy {
     /// Ends `stall_blocks_after` for blocks sent from now on.
     pub fn release_blocks(&self) {
         self.state.released.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Ends `part_delay_ms` for parts sent from now on.
+    pub fn end_part_delay(&self) {
+        self.state.parts_undelayed.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// What EBS does to a pending snapshot nobody completes within its
@@ -278,7 +285,7 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
     {
         std::future::pending::<()>().await;
     }
-    if upload_part && st.faults.part_delay_ms > 0 {
+    if upload_part && st.faults.part_delay_ms > 0 && !st.parts_undelayed.load(std::sync::atomic::Ordering::SeqCst) {
         tokio::time::sleep(std::time::Duration::from_millis(st.faults.part_delay_ms)).await;
     }
     match action.as_deref() {

@@ -180,6 +180,55 @@ fn import_method_uses_import_snapshot_and_explains_a_missing_vmimport_role() {
 }
 
 #[test]
+fn two_syncs_of_one_build_at_once_make_one_image_and_both_succeed() {
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    // Built first, so that both start syncing at once.
+    crate::common::ok(crate::common::imgd(&store).args(["build", "hello"]));
+    let spawn = || {
+        let mut c = std::process::Command::new(support::imgd());
+        c.args(["sync", "hello", "--bucket", "imgs", "--regions", "us-east-1,eu-west-1"]).args([
+            "--endpoint-url",
+            &moto.url,
+            "--json",
+            "--max-attempts",
+            "2",
+        ]);
+        support::test_env(&mut c, &store)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let runs: Vec<(Value, String)> = [a, b]
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "a concurrent sync failed: {stderr}");
+            (serde_json::from_slice(&out.stdout).unwrap(), stderr)
+        })
+        .collect();
+    assert_eq!(runs[0].0["amis"], runs[1].0["amis"]);
+    assert_eq!(moto.images("us-east-1").len(), 1, "one image in the home region");
+    assert_eq!(moto.images("eu-west-1").len(), 1, "one copy");
+    // One did the work; the other waited for it and found nothing to do.
+    let waited: Vec<&(Value, String)> = runs.iter().filter(|(r, _)| r["mutating_calls"] == 0).collect();
+    assert_eq!(waited.len(), 1, "{runs:?}");
+    assert_eq!(waited[0].0["uploaded_bytes"], 0);
+    assert!(waited[0].1.contains("another imgd sync of imgd-hello-"), "{}", waited[0].1);
+    // Snapshots imgd started (moto adds one of its own per registered image).
+    let snapshots = moto.py(
+        "print(json.dumps([s['SnapshotId'] for s in ec2('us-east-1').describe_snapshots(OwnerIds=['self'])['Snapshots'] \
+         if s.get('Description', '').startswith('imgd hello')]))",
+    );
+    assert_eq!(snapshots.as_array().unwrap().len(), 1, "one EBS direct snapshot: {snapshots}");
+}
+
+#[test]
 fn dry_run_prints_a_plan_and_changes_nothing() {
     let moto = Moto::start();
     moto.py("s3.create_bucket(Bucket='imgs')");
@@ -285,9 +334,10 @@ fn an_interrupted_upload_resumes_with_the_parts_already_sent() {
     let have = before.as_u64().unwrap();
     assert!(have >= 2, "{have} parts were in S3 when it died");
 
-    // The re-run keeps those parts, sends the rest, and leaves no upload open.
-    let mended = Proxy::start(&moto.addr, Faults::default());
-    let (r, _) = support::aws_ok(&mended.url, &store, "sync", &args[1..6]);
+    // The re-run (same endpoint: upload state belongs to one service) keeps
+    // those parts, sends the rest, and leaves no upload open.
+    slow.end_part_delay();
+    let (r, _) = support::aws_ok(&slow.url, &store, "sync", &args[1..6]);
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(store.join(&entry).join("manifest.json")).unwrap()).unwrap();
     let total: u64 = manifest["artifacts"].as_array().unwrap().iter().map(|a| a["size"].as_u64().unwrap()).sum();

@@ -161,6 +161,8 @@ pub struct Outcome {
 
 /// Observe, plan, and (unless `dry_run`) apply.
 pub async fn run(req: &Request, opts: &Options, dry_run: bool) -> Result<Outcome> {
+    // Held until the sync ends; a dry run changes nothing and need not wait.
+    let _one = if dry_run { None } else { Some(one_sync_at_a_time(req, opts).await?) };
     let clients = Clients::load(&req.home, opts).await;
     let seen = observe(&clients, req).await?;
     let plan = plan::plan(&seen, req);
@@ -170,4 +172,38 @@ pub async fn run(req: &Request, opts: &Options, dry_run: bool) -> Result<Outcome
     let counters = std::sync::Arc::new(Counters::default());
     let result = apply(&clients, req, &seen, &plan, opts, &counters).await?;
     Ok(Outcome { plan, result: Some(result) })
+}
+
+/// One sync of a build to one place (endpoint, bucket, home region) at a
+/// time on this machine: two at once would resume the same multipart uploads
+/// and EBS snapshot and race to register the image (the loser fails on the
+/// duplicate name). The second waits, then observes what the first made and
+/// has nothing left to do. (Syncs from two machines are not serialized; each
+/// observes only what the other finished.)
+async fn one_sync_at_a_time(req: &Request, opts: &Options) -> Result<std::fs::File> {
+    use anyhow::Context;
+    use sha2::Digest;
+    let state_dir = &opts.state_dir;
+    std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+    let image = req.image_name();
+    let place = format!("{}\n{}\n{}", opts.endpoint_url.as_deref().unwrap_or(""), req.to.bucket, req.home);
+    let place = hex::encode(&sha2::Sha256::digest(place.as_bytes())[..8]);
+    // `image` is `imgd-<profile>-<hash12>`, from a checked store entry.
+    let path = state_dir.join(format!("sync-{image}-{place}.lock"));
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            tracing::warn!("another imgd sync of {image} is running on this machine; waiting for it to end");
+            tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+                .await?
+                .with_context(|| format!("locking {}", path.display()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
 }

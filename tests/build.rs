@@ -186,11 +186,8 @@ fn imgd_gc_removes_unpacked_kernels_and_bases_no_build_used_lately() {
     let out = gc(&["--cache-unused", "1h"]);
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1d"));
-    // Removed is only disk: the next build (the store entry gone too) makes
-    // it again, with the same bytes.
-    ok(imgd(&store).env("IMGD_CACHE", &cache).args(["gc", "--keep", "0"]));
-    assert_eq!(build()["artifacts"], h.manifest["artifacts"]);
-    assert!(kernel.join(".used").is_file());
+    // (That a removed kernel is made again, with the same bytes, is
+    // the_unpacked_kernel_is_kept_in_the_cache_and_never_changes_the_bytes.)
 }
 
 /// What differs from one build host to the next must not reach the bytes: the

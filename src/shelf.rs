@@ -74,6 +74,39 @@ impl Shelf {
     }
 }
 
+impl Shelf {
+    /// Removes what [`Shelf::unused`] lists, each under its own lock (one
+    /// being made is skipped, not waited for), and only keys that are a
+    /// SHA-256: what imgd made. `also(key)`: files kept beside the folder.
+    /// `what` names one in logs and in the result (`kernel`, `Debian base`).
+    pub fn remove_unused(
+        &self,
+        [suffix, used]: [&str; 2],
+        unused: Duration,
+        keep: &str,
+        what: &str,
+        also: impl Fn(&str) -> Vec<PathBuf>,
+    ) -> Vec<Removed> {
+        let mut removed = Vec::new();
+        for (key, path) in self.unused(suffix, used, unused, keep) {
+            if !crate::hash::is_sha256_hex(&key) {
+                continue;
+            }
+            let Ok(_locked) = self.try_lock(&key) else { continue };
+            let beside = also(&key);
+            let bytes = disk_bytes(&path) + beside.iter().map(|p| disk_bytes(p)).sum::<u64>();
+            tracing::info!("removing {what} {} (unused for {})", &key[..16], humantime::format_duration(unused));
+            if std::fs::remove_dir_all(&path).is_ok() {
+                for p in beside {
+                    let _ = std::fs::remove_file(p);
+                }
+                removed.push(Removed { what: format!("{what} {key}"), bytes });
+            }
+        }
+        removed
+    }
+}
+
 /// Something removed from the cache because nothing used it, and what that freed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Removed {

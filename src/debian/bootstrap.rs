@@ -239,24 +239,12 @@ pub fn base_tree(
 const UNUSED_DAYS: u64 = 14;
 
 /// Removes the tarball and tree of every base other than `keep` that no
-/// build used for `unused`, each under its own lock (one being made is skipped).
+/// build used for `unused`.
 pub fn remove_unused(cache: &Cache, unused: std::time::Duration, keep: &str) -> Vec<crate::shelf::Removed> {
-    let mut removed = Vec::new();
-    for (key, tree) in cache.bases.unused(".tree", "nodes.json", unused, keep) {
-        // Only what imgd made: a base is named by a SHA-256.
-        if !crate::hash::is_sha256_hex(&key) {
-            continue;
-        }
-        let Ok(_locked) = cache.bases.try_lock(&key) else { continue };
-        let tarball = cache.bases.dir().join(format!("{key}.tar.zst"));
-        let bytes = crate::shelf::disk_bytes(&tree) + crate::shelf::disk_bytes(&tarball);
-        tracing::info!("removing Debian base {} (unused for {})", &key[..16], humantime::format_duration(unused));
-        if std::fs::remove_dir_all(&tree).is_ok() {
-            let _ = std::fs::remove_file(&tarball);
-            removed.push(crate::shelf::Removed { what: format!("Debian base {key}"), bytes });
-        }
-    }
-    removed
+    let dir = cache.bases.dir();
+    cache.bases.remove_unused([".tree", "nodes.json"], unused, keep, "Debian base", |key| {
+        vec![dir.join(format!("{key}.tar.zst"))]
+    })
 }
 
 /// A flat repository of exactly the locked files: hard links into the pool

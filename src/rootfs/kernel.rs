@@ -245,23 +245,9 @@ fn unpacked_deb(deb: &crate::config::recipe::Input, shelf: &Shelf, _locked: std:
     Ok(done)
 }
 
-/// Removes the unpacked kernels other than `keep` that no build used for
-/// `unused`, each under its own lock (one being made is skipped).
+/// Removes the unpacked kernels other than `keep` that no build used for `unused`.
 pub fn remove_unused(shelf: &Shelf, unused: std::time::Duration, keep: &str) -> Vec<crate::shelf::Removed> {
-    let mut removed = Vec::new();
-    for (old, path) in shelf.unused("", ".used", unused, keep) {
-        // Only what imgd made: a folder named by a package's SHA-256.
-        if !crate::hash::is_sha256_hex(&old) {
-            continue;
-        }
-        let Ok(_locked) = shelf.try_lock(&old) else { continue };
-        let bytes = crate::shelf::disk_bytes(&path);
-        tracing::info!("removing unpacked kernel {} (unused for {})", &old[..16], humantime::format_duration(unused));
-        if std::fs::remove_dir_all(&path).is_ok() {
-            removed.push(crate::shelf::Removed { what: format!("kernel {old}"), bytes });
-        }
-    }
-    removed
+    shelf.remove_unused(["", ".used"], unused, keep, "kernel", |_| vec![])
 }
 
 /// Where a cache folder keeps its unpacked kernels.

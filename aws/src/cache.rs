@@ -21,16 +21,22 @@ pub struct Cache {
 }
 
 impl Cache {
-    pub async fn open(at: Location, opts: &Options) -> Cache {
-        let s3 = Clients::load("us-east-1", opts).await.s3();
-        Cache { at, s3, opts: opts.clone(), counters: Counters::default() }
+    pub fn open(at: Location, opts: &Options) -> crate::Task<'_, Cache> {
+        Box::pin(async move {
+            let s3 = Clients::load("us-east-1", opts).await.s3();
+            Ok(Cache { at, s3, opts: opts.clone(), counters: Counters::default() })
+        })
     }
 
     /// Downloads `<entry>/<file>` into `dest` (created new). `Ok(false)` when
     /// the object is not there. An object larger than `max_size` is refused
     /// before its body is read, and a body that runs past it is cut off: a
     /// poisoned cache cannot fill the builder's disk.
-    pub async fn get(&self, entry: &str, file: &str, dest: &Path, max_size: u64) -> Result<bool> {
+    pub fn get<'a>(&'a self, entry: &'a str, file: &'a str, dest: &'a Path, max_size: u64) -> crate::Task<'a, bool> {
+        Box::pin(self.download(entry, file, dest, max_size))
+    }
+
+    async fn download(&self, entry: &str, file: &str, dest: &Path, max_size: u64) -> Result<bool> {
         use tokio::io::AsyncWriteExt;
         let key = self.at.key(entry, file);
         let url = self.at.url(&key);
@@ -65,7 +71,7 @@ impl Cache {
 
     /// Uploads an entry's files (the manifest last); `overwrite` replaces
     /// objects that claim the same content (after a fetched copy failed its check).
-    pub async fn put(&self, entry: &str, files: &[crate::File], overwrite: bool) -> Result<()> {
-        crate::s3::upload_files(&self.s3, &self.at, entry, files, &self.counters, overwrite, &self.opts).await
+    pub fn put<'a>(&'a self, entry: &'a str, files: &'a [crate::File], overwrite: bool) -> crate::Task<'a, ()> {
+        Box::pin(crate::s3::upload_files(&self.s3, &self.at, entry, files, &self.counters, overwrite, &self.opts))
     }
 }

@@ -26,9 +26,18 @@ pub mod s3;
 pub mod ssm;
 pub mod sync;
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// What the crate's entry points return: a boxed future, so the code that
+/// polls the whole AWS state machine is compiled once, here. Returned as
+/// `impl Future`, it was compiled again in every crate that awaited it: in
+/// imgd's binary, its library and the library's tests (some 40 s of each CI
+/// build on two cores).
+pub type Task<'a, T> = Pin<Box<dyn Future<Output = anyhow::Result<T>> + Send + 'a>>;
 
 /// What a run did, for `--json` and for tests that assert a re-run does nothing.
 #[derive(Debug, Default)]

@@ -62,7 +62,12 @@ pub struct Outcome {
     pub mutating_calls: u64,
 }
 
-pub async fn run(req: &Request, opts: &Options, apply: bool) -> Result<Outcome> {
+/// Observe every region, plan, and with `apply`, point the channel.
+pub fn run<'a>(req: &'a Request, opts: &'a Options, apply: bool) -> crate::Task<'a, Outcome> {
+    Box::pin(observe_plan_apply(req, opts, apply))
+}
+
+async fn observe_plan_apply(req: &Request, opts: &Options, apply: bool) -> Result<Outcome> {
     let home = req.regions.first().cloned().unwrap_or_default();
     let clients = Clients::load(&home, opts).await;
     // Every region is looked at at once: `--regions all` is some 17 regions.

@@ -77,7 +77,9 @@ impl S3Cache {
             .enable_all()
             .build()
             .map_err(|e| format!("starting the S3 client: {e}"))?;
-        let cache = rt.block_on(imgd_aws::cache::Cache::open(at, &options(endpoint, 8)));
+        let cache = rt
+            .block_on(imgd_aws::cache::Cache::open(at, &options(endpoint, 8)))
+            .map_err(|e| format!("starting the S3 client: {e:#}"))?;
         Ok(S3Cache { url: url.to_string(), rt, cache })
     }
 }

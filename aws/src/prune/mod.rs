@@ -57,7 +57,11 @@ pub struct Outcome {
 }
 
 /// Observe, plan, and with `yes`, apply.
-pub async fn run(req: &Request, opts: &Options, yes: bool) -> Result<Outcome> {
+pub fn run<'a>(req: &'a Request, opts: &'a Options, yes: bool) -> crate::Task<'a, Outcome> {
+    Box::pin(observe_plan_apply(req, opts, yes))
+}
+
+async fn observe_plan_apply(req: &Request, opts: &Options, yes: bool) -> Result<Outcome> {
     let home = req.regions.first().map_or("us-east-1", String::as_str);
     let clients = Clients::load(home, opts).await;
     let seen = observe::observe(&clients, req).await?;

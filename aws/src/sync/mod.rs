@@ -160,7 +160,11 @@ pub struct Outcome {
 }
 
 /// Observe, plan, and (unless `dry_run`) apply.
-pub async fn run(req: &Request, opts: &Options, dry_run: bool) -> Result<Outcome> {
+pub fn run<'a>(req: &'a Request, opts: &'a Options, dry_run: bool) -> crate::Task<'a, Outcome> {
+    Box::pin(observe_plan_apply(req, opts, dry_run))
+}
+
+async fn observe_plan_apply(req: &Request, opts: &Options, dry_run: bool) -> Result<Outcome> {
     // Held until the sync ends; a dry run changes nothing and need not wait.
     let _one = if dry_run { None } else { Some(one_sync_at_a_time(req, opts).await?) };
     let clients = Clients::load(&req.home, opts).await;

@@ -8,6 +8,13 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+/// How long an unpacked kernel or Debian base may go unused before it is
+/// removed: when another one is made, and by `imgd gc` unless told otherwise
+/// (`UNUSED_AGE` is the same age as `imgd gc --cache-unused` writes it).
+/// Each is ~400 MB to ~1 GB on disk and made again on demand.
+pub const UNUSED: Duration = Duration::from_secs(14 * 86_400);
+pub const UNUSED_AGE: &str = "14d";
+
 /// One folder of such things.
 #[derive(Debug, Clone)]
 pub struct Shelf {

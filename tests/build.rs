@@ -81,10 +81,7 @@ fn same_inputs_give_bit_identical_artifacts_in_another_store() {
 fn the_unpacked_kernel_is_kept_in_the_cache_and_never_changes_the_bytes() {
     let h = hello();
     let d = tempfile::tempdir().unwrap();
-    let cache = d.path().join("cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    let real_debs = cache_dir().join("debs");
-    std::os::unix::fs::symlink(real_debs, cache.join("debs")).unwrap();
+    let cache = scratch_cache(&d.path().join("cache"));
     let build_with = |store: &str, cache: &std::path::Path| {
         let out = ok(imgd(&d.path().join(store)).env("IMGD_CACHE", cache).args(["build", "hello", "--json"]));
         (json(&out), String::from_utf8_lossy(&out.stderr).into_owned())
@@ -125,9 +122,7 @@ fn the_unpacked_kernel_is_kept_in_the_cache_and_never_changes_the_bytes() {
 fn imgd_gc_removes_unpacked_kernels_and_bases_no_build_used_lately() {
     let h = hello();
     let d = tempfile::tempdir().unwrap();
-    let cache = d.path().join("cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    std::os::unix::fs::symlink(cache_dir().join("debs"), cache.join("debs")).unwrap();
+    let cache = scratch_cache(&d.path().join("cache"));
     let store = d.path().join("s");
     let build = || json(&ok(imgd(&store).env("IMGD_CACHE", &cache).args(["build", "hello", "--json"])));
     let gc =

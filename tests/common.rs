@@ -87,6 +87,15 @@ pub fn cache_dir() -> PathBuf {
     xdg.unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache")).join("imgd")
 }
 
+/// A cache folder of its own at `dir` that shares the downloaded packages
+/// (setup's .debs) with the usual one: what a build makes from them (the
+/// unpacked kernel, a Debian base) is made again there.
+pub fn scratch_cache(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::os::unix::fs::symlink(cache_dir().join("debs"), dir.join("debs")).unwrap();
+    dir.to_path_buf()
+}
+
 /// A scratch project with the repo's hardware files and the given profiles.
 pub fn project(profiles: &[(&str, &str)]) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();

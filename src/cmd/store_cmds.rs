@@ -89,7 +89,7 @@ pub struct GcArgs {
     /// Also remove unpacked kernels and Debian bases no build used for this
     /// long (a count and s, m, h, d or w; at least a day, so that a build
     /// that is reading one never loses it). Downloaded packages are kept.
-    #[arg(long, value_name = "AGE", default_value = "14d", value_parser = cache_age)]
+    #[arg(long, value_name = "AGE", default_value = imgd::shelf::UNUSED_AGE, value_parser = cache_age)]
     pub cache_unused: std::time::Duration,
 }
 
@@ -122,4 +122,13 @@ pub fn gc(a: &GcArgs) -> anyhow::Result<()> {
         println!("freed {} MiB in {}", mib(removed.iter().map(|r| r.bytes).sum()), cache.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn gc_s_default_age_is_the_one_builds_prune_by() {
+        assert_eq!(super::cache_age(imgd::shelf::UNUSED_AGE), Ok(imgd::shelf::UNUSED));
+        assert!(super::cache_age("23h").is_err(), "under a day is refused");
+    }
 }

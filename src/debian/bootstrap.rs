@@ -223,7 +223,7 @@ pub fn base_tree(
             rustix::fs::syncfs(std::fs::File::open(tmp.path())?)?;
             std::fs::rename(tmp.keep(), &unpacked)?;
             drop(_locked);
-            remove_unused(cache, std::time::Duration::from_secs(UNUSED_DAYS * 86_400), &key);
+            remove_unused(cache, crate::shelf::UNUSED, &key);
         }
     }
     // Used now, before the files are linked: a removal of unused bases
@@ -233,10 +233,6 @@ pub fn base_tree(
         Tree::link_from(&unpacked, staging).with_context(|| format!("linking the base from {}", unpacked.display()))?;
     Ok(tree)
 }
-
-/// Bases unused this long are removed when a new one is made (each is a
-/// tarball and an unpacked tree, ~1 GB for a server base).
-const UNUSED_DAYS: u64 = 14;
 
 /// Removes the tarball and tree of every base other than `keep` that no
 /// build used for `unused`.

@@ -207,10 +207,6 @@ fn deb_parts(dir: &Path, name: &str) -> Result<(String, PathBuf, PathBuf)> {
     Ok((version, image, modules_dir))
 }
 
-/// Kernel packages unused this long are removed when another is unpacked
-/// (each is ~400 MB unpacked).
-const UNUSED_DAYS: u64 = 14;
-
 /// The kernel package unpacked, with modules.dep, in imgd's cache under its
 /// SHA-256: a Debian kernel .deb is ~70 MB of xz holding ~400 MB of modules,
 /// and unpacking it was most of a small image's build (5 of 6 s for hello,
@@ -239,7 +235,7 @@ fn unpacked_deb(deb: &crate::config::recipe::Input, shelf: &Shelf, _locked: std:
         }
         std::fs::rename(&dir, &done)?;
         drop(_locked);
-        remove_unused(shelf, std::time::Duration::from_secs(UNUSED_DAYS * 86_400), key);
+        remove_unused(shelf, crate::shelf::UNUSED, key);
     }
     crate::shelf::touch(&used);
     Ok(done)

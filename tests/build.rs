@@ -151,6 +151,13 @@ fn imgd_gc_removes_unpacked_kernels_and_bases_no_build_used_lately() {
     }
     age(&bases.join(format!("{old}.tree/nodes.json")), 30);
     age(&bases.join(format!("{young}.tree/nodes.json")), 1);
+    // Tarballs whose tree was never unpacked: their own age is their use.
+    let (lone_old, lone_young) = ("c".repeat(64), "d".repeat(64));
+    for key in [&lone_old, &lone_young] {
+        std::fs::write(bases.join(format!("{key}.tar.zst")), "tarball").unwrap();
+    }
+    age(&bases.join(format!("{lone_old}.tar.zst")), 30);
+    age(&bases.join(format!("{lone_young}.tar.zst")), 1);
     let foreign = cache.join("kernels/not-made-by-imgd");
     std::fs::create_dir_all(&foreign).unwrap();
     std::fs::write(foreign.join(".used"), "").unwrap();
@@ -161,10 +168,14 @@ fn imgd_gc_removes_unpacked_kernels_and_bases_no_build_used_lately() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(&format!("removed Debian base {old} from the cache")), "{stdout}");
-    assert!(!stdout.contains("kernel") && !stdout.contains(&young), "{stdout}");
+    assert!(stdout.contains(&format!("removed Debian base {lone_old} from the cache")), "{stdout}");
+    assert!(!stdout.contains("kernel") && !stdout.contains(&young) && !stdout.contains(&lone_young), "{stdout}");
     assert!(!bases.join(format!("{old}.tree")).exists() && !bases.join(format!("{old}.tar.zst")).exists());
     assert!(
         bases.join(format!("{young}.tree/nodes.json")).is_file() && bases.join(format!("{young}.tar.zst")).is_file()
+    );
+    assert!(
+        !bases.join(format!("{lone_old}.tar.zst")).exists() && bases.join(format!("{lone_young}.tar.zst")).is_file()
     );
 
     // A month later the kernel is idle too, and what it freed is shown.

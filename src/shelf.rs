@@ -64,48 +64,73 @@ impl Shelf {
         Ok(tempfile::Builder::new().prefix(prefix).tempdir_in(&self.dir)?)
     }
 
-    /// Keys (names ending in `suffix`, which is stripped) whose `used` file
-    /// has not been touched for `unused`, other than `keep`: what the caller
-    /// may remove, each under its own lock.
-    pub fn unused(&self, suffix: &str, used: &str, unused: Duration, keep: &str) -> Vec<(String, PathBuf)> {
-        let cutoff = SystemTime::now().checked_sub(unused).unwrap_or(SystemTime::UNIX_EPOCH);
+    /// Keys of `kind` (names ending in its suffix, which is stripped) none of
+    /// whose use marks was touched for `unused`, other than `keep`: what the
+    /// caller may remove, each under its own lock.
+    pub fn unused(&self, kind: &Kind, unused: Duration, keep: &str) -> Vec<(String, PathBuf)> {
         let Ok(rd) = std::fs::read_dir(&self.dir) else { return vec![] };
         rd.flatten()
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let key = name.strip_suffix(suffix)?.to_string();
-                let last = std::fs::metadata(e.path().join(used)).and_then(|m| m.modified());
-                (key != keep && !key.starts_with('.') && !last.is_ok_and(|t| t > cutoff)).then(|| (key, e.path()))
+                let key = name.strip_suffix(kind.suffix)?.to_string();
+                (key != keep && !key.starts_with('.') && kind.idle(&key, unused)).then(|| (key, e.path()))
             })
             .collect()
     }
 }
 
+/// One kind of thing kept on a shelf, for the removal of unused ones.
+pub struct Kind<'a> {
+    /// Entries (folders or files) are named `<key><suffix>`.
+    pub suffix: &'a str,
+    /// Names one in logs and in results (`kernel`, `Debian base`).
+    pub what: &'a str,
+    /// The files whose mtime says when `key` was last used; the newest counts
+    /// (none there: never used).
+    pub marks: &'a dyn Fn(&str) -> Vec<PathBuf>,
+    /// What goes with `key` when it is removed (folders or files).
+    pub also: &'a dyn Fn(&str) -> Vec<PathBuf>,
+}
+
+impl Kind<'_> {
+    fn idle(&self, key: &str, unused: Duration) -> bool {
+        let cutoff = SystemTime::now().checked_sub(unused).unwrap_or(SystemTime::UNIX_EPOCH);
+        let last = (self.marks)(key).iter().filter_map(|m| std::fs::metadata(m).and_then(|m| m.modified()).ok()).max();
+        last.is_none_or(|t| t <= cutoff)
+    }
+}
+
+/// Removes a folder with what is in it, or a file.
+fn remove(path: &Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    }
+}
+
 impl Shelf {
     /// Removes what [`Shelf::unused`] lists, each under its own lock (one
-    /// being made is skipped, not waited for), and only keys that are a
-    /// SHA-256: what imgd made. `also(key)`: files kept beside the folder.
-    /// `what` names one in logs and in the result (`kernel`, `Debian base`).
-    pub fn remove_unused(
-        &self,
-        [suffix, used]: [&str; 2],
-        unused: Duration,
-        keep: &str,
-        what: &str,
-        also: impl Fn(&str) -> Vec<PathBuf>,
-    ) -> Vec<Removed> {
+    /// being made is skipped, not waited for) and looked at again once
+    /// locked (a build may have used it meanwhile), and only keys that are a
+    /// SHA-256: what imgd made.
+    pub fn remove_unused(&self, kind: &Kind, unused: Duration, keep: &str) -> Vec<Removed> {
         let mut removed = Vec::new();
-        for (key, path) in self.unused(suffix, used, unused, keep) {
+        for (key, path) in self.unused(kind, unused, keep) {
             if !crate::hash::is_sha256_hex(&key) {
                 continue;
             }
             let Ok(_locked) = self.try_lock(&key) else { continue };
-            let beside = also(&key);
+            if !kind.idle(&key, unused) {
+                continue;
+            }
+            let beside = (kind.also)(&key);
             let bytes = disk_bytes(&path) + beside.iter().map(|p| disk_bytes(p)).sum::<u64>();
+            let what = kind.what;
             tracing::info!("removing {what} {} (unused for {})", &key[..16], humantime::format_duration(unused));
-            if std::fs::remove_dir_all(&path).is_ok() {
+            if remove(&path).is_ok() {
                 for p in beside {
-                    let _ = std::fs::remove_file(p);
+                    let _ = remove(&p);
                 }
                 removed.push(Removed { what: format!("{what} {key}"), bytes });
             }
@@ -181,13 +206,12 @@ mod tests {
                 .set_modified(long_ago)
                 .unwrap();
         }
-        let keys: Vec<String> = shelf
-            .unused(".tree", "used", Duration::from_secs(14 * 86_400), "kept")
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
+        let marks = |k: &str| vec![d.path().join(format!("{k}.tree/used"))];
+        let kind = Kind { suffix: ".tree", what: "tree", marks: &marks, also: &|_| vec![] };
+        let keys: Vec<String> =
+            shelf.unused(&kind, Duration::from_secs(14 * 86_400), "kept").into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["old"]);
         touch(&d.path().join("old.tree/used"));
-        assert!(shelf.unused(".tree", "used", Duration::from_secs(14 * 86_400), "kept").is_empty());
+        assert!(shelf.unused(&kind, Duration::from_secs(14 * 86_400), "kept").is_empty());
     }
 }

@@ -151,7 +151,7 @@ pub fn base_tarball(
 ) -> Result<PathBuf> {
     let done = cache.bases.dir().join(format!("{key}.tar.zst"));
     // Used now (before it is looked for): a tarball whose tree is not
-    // unpacked is removed when idle by its own age (`remove_lone_tarballs`).
+    // unpacked is removed when idle by its own age (`remove_unused`).
     crate::shelf::touch(&done);
     if done.is_file() {
         tracing::info!("Debian base {} (cached)", &key[..16]);
@@ -238,46 +238,27 @@ pub fn base_tree(
 }
 
 /// Removes the tarball and tree of every base other than `keep` that no
-/// build used for `unused`.
+/// build used for `unused`. A tree is used when its node table is touched;
+/// a tarball without its tree (an unpack that was killed, a tree removed by
+/// hand) by its own mtime, which every build that reaches it touches.
 pub fn remove_unused(cache: &Cache, unused: std::time::Duration, keep: &str) -> Vec<crate::shelf::Removed> {
     let dir = cache.bases.dir();
-    let mut removed = cache.bases.remove_unused([".tree", "nodes.json"], unused, keep, "Debian base", |key| {
-        vec![dir.join(format!("{key}.tar.zst"))]
-    });
-    removed.extend(remove_lone_tarballs(cache, unused, keep));
-    removed
-}
-
-/// A base tarball without its tree (an unpack that was killed, a tree
-/// removed by hand) has no use mark but its own mtime, which every build
-/// that reaches it touches. Idle that long, it goes: ~200 MB each.
-fn remove_lone_tarballs(cache: &Cache, unused: std::time::Duration, keep: &str) -> Vec<crate::shelf::Removed> {
-    let dir = cache.bases.dir();
-    let cutoff = std::time::SystemTime::now().checked_sub(unused).unwrap_or(std::time::UNIX_EPOCH);
-    let idle = |p: &Path| !std::fs::metadata(p).and_then(|m| m.modified()).is_ok_and(|t| t > cutoff);
-    let mut removed = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(key) = name.strip_suffix(".tar.zst") else { continue };
-        let tree = dir.join(format!("{key}.tree"));
-        if key == keep || !crate::hash::is_sha256_hex(key) || tree.exists() || !idle(&e.path()) {
-            continue;
-        }
-        // Under its lock, looked at again: a build may have reached it meanwhile.
-        let Ok(_locked) = cache.bases.try_lock(key) else { continue };
-        if tree.exists() || !idle(&e.path()) {
-            continue;
-        }
-        let bytes = crate::shelf::disk_bytes(&e.path());
-        tracing::info!(
-            "removing Debian base tarball {} (unused for {})",
-            &key[..16],
-            humantime::format_duration(unused)
-        );
-        if std::fs::remove_file(e.path()).is_ok() {
-            removed.push(crate::shelf::Removed { what: format!("Debian base {key}"), bytes });
-        }
-    }
+    let tree = |key: &str| dir.join(format!("{key}.tree"));
+    let tarball = |key: &str| dir.join(format!("{key}.tar.zst"));
+    let trees = crate::shelf::Kind {
+        suffix: ".tree",
+        what: "Debian base",
+        marks: &|key| vec![tree(key).join("nodes.json")],
+        also: &|key| vec![tarball(key)],
+    };
+    let tarballs = crate::shelf::Kind {
+        suffix: ".tar.zst",
+        what: "Debian base",
+        marks: &|key| vec![tarball(key), tree(key).join("nodes.json")],
+        also: &|key| vec![tree(key)],
+    };
+    let mut removed = cache.bases.remove_unused(&trees, unused, keep);
+    removed.extend(cache.bases.remove_unused(&tarballs, unused, keep));
     removed
 }
 

@@ -243,7 +243,9 @@ fn unpacked_deb(deb: &crate::config::recipe::Input, shelf: &Shelf, _locked: std:
 
 /// Removes the unpacked kernels other than `keep` that no build used for `unused`.
 pub fn remove_unused(shelf: &Shelf, unused: std::time::Duration, keep: &str) -> Vec<crate::shelf::Removed> {
-    shelf.remove_unused(["", ".used"], unused, keep, "kernel", |_| vec![])
+    let marks = |key: &str| vec![shelf.dir().join(key).join(".used")];
+    let kind = crate::shelf::Kind { suffix: "", what: "kernel", marks: &marks, also: &|_| vec![] };
+    shelf.remove_unused(&kind, unused, keep)
 }
 
 /// Where a cache folder keeps its unpacked kernels.

@@ -191,7 +191,7 @@ fn fetch(store: &Store, remote: &dyn Remote, name: &str, hash: &str) -> Result<O
 fn pcr11(
     dir: &std::path::Path,
     artifacts: &[crate::store::manifest::Artifact],
-) -> Result<Option<artifact::uki::Pcr11>> {
+) -> Result<Option<crate::store::manifest::Pcr11>> {
     use crate::store::manifest::ArtifactName;
     let Some(a) = artifacts.iter().find(|a| a.name == ArtifactName::Uki) else { return Ok(None) };
     artifact::uki::pcr11(&dir.join(a.file.as_str())).map(Some).context("measuring the UKI as its stub will")
@@ -203,7 +203,7 @@ fn disk_pcr11(
     artifacts: &[crate::store::manifest::Artifact],
     profile: &str,
     firmware: crate::config::types::Firmware,
-) -> Result<Option<artifact::uki::Pcr11>> {
+) -> Result<Option<crate::store::manifest::Pcr11>> {
     use crate::config::types::{Firmware, Format};
     use crate::store::manifest::ArtifactName;
     let raw = artifacts.iter().find(|a| a.format == Format::Raw && a.name == ArtifactName::Disk);

@@ -8,6 +8,17 @@ use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
+/// SHA-256 of a PEM certificate's DER bytes, hex: the name of its signed sets.
+pub fn cert_fingerprint(cert: &Path) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(cert).with_context(|| format!("reading certificate {}", cert.display()))?;
+    let p = pem::parse(&text).with_context(|| format!("{}: not a PEM certificate", cert.display()))?;
+    if p.tag() != "CERTIFICATE" {
+        anyhow::bail!("{}: a PEM {}, not a CERTIFICATE", cert.display(), p.tag());
+    }
+    Ok(sha256_hex(p.contents()))
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }

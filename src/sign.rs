@@ -24,8 +24,6 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Where signed copies live, inside the store.
-pub const SIGNED_DIR: &str = ".signed";
 /// The record of one signed set.
 pub const RECORD: &str = "signature.json";
 
@@ -63,18 +61,10 @@ impl Signed {
     }
 }
 
-/// SHA-256 of a PEM certificate's DER bytes, hex: the name of its signed sets.
-pub fn cert_fingerprint(cert: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(cert).with_context(|| format!("reading certificate {}", cert.display()))?;
-    let p = pem::parse(&text).with_context(|| format!("{}: not a PEM certificate", cert.display()))?;
-    if p.tag() != "CERTIFICATE" {
-        bail!("{}: a PEM {}, not a CERTIFICATE", cert.display(), p.tag());
-    }
-    Ok(crate::hash::sha256_hex(p.contents()))
-}
+pub use crate::hash::cert_fingerprint;
 
 fn set_dir(store: &Store, entry: &str, fingerprint: &str) -> PathBuf {
-    store.root().join(SIGNED_DIR).join(entry).join(&fingerprint[..32])
+    store.signed_dir(entry).join(&fingerprint[..32])
 }
 
 /// The entry's set signed with the certificate `fingerprint`, if one is
@@ -252,15 +242,4 @@ fn signed_vhd(unsigned: &Path, signed_raw: &Path, out: &Path) -> Result<()> {
         bail!("{}: its footer is not one imgd writes; not making a signed copy", unsigned.display());
     }
     Ok(())
-}
-
-/// Removes every signed set of `entry` (when gc removes the entry).
-pub fn forget(store: &Store, entry: &str) -> Result<()> {
-    let dir = store.root().join(SIGNED_DIR).join(entry);
-    match std::fs::remove_dir_all(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", dir.display()))
-        }
-        _ => Ok(()),
-    }
 }

@@ -120,8 +120,8 @@ impl<W: Write> CpioWriter<W> {
 /// initramfs; Debian kernels have CONFIG_RD_ZSTD).
 pub fn write_initrd(tree: &Tree, path: &std::path::Path, mtime: u64) -> io::Result<()> {
     let file = std::fs::File::create(path)?;
-    let mut z = zstd::Encoder::new(io::BufWriter::with_capacity(1 << 20, file), super::ZSTD_LEVEL)?;
-    super::zstd_threads(&mut z)?;
+    let mut z = zstd::Encoder::new(io::BufWriter::with_capacity(1 << 20, file), super::compress::ZSTD_LEVEL)?;
+    super::compress::zstd_threads(&mut z)?;
     let mut w = CpioWriter::new(z, mtime);
     w.tree(tree)?;
     let z = w.finish()?;

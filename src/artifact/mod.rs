@@ -3,6 +3,7 @@
 //! an image carries (filesystem and partition UUIDs, FAT serial, VHD UUID) is
 //! derived from the input hash, and every timestamp is the recipe's epoch.
 
+pub mod compress;
 pub mod cpio;
 pub mod disk;
 pub mod esp;
@@ -20,20 +21,6 @@ use crate::rootfs::Rootfs;
 pub use crate::store::manifest::{Artifact, ArtifactFile, ArtifactName};
 use anyhow::{Context, Result};
 use std::path::Path;
-
-/// zstd level for initrds and tarballs: fast to build, and the kernel
-/// decompresses it quickly.
-pub const ZSTD_LEVEL: i32 = 3;
-
-/// zstd's multi-threaded output does not depend on the number of workers, so
-/// using every core keeps builds reproducible.
-pub fn zstd_threads<W: std::io::Write>(z: &mut zstd::Encoder<'_, W>) -> std::io::Result<()> {
-    z.multithread(cores())
-}
-
-fn cores() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get()) as u32
-}
 
 /// The iPXE script template, built into the binary (and into the input hash).
 pub const IPXE_TEMPLATE: &str = include_str!("../../pxe/boot.ipxe");
@@ -72,6 +59,63 @@ pub struct Places<'a> {
     pub tar_frames: Option<&'a tarball::FrameCache>,
 }
 
+/// What the steps of [`produce`] made so far: each file with its kind, in a
+/// fixed order, and the digests known without reading a file again (the VHD
+/// is the raw disk plus a footer, so its digest continues the raw disk's).
+#[derive(Default)]
+struct Made {
+    files: Vec<(ArtifactName, Format, String)>,
+    known: std::collections::BTreeMap<String, String>,
+}
+
+impl Made {
+    fn add(&mut self, name: ArtifactName, format: Format, file: &str) {
+        self.files.push((name, format, file.to_string()));
+    }
+
+    fn add_hashed(&mut self, name: ArtifactName, format: Format, file: &str, digest: String) {
+        self.known.insert(file.to_string(), digest);
+        self.add(name, format, file);
+    }
+
+    /// The manifest's artifacts: each file's size, and its digest (hashed now
+    /// unless a step already knew it).
+    fn into_artifacts(mut self, out: &Path) -> Result<Vec<Artifact>> {
+        let mut artifacts = Vec::new();
+        for (name, format, file) in self.files {
+            let p = out.join(&file);
+            artifacts.push(Artifact {
+                size: std::fs::metadata(&p)?.len(),
+                blake3: match self.known.remove(&file) {
+                    Some(d) => d,
+                    None => crate::hash::artifact_digest(&p)?,
+                },
+                name,
+                format,
+                file: ArtifactFile::new(&file).map_err(anyhow::Error::msg)?,
+            });
+        }
+        Ok(artifacts)
+    }
+}
+
+/// What every step of a build's artifacts reads.
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    recipe: &'a Recipe,
+    rootfs: &'a Rootfs,
+    hash: &'a str,
+    out: &'a Path,
+    work: &'a Path,
+    progress: &'a Progress,
+}
+
+impl Job<'_> {
+    fn has(&self, f: Format) -> bool {
+        self.recipe.formats.contains(&f)
+    }
+}
+
 /// Writes every format of `recipe` into `places.out`. Returns the artifacts
 /// in a fixed order.
 pub fn produce(
@@ -83,187 +127,180 @@ pub fn produce(
     progress: &Progress,
 ) -> Result<Vec<Artifact>> {
     let Places { out, work, tar_frames } = places;
-    let mut made: Vec<(ArtifactName, Format, &str)> = Vec::new();
-    // Digests known without reading the file again (the VHD is the raw disk
-    // plus a footer, so its digest continues the raw disk's).
-    let mut known: std::collections::BTreeMap<&str, String> = Default::default();
-    let has = |f: Format| recipe.formats.contains(&f);
-
-    if has(Format::Ipxe) {
-        let step = progress.step("ipxe: kernel, initrd (whole root filesystem), boot.ipxe");
-        std::fs::copy(&rootfs.kernel.image, out.join("vmlinuz")).context("copying the kernel")?;
-        cpio::write_initrd(&rootfs.tree, &out.join("initrd"), recipe.epoch).context("writing initrd")?;
-        let script = IPXE_TEMPLATE
-            .replace("{{entry}}", entry)
-            .replace("{{profile}}", &recipe.name)
-            .replace("{{hash}}", &hash[..12])
-            .replace("{{cmdline}}", format!("rdinit=/init {}", recipe.cmdline).trim());
-        std::fs::write(out.join("boot.ipxe"), script)?;
-        made.push((ArtifactName::Kernel, Format::Ipxe, "vmlinuz"));
-        made.push((ArtifactName::Initrd, Format::Ipxe, "initrd"));
-        made.push((ArtifactName::Script, Format::Ipxe, "boot.ipxe"));
-        step.done();
+    let job = Job { recipe, rootfs, hash, out, work, progress };
+    let mut made = Made::default();
+    if job.has(Format::Ipxe) {
+        ipxe_bundle(job, entry, &mut made)?;
     }
-
-    let uki_file = format!("{}.efi", recipe.name);
-    if has(Format::Uki) {
-        let step = progress.step("uki: EFI stub + kernel + initrd (whole root filesystem) + command line");
-        // The same initrd as the iPXE bundle's: reuse it when it was made.
-        let initrd = if has(Format::Ipxe) { out.join("initrd") } else { work.join("uki-initrd") };
-        if !has(Format::Ipxe) {
-            cpio::write_initrd(&rootfs.tree, &initrd, recipe.epoch).context("writing initrd")?;
-        }
-        let cmdline = format!("rdinit=/init {}", recipe.cmdline);
-        write_uki(recipe, rootfs, hash, &initrd, &cmdline, work, &out.join(&uki_file))?;
-        made.push((ArtifactName::Uki, Format::Uki, &uki_file));
-        step.done();
+    if job.has(Format::Uki) {
+        uki_artifact(job, &mut made)?;
     }
-
-    let any_disk = recipe.formats.iter().any(|f| f.is_disk());
-    // The raw disk (in `out` when it is wanted, else in `work` for the other
-    // disk formats), or None when no disk format is.
-    let disk = |made: &mut Vec<(ArtifactName, Format, &str)>| -> Result<Option<std::path::PathBuf>> {
-        if !any_disk {
-            return Ok(None);
-        }
-        let root_uuid = uuid_string(derived_id(hash, "ext4-uuid"));
-        let bios = recipe.firmware == Firmware::Bios;
-        let overhead = disk::Layout::overhead(bios);
-        let root_size = match recipe.disk.size {
-            Some(total) => {
-                let min = overhead + recipe.disk.esp_size + 16 * disk::MIB;
-                anyhow::ensure!(total >= min, "disk.size {total} is too small: at least {min} bytes");
-                total - overhead - recipe.disk.esp_size
-            }
-            None => auto_root_size(rootfs, recipe.disk.free),
-        };
-        let layout = disk::Layout::new(root_size + recipe.disk.esp_size + overhead, recipe.disk.esp_size, bios);
-
-        let step = progress.background_step("disk: GPT raw image, ext4 root filesystem made in place");
-        let raw = if has(Format::Raw) { out.join("disk.raw") } else { work.join("disk.raw") };
-        let (d, e, r) = (
-            uuid_string(derived_id(hash, "gpt-disk")),
-            uuid_string(derived_id(hash, "gpt-esp")),
-            uuid_string(derived_id(hash, "gpt-root")),
-        );
-        let b = uuid_string(derived_id(hash, "gpt-bios"));
-        let ids = disk::GptIds { disk: &d, bios: &b, esp: &e, root: &r, root_type: root_partition_type(recipe.arch) };
-        let seed = uuid_string(derived_id(hash, "ext4-hash-seed"));
-        let params = ext4::Ext4Params {
-            uuid: &root_uuid,
-            hash_seed: &seed,
-            label: &recipe.disk.root_label,
-            epoch: recipe.epoch,
-        };
-        // The root filesystem does not depend on the ESP (its size is fixed):
-        // mkfs.ext4, the longest step, runs while the initramfs and the ESP
-        // are made.
-        let make_esp = || esp_image(recipe, rootfs, hash, work, layout.esp_size, &root_uuid, progress);
-        disk::assemble_raw(&raw, &layout, &ids, make_esp, |disk, offset, size| {
-            ext4::make(&rootfs.tree, disk, ext4::Region { offset, size }, &params, work)
-        })?;
-        std::fs::remove_file(work.join("esp.img"))?;
-        if has(Format::Raw) {
-            made.push((ArtifactName::Disk, Format::Raw, "disk.raw"));
-        }
-        step.done();
-        Ok(Some(raw))
-    };
-
-    // The tarball is written (and hashed as it is written) beside the disk
-    // images; once the raw disk is made, the qcow2 and the VHD are made from
-    // it side by side while it is hashed. Each file goes to disk while it is
-    // written (fsutil::Flusher), so the commit's fsync finds little to do.
-    std::thread::scope(|s| -> Result<()> {
-        let tar = has(Format::Tar).then(|| {
-            s.spawn(|| -> Result<String> {
-                let step = progress.background_step("tar: rootfs.tar.zst");
-                // One compressor beside the disk images (whose mkfs and hashing
-                // are the longer path), every core when it is the only format.
-                let workers = if any_disk { 1 } else { cores() };
-                let digest =
-                    tarball::write(&rootfs.tree, &out.join("rootfs.tar.zst"), recipe.epoch, workers, tar_frames)?;
-                step.done();
-                Ok(digest)
-            })
-        });
-        if let Some(raw) = disk(&mut made)? {
-            let raw_hash = s.spawn({
-                let raw = raw.clone();
-                move || crate::hash::ArtifactDigest::of_sparse_file(&raw)
-            });
-            let qcow2 = has(Format::Qcow2).then(|| {
-                let raw = raw.clone();
-                s.spawn(move || -> Result<String> {
-                    let step = progress.background_step("disk: qcow2");
-                    let qcow2 = out.join("disk.qcow2");
-                    let t0 = std::time::Instant::now();
-                    disk::to_qcow2(&raw, &qcow2)?;
-                    let t1 = std::time::Instant::now();
-                    let digest = crate::hash::artifact_digest(&qcow2)?;
-                    tracing::debug!(convert = ?(t1 - t0), digest = ?t1.elapsed(), "qcow2 made");
-                    step.done();
-                    Ok(digest)
-                })
-            });
-            let footer = if has(Format::Vhd) {
-                let step = progress.step("disk: fixed VHD");
-                let footer = disk::to_vhd(&raw, &out.join("disk.vhd"), recipe.epoch, derived_id(hash, "vhd-uuid"))?;
-                step.done();
-                Some(footer)
-            } else {
-                None
-            };
-            if let Some(h) = qcow2 {
-                known.insert("disk.qcow2", joined(h, "making the qcow2")?);
-                made.push((ArtifactName::Disk, Format::Qcow2, "disk.qcow2"));
-            }
-            if footer.is_some() {
-                made.push((ArtifactName::Disk, Format::Vhd, "disk.vhd"));
-            }
-            let step = progress.step("disk: checksums");
-            let raw_state = joined(raw_hash, "hashing the raw disk")?;
-            if has(Format::Raw) {
-                known.insert("disk.raw", raw_state.hex());
-            }
-            if let Some(footer) = footer {
-                // The VHD is the raw disk plus a footer: its digest continues the raw disk's.
-                let mut state = raw_state;
-                state.update(&footer);
-                known.insert("disk.vhd", state.hex());
-            }
-            step.done();
-        }
-        if let Some(tar) = tar {
-            known.insert("rootfs.tar.zst", joined(tar, "writing the tarball")?);
-            made.push((ArtifactName::Rootfs, Format::Tar, "rootfs.tar.zst"));
-        }
-        Ok(())
-    })?;
-
+    disks_and_tarball(job, tar_frames, &mut made)?;
     if let crate::config::recipe::Base::Debian(base) = &recipe.base {
         if let Some(lock) = &base.lock {
             let doc = sbom::document(entry, &recipe.name, hash, recipe.epoch, lock);
             std::fs::write(out.join(sbom::FILE), serde_json::to_vec_pretty(&doc)?)?;
-            made.push((ArtifactName::Sbom, Format::Sbom, sbom::FILE));
+            made.add(ArtifactName::Sbom, Format::Sbom, sbom::FILE);
         }
     }
+    made.into_artifacts(out)
+}
 
-    let mut artifacts = Vec::new();
-    for (name, format, file) in made {
-        let p = out.join(file);
-        artifacts.push(Artifact {
-            size: std::fs::metadata(&p)?.len(),
-            blake3: match known.remove(file) {
-                Some(d) => d,
-                None => crate::hash::artifact_digest(&p)?,
-            },
-            name,
-            format,
-            file: ArtifactFile::new(file).map_err(anyhow::Error::msg)?,
-        });
+/// The iPXE bundle: kernel, initrd (the whole root filesystem), boot.ipxe.
+fn ipxe_bundle(job: Job<'_>, entry: &str, made: &mut Made) -> Result<()> {
+    let Job { recipe, rootfs, hash, out, progress, .. } = job;
+    let step = progress.step("ipxe: kernel, initrd (whole root filesystem), boot.ipxe");
+    std::fs::copy(&rootfs.kernel.image, out.join("vmlinuz")).context("copying the kernel")?;
+    cpio::write_initrd(&rootfs.tree, &out.join("initrd"), recipe.epoch).context("writing initrd")?;
+    let script = IPXE_TEMPLATE
+        .replace("{{entry}}", entry)
+        .replace("{{profile}}", &recipe.name)
+        .replace("{{hash}}", &hash[..12])
+        .replace("{{cmdline}}", format!("rdinit=/init {}", recipe.cmdline).trim());
+    std::fs::write(out.join("boot.ipxe"), script)?;
+    made.add(ArtifactName::Kernel, Format::Ipxe, "vmlinuz");
+    made.add(ArtifactName::Initrd, Format::Ipxe, "initrd");
+    made.add(ArtifactName::Script, Format::Ipxe, "boot.ipxe");
+    step.done();
+    Ok(())
+}
+
+/// The unified kernel image: EFI stub + kernel + initrd + command line.
+fn uki_artifact(job: Job<'_>, made: &mut Made) -> Result<()> {
+    let Job { recipe, rootfs, hash, out, work, progress } = job;
+    let step = progress.step("uki: EFI stub + kernel + initrd (whole root filesystem) + command line");
+    // The same initrd as the iPXE bundle's: reuse it when it was made.
+    let initrd = if job.has(Format::Ipxe) { out.join("initrd") } else { work.join("uki-initrd") };
+    if !job.has(Format::Ipxe) {
+        cpio::write_initrd(&rootfs.tree, &initrd, recipe.epoch).context("writing initrd")?;
     }
-    Ok(artifacts)
+    let cmdline = format!("rdinit=/init {}", recipe.cmdline);
+    let uki_file = format!("{}.efi", recipe.name);
+    write_uki(recipe, rootfs, hash, &initrd, &cmdline, work, &out.join(&uki_file))?;
+    made.add(ArtifactName::Uki, Format::Uki, &uki_file);
+    step.done();
+    Ok(())
+}
+
+/// The raw disk (in `out` when it is wanted, else in `work` for the other
+/// disk formats): GPT, the ESP, and the ext4 root filesystem made in place.
+fn raw_disk(job: Job<'_>) -> Result<std::path::PathBuf> {
+    let Job { recipe, rootfs, hash, out, work, progress } = job;
+    let root_uuid = uuid_string(derived_id(hash, "ext4-uuid"));
+    let bios = recipe.firmware == Firmware::Bios;
+    let overhead = disk::Layout::overhead(bios);
+    let root_size = match recipe.disk.size {
+        Some(total) => {
+            let min = overhead + recipe.disk.esp_size + 16 * disk::MIB;
+            anyhow::ensure!(total >= min, "disk.size {total} is too small: at least {min} bytes");
+            total - overhead - recipe.disk.esp_size
+        }
+        None => auto_root_size(rootfs, recipe.disk.free),
+    };
+    let layout = disk::Layout::new(root_size + recipe.disk.esp_size + overhead, recipe.disk.esp_size, bios);
+
+    let step = progress.background_step("disk: GPT raw image, ext4 root filesystem made in place");
+    let raw = if job.has(Format::Raw) { out.join("disk.raw") } else { work.join("disk.raw") };
+    let (d, e, r) = (
+        uuid_string(derived_id(hash, "gpt-disk")),
+        uuid_string(derived_id(hash, "gpt-esp")),
+        uuid_string(derived_id(hash, "gpt-root")),
+    );
+    let b = uuid_string(derived_id(hash, "gpt-bios"));
+    let ids = disk::GptIds { disk: &d, bios: &b, esp: &e, root: &r, root_type: root_partition_type(recipe.arch) };
+    let seed = uuid_string(derived_id(hash, "ext4-hash-seed"));
+    let params =
+        ext4::Ext4Params { uuid: &root_uuid, hash_seed: &seed, label: &recipe.disk.root_label, epoch: recipe.epoch };
+    // The root filesystem does not depend on the ESP (its size is fixed):
+    // mkfs.ext4, the longest step, runs while the initramfs and the ESP
+    // are made.
+    let make_esp = || esp_image(recipe, rootfs, hash, work, layout.esp_size, &root_uuid, progress);
+    disk::assemble_raw(&raw, &layout, &ids, make_esp, |disk, offset, size| {
+        ext4::make(&rootfs.tree, disk, ext4::Region { offset, size }, &params, work)
+    })?;
+    std::fs::remove_file(work.join("esp.img"))?;
+    step.done();
+    Ok(raw)
+}
+
+/// The tarball is written (and hashed as it is written) beside the disk
+/// images; once the raw disk is made, the qcow2 and the VHD are made from
+/// it side by side while it is hashed. Each file goes to disk while it is
+/// written (fsutil::Flusher), so the commit's fsync finds little to do.
+fn disks_and_tarball(job: Job<'_>, tar_frames: Option<&tarball::FrameCache>, made: &mut Made) -> Result<()> {
+    let any_disk = job.recipe.formats.iter().any(|f| f.is_disk());
+    std::thread::scope(|s| -> Result<()> {
+        let tar = job.has(Format::Tar).then(|| {
+            s.spawn(|| -> Result<String> {
+                let step = job.progress.background_step("tar: rootfs.tar.zst");
+                // One compressor beside the disk images (whose mkfs and hashing
+                // are the longer path), every core when it is the only format.
+                let workers = if any_disk { 1 } else { compress::cores() };
+                let out = job.out.join("rootfs.tar.zst");
+                let digest = tarball::write(&job.rootfs.tree, &out, job.recipe.epoch, workers, tar_frames)?;
+                step.done();
+                Ok(digest)
+            })
+        });
+        if any_disk {
+            let raw = raw_disk(job)?;
+            if job.has(Format::Raw) {
+                made.add(ArtifactName::Disk, Format::Raw, "disk.raw");
+            }
+            disks_from_raw(job, s, &raw, made)?;
+        }
+        if let Some(tar) = tar {
+            made.add_hashed(ArtifactName::Rootfs, Format::Tar, "rootfs.tar.zst", joined(tar, "writing the tarball")?);
+        }
+        Ok(())
+    })
+}
+
+/// The qcow2 and the VHD, made from the raw disk while it is hashed.
+fn disks_from_raw<'s>(job: Job<'s>, s: &'s std::thread::Scope<'s, '_>, raw: &Path, made: &mut Made) -> Result<()> {
+    let raw_hash = s.spawn({
+        let raw = raw.to_path_buf();
+        move || crate::hash::ArtifactDigest::of_sparse_file(&raw)
+    });
+    let qcow2 = job.has(Format::Qcow2).then(|| {
+        let raw = raw.to_path_buf();
+        s.spawn(move || -> Result<String> {
+            let step = job.progress.background_step("disk: qcow2");
+            let qcow2 = job.out.join("disk.qcow2");
+            let t0 = std::time::Instant::now();
+            disk::to_qcow2(&raw, &qcow2)?;
+            let t1 = std::time::Instant::now();
+            let digest = crate::hash::artifact_digest(&qcow2)?;
+            tracing::debug!(convert = ?(t1 - t0), digest = ?t1.elapsed(), "qcow2 made");
+            step.done();
+            Ok(digest)
+        })
+    });
+    let footer = if job.has(Format::Vhd) {
+        let step = job.progress.step("disk: fixed VHD");
+        let id = derived_id(job.hash, "vhd-uuid");
+        let footer = disk::to_vhd(raw, &job.out.join("disk.vhd"), job.recipe.epoch, id)?;
+        step.done();
+        Some(footer)
+    } else {
+        None
+    };
+    if let Some(h) = qcow2 {
+        made.add_hashed(ArtifactName::Disk, Format::Qcow2, "disk.qcow2", joined(h, "making the qcow2")?);
+    }
+    let step = job.progress.step("disk: checksums");
+    let raw_state = joined(raw_hash, "hashing the raw disk")?;
+    if job.has(Format::Raw) {
+        made.known.insert("disk.raw".into(), raw_state.hex());
+    }
+    if let Some(footer) = footer {
+        // The VHD is the raw disk plus a footer: its digest continues the raw disk's.
+        let mut state = raw_state;
+        state.update(&footer);
+        made.add_hashed(ArtifactName::Disk, Format::Vhd, "disk.vhd", state.hex());
+    }
+    step.done();
+    Ok(())
 }
 
 /// The ESP image (systemd-boot, its loader entry, the kernel and the disk's

@@ -8,7 +8,7 @@
 //! time is the build's epoch, not the clock; not the mirror nor the lock's
 //! date, which are not hashed), so the same inputs give the same bytes.
 
-use crate::debian::lock::Lock;
+use crate::config::lock::Lock;
 use serde_json::{json, Value};
 
 pub const FILE: &str = "sbom.spdx.json";

@@ -73,7 +73,7 @@ fn frame(seg: &[u8], cache: Option<&FrameCache>) -> io::Result<Vec<u8>> {
     if let Some(f) = cache.and_then(|c| c.get(&key)) {
         return Ok(f);
     }
-    let mut z = zstd::bulk::Compressor::new(super::ZSTD_LEVEL)?;
+    let mut z = zstd::bulk::Compressor::new(super::compress::ZSTD_LEVEL)?;
     z.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
     let f = z.compress(seg)?;
     if let Some(c) = cache {

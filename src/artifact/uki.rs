@@ -273,22 +273,10 @@ const MEASURED_SECTIONS: [&str; 7] = [".linux", ".osrel", ".cmdline", ".initrd",
 /// when the initrd and the image run systemd and the machine has a TPM.
 pub const BOOT_PHASES: [&str; 4] = ["enter-initrd", "leave-initrd", "sysinit", "ready"];
 
-/// The SHA-256 bank values of PCR 11 that booting a UKI produces.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Pcr11 {
-    /// When the kernel starts: systemd's stub has measured the UKI's
-    /// sections (each name with its NUL, then its bytes as loaded).
-    pub sha256: String,
-    /// After each boot phase, `systemd-measure`'s phase paths
-    /// (`enter-initrd`, `enter-initrd:leave-initrd`, ...) to values.
-    pub phases_sha256: std::collections::BTreeMap<String, String>,
-}
-
 /// What PCR 11 will hold after the systemd stub in `uki` boots it, computed
 /// from the file's own section table (so it holds for any UKI, signed or
 /// not: the signature is outside the measured sections).
-pub fn pcr11(uki: &Path) -> Result<Pcr11> {
+pub fn pcr11(uki: &Path) -> Result<crate::store::manifest::Pcr11> {
     use sha2::{Digest, Sha256};
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(uki).with_context(|| format!("opening {}", uki.display()))?;
@@ -335,7 +323,7 @@ pub fn pcr11(uki: &Path) -> Result<Pcr11> {
         extend(&mut pcr, &Sha256::digest(phase.as_bytes()));
         phases_sha256.insert(BOOT_PHASES[..=i].join(":"), hex::encode(pcr));
     }
-    Ok(Pcr11 { sha256, phases_sha256 })
+    Ok(crate::store::manifest::Pcr11 { sha256, phases_sha256 })
 }
 
 /// The os-release of a UKI: the image's own (`/etc/os-release` or

@@ -4,7 +4,8 @@ use super::ProfileArgs;
 use anyhow::bail;
 use clap::Args;
 use imgd::config::recipe::Base;
-use imgd::debian::{bootstrap, fetch::Mirror};
+use imgd::debian::fetch::Mirror;
+use imgd::rootfs::debian_base as bootstrap;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:

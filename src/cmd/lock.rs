@@ -3,8 +3,8 @@
 use super::ProfileArgs;
 use anyhow::bail;
 use clap::Args;
+use imgd::config::lock::{diff, Lock};
 use imgd::config::{self, ConfigError};
-use imgd::debian::lock::{diff, Lock};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:

@@ -78,7 +78,7 @@ impl ProfileArgs {
     /// The shared build cache, if one is configured; `endpoint` is a custom
     /// S3 endpoint (`imgd sync --endpoint-url`).
     pub fn remote(&self, endpoint: Option<&str>) -> Result<Option<Box<dyn Remote>>, ConfigError> {
-        imgd::store::remote::configured(self.remote_cache.as_deref(), &self.root, endpoint)
+        imgd::store::settings::configured(self.remote_cache.as_deref(), &self.root, endpoint)
     }
 
     /// Builds (or fetches, or finds) the recipe's entry.

@@ -109,8 +109,8 @@ pub fn gc(a: &GcArgs) -> anyhow::Result<()> {
     // The cache: rebuilt on demand, so what no build used lately is only disk.
     let cache = a.cache_dir.clone().unwrap_or_else(imgd::dirs::cache);
     let mut removed = imgd::rootfs::kernel::remove_unused(&imgd::rootfs::kernel::shelf(&cache), a.cache_unused, "");
-    removed.extend(imgd::debian::bootstrap::remove_unused(
-        &imgd::debian::bootstrap::Cache::new(&cache),
+    removed.extend(imgd::rootfs::debian_base::remove_unused(
+        &imgd::rootfs::debian_base::Cache::new(&cache),
         a.cache_unused,
         "",
     ));

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod hardware;
 pub mod load;
+pub mod lock;
 pub mod profile;
 pub mod recipe;
 pub mod types;
@@ -11,6 +12,7 @@ pub mod types;
 pub use error::ConfigError;
 pub use load::{load, LoadRequest, Loaded, Origins};
 pub use recipe::{resolve, Recipe};
+pub use types::valid_name;
 
 use std::path::Path;
 
@@ -48,10 +50,4 @@ pub fn resolve_in(
         unlocked,
     };
     resolve(loaded, &opts)
-}
-
-/// Whether `name` can name a profile: letters, digits, - and _ (it becomes
-/// part of store entry names, S3 keys and AMI names).
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }

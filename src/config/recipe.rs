@@ -8,9 +8,9 @@
 use super::error::ConfigError;
 use super::hardware::{DEFAULT_EFI_LOADER, DEFAULT_EFI_STUB};
 use super::load::Loaded;
+use super::lock::{checked_mirror_url, Lock, Request, DEBIAN_KEYRING};
 use super::profile::UserSpec;
 use super::types::{Arch, Firmware, Format, MIB};
-use crate::debian::lock::{Lock, Request};
 use crate::hash;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -124,8 +124,8 @@ fn debian_base_with(l: &Loaded, arch: Arch, cache: &Path, read_lock: bool) -> Re
     packages.sort();
     packages.dedup();
     let mirror = spec.mirror.clone().unwrap_or_else(|| "http://deb.debian.org/debian".into());
-    crate::debian::fetch::Mirror::new(&mirror).map_err(|e| l.error(&key("mirror"), format!("{e:#}")))?;
-    let keyring = PathBuf::from(spec.keyring.as_deref().unwrap_or(crate::debian::archive::DEBIAN_KEYRING));
+    checked_mirror_url(&mirror).map_err(|e| l.error(&key("mirror"), format!("{e:#}")))?;
+    let keyring = PathBuf::from(spec.keyring.as_deref().unwrap_or(DEBIAN_KEYRING));
     let request =
         Request { suite: spec.suite.clone(), architecture: arch.debian().into(), variant, components, packages };
     let lock_path = l.profile_path.with_extension("lock");
@@ -279,7 +279,7 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
         .name
         .clone()
         .unwrap_or_else(|| l.profile_path.file_stem().map_or("profile".into(), |s| s.to_string_lossy().into_owned()));
-    if !super::valid_name(&name) {
+    if !super::types::valid_name(&name) {
         return Err(l.error("name", format!("profile name `{name}` must be letters, digits, - or _")));
     }
 
@@ -475,7 +475,7 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
         (Some(sb), true) => {
             let key = PathBuf::from(&sb.key);
             std::fs::metadata(&key).map_err(|e| l.error("secure_boot.key", format!("{}: {e}", sb.key)))?;
-            let cert_sha256 = crate::sign::cert_fingerprint(Path::new(&sb.cert))
+            let cert_sha256 = crate::hash::cert_fingerprint(Path::new(&sb.cert))
                 .map_err(|e| l.error("secure_boot.cert", format!("{e:#}")))?;
             Some(Signing { key, cert: PathBuf::from(&sb.cert), cert_sha256 })
         }

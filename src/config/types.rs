@@ -182,6 +182,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid size `{s}`: use a number with KiB, MiB, GiB or TiB"))
 }
 
+/// Whether `name` can name a profile: letters, digits, - and _ (it becomes
+/// part of store entry names, S3 keys and AMI names).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

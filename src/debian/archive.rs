@@ -12,9 +12,6 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
-/// Debian's archive keyring (package debian-archive-keyring).
-pub const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
-
 /// The signed part of a suite's `InRelease`.
 #[derive(Debug, Clone)]
 pub struct Release {

@@ -26,15 +26,7 @@ const MAX_BODY: u64 = 4 << 30;
 
 impl Mirror {
     pub fn new(url: &str) -> Result<Mirror> {
-        let base = url.trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://") || base.starts_with("file:///")) {
-            bail!("mirror `{url}`: expected an http://, https:// or file:/// URL");
-        }
-        // It lands in the image's sources.list and a shell hook: a URL's
-        // own characters only.
-        if !base.bytes().all(|b| b.is_ascii_graphic() && !b"'\"\\`$;&|<>".contains(&b)) {
-            bail!("mirror `{}`: characters a mirror URL does not have", base.escape_default());
-        }
+        let base = crate::config::lock::checked_mirror_url(url)?;
         let config = ureq::Agent::config_builder()
             .timeout_connect(Some(Duration::from_secs(20)))
             .timeout_recv_body(Some(Duration::from_secs(600)))

@@ -37,6 +37,20 @@ pub enum Op {
     Gt,
 }
 
+impl Package {
+    /// The package as a lock file records it.
+    pub fn locked(&self) -> crate::config::lock::Locked {
+        crate::config::lock::Locked {
+            name: self.name.clone(),
+            version: self.version.to_string(),
+            architecture: self.architecture.clone(),
+            size: self.size,
+            sha256: self.sha256.clone(),
+            filename: self.filename.clone(),
+        }
+    }
+}
+
 impl Relation {
     pub fn allows(&self, v: &Version) -> bool {
         match &self.constraint {

@@ -3,15 +3,13 @@
 //! exactly those `.deb`s by SHA-256 and assemble the base from them alone.
 
 pub mod archive;
-pub mod bootstrap;
 pub mod deb822;
 pub mod fetch;
 pub mod index;
-pub mod lock;
 pub mod resolve;
 
+use crate::config::lock::{self, Lock, Request};
 use anyhow::{Context, Result};
-use lock::{Lock, Locked, Request};
 use std::path::Path;
 
 /// Resolves `request` against `mirror` now: the signed Release, the
@@ -30,7 +28,7 @@ pub fn resolve_lock(mirror_url: &str, keyring: &Path, request: &Request) -> Resu
         mirror: mirror_url.trim_end_matches('/').to_string(),
         release_date: release.date,
         request: request.clone(),
-        packages: set.into_iter().map(Locked::of).collect(),
+        packages: set.into_iter().map(index::Package::locked).collect(),
     };
     lock.check()?;
     Ok(lock)

@@ -8,41 +8,9 @@
 //! have chosen otherwise the lock still says what the image holds.
 
 use super::index::{Index, Package, Relation};
+use crate::config::lock::Variant;
 use anyhow::{bail, Result};
 use std::collections::{BTreeMap, VecDeque};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Variant {
-    /// Essential: yes packages only.
-    Essential,
-    /// Essential + Priority: required + apt (debootstrap's and mmdebstrap's minbase).
-    Minbase,
-    /// minbase + Priority: important (debootstrap's default).
-    Important,
-}
-
-impl std::str::FromStr for Variant {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "essential" => Ok(Variant::Essential),
-            "minbase" | "required" => Ok(Variant::Minbase),
-            "important" | "debootstrap" => Ok(Variant::Important),
-            _ => Err(format!("unknown variant `{s}`: expected essential, minbase or important")),
-        }
-    }
-}
-
-impl std::fmt::Display for Variant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Variant::Essential => "essential",
-            Variant::Minbase => "minbase",
-            Variant::Important => "important",
-        })
-    }
-}
 
 /// The closure of the seeds and `requested`, sorted by name.
 pub fn resolve<'a>(index: &'a Index, variant: Variant, requested: &[String]) -> Result<Vec<&'a Package>> {

@@ -2,6 +2,7 @@
 //! profile's customizations, in that order (the profile has the last word).
 
 pub mod customize;
+pub mod debian_base;
 pub mod kernel;
 pub mod tree;
 
@@ -32,10 +33,9 @@ pub fn assemble(recipe: &Recipe, work: &Path, remote: Option<&dyn crate::store::
         Base::Dir(d) => tree.import_dir(&d.path, "/").with_context(|| format!("copying {}", d.path.display()))?,
         Base::Debian(base) => {
             let lock = base.lock.as_ref().context("the Debian base has no lock (run `imgd lock`)")?;
-            let cache = crate::debian::bootstrap::Cache::new(&base.cache);
+            let cache = debian_base::Cache::new(&base.cache);
             let mirror = crate::debian::fetch::Mirror::new(&base.mirror)?;
-            tree =
-                crate::debian::bootstrap::base_tree(lock, &cache, &mirror, remote, recipe.epoch, &work.join("root"))?;
+            tree = debian_base::base_tree(lock, &cache, &mirror, remote, recipe.epoch, &work.join("root"))?;
         }
     }
     let kernel = KernelParts::obtain(recipe, &tree, work)?;

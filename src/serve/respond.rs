@@ -5,6 +5,9 @@
 use super::range::{self, Ranges};
 use bytes::Bytes;
 
+/// Every response's body: whole texts, and artifacts streamed in parts.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
 /// What the request said about conditions and ranges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Conditions {

@@ -12,7 +12,7 @@ use super::route::{self, Claims, EntryName, Labels, Refused, Route};
 use super::state::{State, Target};
 use crate::store::manifest::ArtifactFile;
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -21,7 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-pub type Body = BoxBody<Bytes, std::io::Error>;
+pub use super::respond::Body;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -111,9 +111,9 @@ struct Boot {
 pub struct Server {
     state: RwLock<Arc<State>>,
     pub opts: Options,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// Artifact chunks shared by all downloads.
-    pub chunks: ChunkCache,
+    pub chunks: Arc<ChunkCache>,
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
@@ -164,8 +164,9 @@ pub fn forwarded_client(peer: IpAddr, xff: &[&str], trusted: &[IpNet]) -> IpAddr
 
 impl Server {
     pub fn new(state: State, opts: Options) -> Arc<Server> {
-        let chunks = ChunkCache::new(opts.cache_bytes);
-        Arc::new(Server { state: RwLock::new(Arc::new(state)), opts, metrics: Metrics::default(), chunks })
+        let chunks = Arc::new(ChunkCache::new(opts.cache_bytes));
+        let metrics = Arc::new(Metrics::default());
+        Arc::new(Server { state: RwLock::new(Arc::new(state)), opts, metrics, chunks })
     }
 
     pub fn state(&self) -> Arc<State> {
@@ -541,7 +542,8 @@ impl Server {
                     headers.insert(header::CONTENT_RANGE, v);
                 }
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-                let body = if head { empty_body() } else { super::stream::body(self, opened, parts) };
+                let body =
+                    if head { empty_body() } else { super::stream::body(&self.chunks, &self.metrics, opened, parts) };
                 (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body)
             }
         };

@@ -210,7 +210,7 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
     };
     let store = Store::open(&src.store)?;
     let remote = match &src.remote_cache {
-        Some(url) => crate::store::remote::configured(Some(url), &src.root, None)?,
+        Some(url) => crate::store::settings::configured(Some(url), &src.root, None)?,
         None => None,
     };
     let remote = remote.as_deref();

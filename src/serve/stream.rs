@@ -5,8 +5,9 @@
 //! even if `imgd gc` unlinks the entry mid-download.
 
 use super::chunks::{ChunkCache, Key, CHUNK};
+use super::metrics::Metrics;
+use super::respond::Body;
 use super::respond::Part;
-use super::server::{Body, Server};
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
@@ -45,9 +46,11 @@ pub async fn open(path: PathBuf, size: u64) -> std::io::Result<Opened> {
     .map_err(std::io::Error::other)?
 }
 
-/// A body that sends `parts` of the opened file.
-pub fn body(server: &Arc<Server>, file: Opened, parts: Vec<Part>) -> Body {
-    let cursor = Cursor { file, parts: parts.into(), pos: None, guard: Transfer::start(server), failed: false };
+/// A body that sends `parts` of the opened file through the shared `chunks`,
+/// counted in `metrics`.
+pub fn body(chunks: &Arc<ChunkCache>, metrics: &Arc<Metrics>, file: Opened, parts: Vec<Part>) -> Body {
+    let guard = Transfer::start(metrics);
+    let cursor = Cursor { file, parts: parts.into(), pos: None, chunks: chunks.clone(), guard, failed: false };
     let s = futures_util::stream::unfold(cursor, |mut c| async move {
         if c.failed {
             return None;
@@ -84,6 +87,7 @@ struct Cursor {
     parts: VecDeque<Part>,
     /// Next offset and end (exclusive) of the region being sent.
     pos: Option<(u64, u64)>,
+    chunks: Arc<ChunkCache>,
     guard: Transfer,
     failed: bool,
 }
@@ -95,11 +99,11 @@ impl Cursor {
     async fn chunk(&mut self, off: u64, end: u64) -> std::io::Result<Bytes> {
         let key = &self.file.key;
         let index = off / CHUNK;
-        let bytes = match self.guard.0.chunks.cached(key, index) {
+        let bytes = match self.chunks.cached(key, index) {
             Some(chunk) => chunk.slice(((off - index * CHUNK) as usize).min(chunk.len())..),
             None => {
-                let (server, key, file) = (self.guard.0.clone(), key.clone(), self.file.file.clone());
-                tokio::task::spawn_blocking(move || server.chunks.read(&key, &file, off))
+                let (chunks, key, file) = (self.chunks.clone(), key.clone(), self.file.file.clone());
+                tokio::task::spawn_blocking(move || chunks.read(&key, &file, off))
                     .await
                     .map_err(std::io::Error::other)??
             }
@@ -112,21 +116,21 @@ impl Cursor {
 }
 
 /// Counts a transfer as active while its body lives, and its bytes as sent.
-struct Transfer(Arc<Server>);
+struct Transfer(Arc<Metrics>);
 
 impl Transfer {
-    fn start(server: &Arc<Server>) -> Transfer {
-        server.metrics.active_transfers.fetch_add(1, Ordering::Relaxed);
-        Transfer(server.clone())
+    fn start(metrics: &Arc<Metrics>) -> Transfer {
+        metrics.active_transfers.fetch_add(1, Ordering::Relaxed);
+        Transfer(metrics.clone())
     }
 
     fn bytes(&self, n: usize) {
-        self.0.metrics.bytes_served.fetch_add(n as u64, Ordering::Relaxed);
+        self.0.bytes_served.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
 impl Drop for Transfer {
     fn drop(&mut self) {
-        self.0.metrics.active_transfers.fetch_sub(1, Ordering::Relaxed);
+        self.0.active_transfers.fetch_sub(1, Ordering::Relaxed);
     }
 }

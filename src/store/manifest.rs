@@ -23,6 +23,21 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// Hex digits of the input hash used in entry names (128 bits).
+pub const NAME_HASH_LEN: usize = 32;
+
+/// `<32 hex of the input hash>-<profile>`: the name of a build's entry.
+pub fn entry_name(hash: &str, profile: &str) -> String {
+    format!("{}-{profile}", &hash[..NAME_HASH_LEN])
+}
+
+/// `<32 hex>-<profile>`: the only names the store gives entries.
+pub fn valid_entry_name(name: &str) -> bool {
+    name.split_once('-').is_some_and(|(hash, profile)| {
+        hash.len() == NAME_HASH_LEN && hash.bytes().all(|b| b.is_ascii_hexdigit()) && crate::config::valid_name(profile)
+    })
+}
+
 /// A manifest larger than this is refused unread (real ones are a few KiB).
 pub const MAX_BYTES: u64 = 4 << 20;
 
@@ -48,11 +63,24 @@ pub struct Manifest {
     /// ([`crate::artifact::uki::pcr11`]; derived from the file, so a copy
     /// fetched from elsewhere gets it recomputed, not believed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pcr11: Option<crate::artifact::uki::Pcr11>,
+    pub pcr11: Option<Pcr11>,
     /// The same for the UKI on the raw disk's ESP (its own initramfs and
     /// `root=` command line), when the raw disk is built for UEFI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disk_pcr11: Option<crate::artifact::uki::Pcr11>,
+    pub disk_pcr11: Option<Pcr11>,
+}
+
+/// The SHA-256 bank values of PCR 11 that booting a UKI produces
+/// (computed by [`crate::artifact::uki::pcr11`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pcr11 {
+    /// When the kernel starts: systemd's stub has measured the UKI's
+    /// sections (each name with its NUL, then its bytes as loaded).
+    pub sha256: String,
+    /// After each boot phase, `systemd-measure`'s phase paths
+    /// (`enter-initrd`, `enter-initrd:leave-initrd`, ...) to values.
+    pub phases_sha256: std::collections::BTreeMap<String, String>,
 }
 
 /// One file of an entry.
@@ -167,7 +195,7 @@ impl Manifest {
         if !crate::hash::is_digest_hex(&self.hash) {
             bail!("hash `{}` is not 64 hex digits", self.hash.escape_debug());
         }
-        if self.name != super::entry_name(&self.hash, &self.profile) || !crate::config::valid_name(&self.profile) {
+        if self.name != entry_name(&self.hash, &self.profile) || !crate::config::valid_name(&self.profile) {
             bail!("entry name `{}` does not match its hash and profile", self.name.escape_debug());
         }
         let mut seen = std::collections::BTreeSet::new();

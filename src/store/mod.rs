@@ -20,14 +20,15 @@ pub mod manifest;
 pub mod remote;
 #[cfg(feature = "aws")]
 pub mod s3;
+pub mod settings;
 
 use anyhow::{Context, Result};
-pub use manifest::Manifest;
+pub use manifest::{entry_name, valid_entry_name, Manifest, NAME_HASH_LEN};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-/// Hex digits of the input hash used in entry names (128 bits).
-pub const NAME_HASH_LEN: usize = 32;
+/// The folder of signed copies, inside the store.
+pub const SIGNED_DIR: &str = ".signed";
 
 pub struct Store {
     root: PathBuf,
@@ -39,10 +40,6 @@ pub struct Entry {
     pub name: String,
     pub path: PathBuf,
     pub manifest: Manifest,
-}
-
-pub fn entry_name(hash: &str, profile: &str) -> String {
-    format!("{}-{profile}", &hash[..NAME_HASH_LEN])
 }
 
 /// A build in progress: a private directory inside the store.
@@ -72,6 +69,23 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Where the signed copies of `entry` live (`.signed/<entry>/`, made by
+    /// `crate::sign`): the store owns the folder, so gc removes it with the entry.
+    pub fn signed_dir(&self, entry: &str) -> PathBuf {
+        self.root.join(SIGNED_DIR).join(entry)
+    }
+
+    /// Removes every signed set of `entry` (when gc removes the entry).
+    fn forget_signed(&self, entry: &str) -> Result<()> {
+        let dir = self.signed_dir(entry);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", dir.display()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The complete entry with this name, if any. A name that is not an
@@ -229,7 +243,7 @@ impl Store {
                 let trash = self.root.join(".tmp").join(format!("{}.gc", e.name));
                 std::fs::rename(&e.path, &trash)?;
                 std::fs::remove_dir_all(&trash)?;
-                crate::sign::forget(self, &e.name)?;
+                self.forget_signed(&e.name)?;
                 removed.push(e.name);
             }
         }
@@ -296,11 +310,4 @@ impl Drop for Root {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-/// `<32 hex>-<profile>`: the only names the store gives entries.
-pub fn valid_entry_name(name: &str) -> bool {
-    name.split_once('-').is_some_and(|(hash, profile)| {
-        hash.len() == NAME_HASH_LEN && hash.bytes().all(|b| b.is_ascii_hexdigit()) && crate::config::valid_name(profile)
-    })
 }

@@ -2,15 +2,67 @@
 //! profile's Debian base, resolved from a signed index, committed beside the
 //! profile. Builds install exactly this set, fetched by SHA-256; the build's
 //! name hashes it, so the name says what the image holds.
-
-use super::index::Package;
-use super::resolve::Variant;
+//!
+//! The file's format lives with the profile it pins: a recipe holds its lock.
+//! Making one (the signed index, the dependency closure) is `crate::debian`'s.
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
 pub const LOCK_VERSION: u32 = 1;
+
+/// Debian's archive keyring (package debian-archive-keyring): what a Debian
+/// base's index signature is checked with, unless the profile names its own.
+pub const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// A mirror URL as a profile or lock gives it, checked where it enters: it
+/// lands in the image's sources.list and a shell hook. The URL without its
+/// trailing `/`.
+pub fn checked_mirror_url(url: &str) -> Result<String> {
+    let base = url.trim_end_matches('/').to_string();
+    if !(base.starts_with("http://") || base.starts_with("https://") || base.starts_with("file:///")) {
+        bail!("mirror `{url}`: expected an http://, https:// or file:/// URL");
+    }
+    // A URL's own characters only.
+    if !base.bytes().all(|b| b.is_ascii_graphic() && !b"'\"\\`$;&|<>".contains(&b)) {
+        bail!("mirror `{}`: characters a mirror URL does not have", base.escape_default());
+    }
+    Ok(base)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    /// Essential: yes packages only.
+    Essential,
+    /// Essential + Priority: required + apt (debootstrap's and mmdebstrap's minbase).
+    Minbase,
+    /// minbase + Priority: important (debootstrap's default).
+    Important,
+}
+
+impl std::str::FromStr for Variant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "essential" => Ok(Variant::Essential),
+            "minbase" | "required" => Ok(Variant::Minbase),
+            "important" | "debootstrap" => Ok(Variant::Important),
+            _ => Err(format!("unknown variant `{s}`: expected essential, minbase or important")),
+        }
+    }
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Variant::Essential => "essential",
+            Variant::Minbase => "minbase",
+            Variant::Important => "important",
+        })
+    }
+}
 
 /// What a lock was resolved for; a profile that asks for anything else needs
 /// a new lock.
@@ -51,26 +103,13 @@ pub struct Lock {
     pub packages: Vec<Locked>,
 }
 
-impl Locked {
-    pub fn of(p: &Package) -> Locked {
-        Locked {
-            name: p.name.clone(),
-            version: p.version.to_string(),
-            architecture: p.architecture.clone(),
-            size: p.size,
-            sha256: p.sha256.clone(),
-            filename: p.filename.clone(),
-        }
-    }
-}
-
 impl Lock {
     /// Reads and checks a lock file: every field a build will put in a path,
     /// a command line or a hash is checked here, where it enters.
     pub fn read(path: &Path) -> Result<Lock> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let lock: Lock = toml::from_str(&text).map_err(|e| {
-            let at = e.span().map(|s| crate::config::error::line_col(&text, s.start)).map(|(l, c)| format!(":{l}:{c}"));
+            let at = e.span().map(|s| super::error::line_col(&text, s.start)).map(|(l, c)| format!(":{l}:{c}"));
             anyhow::anyhow!("{}{}: {}", path.display(), at.unwrap_or_default(), e.message().trim())
         })?;
         lock.check().with_context(|| format!("{}: not a usable lock", path.display()))?;

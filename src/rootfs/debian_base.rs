@@ -11,9 +11,9 @@
 //! would differ). The result is kept under the hash of what went in, so a
 //! profile change that does not touch the package set reuses it.
 
-use super::fetch::{Mirror, Pool};
-use super::lock::Lock;
-use crate::rootfs::tree::Tree;
+use super::tree::Tree;
+use crate::config::lock::Lock;
+use crate::debian::fetch::{Mirror, Pool};
 use crate::shelf::Shelf;
 use crate::store::remote::Remote;
 use anyhow::{bail, Context, Result};

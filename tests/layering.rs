@@ -13,6 +13,7 @@
 //! than on `syn` because `syn` with line numbers needs proc-macro2's
 //! `span-locations`, which would rebuild every proc macro (and what depends on
 //! it) once more for the test build.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

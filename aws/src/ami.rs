@@ -2,7 +2,7 @@
 //! share, wait. Local emulators accept what AWS rejects (a missing snapshot,
 //! duplicate names), so imgd checks those itself before asking.
 
-use crate::sync::Principal;
+use crate::model::{valid_snapshot_id, LeftSnapshot, LeftState, Principal, Tagged};
 use crate::Counters;
 use anyhow::{bail, Context, Result};
 use aws_sdk_ec2::types::{
@@ -50,31 +50,6 @@ pub async fn find(ec2: &aws_sdk_ec2::Client, name: &str) -> Result<Option<Found>
 /// An ISO 8601 time as AWS writes it, in Unix seconds.
 fn parse_time(s: &str) -> Option<i64> {
     aws_smithy_types::DateTime::from_str(s, aws_smithy_types::date_time::Format::DateTime).ok().map(|t| t.secs())
-}
-
-/// A snapshot of ours tagged with a build's hash that no image uses yet: left
-/// by a run that died after StartSnapshot (pending or, once EBS has cancelled
-/// it, error) or after the upload (completed).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeftSnapshot {
-    pub id: String,
-    pub state: LeftState,
-    pub encrypted: bool,
-    pub kms_key: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeftState {
-    Pending,
-    Completed,
-    /// Cancelled by EBS (a snapshot nobody completed within its timeout) or failed.
-    Error,
-}
-
-/// A snapshot id as EC2 writes it; ids from AWS name local journal files,
-/// so anything else is refused where it enters.
-pub fn valid_snapshot_id(id: &str) -> bool {
-    id.strip_prefix("snap-").is_some_and(|h| (8..=32).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Every snapshot of ours carrying tag `imgd:hash` = `hash`, oldest first.
@@ -398,20 +373,6 @@ pub async fn wait_available(
     }
 }
 
-/// An image or snapshot carrying imgd's tags.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tagged {
-    pub id: String,
-    pub profile: String,
-    pub hash: String,
-    pub built_at: String,
-    /// Snapshots in the image's block device mappings (empty for a snapshot).
-    pub snapshots: Vec<String>,
-    /// A snapshot in state `error` (EBS cancelled an interrupted upload, or
-    /// it failed): nothing can ever use it.
-    pub failed: bool,
-}
-
 /// imgd's tags on an image or snapshot, checked: anyone with access to the
 /// account can tag anything, so a value that is not what imgd writes (a
 /// short hash, a profile name with odd characters) makes the thing foreign,
@@ -501,13 +462,6 @@ pub async fn delete_snapshot(ec2: &aws_sdk_ec2::Client, id: &str, counters: &Cou
     Ok(())
 }
 
-/// ISO 8601 UTC from Unix seconds, as the `imgd:built-at` tag carries it.
-pub fn iso8601(secs: u64) -> String {
-    let t = aws_smithy_types::DateTime::from_secs(i64::try_from(secs).unwrap_or(i64::MAX));
-    // DateTime's own format prints fractional seconds only when there are some.
-    t.fmt(aws_smithy_types::date_time::Format::DateTime).unwrap_or_default()
-}
-
 /// Images something in this region still launches from, with why: instances
 /// that exist (pending, running, stopping, stopped: a stopped instance needs
 /// its AMI to be replaced by an ASG) and launch templates' default and latest
@@ -575,6 +529,7 @@ pub async fn in_use(ec2: &aws_sdk_ec2::Client) -> Result<std::collections::BTree
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::iso8601;
 
     fn tag(k: &str, v: &str) -> Tag {
         Tag::builder().key(k).value(v).build()

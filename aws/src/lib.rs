@@ -17,6 +17,7 @@ pub mod cache;
 pub mod clients;
 pub mod ebs;
 pub mod import;
+pub mod model;
 pub mod output;
 pub mod promote;
 pub mod prune;

@@ -17,6 +17,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+pub const BLOCK: u64 = 512 * 1024;
+
 const MAGIC: &str = "imgd-ebs-journal 1";
 
 /// Which disk a journal is for.
@@ -35,7 +37,7 @@ impl Disk<'_> {
 
 pub fn path(dir: &Path, snapshot: &str) -> Result<PathBuf> {
     // The id comes from AWS and names a file: only EC2's own shape is used.
-    if !crate::ami::valid_snapshot_id(snapshot) {
+    if !crate::model::valid_snapshot_id(snapshot) {
         bail!("{:?} is not a snapshot id", snapshot.escape_debug().to_string());
     }
     Ok(dir.join(format!("ebs-{snapshot}.blocks")))
@@ -48,7 +50,7 @@ pub fn read(dir: &Path, disk: Disk) -> BTreeMap<u64, [u8; 32]> {
         return BTreeMap::new();
     };
     let Some(body) = text.strip_prefix(&disk.header()) else { return BTreeMap::new() };
-    let blocks = disk.size.div_ceil(super::BLOCK);
+    let blocks = disk.size.div_ceil(BLOCK);
     body.lines()
         .filter_map(|line| {
             let (index, digest) = line.split_once(' ')?;

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-pub const BLOCK: u64 = 512 * 1024;
+pub use journal::BLOCK;
 /// Blocks in flight. EBS takes 1,000 PutSnapshotBlock a second per snapshot
 /// and each takes tens of milliseconds from EC2, so 16 would leave most of
 /// that unused; 64 is coldsnap's default too (32 MiB of buffers).
@@ -254,7 +254,7 @@ async fn start(
     let started = start.send().await.context("StartSnapshot")?;
     let id = started.snapshot_id().context("no snapshot id")?;
     anyhow::ensure!(
-        crate::ami::valid_snapshot_id(id),
+        crate::model::valid_snapshot_id(id),
         "StartSnapshot answered {:?}, not a snapshot id",
         id.escape_debug().to_string()
     );

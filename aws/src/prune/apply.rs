@@ -4,7 +4,7 @@
 //! looks complete).
 
 use super::plan::{Plan, Step};
-use super::Request;
+use super::request::Request;
 use crate::{ami, clients::Clients, Counters};
 use anyhow::{Context, Result};
 

@@ -5,7 +5,7 @@
 //! paginated), and imgd's metadata on the objects the plan would delete.
 
 use super::plan::{doomed_entries, Observed, Region, S3Entry, Upload};
-use super::Request;
+use super::request::Request;
 use crate::{ami, clients::Clients};
 use anyhow::{Context, Result};
 

@@ -14,13 +14,13 @@
 //! - Objects are deleted only when they carry imgd's metadata; multipart
 //!   uploads older than a day are aborted.
 
-use super::Request;
+use super::request::Request;
 use crate::output::Row;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// An image or snapshot carrying imgd's (checked) tags.
-pub use crate::ami::Tagged;
+pub use crate::model::Tagged;
 
 #[derive(Debug, Clone, Default)]
 pub struct Observed {

@@ -4,7 +4,8 @@
 //! region's image is waited for until it is available.
 
 use super::plan::{Image, Observed, Plan, Step};
-use super::{Method, Principal, Request};
+use super::request::{Method, Request};
+use crate::model::Principal;
 use crate::output::SyncResult;
 use crate::{ami, clients::Clients, ebs, import, Counters, Options};
 use anyhow::{bail, Context, Result};
@@ -129,7 +130,7 @@ async fn make_snapshot(
     ec2: &aws_sdk_ec2::Client,
     req: &Request,
     method: Method,
-    resume: Option<&ami::LeftSnapshot>,
+    resume: Option<&crate::model::LeftSnapshot>,
     opts: &Options,
     counters: &Arc<Counters>,
 ) -> Result<String> {

@@ -4,7 +4,7 @@
 //! snapshots failed runs left. Only describe/list/head calls.
 
 use super::plan::{ImageState, Observed};
-use super::Request;
+use super::request::Request;
 use crate::{ami, clients::Clients};
 use anyhow::Result;
 

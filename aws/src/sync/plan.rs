@@ -1,8 +1,8 @@
 //! The sync plan: a pure function of what exists ([`Observed`]) and what is
 //! wanted ([`super::Request`]). No AWS calls here, so every case is a unit test.
 
-use super::{Method, Principal, Request};
-use crate::ami::{LeftSnapshot, LeftState};
+use super::request::{Method, Request};
+use crate::model::{LeftSnapshot, LeftState, Principal};
 use crate::output::Row;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -177,7 +177,7 @@ impl Plan {
                 Step::Deprecate { region, image: i, at } => Row::new(
                     "deprecate",
                     region,
-                    &format!("{} at {}", image(i), crate::ami::iso8601(u64::try_from(*at).unwrap_or(0))),
+                    &format!("{} at {}", image(i), crate::model::iso8601(u64::try_from(*at).unwrap_or(0))),
                 ),
             })
             .collect()

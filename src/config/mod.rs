@@ -7,11 +7,13 @@ pub mod load;
 pub mod lock;
 pub mod profile;
 pub mod recipe;
+pub mod resolve;
 pub mod types;
 
 pub use error::ConfigError;
 pub use load::{load, LoadRequest, Loaded, Origins};
-pub use recipe::{resolve, Recipe};
+pub use recipe::Recipe;
+pub use resolve::{resolve, ResolveOptions};
 pub use types::valid_name;
 
 use std::path::Path;
@@ -41,7 +43,7 @@ pub fn resolve_in(
     formats: Option<Vec<types::Format>>,
     unlocked: bool,
 ) -> Result<Recipe, ConfigError> {
-    let opts = recipe::ResolveOptions {
+    let opts = resolve::ResolveOptions {
         deb_cache: cache.join("debs"),
         formats,
         env_epoch: env_epoch()?,

@@ -153,15 +153,7 @@ pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Comm
         Arch::Aarch64 => "qemu-system-aarch64",
     };
     if m.arch == Arch::Aarch64 {
-        if !on_path(program) {
-            bail!("booting aarch64 hardware needs qemu-system-aarch64 (apt-get install qemu-system-arm)");
-        }
-        if m.firmware == Firmware::Bios {
-            bail!("aarch64 machines have no BIOS: set firmware = \"uefi\"");
-        }
-        if matches!(src, BootSource::Netboot { .. }) {
-            bail!("netboot tests need an iPXE ROM for the NIC; Debian's ipxe-qemu ships x86 ROMs only");
-        }
+        aarch64_can_boot(m, src, program)?;
     }
     let mut c = Command::new(program);
     // Secure Boot's variables live behind SMM on x86_64 (the secboot OVMF
@@ -179,48 +171,13 @@ pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Comm
         },
     ]);
     c.args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"]);
-    let uefi = |c: &mut Command| -> Result<()> {
-        let (code, vars) = match m.arch {
-            Arch::X86_64 => (OVMF_CODE, OVMF_VARS),
-            Arch::Aarch64 => (AAVMF_CODE, AAVMF_VARS),
-        };
-        let pkg = if m.arch == Arch::X86_64 { "ovmf" } else { "qemu-efi-aarch64" };
-        let code = match (m.secure_boot, m.arch) {
-            (Some(_), Arch::X86_64) => {
-                c.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
-                first_existing(OVMF_CODE_SECBOOT)
-            }
-            _ => first_existing(code),
-        };
-        let code = code.with_context(|| format!("UEFI firmware not found (apt-get install {pkg})"))?;
-        let vars_src = match m.secure_boot {
-            Some(v) => v.to_path_buf(),
-            None => first_existing(vars).with_context(|| format!("UEFI vars not found (apt-get install {pkg})"))?,
-        };
-        let vars = scratch.join("OVMF_VARS.fd");
-        std::fs::copy(&vars_src, &vars)?;
-        c.arg("-drive").arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()));
-        c.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
-        Ok(())
-    };
-    // Only a netboot gets a network (restricted); other guests get none, or
-    // with --ssh a restricted one whose only way in is the host's loopback port.
-    let user_net = |c: &mut Command| match m.ssh {
-        Some(port) => {
-            c.arg("-netdev").arg(format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"));
-            c.arg("-device").arg(format!("{},netdev=n0", m.qemu.nic));
-        }
-        None => {
-            c.args(["-nic", "none"]);
-        }
-    };
     match src {
         BootSource::Netboot { relay } => {
             if relay.contains(',') {
                 bail!("the relay command must not contain commas (qemu option syntax): {relay}");
             }
             if m.firmware == Firmware::Uefi {
-                uefi(&mut c)?;
+                uefi_firmware(&mut c, m, scratch)?;
             }
             let ssh = m.ssh.map_or(String::new(), |p| format!(",hostfwd=tcp:127.0.0.1:{p}-:22"));
             c.arg("-netdev").arg(format!(
@@ -229,40 +186,94 @@ pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Comm
             c.arg("-device").arg(format!("{},netdev=n0,bootindex=1", m.qemu.nic));
         }
         BootSource::Direct { kernel, initrd, cmdline } => {
-            user_net(&mut c);
+            user_net(&mut c, m);
             c.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).arg("-append").arg(cmdline);
         }
         BootSource::EfiApp { app } => {
-            user_net(&mut c);
+            user_net(&mut c, m);
             if m.firmware != Firmware::Uefi {
                 bail!("an EFI application boots by UEFI; this hardware boots by BIOS");
             }
-            uefi(&mut c)?;
-            let esp = scratch.join("esp.img");
-            let size = (std::fs::metadata(app)?.len() + 40 * crate::artifact::disk::MIB)
-                .div_ceil(crate::artifact::disk::MIB)
-                * crate::artifact::disk::MIB;
-            let dest = format!("EFI/BOOT/{}", m.arch.efi_boot_file());
-            crate::artifact::esp::make(
-                &esp,
-                size,
-                0x1d0_0001,
-                &[crate::artifact::esp::EspFile { dest, src: app.clone() }],
-                0,
-            )?;
+            uefi_firmware(&mut c, m, scratch)?;
+            let esp = esp_holding(m, app, scratch)?;
             c.arg("-drive").arg(format!("file={},format=raw,if=none,id=disk0,snapshot=on", esp.display()));
             c.args(["-device", &disk_device(m.qemu.disk)]);
         }
         BootSource::Disk { image, format } => {
-            user_net(&mut c);
+            user_net(&mut c, m);
             if m.firmware == Firmware::Uefi {
-                uefi(&mut c)?;
+                uefi_firmware(&mut c, m, scratch)?;
             }
             c.arg("-drive").arg(format!("file={},format={format},if=none,id=disk0,snapshot=on", image.display()));
             c.args(["-device", &disk_device(m.qemu.disk)]);
         }
     }
     Ok(c)
+}
+
+/// What an aarch64 boot needs that x86_64 has by default.
+fn aarch64_can_boot(m: &Machine<'_>, src: &BootSource, program: &str) -> Result<()> {
+    if !on_path(program) {
+        bail!("booting aarch64 hardware needs qemu-system-aarch64 (apt-get install qemu-system-arm)");
+    }
+    if m.firmware == Firmware::Bios {
+        bail!("aarch64 machines have no BIOS: set firmware = \"uefi\"");
+    }
+    if matches!(src, BootSource::Netboot { .. }) {
+        bail!("netboot tests need an iPXE ROM for the NIC; Debian's ipxe-qemu ships x86 ROMs only");
+    }
+    Ok(())
+}
+
+/// UEFI firmware (the Secure Boot build when `m.secure_boot` names enrolled
+/// vars) and a private copy of its variable store in `scratch`.
+fn uefi_firmware(c: &mut Command, m: &Machine<'_>, scratch: &Path) -> Result<()> {
+    let (code, vars) = match m.arch {
+        Arch::X86_64 => (OVMF_CODE, OVMF_VARS),
+        Arch::Aarch64 => (AAVMF_CODE, AAVMF_VARS),
+    };
+    let pkg = if m.arch == Arch::X86_64 { "ovmf" } else { "qemu-efi-aarch64" };
+    let code = match (m.secure_boot, m.arch) {
+        (Some(_), Arch::X86_64) => {
+            c.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+            first_existing(OVMF_CODE_SECBOOT)
+        }
+        _ => first_existing(code),
+    };
+    let code = code.with_context(|| format!("UEFI firmware not found (apt-get install {pkg})"))?;
+    let vars_src = match m.secure_boot {
+        Some(v) => v.to_path_buf(),
+        None => first_existing(vars).with_context(|| format!("UEFI vars not found (apt-get install {pkg})"))?,
+    };
+    let vars = scratch.join("OVMF_VARS.fd");
+    std::fs::copy(&vars_src, &vars)?;
+    c.arg("-drive").arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()));
+    c.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+    Ok(())
+}
+
+/// Only a netboot gets a network (restricted); other guests get none, or
+/// with --ssh a restricted one whose only way in is the host's loopback port.
+fn user_net(c: &mut Command, m: &Machine<'_>) {
+    match m.ssh {
+        Some(port) => {
+            c.arg("-netdev").arg(format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"));
+            c.arg("-device").arg(format!("{},netdev=n0", m.qemu.nic));
+        }
+        None => {
+            c.args(["-nic", "none"]);
+        }
+    }
+}
+
+/// An ESP image in `scratch` holding `app` as the default boot file.
+fn esp_holding(m: &Machine<'_>, app: &Path, scratch: &Path) -> Result<PathBuf> {
+    use crate::artifact::{disk::MIB, esp};
+    let esp_img = scratch.join("esp.img");
+    let size = (std::fs::metadata(app)?.len() + 40 * MIB).div_ceil(MIB) * MIB;
+    let dest = format!("EFI/BOOT/{}", m.arch.efi_boot_file());
+    esp::make(&esp_img, size, 0x1d0_0001, &[esp::EspFile { dest, src: app.to_path_buf() }], 0)?;
+    Ok(esp_img)
 }
 
 /// qemu's device for the boot disk `disk0` on `bus`.
@@ -381,7 +392,57 @@ pub fn boot_until(cmd: Command, marker: &str, timeout: Duration, log: &Path) -> 
     let (Some(stdout), Some(stderr)) = (child.0.stdout.take(), child.0.stderr.take()) else {
         bail!("qemu's console pipes were not set up");
     };
-    // Chunks, not lines: a login prompt ("debian login: ") ends without a newline.
+    let rx = console_chunks(stdout, stderr);
+    // create_new: the log's folder is the caller's private one, and an
+    // existing file (or a planted symlink) is never written through.
+    let mut logf = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .open(log)
+        .with_context(|| format!("creating console log {}", log.display()))?;
+    let mut tail = Tail::default();
+    loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(tail.error(&format!("timed out after {}s waiting for `{marker}`", timeout.as_secs()), log));
+        }
+        let chunk = match rx.recv_timeout(left) {
+            Ok(Some(chunk)) => chunk,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.0.wait()?;
+                return Err(tail.error(&format!("qemu exited ({status}) before `{marker}` appeared"), log));
+            }
+        };
+        logf.write_all(chunk.as_bytes())?;
+        let seen = tail.feed(&chunk, marker);
+        if seen.marker {
+            logf.flush()?;
+            return Ok(BootReport { seconds: start.elapsed().as_secs_f64(), log: log.to_path_buf() });
+        }
+        if let Some(why) = tail.firmware_gave_up() {
+            logf.flush()?;
+            return Err(tail.error(why, log));
+        }
+        if seen.panic {
+            // Let the panic's backtrace reach the log before failing.
+            let until = Instant::now() + Duration::from_millis(500);
+            while let Ok(Some(c)) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                logf.write_all(c.as_bytes())?;
+            }
+            logf.flush()?;
+            return Err(tail.error("kernel panic (its backtrace is in the console log)", log));
+        }
+    }
+}
+
+/// qemu's serial console (stdout) and its own messages (stderr) as one
+/// stream of chunks; `None` when the console closes. Chunks, not lines: a
+/// login prompt ("debian login: ") ends without a newline.
+fn console_chunks(
+    stdout: std::process::ChildStdout,
+    stderr: std::process::ChildStderr,
+) -> mpsc::Receiver<Option<String>> {
     let (tx, rx) = mpsc::channel::<Option<String>>();
     let tx2 = tx.clone();
     std::thread::spawn(move || {
@@ -403,81 +464,65 @@ pub fn boot_until(cmd: Command, marker: &str, timeout: Duration, log: &Path) -> 
             let _ = tx2.send(Some(format!("[qemu] {line}\n")));
         }
     });
-    // create_new: the log's folder is the caller's private one, and an
-    // existing file (or a planted symlink) is never written through.
-    let mut logf = std::fs::File::options()
-        .write(true)
-        .create_new(true)
-        .open(log)
-        .with_context(|| format!("creating console log {}", log.display()))?;
-    let mut tail: std::collections::VecDeque<String> = Default::default();
-    let mut partial = String::new();
-    let fail = |reason: &str, tail: &std::collections::VecDeque<String>| -> anyhow::Error {
-        let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
+    rx
+}
+
+/// The last 40 whole console lines, for the error a failed boot shows.
+#[derive(Default)]
+struct Tail {
+    lines: std::collections::VecDeque<String>,
+    /// The unfinished last line.
+    partial: String,
+}
+
+/// What one chunk of console output showed.
+struct Seen {
+    marker: bool,
+    panic: bool,
+}
+
+impl Tail {
+    const KEEP: usize = 40;
+
+    fn feed(&mut self, chunk: &str, marker: &str) -> Seen {
+        self.partial.push_str(chunk);
+        let mut lines: Vec<String> = self.partial.split('\n').map(str::to_string).collect();
+        self.partial = lines.pop().unwrap_or_default();
+        let marker = lines.iter().any(|l| l.contains(marker)) || self.partial.contains(marker);
+        let panic_at = lines.iter().position(|l| l.contains("Kernel panic"));
+        // On a panic the tail ends at the panic line: its backtrace is
+        // in the log, and what led to it is what a reader needs.
+        let keep = panic_at.map_or(lines.len(), |i| i + 1);
+        for l in lines.into_iter().take(keep) {
+            self.lines.push_back(l);
+            if self.lines.len() > Self::KEEP {
+                self.lines.pop_front();
+            }
+        }
+        Seen { marker, panic: panic_at.is_some() }
+    }
+
+    /// OVMF has tried every boot option: nothing will come. Why, if so.
+    fn firmware_gave_up(&self) -> Option<&'static str> {
+        if !self.lines.iter().any(|l| l.contains("BdsDxe: No bootable option or device was found")) {
+            return None;
+        }
+        let refused = self.lines.iter().any(|l| l.contains("Access Denied") || l.contains("Security Violation"));
+        Some(if refused {
+            "the firmware refused the image: Secure Boot verification failed (Access Denied)"
+        } else {
+            "the firmware found nothing to boot"
+        })
+    }
+
+    fn error(&self, reason: &str, log: &Path) -> anyhow::Error {
+        let lines: Vec<&str> = self.lines.iter().map(String::as_str).collect();
         anyhow::anyhow!(
             "{reason} (console log: {})\n--- last {} console lines ---\n{}",
             log.display(),
             lines.len(),
             lines.join("\n")
         )
-    };
-    loop {
-        let left = timeout.saturating_sub(start.elapsed());
-        if left.is_zero() {
-            return Err(fail(&format!("timed out after {}s waiting for `{marker}`", timeout.as_secs()), &tail));
-        }
-        match rx.recv_timeout(left) {
-            Ok(Some(chunk)) => {
-                logf.write_all(chunk.as_bytes())?;
-                partial.push_str(&chunk);
-                let mut lines: Vec<String> = partial.split('\n').map(str::to_string).collect();
-                partial = lines.pop().unwrap_or_default();
-                let seen = lines.iter().any(|l| l.contains(marker)) || partial.contains(marker);
-                let panic_at = lines.iter().position(|l| l.contains("Kernel panic"));
-                // On a panic the tail ends at the panic line: its backtrace is
-                // in the log, and what led to it is what a reader needs.
-                let keep = panic_at.map_or(lines.len(), |i| i + 1);
-                for l in lines.into_iter().take(keep) {
-                    tail.push_back(l);
-                    if tail.len() > 40 {
-                        tail.pop_front();
-                    }
-                }
-                if seen {
-                    logf.flush()?;
-                    return Ok(BootReport { seconds: start.elapsed().as_secs_f64(), log: log.to_path_buf() });
-                }
-                // OVMF has tried every boot option: nothing will come.
-                if tail.iter().any(|l| l.contains("BdsDxe: No bootable option or device was found")) {
-                    logf.flush()?;
-                    let refused = tail.iter().any(|l| l.contains("Access Denied") || l.contains("Security Violation"));
-                    let why = if refused {
-                        "the firmware refused the image: Secure Boot verification failed (Access Denied)"
-                    } else {
-                        "the firmware found nothing to boot"
-                    };
-                    return Err(fail(why, &tail));
-                }
-                if panic_at.is_some() {
-                    // Let the panic's backtrace reach the log before failing.
-                    let until = Instant::now() + Duration::from_millis(500);
-                    while let Ok(Some(c)) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                        logf.write_all(c.as_bytes())?;
-                    }
-                    logf.flush()?;
-                    return Err(fail("kernel panic (its backtrace is in the console log)", &tail));
-                }
-            }
-            Ok(None) => {
-                let status = child.0.wait()?;
-                return Err(fail(&format!("qemu exited ({status}) before `{marker}` appeared"), &tail));
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = child.0.wait()?;
-                return Err(fail(&format!("qemu exited ({status}) before `{marker}` appeared"), &tail));
-            }
-        }
     }
 }
 

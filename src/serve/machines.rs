@@ -242,6 +242,102 @@ impl Selector {
     }
 }
 
+/// A machines file being checked: errors point at the line of their key.
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn error(&self, key: String, message: String) -> ConfigError {
+        ConfigError::new(self.path, message).at(crate::config::load::locate_in(self.path, self.text, &key)).key(key)
+    }
+
+    /// `[ipxe_signing]`: its files exist (paths relative to the machines
+    /// file's folder) and the key matches the certificate.
+    fn ipxe_signing(&self, p: &IpxeSigningPaths, here: &Path) -> Result<super::imgverify::IpxeSigning, ConfigError> {
+        let err = |key: &str, e: anyhow::Error| self.error(format!("ipxe_signing.{key}"), format!("{e:#}"));
+        for (key, file) in [("key", Some(&p.key)), ("cert", Some(&p.cert)), ("certs", p.certs.as_ref())] {
+            if let Some(file) = file {
+                std::fs::metadata(here.join(file))
+                    .map_err(|e| err(key, anyhow::anyhow!("{}: {e}", here.join(file).display())))?;
+            }
+        }
+        super::imgverify::IpxeSigning::check(
+            here.join(&p.key),
+            here.join(&p.cert),
+            p.certs.as_ref().map(|c| here.join(c)),
+        )
+        .map_err(|e| err("cert", e))
+    }
+
+    /// One group's own fields: names, what it boots, values that land in
+    /// iPXE script lines, and whether it selects anything.
+    fn check_group(&self, i: usize, g: &Group) -> Result<(), ConfigError> {
+        let err = |key: &str, m: String| self.error(format!("group[{i}]{key}"), m);
+        let name_ok = !g.name.is_empty()
+            && g.name.len() <= 128
+            && g.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !name_ok {
+            return Err(err(".name", format!("group name `{}`: use letters, digits, . _ -", g.name.escape_debug())));
+        }
+        if let Some(p) = g.profile.as_deref().filter(|p| !crate::config::valid_name(p)) {
+            return Err(err(".profile", format!("`{}` is not a profile name", p.escape_debug())));
+        }
+        if let Some(e) = g.entry.as_deref().filter(|e| !crate::store::valid_entry_name(e)) {
+            return Err(err(".entry", format!("`{}` is not a store entry name", e.escape_debug())));
+        }
+        if g.kernel_args.chars().any(char::is_control) {
+            return Err(err(".kernel_args", "control characters (a newline would end the script line)".into()));
+        }
+        for (k, v) in &g.vars {
+            let key_ok = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !key_ok || v.chars().any(char::is_control) {
+                return Err(err(
+                    &format!(".vars.{k}"),
+                    "var names are letters, digits and _, values have no control characters".into(),
+                ));
+            }
+        }
+        if g.profile.is_some() == g.entry.is_some() {
+            return Err(err("", format!("group `{}`: set exactly one of profile, entry", g.name)));
+        }
+        if g.default && g.selector != Selector::default() {
+            return Err(err(".selector", format!("group `{}`: the default group takes no selectors", g.name)));
+        }
+        if !g.default && g.selector == Selector::default() {
+            return Err(err("", format!("group `{}` has no selector: add one, or make it `default = true`", g.name)));
+        }
+        Ok(())
+    }
+
+    /// No machine may match two groups that are equally specific: which one
+    /// it boots would depend on the file's order.
+    fn no_two_groups_tie(&self, groups: &[Group]) -> Result<(), ConfigError> {
+        for (i, a) in groups.iter().enumerate() {
+            for (j, b) in groups.iter().enumerate().skip(i + 1) {
+                let tie = !a.default
+                    && !b.default
+                    && a.selector.specificity() == b.selector.specificity()
+                    && a.selector.overlaps(&b.selector);
+                if tie {
+                    let m = format!(
+                        "groups `{}` and `{}` are equally specific and one machine could match both; \
+                         make one more specific (e.g. add mac or source)",
+                        a.name, b.name
+                    );
+                    let at =
+                        |key: &str| crate::config::load::locate_in(self.path, self.text, &format!("group[{j}]{key}"));
+                    return Err(ConfigError::new(self.path, m)
+                        .key(format!("group[{j}].selector"))
+                        .at(at(".selector").or(at(""))));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl MachinesFile {
     pub fn load(path: &Path) -> Result<MachinesFile, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, format!("cannot read: {e}")))?;
@@ -249,95 +345,31 @@ impl MachinesFile {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<MachinesFile, ConfigError> {
+        let src = Source { path, text };
         let mut f: MachinesFile = toml::from_str(text).map_err(|e| from_toml(path, text, &e))?;
         let here = path.parent().unwrap_or(Path::new("."));
         if let Some(p) = &f.ipxe_signing_paths {
-            let err = |key: &str, e: anyhow::Error| {
-                let key = format!("ipxe_signing.{key}");
-                ConfigError::new(path, format!("{e:#}")).at(crate::config::load::locate_in(path, text, &key)).key(key)
-            };
-            for (key, file) in [("key", Some(&p.key)), ("cert", Some(&p.cert)), ("certs", p.certs.as_ref())] {
-                if let Some(file) = file {
-                    std::fs::metadata(here.join(file))
-                        .map_err(|e| err(key, anyhow::anyhow!("{}: {e}", here.join(file).display())))?;
-                }
-            }
-            let s = super::imgverify::IpxeSigning::check(
-                here.join(&p.key),
-                here.join(&p.cert),
-                p.certs.as_ref().map(|c| here.join(c)),
-            )
-            .map_err(|e| err("cert", e))?;
-            f.ipxe_signing = Some(s);
+            f.ipxe_signing = Some(src.ipxe_signing(p, here)?);
         }
-        for (i, g) in f.groups.iter().enumerate() {
-            if g.verify && f.ipxe_signing.is_none() {
-                let key = format!("group[{i}].verify");
-                return Err(ConfigError::new(
-                    path,
-                    "verify = true needs [ipxe_signing] (the key that signs what iPXE verifies)",
-                )
-                .at(crate::config::load::locate_in(path, text, &key))
-                .key(key));
-            }
-        }
-        for (i, g) in f.groups.iter_mut().enumerate() {
-            let Some(cert) = &g.signed_with else { continue };
-            let key = format!("group[{i}].signed_with");
-            let err = |m: String| {
-                ConfigError::new(path, m).key(key.clone()).at(crate::config::load::locate_in(path, text, &key))
-            };
-            if g.http_boot != HttpBoot::Uki {
-                return Err(err("signed_with is for http_boot = \"uki\" (the signed image is the UKI)".into()));
-            }
-            let fp = crate::sign::cert_fingerprint(&here.join(cert)).map_err(|e| err(format!("{e:#}")))?;
-            g.signed_with_sha256 = Some(fp);
-        }
-        let at = |i: usize, key: &str| crate::config::load::locate_in(path, text, &format!("group[{i}]{key}"));
         let mut names = std::collections::BTreeSet::new();
-        for (i, g) in f.groups.iter().enumerate() {
-            let err = |key: &str, m: String| ConfigError::new(path, m).key(format!("group[{i}]{key}")).at(at(i, key));
-            let name_ok = !g.name.is_empty()
-                && g.name.len() <= 128
-                && g.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-            if !name_ok {
-                return Err(err(
-                    ".name",
-                    format!("group name `{}`: use letters, digits, . _ -", g.name.escape_debug()),
-                ));
+        for (i, g) in f.groups.iter_mut().enumerate() {
+            if g.verify && f.ipxe_signing.is_none() {
+                let m = "verify = true needs [ipxe_signing] (the key that signs what iPXE verifies)";
+                return Err(src.error(format!("group[{i}].verify"), m.into()));
             }
+            src.check_group(i, g)?;
             if !names.insert(g.name.clone()) {
-                return Err(err(".name", format!("group name `{}` is used twice", g.name)));
+                return Err(src.error(format!("group[{i}].name"), format!("group name `{}` is used twice", g.name)));
             }
-            if let Some(p) = g.profile.as_deref().filter(|p| !crate::config::valid_name(p)) {
-                return Err(err(".profile", format!("`{}` is not a profile name", p.escape_debug())));
-            }
-            if let Some(e) = g.entry.as_deref().filter(|e| !crate::store::valid_entry_name(e)) {
-                return Err(err(".entry", format!("`{}` is not a store entry name", e.escape_debug())));
-            }
-            if g.kernel_args.chars().any(char::is_control) {
-                return Err(err(".kernel_args", "control characters (a newline would end the script line)".into()));
-            }
-            for (k, v) in &g.vars {
-                let key_ok = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-                if !key_ok || v.chars().any(char::is_control) {
-                    return Err(err(
-                        &format!(".vars.{k}"),
-                        "var names are letters, digits and _, values have no control characters".into(),
-                    ));
+            if let Some(cert) = &g.signed_with {
+                let key = format!("group[{i}].signed_with");
+                if g.http_boot != HttpBoot::Uki {
+                    let m = "signed_with is for http_boot = \"uki\" (the signed image is the UKI)";
+                    return Err(src.error(key, m.into()));
                 }
-            }
-            if g.profile.is_some() == g.entry.is_some() {
-                return Err(err("", format!("group `{}`: set exactly one of profile, entry", g.name)));
-            }
-            if g.default && g.selector != Selector::default() {
-                return Err(err(".selector", format!("group `{}`: the default group takes no selectors", g.name)));
-            }
-            if !g.default && g.selector == Selector::default() {
-                return Err(err(
-                    "",
-                    format!("group `{}` has no selector: add one, or make it `default = true`", g.name),
-                ));
+                let fp =
+                    crate::sign::cert_fingerprint(&here.join(cert)).map_err(|e| src.error(key, format!("{e:#}")))?;
+                g.signed_with_sha256 = Some(fp);
             }
         }
         let defaults: Vec<&Group> = f.groups.iter().filter(|g| g.default).collect();
@@ -347,26 +379,7 @@ impl MachinesFile {
                 format!("more than one default group: {}, {}", defaults[0].name, defaults[1].name),
             ));
         }
-        for (i, a) in f.groups.iter().enumerate() {
-            for (j, b) in f.groups.iter().enumerate().skip(i + 1) {
-                if !a.default
-                    && !b.default
-                    && a.selector.specificity() == b.selector.specificity()
-                    && a.selector.overlaps(&b.selector)
-                {
-                    return Err(ConfigError::new(
-                        path,
-                        format!(
-                            "groups `{}` and `{}` are equally specific and one machine could match both; \
-                             make one more specific (e.g. add mac or source)",
-                            a.name, b.name
-                        ),
-                    )
-                    .key(format!("group[{j}].selector"))
-                    .at(at(j, ".selector").or(at(j, ""))));
-                }
-            }
-        }
+        src.no_two_groups_tie(&f.groups)?;
         Ok(f)
     }
 

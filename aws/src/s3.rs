@@ -139,38 +139,80 @@ pub async fn upload(
     }
     let size = std::fs::metadata(path)?.len();
     if size <= PART {
-        abort_stale(s3, bucket, key, None, counters).await?;
-        let data = bytes::Bytes::from(tokio::fs::read(path).await?);
-        let Digests { crc32c, md5 } = digests(&data);
-        counters.mutate();
-        let out = s3
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .body(ByteStream::from(data))
-            .checksum_crc32_c(crc32c)
-            .metadata(DIGEST_METADATA, digest)
-            // The signed checksum header covers the body; hashing it again
-            // for the signature would double the CPU cost.
-            .customize()
-            .disable_payload_signing()
-            .send()
-            .await
-            .with_context(|| format!("uploading s3://{bucket}/{key}"))?;
-        let etag = out.e_tag().unwrap_or_default().trim_matches('"');
-        if !intact(out.server_side_encryption(), etag, &md5) {
-            // Not to be taken for complete: the next run must not skip it.
-            let _ = s3.delete_object().bucket(bucket).key(key).send().await;
-            bail!("s3://{bucket}/{key} arrived corrupted (ETag {etag}, MD5 {md5}); run again");
-        }
-        counters.uploaded_bytes.fetch_add(size, Ordering::Relaxed);
+        put_whole(s3, bucket, key, file, size, counters).await?;
         return Ok(true);
     }
-
-    // Resume the upload an interrupted run of ours started for this content,
-    // abort any other; else start one and remember it.
     let state = UploadState::path(&opts.state_dir, opts.endpoint_url.as_deref(), bucket, key);
-    let ours = UploadState::read(&state)
+    let (upload_id, done) = resume_or_start(s3, bucket, key, digest, &state, counters).await?;
+    // On failure the upload stays for the next run to resume (or abort), and
+    // `imgd prune` aborts leftovers; it never just grows.
+    let bar = opts.progress.start(&format!("s3://{bucket}/{key}"), size);
+    let parts = upload_parts(s3, bucket, key, path, size, &upload_id, done, counters, bar.clone()).await?;
+    bar.finish();
+    counters.mutate();
+    s3.complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(&upload_id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .send()
+        .await
+        .with_context(|| format!("completing s3://{bucket}/{key}"))?;
+    let _ = std::fs::remove_file(&state);
+    Ok(true)
+}
+
+/// One PutObject for a file of at most [`PART`] bytes, checked against the
+/// ETag S3 returns.
+async fn put_whole(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    file: &crate::File,
+    size: u64,
+    counters: &Counters,
+) -> Result<()> {
+    let (path, digest) = (file.path.as_path(), file.digest.as_str());
+    abort_stale(s3, bucket, key, None, counters).await?;
+    let data = bytes::Bytes::from(tokio::fs::read(path).await?);
+    let Digests { crc32c, md5 } = digests(&data);
+    counters.mutate();
+    let out = s3
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from(data))
+        .checksum_crc32_c(crc32c)
+        .metadata(DIGEST_METADATA, digest)
+        // The signed checksum header covers the body; hashing it again
+        // for the signature would double the CPU cost.
+        .customize()
+        .disable_payload_signing()
+        .send()
+        .await
+        .with_context(|| format!("uploading s3://{bucket}/{key}"))?;
+    let etag = out.e_tag().unwrap_or_default().trim_matches('"');
+    if !intact(out.server_side_encryption(), etag, &md5) {
+        // Not to be taken for complete: the next run must not skip it.
+        let _ = s3.delete_object().bucket(bucket).key(key).send().await;
+        bail!("s3://{bucket}/{key} arrived corrupted (ETag {etag}, MD5 {md5}); run again");
+    }
+    counters.uploaded_bytes.fetch_add(size, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The multipart upload to send parts to, and the parts already there:
+/// the one an interrupted run of ours started for this content (its id in
+/// `state`), else a new one, remembered in `state`. Any other is aborted.
+async fn resume_or_start(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    digest: &str,
+    state: &Path,
+    counters: &Counters,
+) -> Result<(String, BTreeMap<i32, DonePart>)> {
+    let ours = UploadState::read(state)
         .filter(|s| s.digest == digest && s.part_checksum == PART_CHECKSUM)
         .map(|s| s.upload_id);
     let resumed = abort_stale(s3, bucket, key, ours.as_deref(), counters).await?;
@@ -187,7 +229,7 @@ pub async fn upload(
         },
         None => None,
     };
-    let (upload_id, done) = match listed {
+    Ok(match listed {
         Some((id, done)) => {
             tracing::info!("s3://{bucket}/{key}: resuming an interrupted upload ({} parts there)", done.len());
             (id, done)
@@ -205,26 +247,10 @@ pub async fn upload(
                 .with_context(|| format!("starting multipart upload of s3://{bucket}/{key}"))?;
             let id = created.upload_id().context("no upload id")?.to_string();
             let part_checksum = PART_CHECKSUM.to_string();
-            UploadState { upload_id: id.clone(), digest: digest.to_string(), part_checksum }.write(&state)?;
+            UploadState { upload_id: id.clone(), digest: digest.to_string(), part_checksum }.write(state)?;
             (id, BTreeMap::new())
         }
-    };
-    // On failure the upload stays for the next run to resume (or abort), and
-    // `imgd prune` aborts leftovers; it never just grows.
-    let bar = opts.progress.start(&format!("s3://{bucket}/{key}"), size);
-    let parts = upload_parts(s3, bucket, key, path, size, &upload_id, done, counters, bar.clone()).await?;
-    bar.finish();
-    counters.mutate();
-    s3.complete_multipart_upload()
-        .bucket(bucket)
-        .key(key)
-        .upload_id(&upload_id)
-        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-        .send()
-        .await
-        .with_context(|| format!("completing s3://{bucket}/{key}"))?;
-    let _ = std::fs::remove_file(&state);
-    Ok(true)
+    })
 }
 
 /// Whether S3 stored what was sent: its ETag is the MD5 of the bytes, except

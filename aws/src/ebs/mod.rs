@@ -199,24 +199,7 @@ pub async fn upload(
         sent.extend(done??);
     }
     bar.finish();
-    sent.sort_by_key(|(i, _)| *i);
-    // LINEAR: SHA-256 over the block checksums in block order.
-    let mut agg = Sha256::new();
-    for (_, d) in &sent {
-        agg.update(d);
-    }
-    let agg = base64::engine::general_purpose::STANDARD.encode(agg.finalize());
-    counters.mutate();
-    let completed = ebs
-        .complete_snapshot()
-        .snapshot_id(&id)
-        .changed_blocks_count(sent.len() as i32)
-        .checksum(agg)
-        .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
-        .checksum_aggregation_method(ChecksumAggregationMethod::ChecksumAggregationLinear)
-        .send()
-        .await
-        .context("CompleteSnapshot")?;
+    let completed = complete(ebs, &id, sent, counters).await?;
     counters.snapshot_millis.store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
     // Complete (or never completable): nothing left to resume either way.
     if let Ok(j) = Arc::try_unwrap(journal) {
@@ -228,6 +211,32 @@ pub async fn upload(
         }
     }
     Ok(Snapshot { id, volume_gib })
+}
+
+/// CompleteSnapshot with the LINEAR checksum: SHA-256 over the checksums of
+/// the blocks sent, in block order.
+async fn complete(
+    ebs: &aws_sdk_ebs::Client,
+    id: &str,
+    mut sent: Vec<(u64, [u8; 32])>,
+    counters: &Counters,
+) -> Result<aws_sdk_ebs::operation::complete_snapshot::CompleteSnapshotOutput> {
+    sent.sort_by_key(|(i, _)| *i);
+    let mut agg = Sha256::new();
+    for (_, d) in &sent {
+        agg.update(d);
+    }
+    let agg = base64::engine::general_purpose::STANDARD.encode(agg.finalize());
+    counters.mutate();
+    ebs.complete_snapshot()
+        .snapshot_id(id)
+        .changed_blocks_count(sent.len() as i32)
+        .checksum(agg)
+        .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+        .checksum_aggregation_method(ChecksumAggregationMethod::ChecksumAggregationLinear)
+        .send()
+        .await
+        .context("CompleteSnapshot")
 }
 
 /// StartSnapshot: the new snapshot's id, and whether zero blocks must be sent.

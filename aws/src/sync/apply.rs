@@ -193,10 +193,7 @@ async fn run_region(
             Image::New => new_id.clone().context("the plan tags or shares an image it did not make"),
         }
     };
-    let mut to_share: BTreeMap<String, Vec<Principal>> = BTreeMap::new();
-    let mut snapshot_to_share: BTreeMap<String, Vec<Principal>> = BTreeMap::new();
-    let mut to_deprecate: BTreeMap<String, i64> = BTreeMap::new();
-    let mut publish: Option<String> = None;
+    let mut later = Later::default();
     for step in steps {
         match step {
             Step::Upload { .. } | Step::Snapshot { .. } | Step::DeleteSnapshot { .. } => {}
@@ -240,7 +237,7 @@ async fn run_region(
                 }
             }
             Step::Share { image, principal, .. } => {
-                to_share.entry(id_of(&image, &new_id)?).or_default().push(principal);
+                later.share.entry(id_of(&image, &new_id)?).or_default().push(principal);
             }
             Step::ShareSnapshot { image, principal, .. } => {
                 let snap = match &image {
@@ -248,50 +245,78 @@ async fn run_region(
                     Image::Existing(_) => known.as_ref().and_then(|k| k.snapshot.clone()),
                 };
                 let snap = snap.context("sharing the snapshot of an image whose snapshot is not known")?;
-                snapshot_to_share.entry(snap).or_default().push(principal);
+                later.share_snapshot.entry(snap).or_default().push(principal);
             }
             Step::Deprecate { image, at, .. } => {
-                to_deprecate.insert(id_of(&image, &new_id)?, at);
+                later.deprecate.insert(id_of(&image, &new_id)?, at);
             }
-            Step::Publish { parameter, .. } => publish = Some(parameter),
+            Step::Publish { parameter, .. } => later.publish = Some(parameter),
         }
     }
-    // The snapshot first: an image shared before its (encrypted) snapshot
-    // is one the other account sees but cannot launch yet.
-    for (snap, to) in &snapshot_to_share {
-        ami::share_snapshot(ec2, snap, to, &job.counters).await?;
-    }
-    for (id, to) in &to_share {
-        ami::share(ec2, id, to, &job.counters).await?;
-    }
-    for (id, at) in &to_deprecate {
-        ami::deprecate(ec2, id, *at, &job.counters).await?;
-    }
+    later.share_and_deprecate(ec2, job).await?;
     let (id, snap) = match (new_id, known) {
         (Some(id), _) => (id, new_snapshot),
         (None, Some(k)) => (k.id, k.snapshot),
         (None, None) => bail!("{region}: the plan made no image here and none exists"),
     };
     ami::wait_available(ec2, &id, region, req.wait, req.poll).await?;
-    if let Some(parameter) = publish {
-        // Checked, not assumed: a channel never points at an image that is
-        // not available, tagged and shared as asked (what launches from it
-        // in another account would fail).
-        anyhow::ensure!(
-            ami::has_tags(ec2, &id, &job.tags).await?,
-            "{region}: {id} lacks imgd's tags; not publishing it"
-        );
-        if !req.share.is_empty() {
-            let shared = ami::shared_with(ec2, &id).await?;
-            let missing: Vec<String> = req.share.iter().filter(|p| !shared.contains(*p)).map(|p| p.label()).collect();
-            anyhow::ensure!(
-                missing.is_empty(),
-                "{region}: {id} is not shared with {}; not publishing it",
-                missing.join(", ")
-            );
-        }
-        crate::ssm::put(ssm, &parameter, &id, &job.counters).await?;
-        tracing::info!(%region, %parameter, image = %id, "published");
+    if let Some(parameter) = &later.publish {
+        publish(ec2, ssm, region, &id, parameter, job).await?;
     }
     Ok((id, snap))
+}
+
+/// What a region's steps ask of its image once it exists, gathered so each
+/// image and snapshot is shared (and deprecated) in one call.
+#[derive(Default)]
+struct Later {
+    share: BTreeMap<String, Vec<Principal>>,
+    share_snapshot: BTreeMap<String, Vec<Principal>>,
+    deprecate: BTreeMap<String, i64>,
+    publish: Option<String>,
+}
+
+impl Later {
+    async fn share_and_deprecate(&self, ec2: &aws_sdk_ec2::Client, job: &Job) -> Result<()> {
+        // The snapshot first: an image shared before its (encrypted) snapshot
+        // is one the other account sees but cannot launch yet.
+        for (snap, to) in &self.share_snapshot {
+            ami::share_snapshot(ec2, snap, to, &job.counters).await?;
+        }
+        for (id, to) in &self.share {
+            ami::share(ec2, id, to, &job.counters).await?;
+        }
+        for (id, at) in &self.deprecate {
+            ami::deprecate(ec2, id, *at, &job.counters).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Points SSM `parameter` at image `id`, once it is available.
+async fn publish(
+    ec2: &aws_sdk_ec2::Client,
+    ssm: &aws_sdk_ssm::Client,
+    region: &str,
+    id: &str,
+    parameter: &str,
+    job: &Job,
+) -> Result<()> {
+    let req = &job.req;
+    // Checked, not assumed: a channel never points at an image that is
+    // not available, tagged and shared as asked (what launches from it
+    // in another account would fail).
+    anyhow::ensure!(ami::has_tags(ec2, id, &job.tags).await?, "{region}: {id} lacks imgd's tags; not publishing it");
+    if !req.share.is_empty() {
+        let shared = ami::shared_with(ec2, id).await?;
+        let missing: Vec<String> = req.share.iter().filter(|p| !shared.contains(*p)).map(|p| p.label()).collect();
+        anyhow::ensure!(
+            missing.is_empty(),
+            "{region}: {id} is not shared with {}; not publishing it",
+            missing.join(", ")
+        );
+    }
+    crate::ssm::put(ssm, parameter, id, &job.counters).await?;
+    tracing::info!(%region, %parameter, image = %id, "published");
+    Ok(())
 }

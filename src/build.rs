@@ -1,5 +1,12 @@
-//! `imgd build` as a library call: hash the recipe, return the store entry if it
-//! exists, else build it in a private directory and commit it atomically.
+//! The build pipeline as one library call, used by `imgd build`, `serve
+//! --build` and every command that needs an entry:
+//!
+//! 1. [`recipe`]: the profile resolved; with `--unlocked`, a Debian base
+//!    without a lock gets the package set the mirror has today (lock policy);
+//! 2. [`entry`]: the input hash -> a cache hit, a checked fetch from the
+//!    remote cache, or a build in a private directory committed atomically;
+//! 3. then the sign policy: a profile with `[secure_boot]` has its UKI
+//!    signed (once; a cached entry keeps its signatures).
 
 use crate::artifact;
 use crate::config::Recipe;
@@ -49,30 +56,74 @@ pub fn input_hash(recipe: &Recipe) -> String {
     crate::hash::sha256_hex(&json)
 }
 
+/// How a build's entry came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Built here just now.
+    Built,
+    /// Already in the store: no work was done.
+    Cached,
+    /// Fetched (and checked) from the remote cache.
+    Fetched,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Built => "built",
+            Outcome::Cached => "cached",
+            Outcome::Fetched => "fetched",
+        }
+    }
+}
+
 pub struct Built {
     pub entry: Entry,
-    /// True when the entry already existed (no work was done).
-    pub cached: bool,
-    /// True when it came from the remote cache.
-    pub fetched: bool,
+    pub outcome: Outcome,
+    /// `[secure_boot]`: the entry's signed set, and whether it was signed now.
+    pub signed: Option<(crate::sign::Signed, bool)>,
 }
 
-pub fn build(recipe: &Recipe, store: &Store, progress: &Progress) -> Result<Built> {
-    build_with(recipe, store, progress, None)
+/// Step 1: a loaded profile's recipe, with the lock policy applied (see the
+/// module docs). `formats` builds only those (`--format`).
+pub fn recipe(
+    loaded: &crate::config::Loaded,
+    cache: &std::path::Path,
+    formats: Option<Vec<crate::config::types::Format>>,
+    unlocked: bool,
+) -> Result<Recipe> {
+    let mut recipe = crate::config::resolve_in(loaded, cache, formats, unlocked)?;
+    crate::debian::lock_now_if_unlocked(&mut recipe)?;
+    Ok(recipe)
 }
 
-/// Like [`build`], first asking `remote` for the entry and pushing it there
-/// after a build. A remote that fails is a warning: the build goes on locally.
-pub fn build_with(recipe: &Recipe, store: &Store, progress: &Progress, remote: Option<&dyn Remote>) -> Result<Built> {
+/// Steps 2 and 3: the recipe's entry — found, fetched from `remote`, or
+/// built (and pushed to `remote`) — then signed as its profile asks. A
+/// remote that fails is a warning: the build goes on locally.
+pub fn entry(recipe: &Recipe, store: &Store, progress: &Progress, remote: Option<&dyn Remote>) -> Result<Built> {
+    let (entry, outcome) = find_or_build(recipe, store, progress, remote)?;
+    let signed = match &recipe.signing {
+        Some(s) => Some(crate::sign::ensure(store, &entry, &s.key, &s.cert)?),
+        None => None,
+    };
+    Ok(Built { entry, outcome, signed })
+}
+
+fn find_or_build(
+    recipe: &Recipe,
+    store: &Store,
+    progress: &Progress,
+    remote: Option<&dyn Remote>,
+) -> Result<(Entry, Outcome)> {
     let hash = input_hash(recipe);
     let name = entry_name(&hash, &recipe.name);
     if let Some(entry) = store.get(&name)? {
-        return Ok(Built { entry, cached: true, fetched: false });
+        return Ok((entry, Outcome::Cached));
     }
     let _lock = store.lock(&hash)?;
     // Someone else may have finished it while we waited for the lock.
     if let Some(entry) = store.get(&name)? {
-        return Ok(Built { entry, cached: true, fetched: false });
+        return Ok((entry, Outcome::Cached));
     }
     // Builds killed earlier (kill -9, a crash loop) left their folders.
     match store.sweep_tmp(Some(&hash)) {
@@ -86,7 +137,7 @@ pub fn build_with(recipe: &Recipe, store: &Store, progress: &Progress, remote: O
         match fetch(store, r, &name, &hash) {
             Ok(Some(entry)) => {
                 step.done();
-                return Ok(Built { entry, cached: true, fetched: true });
+                return Ok((entry, Outcome::Fetched));
             }
             Ok(None) => step.done(),
             Err(e) => {
@@ -131,12 +182,12 @@ pub fn build_with(recipe: &Recipe, store: &Store, progress: &Progress, remote: O
             Err(e) => tracing::warn!("could not share {name} with {} ({e:#}); the local build is fine", r.url()),
         }
     }
-    Ok(Built { entry, cached: false, fetched: false })
+    Ok((entry, Outcome::Built))
 }
 
 /// The recipe's entry from `remote` into `store`, never building: None when
 /// the remote does not have it. (A netboot replica serves what was built
-/// elsewhere.) Checked exactly as [`build_with`] checks what it fetches.
+/// elsewhere.) Checked exactly as [`entry`] checks what it fetches.
 pub fn fetch_only(recipe: &Recipe, store: &Store, remote: &dyn Remote) -> Result<Option<Entry>> {
     let hash = input_hash(recipe);
     let name = entry_name(&hash, &recipe.name);

@@ -1,10 +1,8 @@
 //! imgd: machine profiles to hash-named, reproducible, bootable images.
 //!
-//! The modules follow the pipeline: [`config`] (profile + hardware -> recipe)
-//! -> [`hash`] (the input hash) -> [`rootfs`] (assemble the tree) ->
-//! [`artifact`] (write formats) -> [`store`] (commit the entry) -> [`serve`]
-//! (netboot it), [`qemu`] (boot it), and with feature `aws`, `imgd_aws`
-//! (publish it). [`build`] ties the first five together.
+//! One pipeline, one way: [`config`] (profile -> recipe) -> [`build`] (input
+//! hash -> cache hit, fetch, or [`rootfs`] + [`artifact`] -> [`store`] entry)
+//! -> [`serve`] (netboot it), [`qemu`] (boot it), `imgd_aws` (publish it).
 
 pub mod artifact;
 pub mod build;

@@ -55,7 +55,7 @@ fn profile_seeds_load_or_fail_cleanly() {
 fn machines_seeds_load_or_fail_cleanly() {
     for (seed, ok) in seeds("machines") {
         let text = std::fs::read_to_string(&seed).unwrap();
-        let got = imgd::serve::machines::MachinesFile::parse(&seed, &text);
+        let got = imgd::serve::boot::machines::MachinesFile::parse(&seed, &text);
         assert_eq!(got.is_ok(), ok, "{}: {:?}", seed.display(), got.err().map(|e| e.to_string()));
     }
 }

@@ -49,6 +49,11 @@ const AWS_LAYERS: &[&[&str]] = &[
     &["retry", "output", "model", ""],
 ];
 
+/// Rooms inside a top-level module, in the same top-to-bottom order: the
+/// netboot server's hall (`server`) joins the PXE room, which asks the boot
+/// room, which sends through the HTTP room.
+const IMGD_ROOMS: &[(&str, &[&[&str]])] = &[("serve", &[&["server"], &["pxe"], &["boot"], &["http"]])];
+
 const MAX_FN_LINES: usize = 100;
 
 /// One Rust source file: where it is and which module it is.
@@ -63,7 +68,8 @@ struct File {
 struct Crate {
     name: &'static str,
     files: Vec<File>,
-    layers: &'static [&'static [&'static str]],
+    layers: Layers,
+    rooms: Rooms,
 }
 
 fn root() -> PathBuf {
@@ -71,7 +77,10 @@ fn root() -> PathBuf {
 }
 
 /// Every `.rs` file below `dir`, named by its module path from `root_file`.
-fn load_crate(name: &'static str, dir: &Path, root_file: &str, layers: &'static [&'static [&'static str]]) -> Crate {
+type Layers = &'static [&'static [&'static str]];
+type Rooms = &'static [(&'static str, Layers)];
+
+fn load_crate(name: &'static str, dir: &Path, root_file: &str, layers: Layers, rooms: Rooms) -> Crate {
     let mut paths = Vec::new();
     walk(dir, &mut paths);
     paths.sort();
@@ -110,7 +119,7 @@ fn load_crate(name: &'static str, dir: &Path, root_file: &str, layers: &'static 
         kept.extend(more);
     }
     files.retain(|f| kept.contains(&f.module));
-    Crate { name, files, layers }
+    Crate { name, files, layers, rooms }
 }
 
 fn child(parent: &[String], name: &str) -> Vec<String> {
@@ -567,6 +576,35 @@ fn problems(krate: &Crate) -> Vec<String> {
         }
     }
 
+    // Rooms inside a module: the second path segment, ordered like layers.
+    for (module, rooms) in krate.rooms {
+        let room = |f: usize| {
+            let m = &krate.files[f].module;
+            (m.len() >= 2 && m[0] == *module).then(|| m[1].clone())
+        };
+        let order = |r: &str| rooms.iter().position(|l| l.contains(&r));
+        for f in 0..krate.files.len() {
+            if let Some(r) = room(f).filter(|r| order(r).is_none()) {
+                out.push(format!(
+                    "{}: room `{module}::{r}` has no place in the room order (tests/layering.rs)",
+                    krate.name
+                ));
+            }
+        }
+        for e in &es {
+            let (Some(a), Some(b)) = (room(e.from), room(e.to)) else { continue };
+            if let (Some(x), Some(y)) = (order(&a), order(&b)) {
+                if y < x {
+                    out.push(format!(
+                        "{}:{}: `{module}::{a}` imports `{module}::{b}`, a room above it",
+                        name(e.from),
+                        e.line
+                    ));
+                }
+            }
+        }
+    }
+
     // Long functions.
     for f in &krate.files {
         for (line, fn_name, len) in functions(&f.code) {
@@ -624,9 +662,9 @@ fn functions(code: &str) -> Vec<(usize, String, usize)> {
 fn crates() -> Vec<Crate> {
     let r = root();
     vec![
-        load_crate("imgd", &r.join("src"), "lib.rs", IMGD_LAYERS),
-        load_crate("imgd (binary)", &r.join("src"), "main.rs", &[&["cmd"], &[""]]),
-        load_crate("imgd-aws", &r.join("aws/src"), "lib.rs", AWS_LAYERS),
+        load_crate("imgd", &r.join("src"), "lib.rs", IMGD_LAYERS, IMGD_ROOMS),
+        load_crate("imgd (binary)", &r.join("src"), "main.rs", &[&["cmd"], &[""]], &[]),
+        load_crate("imgd-aws", &r.join("aws/src"), "lib.rs", AWS_LAYERS, &[]),
     ]
 }
 
@@ -675,9 +713,26 @@ fn the_checker_sees_cycles_upward_imports_and_long_functions() {
             file(&["b"], "pub struct B;\nfn f() { let _ = crate::a::A; }"),
         ],
         layers: &[&["a"], &["b"]],
+        rooms: &[],
     };
     let found = problems(&krate);
     assert!(found.iter().any(|p| p.contains("file cycle") && p.contains("a.rs:1 -> b.rs")), "{found:?}");
     assert!(found.iter().any(|p| p.contains("module cycle between a, b")), "{found:?}");
     assert!(found.iter().any(|p| p.contains("b.rs:2: `b` imports `a`, a layer above it")), "{found:?}");
+
+    // A lower room importing a higher one inside the same module.
+    let krate = Crate {
+        name: "t",
+        files: vec![
+            file(&[], "pub mod m;"),
+            file(&["m"], "pub mod hi; pub mod lo;"),
+            file(&["m", "hi"], "use super::lo::L;\npub struct H;"),
+            file(&["m", "lo"], "pub struct L;\n\nfn f() { let _ = crate::m::hi::H; }"),
+        ],
+        layers: &[&["m"]],
+        rooms: &[("m", &[&["hi"], &["lo"]])],
+    };
+    let found = problems(&krate);
+    assert!(found.iter().any(|p| p.contains("m/lo.rs:3: `m::lo` imports `m::hi`, a room above it")), "{found:?}");
+    assert!(!found.iter().any(|p| p.contains("`m::hi` imports")), "a higher room may import a lower one: {found:?}");
 }

@@ -460,15 +460,17 @@ fn build_flag_builds_missing_profiles_and_profile_urls_boot_them() {
     let d = tempfile::tempdir().unwrap();
     let store = d.path().join("store");
     let conf = write_config(d.path(), "[[group]]\nname = \"g\"\nprofile = \"hello\"\ndefault = true\n");
-    // Without --build, a missing build is reported to the machine, not a crash.
+    // Without --build, a missing build is not a crash: the machine is told to
+    // wait and retry, the server's log says why. The unauthenticated client
+    // learns nothing of the server's files.
     {
         let s = Serve::start(&store, &["--config", &conf]);
         let (_, _, body) = curl(&[&format!("{}/ipxe?mac=52-54-00-00-00-01", s.base)]);
-        assert!(
-            String::from_utf8_lossy(&body).contains("is not built on this server"),
-            "{}",
-            String::from_utf8_lossy(&body)
-        );
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("group g cannot boot yet") && body.contains("sleep 10"), "{body}");
+        assert!(!body.contains("not built") && !body.contains(&*store.to_string_lossy()), "{body}");
+        let log = s.log.lock().unwrap().clone();
+        assert!(log.contains("group g: profile hello is not built on this server"), "{log}");
     }
     let s = Serve::start(&store, &["--config", &conf, "--build"]);
     assert_eq!(entries(&store).len(), 1, "built at start-up");
@@ -681,7 +683,9 @@ fn under_a_low_open_files_limit_clients_beyond_it_get_503_not_a_hang() {
     cmd.env("IMGD_STORE", &h.store).env("IMGD_ROOT", repo()).current_dir(repo());
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--serve-all"]);
     let s = Serve::spawn(cmd);
-    s.wait_log("does not fit in the open-files limit (256)");
+    // The warning says why 10,000 connections do not fit: two descriptors each.
+    s.wait_log("--max-connections 10000 needs up to 20064 open files (a socket and an artifact file per");
+    s.wait_log("but the open-files limit is 256: serving at most 96 connections at once");
     let addr = s.base.trim_start_matches("http://").to_string();
     // More idle connections than 256 descriptors allow.
     let held: Vec<_> = (0..300).filter_map(|_| std::net::TcpStream::connect(&addr).ok()).collect();

@@ -2,6 +2,7 @@
 
 use super::{ProfileArgs, StoreArgs};
 use clap::Args;
+use imgd::build::Outcome;
 use imgd::config::types::Format;
 
 #[derive(Args, Debug)]
@@ -28,18 +29,13 @@ pub fn run(a: &BuildArgs) -> anyhow::Result<()> {
     let recipe = a.profile.recipe_with(&a.formats)?;
     let store = a.store.open()?;
     let built = a.profile.build(&recipe, &store)?;
-    let e = &built.entry;
-    // `[secure_boot]`: signed after the build, kept across cache hits.
-    let signed = match &recipe.signing {
-        Some(s) => Some(imgd::sign::ensure(&store, e, &s.key, &s.cert)?),
-        None => None,
-    };
+    let (e, signed) = (&built.entry, &built.signed);
     if a.json {
         let mut v = serde_json::to_value(&e.manifest)?;
         v["path"] = serde_json::Value::String(e.path.to_string_lossy().into_owned());
-        v["cached"] = serde_json::Value::Bool(built.cached);
-        v["fetched"] = serde_json::Value::Bool(built.fetched);
-        if let Some((s, _)) = &signed {
+        v["cached"] = serde_json::Value::Bool(built.outcome != Outcome::Built);
+        v["fetched"] = serde_json::Value::Bool(built.outcome == Outcome::Fetched);
+        if let Some((s, _)) = signed {
             v["signed"] = serde_json::json!({
                 "cert_sha256": s.record.cert_sha256,
                 "path": s.dir.to_string_lossy(),
@@ -48,16 +44,11 @@ pub fn run(a: &BuildArgs) -> anyhow::Result<()> {
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        let how = match (built.fetched, built.cached) {
-            (true, _) => "fetched",
-            (false, true) => "cached",
-            (false, false) => "built",
-        };
-        eprintln!("{how} {}", e.name);
+        eprintln!("{} {}", built.outcome.as_str(), e.name);
         for art in &e.manifest.artifacts {
             eprintln!("  {:<6} {:<15} {:>12} bytes  blake3:{}", art.format, art.file, art.size, &art.blake3[..16]);
         }
-        if let Some((s, now)) = &signed {
+        if let Some((s, now)) = signed {
             let how = if *now { "signed" } else { "signed (kept)" };
             eprintln!("{how} with certificate sha256:{} in {}", &s.record.cert_sha256[..16], s.dir.display());
         }

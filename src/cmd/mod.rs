@@ -94,14 +94,13 @@ impl ProfileArgs {
     ) -> anyhow::Result<imgd::build::Built> {
         let remote = self.remote(endpoint)?;
         let progress = imgd::progress::Progress::new(false);
-        imgd::build::build_with(recipe, store, &progress, remote.as_deref())
+        imgd::build::entry(recipe, store, &progress, remote.as_deref())
     }
 
     /// The profile (parsed once) and its recipe with the profile's own formats.
     pub fn loaded(&self) -> anyhow::Result<(config::Loaded, Recipe)> {
         let loaded = config::load(&self.request())?;
-        let mut recipe = config::resolve_in(&loaded, &self.cache(), None, self.unlocked)?;
-        imgd::debian::lock_now_if_unlocked(&mut recipe)?;
+        let recipe = imgd::build::recipe(&loaded, &self.cache(), None, self.unlocked)?;
         Ok((loaded, recipe))
     }
 
@@ -112,9 +111,7 @@ impl ProfileArgs {
     /// The recipe, building only `formats` when any are given.
     pub fn recipe_with(&self, formats: &[Format]) -> anyhow::Result<Recipe> {
         let formats = (!formats.is_empty()).then(|| formats.to_vec());
-        let mut recipe = config::resolve_in(&config::load(&self.request())?, &self.cache(), formats, self.unlocked)?;
-        imgd::debian::lock_now_if_unlocked(&mut recipe)?;
-        Ok(recipe)
+        imgd::build::recipe(&config::load(&self.request())?, &self.cache(), formats, self.unlocked)
     }
 }
 

@@ -4,8 +4,9 @@
 use super::StoreArgs;
 use anyhow::Context;
 use clap::Args;
-use imgd::serve::state::{self, Sources, State};
-use imgd::serve::{listener, pxe, Options, Server};
+use imgd::serve::boot::state::{self, Sources, State};
+use imgd::serve::http::listener;
+use imgd::serve::{pxe, Options, Server};
 use ipnet::IpNet;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -78,7 +79,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "IFACE|ADDR")]
     pub proxy_dhcp: Option<String>,
     /// Where the iPXE loaders (undionly.kpxe, snponly.efi) are.
-    #[arg(long, value_name = "DIR", default_value = imgd::serve::loaders::DEBIAN_IPXE_DIR)]
+    #[arg(long, value_name = "DIR", default_value = imgd::serve::boot::loaders::DEBIAN_IPXE_DIR)]
     pub ipxe_dir: PathBuf,
 }
 
@@ -130,7 +131,7 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
     let initial = load(&sources, &root, None)?;
     // The PXE side: where it listens, and the loaders it hands out.
     let pxe = match &a.proxy_dhcp {
-        Some(spec) => Some((pxe_config(spec, &a.listen)?, imgd::serve::loaders::Loaders::load(&a.ipxe_dir)?)),
+        Some(spec) => Some((pxe_config(spec, &a.listen)?, imgd::serve::boot::loaders::Loaders::load(&a.ipxe_dir)?)),
         None => None,
     };
     let opts = Options {
@@ -152,10 +153,10 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
         let server = Server::new(initial, opts);
         if let Some((cfg, loaders)) = pxe {
             let proxy = pxe::ProxyDhcp::bind(std::sync::Arc::new(cfg.clone()))?;
-            let tftp = pxe::tftp(cfg.addr, pxe::TFTP_PORT, loaders, server.clone()).await?;
-            let srv = server.clone();
+            let tftp = pxe::tftp(cfg.addr, pxe::TFTP_PORT, loaders, server.metrics.clone()).await?;
+            let (metrics, current) = (server.metrics.clone(), server.current());
             tokio::spawn(async move {
-                if let Err(e) = proxy.run(srv).await {
+                if let Err(e) = proxy.run(metrics, current).await {
                     tracing::error!("proxyDHCP stopped: {e:#}");
                 }
             });
@@ -190,7 +191,7 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
                 _ = int.recv() => {}
             }
         };
-        listener::serve(tcp, server, shutdown).await?;
+        server.listen(tcp, shutdown).await?;
         Ok(())
     })
 }

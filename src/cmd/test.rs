@@ -215,7 +215,8 @@ pub struct NetbootServer {
 
 impl NetbootServer {
     pub fn start(root: &std::path::Path, store: &std::path::Path, entry: &imgd::store::Entry) -> anyhow::Result<Self> {
-        use imgd::serve::{listener, machines, state, Options, Server};
+        use imgd::serve::boot::{machines, state};
+        use imgd::serve::{Options, Server};
         let m = &entry.manifest;
         if m.artifact(Format::Ipxe, ArtifactName::Kernel).is_none()
             || m.artifact(Format::Ipxe, ArtifactName::Initrd).is_none()
@@ -248,7 +249,7 @@ impl NetbootServer {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let srv = server.clone();
         let handle = rt.spawn(async move {
-            listener::serve(tcp, srv, async {
+            srv.listen(tcp, async {
                 let _ = stopped.await;
             })
             .await

@@ -1,32 +1,23 @@
-//! `imgd serve`: the embedded HTTP netboot server. iPXE firmware asks it what
-//! to boot (`/boot.ipxe` -> `/ipxe?mac=...`), it answers per machine from
-//! `machines.toml`, and streams the store's artifacts.
+//! `imgd serve`: the embedded netboot server, in three rooms and a hall.
+//! iPXE firmware asks what to boot (`/boot.ipxe` -> `/ipxe?mac=...`), the
+//! server answers per machine from `machines.toml` and streams the store's
+//! artifacts.
 //!
-//! - [`route`]: request -> typed route, every client value checked (pure)
-//! - [`machines`]: the config file and selection (pure)
-//! - [`state`]: config + store -> what is served, to whom, and continuity
-//! - [`range`], [`respond`], [`render`]: what bytes to send, scripts (pure)
-//! - [`dhcp`] (pure), [`pxe`]: proxyDHCP and TFTP for firmware that does
-//!   not speak HTTP, handing out the [`loaders`] (`--proxy-dhcp`)
-//! - [`imgverify`]: detached signatures for iPXE's `imgverify` (`[ipxe_signing]`)
-//! - [`server`]: a route in, an answer out; [`stream`]: file bodies from
-//!   the shared [`chunks`] cache; [`listener`]: accept, limits, drain
+//! - [`http`]: listener, limits, ranges, chunked file streaming, metrics;
+//!   knows nothing of machines
+//! - [`boot`]: route, machines file and selection, served state, scripts,
+//!   signatures, loaders
+//! - [`pxe`]: proxyDHCP and TFTP for firmware that does not speak HTTP
+//!   (`--proxy-dhcp`)
+//! - [`server`]: the hall joining them: a request in, through the boot
+//!   room's route, out through the HTTP room
+//!
+//! Each room imports only from the rooms before it in that list (pxe -> boot
+//! -> http); `tests/layering.rs` checks it.
 
-pub mod chunks;
-pub mod dhcp;
-pub mod idle;
-pub mod imgverify;
-pub mod listener;
-pub mod loaders;
-pub mod machines;
-pub mod metrics;
+pub mod boot;
+pub mod http;
 pub mod pxe;
-pub mod range;
-pub mod render;
-pub mod respond;
-pub mod route;
 pub mod server;
-pub mod state;
-pub mod stream;
 
 pub use server::{Options, Server};

@@ -1,15 +1,16 @@
-//! The server: a typed route in ([`super::route`]), an answer out. Scripts are
+//! The server: a typed route in ([`super::boot::route`]), an answer out. Scripts are
 //! rendered from the current [`State`]; files are answered by
-//! [`super::respond`]'s decision and streamed by [`super::stream`]. Accepting
-//! connections lives in [`super::listener`].
+//! [`super::http::respond`]'s decision and streamed by [`super::http::stream`]. Accepting
+//! connections lives in [`super::http::listener`].
 
-use super::chunks::ChunkCache;
-use super::machines::Machine;
-use super::metrics::Metrics;
-use super::render::{self, ipxe_safe, render};
-use super::respond::{self, Conditions, Decision, FileMeta};
-use super::route::{self, Claims, EntryName, Labels, Refused, Route};
-use super::state::{State, Target};
+use super::boot::machines::Machine;
+use super::boot::render::{self, ipxe_safe, render};
+use super::boot::route::{self, Claims, EntryName, Labels, Refused, Route};
+use super::boot::state::{Current, State, Target};
+use super::http::chunks::ChunkCache;
+use super::http::listener;
+use super::http::metrics::Metrics;
+use super::http::respond::{self, Conditions, Decision, FileMeta};
 use crate::store::manifest::ArtifactFile;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -18,10 +19,10 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-pub use super::respond::Body;
+pub use super::http::respond::Body;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -47,7 +48,7 @@ pub struct Options {
     pub keep_alive: bool,
     /// iPXE builds for UEFI HTTP boot clients (`--proxy-dhcp`); without
     /// them `/loaders/` is 404.
-    pub loaders: Option<super::loaders::Loaders>,
+    pub loaders: Option<super::boot::loaders::Loaders>,
 }
 
 impl Default for Options {
@@ -109,7 +110,7 @@ struct Boot {
 }
 
 pub struct Server {
-    state: RwLock<Arc<State>>,
+    state: Arc<Current>,
     pub opts: Options,
     pub metrics: Arc<Metrics>,
     /// Artifact chunks shared by all downloads.
@@ -166,18 +167,41 @@ impl Server {
     pub fn new(state: State, opts: Options) -> Arc<Server> {
         let chunks = Arc::new(ChunkCache::new(opts.cache_bytes));
         let metrics = Arc::new(Metrics::default());
-        Arc::new(Server { state: RwLock::new(Arc::new(state)), opts, metrics, chunks })
+        Arc::new(Server { state: Arc::new(Current::new(state)), opts, metrics, chunks })
     }
 
     pub fn state(&self) -> Arc<State> {
-        // A poisoned lock only means a writer panicked mid-swap of an Arc:
-        // the value inside is still a whole state.
-        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.state.get()
+    }
+
+    /// The served state, for the PXE room (which answers from it too).
+    pub fn current(&self) -> Arc<Current> {
+        self.state.clone()
     }
 
     /// Swaps in a new state; requests in flight keep the one they started with.
     pub fn replace_state(&self, s: State) {
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
+        self.state.replace(s);
+    }
+
+    /// Serves HTTP on `tcp` until `shutdown`, then drains (see [`listener::serve`]).
+    pub async fn listen(
+        self: Arc<Self>,
+        tcp: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let o = &self.opts;
+        let limits = listener::Limits {
+            max_connections: o.max_connections,
+            retry_after: o.retry_after,
+            header_timeout: o.header_timeout,
+            idle_timeout: o.idle_timeout,
+            keep_alive: o.keep_alive,
+            drain: o.drain,
+        };
+        let metrics = self.metrics.clone();
+        let handle = move |req, peer| self.clone().handle(req, peer);
+        listener::serve(tcp, limits, metrics, handle, shutdown).await
     }
 
     fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
@@ -259,7 +283,7 @@ impl Server {
                 }
                 None => text(StatusCode::NOT_FOUND, "not found\n"),
             },
-            Route::Metrics => text(StatusCode::OK, self.metrics.render(&state, &self.chunks)),
+            Route::Metrics => text(StatusCode::OK, self.metrics.render(&state.stale_metrics(), &self.chunks)),
             Route::Healthz => text(StatusCode::OK, "ok\n"),
         };
         (endpoint, resp)
@@ -347,16 +371,22 @@ impl Server {
     fn machine_body(&self, state: &State, claims: Claims, labels: Labels, client: IpAddr) -> (String, Sent) {
         // Claims are checked to iPXE's shapes (route.rs), so `who` is safe in
         // a script comment and a log line.
-        let mac = claims.mac.as_deref().map(crate::serve::machines::normalize_mac).unwrap_or_else(|| "?".into());
+        let mac = claims.mac.as_deref().map(crate::serve::boot::machines::normalize_mac).unwrap_or_else(|| "?".into());
         let who = format!("mac {mac} from {client}");
         let m = Machine { claims, source: Some(client), labels: labels.clone() };
         let Some(group) = state.machines.select(&m) else {
             let warn = format!("unknown machine: {who} (no group matches, no default group)");
             return (self.unknown(state, &format!("no group matches this machine ({who})"), &labels), Sent::Warn(warn));
         };
+        // Why a group cannot boot (a profile's parse error, a store path) is
+        // for the server's log: the client is unauthenticated and only
+        // learns that it should wait.
+        let wait = |why: String| {
+            let told = format!("group {} cannot boot yet; the reason is in the server's log", group.name);
+            (self.unknown(state, &told, &labels), Sent::Warn(format!("{who} -> group {}: {why}", group.name)))
+        };
         let Some(target) = state.group(group) else {
-            let why = format!("group {} has no target", group.name);
-            return (self.unknown(state, &why, &labels), Sent::Warn(why));
+            return wait("no target".into());
         };
         let vars: Vec<(String, String)> = group.vars.iter().map(|(k, v)| (k.clone(), ipxe_safe(v))).collect();
         let how = (group.kernel_args.as_str(), group.verify);
@@ -366,10 +396,7 @@ impl Server {
                 let boot = Boot { profile: target.profile.clone(), group: group.name.clone(), entry, mac, client };
                 (s, Sent::Boot(boot))
             }
-            Err(e) => {
-                let warn = format!("{who} -> group {}: {e}", group.name);
-                (self.unknown(state, &e, &labels), Sent::Warn(warn))
-            }
+            Err(e) => wait(e),
         }
     }
 
@@ -398,7 +425,10 @@ impl Server {
         let group = format!("profile:{name}");
         match self.boot_script(state, target, &group, "any machine", ("", false), &[]) {
             Ok(s) => Ok((s, target.profile.clone())),
-            Err(e) => Err(Denied::Unavailable(e)),
+            Err(e) => {
+                tracing::warn!(%client, "{group}: {e}");
+                Err(Denied::Unavailable(format!("profile {name} cannot boot yet; the reason is in the server's log")))
+            }
         }
     }
 
@@ -528,7 +558,7 @@ impl Server {
             Decision::Send { status, content_type, content_range, parts, len } => {
                 // The path comes from a checked manifest; still refuse anything but a
                 // plain file of the size the manifest promises (no symlinks out of the store).
-                let opened = match super::stream::open(path, size).await {
+                let opened = match super::http::stream::open(path, size).await {
                     Ok(f) => f,
                     Err(err) => {
                         tracing::error!("refusing {what}: {err}");
@@ -542,8 +572,11 @@ impl Server {
                     headers.insert(header::CONTENT_RANGE, v);
                 }
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-                let body =
-                    if head { empty_body() } else { super::stream::body(&self.chunks, &self.metrics, opened, parts) };
+                let body = if head {
+                    empty_body()
+                } else {
+                    super::http::stream::body(&self.chunks, &self.metrics, opened, parts)
+                };
                 (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body)
             }
         };

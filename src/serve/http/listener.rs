@@ -2,7 +2,8 @@
 //! it, never a hang), header and idle timeouts, and the drain on shutdown.
 
 use super::idle::IdleTimeout;
-use super::server::Server;
+use super::metrics::Metrics;
+use super::respond::Body;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -33,8 +34,13 @@ pub fn connections_that_fit(wanted: usize) -> usize {
     let fit = (soft.saturating_sub(RESERVED_FDS) / 2).max(1);
     let n = wanted.min(usize::try_from(fit).unwrap_or(usize::MAX));
     if n < wanted {
+        // Each connection may hold two descriptors: its socket and the
+        // artifact file it is sending.
+        let needed = (wanted as u64).saturating_mul(2).saturating_add(RESERVED_FDS);
         tracing::warn!(
-            "--max-connections {wanted} does not fit in the open-files limit ({soft}); serving at most {n} connections at once"
+            "--max-connections {wanted} needs up to {needed} open files (a socket and an artifact file per \
+             connection, plus {RESERVED_FDS} kept back), but the open-files limit is {soft}: serving at most {n} \
+             connections at once (raise the limit with `ulimit -n` or systemd's LimitNOFILE=)"
         );
     }
     n
@@ -50,22 +56,42 @@ async fn reject(mut stream: tokio::net::TcpStream, retry_after: u32) {
     let _ = stream.shutdown().await;
 }
 
+/// The listener's limits, from `imgd serve`'s options.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// Seconds a client beyond the limit is told to wait.
+    pub retry_after: u32,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub keep_alive: bool,
+    /// How long shutdown waits for in-flight transfers.
+    pub drain: Duration,
+}
+
 /// Decrements the open-connection gauge when a connection task ends.
-struct ConnGuard(Arc<Server>);
+struct ConnGuard(Arc<Metrics>);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.0.metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.active_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Accepts connections until `shutdown` resolves, then stops accepting and
-/// waits for in-flight requests (downloads included) up to the drain deadline.
-pub async fn serve(
+/// waits for in-flight requests (downloads included) up to the drain
+/// deadline. `handle` answers each request; this room only carries it.
+pub async fn serve<H, F>(
     listener: TcpListener,
-    server: Arc<Server>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    handle: H,
     shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    H: Fn(hyper::Request<hyper::body::Incoming>, std::net::SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = hyper::Response<Body>> + Send + 'static,
+{
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -80,30 +106,30 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let open = server.metrics.active_connections.load(Ordering::Relaxed);
-                if open >= server.opts.max_connections as i64 {
-                    server.metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(reject(stream, server.opts.retry_after));
+                let open = metrics.active_connections.load(Ordering::Relaxed);
+                if open >= limits.max_connections as i64 {
+                    metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(reject(stream, limits.retry_after));
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                server.metrics.active_connections.fetch_add(1, Ordering::Relaxed);
-                let guard = ConnGuard(server.clone());
-                let srv = server.clone();
+                metrics.active_connections.fetch_add(1, Ordering::Relaxed);
+                let guard = ConnGuard(metrics.clone());
+                let handle = handle.clone();
                 let service = hyper::service::service_fn(move |req| {
-                    let srv = srv.clone();
-                    async move { Ok::<_, std::convert::Infallible>(srv.handle(req, peer).await) }
+                    let answer = handle(req, peer);
+                    async move { Ok::<_, std::convert::Infallible>(answer.await) }
                 });
-                let io = TokioIo::new(IdleTimeout::new(stream, server.opts.idle_timeout));
+                let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(server.opts.header_timeout)
+                    .header_read_timeout(limits.header_timeout)
                     .writev(true)
                     // Hyper queues body frames until this much is buffered
                     // (400 KiB by default): at one chunk, a slow client pins
                     // about one chunk, and no measurable throughput is lost.
-                    .max_buf_size(crate::serve::chunks::CHUNK as usize)
-                    .keep_alive(server.opts.keep_alive)
+                    .max_buf_size(super::chunks::CHUNK as usize)
+                    .keep_alive(limits.keep_alive)
                     .serve_connection(io, service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
@@ -117,11 +143,11 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let open = server.metrics.active_transfers.load(Ordering::Relaxed);
-    tracing::info!("shutting down: draining {open} transfer(s), up to {}s", server.opts.drain.as_secs());
+    let open = metrics.active_transfers.load(Ordering::Relaxed);
+    tracing::info!("shutting down: draining {open} transfer(s), up to {}s", limits.drain.as_secs());
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("drained"),
-        _ = tokio::time::sleep(server.opts.drain) => tracing::warn!("drain deadline reached; closing remaining connections"),
+        _ = tokio::time::sleep(limits.drain) => tracing::warn!("drain deadline reached; closing remaining connections"),
     }
     Ok(())
 }

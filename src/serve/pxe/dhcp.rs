@@ -17,7 +17,7 @@
 //! Every field is checked before use (the packet comes from anyone on the
 //! segment): a request with a malformed field is ignored, not answered.
 
-use super::loaders::Loader;
+use crate::serve::boot::loaders::Loader;
 use dhcproto::v4::{self, DhcpOption, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use std::net::{Ipv4Addr, SocketAddrV4};

@@ -1,14 +1,14 @@
 //! iPXE scripts rendered from the templates in `pxe/` (built into the binary).
 //! `{{name}}` is replaced; an unknown name is left as is so a typo shows.
 
-pub const MACHINE: &str = include_str!("../../pxe/machine.ipxe");
-pub const CHAIN: &str = include_str!("../../pxe/chain.ipxe");
-pub const UNKNOWN: &str = include_str!("../../pxe/unknown.ipxe");
+pub const MACHINE: &str = include_str!("../../../pxe/machine.ipxe");
+pub const CHAIN: &str = include_str!("../../../pxe/chain.ipxe");
+pub const UNKNOWN: &str = include_str!("../../../pxe/unknown.ipxe");
 /// With `[ipxe_signing]`: the same steps, each fetched script and file
 /// checked with `imgverify` against its `.sig`.
-pub const MACHINE_SIGNED: &str = include_str!("../../pxe/machine-signed.ipxe");
-pub const CHAIN_SIGNED: &str = include_str!("../../pxe/chain-signed.ipxe");
-pub const UNKNOWN_SIGNED: &str = include_str!("../../pxe/unknown-signed.ipxe");
+pub const MACHINE_SIGNED: &str = include_str!("../../../pxe/machine-signed.ipxe");
+pub const CHAIN_SIGNED: &str = include_str!("../../../pxe/chain-signed.ipxe");
+pub const UNKNOWN_SIGNED: &str = include_str!("../../../pxe/unknown-signed.ipxe");
 /// What a failed `imgverify` does in [`MACHINE_SIGNED`]: a group with
 /// `verify = true` refuses to boot; others boot on (an iPXE that verifies
 /// still refuses to run what it could not check).

@@ -141,7 +141,10 @@ fn current(
     previous: Option<&Target>,
 ) -> Target {
     let req = LoadRequest { profile: profile.to_string(), root: src.root.clone(), ..Default::default() };
-    let recipe = config::recipe(&req, &src.cache, None);
+    // The same pipeline as `imgd build` (never --unlocked: a server boots
+    // pinned package sets only).
+    let recipe =
+        config::load(&req).map_err(anyhow::Error::from).and_then(|l| crate::build::recipe(&l, &src.cache, None, false));
     let exact = match &recipe {
         Ok(r) => {
             let name = entry_name(&crate::build::input_hash(r), &r.name);
@@ -158,19 +161,14 @@ fn current(
                 Ok(None) if src.build_missing => {
                     tracing::info!("building {profile} (not in the store)");
                     let progress = crate::progress::Progress::new(false);
-                    let built = crate::build::build_with(r, store, &progress, remote).map(|b| b.entry);
-                    // A profile with `[secure_boot]` is signed as `imgd build` signs it.
-                    let signed = |e: Entry| match &r.signing {
-                        Some(s) => crate::sign::ensure(store, &e, &s.key, &s.cert).map(|_| e),
-                        None => Ok(e),
-                    };
-                    built.and_then(signed).map_err(|e| format!("{e:#}"))
+                    // The same pipeline as `imgd build`: signed as its profile asks.
+                    crate::build::entry(r, store, &progress, remote).map(|b| b.entry).map_err(|e| format!("{e:#}"))
                 }
                 Ok(None) => Err(format!("profile {profile} is not built on this server (run `imgd build {profile}`)")),
                 Err(e) => Err(format!("{e:#}")),
             }
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(format!("{e:#}")),
     };
     let why = match exact {
         Ok(e) => return Target { profile: profile.into(), entry: Ok(e), stale: false },
@@ -295,4 +293,47 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
         (None, _) => None,
     };
     Ok(State { machines, groups, profiles, entries, signed, serve_all: src.serve_all, signer })
+}
+/// The state being served, swapped whole on reload: requests in flight keep
+/// the one they started with.
+pub struct Current(std::sync::RwLock<std::sync::Arc<State>>);
+
+impl Current {
+    pub fn new(state: State) -> Current {
+        Current(std::sync::RwLock::new(std::sync::Arc::new(state)))
+    }
+
+    pub fn get(&self) -> std::sync::Arc<State> {
+        // A poisoned lock only means a writer panicked mid-swap of an Arc:
+        // the value inside is still a whole state.
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn replace(&self, state: State) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(state);
+    }
+}
+
+impl State {
+    /// `imgd_group_stale`: 1 for each group booting an entry other than its
+    /// profile's current build (Prometheus text format).
+    pub fn stale_metrics(&self) -> String {
+        use crate::serve::http::metrics::esc;
+        use std::fmt::Write;
+        let mut s = String::new();
+        s.push_str("# HELP imgd_group_stale 1 when a group boots an entry other than its profile's current build.\n");
+        s.push_str("# TYPE imgd_group_stale gauge\n");
+        for (g, t) in &self.groups {
+            let entry = t.entry.as_ref().map_or("", |e| e.name.as_str());
+            let _ = writeln!(
+                s,
+                "imgd_group_stale{{group=\"{}\",profile=\"{}\",entry=\"{}\"}} {}",
+                esc(g),
+                esc(&t.profile),
+                esc(entry),
+                u8::from(t.stale)
+            );
+        }
+        s
+    }
 }

@@ -49,7 +49,9 @@ impl Metrics {
         self.requests.lock().unwrap_or_else(|p| p.into_inner()).get(&(endpoint, status)).copied().unwrap_or(0)
     }
 
-    pub fn render(&self, state: &super::state::State, chunks: &super::chunks::ChunkCache) -> String {
+    /// Everything counted, in the Prometheus text format, with `groups` (the
+    /// boot room's own gauges, already rendered) after the boots.
+    pub fn render(&self, groups: &str, chunks: &super::chunks::ChunkCache) -> String {
         let mut s = String::new();
         s.push_str("# HELP imgd_http_requests_total HTTP requests by endpoint and status.\n");
         s.push_str("# TYPE imgd_http_requests_total counter\n");
@@ -61,19 +63,7 @@ impl Metrics {
         for ((p, g), n) in self.boots.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let _ = writeln!(s, "imgd_boots_total{{profile=\"{}\",group=\"{}\"}} {n}", esc(p), esc(g));
         }
-        s.push_str("# HELP imgd_group_stale 1 when a group boots an entry other than its profile's current build.\n");
-        s.push_str("# TYPE imgd_group_stale gauge\n");
-        for (g, t) in &state.groups {
-            let entry = t.entry.as_ref().map_or("", |e| e.name.as_str());
-            let _ = writeln!(
-                s,
-                "imgd_group_stale{{group=\"{}\",profile=\"{}\",entry=\"{}\"}} {}",
-                esc(g),
-                esc(&t.profile),
-                esc(entry),
-                u8::from(t.stale)
-            );
-        }
+        s.push_str(groups);
         let dhcp = self.dhcp.lock().unwrap_or_else(|p| p.into_inner());
         if !dhcp.is_empty() {
             s.push_str(
@@ -144,6 +134,6 @@ impl Metrics {
 }
 
 /// A label value as the Prometheus text format wants it.
-fn esc(v: &str) -> String {
+pub fn esc(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

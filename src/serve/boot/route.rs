@@ -4,7 +4,7 @@
 //! names ([`EntryName`], [`ArtifactFile`]), and every identity claim has the
 //! shape iPXE gives it ([`Claims`]) or the request is refused with 400.
 
-use super::respond::Conditions;
+use crate::serve::http::respond::Conditions;
 use crate::store::manifest::ArtifactFile;
 use hyper::header::{self, HeaderMap};
 use std::collections::BTreeMap;

@@ -1,0 +1,13 @@
+//! The boot room: what each machine boots. A request becomes a typed
+//! [`route`] (every client value checked), [`machines`] picks its group,
+//! [`state`] holds what each group boots (entries, signatures, continuity),
+//! [`render`] writes its iPXE script, [`imgverify`] signs what iPXE verifies,
+//! and [`loaders`] are the iPXE binaries firmware fetches first (over HTTP
+//! here, over TFTP in the PXE room).
+
+pub mod imgverify;
+pub mod loaders;
+pub mod machines;
+pub mod render;
+pub mod route;
+pub mod state;

@@ -1,0 +1,15 @@
+//! The HTTP room: accept connections within limits ([`listener`], [`idle`]),
+//! answer ranges and conditionals ([`range`], [`respond`] with [`Body`]),
+//! stream files from the shared [`chunks`] cache ([`stream`]) and count it
+//! all ([`metrics`]). It knows nothing of machines or groups: the boot room
+//! decides what a request means, this room sends the bytes.
+
+pub mod chunks;
+pub mod idle;
+pub mod listener;
+pub mod metrics;
+pub mod range;
+pub mod respond;
+pub mod stream;
+
+pub use respond::Body;

@@ -3,6 +3,7 @@
 //! [`super::http::respond`]'s decision and streamed by [`super::http::stream`]. Accepting
 //! connections lives in [`super::http::listener`].
 
+use super::boot::mac::Mac;
 use super::boot::machines::Machine;
 use super::boot::render::{self, ipxe_safe, render};
 use super::boot::route::{self, Claims, EntryName, Labels, Refused, Route};
@@ -371,7 +372,8 @@ impl Server {
     fn machine_body(&self, state: &State, claims: Claims, labels: Labels, client: IpAddr) -> (String, Sent) {
         // Claims are checked to iPXE's shapes (route.rs), so `who` is safe in
         // a script comment and a log line.
-        let mac = claims.mac.as_deref().map(crate::serve::boot::machines::normalize_mac).unwrap_or_else(|| "?".into());
+        let mac =
+            claims.mac.as_deref().and_then(|m| m.parse::<Mac>().ok()).map_or_else(|| "?".into(), |m| m.to_string());
         let who = format!("mac {mac} from {client}");
         let m = Machine { claims, source: Some(client), labels: labels.clone() };
         let Some(group) = state.machines.select(&m) else {

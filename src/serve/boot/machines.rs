@@ -18,7 +18,8 @@
 //!                                    # it, and refuse to boot if that fails (needs
 //!                                    # [ipxe_signing] and a verifying iPXE)
 //! [group.selector]                   # every selector given must match
-//! mac = "52:54:00:12:34:56"          # also with dashes, any case
+//! mac = "52:54:00:12:34:56"          # also with dashes, any case; or a list:
+//!                                    # mac = ["52:54:00:12:34:56", "52:54:00:12:34:57"]
 //! uuid = "..."; hostname = "..."; serial = "..."
 //! arch = "x86_64"                    # iPXE ${buildarch}: i386, x86_64, arm64
 //! platform = "efi"                   # iPXE ${platform}: pcbios, efi
@@ -51,6 +52,7 @@
 //! Two groups of equal specificity that one machine could match both are a
 //! configuration error, reported when the file is loaded.
 
+use super::mac::{Mac, Macs};
 use crate::config::error::{from_toml, ConfigError};
 use crate::store::manifest::ArtifactName;
 use ipnet::IpNet;
@@ -147,7 +149,8 @@ impl Group {
 #[derive(Debug, Clone, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Selector {
-    pub mac: Option<String>,
+    /// One MAC or a list: the machine's must be one of them.
+    pub mac: Option<Macs>,
     pub uuid: Option<String>,
     pub hostname: Option<String>,
     pub serial: Option<String>,
@@ -183,11 +186,6 @@ pub struct Machine {
     pub labels: BTreeMap<String, String>,
 }
 
-/// `52-54-00-AB-cd-ef` and `52:54:00:ab:cd:ef` are the same MAC.
-pub fn normalize_mac(s: &str) -> String {
-    s.trim().to_ascii_lowercase().replace('-', ":")
-}
-
 fn eq_ci(a: &Option<String>, b: &Option<String>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
@@ -198,7 +196,8 @@ fn eq_ci(a: &Option<String>, b: &Option<String>) -> bool {
 impl Selector {
     /// (identity selectors, other selectors): compared lexicographically.
     pub fn specificity(&self) -> (usize, usize) {
-        let identity = [&self.mac, &self.uuid, &self.hostname, &self.serial].iter().filter(|s| s.is_some()).count();
+        let identity = usize::from(self.mac.is_some())
+            + [&self.uuid, &self.hostname, &self.serial].iter().filter(|s| s.is_some()).count();
         let other = [&self.arch, &self.platform].iter().filter(|s| s.is_some()).count()
             + usize::from(!self.source.is_empty())
             + self.labels.len();
@@ -209,7 +208,7 @@ impl Selector {
         let exact = |want: &Option<String>, have: &Option<String>| want.is_none() || eq_ci(want, have);
         let mac_ok = match &self.mac {
             None => true,
-            Some(w) => m.claims.mac.as_deref().map(normalize_mac) == Some(normalize_mac(w)),
+            Some(w) => m.claims.mac.as_deref().and_then(|c| c.parse::<Mac>().ok()).is_some_and(|c| w.contains(&c)),
         };
         mac_ok
             && exact(&self.uuid, &m.claims.uuid)
@@ -226,7 +225,7 @@ impl Selector {
     fn overlaps(&self, o: &Selector) -> bool {
         let compatible = |a: &Option<String>, b: &Option<String>| a.is_none() || b.is_none() || eq_ci(a, b);
         let macs = match (&self.mac, &o.mac) {
-            (Some(a), Some(b)) => normalize_mac(a) == normalize_mac(b),
+            (Some(a), Some(b)) => a.overlaps(b),
             _ => true,
         };
         let sources = self.source.is_empty()
@@ -472,6 +471,34 @@ default = true
         assert_eq!(pick(&other).as_deref(), Some("efi-rack"));
         other.claims.platform = Some("pcbios".into());
         assert_eq!(pick(&other).as_deref(), Some("fallback"));
+    }
+
+    #[test]
+    fn a_list_of_macs_selects_each_of_them_and_overlapping_lists_are_rejected() {
+        let f = parse(
+            "[[group]]\nname = \"builders\"\nprofile = \"a\"\n\
+             selector = { mac = [\"52:54:00:00:00:01\", \"52-54-00-00-00-02\"] }\n\
+             [[group]]\nname = \"other\"\nprofile = \"b\"\nselector = { mac = \"52:54:00:00:00:03\" }\n",
+        )
+        .unwrap();
+        let pick = |mac: &str| f.select(&machine(mac)).map(|g| g.name.clone());
+        assert_eq!(pick("52:54:00:00:00:01").as_deref(), Some("builders"));
+        assert_eq!(pick("52-54-00-00-00-02").as_deref(), Some("builders"));
+        assert_eq!(pick("52:54:00:00:00:03").as_deref(), Some("other"));
+        assert_eq!(pick("52:54:00:00:00:04"), None);
+        // A MAC in two lists: which group boots it would depend on the order.
+        let e = parse(
+            "[[group]]\nname = \"a\"\nprofile = \"x\"\nselector = { mac = [\"52:54:00:00:00:01\", \"52:54:00:00:00:02\"] }\n\
+             [[group]]\nname = \"b\"\nprofile = \"y\"\nselector = { mac = [\"52:54:00:00:00:09\", \"52-54-00-00-00-02\"] }\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("groups `a` and `b` are equally specific"), "{e}");
+        // A bad address in a list is named with its line.
+        let e =
+            parse("[[group]]\nname = \"a\"\nprofile = \"x\"\nselector = { mac = [\"52:54:00:00:00:01\", \"nope\"] }\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("machines.toml:4") && e.contains("`nope` is not a MAC address"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The boot room: what each machine boots. A request becomes a typed
-//! [`route`] (every client value checked), [`machines`] picks its group,
+//! [`route`] (every client value checked), [`machines`] picks its group
+//! (a [`mac`] is parsed once, where it enters),
 //! [`state`] holds what each group boots (entries, signatures, continuity),
 //! [`render`] writes its iPXE script, [`imgverify`] signs what iPXE verifies,
 //! and [`loaders`] are the iPXE binaries firmware fetches first (over HTTP
@@ -7,6 +8,7 @@
 
 pub mod imgverify;
 pub mod loaders;
+pub mod mac;
 pub mod machines;
 pub mod render;
 pub mod route;

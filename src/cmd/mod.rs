@@ -1,6 +1,8 @@
 //! One module per subcommand, each with its clap arguments and its `run`.
 
 pub mod build;
+#[cfg(feature = "aws")]
+pub mod deploy;
 pub mod fetch;
 pub mod lock;
 #[cfg(feature = "aws")]

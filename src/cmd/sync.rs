@@ -15,7 +15,11 @@ use std::time::Duration;
   imgd sync hello --bucket my-images --regions us-east-1,eu-west-1 --tfvars amis.auto.tfvars.json
   imgd sync hello --bucket b --regions all --home-region us-east-1   (every enabled region)
   imgd sync hello --bucket b --regions us-east-1 --dry-run --json     (the plan, changing nothing)
-  imgd sync hello --bucket b --regions us-east-1 --endpoint-url http://127.0.0.1:5000   (a local emulator)")]
+  imgd sync hello --bucket b --regions us-east-1 --endpoint-url http://127.0.0.1:5000   (a local emulator)
+  imgd sync --deployments profiles/fleet.deploy.toml --bucket b --tfvars deployments.auto.tfvars.json
+                                      (every image a fleet runs, each in exactly its deployments' regions)")]
+// With --deployments the profiles come from the file.
+#[command(mut_arg("profile", |a| a.required(false).default_value("").hide_default_value(true)))]
 pub struct SyncArgs {
     #[command(flatten)]
     pub profile: ProfileArgs,
@@ -26,8 +30,16 @@ pub struct SyncArgs {
     /// Regions that need the AMI, comma-separated; `all` is every region
     /// enabled for the account (DescribeRegions, with --home-region), so a
     /// region enabled later gets the AMI on the next sync.
-    #[arg(long, value_delimiter = ',', required_unless_present = "s3_only")]
+    #[arg(long, value_delimiter = ',', required_unless_present_any = ["s3_only", "deployments"])]
     pub regions: Vec<String>,
+    /// A deployments file (TOML, `[[deployment]]`): build each image its
+    /// deployments use once, and make its AMI in exactly the union of their
+    /// regions. --tfvars then writes one map per deployment.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["profile", "regions", "s3_only", "out", "hardware", "sets"], required_unless_present = "profile")]
+    pub deployments: Option<PathBuf>,
+    /// With --deployments: only these deployments (repeatable).
+    #[arg(long = "only", value_name = "NAME", requires = "deployments")]
+    pub only: Vec<String>,
     /// Only upload the build to S3 (an iPXE mirror for --artifact-base-url, or
     /// a cache fill): no snapshot, no AMI.
     #[arg(long, conflicts_with_all = ["regions", "home_region", "share", "share_org", "share_ou", "public", "deprecate_in", "ssm_parameter", "kms_key", "tfvars"])]
@@ -186,7 +198,14 @@ pub fn resolve_regions(
     Ok(found)
 }
 
-pub fn run(a: &SyncArgs) -> Result<()> {
+/// The flags every sync checks before any call: where, to whom, how long.
+pub struct Checked {
+    pub to: imgd_aws::s3::Location,
+    pub share: Vec<Principal>,
+    pub deprecate_in: Option<i64>,
+}
+
+pub fn checked(a: &SyncArgs) -> Result<Checked> {
     let to = a.bucket.location()?;
     check_regions(&a.regions)?;
     let share = principals(a)?;
@@ -198,7 +217,11 @@ pub fn run(a: &SyncArgs) -> Result<()> {
         .as_deref()
         .map(|d| super::duration(d).map(|d| d.as_secs() as i64).map_err(|e| ConfigError::new("--deprecate-in", e)))
         .transpose()?;
-    let (_, recipe) = a.profile.loaded()?;
+    Ok(Checked { to, share, deprecate_in })
+}
+
+/// The profile builds the disk `--method` makes AMIs from.
+pub fn check_disk(a: &SyncArgs, recipe: &imgd::config::Recipe) -> Result<()> {
     let disk = a.method.disk();
     if !a.s3_only && !recipe.formats.contains(&disk) {
         let how = a.method.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
@@ -209,29 +232,50 @@ pub fn run(a: &SyncArgs) -> Result<()> {
             )
             .into());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let regions = resolve_regions(&a.regions, a.home_region.as_deref(), &a.aws, &rt)?;
-    let store = a.store.open()?;
-    let entry = a.profile.build_via(&recipe, &store, a.aws.endpoint_url.as_deref())?.entry;
-    let home = a.home_region.clone().or_else(|| regions.first().cloned()).unwrap_or_default();
-    let req = Request {
+    Ok(())
+}
+
+/// The sync of `entry` to `regions` (the first is home unless --home-region
+/// names one of them).
+pub fn request(a: &SyncArgs, c: &Checked, entry: &imgd::store::Entry, regions: &[String]) -> Result<Request> {
+    let home = a
+        .home_region
+        .clone()
+        .filter(|h| a.deployments.is_none() || regions.contains(h))
+        .or_else(|| regions.first().cloned())
+        .unwrap_or_default();
+    Ok(Request {
         entry: entry.for_aws()?,
-        to,
+        to: c.to.clone(),
         ami: !a.s3_only,
         others: regions.iter().filter(|r| **r != home).cloned().collect(),
         home,
         method: a.method.method(),
-        deprecate: deprecate_in.map(|secs| {
+        deprecate: c.deprecate_in.map(|secs| {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let built = i64::try_from(entry.manifest.built_at).unwrap_or(0);
             imgd_aws::sync::Deprecation::after(built, secs, i64::try_from(now).unwrap_or(i64::MAX))
         }),
-        share,
+        share: c.share.clone(),
         ssm_parameter: a.ssm_parameter.clone(),
         kms_key: a.kms_key.clone(),
         wait: Duration::from_secs(a.wait),
         poll: Duration::from_secs(a.poll.max(1)),
-    };
+    })
+}
+
+pub fn run(a: &SyncArgs) -> Result<()> {
+    let c = checked(a)?;
+    if let Some(file) = &a.deployments {
+        return super::deploy::sync(a, &c, file);
+    }
+    let (_, recipe) = a.profile.loaded()?;
+    check_disk(a, &recipe)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let regions = resolve_regions(&a.regions, a.home_region.as_deref(), &a.aws, &rt)?;
+    let store = a.store.open()?;
+    let entry = a.profile.build_via(&recipe, &store, a.aws.endpoint_url.as_deref())?.entry;
+    let req = request(a, &c, &entry, &regions)?;
     let outcome = rt.block_on(imgd_aws::sync::run(&req, &a.aws.options(), a.dry_run))?;
     let Some(result) = outcome.result else {
         let rows = outcome.plan.rows(&req.to.bucket);

@@ -210,6 +210,8 @@ pub fn find_profile(root: &Path, arg: &str) -> Result<PathBuf, ConfigError> {
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.strip_suffix(".toml").map(str::to_string))
+        // Deployments files live beside the profiles; they are not profiles.
+        .filter(|n| !n.ends_with(".deploy"))
         .collect();
     known.sort();
     Err(ConfigError::new(

@@ -2,6 +2,7 @@
 //! talking to a moto server on loopback, checked with boto3.
 
 mod cache;
+mod deploy;
 mod proxy;
 mod prune;
 mod support;

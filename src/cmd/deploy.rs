@@ -1,0 +1,161 @@
+//! `imgd sync --deployments FILE`: every image a fleet's deployments use,
+//! built once and uploaded once, with its AMI in exactly the union of the
+//! regions of the deployments that use it (and nowhere else); then one
+//! Terraform map per deployment (feature `aws`).
+
+use super::sync::{check_disk, request, Checked, SyncArgs};
+use anyhow::{Context, Result};
+use imgd::config::deployments::{Deployment, DeploymentsFile};
+use imgd::config::Recipe;
+use imgd_aws::output::SyncResult;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// What a dry run would do for one image.
+#[derive(serde::Serialize)]
+struct ImagePlan {
+    image: String,
+    deployments: Vec<String>,
+    regions: Vec<String>,
+    plan: Vec<imgd_aws::output::Row>,
+}
+
+/// One distinct image (one input hash) and everything that uses it.
+struct Image {
+    profile: super::ProfileArgs,
+    recipe: Recipe,
+    deployments: Vec<String>,
+    regions: BTreeSet<String>,
+}
+
+pub fn sync(a: &SyncArgs, c: &Checked, file: &Path) -> Result<()> {
+    let fleet = DeploymentsFile::load(file, &a.profile.root)?.only(&a.only)?;
+    let images = images(a, &fleet)?;
+    let store = a.store.open()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut plans = Vec::new();
+    let mut results: BTreeMap<String, SyncResult> = BTreeMap::new();
+    for (name, img) in &images {
+        let entry = img.profile.build_via(&img.recipe, &store, a.aws.endpoint_url.as_deref())?.entry;
+        anyhow::ensure!(entry.name == *name, "{name} was built as {}", entry.name);
+        let regions: Vec<String> = img.regions.iter().cloned().collect();
+        let req = request(a, c, &entry, &regions)?;
+        tracing::info!("{name}: for {} in {}", img.deployments.join(", "), regions.join(", "));
+        let outcome = rt.block_on(imgd_aws::sync::run(&req, &a.aws.options(), a.dry_run))?;
+        match outcome.result {
+            Some(r) => {
+                results.insert(name.clone(), r);
+            }
+            None => plans.push(ImagePlan {
+                image: name.clone(),
+                deployments: img.deployments.clone(),
+                regions,
+                plan: outcome.plan.rows(&req.to.bucket),
+            }),
+        }
+    }
+    if a.dry_run {
+        return print_plan(a, &plans);
+    }
+    let by_deployment = deployments_map(&fleet.deployments, &images, &results)?;
+    if let Some(p) = &a.tfvars {
+        let v = json!({ "deployments": by_deployment });
+        imgd::fsutil::write_atomic(p, (serde_json::to_string_pretty(&v)? + "\n").as_bytes())?;
+    }
+    print_result(a, &fleet.deployments, &by_deployment, &results)
+}
+
+/// Every deployment resolved to its image; deployments whose profile,
+/// overrides and hardware give the same input hash share one image.
+fn images(a: &SyncArgs, fleet: &DeploymentsFile) -> Result<BTreeMap<String, Image>> {
+    let mut images: BTreeMap<String, Image> = BTreeMap::new();
+    for d in &fleet.deployments {
+        let profile = super::ProfileArgs {
+            profile: d.profile.clone(),
+            hardware: d.hardware.clone(),
+            sets: d.sets.clone(),
+            ..a.profile.clone()
+        };
+        let in_file = || format!("deployment `{}` in {}", d.name, fleet.path.display());
+        let (_, recipe) = profile.loaded().with_context(in_file)?;
+        check_disk(a, &recipe).with_context(in_file)?;
+        let name = imgd::store::entry_name(&imgd::build::input_hash(&recipe), &recipe.name);
+        let img = images.entry(name).or_insert_with(|| Image {
+            profile,
+            recipe,
+            deployments: Vec::new(),
+            regions: BTreeSet::new(),
+        });
+        img.deployments.push(d.name.clone());
+        img.regions.extend(d.regions.keys().cloned());
+    }
+    Ok(images)
+}
+
+/// Per deployment, shaped for a Terraform `for_each`: its image, the AMI in
+/// each of its regions, the instance counts, type and security groups.
+fn deployments_map(
+    deployments: &[Deployment],
+    images: &BTreeMap<String, Image>,
+    results: &BTreeMap<String, SyncResult>,
+) -> Result<BTreeMap<String, Value>> {
+    let mut out = BTreeMap::new();
+    for d in deployments {
+        let (image, _) = images
+            .iter()
+            .find(|(_, i)| i.deployments.contains(&d.name))
+            .with_context(|| format!("deployment {} has no image", d.name))?;
+        let result = results.get(image).with_context(|| format!("{image} was not synced"))?;
+        let mut amis = BTreeMap::new();
+        for r in d.regions.keys() {
+            let ami = result.amis.get(r).with_context(|| format!("{image} has no AMI in {r}"))?;
+            amis.insert(r.clone(), ami.clone());
+        }
+        out.insert(
+            d.name.clone(),
+            json!({
+                "image": image, "amis": amis, "counts": d.regions,
+                "instance_type": d.instance_type, "security_groups": d.security_groups,
+            }),
+        );
+    }
+    Ok(out)
+}
+
+fn print_plan(a: &SyncArgs, plans: &[ImagePlan]) -> Result<()> {
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&json!({ "dry_run": true, "images": plans }))?);
+        return Ok(());
+    }
+    for p in plans {
+        println!("# {} for {} in {}", p.image, p.deployments.join(", "), p.regions.join(", "));
+        print!("{}", imgd_aws::output::text(&p.plan));
+    }
+    Ok(())
+}
+
+fn print_result(
+    a: &SyncArgs,
+    deployments: &[Deployment],
+    by_deployment: &BTreeMap<String, Value>,
+    results: &BTreeMap<String, SyncResult>,
+) -> Result<()> {
+    let calls: u64 = results.values().map(|r| r.mutating_calls).sum();
+    let bytes: u64 = results.values().map(|r| r.uploaded_bytes).sum();
+    if a.json {
+        let images: Vec<&SyncResult> = results.values().collect();
+        let v =
+            json!({ "deployments": by_deployment, "images": images, "mutating_calls": calls, "uploaded_bytes": bytes });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    for d in deployments {
+        let v = &by_deployment[&d.name];
+        for (region, count) in &d.regions {
+            println!("{}\t{region}\t{}\t{count}", d.name, v["amis"][region].as_str().unwrap_or("?"));
+        }
+    }
+    eprintln!("{} image(s), {calls} mutating call(s), {bytes} byte(s) uploaded", results.len());
+    Ok(())
+}

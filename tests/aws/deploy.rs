@@ -1,0 +1,148 @@
+//! `imgd sync --deployments`: a fleet's images, each built and uploaded once,
+//! each AMI in exactly the regions of the deployments that use it, against
+//! moto on loopback (boto3 checks what exists).
+
+use super::support::{self, Moto};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Two images: `hello` for presync and canary, `hello` with another hostname
+/// for fullsync. us-east-1 is used by both images; ap-south-1 only by the
+/// canary of the first; us-east-2 only by the second.
+const FLEET: &str = r#"
+[[deployment]]
+name = "presync"
+profile = "hello"
+regions = { "eu-west-1" = 1, "us-east-1" = 1 }
+instance_type = "r5d.2xlarge"
+security_groups = ["allow-ssh", "allow-egress"]
+
+[[deployment]]
+name = "canary"
+profile = "hello"
+regions = { "ap-south-1" = 0 }
+instance_type = "t3.micro"
+
+[[deployment]]
+name = "fullsync"
+profile = "hello"
+set = { hostname = "fullsync" }
+regions = { "us-east-1" = 2, "us-east-2" = 2 }
+instance_type = "r5d.xlarge"
+security_groups = ["allow-ssh"]
+"#;
+
+/// Image name -> the regions holding an AMI of that name (this account's).
+fn amis_by_name(moto: &Moto) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in ["us-east-1", "us-east-2", "eu-west-1", "ap-south-1", "eu-central-1"] {
+        for name in moto.images(r) {
+            out.entry(name).or_default().push(r.to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn each_image_goes_once_to_exactly_its_deployments_regions_and_terraform_gets_one_map_each() {
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let fleet = d.path().join("fleet.deploy.toml");
+    std::fs::write(&fleet, FLEET).unwrap();
+    let tfvars = d.path().join("deployments.auto.tfvars.json");
+    let args = ["--deployments", fleet.to_str().unwrap(), "--bucket", "imgs", "--tfvars", tfvars.to_str().unwrap()];
+
+    // The plan for the whole file: two images, each with its union of regions.
+    let (plan, _) = moto.sync(&store, &[&args[..], &["--dry-run"]].concat());
+    let images = plan["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2, "{plan}");
+    let by_deployments: BTreeMap<String, Value> =
+        images.iter().map(|i| (i["deployments"].to_string(), i["regions"].clone())).collect();
+    assert_eq!(by_deployments[r#"["presync","canary"]"#], serde_json::json!(["ap-south-1", "eu-west-1", "us-east-1"]));
+    assert_eq!(by_deployments[r#"["fullsync"]"#], serde_json::json!(["us-east-1", "us-east-2"]));
+    assert!(moto.keys("imgs").is_empty() && moto.images("us-east-1").is_empty(), "a dry run changed something");
+
+    let (r, _) = moto.sync(&store, &args);
+    let synced = r["images"].as_array().unwrap();
+    assert_eq!(synced.len(), 2, "one sync per distinct image: {r}");
+    assert!(synced.iter().all(|i| i["uploaded_bytes"].as_u64().unwrap() > 0), "each image uploaded: {r}");
+
+    // Each AMI in exactly its deployments' regions, nowhere else.
+    let names: BTreeMap<String, String> = synced
+        .iter()
+        .map(|i| (i["entry"].as_str().unwrap().to_string(), i["name"].as_str().unwrap().to_string()))
+        .collect();
+    let dep = &r["deployments"];
+    let (first, second) = (dep["presync"]["image"].as_str().unwrap(), dep["fullsync"]["image"].as_str().unwrap());
+    assert_ne!(first, second);
+    assert_eq!(dep["canary"]["image"], first, "same profile, same overrides: one image");
+    let held = amis_by_name(&moto);
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert_eq!(held[&names[first]], ["us-east-1", "eu-west-1", "ap-south-1"]);
+    assert_eq!(held[&names[second]], ["us-east-1", "us-east-2"]);
+    assert_eq!(moto.images("us-east-2").len(), 1, "a region only the second image uses holds one imgd AMI");
+
+    // Terraform's input: one map per deployment, the right AMI in each region.
+    let tf: Value = serde_json::from_str(&std::fs::read_to_string(&tfvars).unwrap()).unwrap();
+    let ami_in = |region: &str, name: &str| {
+        moto.py(&format!(
+            "print(json.dumps([i['ImageId'] for i in ec2('{region}').describe_images(Owners=['self'])['Images'] if i['Name'] == '{name}']))"
+        ))[0]
+            .clone()
+    };
+    let presync = &tf["deployments"]["presync"];
+    assert_eq!(presync["amis"].as_object().unwrap().len(), 2, "{presync}");
+    assert_eq!(presync["amis"]["eu-west-1"], ami_in("eu-west-1", &names[first]));
+    assert_eq!(presync["amis"]["us-east-1"], ami_in("us-east-1", &names[first]));
+    assert_eq!(presync["counts"], serde_json::json!({"eu-west-1": 1, "us-east-1": 1}));
+    assert_eq!(presync["instance_type"], "r5d.2xlarge");
+    assert_eq!(presync["security_groups"], serde_json::json!(["allow-ssh", "allow-egress"]));
+    assert_eq!(presync["image"], first);
+    let full = &tf["deployments"]["fullsync"];
+    assert_eq!(full["amis"]["us-east-1"], ami_in("us-east-1", &names[second]));
+    assert_eq!(full["amis"]["us-east-2"], ami_in("us-east-2", &names[second]));
+    assert_eq!(full["counts"], serde_json::json!({"us-east-1": 2, "us-east-2": 2}));
+    assert_ne!(full["amis"]["us-east-1"], presync["amis"]["us-east-1"]);
+
+    // Nothing changed: a re-run makes no mutating call.
+    let (again, _) = moto.sync(&store, &args);
+    assert_eq!(again["mutating_calls"], 0, "{again}");
+    assert_eq!(again["deployments"], r["deployments"]);
+
+    // --only: one deployment, its image alone.
+    let (only, _) = moto.sync(&store, &[&args[..], &["--only", "fullsync"]].concat());
+    assert_eq!(only["images"].as_array().unwrap().len(), 1);
+    assert_eq!(only["deployments"].as_object().unwrap().keys().collect::<Vec<_>>(), ["fullsync"]);
+}
+
+#[test]
+fn a_bad_deployments_file_is_named_with_its_line_and_nothing_is_called() {
+    let moto = Moto::start();
+    let d = tempfile::tempdir().unwrap();
+    let fleet = d.path().join("fleet.deploy.toml");
+    std::fs::write(&fleet, FLEET.replace("\"us-east-2\" = 2", "\"us-east-7\" = 2")).unwrap();
+    let out = support::aws(
+        &moto.url,
+        &d.path().join("store"),
+        "sync",
+        &["--deployments", fleet.to_str().unwrap(), "--bucket", "imgs"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let line = FLEET.lines().position(|l| l.contains("us-east-2")).unwrap() + 1;
+    assert!(
+        stderr.contains(&format!("fleet.deploy.toml:{line}:"))
+            && stderr.contains("`us-east-7` is not an AWS region name"),
+        "{stderr}"
+    );
+    // Both a profile and a deployments file: which one is meant?
+    let out = support::aws(
+        &moto.url,
+        &d.path().join("store"),
+        "sync",
+        &["hello", "--deployments", fleet.to_str().unwrap(), "--bucket", "imgs"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}

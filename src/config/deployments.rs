@@ -225,6 +225,14 @@ instance_type = "r5d.xlarge"
 "#;
 
     #[test]
+    fn the_shipped_example_reads() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let f = DeploymentsFile::load(&root.join("profiles/fleet.deploy.toml"), &root).unwrap();
+        let names: Vec<&str> = f.deployments.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["presync", "fullsync"]);
+    }
+
+    #[test]
     fn a_fleet_reads_with_counts_overrides_and_groups() {
         let f = parse(TWO).unwrap();
         assert_eq!(f.deployments.len(), 2);

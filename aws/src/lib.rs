@@ -171,6 +171,12 @@ pub fn is_profile_name(s: &str) -> bool {
 pub const NAME_HASH_LEN: usize = 32;
 
 /// `<hash32>-<profile>` -> (hash32, profile), only for names imgd makes.
+/// The AMI name of a build: `imgd-<profile>-<first 12 of its hash>` (in
+/// every region; what sync registers and status looks up).
+pub fn image_name(profile: &str, hash: &str) -> String {
+    format!("imgd-{profile}-{}", hash.get(..12).unwrap_or(hash))
+}
+
 pub fn parse_entry_name(name: &str) -> Option<(&str, &str)> {
     let (hash, profile) = name.split_once('-')?;
     let ok = hash.len() == NAME_HASH_LEN

@@ -159,3 +159,79 @@ fn print_result(
     eprintln!("{} image(s), {calls} mutating call(s), {bytes} byte(s) uploaded", results.len());
     Ok(())
 }
+
+/// One deployment in one region, as `--check` finds it.
+#[derive(serde::Serialize)]
+struct Placement {
+    deployment: String,
+    region: String,
+    /// The store entry the deployment's profile builds today.
+    image: String,
+    /// Its AMI there, if synced.
+    ami: Option<String>,
+    /// The AMI exists and is available.
+    current: bool,
+    /// With --ssm-parameter: whether the channel there points at that AMI.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<bool>,
+}
+
+/// `--check`: the current build of every deployment (resolved and hashed,
+/// never built), looked up by name in each of its regions.
+pub fn check(a: &SyncArgs, file: &Path) -> Result<()> {
+    if let Some(p) = &a.ssm_parameter {
+        imgd_aws::ssm::check_name(p)
+            .map_err(|e| imgd::config::ConfigError::new("--ssm-parameter", format!("{e:#}")))?;
+    }
+    let fleet = DeploymentsFile::load(file, &a.profile.root)?.only(&a.only)?;
+    let images = images(a, &fleet)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let placements = rt.block_on(placements(a, &fleet, &images))?;
+    let drifted = placements.iter().filter(|p| !p.current || p.channel == Some(false)).count();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&json!({ "drifted": drifted, "placements": placements }))?);
+    } else {
+        for p in &placements {
+            let state = match (p.current, p.channel) {
+                (false, _) => "DRIFT: the current build has no AMI here",
+                (true, Some(false)) => "DRIFT: the channel points elsewhere",
+                _ => "current",
+            };
+            println!("{}\t{}\t{}\t{}\t{state}", p.deployment, p.region, p.image, p.ami.as_deref().unwrap_or("-"));
+        }
+    }
+    anyhow::ensure!(drifted == 0, "{drifted} deployment region(s) are not on their profile's current build");
+    Ok(())
+}
+
+async fn placements(a: &SyncArgs, fleet: &DeploymentsFile, images: &BTreeMap<String, Image>) -> Result<Vec<Placement>> {
+    let home = fleet.deployments.iter().flat_map(|d| d.regions.keys()).next().cloned().unwrap_or_default();
+    let clients = imgd_aws::clients::Clients::load(&home, &a.aws.options()).await;
+    let mut out = Vec::new();
+    for d in &fleet.deployments {
+        let (entry, img) = images.iter().find(|(_, i)| i.deployments.contains(&d.name)).context("no image")?;
+        let (hash, _) = imgd_aws::parse_entry_name(entry).context("not an entry name")?;
+        let name = imgd_aws::image_name(&img.recipe.name, hash);
+        for region in d.regions.keys() {
+            let found =
+                imgd_aws::ami::find(&clients.ec2(region), &name).await.with_context(|| format!("{region}: {name}"))?;
+            let ami = found.as_ref().map(|f| f.id.clone());
+            let current = found.is_some_and(|f| f.state == "available");
+            let channel = match &a.ssm_parameter {
+                Some(p) => {
+                    Some(imgd_aws::ssm::get(&clients.ssm(region), p).await?.is_some_and(|v| Some(&v) == ami.as_ref()))
+                }
+                None => None,
+            };
+            out.push(Placement {
+                deployment: d.name.clone(),
+                region: region.clone(),
+                image: entry.clone(),
+                ami,
+                current,
+                channel,
+            });
+        }
+    }
+    Ok(out)
+}

@@ -20,6 +20,8 @@ use std::time::Duration;
                                       (every image a fleet runs, each in exactly its deployments' regions)")]
 // With --deployments the profiles come from the file.
 #[command(mut_arg("profile", |a| a.required(false).default_value("").hide_default_value(true)))]
+// --check only reads: it needs no bucket.
+#[command(mut_arg("bucket", |a| a.required(false).required_unless_present("check").default_value("").hide_default_value(true)))]
 pub struct SyncArgs {
     #[command(flatten)]
     pub profile: ProfileArgs,
@@ -37,6 +39,11 @@ pub struct SyncArgs {
     /// regions. --tfvars then writes one map per deployment.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["profile", "regions", "s3_only", "out", "hardware", "sets"], required_unless_present = "profile")]
     pub deployments: Option<PathBuf>,
+    /// With --deployments: build and change nothing; report, per deployment
+    /// and region, the AMI of the profile's current build (and whether
+    /// --ssm-parameter points at it). Exit 1 when anything has drifted.
+    #[arg(long, requires = "deployments", conflicts_with = "dry_run")]
+    pub check: bool,
     /// With --deployments: only these deployments (repeatable).
     #[arg(long = "only", value_name = "NAME", requires = "deployments")]
     pub only: Vec<String>,
@@ -265,6 +272,9 @@ pub fn request(a: &SyncArgs, c: &Checked, entry: &imgd::store::Entry, regions: &
 }
 
 pub fn run(a: &SyncArgs) -> Result<()> {
+    if let (Some(file), true) = (&a.deployments, a.check) {
+        return super::deploy::check(a, file);
+    }
     let c = checked(a)?;
     if let Some(file) = &a.deployments {
         return super::deploy::sync(a, &c, file);

@@ -111,6 +111,31 @@ fn each_image_goes_once_to_exactly_its_deployments_regions_and_terraform_gets_on
     assert_eq!(again["mutating_calls"], 0, "{again}");
     assert_eq!(again["deployments"], r["deployments"]);
 
+    // --check: every deployment on its profile's current build, exit 0.
+    let check = |fleet: &std::path::Path| {
+        let out = support::aws(&moto.url, &store, "sync", &["--deployments", fleet.to_str().unwrap(), "--check"]);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code(), report, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, report, stderr) = check(&fleet);
+    assert_eq!(code, Some(0), "{report} {stderr}");
+    assert_eq!(report["placements"].as_array().unwrap().len(), 5, "{report}");
+    assert!(report["placements"].as_array().unwrap().iter().all(|p| p["current"] == true), "{report}");
+    // One deployment's profile edited: drift for exactly that deployment, exit 1.
+    let edited = d.path().join("edited.deploy.toml");
+    std::fs::write(&edited, FLEET.replace("hostname = \"fullsync\"", "hostname = \"fullsync2\"")).unwrap();
+    let (code, report, stderr) = check(&edited);
+    assert_eq!(code, Some(1), "{report} {stderr}");
+    assert!(stderr.contains("2 deployment region(s) are not on their profile's current build"), "{stderr}");
+    let drifted: Vec<(String, String)> = report["placements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["current"] == false)
+        .map(|p| (p["deployment"].as_str().unwrap().to_string(), p["region"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(drifted, [("fullsync".to_string(), "us-east-1".to_string()), ("fullsync".into(), "us-east-2".into())]);
+
     // --only: one deployment, its image alone.
     let (only, _) = moto.sync(&store, &[&args[..], &["--only", "fullsync"]].concat());
     assert_eq!(only["images"].as_array().unwrap().len(), 1);

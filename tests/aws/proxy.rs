@@ -66,6 +66,8 @@ pub struct Log {
     pub ebs: BTreeMap<String, EbsSnapshot>,
     /// Why EBS would refuse a block or a completion (empty when all was right).
     pub ebs_refused: Vec<String>,
+    /// PutSnapshotBlock requests that reached the proxy, refused or not.
+    pub ebs_puts_seen: usize,
 }
 
 #[derive(Default, Debug, Clone)]
@@ -405,6 +407,7 @@ fn ebs_error(code: &str, message: &str) -> Response<Full<Bytes>> {
 fn ebs_check(st: &State, parts: &hyper::http::request::Parts, body: &[u8]) -> Option<Response<Full<Bytes>>> {
     let Some(EbsCall::Put { snapshot, index, checksum }) = ebs_call(parts) else { return None };
     let mut log = st.log.lock().unwrap();
+    log.ebs_puts_seen += 1;
     let state = log.ebs.get(&snapshot).map(|s| s.state);
     let why = if state != Some(EbsState::Pending) {
         format!("block {index} for {snapshot}, which is {state:?}, not pending")

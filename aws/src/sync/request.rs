@@ -84,7 +84,7 @@ pub struct Request {
 impl Request {
     /// `imgd-<profile>-<hash12>`: how every region finds this build's image.
     pub fn image_name(&self) -> String {
-        format!("imgd-{}-{}", self.entry.profile, &self.entry.hash[..12])
+        crate::image_name(&self.entry.profile, &self.entry.hash)
     }
 
     pub fn description(&self) -> String {

@@ -22,10 +22,10 @@ struct ImagePlan {
 }
 
 /// One distinct image (one input hash) and everything that uses it.
-struct Image {
+pub struct Image {
     profile: super::ProfileArgs,
-    recipe: Recipe,
-    deployments: Vec<String>,
+    pub recipe: Recipe,
+    pub deployments: Vec<String>,
     regions: BTreeSet<String>,
 }
 
@@ -69,17 +69,26 @@ pub fn sync(a: &SyncArgs, c: &Checked, file: &Path) -> Result<()> {
 /// Every deployment resolved to its image; deployments whose profile,
 /// overrides and hardware give the same input hash share one image.
 fn images(a: &SyncArgs, fleet: &DeploymentsFile) -> Result<BTreeMap<String, Image>> {
+    resolve(&a.profile, fleet, |r| check_disk(a, r))
+}
+
+/// [`images`] with `base`'s root and caches, each recipe checked by `check`.
+pub fn resolve(
+    base: &super::ProfileArgs,
+    fleet: &DeploymentsFile,
+    check: impl Fn(&Recipe) -> Result<()>,
+) -> Result<BTreeMap<String, Image>> {
     let mut images: BTreeMap<String, Image> = BTreeMap::new();
     for d in &fleet.deployments {
         let profile = super::ProfileArgs {
             profile: d.profile.clone(),
             hardware: d.hardware.clone(),
             sets: d.sets.clone(),
-            ..a.profile.clone()
+            ..base.clone()
         };
         let in_file = || format!("deployment `{}` in {}", d.name, fleet.path.display());
         let (_, recipe) = profile.loaded().with_context(in_file)?;
-        check_disk(a, &recipe).with_context(in_file)?;
+        check(&recipe).with_context(in_file)?;
         let name = imgd::store::entry_name(&imgd::build::input_hash(&recipe), &recipe.name);
         let img = images.entry(name).or_insert_with(|| Image {
             profile,

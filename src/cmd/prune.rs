@@ -27,6 +27,15 @@ pub struct PruneArgs {
     /// Only this profile's builds (default: every profile).
     #[arg(long)]
     pub profile: Option<String>,
+    /// A deployments file: keep each listed deployment's current build plus
+    /// the newest --keep minus one others of its profile, in the regions it
+    /// lists; remove imgd's AMIs and snapshots of every other build (and
+    /// their S3 entries) in --regions.
+    #[arg(long, value_name = "FILE")]
+    pub deployments: Option<std::path::PathBuf>,
+    /// Folder holding profiles/ and hardware/ (for --deployments).
+    #[arg(long, env = "IMGD_ROOT", default_value = ".")]
+    pub root: std::path::PathBuf,
     /// Builds with AMIs to keep per profile, newest by imgd:built-at.
     #[arg(long, default_value_t = 3)]
     pub keep: usize,
@@ -82,6 +91,10 @@ pub fn run(a: &PruneArgs) -> Result<()> {
         cache: imgd_aws::prune::CacheRetention { keep: a.cache_keep, max_age: a.cache_max_age },
         local: local_entries(&a.store.dir()),
         now: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        deployments: match &a.deployments {
+            Some(file) => fleet(a, file)?,
+            None => Vec::new(),
+        },
     };
     let outcome = rt.block_on(imgd_aws::prune::run(&req, &a.aws.options(), a.yes))?;
     let rows = outcome.plan.rows(&req.at.bucket);
@@ -116,4 +129,31 @@ fn local_entries(store: &std::path::Path) -> BTreeSet<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// `--deployments`: each deployment's current build (resolved and hashed,
+/// never built) and its regions.
+fn fleet(a: &PruneArgs, file: &std::path::Path) -> Result<Vec<imgd_aws::prune::DeploymentKeep>> {
+    let fleet = imgd::config::deployments::DeploymentsFile::load(file, &a.root)?;
+    let base = super::ProfileArgs {
+        profile: String::new(),
+        hardware: None,
+        sets: Vec::new(),
+        root: a.root.clone(),
+        cache_dir: None,
+        remote_cache: None,
+        unlocked: false,
+    };
+    let images = super::deploy::resolve(&base, &fleet, |_| Ok(()))?;
+    let mut out = Vec::new();
+    for d in &fleet.deployments {
+        let Some(img) = images.values().find(|i| i.deployments.contains(&d.name)) else { continue };
+        out.push(imgd_aws::prune::DeploymentKeep {
+            name: d.name.clone(),
+            profile: img.recipe.name.clone(),
+            current: imgd::build::input_hash(&img.recipe),
+            regions: d.regions.keys().cloned().collect(),
+        });
+    }
+    Ok(out)
 }

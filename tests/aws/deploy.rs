@@ -140,6 +140,31 @@ fn each_image_goes_once_to_exactly_its_deployments_regions_and_terraform_gets_on
     let (only, _) = moto.sync(&store, &[&args[..], &["--only", "fullsync"]].concat());
     assert_eq!(only["images"].as_array().unwrap().len(), 1);
     assert_eq!(only["deployments"].as_object().unwrap().keys().collect::<Vec<_>>(), ["fullsync"]);
+
+    // fullsync is over: without it in the file, prune removes its image,
+    // snapshots and S3 entry, and keeps the others' in their regions.
+    let without = d.path().join("without.deploy.toml");
+    std::fs::write(&without, &FLEET[..FLEET.rfind("[[deployment]]").unwrap()]).unwrap();
+    let regions = "us-east-1,us-east-2,eu-west-1,ap-south-1";
+    let prune = ["--deployments", without.to_str().unwrap(), "--bucket", "imgs", "--regions", regions, "--keep", "1"];
+    // (Run from another machine: an entry the local store holds keeps its S3 copy.)
+    let elsewhere = d.path().join("elsewhere");
+    let (plan, _) = support::aws_ok(&moto.url, &elsewhere, "prune", &prune);
+    assert_eq!(plan["applied"], false);
+    assert!(amis_by_name(&moto).contains_key(&names[second]), "a plan changes nothing");
+    let (done, _) = support::aws_ok(&moto.url, &elsewhere, "prune", &[&prune[..], &["--yes"]].concat());
+    assert_eq!(done["applied"], true, "{done}");
+    let held = amis_by_name(&moto);
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[&names[first]], ["us-east-1", "eu-west-1", "ap-south-1"]);
+    let hash_of = |entry: &str| entry.split('-').next().unwrap().to_string();
+    let snapshots = moto.py(
+        "print(json.dumps([t['Value'] for r in ['us-east-1','us-east-2'] for s in ec2(r).describe_snapshots(OwnerIds=['self'])['Snapshots'] for t in s.get('Tags', []) if t['Key'] == 'imgd:hash']))",
+    );
+    let snapshots: Vec<String> = serde_json::from_value(snapshots).unwrap();
+    assert!(!snapshots.is_empty() && snapshots.iter().all(|h| h.starts_with(&hash_of(first))), "{snapshots:?}");
+    let keys = moto.keys("imgs");
+    assert!(keys.iter().any(|k| k.contains(first)) && !keys.iter().any(|k| k.contains(second)), "{keys:?}");
 }
 
 #[test]

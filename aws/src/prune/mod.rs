@@ -14,7 +14,7 @@ pub mod plan;
 pub mod request;
 
 pub use plan::{plan, Observed, Plan, Step};
-pub use request::{CacheRetention, Request};
+pub use request::{CacheRetention, DeploymentKeep, Request};
 
 use crate::{clients::Clients, Counters, Options};
 use anyhow::Result;

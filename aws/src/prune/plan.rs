@@ -126,9 +126,65 @@ impl Plan {
     }
 }
 
-/// The builds (profile, hash) to keep: the newest `keep` per profile among
-/// those with images or snapshots in any region.
-fn kept_builds(seen: &Observed, req: &Request) -> Vec<Build> {
+/// Which builds stay, and where.
+struct Keep {
+    builds: Vec<Build>,
+    /// Hashes kept in every region (all kept builds; with deployments, those
+    /// something launches from).
+    everywhere: BTreeSet<String>,
+    /// With deployments: region -> the hashes a deployment keeps there.
+    per_region: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Keep {
+    fn keeps(&self, region: &str, hash: &str) -> bool {
+        self.everywhere.contains(hash) || self.per_region.get(region).is_some_and(|h| h.contains(hash))
+    }
+
+    /// Kept in some region (its S3 entry stays), by the 32-digit name hash.
+    fn anywhere(&self, hash32: &str) -> bool {
+        self.builds.iter().any(|b| b.hash.starts_with(hash32))
+    }
+}
+
+fn kept(seen: &Observed, req: &Request) -> Keep {
+    if req.deployments.is_empty() {
+        let builds = kept_builds(seen, req, req.keep.max(1));
+        let everywhere = builds.iter().map(|b| b.hash.clone()).collect();
+        return Keep { builds, everywhere, per_region: BTreeMap::new() };
+    }
+    let mut builds = kept_builds(seen, req, 0);
+    // In use (something launches from it): kept everywhere, as without deployments.
+    builds.retain(|b| !b.why.is_empty());
+    let everywhere: BTreeSet<String> = builds.iter().map(|b| b.hash.clone()).collect();
+    let mut per_region: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let all = builds_by_profile(seen, req);
+    for d in &req.deployments {
+        let mut mine: Vec<(String, String)> =
+            vec![(d.current.clone(), format!("deployment {}: its current build", d.name))];
+        let others = all.get(&d.profile).into_iter().flatten().filter(|b| b.hash != d.current);
+        for b in others.take(req.keep.max(1) - 1) {
+            mine.push((b.hash.clone(), format!("deployment {}: among its newest {}", d.name, req.keep.max(1))));
+        }
+        for (hash, why) in mine {
+            for r in &d.regions {
+                per_region.entry(r.clone()).or_default().insert(hash.clone());
+            }
+            let known = all.get(&d.profile).into_iter().flatten().find(|b| b.hash == hash);
+            let Some(known) = known else { continue }; // not synced anywhere yet
+            match builds.iter_mut().find(|b| b.hash == hash) {
+                Some(b) => b.why.push(why),
+                None => builds.push(Build { why: vec![why], ..known.clone() }),
+            }
+        }
+    }
+    builds.sort();
+    Keep { builds, everywhere, per_region }
+}
+
+/// Every build with images or snapshots in a listed region, by profile,
+/// newest first (by `imgd:built-at`).
+fn builds_by_profile(seen: &Observed, req: &Request) -> BTreeMap<String, Vec<Build>> {
     let mut builds: BTreeMap<(String, String), String> = BTreeMap::new();
     for t in seen.regions.values().flat_map(|r| r.images.iter().chain(&r.snapshots)) {
         if !req.wants(&t.profile) {
@@ -143,6 +199,17 @@ fn kept_builds(seen: &Observed, req: &Request) -> Vec<Build> {
     for ((profile, hash), built_at) in builds {
         by_profile.entry(profile.clone()).or_default().push(Build { profile, built_at, hash, why: Vec::new() });
     }
+    for list in by_profile.values_mut() {
+        list.sort_by(|x, y| (&y.built_at, &y.hash).cmp(&(&x.built_at, &x.hash)));
+    }
+    by_profile
+}
+
+/// The builds (profile, hash) to keep: the newest `keep` per profile among
+/// those with images or snapshots in any region, and every build something
+/// launches from.
+fn kept_builds(seen: &Observed, req: &Request, keep: usize) -> Vec<Build> {
+    let mut by_profile = builds_by_profile(seen, req);
     // What launches from each build's AMIs, over every region.
     let mut used: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (region, r) in &seen.regions {
@@ -152,10 +219,9 @@ fn kept_builds(seen: &Observed, req: &Request) -> Vec<Build> {
             }
         }
     }
-    let keep = req.keep.max(1);
+    // keep 0 (with deployments): only what launches; the deployments add theirs.
     let mut kept = Vec::new();
     for list in by_profile.values_mut() {
-        list.sort_by(|x, y| (&y.built_at, &y.hash).cmp(&(&x.built_at, &x.hash)));
         for (n, b) in list.iter_mut().enumerate() {
             if n < keep {
                 b.why.push(format!("among the newest {keep} of {}", b.profile));
@@ -172,8 +238,7 @@ fn kept_builds(seen: &Observed, req: &Request) -> Vec<Build> {
 
 /// S3 entries to delete and why (before checking that their objects are imgd's).
 pub fn doomed_entries(seen: &Observed, req: &Request) -> BTreeMap<String, Why> {
-    let kept = kept_builds(seen, req);
-    let kept: BTreeSet<&str> = kept.iter().map(|b| &b.hash[..crate::NAME_HASH_LEN]).collect();
+    let keep = kept(seen, req);
     let published: BTreeSet<&str> = seen
         .regions
         .values()
@@ -188,7 +253,7 @@ pub fn doomed_entries(seen: &Observed, req: &Request) -> BTreeMap<String, Why> {
             continue;
         }
         if published.contains(hash32) {
-            if !kept.contains(hash32) {
+            if !keep.anywhere(hash32) {
                 doomed.insert(name.clone(), Why::Ami);
             }
         } else {
@@ -214,8 +279,7 @@ pub fn doomed_entries(seen: &Observed, req: &Request) -> BTreeMap<String, Why> {
 }
 
 pub fn plan(seen: &Observed, req: &Request) -> Plan {
-    let kept = kept_builds(seen, req);
-    let kept_hashes: BTreeSet<&str> = kept.iter().map(|b| b.hash.as_str()).collect();
+    let keep = kept(seen, req);
     let mut steps = Vec::new();
     let mut foreign = Vec::new();
 
@@ -231,14 +295,14 @@ pub fn plan(seen: &Observed, req: &Request) -> Plan {
         let in_use: BTreeSet<&str> = r
             .images
             .iter()
-            .filter(|i| kept_hashes.contains(i.hash.as_str()) || !req.wants(&i.profile))
+            .filter(|i| keep.keeps(region, &i.hash) || !req.wants(&i.profile))
             .flat_map(|i| i.snapshots.iter().map(String::as_str))
             .collect();
-        for i in r.images.iter().filter(|i| req.wants(&i.profile) && !kept_hashes.contains(i.hash.as_str())) {
+        for i in r.images.iter().filter(|i| req.wants(&i.profile) && !keep.keeps(region, &i.hash)) {
             steps.push(Step::Deregister { region: region.clone(), image: i.clone() });
         }
         // A failed snapshot goes even when its build is kept: nothing can use it.
-        let doomed = |s: &&Tagged| req.wants(&s.profile) && (s.failed || !kept_hashes.contains(s.hash.as_str()));
+        let doomed = |s: &&Tagged| req.wants(&s.profile) && (s.failed || !keep.keeps(region, &s.hash));
         for s in r.snapshots.iter().filter(doomed) {
             if !in_use.contains(s.id.as_str()) {
                 steps.push(Step::DeleteSnapshot { region: region.clone(), snapshot: s.clone() });
@@ -258,7 +322,7 @@ pub fn plan(seen: &Observed, req: &Request) -> Plan {
             }
         }
     }
-    Plan { kept, steps, foreign }
+    Plan { kept: keep.builds, steps, foreign }
 }
 
 #[cfg(test)]
@@ -296,6 +360,7 @@ mod tests {
             cache: super::super::CacheRetention::default(),
             local: BTreeSet::new(),
             now: 100 * DAY,
+            deployments: Vec::new(),
         }
     }
 
@@ -356,6 +421,52 @@ mod tests {
         let objects: Vec<&String> = r.iter().filter(|s| s.starts_with("delete-object")).collect();
         assert_eq!(objects.len(), 4, "{objects:?}");
         assert!(objects[0].ends_with(&format!("{}/manifest.json", entry(1, "hello"))), "{objects:?}");
+    }
+
+    #[test]
+    fn with_deployments_a_build_stays_only_where_a_deployment_keeps_it() {
+        use super::super::DeploymentKeep;
+        // hello 1 (old) and 2 (current) in two regions; web 9 in one.
+        let mut seen = Observed::default();
+        for (region, ids) in [("us-east-1", ["ami-1", "ami-2"]), ("eu-west-1", ["ami-11", "ami-12"])] {
+            let r = seen.regions.entry(region.into()).or_default();
+            r.images.push(tagged(ids[0], 1, "hello", 1, &[]));
+            r.images.push(tagged(ids[1], 2, "hello", 2, &[]));
+        }
+        seen.regions.get_mut("us-east-1").unwrap().images.push(tagged("ami-9", 9, "web", 3, &[]));
+        let mut req = request(1);
+        req.regions = vec!["us-east-1".into(), "eu-west-1".into()];
+        req.deployments = vec![DeploymentKeep {
+            name: "load".into(),
+            profile: "hello".into(),
+            current: hash(2),
+            regions: vec!["us-east-1".into()],
+        }];
+        let gone = |p: &Plan| -> Vec<String> {
+            let mut v: Vec<String> = p
+                .steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Deregister { image, .. } => Some(image.id.clone()),
+                    _ => None,
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        // keep 1: only the current build, only in the deployment's region; web
+        // is no deployment's and goes.
+        let p = plan(&seen, &req);
+        assert_eq!(gone(&p), ["ami-1", "ami-11", "ami-12", "ami-9"]);
+        assert_eq!(p.kept.len(), 1);
+        assert_eq!(p.kept[0].why, ["deployment load: its current build"]);
+        // keep 2: the previous build stays too, still only in us-east-1.
+        req.keep = 2;
+        assert_eq!(gone(&plan(&seen, &req)), ["ami-11", "ami-12", "ami-9"]);
+        // Something launching from an image keeps its build everywhere.
+        req.keep = 1;
+        seen.regions.get_mut("eu-west-1").unwrap().in_use.insert("ami-11".into(), vec!["instance i-1".into()]);
+        assert_eq!(gone(&plan(&seen, &req)), ["ami-12", "ami-9"]);
     }
 
     #[test]

@@ -19,6 +19,20 @@ pub struct Request {
     pub local: BTreeSet<String>,
     /// Now, in Unix seconds (a parameter, so the plan is a pure function).
     pub now: u64,
+    /// `--deployments`: a fleet's deployments. When given, a build stays in a
+    /// region only where a deployment keeps it: its current build plus the
+    /// newest `keep - 1` others of its profile, in each region it lists.
+    pub deployments: Vec<DeploymentKeep>,
+}
+
+/// One deployment as prune sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentKeep {
+    pub name: String,
+    pub profile: String,
+    /// The input hash its profile builds today.
+    pub current: String,
+    pub regions: Vec<String>,
 }
 
 impl Request {

@@ -91,7 +91,10 @@ fn main() {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Relay { addr } => imgd::qemu::relay(addr),
         #[cfg(feature = "aws")]
-        Command::Sync(a) => cmd::sync::run(a),
+        Command::Sync(a) => match &a.deployments {
+            Some(file) => cmd::deploy::run(a, file),
+            None => cmd::sync::run(a),
+        },
         #[cfg(feature = "aws")]
         Command::Prune(a) => cmd::prune::run(a),
         #[cfg(feature = "aws")]

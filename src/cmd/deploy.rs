@@ -29,7 +29,15 @@ pub struct Image {
     regions: BTreeSet<String>,
 }
 
-pub fn sync(a: &SyncArgs, c: &Checked, file: &Path) -> Result<()> {
+/// `imgd sync --deployments FILE` (main.rs sends it here): `--check`, or the sync.
+pub fn run(a: &SyncArgs, file: &Path) -> Result<()> {
+    if a.check {
+        return check(a, file);
+    }
+    sync(a, &super::sync::checked(a)?, file)
+}
+
+fn sync(a: &SyncArgs, c: &Checked, file: &Path) -> Result<()> {
     let fleet = DeploymentsFile::load(file, &a.profile.root)?.only(&a.only)?;
     let images = images(a, &fleet)?;
     let store = a.store.open()?;
@@ -187,7 +195,7 @@ struct Placement {
 
 /// `--check`: the current build of every deployment (resolved and hashed,
 /// never built), looked up by name in each of its regions.
-pub fn check(a: &SyncArgs, file: &Path) -> Result<()> {
+fn check(a: &SyncArgs, file: &Path) -> Result<()> {
     if let Some(p) = &a.ssm_parameter {
         imgd_aws::ssm::check_name(p)
             .map_err(|e| imgd::config::ConfigError::new("--ssm-parameter", format!("{e:#}")))?;

@@ -272,13 +272,7 @@ pub fn request(a: &SyncArgs, c: &Checked, entry: &imgd::store::Entry, regions: &
 }
 
 pub fn run(a: &SyncArgs) -> Result<()> {
-    if let (Some(file), true) = (&a.deployments, a.check) {
-        return super::deploy::check(a, file);
-    }
     let c = checked(a)?;
-    if let Some(file) = &a.deployments {
-        return super::deploy::sync(a, &c, file);
-    }
     let (_, recipe) = a.profile.loaded()?;
     check_disk(a, &recipe)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -188,6 +188,10 @@ struct Placement {
     ami: Option<String>,
     /// The AMI exists and is available.
     current: bool,
+    /// Otherwise, the newest imgd AMI of its profile there (what the region
+    /// runs from now) and that build's entry name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    synced: Option<(String, String)>,
     /// With --ssm-parameter: whether the channel there points at that AMI.
     #[serde(skip_serializing_if = "Option::is_none")]
     channel: Option<bool>,
@@ -209,10 +213,11 @@ fn check(a: &SyncArgs, file: &Path) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&json!({ "drifted": drifted, "placements": placements }))?);
     } else {
         for p in &placements {
+            let runs = p.synced.as_ref().map_or("nothing".to_string(), |(ami, entry)| format!("{ami} of {entry}"));
             let state = match (p.current, p.channel) {
-                (false, _) => "DRIFT: the current build has no AMI here",
-                (true, Some(false)) => "DRIFT: the channel points elsewhere",
-                _ => "current",
+                (false, _) => format!("DRIFT: the current build has no AMI here (it has {runs})"),
+                (true, Some(false)) => "DRIFT: the channel points elsewhere".into(),
+                _ => "current".into(),
             };
             println!("{}\t{}\t{}\t{}\t{state}", p.deployment, p.region, p.image, p.ami.as_deref().unwrap_or("-"));
         }
@@ -234,6 +239,14 @@ async fn placements(a: &SyncArgs, fleet: &DeploymentsFile, images: &BTreeMap<Str
                 imgd_aws::ami::find(&clients.ec2(region), &name).await.with_context(|| format!("{region}: {name}"))?;
             let ami = found.as_ref().map(|f| f.id.clone());
             let current = found.is_some_and(|f| f.state == "available");
+            let synced = if current {
+                None
+            } else {
+                let all = imgd_aws::ami::list_images(&clients.ec2(region)).await?;
+                let newest =
+                    all.into_iter().filter(|t| t.profile == img.recipe.name).max_by(|x, y| x.built_at.cmp(&y.built_at));
+                newest.map(|t| (t.id, format!("{}-{}", t.hash.get(..32).unwrap_or(&t.hash), t.profile)))
+            };
             let channel = match &a.ssm_parameter {
                 Some(p) => {
                     Some(imgd_aws::ssm::get(&clients.ssm(region), p).await?.is_some_and(|v| Some(&v) == ami.as_ref()))
@@ -246,6 +259,7 @@ async fn placements(a: &SyncArgs, fleet: &DeploymentsFile, images: &BTreeMap<Str
                 image: entry.clone(),
                 ami,
                 current,
+                synced,
                 channel,
             });
         }

@@ -135,6 +135,9 @@ fn each_image_goes_once_to_exactly_its_deployments_regions_and_terraform_gets_on
         .map(|p| (p["deployment"].as_str().unwrap().to_string(), p["region"].as_str().unwrap().to_string()))
         .collect();
     assert_eq!(drifted, [("fullsync".to_string(), "us-east-1".to_string()), ("fullsync".into(), "us-east-2".into())]);
+    // ...each saying what the region runs instead: the synced build's AMI.
+    let row = report["placements"].as_array().unwrap().iter().find(|p| p["region"] == "us-east-2").cloned().unwrap();
+    assert_eq!(row["synced"], serde_json::json!([ami_in("us-east-2", &names[second]), second]), "{row}");
 
     // --only: one deployment, its image alone.
     let (only, _) = moto.sync(&store, &[&args[..], &["--only", "fullsync"]].concat());

@@ -40,6 +40,7 @@ pub fn run(a: &SyncArgs, file: &Path) -> Result<()> {
 fn sync(a: &SyncArgs, c: &Checked, file: &Path) -> Result<()> {
     let fleet = DeploymentsFile::load(file, &a.profile.root)?.only(&a.only)?;
     let images = images(a, &fleet)?;
+    one_image_per_channel(a, &images)?;
     let store = a.store.open()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut plans = Vec::new();
@@ -108,6 +109,28 @@ pub fn resolve(
         img.regions.extend(d.regions.keys().cloned());
     }
     Ok(images)
+}
+
+/// `--ssm-parameter` names one channel per region: two images in one region
+/// would each point it at their own AMI, the last sync winning. Refused
+/// before anything is built.
+fn one_image_per_channel(a: &SyncArgs, images: &BTreeMap<String, Image>) -> Result<()> {
+    if a.ssm_parameter.is_none() {
+        return Ok(());
+    }
+    let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, img) in images {
+        for r in &img.regions {
+            if let Some(other) = owner.insert(r, name) {
+                let m = format!(
+                    "{other} and {name} both run in {r}: one channel there cannot point at both \
+                     (sync the deployments that share a region with --only, each with its own --ssm-parameter)"
+                );
+                return Err(imgd::config::ConfigError::new("--ssm-parameter", m).into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Per deployment, shaped for a Terraform `for_each`: its image, the AMI in

@@ -144,23 +144,49 @@ fn each_image_goes_once_to_exactly_its_deployments_regions_and_terraform_gets_on
     assert_eq!(only["images"].as_array().unwrap().len(), 1);
     assert_eq!(only["deployments"].as_object().unwrap().keys().collect::<Vec<_>>(), ["fullsync"]);
 
+    // A release channel: --check says whether it points at each deployment's
+    // AMI (fullsync's, yes; presync's in us-east-1 is another image's).
+    let channel = ["--ssm-parameter", "/fleet/full/ami"];
+    moto.sync(&store, &[&args[..], &["--only", "fullsync"], &channel[..]].concat());
+    let check_only = |name: &str| {
+        let only = ["--deployments", fleet.to_str().unwrap(), "--check", "--only", name];
+        let out = support::aws(&moto.url, &store, "sync", &[&only[..], &channel[..]].concat());
+        (out.status.code(), serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null))
+    };
+    let (code, report) = check_only("fullsync");
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report["placements"].as_array().unwrap().iter().all(|p| p["channel"] == true), "{report}");
+    let (code, report) = check_only("presync");
+    assert_eq!(code, Some(1), "{report}");
+    let rows = report["placements"].as_array().unwrap();
+    assert!(rows.iter().all(|p| p["current"] == true && p["channel"] == false), "{report}");
+
     // fullsync is over: without it in the file, prune removes its image,
     // snapshots and S3 entry, and keeps the others' in their regions.
     let without = d.path().join("without.deploy.toml");
     std::fs::write(&without, &FLEET[..FLEET.rfind("[[deployment]]").unwrap()]).unwrap();
     let regions = "us-east-1,us-east-2,eu-west-1,ap-south-1";
     let prune = ["--deployments", without.to_str().unwrap(), "--bucket", "imgs", "--regions", regions, "--keep", "1"];
+    let hash_of = |entry: &str| entry.split('-').next().unwrap().to_string();
     // (Run from another machine: an entry the local store holds keeps its S3 copy.)
     let elsewhere = d.path().join("elsewhere");
     let (plan, _) = support::aws_ok(&moto.url, &elsewhere, "prune", &prune);
     assert_eq!(plan["applied"], false);
     assert!(amis_by_name(&moto).contains_key(&names[second]), "a plan changes nothing");
+    // The release channel still names fullsync's AMIs: launch templates that
+    // resolve it would break, so its build stays until the channel goes.
+    let why = plan["kept"].to_string();
+    assert!(why.contains(&hash_of(second)) && why.contains("SSM parameter /fleet/full/ami"), "{plan}");
+    moto.py(
+        "for r in ['us-east-1','us-east-2']: boto3.client('ssm', region_name=r, **kw).delete_parameter(Name='/fleet/full/ami')",
+    );
+    let (plan, _) = support::aws_ok(&moto.url, &elsewhere, "prune", &prune);
+    assert!(!plan["kept"].to_string().contains(&hash_of(second)), "{plan}");
     let (done, _) = support::aws_ok(&moto.url, &elsewhere, "prune", &[&prune[..], &["--yes"]].concat());
     assert_eq!(done["applied"], true, "{done}");
     let held = amis_by_name(&moto);
     assert_eq!(held.len(), 1, "{held:?}");
     assert_eq!(held[&names[first]], ["us-east-1", "eu-west-1", "ap-south-1"]);
-    let hash_of = |entry: &str| entry.split('-').next().unwrap().to_string();
     let snapshots = moto.py(
         "print(json.dumps([t['Value'] for r in ['us-east-1','us-east-2'] for s in ec2(r).describe_snapshots(OwnerIds=['self'])['Snapshots'] for t in s.get('Tags', []) if t['Key'] == 'imgd:hash']))",
     );
@@ -190,6 +216,15 @@ fn a_bad_deployments_file_is_named_with_its_line_and_nothing_is_called() {
             && stderr.contains("`us-east-7` is not an AWS region name"),
         "{stderr}"
     );
+    // One release channel for two images that share us-east-1: refused
+    // before anything is built or called.
+    std::fs::write(&fleet, FLEET).unwrap();
+    let args = ["--deployments", fleet.to_str().unwrap(), "--bucket", "imgs", "--ssm-parameter", "/fleet/ami"];
+    let out = support::aws(&moto.url, &d.path().join("store"), "sync", &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("both run in us-east-1: one channel there cannot point at both"), "{stderr}");
+    assert!(!d.path().join("store").exists() || std::fs::read_dir(d.path().join("store")).unwrap().count() == 0);
     // Both a profile and a deployments file: which one is meant?
     let out = support::aws(
         &moto.url,

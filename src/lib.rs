@@ -6,6 +6,7 @@
 
 pub mod artifact;
 pub mod build;
+pub mod compose;
 pub mod config;
 pub mod debian;
 pub mod dirs;

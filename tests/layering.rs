@@ -25,7 +25,7 @@ const IMGD_LAYERS: &[&[&str]] = &[
     // The binary: flags -> library call -> print.
     &["cmd"],
     // What runs machines or serves them.
-    &["serve", "qemu"],
+    &["serve", "qemu", "compose"],
     // The pipeline as one call: hash -> cache hit / fetch / build -> commit -> sign.
     &["build"],
     &["sign"],

@@ -210,8 +210,9 @@ pub fn find_profile(root: &Path, arg: &str) -> Result<PathBuf, ConfigError> {
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.strip_suffix(".toml").map(str::to_string))
-        // Deployments files live beside the profiles; they are not profiles.
-        .filter(|n| !n.ends_with(".deploy"))
+        // Deployments and composition files live beside the profiles; they
+        // are not profiles.
+        .filter(|n| !n.ends_with(".deploy") && !n.ends_with(".compose"))
         .collect();
     known.sort();
     Err(ConfigError::new(
@@ -383,7 +384,11 @@ const MAX_SET_DEPTH: usize = 8;
 
 /// `--set a.b=value`: the value is read as TOML (`3`, `true`, `["x"]`) and
 /// taken as a plain string when it is not valid TOML.
-fn apply_set(table: &mut Table, set: &str, origins: &mut BTreeMap<String, Origin>) -> Result<(), ConfigError> {
+pub(super) fn apply_set(
+    table: &mut Table,
+    set: &str,
+    origins: &mut BTreeMap<String, Origin>,
+) -> Result<(), ConfigError> {
     let err = |m: &str| ConfigError::new("--set", m.to_string()).key(set.to_string());
     let (key, raw) = set.split_once('=').ok_or_else(|| err("expected KEY=VALUE"))?;
     let key = key.trim();

@@ -1,6 +1,7 @@
 //! Profiles and hardware files: schema, layered loading, and resolution into a
 //! [`Recipe`], the complete and checked description of one build.
 
+pub mod composition;
 pub mod deployments;
 pub mod error;
 pub mod hardware;

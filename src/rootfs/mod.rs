@@ -4,6 +4,7 @@
 pub mod customize;
 pub mod debian_base;
 pub mod kernel;
+pub mod node_stage;
 pub mod tree;
 
 use crate::config::recipe::{Base, Kernel, Recipe};

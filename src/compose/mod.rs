@@ -1,0 +1,339 @@
+//! `imgd compose`: the machines of a composition booted together in qemu on
+//! private networks (imgd's own switch), and its steps run against them.
+//!
+//! Each machine boots its role's iPXE kernel and initrd (the RAM root every
+//! node of a role shares, without a disk copy each) with the node stage as
+//! `rdinit` (`rootfs::node_stage`), so the image under test is the shipped
+//! one: the stage reads its name, addresses and hosts from the command line
+//! and serves commands on a virtio-serial port only these VMs have.
+
+pub mod switch;
+pub mod vm;
+
+use crate::config::composition::{Action, Composition, Step};
+use crate::config::hardware::QemuSpec;
+use crate::config::types::{Arch, Firmware};
+use crate::qemu::{self, Accel, BootSource, Machine};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use switch::Switch;
+use vm::Vm;
+
+/// What a role boots: its entry's kernel and initrd, on its hardware.
+#[derive(Debug, Clone)]
+pub struct RoleImage {
+    pub entry: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The profile's own command line (console, panic, ...).
+    pub cmdline: String,
+    pub arch: Arch,
+    pub firmware: Firmware,
+    pub qemu: QemuSpec,
+}
+
+/// A composition running: its switch and one VM per machine.
+pub struct Running<'a> {
+    comp: &'a Composition,
+    dir: PathBuf,
+    switch: Switch,
+    commands: Vec<Command>,
+    vms: Vec<Option<Vm>>,
+    starts: Vec<u32>,
+}
+
+/// One step's outcome, for the report.
+#[derive(Debug, Serialize)]
+pub struct StepReport {
+    pub step: usize,
+    pub line: usize,
+    pub what: String,
+    pub nodes: Vec<String>,
+    pub seconds: f64,
+}
+
+/// A step that did not pass: which node, which step, and its console's tail.
+#[derive(Debug)]
+pub struct StepFailed {
+    pub step: usize,
+    pub line: usize,
+    pub node: Option<String>,
+    pub reason: String,
+    pub log: Option<PathBuf>,
+    pub tail: String,
+}
+
+impl std::fmt::Display for StepFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "step {} (line {})", self.step + 1, self.line)?;
+        if let Some(n) = &self.node {
+            write!(f, " on {n}")?;
+        }
+        write!(f, ": {}", self.reason)?;
+        if let Some(log) = &self.log {
+            write!(f, "\n--- last lines of {} ---\n{}", log.display(), self.tail)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for StepFailed {}
+
+/// The MAC of machine `node` on network `net`: locally administered, stable.
+pub fn mac(net: usize, node: usize) -> String {
+    format!("52:54:00:{net:02x}:{:02x}:{:02x}", node >> 8, node & 0xff)
+}
+
+impl<'a> Running<'a> {
+    /// Starts the switch and every machine (`images` per role) with its
+    /// console logged in `dir` (a private folder the caller owns).
+    pub fn up(comp: &'a Composition, images: &[RoleImage], accel: Accel, dir: &Path) -> Result<Running<'a>> {
+        let members: Vec<Vec<usize>> = (0..comp.networks.len())
+            .map(|net| (0..comp.nodes.len()).filter(|&n| comp.nodes[n].addrs.iter().any(|a| a.0 == net)).collect())
+            .collect();
+        let (switch, links) = Switch::start(dir, &members)?;
+        let mut commands = Vec::new();
+        for (i, node) in comp.nodes.iter().enumerate() {
+            let img = &images[node.role];
+            let mut spec = img.qemu.clone();
+            if let Some(m) = comp.roles[node.role].memory_mib {
+                spec.memory_mib = m;
+            }
+            let m =
+                Machine { arch: img.arch, firmware: img.firmware, qemu: &spec, accel, ssh: None, secure_boot: None };
+            let cmdline = format!(
+                "rdinit={} imgd.init=/init {} {}",
+                crate::rootfs::node_stage::PATH,
+                img.cmdline,
+                comp.kernel_args(node, |net| mac(net, i))
+            );
+            let src = BootSource::Direct { kernel: img.kernel.clone(), initrd: img.initrd.clone(), cmdline };
+            let scratch = dir.join(format!("vm-{}", node.name));
+            std::fs::create_dir(&scratch)?;
+            let mut c = qemu::command(&m, &src, &scratch)?;
+            for (net, _) in &node.addrs {
+                let l = &links[&(*net, i)];
+                c.arg("-netdev").arg(format!(
+                    "dgram,id=c{net},local.type=unix,local.path={},remote.type=unix,remote.path={}",
+                    l.qemu.display(),
+                    l.switch.display()
+                ));
+                c.arg("-device").arg(format!("{},netdev=c{net},mac={}", spec.nic, mac(*net, i)));
+            }
+            c.args(["-device", "virtio-serial-pci"]);
+            c.arg("-chardev").arg(format!("socket,id=agent,path={},server=on,wait=off", agent_path(dir, i).display()));
+            c.args(["-device", "virtserialport,chardev=agent,name=org.imgd.agent"]);
+            commands.push(c);
+        }
+        let mut run = Running {
+            comp,
+            dir: dir.to_path_buf(),
+            switch,
+            vms: comp.nodes.iter().map(|_| None).collect(),
+            starts: vec![0; comp.nodes.len()],
+            commands,
+        };
+        for i in 0..comp.nodes.len() {
+            run.start(i)?;
+        }
+        Ok(run)
+    }
+
+    fn start(&mut self, i: usize) -> Result<()> {
+        let name = &self.comp.nodes[i].name;
+        self.starts[i] += 1;
+        let log = match self.starts[i] {
+            1 => self.dir.join(format!("{name}.log")),
+            n => self.dir.join(format!("{name}.{n}.log")),
+        };
+        let _ = std::fs::remove_file(agent_path(&self.dir, i));
+        let _ = std::fs::remove_file(self.dir.join(format!("vm-{name}/OVMF_VARS.fd")));
+        self.vms[i] = Some(Vm::start(name, &self.commands[i], &log, &agent_path(&self.dir, i))?);
+        tracing::info!(node = %name, "started");
+        Ok(())
+    }
+
+    /// The folder holding the consoles' logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn vm(&mut self, name: &str) -> Option<&mut Vm> {
+        let i = self.comp.nodes.iter().position(|n| n.name == name)?;
+        self.vms[i].as_mut()
+    }
+
+    /// Runs every step in order; the first that fails ends the run.
+    pub fn run_steps(&mut self, on_done: &mut dyn FnMut(&StepReport)) -> Result<Vec<StepReport>, StepFailed> {
+        let mut reports = Vec::new();
+        for (k, step) in self.comp.steps.iter().enumerate() {
+            let t = Instant::now();
+            self.step(k, step)?;
+            let r = StepReport {
+                step: k + 1,
+                line: step.line,
+                what: describe(&step.action),
+                nodes: step.on.clone(),
+                seconds: t.elapsed().as_secs_f64(),
+            };
+            on_done(&r);
+            reports.push(r);
+        }
+        Ok(reports)
+    }
+
+    fn step(&mut self, k: usize, step: &Step) -> Result<(), StepFailed> {
+        let fail = |node: Option<&str>, reason: String| StepFailed {
+            step: k,
+            line: step.line,
+            node: node.map(str::to_string),
+            reason,
+            log: None,
+            tail: String::new(),
+        };
+        let index = |name: &str| self.comp.nodes.iter().position(|n| n.name == name);
+        match &step.action {
+            Action::Partition(groups) => {
+                let groups: Vec<Vec<usize>> =
+                    groups.iter().map(|g| g.iter().filter_map(|n| index(n)).collect()).collect();
+                self.switch.partition(&groups);
+                return Ok(());
+            }
+            Action::Heal => {
+                self.switch.heal();
+                return Ok(());
+            }
+            Action::Kill => {
+                for n in &step.on {
+                    if let Some(vm) = index(n).and_then(|i| self.vms[i].as_mut()) {
+                        vm.kill();
+                    }
+                }
+                return Ok(());
+            }
+            Action::Start => {
+                for n in &step.on {
+                    let i = index(n).ok_or_else(|| fail(Some(n), "no such machine".into()))?;
+                    if self.vms[i].as_mut().is_some_and(Vm::running) {
+                        continue;
+                    }
+                    self.start(i).map_err(|e| fail(Some(n), format!("{e:#}")))?;
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        // The rest run on each chosen machine at once.
+        let chosen: Vec<usize> = step.on.iter().filter_map(|n| index(n)).collect();
+        let mut vms: Vec<&mut Vm> = Vec::new();
+        for (i, vm) in self.vms.iter_mut().enumerate() {
+            if chosen.contains(&i) {
+                match vm {
+                    Some(v) => vms.push(v),
+                    None => return Err(fail(Some(&self.comp.nodes[i].name), "the machine is stopped (kill)".into())),
+                }
+            }
+        }
+        // Each machine's part at once; the first failure (in machine order) is reported.
+        let failures: Vec<StepFailed> = std::thread::scope(|s| {
+            let handles: Vec<_> = vms
+                .into_iter()
+                .map(|vm| {
+                    let action = &step.action;
+                    s.spawn(move || {
+                        act(vm, action, step.timeout).err().map(|e| StepFailed {
+                            log: Some(vm.log.clone()),
+                            tail: vm.tail(30),
+                            ..fail(Some(&vm.name), format!("{e:#}"))
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().unwrap_or_else(|_| Some(fail(None, "panicked".into()))))
+                .collect()
+        });
+        match failures.into_iter().next() {
+            Some(f) => Err(f),
+            None => Ok(()),
+        }
+    }
+}
+
+fn agent_path(dir: &Path, node: usize) -> PathBuf {
+    dir.join(format!("a{node}"))
+}
+
+/// One machine's part of a step.
+fn act(vm: &mut Vm, action: &Action, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    match action {
+        Action::Console(text) => vm.wait_console(text, timeout),
+        Action::Run { cmd, expect } => {
+            let out = vm.exec(cmd, timeout)?;
+            check(&out, cmd, expect.as_deref())
+        }
+        Action::Fail(cmd) => {
+            let out = vm.exec(cmd, timeout)?;
+            if out.status == 0 {
+                bail!("`{cmd}` passed but must fail; it printed: {}", out.text.trim());
+            }
+            Ok(())
+        }
+        Action::Until { cmd, expect } => {
+            let mut last;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                last = match vm.exec(cmd, left.max(Duration::from_secs(1))) {
+                    Ok(out) => match check(&out, cmd, expect.as_deref()) {
+                        Ok(()) => return Ok(()),
+                        Err(e) => e,
+                    },
+                    Err(e) => e,
+                };
+                if Instant::now() + Duration::from_millis(500) >= deadline {
+                    return Err(last.context(format!("still failing after {}s", timeout.as_secs())));
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        Action::Partition(_) | Action::Heal | Action::Kill | Action::Start => Ok(()),
+    }
+}
+
+fn check(out: &vm::Output, cmd: &str, expect: Option<&str>) -> Result<()> {
+    if out.status != 0 {
+        bail!("`{cmd}` exited {}: {}", out.status, out.text.trim());
+    }
+    if let Some(e) = expect {
+        if !out.text.contains(e) {
+            bail!("`{cmd}` printed {:?}, not containing {e:?}", out.text.trim());
+        }
+    }
+    Ok(())
+}
+
+pub fn describe(a: &Action) -> String {
+    match a {
+        Action::Console(t) => format!("console {t:?}"),
+        Action::Run { cmd, .. } => format!("run {cmd:?}"),
+        Action::Until { cmd, .. } => format!("until {cmd:?}"),
+        Action::Fail(cmd) => format!("fail {cmd:?}"),
+        Action::Partition(g) => format!("partition {g:?}"),
+        Action::Heal => "heal".into(),
+        Action::Kill => "kill".into(),
+        Action::Start => "start".into(),
+    }
+}
+
+/// Whether `name` exists at all, for a clearer error than a missing VM.
+pub fn require_node<'c>(comp: &'c Composition, name: &str) -> Result<&'c crate::config::composition::Node> {
+    comp.node(name).with_context(|| {
+        let names: Vec<&str> = comp.nodes.iter().map(|n| n.name.as_str()).collect();
+        format!("no machine `{name}` in {} (machines: {})", comp.path.display(), names.join(", "))
+    })
+}

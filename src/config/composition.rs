@@ -30,6 +30,7 @@
 //! groups of nodes), `heal`, `kill` and `start` (a node's VM); each with
 //! `timeout` (default 60s).
 
+use super::deployments::relative_to;
 use super::error::{from_toml, ConfigError};
 use super::load::{apply_set, find_profile, locate_in};
 use ipnet::Ipv4Net;
@@ -522,15 +523,6 @@ fn seconds(s: &str) -> Option<Duration> {
         _ => return None,
     };
     (1..=86_400).contains(&secs).then(|| Duration::from_secs(secs))
-}
-
-/// A path written in the file, relative to its folder; a bare name stays a name.
-fn relative_to(s: &str, here: &Path) -> String {
-    if s.contains('/') && !s.starts_with('/') {
-        here.join(s).to_string_lossy().into_owned()
-    } else {
-        s.to_string()
-    }
 }
 
 #[cfg(test)]

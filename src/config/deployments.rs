@@ -191,7 +191,7 @@ fn profile_path(profile: &str, here: &Path, root: &Path) -> Result<String, Strin
 }
 
 /// A path written in the file, relative to its folder; a bare name stays a name.
-fn relative_to(s: &str, here: &Path) -> String {
+pub(super) fn relative_to(s: &str, here: &Path) -> String {
     if s.contains('/') && !s.starts_with('/') {
         here.join(s).to_string_lossy().into_owned()
     } else {

@@ -32,6 +32,8 @@ enum Command {
     Run(cmd::run::RunArgs),
     /// Boot a profile's artifacts headless in qemu and wait for its marker.
     Test(cmd::test::TestArgs),
+    /// Boot, test and deploy a composition: a server and N nodes on private networks.
+    Compose(cmd::compose::ComposeArgs),
     /// Serve netboot scripts and artifacts to iPXE over HTTP.
     Serve(cmd::serve::ServeArgs),
     /// Copy stdin/stdout to a TCP address (used by qemu's guestfwd in netboot tests).
@@ -89,6 +91,7 @@ fn main() {
         Command::Sign(a) => cmd::sign::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Compose(a) => cmd::compose::run(a),
         Command::Relay { addr } => imgd::qemu::relay(addr),
         #[cfg(feature = "aws")]
         Command::Sync(a) => match &a.deployments {

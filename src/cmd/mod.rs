@@ -1,6 +1,7 @@
 //! One module per subcommand, each with its clap arguments and its `run`.
 
 pub mod build;
+pub mod compose;
 #[cfg(feature = "aws")]
 pub mod deploy;
 pub mod fetch;

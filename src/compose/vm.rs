@@ -19,7 +19,13 @@ pub struct Vm {
     child: Child,
     console: Arc<(Mutex<Console>, Condvar)>,
     pub log: PathBuf,
-    agent: PathBuf,
+    agent: Agent,
+}
+
+/// A client of a node stage's command port (a qemu unix socket).
+pub struct Agent {
+    name: String,
+    path: PathBuf,
     conn: Option<BufReader<UnixStream>>,
     seq: u64,
 }
@@ -52,15 +58,7 @@ impl Vm {
             pump(out, console.clone(), logf.clone(), "");
             pump(err, console.clone(), logf, "[qemu] ");
         }
-        Ok(Vm {
-            name: name.to_string(),
-            child,
-            console,
-            log: log.to_path_buf(),
-            agent: agent.to_path_buf(),
-            conn: None,
-            seq: 0,
-        })
+        Ok(Vm { name: name.to_string(), child, console, log: log.to_path_buf(), agent: Agent::new(name, agent) })
     }
 
     /// Waits for `text` anywhere on the console since boot.
@@ -92,6 +90,28 @@ impl Vm {
 
     /// Runs `script` with `sh` in the guest, at most `timeout`.
     pub fn exec(&mut self, script: &str, timeout: Duration) -> Result<Output> {
+        self.agent.exec(script, timeout)
+    }
+
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Stops qemu at once (a power cut, as `kill` steps want).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.agent.conn = None;
+    }
+}
+
+impl Agent {
+    pub fn new(name: &str, path: &Path) -> Agent {
+        Agent { name: name.to_string(), path: path.to_path_buf(), conn: None, seq: 0 }
+    }
+
+    /// Runs `script` with `sh` in the guest, at most `timeout`.
+    pub fn exec(&mut self, script: &str, timeout: Duration) -> Result<Output> {
         let deadline = Instant::now() + timeout;
         self.connect(deadline)?;
         let secs = timeout.as_secs().max(1);
@@ -105,10 +125,10 @@ impl Vm {
             return Ok(());
         }
         let stream = loop {
-            match UnixStream::connect(&self.agent) {
+            match UnixStream::connect(&self.path) {
                 Ok(s) => break s,
                 Err(e) if Instant::now() >= deadline => {
-                    bail!("cannot reach the command port of {} ({}): {e}", self.name, self.agent.display())
+                    bail!("cannot reach the command port of {} ({}): {e}", self.name, self.path.display())
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
@@ -158,17 +178,6 @@ impl Vm {
             let bytes = b64.decode(parts.next().unwrap_or("")).context("a malformed answer")?;
             return Ok(Output { status, text: String::from_utf8_lossy(&bytes).into_owned() });
         }
-    }
-
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Stops qemu at once (a power cut, as `kill` steps want).
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.conn = None;
     }
 }
 

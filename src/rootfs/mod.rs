@@ -53,6 +53,7 @@ pub fn assemble(recipe: &Recipe, work: &Path, remote: Option<&dyn crate::store::
     }
     customize::skeleton(&mut tree)?;
     customize::boot_entry(&mut tree, &recipe.init)?;
+    node_stage::install(&mut tree, &boot_modules)?;
     customize::users(&mut tree, recipe)?;
     if let Some(h) = &recipe.hostname {
         customize::hostname(&mut tree, h)?;

@@ -12,6 +12,7 @@ mod build;
 mod checkers;
 mod cli;
 mod common;
+mod compose;
 mod corpus;
 mod debian;
 mod errors;

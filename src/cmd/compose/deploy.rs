@@ -90,7 +90,7 @@ pub fn deploy(d: &DeployArgs) -> Result<()> {
         tarball(&store, &img.entry, &role.name, &d.out)?;
     }
     eprintln!(
-        "imgd compose deploy: {} machines in {}; boot them with `imgd serve --machines {}`",
+        "imgd compose deploy: {} machines in {}; boot them with `imgd serve --config {}`",
         listed.len(),
         d.out.join("machines.toml").display(),
         d.out.join("machines.toml").display()

@@ -28,8 +28,13 @@ fn state_file(file: &Path) -> Result<PathBuf> {
     Ok(imgd::dirs::cache().join("compose").join(format!("{}.json", hex::encode(&key[..8]))))
 }
 
+/// Whether `pid` runs (a zombie, exited but not yet reaped by its parent, does not).
 fn alive(pid: i32) -> bool {
-    rustix::process::Pid::from_raw(pid).is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, None | Some("Z" | "X"))
 }
 
 /// The state of `file`'s running composition. The file is only trusted as
@@ -73,8 +78,9 @@ pub fn up(c: &Common) -> Result<()> {
     std::fs::write(&tmp, serde_json::to_vec(&state)?)?;
     std::fs::rename(&tmp, &path)?;
     let f = c.file.display();
-    eprintln!("imgd compose: {} up ({}, {accel:?}); consoles in {}", f, names(&comp), dir.path().display());
-    eprintln!("imgd compose: `imgd compose exec {f} NODE CMD`, `imgd compose connect {f}`; Ctrl-C or `imgd compose down {f}` stops it");
+    // On stdout: what a script that started `up` waits for.
+    println!("imgd compose: {} up ({}, {accel:?}); consoles in {}", f, names(&comp), dir.path().display());
+    println!("imgd compose: `imgd compose exec {f} NODE CMD`, `imgd compose connect {f}`; Ctrl-C or `imgd compose down {f}` stops it");
     wait_for_stop()?;
     drop(running);
     let _ = std::fs::remove_file(&path);

@@ -519,3 +519,64 @@ fn an_interface_that_is_not_here_is_named_in_the_error() {
     assert!(stderr.contains("--proxy-dhcp no-such-if0: no interface with that name or IPv4 address here"), "{stderr}");
     assert!(stderr.contains("lo (127.0.0.1)"), "the interfaces it has are listed: {stderr}");
 }
+
+/// A DHCP client in the site's namespace (across the veth, as a machine on
+/// the segment): sends every packet of `bad` (hex), then a good PXE DISCOVER
+/// until an OFFER with its xid comes back (bounded), and says `OFFER` or `NONE`.
+const DHCP_CLIENT: &str = r#"
+import socket, struct, sys, time
+def discover(xid, op=1, htype=1, hlen=6, hops=0):
+    h = struct.pack('!BBBBIHH4s4s4s4s16s64s128s', op, htype, hlen, hops, xid, 0, 0x8000, bytes(4), bytes(4),
+                    bytes(4), bytes(4), bytes.fromhex('525400aabb01') + bytes(10), bytes(64), bytes(128))
+    o = bytes([99, 130, 83, 99, 53, 1, 1, 60, 20]) + b'PXEClient:Arch:00007' + bytes([93, 2, 0, 7, 97, 17, 0])
+    return h + o + bytes(range(1, 17)) + bytes([255])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b'eth0')  # no route: broadcast out of the LAN's port
+s.bind(('0.0.0.0', 68))
+s.settimeout(0.3)
+bad = []
+for v in (0, 2, 3, 255): bad.append(discover(7, op=v))
+for v in (0, 6, 32, 255): bad.append(discover(7, htype=v))
+for v in (0, 5, 7, 16, 17, 64, 255): bad.append(discover(7, hlen=v))
+good = discover(7)
+for n in (0, 1, 4, 100, 235, 239, 240, 241): bad.append(good[:n])
+bad.append(bytes([255]) * 300)
+for p in bad:
+    s.sendto(p, ('255.255.255.255', 67))
+    s.sendto(p, (sys.argv[1], 4011))
+print('sent', len(bad) * 2, flush=True)
+end = time.time() + 15
+while time.time() < end:
+    s.sendto(discover(0x5eed), ('255.255.255.255', 67))
+    try:
+        while True:
+            r, _ = s.recvfrom(2048)
+            if len(r) > 8 and r[0] == 2 and struct.unpack('!I', r[4:8])[0] == 0x5eed:
+                print('OFFER'); sys.exit(0)
+    except socket.timeout:
+        pass
+print('NONE'); sys.exit(1)
+"#;
+
+#[test]
+fn proxy_dhcp_survives_out_of_range_header_fields_and_still_offers() {
+    let h = hello();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lan = Lan::new("dhcpfuzz");
+    let log = serve(&mut lan, &h.store, dir.path(), LAB, &[]);
+    let site = lan.site.clone();
+    let out = Command::new("timeout")
+        .args(["60", "ip", "netns", "exec", &site, "python3", "-c", DHCP_CLIENT, SERVER])
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(said.contains("OFFER"), "no OFFER after the bad packets: {said}\n{log}");
+    assert!(!log.contains("panicked") && !log.contains("proxyDHCP stopped"), "{log}");
+    let m = metrics(&lan);
+    // 24 bad packets, each on 67 and 4011: every one counted as left alone.
+    assert!(counter(&m, "imgd_proxydhcp_packets_total{client=\"ignored\",reply=\"malformed\"}") >= 46, "{m}");
+    assert!(counter(&m, "imgd_proxydhcp_packets_total{client=\"uefi_pxe\",reply=\"offer\"}") >= 1, "{m}");
+}

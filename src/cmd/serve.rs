@@ -4,8 +4,10 @@
 use super::StoreArgs;
 use anyhow::Context;
 use clap::Args;
+use imgd::serve::boot::loaders::Loaders;
 use imgd::serve::boot::state::{self, Sources, State};
 use imgd::serve::http::listener;
+use imgd::serve::http::supervise::supervise;
 use imgd::serve::{pxe, Options, Server};
 use ipnet::IpNet;
 use std::path::PathBuf;
@@ -152,20 +154,7 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
         let addr = tcp.local_addr()?;
         let server = Server::new(initial, opts);
         if let Some((cfg, loaders)) = pxe {
-            let proxy = pxe::ProxyDhcp::bind(std::sync::Arc::new(cfg.clone()))?;
-            let tftp = pxe::tftp(cfg.addr, pxe::TFTP_PORT, loaders, server.metrics.clone()).await?;
-            let (metrics, current) = (server.metrics.clone(), server.current());
-            tokio::spawn(async move {
-                if let Err(e) = proxy.run(metrics, current).await {
-                    tracing::error!("proxyDHCP stopped: {e:#}");
-                }
-            });
-            tokio::spawn(async move {
-                if let Err(e) = tftp.serve().await {
-                    tracing::error!("TFTP stopped: {e:#}");
-                }
-            });
-            eprintln!("imgd serve: proxyDHCP and TFTP on {} ({})", cfg.iface, cfg.addr);
+            start_pxe(cfg, loaders, &server).await?;
         }
         eprintln!("imgd serve: listening on http://{addr}");
         tracing::info!("serving {} group(s)", server.state().machines.groups.len());
@@ -194,4 +183,38 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
         server.listen(tcp, shutdown).await?;
         Ok(())
     })
+}
+
+/// proxyDHCP and TFTP, each kept running by a supervisor. Bound here first,
+/// so a port in use fails at start-up; bound again whenever a part has to
+/// be started afresh.
+async fn start_pxe(cfg: pxe::Config, loaders: Loaders, server: &Server) -> anyhow::Result<()> {
+    let cfg = std::sync::Arc::new(cfg);
+    let mut proxy = Some(pxe::ProxyDhcp::bind(cfg.clone())?);
+    let mut tftp = Some(pxe::tftp(cfg.addr, pxe::TFTP_PORT, loaders.clone(), server.metrics.clone()).await?);
+    let (metrics, current) = (server.metrics.clone(), server.current());
+    let c = cfg.clone();
+    tokio::spawn(supervise("proxydhcp", metrics.clone(), move || {
+        let (first, cfg, metrics, current) = (proxy.take(), c.clone(), metrics.clone(), current.clone());
+        async move {
+            let proxy = match first {
+                Some(p) => p,
+                None => pxe::ProxyDhcp::bind(cfg)?,
+            };
+            proxy.run(metrics, current).await
+        }
+    }));
+    let (metrics, addr) = (server.metrics.clone(), cfg.addr);
+    tokio::spawn(supervise("tftp", metrics.clone(), move || {
+        let (first, loaders, metrics) = (tftp.take(), loaders.clone(), metrics.clone());
+        async move {
+            let tftp = match first {
+                Some(t) => t,
+                None => pxe::tftp(addr, pxe::TFTP_PORT, loaders, metrics).await?,
+            };
+            tftp.serve().await.map_err(Into::into)
+        }
+    }));
+    eprintln!("imgd serve: proxyDHCP and TFTP on {} ({})", cfg.iface, cfg.addr);
+    Ok(())
 }

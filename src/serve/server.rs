@@ -285,9 +285,20 @@ impl Server {
                 None => text(StatusCode::NOT_FOUND, "not found\n"),
             },
             Route::Metrics => text(StatusCode::OK, self.metrics.render(&state.stale_metrics(), &self.chunks)),
-            Route::Healthz => text(StatusCode::OK, "ok\n"),
+            Route::Healthz => self.health(),
         };
         (endpoint, resp)
+    }
+
+    /// `/healthz`: 200 `ok`, or 503 naming each background part that is
+    /// down and why (it is being started again).
+    fn health(&self) -> Response<Body> {
+        let down = self.metrics.parts_down();
+        if down.is_empty() {
+            return text(StatusCode::OK, "ok\n");
+        }
+        let lines: String = down.iter().map(|(p, why)| format!("{p} down: {}\n", why.escape_debug())).collect();
+        text(StatusCode::SERVICE_UNAVAILABLE, lines)
     }
 
     fn script(body: String) -> Response<Body> {

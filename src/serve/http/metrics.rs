@@ -17,6 +17,15 @@ pub struct Metrics {
     pub active_transfers: AtomicI64,
     pub active_connections: AtomicI64,
     pub rejected_connections: AtomicU64,
+    /// Background parts (proxyDHCP, TFTP): why each is down, if it is, and
+    /// how often it was started again.
+    parts: Mutex<BTreeMap<&'static str, Part>>,
+}
+
+#[derive(Default)]
+struct Part {
+    down: Option<String>,
+    restarts: u64,
 }
 
 impl Metrics {
@@ -42,6 +51,26 @@ impl Metrics {
     /// A TFTP read request: the loader sent, or refused.
     pub fn tftp(&self, file: &'static str, outcome: &'static str) {
         *self.tftp.lock().unwrap_or_else(|p| p.into_inner()).entry((file, outcome)).or_default() += 1;
+    }
+
+    /// `part` runs (again).
+    pub fn part_up(&self, part: &'static str) {
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        let p = parts.entry(part).or_default();
+        if p.down.take().is_some() {
+            p.restarts += 1;
+        }
+    }
+
+    /// `part` stopped, for `why`.
+    pub fn part_down(&self, part: &'static str, why: &str) {
+        self.parts.lock().unwrap_or_else(|p| p.into_inner()).entry(part).or_default().down = Some(why.to_string());
+    }
+
+    /// The parts that are down now, and why.
+    pub fn parts_down(&self) -> Vec<(&'static str, String)> {
+        let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        parts.iter().filter_map(|(n, p)| Some((*n, p.down.clone()?))).collect()
     }
 
     /// Requests answered so far at `endpoint` with `status`.
@@ -84,6 +113,20 @@ impl Metrics {
             }
         }
         drop(tftp);
+        let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        if !parts.is_empty() {
+            s.push_str("# HELP imgd_part_up Whether a background part of the server (proxydhcp, tftp) runs.\n");
+            s.push_str("# TYPE imgd_part_up gauge\n");
+            for (n, p) in parts.iter() {
+                let _ = writeln!(s, "imgd_part_up{{part=\"{n}\"}} {}", u8::from(p.down.is_none()));
+            }
+            s.push_str("# HELP imgd_part_restarts_total Times a background part was started again after it stopped.\n");
+            s.push_str("# TYPE imgd_part_restarts_total counter\n");
+            for (n, p) in parts.iter() {
+                let _ = writeln!(s, "imgd_part_restarts_total{{part=\"{n}\"}} {}", p.restarts);
+            }
+        }
+        drop(parts);
         let gauge = |s: &mut String, name: &str, help: &str, kind: &str, v: String| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };

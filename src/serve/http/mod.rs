@@ -1,7 +1,7 @@
 //! The HTTP room: accept connections within limits ([`listener`], [`idle`]),
 //! answer ranges and conditionals ([`range`], [`respond`] with [`Body`]),
 //! stream files from the shared [`chunks`] cache ([`stream`]) and count it
-//! all ([`metrics`]). It knows nothing of machines or groups: the boot room
+//! all ([`metrics`]); keep the background parts running ([`supervise`]). It knows nothing of machines or groups: the boot room
 //! decides what a request means, this room sends the bytes.
 
 pub mod chunks;
@@ -11,5 +11,6 @@ pub mod metrics;
 pub mod range;
 pub mod respond;
 pub mod stream;
+pub mod supervise;
 
 pub use respond::Body;

@@ -118,9 +118,37 @@ impl BootFile {
     }
 }
 
-/// Parses and checks a packet from a client.
+/// BOOTP's fixed header (RFC 951) and DHCP's magic cookie (RFC 2131).
+const HEADER: usize = 236;
+const COOKIE: [u8; 4] = [99, 130, 83, 99];
+
+/// The fixed header's fields checked by hand, before any decoder sees the
+/// packet: dhcproto slices `chaddr` by the client's own `hlen` and panics
+/// on one over 16. A netboot client is an Ethernet BOOTREQUEST.
+fn check_header(bytes: &[u8]) -> Result<(), Ignored> {
+    let bad = |what: &str| Err(Ignored::Malformed(what.into()));
+    if bytes.len() < HEADER + COOKIE.len() {
+        return bad("shorter than a BOOTP header and the DHCP cookie");
+    }
+    if bytes[0] != 1 {
+        return bad("not a BOOTREQUEST");
+    }
+    if bytes[1] != 1 || bytes[2] != 6 {
+        return bad("not Ethernet (htype 1, hlen 6)");
+    }
+    if bytes[HEADER..HEADER + 4] != COOKIE {
+        return bad("no DHCP magic cookie");
+    }
+    Ok(())
+}
+
+/// Parses and checks a packet from a client. A decoder panic (a bug, on a
+/// packet nobody foresaw) costs that packet only.
 pub fn parse(bytes: &[u8]) -> Result<Request, Ignored> {
-    let msg = Message::decode(&mut Decoder::new(bytes)).map_err(|e| Ignored::Malformed(e.to_string()))?;
+    check_header(bytes)?;
+    let decoded = std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(bytes)))
+        .map_err(|_| Ignored::Malformed("the DHCP decoder failed on it".into()))?;
+    let msg = decoded.map_err(|e| Ignored::Malformed(e.to_string()))?;
     if msg.opcode() != Opcode::BootRequest {
         return Err(Ignored::Malformed("not a BOOTREQUEST".into()));
     }
@@ -312,6 +340,57 @@ mod tests {
         assert_eq!(parse(&arm), Err(Ignored::Architecture(11)));
         assert!(matches!(parse(b"\x01\x01\x06\x00garbage"), Err(Ignored::Malformed(_))));
         assert!(matches!(parse(&[]), Err(Ignored::Malformed(_))));
+    }
+
+    #[test]
+    fn out_of_range_header_fields_are_ignored_and_a_good_packet_still_parses() {
+        let good = packet(MessageType::Discover, Some(b"PXEClient:Arch:00007"), Some(7), None);
+        assert!(parse(&good).is_ok());
+        // Every value of each of the first four header bytes (op, htype, hlen, hops).
+        for field in 0..4 {
+            for v in 0..=255u8 {
+                let mut p = good.clone();
+                p[field] = v;
+                let r = parse(&p);
+                let fine = match field {
+                    0 => v == 1,
+                    1 => v == 1,
+                    2 => v == 6,
+                    _ => true,
+                };
+                assert_eq!(r.is_ok(), fine, "byte {field} = {v}: {r:?}");
+            }
+        }
+        // Every length, cut short.
+        for n in 0..good.len() {
+            let _ = parse(&good[..n]);
+        }
+        assert!(parse(&good).is_ok());
+    }
+
+    proptest::proptest! {
+        /// Any datagram: parse answers, never panics (a panic would take
+        /// the proxyDHCP task with it).
+        #[test]
+        fn any_datagram_is_answered_or_ignored(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..700)) {
+            let _ = parse(&bytes);
+        }
+
+        /// A real DISCOVER with any bytes anywhere changed, and any length.
+        #[test]
+        fn any_mutation_of_a_discover_is_answered_or_ignored(
+            edits in proptest::collection::vec((0usize..400, proptest::num::u8::ANY), 1..12),
+            cut in 0usize..400,
+        ) {
+            let mut p = packet(MessageType::Discover, Some(b"PXEClient:Arch:00007"), Some(7), None);
+            for (at, v) in edits {
+                if let Some(b) = p.get_mut(at) {
+                    *b = v;
+                }
+            }
+            p.truncate(cut.max(1));
+            let _ = parse(&p);
+        }
     }
 
     #[test]

@@ -177,3 +177,41 @@ fn a_base_assembled_again_offline_from_the_pool_is_bit_identical() {
         assert!(formats.contains(&f), "{f} compared: {formats:?}");
     }
 }
+
+/// A lock whose lines carry each other's files (two packages' SHA-256 and
+/// size swapped) is refused when the base is assembled, naming both: the
+/// hash ties a line to a file, the package's own control fields tie it to
+/// a package.
+#[test]
+fn a_lock_with_two_packages_files_swapped_is_refused_naming_both() {
+    let lock: toml::Table = std::fs::read_to_string(repo().join("profiles/debian.lock")).unwrap().parse().unwrap();
+    let mut lock = lock;
+    let pkgs = lock.get_mut("package").unwrap().as_array_mut().unwrap();
+    let find = |pkgs: &Vec<toml::Value>, n: &str| pkgs.iter().position(|p| p["name"].as_str() == Some(n)).unwrap();
+    let (a, b) = (find(pkgs, "bash"), find(pkgs, "coreutils"));
+    for key in ["sha256", "size"] {
+        let (va, vb) = (pkgs[a][key].clone(), pkgs[b][key].clone());
+        pkgs[a].as_table_mut().unwrap().insert(key.into(), vb);
+        pkgs[b].as_table_mut().unwrap().insert(key.into(), va);
+    }
+    let swapped = toml::to_string(&lock).unwrap();
+    let profile = std::fs::read_to_string(repo().join("profiles/debian.toml")).unwrap();
+    let p = project(&[("debian.toml", &profile), ("debian.lock", &swapped)]);
+    let d = tempfile::tempdir().unwrap();
+    // Its own cache (no cached base for this lock) sharing the package pool.
+    let own = scratch_cache(&d.path().join("cache"));
+    std::fs::create_dir_all(own.join("debian")).unwrap();
+    std::os::unix::fs::symlink(cache_dir().join("debian/pool"), own.join("debian/pool")).unwrap();
+    // Both packages are in the pool (the real lock's build put them there).
+    build(&d.path().join("real"), &["debian", "--format", "tar"]);
+    let out = imgd(&d.path().join("s"))
+        .env("IMGD_ROOT", p.path())
+        .env("IMGD_CACHE", &own)
+        .args(["build", "debian", "--format", "tar"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a swapped lock built: {err}");
+    assert!(err.contains("the lock line bash ") && err.contains("that is coreutils "), "{err}");
+    assert!(entries(&d.path().join("s")).is_empty(), "nothing in the store");
+}

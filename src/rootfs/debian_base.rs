@@ -262,6 +262,31 @@ pub fn remove_unused(cache: &Cache, unused: std::time::Duration, keep: &str) -> 
     removed
 }
 
+/// The SHA-256 ties a lock line to a file, not to a package: lines whose
+/// hashes were swapped, or a name pointed at another `.deb` of the set,
+/// would build "fine" and misname what the image holds. So the package's
+/// own control fields must be the line's name, version and architecture.
+fn is_what_its_line_says(control: &str, p: &crate::config::lock::Locked) -> Result<()> {
+    let field = |k: &str| {
+        control.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix(':').map(str::trim)).unwrap_or("").to_string()
+    };
+    let got = (field("Package"), field("Version"), field("Architecture"));
+    let want = (p.name.as_str(), p.version.as_str(), p.architecture.as_str());
+    if (got.0.as_str(), got.1.as_str(), got.2.as_str()) != want {
+        bail!(
+            "the lock line {} {} {} names a .deb (SHA-256 {}) that is {} {} {}: refused (was the lock edited? run `imgd lock`)",
+            want.0,
+            want.1,
+            want.2,
+            p.sha256,
+            got.0,
+            got.1,
+            got.2
+        );
+    }
+    Ok(())
+}
+
 /// A flat repository of exactly the locked files: hard links into the pool
 /// (same file system; a copy otherwise) and a `Packages` index written from
 /// each package's own control fields.
@@ -275,6 +300,7 @@ fn local_repo(lock: &Lock, pool: &Pool, repo: &Path) -> Result<()> {
         std::fs::hard_link(&src, &dst).or_else(|_| std::fs::copy(&src, &dst).map(|_| ()))?;
         let control = crate::tools::run(Command::new("dpkg-deb").arg("--field").arg(&dst))
             .with_context(|| format!("reading the control fields of {file}"))?;
+        is_what_its_line_says(&control, p)?;
         index.push_str(control.trim_end());
         index.push_str(&format!("\nFilename: ./{file}\nSize: {}\nSHA256: {}\n\n", p.size, p.sha256));
     }

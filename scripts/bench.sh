@@ -22,6 +22,10 @@
 #                            and peak RSS, beside coldsnap's published figures from EC2
 #   scripts/bench.sh debian  the locked debian profile: cold build, rebuild after a
 #                            profile change (cached base) vs mmdebstrap from the mirror
+#   scripts/bench.sh compose `imgd compose test profiles/hello.compose.toml` (server + 3
+#                            nodes up, 8 steps with a partition and heal, every VM
+#                            stopped) vs the same four VMs started by four hand-written
+#                            qemu commands (to their markers only); peak qemu RSS a node
 #   scripts/bench.sh all     every mode in turn
 #
 # Every figure also ends up as one line a script can compare between commits:
@@ -686,6 +690,75 @@ bench_debian() {
   fi
 }
 
+# The peak RSS (KiB) of any qemu whose command line mentions PATTERN, sampled
+# every 0.2 s into FILE until the sampler is killed.
+rss_sampler() {
+  local pattern=$1 file=$2 peak=0 p r
+  echo 0 > "$file"
+  while :; do
+    for p in $(pgrep -f "$pattern" || true); do
+      r=$(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+      [ "${r:-0}" -gt "$peak" ] && { peak=$r; echo "$peak" > "$file"; }
+    done
+    sleep 0.2
+  done
+}
+
+# Four hello VMs (256 MiB each) by hand: seconds until every console says ready.
+hand_four() {
+  local entry=$1 cmdline=$2 pids=() t0 t1 i n
+  t0=$(now)
+  for i in 0 1 2 3; do
+    setpriv --pdeathsig KILL -- qemu-system-x86_64 -machine q35 -cpu max -m 256 -smp 1 -accel tcg -display none \
+      -monitor none -serial stdio -no-reboot -nic none -kernel "$entry/vmlinuz" -initrd "$entry/initrd" \
+      -append "rdinit=/init $cmdline hand-four-$$" > "$tmp/hand$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for _ in $(seq 6000); do
+    n=$(grep -l IMGD-HELLO-READY "$tmp"/hand[0-3].log 2>/dev/null | wc -l)
+    [ "$n" -eq 4 ] && break
+    sleep 0.05
+  done
+  t1=$(now)
+  kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true
+  [ "$n" -eq 4 ] || { echo "hand boot of four failed, see $tmp/hand*.log" >&2; return 1; }
+  calc "$t1 - $t0"
+}
+
+bench_compose() {
+  need qemu-system-x86_64 "apt-get install qemu-system-x86"; need python3 "apt-get install python3"
+  export IMGD_STORE="$tmp/store"
+  "$imgd" build hello >/dev/null 2>&1
+  local entry; entry=$("$imgd" build hello --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["path"])')
+  local cmdline; cmdline=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["recipe"]["cmdline"])' "$entry/manifest.json")
+  local total=() boot=() hand=() rss=() i t0 t1 sampler
+  for i in $(seq "$runs"); do
+    rss_sampler 'qemu-system.*imgd-compose\.' "$tmp/rss" & sampler=$!
+    t0=$(now)
+    "$imgd" compose test profiles/hello.compose.toml --accel tcg --json > "$tmp/compose.json" 2> "$tmp/compose.err" \
+      || { kill "$sampler"; echo "imgd compose test failed:" >&2; tail -20 "$tmp/compose.err" >&2; return 1; }
+    t1=$(now)
+    kill "$sampler"; wait "$sampler" 2>/dev/null || true
+    total+=("$(calc "$t1 - $t0")")
+    rss+=("$(cat "$tmp/rss")")
+    # Step 1 waits for all four consoles: the boot part of the run.
+    boot+=("$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["steps"][0]["seconds"])' "$tmp/compose.json")")
+    hand+=("$(hand_four "$entry" "$cmdline")")
+  done
+  local mt mb mh mr
+  mt=$(printf '%s\n' "${total[@]}" | median); mb=$(printf '%s\n' "${boot[@]}" | median)
+  mh=$(printf '%s\n' "${hand[@]}" | median); mr=$(printf '%s\n' "${rss[@]}" | sort -n | tail -1)
+  echo "server + 3 hello nodes under TCG, median of $runs runs:"
+  printf '  %-44s %10s %10s %9s\n' "" "imgd" "by hand" "ratio"
+  printf '  %-44s %8.2f s %8.2f s %8.2fx\n' "four consoles ready" "$mb" "$mh" "$(calc "$mb / $mh")"
+  printf '  %-44s %8.2f s %10s\n' "whole test: up, 8 steps, every VM stopped" "$mt" "-"
+  printf '  %-44s %6d MiB\n' "peak qemu RSS of one node (256 MiB guest)" "$((mr / 1024))"
+  echo "  (goal: the whole test <= 60 s; by hand = four qemu commands to their markers, no network, no steps)"
+  figure boot4 "$mb" "$mh" s "$(calc "$mb / $mh")"
+  figure total "$mt" - s -
+  figure node_rss_mib "$(calc "$mr / 1024")" - MiB -
+}
+
 one() {
   what_now=$1
   case "$1" in
@@ -696,11 +769,12 @@ one() {
     sync) bench_sync ;;
     ebs) bench_ebs ;;
     debian) bench_debian ;;
-    *) echo "usage: $0 build|boot|serve|storm|sync|ebs|debian|all" >&2; exit 2 ;;
+    compose) bench_compose ;;
+    *) echo "usage: $0 build|boot|serve|storm|sync|ebs|debian|compose|all" >&2; exit 2 ;;
   esac
 }
 if [ "$what" = all ]; then
-  for m in build boot serve storm sync ebs debian; do one "$m"; done
+  for m in build boot serve storm sync ebs debian compose; do one "$m"; done
 else
   one "$what"
 fi

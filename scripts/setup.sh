@@ -28,6 +28,8 @@ packages=(
   b3sum                          # checks the manifest's BLAKE3 digests as a user would
   locales                        # a reproducibility test builds under another locale
   nginx-light wrk                # scripts/bench.sh serve: the server to compare with, the load
+  tmux                           # imgd compose connect: one pane per machine
+  tcpdump                        # reads imgd compose --pcap captures, as a user would
 )
 
 # arm64 package lists, to download the aarch64 test kernel and busybox.

@@ -59,6 +59,14 @@ fn bench_boot_runs_in_its_quick_form() {
 }
 
 #[test]
+fn bench_compose_runs_in_its_quick_form() {
+    let f = quick("compose");
+    assert!(*named(&f, "compose.boot4") > 0.0);
+    assert!(*named(&f, "compose.total") > *named(&f, "compose.boot4"));
+    assert!(*named(&f, "compose.node_rss_mib") > 0.0, "a node's qemu was sampled");
+}
+
+#[test]
 fn bench_serve_runs_in_its_quick_form() {
     let f = quick("serve");
     assert!(*named(&f, "serve.artifact_64c") > 0.0);

@@ -22,7 +22,7 @@ fn text(out: &Output) -> String {
 #[test]
 fn the_example_passes_partition_and_heal_and_stops_every_vm() {
     let h = hello();
-    let out = compose(&h.store, &["test", EXAMPLE, "--json"]);
+    let out = compose(&h.store, &["test", EXAMPLE, "--json", "--pcap"]);
     assert!(out.status.success(), "{}", text(&out));
     let report = json(&out);
     let machines: Vec<&str> = report["machines"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
@@ -36,9 +36,16 @@ fn the_example_passes_partition_and_heal_and_stops_every_vm() {
     assert_eq!(steps[5]["nodes"], serde_json::json!(["node2", "node3"]));
     assert!(what[6] == "heal" && what[7].starts_with("until"), "{what:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let logs = stderr.split("consoles in ").nth(1).and_then(|s| s.lines().next()).expect("log folder named");
-    assert!(!Path::new(logs).exists(), "a passing run removes its consoles: {logs}");
+    let logs =
+        stderr.split("consoles kept in ").nth(1).and_then(|s| s.lines().next()).expect("--pcap keeps the folder");
     assert_no_process_mentions(Path::new(logs));
+    // The capture, read by tcpdump: the nodes' HTTP requests to the server.
+    let cap = Path::new(logs).join("lan.pcap");
+    let http = tool("tcpdump", &["-nn", "-r", cap.to_str().unwrap(), "tcp dst port 8080 and dst host 10.77.0.1"]);
+    for node in ["10.77.0.2", "10.77.0.3", "10.77.0.4"] {
+        assert!(http.contains(&format!("IP {node}.")), "{node} asked the server: {http}");
+    }
+    std::fs::remove_dir_all(logs).unwrap();
 }
 
 #[test]
@@ -92,6 +99,7 @@ fn up_exec_and_down_reach_the_machines_from_other_processes() {
     assert_eq!(run(&["exec", f, "server", "exit 3"]).status.code(), Some(3));
     let t = text(&run(&["exec", f, "node9", "true"]));
     assert!(t.contains("no machine `node9`") && t.contains("server, node1"), "{t}");
+    connect_gives_a_shell_pane_per_machine(&h.store, &cache, f);
     let again = run(&["up", f]);
     assert!(text(&again).contains("is already up"), "{}", text(&again));
     let down = run(&["down", f]);
@@ -102,6 +110,7 @@ fn up_exec_and_down_reach_the_machines_from_other_processes() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_no_process_mentions(Path::new(&dir));
+    assert!(!Path::new(&dir).exists(), "a stopped composition leaves no folder behind: {dir}");
     assert!(text(&run(&["exec", f, "server", "true"])).contains("is not up"));
 }
 
@@ -172,4 +181,57 @@ fn deploy_writes_groups_that_imgd_serve_boots_with_each_nodes_identity() {
     let short = compose(&h.store, &args);
     assert_eq!(short.status.code(), Some(2), "{}", text(&short));
     assert!(text(&short).contains("3 machines listed, but") && text(&short).contains("4 nodes"), "{}", text(&short));
+}
+
+/// Stops a private tmux server however the test ends.
+struct Tmux(tempfile::TempDir);
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("tmux")
+            .env("TMUX_TMPDIR", self.0.path())
+            .env_remove("TMUX")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux").env("TMUX_TMPDIR", self.0.path()).arg("kill-server").status();
+    }
+}
+
+/// `connect` opens one pane per machine, each a shell on that machine.
+fn connect_gives_a_shell_pane_per_machine(store: &Path, cache: &Path, f: &str) {
+    let tmux = Tmux(tempfile::tempdir().unwrap());
+    let out = imgd(store)
+        .env("IMGD_CACHE", cache)
+        .env("TMUX_TMPDIR", tmux.0.path())
+        .env_remove("TMUX")
+        .args(["compose", "connect", f, "--no-attach"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let session = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let panes: Vec<String> =
+        tmux.cmd(&["list-panes", "-t", &session, "-F", "#{pane_id}"]).lines().map(str::to_string).collect();
+    assert_eq!(panes.len(), 2, "one pane per machine");
+    for p in &panes {
+        tmux.cmd(&["send-keys", "-t", p, "hostname", "Enter"]);
+    }
+    let end = Instant::now() + Duration::from_secs(60);
+    for name in ["server", "node1"] {
+        loop {
+            let shown: String = panes.iter().map(|p| tmux.cmd(&["capture-pane", "-p", "-t", p])).collect();
+            if shown.contains(&format!("{name}$ hostname\n{name}\n")) {
+                break;
+            }
+            assert!(Instant::now() < end, "no pane ran hostname on {name}:\n{shown}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }

@@ -89,12 +89,20 @@ pub fn mac(net: usize, node: usize) -> String {
 
 impl<'a> Running<'a> {
     /// Starts the switch and every machine (`images` per role) with its
-    /// console logged in `dir` (a private folder the caller owns).
-    pub fn up(comp: &'a Composition, images: &[RoleImage], accel: Accel, dir: &Path) -> Result<Running<'a>> {
+    /// console logged in `dir` (a private folder the caller owns); with
+    /// `pcap`, each network's frames go to `dir/NETWORK.pcap`.
+    pub fn up(
+        comp: &'a Composition,
+        images: &[RoleImage],
+        accel: Accel,
+        dir: &Path,
+        pcap: bool,
+    ) -> Result<Running<'a>> {
         let members: Vec<Vec<usize>> = (0..comp.networks.len())
             .map(|net| (0..comp.nodes.len()).filter(|&n| comp.nodes[n].addrs.iter().any(|a| a.0 == net)).collect())
             .collect();
-        let (switch, links) = Switch::start(dir, &members)?;
+        let captures: Vec<PathBuf> = comp.networks.iter().map(|n| dir.join(format!("{}.pcap", n.name))).collect();
+        let (switch, links) = Switch::start(dir, &members, pcap.then_some(captures.as_slice()))?;
         let mut commands = Vec::new();
         for (i, node) in comp.nodes.iter().enumerate() {
             let img = &images[node.role];

@@ -35,6 +35,43 @@ struct Network {
     ports: Vec<Port>,
     /// Source MAC -> port index, learned from frames.
     learned: Mutex<HashMap<[u8; 6], usize>>,
+    /// Every frame a machine sent, as the switch received it (before any
+    /// cut): a capture for Wireshark or tcpdump.
+    pcap: Option<Mutex<Pcap>>,
+}
+
+/// A classic pcap file (microsecond timestamps, Ethernet link type).
+struct Pcap(std::io::BufWriter<std::fs::File>);
+
+impl Pcap {
+    fn create(path: &Path) -> Result<Pcap> {
+        use std::io::Write;
+        let f = std::fs::File::options().write(true).create_new(true).open(path)?;
+        let mut w = std::io::BufWriter::new(f);
+        // magic, version 2.4, GMT offset, accuracy, snap length, LINKTYPE_ETHERNET.
+        for field in
+            [0xa1b2_c3d4u32.to_le_bytes(), [2, 0, 4, 0], [0; 4], [0; 4], 65_535u32.to_le_bytes(), 1u32.to_le_bytes()]
+        {
+            w.write_all(&field)?;
+        }
+        Ok(Pcap(w))
+    }
+
+    fn record(&mut self, frame: &[u8]) {
+        use std::io::Write;
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let len = (frame.len() as u32).to_le_bytes();
+        let head = [(t.as_secs() as u32).to_le_bytes(), t.subsec_micros().to_le_bytes(), len, len].concat();
+        // A capture that cannot be written is not worth stopping the network for.
+        let _ = self.0.write_all(&head).and_then(|()| self.0.write_all(frame));
+    }
+}
+
+impl Drop for Pcap {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let _ = self.0.flush();
+    }
 }
 
 /// Pairs of machines (lower index first) whose links are cut.
@@ -62,8 +99,9 @@ pub struct Link {
 
 impl Switch {
     /// Binds a port for each (network, machine) in `members` (machine
-    /// indexes per network) under `dir`, and starts forwarding.
-    pub fn start(dir: &Path, members: &[Vec<usize>]) -> Result<(Switch, Links)> {
+    /// indexes per network) under `dir`, and starts forwarding; with
+    /// `pcap`, network N's frames are captured to `pcap[N]`.
+    pub fn start(dir: &Path, members: &[Vec<usize>], pcap: Option<&[PathBuf]>) -> Result<(Switch, Links)> {
         let cuts: Arc<Cuts> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let forwarded = Arc::new(AtomicU64::new(0));
@@ -82,7 +120,11 @@ impl Switch {
                 ports.push(Port { node, sock, peer: link.qemu.clone() });
                 links.insert((net, node), link);
             }
-            let network = Arc::new(Network { ports, learned: Mutex::default() });
+            let pcap = match pcap.and_then(|p| p.get(net)) {
+                Some(path) => Some(Mutex::new(Pcap::create(path).with_context(|| path.display().to_string())?)),
+                None => None,
+            };
+            let network = Arc::new(Network { ports, learned: Mutex::default(), pcap });
             for i in 0..network.ports.len() {
                 let (network, cuts, stop) = (network.clone(), cuts.clone(), stop.clone());
                 let (fw, dr) = (forwarded.clone(), dropped.clone());
@@ -134,6 +176,9 @@ fn forward(net: &Network, from: usize, cuts: &Cuts, stop: &AtomicBool, forwarded
             _ => continue,
         };
         let frame = &buf[..n];
+        if let Some(p) = &net.pcap {
+            p.lock().unwrap_or_else(|e| e.into_inner()).record(frame);
+        }
         let (dst, src) = (mac(&frame[0..6]), mac(&frame[6..12]));
         let known = {
             let mut learned = net.learned.lock().unwrap_or_else(|e| e.into_inner());
@@ -193,7 +238,8 @@ mod tests {
     #[test]
     fn frames_follow_macs_and_a_partition_cuts_only_its_links() {
         let d = tempfile::tempdir().unwrap();
-        let (sw, links) = Switch::start(d.path(), &[vec![0, 1, 2]]).unwrap();
+        let cap = d.path().join("lan.pcap");
+        let (sw, links) = Switch::start(d.path(), &[vec![0, 1, 2]], Some(std::slice::from_ref(&cap))).unwrap();
         let vm: Vec<UnixDatagram> = (0..3)
             .map(|n| {
                 let l = &links[&(0, n)];
@@ -217,5 +263,18 @@ mod tests {
         vm[1].send(&frame(m(0), m(1), b"healed")).unwrap();
         assert_eq!(recv(&vm[0]).unwrap(), frame(m(0), m(1), b"healed"));
         assert_eq!(sw.dropped.load(Ordering::Relaxed), 1);
+        drop(sw);
+        // The capture: a pcap header, then every frame sent (the cut one too).
+        let pcap = std::fs::read(&cap).unwrap();
+        assert_eq!(&pcap[..4], &0xa1b2_c3d4u32.to_le_bytes());
+        let (mut at, mut frames) = (24, Vec::new());
+        while at + 16 <= pcap.len() {
+            let len = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
+            frames.push(pcap[at + 16..at + 16 + len].to_vec());
+            at += 16 + len;
+        }
+        assert_eq!(at, pcap.len());
+        assert_eq!(frames.len(), 5);
+        assert_eq!(frames[2], frame(m(0), m(1), b"cut"));
     }
 }

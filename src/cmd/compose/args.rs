@@ -27,6 +27,10 @@ pub struct Common {
     /// CPU emulation: auto uses KVM where a (cached) probe shows guests run.
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: Accel,
+    /// Capture every frame of each network to NETWORK.pcap beside the
+    /// consoles (kept, like the consoles, for Wireshark or tcpdump).
+    #[arg(long)]
+    pub pcap: bool,
 }
 
 #[derive(Args, Debug)]
@@ -45,6 +49,15 @@ pub struct TestArgs {
 pub struct Which {
     /// The composition file given to `imgd compose up`.
     pub file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ConnectArgs {
+    /// The composition file given to `imgd compose up`.
+    pub file: PathBuf,
+    /// Make the tmux session (its name on stdout) without attaching to it.
+    #[arg(long)]
+    pub no_attach: bool,
 }
 
 #[derive(Args, Debug)]

@@ -8,7 +8,7 @@ mod images;
 mod test;
 mod up;
 
-pub use args::{Common, DeployArgs, ExecArgs, TestArgs, Which};
+pub use args::{Common, ConnectArgs, DeployArgs, ExecArgs, TestArgs, Which};
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -40,7 +40,7 @@ pub enum Verb {
     /// Stop a composition that is `up`.
     Down(Which),
     /// Open tmux with one pane per machine of a composition that is `up`.
-    Connect(Which),
+    Connect(ConnectArgs),
     /// Write a machines.toml (and a rootfs tarball per role) that boots real
     /// machines, listed in a NODES file, as the composition's nodes.
     Deploy(DeployArgs),

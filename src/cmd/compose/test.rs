@@ -19,7 +19,7 @@ pub fn test(t: &TestArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let outcome = {
         // Every VM stops when `running` drops, whatever the outcome.
-        let mut running = Running::up(&comp, &images, accel, logs.path())?;
+        let mut running = Running::up(&comp, &images, accel, logs.path(), t.common.pcap)?;
         running.run_steps(&mut |r| {
             eprintln!(
                 "imgd compose: step {} (line {}) passed in {:.1}s: {} on {}",
@@ -42,7 +42,7 @@ pub fn test(t: &TestArgs) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             }
             eprintln!("imgd compose: {} steps passed on {} machines in {seconds:.1}s", reports.len(), comp.nodes.len());
-            if t.keep_logs {
+            if t.keep_logs || t.common.pcap {
                 eprintln!("imgd compose: consoles kept in {}", logs.keep().display());
             }
             Ok(())

@@ -3,7 +3,7 @@
 //! (`<cache>/compose/<hash of the file's path>.json`) naming `up`'s process
 //! and its private folder of consoles and command ports.
 
-use super::args::{Common, ExecArgs, Which};
+use super::args::{Common, ConnectArgs, ExecArgs, Which};
 use super::images::{build, names, private_dir, Built};
 use anyhow::{bail, Context, Result};
 use imgd::compose::vm::Agent;
@@ -67,7 +67,7 @@ pub fn up(c: &Common) -> Result<()> {
     }
     let Built { comp, images, accel } = build(c)?;
     let dir = private_dir("imgd-compose.")?;
-    let running = Running::up(&comp, &images, accel, dir.path())?;
+    let running = Running::up(&comp, &images, accel, dir.path(), c.pcap)?;
     let state = State {
         pid: std::process::id() as i32,
         dir: dir.path().to_path_buf(),
@@ -85,6 +85,9 @@ pub fn up(c: &Common) -> Result<()> {
     drop(running);
     let _ = std::fs::remove_file(&path);
     eprintln!("imgd compose: every machine stopped");
+    if c.pcap {
+        eprintln!("imgd compose: consoles and captures kept in {}", dir.keep().display());
+    }
     Ok(())
 }
 
@@ -138,7 +141,7 @@ pub fn down(w: &Which) -> Result<()> {
 }
 
 /// One tmux pane per machine, each a shell on its command port.
-pub fn connect(w: &Which) -> Result<()> {
+pub fn connect(w: &ConnectArgs) -> Result<()> {
     let state = running_state(&w.file)?;
     let exe = std::env::current_exe()?;
     let file = w.file.canonicalize()?;
@@ -161,12 +164,17 @@ pub fn connect(w: &Which) -> Result<()> {
     };
     let first = pane(&state.nodes[0]);
     tmux(&["new-session", "-d", "-s", &session, "-n", "compose", &first])?;
+    tmux(&["select-pane", "-t", &session, "-T", &state.nodes[0]])?;
     for n in &state.nodes[1..] {
         tmux(&["split-window", "-t", &session, &pane(n)])?;
+        tmux(&["select-pane", "-t", &session, "-T", n])?;
         tmux(&["select-layout", "-t", &session, "tiled"])?;
     }
     tmux(&["set-option", "-t", &session, "pane-border-status", "top"])?;
-    if std::env::var_os("TMUX").is_some() {
+    if w.no_attach {
+        println!("{session}");
+        Ok(())
+    } else if std::env::var_os("TMUX").is_some() {
         tmux(&["switch-client", "-t", &session])
     } else {
         tmux(&["attach-session", "-t", &session])
@@ -177,7 +185,7 @@ pub fn connect(w: &Which) -> Result<()> {
 pub fn shell(file: &Path, node: &str) -> Result<()> {
     use std::io::{BufRead, Write};
     let state = running_state(file)?;
-    let mut agent = agent(&state, file, node)?;
+    agent(&state, file, node)?;
     let stdin = std::io::stdin();
     loop {
         print!("{node}$ ");
@@ -189,7 +197,9 @@ pub fn shell(file: &Path, node: &str) -> Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        match agent.exec(&line, Duration::from_secs(600)) {
+        // A connection per command: qemu serves one client at a time, and a
+        // pane left open must not block `imgd compose exec`.
+        match agent(&state, file, node)?.exec(&line, Duration::from_secs(600)) {
             Ok(out) => {
                 print!("{}", out.text);
                 if out.status != 0 {

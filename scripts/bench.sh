@@ -715,7 +715,8 @@ hand_four() {
     pids+=($!)
   done
   for _ in $(seq 6000); do
-    n=$(grep -l IMGD-HELLO-READY "$tmp"/hand[0-3].log 2>/dev/null | wc -l)
+    n=0
+    for i in 0 1 2 3; do grep -q IMGD-HELLO-READY "$tmp/hand$i.log" 2>/dev/null && n=$((n + 1)); done
     [ "$n" -eq 4 ] && break
     sleep 0.05
   done

@@ -117,6 +117,18 @@ const LAB: &str = "[[group]]\nname = \"lab\"\nprofile = \"hello\"\ndefault = tru
 /// `imgd serve --proxy-dhcp br0` in the namespace with `machines` as its
 /// machines file; returns its log file (stderr), once it listens.
 fn serve(lan: &mut Lan, store: &Path, dir: &Path, machines: &str, extra: &[&str]) -> std::path::PathBuf {
+    serve_under(lan, store, dir, machines, extra, &[])
+}
+
+/// `serve` run by the command `wrap` (e.g. `prlimit --nofile=…`).
+fn serve_under(
+    lan: &mut Lan,
+    store: &Path,
+    dir: &Path,
+    machines: &str,
+    extra: &[&str],
+    wrap: &[&str],
+) -> std::path::PathBuf {
     let machines_text = machines;
     let machines = dir.join("machines.toml");
     std::fs::write(&machines, machines_text).unwrap();
@@ -127,7 +139,8 @@ fn serve(lan: &mut Lan, store: &Path, dir: &Path, machines: &str, extra: &[&str]
     let (store, machines) = (store.to_str().unwrap(), machines.to_str().unwrap());
     let root = repo();
     let (root_env, listen) = (format!("IMGD_ROOT={}", root.display()), format!("{SERVER}:8080"));
-    let mut args = vec![
+    let mut args = wrap.to_vec();
+    args.extend([
         "env",
         "RUST_LOG=info",
         &root_env,
@@ -141,7 +154,7 @@ fn serve(lan: &mut Lan, store: &Path, dir: &Path, machines: &str, extra: &[&str]
         &listen,
         "--proxy-dhcp",
         "br0",
-    ];
+    ]);
     args.extend(extra);
     let child = lan.spawn(&ns, &args, Stdio::from(f));
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -579,4 +592,57 @@ fn proxy_dhcp_survives_out_of_range_header_fields_and_still_offers() {
     // 24 bad packets, each on 67 and 4011: every one counted as left alone.
     assert!(counter(&m, "imgd_proxydhcp_packets_total{client=\"ignored\",reply=\"malformed\"}") >= 46, "{m}");
     assert!(counter(&m, "imgd_proxydhcp_packets_total{client=\"uefi_pxe\",reply=\"offer\"}") >= 1, "{m}");
+}
+
+/// 5,000 TFTP read requests from one address, each from a port of its own,
+/// none ever acknowledged, each asking for the longest timeout RFC 2349 allows.
+const TFTP_FLOOD: &str = r#"
+import socket, sys, time
+rrq = b'\x00\x01snponly.efi\x00octet\x00timeout\x00255\x00blksize\x001468\x00'
+for i in range(5000):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(rrq, (sys.argv[1], 69))
+    s.close()
+    time.sleep(0.0005)  # paced so the kernel drops none: every request reaches the server
+print('sent 5000', flush=True)
+"#;
+
+#[test]
+fn a_tftp_flood_under_4096_open_files_leaves_http_and_a_new_tftp_client_served() {
+    let h = hello();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lan = Lan::new("tftpflood");
+    let log = serve_under(&mut lan, &h.store, dir.path(), LAB, &[], &["prlimit", "--nofile=4096:4096", "--"]);
+    let site = lan.site.clone();
+    let flood = Command::new("timeout")
+        .args(["120", "ip", "netns", "exec", &site, "python3", "-c", TFTP_FLOOD, SERVER])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&flood.stdout).contains("sent 5000"), "{}", String::from_utf8_lossy(&flood.stderr));
+    // While the flood's transfers would still be waiting for ACKs: HTTP
+    // answers and a client at another address gets its loader, whole.
+    let ns = lan.ns.clone();
+    let curl = |args: &[&str]| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns, "curl", "-sS", "--max-time", "10"]).args(args);
+        c.output().unwrap()
+    };
+    let health = curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("http://{SERVER}:8080/healthz")]);
+    assert_eq!(String::from_utf8_lossy(&health.stdout), "200", "{}", String::from_utf8_lossy(&health.stderr));
+    let entry = h.manifest["name"].as_str().unwrap();
+    let kernel =
+        curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("http://{SERVER}:8080/artifacts/{entry}/vmlinuz")]);
+    assert_eq!(String::from_utf8_lossy(&kernel.stdout), "200");
+    let got = curl(&[&format!("tftp://{SERVER}/snponly.efi")]);
+    assert!(
+        got.stdout == std::fs::read("/usr/lib/ipxe/snponly.efi").unwrap(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    let m = metrics(&lan);
+    let busy = counter(&m, "imgd_tftp_requests_total{file=\"snponly.efi\",outcome=\"busy\"}");
+    let sent = counter(&m, "imgd_tftp_requests_total{file=\"snponly.efi\",outcome=\"sent\"}");
+    assert!(busy >= 4_000 && sent <= 4 + 1, "the flood's address got 4 transfers: busy {busy}, sent {sent}\n{m}");
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(!log.contains("Too many open files"), "{log}");
 }

@@ -684,8 +684,8 @@ fn under_a_low_open_files_limit_clients_beyond_it_get_503_not_a_hang() {
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--serve-all"]);
     let s = Serve::spawn(cmd);
     // The warning says why 10,000 connections do not fit: two descriptors each.
-    s.wait_log("--max-connections 10000 needs up to 20064 open files (a socket and an artifact file per");
-    s.wait_log("but the open-files limit is 256: serving at most 96 connections at once");
+    s.wait_log("--max-connections 10000 needs up to 20192 open files (a socket and an artifact file per");
+    s.wait_log("but the open-files limit is 256: serving at most 32 connections at once");
     let addr = s.base.trim_start_matches("http://").to_string();
     // More idle connections than 256 descriptors allow.
     let held: Vec<_> = (0..300).filter_map(|_| std::net::TcpStream::connect(&addr).ok()).collect();

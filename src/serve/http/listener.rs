@@ -11,9 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Descriptors kept back from connections: the listener, artifact files being
-/// read, logs, a reload's store scan.
-const RESERVED_FDS: u64 = 64;
+/// Descriptors kept back from connections: the listener, logs, a reload's
+/// store scan (64), and a socket for each TFTP transfer the PXE side may
+/// run at once (128, `pxe::tftp::TFTP_MAX_TRANSFERS`), so HTTP keeps
+/// accepting whatever TFTP clients do.
+pub const RESERVED_FDS: u64 = 64 + 128;
 
 /// Raises the open-files limit to its hard limit and returns how many
 /// connections fit in it: each may hold a socket and an open artifact. With

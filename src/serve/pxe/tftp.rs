@@ -3,17 +3,77 @@
 use crate::serve::boot::loaders::{Loader, Loaders};
 use crate::serve::http::metrics::Metrics;
 use anyhow::Context;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
+
+/// Transfers at once over all clients: each holds a socket (a file
+/// descriptor) for as long as its client keeps it going, and
+/// `listener::RESERVED_FDS` keeps room for them beside HTTP.
+pub const TFTP_MAX_TRANSFERS: usize = 128;
+/// Transfers at once from one client address: firmware fetches one loader
+/// at a time, so more is a flood (one laptop must not take the service).
+pub const TFTP_MAX_PER_CLIENT: usize = 4;
+const _: () = assert!(TFTP_MAX_TRANSFERS as u64 + 64 <= crate::serve::http::listener::RESERVED_FDS);
+
+/// Transfers in progress, in total and per client address.
+#[derive(Default)]
+struct Budget {
+    total: usize,
+    per_client: HashMap<IpAddr, usize>,
+}
+
+/// A loader's bytes, holding its place in the budget until the transfer
+/// ends (async-tftp drops the reader then, however it ends).
+struct Metered {
+    bytes: futures_lite::io::Cursor<bytes::Bytes>,
+    budget: Arc<Mutex<Budget>>,
+    client: IpAddr,
+}
+
+impl futures_lite::AsyncRead for Metered {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.bytes).poll_read(cx, buf)
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        let mut b = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        b.total = b.total.saturating_sub(1);
+        if let Some(n) = b.per_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                b.per_client.remove(&self.client);
+            }
+        }
+    }
+}
 
 /// Serves only the loaders, from memory: any other name is "file not
 /// found", and writes are refused. Counts in the server's metrics.
-struct LoaderFiles(Loaders, Arc<Metrics>);
+struct LoaderFiles(Loaders, Arc<Metrics>, Arc<Mutex<Budget>>);
+
+impl LoaderFiles {
+    /// A place for one more transfer from `client`, if the budget has one.
+    fn admit(&self, client: IpAddr) -> bool {
+        let mut b = self.2.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = b.per_client.get(&client).copied().unwrap_or(0);
+        if b.total >= TFTP_MAX_TRANSFERS || mine >= TFTP_MAX_PER_CLIENT {
+            return false;
+        }
+        b.total += 1;
+        b.per_client.insert(client, mine + 1);
+        true
+    }
+}
 
 impl async_tftp::server::Handler for LoaderFiles {
-    type Reader = futures_lite::io::Cursor<bytes::Bytes>;
+    type Reader = Metered;
     type Writer = futures_lite::io::Sink;
 
     async fn read_req_open(
@@ -26,11 +86,18 @@ impl async_tftp::server::Handler for LoaderFiles {
             self.1.tftp("-", "refused");
             return Err(async_tftp::packet::Error::FileNotFound);
         };
+        if !self.admit(client.ip()) {
+            // Debug, not info: a flood would otherwise flood the log too.
+            tracing::debug!(%client, "TFTP: busy ({TFTP_MAX_PER_CLIENT} per client, {TFTP_MAX_TRANSFERS} in all)");
+            self.1.tftp(l.file_name(), "busy");
+            return Err(async_tftp::packet::Error::Msg("busy, try again".into()));
+        }
         let b = self.0.get(l);
         self.1.tftp(l.file_name(), "sent");
         tracing::info!(%client, "TFTP: sending {} ({} bytes)", l.file_name(), b.len());
         let len = b.len() as u64;
-        Ok((futures_lite::io::Cursor::new(b), Some(len)))
+        let reader = Metered { bytes: futures_lite::io::Cursor::new(b), budget: self.2.clone(), client: client.ip() };
+        Ok((reader, Some(len)))
     }
 
     async fn write_req_open(
@@ -59,9 +126,14 @@ pub async fn tftp(
     loaders: Loaders,
     counts_in: Arc<Metrics>,
 ) -> anyhow::Result<async_tftp::server::TftpServer<impl async_tftp::server::Handler>> {
-    let server = async_tftp::server::TftpServerBuilder::with_handler(LoaderFiles(loaders, counts_in))
+    let files = LoaderFiles(loaders, counts_in, Arc::default());
+    let server = async_tftp::server::TftpServerBuilder::with_handler(files)
         .bind(SocketAddr::from((addr, port)))
+        // 2 s per packet whatever the client's `timeout` option asks (up to
+        // 255 s, RFC 2349): a client that stops acknowledging lets its
+        // transfer go within about 12 s.
         .timeout(Duration::from_secs(2))
+        .ignore_client_timeout()
         .max_send_retries(TFTP_RETRIES)
         .block_size_limit(TFTP_MAX_BLOCK)
         .window_size_limit(TFTP_MAX_WINDOW)

@@ -37,17 +37,21 @@ struct HashInput<'a> {
     builder: &'static str,
     tools: BTreeMap<&'static str, String>,
     ipxe_template: String,
+    /// The node stage script every image carries (`rootfs::node_stage`).
+    node_stage: String,
     recipe: &'a Recipe,
 }
 
 /// SHA-256 over the canonical JSON of the recipe (inputs by content digest),
-/// the builder version, the image tools' versions and the iPXE template.
+/// the builder version, the image tools' versions, and what imgd itself
+/// writes into images (the iPXE template, the node stage).
 pub fn input_hash(recipe: &Recipe) -> String {
     let tools = TOOLS.iter().map(|(t, a)| (*t, crate::tools::version_line(t, a))).collect();
     let input = HashInput {
         builder: BUILDER_VERSION,
         tools,
         ipxe_template: crate::hash::sha256_hex(artifact::IPXE_TEMPLATE.as_bytes()),
+        node_stage: crate::hash::sha256_hex(crate::rootfs::node_stage::SCRIPT.as_bytes()),
         recipe,
     };
     // Serializing plain data to a Vec cannot fail; an empty input would still

@@ -25,7 +25,8 @@ pub const PATH: &str = "/lib/imgd/node-init";
 /// The modules the stage loads (the hardware's, in load order), one per line.
 const MODULES: &str = "/lib/imgd/modules";
 
-const SCRIPT: &str = r#"
+/// The script (an input of every build's hash: a change rebuilds).
+pub const SCRIPT: &str = r#"
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 bb=
@@ -96,6 +97,8 @@ agent() {
   while :; do
     while read -r nonce secs cmd <&3; do
       [ -n "$nonce" ] || continue
+      # Again each time: an init such as systemd mounts a fresh /run.
+      $bb mkdir -p /run/imgd
       printf '%s' "$cmd" | $bb base64 -d > /run/imgd/cmd 2>/dev/null
       $bb timeout "$secs" $bb sh /run/imgd/cmd > /run/imgd/out 2>&1 < /dev/null
       rc=$?

@@ -364,3 +364,114 @@ mod cache_tests {
         assert_ne!(c.file(&f).unwrap(), first);
     }
 }
+
+/// A file's BLAKE3 tree cut at `chunk`-byte subtrees (a power of two of at
+/// least 1 KiB): the chaining value of each chunk (an "outboard", as bao
+/// calls it). Merged up the tree they give the file's BLAKE3, so a chunk
+/// read later can be checked on its own against a digest the manifest
+/// holds, without hashing the whole file again.
+#[derive(Debug)]
+pub struct Outboard {
+    chunk: u64,
+    len: u64,
+    cvs: Vec<blake3::hazmat::ChainingValue>,
+    /// The whole file's hash: what a file of one chunk is checked against.
+    root: blake3::Hash,
+}
+
+impl Outboard {
+    /// Reads `file` (`len` bytes) once.
+    pub fn of_file(file: &std::fs::File, len: u64, chunk: u64) -> io::Result<Outboard> {
+        use std::os::unix::fs::FileExt;
+        let mut cvs = Vec::with_capacity(len.div_ceil(chunk) as usize);
+        let mut buf = vec![0u8; chunk as usize];
+        let mut whole = blake3::Hasher::new();
+        let mut off = 0;
+        while off < len {
+            let n = chunk.min(len - off) as usize;
+            file.read_exact_at(&mut buf[..n], off)?;
+            if len <= chunk {
+                whole.update(&buf[..n]);
+            } else {
+                cvs.push(chunk_cv(off, &buf[..n]));
+            }
+            off += n as u64;
+        }
+        let mut o = Outboard { chunk, len, cvs, root: whole.finalize() };
+        if len > chunk {
+            o.root = o.merge(0, len);
+        }
+        Ok(o)
+    }
+
+    /// The file's BLAKE3, as hex (compare with the manifest's).
+    pub fn root_hex(&self) -> String {
+        self.root.to_hex().to_string()
+    }
+
+    /// Whether `data` is chunk `index` of the file this outboard was made from.
+    pub fn verifies(&self, index: u64, data: &[u8]) -> bool {
+        let off = index * self.chunk;
+        if data.len() as u64 != self.chunk.min(self.len.saturating_sub(off)) {
+            return false;
+        }
+        if self.len <= self.chunk {
+            return blake3::hash(data) == self.root;
+        }
+        self.cvs.get(index as usize).is_some_and(|cv| *cv == chunk_cv(off, data))
+    }
+
+    fn merge(&self, start: u64, len: u64) -> blake3::Hash {
+        let (l, r) = self.halves(start, len);
+        blake3::hazmat::merge_subtrees_root(&l, &r, blake3::hazmat::Mode::Hash)
+    }
+
+    /// The chaining values of the two subtrees under the node at `start`.
+    fn halves(&self, start: u64, len: u64) -> (blake3::hazmat::ChainingValue, blake3::hazmat::ChainingValue) {
+        let left = blake3::hazmat::left_subtree_len(len);
+        (self.node(start, left), self.node(start + left, len - left))
+    }
+
+    fn node(&self, start: u64, len: u64) -> blake3::hazmat::ChainingValue {
+        if len <= self.chunk {
+            return self.cvs[(start / self.chunk) as usize];
+        }
+        let (l, r) = self.halves(start, len);
+        blake3::hazmat::merge_subtrees_non_root(&l, &r, blake3::hazmat::Mode::Hash)
+    }
+}
+
+/// The chaining value of the subtree holding `data` at offset `off`.
+fn chunk_cv(off: u64, data: &[u8]) -> blake3::hazmat::ChainingValue {
+    use blake3::hazmat::HasherExt;
+    let mut h = blake3::Hasher::new();
+    h.set_input_offset(off);
+    h.update(data);
+    h.finalize_non_root()
+}
+
+#[cfg(test)]
+mod outboard_tests {
+    use super::Outboard;
+
+    /// Any length (one chunk, a partial last chunk, many chunks): the merged
+    /// tree is the file's BLAKE3, and a flipped byte fails only its chunk.
+    #[test]
+    fn the_outboard_merges_to_the_files_blake3_and_catches_a_flipped_byte() {
+        let chunk = 4096;
+        for len in [0usize, 1, 1024, 4096, 4097, 3 * 4096, 5 * 4096 + 77, 64 * 4096 + 1] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("f");
+            std::fs::write(&p, &data).unwrap();
+            let o = Outboard::of_file(&std::fs::File::open(&p).unwrap(), len as u64, chunk).unwrap();
+            assert_eq!(o.root_hex(), blake3::hash(&data).to_hex().to_string(), "len {len}");
+            for (i, c) in data.chunks(chunk as usize).enumerate() {
+                assert!(o.verifies(i as u64, c), "len {len} chunk {i}");
+                let mut bad = c.to_vec();
+                bad[c.len() / 2] ^= 1;
+                assert!(!o.verifies(i as u64, &bad), "len {len} chunk {i} flipped");
+            }
+        }
+    }
+}

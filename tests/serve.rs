@@ -873,3 +873,59 @@ fn ipxe_signing_mistakes_are_refused_at_their_key() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("ipxe_signing.key") && err.contains("missing.key"), "{err}");
 }
+
+/// A byte flipped in a store file after the build (a bad disk): the bytes
+/// that changed are never sent as the manifest's. A download over them is
+/// cut before them (curl sees a short body), a range clear of them is still
+/// served, and a server that starts on the damaged store refuses the file.
+#[test]
+fn a_flipped_byte_on_disk_is_never_served_as_the_manifests_bytes() {
+    let h = hello();
+    let (entry, _) = hello_entry();
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let own = store.join(&entry);
+    std::fs::create_dir_all(&own).unwrap();
+    for f in ["manifest.json", "initrd"] {
+        std::fs::copy(h.file(f), own.join(f)).unwrap();
+    }
+    let initrd = own.join("initrd");
+    let good = std::fs::read(&initrd).unwrap();
+    let at = 3 * 128 * 1024 + 100;
+    assert!(good.len() > at + 128 * 1024, "the initrd spans several chunks");
+    let s = Serve::start(&store, &["--serve-all"]);
+    let url = format!("{}/artifacts/{entry}/initrd", s.base);
+    // The first request reads the intact file once (its BLAKE3 tree) and
+    // caches only the chunk it sends.
+    let (st, _, body) = curl(&["-r", "0-999", &url]);
+    assert!(st == 206 && body == good[..1000], "the intact file is served");
+    // The bad disk: one bit, in place (same file, same inode).
+    let mut perms = std::fs::metadata(&initrd).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&initrd, perms).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&initrd).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[good[at] ^ 0x04], at as u64).unwrap();
+    drop(f);
+    // The page cache holds the new byte now, as a later read from disk would.
+    let whole = Command::new("curl").args(["-sS", "--max-time", "30", "-o", "-", &url]).output().unwrap();
+    assert!(!whole.status.success(), "curl must see the download cut");
+    assert!(whole.stdout.len() <= at && good.starts_with(&whole.stdout), "only good bytes, before the bad one");
+    let over = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-r", &format!("{}-{}", at - 10, at + 10), &url])
+        .output()
+        .unwrap();
+    assert!(!over.status.success() && over.stdout.is_empty(), "a range over it: {:?}", over.stdout);
+    let (st, _, clean) = curl(&["-r", "0-999", &url]);
+    assert_eq!((st, clean.as_slice()), (206, &good[..1000]), "a range clear of it");
+    let (_, _, m) = curl(&[&format!("{}/metrics", s.base)]);
+    let m = String::from_utf8(m).unwrap();
+    assert!(m.contains("imgd_corrupt_reads_total 2"), "{m}");
+    s.wait_log("do not match the manifest's BLAKE3");
+    drop(s);
+    // A server started on the damaged store: the file is refused whole.
+    let s = Serve::start(&store, &["--serve-all"]);
+    let (st, _, _) = curl(&[&format!("{}/artifacts/{entry}/initrd", s.base)]);
+    assert_eq!(st, 404);
+    s.wait_log("its manifest says");
+}

@@ -571,9 +571,12 @@ impl Server {
             Decision::Send { status, content_type, content_range, parts, len } => {
                 // The path comes from a checked manifest; still refuse anything but a
                 // plain file of the size the manifest promises (no symlinks out of the store).
-                let opened = match super::http::stream::open(path, size).await {
+                let opened = match super::http::stream::open(&self.chunks, path, size, blake3).await {
                     Ok(f) => f,
                     Err(err) => {
+                        if err.kind() == std::io::ErrorKind::InvalidData {
+                            self.metrics.corrupt_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         tracing::error!("refusing {what}: {err}");
                         return not_found();
                     }

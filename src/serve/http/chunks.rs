@@ -16,13 +16,20 @@
 //! never waits on another client (a stalled one could hold memory until its
 //! idle timeout), and what it costs stays of the order of the connection's
 //! own buffers.
+//!
+//! No byte leaves unchecked: each file's BLAKE3 tree is cut at chunks
+//! ([`Outboard`], made once per file by reading it, and checked against the
+//! digest its manifest holds), and every chunk read from disk, whole or for
+//! a piece, must match its part of the tree. A bit flipped on disk after
+//! the build makes that read fail, never a response with other bytes.
 
+use crate::hash::Outboard;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Chunk size: large enough for few syscalls, small enough that a client only
 /// holds little at once.
@@ -40,7 +47,12 @@ pub struct ChunkCache {
     /// Reads answered with a piece because the budget was held.
     pieces: AtomicU64,
     inner: Mutex<Inner>,
+    /// Each file's outboard, made by the first reader (others wait for it),
+    /// or why the file does not match its digest.
+    outboards: Mutex<HashMap<Key, OutboardSlot>>,
 }
+
+type OutboardSlot = Arc<OnceLock<Result<Arc<Outboard>, String>>>;
 
 #[derive(Default)]
 struct Inner {
@@ -68,7 +80,13 @@ impl Drop for Counted {
 
 impl ChunkCache {
     pub fn new(budget: usize) -> Self {
-        ChunkCache { budget, live: Arc::default(), pieces: AtomicU64::new(0), inner: Mutex::new(Inner::default()) }
+        ChunkCache {
+            budget,
+            live: Arc::default(),
+            pieces: AtomicU64::new(0),
+            inner: Mutex::new(Inner::default()),
+            outboards: Mutex::default(),
+        }
     }
 
     pub fn key(path: &Path, md: &std::fs::Metadata) -> Key {
@@ -90,6 +108,20 @@ impl ChunkCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The outboard of `file` (`key`), which must hash to `blake3` (hex):
+    /// made by reading the file once, then kept. Blocking.
+    pub fn outboard(&self, key: &Key, file: &std::fs::File, blake3: &str) -> std::io::Result<Arc<Outboard>> {
+        let slot = self.outboards.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_default().clone();
+        let made = slot.get_or_init(|| {
+            let o = Outboard::of_file(file, key.3, CHUNK).map_err(|e| e.to_string())?;
+            if o.root_hex() != blake3 {
+                return Err(format!("its BLAKE3 is {}, its manifest says {blake3}", o.root_hex()));
+            }
+            Ok(Arc::new(o))
+        });
+        made.clone().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
     /// The chunk if it is cached (never blocks on I/O).
     pub fn cached(&self, key: &Key, index: u64) -> Option<Bytes> {
         self.lock().map.get(&(key.clone(), index)).cloned()
@@ -98,8 +130,9 @@ impl ChunkCache {
     /// Bytes of `file` from `off`: the rest of its chunk (read and cached if
     /// needed), or, when the budget is held by responses in flight, a piece
     /// of at most [`PIECE`] bytes read for this caller alone. Shorter at the
-    /// end of the file. Blocking: call it off the async workers.
-    pub fn read(&self, key: &Key, file: &std::fs::File, off: u64) -> std::io::Result<Bytes> {
+    /// end of the file. Either is checked against `outboard` first.
+    /// Blocking: call it off the async workers.
+    pub fn read(&self, key: &Key, file: &std::fs::File, off: u64, outboard: &Outboard) -> std::io::Result<Bytes> {
         let size = key.3;
         let index = off / CHUNK;
         let start = index * CHUNK;
@@ -109,10 +142,14 @@ impl ChunkCache {
                 let len = CHUNK.min(size.saturating_sub(start)) as usize;
                 if !self.make_room(len) {
                     self.pieces.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Bytes::from(read_at(file, PIECE.min(size.saturating_sub(off)) as usize, off)?));
+                    // The whole chunk, to check it; only the piece is kept.
+                    let whole = verified(file, len, index, outboard, key)?;
+                    let from = (off - start) as usize;
+                    let to = (from as u64 + PIECE).min(len as u64) as usize;
+                    return Ok(Bytes::copy_from_slice(&whole[from.min(len)..to]));
                 }
                 // Counted from make_room on, so an error uncounts it here.
-                let data = match read_at(file, len, start) {
+                let data = match verified(file, len, index, outboard, key) {
                     Ok(d) => d,
                     Err(e) => {
                         self.live.fetch_sub(len, Ordering::Relaxed);
@@ -154,6 +191,18 @@ impl ChunkCache {
     }
 }
 
+/// Chunk `index` (`len` bytes) of `file`, if it matches its part of the tree.
+fn verified(file: &std::fs::File, len: usize, index: u64, outboard: &Outboard, key: &Key) -> std::io::Result<Vec<u8>> {
+    let data = read_at(file, len, index * CHUNK)?;
+    if !outboard.verifies(index, &data) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: bytes {}.. do not match the manifest's BLAKE3", key.0.display(), index * CHUNK),
+        ));
+    }
+    Ok(data)
+}
+
 /// `len` bytes of `file` at `off`, read straight into a new buffer's
 /// spare capacity: zeroing 128 KiB first cost 7% of a serving core.
 fn read_at(file: &std::fs::File, len: usize, off: u64) -> std::io::Result<Vec<u8>> {
@@ -172,43 +221,44 @@ fn read_at(file: &std::fs::File, len: usize, off: u64) -> std::io::Result<Vec<u8
 mod tests {
     use super::*;
 
-    fn file(len: u64) -> (tempfile::TempDir, std::fs::File, Key, Vec<u8>) {
+    fn file(len: u64) -> (tempfile::TempDir, std::fs::File, Key, Vec<u8>, Outboard) {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f");
         let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         std::fs::write(&p, &data).unwrap();
         let f = std::fs::File::open(&p).unwrap();
         let k = ChunkCache::key(&p, &f.metadata().unwrap());
-        (d, f, k, data)
+        let o = Outboard::of_file(&f, len, CHUNK).unwrap();
+        (d, f, k, data, o)
     }
 
     #[test]
     fn chunks_are_shared_and_the_budget_holds() {
-        let (_d, f, k, data) = file(CHUNK * 3 + 10);
+        let (_d, f, k, data, o) = file(CHUNK * 3 + 10);
         let c = ChunkCache::new(2 * CHUNK as usize);
         assert!(c.cached(&k, 0).is_none());
-        let a = c.read(&k, &f, 0).unwrap();
+        let a = c.read(&k, &f, 0, &o).unwrap();
         let b = c.cached(&k, 0).unwrap();
         assert_eq!(a.as_ptr(), b.as_ptr(), "the same memory");
         assert_eq!(&a[..], &data[..CHUNK as usize]);
         drop((a, b));
-        assert_eq!(&c.read(&k, &f, 3 * CHUNK + 4).unwrap()[..], &data[3 * CHUNK as usize + 4..]);
-        assert_eq!(&c.read(&k, &f, CHUNK + 7).unwrap()[..], &data[CHUNK as usize + 7..2 * CHUNK as usize]);
-        c.read(&k, &f, 2 * CHUNK).unwrap();
+        assert_eq!(&c.read(&k, &f, 3 * CHUNK + 4, &o).unwrap()[..], &data[3 * CHUNK as usize + 4..]);
+        assert_eq!(&c.read(&k, &f, CHUNK + 7, &o).unwrap()[..], &data[CHUNK as usize + 7..2 * CHUNK as usize]);
+        c.read(&k, &f, 2 * CHUNK, &o).unwrap();
         assert!(c.live_bytes() <= 2 * CHUNK as usize, "{}", c.live_bytes());
     }
 
     #[test]
     fn chunks_held_by_responses_count_and_past_the_budget_readers_get_pieces() {
-        let (_d, f, k, data) = file(CHUNK * 4);
+        let (_d, f, k, data, o) = file(CHUNK * 4);
         let c = ChunkCache::new(2 * CHUNK as usize);
         // Two slow clients hold chunks 0 and 1: the whole budget.
-        let held = [c.read(&k, &f, 0).unwrap(), c.read(&k, &f, CHUNK).unwrap()];
+        let held = [c.read(&k, &f, 0, &o).unwrap(), c.read(&k, &f, CHUNK, &o).unwrap()];
         assert_eq!(c.live_bytes(), 2 * CHUNK as usize);
         // A third client gets a small piece of its own, right bytes, no wait,
         // and the chunks in flight are neither copied nor over the budget.
         let off = 2 * CHUNK + 5;
-        let piece = c.read(&k, &f, off).unwrap();
+        let piece = c.read(&k, &f, off, &o).unwrap();
         assert_eq!(piece.len() as u64, PIECE);
         assert_eq!(c.pieces(), 1);
         assert_eq!(&piece[..], &data[off as usize..(off + PIECE) as usize]);
@@ -217,17 +267,41 @@ mod tests {
         // Once the clients are done, their memory is free and chunks are shared again.
         drop(held);
         assert_eq!(c.live_bytes(), 0);
-        let chunk = c.read(&k, &f, off).unwrap();
+        let chunk = c.read(&k, &f, off, &o).unwrap();
         assert_eq!(chunk.len() as u64, CHUNK - 5);
         assert_eq!(c.live_bytes(), CHUNK as usize);
     }
 
     #[test]
     fn a_failed_read_leaves_nothing_counted() {
-        let (_d, f, mut k, _) = file(CHUNK);
+        let (_d, f, mut k, _, o) = file(CHUNK);
         k.3 = 2 * CHUNK; // the manifest promised more than the file has
         let c = ChunkCache::new(4 * CHUNK as usize);
-        assert!(c.read(&k, &f, CHUNK).is_err());
+        assert!(c.read(&k, &f, CHUNK, &o).is_err());
         assert_eq!(c.live_bytes(), 0);
+    }
+
+    /// A byte flipped on disk after the build: the chunk holding it is
+    /// refused (whole or as a piece), the others are still served, and a
+    /// file whose tree does not hash to its manifest's digest is refused.
+    #[test]
+    fn a_flipped_byte_fails_its_chunk_only() {
+        let (d, f, k, data, o) = file(CHUNK * 3);
+        let digest = blake3::hash(&data).to_hex().to_string();
+        let c = ChunkCache::new(8 * CHUNK as usize);
+        assert!(c.outboard(&k, &f, &digest).is_ok());
+        let mut bad = data.clone();
+        bad[CHUNK as usize + 9] ^= 0x10;
+        std::fs::write(d.path().join("f"), &bad).unwrap();
+        let err = c.read(&k, &f, CHUNK + 3, &o).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert_eq!(c.live_bytes(), 0, "nothing kept of it");
+        assert_eq!(&c.read(&k, &f, 2 * CHUNK, &o).unwrap()[..], &data[2 * CHUNK as usize..]);
+        let tight = ChunkCache::new(0);
+        assert!(tight.read(&k, &f, CHUNK, &o).is_err(), "a piece is checked too");
+        assert_eq!(&tight.read(&k, &f, 0, &o).unwrap()[..], &data[..PIECE as usize]);
+        let fresh = ChunkCache::new(CHUNK as usize);
+        let e = fresh.outboard(&k, &f, &digest).unwrap_err();
+        assert!(e.to_string().contains("its manifest says"), "{e}");
     }
 }

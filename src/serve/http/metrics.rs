@@ -17,6 +17,9 @@ pub struct Metrics {
     pub active_transfers: AtomicI64,
     pub active_connections: AtomicI64,
     pub rejected_connections: AtomicU64,
+    /// Files or chunks refused because their bytes do not match the
+    /// manifest's BLAKE3 (a bad disk, a careless hand).
+    pub corrupt_reads: AtomicU64,
     /// Background parts (proxyDHCP, TFTP): why each is down, if it is, and
     /// how often it was started again.
     parts: Mutex<BTreeMap<&'static str, Part>>,
@@ -157,6 +160,13 @@ impl Metrics {
             "Connections answered 503 at the connection limit.",
             "counter",
             self.rejected_connections.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut s,
+            "imgd_corrupt_reads_total",
+            "Artifact files or chunks refused: their bytes do not match the manifest's BLAKE3.",
+            "counter",
+            self.corrupt_reads.load(Ordering::Relaxed).to_string(),
         );
         gauge(
             &mut s,

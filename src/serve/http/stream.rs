@@ -8,6 +8,7 @@ use super::chunks::{ChunkCache, Key, CHUNK};
 use super::metrics::Metrics;
 use super::respond::Body;
 use super::respond::Part;
+use crate::hash::Outboard;
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
@@ -20,11 +21,14 @@ use std::sync::Arc;
 pub struct Opened {
     file: Arc<std::fs::File>,
     key: Key,
+    outboard: Arc<Outboard>,
 }
 
 /// Opens `path` without following symlinks and checks it is a regular file
-/// of `size` bytes (what the manifest promises). Blocking: runs on the pool.
-pub async fn open(path: PathBuf, size: u64) -> std::io::Result<Opened> {
+/// of `size` bytes whose BLAKE3 is `blake3` (what the manifest promises;
+/// the file is read once per process to make its outboard). Runs on the pool.
+pub async fn open(chunks: &Arc<ChunkCache>, path: PathBuf, size: u64, blake3: &str) -> std::io::Result<Opened> {
+    let (chunks, blake3) = (chunks.clone(), blake3.to_string());
     tokio::task::spawn_blocking(move || {
         use std::os::unix::fs::OpenOptionsExt;
         let f = std::fs::OpenOptions::new()
@@ -40,7 +44,11 @@ pub async fn open(path: PathBuf, size: u64) -> std::io::Result<Opened> {
                 md.len()
             )));
         }
-        Ok(Opened { key: ChunkCache::key(&path, &md), file: Arc::new(f) })
+        let key = ChunkCache::key(&path, &md);
+        let outboard = chunks
+            .outboard(&key, &f, &blake3)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        Ok(Opened { key, file: Arc::new(f), outboard })
     })
     .await
     .map_err(std::io::Error::other)?
@@ -68,6 +76,10 @@ pub fn body(chunks: &Arc<ChunkCache>, metrics: &Arc<Metrics>, file: Opened, part
                         return Some((Ok(Frame::data(piece)), c));
                     }
                     Err(e) => {
+                        // The connection is cut before the bad bytes: a
+                        // client sees a short body, never other bytes.
+                        tracing::error!("stopped a download: {e}");
+                        c.guard.0.corrupt_reads.fetch_add(1, Ordering::Relaxed);
                         c.failed = true;
                         return Some((Err(e), c));
                     }
@@ -103,7 +115,8 @@ impl Cursor {
             Some(chunk) => chunk.slice(((off - index * CHUNK) as usize).min(chunk.len())..),
             None => {
                 let (chunks, key, file) = (self.chunks.clone(), key.clone(), self.file.file.clone());
-                tokio::task::spawn_blocking(move || chunks.read(&key, &file, off))
+                let outboard = self.file.outboard.clone();
+                tokio::task::spawn_blocking(move || chunks.read(&key, &file, off, &outboard))
                     .await
                     .map_err(std::io::Error::other)??
             }

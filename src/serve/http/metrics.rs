@@ -81,6 +81,23 @@ impl Metrics {
         self.requests.lock().unwrap_or_else(|p| p.into_inner()).get(&(endpoint, status)).copied().unwrap_or(0)
     }
 
+    /// The background parts' health and restarts.
+    fn render_parts(&self, s: &mut String) {
+        let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        if !parts.is_empty() {
+            s.push_str("# HELP imgd_part_up Whether a background part of the server (proxydhcp, tftp) runs.\n");
+            s.push_str("# TYPE imgd_part_up gauge\n");
+            for (n, p) in parts.iter() {
+                let _ = writeln!(s, "imgd_part_up{{part=\"{n}\"}} {}", u8::from(p.down.is_none()));
+            }
+            s.push_str("# HELP imgd_part_restarts_total Times a background part was started again after it stopped.\n");
+            s.push_str("# TYPE imgd_part_restarts_total counter\n");
+            for (n, p) in parts.iter() {
+                let _ = writeln!(s, "imgd_part_restarts_total{{part=\"{n}\"}} {}", p.restarts);
+            }
+        }
+    }
+
     /// Everything counted, in the Prometheus text format, with `groups` (the
     /// boot room's own gauges, already rendered) after the boots.
     pub fn render(&self, groups: &str, chunks: &super::chunks::ChunkCache) -> String {
@@ -116,20 +133,7 @@ impl Metrics {
             }
         }
         drop(tftp);
-        let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-        if !parts.is_empty() {
-            s.push_str("# HELP imgd_part_up Whether a background part of the server (proxydhcp, tftp) runs.\n");
-            s.push_str("# TYPE imgd_part_up gauge\n");
-            for (n, p) in parts.iter() {
-                let _ = writeln!(s, "imgd_part_up{{part=\"{n}\"}} {}", u8::from(p.down.is_none()));
-            }
-            s.push_str("# HELP imgd_part_restarts_total Times a background part was started again after it stopped.\n");
-            s.push_str("# TYPE imgd_part_restarts_total counter\n");
-            for (n, p) in parts.iter() {
-                let _ = writeln!(s, "imgd_part_restarts_total{{part=\"{n}\"}} {}", p.restarts);
-            }
-        }
-        drop(parts);
+        self.render_parts(&mut s);
         let gauge = |s: &mut String, name: &str, help: &str, kind: &str, v: String| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };

@@ -893,7 +893,10 @@ fn a_flipped_byte_on_disk_is_never_served_as_the_manifests_bytes() {
     let good = std::fs::read(&initrd).unwrap();
     let at = 3 * 128 * 1024 + 100;
     assert!(good.len() > at + 128 * 1024, "the initrd spans several chunks");
-    let s = Serve::start(&store, &["--serve-all"]);
+    let conf = write_config(d.path(), &format!("[[group]]\nname = \"lab\"\nentry = \"{entry}\"\ndefault = true\n"));
+    let s = Serve::start(&store, &["--serve-all", "--config", &conf]);
+    let script = |s: &Serve| String::from_utf8(curl(&[&format!("{}/ipxe?mac=52:54:00:aa:bb:01", s.base)]).2).unwrap();
+    assert!(script(&s).contains("/initrd"), "the group boots the entry: {}", script(&s));
     let url = format!("{}/artifacts/{entry}/initrd", s.base);
     // The first request reads the intact file once (its BLAKE3 tree) and
     // caches only the chunk it sends.
@@ -922,6 +925,10 @@ fn a_flipped_byte_on_disk_is_never_served_as_the_manifests_bytes() {
     let m = String::from_utf8(m).unwrap();
     assert!(m.contains("imgd_corrupt_reads_total 2"), "{m}");
     s.wait_log("do not match the manifest's BLAKE3");
+    // Its machines now wait as for a missing build; the reason is in the log.
+    let waiting = script(&s);
+    assert!(waiting.contains("cannot boot yet") && !waiting.contains("/initrd"), "{waiting}");
+    s.wait_log("does not match its manifest's BLAKE3 (see `imgd verify`)");
     drop(s);
     // A server started on the damaged store: the file is refused whole.
     let s = Serve::start(&store, &["--serve-all"]);

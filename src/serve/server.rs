@@ -356,6 +356,15 @@ impl Server {
         {
             return Err(format!("{} has no ipxe artifacts (build it with --format ipxe)", entry.name));
         }
+        // A file found not to match its BLAKE3 (a bad disk): its machines
+        // wait as for a missing build rather than fail mid-download.
+        let corrupt = [ArtifactName::Kernel, ArtifactName::Initrd]
+            .into_iter()
+            .filter_map(|n| m.artifact(Format::Ipxe, n))
+            .find(|a| self.chunks.is_corrupt(&entry.path.join(a.file.as_str())));
+        if let Some(a) = corrupt {
+            return Err(format!("{}/{} does not match its manifest's BLAKE3 (see `imgd verify`)", entry.name, a.file));
+        }
         // The profile's command line and the group's kernel_args come from
         // trusted files, checked for control characters when loaded.
         let cmdline = format!("rdinit=/init {} {extra}", m.recipe.cmdline);

@@ -25,7 +25,7 @@
 
 use crate::hash::Outboard;
 use bytes::Bytes;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -50,6 +50,9 @@ pub struct ChunkCache {
     /// Each file's outboard, made by the first reader (others wait for it),
     /// or why the file does not match its digest.
     outboards: Mutex<HashMap<Key, OutboardSlot>>,
+    /// Files found not to match their digest: the boot room stops sending
+    /// machines to them.
+    corrupt: Mutex<HashSet<PathBuf>>,
 }
 
 type OutboardSlot = Arc<OnceLock<Result<Arc<Outboard>, String>>>;
@@ -86,6 +89,7 @@ impl ChunkCache {
             pieces: AtomicU64::new(0),
             inner: Mutex::new(Inner::default()),
             outboards: Mutex::default(),
+            corrupt: Mutex::default(),
         }
     }
 
@@ -119,7 +123,20 @@ impl ChunkCache {
             }
             Ok(Arc::new(o))
         });
-        made.clone().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        made.clone().map_err(|e| {
+            self.mark_corrupt(&key.0);
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+        })
+    }
+
+    fn mark_corrupt(&self, path: &Path) {
+        self.corrupt.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_path_buf());
+    }
+
+    /// Whether `path` was found not to match its digest (by a read since
+    /// start-up; `imgd verify` checks the whole store).
+    pub fn is_corrupt(&self, path: &Path) -> bool {
+        self.corrupt.lock().unwrap_or_else(|p| p.into_inner()).contains(path)
     }
 
     /// The chunk if it is cached (never blocks on I/O).
@@ -143,7 +160,7 @@ impl ChunkCache {
                 if !self.make_room(len) {
                     self.pieces.fetch_add(1, Ordering::Relaxed);
                     // The whole chunk, to check it; only the piece is kept.
-                    let whole = verified(file, len, index, outboard, key)?;
+                    let whole = verified(file, len, index, outboard, key).inspect_err(|_| self.mark_corrupt(&key.0))?;
                     let from = (off - start) as usize;
                     let to = (from as u64 + PIECE).min(len as u64) as usize;
                     return Ok(Bytes::copy_from_slice(&whole[from.min(len)..to]));
@@ -153,6 +170,9 @@ impl ChunkCache {
                     Ok(d) => d,
                     Err(e) => {
                         self.live.fetch_sub(len, Ordering::Relaxed);
+                        if e.kind() == std::io::ErrorKind::InvalidData {
+                            self.mark_corrupt(&key.0);
+                        }
                         return Err(e);
                     }
                 };
@@ -293,8 +313,10 @@ mod tests {
         let mut bad = data.clone();
         bad[CHUNK as usize + 9] ^= 0x10;
         std::fs::write(d.path().join("f"), &bad).unwrap();
+        assert!(!c.is_corrupt(&k.0));
         let err = c.read(&k, &f, CHUNK + 3, &o).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(c.is_corrupt(&k.0), "marked for the boot room");
         assert_eq!(c.live_bytes(), 0, "nothing kept of it");
         assert_eq!(&c.read(&k, &f, 2 * CHUNK, &o).unwrap()[..], &data[2 * CHUNK as usize..]);
         let tight = ChunkCache::new(0);

@@ -181,13 +181,27 @@ fn import_method_uses_import_snapshot_and_explains_a_missing_vmimport_role() {
 
 #[test]
 fn two_syncs_of_one_build_at_once_make_one_image_and_both_succeed() {
+    two_syncs_at_once(false);
+}
+
+/// As from two machines: each sync has a cache folder (upload state, local
+/// lock) of its own, so only the bucket's lease serializes them.
+#[test]
+fn two_syncs_of_one_build_from_two_machines_are_serialized_by_the_buckets_lease() {
+    two_syncs_at_once(true);
+}
+
+fn two_syncs_at_once(two_machines: bool) {
     let moto = Moto::start();
     moto.py("s3.create_bucket(Bucket='imgs')");
     let d = tempfile::tempdir().unwrap();
     let store = d.path().join("store");
     // Built first, so that both start syncing at once.
     crate::common::ok(crate::common::imgd(&store).args(["build", "hello"]));
-    let spawn = || {
+    // Each "machine" shares only the downloaded packages (to resolve hello).
+    let caches = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let caches = caches.map(|d| (crate::common::scratch_cache(&d.path().join("c")), d));
+    let spawn = |i: usize| {
         let mut c = std::process::Command::new(support::imgd());
         c.args(["sync", "hello", "--bucket", "imgs", "--regions", "us-east-1"]).args([
             "--endpoint-url",
@@ -196,13 +210,13 @@ fn two_syncs_of_one_build_at_once_make_one_image_and_both_succeed() {
             "--max-attempts",
             "2",
         ]);
-        support::test_env(&mut c, &store)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+        support::test_env(&mut c, &store);
+        if two_machines {
+            c.env("IMGD_CACHE", &caches[i].0);
+        }
+        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
     };
-    let (a, b) = (spawn(), spawn());
+    let (a, b) = (spawn(0), spawn(1));
     let runs: Vec<(Value, String)> = [a, b]
         .into_iter()
         .map(|c| {
@@ -225,6 +239,9 @@ fn two_syncs_of_one_build_at_once_make_one_image_and_both_succeed() {
          if s.get('Description', '').startswith('imgd hello')]))",
     );
     assert_eq!(snapshots.as_array().unwrap().len(), 1, "one EBS direct snapshot: {snapshots}");
+    let leases =
+        moto.py("print(json.dumps([o['Key'] for o in s3.list_objects_v2(Bucket='imgs').get('Contents', [])]))");
+    assert!(!leases.to_string().contains(".imgd-leases/"), "the lease is removed: {leases}");
 }
 
 #[test]

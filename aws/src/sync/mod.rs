@@ -6,6 +6,7 @@
 //! steps, and [`apply`] carries them out. A dry run stops after the plan.
 
 pub mod apply;
+pub mod lease;
 pub mod observe;
 pub mod plan;
 pub mod request;
@@ -35,13 +36,25 @@ async fn observe_plan_apply(req: &Request, opts: &Options, dry_run: bool) -> Res
     // Held until the sync ends; a dry run changes nothing and need not wait.
     let _one = if dry_run { None } else { Some(one_sync_at_a_time(req, opts).await?) };
     let clients = Clients::load(&req.home, opts).await;
-    let seen = observe(&clients, req).await?;
-    let plan = plan::plan(&seen, req);
     if dry_run {
-        return Ok(Outcome { plan, result: None });
+        let seen = observe(&clients, req).await?;
+        return Ok(Outcome { plan: plan::plan(&seen, req), result: None });
     }
+    // And one at a time across machines: the bucket holds the lease.
+    let lease = lease::take(clients.s3(), req, LEASE_WAIT).await?;
+    let done = observe_and_apply(&clients, req, opts).await;
+    lease.release().await;
+    done
+}
+
+/// How long a sync waits for another sync of the same build to end.
+const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(3 * 3600);
+
+async fn observe_and_apply(clients: &Clients, req: &Request, opts: &Options) -> Result<Outcome> {
+    let seen = observe(clients, req).await?;
+    let plan = plan::plan(&seen, req);
     let counters = std::sync::Arc::new(Counters::default());
-    let result = apply(&clients, req, &seen, &plan, opts, &counters).await?;
+    let result = apply(clients, req, &seen, &plan, opts, &counters).await?;
     Ok(Outcome { plan, result: Some(result) })
 }
 
@@ -49,8 +62,7 @@ async fn observe_plan_apply(req: &Request, opts: &Options, dry_run: bool) -> Res
 /// time on this machine: two at once would resume the same multipart uploads
 /// and EBS snapshot and race to register the image (the loser fails on the
 /// duplicate name). The second waits, then observes what the first made and
-/// has nothing left to do. (Syncs from two machines are not serialized; each
-/// observes only what the other finished.)
+/// has nothing left to do. Across machines, [`lease`] does the same.
 async fn one_sync_at_a_time(req: &Request, opts: &Options) -> Result<std::fs::File> {
     use anyhow::Context;
     use sha2::Digest;

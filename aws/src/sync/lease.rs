@@ -6,7 +6,7 @@
 //! [`STALE`] (its holder died without removing it) is taken over, again by
 //! a conditional write against the stale one's ETag.
 
-use super::Request;
+use super::request::Request;
 use anyhow::{bail, Context, Result};
 use aws_sdk_s3::primitives::ByteStream;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

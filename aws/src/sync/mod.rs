@@ -36,13 +36,24 @@ async fn observe_plan_apply(req: &Request, opts: &Options, dry_run: bool) -> Res
     // Held until the sync ends; a dry run changes nothing and need not wait.
     let _one = if dry_run { None } else { Some(one_sync_at_a_time(req, opts).await?) };
     let clients = Clients::load(&req.home, opts).await;
+    let seen = observe(&clients, req).await?;
+    let plan = plan::plan(&seen, req);
     if dry_run {
-        let seen = observe(&clients, req).await?;
-        return Ok(Outcome { plan: plan::plan(&seen, req), result: None });
+        return Ok(Outcome { plan, result: None });
     }
-    // And one at a time across machines: the bucket holds the lease.
+    if plan.steps.is_empty() {
+        // Nothing to change: no lease either, so a re-run writes nothing.
+        return apply_plan(&clients, req, &seen, plan, opts).await;
+    }
+    // One at a time across machines: the bucket holds the lease. What the
+    // last holder made is seen again once it is ours.
     let lease = lease::take(clients.s3(), req, LEASE_WAIT).await?;
-    let done = observe_and_apply(&clients, req, opts).await;
+    let done = async {
+        let seen = observe(&clients, req).await?;
+        let plan = plan::plan(&seen, req);
+        apply_plan(&clients, req, &seen, plan, opts).await
+    }
+    .await;
     lease.release().await;
     done
 }
@@ -50,11 +61,9 @@ async fn observe_plan_apply(req: &Request, opts: &Options, dry_run: bool) -> Res
 /// How long a sync waits for another sync of the same build to end.
 const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(3 * 3600);
 
-async fn observe_and_apply(clients: &Clients, req: &Request, opts: &Options) -> Result<Outcome> {
-    let seen = observe(clients, req).await?;
-    let plan = plan::plan(&seen, req);
+async fn apply_plan(clients: &Clients, req: &Request, seen: &Observed, plan: Plan, opts: &Options) -> Result<Outcome> {
     let counters = std::sync::Arc::new(Counters::default());
-    let result = apply(clients, req, &seen, &plan, opts, &counters).await?;
+    let result = apply(clients, req, seen, &plan, opts, &counters).await?;
     Ok(Outcome { plan, result: Some(result) })
 }
 

@@ -13,12 +13,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Runs `start()`'s part in a task of its own until the process ends,
 /// restarting it whenever it stops.
-pub async fn supervise<F, Fut>(part: &'static str, metrics: Arc<Metrics>, mut start: F)
+pub async fn supervise<F, Fut>(part: &'static str, metrics: Arc<Metrics>, start: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
-    let mut backoff = FIRST_BACKOFF;
+    supervise_from(part, metrics, start, FIRST_BACKOFF).await
+}
+
+async fn supervise_from<F, Fut>(part: &'static str, metrics: Arc<Metrics>, mut start: F, first: Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let mut backoff = first;
     loop {
         metrics.part_up(part);
         let began = Instant::now();
@@ -29,7 +37,7 @@ where
             Err(e) => e.to_string(),
         };
         if began.elapsed() > Duration::from_secs(60) {
-            backoff = FIRST_BACKOFF;
+            backoff = first;
         }
         tracing::error!(part, "{part} stopped ({why}); starting it again in {} ms", backoff.as_millis());
         metrics.part_down(part, &why);
@@ -50,30 +58,42 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    #[tokio::test(start_paused = true)]
+    /// Polls `cond` every 10 ms for at most 10 s.
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < end, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_part_that_fails_or_panics_is_shown_down_and_started_again() {
         let metrics = Arc::new(Metrics::default());
         let runs = Arc::new(AtomicU32::new(0));
         let (m, r) = (metrics.clone(), runs.clone());
-        let task = tokio::spawn(supervise("tftp", m, move || {
-            let r = r.clone();
-            async move {
-                match r.fetch_add(1, Ordering::SeqCst) {
-                    0 => anyhow::bail!("socket gone"),
-                    1 => panic!("a bug in one packet"),
-                    _ => std::future::pending().await,
+        // Backoff of 1 s, then 2 s: each down state lasts long enough to see.
+        let task = tokio::spawn(supervise_from(
+            "tftp",
+            m,
+            move || {
+                let r = r.clone();
+                async move {
+                    match r.fetch_add(1, Ordering::SeqCst) {
+                        0 => anyhow::bail!("socket gone"),
+                        1 => panic!("a bug in one packet"),
+                        _ => std::future::pending().await,
+                    }
                 }
-            }
-        }));
-        // After the error: down, then the panic: down, then up for good.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(metrics.parts_down(), [("tftp", "socket gone".to_string())]);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let down = metrics.parts_down();
-        assert!(down.len() == 1 && down[0].1.contains("a bug in one packet"), "{down:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        assert!(metrics.parts_down().is_empty());
-        assert_eq!(runs.load(Ordering::SeqCst), 3);
+            },
+            Duration::from_secs(1),
+        ));
+        until("down after the error", || metrics.parts_down() == [("tftp", "socket gone".to_string())]).await;
+        until("down after the panic", || {
+            metrics.parts_down().first().is_some_and(|(_, why)| why.contains("a bug in one packet"))
+        })
+        .await;
+        until("up for good", || metrics.parts_down().is_empty() && runs.load(Ordering::SeqCst) == 3).await;
         let text = metrics.render("", &crate::serve::http::chunks::ChunkCache::new(1 << 20));
         assert!(text.contains("imgd_part_restarts_total{part=\"tftp\"} 2"), "{text}");
         assert!(text.contains("imgd_part_up{part=\"tftp\"} 1"), "{text}");

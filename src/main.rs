@@ -36,6 +36,8 @@ enum Command {
     Compose(cmd::compose::ComposeArgs),
     /// Serve netboot scripts and artifacts to iPXE over HTTP.
     Serve(cmd::serve::ServeArgs),
+    /// Show `imgd serve`'s status table: which machine got what, where each boot stopped.
+    Status(cmd::status::StatusArgs),
     /// Copy stdin/stdout to a TCP address (used by qemu's guestfwd in netboot tests).
     #[command(hide = true)]
     Relay { addr: String },
@@ -91,6 +93,7 @@ fn main() {
         Command::Sign(a) => cmd::sign::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Status(a) => cmd::status::run(a),
         Command::Compose(a) => cmd::compose::run(a),
         Command::Relay { addr } => imgd::qemu::relay(addr),
         #[cfg(feature = "aws")]

@@ -936,3 +936,101 @@ fn a_flipped_byte_on_disk_is_never_served_as_the_manifests_bytes() {
     assert_eq!(st, 404);
     s.wait_log("its manifest says");
 }
+
+/// `/status` and `/status.json`: a machine's boot reaches `done` when its
+/// initrd was sent whole, one that stalls after its kernel is listed first as
+/// stuck, an unknown machine shows its refusal, the page is for
+/// `--status-allow` only, and `imgd status` prints the same table.
+#[test]
+fn the_status_page_shows_each_machines_last_step_and_the_stuck_ones_first() {
+    let h = hello();
+    let (entry, _) = hello_entry();
+    let d = tempfile::tempdir().unwrap();
+    let conf = write_config(d.path(), "[[group]]\nname = \"lab\"\nprofile = \"hello\"\nselector = { mac = [\"52:54:00:00:00:01\", \"52:54:00:00:00:02\"] }\n");
+    let s = Serve::start(&h.store, &["--config", &conf, "--status-stuck", "1"]);
+    let b = &s.base;
+    let get = |p: &str| curl(&[&format!("{b}{p}")]);
+    // Machine 1 boots all the way; machine 2 stops after its kernel.
+    assert_eq!(get("/ipxe?mac=52-54-00-00-00-01&hostname=web-1").0, 200);
+    assert_eq!(get(&format!("/artifacts/{entry}/vmlinuz")).0, 200);
+    assert_eq!(get(&format!("/artifacts/{entry}/initrd")).0, 200);
+    let status = |sort: &str| -> serde_json::Value {
+        let (st, _, body) = get(&format!("/status.json{sort}"));
+        assert_eq!(st, 200);
+        serde_json::from_slice(&body).unwrap()
+    };
+    let one = status("");
+    let m = &one["machines"][0];
+    assert_eq!(
+        (m["mac"].as_str(), m["step"].as_str(), m["group"].as_str()),
+        (Some("52:54:00:00:00:01"), Some("done"), Some("lab"))
+    );
+    let sizes =
+        std::fs::metadata(h.file("vmlinuz")).unwrap().len() + std::fs::metadata(h.file("initrd")).unwrap().len();
+    assert_eq!(m["bytes"].as_u64(), Some(sizes), "every byte counted");
+    assert_eq!(m["hostname"].as_str(), Some("web-1"));
+    // Machine 2 comes from the same address in this test, so a later script
+    // request moves the address to it.
+    assert_eq!(get("/ipxe?mac=52-54-00-00-00-02").0, 200);
+    assert_eq!(get(&format!("/artifacts/{entry}/vmlinuz")).0, 200);
+    assert_eq!(get("/ipxe?mac=52-54-00-00-00-99").0, 200, "an unknown machine gets the retry script");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let all = status("?sort=step");
+    let rows = all["machines"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{all}");
+    assert_eq!((rows[0]["mac"].as_str(), rows[0]["stuck"].as_bool()), (Some("52:54:00:00:00:02"), Some(true)), "{all}");
+    assert_eq!(rows[0]["step"].as_str(), Some("kernel"));
+    let unknown = rows.iter().find(|r| r["mac"] == "52:54:00:00:00:99").unwrap();
+    assert_eq!(unknown["step"].as_str(), Some("refused"));
+    assert!(unknown["refusal"].as_str().unwrap().contains("no group matches"), "{unknown}");
+    assert_eq!(all["stuck"].as_u64(), Some(1));
+    // The page: the same rows, refreshing itself.
+    let (st, hd, page) = get("/status");
+    let page = String::from_utf8(page).unwrap();
+    assert_eq!(st, 200);
+    assert!(header(&hd, "content-type").unwrap().starts_with("text/html"), "{hd}");
+    assert!(
+        page.contains("http-equiv=\"refresh\"")
+            && page.contains("52:54:00:00:00:02")
+            && page.contains("kernel (stuck)"),
+        "{page}"
+    );
+    // `imgd status` in the terminal.
+    let out = ok(imgd(&h.store).args(["status", "--server", b]));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("52:54:00:00:00:01") && table.contains("done") && table.contains("kernel STUCK"), "{table}");
+    assert!(table.contains("3 machines, 1 stuck"), "{table}");
+    drop(s);
+    // Only --status-allow clients see it (and they need not be in --allow).
+    let s = Serve::start(&h.store, &["--config", &conf, "--status-allow", "10.0.0.0/8"]);
+    assert_eq!(curl(&[&format!("{}/status", s.base)]).0, 403);
+    assert_eq!(curl(&[&format!("{}/status.json", s.base)]).0, 403);
+    assert_eq!(curl(&[&format!("{}/status.json?sort=../../etc", s.base)]).0, 400);
+}
+
+/// The shipped Grafana dashboard queries only metrics `/metrics` has.
+#[test]
+fn every_metric_the_grafana_dashboard_queries_is_in_metrics() {
+    let h = hello();
+    let dash: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo().join("contrib/grafana/imgd-serve.json")).unwrap()).unwrap();
+    let mut queried = std::collections::BTreeSet::new();
+    let mut panels = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        panels += 1;
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("imgd_") {
+                let name: String = expr[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                queried.insert(name);
+            }
+        }
+    }
+    assert!(panels >= 8 && queried.len() >= 12, "{queried:?}");
+    let s = Serve::start(&h.store, &["--serve-all"]);
+    let (_, _, m) = curl(&[&format!("{}/metrics", s.base)]);
+    let m = String::from_utf8(m).unwrap();
+    for name in &queried {
+        assert!(m.contains(&format!("# TYPE {name} ")), "{name} is not in /metrics:\n{m}");
+    }
+}

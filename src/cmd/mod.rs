@@ -13,6 +13,7 @@ pub mod prune;
 pub mod run;
 pub mod serve;
 pub mod sign;
+pub mod status;
 pub mod store_cmds;
 #[cfg(feature = "aws")]
 pub mod sync;

@@ -83,6 +83,17 @@ pub struct ServeArgs {
     /// Where the iPXE loaders (undionly.kpxe, snponly.efi) are.
     #[arg(long, value_name = "DIR", default_value = imgd::serve::boot::loaders::DEBIAN_IPXE_DIR)]
     pub ipxe_dir: PathBuf,
+    /// Who may see /status and /status.json (repeatable; they name machines
+    /// and addresses) [default: loopback only].
+    #[arg(long = "status-allow", value_name = "CIDR")]
+    pub status_allow: Vec<IpNet>,
+    /// Machines the status table keeps (least recently seen dropped; a few
+    /// hundred bytes each).
+    #[arg(long, default_value_t = 10_000)]
+    pub status_machines: usize,
+    /// Seconds without progress after which a boot is shown as stuck.
+    #[arg(long, default_value_t = 120)]
+    pub status_stuck: u64,
 }
 
 /// Loads the state under the store's GC lock and roots what it serves, so an
@@ -146,8 +157,11 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
         drain: Duration::from_secs(a.drain),
         cache_bytes: (a.cache_mib << 20) as usize,
         loaders: pxe.as_ref().map(|(_, l)| l.clone()),
+        status_machines: a.status_machines,
+        status_stuck: Duration::from_secs(a.status_stuck),
         ..Options::default()
     };
+    let opts = if a.status_allow.is_empty() { opts } else { Options { status_allow: a.status_allow.clone(), ..opts } };
     rt.block_on(async move {
         let tcp =
             tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;

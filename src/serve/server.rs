@@ -8,11 +8,12 @@ use super::boot::machines::Machine;
 use super::boot::render::{self, ipxe_safe, render};
 use super::boot::route::{self, Claims, EntryName, Labels, Refused, Route};
 use super::boot::state::{Current, State, Target};
+use super::boot::status::{self, Sort, Status, Step};
 use super::http::chunks::ChunkCache;
 use super::http::listener;
 use super::http::metrics::Metrics;
 use super::http::respond::{self, Conditions, Decision, FileMeta};
-use crate::store::manifest::ArtifactFile;
+use crate::store::manifest::{ArtifactFile, ArtifactName};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -50,6 +51,12 @@ pub struct Options {
     /// iPXE builds for UEFI HTTP boot clients (`--proxy-dhcp`); without
     /// them `/loaders/` is 404.
     pub loaders: Option<super::boot::loaders::Loaders>,
+    /// Who may see `/status` (it names machines and addresses).
+    pub status_allow: Vec<IpNet>,
+    /// Machines the status table keeps, least recently seen dropped.
+    pub status_machines: usize,
+    /// A boot with no progress for this long is shown as stuck.
+    pub status_stuck: Duration,
 }
 
 impl Default for Options {
@@ -66,6 +73,9 @@ impl Default for Options {
             cache_bytes: 16 << 20,
             keep_alive: true,
             loaders: None,
+            status_allow: ["127.0.0.0/8", "::1/128"].iter().filter_map(|n| n.parse().ok()).collect(),
+            status_machines: 10_000,
+            status_stuck: Duration::from_secs(120),
         }
     }
 }
@@ -116,6 +126,8 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     /// Artifact chunks shared by all downloads.
     pub chunks: Arc<ChunkCache>,
+    /// Which machine got what (`/status`).
+    pub status: Arc<Status>,
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
@@ -168,7 +180,8 @@ impl Server {
     pub fn new(state: State, opts: Options) -> Arc<Server> {
         let chunks = Arc::new(ChunkCache::new(opts.cache_bytes));
         let metrics = Arc::new(Metrics::default());
-        Arc::new(Server { state: Arc::new(Current::new(state)), opts, metrics, chunks })
+        let status = Arc::new(Status::new(opts.status_machines, opts.status_stuck));
+        Arc::new(Server { state: Arc::new(Current::new(state)), opts, metrics, chunks, status })
     }
 
     pub fn state(&self) -> Arc<State> {
@@ -237,6 +250,10 @@ impl Server {
         head: bool,
         client: IpAddr,
     ) -> (&'static str, Response<Body>) {
+        // The status page has its own list: it names machines and addresses.
+        if let Ok(Route::Status { json, sort }) = parsed {
+            return ("status", self.status_page(client, json, sort));
+        }
         if !self.opts.allow.is_empty() && !self.opts.allow.iter().any(|n| n.contains(&client)) {
             tracing::info!(%client, "refused: not in --allow");
             return ("forbidden", text(StatusCode::FORBIDDEN, "forbidden\n"));
@@ -268,7 +285,7 @@ impl Server {
                 match state.signed_file(client, entry.as_str(), &cert, file.as_str()) {
                     Some((path, f)) => {
                         let what = format!("{}/{cert}/{file}", entry.as_str());
-                        self.send_file(&what, path, f.size, &f.blake3, &conditions, head).await
+                        self.send_file(&what, path, (f.size, &f.blake3), &conditions, head, None).await
                     }
                     None => {
                         tracing::info!(%client, "refused: no group hands this client {}/{cert}/{file}", entry.as_str());
@@ -286,8 +303,27 @@ impl Server {
             },
             Route::Metrics => text(StatusCode::OK, self.metrics.render(&state.stale_metrics(), &self.chunks)),
             Route::Healthz => self.health(),
+            Route::Status { json, sort } => self.status_page(client, json, sort),
         };
         (endpoint, resp)
+    }
+
+    /// `/status` and `/status.json`, for `--status-allow` clients only.
+    fn status_page(&self, client: IpAddr, json: bool, sort: Sort) -> Response<Body> {
+        if !self.opts.status_allow.iter().any(|n| n.contains(&client)) {
+            tracing::info!(%client, "refused: not in --status-allow");
+            return text(StatusCode::FORBIDDEN, "forbidden\n");
+        }
+        let rows = self.status.table(sort);
+        let (body, kind) = if json {
+            (status::json(&rows), "application/json")
+        } else {
+            (status::html(&rows, sort), "text/html; charset=utf-8")
+        };
+        let mut r = text(StatusCode::OK, body);
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
     }
 
     /// `/healthz`: 200 `ok`, or 503 naming each background part that is
@@ -423,7 +459,14 @@ impl Server {
     }
 
     fn machine_script(&self, state: &State, claims: Claims, labels: Labels, client: IpAddr) -> Response<Body> {
+        let mac = claims.mac.as_deref().and_then(|m| m.parse::<Mac>().ok()).map(|m| m.to_string());
+        let hostname = claims.hostname.clone();
         let (body, sent) = self.machine_body(state, claims, labels, client);
+        let to = match &sent {
+            Sent::Boot(b) => Ok((b.group.as_str(), b.entry.as_str())),
+            Sent::Warn(w) => Err(w.as_str()),
+        };
+        self.status.script(mac.as_deref(), client, hostname.as_deref(), to);
         match sent {
             Sent::Boot(b) => {
                 // A boot event: one line per step (script here, each file in `artifact`).
@@ -538,7 +581,18 @@ impl Server {
             tracing::info!(step = %step, source = %client, group = %group, entry = %e.name, file = %art.file, "boot step");
         }
         let what = format!("{}/{}", e.name, art.file);
-        self.send_file(&what, e.path.join(art.file.as_str()), art.size, &art.blake3, cond, head).await
+        let step = match art.name {
+            ArtifactName::Kernel => Some(Step::Kernel),
+            ArtifactName::Initrd => Some(Step::Initrd),
+            ArtifactName::Uki => Some(Step::Uki),
+            _ => None,
+        };
+        let on_end = step.filter(|_| !head).map(|step| {
+            self.status.file(client, group, &e.name, step);
+            let status = self.status.clone();
+            Box::new(move |bytes, whole| status.sent(client, step, bytes, whole)) as super::http::stream::OnEnd
+        });
+        self.send_file(&what, e.path.join(art.file.as_str()), (art.size, &art.blake3), cond, head, on_end).await
     }
 
     /// Sends `path`, which its record says is `size` bytes with BLAKE3
@@ -547,10 +601,10 @@ impl Server {
         self: &Arc<Self>,
         what: &str,
         path: std::path::PathBuf,
-        size: u64,
-        blake3: &str,
+        (size, blake3): (u64, &str),
         cond: &Conditions,
         head: bool,
+        on_end: Option<super::http::stream::OnEnd>,
     ) -> Response<Body> {
         let not_found = || text(StatusCode::NOT_FOUND, "not found\n");
         let meta = FileMeta {
@@ -600,7 +654,7 @@ impl Server {
                 let body = if head {
                     empty_body()
                 } else {
-                    super::http::stream::body(&self.chunks, &self.metrics, opened, parts)
+                    super::http::stream::body(&self.chunks, &self.metrics, opened, parts, on_end)
                 };
                 (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body)
             }

@@ -13,3 +13,4 @@ pub mod machines;
 pub mod render;
 pub mod route;
 pub mod state;
+pub mod status;

@@ -49,6 +49,11 @@ pub enum Route {
     },
     Metrics,
     Healthz,
+    /// `/status` (HTML) or `/status.json`, `?sort=step|time`.
+    Status {
+        json: bool,
+        sort: super::status::Sort,
+    },
 }
 
 impl Route {
@@ -64,6 +69,7 @@ impl Route {
             Route::Loader { .. } => "loaders",
             Route::Metrics => "metrics",
             Route::Healthz => "healthz",
+            Route::Status { .. } => "status",
         }
     }
 }
@@ -169,6 +175,16 @@ fn route_of(seg: &[&str], query: Option<&str>) -> Result<Route, Refused> {
         }
         ["metrics"] => Ok(Route::Metrics),
         ["healthz"] => Ok(Route::Healthz),
+        [page @ ("status" | "status.json")] => {
+            let mut sort = super::status::Sort::default();
+            for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+                sort = match pair.strip_prefix("sort=").and_then(super::status::Sort::parse) {
+                    Some(s) => s,
+                    None => return Err(Refused::BadRequest("query: only sort=step or sort=time".into())),
+                };
+            }
+            Ok(Route::Status { json: *page == "status.json", sort })
+        }
         _ => Err(Refused::NotFound),
     }
 }

@@ -57,6 +57,10 @@ pub struct ChunkCache {
 
 type OutboardSlot = Arc<OnceLock<Result<Arc<Outboard>, String>>>;
 
+/// Files whose outboards are kept before unused ones are dropped (and made
+/// again, by one read, if asked for): 256 bytes a MiB of file.
+const KEEP_OUTBOARDS: usize = 1024;
+
 #[derive(Default)]
 struct Inner {
     map: HashMap<(Key, u64), Bytes>,
@@ -115,7 +119,15 @@ impl ChunkCache {
     /// The outboard of `file` (`key`), which must hash to `blake3` (hex):
     /// made by reading the file once, then kept. Blocking.
     pub fn outboard(&self, key: &Key, file: &std::fs::File, blake3: &str) -> std::io::Result<Arc<Outboard>> {
-        let slot = self.outboards.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_default().clone();
+        let slot = {
+            let mut map = self.outboards.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() >= KEEP_OUTBOARDS && !map.contains_key(key) {
+                // Files of builds no longer served (a long-running server
+                // sees many): keep only outboards a download holds now.
+                map.retain(|_, slot| matches!(slot.get(), Some(Ok(o)) if Arc::strong_count(o) > 1));
+            }
+            map.entry(key.clone()).or_default().clone()
+        };
         let made = slot.get_or_init(|| {
             let o = Outboard::of_file(file, key.3, CHUNK).map_err(|e| e.to_string())?;
             if o.root_hex() != blake3 {

@@ -84,17 +84,15 @@ impl Metrics {
     /// The background parts' health and restarts.
     fn render_parts(&self, s: &mut String) {
         let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-        if !parts.is_empty() {
-            s.push_str("# HELP imgd_part_up Whether a background part of the server (proxydhcp, tftp) runs.\n");
-            s.push_str("# TYPE imgd_part_up gauge\n");
-            for (n, p) in parts.iter() {
-                let _ = writeln!(s, "imgd_part_up{{part=\"{n}\"}} {}", u8::from(p.down.is_none()));
-            }
-            s.push_str("# HELP imgd_part_restarts_total Times a background part was started again after it stopped.\n");
-            s.push_str("# TYPE imgd_part_restarts_total counter\n");
-            for (n, p) in parts.iter() {
-                let _ = writeln!(s, "imgd_part_restarts_total{{part=\"{n}\"}} {}", p.restarts);
-            }
+        s.push_str("# HELP imgd_part_up Whether a background part of the server (proxydhcp, tftp) runs.\n");
+        s.push_str("# TYPE imgd_part_up gauge\n");
+        for (n, p) in parts.iter() {
+            let _ = writeln!(s, "imgd_part_up{{part=\"{n}\"}} {}", u8::from(p.down.is_none()));
+        }
+        s.push_str("# HELP imgd_part_restarts_total Times a background part was started again after it stopped.\n");
+        s.push_str("# TYPE imgd_part_restarts_total counter\n");
+        for (n, p) in parts.iter() {
+            let _ = writeln!(s, "imgd_part_restarts_total{{part=\"{n}\"}} {}", p.restarts);
         }
     }
 
@@ -113,26 +111,18 @@ impl Metrics {
             let _ = writeln!(s, "imgd_boots_total{{profile=\"{}\",group=\"{}\"}} {n}", esc(p), esc(g));
         }
         s.push_str(groups);
-        let dhcp = self.dhcp.lock().unwrap_or_else(|p| p.into_inner());
-        if !dhcp.is_empty() {
-            s.push_str(
-                "# HELP imgd_proxydhcp_packets_total proxyDHCP packets by client kind and reply (or why none).\n",
-            );
-            s.push_str("# TYPE imgd_proxydhcp_packets_total counter\n");
-            for ((c, w), n) in dhcp.iter() {
-                let _ = writeln!(s, "imgd_proxydhcp_packets_total{{client=\"{c}\",reply=\"{w}\"}} {n}");
-            }
+        // Every family is announced even before it has samples (no PXE side,
+        // nothing yet): dashboards and alerts find the names either way.
+        s.push_str("# HELP imgd_proxydhcp_packets_total proxyDHCP packets by client kind and reply (or why none).\n");
+        s.push_str("# TYPE imgd_proxydhcp_packets_total counter\n");
+        for ((c, w), n) in self.dhcp.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(s, "imgd_proxydhcp_packets_total{{client=\"{c}\",reply=\"{w}\"}} {n}");
         }
-        drop(dhcp);
-        let tftp = self.tftp.lock().unwrap_or_else(|p| p.into_inner());
-        if !tftp.is_empty() {
-            s.push_str("# HELP imgd_tftp_requests_total TFTP read requests by file and outcome.\n");
-            s.push_str("# TYPE imgd_tftp_requests_total counter\n");
-            for ((f, o), n) in tftp.iter() {
-                let _ = writeln!(s, "imgd_tftp_requests_total{{file=\"{f}\",outcome=\"{o}\"}} {n}");
-            }
+        s.push_str("# HELP imgd_tftp_requests_total TFTP read requests by file and outcome.\n");
+        s.push_str("# TYPE imgd_tftp_requests_total counter\n");
+        for ((f, o), n) in self.tftp.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(s, "imgd_tftp_requests_total{{file=\"{f}\",outcome=\"{o}\"}} {n}");
         }
-        drop(tftp);
         self.render_parts(&mut s);
         let gauge = |s: &mut String, name: &str, help: &str, kind: &str, v: String| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");

@@ -54,11 +54,25 @@ pub async fn open(chunks: &Arc<ChunkCache>, path: PathBuf, size: u64, blake3: &s
     .map_err(std::io::Error::other)?
 }
 
+/// Told, when a body ends, the bytes it sent and whether it sent them all.
+pub type OnEnd = Box<dyn FnOnce(u64, bool) + Send + Sync>;
+
 /// A body that sends `parts` of the opened file through the shared `chunks`,
-/// counted in `metrics`.
-pub fn body(chunks: &Arc<ChunkCache>, metrics: &Arc<Metrics>, file: Opened, parts: Vec<Part>) -> Body {
+/// counted in `metrics`; `on_end` hears how it ended.
+pub fn body(
+    chunks: &Arc<ChunkCache>,
+    metrics: &Arc<Metrics>,
+    file: Opened,
+    parts: Vec<Part>,
+    on_end: Option<OnEnd>,
+) -> Body {
     let guard = Transfer::start(metrics);
-    let cursor = Cursor { file, parts: parts.into(), pos: None, chunks: chunks.clone(), guard, failed: false };
+    let expected = parts.iter().map(|p| match p {
+        Part::Bytes(b) => b.len() as u64,
+        Part::Region(_, len) => *len,
+    });
+    let end = End { on_end, sent: 0, expected: expected.sum() };
+    let cursor = Cursor { file, parts: parts.into(), pos: None, chunks: chunks.clone(), guard, failed: false, end };
     let s = futures_util::stream::unfold(cursor, |mut c| async move {
         if c.failed {
             return None;
@@ -73,6 +87,7 @@ pub fn body(chunks: &Arc<ChunkCache>, metrics: &Arc<Metrics>, file: Opened, part
                     Ok(piece) => {
                         c.pos = Some((off + piece.len() as u64, end));
                         c.guard.bytes(piece.len());
+                        c.end.sent += piece.len() as u64;
                         return Some((Ok(Frame::data(piece)), c));
                     }
                     Err(e) => {
@@ -85,8 +100,12 @@ pub fn body(chunks: &Arc<ChunkCache>, metrics: &Arc<Metrics>, file: Opened, part
                     }
                 }
             }
-            match c.parts.pop_front()? {
-                Part::Bytes(b) => return Some((Ok(Frame::data(b)), c)),
+            let part = c.parts.pop_front()?;
+            match part {
+                Part::Bytes(b) => {
+                    c.end.sent += b.len() as u64;
+                    return Some((Ok(Frame::data(b)), c));
+                }
                 Part::Region(start, len) => c.pos = Some((start, start + len)),
             }
         }
@@ -102,6 +121,24 @@ struct Cursor {
     chunks: Arc<ChunkCache>,
     guard: Transfer,
     failed: bool,
+    end: End,
+}
+
+/// Calls `on_end` when the body is dropped: after its last part, or cut.
+/// (hyper may drop a body once its Content-Length is sent, without asking
+/// for the end: so "whole" is every byte handed over.)
+struct End {
+    on_end: Option<OnEnd>,
+    sent: u64,
+    expected: u64,
+}
+
+impl Drop for End {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_end.take() {
+            f(self.sent, self.sent >= self.expected);
+        }
+    }
 }
 
 impl Cursor {

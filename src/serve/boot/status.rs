@@ -1,0 +1,348 @@
+//! Which machine got what, and where each boot stopped: `/status` (a plain
+//! page that refreshes itself) and `/status.json`, the same table in both.
+//!
+//! Each machine seen (by MAC once it sent one, else by address) keeps its
+//! group, entry, the last step reached (script -> kernel -> initrd -> done,
+//! or uki), bytes sent, when, and the last refusal. A machine that started
+//! a boot and made no progress for longer than the stuck threshold comes
+//! first. At most `cap` machines are kept, least recently seen dropped (a
+//! machine costs a few hundred bytes); nothing is written to disk.
+//!
+//! Every value a client claimed (MAC, hostname) was checked to iPXE's
+//! shapes where it entered, and is escaped again here for HTML: the page
+//! shows it inert whatever bytes it holds.
+
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How far a boot got, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Step {
+    Refused,
+    Script,
+    Kernel,
+    Initrd,
+    Uki,
+    Done,
+}
+
+impl Step {
+    fn text(self) -> &'static str {
+        match self {
+            Step::Refused => "refused",
+            Step::Script => "script",
+            Step::Kernel => "kernel",
+            Step::Initrd => "initrd",
+            Step::Uki => "uki",
+            Step::Done => "done",
+        }
+    }
+}
+
+/// One machine, as the table shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Seen {
+    pub mac: Option<String>,
+    pub address: IpAddr,
+    pub hostname: Option<String>,
+    pub group: Option<String>,
+    pub entry: Option<String>,
+    pub step: Step,
+    pub bytes: u64,
+    /// Seconds since the epoch of the last thing it did.
+    pub last: u64,
+    pub refusal: Option<String>,
+    /// Started a boot and made no progress for longer than the threshold.
+    pub stuck: bool,
+    #[serde(skip)]
+    seq: u64,
+}
+
+pub struct Status {
+    cap: usize,
+    stuck_after: Duration,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    machines: HashMap<String, Seen>,
+    /// Key of the machine last seen at an address (artifact requests carry
+    /// no MAC: the script request before them did).
+    at: HashMap<IpAddr, String>,
+    /// seq -> key, oldest first, for dropping the least recently seen.
+    order: BTreeMap<u64, String>,
+    seq: u64,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Status {
+    pub fn new(cap: usize, stuck_after: Duration) -> Status {
+        Status { cap: cap.max(1), stuck_after, inner: Mutex::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A boot script was sent (`group`/`entry`), or refused (`refusal`).
+    pub fn script(&self, mac: Option<&str>, address: IpAddr, hostname: Option<&str>, to: Result<(&str, &str), &str>) {
+        let key = mac.map_or_else(|| address.to_string(), str::to_string);
+        let mut inner = self.lock();
+        inner.at.insert(address, key.clone());
+        let seen = inner.touch(&key, address, self.cap);
+        seen.mac = mac.map(str::to_string).or(seen.mac.take());
+        seen.hostname = hostname.map(str::to_string).or(seen.hostname.take());
+        seen.address = address;
+        match to {
+            Ok((group, entry)) => {
+                seen.group = Some(group.to_string());
+                seen.entry = Some(entry.to_string());
+                seen.step = Step::Script;
+                seen.bytes = 0;
+                seen.refusal = None;
+            }
+            Err(why) => {
+                seen.step = Step::Refused;
+                seen.refusal = Some(why.to_string());
+            }
+        }
+    }
+
+    /// A boot file was asked for from `address`: `step` is what it is.
+    pub fn file(&self, address: IpAddr, group: &str, entry: &str, step: Step) {
+        let mut inner = self.lock();
+        let key = inner.at.get(&address).cloned().unwrap_or_else(|| address.to_string());
+        let seen = inner.touch(&key, address, self.cap);
+        seen.group = Some(group.to_string());
+        seen.entry = Some(entry.to_string());
+        if step > seen.step || seen.step == Step::Done {
+            seen.step = step;
+        }
+    }
+
+    /// A boot file's download ended: `bytes` sent, `whole` if all of it.
+    /// The last file of a boot (initrd, or a UKI) sent whole is `done`.
+    pub fn sent(&self, address: IpAddr, step: Step, bytes: u64, whole: bool) {
+        let mut inner = self.lock();
+        let Some(key) = inner.at.get(&address).cloned() else { return };
+        let seen = inner.touch(&key, address, self.cap);
+        seen.bytes += bytes;
+        if whole && matches!(step, Step::Initrd | Step::Uki) && seen.step == step {
+            seen.step = Step::Done;
+        }
+    }
+
+    /// The table: stuck machines first, then by `sort` ("step": least far
+    /// first; else most recently seen first).
+    pub fn table(&self, sort: Sort) -> Vec<Seen> {
+        let t = now();
+        let inner = self.lock();
+        let mut rows: Vec<Seen> = inner
+            .machines
+            .values()
+            .map(|s| {
+                let mut s = s.clone();
+                s.stuck = !matches!(s.step, Step::Done | Step::Refused)
+                    && t.saturating_sub(s.last) > self.stuck_after.as_secs();
+                s
+            })
+            .collect();
+        drop(inner);
+        rows.sort_by(|a, b| {
+            b.stuck.cmp(&a.stuck).then_with(|| match sort {
+                Sort::Step => a.step.cmp(&b.step).then(b.last.cmp(&a.last)),
+                Sort::Time => b.last.cmp(&a.last),
+            })
+        });
+        rows
+    }
+}
+
+impl Inner {
+    /// The machine under `key`, made if new and marked most recently seen;
+    /// the least recently seen goes when there are more than `cap`.
+    fn touch(&mut self, key: &str, address: IpAddr, cap: usize) -> &mut Seen {
+        self.seq += 1;
+        let seq = self.seq;
+        if let Some(old) = self.machines.get(key).map(|s| s.seq) {
+            self.order.remove(&old);
+        } else if self.machines.len() >= cap {
+            if let Some((_, gone)) = self.order.pop_first() {
+                if let Some(g) = self.machines.remove(&gone) {
+                    if self.at.get(&g.address) == Some(&gone) {
+                        self.at.remove(&g.address);
+                    }
+                }
+            }
+        }
+        self.order.insert(seq, key.to_string());
+        let seen = self.machines.entry(key.to_string()).or_insert_with(|| Seen {
+            mac: None,
+            address,
+            hostname: None,
+            group: None,
+            entry: None,
+            step: Step::Script,
+            bytes: 0,
+            last: 0,
+            refusal: None,
+            stuck: false,
+            seq,
+        });
+        seen.seq = seq;
+        seen.last = now();
+        seen
+    }
+}
+
+/// The table's order (`?sort=step` or `?sort=time`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sort {
+    Step,
+    #[default]
+    Time,
+}
+
+impl Sort {
+    pub fn parse(v: &str) -> Option<Sort> {
+        match v {
+            "step" => Some(Sort::Step),
+            "time" => Some(Sort::Time),
+            _ => None,
+        }
+    }
+}
+
+/// `/status.json`.
+pub fn json(rows: &[Seen]) -> String {
+    let stuck = rows.iter().filter(|r| r.stuck).count();
+    let v = serde_json::json!({ "machines": rows, "stuck": stuck, "now": now() });
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
+/// `/status`: a plain table that refreshes itself every 5 s.
+pub fn html(rows: &[Seen], sort: Sort) -> String {
+    let t = now();
+    let stuck = rows.iter().filter(|r| r.stuck).count();
+    let mut s = String::from(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
+         <title>imgd serve: status</title>\n<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:left}\
+         tr.stuck{background:#fdd}</style></head><body>\n",
+    );
+    let _ = writeln!(
+        s,
+        "<h1>imgd serve</h1>\n<p>{} machines, {stuck} stuck. Sorted by {}: <a href=\"?sort=time\">time</a> \
+         | <a href=\"?sort=step\">step</a> | <a href=\"status.json\">JSON</a></p>",
+        rows.len(),
+        if sort == Sort::Step { "step" } else { "time" }
+    );
+    s.push_str(
+        "<table>\n<tr><th>machine</th><th>address</th><th>hostname</th><th>group</th><th>entry</th><th>step</th>\
+                <th>bytes</th><th>last seen</th><th>refusal</th></tr>\n",
+    );
+    for r in rows {
+        let cells = [
+            r.mac.clone().unwrap_or_else(|| "-".into()),
+            r.address.to_string(),
+            r.hostname.clone().unwrap_or_default(),
+            r.group.clone().unwrap_or_default(),
+            r.entry.clone().unwrap_or_default(),
+            format!("{}{}", r.step.text(), if r.stuck { " (stuck)" } else { "" }),
+            r.bytes.to_string(),
+            format!("{} s ago", t.saturating_sub(r.last)),
+            r.refusal.clone().unwrap_or_default(),
+        ];
+        let _ = write!(s, "<tr{}>", if r.stuck { " class=\"stuck\"" } else { "" });
+        for c in cells {
+            let _ = write!(s, "<td>{}</td>", escape(&c));
+        }
+        s.push_str("</tr>\n");
+    }
+    s.push_str("</table>\n</body></html>\n");
+    s
+}
+
+/// Text as HTML shows it, inert: markup characters and quotes as entities,
+/// control characters dropped.
+pub fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, n])
+    }
+
+    #[test]
+    fn a_boot_moves_through_its_steps_and_is_done_when_its_initrd_is_sent_whole() {
+        let s = Status::new(10, Duration::from_secs(120));
+        s.script(Some("52:54:00:00:00:01"), ip(1), Some("web-1"), Ok(("lab", "e1")));
+        assert_eq!(s.table(Sort::Time)[0].step, Step::Script);
+        s.file(ip(1), "lab", "e1", Step::Kernel);
+        s.sent(ip(1), Step::Kernel, 100, true);
+        s.file(ip(1), "lab", "e1", Step::Initrd);
+        assert_eq!(s.table(Sort::Time)[0].step, Step::Initrd);
+        s.sent(ip(1), Step::Initrd, 50, false);
+        assert_eq!(s.table(Sort::Time)[0].step, Step::Initrd, "a cut download is not done");
+        s.sent(ip(1), Step::Initrd, 200, true);
+        let row = &s.table(Sort::Time)[0];
+        assert_eq!((row.step, row.bytes, row.mac.as_deref()), (Step::Done, 350, Some("52:54:00:00:00:01")));
+        s.script(None, ip(2), None, Err("no group matches this machine"));
+        let rows = s.table(Sort::Step);
+        assert_eq!(rows[0].step, Step::Refused);
+        assert_eq!(rows[0].refusal.as_deref(), Some("no group matches this machine"));
+    }
+
+    #[test]
+    fn at_most_cap_machines_are_kept_least_recently_seen_dropped_and_stalled_ones_come_first() {
+        let s = Status::new(3, Duration::from_secs(0));
+        for n in 1..=5 {
+            s.script(Some(&format!("52:54:00:00:00:0{n}")), ip(n), None, Ok(("lab", "e1")));
+        }
+        let macs: Vec<String> = s.table(Sort::Time).into_iter().filter_map(|r| r.mac).collect();
+        assert_eq!(macs.len(), 3);
+        assert!(!macs.contains(&"52:54:00:00:00:01".to_string()), "{macs:?}");
+        assert!(s.lock().at.len() <= 3);
+        // With a threshold of 0 s, a boot a second old is stuck; a done one is not.
+        std::thread::sleep(Duration::from_millis(1100));
+        s.file(ip(5), "lab", "e1", Step::Initrd);
+        s.sent(ip(5), Step::Initrd, 1, true);
+        let rows = s.table(Sort::Time);
+        assert!(rows[0].stuck && rows[1].stuck && !rows[2].stuck, "{rows:?}");
+    }
+
+    #[test]
+    fn claimed_values_are_inert_in_the_page() {
+        let s = Status::new(10, Duration::from_secs(120));
+        s.script(Some("52:54:00:00:00:01"), ip(1), Some("<img src=x onerror=alert(1)>"), Ok(("lab", "e1")));
+        let page = html(&s.table(Sort::Time), Sort::Time);
+        assert!(!page.contains("<img"), "{page}");
+        assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;"), "{page}");
+        let j: serde_json::Value = serde_json::from_str(&json(&s.table(Sort::Time))).unwrap();
+        assert_eq!(j["machines"][0]["hostname"], "<img src=x onerror=alert(1)>");
+    }
+}

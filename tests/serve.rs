@@ -959,7 +959,16 @@ fn the_status_page_shows_each_machines_last_step_and_the_stuck_ones_first() {
         assert_eq!(st, 200);
         serde_json::from_slice(&body).unwrap()
     };
-    let one = status("");
+    // The initrd's body tells the table it ended when the server drops it,
+    // a moment after curl has every byte: poll (bounded).
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let one = loop {
+        let one = status("");
+        if one["machines"][0]["step"] == "done" || std::time::Instant::now() > end {
+            break one;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     let m = &one["machines"][0];
     assert_eq!(
         (m["mac"].as_str(), m["step"].as_str(), m["group"].as_str()),

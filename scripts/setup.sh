@@ -109,6 +109,11 @@ for arch in amd64 arm64; do
   [ -n "$k" ] || { $sudo apt-get update -q >/dev/null; k=$(kernel_of "$arch"); }
   fetch "$k" "$arch"
   fetch busybox-static "$arch"
+  # [scratch] on a busybox base: mke2fs/mkfs.xfs and mdadm with their libraries.
+  for pkg in libc6 e2fsprogs libext2fs2 libcom-err2 libblkid1 libuuid1 \
+    xfsprogs libinih1 liburcu8 mdadm libudev1; do
+    fetch "$pkg" "$arch"
+  done
   kernels+=("${k}_")
 done
 fetch systemd-boot-efi arm64

@@ -39,6 +39,9 @@ struct HashInput<'a> {
     ipxe_template: String,
     /// The node stage script every image carries (`rootfs::node_stage`).
     node_stage: String,
+    /// The scratch stage's body, for images with `[scratch]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scratch_stage: Option<String>,
     recipe: &'a Recipe,
 }
 
@@ -52,6 +55,10 @@ pub fn input_hash(recipe: &Recipe) -> String {
         tools,
         ipxe_template: crate::hash::sha256_hex(artifact::IPXE_TEMPLATE.as_bytes()),
         node_stage: crate::hash::sha256_hex(crate::rootfs::node_stage::SCRIPT.as_bytes()),
+        scratch_stage: recipe
+            .scratch
+            .as_ref()
+            .map(|_| crate::hash::sha256_hex(crate::rootfs::scratch::SCRIPT.as_bytes())),
         recipe,
     };
     // Serializing plain data to a Vec cannot fail; an empty input would still

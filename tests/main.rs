@@ -18,6 +18,7 @@ mod debian;
 mod errors;
 mod lock;
 mod netboot;
+mod scratch;
 mod secureboot;
 mod serve;
 mod store;

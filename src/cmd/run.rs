@@ -27,6 +27,9 @@ pub struct RunArgs {
     pub ssh: Option<u16>,
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: Accel,
+    /// Attach a raw file as an extra virtio disk (repeatable).
+    #[arg(long = "drive", value_name = "FILE[,serial=NAME]")]
+    pub drives: Vec<imgd::qemu::Drive>,
 }
 
 pub fn run(a: &RunArgs) -> anyhow::Result<()> {
@@ -52,6 +55,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         accel,
         ssh: a.ssh,
         secure_boot: None,
+        drives: &a.drives,
     };
     let scratch = tempfile::tempdir()?;
     let mut _server = None;

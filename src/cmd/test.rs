@@ -48,6 +48,10 @@ pub struct TestArgs {
     /// when one fails).
     #[arg(long)]
     pub keep_logs: bool,
+    /// Attach a raw file as an extra virtio disk (repeatable), e.g. to test
+    /// `[scratch]`: `--drive d1.img,serial=scratch1`. Writes reach the file.
+    #[arg(long = "drive", value_name = "FILE[,serial=NAME]")]
+    pub drives: Vec<imgd::qemu::Drive>,
 }
 
 /// `--format` of `imgd test`: one way to boot, or all of them.
@@ -126,6 +130,7 @@ pub fn run(a: &TestArgs) -> anyhow::Result<()> {
         accel,
         ssh: None,
         secure_boot: secure.as_ref().map(|(vars, _)| vars.as_path()),
+        drives: &a.drives,
     };
     let booted = wanted.into_iter().try_for_each(|target| {
         // The source, its name in the log file and progress lines, and in the result line.

@@ -110,8 +110,15 @@ impl<'a> Running<'a> {
             if let Some(m) = comp.roles[node.role].memory_mib {
                 spec.memory_mib = m;
             }
-            let m =
-                Machine { arch: img.arch, firmware: img.firmware, qemu: &spec, accel, ssh: None, secure_boot: None };
+            let m = Machine {
+                arch: img.arch,
+                firmware: img.firmware,
+                qemu: &spec,
+                accel,
+                ssh: None,
+                secure_boot: None,
+                drives: &[],
+            };
             let cmdline = format!(
                 "rdinit={} imgd.init=/init {} {}",
                 crate::rootfs::node_stage::PATH,

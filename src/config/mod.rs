@@ -10,6 +10,8 @@ pub mod lock;
 pub mod profile;
 pub mod recipe;
 pub mod resolve;
+pub mod scratch;
+pub mod scratch_check;
 pub mod types;
 
 pub use error::ConfigError;

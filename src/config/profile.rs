@@ -56,6 +56,9 @@
 //! [secure_boot]                    # sign the uki after each build (see `imgd sign`);
 //! key = "keys/db.key"              # not part of the hash; relative to this file
 //! cert = "keys/db.crt"
+//!
+//! [scratch]                        # local disks wiped and striped at every boot: see config::scratch
+//! layout = "raid0"
 //! ```
 
 use super::types::{Format, Mode, Size};
@@ -84,6 +87,7 @@ pub struct ProfileFile {
     pub services: Option<ServicesSpec>,
     pub disk: Option<DiskSpec>,
     pub secure_boot: Option<SecureBootSpec>,
+    pub scratch: Option<super::scratch::ScratchSpec>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

@@ -221,6 +221,15 @@ pub struct Recipe {
     pub users: Vec<UserSpec>,
     pub services: Vec<String>,
     pub disk: Disk,
+    /// `[scratch]`: when set, `init` is the scratch stage, which hands over
+    /// to the profile's init (`scratch.init`). Absent from the hash input
+    /// when unset, so builds without it keep their hashes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scratch: Option<super::scratch::Scratch>,
+    /// The packages `[scratch]`'s programs come from when the base is plain
+    /// `.deb`s (other bases must hold them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scratch_tools: Vec<Input>,
     pub ena: bool,
     pub sriov: bool,
     /// systemd-boot, for UEFI disk images.

@@ -43,6 +43,8 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
     let files = files(l, &inputs)?;
     check_line_fields(l)?;
     let disk = disk(l)?;
+    let profile_init = p.init.clone().unwrap_or_else(|| "/sbin/init".into());
+    let (scratch, scratch_tools) = scratch(l, &inputs, &base, &profile_init)?;
     let efi_loader = if needs_disk {
         Some(inputs.systemd_efi(
             "efi_loader",
@@ -65,6 +67,7 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
     let grub_bios = if needs_disk && hw.firmware == Firmware::Bios { Some(grub_bios(l)?) } else { None };
     inputs.save();
     let extra_modules = p.kernel.as_ref().map(|k| k.extra_modules.as_slice()).unwrap_or_default();
+    let scratch_modules = scratch.as_ref().map(|s| s.modules()).unwrap_or_default();
     Ok(Recipe {
         origins: l.origins.clone(),
         name,
@@ -74,17 +77,19 @@ pub fn resolve(l: &Loaded, opts: &ResolveOptions) -> Result<Recipe, ConfigError>
         hostname: p.hostname.clone(),
         formats,
         cmdline: cmdline(l),
-        init: p.init.clone().unwrap_or_else(|| "/sbin/init".into()),
+        init: if scratch.is_some() { super::scratch::STAGE.to_string() } else { profile_init },
         ready_marker: p.ready_marker.clone(),
         epoch: p.source_date_epoch.or(opts.env_epoch).unwrap_or(DEFAULT_EPOCH),
         base,
         kernel,
-        modules: modules(hw.modules.iter().chain(extra_modules)),
+        modules: modules(hw.modules.iter().chain(extra_modules).chain(&scratch_modules)),
         extra_modules: modules(extra_modules.iter()),
         files,
         users: p.users.clone(),
         services: p.services.clone().unwrap_or_default().enable,
         disk,
+        scratch,
+        scratch_tools,
         ena: hw.ena,
         sriov: hw.sriov,
         efi_loader,
@@ -239,6 +244,26 @@ fn base(l: &Loaded, inputs: &Inputs) -> Result<Base, ConfigError> {
         ));
     }
     Ok(Base::Debian(Box::new(base)))
+}
+
+/// `[scratch]`, and the packages its programs come from when the base is
+/// plain `.deb`s (other bases must hold them: checked at assembly).
+fn scratch(
+    l: &Loaded,
+    inputs: &Inputs,
+    base: &Base,
+    init: &str,
+) -> Result<(Option<super::scratch::Scratch>, Vec<Input>), ConfigError> {
+    let Some(s) = super::scratch_check::check(l, init)? else { return Ok((None, Vec::new())) };
+    let mut tools = Vec::new();
+    if matches!(base, Base::Debs(_)) {
+        let why = format!("[scratch] ({} on {}) needs", s.layout.as_str(), s.filesystem.as_str());
+        for p in s.packages() {
+            let deb = inputs.deb("scratch", p).map_err(|e| l.error("scratch", format!("{why} {p}: {}", e.message)))?;
+            tools.push(deb);
+        }
+    }
+    Ok((Some(s), tools))
 }
 
 /// `[kernel]`: exactly one of deb, from_base, image (+ modules).

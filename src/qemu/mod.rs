@@ -127,6 +127,51 @@ pub struct Machine<'a> {
     /// UEFI with Secure Boot enforced, and these variables (PK, KEK, db
     /// enrolled: see [`enrol_vars`]) instead of the empty template.
     pub secure_boot: Option<&'a Path>,
+    /// Extra disks (`--drive`), attached as virtio disks after the boot disk.
+    pub drives: &'a [Drive],
+}
+
+/// `--drive FILE[,serial=NAME]`: a raw file attached as a virtio disk.
+/// Writes go to the file (no snapshot): a test can boot twice on one set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drive {
+    pub path: PathBuf,
+    pub serial: Option<String>,
+}
+
+impl std::str::FromStr for Drive {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Drive, String> {
+        let (path, opts) = match s.split_once(",serial=") {
+            Some((p, serial)) => (p, Some(serial)),
+            None => (s, None),
+        };
+        if path.is_empty() || path.contains(',') {
+            return Err(format!("`{s}`: expected FILE[,serial=NAME] with no comma in FILE"));
+        }
+        // virtio-blk keeps 20 bytes of serial.
+        if let Some(serial) = opts {
+            let ok = !serial.is_empty()
+                && serial.len() <= 20
+                && serial.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            if !ok {
+                return Err(format!("serial `{serial}`: 1 to 20 letters, digits, . _ -"));
+            }
+        }
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            return Err(format!("{}: no such file", path.display()));
+        }
+        Ok(Drive { path, serial: opts.map(str::to_string) })
+    }
+}
+
+fn drives(c: &mut Command, m: &Machine<'_>) {
+    for (i, d) in m.drives.iter().enumerate() {
+        c.arg("-drive").arg(format!("file={},format=raw,if=none,id=extra{i}", d.path.display()));
+        let serial = d.serial.as_ref().map_or(String::new(), |s| format!(",serial={s}"));
+        c.arg("-device").arg(format!("virtio-blk-pci,drive=extra{i}{serial}"));
+    }
 }
 
 const OVMF_CODE: &[&str] =
@@ -208,6 +253,7 @@ pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Comm
             c.args(["-device", &disk_device(m.qemu.disk)]);
         }
     }
+    drives(&mut c, m);
     Ok(c)
 }
 

@@ -5,6 +5,7 @@ pub mod customize;
 pub mod debian_base;
 pub mod kernel;
 pub mod node_stage;
+pub mod scratch;
 pub mod tree;
 
 use crate::config::recipe::{Base, Kernel, Recipe};
@@ -54,6 +55,9 @@ pub fn assemble(recipe: &Recipe, work: &Path, remote: Option<&dyn crate::store::
     customize::skeleton(&mut tree)?;
     customize::boot_entry(&mut tree, &recipe.init)?;
     node_stage::install(&mut tree, &boot_modules)?;
+    if let Some(s) = &recipe.scratch {
+        scratch::install(&mut tree, recipe, s, work)?;
+    }
     customize::users(&mut tree, recipe)?;
     if let Some(h) = &recipe.hostname {
         customize::hostname(&mut tree, h)?;
@@ -68,7 +72,8 @@ pub fn assemble(recipe: &Recipe, work: &Path, remote: Option<&dyn crate::store::
 /// image, or not executable, would only show as a kernel panic at boot.
 fn check_init(tree: &Tree, recipe: &Recipe) -> Result<()> {
     use tree::Kind;
-    let init = &recipe.init;
+    // With [scratch], recipe.init is the stage, which runs the profile's.
+    let init = recipe.scratch.as_ref().map_or(&recipe.init, |s| &s.init);
     let ok = match tree.get(init) {
         Some(n) if matches!(n.kind, Kind::File | Kind::Hardlink(_)) => n.mode & 0o111 != 0,
         _ => false,

@@ -1,0 +1,193 @@
+//! `[scratch]`: a machine's local disks wiped and made one filesystem at
+//! every boot, checked by booting hello with extra raw disks in real qemu
+//! (TCG) and reading what the guest reports on its console.
+
+use crate::common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// hello with `[scratch]` and an init that reports what a user would check:
+/// the stage's JSON, whether the last boot's file survived, the bind mount.
+fn profile(scratch: &str) -> String {
+    let hello = repo().join("profiles/hello.toml");
+    format!(
+        r##"extends = "{}"
+name = "scr"
+formats = ["ipxe", "raw"]
+
+[scratch]
+{scratch}
+
+[[files]]
+path = "/sbin/init"
+mode = "0755"
+content = """#!/bin/busybox sh
+/bin/busybox --install -s
+echo "SCRATCH-JSON $(cat /run/imgd/scratch.json 2>/dev/null)"
+[ -e /scratch/left-by-last-boot ] && echo SCRATCH-SURVIVED
+echo x > /scratch/left-by-last-boot
+if [ -d /var/lib/builds ]; then
+  echo y > /var/lib/builds/f && [ -e /scratch/.bind/var/lib/builds/f ] && echo BIND-OK
+fi
+sync
+echo IMGD-HELLO-READY
+exec sh
+"""
+"##,
+        hello.display()
+    )
+}
+
+/// Sparse raw files of these sizes (GiB) in `dir`.
+fn disks(dir: &Path, names: &[(&str, u64)]) -> Vec<PathBuf> {
+    names
+        .iter()
+        .map(|(n, gib)| {
+            let p = dir.join(format!("{n}.img"));
+            let f = std::fs::File::create(&p).unwrap();
+            f.set_len(gib << 30).unwrap();
+            p
+        })
+        .collect()
+}
+
+/// Boots `format` with `drives` (`FILE[,serial=S]`); returns (exit ok, console).
+fn boot(project: &Path, format: &str, drives: &[String], sets: &[&str]) -> (bool, String) {
+    let mut c = imgd(&project.join("store"));
+    c.env("IMGD_ROOT", project).args(["test", "scr", "--format", format, "--timeout", "200", "--keep-logs"]);
+    for d in drives {
+        c.args(["--drive", d]);
+    }
+    for s in sets {
+        c.args(["--set", s]);
+    }
+    let out = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let kept = stderr.split("console logs kept in ").nth(1).and_then(|s| s.lines().next()).expect("logs kept");
+    let mut console = String::new();
+    for e in std::fs::read_dir(kept).unwrap() {
+        console.push_str(&String::from_utf8_lossy(&std::fs::read(e.unwrap().path()).unwrap()));
+    }
+    remove_kept_logs(&out);
+    (out.status.success(), console)
+}
+
+/// `imgd: scratch /scratch raid0 3 disks 2950 MiB` → (rest of line, MiB).
+fn scratch_line(console: &str) -> (String, u64) {
+    let line = console.lines().find(|l| l.starts_with("imgd: scratch ")).unwrap_or_else(|| panic!("{console}"));
+    let mib = line.split_whitespace().rev().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+    (line.trim_start_matches("imgd: scratch ").to_string(), mib)
+}
+
+fn report(console: &str) -> Value {
+    let json = console.lines().find_map(|l| l.strip_prefix("SCRATCH-JSON ")).unwrap_or_else(|| panic!("{console}"));
+    serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("{e}: {json}"))
+}
+
+fn sha(p: &Path) -> String {
+    tool("sha256sum", &[p.to_str().unwrap()]).split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn three_matching_disks_become_one_raid0_fresh_at_every_boot() {
+    let p = project(&[("scr.toml", &profile("match = { serial = \"scratch*\" }\nbind = [\"/var/lib/builds\"]"))]);
+    let d = p.path();
+    let files = disks(d, &[("s1", 1), ("s2", 1), ("s3", 1), ("keep1", 1)]);
+    // A previous tenant's GPT and ext4 on one disk; random bytes on the one to keep.
+    std::fs::write(d.join("gpt"), "label: gpt\n,,L\n").unwrap();
+    let gpt = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("sfdisk -q {} < {}", files[1].display(), d.join("gpt").display()))
+        .status()
+        .unwrap();
+    assert!(gpt.success());
+    tool("mkfs.ext4", &["-q", "-F", "-E", "offset=1048576", files[1].to_str().unwrap(), "500M"]);
+    let noise: Vec<u8> = (0..(64u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&files[3], &noise).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&files[3]).unwrap().set_len(1 << 30).unwrap();
+    let keep_before = sha(&files[3]);
+    let drives: Vec<String> = ["scratch1", "scratch2", "scratch3", "keep1"]
+        .iter()
+        .zip(&files)
+        .map(|(serial, f)| format!("{},serial={serial}", f.display()))
+        .collect();
+
+    let mut uuids = Vec::new();
+    for (round, format) in ["kernel", "kernel", "raw"].iter().enumerate() {
+        let (ok, console) = boot(d, format, &drives, &[]);
+        assert!(ok, "{format} boot {round}:\n{console}");
+        let (line, mib) = scratch_line(&console);
+        assert!(line.starts_with("/scratch raid0 3 disks "), "{line}");
+        assert!((2900..=3072).contains(&mib), "{line}");
+        let r = report(&console);
+        let serials: Vec<&str> = r["disks"].as_array().unwrap().iter().map(|d| d["serial"].as_str().unwrap()).collect();
+        let mut sorted = serials.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, ["scratch1", "scratch2", "scratch3"], "{r}");
+        assert_eq!(r["filesystem"], "ext4");
+        assert_eq!(r["mib"].as_u64(), Some(mib));
+        assert!(r["ready_seconds"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(!console.contains("SCRATCH-SURVIVED"), "a file outlived the boot:\n{console}");
+        assert!(console.contains("BIND-OK"), "{console}");
+        uuids.push(r["uuid"].as_str().unwrap().to_string());
+        // keep1 does not match: untouched, byte for byte.
+        assert_eq!(sha(&files[3]), keep_before, "keep1 changed after boot {round}");
+    }
+    assert_eq!(uuids.iter().collect::<std::collections::BTreeSet<_>>().len(), 3, "a fresh UUID each boot: {uuids:?}");
+    // Nothing of the old GPT is left on the disk that had one.
+    let out = std::process::Command::new("sfdisk").args(["-d", files[1].to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success(), "a partition table survived: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn every_disk_but_the_boot_disk_and_uneven_sizes_are_all_used() {
+    // No match: every whole disk qualifies, so the raw image's own disk must
+    // be recognised as the boot disk and left alone.
+    let p = project(&[("scr.toml", &profile("layout = \"raid0\""))]);
+    let d = p.path();
+    let files = disks(d, &[("a", 1), ("b", 2), ("c", 3)]);
+    let drives: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let (booted, console) = boot(d, "raw", &drives, &[]);
+    assert!(booted, "{console}");
+    let (line, mib) = scratch_line(&console);
+    assert!(line.starts_with("/scratch raid0 3 disks "), "{line}");
+    assert!((5900..=6144).contains(&mib), "1 + 2 + 3 GiB striped: {line}");
+    // The boot disk in the store is as built.
+    ok(imgd(&d.join("store")).env("IMGD_ROOT", d).arg("verify"));
+}
+
+#[test]
+fn no_matching_disk_gives_tmpfs_or_stops_with_a_clear_message() {
+    let p = project(&[("scr.toml", &profile("match = { serial = \"nothing-has-this*\" }"))]);
+    let d = p.path();
+    let files = disks(d, &[("x", 1)]);
+    let drives = vec![format!("{},serial=other", files[0].display())];
+    let (ok, console) = boot(d, "kernel", &drives, &[]);
+    assert!(ok, "{console}");
+    let (line, _) = scratch_line(&console);
+    assert!(line.starts_with("/scratch tmpfs 0 disks "), "{line}");
+
+    let (ok, console) = boot(d, "kernel", &drives, &["scratch.none=\"fail\""]);
+    assert!(!ok, "a failed scratch stage must not reach the marker:\n{console}");
+    assert!(console.contains("imgd: scratch FAILED: no disk matched [scratch]"), "{console}");
+    assert!(!console.contains("SCRATCH-JSON"), "the image's init ran:\n{console}");
+}
+
+#[test]
+fn bad_scratch_values_name_their_key_and_exit_2() {
+    let cases = [
+        ("mount = \"scratch\"", "key `scratch.mount`: `scratch` must be an absolute path"),
+        ("mount = \"/proc/x\"", "/proc/x is in /proc"),
+        ("disks = 0", "expected \"all\" or a number of disks"),
+        ("layout = \"raid5\"", "unknown variant `raid5`"),
+        ("match = { serial = \"a'b\" }", "a glob of printable ASCII"),
+        ("bind = [\"/scratch/x\"]", "hold each other"),
+    ];
+    for (bad, want) in cases {
+        let p = project(&[("scr.toml", &profile(bad))]);
+        let out = imgd(&p.path().join("store")).env("IMGD_ROOT", p.path()).args(["build", "scr"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("scr.toml:") && stderr.contains(want), "{bad}: {stderr}");
+    }
+}

@@ -191,3 +191,57 @@ fn bad_scratch_values_name_their_key_and_exit_2() {
         assert!(stderr.contains("scr.toml:") && stderr.contains(want), "{bad}: {stderr}");
     }
 }
+
+#[test]
+fn xfs_one_filesystem_per_disk_or_the_largest_alone() {
+    let p =
+        project(&[("scr.toml", &profile("match = { serial = \"s*\" }\nlayout = \"separate\"\nfilesystem = \"xfs\""))]);
+    let d = p.path();
+    let files = disks(d, &[("small", 1), ("big", 2)]);
+    let drives = vec![format!("{},serial=s-small", files[0].display()), format!("{},serial=s-big", files[1].display())];
+    let (booted, console) = boot(d, "kernel", &drives, &[]);
+    assert!(booted, "{console}");
+    let (line, mib) = scratch_line(&console);
+    assert!(line.starts_with("/scratch separate 2 disks "), "{line}");
+    assert!((2900..=3072).contains(&mib), "{line}");
+    let r = report(&console);
+    assert_eq!(r["filesystem"], "xfs");
+    let each = r["disks"].as_array().unwrap();
+    // Largest first, each at MOUNT/N with a UUID of its own.
+    assert_eq!((each[0]["serial"].as_str(), each[0]["mount"].as_str()), (Some("s-big"), Some("/scratch/0")), "{r}");
+    assert_eq!((each[1]["serial"].as_str(), each[1]["mount"].as_str()), (Some("s-small"), Some("/scratch/1")), "{r}");
+    assert_ne!(each[0]["uuid"], each[1]["uuid"]);
+
+    let (booted, console) = boot(d, "kernel", &drives, &["scratch.layout=\"single\""]);
+    assert!(booted, "{console}");
+    let (line, mib) = scratch_line(&console);
+    assert!(line.starts_with("/scratch single 1 disk "), "{line}");
+    assert!((1900..=2048).contains(&mib), "the 2 GiB disk: {line}");
+    assert_eq!(report(&console)["disks"][0]["serial"], "s-big");
+}
+
+#[test]
+fn a_base_without_the_tools_is_an_error_at_the_key() {
+    // A base of its own (a directory with busybox only): nothing to take
+    // mdadm or mke2fs from.
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("sbin")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for (path, text) in [("bin/busybox", "#!/bin/sh\n"), ("sbin/init", "#!/bin/busybox sh\n")] {
+        std::fs::write(root.join(path), text).unwrap();
+        std::fs::set_permissions(root.join(path), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let profile = format!(
+        "hardware = \"qemu-x86_64\"\nformats = [\"tar\"]\n[base]\ndir = \"{}\"\n[kernel]\ndeb = \"linux-image-[0-9]*\"\n[scratch]\nlayout = \"raid0\"\n",
+        root.display()
+    );
+    let p = project(&[("bare.toml", &profile)]);
+    let out = imgd(&p.path().join("store")).env("IMGD_ROOT", p.path()).args(["build", "bare"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("bare.toml:") && stderr.contains("scratch.filesystem"), "{stderr}");
+    assert!(stderr.contains("the image has no mke2fs"), "{stderr}");
+    assert!(entries(&p.path().join("store")).is_empty());
+}

@@ -114,6 +114,10 @@ for arch in amd64 arm64; do
     xfsprogs libinih1 liburcu8 mdadm libudev1; do
     fetch "$pkg" "$arch"
   done
+  # profiles/builder.toml: dropbear and the libraries it links.
+  for pkg in dropbear-bin libcrypt1 libtomcrypt1 libtommath1 libgmp10 zlib1g; do
+    fetch "$pkg" "$arch"
+  done
   kernels+=("${k}_")
 done
 fetch systemd-boot-efi arm64

@@ -102,3 +102,9 @@ fn bench_storm_runs_in_its_quick_form() {
     assert_eq!(*named(&f, "storm.dhcp_errors"), 0.0);
     assert!(*named(&f, "storm.dhcp_offer_p99") > 0.0);
 }
+
+#[test]
+fn bench_scratch_runs_in_its_quick_form() {
+    let f = quick("scratch");
+    assert!(*named(&f, "scratch.ready") > *named(&f, "scratch.init"), "/scratch is ready after init starts");
+}

@@ -227,3 +227,8 @@ pub fn cms_verifies(content: &[u8], sig: &[u8], ca_crt: &Path) -> bool {
         .status
         .success()
 }
+
+/// A loopback port nothing listens on right now (for `imgd run --ssh`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

@@ -7,10 +7,6 @@ use crate::common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[test]
 fn debian_boots_to_login_and_accepts_ssh_with_the_profiles_key() {
     let d = tempfile::tempdir().unwrap();

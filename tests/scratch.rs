@@ -113,7 +113,8 @@ fn three_matching_disks_become_one_raid0_fresh_at_every_boot() {
         .collect();
 
     let mut uuids = Vec::new();
-    for (round, format) in ["kernel", "kernel", "raw"].iter().enumerate() {
+    // A real iPXE netboot from imgd serve, the same kernel + initrd again, then the raw disk.
+    for (round, format) in ["ipxe", "kernel", "raw"].iter().enumerate() {
         let (ok, console) = boot(d, format, &drives, &[]);
         assert!(ok, "{format} boot {round}:\n{console}");
         let (line, mib) = scratch_line(&console);
@@ -293,4 +294,52 @@ fn the_builder_profile_is_ready_for_ssh_with_its_disks_striped() {
     Command::new("kill").args(["-TERM", &run.id().to_string()]).status().unwrap();
     run.wait().unwrap();
     assert_no_process_mentions(&store);
+}
+
+#[test]
+fn the_section_is_part_of_the_input_hash() {
+    let p = project(&[("scr.toml", &profile("layout = \"raid0\""))]);
+    let hash = |sets: &[&str]| {
+        let mut c = imgd(&p.path().join("store"));
+        c.env("IMGD_ROOT", p.path()).args(["hash", "scr"]);
+        for s in sets {
+            c.args(["--set", s]);
+        }
+        String::from_utf8_lossy(&ok(&mut c).stdout).trim().to_string()
+    };
+    let base = hash(&[]);
+    assert_eq!(base, hash(&[]));
+    for change in ["scratch.layout=\"single\"", "scratch.min_size=\"2GiB\"", "scratch.bind=[\"/srv\"]"] {
+        assert_ne!(base, hash(&[change]), "{change} did not change the hash");
+    }
+}
+
+/// The EC2 instance-store case: NVMe disks chosen by model (sysfs puts
+/// serial and model under the controller, and NVMe probes asynchronously),
+/// a virtio disk beside them left alone.
+#[test]
+fn nvme_disks_are_chosen_by_model() {
+    let p = project(&[(
+        "scr.toml",
+        &format!(
+            "{}\n[kernel]\ndeb = \"linux-image-[0-9]*\"\nextra_modules = [\"nvme\"]\n",
+            profile("match = { model = \"QEMU NVMe*\" }")
+        ),
+    )]);
+    let d = p.path();
+    let files = disks(d, &[("n1", 1), ("n2", 1), ("v1", 1)]);
+    let drives = vec![
+        format!("{},serial=ssd-a,if=nvme", files[0].display()),
+        format!("{},serial=ssd-b,if=nvme", files[1].display()),
+        format!("{},serial=other", files[2].display()),
+    ];
+    let (booted, console) = boot(d, "kernel", &drives, &[]);
+    assert!(booted, "{console}");
+    let (line, _) = scratch_line(&console);
+    assert!(line.starts_with("/scratch raid0 2 disks "), "{line}");
+    let r = report(&console);
+    let mut serials: Vec<&str> = r["disks"].as_array().unwrap().iter().map(|d| d["serial"].as_str().unwrap()).collect();
+    serials.sort_unstable();
+    assert_eq!(serials, ["ssd-a", "ssd-b"], "{r}");
+    assert!(r["disks"][0]["name"].as_str().unwrap().starts_with("nvme"), "{r}");
 }

@@ -28,7 +28,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: Accel,
     /// Attach a raw file as an extra virtio disk (repeatable).
-    #[arg(long = "drive", value_name = "FILE[,serial=NAME]")]
+    #[arg(long = "drive", value_name = "FILE[,serial=NAME][,if=nvme]")]
     pub drives: Vec<imgd::qemu::Drive>,
 }
 

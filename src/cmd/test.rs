@@ -49,8 +49,9 @@ pub struct TestArgs {
     #[arg(long)]
     pub keep_logs: bool,
     /// Attach a raw file as an extra virtio disk (repeatable), e.g. to test
-    /// `[scratch]`: `--drive d1.img,serial=scratch1`. Writes reach the file.
-    #[arg(long = "drive", value_name = "FILE[,serial=NAME]")]
+    /// `[scratch]`: `--drive d1.img,serial=scratch1` (`,if=nvme` for an NVMe
+    /// controller). Writes reach the file.
+    #[arg(long = "drive", value_name = "FILE[,serial=NAME][,if=nvme]")]
     pub drives: Vec<imgd::qemu::Drive>,
 }
 

@@ -131,46 +131,56 @@ pub struct Machine<'a> {
     pub drives: &'a [Drive],
 }
 
-/// `--drive FILE[,serial=NAME]`: a raw file attached as a virtio disk.
-/// Writes go to the file (no snapshot): a test can boot twice on one set.
+/// `--drive FILE[,serial=NAME][,if=virtio|nvme]`: a raw file attached as an
+/// extra disk (virtio-blk, or an NVMe controller with one namespace, as EC2
+/// instance storage is). Writes go to the file (no snapshot): a test can boot
+/// twice on one set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drive {
     pub path: PathBuf,
     pub serial: Option<String>,
+    pub nvme: bool,
 }
 
 impl std::str::FromStr for Drive {
     type Err = String;
     fn from_str(s: &str) -> Result<Drive, String> {
-        let (path, opts) = match s.split_once(",serial=") {
-            Some((p, serial)) => (p, Some(serial)),
-            None => (s, None),
-        };
-        if path.is_empty() || path.contains(',') {
-            return Err(format!("`{s}`: expected FILE[,serial=NAME] with no comma in FILE"));
-        }
-        // virtio-blk keeps 20 bytes of serial.
-        if let Some(serial) = opts {
-            let ok = !serial.is_empty()
-                && serial.len() <= 20
-                && serial.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-            if !ok {
-                return Err(format!("serial `{serial}`: 1 to 20 letters, digits, . _ -"));
+        let mut parts = s.split(',');
+        let path = PathBuf::from(parts.next().unwrap_or_default());
+        let mut d = Drive { path, serial: None, nvme: false };
+        for opt in parts {
+            match opt.split_once('=') {
+                // virtio-blk keeps 20 bytes of serial (NVMe as many).
+                Some(("serial", v))
+                    if !v.is_empty()
+                        && v.len() <= 20
+                        && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) =>
+                {
+                    d.serial = Some(v.to_string())
+                }
+                Some(("serial", v)) => return Err(format!("serial `{v}`: 1 to 20 letters, digits, . _ -")),
+                Some(("if", "virtio")) => d.nvme = false,
+                Some(("if", "nvme")) => d.nvme = true,
+                _ => {
+                    return Err(format!(
+                        "`{opt}` in `{s}`: expected FILE[,serial=NAME][,if=virtio|nvme], no comma in FILE"
+                    ))
+                }
             }
         }
-        let path = PathBuf::from(path);
-        if !path.is_file() {
-            return Err(format!("{}: no such file", path.display()));
+        if !d.path.is_file() {
+            return Err(format!("{}: no such file", d.path.display()));
         }
-        Ok(Drive { path, serial: opts.map(str::to_string) })
+        Ok(d)
     }
 }
 
 fn drives(c: &mut Command, m: &Machine<'_>) {
     for (i, d) in m.drives.iter().enumerate() {
         c.arg("-drive").arg(format!("file={},format=raw,if=none,id=extra{i}", d.path.display()));
-        let serial = d.serial.as_ref().map_or(String::new(), |s| format!(",serial={s}"));
-        c.arg("-device").arg(format!("virtio-blk-pci,drive=extra{i}{serial}"));
+        let serial = d.serial.clone().unwrap_or_else(|| format!("imgd-extra{i}"));
+        let device = if d.nvme { "nvme" } else { "virtio-blk-pci" };
+        c.arg("-device").arg(format!("{device},drive=extra{i},serial={serial}"));
     }
 }
 
@@ -586,4 +596,23 @@ pub fn relay(addr: &str) -> Result<()> {
     std::io::stdout().flush()?;
     drop(t);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Drive;
+
+    #[test]
+    fn drive_options_parse_and_bad_ones_say_why() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let p = f.path().display().to_string();
+        let d: Drive = format!("{p},serial=scratch1,if=nvme").parse().unwrap();
+        assert_eq!((d.serial.as_deref(), d.nvme), (Some("scratch1"), true));
+        let d: Drive = p.parse().unwrap();
+        assert_eq!((d.serial, d.nvme), (None, false));
+        for bad in [format!("{p},serial="), format!("{p},serial=a b"), format!("{p},if=scsi"), format!("{p},x")] {
+            assert!(bad.parse::<Drive>().is_err(), "{bad}");
+        }
+        assert!("/nonexistent/disk.img".parse::<Drive>().unwrap_err().contains("no such file"));
+    }
 }

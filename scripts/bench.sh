@@ -428,6 +428,12 @@ default = true
   local a b
   a=$("$storm" "$I" "$machines" "$window")
   local rss; rss=$(awk '/VmHWM/ {print $2}' "/proc/$srv/status")
+  # The status page right after the storm: every machine is a row of it.
+  local t_html t_json listed rss_page
+  t_html=$(for i in 1 2 3 4 5; do curl -s -o /dev/null -w '%{time_total}\n' "$I/status"; done | median)
+  t_json=$(for i in 1 2 3 4 5; do curl -s -o /dev/null -w '%{time_total}\n' "$I/status.json"; done | median)
+  listed=$(curl -s "$I/status.json" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["machines"]))')
+  rss_page=$(awk '/VmHWM/ {print $2}' "/proc/$srv/status")
   b=$("$storm" "$N" "$machines" "$window")
   local nrss=0 w
   for w in $(pgrep -f "nginx: worker process" || true); do
@@ -444,6 +450,13 @@ default = true
   printf '  %-34s imgd %8s ms   nginx %8s ms\n' "artifact latency p50 (1 MiB)" "$ia50" "$na50"
   printf '  %-34s imgd %8s ms   nginx %8s ms\n' "artifact latency p99 (1 MiB)" "$ia99" "$na99"
   printf '  %-34s imgd %8.1f MiB  nginx %8.1f MiB (all workers)  (goal < 200 MiB)\n' "server peak RSS" "$(calc "$rss / 1024")" "$(calc "$nrss / 1024")"
+  printf '  %-34s imgd %8.1f ms html, %.1f ms JSON, %s machines listed  (goal < 200 ms)\n' "status page after the storm" \
+    "$(calc "$t_html * 1000")" "$(calc "$t_json * 1000")" "$listed"
+  printf '  %-34s imgd %8.1f MiB (peak through the storm and the pages)\n' "server peak RSS with the pages" "$(calc "$rss_page / 1024")"
+  figure status_html_ms "$(calc "$t_html * 1000")" - ms -
+  figure status_json_ms "$(calc "$t_json * 1000")" - ms -
+  figure status_rows "$listed" - count -
+  figure peak_rss_with_status "$(calc "$rss_page / 1024")" - MiB -
   figure errors "$ierr" "$nerr" count -
   figure renders_per_s "$irps" "$nrps" req/s "$(calc "$irps / $nrps")"
   figure script_p99 "$is99" "$ns99" ms "$(calc "$is99 / ($ns99 + 0.001)")"

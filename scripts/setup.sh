@@ -30,6 +30,7 @@ packages=(
   nginx-light wrk                # scripts/bench.sh serve: the server to compare with, the load
   tmux                           # imgd compose connect: one pane per machine
   tcpdump                        # reads imgd compose --pcap captures, as a user would
+  chromium                       # the status page rendered by a real (headless) browser
 )
 
 # arm64 package lists, to download the aarch64 test kernel and busybox.

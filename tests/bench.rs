@@ -98,6 +98,9 @@ fn bench_storm_runs_in_its_quick_form() {
     assert_eq!(*named(&f, "storm.errors"), 0.0, "a storm of a few hundred machines has no errors");
     assert!(*named(&f, "storm.renders_per_s") > 0.0);
     assert!(*named(&f, "storm.peak_rss") > 0.0);
+    // Every machine of the storm is a row of the status page afterwards.
+    assert!(*named(&f, "storm.status_rows") >= 300.0, "{f:?}");
+    assert!(*named(&f, "storm.status_html_ms") > 0.0);
     // The proxyDHCP phase (CI runs as root): every machine offered and acked.
     assert_eq!(*named(&f, "storm.dhcp_errors"), 0.0);
     assert!(*named(&f, "storm.dhcp_offer_p99") > 0.0);

@@ -241,17 +241,54 @@ fn metrics(lan: &Lan) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `/status.json`, asked from the server's own address (the one
+/// `--status-allow` lets in). The table notes a download's end a moment
+/// after the machine has its last byte: asked until every machine in it is
+/// done or refused (bounded).
+fn status(lan: &Lan) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lan.ns,
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                &format!("http://{SERVER}:8080/status.json"),
+            ])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        let settled = v["machines"].as_array().unwrap().iter().all(|m| m["step"] == "done" || m["step"] == "refused");
+        if settled || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The steps of `mac`'s current boot as `/status.json` lists them.
+fn steps_of(status: &serde_json::Value, mac: &str) -> Vec<String> {
+    let row = status["machines"].as_array().unwrap().iter().find(|m| m["mac"] == mac);
+    let row = row.unwrap_or_else(|| panic!("{mac} not in the status: {status}"));
+    row["history"].as_array().unwrap().iter().map(|h| h[0].as_str().unwrap().to_string()).collect()
+}
+
 /// The value of one counter line in /metrics (0 when absent).
 fn counter(metrics: &str, series: &str) -> u64 {
     metrics.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0)
 }
 
-fn boots(fw: Firmware, mac: &str, tag: &str) -> (String, String, String) {
+fn boots(fw: Firmware, mac: &str, tag: &str) -> (String, String, String, serde_json::Value) {
     boots_with(fw, mac, tag, &hello().store, LAB, Duration::from_secs(90), None)
 }
 
 /// A machine with firmware `fw` netboots from `store` served with `machines`
-/// until hello's marker: (console, serve's log, /metrics).
+/// until hello's marker: (console, serve's log, /metrics, /status.json).
 fn boots_with(
     fw: Firmware,
     mac: &str,
@@ -260,18 +297,19 @@ fn boots_with(
     machines: &str,
     limit: Duration,
     secure_vars: Option<&Path>,
-) -> (String, String, String) {
+) -> (String, String, String, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let mut lan = Lan::new(tag);
     lan.site_dhcp();
-    let log = serve(&mut lan, store, dir.path(), machines, &[]);
+    let me = format!("{SERVER}/32");
+    let log = serve(&mut lan, store, dir.path(), machines, &["--status-allow", &me]);
     let i = machine(&mut lan, dir.path(), fw, mac, secure_vars);
     let child = &mut lan.children[i];
     let waited =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_for_console(child, "IMGD-HELLO-READY", limit)));
     let log = std::fs::read_to_string(log).unwrap();
     match waited {
-        Ok(console) => (console, log, metrics(&lan)),
+        Ok(console) => (console, log, metrics(&lan), status(&lan)),
         Err(e) => panic!("{}\nimgd serve's log:\n{log}", panic_text(&*e)),
     }
 }
@@ -282,7 +320,7 @@ fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
 
 #[test]
 fn uefi_pxe_firmware_netboots_through_proxy_dhcp_and_tftp() {
-    let (console, log, m) = boots(Firmware::UefiPxe, "52:54:00:00:07:01", "uefipxe");
+    let (console, log, m, status) = boots(Firmware::UefiPxe, "52:54:00:00:07:01", "uefipxe");
     // The firmware's own PXE took the proxy offer, fetched snponly.efi over
     // TFTP; that iPXE asked again and was sent to the script over HTTP.
     assert!(log.contains("client=UefiPxe") && log.contains("proxyDHCP: boot snponly.efi"), "{log}");
@@ -298,18 +336,24 @@ fn uefi_pxe_firmware_netboots_through_proxy_dhcp_and_tftp() {
     ] {
         assert!(counter(&m, series) >= 1, "{series} not counted:\n{m}");
     }
+    // /status.json: the machine's row went through every step, in order.
+    assert_eq!(
+        steps_of(&status, "52:54:00:00:07:01"),
+        ["offer", "loader", "script", "kernel", "initrd", "done"],
+        "{status}"
+    );
 }
 
 #[test]
 fn the_nics_ipxe_rom_under_seabios_goes_straight_to_the_script() {
-    let (_console, log, _) = boots(Firmware::BiosIpxeRom, "52:54:00:00:00:01", "biosipxe");
+    let (_console, log, _, _) = boots(Firmware::BiosIpxeRom, "52:54:00:00:00:01", "biosipxe");
     assert!(log.contains("client=Ipxe") && log.contains(&format!("boot http://{SERVER}:8080/boot.ipxe")), "{log}");
     assert!(!log.contains("TFTP: sending"), "iPXE needs no loader: {log}");
 }
 
 #[test]
 fn uefi_http_boot_firmware_netboots_through_proxy_dhcp() {
-    let (_console, log, _) = boots(Firmware::UefiHttp, "52:54:00:00:10:01", "uefihttp");
+    let (_console, log, _, _) = boots(Firmware::UefiHttp, "52:54:00:00:10:01", "uefihttp");
     // The firmware's HTTP boot took the proxy's URL and fetched iPXE over
     // HTTP; no TFTP at all.
     let url = format!("boot http://{SERVER}:8080/loaders/snponly.efi");
@@ -327,13 +371,15 @@ fn uefi_http_boot_firmware_boots_the_groups_uki_without_ipxe() {
     let machines = format!(
         "[[group]]\nname = \"uki\"\nprofile = \"hello\"\nhttp_boot = \"uki\"\nselector = {{ mac = \"{mac}\" }}\n\n{LAB}"
     );
-    let (_console, log, m) =
+    let (_console, log, m, status) =
         boots_with(Firmware::UefiHttp, mac, "ukihttp", &h.store, &machines, Duration::from_secs(90), None);
     let entry = h.manifest["name"].as_str().unwrap();
     let url = format!("boot http://{SERVER}:8080/artifacts/{entry}/hello.efi");
     assert!(log.contains("client=UefiHttp") && log.contains(&url), "{log}");
     assert!(!log.contains("client=Ipxe") && !log.contains("TFTP: sending"), "iPXE was not needed: {log}");
     assert!(m.contains("endpoint=\"artifacts\""), "{m}");
+    // A machine that asks for nothing but its UKI is done once it has it whole.
+    assert_eq!(steps_of(&status, mac), ["offer", "uki", "done"], "{status}");
 }
 
 /// aarch64 machines netboot too: AAVMF's HTTP boot fetches the arm64 UKI
@@ -349,7 +395,7 @@ fn aarch64_uefi_http_boot_boots_the_arm64_uki() {
     let machines = format!(
         "[[group]]\nname = \"arm\"\nentry = \"{entry}\"\nhttp_boot = \"uki\"\nselector = {{ mac = \"{mac}\" }}\n"
     );
-    let (_console, log, _) =
+    let (_console, log, _, _) =
         boots_with(Firmware::Aarch64Http, mac, "armhttp", &store, &machines, Duration::from_secs(240), None);
     let url = format!("boot http://{SERVER}:8080/artifacts/{entry}/hello.efi");
     assert!(log.contains("arch=19") && log.contains(&url), "{log}");
@@ -376,7 +422,7 @@ fn secure_boot_firmware_boots_the_signed_uki_over_http_and_refuses_the_unsigned_
         )
     };
     let signed = group(&format!("signed_with = {:?}\n", cert.to_str().unwrap()));
-    let (_c, log, _) =
+    let (_c, log, _, _) =
         boots_with(Firmware::UefiHttp, mac, "sbhttp", &store, &signed, Duration::from_secs(150), Some(&vars));
     let fp = imgd::sign::cert_fingerprint(&cert).unwrap();
     assert!(log.contains(&format!("boot http://{SERVER}:8080/signed/{entry}/{}/hello.efi", &fp[..32])), "{log}");

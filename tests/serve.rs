@@ -937,6 +937,20 @@ fn a_flipped_byte_on_disk_is_never_served_as_the_manifests_bytes() {
     s.wait_log("its manifest says");
 }
 
+/// The DOM Debian's chromium builds from `url` (headless, its own private
+/// profile folder; root needs --no-sandbox), bounded in time.
+fn headless_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("timeout")
+        .args(["90", "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--dump-dom", url])
+        .output()
+        .expect("chromium runs (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `/status` and `/status.json`: a machine's boot reaches `done` when its
 /// initrd was sent whole, one that stalls after its kernel is listed first as
 /// stuck, an unknown machine shows its refusal, the page is for
@@ -950,8 +964,11 @@ fn the_status_page_shows_each_machines_last_step_and_the_stuck_ones_first() {
     let s = Serve::start(&h.store, &["--config", &conf, "--status-stuck", "1"]);
     let b = &s.base;
     let get = |p: &str| curl(&[&format!("{b}{p}")]);
+    // A hostname of the wrong shape is refused where it enters; a label
+    // may hold anything printable, and is shown inert.
+    assert_eq!(get("/ipxe?mac=52-54-00-00-00-01&hostname=%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E").0, 400);
     // Machine 1 boots all the way; machine 2 stops after its kernel.
-    assert_eq!(get("/ipxe?mac=52-54-00-00-00-01&hostname=web-1").0, 200);
+    assert_eq!(get("/ipxe?mac=52-54-00-00-00-01&hostname=web-1&rack=%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E").0, 200);
     assert_eq!(get(&format!("/artifacts/{entry}/vmlinuz")).0, 200);
     assert_eq!(get(&format!("/artifacts/{entry}/initrd")).0, 200);
     let status = |sort: &str| -> serde_json::Value {
@@ -1004,6 +1021,14 @@ fn the_status_page_shows_each_machines_last_step_and_the_stuck_ones_first() {
             && page.contains("kernel (stuck)"),
         "{page}"
     );
+    // What a real browser makes of the page: the group, the MAC and the
+    // step as text, the claimed label as text and not as an element.
+    let dom = headless_dom(&format!("{b}/status"));
+    assert!(
+        dom.contains("<td>lab</td>") && dom.contains("52:54:00:00:00:01") && dom.contains("<td>done</td>"),
+        "{dom}"
+    );
+    assert!(dom.contains("rack=&lt;img src=x onerror=alert(1)&gt;") && !dom.contains("<img"), "{dom}");
     // `imgd status` in the terminal.
     let out = ok(imgd(&h.store).args(["status", "--server", b]));
     let table = String::from_utf8_lossy(&out.stdout);

@@ -205,26 +205,29 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
 async fn start_pxe(cfg: pxe::Config, loaders: Loaders, server: &Server) -> anyhow::Result<()> {
     let cfg = std::sync::Arc::new(cfg);
     let mut proxy = Some(pxe::ProxyDhcp::bind(cfg.clone())?);
-    let mut tftp = Some(pxe::tftp(cfg.addr, pxe::TFTP_PORT, loaders.clone(), server.metrics.clone()).await?);
+    let status = server.status.clone();
+    let mut tftp =
+        Some(pxe::tftp(cfg.addr, pxe::TFTP_PORT, loaders.clone(), server.metrics.clone(), status.clone()).await?);
     let (metrics, current) = (server.metrics.clone(), server.current());
-    let c = cfg.clone();
+    let (c, st) = (cfg.clone(), status.clone());
     tokio::spawn(supervise("proxydhcp", metrics.clone(), move || {
-        let (first, cfg, metrics, current) = (proxy.take(), c.clone(), metrics.clone(), current.clone());
+        let (first, cfg, metrics, current, st) =
+            (proxy.take(), c.clone(), metrics.clone(), current.clone(), st.clone());
         async move {
             let proxy = match first {
                 Some(p) => p,
                 None => pxe::ProxyDhcp::bind(cfg)?,
             };
-            proxy.run(metrics, current).await
+            proxy.run(metrics, current, st).await
         }
     }));
     let (metrics, addr) = (server.metrics.clone(), cfg.addr);
     tokio::spawn(supervise("tftp", metrics.clone(), move || {
-        let (first, loaders, metrics) = (tftp.take(), loaders.clone(), metrics.clone());
+        let (first, loaders, metrics, st) = (tftp.take(), loaders.clone(), metrics.clone(), status.clone());
         async move {
             let tftp = match first {
                 Some(t) => t,
-                None => pxe::tftp(addr, pxe::TFTP_PORT, loaders, metrics).await?,
+                None => pxe::tftp(addr, pxe::TFTP_PORT, loaders, metrics, st).await?,
             };
             tftp.serve().await.map_err(Into::into)
         }

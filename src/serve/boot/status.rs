@@ -2,8 +2,10 @@
 //! page that refreshes itself) and `/status.json`, the same table in both.
 //!
 //! Each machine seen (by MAC once it sent one, else by address) keeps its
-//! group, entry, the last step reached (script -> kernel -> initrd -> done,
-//! or uki), bytes sent, when, and the last refusal. A machine that started
+//! group, entry, the last step reached (DHCP offer -> TFTP loader -> script
+//! -> kernel -> initrd -> done, or offer -> uki -> done), the steps of its
+//! current boot with their times, bytes sent, when, its labels and the last
+//! refusal. A machine that started
 //! a boot and made no progress for longer than the stuck threshold comes
 //! first. At most `cap` machines are kept, least recently seen dropped (a
 //! machine costs a few hundred bytes); nothing is written to disk.
@@ -24,6 +26,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[serde(rename_all = "lowercase")]
 pub enum Step {
     Refused,
+    /// proxyDHCP answered it (offer on 67 or ack on 4011).
+    Offer,
+    /// TFTP sent it a loader.
+    Loader,
     Script,
     Kernel,
     Initrd,
@@ -35,6 +41,8 @@ impl Step {
     fn text(self) -> &'static str {
         match self {
             Step::Refused => "refused",
+            Step::Offer => "offer",
+            Step::Loader => "loader",
             Step::Script => "script",
             Step::Kernel => "kernel",
             Step::Initrd => "initrd",
@@ -57,6 +65,12 @@ pub struct Seen {
     /// Seconds since the epoch of the last thing it did.
     pub last: u64,
     pub refusal: Option<String>,
+    /// The steps of its current boot, each with when (seconds since the
+    /// epoch); at most `HISTORY`, the first kept.
+    pub history: Vec<(Step, u64)>,
+    /// The labels its last script request carried (`?rack=7`), at most
+    /// `LABELS`, values cut to `LABEL_CHARS`.
+    pub labels: BTreeMap<String, String>,
     /// Started a boot and made no progress for longer than the threshold.
     pub stuck: bool,
     #[serde(skip)]
@@ -80,6 +94,13 @@ struct Inner {
     seq: u64,
 }
 
+/// Steps kept per boot: a whole boot has at most 6 distinct ones.
+const HISTORY: usize = 10;
+/// Labels kept per machine, and characters per value: with these, a
+/// machine costs under 1 KiB however its requests are made up.
+const LABELS: usize = 4;
+const LABEL_CHARS: usize = 64;
+
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -94,39 +115,114 @@ impl Status {
     }
 
     /// A boot script was sent (`group`/`entry`), or refused (`refusal`).
-    pub fn script(&self, mac: Option<&str>, address: IpAddr, hostname: Option<&str>, to: Result<(&str, &str), &str>) {
+    pub fn script(
+        &self,
+        mac: Option<&str>,
+        address: IpAddr,
+        hostname: Option<&str>,
+        labels: &BTreeMap<String, String>,
+        to: Result<(&str, &str), &str>,
+    ) {
         let key = mac.map_or_else(|| address.to_string(), str::to_string);
         let mut inner = self.lock();
+        // What this address did before it said its MAC (a TFTP loader) was
+        // this machine.
+        let earlier = match mac {
+            Some(_) => inner.forget(&address.to_string()),
+            None => None,
+        };
         inner.at.insert(address, key.clone());
         let seen = inner.touch(&key, address, self.cap);
+        if let Some(e) = earlier {
+            if seen.history.is_empty() {
+                seen.history = e.history;
+                seen.step = e.step;
+            }
+        }
         seen.mac = mac.map(str::to_string).or(seen.mac.take());
         seen.hostname = hostname.map(str::to_string).or(seen.hostname.take());
         seen.address = address;
+        seen.labels = labels
+            .iter()
+            .take(LABELS)
+            .map(|(k, v)| (k.chars().take(LABEL_CHARS).collect(), v.chars().take(LABEL_CHARS).collect()))
+            .collect();
         match to {
             Ok((group, entry)) => {
                 seen.group = Some(group.to_string());
                 seen.entry = Some(entry.to_string());
-                seen.step = Step::Script;
+                // A script after the loader is the same boot; one after a
+                // finished or refused boot (iPXE's ROM) starts a new one.
+                if seen.step > Step::Script || seen.step == Step::Refused {
+                    seen.history.clear();
+                }
+                seen.advance(Step::Script, true);
                 seen.bytes = 0;
                 seen.refusal = None;
             }
             Err(why) => {
-                seen.step = Step::Refused;
+                seen.advance(Step::Refused, true);
                 seen.refusal = Some(why.to_string());
             }
         }
+    }
+
+    /// proxyDHCP answered `mac` (from `address` once it has one). A
+    /// firmware's request starts a new boot; iPXE's, after its loader, is
+    /// part of the one under way.
+    pub fn offer(&self, mac: &str, address: Option<IpAddr>, firmware: bool) {
+        let mut inner = self.lock();
+        if let Some(a) = address {
+            inner.at.insert(a, mac.to_string());
+        }
+        let seen = inner.touch(mac, address.unwrap_or(IpAddr::from([0, 0, 0, 0])), self.cap);
+        seen.mac = Some(mac.to_string());
+        if let Some(a) = address {
+            seen.address = a;
+        }
+        let new_boot = firmware || seen.step >= Step::Script || seen.step == Step::Refused;
+        if new_boot {
+            seen.history.clear();
+            seen.bytes = 0;
+            seen.refusal = None;
+        }
+        seen.advance(Step::Offer, new_boot);
+    }
+
+    /// `mac`, already answered, will boot from `address` (what its DHCP
+    /// REQUEST asked for). Other machines on the LAN are not noted.
+    pub fn address(&self, mac: &str, address: IpAddr) {
+        let mut inner = self.lock();
+        if let Some(seen) = inner.machines.get_mut(mac) {
+            seen.address = address;
+            inner.at.insert(address, mac.to_string());
+        }
+    }
+
+    /// TFTP sent `address` a loader.
+    pub fn loader(&self, address: IpAddr) {
+        let mut inner = self.lock();
+        let key = inner.at.get(&address).cloned().unwrap_or_else(|| address.to_string());
+        inner.at.insert(address, key.clone());
+        let seen = inner.touch(&key, address, self.cap);
+        seen.advance(Step::Loader, false);
     }
 
     /// A boot file was asked for from `address`: `step` is what it is.
     pub fn file(&self, address: IpAddr, group: &str, entry: &str, step: Step) {
         let mut inner = self.lock();
         let key = inner.at.get(&address).cloned().unwrap_or_else(|| address.to_string());
+        // A UKI-only machine (UEFI HTTP boot) asks for nothing else: its
+        // download's end is found by this address.
+        inner.at.insert(address, key.clone());
         let seen = inner.touch(&key, address, self.cap);
         seen.group = Some(group.to_string());
         seen.entry = Some(entry.to_string());
-        if step > seen.step || seen.step == Step::Done {
-            seen.step = step;
+        if seen.step == Step::Done {
+            seen.history.clear();
+            seen.bytes = 0;
         }
+        seen.advance(step, false);
     }
 
     /// A boot file's download ended: `bytes` sent, `whole` if all of it.
@@ -137,7 +233,7 @@ impl Status {
         let seen = inner.touch(&key, address, self.cap);
         seen.bytes += bytes;
         if whole && matches!(step, Step::Initrd | Step::Uki) && seen.step == step {
-            seen.step = Step::Done;
+            seen.advance(Step::Done, false);
         }
     }
 
@@ -167,7 +263,27 @@ impl Status {
     }
 }
 
+impl Seen {
+    /// Moves to `step` (only forward unless `any`), noted in the history.
+    fn advance(&mut self, step: Step, any: bool) {
+        if !any && step < self.step && self.step != Step::Done {
+            return;
+        }
+        self.step = step;
+        if self.history.last().map(|h| h.0) != Some(step) && self.history.len() < HISTORY {
+            self.history.push((step, self.last));
+        }
+    }
+}
+
 impl Inner {
+    /// Removes the machine under `key`, if any.
+    fn forget(&mut self, key: &str) -> Option<Seen> {
+        let gone = self.machines.remove(key)?;
+        self.order.remove(&gone.seq);
+        Some(gone)
+    }
+
     /// The machine under `key`, made if new and marked most recently seen;
     /// the least recently seen goes when there are more than `cap`.
     fn touch(&mut self, key: &str, address: IpAddr, cap: usize) -> &mut Seen {
@@ -195,6 +311,8 @@ impl Inner {
             bytes: 0,
             last: 0,
             refusal: None,
+            history: Vec::new(),
+            labels: BTreeMap::new(),
             stuck: false,
             seq,
         });
@@ -246,17 +364,19 @@ pub fn html(rows: &[Seen], sort: Sort) -> String {
         if sort == Sort::Step { "step" } else { "time" }
     );
     s.push_str(
-        "<table>\n<tr><th>machine</th><th>address</th><th>hostname</th><th>group</th><th>entry</th><th>step</th>\
-                <th>bytes</th><th>last seen</th><th>refusal</th></tr>\n",
+        "<table>\n<tr><th>machine</th><th>address</th><th>hostname</th><th>labels</th><th>group</th><th>entry</th>\
+                <th>step</th><th>this boot</th><th>bytes</th><th>last seen</th><th>refusal</th></tr>\n",
     );
     for r in rows {
         let cells = [
             r.mac.clone().unwrap_or_else(|| "-".into()),
             r.address.to_string(),
             r.hostname.clone().unwrap_or_default(),
+            r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
             r.group.clone().unwrap_or_default(),
             r.entry.clone().unwrap_or_default(),
             format!("{}{}", r.step.text(), if r.stuck { " (stuck)" } else { "" }),
+            steps(&r.history),
             r.bytes.to_string(),
             format!("{} s ago", t.saturating_sub(r.last)),
             r.refusal.clone().unwrap_or_default(),
@@ -269,6 +389,12 @@ pub fn html(rows: &[Seen], sort: Sort) -> String {
     }
     s.push_str("</table>\n</body></html>\n");
     s
+}
+
+/// `offer +0s, loader +1s, script +3s`: each step's time from the first.
+fn steps(history: &[(Step, u64)]) -> String {
+    let first = history.first().map_or(0, |h| h.1);
+    history.iter().map(|(s, t)| format!("{} +{}s", s.text(), t.saturating_sub(first))).collect::<Vec<_>>().join(", ")
 }
 
 /// Text as HTML shows it, inert: markup characters and quotes as entities,
@@ -300,7 +426,7 @@ mod tests {
     #[test]
     fn a_boot_moves_through_its_steps_and_is_done_when_its_initrd_is_sent_whole() {
         let s = Status::new(10, Duration::from_secs(120));
-        s.script(Some("52:54:00:00:00:01"), ip(1), Some("web-1"), Ok(("lab", "e1")));
+        s.script(Some("52:54:00:00:00:01"), ip(1), Some("web-1"), &BTreeMap::new(), Ok(("lab", "e1")));
         assert_eq!(s.table(Sort::Time)[0].step, Step::Script);
         s.file(ip(1), "lab", "e1", Step::Kernel);
         s.sent(ip(1), Step::Kernel, 100, true);
@@ -311,7 +437,7 @@ mod tests {
         s.sent(ip(1), Step::Initrd, 200, true);
         let row = &s.table(Sort::Time)[0];
         assert_eq!((row.step, row.bytes, row.mac.as_deref()), (Step::Done, 350, Some("52:54:00:00:00:01")));
-        s.script(None, ip(2), None, Err("no group matches this machine"));
+        s.script(None, ip(2), None, &BTreeMap::new(), Err("no group matches this machine"));
         let rows = s.table(Sort::Step);
         assert_eq!(rows[0].step, Step::Refused);
         assert_eq!(rows[0].refusal.as_deref(), Some("no group matches this machine"));
@@ -321,7 +447,7 @@ mod tests {
     fn at_most_cap_machines_are_kept_least_recently_seen_dropped_and_stalled_ones_come_first() {
         let s = Status::new(3, Duration::from_secs(0));
         for n in 1..=5 {
-            s.script(Some(&format!("52:54:00:00:00:0{n}")), ip(n), None, Ok(("lab", "e1")));
+            s.script(Some(&format!("52:54:00:00:00:0{n}")), ip(n), None, &BTreeMap::new(), Ok(("lab", "e1")));
         }
         let macs: Vec<String> = s.table(Sort::Time).into_iter().filter_map(|r| r.mac).collect();
         assert_eq!(macs.len(), 3);
@@ -338,11 +464,54 @@ mod tests {
     #[test]
     fn claimed_values_are_inert_in_the_page() {
         let s = Status::new(10, Duration::from_secs(120));
-        s.script(Some("52:54:00:00:00:01"), ip(1), Some("<img src=x onerror=alert(1)>"), Ok(("lab", "e1")));
+        let labels = BTreeMap::from([("rack".to_string(), "<script>alert(2)</script>".to_string())]);
+        s.script(Some("52:54:00:00:00:01"), ip(1), Some("<img src=x onerror=alert(1)>"), &labels, Ok(("lab", "e1")));
         let page = html(&s.table(Sort::Time), Sort::Time);
-        assert!(!page.contains("<img"), "{page}");
+        assert!(!page.contains("<img") && !page.contains("<script"), "{page}");
         assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;"), "{page}");
+        assert!(page.contains("rack=&lt;script&gt;alert(2)&lt;/script&gt;"), "{page}");
         let j: serde_json::Value = serde_json::from_str(&json(&s.table(Sort::Time))).unwrap();
         assert_eq!(j["machines"][0]["hostname"], "<img src=x onerror=alert(1)>");
+    }
+
+    #[test]
+    fn a_pxe_boot_is_seen_from_its_offer_and_its_loader_in_one_row() {
+        let s = Status::new(10, Duration::from_secs(120));
+        let mac = "52:54:00:00:07:01";
+        // The firmware's DISCOVER (no address yet), its REQUEST on 4011, the
+        // loader by TFTP, iPXE's own DHCP, then the script with the MAC.
+        s.offer(mac, None, true);
+        s.offer(mac, Some(ip(7)), true);
+        s.loader(ip(7));
+        s.offer(mac, Some(ip(7)), false);
+        s.script(Some(mac), ip(7), None, &BTreeMap::new(), Ok(("lab", "e1")));
+        s.file(ip(7), "lab", "e1", Step::Kernel);
+        s.file(ip(7), "lab", "e1", Step::Initrd);
+        s.sent(ip(7), Step::Initrd, 10, true);
+        let rows = s.table(Sort::Time);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        let steps: Vec<Step> = rows[0].history.iter().map(|h| h.0).collect();
+        use Step::*;
+        assert_eq!(steps, [Offer, Loader, Script, Kernel, Initrd, Done]);
+        // Its next power-on starts a new boot.
+        s.offer(mac, None, true);
+        assert_eq!(s.table(Sort::Time)[0].history.iter().map(|h| h.0).collect::<Vec<_>>(), [Offer]);
+    }
+
+    #[test]
+    fn a_uki_only_machine_is_done_when_its_uki_is_sent_whole() {
+        let s = Status::new(10, Duration::from_secs(120));
+        s.offer("52:54:00:00:16:02", None, true);
+        s.address("52:54:00:00:16:02", ip(9));
+        s.address("52:54:00:00:99:99", ip(11));
+        s.file(ip(9), "uki", "e1", Step::Uki);
+        s.sent(ip(9), Step::Uki, 1000, true);
+        let row = &s.table(Sort::Time)[0];
+        assert_eq!((row.step, row.bytes, row.mac.as_deref()), (Step::Done, 1000, Some("52:54:00:00:16:02")));
+        assert_eq!(s.table(Sort::Time).len(), 1, "a MAC never answered is not noted");
+        // Without an offer first (a client that kept its address) too.
+        s.file(ip(10), "uki", "e1", Step::Uki);
+        s.sent(ip(10), Step::Uki, 5, true);
+        assert!(s.table(Sort::Time).iter().any(|r| r.address == ip(10) && r.step == Step::Done));
     }
 }

@@ -64,6 +64,8 @@ pub struct Request {
     pub giaddr: Ipv4Addr,
     /// Option 97 (type 0 + 16-byte UUID), echoed back as PXE asks.
     pub guid: Option<Vec<u8>>,
+    /// Option 50: the address a REQUEST asks the site's DHCP server for.
+    pub requested: Option<Ipv4Addr>,
 }
 
 impl Request {
@@ -189,7 +191,11 @@ pub fn parse(bytes: &[u8]) -> Result<Request, Ignored> {
         (false, true, ARCH_X64_HTTP | ARCH_ARM64_HTTP) => Client::UefiHttp,
         (false, _, a) => return Err(Ignored::Architecture(a)),
     };
-    Ok(Request { kind, client, arch, xid: msg.xid(), mac, ciaddr: msg.ciaddr(), giaddr: msg.giaddr(), guid })
+    let requested = match opts.get(OptionCode::RequestedIpAddress) {
+        Some(DhcpOption::RequestedIpAddress(ip)) if !ip.is_unspecified() && !ip.is_broadcast() => Some(*ip),
+        _ => None,
+    };
+    Ok(Request { kind, client, arch, xid: msg.xid(), mac, ciaddr: msg.ciaddr(), giaddr: msg.giaddr(), guid, requested })
 }
 
 /// What to boot: `http` is imgd serve's HTTP address as the client reaches it.

@@ -6,6 +6,7 @@
 use super::dhcp::{self, Ignored};
 use super::net::{udp_on_device, Config, DHCP_PORT, PXE_PORT};
 use crate::serve::boot::state::{Current, State};
+use crate::serve::boot::status::Status;
 use crate::serve::http::metrics::Metrics;
 use dhcproto::v4::MessageType;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -29,7 +30,8 @@ impl ProxyDhcp {
 
     /// Answers netboot clients until the task is dropped, counting in
     /// `metrics` what it answered and what it left alone.
-    pub async fn run(self, metrics: Arc<Metrics>, state: Arc<Current>) -> anyhow::Result<()> {
+    /// Each answer is noted in `status` (the machine's `offer` step).
+    pub async fn run(self, metrics: Arc<Metrics>, state: Arc<Current>, status: Arc<Status>) -> anyhow::Result<()> {
         let ProxyDhcp { cfg, on_dhcp, on_pxe } = self;
         let (mut a, mut b) = ([0u8; 1500], [0u8; 1500]);
         loop {
@@ -55,6 +57,12 @@ impl ProxyDhcp {
                 req.kind == MessageType::Discover
             };
             if !answers {
+                // The REQUEST to the site's server names the address this
+                // machine will boot from: its status row learns it (UEFI HTTP
+                // boot never asks on 4011, so this is the only place).
+                if let (MessageType::Request, Some(ip)) = (req.kind, req.requested) {
+                    status.address(&req.mac_text(), ip.into());
+                }
                 let why = Ignored::Kind(req.kind);
                 tracing::debug!(%from, "proxyDHCP: ignored: {why}");
                 metrics.dhcp("ignored", why.label());
@@ -97,6 +105,8 @@ impl ProxyDhcp {
             match sock.send_to(&reply, to).await {
                 Ok(_) => {
                     metrics.dhcp(req.client.label(), what);
+                    let address = on_pxe_port.then_some(from.ip());
+                    status.offer(&req.mac_text(), address, req.client != dhcp::Client::Ipxe);
                     tracing::info!(
                     mac = %req.mac_text(), client = ?req.client, arch = req.arch, port = if on_pxe_port { PXE_PORT } else { DHCP_PORT },
                     "proxyDHCP: boot {}", boot.text()

@@ -1,6 +1,7 @@
 //! A read-only TFTP server for the iPXE loaders and nothing else.
 
 use crate::serve::boot::loaders::{Loader, Loaders};
+use crate::serve::boot::status::Status;
 use crate::serve::http::metrics::Metrics;
 use anyhow::Context;
 use std::collections::HashMap;
@@ -56,7 +57,7 @@ impl Drop for Metered {
 
 /// Serves only the loaders, from memory: any other name is "file not
 /// found", and writes are refused. Counts in the server's metrics.
-struct LoaderFiles(Loaders, Arc<Metrics>, Arc<Mutex<Budget>>);
+struct LoaderFiles(Loaders, Arc<Metrics>, Arc<Mutex<Budget>>, Arc<Status>);
 
 impl LoaderFiles {
     /// A place for one more transfer from `client`, if the budget has one.
@@ -94,6 +95,7 @@ impl async_tftp::server::Handler for LoaderFiles {
         }
         let b = self.0.get(l);
         self.1.tftp(l.file_name(), "sent");
+        self.3.loader(client.ip());
         tracing::info!(%client, "TFTP: sending {} ({} bytes)", l.file_name(), b.len());
         let len = b.len() as u64;
         let reader = Metered { bytes: futures_lite::io::Cursor::new(b), budget: self.2.clone(), client: client.ip() };
@@ -125,8 +127,9 @@ pub async fn tftp(
     port: u16,
     loaders: Loaders,
     counts_in: Arc<Metrics>,
+    status: Arc<Status>,
 ) -> anyhow::Result<async_tftp::server::TftpServer<impl async_tftp::server::Handler>> {
-    let files = LoaderFiles(loaders, counts_in, Arc::default());
+    let files = LoaderFiles(loaders, counts_in, Arc::default(), status);
     let server = async_tftp::server::TftpServerBuilder::with_handler(files)
         .bind(SocketAddr::from((addr, port)))
         // 2 s per packet whatever the client's `timeout` option asks (up to

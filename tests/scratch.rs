@@ -191,6 +191,16 @@ fn bad_scratch_values_name_their_key_and_exit_2() {
         assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
         assert!(stderr.contains("scr.toml:") && stderr.contains(want), "{bad}: {stderr}");
     }
+    // The stage hands over to init by its path: a quote in it is refused.
+    let p = project(&[("scr.toml", &profile(""))]);
+    let out = imgd(&p.path().join("store"))
+        .env("IMGD_ROOT", p.path())
+        .args(["build", "scr", "--set", "init=\"/sbin/in'it\""])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("key `init`") && stderr.contains("with [scratch]"), "{stderr}");
 }
 
 /// xfs, one filesystem per disk or the largest alone; the disks are NVMe

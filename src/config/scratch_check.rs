@@ -9,6 +9,14 @@ use super::scratch::{DiskCount, Filesystem, Layout, NoDisk, Scratch};
 /// Checks `[scratch]`.
 pub fn check(l: &Loaded, init: &str) -> Result<Option<Scratch>, ConfigError> {
     let Some(s) = &l.profile.scratch else { return Ok(None) };
+    // The stage hands over to the profile's init by this path.
+    let init_ok = init.starts_with('/') && init.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+@".contains(c));
+    if !init_ok {
+        return Err(l.error(
+            "init",
+            format!("`{}`: with [scratch], an absolute path of letters, digits and / . _ - + @", init.escape_debug()),
+        ));
+    }
     let mount = s.mount.clone().unwrap_or_else(|| "/scratch".into());
     shell_path(l, "scratch.mount", &mount)?;
     for (i, b) in s.bind.iter().enumerate() {

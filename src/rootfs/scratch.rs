@@ -39,7 +39,7 @@ pub fn install(tree: &mut Tree, recipe: &Recipe, s: &Scratch, work: &Path) -> Re
     if matches!(recipe.base, Base::Debs(_)) {
         add_tools(tree, s, &recipe.scratch_tools, work)?;
     }
-    if tree.get("/bin/busybox").is_none() {
+    if !is_executable(tree, "/bin/busybox") {
         bail!(recipe.profile_error("scratch", "the scratch stage runs on busybox: add busybox-static to the base"));
     }
     let mut programs = String::new();

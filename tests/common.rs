@@ -232,3 +232,27 @@ pub fn cms_verifies(content: &[u8], sig: &[u8], ca_crt: &Path) -> bool {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// `ssh -i KEY -p PORT USER@127.0.0.1 CMD` (no host-key prompts, batch).
+pub fn ssh(key: &Path, port: u16, user: &str, cmd: &str) -> Output {
+    Command::new("ssh")
+        .args(["-i", key.to_str().unwrap(), "-p", &port.to_string()])
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+        .args(["-o", "ConnectTimeout=10", &format!("{user}@127.0.0.1"), cmd])
+        .output()
+        .unwrap()
+}
+
+/// `ssh` retried until it succeeds (a server may come up just after the
+/// console's marker), for at most `limit`; its stdout.
+pub fn ssh_until_ok(key: &Path, port: u16, user: &str, cmd: &str, limit: std::time::Duration) -> String {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let o = ssh(key, port, user, cmd);
+        if o.status.success() {
+            return String::from_utf8_lossy(&o.stdout).into_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "ssh never worked: {}", String::from_utf8_lossy(&o.stderr));
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+}

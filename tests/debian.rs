@@ -37,28 +37,18 @@ fn debian_boots_to_login_and_accepts_ssh_with_the_profiles_key() {
     let console = wait_for_console(&mut run, "login:", Duration::from_secs(300));
     assert!(console.contains("Debian GNU/Linux 12"), "{console}");
 
-    // sshd may come up just after the getty; retry for a bounded time.
-    let ssh = |cmd: &str| {
-        Command::new("ssh")
-            .args(["-i", key.to_str().unwrap(), "-p", &port.to_string()])
-            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
-            .args(["-o", "ConnectTimeout=10", "ops@127.0.0.1", cmd])
-            .output()
-            .unwrap()
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let out = loop {
-        let o = ssh("echo user=$(id -un) host=$(hostname); sudo -n true 2>/dev/null || echo in-sudo-group=$(id -nG)");
-        if o.status.success() {
-            break String::from_utf8_lossy(&o.stdout).into_owned();
-        }
-        assert!(Instant::now() < deadline, "ssh never worked: {}", String::from_utf8_lossy(&o.stderr));
-        std::thread::sleep(Duration::from_secs(3));
-    };
+    // sshd may come up just after the getty: retried for a bounded time.
+    let cmd = "echo user=$(id -un) host=$(hostname); sudo -n true 2>/dev/null || echo in-sudo-group=$(id -nG)";
+    let out = ssh_until_ok(&key, port, "ops", cmd, Duration::from_secs(120));
     assert!(out.contains("user=ops host=debian"), "{out}");
     assert!(out.contains("sudo"), "ops is in the sudo group: {out}");
     // Host keys were made on this machine at boot, not baked into the image.
-    let keys = ssh("ls /etc/ssh/ssh_host_ed25519_key.pub && systemctl is-active imgd-ssh-hostkeys.service || true");
+    let keys = ssh(
+        &key,
+        port,
+        "ops",
+        "ls /etc/ssh/ssh_host_ed25519_key.pub && systemctl is-active imgd-ssh-hostkeys.service || true",
+    );
     assert!(String::from_utf8_lossy(&keys.stdout).contains("ssh_host_ed25519_key.pub"));
 
     // Stopping imgd stops qemu.

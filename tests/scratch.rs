@@ -273,7 +273,7 @@ fn a_base_without_the_tools_is_an_error_at_the_key() {
 #[test]
 fn the_builder_profile_is_ready_for_ssh_with_its_disks_striped() {
     use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let d = tempfile::tempdir().unwrap();
     let key = d.path().join("key");
     tool("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-C", "imgd-test", "-f", key.to_str().unwrap()]);
@@ -292,23 +292,8 @@ fn the_builder_profile_is_ready_for_ssh_with_its_disks_striped() {
         .unwrap();
     let console = wait_for_console(&mut run, "IMGD-BUILDER-READY", Duration::from_secs(240));
     assert!(console.contains("imgd: scratch /scratch raid0 2 disks "), "{console}");
-    let ssh = |cmd: &str| {
-        Command::new("ssh")
-            .args(["-i", key.to_str().unwrap(), "-p", &port.to_string()])
-            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
-            .args(["-o", "ConnectTimeout=10", "builder@127.0.0.1", cmd])
-            .output()
-            .unwrap()
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let out = loop {
-        let o = ssh("echo user=$(id -un) host=$(hostname); echo hi > /scratch/mine && awk '$2 == \"/scratch\" {print \"fs=\" $1}' /proc/mounts");
-        if o.status.success() {
-            break String::from_utf8_lossy(&o.stdout).into_owned();
-        }
-        assert!(Instant::now() < deadline, "ssh never worked: {}", String::from_utf8_lossy(&o.stderr));
-        std::thread::sleep(Duration::from_secs(2));
-    };
+    let cmd = "echo user=$(id -un) host=$(hostname); echo hi > /scratch/mine && awk '$2 == \"/scratch\" {print \"fs=\" $1}' /proc/mounts";
+    let out = ssh_until_ok(&key, port, "builder", cmd, Duration::from_secs(60));
     assert!(out.contains("user=builder host=builder"), "{out}");
     assert!(out.contains("fs=/dev/md"), "{out}");
     Command::new("kill").args(["-TERM", &run.id().to_string()]).status().unwrap();

@@ -375,6 +375,12 @@ fn sighup_reloads_and_a_broken_config_keeps_the_old_one() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(get().contains("group one"), "the old configuration keeps serving");
+    // The status page says the last reload was refused, and why.
+    let status =
+        || -> serde_json::Value { serde_json::from_slice(&curl(&[&format!("{}/status.json", s.base)]).2).unwrap() };
+    let refused = status();
+    assert!(refused["reload"]["error"].as_str().is_some_and(|e| e.contains("broken")), "{refused}");
+    assert_eq!(refused["groups"][0]["name"], "one");
     write_config(d.path(), "[[group]]\nname = \"two\"\nprofile = \"hello\"\ndefault = true\n");
     s.signal("HUP");
     let end = Instant::now() + Duration::from_secs(20);
@@ -382,6 +388,12 @@ fn sighup_reloads_and_a_broken_config_keeps_the_old_one() {
         assert!(Instant::now() < end, "reload did not take effect");
         std::thread::sleep(Duration::from_millis(100));
     }
+    let ok = status();
+    assert!(ok["reload"]["error"].is_null() && ok["reload"]["at"].as_u64().is_some(), "{ok}");
+    assert_eq!(
+        (ok["groups"][0]["name"].as_str(), ok["groups"][0]["selector"].as_str()),
+        (Some("two"), Some("default"))
+    );
 }
 
 #[test]
@@ -1010,6 +1022,15 @@ fn the_status_page_shows_each_machines_last_step_and_the_stuck_ones_first() {
     assert_eq!(unknown["step"].as_str(), Some("refused"));
     assert!(unknown["refusal"].as_str().unwrap().contains("no group matches"), "{unknown}");
     assert_eq!(all["stuck"].as_u64(), Some(1));
+    // Above the machines: the group (its selector in short, the entry it
+    // boots, machines booted in the last hour and mid-boot) and the parts.
+    let g = &all["groups"][0];
+    assert_eq!(g["name"], "lab");
+    assert_eq!(g["selector"], "mac 52:54:00:00:00:01 (+1)");
+    assert_eq!(g["entry"].as_str(), Some(entry.as_str()));
+    assert_eq!((g["booted_last_hour"].as_u64(), g["mid_boot"].as_u64()), (Some(2), Some(1)), "{g}");
+    assert_eq!((all["parts"][0]["name"].as_str(), all["parts"][0]["up"].as_bool()), (Some("http"), Some(true)));
+    assert!(all["reload"].is_null(), "no reload yet");
     // The page: the same rows, refreshing itself.
     let (st, hd, page) = get("/status");
     let page = String::from_utf8(page).unwrap();
@@ -1029,11 +1050,13 @@ fn the_status_page_shows_each_machines_last_step_and_the_stuck_ones_first() {
         "{dom}"
     );
     assert!(dom.contains("rack=&lt;img src=x onerror=alert(1)&gt;") && !dom.contains("<img"), "{dom}");
+    assert!(dom.contains("<td>mac 52:54:00:00:00:01 (+1)</td>") && dom.contains("<td>http</td><td>up</td>"), "{dom}");
     // `imgd status` in the terminal.
     let out = ok(imgd(&h.store).args(["status", "--server", b]));
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("52:54:00:00:00:01") && table.contains("done") && table.contains("kernel STUCK"), "{table}");
     assert!(table.contains("3 machines, 1 stuck"), "{table}");
+    assert!(table.contains("mac 52:54:00:00:00:01 (+1)") && table.contains("parts: http up"), "{table}");
     drop(s);
     // Only --status-allow clients see it (and they need not be in --allow).
     let s = Serve::start(&h.store, &["--config", &conf, "--status-allow", "10.0.0.0/8"]);

@@ -181,10 +181,17 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
                 match tokio::task::spawn_blocking(move || load(&src, &root, Some(&previous))).await {
                     Ok(Ok(s)) => {
                         reloader.replace_state(s);
+                        reloader.status.reloaded(None);
                         tracing::info!("reloaded configuration");
                     }
-                    Ok(Err(e)) => tracing::error!("reload failed, still serving the previous configuration: {e:#}"),
-                    Err(e) => tracing::error!("reload failed: {e}"),
+                    Ok(Err(e)) => {
+                        reloader.status.reloaded(Some(format!("{e:#}")));
+                        tracing::error!("reload failed, still serving the previous configuration: {e:#}")
+                    }
+                    Err(e) => {
+                        reloader.status.reloaded(Some(e.to_string()));
+                        tracing::error!("reload failed: {e}")
+                    }
                 }
             }
         });

@@ -40,6 +40,7 @@ pub fn run(a: &StatusArgs) -> anyhow::Result<()> {
         };
         s.chars().filter(|c| !c.is_control()).take(60).collect()
     };
+    groups_and_parts(&v, &cell);
     println!(
         "{:<18} {:<16} {:<14} {:<16} {:<9} {:>12} {:>8}  refusal",
         "machine", "address", "group", "hostname", "step", "bytes", "seen"
@@ -62,4 +63,39 @@ pub fn run(a: &StatusArgs) -> anyhow::Result<()> {
     }
     println!("{} machines, {} stuck", rows.len(), v["stuck"].as_u64().unwrap_or(0));
     Ok(())
+}
+
+/// The groups and the server's parts, above the machines (as on the page).
+fn groups_and_parts(v: &serde_json::Value, cell: &dyn Fn(&serde_json::Value, &str) -> String) {
+    let groups = v["groups"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !groups.is_empty() {
+        println!("{:<16} {:<34} {:>6} {:>5}  entry", "group", "selector", "1h", "mid");
+        for g in groups {
+            let entry = match g["entry"].as_str() {
+                Some(_) if g["stale"].as_bool() == Some(true) => format!("{} STALE", cell(g, "entry")),
+                Some(_) => cell(g, "entry"),
+                None => format!("none: {}", cell(g, "no_entry")),
+            };
+            let (hour, mid) = (cell(g, "booted_last_hour"), cell(g, "mid_boot"));
+            println!("{:<16} {:<34} {hour:>6} {mid:>5}  {entry}", cell(g, "name"), cell(g, "selector"));
+        }
+    }
+    let parts: Vec<String> = v["parts"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|p| match p["up"].as_bool() {
+            Some(true) => format!("{} up", cell(p, "name")),
+            _ => format!("{} DOWN ({})", cell(p, "name"), cell(p, "why")),
+        })
+        .collect();
+    if !parts.is_empty() {
+        let reload = match &v["reload"] {
+            serde_json::Value::Null => String::new(),
+            r if r["error"].is_null() => "; last reload ok".into(),
+            r => format!("; last reload REFUSED: {}", cell(r, "error")),
+        };
+        println!("parts: {}{reload}\n", parts.join(", "));
+    }
 }

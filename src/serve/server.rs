@@ -308,6 +308,46 @@ impl Server {
         (endpoint, resp)
     }
 
+    /// The page's groups (what each boots, how many of the table's machines
+    /// booted or are booting in it), parts and last reload.
+    fn overview(&self, rows: &[status::Seen]) -> status::Overview {
+        let state = self.state();
+        let counts = Status::group_counts(rows);
+        let groups = state
+            .machines
+            .groups
+            .iter()
+            .map(|g| {
+                let target = state.groups.get(&g.name);
+                let (booted_last_hour, mid_boot) = counts.get(g.name.as_str()).copied().unwrap_or_default();
+                let (entry, no_entry) = match target.map(|t| &t.entry) {
+                    Some(Ok(e)) => (Some(e.name.clone()), None),
+                    Some(Err(why)) => (None, Some(why.clone())),
+                    None => (None, Some("no target".into())),
+                };
+                status::GroupRow {
+                    name: g.name.clone(),
+                    selector: g.selector_text(),
+                    profile: target.map_or_else(String::new, |t| t.profile.clone()),
+                    entry,
+                    no_entry,
+                    stale: target.is_some_and(|t| t.stale),
+                    booted_last_hour,
+                    mid_boot,
+                }
+            })
+            .collect();
+        // HTTP answers this very request.
+        let mut parts = vec![status::PartRow { name: "http".into(), up: true, why: None, restarts: 0 }];
+        parts.extend(self.metrics.parts().into_iter().map(|(name, why, restarts)| status::PartRow {
+            name: name.into(),
+            up: why.is_none(),
+            why,
+            restarts,
+        }));
+        status::Overview { groups, parts, reload: self.status.last_reload() }
+    }
+
     /// `/status` and `/status.json`, for `--status-allow` clients only.
     fn status_page(&self, client: IpAddr, json: bool, sort: Sort) -> Response<Body> {
         if !self.opts.status_allow.iter().any(|n| n.contains(&client)) {
@@ -315,10 +355,11 @@ impl Server {
             return text(StatusCode::FORBIDDEN, "forbidden\n");
         }
         let rows = self.status.table(sort);
+        let over = self.overview(&rows);
         let (body, kind) = if json {
-            (status::json(&rows), "application/json")
+            (status::json(&over, &rows), "application/json")
         } else {
-            (status::html(&rows, sort), "text/html; charset=utf-8")
+            (status::html(&over, &rows, sort), "text/html; charset=utf-8")
         };
         let mut r = text(StatusCode::OK, body);
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));

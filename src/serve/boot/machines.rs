@@ -162,6 +162,45 @@ pub struct Selector {
     pub labels: BTreeMap<String, String>,
 }
 
+impl Group {
+    /// Its selector in a few words, for the status page:
+    /// `mac 52:54:00:00:00:01 (+2), source 10.0.0.0/24`, or `default`.
+    pub fn selector_text(&self) -> String {
+        let sel = &self.selector;
+        let mut parts = Vec::new();
+        if let Some(m) = &sel.mac {
+            let more = if m.0.len() > 1 { format!(" (+{})", m.0.len() - 1) } else { String::new() };
+            parts.push(format!("mac {}{more}", m.0.first().map(ToString::to_string).unwrap_or_default()));
+        }
+        for (k, v) in [
+            ("uuid", &sel.uuid),
+            ("hostname", &sel.hostname),
+            ("serial", &sel.serial),
+            ("arch", &sel.arch),
+            ("platform", &sel.platform),
+        ] {
+            if let Some(v) = v {
+                parts.push(format!("{k} {v}"));
+            }
+        }
+        if !sel.source.is_empty() {
+            let more = if sel.source.len() > 1 { format!(" (+{})", sel.source.len() - 1) } else { String::new() };
+            parts.push(format!("source {}{more}", sel.source[0]));
+        }
+        for (k, v) in &sel.labels {
+            parts.push(format!("{k}={v}"));
+        }
+        if self.default {
+            parts.push("default".into());
+        }
+        if parts.is_empty() {
+            "any".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
 /// What a booting machine says about itself. These are claims, not
 /// identity: anyone can send any of them. [`super::route`] checks each has
 /// the shape iPXE gives it before it gets here.

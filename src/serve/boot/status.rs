@@ -77,10 +77,56 @@ pub struct Seen {
     seq: u64,
 }
 
+/// A group, as the page's first table shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupRow {
+    pub name: String,
+    /// Its selector in short (`mac 52:54:00:00:00:01 (+2)`, `default`).
+    pub selector: String,
+    pub profile: String,
+    /// The entry it boots, or else why there is none (`no_entry`).
+    pub entry: Option<String>,
+    pub no_entry: Option<String>,
+    /// Not the profile's current build.
+    pub stale: bool,
+    /// Machines of the table whose current boot in this group started in
+    /// the last hour.
+    pub booted_last_hour: usize,
+    /// Machines of the table in this group between their first step and
+    /// `done` (stuck ones included).
+    pub mid_boot: usize,
+}
+
+/// A part of the server and whether it runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartRow {
+    pub name: String,
+    pub up: bool,
+    /// Why it is down (it is being started again).
+    pub why: Option<String>,
+    pub restarts: u64,
+}
+
+/// The last reload (SIGHUP, or a changed machines file): when, and its error.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reload {
+    pub at: u64,
+    pub error: Option<String>,
+}
+
+/// What the page shows above the machines.
+#[derive(Debug, Clone, Serialize)]
+pub struct Overview {
+    pub groups: Vec<GroupRow>,
+    pub parts: Vec<PartRow>,
+    pub reload: Option<Reload>,
+}
+
 pub struct Status {
     cap: usize,
     stuck_after: Duration,
     inner: Mutex<Inner>,
+    reload: Mutex<Option<Reload>>,
 }
 
 #[derive(Default)]
@@ -107,11 +153,39 @@ fn now() -> u64 {
 
 impl Status {
     pub fn new(cap: usize, stuck_after: Duration) -> Status {
-        Status { cap: cap.max(1), stuck_after, inner: Mutex::default() }
+        Status { cap: cap.max(1), stuck_after, inner: Mutex::default(), reload: Mutex::default() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A reload ended: `error` is why it was refused (the previous
+    /// configuration is still served).
+    pub fn reloaded(&self, error: Option<String>) {
+        *self.reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(Reload { at: now(), error });
+    }
+
+    pub fn last_reload(&self) -> Option<Reload> {
+        self.reload.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Per group of `rows`: (machines whose boot started in the last hour,
+    /// machines mid-boot).
+    pub fn group_counts(rows: &[Seen]) -> HashMap<&str, (usize, usize)> {
+        let hour_ago = now().saturating_sub(3600);
+        let mut counts: HashMap<&str, (usize, usize)> = HashMap::new();
+        for r in rows {
+            let Some(g) = r.group.as_deref() else { continue };
+            let c = counts.entry(g).or_default();
+            if r.history.first().is_some_and(|h| h.1 >= hour_ago) && r.step != Step::Refused {
+                c.0 += 1;
+            }
+            if !matches!(r.step, Step::Done | Step::Refused) {
+                c.1 += 1;
+            }
+        }
+        counts
     }
 
     /// A boot script was sent (`group`/`entry`), or refused (`refusal`).
@@ -341,21 +415,67 @@ impl Sort {
 }
 
 /// `/status.json`.
-pub fn json(rows: &[Seen]) -> String {
+pub fn json(over: &Overview, rows: &[Seen]) -> String {
     // Written straight from the rows, compact: a 10,000-machine table
     // through a `serde_json::Value` took ~100 ms and ~50 MiB at its peak.
     #[derive(Serialize)]
     struct Page<'a> {
+        #[serde(flatten)]
+        over: &'a Overview,
         machines: &'a [Seen],
         stuck: usize,
         now: u64,
     }
     let stuck = rows.iter().filter(|r| r.stuck).count();
-    serde_json::to_string(&Page { machines: rows, stuck, now: now() }).unwrap_or_default()
+    serde_json::to_string(&Page { over, machines: rows, stuck, now: now() }).unwrap_or_default()
+}
+
+/// The groups and parts tables of the page.
+fn html_overview(s: &mut String, over: &Overview) {
+    s.push_str(
+        "<h2>groups</h2>\n<table>\n<tr><th>group</th><th>selector</th><th>profile</th><th>entry</th>\
+                <th>booted in the last hour</th><th>mid-boot</th></tr>\n",
+    );
+    for g in &over.groups {
+        let entry = match (&g.entry, &g.no_entry) {
+            (Some(e), _) => format!("{e}{}", if g.stale { " (stale)" } else { "" }),
+            (None, why) => format!("none: {}", why.as_deref().unwrap_or("?")),
+        };
+        let cells =
+            [&g.name, &g.selector, &g.profile, &entry, &g.booted_last_hour.to_string(), &g.mid_boot.to_string()];
+        s.push_str(if g.stale || g.entry.is_none() { "<tr class=\"stuck\">" } else { "<tr>" });
+        for c in cells {
+            let _ = write!(s, "<td>{}</td>", escape(c));
+        }
+        s.push_str("</tr>\n");
+    }
+    s.push_str("</table>\n<h2>parts</h2>\n<table>\n<tr><th>part</th><th>state</th><th>restarts</th></tr>\n");
+    for p in &over.parts {
+        let state = if p.up { "up".to_string() } else { format!("down: {}", p.why.as_deref().unwrap_or("?")) };
+        let _ = writeln!(
+            s,
+            "<tr{}><td>{}</td><td>{}</td><td>{}</td></tr>",
+            if p.up { "" } else { " class=\"stuck\"" },
+            escape(&p.name),
+            escape(&state),
+            p.restarts
+        );
+    }
+    let reload = match &over.reload {
+        None => "no reload yet".to_string(),
+        Some(Reload { at, error: None }) => format!("last reload {} s ago: ok", now().saturating_sub(*at)),
+        Some(Reload { at, error: Some(e) }) => {
+            format!(
+                "last reload {} s ago: refused, the previous configuration is served: {e}",
+                now().saturating_sub(*at)
+            )
+        }
+    };
+    let _ = writeln!(s, "</table>\n<p>{}</p>\n<h2>machines</h2>", escape(&reload));
 }
 
 /// `/status`: a plain table that refreshes itself every 5 s.
-pub fn html(rows: &[Seen], sort: Sort) -> String {
+pub fn html(over: &Overview, rows: &[Seen], sort: Sort) -> String {
     let t = now();
     let stuck = rows.iter().filter(|r| r.stuck).count();
     let mut s = String::from(
@@ -370,6 +490,7 @@ pub fn html(rows: &[Seen], sort: Sort) -> String {
         rows.len(),
         if sort == Sort::Step { "step" } else { "time" }
     );
+    html_overview(&mut s, over);
     s.push_str(
         "<table>\n<tr><th>machine</th><th>address</th><th>hostname</th><th>labels</th><th>group</th><th>entry</th>\
                 <th>step</th><th>this boot</th><th>bytes</th><th>last seen</th><th>refusal</th></tr>\n",
@@ -426,6 +547,10 @@ pub fn escape(v: &str) -> String {
 mod tests {
     use super::*;
 
+    fn empty() -> Overview {
+        Overview { groups: Vec::new(), parts: Vec::new(), reload: None }
+    }
+
     fn ip(n: u8) -> IpAddr {
         IpAddr::from([10, 0, 0, n])
     }
@@ -473,11 +598,11 @@ mod tests {
         let s = Status::new(10, Duration::from_secs(120));
         let labels = BTreeMap::from([("rack".to_string(), "<script>alert(2)</script>".to_string())]);
         s.script(Some("52:54:00:00:00:01"), ip(1), Some("<img src=x onerror=alert(1)>"), &labels, Ok(("lab", "e1")));
-        let page = html(&s.table(Sort::Time), Sort::Time);
+        let page = html(&empty(), &s.table(Sort::Time), Sort::Time);
         assert!(!page.contains("<img") && !page.contains("<script"), "{page}");
         assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;"), "{page}");
         assert!(page.contains("rack=&lt;script&gt;alert(2)&lt;/script&gt;"), "{page}");
-        let j: serde_json::Value = serde_json::from_str(&json(&s.table(Sort::Time))).unwrap();
+        let j: serde_json::Value = serde_json::from_str(&json(&empty(), &s.table(Sort::Time))).unwrap();
         assert_eq!(j["machines"][0]["hostname"], "<img src=x onerror=alert(1)>");
     }
 

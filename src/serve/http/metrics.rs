@@ -76,6 +76,12 @@ impl Metrics {
         parts.iter().filter_map(|(n, p)| Some((*n, p.down.clone()?))).collect()
     }
 
+    /// Every background part: name, why it is down (None: up), restarts.
+    pub fn parts(&self) -> Vec<(&'static str, Option<String>, u64)> {
+        let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        parts.iter().map(|(n, p)| (*n, p.down.clone(), p.restarts)).collect()
+    }
+
     /// Requests answered so far at `endpoint` with `status`.
     pub fn requests(&self, endpoint: &str, status: u16) -> u64 {
         self.requests.lock().unwrap_or_else(|p| p.into_inner()).get(&(endpoint, status)).copied().unwrap_or(0)

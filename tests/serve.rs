@@ -1028,7 +1028,7 @@ fn the_status_page_shows_each_machines_last_step_and_the_stuck_ones_first() {
     assert_eq!(g["name"], "lab");
     assert_eq!(g["selector"], "mac 52:54:00:00:00:01 (+1)");
     assert_eq!(g["entry"].as_str(), Some(entry.as_str()));
-    assert_eq!((g["booted_last_hour"].as_u64(), g["mid_boot"].as_u64()), (Some(2), Some(1)), "{g}");
+    assert_eq!((g["boots_last_hour"].as_u64(), g["mid_boot"].as_u64()), (Some(2), Some(1)), "{g}");
     assert_eq!((all["parts"][0]["name"].as_str(), all["parts"][0]["up"].as_bool()), (Some("http"), Some(true)));
     assert!(all["reload"].is_null(), "no reload yet");
     // The page: the same rows, refreshing itself.

@@ -76,7 +76,7 @@ fn groups_and_parts(v: &serde_json::Value, cell: &dyn Fn(&serde_json::Value, &st
                 Some(_) => cell(g, "entry"),
                 None => format!("none: {}", cell(g, "no_entry")),
             };
-            let (hour, mid) = (cell(g, "booted_last_hour"), cell(g, "mid_boot"));
+            let (hour, mid) = (cell(g, "boots_last_hour"), cell(g, "mid_boot"));
             println!("{:<16} {:<34} {hour:>6} {mid:>5}  {entry}", cell(g, "name"), cell(g, "selector"));
         }
     }

@@ -312,14 +312,14 @@ impl Server {
     /// booted or are booting in it), parts and last reload.
     fn overview(&self, rows: &[status::Seen]) -> status::Overview {
         let state = self.state();
-        let counts = Status::group_counts(rows);
+        let counts = self.status.group_counts(rows);
         let groups = state
             .machines
             .groups
             .iter()
             .map(|g| {
                 let target = state.groups.get(&g.name);
-                let (booted_last_hour, mid_boot) = counts.get(g.name.as_str()).copied().unwrap_or_default();
+                let (boots_last_hour, mid_boot) = counts.get(&g.name).copied().unwrap_or_default();
                 let (entry, no_entry) = match target.map(|t| &t.entry) {
                     Some(Ok(e)) => (Some(e.name.clone()), None),
                     Some(Err(why)) => (None, Some(why.clone())),
@@ -332,7 +332,7 @@ impl Server {
                     entry,
                     no_entry,
                     stale: target.is_some_and(|t| t.stale),
-                    booted_last_hour,
+                    boots_last_hour,
                     mid_boot,
                 }
             })

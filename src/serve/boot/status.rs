@@ -15,7 +15,7 @@
 //! shows it inert whatever bytes it holds.
 
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -89,9 +89,9 @@ pub struct GroupRow {
     pub no_entry: Option<String>,
     /// Not the profile's current build.
     pub stale: bool,
-    /// Machines of the table whose current boot in this group started in
-    /// the last hour.
-    pub booted_last_hour: usize,
+    /// Boots in this group in the last hour (scripts sent, and UKIs asked
+    /// for without a script), however many machines made them.
+    pub boots_last_hour: usize,
     /// Machines of the table in this group between their first step and
     /// `done` (stuck ones included).
     pub mid_boot: usize,
@@ -127,7 +127,13 @@ pub struct Status {
     stuck_after: Duration,
     inner: Mutex<Inner>,
     reload: Mutex<Option<Reload>>,
+    /// Group -> when each of its boots in the last hour started (at most
+    /// `BOOTS_KEPT` a group: a fleet booting faster than that in an hour
+    /// shows that many).
+    boots: Mutex<HashMap<String, VecDeque<u64>>>,
 }
+
+const BOOTS_KEPT: usize = 100_000;
 
 #[derive(Default)]
 struct Inner {
@@ -153,7 +159,13 @@ fn now() -> u64 {
 
 impl Status {
     pub fn new(cap: usize, stuck_after: Duration) -> Status {
-        Status { cap: cap.max(1), stuck_after, inner: Mutex::default(), reload: Mutex::default() }
+        Status {
+            cap: cap.max(1),
+            stuck_after,
+            inner: Mutex::default(),
+            reload: Mutex::default(),
+            boots: Mutex::default(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -170,19 +182,27 @@ impl Status {
         self.reload.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Per group of `rows`: (machines whose boot started in the last hour,
-    /// machines mid-boot).
-    pub fn group_counts(rows: &[Seen]) -> HashMap<&str, (usize, usize)> {
+    /// A boot in `group` started now.
+    fn boot_started(&self, group: &str) {
+        let t = now();
+        let mut boots = self.boots.lock().unwrap_or_else(|p| p.into_inner());
+        let q = boots.entry(group.to_string()).or_default();
+        while q.front().is_some_and(|b| *b + 3600 < t) || q.len() >= BOOTS_KEPT {
+            q.pop_front();
+        }
+        q.push_back(t);
+    }
+
+    /// Per group: (boots in the last hour, machines of `rows` mid-boot).
+    pub fn group_counts(&self, rows: &[Seen]) -> HashMap<String, (usize, usize)> {
         let hour_ago = now().saturating_sub(3600);
-        let mut counts: HashMap<&str, (usize, usize)> = HashMap::new();
+        let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
+        for (g, q) in self.boots.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            counts.entry(g.clone()).or_default().0 = q.iter().filter(|b| **b >= hour_ago).count();
+        }
         for r in rows {
-            let Some(g) = r.group.as_deref() else { continue };
-            let c = counts.entry(g).or_default();
-            if r.history.first().is_some_and(|h| h.1 >= hour_ago) && r.step != Step::Refused {
-                c.0 += 1;
-            }
-            if !matches!(r.step, Step::Done | Step::Refused) {
-                c.1 += 1;
+            if let (Some(g), false) = (r.group.as_deref(), matches!(r.step, Step::Done | Step::Refused)) {
+                counts.entry(g.to_string()).or_default().1 += 1;
             }
         }
         counts
@@ -223,6 +243,7 @@ impl Status {
             .collect();
         match to {
             Ok((group, entry)) => {
+                self.boot_started(group);
                 seen.group = Some(group.to_string());
                 seen.entry = Some(entry.to_string());
                 // A script after the loader is the same boot; one after a
@@ -296,7 +317,13 @@ impl Status {
             seen.history.clear();
             seen.bytes = 0;
         }
+        // A UKI asked for with no script before it is a boot of its own.
+        let uki_boot = step == Step::Uki && seen.step < Step::Script;
         seen.advance(step, false);
+        drop(inner);
+        if uki_boot {
+            self.boot_started(group);
+        }
     }
 
     /// A boot file's download ended: `bytes` sent, `whole` if all of it.
@@ -434,15 +461,14 @@ pub fn json(over: &Overview, rows: &[Seen]) -> String {
 fn html_overview(s: &mut String, over: &Overview) {
     s.push_str(
         "<h2>groups</h2>\n<table>\n<tr><th>group</th><th>selector</th><th>profile</th><th>entry</th>\
-                <th>booted in the last hour</th><th>mid-boot</th></tr>\n",
+                <th>boots in the last hour</th><th>mid-boot</th></tr>\n",
     );
     for g in &over.groups {
         let entry = match (&g.entry, &g.no_entry) {
             (Some(e), _) => format!("{e}{}", if g.stale { " (stale)" } else { "" }),
             (None, why) => format!("none: {}", why.as_deref().unwrap_or("?")),
         };
-        let cells =
-            [&g.name, &g.selector, &g.profile, &entry, &g.booted_last_hour.to_string(), &g.mid_boot.to_string()];
+        let cells = [&g.name, &g.selector, &g.profile, &entry, &g.boots_last_hour.to_string(), &g.mid_boot.to_string()];
         s.push_str(if g.stale || g.entry.is_none() { "<tr class=\"stuck\">" } else { "<tr>" });
         for c in cells {
             let _ = write!(s, "<td>{}</td>", escape(c));
@@ -628,6 +654,19 @@ mod tests {
         // Its next power-on starts a new boot.
         s.offer(mac, None, true);
         assert_eq!(s.table(Sort::Time)[0].history.iter().map(|h| h.0).collect::<Vec<_>>(), [Offer]);
+    }
+
+    #[test]
+    fn boots_in_the_last_hour_count_every_boot_per_group_and_mid_boot_counts_machines() {
+        let s = Status::new(10, Duration::from_secs(120));
+        for _ in 0..3 {
+            s.script(Some("52:54:00:00:00:01"), ip(1), None, &BTreeMap::new(), Ok(("lab", "e1")));
+        }
+        s.offer("52:54:00:00:00:02", Some(ip(2)), true);
+        s.file(ip(2), "uki", "e1", Step::Uki);
+        let counts = s.group_counts(&s.table(Sort::Time));
+        assert_eq!(counts.get("lab"), Some(&(3, 1)), "three boots, one machine mid-boot");
+        assert_eq!(counts.get("uki"), Some(&(1, 1)));
     }
 
     #[test]

@@ -225,7 +225,7 @@ impl Status {
             Some(_) => inner.forget(&address.to_string()),
             None => None,
         };
-        inner.at.insert(address, key.clone());
+        inner.point(address, &key, self.cap);
         let seen = inner.touch(&key, address, self.cap);
         if let Some(e) = earlier {
             if seen.history.is_empty() {
@@ -268,7 +268,7 @@ impl Status {
     pub fn offer(&self, mac: &str, address: Option<IpAddr>, firmware: bool) {
         let mut inner = self.lock();
         if let Some(a) = address {
-            inner.at.insert(a, mac.to_string());
+            inner.point(a, mac, self.cap);
         }
         let seen = inner.touch(mac, address.unwrap_or(IpAddr::from([0, 0, 0, 0])), self.cap);
         seen.mac = Some(mac.to_string());
@@ -290,7 +290,7 @@ impl Status {
         let mut inner = self.lock();
         if let Some(seen) = inner.machines.get_mut(mac) {
             seen.address = address;
-            inner.at.insert(address, mac.to_string());
+            inner.point(address, mac, self.cap);
         }
     }
 
@@ -298,7 +298,7 @@ impl Status {
     pub fn loader(&self, address: IpAddr) {
         let mut inner = self.lock();
         let key = inner.at.get(&address).cloned().unwrap_or_else(|| address.to_string());
-        inner.at.insert(address, key.clone());
+        inner.point(address, &key, self.cap);
         let seen = inner.touch(&key, address, self.cap);
         seen.advance(Step::Loader, false);
     }
@@ -309,7 +309,7 @@ impl Status {
         let key = inner.at.get(&address).cloned().unwrap_or_else(|| address.to_string());
         // A UKI-only machine (UEFI HTTP boot) asks for nothing else: its
         // download's end is found by this address.
-        inner.at.insert(address, key.clone());
+        inner.point(address, &key, self.cap);
         let seen = inner.touch(&key, address, self.cap);
         seen.group = Some(group.to_string());
         seen.entry = Some(entry.to_string());
@@ -378,6 +378,17 @@ impl Seen {
 }
 
 impl Inner {
+    /// Notes that `address` is `key`'s now. Addresses come from clients
+    /// (a DHCP REQUEST names any it likes): past twice the table's size the
+    /// map is rebuilt from the rows, so it stays bounded whatever they send.
+    fn point(&mut self, address: IpAddr, key: &str, cap: usize) {
+        self.at.insert(address, key.to_string());
+        if self.at.len() > 2 * cap + 16 {
+            self.at = self.machines.iter().map(|(k, s)| (s.address, k.clone())).collect();
+            self.at.insert(address, key.to_string());
+        }
+    }
+
     /// Removes the machine under `key`, if any.
     fn forget(&mut self, key: &str) -> Option<Seen> {
         let gone = self.machines.remove(key)?;
@@ -667,6 +678,19 @@ mod tests {
         let counts = s.group_counts(&s.table(Sort::Time));
         assert_eq!(counts.get("lab"), Some(&(3, 1)), "three boots, one machine mid-boot");
         assert_eq!(counts.get("uki"), Some(&(1, 1)));
+    }
+
+    #[test]
+    fn addresses_a_client_names_cannot_grow_the_table_past_its_bound() {
+        let s = Status::new(10, Duration::from_secs(120));
+        s.offer("52:54:00:00:00:01", None, true);
+        for n in 0..10_000u32 {
+            s.address("52:54:00:00:00:01", IpAddr::from(n.to_be_bytes()));
+            s.loader(IpAddr::from(((n + 1) << 8).to_be_bytes()));
+        }
+        let inner = s.lock();
+        assert!(inner.at.len() <= 2 * 10 + 16 + 1, "{}", inner.at.len());
+        assert!(inner.machines.len() <= 10);
     }
 
     #[test]

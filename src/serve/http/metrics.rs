@@ -72,8 +72,7 @@ impl Metrics {
 
     /// The parts that are down now, and why.
     pub fn parts_down(&self) -> Vec<(&'static str, String)> {
-        let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-        parts.iter().filter_map(|(n, p)| Some((*n, p.down.clone()?))).collect()
+        self.parts().into_iter().filter_map(|(n, down, _)| Some((n, down?))).collect()
     }
 
     /// Every background part: name, why it is down (None: up), restarts.

@@ -572,7 +572,10 @@ impl Tail {
     }
 
     fn error(&self, reason: &str, log: &Path) -> anyhow::Error {
-        let lines: Vec<&str> = self.lines.iter().map(String::as_str).collect();
+        // A line the console has not ended yet (a prompt, a half-written
+        // message) is the newest thing it said: shown too.
+        let partial = Some(self.partial.as_str()).filter(|p| !p.trim().is_empty());
+        let lines: Vec<&str> = self.lines.iter().map(String::as_str).chain(partial).collect();
         anyhow::anyhow!(
             "{reason} (console log: {})\n--- last {} console lines ---\n{}",
             log.display(),

@@ -376,8 +376,9 @@ pub async fn wait_available(
 /// imgd's tags on an image or snapshot, checked: anyone with access to the
 /// account can tag anything, so a value that is not what imgd writes (a
 /// short hash, a profile name with odd characters) makes the thing foreign,
-/// and it is never touched.
-fn imgd_tags(id: &str, tags: &[Tag]) -> Option<(String, String, String)> {
+/// and it is never touched. Deployment tags with names imgd would not write
+/// are ignored (they only ever keep a build longer).
+fn imgd_tags(id: &str, tags: &[Tag]) -> Option<Tagged> {
     let get = |k: &str| tags.iter().find(|t| t.key() == Some(k)).and_then(|t| t.value());
     let (profile, hash) = (get("imgd:profile")?, get("imgd:hash")?);
     if !crate::is_profile_name(profile) || !crate::is_hash(hash) {
@@ -386,7 +387,21 @@ fn imgd_tags(id: &str, tags: &[Tag]) -> Option<(String, String, String)> {
     }
     // An ISO 8601 UTC time as imgd writes it; anything else sorts as oldest.
     let built_at = get("imgd:built-at").filter(|t| is_iso8601(t)).unwrap_or_default();
-    Some((profile.to_string(), hash.to_string(), built_at.to_string()))
+    let deployments = tags
+        .iter()
+        .filter_map(|t| t.key()?.strip_prefix(crate::DEPLOYMENT_TAG))
+        .filter(|d| crate::is_deployment_name(d))
+        .map(str::to_string)
+        .collect();
+    Some(Tagged {
+        id: id.to_string(),
+        profile: profile.to_string(),
+        hash: hash.to_string(),
+        built_at: built_at.to_string(),
+        deployments,
+        snapshots: Vec::new(),
+        failed: false,
+    })
 }
 
 /// `2026-11-22T10:00:00Z`, the form imgd tags and that sorts as time does.
@@ -411,9 +426,8 @@ pub async fn list_images(ec2: &aws_sdk_ec2::Client) -> Result<Vec<Tagged>> {
     Ok(images
         .iter()
         .filter_map(|i| {
-            let id = i.image_id()?.to_string();
-            let (profile, hash, built_at) = imgd_tags(&id, i.tags())?;
-            Some(Tagged { id, profile, hash, built_at, snapshots: snapshots_of(i), failed: false })
+            let tagged = imgd_tags(i.image_id()?, i.tags())?;
+            Some(Tagged { snapshots: snapshots_of(i), ..tagged })
         })
         .collect())
 }
@@ -433,10 +447,8 @@ pub async fn list_snapshots(ec2: &aws_sdk_ec2::Client) -> Result<Vec<Tagged>> {
     Ok(snapshots
         .iter()
         .filter_map(|s| {
-            let id = s.snapshot_id()?.to_string();
-            let (profile, hash, built_at) = imgd_tags(&id, s.tags())?;
-            let failed = s.state().is_some_and(|x| x.as_str() == "error");
-            Some(Tagged { id, profile, hash, built_at, snapshots: Vec::new(), failed })
+            let tagged = imgd_tags(s.snapshot_id()?, s.tags())?;
+            Some(Tagged { failed: s.state().is_some_and(|x| x.as_str() == "error"), ..tagged })
         })
         .collect())
 }
@@ -545,9 +557,19 @@ mod tests {
     #[test]
     fn foreign_or_malformed_tags_make_a_thing_not_imgds() {
         let hash = "ab".repeat(32);
-        let good =
-            [tag("imgd:profile", "hello"), tag("imgd:hash", &hash), tag("imgd:built-at", "2026-01-02T03:04:05Z")];
-        assert_eq!(imgd_tags("snap-1", &good), Some(("hello".into(), hash.clone(), "2026-01-02T03:04:05Z".into())));
+        let good = [
+            tag("imgd:profile", "hello"),
+            tag("imgd:hash", &hash),
+            tag("imgd:built-at", "2026-01-02T03:04:05Z"),
+            tag("imgd:deployment:presync", "true"),
+            tag("imgd:deployment:bad/name", "true"),
+            tag(&format!("imgd:deployment:{}", "x".repeat(113)), "true"),
+        ];
+        let t = imgd_tags("snap-1", &good).unwrap();
+        assert_eq!((t.id.as_str(), t.profile.as_str(), t.hash.as_str()), ("snap-1", "hello", hash.as_str()));
+        assert_eq!(t.built_at, "2026-01-02T03:04:05Z");
+        // Only deployment names a deployments file could hold count.
+        assert_eq!(t.deployments.into_iter().collect::<Vec<_>>(), ["presync"]);
         for bad in [
             vec![tag("imgd:profile", "hello"), tag("imgd:hash", "abc")],
             vec![tag("imgd:profile", "he/llo"), tag("imgd:hash", &hash)],
@@ -559,6 +581,6 @@ mod tests {
         }
         // A built-at imgd did not write sorts as oldest instead of failing.
         let odd = [tag("imgd:profile", "hello"), tag("imgd:hash", &hash), tag("imgd:built-at", "yesterday\n")];
-        assert_eq!(imgd_tags("snap-3", &odd).map(|t| t.2), Some(String::new()));
+        assert_eq!(imgd_tags("snap-3", &odd).map(|t| t.built_at), Some(String::new()));
     }
 }

@@ -66,6 +66,9 @@ pub struct Tagged {
     pub profile: String,
     pub hash: String,
     pub built_at: String,
+    /// The deployments it was synced for (`imgd:deployment:NAME` tags): a
+    /// deployment's history, which `prune --deployments --keep` counts.
+    pub deployments: std::collections::BTreeSet<String>,
     /// Snapshots in the image's block device mappings (empty for a snapshot).
     pub snapshots: Vec<String>,
     /// A snapshot in state `error` (EBS cancelled an interrupted upload, or

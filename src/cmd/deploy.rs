@@ -49,7 +49,7 @@ fn sync(a: &SyncArgs, c: &Checked, file: &Path) -> Result<()> {
         let entry = img.profile.build_via(&img.recipe, &store, a.aws.endpoint_url.as_deref())?.entry;
         anyhow::ensure!(entry.name == *name, "{name} was built as {}", entry.name);
         let regions: Vec<String> = img.regions.iter().cloned().collect();
-        let req = request(a, c, &entry, &regions)?;
+        let req = imgd_aws::sync::Request { deployments: img.deployments.clone(), ..request(a, c, &entry, &regions)? };
         tracing::info!("{name}: for {} in {}", img.deployments.join(", "), regions.join(", "));
         let outcome = rt.block_on(imgd_aws::sync::run(&req, &a.aws.options(), a.dry_run))?;
         match outcome.result {

@@ -268,6 +268,7 @@ pub fn request(a: &SyncArgs, c: &Checked, entry: &imgd::store::Entry, regions: &
         kms_key: a.kms_key.clone(),
         wait: Duration::from_secs(a.wait),
         poll: Duration::from_secs(a.poll.max(1)),
+        deployments: Vec::new(),
     })
 }
 

@@ -127,6 +127,10 @@ impl DeploymentsFile {
             if !super::valid_name(&d.name) {
                 return Err(err(key("name"), format!("`{}`: letters, digits, - or _", d.name.escape_debug())));
             }
+            // `imgd:deployment:NAME` tags its images; AWS tag keys end at 128.
+            if d.name.len() > 112 {
+                return Err(err(key("name"), "at most 112 characters (it names an AWS tag)".into()));
+            }
             if deployments.iter().any(|e| e.name == d.name) {
                 return Err(err(key("name"), format!("deployment `{}` is named twice", d.name)));
             }
@@ -271,6 +275,12 @@ instance_type = "r5d.xlarge"
                 "deployment[1].name",
                 "name = \"presync\"\nprofile",
                 "named twice",
+            ),
+            (
+                TWO.replace("\"fullsync\"\nprofile", &format!("\"{}\"\nprofile", "f".repeat(113))),
+                "deployment[1].name",
+                "fff\"\nprofile",
+                "at most 112 characters",
             ),
             (
                 TWO.replace("profile = \"hello\"\nset", "profile = \"nope\"\nset"),

@@ -234,3 +234,66 @@ fn a_bad_deployments_file_is_named_with_its_line_and_nothing_is_called() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Two deployments of one profile, each with a history of its own: `--keep`
+/// counts the builds synced for a deployment, not its profile's newest.
+#[test]
+fn prune_keep_counts_each_deployments_own_builds() {
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let fleet = d.path().join("fleet.deploy.toml");
+    let write = |a: &str, b: &str| {
+        let one = |name: &str, host: &str| {
+            format!(
+                "[[deployment]]\nname = \"{name}\"\nprofile = \"hello\"\nset = {{ hostname = \"{host}\" }}\n\
+                 regions = {{ \"us-east-1\" = 1 }}\ninstance_type = \"t3.micro\"\n"
+            )
+        };
+        std::fs::write(&fleet, one("a", a) + "\n" + &one("b", b)).unwrap();
+    };
+    let args = ["--deployments", fleet.to_str().unwrap(), "--bucket", "imgs"];
+    // Builds in order: a1 and b1, then a2, b2, and a3 (newest), one sync each.
+    let mut image = BTreeMap::new();
+    for (a, b) in [("a1", "b1"), ("a2", "b1"), ("a2", "b2"), ("a3", "b2")] {
+        write(a, b);
+        let (r, _) = moto.sync(&store, &args);
+        for i in r["images"].as_array().unwrap() {
+            image.insert(i["entry"].as_str().unwrap().to_string(), i["name"].as_str().unwrap().to_string());
+        }
+        let dep = &r["deployments"];
+        for (name, host) in [("a", a), ("b", b)] {
+            image.insert(host.to_string(), image[dep[name]["image"].as_str().unwrap()].clone());
+        }
+    }
+    // Each image carries the tag of the deployment it was synced for, and only that.
+    let tags = moto.py(
+        "print(json.dumps({i['Name']: sorted(t['Key'] for t in i.get('Tags', []) if t['Key'].startswith('imgd:deployment:')) for i in ec2('us-east-1').describe_images(Owners=['self'])['Images']}))",
+    );
+    for host in ["a1", "a2", "a3", "b1", "b2"] {
+        let want = format!("imgd:deployment:{}", &host[..1]);
+        assert_eq!(tags[&image[host]], serde_json::json!([want]), "{host}: {tags}");
+    }
+    let held = || {
+        let names = moto.images("us-east-1");
+        let mut hosts: Vec<&str> =
+            ["a1", "a2", "a3", "b1", "b2"].into_iter().filter(|h| names.contains(&image[*h])).collect();
+        hosts.sort();
+        hosts
+    };
+    assert_eq!(held(), ["a1", "a2", "a3", "b1", "b2"]);
+    // --keep 2: a keeps a3 and a2, b keeps b2 and b1 (b1 is older than
+    // a2 and a3, but it is b's previous build).
+    let elsewhere = d.path().join("elsewhere");
+    let prune = |keep: &str| {
+        let args = ["--deployments", fleet.to_str().unwrap(), "--bucket", "imgs", "--regions", "us-east-1"];
+        support::aws_ok(&moto.url, &elsewhere, "prune", &[&args[..], &["--keep", keep, "--yes"]].concat()).0
+    };
+    let done = prune("2");
+    assert_eq!(done["applied"], true, "{done}");
+    assert_eq!(held(), ["a2", "a3", "b1", "b2"], "{done}");
+    // --keep 1: each deployment's current build alone.
+    prune("1");
+    assert_eq!(held(), ["a3", "b2"]);
+}

@@ -162,7 +162,10 @@ fn kept(seen: &Observed, req: &Request) -> Keep {
     for d in &req.deployments {
         let mut mine: Vec<(String, String)> =
             vec![(d.current.clone(), format!("deployment {}: its current build", d.name))];
+        // Its history: the other builds synced for it (tagged with its name),
+        // not every build of its profile another deployment may have used.
         let others = all.get(&d.profile).into_iter().flatten().filter(|b| b.hash != d.current);
+        let others = others.filter(|b| synced_for(seen, &b.hash, &d.name));
         for b in others.take(req.keep.max(1) - 1) {
             mine.push((b.hash.clone(), format!("deployment {}: among its newest {}", d.name, req.keep.max(1))));
         }
@@ -180,6 +183,12 @@ fn kept(seen: &Observed, req: &Request) -> Keep {
     }
     builds.sort();
     Keep { builds, everywhere, per_region }
+}
+
+/// Whether an image or snapshot of build `hash` carries deployment `name`'s tag.
+fn synced_for(seen: &Observed, hash: &str, name: &str) -> bool {
+    let all = seen.regions.values().flat_map(|r| r.images.iter().chain(&r.snapshots));
+    all.filter(|t| t.hash == hash).any(|t| t.deployments.contains(name))
 }
 
 /// Every build with images or snapshots in a listed region, by profile,
@@ -346,6 +355,7 @@ mod tests {
             profile: profile.into(),
             hash: hash(n),
             built_at: format!("2026-01-{day:02}T00:00:00Z"),
+            deployments: Default::default(),
             snapshots: snapshots.iter().map(|s| s.to_string()).collect(),
             failed: false,
         }
@@ -426,14 +436,18 @@ mod tests {
     #[test]
     fn with_deployments_a_build_stays_only_where_a_deployment_keeps_it() {
         use super::super::DeploymentKeep;
-        // hello 1 (old) and 2 (current) in two regions; web 9 in one.
+        // hello 1 (old) and 2 (current), both synced for `load`, in two
+        // regions; hello 3, newer but synced for `canary` only; web 9.
+        let synced_for = |t: Tagged, d: &str| Tagged { deployments: [d.to_string()].into(), ..t };
         let mut seen = Observed::default();
         for (region, ids) in [("us-east-1", ["ami-1", "ami-2"]), ("eu-west-1", ["ami-11", "ami-12"])] {
             let r = seen.regions.entry(region.into()).or_default();
-            r.images.push(tagged(ids[0], 1, "hello", 1, &[]));
-            r.images.push(tagged(ids[1], 2, "hello", 2, &[]));
+            r.images.push(synced_for(tagged(ids[0], 1, "hello", 1, &[]), "load"));
+            r.images.push(synced_for(tagged(ids[1], 2, "hello", 2, &[]), "load"));
         }
-        seen.regions.get_mut("us-east-1").unwrap().images.push(tagged("ami-9", 9, "web", 3, &[]));
+        let east = seen.regions.get_mut("us-east-1").unwrap();
+        east.images.push(synced_for(tagged("ami-3", 3, "hello", 3, &[]), "canary"));
+        east.images.push(tagged("ami-9", 9, "web", 3, &[]));
         let mut req = request(1);
         req.regions = vec!["us-east-1".into(), "eu-west-1".into()];
         req.deployments = vec![DeploymentKeep {
@@ -457,16 +471,22 @@ mod tests {
         // keep 1: only the current build, only in the deployment's region; web
         // is no deployment's and goes.
         let p = plan(&seen, &req);
-        assert_eq!(gone(&p), ["ami-1", "ami-11", "ami-12", "ami-9"]);
+        assert_eq!(gone(&p), ["ami-1", "ami-11", "ami-12", "ami-3", "ami-9"]);
         assert_eq!(p.kept.len(), 1);
         assert_eq!(p.kept[0].why, ["deployment load: its current build"]);
-        // keep 2: the previous build stays too, still only in us-east-1.
+        // keep 2: load's previous build stays too, still only in us-east-1;
+        // hello 3 is newer, but it was never load's, and canary is gone.
         req.keep = 2;
+        assert_eq!(gone(&plan(&seen, &req)), ["ami-11", "ami-12", "ami-3", "ami-9"]);
+        // With canary in the file, its build stays in its region.
+        let canary = DeploymentKeep { name: "canary".into(), current: hash(3), ..req.deployments[0].clone() };
+        req.deployments.push(canary);
         assert_eq!(gone(&plan(&seen, &req)), ["ami-11", "ami-12", "ami-9"]);
+        req.deployments.pop();
         // Something launching from an image keeps its build everywhere.
         req.keep = 1;
         seen.regions.get_mut("eu-west-1").unwrap().in_use.insert("ami-11".into(), vec!["instance i-1".into()]);
-        assert_eq!(gone(&plan(&seen, &req)), ["ami-12", "ami-9"]);
+        assert_eq!(gone(&plan(&seen, &req)), ["ami-12", "ami-3", "ami-9"]);
     }
 
     #[test]

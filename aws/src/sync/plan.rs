@@ -307,6 +307,7 @@ mod tests {
             kms_key: None,
             wait: std::time::Duration::from_secs(1),
             poll: std::time::Duration::from_secs(1),
+            deployments: Vec::new(),
         }
     }
 

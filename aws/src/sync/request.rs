@@ -79,6 +79,9 @@ pub struct Request {
     pub wait: Duration,
     /// Between polls of an import task or a pending AMI.
     pub poll: Duration,
+    /// The deployments this image is synced for (`imgd sync --deployments`):
+    /// each becomes an `imgd:deployment:NAME` tag, the deployment's history.
+    pub deployments: Vec<String>,
 }
 
 impl Request {
@@ -105,5 +108,8 @@ impl Request {
             ("imgd:built-at".to_string(), crate::model::iso8601(self.entry.built_at)),
             ("Name".to_string(), self.image_name()),
         ]
+        .into_iter()
+        .chain(self.deployments.iter().map(|d| (format!("{}{d}", crate::DEPLOYMENT_TAG), "true".to_string())))
+        .collect()
     }
 }

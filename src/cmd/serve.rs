@@ -11,6 +11,7 @@ use imgd::serve::http::supervise::supervise;
 use imgd::serve::{pxe, Options, Server};
 use ipnet::IpNet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Args, Debug)]
@@ -127,7 +128,7 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
     // kill the server (its default action), it is queued for the reloader.
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut hup, mut term, mut int) = rt.block_on(async {
+    let (hup, mut term, mut int) = rt.block_on(async {
         anyhow::Ok((signal(SignalKind::hangup())?, signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?))
     })?;
     let sources = Sources {
@@ -173,28 +174,13 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
         eprintln!("imgd serve: listening on http://{addr}");
         tracing::info!("serving {} group(s)", server.state().machines.groups.len());
 
-        let reloader = server.clone();
-        let root = std::sync::Arc::new(root);
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                let (src, root, previous) = (sources.clone(), root.clone(), reloader.state());
-                match tokio::task::spawn_blocking(move || load(&src, &root, Some(&previous))).await {
-                    Ok(Ok(s)) => {
-                        reloader.replace_state(s);
-                        reloader.status.reloaded(None);
-                        tracing::info!("reloaded configuration");
-                    }
-                    Ok(Err(e)) => {
-                        reloader.status.reloaded(Some(format!("{e:#}")));
-                        tracing::error!("reload failed, still serving the previous configuration: {e:#}")
-                    }
-                    Err(e) => {
-                        reloader.status.reloaded(Some(e.to_string()));
-                        tracing::error!("reload failed: {e}")
-                    }
-                }
-            }
-        });
+        // The reloader is a part like proxyDHCP: if it ever stops, it is
+        // started again (the signal stream outlives it).
+        let (hup, root) = (Arc::new(tokio::sync::Mutex::new(hup)), Arc::new(root));
+        let (reloader, metrics) = (server.clone(), server.metrics.clone());
+        tokio::spawn(supervise("reload", metrics, move || {
+            reload_on_sighup(hup.clone(), sources.clone(), root.clone(), reloader.clone())
+        }));
         let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => {}
@@ -204,6 +190,35 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
         server.listen(tcp, shutdown).await?;
         Ok(())
     })
+}
+
+/// Each SIGHUP loads the store and machines file afresh; a load that fails
+/// keeps the previous configuration (the status page shows why).
+async fn reload_on_sighup(
+    hup: Arc<tokio::sync::Mutex<tokio::signal::unix::Signal>>,
+    sources: Sources,
+    root: Arc<imgd::store::Root>,
+    server: Arc<Server>,
+) -> anyhow::Result<()> {
+    while hup.lock().await.recv().await.is_some() {
+        let (src, root, previous) = (sources.clone(), root.clone(), server.state());
+        match tokio::task::spawn_blocking(move || load(&src, &root, Some(&previous))).await {
+            Ok(Ok(s)) => {
+                server.replace_state(s);
+                server.status.reloaded(None);
+                tracing::info!("reloaded configuration");
+            }
+            Ok(Err(e)) => {
+                server.status.reloaded(Some(format!("{e:#}")));
+                tracing::error!("reload failed, still serving the previous configuration: {e:#}")
+            }
+            Err(e) => {
+                server.status.reloaded(Some(e.to_string()));
+                tracing::error!("reload failed: {e}")
+            }
+        }
+    }
+    anyhow::bail!("the SIGHUP stream ended")
 }
 
 /// proxyDHCP and TFTP, each kept running by a supervisor. Bound here first,

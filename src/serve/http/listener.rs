@@ -80,6 +80,94 @@ impl Drop for ConnGuard {
     }
 }
 
+/// The accept loop's name among the server's parts (`/healthz`, `/metrics`).
+const PART: &str = "http";
+
+/// The accept loop's health. Accept failing for a second or more (out of
+/// descriptors, say) shows the part down, logged at error level, until an
+/// accept succeeds; a panic while setting a connection up shows it down
+/// for a backoff (100 ms, doubling to 30 s while panics follow each other).
+#[derive(Default)]
+struct AcceptHealth {
+    failing_since: Option<std::time::Instant>,
+    shown_down: bool,
+    backoff: Duration,
+}
+
+impl AcceptHealth {
+    fn failed(&mut self, metrics: &Metrics, e: &std::io::Error, now: std::time::Instant) {
+        let since = *self.failing_since.get_or_insert(now);
+        if !self.shown_down && now.duration_since(since) >= Duration::from_secs(1) {
+            tracing::error!(part = PART, "accept has failed for a second: {e}; still trying");
+            metrics.part_down(PART, &format!("accept: {e}"));
+            self.shown_down = true;
+        }
+    }
+
+    fn accepted(&mut self, metrics: &Metrics) {
+        self.failing_since = None;
+        if std::mem::take(&mut self.shown_down) {
+            tracing::info!(part = PART, "accepting again");
+            metrics.part_up(PART);
+        }
+    }
+
+    /// How long to pause before accepting again.
+    fn panicked(&mut self, metrics: &Metrics, why: &str) -> Duration {
+        self.backoff = (self.backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        tracing::error!(part = PART, "{PART} stopped ({why}); accepting again in {} ms", self.backoff.as_millis());
+        metrics.part_down(PART, why);
+        self.backoff
+    }
+}
+
+/// One accepted connection: over the limit, a 503; else served by hyper
+/// in a task of its own, watched by the graceful shutdown.
+fn start_connection<H, F>(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    limits: &Limits,
+    metrics: &Arc<Metrics>,
+    handle: &H,
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+) where
+    H: Fn(hyper::Request<hyper::body::Incoming>, std::net::SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = hyper::Response<Body>> + Send + 'static,
+{
+    let open = metrics.active_connections.load(Ordering::Relaxed);
+    if open >= limits.max_connections as i64 {
+        metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(reject(stream, limits.retry_after));
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    metrics.active_connections.fetch_add(1, Ordering::Relaxed);
+    let guard = ConnGuard(metrics.clone());
+    let handle = handle.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let answer = handle(req, peer);
+        async move { Ok::<_, std::convert::Infallible>(answer.await) }
+    });
+    let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .writev(true)
+        // Hyper queues body frames until this much is buffered
+        // (400 KiB by default): at one chunk, a slow client pins
+        // about one chunk, and no measurable throughput is lost.
+        .max_buf_size(super::chunks::CHUNK as usize)
+        .keep_alive(limits.keep_alive)
+        .serve_connection(io, service);
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        let _guard = guard;
+        if let Err(e) = conn.await {
+            tracing::debug!(%peer, "connection: {e}");
+        }
+    });
+}
+
 /// Accepts connections until `shutdown` resolves, then stops accepting and
 /// waits for in-flight requests (downloads included) up to the drain
 /// deadline. `handle` answers each request; this room only carries it.
@@ -95,6 +183,8 @@ where
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut health = AcceptHealth::default();
+    metrics.part_up(PART);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -103,43 +193,21 @@ where
                     Ok(x) => x,
                     Err(e) => {
                         // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!("accept: {e}");
+                        health.failed(&metrics, &e, std::time::Instant::now());
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
-                let open = metrics.active_connections.load(Ordering::Relaxed);
-                if open >= limits.max_connections as i64 {
-                    metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(reject(stream, limits.retry_after));
-                    continue;
+                health.accepted(&metrics);
+                // A bug in setting one connection up costs that connection
+                // (logged, the part shown down a moment), never the loop.
+                let start = || start_connection(stream, peer, &limits, &metrics, &handle, &graceful);
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(start)) {
+                    let why = format!("it panicked: {}", super::supervise::panic_text(p));
+                    let pause = health.panicked(&metrics, &why);
+                    tokio::time::sleep(pause).await;
+                    metrics.part_up(PART);
                 }
-                let _ = stream.set_nodelay(true);
-                metrics.active_connections.fetch_add(1, Ordering::Relaxed);
-                let guard = ConnGuard(metrics.clone());
-                let handle = handle.clone();
-                let service = hyper::service::service_fn(move |req| {
-                    let answer = handle(req, peer);
-                    async move { Ok::<_, std::convert::Infallible>(answer.await) }
-                });
-                let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(limits.header_timeout)
-                    .writev(true)
-                    // Hyper queues body frames until this much is buffered
-                    // (400 KiB by default): at one chunk, a slow client pins
-                    // about one chunk, and no measurable throughput is lost.
-                    .max_buf_size(super::chunks::CHUNK as usize)
-                    .keep_alive(limits.keep_alive)
-                    .serve_connection(io, service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, "connection: {e}");
-                    }
-                });
             }
             _ = &mut shutdown => break,
         }
@@ -152,4 +220,43 @@ where
         _ = tokio::time::sleep(limits.drain) => tracing::warn!("drain deadline reached; closing remaining connections"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn accept_failing_for_a_second_shows_http_down_until_one_succeeds() {
+        let metrics = Metrics::default();
+        metrics.part_up(PART);
+        let mut h = AcceptHealth::default();
+        let e = std::io::Error::from_raw_os_error(24); // EMFILE
+        let t0 = Instant::now();
+        h.failed(&metrics, &e, t0);
+        h.failed(&metrics, &e, t0 + Duration::from_millis(900));
+        assert!(metrics.parts_down().is_empty(), "a moment's failure is not an outage");
+        h.failed(&metrics, &e, t0 + Duration::from_millis(1100));
+        let down = metrics.parts_down();
+        assert_eq!(down.len(), 1);
+        assert_eq!(down[0].0, "http");
+        assert!(down[0].1.starts_with("accept: Too many open files"), "{down:?}");
+        h.accepted(&metrics);
+        assert!(metrics.parts_down().is_empty());
+        assert_eq!(metrics.parts(), [("http", None, 1)]);
+        // Failing again starts a new second.
+        h.failed(&metrics, &e, t0 + Duration::from_secs(5));
+        assert!(metrics.parts_down().is_empty());
+    }
+
+    #[test]
+    fn panics_back_off_doubling_to_thirty_seconds() {
+        let metrics = Metrics::default();
+        let mut h = AcceptHealth::default();
+        let pauses: Vec<u128> = (0..12).map(|_| h.panicked(&metrics, "it panicked: x").as_millis()).collect();
+        assert_eq!(pauses[..4], [100, 200, 400, 800]);
+        assert_eq!(*pauses.last().unwrap(), 30_000);
+        assert_eq!(metrics.parts_down(), [("http", "it panicked: x".to_string())]);
+    }
 }

@@ -89,7 +89,7 @@ impl Metrics {
     /// The background parts' health and restarts.
     fn render_parts(&self, s: &mut String) {
         let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-        s.push_str("# HELP imgd_part_up Whether a background part of the server (proxydhcp, tftp) runs.\n");
+        s.push_str("# HELP imgd_part_up Whether a part of the server (http, proxydhcp, tftp, reload) runs.\n");
         s.push_str("# TYPE imgd_part_up gauge\n");
         for (n, p) in parts.iter() {
             let _ = writeln!(s, "imgd_part_up{{part=\"{n}\"}} {}", u8::from(p.down.is_none()));

@@ -46,7 +46,8 @@ where
     }
 }
 
-fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+/// What a panic said, for the log and `/healthz`.
+pub(super) fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
     match p.downcast::<String>() {
         Ok(s) => *s,
         Err(p) => p.downcast_ref::<&str>().map_or_else(|| "?".into(), |s| s.to_string()),

@@ -441,6 +441,61 @@ impl Outboard {
     }
 }
 
+/// Any aligned piece of a file checked against the BLAKE3 its manifest
+/// holds, with no whole-file hash per piece: one [`Outboard`] per piece
+/// size, made (and checked whole against the manifest) the first time a
+/// piece of that size is asked for. What `imgd sync` checks each S3 part
+/// and EBS block with before it is sent.
+pub struct Pieces {
+    path: std::path::PathBuf,
+    len: u64,
+    blake3: String,
+    trees: std::sync::Mutex<std::collections::BTreeMap<u64, std::sync::Arc<Outboard>>>,
+}
+
+impl Pieces {
+    /// `len` and `blake3` (hex) are what the manifest says of `path`.
+    pub fn new(path: &Path, len: u64, blake3: &str) -> Pieces {
+        Pieces { path: path.to_path_buf(), len, blake3: blake3.to_string(), trees: Default::default() }
+    }
+
+    /// Whether `data` is piece `index` of pieces of `piece` bytes (a power
+    /// of two of at least 1 KiB). An error when the file as a whole no
+    /// longer matches its manifest, or cannot be read.
+    pub fn verifies(&self, piece: u64, index: u64, data: &[u8]) -> io::Result<bool> {
+        if !piece.is_power_of_two() || piece < 1024 {
+            return Err(io::Error::other(format!("pieces of {piece} bytes cannot be checked on their own")));
+        }
+        let tree = {
+            // Held while the tree is made: the other readers need it too.
+            let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+            match trees.get(&piece) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = std::sync::Arc::new(self.outboard(piece)?);
+                    trees.insert(piece, t.clone());
+                    t
+                }
+            }
+        };
+        Ok(tree.verifies(index, data))
+    }
+
+    fn outboard(&self, piece: u64) -> io::Result<Outboard> {
+        let f = std::fs::File::open(&self.path)?;
+        let len = f.metadata()?.len();
+        if len != self.len {
+            return Err(io::Error::other(format!("it is {len} bytes; its manifest says {}", self.len)));
+        }
+        let tree = Outboard::of_file(&f, len, piece)?;
+        if tree.root_hex() != self.blake3 {
+            let (is, says) = (tree.root_hex(), &self.blake3);
+            return Err(io::Error::other(format!("its BLAKE3 is {is}; its manifest says {says} (`imgd verify`)")));
+        }
+        Ok(tree)
+    }
+}
+
 /// The chaining value of the subtree holding `data` at offset `off`.
 fn chunk_cv(off: u64, data: &[u8]) -> blake3::hazmat::ChainingValue {
     use blake3::hazmat::HasherExt;
@@ -452,7 +507,35 @@ fn chunk_cv(off: u64, data: &[u8]) -> blake3::hazmat::ChainingValue {
 
 #[cfg(test)]
 mod outboard_tests {
-    use super::Outboard;
+    use super::{Outboard, Pieces};
+
+    /// Pieces of any power-of-two size check against the manifest's BLAKE3;
+    /// a changed byte fails its piece, and a file changed before the tree is
+    /// made fails as a whole.
+    #[test]
+    fn pieces_of_any_size_are_checked_against_the_manifests_digest() {
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, &data).unwrap();
+        let digest = blake3::hash(&data).to_hex().to_string();
+        let pieces = Pieces::new(&p, data.len() as u64, &digest);
+        for size in [1024usize, 4096, 65536] {
+            for (i, c) in data.chunks(size).enumerate() {
+                assert!(pieces.verifies(size as u64, i as u64, c).unwrap(), "piece {i} of {size}");
+            }
+            let mut bad = data[..size.min(data.len())].to_vec();
+            bad[7] ^= 1;
+            assert!(!pieces.verifies(size as u64, 0, &bad).unwrap());
+        }
+        assert!(pieces.verifies(3000, 0, &data[..3000]).is_err(), "not a power of two");
+        // Changed on disk before any tree was made: refused whole.
+        let mut changed = data.clone();
+        changed[20_000] ^= 1;
+        std::fs::write(&p, &changed).unwrap();
+        let e = Pieces::new(&p, data.len() as u64, &digest).verifies(4096, 0, &changed[..4096]).unwrap_err();
+        assert!(e.to_string().contains("its manifest says"), "{e}");
+    }
 
     /// Any length (one chunk, a partial last chunk, many chunks): the merged
     /// tree is the file's BLAKE3, and a flipped byte fails only its chunk.

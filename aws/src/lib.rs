@@ -132,7 +132,59 @@ pub struct File {
     /// metadata, an object whose metadata matches is not sent again.
     pub digest: String,
     pub size: u64,
+    /// Checks each piece read from `path` before it is sent.
+    pub check: Check,
 }
+
+/// Checks pieces of a file against what its manifest says it holds. imgd
+/// keeps each artifact's BLAKE3 and can check any aligned piece of it on its
+/// own; this crate asks before every S3 part or PUT and every EBS block it
+/// sends, so bytes that changed on disk since the build never reach a
+/// bucket or a snapshot.
+pub trait Verify: Send + Sync {
+    /// Whether `data` is piece `index` of the file cut in pieces of `piece`
+    /// bytes (a power of two; the last piece may be shorter). An error: the
+    /// file cannot be checked at all (as a whole it no longer matches).
+    fn piece(&self, piece: u64, index: u64, data: &[u8]) -> std::io::Result<bool>;
+}
+
+/// A file's [`Verify`], if it has one (Debian packages in the build cache
+/// are checked by their SHA-256 where they are read instead).
+#[derive(Clone, Default)]
+pub struct Check(pub Option<Arc<dyn Verify>>);
+
+impl Check {
+    /// Ok when `data` is piece `index` of `file` (or nothing checks it).
+    pub fn piece(&self, file: &std::path::Path, piece: u64, index: u64, data: &[u8]) -> anyhow::Result<()> {
+        let Some(v) = &self.0 else { return Ok(()) };
+        let at = index * piece;
+        match v.piece(piece, index, data) {
+            Ok(true) => Ok(()),
+            Ok(false) => anyhow::bail!(
+                "{}: bytes {at}..{} do not match the entry's manifest (BLAKE3): the file changed on disk since \
+                 it was built, so nothing of it is sent (`imgd verify` lists what changed)",
+                file.display(),
+                at + data.len() as u64
+            ),
+            Err(e) => anyhow::bail!("{}: not sent: {e}", file.display()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Check(verified)" } else { "Check(none)" })
+    }
+}
+
+/// Checks compare equal: a file is its name, path, digest and size.
+impl PartialEq for Check {
+    fn eq(&self, _: &Check) -> bool {
+        true
+    }
+}
+
+impl Eq for Check {}
 
 /// What an AMI must say about the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +217,16 @@ pub fn is_hash(s: &str) -> bool {
 /// Whether `s` is a profile name as imgd allows it (letters, digits, - and _).
 pub fn is_profile_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Tag key prefix marking an image and its snapshot as synced for a
+/// deployment (`imgd:deployment:presync`).
+pub const DEPLOYMENT_TAG: &str = "imgd:deployment:";
+
+/// A deployment name as a deployments file allows it, short enough that
+/// its tag key stays within AWS's 128 characters.
+pub fn is_deployment_name(s: &str) -> bool {
+    is_profile_name(s) && DEPLOYMENT_TAG.len() + s.len() <= 128
 }
 
 /// Hex digits of the input hash in entry names (as imgd's store names them).

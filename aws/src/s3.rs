@@ -142,12 +142,18 @@ pub async fn upload(
         put_whole(s3, bucket, key, file, size, counters).await?;
         return Ok(true);
     }
+    // The first part checked before an upload is started: a file that no
+    // longer matches its manifest leaves nothing in the bucket.
+    let mut first = vec![0u8; PART as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(path)?, &mut first, 0)?;
+    file.check.piece(path, PART, 0, &first)?;
+    drop(first);
     let state = UploadState::path(&opts.state_dir, opts.endpoint_url.as_deref(), bucket, key);
     let (upload_id, done) = resume_or_start(s3, bucket, key, digest, &state, counters).await?;
     // On failure the upload stays for the next run to resume (or abort), and
     // `imgd prune` aborts leftovers; it never just grows.
     let bar = opts.progress.start(&format!("s3://{bucket}/{key}"), size);
-    let parts = upload_parts(s3, bucket, key, path, size, &upload_id, done, counters, bar.clone()).await?;
+    let parts = upload_parts(s3, bucket, key, file, size, &upload_id, done, counters, bar.clone()).await?;
     bar.finish();
     counters.mutate();
     s3.complete_multipart_upload()
@@ -175,6 +181,7 @@ async fn put_whole(
     let (path, digest) = (file.path.as_path(), file.digest.as_str());
     abort_stale(s3, bucket, key, None, counters).await?;
     let data = bytes::Bytes::from(tokio::fs::read(path).await?);
+    file.check.piece(path, PART, 0, &data)?;
     let Digests { crc32c, md5 } = digests(&data);
     counters.mutate();
     let out = s3
@@ -391,7 +398,7 @@ async fn upload_parts(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
-    path: &Path,
+    file: &crate::File,
     size: u64,
     upload_id: &str,
     done: BTreeMap<i32, DonePart>,
@@ -404,11 +411,12 @@ async fn upload_parts(
     let mut tasks = Vec::new();
     for i in 0..n {
         let permit = sem.clone().acquire_owned().await?;
-        let (s3, bucket, key, path, upload_id, done, bar) = (
+        let (s3, bucket, key, path, check, upload_id, done, bar) = (
             s3.clone(),
             bucket.to_string(),
             key.to_string(),
-            path.to_path_buf(),
+            file.path.clone(),
+            file.check.clone(),
             upload_id.to_string(),
             done.clone(),
             bar.clone(),
@@ -417,12 +425,14 @@ async fn upload_parts(
         let number = i as i32 + 1;
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            // Read and hash off the async workers.
-            let (data, ours) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            // Read, check and hash off the async workers. A part that is not
+            // the manifest's is never sent (nor vouched for when S3 has it).
+            let (data, ours) = tokio::task::spawn_blocking(move || -> Result<_> {
                 use std::os::unix::fs::FileExt;
                 let f = std::fs::File::open(&path)?;
                 let mut buf = vec![0u8; len as usize];
                 f.read_exact_at(&mut buf, i * PART)?;
+                check.piece(&path, PART, i, &buf)?;
                 let ours = digests(&buf);
                 Ok((bytes::Bytes::from(buf), ours))
             })

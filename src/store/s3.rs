@@ -10,16 +10,28 @@ use anyhow::{Context, Result};
 use std::path::Path;
 use std::sync::Arc;
 
+impl imgd_aws::Verify for crate::hash::Pieces {
+    fn piece(&self, piece: u64, index: u64, data: &[u8]) -> std::io::Result<bool> {
+        self.verifies(piece, index, data)
+    }
+}
+
 impl Entry {
     /// The entry for `imgd_aws`: every artifact, then the manifest (uploaded
     /// last, it marks the entry complete in S3).
     pub fn for_aws(&self) -> Result<imgd_aws::Entry> {
         let m = &self.manifest;
-        let file = |name: &str, blake3: &str, size: u64| imgd_aws::File {
-            name: name.to_string(),
-            path: self.path.join(name),
-            digest: format!("blake3:{blake3}"),
-            size,
+        // Every piece read to be sent is checked against the manifest.
+        let file = |name: &str, blake3: &str, size: u64| {
+            let path = self.path.join(name);
+            let check = Arc::new(crate::hash::Pieces::new(&path, size, blake3));
+            imgd_aws::File {
+                name: name.to_string(),
+                path,
+                digest: format!("blake3:{blake3}"),
+                size,
+                check: imgd_aws::Check(Some(check)),
+            }
         };
         let mut files: Vec<imgd_aws::File> =
             m.artifacts.iter().map(|a| file(a.file.as_str(), &a.blake3, a.size)).collect();
@@ -100,7 +112,8 @@ impl Remote for S3Cache {
     fn put_file(&self, entry: &str, file: &str, path: &Path, sha256: &str, overwrite: bool) -> Result<()> {
         let size = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?.len();
         let digest = format!("sha256:{sha256}");
-        let f = imgd_aws::File { name: file.to_string(), path: path.to_path_buf(), digest, size };
+        let check = imgd_aws::Check::default(); // the pool checks its packages' SHA-256
+        let f = imgd_aws::File { name: file.to_string(), path: path.to_path_buf(), digest, size, check };
         self.rt.block_on(self.cache.put(entry, &[f], overwrite))
     }
 

@@ -868,3 +868,46 @@ fn a_snapshot_ebs_cancelled_is_deleted_and_made_again() {
     let (again, _) = support::aws_ok(&proxy.url, &store, "sync", &args);
     assert_eq!(again["mutating_calls"], 0, "{again}");
 }
+
+/// A store file that no longer matches its manifest (a bad disk, a careless
+/// hand) never reaches a bucket or a snapshot: every S3 part and EBS block is
+/// checked against the manifest's BLAKE3 before it is sent.
+#[test]
+fn a_disk_changed_after_the_build_reaches_neither_s3_nor_a_snapshot() {
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let base = ["hello", "--bucket", "imgs", "--regions", "us-east-1"];
+    // Everything in S3 first (no AMI yet), while the files are intact.
+    let (r, _) = moto.sync(&store, &["hello", "--bucket", "imgs", "--s3-only"]);
+    let entry = r["entry"].as_str().unwrap().to_string();
+    let raw = store.join(&entry).join("disk.raw");
+    let mut perms = std::fs::metadata(&raw).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(&raw, perms).unwrap();
+    let mut bytes = std::fs::read(&raw).unwrap();
+    bytes[5 << 20] ^= 0x40;
+    std::fs::write(&raw, &bytes).unwrap();
+    let refused = |args: &[&str]| {
+        let out = support::aws(&moto.url, &store, "sync", args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("disk.raw: not sent: its BLAKE3 is") && stderr.contains("its manifest says"),
+            "{stderr}"
+        );
+    };
+    // The AMI: S3 already has the disk, the snapshot would read it here.
+    refused(&base);
+    assert!(moto.images("us-east-1").is_empty());
+    let snapshots = moto.py("print(json.dumps(ec2('us-east-1').describe_snapshots(OwnerIds=['self'])['Snapshots']))");
+    assert_eq!(snapshots, serde_json::json!([]), "no snapshot started");
+    // A fresh prefix: the disk's upload is refused before it starts.
+    refused(&["hello", "--bucket", "imgs", "--prefix", "other", "--s3-only"]);
+    let keys = moto.keys("imgs");
+    assert!(!keys.iter().any(|k| k.starts_with("other/") && k.ends_with("disk.raw")), "{keys:?}");
+    assert!(!keys.iter().any(|k| k.starts_with("other/") && k.ends_with("manifest.json")), "{keys:?}");
+    let uploads = moto.py("print(json.dumps(s3.list_multipart_uploads(Bucket='imgs').get('Uploads', [])))");
+    assert_eq!(uploads, serde_json::json!([]), "no upload started");
+}

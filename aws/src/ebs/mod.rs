@@ -57,6 +57,8 @@ pub struct Request<'a> {
     pub resume: Option<Resume<'a>>,
     /// Where journals are kept.
     pub state_dir: &'a Path,
+    /// Checks each block read from `raw` before it is sent.
+    pub check: &'a crate::Check,
 }
 
 #[derive(Clone, Copy)]
@@ -134,6 +136,11 @@ pub async fn upload(
     let t0 = std::time::Instant::now();
     let size = std::fs::metadata(r.raw)?.len();
     let volume_gib = gib(size);
+    // The first block checked before anything is started: a disk that no
+    // longer matches its manifest leaves no snapshot behind.
+    let mut first = vec![0u8; BLOCK.min(size) as usize];
+    std::fs::File::open(r.raw)?.read_exact_at(&mut first, 0)?;
+    r.check.piece(r.raw, BLOCK, 0, &first)?;
     let (id, send_zeros) = match r.resume {
         Some(p) => (p.id.to_string(), p.encrypted || r.encrypted),
         None => start(ebs, r, volume_gib, counters).await?,
@@ -162,15 +169,19 @@ pub async fn upload(
             }
         }
         let (ebs, raw, id, counters, bar) = (ebs.clone(), file.clone(), id.clone(), counters.clone(), bar.clone());
+        let (check, path) = (r.check.clone(), r.raw.to_path_buf());
         let (done, journal) = (done.clone(), journal.clone());
         running.spawn(async move {
             // Allocated here, not on the blocking thread: buffers then come
             // from the runtime threads' few malloc arenas instead of one per
             // blocking thread (4 GiB upload: peak RSS 156 -> 123 MiB).
             let mut buf = vec![0u8; BLOCK as usize];
-            let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            // Every block is checked, zeros too: a block that should hold
+            // data and reads as zeros would otherwise be skipped silently.
+            let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
                 let len = (BLOCK.min(size - index * BLOCK)) as usize;
                 raw.read_exact_at(&mut buf[..len], index * BLOCK)?; // the tail block is zero-padded
+                check.piece(&path, BLOCK, index, &buf[..len])?;
                 Ok(buf)
             })
             .await??;

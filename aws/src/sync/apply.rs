@@ -165,6 +165,7 @@ async fn make_snapshot(
                 kms_key: req.kms_key.as_deref(),
                 resume: resume.map(|l| ebs::Resume { id: &l.id, encrypted: l.encrypted }),
                 state_dir: &opts.state_dir,
+                check: &raw.check,
             };
             Ok(ebs::upload(&clients.ebs(&req.home), &r, counters, opts).await?.id)
         }

@@ -282,8 +282,13 @@ mod tests {
     use crate::{Arch, BootMode, Entry, File, Machine};
 
     fn request(regions: &[&str], share: &[&str]) -> Request {
-        let file =
-            |n: &str| File { name: n.into(), path: n.into(), digest: format!("blake3:{}", "00".repeat(32)), size: 10 };
+        let file = |n: &str| File {
+            name: n.into(),
+            path: n.into(),
+            digest: format!("blake3:{}", "00".repeat(32)),
+            size: 10,
+            check: Default::default(),
+        };
         let entry = Entry {
             name: format!("{}-hello", "ab".repeat(16)),
             hash: "ab".repeat(32),

@@ -120,6 +120,11 @@ fn the_locked_base_rebuilds_offline_after_a_profile_change_and_lists_every_packa
     assert_eq!(contains, locked.len());
     let openssh = pkgs.iter().find(|p| p["name"] == "openssh-server").expect("openssh-server in the SBOM");
     assert!(installed.iter().any(|i| i["name"] == "openssh-server" && i["version"] == openssh["versionInfo"]));
+    // Written from the image's dpkg database: what the package says of itself.
+    assert_eq!(openssh["sourceInfo"], "built from Debian source package openssh", "{openssh}");
+    assert!(openssh["supplier"].as_str().unwrap().contains("@"), "the Maintainer field: {openssh}");
+    assert!(openssh["homepage"].as_str().unwrap().starts_with("https://"), "{openssh}");
+    assert!(openssh["summary"].as_str().unwrap().contains("SSH"), "{openssh}");
 
     // A changed profile, no network: the cached base is reused.
     let t = Instant::now();

@@ -138,7 +138,10 @@ pub fn produce(
     disks_and_tarball(job, tar_frames, &mut made)?;
     if let crate::config::recipe::Base::Debian(base) = &recipe.base {
         if let Some(lock) = &base.lock {
-            let doc = sbom::document(entry, &recipe.name, hash, recipe.epoch, lock);
+            let status =
+                rootfs.tree.read(sbom::DPKG_STATUS).with_context(|| format!("reading /{}", sbom::DPKG_STATUS))?;
+            let installed = sbom::installed(&String::from_utf8_lossy(&status), lock)?;
+            let doc = sbom::document(entry, &recipe.name, hash, recipe.epoch, lock, &installed);
             std::fs::write(out.join(sbom::FILE), serde_json::to_vec_pretty(&doc)?)?;
             made.add(ArtifactName::Sbom, Format::Sbom, sbom::FILE);
         }

@@ -24,7 +24,7 @@ fn two_stores_sharing_a_bucket_build_once_and_never_trust_a_bad_copy() {
     let moto = Moto::start();
     moto.py("s3.create_bucket(Bucket='cache')");
     let d = tempfile::tempdir().unwrap();
-    let repo = support::repo();
+    let repo = support::root().to_path_buf();
     let cache = ["--cache", "s3://cache/team"];
 
     // Machine 1 builds and shares.
@@ -99,7 +99,7 @@ fn a_poisoned_cache_can_neither_write_outside_the_store_nor_pass_for_the_build()
     let moto = Moto::start();
     moto.py("s3.create_bucket(Bucket='cache')");
     let d = tempfile::tempdir().unwrap();
-    let repo = support::repo();
+    let repo = support::root().to_path_buf();
     let args = ["--format", "ipxe", "--cache", "s3://cache/team"];
     // A real entry in the bucket, pushed by a builder.
     let (one, _) = build(&moto, &d.path().join("one"), &repo, &args);
@@ -165,7 +165,7 @@ fn a_fetched_entrys_pcr11_is_recomputed_not_taken_from_the_cache() {
     let moto = Moto::start();
     moto.py("s3.create_bucket(Bucket='cache')");
     let d = tempfile::tempdir().unwrap();
-    let repo = support::repo();
+    let repo = support::root().to_path_buf();
     let args = ["--format", "uki", "--cache", "s3://cache/team"];
     let (one, _) = build(&moto, &d.path().join("one"), &repo, &args);
     let entry = one["name"].as_str().unwrap().to_string();

@@ -361,9 +361,9 @@ impl Server {
         let rows = self.status.table(sort);
         let over = self.overview(&rows);
         let (body, kind) = if json {
-            (status::json(&over, &rows), "application/json")
+            (status::page::json(&over, &rows), "application/json")
         } else {
-            (status::html(&over, &rows, sort), "text/html; charset=utf-8")
+            (status::page::html(&over, &rows, sort), "text/html; charset=utf-8")
         };
         let mut r = text(StatusCode::OK, body);
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));

@@ -35,6 +35,10 @@ fn the_example_passes_partition_and_heal_and_stops_every_vm() {
     assert!(what[3].starts_with("partition") && what[4].starts_with("fail") && what[5].starts_with("run"), "{what:?}");
     assert_eq!(steps[5]["nodes"], serde_json::json!(["node2", "node3"]));
     assert!(what[6] == "heal" && what[7].starts_with("until"), "{what:?}");
+    // Every machine netbooted from imgd serve (by default): its own script
+    // (its group, by its boot NIC's MAC) and its role's kernel and initrd.
+    assert_eq!(report["netboot"]["scripts"], 4, "{report}");
+    assert_eq!(report["netboot"]["artifacts"], 8, "{report}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let logs =
         stderr.split("consoles kept in ").nth(1).and_then(|s| s.lines().next()).expect("--pcap keeps the folder");
@@ -57,9 +61,12 @@ fn a_step_that_cannot_pass_names_its_node_and_tail_and_leaves_no_qemu() {
     let first_steps = example.split("[[step]]").take(2).collect::<Vec<_>>().join("[[step]]");
     let mine = format!("{first_steps}\n[[step]]\non = \"node1\"\nuntil = \"test -e /never\"\ntimeout = \"4s\"\n");
     std::fs::write(&file, mine).unwrap();
-    let out = compose(&h.store, &["test", file.to_str().unwrap(), "--variant", "small"]);
+    // (Booted the other way, `--boot kernel`: the role's kernel and initrd
+    // handed to qemu, no server.)
+    let out = compose(&h.store, &["test", file.to_str().unwrap(), "--variant", "small", "--boot", "kernel"]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(!all.contains("netbooted from imgd serve"), "{all}");
     assert!(all.contains("2 machines (server, node1)"), "--variant small starts two VMs: {all}");
     assert!(all.contains("step 2 (line 29) on node1: ") && all.contains("`test -e /never` exited 1"), "{all}");
     assert!(all.contains("still failing after 4s"), "{all}");

@@ -52,7 +52,7 @@ const AWS_LAYERS: &[&[&str]] = &[
 /// Rooms inside a top-level module, in the same top-to-bottom order: the
 /// netboot server's hall (`server`) joins the PXE room, which asks the boot
 /// room, which sends through the HTTP room.
-const IMGD_ROOMS: &[(&str, &[&[&str]])] = &[("serve", &[&["server"], &["pxe"], &["boot"], &["http"]])];
+const IMGD_ROOMS: &[(&str, &[&[&str]])] = &[("serve", &[&["local"], &["server"], &["pxe"], &["boot"], &["http"]])];
 
 const MAX_FN_LINES: usize = 100;
 

@@ -64,7 +64,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         machine.firmware = Platform::of(recipe.firmware).firmware();
         let relay = net.relay()?;
         _server = Some(net);
-        qemu::BootSource::Netboot { relay }
+        qemu::BootSource::Netboot { relay, mac: None }
     } else {
         boot_source(&entry, target)?
     };

@@ -211,67 +211,38 @@ fn secure_boot(
 
 /// An `imgd serve` on loopback that boots one entry for every machine, for
 /// qemu's NIC ROM to netboot from through a guestfwd relay.
-pub struct NetbootServer {
-    rt: tokio::runtime::Runtime,
-    pub server: std::sync::Arc<imgd::serve::Server>,
-    pub port: u16,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-}
+pub struct NetbootServer(pub imgd::serve::local::LocalServer);
 
 impl NetbootServer {
     pub fn start(root: &std::path::Path, store: &std::path::Path, entry: &imgd::store::Entry) -> anyhow::Result<Self> {
-        use imgd::serve::boot::{machines, state};
-        use imgd::serve::{Options, Server};
         let m = &entry.manifest;
         if m.artifact(Format::Ipxe, ArtifactName::Kernel).is_none()
             || m.artifact(Format::Ipxe, ArtifactName::Initrd).is_none()
         {
             bail!("{} has no ipxe artifacts to netboot", entry.name);
         }
-        let sources = state::Sources {
-            root: root.to_path_buf(),
-            cache: imgd::dirs::cache(),
-            store: store.to_path_buf(),
-            machines: None,
-            serve_all: false,
-            build_missing: false,
-            remote_cache: None,
-        };
-        let group = machines::Group {
+        let group = imgd::serve::boot::machines::Group {
             name: "imgd-test".into(),
             entry: Some(entry.name.clone()),
             default: true,
             ..Default::default()
         };
-        let st =
-            state::load(&sources, Some(machines::MachinesFile { groups: vec![group], ..Default::default() }), None)?;
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let tcp = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-        let port = tcp.local_addr()?.port();
-        // qemu's guestfwd relay serves one guest connection at a time: a kept-alive
-        // connection would hold back iPXE's next one until it timed out.
-        let server = Server::new(st, Options { keep_alive: false, ..Options::default() });
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let srv = server.clone();
-        let handle = rt.spawn(async move {
-            srv.listen(tcp, async {
-                let _ = stopped.await;
-            })
-            .await
-        });
-        Ok(NetbootServer { rt, server, port, stop: Some(stop), handle: Some(handle) })
+        Ok(NetbootServer(imgd::serve::local::LocalServer::start(root, store, vec![group])?))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.0.port
     }
 
     /// What qemu's guestfwd runs per guest connection.
     pub fn relay(&self) -> anyhow::Result<String> {
-        Ok(format!("{} relay 127.0.0.1:{}", std::env::current_exe()?.display(), self.port))
+        self.0.relay()
     }
 
     /// Whether iPXE fetched the chain script, its own script, the kernel and
     /// the initrd (all of their bytes) from this server.
     pub fn check_served(&self, entry: &imgd::store::Entry) -> anyhow::Result<(u64, u64)> {
-        let metrics = &self.server.metrics;
+        let metrics = &self.0.server.metrics;
         let served = |endpoint: &str| metrics.requests(endpoint, 200);
         let m = &entry.manifest;
         let need: u64 = [ArtifactName::Kernel, ArtifactName::Initrd]
@@ -292,17 +263,6 @@ impl NetbootServer {
     }
 }
 
-impl Drop for NetbootServer {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(h) = self.handle.take() {
-            let _ = self.rt.block_on(h);
-        }
-    }
-}
-
 /// Boots through the NIC's iPXE firmware from an `imgd serve` on loopback,
 /// and checks that iPXE really fetched the script, kernel and initrd from it.
 fn netboot(
@@ -317,13 +277,13 @@ fn netboot(
     let net = NetbootServer::start(&a.profile.root, &a.store.dir(), entry)?;
     let platform = a.platform.unwrap_or(Platform::of(recipe.firmware));
     let m = Machine { firmware: platform.firmware(), ..*machine };
-    let cmd = qemu::command(&m, &BootSource::Netboot { relay: net.relay()? }, scratch)?;
+    let cmd = qemu::command(&m, &BootSource::Netboot { relay: net.relay()?, mac: None }, scratch)?;
     let platform = platform.as_str();
     let log = logs.join(format!("{}-netboot-{platform}.log", entry.name));
     eprintln!(
         "netbooting {} ({platform}) from imgd serve on 127.0.0.1:{}, console log {}",
         entry.name,
-        net.port,
+        net.port(),
         log.display()
     );
     let report = qemu::boot_until(cmd, marker, Duration::from_secs(a.timeout), &log)

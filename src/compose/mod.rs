@@ -2,10 +2,12 @@
 //! private networks (imgd's own switch), and its steps run against them.
 //!
 //! Each machine boots its role's iPXE kernel and initrd (the RAM root every
-//! node of a role shares, without a disk copy each) with the node stage as
-//! `rdinit` (`rootfs::node_stage`), so the image under test is the shipped
-//! one: the stage reads its name, addresses and hosts from the command line
-//! and serves commands on a virtio-serial port only these VMs have.
+//! node of a role shares, without a disk copy each), netbooted by its NIC's
+//! iPXE from an `imgd serve` in this process ([`Boot::Netboot`], the default)
+//! or handed to qemu ([`Boot::Direct`]), with the node stage as `rdinit`
+//! (`rootfs::node_stage`), so the image under test is the shipped one: the
+//! stage reads its name, addresses and hosts from the command line and
+//! serves commands on a virtio-serial port only these VMs have.
 
 pub mod switch;
 pub mod vm;
@@ -40,6 +42,8 @@ pub struct Running<'a> {
     comp: &'a Composition,
     dir: PathBuf,
     switch: Switch,
+    /// The server the machines netboot from (`Boot::Netboot`).
+    server: Option<crate::serve::local::LocalServer>,
     commands: Vec<Command>,
     vms: Vec<Option<Vm>>,
     starts: Vec<u32>,
@@ -87,14 +91,60 @@ pub fn mac(net: usize, node: usize) -> String {
     format!("52:54:00:{net:02x}:{:02x}:{:02x}", node >> 8, node & 0xff)
 }
 
+/// How the machines boot their role's build.
+#[derive(Debug, Clone, Copy)]
+pub enum Boot<'p> {
+    /// The entry's kernel and initrd handed to qemu (`--boot kernel`).
+    Direct,
+    /// The NIC's iPXE netboots from an `imgd serve` in this process, over
+    /// an isolated slirp link (`restrict=on`), as a fleet's machines would:
+    /// each node's group (by its boot NIC's MAC) gives it its role's entry
+    /// and its identity on the kernel command line. `root` and `store` are
+    /// the server's, as for `imgd serve`.
+    Netboot { root: &'p Path, store: &'p Path },
+}
+
+/// The MAC of machine `node`'s boot NIC (the slirp link).
+pub fn boot_mac(node: usize) -> String {
+    mac(0xff, node)
+}
+
+/// What imgd's node stage needs on node `i`'s command line (before the
+/// profile's own): itself as rdinit, the image's init, and its identity.
+fn node_args(comp: &Composition, i: usize) -> String {
+    let node = &comp.nodes[i];
+    format!("rdinit={} imgd.init=/init {}", crate::rootfs::node_stage::PATH, comp.kernel_args(node, |net| mac(net, i)))
+}
+
+/// One group per node for the in-process server: its boot MAC, its role's
+/// entry, its identity (what `imgd compose deploy` writes for real machines).
+fn netboot_groups(comp: &Composition, images: &[RoleImage]) -> Result<Vec<crate::serve::boot::machines::Group>> {
+    use crate::serve::boot::{mac::Macs, machines};
+    comp.nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let m = boot_mac(i).parse().map_err(anyhow::Error::msg)?;
+            Ok(machines::Group {
+                name: node.name.clone(),
+                entry: Some(images[node.role].entry.clone()),
+                kernel_args: node_args(comp, i),
+                selector: machines::Selector { mac: Some(Macs(vec![m])), ..Default::default() },
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
 impl<'a> Running<'a> {
-    /// Starts the switch and every machine (`images` per role) with its
-    /// console logged in `dir` (a private folder the caller owns); with
-    /// `pcap`, each network's frames go to `dir/NETWORK.pcap`.
+    /// Starts the switch and every machine (`images` per role, booted as
+    /// `boot` says) with its console logged in `dir` (a private folder the
+    /// caller owns); with `pcap`, each network's frames go to `dir/NETWORK.pcap`.
     pub fn up(
         comp: &'a Composition,
         images: &[RoleImage],
         accel: Accel,
+        boot: Boot<'_>,
         dir: &Path,
         pcap: bool,
     ) -> Result<Running<'a>> {
@@ -103,40 +153,28 @@ impl<'a> Running<'a> {
             .collect();
         let captures: Vec<PathBuf> = comp.networks.iter().map(|n| dir.join(format!("{}.pcap", n.name))).collect();
         let (switch, links) = Switch::start(dir, &members, pcap.then_some(captures.as_slice()))?;
-        let mut commands = Vec::new();
-        for (i, node) in comp.nodes.iter().enumerate() {
-            let img = &images[node.role];
-            let mut spec = img.qemu.clone();
-            if let Some(m) = comp.roles[node.role].memory_mib {
-                spec.memory_mib = m;
+        let server = match boot {
+            Boot::Direct => None,
+            Boot::Netboot { root, store } => {
+                Some(crate::serve::local::LocalServer::start(root, store, netboot_groups(comp, images)?)?)
             }
-            let m = Machine {
-                arch: img.arch,
-                firmware: img.firmware,
-                qemu: &spec,
-                accel,
-                ssh: None,
-                secure_boot: None,
-                drives: &[],
-            };
-            let cmdline = format!(
-                "rdinit={} imgd.init=/init {} {}",
-                crate::rootfs::node_stage::PATH,
-                img.cmdline,
-                comp.kernel_args(node, |net| mac(net, i))
-            );
-            let src = BootSource::Direct { kernel: img.kernel.clone(), initrd: img.initrd.clone(), cmdline };
-            let scratch = dir.join(format!("vm-{}", node.name));
-            std::fs::create_dir(&scratch)?;
-            let mut c = qemu::command(&m, &src, &scratch)?;
-            for (net, _) in &node.addrs {
+        };
+        let relay = server.as_ref().map(|s| s.relay()).transpose()?;
+        let mut commands = Vec::new();
+        for i in 0..comp.nodes.len() {
+            let mut c = node_command(comp, images, i, accel, relay.as_deref(), dir)?;
+            for (net, _) in &comp.nodes[i].addrs {
                 let l = &links[&(*net, i)];
                 c.arg("-netdev").arg(format!(
                     "dgram,id=c{net},local.type=unix,local.path={},remote.type=unix,remote.path={}",
                     l.qemu.display(),
                     l.switch.display()
                 ));
-                c.arg("-device").arg(format!("{},netdev=c{net},mac={}", spec.nic, mac(*net, i)));
+                c.arg("-device").arg(format!(
+                    "{},netdev=c{net},mac={}",
+                    images[comp.nodes[i].role].qemu.nic,
+                    mac(*net, i)
+                ));
             }
             c.args(["-device", "virtio-serial-pci"]);
             c.arg("-chardev").arg(format!("socket,id=agent,path={},server=on,wait=off", agent_path(dir, i).display()));
@@ -147,6 +185,7 @@ impl<'a> Running<'a> {
             comp,
             dir: dir.to_path_buf(),
             switch,
+            server,
             vms: comp.nodes.iter().map(|_| None).collect(),
             starts: vec![0; comp.nodes.len()],
             commands,
@@ -169,6 +208,13 @@ impl<'a> Running<'a> {
         self.vms[i] = Some(Vm::start(name, &self.commands[i], &log, &agent_path(&self.dir, i))?);
         tracing::info!(node = %name, "started");
         Ok(())
+    }
+
+    /// With `Boot::Netboot`: the per-machine scripts and the artifacts the
+    /// machines fetched from the in-process server so far.
+    pub fn netbooted(&self) -> Option<(u64, u64)> {
+        let m = &self.server.as_ref()?.server.metrics;
+        Some((m.requests("ipxe", 200), m.requests("artifacts", 200)))
     }
 
     /// The folder holding the consoles' logs.
@@ -277,6 +323,46 @@ impl<'a> Running<'a> {
             None => Ok(()),
         }
     }
+}
+
+/// Node `i`'s qemu, booting as `relay` says (netboot through it, else its
+/// role's kernel and initrd directly), before its private network links.
+fn node_command(
+    comp: &Composition,
+    images: &[RoleImage],
+    i: usize,
+    accel: Accel,
+    relay: Option<&str>,
+    dir: &Path,
+) -> Result<Command> {
+    let node = &comp.nodes[i];
+    let img = &images[node.role];
+    let mut spec = img.qemu.clone();
+    if let Some(m) = comp.roles[node.role].memory_mib {
+        spec.memory_mib = m;
+    }
+    // A netboot goes through SeaBIOS's iPXE ROM (the quicker firmware; the
+    // same scripts and files as UEFI's); a kernel handed to qemu needs none.
+    let m = Machine {
+        arch: img.arch,
+        firmware: if relay.is_some() { Firmware::Bios } else { img.firmware },
+        qemu: &spec,
+        accel,
+        ssh: None,
+        secure_boot: None,
+        drives: &[],
+    };
+    let src = match relay {
+        Some(relay) => BootSource::Netboot { relay: relay.to_string(), mac: Some(boot_mac(i)) },
+        None => BootSource::Direct {
+            kernel: img.kernel.clone(),
+            initrd: img.initrd.clone(),
+            cmdline: format!("{} {}", img.cmdline, node_args(comp, i)),
+        },
+    };
+    let scratch = dir.join(format!("vm-{}", node.name));
+    std::fs::create_dir(&scratch)?;
+    qemu::command(&m, &src, &scratch)
 }
 
 fn agent_path(dir: &Path, node: usize) -> PathBuf {

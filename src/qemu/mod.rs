@@ -25,7 +25,8 @@ pub enum BootSource {
     /// The NIC's iPXE ROM boots from the network. The guest reaches nothing but
     /// `http://10.0.2.100/`, which qemu relays to `relay` (a command that talks
     /// to the netboot server on loopback): user networking with restrict=on.
-    Netboot { relay: String },
+    /// `mac`: the NIC's, when the server tells machines apart by it.
+    Netboot { relay: String, mac: Option<String> },
 }
 
 /// What `imgd run` and `imgd test` boot.
@@ -227,7 +228,7 @@ pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Comm
     ]);
     c.args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"]);
     match src {
-        BootSource::Netboot { relay } => {
+        BootSource::Netboot { relay, mac } => {
             if relay.contains(',') {
                 bail!("the relay command must not contain commas (qemu option syntax): {relay}");
             }
@@ -238,7 +239,8 @@ pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Comm
             c.arg("-netdev").arg(format!(
                 "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:{relay},bootfile=http://10.0.2.100/boot.ipxe{ssh}"
             ));
-            c.arg("-device").arg(format!("{},netdev=n0,bootindex=1", m.qemu.nic));
+            let mac = mac.as_ref().map_or(String::new(), |m| format!(",mac={m}"));
+            c.arg("-device").arg(format!("{},netdev=n0,bootindex=1{mac}", m.qemu.nic));
         }
         BootSource::Direct { kernel, initrd, cmdline } => {
             user_net(&mut c, m);

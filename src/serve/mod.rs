@@ -11,12 +11,15 @@
 //!   (`--proxy-dhcp`)
 //! - [`server`]: the hall joining them: a request in, through the boot
 //!   room's route, out through the HTTP room
+//! - [`local`]: a server in-process on loopback, for the machines qemu
+//!   netboots (`imgd test`, `imgd compose`)
 //!
 //! Each room imports only from the rooms before it in that list (pxe -> boot
 //! -> http); `tests/layering.rs` checks it.
 
 pub mod boot;
 pub mod http;
+pub mod local;
 pub mod pxe;
 pub mod server;
 

@@ -31,6 +31,17 @@ pub struct Common {
     /// consoles (kept, like the consoles, for Wireshark or tcpdump).
     #[arg(long)]
     pub pcap: bool,
+    /// How the machines boot: `netboot` (each NIC's iPXE from an imgd serve
+    /// in this process, over an isolated slirp link, as a fleet's machines
+    /// do) or `kernel` (the role's kernel and initrd handed to qemu).
+    #[arg(long, value_enum, default_value = "netboot")]
+    pub boot: BootMode,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootMode {
+    Netboot,
+    Kernel,
 }
 
 #[derive(Args, Debug)]
@@ -85,6 +96,14 @@ pub struct DeployArgs {
 }
 
 impl Common {
+    /// How `Running::up` boots the machines (the store's folder: `store`).
+    pub fn boot<'p>(&'p self, store: &'p std::path::Path) -> imgd::compose::Boot<'p> {
+        match self.boot {
+            BootMode::Netboot => imgd::compose::Boot::Netboot { root: &self.root, store },
+            BootMode::Kernel => imgd::compose::Boot::Direct,
+        }
+    }
+
     pub fn load(&self) -> Result<Composition> {
         let choices = Choices { variant: self.variant.clone(), sets: self.sets.clone() };
         Ok(Composition::load(&self.file, &self.root, &choices)?)

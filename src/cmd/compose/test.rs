@@ -17,10 +17,12 @@ pub fn test(t: &TestArgs) -> Result<()> {
         logs.path().display()
     );
     let started = std::time::Instant::now();
-    let outcome = {
+    let (outcome, netbooted) = {
         // Every VM stops when `running` drops, whatever the outcome.
-        let mut running = Running::up(&comp, &images, accel, logs.path(), t.common.pcap)?;
-        running.run_steps(&mut |r| {
+        let store = t.common.store.dir();
+        let boot = t.common.boot(&store);
+        let mut running = Running::up(&comp, &images, accel, boot, logs.path(), t.common.pcap)?;
+        let outcome = running.run_steps(&mut |r| {
             eprintln!(
                 "imgd compose: step {} (line {}) passed in {:.1}s: {} on {}",
                 r.step,
@@ -29,15 +31,20 @@ pub fn test(t: &TestArgs) -> Result<()> {
                 r.what,
                 r.nodes.join(",")
             )
-        })
+        });
+        (outcome, running.netbooted())
     };
+    if let Some((scripts, artifacts)) = netbooted {
+        eprintln!("imgd compose: netbooted from imgd serve: {scripts} machine scripts, {artifacts} artifacts");
+    }
+    let netboot = netbooted.map(|(scripts, artifacts)| serde_json::json!({"scripts": scripts, "artifacts": artifacts}));
     let seconds = started.elapsed().as_secs_f64();
     match outcome {
         Ok(reports) => {
             if t.json {
                 let out = serde_json::json!({
                     "file": comp.path, "machines": comp.nodes.iter().map(|n| &n.name).collect::<Vec<_>>(),
-                    "accel": format!("{accel:?}"), "seconds": seconds, "steps": reports,
+                    "accel": format!("{accel:?}"), "seconds": seconds, "steps": reports, "netboot": netboot,
                 });
                 println!("{}", serde_json::to_string_pretty(&out)?);
             }

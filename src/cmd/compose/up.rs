@@ -67,7 +67,8 @@ pub fn up(c: &Common) -> Result<()> {
     }
     let Built { comp, images, accel } = build(c)?;
     let dir = private_dir("imgd-compose.")?;
-    let running = Running::up(&comp, &images, accel, dir.path(), c.pcap)?;
+    let store = c.store.dir();
+    let running = Running::up(&comp, &images, accel, c.boot(&store), dir.path(), c.pcap)?;
     let state = State {
         pid: std::process::id() as i32,
         dir: dir.path().to_path_buf(),

@@ -92,6 +92,7 @@ struct AcceptHealth {
     failing_since: Option<std::time::Instant>,
     shown_down: bool,
     backoff: Duration,
+    last_panic: Option<std::time::Instant>,
 }
 
 impl AcceptHealth {
@@ -112,8 +113,13 @@ impl AcceptHealth {
         }
     }
 
-    /// How long to pause before accepting again.
-    fn panicked(&mut self, metrics: &Metrics, why: &str) -> Duration {
+    /// How long to pause before accepting again (back to 100 ms after a
+    /// minute without a panic, as the supervisor does).
+    fn panicked(&mut self, metrics: &Metrics, why: &str, now: std::time::Instant) -> Duration {
+        if self.last_panic.is_some_and(|t| now.duration_since(t) > Duration::from_secs(60)) {
+            self.backoff = Duration::ZERO;
+        }
+        self.last_panic = Some(now);
         self.backoff = (self.backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
         tracing::error!(part = PART, "{PART} stopped ({why}); accepting again in {} ms", self.backoff.as_millis());
         metrics.part_down(PART, why);
@@ -204,7 +210,7 @@ where
                 let start = || start_connection(stream, peer, &limits, &metrics, &handle, &graceful);
                 if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(start)) {
                     let why = format!("it panicked: {}", super::supervise::panic_text(p));
-                    let pause = health.panicked(&metrics, &why);
+                    let pause = health.panicked(&metrics, &why, std::time::Instant::now());
                     tokio::time::sleep(pause).await;
                     metrics.part_up(PART);
                 }
@@ -251,12 +257,15 @@ mod tests {
     }
 
     #[test]
-    fn panics_back_off_doubling_to_thirty_seconds() {
+    fn panics_back_off_doubling_to_thirty_seconds_and_start_over_after_a_quiet_minute() {
         let metrics = Metrics::default();
         let mut h = AcceptHealth::default();
-        let pauses: Vec<u128> = (0..12).map(|_| h.panicked(&metrics, "it panicked: x").as_millis()).collect();
+        let t0 = Instant::now();
+        let pauses: Vec<u128> = (0..12).map(|_| h.panicked(&metrics, "it panicked: x", t0).as_millis()).collect();
         assert_eq!(pauses[..4], [100, 200, 400, 800]);
         assert_eq!(*pauses.last().unwrap(), 30_000);
         assert_eq!(metrics.parts_down(), [("http", "it panicked: x".to_string())]);
+        // A minute without a panic: back to the first pause.
+        assert_eq!(h.panicked(&metrics, "it panicked: y", t0 + Duration::from_secs(61)).as_millis(), 100);
     }
 }

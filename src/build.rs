@@ -10,9 +10,10 @@
 
 use crate::artifact;
 use crate::config::Recipe;
+use crate::model::{Blake3, EntryName, InputHash};
 use crate::progress::Progress;
 use crate::store::remote::Remote;
-use crate::store::{entry_name, Entry, Manifest, Store};
+use crate::store::{Entry, Manifest, Store};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -48,7 +49,7 @@ struct HashInput<'a> {
 /// SHA-256 over the canonical JSON of the recipe (inputs by content digest),
 /// the builder version, the image tools' versions, and what imgd itself
 /// writes into images (the iPXE template, the node stage).
-pub fn input_hash(recipe: &Recipe) -> String {
+pub fn input_hash(recipe: &Recipe) -> InputHash {
     let tools = TOOLS.iter().map(|(t, a)| (*t, crate::tools::version_line(t, a))).collect();
     let input = HashInput {
         builder: BUILDER_VERSION,
@@ -64,7 +65,7 @@ pub fn input_hash(recipe: &Recipe) -> String {
     // Serializing plain data to a Vec cannot fail; an empty input would still
     // hash, but to a value no real recipe has.
     let json = serde_json::to_vec(&input).unwrap_or_default();
-    crate::hash::sha256_hex(&json)
+    InputHash::of_sha256(crate::hash::sha256(&json))
 }
 
 /// How a build's entry came to be.
@@ -100,7 +101,7 @@ pub struct Built {
 pub fn recipe(
     loaded: &crate::config::Loaded,
     cache: &std::path::Path,
-    formats: Option<Vec<crate::config::types::Format>>,
+    formats: Option<Vec<crate::model::Format>>,
     unlocked: bool,
 ) -> Result<Recipe> {
     let mut recipe = crate::config::resolve_in(loaded, cache, formats, unlocked)?;
@@ -127,7 +128,7 @@ fn find_or_build(
     remote: Option<&dyn Remote>,
 ) -> Result<(Entry, Outcome)> {
     let hash = input_hash(recipe);
-    let name = entry_name(&hash, &recipe.name);
+    let name = EntryName::of(&hash, &recipe.name)?;
     if let Some(entry) = store.get(&name)? {
         return Ok((entry, Outcome::Cached));
     }
@@ -201,7 +202,7 @@ fn find_or_build(
 /// elsewhere.) Checked exactly as [`entry`] checks what it fetches.
 pub fn fetch_only(recipe: &Recipe, store: &Store, remote: &dyn Remote) -> Result<Option<Entry>> {
     let hash = input_hash(recipe);
-    let name = entry_name(&hash, &recipe.name);
+    let name = EntryName::of(&hash, &recipe.name)?;
     if let Some(entry) = store.get(&name)? {
         return Ok(Some(entry));
     }
@@ -220,14 +221,14 @@ pub fn fetch_only(recipe: &Recipe, store: &Store, remote: &dyn Remote) -> Result
 /// each file is fetched into the private pending folder with at most the size
 /// the manifest promises, and re-hashed. Only then is the entry committed
 /// (with the manifest as imgd writes it, not the bytes fetched).
-fn fetch(store: &Store, remote: &dyn Remote, name: &str, hash: &str) -> Result<Option<Entry>> {
+fn fetch(store: &Store, remote: &dyn Remote, name: &EntryName, hash: &InputHash) -> Result<Option<Entry>> {
     let pending = store.begin(name)?;
     let fetched = pending.path().join("manifest.json");
-    if !remote.get(name, "manifest.json", &fetched, crate::store::manifest::MAX_BYTES)? {
+    if !remote.get(name, "manifest.json", &fetched, crate::model::manifest::MAX_BYTES)? {
         return Ok(None);
     }
     let manifest = Manifest::read(&fetched)?;
-    if manifest.hash != hash || manifest.name != name {
+    if &manifest.hash != hash || &manifest.name != name {
         anyhow::bail!("its manifest names {} ({}), not {name}", manifest.name, manifest.hash);
     }
     for a in &manifest.artifacts {
@@ -235,7 +236,7 @@ fn fetch(store: &Store, remote: &dyn Remote, name: &str, hash: &str) -> Result<O
         if !remote.get(name, a.file.as_str(), &path, a.size)? {
             anyhow::bail!("{} is missing although the manifest lists it", a.file);
         }
-        let (size, digest) = (std::fs::metadata(&path)?.len(), crate::hash::artifact_digest(&path)?);
+        let (size, digest) = (std::fs::metadata(&path)?.len(), Blake3::of_file(&path)?);
         if size != a.size || digest != a.blake3 {
             anyhow::bail!("{} does not match its manifest (blake3 {digest}, {size} bytes)", a.file);
         }
@@ -252,9 +253,9 @@ fn fetch(store: &Store, remote: &dyn Remote, name: &str, hash: &str) -> Result<O
 /// PCR 11 for the entry's UKI in `dir`, if it has one.
 fn pcr11(
     dir: &std::path::Path,
-    artifacts: &[crate::store::manifest::Artifact],
-) -> Result<Option<crate::store::manifest::Pcr11>> {
-    use crate::store::manifest::ArtifactName;
+    artifacts: &[crate::model::manifest::Artifact],
+) -> Result<Option<crate::model::manifest::Pcr11>> {
+    use crate::model::manifest::ArtifactName;
     let Some(a) = artifacts.iter().find(|a| a.name == ArtifactName::Uki) else { return Ok(None) };
     artifact::uki::pcr11(&dir.join(a.file.as_str())).map(Some).context("measuring the UKI as its stub will")
 }
@@ -262,12 +263,12 @@ fn pcr11(
 /// PCR 11 for the UKI on the ESP of the entry's raw UEFI disk, if it has one.
 fn disk_pcr11(
     dir: &std::path::Path,
-    artifacts: &[crate::store::manifest::Artifact],
+    artifacts: &[crate::model::manifest::Artifact],
     profile: &str,
-    firmware: crate::config::types::Firmware,
-) -> Result<Option<crate::store::manifest::Pcr11>> {
-    use crate::config::types::{Firmware, Format};
-    use crate::store::manifest::ArtifactName;
+    firmware: crate::model::Firmware,
+) -> Result<Option<crate::model::manifest::Pcr11>> {
+    use crate::model::manifest::ArtifactName;
+    use crate::model::{Firmware, Format};
     let raw = artifacts.iter().find(|a| a.format == Format::Raw && a.name == ArtifactName::Disk);
     let Some(raw) = raw.filter(|_| firmware == Firmware::Uefi) else { return Ok(None) };
     // Beside the pending entry (in the store's .tmp), not inside it.

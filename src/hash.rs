@@ -20,7 +20,11 @@ pub fn cert_fingerprint(cert: &Path) -> anyhow::Result<String> {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    hex::encode(sha256(bytes))
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
 /// SHA-256 of a file's content, read in large blocks.
@@ -65,6 +69,11 @@ impl ArtifactDigest {
 
     pub fn hex(&self) -> String {
         self.0.finalize().to_hex().to_string()
+    }
+
+    /// The digest of what was fed so far.
+    pub fn finish(&self) -> blake3::Hash {
+        self.0.finalize()
     }
 
     /// The digest after reading a whole file, to continue with more bytes.
@@ -130,9 +139,9 @@ impl<W: io::Write> HashingWriter<W> {
         HashingWriter { inner, hash: ArtifactDigest::new() }
     }
 
-    /// The inner writer and the artifact digest (hex) of everything written.
-    pub fn finish(self) -> (W, String) {
-        (self.inner, self.hash.hex())
+    /// The inner writer and the artifact digest of everything written.
+    pub fn finish(self) -> (W, blake3::Hash) {
+        (self.inner, self.hash.finish())
     }
 }
 

@@ -17,6 +17,7 @@
 //! on the ESP replaced by signed ones (mtools, in place on the copy), so the
 //! whole disk boot passes Secure Boot.
 
+use crate::model::{Blake3, EntryName};
 use crate::store::{Entry, Store};
 use crate::tools::run;
 use anyhow::{bail, Context, Result};
@@ -31,7 +32,7 @@ pub const RECORD: &str = "signature.json";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Record {
-    pub entry: String,
+    pub entry: EntryName,
     /// SHA-256 of the signing certificate (DER), hex.
     pub cert_sha256: String,
     pub files: Vec<SignedFile>,
@@ -42,9 +43,9 @@ pub struct Record {
 pub struct SignedFile {
     pub file: String,
     /// BLAKE3 of the unsigned artifact in the entry (the manifest's).
-    pub unsigned_blake3: String,
+    pub unsigned_blake3: Blake3,
     /// BLAKE3 and size of the signed copy.
-    pub blake3: String,
+    pub blake3: Blake3,
     pub size: u64,
 }
 
@@ -82,7 +83,7 @@ pub fn find(store: &Store, entry: &Entry, fingerprint: &str) -> Result<Option<Si
         bail!("{}: its record names another entry or certificate", dir.display());
     }
     for f in &record.files {
-        crate::store::manifest::ArtifactFile::new(&f.file).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        crate::model::manifest::ArtifactFile::new(&f.file).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         if !entry.manifest.artifacts.iter().any(|a| a.file.as_str() == f.file && a.blake3 == f.unsigned_blake3) {
             bail!("{}: {} was signed from other bytes than the entry holds", dir.display(), f.file);
         }
@@ -101,8 +102,8 @@ pub fn ensure(store: &Store, entry: &Entry, key: &Path, cert: &Path) -> Result<(
 }
 
 /// The entry's EFI artifacts (unified kernel images): what gets signed.
-fn efi_artifacts(entry: &Entry) -> Vec<&crate::store::manifest::Artifact> {
-    entry.manifest.artifacts.iter().filter(|a| a.name == crate::store::manifest::ArtifactName::Uki).collect()
+fn efi_artifacts(entry: &Entry) -> Vec<&crate::model::manifest::Artifact> {
+    entry.manifest.artifacts.iter().filter(|a| a.name == crate::model::manifest::ArtifactName::Uki).collect()
 }
 
 /// Signs the entry's EFI binaries with `key` and `cert` and publishes the
@@ -123,17 +124,17 @@ pub fn sign(store: &Store, entry: &Entry, key: &Path, cert: &Path) -> Result<Sig
     let _lock = store.lock(&entry.manifest.hash)?;
     let work = store.work_dir(&entry.name)?;
     let mut files = Vec::new();
-    let checked = |a: &crate::store::manifest::Artifact| -> Result<PathBuf> {
+    let checked = |a: &crate::model::manifest::Artifact| -> Result<PathBuf> {
         let src = entry.path.join(a.file.as_str());
-        let digest = crate::hash::artifact_digest(&src).with_context(|| format!("reading {}", src.display()))?;
+        let digest = Blake3::of_file(&src).with_context(|| format!("reading {}", src.display()))?;
         if digest != a.blake3 {
             bail!("{}: its bytes do not match the manifest; not signing a damaged entry (rebuild it)", src.display());
         }
         Ok(src)
     };
-    use crate::config::types::Format;
-    let uefi = entry.manifest.firmware == crate::config::types::Firmware::Uefi;
-    let disk = |f: Format| entry.manifest.artifact(f, crate::store::manifest::ArtifactName::Disk).filter(|_| uefi);
+    use crate::model::Format;
+    let uefi = entry.manifest.firmware == crate::model::Firmware::Uefi;
+    let disk = |f: Format| entry.manifest.artifact(f, crate::model::manifest::ArtifactName::Disk).filter(|_| uefi);
     // The raw disk first: the qcow2 and VHD copies are made from its signed copy.
     let disks = [Format::Raw, Format::Qcow2, Format::Vhd].into_iter().filter_map(disk);
     let mut signed_raw = None;
@@ -141,19 +142,19 @@ pub fn sign(store: &Store, entry: &Entry, key: &Path, cert: &Path) -> Result<Sig
         let src = checked(a)?;
         let out = work.path().join(a.file.as_str());
         match (a.name, a.format, &signed_raw) {
-            (crate::store::manifest::ArtifactName::Disk, Format::Raw, _) => {
+            (crate::model::manifest::ArtifactName::Disk, Format::Raw, _) => {
                 sign_disk(entry, &src, &out, key, cert, work.path())?;
                 signed_raw = Some(out.clone());
             }
             (_, Format::Qcow2, Some(raw)) => crate::artifact::disk::to_qcow2(raw, &out)?,
             (_, Format::Vhd, Some(raw)) => signed_vhd(&src, raw, &out)?,
-            (crate::store::manifest::ArtifactName::Disk, _, None) => continue,
+            (crate::model::manifest::ArtifactName::Disk, _, None) => continue,
             _ => sign_file(&src, &out, key, cert)?,
         }
         files.push(SignedFile {
             file: a.file.as_str().to_string(),
             unsigned_blake3: a.blake3.clone(),
-            blake3: crate::hash::artifact_digest(&out)?,
+            blake3: Blake3::of_file(&out)?,
             size: std::fs::metadata(&out)?.len(),
         });
     }

@@ -32,10 +32,12 @@ const IMGD_LAYERS: &[&[&str]] = &[
     &["artifact"],
     &["rootfs"],
     &["debian"],
-    // Entries, locks, gc, the remote cache trait; the manifest's types.
+    // Entries, locks, gc, the remote cache trait.
     &["store"],
     // Profiles and hardware files -> a checked recipe.
     &["config"],
+    // The shared words: names, MACs, formats, the manifest.
+    &["model"],
     // Leaves: no imgd module below them but each other.
     &["hash", "shelf", "fsutil", "tools", "dirs", "progress"],
 ];

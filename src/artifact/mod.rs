@@ -15,10 +15,9 @@ pub mod tarball;
 pub mod uki;
 
 use crate::config::recipe::Recipe;
-use crate::config::types::{Arch, Firmware, Format};
+use crate::model::{Arch, Artifact, ArtifactFile, ArtifactName, Blake3, Firmware, Format};
 use crate::progress::Progress;
 use crate::rootfs::Rootfs;
-pub use crate::store::manifest::{Artifact, ArtifactFile, ArtifactName};
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -65,7 +64,7 @@ pub struct Places<'a> {
 #[derive(Default)]
 struct Made {
     files: Vec<(ArtifactName, Format, String)>,
-    known: std::collections::BTreeMap<String, String>,
+    known: std::collections::BTreeMap<String, Blake3>,
 }
 
 impl Made {
@@ -73,7 +72,7 @@ impl Made {
         self.files.push((name, format, file.to_string()));
     }
 
-    fn add_hashed(&mut self, name: ArtifactName, format: Format, file: &str, digest: String) {
+    fn add_hashed(&mut self, name: ArtifactName, format: Format, file: &str, digest: Blake3) {
         self.known.insert(file.to_string(), digest);
         self.add(name, format, file);
     }
@@ -88,7 +87,7 @@ impl Made {
                 size: std::fs::metadata(&p)?.len(),
                 blake3: match self.known.remove(&file) {
                     Some(d) => d,
-                    None => crate::hash::artifact_digest(&p)?,
+                    None => Blake3::of_file(&p)?,
                 },
                 name,
                 format,
@@ -234,7 +233,7 @@ fn disks_and_tarball(job: Job<'_>, tar_frames: Option<&tarball::FrameCache>, mad
     let any_disk = job.recipe.formats.iter().any(|f| f.is_disk());
     std::thread::scope(|s| -> Result<()> {
         let tar = job.has(Format::Tar).then(|| {
-            s.spawn(|| -> Result<String> {
+            s.spawn(|| -> Result<Blake3> {
                 let step = job.progress.background_step("tar: rootfs.tar.zst");
                 // One compressor beside the disk images (whose mkfs and hashing
                 // are the longer path), every core when it is the only format.
@@ -267,13 +266,13 @@ fn disks_from_raw<'s>(job: Job<'s>, s: &'s std::thread::Scope<'s, '_>, raw: &Pat
     });
     let qcow2 = job.has(Format::Qcow2).then(|| {
         let raw = raw.to_path_buf();
-        s.spawn(move || -> Result<String> {
+        s.spawn(move || -> Result<Blake3> {
             let step = job.progress.background_step("disk: qcow2");
             let qcow2 = job.out.join("disk.qcow2");
             let t0 = std::time::Instant::now();
             disk::to_qcow2(&raw, &qcow2)?;
             let t1 = std::time::Instant::now();
-            let digest = crate::hash::artifact_digest(&qcow2)?;
+            let digest = Blake3::of_file(&qcow2)?;
             tracing::debug!(convert = ?(t1 - t0), digest = ?t1.elapsed(), "qcow2 made");
             step.done();
             Ok(digest)
@@ -294,13 +293,13 @@ fn disks_from_raw<'s>(job: Job<'s>, s: &'s std::thread::Scope<'s, '_>, raw: &Pat
     let step = job.progress.step("disk: checksums");
     let raw_state = joined(raw_hash, "hashing the raw disk")?;
     if job.has(Format::Raw) {
-        made.known.insert("disk.raw".into(), raw_state.hex());
+        made.known.insert("disk.raw".into(), raw_state.finish().into());
     }
     if let Some(footer) = footer {
         // The VHD is the raw disk plus a footer: its digest continues the raw disk's.
         let mut state = raw_state;
         state.update(&footer);
-        made.add_hashed(ArtifactName::Disk, Format::Vhd, "disk.vhd", state.hex());
+        made.add_hashed(ArtifactName::Disk, Format::Vhd, "disk.vhd", state.finish().into());
     }
     step.done();
     Ok(())

@@ -21,7 +21,13 @@ const MAX_SEGMENT: usize = 16 << 20;
 
 /// Writes the tarball and returns its artifact digest (hashed as it is
 /// written). `workers` threads compress; the bytes do not depend on how many.
-pub fn write(tree: &Tree, path: &Path, mtime: u64, workers: u32, cache: Option<&FrameCache>) -> io::Result<String> {
+pub fn write(
+    tree: &Tree,
+    path: &Path,
+    mtime: u64,
+    workers: u32,
+    cache: Option<&FrameCache>,
+) -> io::Result<crate::model::Blake3> {
     let file = std::fs::File::create(path)?;
     let _flush = crate::fsutil::Flusher::follow(path)?;
     let mut out = crate::hash::HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file));
@@ -64,7 +70,7 @@ pub fn write(tree: &Tree, path: &Path, mtime: u64, workers: u32, cache: Option<&
     if let Some(c) = cache {
         c.trim();
     }
-    Ok(digest)
+    Ok(digest.into())
 }
 
 /// The compressed frame of one segment, from the cache when it is there.

@@ -276,7 +276,7 @@ pub const BOOT_PHASES: [&str; 4] = ["enter-initrd", "leave-initrd", "sysinit", "
 /// What PCR 11 will hold after the systemd stub in `uki` boots it, computed
 /// from the file's own section table (so it holds for any UKI, signed or
 /// not: the signature is outside the measured sections).
-pub fn pcr11(uki: &Path) -> Result<crate::store::manifest::Pcr11> {
+pub fn pcr11(uki: &Path) -> Result<crate::model::manifest::Pcr11> {
     use sha2::{Digest, Sha256};
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(uki).with_context(|| format!("opening {}", uki.display()))?;
@@ -323,7 +323,7 @@ pub fn pcr11(uki: &Path) -> Result<crate::store::manifest::Pcr11> {
         extend(&mut pcr, &Sha256::digest(phase.as_bytes()));
         phases_sha256.insert(BOOT_PHASES[..=i].join(":"), hex::encode(pcr));
     }
-    Ok(crate::store::manifest::Pcr11 { sha256, phases_sha256 })
+    Ok(crate::model::manifest::Pcr11 { sha256, phases_sha256 })
 }
 
 /// The os-release of a UKI: the image's own (`/etc/os-release` or

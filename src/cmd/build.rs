@@ -3,7 +3,7 @@
 use super::{ProfileArgs, StoreArgs};
 use clap::Args;
 use imgd::build::Outcome;
-use imgd::config::types::Format;
+use imgd::model::Format;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -75,7 +75,7 @@ pub fn hash(a: &HashArgs) -> anyhow::Result<()> {
     if a.json {
         let v = serde_json::json!({
             "hash": hash,
-            "name": imgd::store::entry_name(&hash, &recipe.name),
+            "name": imgd::model::EntryName::of(&hash, &recipe.name)?,
             "recipe": recipe,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);

@@ -98,7 +98,7 @@ pub fn resolve(
         let in_file = || format!("deployment `{}` in {}", d.name, fleet.path.display());
         let (_, recipe) = profile.loaded().with_context(in_file)?;
         check(&recipe).with_context(in_file)?;
-        let name = imgd::store::entry_name(&imgd::build::input_hash(&recipe), &recipe.name);
+        let name = imgd::model::EntryName::of(&imgd::build::input_hash(&recipe), &recipe.name)?.to_string();
         let img = images.entry(name).or_insert_with(|| Image {
             profile,
             recipe,

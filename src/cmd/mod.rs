@@ -20,8 +20,8 @@ pub mod sync;
 pub mod test;
 
 use clap::Args;
-use imgd::config::types::Format;
 use imgd::config::{self, ConfigError, LoadRequest, Recipe};
+use imgd::model::Format;
 use imgd::store::remote::Remote;
 use std::path::PathBuf;
 

@@ -54,7 +54,7 @@ fn hash12(to: &str, profile: &str) -> Result<String, ConfigError> {
 }
 
 pub fn run(a: &PromoteArgs) -> Result<()> {
-    if !imgd::config::valid_name(&a.profile) {
+    if !imgd::model::valid_name(&a.profile) {
         return Err(ConfigError::new("PROFILE", format!("`{}` is not a profile name", a.profile.escape_debug())).into());
     }
     let h = hash12(&a.to, &a.profile)?;

@@ -77,7 +77,7 @@ pub fn run(a: &PruneArgs) -> Result<()> {
             ConfigError::new("--cache-keep", "must be at least 1 (use --cache-max-age to expire them all)").into()
         );
     }
-    if let Some(p) = a.profile.as_deref().filter(|p| !imgd::config::valid_name(p)) {
+    if let Some(p) = a.profile.as_deref().filter(|p| !imgd::model::valid_name(p)) {
         return Err(ConfigError::new("--profile", format!("`{}` is not a profile name", p.escape_debug())).into());
     }
     check_regions(&a.regions)?;
@@ -151,7 +151,7 @@ fn fleet(a: &PruneArgs, file: &std::path::Path) -> Result<Vec<imgd_aws::prune::D
         out.push(imgd_aws::prune::DeploymentKeep {
             name: d.name.clone(),
             profile: img.recipe.name.clone(),
-            current: imgd::build::input_hash(&img.recipe),
+            current: imgd::build::input_hash(&img.recipe).to_string(),
             regions: d.regions.keys().cloned().collect(),
         });
     }

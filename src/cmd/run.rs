@@ -5,8 +5,8 @@ use super::test::{boot_source, resolve_accel, NetbootServer};
 use super::{ProfileArgs, StoreArgs};
 use anyhow::{bail, Context};
 use clap::Args;
-use imgd::config::types::Format;
 use imgd::config::ConfigError;
+use imgd::model::Format;
 use imgd::qemu::{self, Accel, BootTarget, Machine, Platform};
 
 #[derive(Args, Debug)]

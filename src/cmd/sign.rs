@@ -33,7 +33,7 @@ pub struct SignArgs {
 
 pub fn run(a: &SignArgs) -> anyhow::Result<()> {
     let recipe = a.profile.recipe_with(&[])?;
-    if !recipe.formats.contains(&imgd::config::types::Format::Uki) {
+    if !recipe.formats.contains(&imgd::model::Format::Uki) {
         anyhow::bail!(imgd::config::ConfigError::new(
             "formats",
             format!("profile {} builds no uki: add \"uki\" to its formats to sign it", recipe.name)

@@ -44,7 +44,7 @@ pub struct VerifyArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     /// Entries to check (default: all).
-    pub entries: Vec<String>,
+    pub entries: Vec<imgd::model::EntryName>,
 }
 
 pub fn verify(a: &VerifyArgs) -> anyhow::Result<()> {

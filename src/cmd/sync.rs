@@ -4,8 +4,8 @@
 use super::{ProfileArgs, StoreArgs};
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use imgd::config::types::Format;
 use imgd::config::ConfigError;
+use imgd::model::Format;
 use imgd_aws::sync::{Method, Principal, Request};
 use std::path::PathBuf;
 use std::time::Duration;

@@ -3,10 +3,10 @@
 use super::{ProfileArgs, StoreArgs};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use imgd::config::types::Format;
 use imgd::config::ConfigError;
+use imgd::model::manifest::ArtifactName;
+use imgd::model::Format;
 use imgd::qemu::{self, Accel, BootSource, BootTarget, Machine, Platform};
-use imgd::store::manifest::ArtifactName;
 use std::time::Duration;
 
 #[derive(Args, Debug)]
@@ -303,7 +303,7 @@ pub fn resolve_accel(accel: Accel, entry: &imgd::store::Entry) -> Accel {
         return accel;
     }
     // KVM runs guests of the host's own architecture only.
-    if entry.manifest.arch != imgd::config::types::Arch::X86_64 || std::env::consts::ARCH != "x86_64" {
+    if entry.manifest.arch != imgd::model::Arch::X86_64 || std::env::consts::ARCH != "x86_64" {
         return Accel::Tcg;
     }
     let kernel = entry.manifest.artifact(Format::Ipxe, ArtifactName::Kernel).map(|x| entry.path.join(x.file.as_str()));

@@ -14,7 +14,7 @@ pub mod vm;
 
 use crate::config::composition::{Action, Composition, Step};
 use crate::config::hardware::QemuSpec;
-use crate::config::types::{Arch, Firmware};
+use crate::model::{Arch, Firmware};
 use crate::qemu::{self, Accel, BootSource, Machine};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -27,7 +27,7 @@ use vm::Vm;
 /// What a role boots: its entry's kernel and initrd, on its hardware.
 #[derive(Debug, Clone)]
 pub struct RoleImage {
-    pub entry: String,
+    pub entry: crate::model::EntryName,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     /// The profile's own command line (console, panic, ...).
@@ -119,7 +119,8 @@ fn node_args(comp: &Composition, i: usize) -> String {
 /// One group per node for the in-process server: its boot MAC, its role's
 /// entry, its identity (what `imgd compose deploy` writes for real machines).
 fn netboot_groups(comp: &Composition, images: &[RoleImage]) -> Result<Vec<crate::serve::boot::machines::Group>> {
-    use crate::serve::boot::{mac::Macs, machines};
+    use crate::model::mac::Macs;
+    use crate::serve::boot::machines;
     comp.nodes
         .iter()
         .enumerate()

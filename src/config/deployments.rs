@@ -124,7 +124,7 @@ impl DeploymentsFile {
         let mut deployments: Vec<Deployment> = Vec::new();
         for (i, d) in file.deployment.into_iter().enumerate() {
             let key = |k: &str| format!("deployment[{i}].{k}");
-            if !super::valid_name(&d.name) {
+            if !crate::model::valid_name(&d.name) {
                 return Err(err(key("name"), format!("`{}`: letters, digits, - or _", d.name.escape_debug())));
             }
             // `imgd:deployment:NAME` tags its images; AWS tag keys end at 128.

@@ -22,7 +22,7 @@
 //! nic = "virtio-net-pci"
 //! ```
 
-use super::types::{Arch, Firmware};
+use crate::model::{Arch, Firmware};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_EFI_LOADER: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";

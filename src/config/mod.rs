@@ -18,7 +18,6 @@ pub use error::ConfigError;
 pub use load::{load, LoadRequest, Loaded, Origins};
 pub use recipe::Recipe;
 pub use resolve::{resolve, ResolveOptions};
-pub use types::valid_name;
 
 use std::path::Path;
 
@@ -36,7 +35,11 @@ pub fn env_epoch() -> Result<Option<u64>, ConfigError> {
 
 /// Loads and resolves a profile with the usual settings: `cache` is imgd's
 /// cache folder (deb cache in `debs/`, digest cache beside it).
-pub fn recipe(req: &LoadRequest, cache: &Path, formats: Option<Vec<types::Format>>) -> Result<Recipe, ConfigError> {
+pub fn recipe(
+    req: &LoadRequest,
+    cache: &Path,
+    formats: Option<Vec<crate::model::Format>>,
+) -> Result<Recipe, ConfigError> {
     resolve_in(&load(req)?, cache, formats, false)
 }
 
@@ -44,7 +47,7 @@ pub fn recipe(req: &LoadRequest, cache: &Path, formats: Option<Vec<types::Format
 pub fn resolve_in(
     loaded: &Loaded,
     cache: &Path,
-    formats: Option<Vec<types::Format>>,
+    formats: Option<Vec<crate::model::Format>>,
     unlocked: bool,
 ) -> Result<Recipe, ConfigError> {
     let opts = resolve::ResolveOptions {

@@ -61,7 +61,8 @@
 //! layout = "raid0"
 //! ```
 
-use super::types::{Format, Mode, Size};
+use super::types::{Mode, Size};
+use crate::model::Format;
 use serde::{Deserialize, Serialize};
 
 /// One profile file, before layering. Every field is optional here.

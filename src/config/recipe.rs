@@ -9,7 +9,7 @@ use super::error::ConfigError;
 use super::load::Loaded;
 use super::lock::{checked_mirror_url, Lock, Request, DEBIAN_KEYRING};
 use super::profile::UserSpec;
-use super::types::{Arch, Firmware, Format};
+use crate::model::{Arch, Firmware, Format};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 

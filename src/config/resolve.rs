@@ -9,8 +9,9 @@ use super::recipe::{
     debian_base, file_name, find_deb, Base, Disk, FileContent, FileEntry, Input, Kernel, Recipe, Signing,
     DEFAULT_EPOCH, GRUB_I386_PC,
 };
-use super::types::{Arch, Firmware, Format, MIB};
+use super::types::MIB;
 use crate::hash;
+use crate::model::{Arch, Firmware, Format};
 use std::path::{Path, PathBuf};
 
 /// Resolution settings that come from the environment rather than the profile.
@@ -172,7 +173,7 @@ fn profile_name(l: &Loaded) -> Result<String, ConfigError> {
         l.profile.name.clone().unwrap_or_else(|| {
             l.profile_path.file_stem().map_or("profile".into(), |s| s.to_string_lossy().into_owned())
         });
-    if !super::types::valid_name(&name) {
+    if !crate::model::valid_name(&name) {
         return Err(l.error("name", format!("profile name `{name}` must be letters, digits, - or _")));
     }
     Ok(name)

@@ -5,7 +5,7 @@
 //! opened with `snapshot=on` so the store's files are never written.
 
 use crate::config::hardware::{DiskBus, QemuSpec};
-use crate::config::types::{Arch, Firmware, Format};
+use crate::model::{Arch, Firmware, Format};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

@@ -3,17 +3,18 @@
 //! [`super::http::respond`]'s decision and streamed by [`super::http::stream`]. Accepting
 //! connections lives in [`super::http::listener`].
 
-use super::boot::mac::Mac;
 use super::boot::machines::Machine;
 use super::boot::render::{self, ipxe_safe, render};
-use super::boot::route::{self, Claims, EntryName, Labels, Refused, Route};
+use super::boot::route::{self, Claims, Labels, Refused, Route};
 use super::boot::state::{Current, State, Target};
 use super::boot::status::{self, Sort, Status, Step};
 use super::http::chunks::ChunkCache;
 use super::http::listener;
 use super::http::metrics::Metrics;
 use super::http::respond::{self, Conditions, Decision, FileMeta};
-use crate::store::manifest::{ArtifactFile, ArtifactName};
+use crate::model::manifest::{ArtifactFile, ArtifactName};
+use crate::model::EntryName;
+use crate::model::Mac;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -83,7 +84,7 @@ impl Default for Options {
 /// A store file this client may download, and the group that allows it.
 struct Allowed<'s> {
     entry: &'s crate::store::Entry,
-    art: &'s crate::store::manifest::Artifact,
+    art: &'s crate::model::manifest::Artifact,
     group: &'s str,
 }
 
@@ -321,7 +322,7 @@ impl Server {
                 let target = state.groups.get(&g.name);
                 let (boots_last_hour, mid_boot) = counts.get(&g.name).copied().unwrap_or_default();
                 let (entry, no_entry) = match target.map(|t| &t.entry) {
-                    Some(Ok(e)) => (Some(e.name.clone()), None),
+                    Some(Ok(e)) => (Some(e.name.to_string()), None),
                     Some(Err(why)) => (None, Some(why.clone())),
                     None => (None, Some("no target".into())),
                 };
@@ -430,8 +431,8 @@ impl Server {
     ) -> Result<String, String> {
         let entry = target.entry.as_ref().map_err(Clone::clone)?;
         let m = &entry.manifest;
-        use crate::config::types::Format;
-        use crate::store::manifest::ArtifactName;
+        use crate::model::manifest::ArtifactName;
+        use crate::model::Format;
         if m.artifact(Format::Ipxe, ArtifactName::Kernel).is_none()
             || m.artifact(Format::Ipxe, ArtifactName::Initrd).is_none()
         {

@@ -16,14 +16,14 @@
 //! shared while it picks entries and writes its root, so neither sees the
 //! other half done.
 
-pub mod manifest;
 pub mod remote;
 #[cfg(feature = "aws")]
 pub mod s3;
 pub mod settings;
 
+pub use crate::model::manifest::Manifest;
+use crate::model::{EntryName, InputHash, NAME_HASH_LEN};
 use anyhow::{Context, Result};
-pub use manifest::{entry_name, valid_entry_name, Manifest, NAME_HASH_LEN};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -37,7 +37,7 @@ pub struct Store {
 /// A complete entry.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub name: String,
+    pub name: EntryName,
     pub path: PathBuf,
     pub manifest: Manifest,
 }
@@ -45,7 +45,7 @@ pub struct Entry {
 /// A build in progress: a private directory inside the store.
 pub struct Pending {
     pub dir: tempfile::TempDir,
-    name: String,
+    name: EntryName,
 }
 
 impl Pending {
@@ -88,24 +88,20 @@ impl Store {
         }
     }
 
-    /// The complete entry with this name, if any. A name that is not an
-    /// entry name (`<32 hex>-<profile>`) is never looked up.
-    pub fn get(&self, name: &str) -> Result<Option<Entry>> {
-        if !valid_entry_name(name) {
-            anyhow::bail!("`{}` is not a store entry name (<32 hex digits>-<profile>)", name.escape_debug());
-        }
+    /// The complete entry with this name, if any.
+    pub fn get(&self, name: &EntryName) -> Result<Option<Entry>> {
         let path = self.root.join(name);
         let mpath = path.join("manifest.json");
         if !mpath.is_file() {
             return Ok(None);
         }
         let manifest = Manifest::read(&mpath)?;
-        Ok(Some(Entry { name: name.to_string(), path, manifest }))
+        Ok(Some(Entry { name: name.clone(), path, manifest }))
     }
 
     /// Blocks until no other process builds `hash`.
-    pub fn lock(&self, hash: &str) -> Result<BuildLock> {
-        let p = self.root.join(".locks").join(format!("{}.lock", &hash[..NAME_HASH_LEN]));
+    pub fn lock(&self, hash: &InputHash) -> Result<BuildLock> {
+        let p = self.root.join(".locks").join(format!("{}.lock", hash.short()));
         let f = File::options().create(true).truncate(false).write(true).open(&p)?;
         f.lock().with_context(|| format!("locking {}", p.display()))?;
         Ok(BuildLock { _file: f })
@@ -113,13 +109,13 @@ impl Store {
 
     /// A private folder for a build of `name` (hold its lock first): named
     /// after the entry, so `gc` can tell it belongs to a running build.
-    pub fn begin(&self, name: &str) -> Result<Pending> {
+    pub fn begin(&self, name: &EntryName) -> Result<Pending> {
         let dir = tempfile::Builder::new().prefix(&format!("{name}.")).tempdir_in(self.root.join(".tmp"))?;
-        Ok(Pending { dir, name: name.to_string() })
+        Ok(Pending { dir, name: name.clone() })
     }
 
     /// Scratch space for a build of `name` (removed when dropped).
-    pub fn work_dir(&self, name: &str) -> Result<tempfile::TempDir> {
+    pub fn work_dir(&self, name: &EntryName) -> Result<tempfile::TempDir> {
         Ok(tempfile::Builder::new().prefix(&format!("{name}.work.")).tempdir_in(self.root.join(".tmp"))?)
     }
 
@@ -149,6 +145,10 @@ impl Store {
             if name.starts_with('.') {
                 continue;
             }
+            let Ok(name) = EntryName::new(&name) else {
+                tracing::warn!("skipping {}: not a store entry name (<32 hex digits>-<profile>)", name.escape_debug());
+                continue;
+            };
             match self.get(&name) {
                 Ok(Some(entry)) => out.push(entry),
                 Ok(None) => {}
@@ -164,7 +164,7 @@ impl Store {
         let mut problems = Vec::new();
         for a in &entry.manifest.artifacts {
             let p = entry.path.join(&a.file);
-            match (std::fs::metadata(&p), crate::hash::artifact_digest(&p)) {
+            match (std::fs::metadata(&p), crate::model::Blake3::of_file(&p)) {
                 (Ok(md), Ok(sum)) if md.len() == a.size && sum == a.blake3 => {}
                 (Ok(md), Ok(sum)) => problems.push(format!(
                     "{}/{}: expected {} bytes blake3 {}, found {} bytes blake3 {sum}",
@@ -183,14 +183,14 @@ impl Store {
     /// Removes the folders in `.tmp/` that no running build holds (killed
     /// builds' leftovers). `held` is the hash whose lock the caller holds
     /// itself: its folders are leftovers too. Returns what it removed.
-    pub fn sweep_tmp(&self, held: Option<&str>) -> Result<Vec<String>> {
+    pub fn sweep_tmp(&self, held: Option<&InputHash>) -> Result<Vec<String>> {
         let mut removed = Vec::new();
         for e in std::fs::read_dir(self.root.join(".tmp"))? {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
             // `<hash32>-<profile>.<random>` or `.work.<random>`, or a gc's `.gc`.
             let hash = name.split('-').next().unwrap_or("");
-            let mine = held.is_some_and(|h| h.starts_with(hash));
+            let mine = held.is_some_and(|h| h.short() == hash);
             if hash.len() == NAME_HASH_LEN && !mine && self.build_running(hash) {
                 continue;
             }
@@ -244,7 +244,7 @@ impl Store {
                 std::fs::rename(&e.path, &trash)?;
                 std::fs::remove_dir_all(&trash)?;
                 self.forget_signed(&e.name)?;
-                removed.push(e.name);
+                removed.push(e.name.to_string());
             }
         }
         removed.extend(self.sweep_tmp(None)?);
@@ -261,7 +261,7 @@ impl Store {
 
     /// Entries that running servers hand out; roots of servers that are gone
     /// are removed.
-    pub fn live_roots(&self) -> Result<std::collections::BTreeSet<String>> {
+    pub fn live_roots(&self) -> Result<std::collections::BTreeSet<EntryName>> {
         let dir = self.root.join(".roots");
         let mut live = std::collections::BTreeSet::new();
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -278,7 +278,7 @@ impl Store {
             }
             let names: Vec<String> =
                 std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-            live.extend(names.into_iter().filter(|n| valid_entry_name(n)));
+            live.extend(names.iter().filter_map(|n| EntryName::new(n).ok()));
         }
         Ok(live)
     }
@@ -301,7 +301,7 @@ pub struct Root {
 
 impl Root {
     /// Replaces the rooted entries (atomically: gc sees the old list or the new).
-    pub fn set(&self, names: &[String]) -> Result<()> {
+    pub fn set(&self, names: &[EntryName]) -> Result<()> {
         crate::fsutil::write_atomic(&self.path, &serde_json::to_vec(names)?)
     }
 }

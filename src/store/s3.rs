@@ -4,8 +4,8 @@
 
 use super::remote::Remote;
 use super::Entry;
-use crate::config::types::{Arch, Firmware, Format};
-use crate::store::manifest::ArtifactName;
+use crate::model::manifest::ArtifactName;
+use crate::model::{Arch, Firmware, Format};
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::sync::Arc;
@@ -40,8 +40,8 @@ impl Entry {
         files.push(file("manifest.json", &crate::hash::artifact_digest(&manifest)?, size));
         let disk = |f: Format| m.artifact(f, ArtifactName::Disk).map(|a| file(a.file.as_str(), &a.blake3, a.size));
         Ok(imgd_aws::Entry {
-            name: self.name.clone(),
-            hash: m.hash.clone(),
+            name: self.name.to_string(),
+            hash: m.hash.to_string(),
             profile: m.profile.clone(),
             built_at: m.built_at,
             files,

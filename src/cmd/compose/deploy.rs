@@ -12,8 +12,8 @@ use super::images::{build, names, Built};
 use anyhow::{Context, Result};
 use imgd::config::composition::Composition;
 use imgd::config::ConfigError;
-use imgd::serve::boot::mac::Mac;
-use imgd::store::manifest::ArtifactName;
+use imgd::model::mac::Mac;
+use imgd::model::manifest::ArtifactName;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -133,7 +133,7 @@ fn quote(s: &str) -> String {
 
 /// The role's rootfs tarball (hard-linked from the store when it can be)
 /// and a Kadeploy environment naming it, when the profile builds `tar`.
-fn tarball(store: &imgd::store::Store, entry: &str, role: &str, out: &Path) -> Result<()> {
+fn tarball(store: &imgd::store::Store, entry: &imgd::model::EntryName, role: &str, out: &Path) -> Result<()> {
     let e = store.get(entry)?.with_context(|| format!("{entry} is not in the store"))?;
     let Some(art) = e.manifest.artifacts.iter().find(|a| a.name == ArtifactName::Rootfs) else {
         tracing::info!(role, "no tar format: no rootfs tarball");

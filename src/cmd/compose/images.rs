@@ -6,10 +6,10 @@ use super::args::Common;
 use anyhow::{bail, Context, Result};
 use imgd::compose::RoleImage;
 use imgd::config::composition::{Composition, Role};
-use imgd::config::types::Format;
 use imgd::config::ConfigError;
+use imgd::model::manifest::ArtifactName;
+use imgd::model::Format;
 use imgd::qemu::Accel;
-use imgd::store::manifest::ArtifactName;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 

@@ -52,9 +52,9 @@
 //! Two groups of equal specificity that one machine could match both are a
 //! configuration error, reported when the file is loaded.
 
-use super::mac::{Mac, Macs};
 use crate::config::error::{from_toml, ConfigError};
-use crate::store::manifest::ArtifactName;
+use crate::model::mac::{Mac, Macs};
+use crate::model::manifest::ArtifactName;
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -88,7 +88,7 @@ pub struct IpxeSigningPaths {
 pub struct Group {
     pub name: String,
     pub profile: Option<String>,
-    pub entry: Option<String>,
+    pub entry: Option<crate::model::EntryName>,
     #[serde(default)]
     pub kernel_args: String,
     #[serde(default)]
@@ -319,11 +319,8 @@ impl Source<'_> {
         if !name_ok {
             return Err(err(".name", format!("group name `{}`: use letters, digits, . _ -", g.name.escape_debug())));
         }
-        if let Some(p) = g.profile.as_deref().filter(|p| !crate::config::valid_name(p)) {
+        if let Some(p) = g.profile.as_deref().filter(|p| !crate::model::valid_name(p)) {
             return Err(err(".profile", format!("`{}` is not a profile name", p.escape_debug())));
-        }
-        if let Some(e) = g.entry.as_deref().filter(|e| !crate::store::valid_entry_name(e)) {
-            return Err(err(".entry", format!("`{}` is not a store entry name", e.escape_debug())));
         }
         if g.kernel_args.chars().any(char::is_control) {
             return Err(err(".kernel_args", "control characters (a newline would end the script line)".into()));

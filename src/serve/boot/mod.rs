@@ -8,7 +8,6 @@
 
 pub mod imgverify;
 pub mod loaders;
-pub mod mac;
 pub mod machines;
 pub mod render;
 pub mod route;

@@ -4,8 +4,8 @@
 //! names ([`EntryName`], [`ArtifactFile`]), and every identity claim has the
 //! shape iPXE gives it ([`Claims`]) or the request is refused with 400.
 
+use crate::model::{ArtifactFile, EntryName};
 use crate::serve::http::respond::Conditions;
-use crate::store::manifest::ArtifactFile;
 use hyper::header::{self, HeaderMap};
 use std::collections::BTreeMap;
 
@@ -84,20 +84,6 @@ pub enum Refused {
     NotFound,
 }
 
-/// A store entry name in a URL: `<32 hex>-<profile name>`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct EntryName(String);
-
-impl EntryName {
-    pub fn new(s: &str) -> Option<EntryName> {
-        crate::store::valid_entry_name(s).then(|| EntryName(s.to_string()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 pub use super::machines::Claims;
 
 /// Extra query parameters (`/boot.ipxe?rack=12`), matched by `labels` selectors.
@@ -153,16 +139,16 @@ fn route_of(seg: &[&str], query: Option<&str>) -> Result<Route, Refused> {
             let (claims, labels) = split_query(query)?;
             Ok(Route::Machine { claims, labels })
         }
-        ["profiles", name, "boot.ipxe"] if crate::config::valid_name(name) => {
+        ["profiles", name, "boot.ipxe"] if crate::model::valid_name(name) => {
             Ok(Route::Profile { name: name.to_string() })
         }
         ["artifacts", entry, file] => {
-            let entry = EntryName::new(entry).ok_or(Refused::NotFound)?;
+            let entry = EntryName::new(entry).map_err(|_| Refused::NotFound)?;
             let file = ArtifactFile::new(file).map_err(|_| Refused::NotFound)?;
             Ok(Route::Artifact { entry, file, conditions: Conditions::default() })
         }
         ["signed", entry, cert, file] => {
-            let entry = EntryName::new(entry).ok_or(Refused::NotFound)?;
+            let entry = EntryName::new(entry).map_err(|_| Refused::NotFound)?;
             let cert_ok = cert.len() == 32 && cert.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
             let file = ArtifactFile::new(file).map_err(|_| Refused::NotFound)?;
             if !cert_ok {

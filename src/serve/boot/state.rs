@@ -20,10 +20,11 @@
 
 use super::machines::{Group, HttpBoot, MachinesFile};
 use crate::build::fetch_only;
-use crate::config::types::Format;
 use crate::config::{self, LoadRequest};
-use crate::store::manifest::{Artifact, ArtifactName};
-use crate::store::{entry_name, Entry, Store};
+use crate::model::manifest::{Artifact, ArtifactName};
+use crate::model::EntryName;
+use crate::model::Format;
+use crate::store::{Entry, Store};
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -63,7 +64,7 @@ pub struct State {
     /// Profile name -> what `/profiles/<name>/boot.ipxe` boots.
     pub profiles: BTreeMap<String, Target>,
     /// Entry name -> entry, for `/artifacts/`.
-    pub entries: BTreeMap<String, Entry>,
+    pub entries: BTreeMap<EntryName, Entry>,
     /// Group name -> the signed UKI set it hands out (`signed_with`), or why none.
     pub signed: BTreeMap<String, Result<crate::sign::Signed, String>>,
     pub serve_all: bool,
@@ -121,13 +122,42 @@ impl State {
     }
 
     /// Every entry this state hands out (for the store's GC root).
-    pub fn served(&self) -> Vec<String> {
+    pub fn served(&self) -> Vec<EntryName> {
         self.entries.keys().cloned().collect()
     }
 
     /// Groups booting something other than their profile's current build.
     pub fn stale_groups(&self) -> Vec<(&str, &Target)> {
         self.groups.iter().filter(|(_, t)| t.stale).map(|(g, t)| (g.as_str(), t)).collect()
+    }
+}
+
+/// The entry the profile's current recipe builds: in the store, fetched,
+/// or built as the server's sources allow; why not, if none.
+fn exact_entry(
+    src: &Sources,
+    store: &Store,
+    remote: Option<&dyn crate::store::remote::Remote>,
+    profile: &str,
+    r: &crate::config::Recipe,
+) -> Result<Entry, String> {
+    let name = EntryName::of(&crate::build::input_hash(r), &r.name).map_err(|e| e.to_string())?;
+    match store.get(&name) {
+        Ok(Some(e)) => Ok(e),
+        Ok(None) if !src.build_missing && remote.is_some() => match remote.map(|c| (c, fetch_only(r, store, c))) {
+            Some((_, Ok(Some(e)))) => Ok(e),
+            Some((c, Ok(None))) => Err(format!("profile {profile} is not built here nor in {}", c.url())),
+            Some((c, Err(e))) => Err(format!("{name} from {}: {e:#}", c.url())),
+            None => Err(format!("profile {profile} is not built on this server")),
+        },
+        Ok(None) if src.build_missing => {
+            tracing::info!("building {profile} (not in the store)");
+            let progress = crate::progress::Progress::new(false);
+            // The same pipeline as `imgd build`: signed as its profile asks.
+            crate::build::entry(r, store, &progress, remote).map(|b| b.entry).map_err(|e| format!("{e:#}"))
+        }
+        Ok(None) => Err(format!("profile {profile} is not built on this server (run `imgd build {profile}`)")),
+        Err(e) => Err(format!("{e:#}")),
     }
 }
 
@@ -146,28 +176,7 @@ fn current(
     let recipe =
         config::load(&req).map_err(anyhow::Error::from).and_then(|l| crate::build::recipe(&l, &src.cache, None, false));
     let exact = match &recipe {
-        Ok(r) => {
-            let name = entry_name(&crate::build::input_hash(r), &r.name);
-            match store.get(&name) {
-                Ok(Some(e)) => Ok(e),
-                Ok(None) if !src.build_missing && remote.is_some() => {
-                    match remote.map(|c| (c, fetch_only(r, store, c))) {
-                        Some((_, Ok(Some(e)))) => Ok(e),
-                        Some((c, Ok(None))) => Err(format!("profile {profile} is not built here nor in {}", c.url())),
-                        Some((c, Err(e))) => Err(format!("{name} from {}: {e:#}", c.url())),
-                        None => Err(format!("profile {profile} is not built on this server")),
-                    }
-                }
-                Ok(None) if src.build_missing => {
-                    tracing::info!("building {profile} (not in the store)");
-                    let progress = crate::progress::Progress::new(false);
-                    // The same pipeline as `imgd build`: signed as its profile asks.
-                    crate::build::entry(r, store, &progress, remote).map(|b| b.entry).map_err(|e| format!("{e:#}"))
-                }
-                Ok(None) => Err(format!("profile {profile} is not built on this server (run `imgd build {profile}`)")),
-                Err(e) => Err(format!("{e:#}")),
-            }
-        }
+        Ok(r) => exact_entry(src, store, remote, profile, r),
         Err(e) => Err(format!("{e:#}")),
     };
     let why = match exact {
@@ -231,7 +240,7 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
                     Ok(None) => Err(format!("entry {name} is not in the store")),
                     Err(e) => Err(format!("{e:#}")),
                 };
-                let profile = entry.as_ref().map_or_else(|_| name.clone(), |e| e.manifest.profile.clone());
+                let profile = entry.as_ref().map_or_else(|_| name.to_string(), |e| e.manifest.profile.clone());
                 Target { profile, entry, stale: false }
             }
             // MachinesFile::parse refuses a group with neither.
@@ -249,7 +258,7 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
         let dir = src.root.join("profiles");
         for f in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = f.file_name().to_string_lossy().into_owned();
-            if let Some(p) = name.strip_suffix(".toml").filter(|p| config::valid_name(p)) {
+            if let Some(p) = name.strip_suffix(".toml").filter(|p| crate::model::valid_name(p)) {
                 if !profiles.contains_key(p) {
                     let quiet = Sources { build_missing: false, ..src.clone() };
                     let t = current(&quiet, &store, None, p, previous.and_then(|s| s.profiles.get(p)));

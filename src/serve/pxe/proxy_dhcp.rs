@@ -137,9 +137,9 @@ fn http_boot_uki(state: &State, req: &dhcp::Request) -> HttpBootUki {
 }
 
 fn http_boot_uki_path(state: &State, req: &dhcp::Request) -> Option<HttpBootUki> {
-    use crate::config::types::{Arch, Format};
+    use crate::model::manifest::ArtifactName;
+    use crate::model::{Arch, Format};
     use crate::serve::boot::machines::{Claims, HttpBoot, Machine};
-    use crate::store::manifest::ArtifactName;
     let (ipxe_arch, arch) = match req.arch {
         dhcp::ARCH_X64_HTTP => ("x86_64", Arch::X86_64),
         dhcp::ARCH_ARM64_HTTP => ("arm64", Arch::Aarch64),

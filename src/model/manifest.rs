@@ -6,7 +6,8 @@
 //! cache, a store copied from another machine), so reading one checks it:
 //! the file is at most [`MAX_BYTES`], entry and file names can only be plain
 //! names ([`ArtifactFile`]: no `/`, no `..`, no control characters), the hash
-//! and every artifact digest are 64 hex digits, and no file is listed twice.
+//! and every artifact digest are 64 hex digits ([`InputHash`], [`Blake3`]),
+//! and no file is listed twice.
 //!
 //! ```json
 //! { "name": "9f2c...-hello", "hash": "9f2c...(64 hex)", "profile": "hello",
@@ -18,25 +19,11 @@
 //!               ...the rest of the resolved profile, inputs by digest... } }
 //! ```
 
-use crate::config::types::{Arch, Firmware, Format};
+use super::names::{Blake3, EntryName, InputHash};
+use super::platform::{Arch, Firmware, Format};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-
-/// Hex digits of the input hash used in entry names (128 bits).
-pub const NAME_HASH_LEN: usize = 32;
-
-/// `<32 hex of the input hash>-<profile>`: the name of a build's entry.
-pub fn entry_name(hash: &str, profile: &str) -> String {
-    format!("{}-{profile}", &hash[..NAME_HASH_LEN])
-}
-
-/// `<32 hex>-<profile>`: the only names the store gives entries.
-pub fn valid_entry_name(name: &str) -> bool {
-    name.split_once('-').is_some_and(|(hash, profile)| {
-        hash.len() == NAME_HASH_LEN && hash.bytes().all(|b| b.is_ascii_hexdigit()) && crate::config::valid_name(profile)
-    })
-}
 
 /// A manifest larger than this is refused unread (real ones are a few KiB).
 pub const MAX_BYTES: u64 = 4 << 20;
@@ -44,8 +31,8 @@ pub const MAX_BYTES: u64 = 4 << 20;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    pub name: String,
-    pub hash: String,
+    pub name: EntryName,
+    pub hash: InputHash,
     pub profile: String,
     pub hardware: String,
     pub arch: Arch,
@@ -93,8 +80,8 @@ pub struct Artifact {
     /// File name inside the store entry.
     pub file: ArtifactFile,
     pub size: u64,
-    /// BLAKE3 of the file, hex ([`crate::hash::ArtifactDigest`]).
-    pub blake3: String,
+    /// BLAKE3 of the file ([`crate::hash::ArtifactDigest`]).
+    pub blake3: Blake3,
 }
 
 /// What an artifact is: consumers look artifacts up by format and this.
@@ -192,17 +179,11 @@ impl Manifest {
 
     /// What serde cannot say: the names fit together and nothing is listed twice.
     fn check(&self) -> Result<()> {
-        if !crate::hash::is_digest_hex(&self.hash) {
-            bail!("hash `{}` is not 64 hex digits", self.hash.escape_debug());
-        }
-        if self.name != entry_name(&self.hash, &self.profile) || !crate::config::valid_name(&self.profile) {
-            bail!("entry name `{}` does not match its hash and profile", self.name.escape_debug());
+        if EntryName::of(&self.hash, &self.profile).ok().as_ref() != Some(&self.name) {
+            bail!("entry name `{}` does not match its hash and profile", self.name);
         }
         let mut seen = std::collections::BTreeSet::new();
         for a in &self.artifacts {
-            if !crate::hash::is_digest_hex(&a.blake3) {
-                bail!("{}: blake3 `{}` is not 64 hex digits", a.file, a.blake3.escape_debug());
-            }
             if !seen.insert(&a.file) {
                 bail!("{} is listed twice", a.file);
             }

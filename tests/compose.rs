@@ -132,6 +132,8 @@ fn bad_composition_files_exit_2_with_file_line_and_column() {
         ("[role.extra]\nprofile = \"hello\"\ncount = 0", "from 1 to 250"),
         ("[[step]]\non = \"db1\"\nrun = \"true\"", "names no machine"),
         ("[role.node2]\nprofile = \"hello\"", "is also a machine of role"),
+        ("[role.extra]\nprofile = \"hello\"\nssh = { user = \"root\", key = \"no-such-key\" }", "no such key file"),
+        ("[role.extra]\nprofile = \"hello\"\nssh = { user = \"-oProxyCommand=x\", key = \"k\" }", "a login name"),
     ] {
         let file = d.path().join("bad.compose.toml");
         std::fs::write(&file, format!("{example}\n{extra}\n")).unwrap();
@@ -145,6 +147,51 @@ fn bad_composition_files_exit_2_with_file_line_and_column() {
         assert!(line.unwrap_or_else(|_| panic!("{t}")) > example.lines().count() && col.is_ok(), "{extra}: {t}");
         assert!(t.contains(want), "{extra}: {t}");
     }
+}
+
+/// A role with `ssh`: its steps run through the image's own sshd (the
+/// builder profile's dropbear, its DHCP on the netboot link), not the node
+/// stage's command port; the exit status and output come back as they do
+/// through the port.
+#[test]
+fn a_role_with_ssh_is_reached_through_the_images_own_sshd() {
+    let h = hello();
+    let d = tempfile::tempdir().unwrap();
+    let key = d.path().join("id_test");
+    tool("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-C", "imgd-test", "-f", key.to_str().unwrap()]);
+    let public = std::fs::read_to_string(d.path().join("id_test.pub")).unwrap();
+    let file = d.path().join("ssh.compose.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"[role.builder]
+profile = "builder"
+set = {{ users = [{{ name = "builder", shell = "/bin/sh", ssh_authorized_keys = ["{}"] }}] }}
+ssh = {{ user = "builder", key = "id_test" }}
+
+[[step]]
+on = "builder"
+console = "IMGD-BUILDER-READY"
+timeout = "240s"
+[[step]]
+on = "builder"
+run = "echo via=${{SSH_CONNECTION%% *}} user=$(id -un) host=$(hostname); echo to-stderr >&2"
+expect = "via=10.0.2.2 user=builder host=builder"
+timeout = "60s"
+[[step]]
+on = "builder"
+fail = "exit 4"
+"#,
+            public.trim()
+        ),
+    )
+    .unwrap();
+    let out = compose(&h.store, &["test", file.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = json(&out);
+    assert_eq!(report["steps"].as_array().unwrap().len(), 3, "{report}");
+    let t = text(&out);
+    assert!(!t.contains("consoles kept in "), "{t}");
 }
 
 #[test]

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use switch::Switch;
-use vm::Vm;
+use vm::{Door, Vm};
 
 /// What a role boots: its entry's kernel and initrd, on its hardware.
 #[derive(Debug, Clone)]
@@ -45,6 +45,8 @@ pub struct Running<'a> {
     /// The server the machines netboot from (`Boot::Netboot`).
     server: Option<crate::serve::local::LocalServer>,
     commands: Vec<Command>,
+    /// Where each machine's commands go.
+    doors: Vec<Door>,
     vms: Vec<Option<Vm>>,
     starts: Vec<u32>,
 }
@@ -161,9 +163,14 @@ impl<'a> Running<'a> {
             }
         };
         let relay = server.as_ref().map(|s| s.relay()).transpose()?;
+        let doors = comp.nodes.iter().enumerate().map(|(i, n)| door(comp, n, dir, i)).collect::<Result<Vec<_>>>()?;
         let mut commands = Vec::new();
-        for i in 0..comp.nodes.len() {
-            let mut c = node_command(comp, images, i, accel, relay.as_deref(), dir)?;
+        for (i, door) in doors.iter().enumerate() {
+            let ssh = match door {
+                Door::Ssh { port, .. } => Some(*port),
+                Door::Port(_) => None,
+            };
+            let mut c = node_command(comp, images, i, accel, relay.as_deref(), ssh, dir)?;
             for (net, _) in &comp.nodes[i].addrs {
                 let l = &links[&(*net, i)];
                 c.arg("-netdev").arg(format!(
@@ -190,6 +197,7 @@ impl<'a> Running<'a> {
             vms: comp.nodes.iter().map(|_| None).collect(),
             starts: vec![0; comp.nodes.len()],
             commands,
+            doors,
         };
         for i in 0..comp.nodes.len() {
             run.start(i)?;
@@ -206,7 +214,7 @@ impl<'a> Running<'a> {
         };
         let _ = std::fs::remove_file(agent_path(&self.dir, i));
         let _ = std::fs::remove_file(self.dir.join(format!("vm-{name}/OVMF_VARS.fd")));
-        self.vms[i] = Some(Vm::start(name, &self.commands[i], &log, &agent_path(&self.dir, i))?);
+        self.vms[i] = Some(Vm::start(name, &self.commands[i], &log, &self.doors[i])?);
         tracing::info!(node = %name, "started");
         Ok(())
     }
@@ -216,6 +224,12 @@ impl<'a> Running<'a> {
     pub fn netbooted(&self) -> Option<(u64, u64)> {
         let m = &self.server.as_ref()?.server.metrics;
         Some((m.requests("ipxe", 200), m.requests("artifacts", 200)))
+    }
+
+    /// Where each machine's commands go, in machine order (for other
+    /// processes: `imgd compose exec`).
+    pub fn doors(&self) -> &[Door] {
+        &self.doors
     }
 
     /// The folder holding the consoles' logs.
@@ -334,6 +348,7 @@ fn node_command(
     i: usize,
     accel: Accel,
     relay: Option<&str>,
+    ssh: Option<u16>,
     dir: &Path,
 ) -> Result<Command> {
     let node = &comp.nodes[i];
@@ -349,7 +364,7 @@ fn node_command(
         firmware: if relay.is_some() { Firmware::Bios } else { img.firmware },
         qemu: &spec,
         accel,
-        ssh: None,
+        ssh,
         secure_boot: None,
         drives: &[],
     };
@@ -368,6 +383,21 @@ fn node_command(
 
 fn agent_path(dir: &Path, node: usize) -> PathBuf {
     dir.join(format!("a{node}"))
+}
+
+/// Machine `i`'s door: its role's SSH login on a loopback port of its own,
+/// else the node stage's command port.
+fn door(comp: &Composition, node: &crate::config::composition::Node, dir: &Path, i: usize) -> Result<Door> {
+    Ok(match &comp.roles[node.role].ssh {
+        Some(a) => {
+            // A port the kernel has just handed out and let go: qemu binds it
+            // a moment later (another process taking it in between makes
+            // qemu fail to start, loudly).
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            Door::Ssh { port, user: a.user.clone(), key: a.key.clone() }
+        }
+        None => Door::Port(agent_path(dir, i)),
+    })
 }
 
 /// One machine's part of a step.

@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use base64::Engine;
+use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,54 @@ pub struct Vm {
     child: Child,
     console: Arc<(Mutex<Console>, Condvar)>,
     pub log: PathBuf,
-    agent: Agent,
+    shell: Shell,
+}
+
+/// Where imgd sends a machine's commands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Door {
+    /// The node stage's command port: a qemu unix socket at this path.
+    Port(PathBuf),
+    /// SSH as `user` with `key`, through this loopback port forwarded to
+    /// the machine's port 22 (for images whose own sshd is under test).
+    Ssh { port: u16, user: String, key: PathBuf },
+}
+
+/// A client of a machine's [`Door`].
+pub enum Shell {
+    Agent(Agent),
+    Ssh(Ssh),
+}
+
+impl Shell {
+    pub fn new(name: &str, door: &Door) -> Shell {
+        match door {
+            Door::Port(path) => Shell::Agent(Agent::new(name, path)),
+            Door::Ssh { port, user, key } => Shell::Ssh(Ssh {
+                name: name.to_string(),
+                port: *port,
+                user: user.clone(),
+                key: key.clone(),
+                reached: false,
+            }),
+        }
+    }
+
+    /// Runs `script` with `sh` in the guest, at most `timeout`: its exit
+    /// status and its output (stdout and stderr, as one).
+    pub fn exec(&mut self, script: &str, timeout: Duration) -> Result<Output> {
+        match self {
+            Shell::Agent(a) => a.exec(script, timeout),
+            Shell::Ssh(s) => s.exec(script, timeout),
+        }
+    }
+
+    fn forget(&mut self) {
+        match self {
+            Shell::Agent(a) => a.conn = None,
+            Shell::Ssh(s) => s.reached = false,
+        }
+    }
 }
 
 /// A client of a node stage's command port (a qemu unix socket).
@@ -47,7 +95,7 @@ pub struct Output {
 
 impl Vm {
     /// Starts `cmd` (qemu with `-serial stdio`), logging the console to `log`.
-    pub fn start(name: &str, cmd: &Command, log: &Path, agent: &Path) -> Result<Vm> {
+    pub fn start(name: &str, cmd: &Command, log: &Path, door: &Door) -> Result<Vm> {
         let mut cmd = crate::tools::guarded(cmd);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().context("cannot start qemu (apt-get install qemu-system-x86)")?;
@@ -58,7 +106,7 @@ impl Vm {
             pump(out, console.clone(), logf.clone(), "");
             pump(err, console.clone(), logf, "[qemu] ");
         }
-        Ok(Vm { name: name.to_string(), child, console, log: log.to_path_buf(), agent: Agent::new(name, agent) })
+        Ok(Vm { name: name.to_string(), child, console, log: log.to_path_buf(), shell: Shell::new(name, door) })
     }
 
     /// Waits for `text` anywhere on the console since boot.
@@ -90,7 +138,7 @@ impl Vm {
 
     /// Runs `script` with `sh` in the guest, at most `timeout`.
     pub fn exec(&mut self, script: &str, timeout: Duration) -> Result<Output> {
-        self.agent.exec(script, timeout)
+        self.shell.exec(script, timeout)
     }
 
     pub fn running(&mut self) -> bool {
@@ -101,7 +149,7 @@ impl Vm {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.agent.conn = None;
+        self.shell.forget();
     }
 }
 
@@ -178,6 +226,82 @@ impl Agent {
             let bytes = b64.decode(parts.next().unwrap_or("")).context("a malformed answer")?;
             return Ok(Output { status, text: String::from_utf8_lossy(&bytes).into_owned() });
         }
+    }
+}
+
+/// A machine reached over SSH. Its host keys are made at boot, so there is
+/// nothing to pin: the port is loopback-only and leads to this one VM.
+pub struct Ssh {
+    name: String,
+    port: u16,
+    user: String,
+    key: PathBuf,
+    /// Logged in at least once since the machine (re)started: before that a
+    /// refused connection means "not up yet" and is retried.
+    reached: bool,
+}
+
+/// Output kept from one SSH command (as the command port's answers are bounded by the guest).
+const MAX_SSH_OUTPUT: u64 = 4 << 20;
+
+impl Ssh {
+    pub fn exec(&mut self, script: &str, timeout: Duration) -> Result<Output> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, text, ssh_said) = self.once(script, deadline)?;
+            // 255 is ssh's own failure (no connection, key refused), not the command's.
+            if status != 255 {
+                self.reached = true;
+                return Ok(Output { status, text });
+            }
+            if self.reached || Instant::now() + Duration::from_secs(1) >= deadline {
+                bail!("ssh to {} ({}@127.0.0.1:{}) failed: {}", self.name, self.user, self.port, ssh_said.trim());
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    /// One `ssh` run, killed at `deadline`: (status, output, ssh's stderr).
+    fn once(&self, script: &str, deadline: Instant) -> Result<(i32, String, String)> {
+        let left = deadline.saturating_duration_since(Instant::now()).as_secs().clamp(1, 10);
+        let mut child = Command::new("ssh")
+            .arg("-i")
+            .arg(&self.key)
+            .args(["-p", &self.port.to_string(), "-T", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", &format!("ConnectTimeout={left}"), &format!("{}@127.0.0.1", self.user)])
+            // One argument: the login shell runs it as `sh -c`, stderr joined to stdout.
+            .arg(format!("exec 2>&1; {script}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run ssh (apt-get install openssh-client)")?;
+        let read = |r: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut text = Vec::new();
+                if let Some(r) = r {
+                    let _ = r.take(MAX_SSH_OUTPUT).read_to_end(&mut text);
+                }
+                String::from_utf8_lossy(&text).into_owned()
+            })
+        };
+        let out = read(child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+        let err = read(child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("no answer from {} over ssh in time", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let text = out.join().unwrap_or_default();
+        let said = err.join().unwrap_or_default();
+        Ok((status.code().unwrap_or(255), text, said))
     }
 }
 

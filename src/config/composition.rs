@@ -15,6 +15,7 @@
 //! count = 3                    # node1..node3; a role of count 1 is named by its role
 //! networks = ["lan"]
 //! memory = "256M"
+//! # ssh = { user = "builder", key = "id_ed25519" }  # steps over the image's sshd
 //!
 //! [variant.small]              # --variant small: values as --set (key = value)
 //! "role.node.count" = 1
@@ -78,6 +79,19 @@ pub struct Role {
     /// Indexes into [`Composition::networks`].
     pub networks: Vec<usize>,
     pub memory_mib: Option<u32>,
+    /// Commands reach the role's machines over SSH instead of the node
+    /// stage's command port: for images whose own init and sshd are what
+    /// is under test.
+    pub ssh: Option<SshAccess>,
+}
+
+/// How imgd logs in to a machine: as `user` with the private key `key`,
+/// through a loopback port forwarded to the machine's port 22 on its
+/// isolated slirp link.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SshAccess {
+    pub user: String,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +163,14 @@ struct RoleToml {
     #[serde(default)]
     networks: Vec<String>,
     memory: Option<String>,
+    ssh: Option<SshToml>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SshToml {
+    user: String,
+    key: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -344,6 +366,7 @@ fn roles(
                     .ok_or_else(|| at(key("memory"), format!("`{m}`: a size such as 256M or 1G (64M at least)")))?,
             ),
         };
+        let ssh = r.ssh.map(|a| ssh_access(a, here, &|k, m| at(key(&format!("ssh.{k}")), m))).transpose()?;
         out.push(Role {
             sets: r.set.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             name,
@@ -353,6 +376,7 @@ fn roles(
             numbered: r.count.is_some(),
             networks: nets,
             memory_mib,
+            ssh,
         });
     }
     Ok(out)
@@ -491,6 +515,22 @@ fn partition(groups: &[Vec<String>], nodes: &[Node]) -> Result<(), String> {
 }
 
 /// A name that can be a hostname label: a-z, 0-9, -, at most 63.
+/// `[role.X.ssh]`: a login name a shell could not misread, and a key file
+/// that is there (relative to the composition's folder).
+fn ssh_access(a: SshToml, here: &Path, at: &dyn Fn(&str, String) -> ConfigError) -> Result<SshAccess, ConfigError> {
+    let user_ok = (1..=32).contains(&a.user.len())
+        && !a.user.starts_with('-')
+        && a.user.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !user_ok {
+        return Err(at("user", format!("`{}`: a login name (a-z, 0-9, _ and -)", a.user.escape_debug())));
+    }
+    let key = here.join(&a.key);
+    if !key.is_file() {
+        return Err(at("key", format!("{}: no such key file", key.display())));
+    }
+    Ok(SshAccess { user: a.user, key })
+}
+
 fn host_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63

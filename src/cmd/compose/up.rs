@@ -6,7 +6,7 @@
 use super::args::{Common, ConnectArgs, ExecArgs, Which};
 use super::images::{build, names, private_dir, Built};
 use anyhow::{bail, Context, Result};
-use imgd::compose::vm::Agent;
+use imgd::compose::vm::{Door, Shell};
 use imgd::compose::Running;
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::MetadataExt;
@@ -19,6 +19,9 @@ struct State {
     pid: i32,
     dir: PathBuf,
     nodes: Vec<String>,
+    /// Where each machine's commands go, in `nodes`' order.
+    #[serde(default)]
+    doors: Vec<Door>,
 }
 
 fn state_file(file: &Path) -> Result<PathBuf> {
@@ -73,6 +76,7 @@ pub fn up(c: &Common) -> Result<()> {
         pid: std::process::id() as i32,
         dir: dir.path().to_path_buf(),
         nodes: comp.nodes.iter().map(|n| n.name.clone()).collect(),
+        doors: running.doors().to_vec(),
     };
     std::fs::create_dir_all(path.parent().context("state path")?)?;
     let tmp = path.with_extension("json.tmp");
@@ -118,12 +122,17 @@ pub fn exec(e: &ExecArgs) -> Result<()> {
     Ok(())
 }
 
-fn agent(state: &State, file: &Path, node: &str) -> Result<Agent> {
+fn agent(state: &State, file: &Path, node: &str) -> Result<Shell> {
     let i =
         state.nodes.iter().position(|n| n == node).with_context(|| {
             format!("no machine `{node}` in {} (machines: {})", file.display(), state.nodes.join(", "))
         })?;
-    Ok(Agent::new(node, &state.dir.join(format!("a{i}"))))
+    // A command port only ever inside up's private folder.
+    let door = match state.doors.get(i) {
+        Some(Door::Port(_)) | None => Door::Port(state.dir.join(format!("a{i}"))),
+        Some(ssh) => ssh.clone(),
+    };
+    Ok(Shell::new(node, &door))
 }
 
 pub fn down(w: &Which) -> Result<()> {
@@ -182,7 +191,7 @@ pub fn connect(w: &ConnectArgs) -> Result<()> {
     }
 }
 
-/// A line shell on a machine's command port (what `connect`'s panes run).
+/// A line shell on a machine's command port or SSH (what `connect`'s panes run).
 pub fn shell(file: &Path, node: &str) -> Result<()> {
     use std::io::{BufRead, Write};
     let state = running_state(file)?;

@@ -55,33 +55,37 @@ pub struct TestArgs {
     pub drives: Vec<imgd::qemu::Drive>,
 }
 
-/// `--format` of `imgd test`: one way to boot, or all of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TestFormat {
-    /// The NIC's iPXE firmware netbooting from imgd's own server.
-    Ipxe,
-    /// The ipxe kernel + initrd handed to qemu directly.
-    Kernel,
-    Raw,
-    Qcow2,
-    Vhd,
-    /// The unified kernel image, loaded by UEFI firmware.
-    Uki,
-    /// Every format the profile builds.
-    All,
+/// `--format` of `imgd test`: one way to boot (a [`BootTarget`], its help
+/// and names as `imgd run` shows them), or `all`: every format the profile
+/// builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestFormat(Option<BootTarget>);
+
+impl ValueEnum for TestFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        const ALL: [TestFormat; 7] = [
+            TestFormat(Some(BootTarget::Ipxe)),
+            TestFormat(Some(BootTarget::Kernel)),
+            TestFormat(Some(BootTarget::Raw)),
+            TestFormat(Some(BootTarget::Qcow2)),
+            TestFormat(Some(BootTarget::Vhd)),
+            TestFormat(Some(BootTarget::Uki)),
+            TestFormat(None),
+        ];
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        match self.0 {
+            Some(t) => t.to_possible_value(),
+            None => Some(clap::builder::PossibleValue::new("all").help("Every format the profile builds")),
+        }
+    }
 }
 
 impl TestFormat {
     fn targets(self, bootable: &[BootTarget]) -> Vec<BootTarget> {
-        match self {
-            TestFormat::All => bootable.to_vec(),
-            TestFormat::Ipxe => vec![BootTarget::Ipxe],
-            TestFormat::Kernel => vec![BootTarget::Kernel],
-            TestFormat::Raw => vec![BootTarget::Raw],
-            TestFormat::Qcow2 => vec![BootTarget::Qcow2],
-            TestFormat::Vhd => vec![BootTarget::Vhd],
-            TestFormat::Uki => vec![BootTarget::Uki],
-        }
+        self.0.map_or_else(|| bootable.to_vec(), |t| vec![t])
     }
 }
 

@@ -14,7 +14,6 @@ use super::http::metrics::Metrics;
 use super::http::respond::{self, Conditions, Decision, FileMeta};
 use crate::model::manifest::{ArtifactFile, ArtifactName};
 use crate::model::EntryName;
-use crate::model::Mac;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -474,8 +473,7 @@ impl Server {
     fn machine_body(&self, state: &State, claims: Claims, labels: Labels, client: IpAddr) -> (String, Sent) {
         // Claims are checked to iPXE's shapes (route.rs), so `who` is safe in
         // a script comment and a log line.
-        let mac =
-            claims.mac.as_deref().and_then(|m| m.parse::<Mac>().ok()).map_or_else(|| "?".into(), |m| m.to_string());
+        let mac = claims.mac.map_or_else(|| "?".into(), |m| m.to_string());
         let who = format!("mac {mac} from {client}");
         let m = Machine { claims, source: Some(client), labels: labels.clone() };
         let Some(group) = state.machines.select(&m) else {
@@ -505,7 +503,7 @@ impl Server {
     }
 
     fn machine_script(&self, state: &State, claims: Claims, labels: Labels, client: IpAddr) -> Response<Body> {
-        let mac = claims.mac.as_deref().and_then(|m| m.parse::<Mac>().ok()).map(|m| m.to_string());
+        let mac = claims.mac.map(|m| m.to_string());
         let hostname = claims.hostname.clone();
         let shown = labels.clone();
         let (body, sent) = self.machine_body(state, claims, labels, client);

@@ -206,8 +206,8 @@ impl Group {
 /// the shape iPXE gives it before it gets here.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claims {
-    /// As sent (`52-54-00-aa-bb-cc` or with colons): six hex pairs.
-    pub mac: Option<String>,
+    /// Sent as `52-54-00-aa-bb-cc` or with colons.
+    pub mac: Option<Mac>,
     /// 8-4-4-4-12 hex digits.
     pub uuid: Option<String>,
     pub hostname: Option<String>,
@@ -247,7 +247,7 @@ impl Selector {
         let exact = |want: &Option<String>, have: &Option<String>| want.is_none() || eq_ci(want, have);
         let mac_ok = match &self.mac {
             None => true,
-            Some(w) => m.claims.mac.as_deref().and_then(|c| c.parse::<Mac>().ok()).is_some_and(|c| w.contains(&c)),
+            Some(w) => m.claims.mac.is_some_and(|c| w.contains(&c)),
         };
         mac_ok
             && exact(&self.uuid, &m.claims.uuid)
@@ -456,7 +456,7 @@ mod tests {
 
     fn machine(mac: &str) -> Machine {
         let claims = Claims {
-            mac: Some(mac.into()),
+            mac: Some(mac.parse().unwrap()),
             arch: Some("x86_64".into()),
             platform: Some("efi".into()),
             ..Default::default()

@@ -59,19 +59,13 @@ pub struct Request {
     /// RFC 4578 client architecture (option 93).
     pub arch: u16,
     pub xid: u32,
-    pub mac: [u8; 6],
+    pub mac: crate::model::Mac,
     pub ciaddr: Ipv4Addr,
     pub giaddr: Ipv4Addr,
     /// Option 97 (type 0 + 16-byte UUID), echoed back as PXE asks.
     pub guid: Option<Vec<u8>>,
     /// Option 50: the address a REQUEST asks the site's DHCP server for.
     pub requested: Option<Ipv4Addr>,
-}
-
-impl Request {
-    pub fn mac_text(&self) -> String {
-        self.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-    }
 }
 
 /// Why a packet gets no answer.
@@ -195,7 +189,17 @@ pub fn parse(bytes: &[u8]) -> Result<Request, Ignored> {
         Some(DhcpOption::RequestedIpAddress(ip)) if !ip.is_unspecified() && !ip.is_broadcast() => Some(*ip),
         _ => None,
     };
-    Ok(Request { kind, client, arch, xid: msg.xid(), mac, ciaddr: msg.ciaddr(), giaddr: msg.giaddr(), guid, requested })
+    Ok(Request {
+        kind,
+        client,
+        arch,
+        xid: msg.xid(),
+        mac: crate::model::Mac(mac),
+        ciaddr: msg.ciaddr(),
+        giaddr: msg.giaddr(),
+        guid,
+        requested,
+    })
 }
 
 /// What to boot: `http` is imgd serve's HTTP address as the client reaches it.
@@ -224,7 +228,7 @@ pub fn reply(req: &Request, server: Ipv4Addr, boot: &BootFile) -> Vec<u8> {
     let mut m = Message::default();
     m.set_opcode(Opcode::BootReply)
         .set_xid(req.xid)
-        .set_chaddr(&req.mac)
+        .set_chaddr(&req.mac.0)
         .set_ciaddr(req.ciaddr)
         .set_giaddr(req.giaddr)
         .set_siaddr(server)

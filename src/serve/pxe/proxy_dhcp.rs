@@ -61,7 +61,7 @@ impl ProxyDhcp {
                 // machine will boot from: its status row learns it (UEFI HTTP
                 // boot never asks on 4011, so this is the only place).
                 if let (MessageType::Request, Some(ip)) = (req.kind, req.requested) {
-                    status.address(&req.mac_text(), ip.into());
+                    status.address(&req.mac.to_string(), ip.into());
                 }
                 let why = Ignored::Kind(req.kind);
                 tracing::debug!(%from, "proxyDHCP: ignored: {why}");
@@ -76,14 +76,14 @@ impl ProxyDhcp {
                 HttpBootUki::Path(p) => Some(p),
                 HttpBootUki::NotAsked => None,
                 HttpBootUki::Missing => {
-                    tracing::info!(mac = %req.mac_text(), "proxyDHCP: ignored: its group's signed UKI is missing");
+                    tracing::info!(mac = %req.mac, "proxyDHCP: ignored: its group's signed UKI is missing");
                     metrics.dhcp("ignored", "no_signed_uki");
                     continue;
                 }
             };
             let Some(boot) = dhcp::boot_file(&req, cfg.http, uki.as_deref()) else {
                 let why = Ignored::Architecture(req.arch);
-                tracing::info!(mac = %req.mac_text(), "proxyDHCP: ignored: {why} (give its group http_boot = \"uki\")");
+                tracing::info!(mac = %req.mac, "proxyDHCP: ignored: {why} (give its group http_boot = \"uki\")");
                 metrics.dhcp("ignored", why.label());
                 continue;
             };
@@ -106,13 +106,13 @@ impl ProxyDhcp {
                 Ok(_) => {
                     metrics.dhcp(req.client.label(), what);
                     let address = on_pxe_port.then_some(from.ip());
-                    status.offer(&req.mac_text(), address, req.client != dhcp::Client::Ipxe);
+                    status.offer(&req.mac.to_string(), address, req.client != dhcp::Client::Ipxe);
                     tracing::info!(
-                    mac = %req.mac_text(), client = ?req.client, arch = req.arch, port = if on_pxe_port { PXE_PORT } else { DHCP_PORT },
+                    mac = %req.mac, client = ?req.client, arch = req.arch, port = if on_pxe_port { PXE_PORT } else { DHCP_PORT },
                     "proxyDHCP: boot {}", boot.text()
                     )
                 }
-                Err(e) => tracing::warn!(mac = %req.mac_text(), "proxyDHCP: sending to {to}: {e}"),
+                Err(e) => tracing::warn!(mac = %req.mac, "proxyDHCP: sending to {to}: {e}"),
             }
         }
     }
@@ -145,12 +145,8 @@ fn http_boot_uki_path(state: &State, req: &dhcp::Request) -> Option<HttpBootUki>
         dhcp::ARCH_ARM64_HTTP => ("arm64", Arch::Aarch64),
         _ => return None,
     };
-    let claims = Claims {
-        mac: Some(req.mac_text()),
-        arch: Some(ipxe_arch.into()),
-        platform: Some("efi".into()),
-        ..Default::default()
-    };
+    let claims =
+        Claims { mac: Some(req.mac), arch: Some(ipxe_arch.into()), platform: Some("efi".into()), ..Default::default() };
     let group = state.machines.select(&Machine { claims, ..Default::default() })?;
     if group.http_boot != HttpBoot::Uki {
         return None;
@@ -168,7 +164,7 @@ fn http_boot_uki_path(state: &State, req: &dhcp::Request) -> Option<HttpBootUki>
         }),
         _ => {
             tracing::warn!(
-                mac = %req.mac_text(),
+                mac = %req.mac,
                 "group {} has http_boot = \"uki\" but {} has no {ipxe_arch} UKI (add \"uki\" to the profile's formats)",
                 group.name, entry.name
             );

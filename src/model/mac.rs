@@ -35,6 +35,13 @@ impl fmt::Display for Mac {
     }
 }
 
+/// As its text (`52:54:00:ab:cd:ef`).
+impl serde::Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for Mac {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Mac, D::Error> {
         String::deserialize(d)?.parse().map_err(serde::de::Error::custom)

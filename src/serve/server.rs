@@ -503,15 +503,14 @@ impl Server {
     }
 
     fn machine_script(&self, state: &State, claims: Claims, labels: Labels, client: IpAddr) -> Response<Body> {
-        let mac = claims.mac.map(|m| m.to_string());
-        let hostname = claims.hostname.clone();
+        let (mac, hostname) = (claims.mac, claims.hostname.clone());
         let shown = labels.clone();
         let (body, sent) = self.machine_body(state, claims, labels, client);
         let to = match &sent {
             Sent::Boot(b) => Ok((b.group.as_str(), b.entry.as_str())),
             Sent::Warn(w) => Err(w.as_str()),
         };
-        self.status.script(mac.as_deref(), client, hostname.as_deref(), &shown, to);
+        self.status.script(mac, client, hostname.as_deref(), &shown, to);
         match sent {
             Sent::Boot(b) => {
                 // A boot event: one line per step (script here, each file in `artifact`).

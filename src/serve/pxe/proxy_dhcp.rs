@@ -61,7 +61,7 @@ impl ProxyDhcp {
                 // machine will boot from: its status row learns it (UEFI HTTP
                 // boot never asks on 4011, so this is the only place).
                 if let (MessageType::Request, Some(ip)) = (req.kind, req.requested) {
-                    status.address(&req.mac.to_string(), ip.into());
+                    status.address(req.mac, ip.into());
                 }
                 let why = Ignored::Kind(req.kind);
                 tracing::debug!(%from, "proxyDHCP: ignored: {why}");
@@ -106,7 +106,7 @@ impl ProxyDhcp {
                 Ok(_) => {
                     metrics.dhcp(req.client.label(), what);
                     let address = on_pxe_port.then_some(from.ip());
-                    status.offer(&req.mac.to_string(), address, req.client != dhcp::Client::Ipxe);
+                    status.offer(req.mac, address, req.client != dhcp::Client::Ipxe);
                     tracing::info!(
                     mac = %req.mac, client = ?req.client, arch = req.arch, port = if on_pxe_port { PXE_PORT } else { DHCP_PORT },
                     "proxyDHCP: boot {}", boot.text()

@@ -16,10 +16,11 @@
 
 pub mod page;
 
+use crate::model::Mac;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How far a boot got, in order.
@@ -53,22 +54,26 @@ impl Step {
     }
 }
 
-/// One machine, as the table shows it.
+/// One machine, as the table shows it. Kept small (a 10,000-machine table
+/// is one of a netboot server's larger allocations): a [`Mac`] not its
+/// text, group and entry names shared between rows, the history inline.
 #[derive(Debug, Clone, Serialize)]
 pub struct Seen {
-    pub mac: Option<String>,
+    pub mac: Option<Mac>,
     pub address: IpAddr,
-    pub hostname: Option<String>,
-    pub group: Option<String>,
-    pub entry: Option<String>,
+    pub hostname: Option<Box<str>>,
+    #[serde(serialize_with = "shared_name")]
+    pub group: Option<Arc<str>>,
+    #[serde(serialize_with = "shared_name")]
+    pub entry: Option<Arc<str>>,
     pub step: Step,
     pub bytes: u64,
     /// Seconds since the epoch of the last thing it did.
     pub last: u64,
-    pub refusal: Option<String>,
+    pub refusal: Option<Box<str>>,
     /// The steps of its current boot, each with when (seconds since the
     /// epoch); at most `HISTORY`, the first kept.
-    pub history: Vec<(Step, u64)>,
+    pub history: History,
     /// The labels its last script request carried (`?rack=7`), at most
     /// `LABELS`, values cut to `LABEL_CHARS`.
     pub labels: BTreeMap<String, String>,
@@ -136,19 +141,83 @@ pub struct Status {
 
 const BOOTS_KEPT: usize = 100_000;
 
+/// How the table knows a machine: by its MAC once it said one, else by its
+/// address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Mac(Mac),
+    Address(IpAddr),
+}
+
 #[derive(Default)]
 struct Inner {
-    machines: HashMap<String, Seen>,
+    machines: HashMap<Key, Seen>,
     /// Key of the machine last seen at an address (artifact requests carry
     /// no MAC: the script request before them did).
-    at: HashMap<IpAddr, String>,
+    at: HashMap<IpAddr, Key>,
     /// seq -> key, oldest first, for dropping the least recently seen.
-    order: BTreeMap<u64, String>,
+    order: BTreeMap<u64, Key>,
     seq: u64,
+    /// Group and entry names, one copy each for all rows (bounded: cleared
+    /// past `NAMES`, rows keep theirs).
+    names: std::collections::HashSet<Arc<str>>,
 }
 
 /// Steps kept per boot: a whole boot has at most 6 distinct ones.
 const HISTORY: usize = 10;
+const NAMES: usize = 4096;
+
+/// A boot's steps with when each was reached, inline (seconds since the
+/// epoch as `u32`: good until 2106).
+#[derive(Debug, Clone, Copy)]
+pub struct History {
+    len: u8,
+    steps: [(Step, u32); HISTORY],
+}
+
+impl Default for History {
+    fn default() -> History {
+        History { len: 0, steps: [(Step::Refused, 0); HISTORY] }
+    }
+}
+
+/// A shared name as the string it is (serde's `rc` feature would do this
+/// for every crate of the build).
+fn shared_name<S: serde::Serializer>(v: &Option<Arc<str>>, s: S) -> Result<S::Ok, S::Error> {
+    v.as_deref().serialize(s)
+}
+
+impl History {
+    pub fn steps(&self) -> impl Iterator<Item = (Step, u64)> + '_ {
+        self.steps[..usize::from(self.len)].iter().map(|&(s, t)| (s, u64::from(t)))
+    }
+
+    fn last(&self) -> Option<Step> {
+        self.len.checked_sub(1).map(|i| self.steps[usize::from(i)].0)
+    }
+
+    fn push(&mut self, step: Step, at: u64) {
+        if usize::from(self.len) < HISTORY {
+            self.steps[usize::from(self.len)] = (step, u32::try_from(at).unwrap_or(u32::MAX));
+            self.len += 1;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// As a list of `[step, seconds]` pairs.
+impl Serialize for History {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.steps())
+    }
+}
 /// Labels kept per machine, and characters per value: with these, a
 /// machine costs under 1 KiB however its requests are made up.
 const LABELS: usize = 4;
@@ -212,41 +281,42 @@ impl Status {
     /// A boot script was sent (`group`/`entry`), or refused (`refusal`).
     pub fn script(
         &self,
-        mac: Option<&str>,
+        mac: Option<Mac>,
         address: IpAddr,
         hostname: Option<&str>,
         labels: &BTreeMap<String, String>,
         to: Result<(&str, &str), &str>,
     ) {
-        let key = mac.map_or_else(|| address.to_string(), str::to_string);
+        let key = mac.map_or(Key::Address(address), Key::Mac);
         let mut inner = self.lock();
         // What this address did before it said its MAC (a TFTP loader) was
         // this machine.
         let earlier = match mac {
-            Some(_) => inner.forget(&address.to_string()),
+            Some(_) => inner.forget(Key::Address(address)),
             None => None,
         };
-        inner.point(address, &key, self.cap);
-        let seen = inner.touch(&key, address, self.cap);
+        inner.point(address, key, self.cap);
+        let names = to.ok().map(|(g, e)| (inner.name(g), inner.name(e)));
+        let seen = inner.touch(key, address, self.cap);
         if let Some(e) = earlier {
             if seen.history.is_empty() {
                 seen.history = e.history;
                 seen.step = e.step;
             }
         }
-        seen.mac = mac.map(str::to_string).or(seen.mac.take());
-        seen.hostname = hostname.map(str::to_string).or(seen.hostname.take());
+        seen.mac = mac.or(seen.mac);
+        seen.hostname = hostname.map(Box::from).or(seen.hostname.take());
         seen.address = address;
         seen.labels = labels
             .iter()
             .take(LABELS)
             .map(|(k, v)| (k.chars().take(LABEL_CHARS).collect(), v.chars().take(LABEL_CHARS).collect()))
             .collect();
-        match to {
-            Ok((group, entry)) => {
-                self.boot_started(group);
-                seen.group = Some(group.to_string());
-                seen.entry = Some(entry.to_string());
+        match names {
+            Some((g, e)) => {
+                self.boot_started(&g);
+                seen.group = Some(g);
+                seen.entry = Some(e);
                 // A script after the loader is the same boot; one after a
                 // finished or refused boot (iPXE's ROM) starts a new one.
                 if seen.step > Step::Script || seen.step == Step::Refused {
@@ -256,9 +326,9 @@ impl Status {
                 seen.bytes = 0;
                 seen.refusal = None;
             }
-            Err(why) => {
+            None => {
                 seen.advance(Step::Refused, true);
-                seen.refusal = Some(why.to_string());
+                seen.refusal = to.err().map(Box::from);
             }
         }
     }
@@ -266,13 +336,13 @@ impl Status {
     /// proxyDHCP answered `mac` (from `address` once it has one). A
     /// firmware's request starts a new boot; iPXE's, after its loader, is
     /// part of the one under way.
-    pub fn offer(&self, mac: &str, address: Option<IpAddr>, firmware: bool) {
+    pub fn offer(&self, mac: Mac, address: Option<IpAddr>, firmware: bool) {
         let mut inner = self.lock();
         if let Some(a) = address {
-            inner.point(a, mac, self.cap);
+            inner.point(a, Key::Mac(mac), self.cap);
         }
-        let seen = inner.touch(mac, address.unwrap_or(IpAddr::from([0, 0, 0, 0])), self.cap);
-        seen.mac = Some(mac.to_string());
+        let seen = inner.touch(Key::Mac(mac), address.unwrap_or(IpAddr::from([0, 0, 0, 0])), self.cap);
+        seen.mac = Some(mac);
         if let Some(a) = address {
             seen.address = a;
         }
@@ -287,33 +357,34 @@ impl Status {
 
     /// `mac`, already answered, will boot from `address` (what its DHCP
     /// REQUEST asked for). Other machines on the LAN are not noted.
-    pub fn address(&self, mac: &str, address: IpAddr) {
+    pub fn address(&self, mac: Mac, address: IpAddr) {
         let mut inner = self.lock();
-        if let Some(seen) = inner.machines.get_mut(mac) {
+        if let Some(seen) = inner.machines.get_mut(&Key::Mac(mac)) {
             seen.address = address;
-            inner.point(address, mac, self.cap);
+            inner.point(address, Key::Mac(mac), self.cap);
         }
     }
 
     /// TFTP sent `address` a loader.
     pub fn loader(&self, address: IpAddr) {
         let mut inner = self.lock();
-        let key = inner.at.get(&address).cloned().unwrap_or_else(|| address.to_string());
-        inner.point(address, &key, self.cap);
-        let seen = inner.touch(&key, address, self.cap);
+        let key = inner.at.get(&address).copied().unwrap_or(Key::Address(address));
+        inner.point(address, key, self.cap);
+        let seen = inner.touch(key, address, self.cap);
         seen.advance(Step::Loader, false);
     }
 
     /// A boot file was asked for from `address`: `step` is what it is.
     pub fn file(&self, address: IpAddr, group: &str, entry: &str, step: Step) {
         let mut inner = self.lock();
-        let key = inner.at.get(&address).cloned().unwrap_or_else(|| address.to_string());
+        let key = inner.at.get(&address).copied().unwrap_or(Key::Address(address));
         // A UKI-only machine (UEFI HTTP boot) asks for nothing else: its
         // download's end is found by this address.
-        inner.point(address, &key, self.cap);
-        let seen = inner.touch(&key, address, self.cap);
-        seen.group = Some(group.to_string());
-        seen.entry = Some(entry.to_string());
+        inner.point(address, key, self.cap);
+        let (g, e) = (inner.name(group), inner.name(entry));
+        let seen = inner.touch(key, address, self.cap);
+        seen.group = Some(g);
+        seen.entry = Some(e);
         if seen.step == Step::Done {
             seen.history.clear();
             seen.bytes = 0;
@@ -331,8 +402,8 @@ impl Status {
     /// The last file of a boot (initrd, or a UKI) sent whole is `done`.
     pub fn sent(&self, address: IpAddr, step: Step, bytes: u64, whole: bool) {
         let mut inner = self.lock();
-        let Some(key) = inner.at.get(&address).cloned() else { return };
-        let seen = inner.touch(&key, address, self.cap);
+        let Some(key) = inner.at.get(&address).copied() else { return };
+        let seen = inner.touch(key, address, self.cap);
         seen.bytes += bytes;
         if whole && matches!(step, Step::Initrd | Step::Uki) && seen.step == step {
             seen.advance(Step::Done, false);
@@ -372,8 +443,8 @@ impl Seen {
             return;
         }
         self.step = step;
-        if self.history.last().map(|h| h.0) != Some(step) && self.history.len() < HISTORY {
-            self.history.push((step, self.last));
+        if self.history.last() != Some(step) {
+            self.history.push(step, self.last);
         }
     }
 }
@@ -382,27 +453,40 @@ impl Inner {
     /// Notes that `address` is `key`'s now. Addresses come from clients
     /// (a DHCP REQUEST names any it likes): past twice the table's size the
     /// map is rebuilt from the rows, so it stays bounded whatever they send.
-    fn point(&mut self, address: IpAddr, key: &str, cap: usize) {
-        self.at.insert(address, key.to_string());
+    fn point(&mut self, address: IpAddr, key: Key, cap: usize) {
+        self.at.insert(address, key);
         if self.at.len() > 2 * cap + 16 {
-            self.at = self.machines.iter().map(|(k, s)| (s.address, k.clone())).collect();
-            self.at.insert(address, key.to_string());
+            self.at = self.machines.iter().map(|(k, s)| (s.address, *k)).collect();
+            self.at.insert(address, key);
         }
     }
 
     /// Removes the machine under `key`, if any.
-    fn forget(&mut self, key: &str) -> Option<Seen> {
-        let gone = self.machines.remove(key)?;
+    fn forget(&mut self, key: Key) -> Option<Seen> {
+        let gone = self.machines.remove(&key)?;
         self.order.remove(&gone.seq);
         Some(gone)
     }
 
+    /// The one shared copy of a group or entry name.
+    fn name(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.names.get(name) {
+            return n.clone();
+        }
+        if self.names.len() >= NAMES {
+            self.names.clear();
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.names.insert(n.clone());
+        n
+    }
+
     /// The machine under `key`, made if new and marked most recently seen;
     /// the least recently seen goes when there are more than `cap`.
-    fn touch(&mut self, key: &str, address: IpAddr, cap: usize) -> &mut Seen {
+    fn touch(&mut self, key: Key, address: IpAddr, cap: usize) -> &mut Seen {
         self.seq += 1;
         let seq = self.seq;
-        if let Some(old) = self.machines.get(key).map(|s| s.seq) {
+        if let Some(old) = self.machines.get(&key).map(|s| s.seq) {
             self.order.remove(&old);
         } else if self.machines.len() >= cap {
             if let Some((_, gone)) = self.order.pop_first() {
@@ -413,8 +497,8 @@ impl Inner {
                 }
             }
         }
-        self.order.insert(seq, key.to_string());
-        let seen = self.machines.entry(key.to_string()).or_insert_with(|| Seen {
+        self.order.insert(seq, key);
+        let seen = self.machines.entry(key).or_insert_with(|| Seen {
             mac: None,
             address,
             hostname: None,
@@ -424,7 +508,7 @@ impl Inner {
             bytes: 0,
             last: 0,
             refusal: None,
-            history: Vec::new(),
+            history: History::default(),
             labels: BTreeMap::new(),
             stuck: false,
             seq,
@@ -457,6 +541,10 @@ impl Sort {
 mod tests {
     use super::*;
 
+    fn m(s: &str) -> Mac {
+        s.parse().unwrap()
+    }
+
     fn ip(n: u8) -> IpAddr {
         IpAddr::from([10, 0, 0, n])
     }
@@ -464,7 +552,7 @@ mod tests {
     #[test]
     fn a_boot_moves_through_its_steps_and_is_done_when_its_initrd_is_sent_whole() {
         let s = Status::new(10, Duration::from_secs(120));
-        s.script(Some("52:54:00:00:00:01"), ip(1), Some("web-1"), &BTreeMap::new(), Ok(("lab", "e1")));
+        s.script(Some(m("52:54:00:00:00:01")), ip(1), Some("web-1"), &BTreeMap::new(), Ok(("lab", "e1")));
         assert_eq!(s.table(Sort::Time)[0].step, Step::Script);
         s.file(ip(1), "lab", "e1", Step::Kernel);
         s.sent(ip(1), Step::Kernel, 100, true);
@@ -474,7 +562,7 @@ mod tests {
         assert_eq!(s.table(Sort::Time)[0].step, Step::Initrd, "a cut download is not done");
         s.sent(ip(1), Step::Initrd, 200, true);
         let row = &s.table(Sort::Time)[0];
-        assert_eq!((row.step, row.bytes, row.mac.as_deref()), (Step::Done, 350, Some("52:54:00:00:00:01")));
+        assert_eq!((row.step, row.bytes, row.mac), (Step::Done, 350, Some(m("52:54:00:00:00:01"))));
         s.script(None, ip(2), None, &BTreeMap::new(), Err("no group matches this machine"));
         let rows = s.table(Sort::Step);
         assert_eq!(rows[0].step, Step::Refused);
@@ -485,9 +573,9 @@ mod tests {
     fn at_most_cap_machines_are_kept_least_recently_seen_dropped_and_stalled_ones_come_first() {
         let s = Status::new(3, Duration::from_secs(0));
         for n in 1..=5 {
-            s.script(Some(&format!("52:54:00:00:00:0{n}")), ip(n), None, &BTreeMap::new(), Ok(("lab", "e1")));
+            s.script(Some(m(&format!("52:54:00:00:00:0{n}"))), ip(n), None, &BTreeMap::new(), Ok(("lab", "e1")));
         }
-        let macs: Vec<String> = s.table(Sort::Time).into_iter().filter_map(|r| r.mac).collect();
+        let macs: Vec<String> = s.table(Sort::Time).into_iter().filter_map(|r| r.mac.map(|m| m.to_string())).collect();
         assert_eq!(macs.len(), 3);
         assert!(!macs.contains(&"52:54:00:00:00:01".to_string()), "{macs:?}");
         assert!(s.lock().at.len() <= 3);
@@ -505,31 +593,31 @@ mod tests {
         let mac = "52:54:00:00:07:01";
         // The firmware's DISCOVER (no address yet), its REQUEST on 4011, the
         // loader by TFTP, iPXE's own DHCP, then the script with the MAC.
-        s.offer(mac, None, true);
-        s.offer(mac, Some(ip(7)), true);
+        s.offer(m(mac), None, true);
+        s.offer(m(mac), Some(ip(7)), true);
         s.loader(ip(7));
-        s.offer(mac, Some(ip(7)), false);
-        s.script(Some(mac), ip(7), None, &BTreeMap::new(), Ok(("lab", "e1")));
+        s.offer(m(mac), Some(ip(7)), false);
+        s.script(Some(m(mac)), ip(7), None, &BTreeMap::new(), Ok(("lab", "e1")));
         s.file(ip(7), "lab", "e1", Step::Kernel);
         s.file(ip(7), "lab", "e1", Step::Initrd);
         s.sent(ip(7), Step::Initrd, 10, true);
         let rows = s.table(Sort::Time);
         assert_eq!(rows.len(), 1, "{rows:?}");
-        let steps: Vec<Step> = rows[0].history.iter().map(|h| h.0).collect();
+        let steps: Vec<Step> = rows[0].history.steps().map(|h| h.0).collect();
         use Step::*;
         assert_eq!(steps, [Offer, Loader, Script, Kernel, Initrd, Done]);
         // Its next power-on starts a new boot.
-        s.offer(mac, None, true);
-        assert_eq!(s.table(Sort::Time)[0].history.iter().map(|h| h.0).collect::<Vec<_>>(), [Offer]);
+        s.offer(m(mac), None, true);
+        assert_eq!(s.table(Sort::Time)[0].history.steps().map(|h| h.0).collect::<Vec<_>>(), [Offer]);
     }
 
     #[test]
     fn boots_in_the_last_hour_count_every_boot_per_group_and_mid_boot_counts_machines() {
         let s = Status::new(10, Duration::from_secs(120));
         for _ in 0..3 {
-            s.script(Some("52:54:00:00:00:01"), ip(1), None, &BTreeMap::new(), Ok(("lab", "e1")));
+            s.script(Some(m("52:54:00:00:00:01")), ip(1), None, &BTreeMap::new(), Ok(("lab", "e1")));
         }
-        s.offer("52:54:00:00:00:02", Some(ip(2)), true);
+        s.offer(m("52:54:00:00:00:02"), Some(ip(2)), true);
         s.file(ip(2), "uki", "e1", Step::Uki);
         let counts = s.group_counts(&s.table(Sort::Time));
         assert_eq!(counts.get("lab"), Some(&(3, 1)), "three boots, one machine mid-boot");
@@ -539,9 +627,9 @@ mod tests {
     #[test]
     fn addresses_a_client_names_cannot_grow_the_table_past_its_bound() {
         let s = Status::new(10, Duration::from_secs(120));
-        s.offer("52:54:00:00:00:01", None, true);
+        s.offer(m("52:54:00:00:00:01"), None, true);
         for n in 0..10_000u32 {
-            s.address("52:54:00:00:00:01", IpAddr::from(n.to_be_bytes()));
+            s.address(m("52:54:00:00:00:01"), IpAddr::from(n.to_be_bytes()));
             s.loader(IpAddr::from(((n + 1) << 8).to_be_bytes()));
         }
         let inner = s.lock();
@@ -552,13 +640,13 @@ mod tests {
     #[test]
     fn a_uki_only_machine_is_done_when_its_uki_is_sent_whole() {
         let s = Status::new(10, Duration::from_secs(120));
-        s.offer("52:54:00:00:16:02", None, true);
-        s.address("52:54:00:00:16:02", ip(9));
-        s.address("52:54:00:00:99:99", ip(11));
+        s.offer(m("52:54:00:00:16:02"), None, true);
+        s.address(m("52:54:00:00:16:02"), ip(9));
+        s.address(m("52:54:00:00:99:99"), ip(11));
         s.file(ip(9), "uki", "e1", Step::Uki);
         s.sent(ip(9), Step::Uki, 1000, true);
         let row = &s.table(Sort::Time)[0];
-        assert_eq!((row.step, row.bytes, row.mac.as_deref()), (Step::Done, 1000, Some("52:54:00:00:16:02")));
+        assert_eq!((row.step, row.bytes, row.mac), (Step::Done, 1000, Some(m("52:54:00:00:16:02"))));
         assert_eq!(s.table(Sort::Time).len(), 1, "a MAC never answered is not noted");
         // Without an offer first (a client that kept its address) too.
         s.file(ip(10), "uki", "e1", Step::Uki);

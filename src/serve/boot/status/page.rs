@@ -2,7 +2,7 @@
 //! itself (no JavaScript; readable in a text browser), and `/status.json`.
 //! Every value is escaped here, whatever bytes a client claimed.
 
-use super::{now, Overview, Reload, Seen, Sort, Step};
+use super::{now, History, Overview, Reload, Seen, Sort};
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -88,17 +88,17 @@ pub fn html(over: &Overview, rows: &[Seen], sort: Sort) -> String {
     );
     for r in rows {
         let cells = [
-            r.mac.clone().unwrap_or_else(|| "-".into()),
+            r.mac.map_or_else(|| "-".into(), |m| m.to_string()),
             r.address.to_string(),
-            r.hostname.clone().unwrap_or_default(),
+            r.hostname.as_deref().unwrap_or_default().to_string(),
             r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
-            r.group.clone().unwrap_or_default(),
-            r.entry.clone().unwrap_or_default(),
+            r.group.as_deref().unwrap_or_default().to_string(),
+            r.entry.as_deref().unwrap_or_default().to_string(),
             format!("{}{}", r.step.text(), if r.stuck { " (stuck)" } else { "" }),
             steps(&r.history),
             r.bytes.to_string(),
             format!("{} s ago", t.saturating_sub(r.last)),
-            r.refusal.clone().unwrap_or_default(),
+            r.refusal.as_deref().unwrap_or_default().to_string(),
         ];
         let _ = write!(s, "<tr{}>", if r.stuck { " class=\"stuck\"" } else { "" });
         for c in cells {
@@ -111,9 +111,9 @@ pub fn html(over: &Overview, rows: &[Seen], sort: Sort) -> String {
 }
 
 /// `offer +0s, loader +1s, script +3s`: each step's time from the first.
-fn steps(history: &[(Step, u64)]) -> String {
-    let first = history.first().map_or(0, |h| h.1);
-    history.iter().map(|(s, t)| format!("{} +{}s", s.text(), t.saturating_sub(first))).collect::<Vec<_>>().join(", ")
+fn steps(history: &History) -> String {
+    let first = history.steps().next().map_or(0, |h| h.1);
+    history.steps().map(|(s, t)| format!("{} +{}s", s.text(), t.saturating_sub(first))).collect::<Vec<_>>().join(", ")
 }
 
 /// Text as HTML shows it, inert: markup characters and quotes as entities,
@@ -137,6 +137,10 @@ pub fn escape(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn m(s: &str) -> crate::model::Mac {
+        s.parse().unwrap()
+    }
     use crate::serve::boot::status::Status;
     use std::collections::BTreeMap;
     use std::net::IpAddr;
@@ -154,7 +158,7 @@ mod tests {
     fn claimed_values_are_inert_in_the_page() {
         let s = Status::new(10, Duration::from_secs(120));
         let labels = BTreeMap::from([("rack".to_string(), "<script>alert(2)</script>".to_string())]);
-        s.script(Some("52:54:00:00:00:01"), ip(1), Some("<img src=x onerror=alert(1)>"), &labels, Ok(("lab", "e1")));
+        s.script(Some(m("52:54:00:00:00:01")), ip(1), Some("<img src=x onerror=alert(1)>"), &labels, Ok(("lab", "e1")));
         let page = html(&empty(), &s.table(Sort::Time), Sort::Time);
         assert!(!page.contains("<img") && !page.contains("<script"), "{page}");
         assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;"), "{page}");

@@ -389,20 +389,23 @@ pub struct Outboard {
 }
 
 impl Outboard {
-    /// Reads `file` (`len` bytes) once.
+    /// Reads `file` (`len` bytes) once, in reads of at least 1 MiB.
     pub fn of_file(file: &std::fs::File, len: u64, chunk: u64) -> io::Result<Outboard> {
         use std::os::unix::fs::FileExt;
         let mut cvs = Vec::with_capacity(len.div_ceil(chunk) as usize);
-        let mut buf = vec![0u8; chunk as usize];
+        let step = chunk * (1u64 << 20).div_ceil(chunk);
+        let mut buf = vec![0u8; step.min(len) as usize];
         let mut whole = blake3::Hasher::new();
         let mut off = 0;
         while off < len {
-            let n = chunk.min(len - off) as usize;
+            let n = step.min(len - off) as usize;
             file.read_exact_at(&mut buf[..n], off)?;
             if len <= chunk {
                 whole.update(&buf[..n]);
             } else {
-                cvs.push(chunk_cv(off, &buf[..n]));
+                for (i, piece) in buf[..n].chunks(chunk as usize).enumerate() {
+                    cvs.push(chunk_cv(off + i as u64 * chunk, piece));
+                }
             }
             off += n as u64;
         }
@@ -416,6 +419,18 @@ impl Outboard {
     /// The file's BLAKE3, as hex (compare with the manifest's).
     pub fn root_hex(&self) -> String {
         self.root.to_hex().to_string()
+    }
+
+    /// The size of the pieces it checks.
+    pub fn piece(&self) -> u64 {
+        self.chunk
+    }
+
+    /// Whether `data`, starting at piece `first`, is that run of whole
+    /// pieces of the file (the last piece of the file may be short).
+    pub fn verifies_run(&self, first: u64, data: &[u8]) -> bool {
+        !data.is_empty()
+            && data.chunks(self.chunk as usize).enumerate().all(|(i, p)| self.verifies(first + i as u64, p))
     }
 
     /// Whether `data` is chunk `index` of the file this outboard was made from.

@@ -17,11 +17,13 @@
 //! idle timeout), and what it costs stays of the order of the connection's
 //! own buffers.
 //!
-//! No byte leaves unchecked: each file's BLAKE3 tree is cut at chunks
+//! No byte leaves unchecked: each file's BLAKE3 tree is cut at pieces
 //! ([`Outboard`], made once per file by reading it, and checked against the
-//! digest its manifest holds), and every chunk read from disk, whole or for
-//! a piece, must match its part of the tree. A bit flipped on disk after
-//! the build makes that read fail, never a response with other bytes.
+//! digest its manifest holds), and every chunk read from disk (as its eight
+//! pieces) or piece read alone must match its part of the tree. A bit
+//! flipped on disk after the build makes that read fail, never a response
+//! with other bytes. Cut at pieces, not chunks, so a reader held to a piece
+//! reads and hashes that piece only, not the chunk around it.
 
 use crate::hash::Outboard;
 use bytes::Bytes;
@@ -58,7 +60,7 @@ pub struct ChunkCache {
 type OutboardSlot = Arc<OnceLock<Result<Arc<Outboard>, String>>>;
 
 /// Files whose outboards are kept before unused ones are dropped (and made
-/// again, by one read, if asked for): 256 bytes a MiB of file.
+/// again, by one read, if asked for): 2 KiB a MiB of file.
 const KEEP_OUTBOARDS: usize = 1024;
 
 #[derive(Default)]
@@ -129,7 +131,7 @@ impl ChunkCache {
             map.entry(key.clone()).or_default().clone()
         };
         let made = slot.get_or_init(|| {
-            let o = Outboard::of_file(file, key.3, CHUNK).map_err(|e| e.to_string())?;
+            let o = Outboard::of_file(file, key.3, PIECE).map_err(|e| e.to_string())?;
             if o.root_hex() != blake3 {
                 return Err(format!("its BLAKE3 is {}, its manifest says {blake3}", o.root_hex()));
             }
@@ -171,14 +173,18 @@ impl ChunkCache {
                 let len = CHUNK.min(size.saturating_sub(start)) as usize;
                 if !self.make_room(len) {
                     self.pieces.fetch_add(1, Ordering::Relaxed);
-                    // The whole chunk, to check it; only the piece is kept.
-                    let whole = verified(file, len, index, outboard, key).inspect_err(|_| self.mark_corrupt(&key.0))?;
-                    let from = (off - start) as usize;
-                    let to = (from as u64 + PIECE).min(len as u64) as usize;
-                    return Ok(Bytes::copy_from_slice(&whole[from.min(len)..to]));
+                    // The piece holding `off`, read and checked on its own.
+                    let at = off - off % PIECE;
+                    let plen = PIECE.min(size.saturating_sub(at)) as usize;
+                    let piece = verified(file, at, plen, outboard, key).inspect_err(|e| {
+                        if e.kind() == std::io::ErrorKind::InvalidData {
+                            self.mark_corrupt(&key.0);
+                        }
+                    })?;
+                    return Ok(Bytes::from(piece).slice(((off - at) as usize).min(plen)..));
                 }
                 // Counted from make_room on, so an error uncounts it here.
-                let data = match verified(file, len, index, outboard, key) {
+                let data = match verified(file, start, len, outboard, key) {
                     Ok(d) => d,
                     Err(e) => {
                         self.live.fetch_sub(len, Ordering::Relaxed);
@@ -223,13 +229,14 @@ impl ChunkCache {
     }
 }
 
-/// Chunk `index` (`len` bytes) of `file`, if it matches its part of the tree.
-fn verified(file: &std::fs::File, len: usize, index: u64, outboard: &Outboard, key: &Key) -> std::io::Result<Vec<u8>> {
-    let data = read_at(file, len, index * CHUNK)?;
-    if !outboard.verifies(index, &data) {
+/// `len` bytes of `file` from `off` (whole pieces: a chunk, or one piece),
+/// if they match their part of the tree.
+fn verified(file: &std::fs::File, off: u64, len: usize, outboard: &Outboard, key: &Key) -> std::io::Result<Vec<u8>> {
+    let data = read_at(file, len, off)?;
+    if !outboard.verifies_run(off / outboard.piece(), &data) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("{}: bytes {}.. do not match the manifest's BLAKE3", key.0.display(), index * CHUNK),
+            format!("{}: bytes {off}.. do not match the manifest's BLAKE3", key.0.display()),
         ));
     }
     Ok(data)
@@ -260,7 +267,7 @@ mod tests {
         std::fs::write(&p, &data).unwrap();
         let f = std::fs::File::open(&p).unwrap();
         let k = ChunkCache::key(&p, &f.metadata().unwrap());
-        let o = Outboard::of_file(&f, len, CHUNK).unwrap();
+        let o = Outboard::of_file(&f, len, PIECE).unwrap();
         (d, f, k, data, o)
     }
 
@@ -287,13 +294,14 @@ mod tests {
         // Two slow clients hold chunks 0 and 1: the whole budget.
         let held = [c.read(&k, &f, 0, &o).unwrap(), c.read(&k, &f, CHUNK, &o).unwrap()];
         assert_eq!(c.live_bytes(), 2 * CHUNK as usize);
-        // A third client gets a small piece of its own, right bytes, no wait,
-        // and the chunks in flight are neither copied nor over the budget.
+        // A third client gets a small piece of its own (the rest of the
+        // piece holding its offset), right bytes, no wait, and the chunks in
+        // flight are neither copied nor over the budget.
         let off = 2 * CHUNK + 5;
         let piece = c.read(&k, &f, off, &o).unwrap();
-        assert_eq!(piece.len() as u64, PIECE);
+        assert_eq!(piece.len() as u64, PIECE - 5);
         assert_eq!(c.pieces(), 1);
-        assert_eq!(&piece[..], &data[off as usize..(off + PIECE) as usize]);
+        assert_eq!(&piece[..], &data[off as usize..(2 * CHUNK + PIECE) as usize]);
         assert_eq!(c.live_bytes(), 2 * CHUNK as usize, "evicted chunks still held are still counted");
         assert!(c.cached(&k, 0).is_none() && c.cached(&k, 1).is_none(), "evicted to make room");
         // Once the clients are done, their memory is free and chunks are shared again.
@@ -334,6 +342,9 @@ mod tests {
         let tight = ChunkCache::new(0);
         assert!(tight.read(&k, &f, CHUNK, &o).is_err(), "a piece is checked too");
         assert_eq!(&tight.read(&k, &f, 0, &o).unwrap()[..], &data[..PIECE as usize]);
+        // A piece is checked on its own: the next one in the same chunk is good.
+        let next = (CHUNK + PIECE) as usize;
+        assert_eq!(&tight.read(&k, &f, CHUNK + PIECE, &o).unwrap()[..], &data[next..next + PIECE as usize]);
         let fresh = ChunkCache::new(CHUNK as usize);
         let e = fresh.outboard(&k, &f, &digest).unwrap_err();
         assert!(e.to_string().contains("its manifest says"), "{e}");

@@ -158,11 +158,6 @@ impl EntryName {
     pub fn of(hash: &InputHash, profile: &str) -> Result<EntryName, BadName> {
         EntryName::new(&format!("{}-{profile}", hash.short()))
     }
-
-    /// The profile the entry was built from.
-    pub fn profile(&self) -> &str {
-        &self.0[NAME_HASH_LEN + 1..]
-    }
 }
 
 /// The BLAKE3 digest of a file, 64 lowercase hex digits: what a manifest
@@ -183,17 +178,6 @@ impl Blake3 {
     pub fn of_file(path: &std::path::Path) -> std::io::Result<Blake3> {
         Ok(crate::hash::ArtifactDigest::of_file(path)?.finish().into())
     }
-
-    /// The 32 bytes the hex stands for.
-    pub fn bytes(&self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        for (b, pair) in out.iter_mut().zip(self.0.as_bytes().chunks(2)) {
-            // Checked hex: both digits parse.
-            let digit = |c: u8| if c.is_ascii_digit() { c - b'0' } else { c - b'a' + 10 };
-            *b = digit(pair[0]) << 4 | digit(pair[1]);
-        }
-        out
-    }
 }
 
 impl From<blake3::Hash> for Blake3 {
@@ -212,7 +196,6 @@ mod tests {
         let hash = InputHash::new(&h).unwrap();
         let entry = EntryName::of(&hash, "my-web").unwrap();
         assert_eq!(&*entry, format!("{}-my-web", &h[..32]));
-        assert_eq!(entry.profile(), "my-web");
         assert_eq!(EntryName::new(&entry).unwrap(), entry);
         for bad in ["", "abc", &h.to_uppercase(), &format!("{h}0"), &format!("{}g", &h[..63])] {
             assert!(InputHash::new(bad).is_err(), "{bad}");
@@ -229,7 +212,6 @@ mod tests {
     #[test]
     fn serde_goes_through_the_check() {
         let d = Blake3::new(&"0f".repeat(32)).unwrap();
-        assert_eq!(d.bytes(), [0x0f; 32]);
         let json = serde_json::to_string(&d).unwrap();
         assert_eq!(serde_json::from_str::<Blake3>(&json).unwrap(), d);
         assert!(serde_json::from_str::<Blake3>("\"../x\"").is_err());

@@ -184,7 +184,7 @@ fn find_or_build(
         pcr11: pcr11(pending.path(), &artifacts)?,
         disk_pcr11: disk_pcr11(pending.path(), &artifacts, &recipe.name, recipe.firmware)?,
         artifacts,
-        recipe: serde_json::from_value(serde_json::to_value(recipe)?)?,
+        recipe: recipe.record()?,
     };
     let entry = store.commit(pending, &manifest)?;
     if let Some(r) = remote {

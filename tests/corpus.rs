@@ -45,8 +45,19 @@ fn profile_seeds_load_or_fail_cleanly() {
         let cache = d.path().join("cache");
         let got = imgd::config::recipe(&req, &cache, None);
         assert_eq!(got.is_ok(), ok, "{name}: {:?}", got.as_ref().err().map(|e| e.to_string()));
-        if let Err(e) = got {
-            assert!(e.file.ends_with(&name) || e.file == Path::new("--set"), "{name}: the error names its file: {e}");
+        match got {
+            // The manifest records every hashed field of the recipe, as hashed.
+            Ok(recipe) => assert_eq!(
+                serde_json::to_value(recipe.record().unwrap()).unwrap(),
+                serde_json::to_value(&recipe).unwrap(),
+                "{name}: the manifest's record of the recipe"
+            ),
+            Err(e) => {
+                assert!(
+                    e.file.ends_with(&name) || e.file == Path::new("--set"),
+                    "{name}: the error names its file: {e}"
+                )
+            }
         }
     }
 }

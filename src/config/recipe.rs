@@ -9,7 +9,7 @@ use super::error::ConfigError;
 use super::load::Loaded;
 use super::lock::{checked_mirror_url, Lock, Request, DEBIAN_KEYRING};
 use super::profile::UserSpec;
-use crate::model::{Arch, Firmware, Format};
+use crate::model::{Arch, Firmware, Format, RecipeRecord};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -46,9 +46,10 @@ pub enum Base {
 #[derive(Debug, Clone, Serialize)]
 pub struct DebianBase {
     pub request: Request,
-    /// Every locked package: what the image holds (and the manifest lists).
-    pub packages: Vec<InstalledPackage>,
-    #[serde(skip)]
+    /// The locked package set, once there is one. It is hashed and recorded
+    /// as `packages`: each package's name, version and SHA-256 (what the
+    /// image holds), not the mirror paths and sizes, which name no content.
+    #[serde(rename = "packages", serialize_with = "installed_packages")]
     pub lock: Option<Lock>,
     #[serde(skip)]
     pub mirror: String,
@@ -62,22 +63,16 @@ pub struct DebianBase {
     pub cache: PathBuf,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct InstalledPackage {
-    pub name: String,
-    pub version: String,
-    pub sha256: String,
-}
-
-impl DebianBase {
-    pub fn set_lock(&mut self, lock: Lock) {
-        self.packages = lock
-            .packages
-            .iter()
-            .map(|p| InstalledPackage { name: p.name.clone(), version: p.version.clone(), sha256: p.sha256.clone() })
-            .collect();
-        self.lock = Some(lock);
+/// `packages = [{name, version, sha256}, ...]`: empty until the base is locked.
+fn installed_packages<S: serde::Serializer>(lock: &Option<Lock>, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Installed<'a> {
+        name: &'a str,
+        version: &'a str,
+        sha256: &'a str,
     }
+    let packages = lock.iter().flat_map(|l| &l.packages);
+    s.collect_seq(packages.map(|p| Installed { name: &p.name, version: &p.version, sha256: &p.sha256 }))
 }
 
 /// Debian package names: lowercase letters, digits, + - . (Policy 5.6.1).
@@ -129,7 +124,6 @@ fn debian_base_with(l: &Loaded, arch: Arch, cache: &Path, read_lock: bool) -> Re
     let lock_path = l.profile_path.with_extension("lock");
     let mut base = DebianBase {
         request,
-        packages: Vec::new(),
         lock: None,
         mirror: mirror.trim_end_matches('/').to_string(),
         keyring,
@@ -150,7 +144,7 @@ fn debian_base_with(l: &Loaded, arch: Arch, cache: &Path, read_lock: bool) -> Re
                 ),
             ));
         }
-        base.set_lock(lock);
+        base.lock = Some(lock);
     }
     Ok(Some(base))
 }
@@ -320,6 +314,19 @@ impl Recipe {
     /// A bad-input error about `key` of the hardware file.
     pub fn hardware_error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         self.origins.hardware_error(key, message)
+    }
+
+    /// What the manifest records of this recipe: the fields its readers use,
+    /// typed, and every other hashed field as it was hashed.
+    pub fn record(&self) -> serde_json::Result<RecipeRecord> {
+        let mut rest = match serde_json::to_value(self)? {
+            serde_json::Value::Object(fields) => fields,
+            other => return Err(serde::ser::Error::custom(format!("a recipe serialized as {other}, not an object"))),
+        };
+        for typed in ["cmdline", "ena", "sriov"] {
+            rest.remove(typed);
+        }
+        Ok(RecipeRecord { cmdline: self.cmdline.clone(), ena: self.ena, sriov: self.sriov, rest })
     }
 }
 

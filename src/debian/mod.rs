@@ -46,7 +46,7 @@ pub fn lock_now_if_unlocked(recipe: &mut crate::config::Recipe) -> Result<()> {
                 base.mirror
             );
             let lock = resolve_lock(&base.mirror, &base.keyring, &base.request)?;
-            base.set_lock(lock);
+            base.lock = Some(lock);
         }
     }
     Ok(())

@@ -172,13 +172,7 @@ impl Group {
             let more = if m.0.len() > 1 { format!(" (+{})", m.0.len() - 1) } else { String::new() };
             parts.push(format!("mac {}{more}", m.0.first().map(ToString::to_string).unwrap_or_default()));
         }
-        for (k, v) in [
-            ("uuid", &sel.uuid),
-            ("hostname", &sel.hostname),
-            ("serial", &sel.serial),
-            ("arch", &sel.arch),
-            ("platform", &sel.platform),
-        ] {
+        for (k, v) in WORDS.iter().zip(sel.words()) {
             if let Some(v) = v {
                 parts.push(format!("{k} {v}"));
             }
@@ -217,6 +211,20 @@ pub struct Claims {
     pub platform: Option<String>,
 }
 
+/// The claims besides the MAC, compared as case-insensitive words; a
+/// selector's and a machine's [`Selector::words`] and [`Claims::words`] list
+/// them in this order. The first [`IDENTITY_WORDS`] name one machine.
+/// (The two structs keep their own fields because a selector is read with
+/// `deny_unknown_fields`, which serde cannot combine with `flatten`.)
+const WORDS: [&str; 5] = ["uuid", "hostname", "serial", "arch", "platform"];
+const IDENTITY_WORDS: usize = 3;
+
+impl Claims {
+    fn words(&self) -> [&Option<String>; 5] {
+        [&self.uuid, &self.hostname, &self.serial, &self.arch, &self.platform]
+    }
+}
+
 /// A booting machine: its claims, where it connects from, and its labels.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Machine {
@@ -235,12 +243,16 @@ fn eq_ci(a: &Option<String>, b: &Option<String>) -> bool {
 impl Selector {
     /// (identity selectors, other selectors): compared lexicographically.
     pub fn specificity(&self) -> (usize, usize) {
-        let identity = usize::from(self.mac.is_some())
-            + [&self.uuid, &self.hostname, &self.serial].iter().filter(|s| s.is_some()).count();
-        let other = [&self.arch, &self.platform].iter().filter(|s| s.is_some()).count()
-            + usize::from(!self.source.is_empty())
-            + self.labels.len();
+        let words = self.words();
+        let (identity, other) = words.split_at(IDENTITY_WORDS);
+        let set = |words: &[&Option<String>]| words.iter().filter(|w| w.is_some()).count();
+        let identity = usize::from(self.mac.is_some()) + set(identity);
+        let other = set(other) + usize::from(!self.source.is_empty()) + self.labels.len();
         (identity, other)
+    }
+
+    fn words(&self) -> [&Option<String>; 5] {
+        [&self.uuid, &self.hostname, &self.serial, &self.arch, &self.platform]
     }
 
     pub fn matches(&self, m: &Machine) -> bool {
@@ -250,11 +262,7 @@ impl Selector {
             Some(w) => m.claims.mac.is_some_and(|c| w.contains(&c)),
         };
         mac_ok
-            && exact(&self.uuid, &m.claims.uuid)
-            && exact(&self.hostname, &m.claims.hostname)
-            && exact(&self.serial, &m.claims.serial)
-            && exact(&self.arch, &m.claims.arch)
-            && exact(&self.platform, &m.claims.platform)
+            && self.words().into_iter().zip(m.claims.words()).all(|(want, have)| exact(want, have))
             && (self.source.is_empty()
                 || m.source.map(|ip| ip.to_canonical()).is_some_and(|ip| self.source.iter().any(|n| n.contains(&ip))))
             && self.labels.iter().all(|(k, v)| m.labels.get(k) == Some(v))
@@ -270,11 +278,7 @@ impl Selector {
         let sources = self.source.is_empty()
             || o.source.is_empty()
             || self.source.iter().any(|a| o.source.iter().any(|b| a.contains(b) || b.contains(a)));
-        macs && compatible(&self.uuid, &o.uuid)
-            && compatible(&self.hostname, &o.hostname)
-            && compatible(&self.serial, &o.serial)
-            && compatible(&self.arch, &o.arch)
-            && compatible(&self.platform, &o.platform)
+        macs && self.words().into_iter().zip(o.words()).all(|(a, b)| compatible(a, b))
             && sources
             && self.labels.iter().all(|(k, v)| o.labels.get(k).is_none_or(|w| w == v))
     }

@@ -43,12 +43,15 @@ const IMGD_LAYERS: &[&[&str]] = &[
 ];
 
 const AWS_LAYERS: &[&[&str]] = &[
+    // The crate root: private modules and the public surface they re-export
+    // (coldsnap's lib.rs); no module imports it.
+    &[""],
     // Entry points: observe -> plan -> apply.
-    &["sync", "prune", "promote", "cache"],
+    &["sync", "prune", "promote", "cache", "placement"],
     // What talks to AWS.
     &["ami", "ebs", "import", "s3", "ssm", "regions", "clients"],
-    // Pure helpers and the crate's shared types (crate root).
-    &["retry", "output", "model", ""],
+    // Pure helpers and the crate's shared types, its options and its one error.
+    &["retry", "output", "model", "options", "error"],
 ];
 
 /// Rooms inside a top-level module, in the same top-to-bottom order: the

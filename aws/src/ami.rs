@@ -3,7 +3,7 @@
 //! duplicate names), so imgd checks those itself before asking.
 
 use crate::model::{valid_snapshot_id, LeftSnapshot, LeftState, Principal, Tagged};
-use crate::Counters;
+use crate::options::Counters;
 use anyhow::{bail, Context, Result};
 use aws_sdk_ec2::types::{
     ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, Image, LaunchPermission,
@@ -89,7 +89,7 @@ pub async fn left_snapshots(ec2: &aws_sdk_ec2::Client, hash: &str) -> Result<Vec
 pub struct Register<'a> {
     pub name: &'a str,
     pub description: &'a str,
-    pub machine: crate::Machine,
+    pub machine: crate::model::Machine,
     pub snapshot: &'a str,
     pub volume_gib: i64,
     /// Attempts in all (see `retry::after_failure`).
@@ -103,7 +103,7 @@ pub async fn register(ec2: &aws_sdk_ec2::Client, r: &Register<'_>, counters: &Co
     if !ok {
         bail!("snapshot {} does not exist; refusing to register an image from it", r.snapshot);
     }
-    use crate::{Arch, BootMode};
+    use crate::{model::Arch, model::BootMode};
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -381,7 +381,7 @@ pub async fn wait_available(
 fn imgd_tags(id: &str, tags: &[Tag]) -> Option<Tagged> {
     let get = |k: &str| tags.iter().find(|t| t.key() == Some(k)).and_then(|t| t.value());
     let (profile, hash) = (get("imgd:profile")?, get("imgd:hash")?);
-    if !crate::is_profile_name(profile) || !crate::is_hash(hash) {
+    if !crate::model::is_profile_name(profile) || !crate::model::is_hash(hash) {
         tracing::warn!("{}: imgd tags with values imgd does not write; left alone", id.escape_debug());
         return None;
     }
@@ -389,8 +389,8 @@ fn imgd_tags(id: &str, tags: &[Tag]) -> Option<Tagged> {
     let built_at = get("imgd:built-at").filter(|t| is_iso8601(t)).unwrap_or_default();
     let deployments = tags
         .iter()
-        .filter_map(|t| t.key()?.strip_prefix(crate::DEPLOYMENT_TAG))
-        .filter(|d| crate::is_deployment_name(d))
+        .filter_map(|t| t.key()?.strip_prefix(crate::model::DEPLOYMENT_TAG))
+        .filter(|d| crate::model::is_deployment_name(d))
         .map(str::to_string)
         .collect();
     Some(Tagged {

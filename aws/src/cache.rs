@@ -7,7 +7,7 @@
 //! fetched is trusted until imgd has re-hashed it.
 
 use crate::s3::Location;
-use crate::{clients::Clients, Counters, Options};
+use crate::{clients::Clients, options::Counters, options::Options};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -21,7 +21,7 @@ pub struct Cache {
 }
 
 impl Cache {
-    pub fn open(at: Location, opts: &Options) -> crate::Task<'_, Cache> {
+    pub fn open(at: Location, opts: &Options) -> crate::error::Task<'_, Cache> {
         Box::pin(async move {
             let s3 = Clients::load("us-east-1", opts).await.s3();
             Ok(Cache { at, s3, opts: opts.clone(), counters: Counters::default() })
@@ -32,8 +32,14 @@ impl Cache {
     /// the object is not there. An object larger than `max_size` is refused
     /// before its body is read, and a body that runs past it is cut off: a
     /// poisoned cache cannot fill the builder's disk.
-    pub fn get<'a>(&'a self, entry: &'a str, file: &'a str, dest: &'a Path, max_size: u64) -> crate::Task<'a, bool> {
-        Box::pin(self.download(entry, file, dest, max_size))
+    pub fn get<'a>(
+        &'a self,
+        entry: &'a str,
+        file: &'a str,
+        dest: &'a Path,
+        max_size: u64,
+    ) -> crate::error::Task<'a, bool> {
+        crate::error::task(self.download(entry, file, dest, max_size))
     }
 
     async fn download(&self, entry: &str, file: &str, dest: &Path, max_size: u64) -> Result<bool> {
@@ -71,7 +77,20 @@ impl Cache {
 
     /// Uploads an entry's files (the manifest last); `overwrite` replaces
     /// objects that claim the same content (after a fetched copy failed its check).
-    pub fn put<'a>(&'a self, entry: &'a str, files: &'a [crate::File], overwrite: bool) -> crate::Task<'a, ()> {
-        Box::pin(crate::s3::upload_files(&self.s3, &self.at, entry, files, &self.counters, overwrite, &self.opts))
+    pub fn put<'a>(
+        &'a self,
+        entry: &'a str,
+        files: &'a [crate::model::File],
+        overwrite: bool,
+    ) -> crate::error::Task<'a, ()> {
+        crate::error::task(crate::s3::upload_files(
+            &self.s3,
+            &self.at,
+            entry,
+            files,
+            &self.counters,
+            overwrite,
+            &self.opts,
+        ))
     }
 }

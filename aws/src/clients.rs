@@ -11,7 +11,7 @@ pub struct Clients {
 }
 
 impl Clients {
-    pub async fn load(home_region: &str, aws: &crate::Options) -> Clients {
+    pub async fn load(home_region: &str, aws: &crate::options::Options) -> Clients {
         let endpoint = aws.endpoint_url.clone();
         use aws_smithy_http_client::tls;
         let http = aws_smithy_http_client::Builder::new()

@@ -5,7 +5,7 @@
 //! accounts allow only this path. The client token (the input hash) makes a
 //! re-run after an interruption find the same task instead of starting another.
 
-use crate::Counters;
+use crate::options::Counters;
 use anyhow::{bail, Context, Result};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{ResourceType, SnapshotDiskContainer, Tag, TagSpecification, UserBucket};

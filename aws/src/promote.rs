@@ -3,7 +3,7 @@
 //! (the build's image and the parameter in each region), plan (pure: refused
 //! as a whole if any region lacks the image), apply only when asked.
 
-use crate::{ami, clients::Clients, output::Row, Counters, Options};
+use crate::{ami, clients::Clients, options::Counters, options::Options, output::Row};
 use anyhow::Result;
 use std::collections::BTreeMap;
 
@@ -63,8 +63,8 @@ pub struct Outcome {
 }
 
 /// Observe every region, plan, and with `apply`, point the channel.
-pub fn run<'a>(req: &'a Request, opts: &'a Options, apply: bool) -> crate::Task<'a, Outcome> {
-    Box::pin(observe_plan_apply(req, opts, apply))
+pub fn run<'a>(req: &'a Request, opts: &'a Options, apply: bool) -> crate::error::Task<'a, Outcome> {
+    crate::error::task(observe_plan_apply(req, opts, apply))
 }
 
 async fn observe_plan_apply(req: &Request, opts: &Options, apply: bool) -> Result<Outcome> {

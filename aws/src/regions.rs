@@ -8,11 +8,11 @@ use anyhow::{bail, Context, Result};
 /// without AllRegions lists only those; the status is checked as well, since
 /// an emulator may list more). Names are checked before they are used: they
 /// become endpoints and map keys.
-pub fn enabled<'a>(home: &'a str, opts: &'a crate::Options) -> crate::Task<'a, Vec<String>> {
-    Box::pin(list_enabled(home, opts))
+pub fn enabled<'a>(home: &'a str, opts: &'a crate::options::Options) -> crate::error::Task<'a, Vec<String>> {
+    crate::error::task(list_enabled(home, opts))
 }
 
-async fn list_enabled(home: &str, opts: &crate::Options) -> Result<Vec<String>> {
+async fn list_enabled(home: &str, opts: &crate::options::Options) -> Result<Vec<String>> {
     let clients = crate::clients::Clients::load(home, opts).await;
     let out = clients
         .ec2(home)

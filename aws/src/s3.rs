@@ -13,7 +13,7 @@
 //! are kept) when it was for the same content, and aborted otherwise, so
 //! orphan parts never pile up.
 
-use crate::Counters;
+use crate::options::Counters;
 use anyhow::{bail, Context, Result};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
@@ -109,10 +109,10 @@ pub async fn upload_files(
     s3: &aws_sdk_s3::Client,
     to: &Location,
     entry: &str,
-    files: &[crate::File],
+    files: &[crate::model::File],
     counters: &Counters,
     overwrite: bool,
-    opts: &crate::Options,
+    opts: &crate::options::Options,
 ) -> Result<()> {
     for f in files {
         upload(s3, &to.bucket, &to.key(entry, &f.name), f, counters, overwrite, opts).await?;
@@ -127,10 +127,10 @@ pub async fn upload(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
-    file: &crate::File,
+    file: &crate::model::File,
     counters: &Counters,
     overwrite: bool,
-    opts: &crate::Options,
+    opts: &crate::options::Options,
 ) -> Result<bool> {
     let (path, digest) = (file.path.as_path(), file.digest.as_str());
     if !overwrite && present(s3, bucket, key, digest).await {
@@ -174,7 +174,7 @@ async fn put_whole(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
-    file: &crate::File,
+    file: &crate::model::File,
     size: u64,
     counters: &Counters,
 ) -> Result<()> {
@@ -398,12 +398,12 @@ async fn upload_parts(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
-    file: &crate::File,
+    file: &crate::model::File,
     size: u64,
     upload_id: &str,
     done: BTreeMap<i32, DonePart>,
     counters: &Counters,
-    bar: std::sync::Arc<dyn crate::Transfer>,
+    bar: std::sync::Arc<dyn crate::options::Transfer>,
 ) -> Result<Vec<CompletedPart>> {
     let n = size.div_ceil(PART);
     let done = Arc::new(done);

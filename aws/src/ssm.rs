@@ -4,13 +4,13 @@
 //! with data type `aws:ec2:image`, so AWS itself checks that the value is an
 //! image in that region before the new version takes effect.
 
-use crate::Counters;
-use anyhow::{bail, Context, Result};
+use crate::options::Counters;
+use anyhow::{Context, Result};
 use aws_sdk_ssm::types::ParameterType;
 
 /// A parameter name as SSM takes it: up to 1011 characters of letters,
 /// digits and `_ . - /`, not starting with `aws` or `ssm` (reserved).
-pub fn check_name(name: &str) -> Result<()> {
+pub fn check_name(name: &str) -> Result<(), String> {
     let plain = name.trim_start_matches('/').to_ascii_lowercase();
     let ok = !name.is_empty()
         && name.len() <= 1011
@@ -19,7 +19,10 @@ pub fn check_name(name: &str) -> Result<()> {
         && !plain.starts_with("ssm")
         && !name.contains("//");
     if !ok {
-        bail!("`{}` is not an SSM parameter name (letters, digits, _ . - /; not aws… or ssm…)", name.escape_debug());
+        return Err(format!(
+            "`{}` is not an SSM parameter name (letters, digits, _ . - /; not aws… or ssm…)",
+            name.escape_debug()
+        ));
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use super::sync::{check_disk, request, Checked, SyncArgs};
 use anyhow::{Context, Result};
 use imgd::config::deployments::{Deployment, DeploymentsFile};
 use imgd::config::Recipe;
-use imgd_aws::output::SyncResult;
+use imgd_aws::SyncResult;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -18,7 +18,7 @@ struct ImagePlan {
     image: String,
     deployments: Vec<String>,
     regions: Vec<String>,
-    plan: Vec<imgd_aws::output::Row>,
+    plan: Vec<imgd_aws::Row>,
 }
 
 /// One distinct image (one input hash) and everything that uses it.
@@ -49,9 +49,9 @@ fn sync(a: &SyncArgs, c: &Checked, file: &Path) -> Result<()> {
         let entry = img.profile.build_via(&img.recipe, &store, a.aws.endpoint_url.as_deref())?.entry;
         anyhow::ensure!(entry.name == *name, "{name} was built as {}", entry.name);
         let regions: Vec<String> = img.regions.iter().cloned().collect();
-        let req = imgd_aws::sync::Request { deployments: img.deployments.clone(), ..request(a, c, &entry, &regions)? };
+        let req = imgd_aws::SyncRequest { deployments: img.deployments.clone(), ..request(a, c, &entry, &regions)? };
         tracing::info!("{name}: for {} in {}", img.deployments.join(", "), regions.join(", "));
-        let outcome = rt.block_on(imgd_aws::sync::run(&req, &a.aws.options(), a.dry_run))?;
+        let outcome = rt.block_on(imgd_aws::sync(&req, &a.aws.options(), a.dry_run))?;
         match outcome.result {
             Some(r) => {
                 results.insert(name.clone(), r);
@@ -170,7 +170,7 @@ fn print_plan(a: &SyncArgs, plans: &[ImagePlan]) -> Result<()> {
     }
     for p in plans {
         println!("# {} for {} in {}", p.image, p.deployments.join(", "), p.regions.join(", "));
-        print!("{}", imgd_aws::output::text(&p.plan));
+        print!("{}", imgd_aws::table(&p.plan));
     }
     Ok(())
 }
@@ -224,13 +224,12 @@ struct Placement {
 /// never built), looked up by name in each of its regions.
 fn check(a: &SyncArgs, file: &Path) -> Result<()> {
     if let Some(p) = &a.ssm_parameter {
-        imgd_aws::ssm::check_name(p)
-            .map_err(|e| imgd::config::ConfigError::new("--ssm-parameter", format!("{e:#}")))?;
+        imgd_aws::check_parameter_name(p).map_err(|e| imgd::config::ConfigError::new("--ssm-parameter", e))?;
     }
     let fleet = DeploymentsFile::load(file, &a.profile.root)?.only(&a.only)?;
     let images = images(a, &fleet)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let placements = rt.block_on(placements(a, &fleet, &images))?;
+    let placements = placements(a, &rt, &fleet, &images)?;
     let drifted = placements.iter().filter(|p| !p.current || p.channel == Some(false)).count();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&json!({ "drifted": drifted, "placements": placements }))?);
@@ -249,43 +248,40 @@ fn check(a: &SyncArgs, file: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn placements(a: &SyncArgs, fleet: &DeploymentsFile, images: &BTreeMap<String, Image>) -> Result<Vec<Placement>> {
+fn placements(
+    a: &SyncArgs,
+    rt: &tokio::runtime::Runtime,
+    fleet: &DeploymentsFile,
+    images: &BTreeMap<String, Image>,
+) -> Result<Vec<Placement>> {
     let home = fleet.deployments.iter().flat_map(|d| d.regions.keys()).next().cloned().unwrap_or_default();
-    let clients = imgd_aws::clients::Clients::load(&home, &a.aws.options()).await;
-    let mut out = Vec::new();
+    let mut wanted = Vec::new();
+    let mut where_ = Vec::new();
     for d in &fleet.deployments {
         let (entry, img) = images.iter().find(|(_, i)| i.deployments.contains(&d.name)).context("no image")?;
         let (hash, _) = imgd_aws::parse_entry_name(entry).context("not an entry name")?;
-        let name = imgd_aws::image_name(&img.recipe.name, hash);
         for region in d.regions.keys() {
-            let found =
-                imgd_aws::ami::find(&clients.ec2(region), &name).await.with_context(|| format!("{region}: {name}"))?;
-            let ami = found.as_ref().map(|f| f.id.clone());
-            let current = found.is_some_and(|f| f.state == "available");
-            let synced = if current {
-                None
-            } else {
-                let all = imgd_aws::ami::list_images(&clients.ec2(region)).await?;
-                let newest =
-                    all.into_iter().filter(|t| t.profile == img.recipe.name).max_by(|x, y| x.built_at.cmp(&y.built_at));
-                newest.map(|t| (t.id, format!("{}-{}", t.hash.get(..32).unwrap_or(&t.hash), t.profile)))
-            };
-            let channel = match &a.ssm_parameter {
-                Some(p) => {
-                    Some(imgd_aws::ssm::get(&clients.ssm(region), p).await?.is_some_and(|v| Some(&v) == ami.as_ref()))
-                }
-                None => None,
-            };
-            out.push(Placement {
-                deployment: d.name.clone(),
+            wanted.push(imgd_aws::WantedPlacement {
                 region: region.clone(),
-                image: entry.clone(),
-                ami,
-                current,
-                synced,
-                channel,
+                profile: img.recipe.name.clone(),
+                hash: hash.to_string(),
+                ssm_parameter: a.ssm_parameter.clone(),
             });
+            where_.push((d.name.clone(), region.clone(), entry.clone()));
         }
     }
-    Ok(out)
+    let found = rt.block_on(imgd_aws::observe_placements(&home, &wanted, &a.aws.options()))?;
+    Ok(where_
+        .into_iter()
+        .zip(found)
+        .map(|((deployment, region, image), f)| Placement {
+            deployment,
+            region,
+            image,
+            ami: f.ami,
+            current: f.current,
+            synced: f.newest,
+            channel: f.channel,
+        })
+        .collect())
 }

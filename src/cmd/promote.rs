@@ -58,16 +58,16 @@ pub fn run(a: &PromoteArgs) -> Result<()> {
         return Err(ConfigError::new("PROFILE", format!("`{}` is not a profile name", a.profile.escape_debug())).into());
     }
     let h = hash12(&a.to, &a.profile)?;
-    imgd_aws::ssm::check_name(&a.ssm_parameter).map_err(|e| ConfigError::new("--ssm-parameter", format!("{e:#}")))?;
+    imgd_aws::check_parameter_name(&a.ssm_parameter).map_err(|e| ConfigError::new("--ssm-parameter", e))?;
     check_regions(&a.regions)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let regions = resolve_regions(&a.regions, a.home_region.as_deref(), &a.aws, &rt)?;
-    let req = imgd_aws::promote::Request {
+    let req = imgd_aws::PromoteRequest {
         image_name: format!("imgd-{}-{h}", a.profile),
         parameter: a.ssm_parameter.clone(),
         regions,
     };
-    let out = rt.block_on(imgd_aws::promote::run(&req, &a.aws.options(), a.yes))?;
+    let out = rt.block_on(imgd_aws::promote(&req, &a.aws.options(), a.yes))?;
     let rows = out.plan.rows(&req.parameter);
     if a.json {
         let v = serde_json::json!({
@@ -76,7 +76,7 @@ pub fn run(a: &PromoteArgs) -> Result<()> {
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", imgd_aws::output::text(&rows));
+        print!("{}", imgd_aws::table(&rows));
         if !out.applied && !rows.is_empty() {
             eprintln!("(a plan: nothing changed; --yes carries it out)");
         }

@@ -63,8 +63,8 @@ pub struct PruneArgs {
 #[derive(serde::Serialize)]
 struct Report {
     applied: bool,
-    kept: Vec<imgd_aws::prune::plan::Build>,
-    plan: Vec<imgd_aws::output::Row>,
+    kept: Vec<imgd_aws::KeptBuild>,
+    plan: Vec<imgd_aws::Row>,
     mutating_calls: u64,
 }
 
@@ -83,12 +83,12 @@ pub fn run(a: &PruneArgs) -> Result<()> {
     check_regions(&a.regions)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let regions = super::sync::resolve_regions(&a.regions, a.home_region.as_deref(), &a.aws, &rt)?;
-    let req = imgd_aws::prune::Request {
+    let req = imgd_aws::PruneRequest {
         at: a.bucket.location()?,
         regions,
         profile: a.profile.clone(),
         keep: a.keep,
-        cache: imgd_aws::prune::CacheRetention { keep: a.cache_keep, max_age: a.cache_max_age },
+        cache: imgd_aws::CacheRetention { keep: a.cache_keep, max_age: a.cache_max_age },
         local: local_entries(&a.store.dir()),
         now: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         deployments: match &a.deployments {
@@ -96,7 +96,7 @@ pub fn run(a: &PruneArgs) -> Result<()> {
             None => Vec::new(),
         },
     };
-    let outcome = rt.block_on(imgd_aws::prune::run(&req, &a.aws.options(), a.yes))?;
+    let outcome = rt.block_on(imgd_aws::prune(&req, &a.aws.options(), a.yes))?;
     let rows = outcome.plan.rows(&req.at.bucket);
     if a.json {
         let report = Report {
@@ -110,7 +110,7 @@ pub fn run(a: &PruneArgs) -> Result<()> {
         for b in &outcome.plan.kept {
             eprintln!("keeping {} {} (built {}): {}", b.profile, &b.hash[..12], b.built_at, b.why.join("; "));
         }
-        print!("{}", imgd_aws::output::text(&rows));
+        print!("{}", imgd_aws::table(&rows));
         if !outcome.applied && !rows.is_empty() {
             eprintln!("(a plan: nothing was changed; add --yes to carry it out)");
         }
@@ -133,7 +133,7 @@ fn local_entries(store: &std::path::Path) -> BTreeSet<String> {
 
 /// `--deployments`: each deployment's current build (resolved and hashed,
 /// never built) and its regions.
-fn fleet(a: &PruneArgs, file: &std::path::Path) -> Result<Vec<imgd_aws::prune::DeploymentKeep>> {
+fn fleet(a: &PruneArgs, file: &std::path::Path) -> Result<Vec<imgd_aws::DeploymentKeep>> {
     let fleet = imgd::config::deployments::DeploymentsFile::load(file, &a.root)?;
     let base = super::ProfileArgs {
         profile: String::new(),
@@ -148,7 +148,7 @@ fn fleet(a: &PruneArgs, file: &std::path::Path) -> Result<Vec<imgd_aws::prune::D
     let mut out = Vec::new();
     for d in &fleet.deployments {
         let Some(img) = images.values().find(|i| i.deployments.contains(&d.name)) else { continue };
-        out.push(imgd_aws::prune::DeploymentKeep {
+        out.push(imgd_aws::DeploymentKeep {
             name: d.name.clone(),
             profile: img.recipe.name.clone(),
             current: imgd::build::input_hash(&img.recipe).to_string(),

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use imgd::config::ConfigError;
 use imgd::model::Format;
-use imgd_aws::sync::{Method, Principal, Request};
+use imgd_aws::{Method, Principal, SyncRequest as Request};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -159,9 +159,9 @@ pub struct BucketArgs {
 }
 
 impl BucketArgs {
-    pub fn location(&self) -> Result<imgd_aws::s3::Location, ConfigError> {
-        imgd_aws::s3::check_bucket(&self.bucket).map_err(|m| ConfigError::new("--bucket", m))?;
-        Ok(imgd_aws::s3::Location::new(&self.bucket, &self.prefix))
+    pub fn location(&self) -> Result<imgd_aws::Location, ConfigError> {
+        imgd_aws::check_bucket(&self.bucket).map_err(|m| ConfigError::new("--bucket", m))?;
+        Ok(imgd_aws::Location::new(&self.bucket, &self.prefix))
     }
 }
 
@@ -172,7 +172,7 @@ pub fn check_regions(regions: &[String]) -> Result<(), ConfigError> {
         return Err(ConfigError::new("--regions", "`all` stands alone, not in a list".to_string()));
     }
     for r in regions.iter().filter(|r| *r != "all") {
-        if !imgd_aws::regions::is_region_name(r) {
+        if !imgd_aws::is_region_name(r) {
             return Err(ConfigError::new("--regions", format!("`{}` is not an AWS region name", r.escape_debug())));
         }
     }
@@ -197,7 +197,7 @@ pub fn resolve_regions(
     check_regions(&[home.to_string()]).map_err(|_| {
         ConfigError::new("--home-region", format!("`{}` is not an AWS region name", home.escape_debug()))
     })?;
-    let mut found = rt.block_on(imgd_aws::regions::enabled(home, &aws.options()))?;
+    let mut found = rt.block_on(imgd_aws::enabled_regions(home, &aws.options()))?;
     tracing::info!("--regions all: {}", found.join(","));
     // The home region first: where the AMI is registered, and where prune's
     // first client goes.
@@ -207,7 +207,7 @@ pub fn resolve_regions(
 
 /// The flags every sync checks before any call: where, to whom, how long.
 pub struct Checked {
-    pub to: imgd_aws::s3::Location,
+    pub to: imgd_aws::Location,
     pub share: Vec<Principal>,
     pub deprecate_in: Option<i64>,
 }
@@ -217,7 +217,7 @@ pub fn checked(a: &SyncArgs) -> Result<Checked> {
     check_regions(&a.regions)?;
     let share = principals(a)?;
     if let Some(p) = &a.ssm_parameter {
-        imgd_aws::ssm::check_name(p).map_err(|e| ConfigError::new("--ssm-parameter", format!("{e:#}")))?;
+        imgd_aws::check_parameter_name(p).map_err(|e| ConfigError::new("--ssm-parameter", e))?;
     }
     let deprecate_in = a
         .deprecate_in
@@ -261,7 +261,7 @@ pub fn request(a: &SyncArgs, c: &Checked, entry: &imgd::store::Entry, regions: &
         deprecate: c.deprecate_in.map(|secs| {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let built = i64::try_from(entry.manifest.built_at).unwrap_or(0);
-            imgd_aws::sync::Deprecation::after(built, secs, i64::try_from(now).unwrap_or(i64::MAX))
+            imgd_aws::Deprecation::after(built, secs, i64::try_from(now).unwrap_or(i64::MAX))
         }),
         share: c.share.clone(),
         ssm_parameter: a.ssm_parameter.clone(),
@@ -281,13 +281,13 @@ pub fn run(a: &SyncArgs) -> Result<()> {
     let store = a.store.open()?;
     let entry = a.profile.build_via(&recipe, &store, a.aws.endpoint_url.as_deref())?.entry;
     let req = request(a, &c, &entry, &regions)?;
-    let outcome = rt.block_on(imgd_aws::sync::run(&req, &a.aws.options(), a.dry_run))?;
+    let outcome = rt.block_on(imgd_aws::sync(&req, &a.aws.options(), a.dry_run))?;
     let Some(result) = outcome.result else {
         let rows = outcome.plan.rows(&req.to.bucket);
         if a.json {
             println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "dry_run": true, "plan": rows }))?);
         } else {
-            print!("{}", imgd_aws::output::text(&rows));
+            print!("{}", imgd_aws::table(&rows));
         }
         return Ok(());
     };

@@ -79,18 +79,18 @@ pub fn options(endpoint: Option<&str>, max_attempts: u32) -> imgd_aws::Options {
 pub struct S3Cache {
     url: String,
     rt: tokio::runtime::Runtime,
-    cache: imgd_aws::cache::Cache,
+    cache: imgd_aws::Cache,
 }
 
 impl S3Cache {
     pub fn new(url: &str, endpoint: Option<&str>) -> Result<S3Cache, String> {
-        let at: imgd_aws::s3::Location = url.parse()?;
+        let at: imgd_aws::Location = url.parse()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("starting the S3 client: {e}"))?;
         let cache = rt
-            .block_on(imgd_aws::cache::Cache::open(at, &options(endpoint, 8)))
+            .block_on(imgd_aws::Cache::open(at, &options(endpoint, 8)))
             .map_err(|e| format!("starting the S3 client: {e:#}"))?;
         Ok(S3Cache { url: url.to_string(), rt, cache })
     }
@@ -98,7 +98,7 @@ impl S3Cache {
 
 impl Remote for S3Cache {
     fn get(&self, entry: &str, file: &str, dest: &Path, max_size: u64) -> Result<bool> {
-        self.rt.block_on(self.cache.get(entry, file, dest, max_size))
+        Ok(self.rt.block_on(self.cache.get(entry, file, dest, max_size))?)
     }
 
     fn push(&self, entry: &Entry, overwrite: bool) -> Result<()> {
@@ -114,7 +114,7 @@ impl Remote for S3Cache {
         let digest = format!("sha256:{sha256}");
         let check = imgd_aws::Check::default(); // the pool checks its packages' SHA-256
         let f = imgd_aws::File { name: file.to_string(), path: path.to_path_buf(), digest, size, check };
-        self.rt.block_on(self.cache.put(entry, &[f], overwrite))
+        Ok(self.rt.block_on(self.cache.put(entry, &[f], overwrite))?)
     }
 
     fn url(&self) -> &str {

@@ -14,7 +14,7 @@
 
 pub mod journal;
 
-use crate::Counters;
+use crate::options::Counters;
 use anyhow::{bail, Context, Result};
 use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::{ChecksumAggregationMethod, ChecksumAlgorithm, Tag};
@@ -36,7 +36,6 @@ const TIMEOUT_MINUTES: i32 = 60;
 
 pub struct Snapshot {
     pub id: String,
-    pub volume_gib: i64,
 }
 
 /// Whole GiB that hold `bytes` (EBS volume sizes are whole GiB).
@@ -58,7 +57,7 @@ pub struct Request<'a> {
     /// Where journals are kept.
     pub state_dir: &'a Path,
     /// Checks each block read from `raw` before it is sent.
-    pub check: &'a crate::Check,
+    pub check: &'a crate::model::Check,
 }
 
 #[derive(Clone, Copy)]
@@ -131,7 +130,7 @@ pub async fn upload(
     ebs: &aws_sdk_ebs::Client,
     r: &Request<'_>,
     counters: &Arc<Counters>,
-    opts: &crate::Options,
+    opts: &crate::options::Options,
 ) -> Result<Snapshot> {
     let t0 = std::time::Instant::now();
     let size = std::fs::metadata(r.raw)?.len();
@@ -221,7 +220,7 @@ pub async fn upload(
             bail!("snapshot {id} failed to complete");
         }
     }
-    Ok(Snapshot { id, volume_gib })
+    Ok(Snapshot { id })
 }
 
 /// CompleteSnapshot with the LINEAR checksum: SHA-256 over the checksums of

@@ -5,7 +5,7 @@
 
 use super::plan::{Plan, Step};
 use super::request::Request;
-use crate::{ami, clients::Clients, Counters};
+use crate::{ami, clients::Clients, options::Counters};
 use anyhow::{Context, Result};
 
 pub async fn apply(clients: &Clients, req: &Request, plan: &Plan, counters: &Counters) -> Result<()> {

@@ -13,10 +13,10 @@ pub mod observe;
 pub mod plan;
 pub mod request;
 
-pub use plan::{plan, Observed, Plan, Step};
+pub use plan::{Build, Plan};
 pub use request::{CacheRetention, DeploymentKeep, Request};
 
-use crate::{clients::Clients, Counters, Options};
+use crate::{clients::Clients, options::Counters, options::Options};
 use anyhow::Result;
 
 pub struct Outcome {
@@ -26,8 +26,8 @@ pub struct Outcome {
 }
 
 /// Observe, plan, and with `yes`, apply.
-pub fn run<'a>(req: &'a Request, opts: &'a Options, yes: bool) -> crate::Task<'a, Outcome> {
-    Box::pin(observe_plan_apply(req, opts, yes))
+pub fn run<'a>(req: &'a Request, opts: &'a Options, yes: bool) -> crate::error::Task<'a, Outcome> {
+    crate::error::task(observe_plan_apply(req, opts, yes))
 }
 
 async fn observe_plan_apply(req: &Request, opts: &Options, yes: bool) -> Result<Outcome> {

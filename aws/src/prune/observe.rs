@@ -31,7 +31,7 @@ pub async fn observe(clients: &Clients, req: &Request) -> Result<Observed> {
             let Some(key) = o.key() else { continue };
             let Some((entry, _file)) = key.get(base.len()..).and_then(|k| k.split_once('/')) else { continue };
             // Folders that are not imgd's entry names are never looked at again.
-            if crate::parse_entry_name(entry).is_none() {
+            if crate::model::parse_entry_name(entry).is_none() {
                 continue;
             }
             let e: &mut S3Entry = seen.entries.entry(entry.to_string()).or_default();

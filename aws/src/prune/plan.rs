@@ -252,12 +252,12 @@ pub fn doomed_entries(seen: &Observed, req: &Request) -> BTreeMap<String, Why> {
         .regions
         .values()
         .flat_map(|r| r.images.iter().chain(&r.snapshots))
-        .map(|t| &t.hash[..crate::NAME_HASH_LEN])
+        .map(|t| &t.hash[..crate::model::NAME_HASH_LEN])
         .collect();
     let mut doomed = BTreeMap::new();
     let mut cache: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
     for (name, e) in &seen.entries {
-        let Some((hash32, profile)) = crate::parse_entry_name(name) else { continue };
+        let Some((hash32, profile)) = crate::model::parse_entry_name(name) else { continue };
         if !req.wants(profile) || req.local.contains(name) {
             continue;
         }
@@ -294,7 +294,7 @@ pub fn plan(seen: &Observed, req: &Request) -> Plan {
 
     for u in &seen.uploads {
         let entry = u.key.rsplit('/').nth(1).unwrap_or_default();
-        let ours = crate::parse_entry_name(entry).is_some_and(|(_, p)| req.wants(p));
+        let ours = crate::model::parse_entry_name(entry).is_some_and(|(_, p)| req.wants(p));
         if ours && req.now.saturating_sub(u.initiated) > STALE_UPLOAD_SECS {
             steps.push(Step::AbortUpload { key: u.key.clone(), id: u.id.clone() });
         }

@@ -7,7 +7,7 @@ use super::plan::{Image, Observed, Plan, Step};
 use super::request::{Method, Request};
 use crate::model::Principal;
 use crate::output::SyncResult;
-use crate::{ami, clients::Clients, ebs, import, Counters, Options};
+use crate::{ami, clients::Clients, ebs, import, options::Counters, options::Options};
 use anyhow::{bail, Context, Result};
 use sha2::Digest;
 use std::collections::BTreeMap;

@@ -11,14 +11,13 @@ pub mod observe;
 pub mod plan;
 pub mod request;
 
-pub use crate::model::Principal;
 pub use apply::apply;
 pub use observe::observe;
-pub use plan::{plan, Observed, Plan, Step};
-pub use request::{to_minute, Deprecation, Method, Request};
+pub use plan::{Observed, Plan};
+pub use request::{Deprecation, Method, Request};
 
 use crate::output::SyncResult;
-use crate::{clients::Clients, Counters, Options};
+use crate::{clients::Clients, options::Counters, options::Options};
 use anyhow::Result;
 
 /// What a sync did: the plan, and unless it was a dry run, the result.
@@ -28,8 +27,8 @@ pub struct Outcome {
 }
 
 /// Observe, plan, and (unless `dry_run`) apply.
-pub fn run<'a>(req: &'a Request, opts: &'a Options, dry_run: bool) -> crate::Task<'a, Outcome> {
-    Box::pin(observe_plan_apply(req, opts, dry_run))
+pub fn run<'a>(req: &'a Request, opts: &'a Options, dry_run: bool) -> crate::error::Task<'a, Outcome> {
+    crate::error::task(observe_plan_apply(req, opts, dry_run))
 }
 
 async fn observe_plan_apply(req: &Request, opts: &Options, dry_run: bool) -> Result<Outcome> {

@@ -279,7 +279,7 @@ mod tests {
     use super::*;
     use crate::s3::Location;
     use crate::sync::Deprecation;
-    use crate::{Arch, BootMode, Entry, File, Machine};
+    use crate::{model::Arch, model::BootMode, model::Entry, model::File, model::Machine};
 
     fn request(regions: &[&str], share: &[&str]) -> Request {
         let file = |n: &str| File {
@@ -533,7 +533,7 @@ mod tests {
         let mut req = request(&["us-east-1", "eu-west-1"], &[]);
         req.deprecate = Some(Deprecation { at: 1_900_000_000, or_earlier: false });
         let mut home = image("ami-1", true, &[]).unwrap();
-        home.deprecation = Some(super::super::to_minute(1_900_000_000) + 30);
+        home.deprecation = Some(super::super::request::to_minute(1_900_000_000) + 30);
         let mut other = image("ami-2", true, &[]).unwrap();
         other.deprecation = Some(1_800_000_000);
         let seen = Observed {

@@ -1,9 +1,9 @@
 //! What a sync is asked to do: the entry, where it goes, who may launch it,
 //! when it is deprecated. Plain data, read by the planner and the applier.
 
+use crate::model::Entry;
 use crate::model::Principal;
 use crate::s3::Location;
-use crate::Entry;
 use std::time::Duration;
 
 /// Whole minutes: what AWS keeps of a deprecation time.
@@ -87,7 +87,7 @@ pub struct Request {
 impl Request {
     /// `imgd-<profile>-<hash12>`: how every region finds this build's image.
     pub fn image_name(&self) -> String {
-        crate::image_name(&self.entry.profile, &self.entry.hash)
+        crate::model::image_name(&self.entry.profile, &self.entry.hash)
     }
 
     pub fn description(&self) -> String {
@@ -109,7 +109,7 @@ impl Request {
             ("Name".to_string(), self.image_name()),
         ]
         .into_iter()
-        .chain(self.deployments.iter().map(|d| (format!("{}{d}", crate::DEPLOYMENT_TAG), "true".to_string())))
+        .chain(self.deployments.iter().map(|d| (format!("{}{d}", crate::model::DEPLOYMENT_TAG), "true".to_string())))
         .collect()
     }
 }

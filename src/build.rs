@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 /// Bumped whenever the builder's output for the same inputs changes (its
 /// files, or the manifest: `layout-2` names artifacts by BLAKE3, `layout-3`
 /// records a UKI's PCR 11).
-pub const BUILDER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "/layout-3");
+pub(crate) const BUILDER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "/layout-3");
 
 /// External tools whose version can change the bytes of an artifact.
 const TOOLS: &[(&str, &str)] = &[
@@ -200,7 +200,7 @@ fn find_or_build(
 /// The recipe's entry from `remote` into `store`, never building: None when
 /// the remote does not have it. (A netboot replica serves what was built
 /// elsewhere.) Checked exactly as [`entry`] checks what it fetches.
-pub fn fetch_only(recipe: &Recipe, store: &Store, remote: &dyn Remote) -> Result<Option<Entry>> {
+pub(crate) fn fetch_only(recipe: &Recipe, store: &Store, remote: &dyn Remote) -> Result<Option<Entry>> {
     let hash = input_hash(recipe);
     let name = EntryName::of(&hash, &recipe.name)?;
     if let Some(entry) = store.get(&name)? {

@@ -25,7 +25,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// thread, but neither rustix nor nix offers it and this crate has no unsafe
 /// code; fdatasync does not lock out the writer.) The pages stay cached for
 /// the steps that read the file next.
-pub struct Flusher {
+pub(crate) struct Flusher {
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -33,7 +33,7 @@ pub struct Flusher {
 impl Flusher {
     /// Follows `path`, which must exist (the writer may truncate it, not
     /// replace it).
-    pub fn follow(path: &Path) -> std::io::Result<Flusher> {
+    pub(crate) fn follow(path: &Path) -> std::io::Result<Flusher> {
         let f = std::fs::File::open(path)?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -60,7 +60,7 @@ impl Drop for Flusher {
 
 /// The data regions `[start, end)` of the first `len` bytes of a sparse file,
 /// found with SEEK_DATA/SEEK_HOLE: what a copy or a digest must read.
-pub fn data_regions(f: &std::fs::File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
+pub(crate) fn data_regions(f: &std::fs::File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
     use rustix::fs::{seek, SeekFrom};
     let mut out = Vec::new();
     let mut pos = 0u64;

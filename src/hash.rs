@@ -19,11 +19,11 @@ pub fn cert_fingerprint(cert: &Path) -> anyhow::Result<String> {
     Ok(sha256_hex(p.contents()))
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha256(bytes))
 }
 
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
@@ -56,28 +56,29 @@ impl Sha256State {
 /// extensions (`b3sum` checks a file by hand). Inputs and Debian's packages
 /// keep SHA-256, the digest their sources publish.
 #[derive(Clone, Default)]
-pub struct ArtifactDigest(blake3::Hasher);
+pub(crate) struct ArtifactDigest(blake3::Hasher);
 
 impl ArtifactDigest {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    pub fn update(&mut self, bytes: &[u8]) {
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
     }
 
-    pub fn hex(&self) -> String {
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))] // for `imgd sync` and the S3 cache
+    pub(crate) fn hex(&self) -> String {
         self.0.finalize().to_hex().to_string()
     }
 
     /// The digest of what was fed so far.
-    pub fn finish(&self) -> blake3::Hash {
+    pub(crate) fn finish(&self) -> blake3::Hash {
         self.0.finalize()
     }
 
     /// The digest after reading a whole file, to continue with more bytes.
-    pub fn of_file(path: &Path) -> io::Result<Self> {
+    pub(crate) fn of_file(path: &Path) -> io::Result<Self> {
         let mut h = Self::new();
         h.0.update_reader(std::fs::File::open(path)?)?;
         Ok(h)
@@ -86,7 +87,7 @@ impl ArtifactDigest {
     /// Like [`Self::of_file`], for a sparse file (a disk image, half of it
     /// holes): holes are hashed as zeros from memory rather than read, which
     /// would have the kernel zero and copy every page of them.
-    pub fn of_sparse_file(path: &Path) -> io::Result<Self> {
+    pub(crate) fn of_sparse_file(path: &Path) -> io::Result<Self> {
         use std::os::unix::fs::FileExt;
         let f = std::fs::File::open(path)?;
         let len = f.metadata()?.len();
@@ -118,29 +119,30 @@ impl ArtifactDigest {
 }
 
 /// The artifact digest (hex) of a file.
-pub fn artifact_digest(path: &Path) -> io::Result<String> {
+#[cfg_attr(not(feature = "aws"), allow(dead_code))] // for `imgd sync` and the S3 cache
+pub(crate) fn artifact_digest(path: &Path) -> io::Result<String> {
     Ok(ArtifactDigest::of_file(path)?.hex())
 }
 
 /// Whether `s` has the shape of an artifact digest: 64 hex digits.
-pub fn is_digest_hex(s: &str) -> bool {
+pub(crate) fn is_digest_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// A writer that digests what passes through it, so a file is hashed as it
 /// is written rather than read back.
-pub struct HashingWriter<W> {
+pub(crate) struct HashingWriter<W> {
     inner: W,
     hash: ArtifactDigest,
 }
 
 impl<W: io::Write> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
+    pub(crate) fn new(inner: W) -> Self {
         HashingWriter { inner, hash: ArtifactDigest::new() }
     }
 
     /// The inner writer and the artifact digest of everything written.
-    pub fn finish(self) -> (W, blake3::Hash) {
+    pub(crate) fn finish(self) -> (W, blake3::Hash) {
         (self.inner, self.hash.finish())
     }
 }
@@ -177,7 +179,7 @@ fn sha256_state(path: &Path) -> io::Result<Sha256State> {
 ///
 /// Ownership by the invoking user is recorded as root, matching how the tree is
 /// imported into an image (see `rootfs::Tree::import_dir`).
-pub fn tree_digest(dir: &Path) -> io::Result<String> {
+pub(crate) fn tree_digest(dir: &Path) -> io::Result<String> {
     let mut h = Sha256::new();
     let me = rustix::process::geteuid().as_raw();
     let mut stack = vec![dir.to_path_buf()];
@@ -269,19 +271,19 @@ mod tests {
 /// content can have changed: path, device, inode, size, mtime and ctime (ctime
 /// cannot be set back by a user). Like git's index: a cache hit must not
 /// re-read a 70 MB kernel package to find out nothing changed.
-pub struct DigestCache {
+pub(crate) struct DigestCache {
     path: Option<std::path::PathBuf>,
     entries: std::sync::Mutex<(std::collections::BTreeMap<String, String>, bool)>,
 }
 
 /// Whether `s` is a SHA-256 as imgd writes it: 64 lowercase hex digits.
-pub fn is_sha256_hex(s: &str) -> bool {
+pub(crate) fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl DigestCache {
     /// A cache stored in `path` (a text file; created on first save).
-    pub fn open(path: &Path) -> DigestCache {
+    pub(crate) fn open(path: &Path) -> DigestCache {
         let map = std::fs::read_to_string(path)
             .unwrap_or_default()
             .lines()
@@ -294,7 +296,7 @@ impl DigestCache {
     }
 
     /// No persistence: every digest is computed.
-    pub fn none() -> DigestCache {
+    pub(crate) fn none() -> DigestCache {
         DigestCache { path: None, entries: Default::default() }
     }
 
@@ -313,7 +315,7 @@ impl DigestCache {
     }
 
     /// SHA-256 of a file's content, from the cache when the file is unchanged.
-    pub fn file(&self, path: &Path) -> io::Result<String> {
+    pub(crate) fn file(&self, path: &Path) -> io::Result<String> {
         let md = std::fs::metadata(path)?;
         if self.path.is_none() || md.len() < (1 << 20) {
             return sha256_file(path);
@@ -334,7 +336,7 @@ impl DigestCache {
     }
 
     /// Writes the cache back (atomically) if it learned anything.
-    pub fn save(&self) -> io::Result<()> {
+    pub(crate) fn save(&self) -> io::Result<()> {
         let (Some(path), guard) = (&self.path, self.entries.lock().unwrap_or_else(|p| p.into_inner())) else {
             return Ok(());
         };
@@ -380,7 +382,7 @@ mod cache_tests {
 /// read later can be checked on its own against a digest the manifest
 /// holds, without hashing the whole file again.
 #[derive(Debug)]
-pub struct Outboard {
+pub(crate) struct Outboard {
     chunk: u64,
     len: u64,
     cvs: Vec<blake3::hazmat::ChainingValue>,
@@ -390,7 +392,7 @@ pub struct Outboard {
 
 impl Outboard {
     /// Reads `file` (`len` bytes) once, in reads of at least 1 MiB.
-    pub fn of_file(file: &std::fs::File, len: u64, chunk: u64) -> io::Result<Outboard> {
+    pub(crate) fn of_file(file: &std::fs::File, len: u64, chunk: u64) -> io::Result<Outboard> {
         use std::os::unix::fs::FileExt;
         let mut cvs = Vec::with_capacity(len.div_ceil(chunk) as usize);
         let step = chunk * (1u64 << 20).div_ceil(chunk);
@@ -417,24 +419,24 @@ impl Outboard {
     }
 
     /// The file's BLAKE3, as hex (compare with the manifest's).
-    pub fn root_hex(&self) -> String {
+    pub(crate) fn root_hex(&self) -> String {
         self.root.to_hex().to_string()
     }
 
     /// The size of the pieces it checks.
-    pub fn piece(&self) -> u64 {
+    pub(crate) fn piece(&self) -> u64 {
         self.chunk
     }
 
     /// Whether `data`, starting at piece `first`, is that run of whole
     /// pieces of the file (the last piece of the file may be short).
-    pub fn verifies_run(&self, first: u64, data: &[u8]) -> bool {
+    pub(crate) fn verifies_run(&self, first: u64, data: &[u8]) -> bool {
         !data.is_empty()
             && data.chunks(self.chunk as usize).enumerate().all(|(i, p)| self.verifies(first + i as u64, p))
     }
 
     /// Whether `data` is chunk `index` of the file this outboard was made from.
-    pub fn verifies(&self, index: u64, data: &[u8]) -> bool {
+    pub(crate) fn verifies(&self, index: u64, data: &[u8]) -> bool {
         let off = index * self.chunk;
         if data.len() as u64 != self.chunk.min(self.len.saturating_sub(off)) {
             return false;
@@ -470,23 +472,25 @@ impl Outboard {
 /// size, made (and checked whole against the manifest) the first time a
 /// piece of that size is asked for. What `imgd sync` checks each S3 part
 /// and EBS block with before it is sent.
-pub struct Pieces {
+#[cfg_attr(not(feature = "aws"), allow(dead_code))] // for `imgd sync` and the S3 cache
+pub(crate) struct Pieces {
     path: std::path::PathBuf,
     len: u64,
     blake3: String,
     trees: std::sync::Mutex<std::collections::BTreeMap<u64, std::sync::Arc<Outboard>>>,
 }
 
+#[cfg_attr(not(feature = "aws"), allow(dead_code))] // for `imgd sync` and the S3 cache
 impl Pieces {
     /// `len` and `blake3` (hex) are what the manifest says of `path`.
-    pub fn new(path: &Path, len: u64, blake3: &str) -> Pieces {
+    pub(crate) fn new(path: &Path, len: u64, blake3: &str) -> Pieces {
         Pieces { path: path.to_path_buf(), len, blake3: blake3.to_string(), trees: Default::default() }
     }
 
     /// Whether `data` is piece `index` of pieces of `piece` bytes (a power
     /// of two of at least 1 KiB). An error when the file as a whole no
     /// longer matches its manifest, or cannot be read.
-    pub fn verifies(&self, piece: u64, index: u64, data: &[u8]) -> io::Result<bool> {
+    pub(crate) fn verifies(&self, piece: u64, index: u64, data: &[u8]) -> io::Result<bool> {
         if !piece.is_power_of_two() || piece < 1024 {
             return Err(io::Error::other(format!("pieces of {piece} bytes cannot be checked on their own")));
         }

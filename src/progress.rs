@@ -16,11 +16,7 @@ impl Progress {
         Progress { tty: std::io::stderr().is_terminal(), quiet }
     }
 
-    pub fn quiet() -> Self {
-        Progress { tty: false, quiet: true }
-    }
-
-    pub fn step(&self, msg: &str) -> Step {
+    pub(crate) fn step(&self, msg: &str) -> Step {
         let bar = if self.tty && !self.quiet {
             let b = ProgressBar::new_spinner();
             // A fixed, valid template; the default style is only a fallback.
@@ -42,12 +38,12 @@ impl Progress {
 
     /// A step that runs beside others: no spinner (two would fight over the
     /// terminal), a log line where there is no terminal.
-    pub fn background_step(&self, msg: &str) -> Step {
+    pub(crate) fn background_step(&self, msg: &str) -> Step {
         Progress { tty: false, quiet: self.quiet || self.tty }.step(msg)
     }
 }
 
-pub struct Step {
+pub(crate) struct Step {
     bar: Option<ProgressBar>,
     msg: String,
     start: Instant,
@@ -55,7 +51,7 @@ pub struct Step {
 }
 
 impl Step {
-    pub fn done(self) {
+    pub(crate) fn done(self) {
         let secs = self.start.elapsed().as_secs_f64();
         match &self.bar {
             Some(b) => b.finish_with_message(format!("{} ({secs:.1}s)", self.msg)),
@@ -79,10 +75,12 @@ impl Drop for Step {
 /// a plain line at most every 10 s otherwise. Cheap to clone and share
 /// between the tasks that move the bytes.
 #[derive(Clone)]
-pub struct Bytes {
+#[cfg_attr(not(feature = "aws"), allow(dead_code))] // for `imgd sync` and the S3 cache
+pub(crate) struct Bytes {
     inner: std::sync::Arc<BytesInner>,
 }
 
+#[cfg_attr(not(feature = "aws"), allow(dead_code))] // for `imgd sync` and the S3 cache
 struct BytesInner {
     bar: Option<ProgressBar>,
     msg: String,
@@ -94,7 +92,8 @@ struct BytesInner {
 }
 
 impl Progress {
-    pub fn bytes(&self, msg: &str, total: u64) -> Bytes {
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))] // for `imgd sync` and the S3 cache
+    pub(crate) fn bytes(&self, msg: &str, total: u64) -> Bytes {
         let bar = (self.tty && !self.quiet).then(|| {
             let b = ProgressBar::new(total);
             let style = "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}";
@@ -120,8 +119,9 @@ impl Progress {
     }
 }
 
+#[cfg_attr(not(feature = "aws"), allow(dead_code))] // for `imgd sync` and the S3 cache
 impl Bytes {
-    pub fn inc(&self, n: u64) {
+    pub(crate) fn inc(&self, n: u64) {
         let i = &self.inner;
         let done = i.done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
         match &i.bar {
@@ -137,7 +137,7 @@ impl Bytes {
         }
     }
 
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         let i = &self.inner;
         let done = i.done.load(std::sync::atomic::Ordering::Relaxed);
         let line = format!("{}: {}", i.msg, rate(done, i.total, i.start.elapsed()));
@@ -149,6 +149,7 @@ impl Bytes {
     }
 }
 
+#[cfg_attr(not(feature = "aws"), allow(dead_code))] // for `imgd sync` and the S3 cache
 fn rate(done: u64, total: u64, took: Duration) -> String {
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let per_sec = mib(done) / took.as_secs_f64().max(0.001);

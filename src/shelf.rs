@@ -22,17 +22,17 @@ pub struct Shelf {
 }
 
 impl Shelf {
-    pub fn new(dir: PathBuf) -> Shelf {
+    pub(crate) fn new(dir: PathBuf) -> Shelf {
         Shelf { dir }
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// Blocks until this process is the only maker of `key`; the lock is
     /// held until the returned file is dropped.
-    pub fn lock(&self, key: &str) -> Result<std::fs::File> {
+    pub(crate) fn lock(&self, key: &str) -> Result<std::fs::File> {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
         let f = std::fs::File::options().create(true).truncate(false).write(true).open(self.lock_path(key))?;
         f.lock().with_context(|| format!("locking {key} in {}", self.dir.display()))?;
@@ -41,7 +41,7 @@ impl Shelf {
 
     /// The lock of `key` if no one holds it: for removals, which skip what
     /// is being made rather than wait for it.
-    pub fn try_lock(&self, key: &str) -> Result<std::fs::File> {
+    pub(crate) fn try_lock(&self, key: &str) -> Result<std::fs::File> {
         let f = std::fs::File::options().create(true).truncate(false).write(true).open(self.lock_path(key))?;
         f.try_lock().map_err(|e| anyhow::anyhow!("{key} in {} is locked: {e}", self.dir.display()))?;
         Ok(f)
@@ -55,7 +55,7 @@ impl Shelf {
     /// renamed to. Folders with the same `prefix` that killed runs left are
     /// removed first: the caller holds the lock of the key the prefix names,
     /// so no live maker owns them.
-    pub fn workspace(&self, prefix: &str) -> Result<tempfile::TempDir> {
+    pub(crate) fn workspace(&self, prefix: &str) -> Result<tempfile::TempDir> {
         for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             if e.file_name().to_string_lossy().starts_with(prefix) {
                 let _ = std::fs::remove_dir_all(e.path());
@@ -67,7 +67,7 @@ impl Shelf {
     /// Keys of `kind` (names ending in its suffix, which is stripped) none of
     /// whose use marks was touched for `unused`, other than `keep`: what the
     /// caller may remove, each under its own lock.
-    pub fn unused(&self, kind: &Kind, unused: Duration, keep: &str) -> Vec<(String, PathBuf)> {
+    pub(crate) fn unused(&self, kind: &Kind, unused: Duration, keep: &str) -> Vec<(String, PathBuf)> {
         let Ok(rd) = std::fs::read_dir(&self.dir) else { return vec![] };
         rd.flatten()
             .filter_map(|e| {
@@ -80,7 +80,7 @@ impl Shelf {
 }
 
 /// One kind of thing kept on a shelf, for the removal of unused ones.
-pub struct Kind<'a> {
+pub(crate) struct Kind<'a> {
     /// Entries (folders or files) are named `<key><suffix>`.
     pub suffix: &'a str,
     /// Names one in logs and in results (`kernel`, `Debian base`).
@@ -114,7 +114,7 @@ impl Shelf {
     /// being made is skipped, not waited for) and looked at again once
     /// locked (a build may have used it meanwhile), and only keys that are a
     /// SHA-256: what imgd made.
-    pub fn remove_unused(&self, kind: &Kind, unused: Duration, keep: &str) -> Vec<Removed> {
+    pub(crate) fn remove_unused(&self, kind: &Kind, unused: Duration, keep: &str) -> Vec<Removed> {
         let mut removed = Vec::new();
         for (key, path) in self.unused(kind, unused, keep) {
             if !crate::hash::is_sha256_hex(&key) {
@@ -149,7 +149,7 @@ pub struct Removed {
 
 /// Disk space taken by `path` and what is under it, each inode counted once
 /// (as `du` counts it); symlinks are not followed.
-pub fn disk_bytes(path: &Path) -> u64 {
+pub(crate) fn disk_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut seen = std::collections::HashSet::new();
     let mut total = 0;
@@ -167,7 +167,7 @@ pub fn disk_bytes(path: &Path) -> u64 {
 }
 
 /// Marks `file` as used now, for [`Shelf::unused`].
-pub fn touch(file: &Path) {
+pub(crate) fn touch(file: &Path) {
     if let Ok(f) = std::fs::File::open(file) {
         let _ = f.set_modified(SystemTime::now());
     }

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The record of one signed set.
-pub const RECORD: &str = "signature.json";
+pub(crate) const RECORD: &str = "signature.json";
 
 /// What a signed folder holds, and what it was made from.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -93,7 +93,7 @@ pub fn find(store: &Store, entry: &Entry, fingerprint: &str) -> Result<Option<Si
 
 /// The entry's set signed with `cert`, signing it now if there is none yet
 /// (a cached build keeps its signatures). True when it was signed now.
-pub fn ensure(store: &Store, entry: &Entry, key: &Path, cert: &Path) -> Result<(Signed, bool)> {
+pub(crate) fn ensure(store: &Store, entry: &Entry, key: &Path, cert: &Path) -> Result<(Signed, bool)> {
     let fp = cert_fingerprint(cert)?;
     Ok(match find(store, entry, &fp)? {
         Some(s) => (s, false),

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 /// build must not leave a tool writing into a folder the next build sweeps,
 /// nor a qemu running. The spawning thread must wait for the child (the signal
 /// follows the thread that spawned it), which `run` and qemu's callers do.
-pub fn guarded(cmd: &Command) -> Command {
+pub(crate) fn guarded(cmd: &Command) -> Command {
     let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().find(|p| Path::new(p).exists());
     let mut g = match setpriv {
         Some(setpriv) => {
@@ -38,7 +38,7 @@ pub fn guarded(cmd: &Command) -> Command {
 /// `dpkg-deb -x`: `-x` runs tar as a grandchild that goes on writing after imgd
 /// is killed, racing the next build's sweep of `.tmp`; a pipe's writer dies
 /// with its reader.
-pub fn read_deb_data<T>(
+pub(crate) fn read_deb_data<T>(
     deb: &Path,
     read: impl FnOnce(&mut dyn std::io::Read) -> std::io::Result<T>,
 ) -> std::io::Result<T> {
@@ -64,7 +64,7 @@ pub fn read_deb_data<T>(
 
 /// Runs a command to completion; a non-zero exit becomes an error carrying the
 /// command line and the tail of its stderr.
-pub fn run(cmd: &mut Command) -> Result<String> {
+pub(crate) fn run(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}").replace('"', "");
     let out = guarded(cmd)
         .stdin(Stdio::null())
@@ -81,7 +81,7 @@ pub fn run(cmd: &mut Command) -> Result<String> {
 
 /// The first line a tool prints about its version, for the input hash: a
 /// different mkfs.ext4 may lay out a different (still valid) filesystem.
-pub fn version_line(program: &str, arg: &str) -> String {
+pub(crate) fn version_line(program: &str, arg: &str) -> String {
     match Command::new(program).arg(arg).stdin(Stdio::null()).output() {
         Ok(o) => {
             let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };

@@ -5,7 +5,7 @@
 use crate::rootfs::tree::{Kind, Tree};
 use std::io::{self, Read, Write};
 
-pub struct CpioWriter<W: Write> {
+pub(crate) struct CpioWriter<W: Write> {
     out: W,
     ino: u32,
     offset: u64,
@@ -13,7 +13,7 @@ pub struct CpioWriter<W: Write> {
 }
 
 impl<W: Write> CpioWriter<W> {
-    pub fn new(out: W, mtime: u64) -> Self {
+    pub(crate) fn new(out: W, mtime: u64) -> Self {
         CpioWriter { out, ino: 0, offset: 0, mtime: mtime as u32 }
     }
 
@@ -64,7 +64,7 @@ impl<W: Write> CpioWriter<W> {
 
     /// Writes one entry; `data` must yield exactly `size` bytes.
     #[allow(clippy::too_many_arguments)]
-    pub fn entry(
+    pub(crate) fn entry(
         &mut self,
         name: &str,
         mode: u32,
@@ -86,7 +86,7 @@ impl<W: Write> CpioWriter<W> {
 
     /// Every node of `tree`, parents before children (sorted paths). Hard links
     /// are stored as copies: simpler for every cpio reader, and rare in images.
-    pub fn tree(&mut self, tree: &Tree) -> io::Result<()> {
+    pub(crate) fn tree(&mut self, tree: &Tree) -> io::Result<()> {
         for (rel, node) in tree.nodes() {
             let name = if rel.is_empty() { "." } else { rel.as_str() };
             let mode = node.st_mode();
@@ -108,7 +108,7 @@ impl<W: Write> CpioWriter<W> {
         Ok(())
     }
 
-    pub fn finish(mut self) -> io::Result<W> {
+    pub(crate) fn finish(mut self) -> io::Result<W> {
         self.ino = 0;
         self.mtime = 0;
         self.header("TRAILER!!!", 0, 0, 0, 1, 0, (0, 0))?;
@@ -118,7 +118,7 @@ impl<W: Write> CpioWriter<W> {
 
 /// Writes `tree` as a zstd-compressed newc cpio (what the kernel unpacks as an
 /// initramfs; Debian kernels have CONFIG_RD_ZSTD).
-pub fn write_initrd(tree: &Tree, path: &std::path::Path, mtime: u64) -> io::Result<()> {
+pub(crate) fn write_initrd(tree: &Tree, path: &std::path::Path, mtime: u64) -> io::Result<()> {
     let file = std::fs::File::create(path)?;
     let mut z = zstd::Encoder::new(io::BufWriter::with_capacity(1 << 20, file), super::compress::ZSTD_LEVEL)?;
     super::compress::zstd_threads(&mut z)?;

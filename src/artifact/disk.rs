@@ -12,14 +12,14 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub const MIB: u64 = 1 << 20;
+pub(crate) const MIB: u64 = 1 << 20;
 const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 
 const BIOS_BOOT_TYPE: &str = "21686148-6449-6E6F-744E-656564454649";
 
 /// Where the partitions go on the disk.
 #[derive(Debug, Clone, Copy)]
-pub struct Layout {
+pub(crate) struct Layout {
     pub total: u64,
     /// A 1 MiB BIOS boot partition for GRUB's core image (BIOS layouts only).
     pub bios_boot: Option<u64>,
@@ -33,7 +33,7 @@ impl Layout {
     /// 1 MiB alignment; the last MiB is left for the backup GPT. A BIOS layout
     /// puts a BIOS boot partition first and keeps the ESP, so the same disk
     /// boots under BIOS (GRUB) and UEFI (systemd-boot).
-    pub fn new(total: u64, esp_size: u64, bios: bool) -> Layout {
+    pub(crate) fn new(total: u64, esp_size: u64, bios: bool) -> Layout {
         let bios_boot = bios.then_some(MIB);
         let esp_start = if bios { 2 * MIB } else { MIB };
         let root_start = esp_start + esp_size;
@@ -41,7 +41,7 @@ impl Layout {
     }
 
     /// Bytes of a disk that are not the ESP or the root.
-    pub fn overhead(bios: bool) -> u64 {
+    pub(crate) fn overhead(bios: bool) -> u64 {
         if bios {
             3 * MIB
         } else {
@@ -50,7 +50,7 @@ impl Layout {
     }
 }
 
-pub struct GptIds<'a> {
+pub(crate) struct GptIds<'a> {
     pub disk: &'a str,
     pub bios: &'a str,
     pub esp: &'a str,
@@ -60,7 +60,7 @@ pub struct GptIds<'a> {
 }
 
 /// Byte offset of the EFI system partition in a GPT disk image.
-pub fn esp_offset(disk: &Path) -> Result<u64> {
+pub(crate) fn esp_offset(disk: &Path) -> Result<u64> {
     // C12A7328-F81F-11D2-BA4B-00A0C93EC93B as GPT stores it (mixed endian).
     const ESP: [u8; 16] =
         [0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b];
@@ -88,7 +88,7 @@ pub fn esp_offset(disk: &Path) -> Result<u64> {
 
 /// Copies `path` (`::/EFI/...`) out of the ESP of the GPT disk `disk` to
 /// `out`, with mtools (no mounts).
-pub fn esp_file(disk: &Path, path: &str, out: &Path) -> Result<()> {
+pub(crate) fn esp_file(disk: &Path, path: &str, out: &Path) -> Result<()> {
     let image = format!("{}@@{}", disk.display(), esp_offset(disk)?);
     run(Command::new("mcopy").env("MTOOLS_SKIP_CHECK", "1").args(["-n", "-i", &image, path]).arg(out))
         .with_context(|| format!("reading {path} from the ESP of {}", disk.display()))
@@ -96,7 +96,7 @@ pub fn esp_file(disk: &Path, path: &str, out: &Path) -> Result<()> {
 }
 
 /// Writes the GPT (protective MBR, primary and backup tables) with sfdisk.
-pub fn write_gpt(disk: &Path, l: &Layout, ids: &GptIds<'_>) -> Result<()> {
+pub(crate) fn write_gpt(disk: &Path, l: &Layout, ids: &GptIds<'_>) -> Result<()> {
     let s = |b: u64| b / 512;
     let bios = match l.bios_boot {
         Some(start) => {
@@ -136,7 +136,7 @@ pub fn write_gpt(disk: &Path, l: &Layout, ids: &GptIds<'_>) -> Result<()> {
 
 /// Copies the data regions of `src` into `dst` at `offset`, skipping holes, so
 /// unused space stays unallocated.
-pub fn splice(src: &Path, dst: &File, offset: u64) -> Result<()> {
+pub(crate) fn splice(src: &Path, dst: &File, offset: u64) -> Result<()> {
     let f = File::open(src).with_context(|| format!("opening {}", src.display()))?;
     let len = f.metadata()?.len();
     let mut buf = vec![0u8; 4 * MIB as usize];
@@ -160,7 +160,7 @@ pub fn splice(src: &Path, dst: &File, offset: u64) -> Result<()> {
 /// `make_esp` makes the ESP image (and GRUB, for BIOS layouts) beside it, then
 /// the ESP spliced in and GRUB's boot sector and core image installed. The
 /// two write disjoint ranges of the file.
-pub fn assemble_raw(
+pub(crate) fn assemble_raw(
     out: &Path,
     l: &Layout,
     ids: &GptIds<'_>,
@@ -188,7 +188,7 @@ pub fn assemble_raw(
 /// Copies the data regions of `src` into `dst` at the same offsets with
 /// copy_file_range (the kernel moves the bytes, and may share them on file
 /// systems that can), leaving holes as holes.
-pub fn copy_sparse(src: &File, dst: &File, len: u64) -> Result<()> {
+pub(crate) fn copy_sparse(src: &File, dst: &File, len: u64) -> Result<()> {
     use rustix::fs::copy_file_range;
     for (data, hole) in crate::fsutil::data_regions(src, len)? {
         let (mut off_in, mut off_out) = (data, data);
@@ -206,7 +206,7 @@ pub fn copy_sparse(src: &File, dst: &File, len: u64) -> Result<()> {
 /// boot.img's code goes into the MBR (keeping the partition table), told the
 /// LBA of core.img; core.img goes into the BIOS boot partition, its first
 /// sector (diskboot) told where the rest of itself is.
-pub struct GrubBios {
+pub(crate) struct GrubBios {
     pub boot_img: Vec<u8>,
     pub core_img: Vec<u8>,
 }
@@ -246,7 +246,7 @@ impl GrubBios {
 }
 
 /// qcow2 v3 (compat 1.1); qemu-img leaves zero clusters unallocated.
-pub fn to_qcow2(raw: &Path, out: &Path) -> Result<()> {
+pub(crate) fn to_qcow2(raw: &Path, out: &Path) -> Result<()> {
     // qemu-img truncates the file it is given (the same inode), so the
     // flusher can follow it from the start.
     File::create(out)?;
@@ -262,7 +262,7 @@ pub fn to_qcow2(raw: &Path, out: &Path) -> Result<()> {
 /// A fixed VHD: the raw disk followed by a 512-byte footer. Written here rather
 /// than by qemu-img, whose footer carries the wall-clock time and a random UUID.
 /// Returns the footer it appended.
-pub fn to_vhd(raw: &Path, out: &Path, epoch: u64, uuid: [u8; 16]) -> Result<[u8; 512]> {
+pub(crate) fn to_vhd(raw: &Path, out: &Path, epoch: u64, uuid: [u8; 16]) -> Result<[u8; 512]> {
     let src = File::open(raw)?;
     let size = src.metadata()?.len();
     let f = File::create(out)?;
@@ -275,9 +275,9 @@ pub fn to_vhd(raw: &Path, out: &Path, epoch: u64, uuid: [u8; 16]) -> Result<[u8;
 }
 
 /// Seconds between the Unix epoch and the VHD epoch (2000-01-01T00:00:00Z).
-pub const VHD_EPOCH: u64 = 946_684_800;
+pub(crate) const VHD_EPOCH: u64 = 946_684_800;
 
-pub fn vhd_footer(size: u64, epoch: u64, uuid: [u8; 16]) -> [u8; 512] {
+pub(crate) fn vhd_footer(size: u64, epoch: u64, uuid: [u8; 16]) -> [u8; 512] {
     let mut f = [0u8; 512];
     f[0..8].copy_from_slice(b"conectix");
     f[8..12].copy_from_slice(&2u32.to_be_bytes()); // features: reserved bit

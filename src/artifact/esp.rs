@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub struct EspFile {
+pub(crate) struct EspFile {
     /// Path inside the ESP, e.g. `EFI/BOOT/BOOTX64.EFI`.
     pub dest: String,
     pub src: PathBuf,
@@ -22,7 +22,7 @@ fn mtools(program: &str, epoch: u64) -> Command {
 }
 
 /// Makes a FAT32 image of `size` bytes at `image` with volume serial `serial`.
-pub fn make(image: &Path, size: u64, serial: u32, files: &[EspFile], epoch: u64) -> Result<()> {
+pub(crate) fn make(image: &Path, size: u64, serial: u32, files: &[EspFile], epoch: u64) -> Result<()> {
     std::fs::File::create(image)?.set_len(size)?;
     let img = image.to_string_lossy().into_owned();
     run(mtools("mformat", epoch).args(["-i", &img, "-F", "-N", &format!("{serial:08x}"), "-v", "ESP", "::"]))

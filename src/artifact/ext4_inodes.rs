@@ -211,7 +211,7 @@ fn set_fields(b: &mut [u8], mode: u16, uid: u32, gid: u32, epoch: u64) {
 /// `offset` in `image` the owner and mode of its node in `tree`, and `epoch`
 /// as every timestamp. Every path of the image must be a node of the tree and
 /// every node a path of the image (mkfs's `lost+found` excepted).
-pub fn apply(image: &File, offset: u64, tree: &Tree, epoch: u64) -> Result<()> {
+pub(crate) fn apply(image: &File, offset: u64, tree: &Tree, epoch: u64) -> Result<()> {
     let fs = Fs::open(image, offset)?;
     let mut seen_inodes = HashSet::new();
     let mut paths = 0usize;

@@ -63,7 +63,7 @@ exec switch_root /newroot "$init"
 }
 
 /// Builds the initramfs tree in `work/initramfs` and writes it to `out`.
-pub fn write(recipe: &Recipe, rootfs: &Rootfs, work: &Path, out: &Path) -> Result<()> {
+pub(crate) fn write(recipe: &Recipe, rootfs: &Rootfs, work: &Path, out: &Path) -> Result<()> {
     let busybox = recipe.initramfs_busybox.as_ref().context("disk build without busybox input")?;
     let mut t = Tree::new(&work.join("initramfs"))?;
     let unpack = work.join("initramfs-busybox");

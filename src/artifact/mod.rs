@@ -22,11 +22,11 @@ use anyhow::{Context, Result};
 use std::path::Path;
 
 /// The iPXE script template, built into the binary (and into the input hash).
-pub const IPXE_TEMPLATE: &str = include_str!("../../pxe/boot.ipxe");
+pub(crate) const IPXE_TEMPLATE: &str = include_str!("../../pxe/boot.ipxe");
 
 /// A 16-byte identifier derived from the input hash and a purpose, shaped as
 /// an RFC 4122 version-4 UUID so tools accept it.
-pub fn derived_id(hash: &str, purpose: &str) -> [u8; 16] {
+pub(crate) fn derived_id(hash: &str, purpose: &str) -> [u8; 16] {
     use sha2::{Digest, Sha256};
     let d = Sha256::digest(format!("{hash}:{purpose}").as_bytes());
     let mut id = [0u8; 16];
@@ -36,7 +36,7 @@ pub fn derived_id(hash: &str, purpose: &str) -> [u8; 16] {
     id
 }
 
-pub fn uuid_string(id: [u8; 16]) -> String {
+pub(crate) fn uuid_string(id: [u8; 16]) -> String {
     let h = hex::encode(id);
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
@@ -49,7 +49,7 @@ fn root_partition_type(arch: Arch) -> &'static str {
 }
 
 /// Where [`produce`] writes.
-pub struct Places<'a> {
+pub(crate) struct Places<'a> {
     /// The entry being built: the artifacts.
     pub out: &'a Path,
     /// Intermediate files.
@@ -117,7 +117,7 @@ impl Job<'_> {
 
 /// Writes every format of `recipe` into `places.out`. Returns the artifacts
 /// in a fixed order.
-pub fn produce(
+pub(crate) fn produce(
     recipe: &Recipe,
     rootfs: &Rootfs,
     hash: &str,

@@ -18,7 +18,7 @@ use crate::config::lock::Lock;
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
-pub const FILE: &str = "sbom.spdx.json";
+pub(crate) const FILE: &str = "sbom.spdx.json";
 
 /// SPDX identifiers allow letters, digits, `.` and `-` only.
 fn spdx_id(i: usize, name: &str) -> String {
@@ -37,11 +37,11 @@ fn purl_part(s: &str) -> String {
 }
 
 /// Where dpkg keeps what it installed, in the image.
-pub const DPKG_STATUS: &str = "var/lib/dpkg/status";
+pub(crate) const DPKG_STATUS: &str = "var/lib/dpkg/status";
 
 /// A package as the image's dpkg database records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Installed {
+pub(crate) struct Installed {
     pub name: String,
     pub version: String,
     pub architecture: String,
@@ -55,7 +55,7 @@ pub struct Installed {
 
 /// The installed packages of a dpkg `status` file, in the lock's order,
 /// each one the package its lock line names (name, architecture, version).
-pub fn installed(status: &str, lock: &Lock) -> Result<Vec<Installed>> {
+pub(crate) fn installed(status: &str, lock: &Lock) -> Result<Vec<Installed>> {
     let paragraphs = crate::debian::deb822::parse(status).map_err(|e| anyhow::anyhow!("/{DPKG_STATUS}: {e}"))?;
     let mut found: Vec<Installed> = Vec::new();
     for p in &paragraphs {
@@ -104,7 +104,14 @@ pub fn installed(status: &str, lock: &Lock) -> Result<Vec<Installed>> {
     Ok(ordered)
 }
 
-pub fn document(entry: &str, profile: &str, hash: &str, epoch: u64, lock: &Lock, installed: &[Installed]) -> Value {
+pub(crate) fn document(
+    entry: &str,
+    profile: &str,
+    hash: &str,
+    epoch: u64,
+    lock: &Lock,
+    installed: &[Installed],
+) -> Value {
     let created =
         humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch)).to_string();
     let mut packages = vec![json!({

@@ -21,7 +21,7 @@ const MAX_SEGMENT: usize = 16 << 20;
 
 /// Writes the tarball and returns its artifact digest (hashed as it is
 /// written). `workers` threads compress; the bytes do not depend on how many.
-pub fn write(
+pub(crate) fn write(
     tree: &Tree,
     path: &Path,
     mtime: u64,
@@ -147,13 +147,13 @@ fn segments(tree: &Tree, mtime: u64, mut emit: impl FnMut(usize, Vec<u8>) -> io:
 /// `<store>/.cache/tar-frames/<hex>.zst`, least recently used dropped past a
 /// budget. A frame is written whole (a private temp file, renamed) or not at
 /// all, and one that cannot be read is compressed again.
-pub struct FrameCache {
+pub(crate) struct FrameCache {
     dir: PathBuf,
     budget: u64,
 }
 
 impl FrameCache {
-    pub fn new(dir: PathBuf, budget: u64) -> FrameCache {
+    pub(crate) fn new(dir: PathBuf, budget: u64) -> FrameCache {
         FrameCache { dir, budget }
     }
 
@@ -185,7 +185,7 @@ impl FrameCache {
     }
 
     /// Drops the least recently used frames until the cache fits its budget.
-    pub fn trim(&self) {
+    pub(crate) fn trim(&self) {
         let Ok(rd) = std::fs::read_dir(&self.dir) else { return };
         let mut frames: Vec<(std::time::SystemTime, u64, PathBuf)> = rd
             .flatten()

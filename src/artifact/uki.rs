@@ -16,13 +16,13 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// One section to add.
-pub struct Section {
+pub(crate) struct Section {
     /// `.linux`, `.initrd`, ...: at most 8 bytes.
     pub name: &'static str,
     pub data: SectionData,
 }
 
-pub enum SectionData {
+pub(crate) enum SectionData {
     Bytes(Vec<u8>),
     File(PathBuf),
 }
@@ -115,7 +115,7 @@ impl Pe {
 }
 
 /// Writes `stub` plus `sections` to `out`. Returns the file's size.
-pub fn write(stub: &[u8], sections: &[Section], out: &Path) -> Result<u64> {
+pub(crate) fn write(stub: &[u8], sections: &[Section], out: &Path) -> Result<u64> {
     let pe = Pe::parse(stub).context("reading the EFI stub")?;
     // A signed stub's signature would no longer match once sections are added.
     ensure!(!pe.signed(stub), "the stub is signed; use the unsigned linux*.efi.stub");
@@ -271,12 +271,12 @@ const MEASURED_SECTIONS: [&str; 7] = [".linux", ".osrel", ".cmdline", ".initrd",
 
 /// The boot phases `systemd-pcrphase` measures into PCR 11 after the stub,
 /// when the initrd and the image run systemd and the machine has a TPM.
-pub const BOOT_PHASES: [&str; 4] = ["enter-initrd", "leave-initrd", "sysinit", "ready"];
+pub(crate) const BOOT_PHASES: [&str; 4] = ["enter-initrd", "leave-initrd", "sysinit", "ready"];
 
 /// What PCR 11 will hold after the systemd stub in `uki` boots it, computed
 /// from the file's own section table (so it holds for any UKI, signed or
 /// not: the signature is outside the measured sections).
-pub fn pcr11(uki: &Path) -> Result<crate::model::manifest::Pcr11> {
+pub(crate) fn pcr11(uki: &Path) -> Result<crate::model::manifest::Pcr11> {
     use sha2::{Digest, Sha256};
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(uki).with_context(|| format!("opening {}", uki.display()))?;
@@ -330,7 +330,7 @@ pub fn pcr11(uki: &Path) -> Result<crate::model::manifest::Pcr11> {
 /// `/usr/lib/os-release`), or a minimal one, with `IMAGE_ID` and
 /// `IMAGE_VERSION` naming the profile and build so the boot menu and
 /// `/etc/os-release` readers can tell builds apart.
-pub fn os_release(image_os_release: Option<&str>, profile: &str, hash: &str) -> String {
+pub(crate) fn os_release(image_os_release: Option<&str>, profile: &str, hash: &str) -> String {
     let mut s: String = match image_os_release {
         Some(text) => text
             .lines()
@@ -344,7 +344,7 @@ pub fn os_release(image_os_release: Option<&str>, profile: &str, hash: &str) -> 
 }
 
 /// The sections a UKI carries, in systemd's order.
-pub fn sections(os_release: String, cmdline: &str, kernel: &Path, initrd: &Path) -> Vec<Section> {
+pub(crate) fn sections(os_release: String, cmdline: &str, kernel: &Path, initrd: &Path) -> Vec<Section> {
     vec![
         Section { name: ".osrel", data: SectionData::Bytes(os_release.into_bytes()) },
         Section { name: ".cmdline", data: SectionData::Bytes(cmdline.as_bytes().to_vec()) },

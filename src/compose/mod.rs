@@ -16,7 +16,7 @@ use crate::config::composition::{Action, Composition, Step};
 use crate::config::hardware::QemuSpec;
 use crate::model::{Arch, Firmware};
 use crate::qemu::{self, Accel, BootSource, Machine};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -89,7 +89,7 @@ impl std::fmt::Display for StepFailed {
 impl std::error::Error for StepFailed {}
 
 /// The MAC of machine `node` on network `net`: locally administered, stable.
-pub fn mac(net: usize, node: usize) -> String {
+pub(crate) fn mac(net: usize, node: usize) -> String {
     format!("52:54:00:{net:02x}:{:02x}:{:02x}", node >> 8, node & 0xff)
 }
 
@@ -107,7 +107,7 @@ pub enum Boot<'p> {
 }
 
 /// The MAC of machine `node`'s boot NIC (the slirp link).
-pub fn boot_mac(node: usize) -> String {
+pub(crate) fn boot_mac(node: usize) -> String {
     mac(0xff, node)
 }
 
@@ -230,16 +230,6 @@ impl<'a> Running<'a> {
     /// processes: `imgd compose exec`).
     pub fn doors(&self) -> &[Door] {
         &self.doors
-    }
-
-    /// The folder holding the consoles' logs.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn vm(&mut self, name: &str) -> Option<&mut Vm> {
-        let i = self.comp.nodes.iter().position(|n| n.name == name)?;
-        self.vms[i].as_mut()
     }
 
     /// Runs every step in order; the first that fails ends the run.
@@ -449,7 +439,7 @@ fn check(out: &vm::Output, cmd: &str, expect: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-pub fn describe(a: &Action) -> String {
+pub(crate) fn describe(a: &Action) -> String {
     match a {
         Action::Console(t) => format!("console {t:?}"),
         Action::Run { cmd, .. } => format!("run {cmd:?}"),
@@ -460,12 +450,4 @@ pub fn describe(a: &Action) -> String {
         Action::Kill => "kill".into(),
         Action::Start => "start".into(),
     }
-}
-
-/// Whether `name` exists at all, for a clearer error than a missing VM.
-pub fn require_node<'c>(comp: &'c Composition, name: &str) -> Result<&'c crate::config::composition::Node> {
-    comp.node(name).with_context(|| {
-        let names: Vec<&str> = comp.nodes.iter().map(|n| n.name.as_str()).collect();
-        format!("no machine `{name}` in {} (machines: {})", comp.path.display(), names.join(", "))
-    })
 }

@@ -77,20 +77,21 @@ impl Drop for Pcap {
 /// Pairs of machines (lower index first) whose links are cut.
 type Cuts = RwLock<BTreeSet<(usize, usize)>>;
 
-pub struct Switch {
+pub(crate) struct Switch {
     cuts: Arc<Cuts>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
-    /// Frames forwarded and frames dropped by a cut, over all networks.
-    pub forwarded: Arc<AtomicU64>,
-    pub dropped: Arc<AtomicU64>,
+    /// Frames forwarded and frames dropped by a cut, over all networks
+    /// (logged when the switch stops).
+    forwarded: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
 }
 
 /// (network, machine) -> its link.
-pub type Links = HashMap<(usize, usize), Link>;
+pub(crate) type Links = HashMap<(usize, usize), Link>;
 
 /// The socket paths of one VM's NIC on one network.
-pub struct Link {
+pub(crate) struct Link {
     /// imgd's end (qemu's `remote.path`).
     pub switch: PathBuf,
     /// qemu's end (its `local.path`).
@@ -101,7 +102,7 @@ impl Switch {
     /// Binds a port for each (network, machine) in `members` (machine
     /// indexes per network) under `dir`, and starts forwarding; with
     /// `pcap`, network N's frames are captured to `pcap[N]`.
-    pub fn start(dir: &Path, members: &[Vec<usize>], pcap: Option<&[PathBuf]>) -> Result<(Switch, Links)> {
+    pub(crate) fn start(dir: &Path, members: &[Vec<usize>], pcap: Option<&[PathBuf]>) -> Result<(Switch, Links)> {
         let cuts: Arc<Cuts> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let forwarded = Arc::new(AtomicU64::new(0));
@@ -135,7 +136,7 @@ impl Switch {
     }
 
     /// Cuts every link between machines of different groups.
-    pub fn partition(&self, groups: &[Vec<usize>]) {
+    pub(crate) fn partition(&self, groups: &[Vec<usize>]) {
         let mut cuts = self.cuts.write().unwrap_or_else(|e| e.into_inner());
         for (i, a) in groups.iter().enumerate() {
             for b in &groups[i + 1..] {
@@ -149,7 +150,7 @@ impl Switch {
     }
 
     /// Every link carries again.
-    pub fn heal(&self) {
+    pub(crate) fn heal(&self) {
         self.cuts.write().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
@@ -160,6 +161,11 @@ impl Drop for Switch {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        tracing::info!(
+            "switch: {} frames forwarded, {} dropped by cut links",
+            self.forwarded.load(Ordering::Relaxed),
+            self.dropped.load(Ordering::Relaxed)
+        );
     }
 }
 

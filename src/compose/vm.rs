@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// Console text kept in memory per machine (the log file has all of it).
 const KEEP_CONSOLE: usize = 4 << 20;
 
-pub struct Vm {
+pub(crate) struct Vm {
     pub name: String,
     child: Child,
     console: Arc<(Mutex<Console>, Condvar)>,
@@ -95,7 +95,7 @@ pub struct Output {
 
 impl Vm {
     /// Starts `cmd` (qemu with `-serial stdio`), logging the console to `log`.
-    pub fn start(name: &str, cmd: &Command, log: &Path, door: &Door) -> Result<Vm> {
+    pub(crate) fn start(name: &str, cmd: &Command, log: &Path, door: &Door) -> Result<Vm> {
         let mut cmd = crate::tools::guarded(cmd);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().context("cannot start qemu (apt-get install qemu-system-x86)")?;
@@ -110,7 +110,7 @@ impl Vm {
     }
 
     /// Waits for `text` anywhere on the console since boot.
-    pub fn wait_console(&self, text: &str, timeout: Duration) -> Result<()> {
+    pub(crate) fn wait_console(&self, text: &str, timeout: Duration) -> Result<()> {
         let (lock, cv) = &*self.console;
         let deadline = Instant::now() + timeout;
         let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -130,23 +130,23 @@ impl Vm {
     }
 
     /// The console's last `lines` lines.
-    pub fn tail(&self, lines: usize) -> String {
+    pub(crate) fn tail(&self, lines: usize) -> String {
         let c = self.console.0.lock().unwrap_or_else(|e| e.into_inner());
         let all: Vec<&str> = c.text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// Runs `script` with `sh` in the guest, at most `timeout`.
-    pub fn exec(&mut self, script: &str, timeout: Duration) -> Result<Output> {
+    pub(crate) fn exec(&mut self, script: &str, timeout: Duration) -> Result<Output> {
         self.shell.exec(script, timeout)
     }
 
-    pub fn running(&mut self) -> bool {
+    pub(crate) fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Stops qemu at once (a power cut, as `kill` steps want).
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.shell.forget();
@@ -154,12 +154,12 @@ impl Vm {
 }
 
 impl Agent {
-    pub fn new(name: &str, path: &Path) -> Agent {
+    pub(crate) fn new(name: &str, path: &Path) -> Agent {
         Agent { name: name.to_string(), path: path.to_path_buf(), conn: None, seq: 0 }
     }
 
     /// Runs `script` with `sh` in the guest, at most `timeout`.
-    pub fn exec(&mut self, script: &str, timeout: Duration) -> Result<Output> {
+    pub(crate) fn exec(&mut self, script: &str, timeout: Duration) -> Result<Output> {
         let deadline = Instant::now() + timeout;
         self.connect(deadline)?;
         let secs = timeout.as_secs().max(1);
@@ -245,7 +245,7 @@ pub struct Ssh {
 const MAX_SSH_OUTPUT: u64 = 4 << 20;
 
 impl Ssh {
-    pub fn exec(&mut self, script: &str, timeout: Duration) -> Result<Output> {
+    pub(crate) fn exec(&mut self, script: &str, timeout: Duration) -> Result<Output> {
         let deadline = Instant::now() + timeout;
         loop {
             let (status, text, ssh_said) = self.once(script, deadline)?;

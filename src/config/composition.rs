@@ -43,7 +43,7 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 /// At most this many nodes per role (a /24 holds 253 with room to spare).
-pub const MAX_COUNT: u32 = 250;
+pub(crate) const MAX_COUNT: u32 = 250;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq)]
@@ -203,7 +203,7 @@ impl Composition {
         Self::parse(path, &text, root, choices)
     }
 
-    pub fn parse(path: &Path, text: &str, root: &Path, choices: &Choices) -> Result<Composition, ConfigError> {
+    pub(crate) fn parse(path: &Path, text: &str, root: &Path, choices: &Choices) -> Result<Composition, ConfigError> {
         let mut table: Table = toml::from_str(text).map_err(|e| from_toml(path, text, &e))?;
         apply_choices(path, text, &mut table, choices)?;
         let file: FileToml = table.try_into().map_err(|e: toml::de::Error| {
@@ -219,10 +219,6 @@ impl Composition {
         let nodes = nodes(&roles, &networks, &at)?;
         let steps = steps(file.step, &nodes, &at, |i| locate_in(path, text, &format!("step[{i}]")).map_or(0, |p| p.0))?;
         Ok(Composition { path: path.to_path_buf(), networks, roles, nodes, steps })
-    }
-
-    pub fn node(&self, name: &str) -> Option<&Node> {
-        self.nodes.iter().find(|n| n.name == name)
     }
 
     /// The kernel arguments that give `node` its identity (see

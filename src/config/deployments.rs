@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 /// AWS regions as of late 2026 (commercial, GovCloud, China). A name not
 /// here is a typo far more often than a region newer than this imgd.
-pub const AWS_REGIONS: &[&str] = &[
+pub(crate) const AWS_REGIONS: &[&str] = &[
     "af-south-1",
     "ap-east-1",
     "ap-east-2",
@@ -114,7 +114,7 @@ impl DeploymentsFile {
         Self::parse(path, &text, root)
     }
 
-    pub fn parse(path: &Path, text: &str, root: &Path) -> Result<DeploymentsFile, ConfigError> {
+    pub(crate) fn parse(path: &Path, text: &str, root: &Path) -> Result<DeploymentsFile, ConfigError> {
         let file: FileToml = toml::from_str(text).map_err(|e| from_toml(path, text, &e))?;
         let err = |key: String, m: String| ConfigError::new(path, m).at(locate_in(path, text, &key)).key(key);
         if file.deployment.is_empty() {

@@ -48,7 +48,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// 1-based (line, column) of a byte offset in `text`.
-pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
@@ -61,7 +61,7 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 /// The toml crate reports the span of the offending value; the key is recovered
 /// from the text at that span (`key = value` on the same line) or from the
 /// message ("unknown field `x`").
-pub fn from_toml(file: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
+pub(crate) fn from_toml(file: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
     let message = err.message().trim().to_string();
     let pos = err.span().map(|s| line_col(text, s.start));
     let key = quoted_field(&message).or_else(|| {

@@ -25,8 +25,8 @@
 use crate::model::{Arch, Firmware};
 use serde::{Deserialize, Serialize};
 
-pub const DEFAULT_EFI_LOADER: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
-pub const DEFAULT_EFI_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+pub(crate) const DEFAULT_EFI_LOADER: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+pub(crate) const DEFAULT_EFI_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -30,7 +30,7 @@ const APPENDED_ARRAYS: &[&str] = &["files", "users"];
 
 /// Where a key was set: a file (with 1-based line and column) or a `--set`.
 #[derive(Debug, Clone)]
-pub struct Origin {
+pub(crate) struct Origin {
     pub file: PathBuf,
     pub pos: Option<(usize, usize)>,
 }
@@ -52,12 +52,12 @@ pub struct Origins {
 impl Origins {
     /// An error about profile `key`, pointing at the file and line that set it
     /// (or its nearest parent key; or the profile itself for a missing key).
-    pub fn profile_error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn profile_error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         let origin = nearest(&self.profile, key).unwrap_or(Origin { file: self.top.clone(), pos: None });
         ConfigError::new(origin.file, message).key(key).at(origin.pos)
     }
 
-    pub fn hardware_error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn hardware_error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         let pos = nearest(&self.hardware, key).and_then(|o| o.pos);
         ConfigError::new(&self.hardware_file, message).key(key).at(pos)
     }
@@ -88,11 +88,11 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    pub fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         self.origins.profile_error(key, message)
     }
 
-    pub fn hardware_error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn hardware_error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         self.origins.hardware_error(key, message)
     }
 }
@@ -177,7 +177,7 @@ fn parse_text<T: serde::de::DeserializeOwned>(
 
 /// Line and column of a dotted `key` (e.g. `group[1].selector`) in TOML
 /// text already read, or of its nearest parent that is there.
-pub fn locate_in(path: &Path, text: &str, key: &str) -> Option<(usize, usize)> {
+pub(crate) fn locate_in(path: &Path, text: &str, key: &str) -> Option<(usize, usize)> {
     let mut origins = BTreeMap::new();
     let t = DeTable::parse(text).ok()?;
     collect_origins(path, text, t.get_ref(), "", &mut origins);
@@ -192,7 +192,7 @@ fn looks_like_path(s: &str) -> bool {
     s.contains('/') || s.ends_with(".toml")
 }
 
-pub fn find_profile(root: &Path, arg: &str) -> Result<PathBuf, ConfigError> {
+pub(crate) fn find_profile(root: &Path, arg: &str) -> Result<PathBuf, ConfigError> {
     let direct = PathBuf::from(arg);
     if looks_like_path(arg) || direct.is_file() {
         return if direct.is_file() {

@@ -10,16 +10,16 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-pub const LOCK_VERSION: u32 = 1;
+pub(crate) const LOCK_VERSION: u32 = 1;
 
 /// Debian's archive keyring (package debian-archive-keyring): what a Debian
 /// base's index signature is checked with, unless the profile names its own.
-pub const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+pub(crate) const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
 /// A mirror URL as a profile or lock gives it, checked where it enters: it
 /// lands in the image's sources.list and a shell hook. The URL without its
 /// trailing `/`.
-pub fn checked_mirror_url(url: &str) -> Result<String> {
+pub(crate) fn checked_mirror_url(url: &str) -> Result<String> {
     let base = url.trim_end_matches('/').to_string();
     if !(base.starts_with("http://") || base.starts_with("https://") || base.starts_with("file:///")) {
         bail!("mirror `{url}`: expected an http://, https:// or file:/// URL");
@@ -116,7 +116,7 @@ impl Lock {
         Ok(lock)
     }
 
-    pub fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         if self.lock_version != LOCK_VERSION {
             bail!("lock_version {} (this imgd reads {LOCK_VERSION}): run `imgd lock` again", self.lock_version);
         }
@@ -163,7 +163,7 @@ impl Lock {
     }
 
     /// TOML with a header saying what made it.
-    pub fn to_toml(&self, profile: &str) -> Result<String> {
+    pub(crate) fn to_toml(&self, profile: &str) -> Result<String> {
         let body = toml::to_string(self)?;
         Ok(format!(
             "# The package set of {profile}'s Debian base, resolved by `imgd lock`\n\

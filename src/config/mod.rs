@@ -22,7 +22,7 @@ pub use resolve::{resolve, ResolveOptions};
 use std::path::Path;
 
 /// `SOURCE_DATE_EPOCH` from the environment, checked.
-pub fn env_epoch() -> Result<Option<u64>, ConfigError> {
+pub(crate) fn env_epoch() -> Result<Option<u64>, ConfigError> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) => v
             .trim()
@@ -44,7 +44,7 @@ pub fn recipe(
 }
 
 /// [`resolve`] a loaded profile with the usual settings.
-pub fn resolve_in(
+pub(crate) fn resolve_in(
     loaded: &Loaded,
     cache: &Path,
     formats: Option<Vec<crate::model::Format>>,

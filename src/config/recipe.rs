@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 
 /// Default timestamp of every file in an image when neither the profile nor
 /// `SOURCE_DATE_EPOCH` sets one: 2020-01-01T00:00:00Z (after 1980, for FAT).
-pub const DEFAULT_EPOCH: u64 = 1_577_836_800;
+pub(crate) const DEFAULT_EPOCH: u64 = 1_577_836_800;
 
 /// Where Debian's grub-pc-bin keeps GRUB for BIOS.
-pub const GRUB_I386_PC: &str = "/usr/lib/grub/i386-pc";
+pub(crate) const GRUB_I386_PC: &str = "/usr/lib/grub/i386-pc";
 
 /// An input file or tree, named by content. `path` is where it is on this machine.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -85,7 +85,7 @@ fn debian_name(s: &str) -> bool {
 /// The profile's Debian base with its lock, if the lock file exists. A lock
 /// that was resolved for another request (the profile changed since) is an
 /// error that says to run `imgd lock`.
-pub fn debian_base(l: &Loaded, arch: Arch, cache: &Path) -> Result<Option<DebianBase>, ConfigError> {
+pub(crate) fn debian_base(l: &Loaded, arch: Arch, cache: &Path) -> Result<Option<DebianBase>, ConfigError> {
     debian_base_with(l, arch, cache, true)
 }
 
@@ -261,7 +261,7 @@ pub(super) fn file_name(p: &Path) -> String {
 /// Finds `<pattern>_<version>_<arch>.deb` (or `_all.deb`) in the deb cache.
 /// `pattern` is a package name, globs allowed. With several versions of one
 /// package, the highest (by `dpkg --compare-versions`) wins.
-pub fn find_deb(cache: &Path, pattern: &str, arch: Arch) -> Result<PathBuf, String> {
+pub(crate) fn find_deb(cache: &Path, pattern: &str, arch: Arch) -> Result<PathBuf, String> {
     let pat = glob::Pattern::new(pattern).map_err(|e| format!("bad package pattern `{pattern}`: {e}"))?;
     let mut found: Vec<(String, String, PathBuf)> = Vec::new();
     let mut other_arch = Vec::new();
@@ -312,7 +312,7 @@ impl Recipe {
     }
 
     /// A bad-input error about `key` of the hardware file.
-    pub fn hardware_error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn hardware_error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         self.origins.hardware_error(key, message)
     }
 

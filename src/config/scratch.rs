@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where images with `[scratch]` carry the stage; the kernel (or the disk
 /// initramfs) starts it as init.
-pub const STAGE: &str = "/lib/imgd/scratch-init";
+pub(crate) const STAGE: &str = "/lib/imgd/scratch-init";
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -128,7 +128,7 @@ impl Filesystem {
     }
 
     /// The kernel module that mounts it.
-    pub fn module(self) -> &'static str {
+    pub(crate) fn module(self) -> &'static str {
         self.as_str()
     }
 }
@@ -162,12 +162,12 @@ pub struct Scratch {
 
 impl Scratch {
     /// Whether the machine needs md (mdadm) at all.
-    pub fn needs_md(&self) -> bool {
+    pub(crate) fn needs_md(&self) -> bool {
         self.layout == Layout::Raid0 && self.disks != Some(1)
     }
 
     /// The kernel modules the stage loads (with their dependencies).
-    pub fn modules(&self) -> Vec<String> {
+    pub(crate) fn modules(&self) -> Vec<String> {
         let mut m = vec![self.filesystem.module().to_string()];
         if self.needs_md() {
             m.extend(["md_mod".to_string(), "raid0".to_string()]);
@@ -176,7 +176,7 @@ impl Scratch {
     }
 
     /// The programs the stage runs beside busybox, by name.
-    pub fn programs(&self) -> Vec<&'static str> {
+    pub(crate) fn programs(&self) -> Vec<&'static str> {
         let mut p = vec![match self.filesystem {
             Filesystem::Ext4 => "mke2fs",
             Filesystem::Xfs => "mkfs.xfs",
@@ -189,7 +189,7 @@ impl Scratch {
 
     /// The Debian packages that hold `programs` and their libraries, for
     /// bases made of plain `.deb`s.
-    pub fn packages(&self) -> Vec<&'static str> {
+    pub(crate) fn packages(&self) -> Vec<&'static str> {
         let mut p = vec!["libc6"];
         match self.filesystem {
             Filesystem::Ext4 => p.extend(["e2fsprogs", "libext2fs2", "libcom-err2", "libblkid1", "libuuid1"]),

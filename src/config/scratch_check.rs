@@ -7,7 +7,7 @@ use super::load::Loaded;
 use super::scratch::{DiskCount, Filesystem, Layout, NoDisk, Scratch};
 
 /// Checks `[scratch]`.
-pub fn check(l: &Loaded, init: &str) -> Result<Option<Scratch>, ConfigError> {
+pub(crate) fn check(l: &Loaded, init: &str) -> Result<Option<Scratch>, ConfigError> {
     let Some(s) = &l.profile.scratch else { return Ok(None) };
     // The stage hands over to the profile's init by this path.
     let init_ok = init.starts_with('/') && init.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+@".contains(c));

@@ -14,7 +14,7 @@ use std::path::Path;
 
 /// The signed part of a suite's `InRelease`.
 #[derive(Debug, Clone)]
-pub struct Release {
+pub(crate) struct Release {
     pub suite: String,
     pub codename: String,
     /// `Date:` as the archive wrote it (RFC 2822, UTC).
@@ -25,7 +25,7 @@ pub struct Release {
 
 impl Release {
     /// Fetches `dists/<suite>/InRelease` and checks its signature with `keyring`.
-    pub fn fetch(mirror: &Mirror, suite: &str, keyring: &Path) -> Result<Release> {
+    pub(crate) fn fetch(mirror: &Mirror, suite: &str, keyring: &Path) -> Result<Release> {
         let raw = mirror.get(&format!("dists/{suite}/InRelease"))?;
         let signed = verify_clearsigned(&raw, keyring).with_context(|| {
             format!("{}: dists/{suite}/InRelease is not signed by a key in {}", mirror, keyring.display())
@@ -43,7 +43,7 @@ impl Release {
         Ok(release)
     }
 
-    pub fn parse(text: &str) -> Result<Release> {
+    pub(crate) fn parse(text: &str) -> Result<Release> {
         let paras = deb822::parse(text).map_err(anyhow::Error::msg)?;
         let p = paras.first().context("empty Release file")?;
         if let Some(until) = p.get("Valid-Until") {
@@ -77,7 +77,7 @@ impl Release {
 
     /// The `Packages` index of `component` for `arch`, checked against the
     /// signed checksum. Uncompressed or gzip, whichever the Release lists.
-    pub fn packages(&self, mirror: &Mirror, suite: &str, component: &str, arch: &str) -> Result<Index> {
+    pub(crate) fn packages(&self, mirror: &Mirror, suite: &str, component: &str, arch: &str) -> Result<Index> {
         let dir = format!("{component}/binary-{arch}");
         for (name, gz) in [("Packages.gz", true), ("Packages", false)] {
             let path = format!("{dir}/{name}");

@@ -9,19 +9,19 @@ use std::collections::HashMap;
 
 /// One paragraph; field names compare case-insensitively, as in Debian.
 #[derive(Debug, Default, Clone)]
-pub struct Paragraph {
+pub(crate) struct Paragraph {
     fields: HashMap<String, String>,
 }
 
 impl Paragraph {
-    pub fn get(&self, field: &str) -> Option<&str> {
+    pub(crate) fn get(&self, field: &str) -> Option<&str> {
         self.fields.get(&field.to_ascii_lowercase()).map(String::as_str)
     }
 }
 
 /// Every paragraph of `text`. A line that is neither a field nor a
 /// continuation is an error naming its line number.
-pub fn parse(text: &str) -> Result<Vec<Paragraph>, String> {
+pub(crate) fn parse(text: &str) -> Result<Vec<Paragraph>, String> {
     let mut out = Vec::new();
     let mut cur = Paragraph::default();
     let mut last: Option<String> = None;

@@ -54,7 +54,7 @@ impl Mirror {
     }
 
     /// The whole file at `path` (indexes: small enough to hold).
-    pub fn get(&self, path: &str) -> Result<Vec<u8>> {
+    pub(crate) fn get(&self, path: &str) -> Result<Vec<u8>> {
         let mut buf = Vec::new();
         self.open(path)?.read_to_end(&mut buf).with_context(|| format!("reading {}", self.url(path)))?;
         Ok(buf)
@@ -72,28 +72,28 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(dir: PathBuf) -> Pool {
+    pub(crate) fn new(dir: PathBuf) -> Pool {
         Pool { dir }
     }
 
-    pub fn path(&self, sha256: &str) -> PathBuf {
+    pub(crate) fn path(&self, sha256: &str) -> PathBuf {
         self.dir.join(format!("{sha256}.deb"))
     }
 
-    pub fn has(&self, sha256: &str) -> bool {
+    pub(crate) fn has(&self, sha256: &str) -> bool {
         self.path(sha256).is_file()
     }
 
     /// A new private folder in the pool's folder, for a download to land in
     /// before [`Pool::adopt`] checks it.
-    pub fn partial_dir(&self) -> Result<tempfile::TempDir> {
+    pub(crate) fn partial_dir(&self) -> Result<tempfile::TempDir> {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
         Ok(tempfile::Builder::new().prefix(PARTIAL).tempdir_in(&self.dir)?)
     }
 
     /// Keeps a downloaded file as `sha256` if it has that size and digest;
     /// else this is an error (and the caller's private folder goes with it).
-    pub fn adopt(&self, file: &std::path::Path, sha256: &str, size: u64) -> Result<PathBuf> {
+    pub(crate) fn adopt(&self, file: &std::path::Path, sha256: &str, size: u64) -> Result<PathBuf> {
         let got = std::fs::metadata(file)?.len();
         let actual = crate::hash::sha256_file(file)?;
         if got != size || actual != sha256 {
@@ -107,7 +107,7 @@ impl Pool {
 
     /// Removes downloads that a killed imgd left, an hour old or more (a
     /// running download is younger: it writes as it goes).
-    pub fn sweep_partial(&self) {
+    pub(crate) fn sweep_partial(&self) {
         let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
         for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < hour_ago);
@@ -119,7 +119,7 @@ impl Pool {
 
     /// Downloads `path` from `mirror` unless the pool has it; a download whose
     /// size or SHA-256 differs from what was locked is an error and is not kept.
-    pub fn fetch(&self, mirror: &Mirror, path: &str, sha256: &str, size: u64) -> Result<PathBuf> {
+    pub(crate) fn fetch(&self, mirror: &Mirror, path: &str, sha256: &str, size: u64) -> Result<PathBuf> {
         let dest = self.path(sha256);
         if dest.is_file() {
             return Ok(dest);

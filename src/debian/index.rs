@@ -39,7 +39,7 @@ pub enum Op {
 
 impl Package {
     /// The package as a lock file records it.
-    pub fn locked(&self) -> crate::config::lock::Locked {
+    pub(crate) fn locked(&self) -> crate::config::lock::Locked {
         crate::config::lock::Locked {
             name: self.name.clone(),
             version: self.version.to_string(),
@@ -52,7 +52,7 @@ impl Package {
 }
 
 impl Relation {
-    pub fn allows(&self, v: &Version) -> bool {
+    pub(crate) fn allows(&self, v: &Version) -> bool {
         match &self.constraint {
             None => true,
             Some((op, want)) => match op {
@@ -84,7 +84,7 @@ impl std::fmt::Display for Relation {
 }
 
 /// `a (>= 1) | b, c:any` -> [[a >= 1, b], [c]].
-pub fn parse_relations(s: &str) -> Result<Vec<Vec<Relation>>> {
+pub(crate) fn parse_relations(s: &str) -> Result<Vec<Vec<Relation>>> {
     let mut out = Vec::new();
     for group in s.split(',').map(str::trim).filter(|g| !g.is_empty()) {
         let mut alts = Vec::new();
@@ -139,7 +139,7 @@ pub struct Index {
 
 impl Index {
     /// Parses a `Packages` file of architecture `arch`.
-    pub fn parse(text: &str, arch: &str) -> Result<Index> {
+    pub(crate) fn parse(text: &str, arch: &str) -> Result<Index> {
         let mut index = Index::default();
         for p in deb82_paragraphs(text)? {
             let field = |f: &str| p.get(f).map(str::to_string);
@@ -208,7 +208,7 @@ impl Index {
     }
 
     /// Adds another component's packages (main + contrib, say).
-    pub fn merge(&mut self, other: Index) {
+    pub(crate) fn merge(&mut self, other: Index) {
         for (name, p) in other.packages {
             match self.packages.get(&name) {
                 Some(old) if old.version >= p.version => {}

@@ -37,7 +37,7 @@ pub fn resolve_lock(mirror_url: &str, keyring: &Path, request: &Request) -> Resu
 /// `--unlocked`: gives a Debian base that has no lock file the package set
 /// the mirror has today. The build's name still hashes that set, so it names
 /// what the image holds; it is just not pinned for next time.
-pub fn lock_now_if_unlocked(recipe: &mut crate::config::Recipe) -> Result<()> {
+pub(crate) fn lock_now_if_unlocked(recipe: &mut crate::config::Recipe) -> Result<()> {
     if let crate::config::recipe::Base::Debian(base) = &mut recipe.base {
         if base.lock.is_none() {
             tracing::warn!(

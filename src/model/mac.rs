@@ -76,12 +76,12 @@ impl<'de> Deserialize<'de> for Macs {
 }
 
 impl Macs {
-    pub fn contains(&self, mac: &Mac) -> bool {
+    pub(crate) fn contains(&self, mac: &Mac) -> bool {
         self.0.contains(mac)
     }
 
     /// Whether one machine could be in both lists.
-    pub fn overlaps(&self, other: &Macs) -> bool {
+    pub(crate) fn overlaps(&self, other: &Macs) -> bool {
         self.0.iter().any(|m| other.contains(m))
     }
 }

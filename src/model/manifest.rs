@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// A manifest larger than this is refused unread (real ones are a few KiB).
-pub const MAX_BYTES: u64 = 4 << 20;
+pub(crate) const MAX_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -106,7 +106,7 @@ pub enum ArtifactName {
 pub struct ArtifactFile(String);
 
 impl ArtifactFile {
-    pub fn new(name: &str) -> Result<ArtifactFile, String> {
+    pub(crate) fn new(name: &str) -> Result<ArtifactFile, String> {
         let ok = (1..=128).contains(&name.len())
             && !name.starts_with('.')
             && name != "manifest.json"
@@ -171,7 +171,7 @@ impl Manifest {
         Self::parse(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
-    pub fn parse(text: &[u8]) -> Result<Manifest> {
+    pub(crate) fn parse(text: &[u8]) -> Result<Manifest> {
         let m: Manifest = serde_json::from_slice(text)?;
         m.check()?;
         Ok(m)
@@ -199,7 +199,7 @@ impl Manifest {
     }
 
     /// Written to a temporary file, synced, then renamed.
-    pub fn write(&self, path: &Path) -> Result<()> {
+    pub(crate) fn write(&self, path: &Path) -> Result<()> {
         let mut text = serde_json::to_string_pretty(self)?;
         text.push('\n');
         crate::fsutil::write_atomic(path, text.as_bytes())
@@ -210,7 +210,7 @@ impl Manifest {
     }
 
     /// The artifact stored in `file`.
-    pub fn file(&self, file: &str) -> Option<&Artifact> {
+    pub(crate) fn file(&self, file: &str) -> Option<&Artifact> {
         self.artifacts.iter().find(|a| a.file.as_str() == file)
     }
 }

@@ -125,19 +125,19 @@ pub struct InputHash(String);
 checked_name!(InputHash);
 
 impl InputHash {
-    pub fn new(s: &str) -> Result<InputHash, BadName> {
+    pub(crate) fn new(s: &str) -> Result<InputHash, BadName> {
         lower_hex(s, 64)
             .then(|| InputHash(s.to_string()))
             .ok_or_else(|| BadName::new(s, "an input hash (64 hex digits)"))
     }
 
     /// The hash of inputs whose SHA-256 is `digest`.
-    pub fn of_sha256(digest: [u8; 32]) -> InputHash {
+    pub(crate) fn of_sha256(digest: [u8; 32]) -> InputHash {
         InputHash(hex::encode(digest))
     }
 
     /// The part entry names carry.
-    pub fn short(&self) -> &str {
+    pub(crate) fn short(&self) -> &str {
         &self.0[..NAME_HASH_LEN]
     }
 }
@@ -149,7 +149,7 @@ pub struct EntryName(String);
 checked_name!(EntryName);
 
 impl EntryName {
-    pub fn new(s: &str) -> Result<EntryName, BadName> {
+    pub(crate) fn new(s: &str) -> Result<EntryName, BadName> {
         let ok = s.split_once('-').is_some_and(|(h, profile)| lower_hex(h, NAME_HASH_LEN) && valid_name(profile));
         ok.then(|| EntryName(s.to_string())).ok_or_else(|| BadName::new(s, "an entry name (32 hex digits-profile)"))
     }
@@ -168,14 +168,14 @@ pub struct Blake3(String);
 checked_name!(Blake3);
 
 impl Blake3 {
-    pub fn new(s: &str) -> Result<Blake3, BadName> {
+    pub(crate) fn new(s: &str) -> Result<Blake3, BadName> {
         lower_hex(s, 64)
             .then(|| Blake3(s.to_string()))
             .ok_or_else(|| BadName::new(s, "a BLAKE3 digest (64 hex digits)"))
     }
 
     /// The digest of a whole file as read.
-    pub fn of_file(path: &std::path::Path) -> std::io::Result<Blake3> {
+    pub(crate) fn of_file(path: &std::path::Path) -> std::io::Result<Blake3> {
         Ok(crate::hash::ArtifactDigest::of_file(path)?.finish().into())
     }
 }

@@ -30,7 +30,8 @@ pub enum Format {
 }
 
 impl Format {
-    pub const ALL: [Format; 6] = [Format::Ipxe, Format::Raw, Format::Qcow2, Format::Vhd, Format::Tar, Format::Uki];
+    pub(crate) const ALL: [Format; 6] =
+        [Format::Ipxe, Format::Raw, Format::Qcow2, Format::Vhd, Format::Tar, Format::Uki];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -45,7 +46,7 @@ impl Format {
     }
 
     /// Disk formats are all made from the raw disk.
-    pub fn is_disk(self) -> bool {
+    pub(crate) fn is_disk(self) -> bool {
         matches!(self, Format::Raw | Format::Qcow2 | Format::Vhd)
     }
 }
@@ -76,7 +77,7 @@ pub enum Arch {
 
 impl Arch {
     /// Debian's name for the architecture, as in .deb file names.
-    pub fn debian(self) -> &'static str {
+    pub(crate) fn debian(self) -> &'static str {
         match self {
             Arch::X86_64 => "amd64",
             Arch::Aarch64 => "arm64",
@@ -89,7 +90,7 @@ impl Arch {
         }
     }
     /// The suffix of EFI binaries for this architecture (systemd-bootx64.efi).
-    pub fn efi_suffix(self) -> &'static str {
+    pub(crate) fn efi_suffix(self) -> &'static str {
         match self {
             Arch::X86_64 => "x64",
             Arch::Aarch64 => "aa64",
@@ -97,7 +98,7 @@ impl Arch {
     }
 
     /// The EFI removable-media loader path for this architecture.
-    pub fn efi_boot_file(self) -> &'static str {
+    pub(crate) fn efi_boot_file(self) -> &'static str {
         match self {
             Arch::X86_64 => "BOOTX64.EFI",
             Arch::Aarch64 => "BOOTAA64.EFI",

@@ -6,7 +6,7 @@ use crate::config::recipe::{FileContent, Recipe};
 use anyhow::{bail, Result};
 
 /// Directories every Linux root needs as mount points.
-pub fn skeleton(tree: &mut Tree) -> Result<()> {
+pub(crate) fn skeleton(tree: &mut Tree) -> Result<()> {
     for (d, mode) in [("/proc", 0o555), ("/sys", 0o555), ("/dev", 0o755), ("/run", 0o755), ("/tmp", 0o1777)] {
         if tree.get(d).is_none() {
             tree.add_dir(d, mode)?;
@@ -52,7 +52,7 @@ fn ssh_host_keys(tree: &mut Tree) -> Result<()> {
 
 /// What the kernel needs to start the image straight from an initramfs (the
 /// iPXE format): `/init`, and a console before devtmpfs is mounted.
-pub fn boot_entry(tree: &mut Tree, init: &str) -> Result<()> {
+pub(crate) fn boot_entry(tree: &mut Tree, init: &str) -> Result<()> {
     if tree.get("/dev/console").is_none() {
         tree.insert("/dev/console", super::tree::Node::new(Kind::Char(5, 1), 0o600))?;
     }
@@ -62,7 +62,7 @@ pub fn boot_entry(tree: &mut Tree, init: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn hostname(tree: &mut Tree, name: &str) -> Result<()> {
+pub(crate) fn hostname(tree: &mut Tree, name: &str) -> Result<()> {
     tree.add_bytes("/etc/hostname", format!("{name}\n").as_bytes(), 0o644)?;
     let hosts = format!("127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     tree.add_bytes("/etc/hosts", hosts.as_bytes(), 0o644)?;
@@ -86,7 +86,7 @@ fn ids(table: &str) -> Vec<(String, u32)> {
 
 /// Adds the profile's users: passwd, group (own group plus supplementary ones),
 /// a locked shadow entry (SSH keys only), home and authorized_keys.
-pub fn users(tree: &mut Tree, recipe: &Recipe) -> Result<()> {
+pub(crate) fn users(tree: &mut Tree, recipe: &Recipe) -> Result<()> {
     if recipe.users.is_empty() {
         return Ok(());
     }
@@ -165,7 +165,7 @@ fn owner(tree: &Tree, spec: &str) -> Option<(u32, u32)> {
     Some((lookup(u, "/etc/passwd")?, lookup(g, "/etc/group")?))
 }
 
-pub fn files(tree: &mut Tree, recipe: &Recipe) -> Result<()> {
+pub(crate) fn files(tree: &mut Tree, recipe: &Recipe) -> Result<()> {
     for (i, f) in recipe.files.iter().enumerate() {
         let rel = match &f.content {
             FileContent::Inline(s) => tree.add_bytes(&f.path, s.as_bytes(), f.mode.unwrap_or(0o644))?,
@@ -185,7 +185,7 @@ pub fn files(tree: &mut Tree, recipe: &Recipe) -> Result<()> {
 
 /// Enables systemd units the way `systemctl enable` does: a symlink in each
 /// target's `.wants` (or `.requires`) named in the unit's [Install] section.
-pub fn services(tree: &mut Tree, recipe: &Recipe) -> Result<()> {
+pub(crate) fn services(tree: &mut Tree, recipe: &Recipe) -> Result<()> {
     for (i, unit) in recipe.services.iter().enumerate() {
         // serial-getty@ttyS0.service is an instance of serial-getty@.service.
         let file_name = match unit.split_once('@') {

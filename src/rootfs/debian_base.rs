@@ -42,7 +42,7 @@ impl Cache {
 
 /// The name of a base: what was installed (by SHA-256), how, and the epoch
 /// its files are stamped with. The mirror is not part of it.
-pub fn base_key(lock: &Lock, epoch: u64) -> String {
+pub(crate) fn base_key(lock: &Lock, epoch: u64) -> String {
     let packages: Vec<(&str, &str)> = lock.packages.iter().map(|p| (p.name.as_str(), p.sha256.as_str())).collect();
     let input = serde_json::json!({
         "base": BASE_VERSION,
@@ -55,7 +55,7 @@ pub fn base_key(lock: &Lock, epoch: u64) -> String {
 }
 
 /// The remote cache's folder for pooled packages (`<prefix>/debian-pool/<sha256>.deb`).
-pub const REMOTE_POOL: &str = "debian-pool";
+pub(crate) const REMOTE_POOL: &str = "debian-pool";
 
 /// Puts every locked package in the pool: from the remote cache when it has
 /// it (checked by SHA-256 like anything else; a bad copy is skipped), else
@@ -141,7 +141,7 @@ pub struct FetchReport {
 /// The base's root filesystem as a `.tar.zst`, assembled now or found in the
 /// cache. `mirror` is where missing packages come from and what the image's
 /// sources.list names; `key` is its [`base_key`].
-pub fn base_tarball(
+pub(crate) fn base_tarball(
     lock: &Lock,
     cache: &Cache,
     mirror: &Mirror,
@@ -201,7 +201,7 @@ pub fn base_tarball(
 /// The base as a tree staged in `staging`. The tarball is unpacked once
 /// into the cache (`<key>.tree`: files and node table); every build links
 /// its files from there instead of writing 700 MB again.
-pub fn base_tree(
+pub(crate) fn base_tree(
     lock: &Lock,
     cache: &Cache,
     mirror: &Mirror,

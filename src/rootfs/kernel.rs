@@ -13,13 +13,13 @@ use std::path::{Path, PathBuf};
 /// A module a profile or hardware file names that the kernel does not have.
 #[derive(Debug, thiserror::Error)]
 #[error("module `{module}` is not in kernel {kernel} (neither a module nor built in)")]
-pub struct MissingModule {
+pub(crate) struct MissingModule {
     pub module: String,
     pub kernel: String,
 }
 
 /// A kernel ready to use: the image, and a modules directory with modules.dep.
-pub struct KernelParts {
+pub(crate) struct KernelParts {
     pub version: String,
     pub image: PathBuf,
     /// `.../lib/modules/<version>`, with modules.dep present.
@@ -32,7 +32,7 @@ pub struct KernelParts {
 }
 
 /// `kernel/fs/ext4/ext4.ko.xz` -> `ext4`; dashes count as underscores.
-pub fn module_name(rel: &str) -> String {
+pub(crate) fn module_name(rel: &str) -> String {
     let file = rel.rsplit('/').next().unwrap_or(rel);
     let stem = file.split(".ko").next().unwrap_or(file);
     stem.replace('-', "_")
@@ -41,7 +41,7 @@ pub fn module_name(rel: &str) -> String {
 impl KernelParts {
     /// Gets the kernel named by the recipe. `work` is scratch space; `base` is
     /// the root tree (for `from_base`).
-    pub fn obtain(recipe: &Recipe, base: &Tree, work: &Path) -> Result<KernelParts> {
+    pub(crate) fn obtain(recipe: &Recipe, base: &Tree, work: &Path) -> Result<KernelParts> {
         match &recipe.kernel {
             Kernel::Deb(deb) => {
                 let shelf = shelf(&recipe.cache);
@@ -122,13 +122,13 @@ impl KernelParts {
         Ok(parts)
     }
 
-    pub fn has_modules(&self) -> bool {
+    pub(crate) fn has_modules(&self) -> bool {
         !self.modules.is_empty()
     }
 
     /// The modules to load for `names`, dependencies first, as paths relative
     /// to the modules directory. Built-in modules need nothing.
-    pub fn closure(&self, names: &[String]) -> std::result::Result<Vec<String>, MissingModule> {
+    pub(crate) fn closure(&self, names: &[String]) -> std::result::Result<Vec<String>, MissingModule> {
         let mut order = Vec::new();
         let mut seen = BTreeSet::new();
         for name in names {
@@ -158,7 +158,7 @@ impl KernelParts {
     /// Copies `modules` (relative paths) and the kernel's module index inputs
     /// into `tree` under /lib/modules/<version>, then runs depmod there so the
     /// image's modprobe finds them.
-    pub fn install(&self, tree: &mut Tree, modules: &[String]) -> Result<()> {
+    pub(crate) fn install(&self, tree: &mut Tree, modules: &[String]) -> Result<()> {
         if modules.is_empty() {
             return Ok(());
         }

@@ -14,7 +14,7 @@ use kernel::KernelParts;
 use std::path::Path;
 use tree::Tree;
 
-pub struct Rootfs {
+pub(crate) struct Rootfs {
     pub tree: Tree,
     pub kernel: KernelParts,
     /// The hardware's modules and their dependencies, in load order, relative
@@ -23,7 +23,11 @@ pub struct Rootfs {
 }
 
 /// `remote`: the shared build cache, which also holds pooled Debian packages.
-pub fn assemble(recipe: &Recipe, work: &Path, remote: Option<&dyn crate::store::remote::Remote>) -> Result<Rootfs> {
+pub(crate) fn assemble(
+    recipe: &Recipe,
+    work: &Path,
+    remote: Option<&dyn crate::store::remote::Remote>,
+) -> Result<Rootfs> {
     let mut tree = Tree::new(&work.join("root"))?;
     match &recipe.base {
         Base::Debs(debs) => {

@@ -26,7 +26,7 @@ pub const PATH: &str = "/lib/imgd/node-init";
 const MODULES: &str = "/lib/imgd/modules";
 
 /// The script (an input of every build's hash: a change rebuilds).
-pub const SCRIPT: &str = r#"
+pub(crate) const SCRIPT: &str = r#"
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 bb=
@@ -121,7 +121,7 @@ exec "$next"
 
 /// Adds the stage when the image has a shell to run it (busybox's, or
 /// `/bin/sh`); an image without one cannot take part in a composition.
-pub fn install(tree: &mut Tree, boot_modules: &[String]) -> Result<bool> {
+pub(crate) fn install(tree: &mut Tree, boot_modules: &[String]) -> Result<bool> {
     let has = |p: &str| tree.get(p).is_some();
     let shell = if has("/bin/busybox") {
         "/bin/busybox sh"

@@ -21,7 +21,7 @@ use std::path::Path;
 /// The stage's body (an input of every build's hash: a change rebuilds).
 /// The header `install` writes above it sets mount, want, serial_glob,
 /// model_glob, min_bytes, layout, fs, none, binds and next.
-pub const SCRIPT: &str = include_str!("scratch-init.sh");
+pub(crate) const SCRIPT: &str = include_str!("scratch-init.sh");
 
 const BIN_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 const LIB_DIRS: [&str; 6] = [
@@ -35,7 +35,7 @@ const LIB_DIRS: [&str; 6] = [
 
 /// Adds the stage and, for a `.deb` base, its programs; checks that every
 /// program it runs is in the image.
-pub fn install(tree: &mut Tree, recipe: &Recipe, s: &Scratch, work: &Path) -> Result<()> {
+pub(crate) fn install(tree: &mut Tree, recipe: &Recipe, s: &Scratch, work: &Path) -> Result<()> {
     if matches!(recipe.base, Base::Debs(_)) {
         add_tools(tree, s, &recipe.scratch_tools, work)?;
     }

@@ -37,7 +37,7 @@ impl Node {
     }
 
     /// The full `st_mode`: file type bits and permissions.
-    pub fn st_mode(&self) -> u32 {
+    pub(crate) fn st_mode(&self) -> u32 {
         let t = match self.kind {
             Kind::Dir => 0o040000,
             Kind::File | Kind::Hardlink(_) => 0o100000,
@@ -72,7 +72,7 @@ impl Tree {
     /// Writes the node table beside the staging directory, so the tree can
     /// be reused with [`Tree::link_from`] (the staging directory must be
     /// `<dir>/root`).
-    pub fn save(&self, dir: &Path) -> io::Result<()> {
+    pub(crate) fn save(&self, dir: &Path) -> io::Result<()> {
         if self.staging != dir.join("root") {
             return Err(err(format!("{} is not {}/root", self.staging.display(), dir.display())));
         }
@@ -86,7 +86,7 @@ impl Tree {
     /// This is safe because the tree never writes into a file in place:
     /// [`Tree::insert`] unlinks what it replaces, and tools (depmod) write
     /// new files.
-    pub fn link_from(saved: &Path, staging: &Path) -> io::Result<Tree> {
+    pub(crate) fn link_from(saved: &Path, staging: &Path) -> io::Result<Tree> {
         let json = std::fs::read(saved.join("nodes.json"))?;
         let nodes: BTreeMap<String, Node> =
             serde_json::from_slice(&json).map_err(|e| err(format!("{}: {e}", saved.display())))?;
@@ -110,34 +110,30 @@ impl Tree {
         Ok(Tree { staging: staging.to_path_buf(), nodes })
     }
 
-    pub fn staging(&self) -> &Path {
+    pub(crate) fn staging(&self) -> &Path {
         &self.staging
     }
 
     /// Where a node's content is staged.
-    pub fn staged(&self, rel: &str) -> PathBuf {
+    pub(crate) fn staged(&self, rel: &str) -> PathBuf {
         self.staging.join(rel)
     }
 
-    pub fn nodes(&self) -> impl Iterator<Item = (&String, &Node)> {
+    pub(crate) fn nodes(&self) -> impl Iterator<Item = (&String, &Node)> {
         self.nodes.iter()
     }
 
     /// The node at a normalized key (as [`Tree::nodes`] lists them), without
     /// following symlinks.
-    pub fn node(&self, rel: &str) -> Option<&Node> {
+    pub(crate) fn node(&self, rel: &str) -> Option<&Node> {
         self.nodes.get(rel)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.nodes.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.nodes.len() <= 1
-    }
-
-    pub fn get(&self, path: &str) -> Option<&Node> {
+    pub(crate) fn get(&self, path: &str) -> Option<&Node> {
         self.nodes.get(&self.resolve(path, true).ok()?)
     }
 
@@ -202,7 +198,7 @@ impl Tree {
     }
 
     /// Removes `rel` (and, for a directory, everything under it).
-    pub fn remove(&mut self, rel: &str) -> io::Result<()> {
+    pub(crate) fn remove(&mut self, rel: &str) -> io::Result<()> {
         let Some(old) = self.nodes.remove(rel) else { return Ok(()) };
         let staged = self.staged(rel);
         if old.kind == Kind::Dir {
@@ -265,7 +261,7 @@ impl Tree {
         Ok(rel)
     }
 
-    pub fn add_copy(&mut self, path: &str, src: &Path, mode: u32) -> io::Result<String> {
+    pub(crate) fn add_copy(&mut self, path: &str, src: &Path, mode: u32) -> io::Result<String> {
         let rel = self.insert(path, Node::new(Kind::File, mode))?;
         std::fs::copy(src, self.staged(&rel))?;
         Ok(rel)
@@ -282,14 +278,8 @@ impl Tree {
         }
     }
 
-    pub fn set_mode(&mut self, rel: &str, mode: u32) {
-        if let Some(n) = self.nodes.get_mut(rel) {
-            n.mode = mode & 0o7777;
-        }
-    }
-
     /// The content of a regular file in the tree.
-    pub fn read(&self, path: &str) -> io::Result<Vec<u8>> {
+    pub(crate) fn read(&self, path: &str) -> io::Result<Vec<u8>> {
         let rel = self.resolve(path, true)?;
         match self.nodes.get(&rel).map(|n| &n.kind) {
             Some(Kind::File | Kind::Hardlink(_)) => std::fs::read(self.staged(&rel)),
@@ -298,7 +288,7 @@ impl Tree {
     }
 
     /// Registers a file that a tool (depmod) wrote into the staging directory.
-    pub fn adopt(&mut self, rel: &str) -> io::Result<()> {
+    pub(crate) fn adopt(&mut self, rel: &str) -> io::Result<()> {
         let md = std::fs::symlink_metadata(self.staged(rel))?;
         if md.is_file() && !self.nodes.contains_key(rel) {
             self.make_parents(rel)?;
@@ -308,7 +298,7 @@ impl Tree {
     }
 
     /// Sum of regular file sizes, for sizing disks.
-    pub fn content_bytes(&self) -> u64 {
+    pub(crate) fn content_bytes(&self) -> u64 {
         self.nodes
             .iter()
             .filter(|(_, n)| n.kind == Kind::File)
@@ -319,7 +309,7 @@ impl Tree {
 
     /// Unpacks a tar stream (plain; compression is the caller's job), keeping
     /// the archive's ownership, modes, links and device nodes.
-    pub fn extract_tar<R: Read>(&mut self, reader: R) -> io::Result<()> {
+    pub(crate) fn extract_tar<R: Read>(&mut self, reader: R) -> io::Result<()> {
         let mut archive = tar::Archive::new(reader);
         for entry in archive.entries()? {
             let mut entry = entry?;
@@ -356,12 +346,12 @@ impl Tree {
     }
 
     /// Unpacks the data of a Debian package (any compression dpkg-deb reads).
-    pub fn extract_deb(&mut self, deb: &Path) -> io::Result<()> {
+    pub(crate) fn extract_deb(&mut self, deb: &Path) -> io::Result<()> {
         crate::tools::read_deb_data(deb, |data| self.extract_tar(data))
     }
 
     /// Unpacks a .tar, .tar.gz or .tar.zst file (detected by its magic bytes).
-    pub fn extract_tarball(&mut self, path: &Path) -> io::Result<()> {
+    pub(crate) fn extract_tarball(&mut self, path: &Path) -> io::Result<()> {
         let mut f = std::fs::File::open(path)?;
         let mut magic = [0u8; 4];
         let n = f.read(&mut magic)?;
@@ -377,7 +367,7 @@ impl Tree {
     /// Copies a directory tree in, with its modes and ownership; files owned by
     /// the invoking user are taken as root's (a non-root user's checkout of a
     /// root filesystem).
-    pub fn import_dir(&mut self, src: &Path, at: &str) -> io::Result<()> {
+    pub(crate) fn import_dir(&mut self, src: &Path, at: &str) -> io::Result<()> {
         let me = rustix::process::geteuid().as_raw();
         let map = |id: u32| if id == me { 0 } else { id };
         let mut stack = vec![src.to_path_buf()];

@@ -154,7 +154,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// The client behind a chain of proxies: walking X-Forwarded-For from the
 /// right, the first address that is not a trusted proxy. Unparseable hops
 /// stop the walk (nothing left of them can be believed).
-pub fn forwarded_client(peer: IpAddr, xff: &[&str], trusted: &[IpNet]) -> IpAddr {
+pub(crate) fn forwarded_client(peer: IpAddr, xff: &[&str], trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     let peer = canonical(peer);
     if !is_trusted(&peer) {
@@ -225,7 +225,7 @@ impl Server {
 
     /// The one place that sees the hyper request: it becomes a client
     /// address and a typed route, and nothing below looks at it again.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub(crate) async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let client = self.client(peer.ip(), req.headers());
         let parsed = route::parse(req.method(), req.uri(), req.headers());
         let head = req.method() == Method::HEAD;

@@ -28,7 +28,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// The folder of signed copies, inside the store.
-pub const SIGNED_DIR: &str = ".signed";
+pub(crate) const SIGNED_DIR: &str = ".signed";
 
 pub struct Store {
     root: PathBuf,
@@ -43,19 +43,19 @@ pub struct Entry {
 }
 
 /// A build in progress: a private directory inside the store.
-pub struct Pending {
+pub(crate) struct Pending {
     pub dir: tempfile::TempDir,
     name: EntryName,
 }
 
 impl Pending {
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 }
 
 /// Holds the per-hash build lock until dropped.
-pub struct BuildLock {
+pub(crate) struct BuildLock {
     _file: File,
 }
 
@@ -73,7 +73,7 @@ impl Store {
 
     /// Where the signed copies of `entry` live (`.signed/<entry>/`, made by
     /// `crate::sign`): the store owns the folder, so gc removes it with the entry.
-    pub fn signed_dir(&self, entry: &str) -> PathBuf {
+    pub(crate) fn signed_dir(&self, entry: &str) -> PathBuf {
         self.root.join(SIGNED_DIR).join(entry)
     }
 
@@ -100,7 +100,7 @@ impl Store {
     }
 
     /// Blocks until no other process builds `hash`.
-    pub fn lock(&self, hash: &InputHash) -> Result<BuildLock> {
+    pub(crate) fn lock(&self, hash: &InputHash) -> Result<BuildLock> {
         let p = self.root.join(".locks").join(format!("{}.lock", hash.short()));
         let f = File::options().create(true).truncate(false).write(true).open(&p)?;
         f.lock().with_context(|| format!("locking {}", p.display()))?;
@@ -109,18 +109,18 @@ impl Store {
 
     /// A private folder for a build of `name` (hold its lock first): named
     /// after the entry, so `gc` can tell it belongs to a running build.
-    pub fn begin(&self, name: &EntryName) -> Result<Pending> {
+    pub(crate) fn begin(&self, name: &EntryName) -> Result<Pending> {
         let dir = tempfile::Builder::new().prefix(&format!("{name}.")).tempdir_in(self.root.join(".tmp"))?;
         Ok(Pending { dir, name: name.clone() })
     }
 
     /// Scratch space for a build of `name` (removed when dropped).
-    pub fn work_dir(&self, name: &EntryName) -> Result<tempfile::TempDir> {
+    pub(crate) fn work_dir(&self, name: &EntryName) -> Result<tempfile::TempDir> {
         Ok(tempfile::Builder::new().prefix(&format!("{name}.work.")).tempdir_in(self.root.join(".tmp"))?)
     }
 
     /// Writes the manifest, syncs everything and renames the entry into place.
-    pub fn commit(&self, pending: Pending, manifest: &Manifest) -> Result<Entry> {
+    pub(crate) fn commit(&self, pending: Pending, manifest: &Manifest) -> Result<Entry> {
         let dir = pending.dir.path();
         let mut names: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
         names.sort_by_key(|e| e.file_name());
@@ -183,7 +183,7 @@ impl Store {
     /// Removes the folders in `.tmp/` that no running build holds (killed
     /// builds' leftovers). `held` is the hash whose lock the caller holds
     /// itself: its folders are leftovers too. Returns what it removed.
-    pub fn sweep_tmp(&self, held: Option<&InputHash>) -> Result<Vec<String>> {
+    pub(crate) fn sweep_tmp(&self, held: Option<&InputHash>) -> Result<Vec<String>> {
         let mut removed = Vec::new();
         for e in std::fs::read_dir(self.root.join(".tmp"))? {
             let e = e?;
@@ -261,7 +261,7 @@ impl Store {
 
     /// Entries that running servers hand out; roots of servers that are gone
     /// are removed.
-    pub fn live_roots(&self) -> Result<std::collections::BTreeSet<EntryName>> {
+    pub(crate) fn live_roots(&self) -> Result<std::collections::BTreeSet<EntryName>> {
         let dir = self.root.join(".roots");
         let mut live = std::collections::BTreeSet::new();
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {

@@ -76,14 +76,14 @@ pub fn options(endpoint: Option<&str>, max_attempts: u32) -> imgd_aws::Options {
 
 /// An S3 build cache, reached through the AWS crate on a runtime of its own
 /// (builds are synchronous code).
-pub struct S3Cache {
+pub(crate) struct S3Cache {
     url: String,
     rt: tokio::runtime::Runtime,
     cache: imgd_aws::Cache,
 }
 
 impl S3Cache {
-    pub fn new(url: &str, endpoint: Option<&str>) -> Result<S3Cache, String> {
+    pub(crate) fn new(url: &str, endpoint: Option<&str>) -> Result<S3Cache, String> {
         let at: imgd_aws::Location = url.parse()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

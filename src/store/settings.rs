@@ -15,7 +15,7 @@ use std::path::Path;
 /// ```
 #[derive(serde::Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub cache: Option<toml::Spanned<String>>,
 }
 

@@ -43,7 +43,7 @@ impl IpxeSigning {
     /// Checks what can be checked without the clients: the certificate is
     /// one, allows code signing, and the key signs with it (a probe
     /// signature, verified). The error says which file is wrong.
-    pub fn check(key: PathBuf, cert: PathBuf, certs: Option<PathBuf>) -> Result<IpxeSigning> {
+    pub(crate) fn check(key: PathBuf, cert: PathBuf, certs: Option<PathBuf>) -> Result<IpxeSigning> {
         let cert_sha256 = crate::sign::cert_fingerprint(&cert)?;
         let eku = Command::new("openssl")
             .args(["x509", "-noout", "-ext", "extendedKeyUsage", "-in"])
@@ -114,12 +114,12 @@ pub struct Signer {
 }
 
 impl Signer {
-    pub fn new(signing: IpxeSigning) -> Signer {
+    pub(crate) fn new(signing: IpxeSigning) -> Signer {
         Signer { signing, scripts: Mutex::default(), files: Mutex::default() }
     }
 
     /// The signature of a rendered script.
-    pub async fn script(self: &Arc<Self>, text: &str) -> Result<Bytes> {
+    pub(crate) async fn script(self: &Arc<Self>, text: &str) -> Result<Bytes> {
         let key: [u8; 32] =
             sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(text.as_bytes())).into();
         if let Some(sig) = self.scripts.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
@@ -142,7 +142,7 @@ impl Signer {
     /// The signature of an immutable store file that its manifest says is
     /// `size` bytes: as for sending it, a plain file of that size or nothing
     /// (no symlink out of the store is ever signed).
-    pub async fn file(self: &Arc<Self>, path: PathBuf, size: u64) -> Result<Bytes> {
+    pub(crate) async fn file(self: &Arc<Self>, path: PathBuf, size: u64) -> Result<Bytes> {
         let cell = self.files.lock().unwrap_or_else(|p| p.into_inner()).entry(path.clone()).or_default().clone();
         let me = self.clone();
         let sig = cell

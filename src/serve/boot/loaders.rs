@@ -16,7 +16,7 @@ pub const DEBIAN_IPXE_DIR: &str = "/usr/lib/ipxe";
 
 /// A boot program, by what the firmware can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Loader {
+pub(crate) enum Loader {
     /// Legacy BIOS PXE: iPXE on top of the NIC's UNDI driver.
     BiosUndi,
     /// x86_64 UEFI: iPXE on top of the firmware's own network stack (SNP),
@@ -25,10 +25,10 @@ pub enum Loader {
 }
 
 impl Loader {
-    pub const ALL: [Loader; 2] = [Loader::BiosUndi, Loader::UefiSnp];
+    pub(crate) const ALL: [Loader; 2] = [Loader::BiosUndi, Loader::UefiSnp];
 
     /// The file name in Debian's package, and the name clients ask for.
-    pub fn file_name(self) -> &'static str {
+    pub(crate) fn file_name(self) -> &'static str {
         match self {
             Loader::BiosUndi => "undionly.kpxe",
             Loader::UefiSnp => "snponly.efi",
@@ -37,7 +37,7 @@ impl Loader {
 
     /// A name a client asked for, if it is one of ours: exact names only, so
     /// no path, case trick or traversal can name anything else.
-    pub fn from_name(name: &str) -> Option<Loader> {
+    pub(crate) fn from_name(name: &str) -> Option<Loader> {
         Loader::ALL.into_iter().find(|l| l.file_name() == name.trim_start_matches('/'))
     }
 }
@@ -63,7 +63,7 @@ impl Loaders {
         Ok(Loaders { bios_undi: read(Loader::BiosUndi)?, uefi_snp: read(Loader::UefiSnp)? })
     }
 
-    pub fn get(&self, l: Loader) -> Bytes {
+    pub(crate) fn get(&self, l: Loader) -> Bytes {
         match l {
             Loader::BiosUndi => self.bios_undi.clone(),
             Loader::UefiSnp => self.uefi_snp.clone(),

@@ -140,7 +140,7 @@ pub enum HttpBoot {
 impl Group {
     /// Whether a client at `ip` is one of this group's machines as far as
     /// its address says (the only part of a request that is not a claim).
-    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+    pub(crate) fn admits(&self, ip: std::net::IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.selector.source.is_empty() || self.selector.source.iter().any(|n| n.contains(&ip))
     }
@@ -165,7 +165,7 @@ pub struct Selector {
 impl Group {
     /// Its selector in a few words, for the status page:
     /// `mac 52:54:00:00:00:01 (+2), source 10.0.0.0/24`, or `default`.
-    pub fn selector_text(&self) -> String {
+    pub(crate) fn selector_text(&self) -> String {
         let sel = &self.selector;
         let mut parts = Vec::new();
         if let Some(m) = &sel.mac {
@@ -227,7 +227,7 @@ impl Claims {
 
 /// A booting machine: its claims, where it connects from, and its labels.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Machine {
+pub(crate) struct Machine {
     pub claims: Claims,
     pub source: Option<IpAddr>,
     pub labels: BTreeMap<String, String>,
@@ -242,7 +242,7 @@ fn eq_ci(a: &Option<String>, b: &Option<String>) -> bool {
 
 impl Selector {
     /// (identity selectors, other selectors): compared lexicographically.
-    pub fn specificity(&self) -> (usize, usize) {
+    pub(crate) fn specificity(&self) -> (usize, usize) {
         let words = self.words();
         let (identity, other) = words.split_at(IDENTITY_WORDS);
         let set = |words: &[&Option<String>]| words.iter().filter(|w| w.is_some()).count();
@@ -255,7 +255,7 @@ impl Selector {
         [&self.uuid, &self.hostname, &self.serial, &self.arch, &self.platform]
     }
 
-    pub fn matches(&self, m: &Machine) -> bool {
+    pub(crate) fn matches(&self, m: &Machine) -> bool {
         let exact = |want: &Option<String>, have: &Option<String>| want.is_none() || eq_ci(want, have);
         let mac_ok = match &self.mac {
             None => true,
@@ -423,7 +423,7 @@ impl MachinesFile {
     }
 
     /// The group for `m`: the most specific match, else the default.
-    pub fn select(&self, m: &Machine) -> Option<&Group> {
+    pub(crate) fn select(&self, m: &Machine) -> Option<&Group> {
         self.groups
             .iter()
             .filter(|g| !g.default && g.selector.matches(m))

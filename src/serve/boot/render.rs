@@ -1,21 +1,21 @@
 //! iPXE scripts rendered from the templates in `pxe/` (built into the binary).
 //! `{{name}}` is replaced; an unknown name is left as is so a typo shows.
 
-pub const MACHINE: &str = include_str!("../../../pxe/machine.ipxe");
-pub const CHAIN: &str = include_str!("../../../pxe/chain.ipxe");
-pub const UNKNOWN: &str = include_str!("../../../pxe/unknown.ipxe");
+pub(crate) const MACHINE: &str = include_str!("../../../pxe/machine.ipxe");
+pub(crate) const CHAIN: &str = include_str!("../../../pxe/chain.ipxe");
+pub(crate) const UNKNOWN: &str = include_str!("../../../pxe/unknown.ipxe");
 /// With `[ipxe_signing]`: the same steps, each fetched script and file
 /// checked with `imgverify` against its `.sig`.
-pub const MACHINE_SIGNED: &str = include_str!("../../../pxe/machine-signed.ipxe");
-pub const CHAIN_SIGNED: &str = include_str!("../../../pxe/chain-signed.ipxe");
-pub const UNKNOWN_SIGNED: &str = include_str!("../../../pxe/unknown-signed.ipxe");
+pub(crate) const MACHINE_SIGNED: &str = include_str!("../../../pxe/machine-signed.ipxe");
+pub(crate) const CHAIN_SIGNED: &str = include_str!("../../../pxe/chain-signed.ipxe");
+pub(crate) const UNKNOWN_SIGNED: &str = include_str!("../../../pxe/unknown-signed.ipxe");
 /// What a failed `imgverify` does in [`MACHINE_SIGNED`]: a group with
 /// `verify = true` refuses to boot; others boot on (an iPXE that verifies
 /// still refuses to run what it could not check).
-pub const ON_UNVERIFIED_REFUSE: &str = "goto refuse";
-pub const ON_UNVERIFIED_WARN: &str = "echo imgd: signature not checked";
+pub(crate) const ON_UNVERIFIED_REFUSE: &str = "goto refuse";
+pub(crate) const ON_UNVERIFIED_WARN: &str = "echo imgd: signature not checked";
 
-pub fn render(template: &str, vars: &[(&str, &str)]) -> String {
+pub(crate) fn render(template: &str, vars: &[(&str, &str)]) -> String {
     let mut out = String::with_capacity(template.len() + 256);
     let mut rest = template;
     while let Some(i) = rest.find("{{") {
@@ -43,7 +43,7 @@ pub fn render(template: &str, vars: &[(&str, &str)]) -> String {
 /// Makes a value safe inside an iPXE script line: printable ASCII only (no
 /// newline can end the line), and none of iPXE's special characters (`$`
 /// expansion, `#` comments, `||`/`&&` chains, quoting); each becomes `_`.
-pub fn ipxe_safe(s: &str) -> String {
+pub(crate) fn ipxe_safe(s: &str) -> String {
     s.chars()
         .filter(|c| !c.is_control())
         .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '_' })

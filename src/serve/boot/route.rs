@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 /// What a request asks for, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// `/boot.ipxe?LABELS`: the script that sends the machine's identity on.
     Chain {
         labels: Labels,
@@ -58,7 +58,7 @@ pub enum Route {
 
 impl Route {
     /// The endpoint label in metrics.
-    pub fn endpoint(&self) -> &'static str {
+    pub(crate) fn endpoint(&self) -> &'static str {
         match self {
             Route::Chain { .. } => "boot.ipxe",
             Route::Machine { .. } => "ipxe",
@@ -76,7 +76,7 @@ impl Route {
 
 /// Why a request has no route.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// Not GET or HEAD.
     Method,
     /// A path or query value that cannot be right; the message says which.
@@ -87,9 +87,7 @@ pub enum Refused {
 pub use super::machines::Claims;
 
 /// Extra query parameters (`/boot.ipxe?rack=12`), matched by `labels` selectors.
-pub type Labels = BTreeMap<String, String>;
-
-pub const IDENTITY_KEYS: [&str; 6] = ["mac", "uuid", "hostname", "serial", "arch", "platform"];
+pub(crate) type Labels = BTreeMap<String, String>;
 
 /// At most this many labels, and this long a value: a query is not a data store.
 const MAX_LABELS: usize = 32;
@@ -97,7 +95,7 @@ const MAX_VALUE: usize = 256;
 
 /// The route of a request: GET or HEAD, its path and query, and for an
 /// artifact its conditional and range headers.
-pub fn parse(method: &hyper::Method, uri: &hyper::Uri, headers: &HeaderMap) -> Result<Route, Refused> {
+pub(crate) fn parse(method: &hyper::Method, uri: &hyper::Uri, headers: &HeaderMap) -> Result<Route, Refused> {
     if method != hyper::Method::GET && method != hyper::Method::HEAD {
         return Err(Refused::Method);
     }
@@ -114,7 +112,7 @@ pub fn parse(method: &hyper::Method, uri: &hyper::Uri, headers: &HeaderMap) -> R
 }
 
 /// The route of a path and query.
-pub fn route(path: &str, query: Option<&str>) -> Result<Route, Refused> {
+pub(crate) fn route(path: &str, query: Option<&str>) -> Result<Route, Refused> {
     let seg = segments(path).ok_or_else(|| Refused::BadRequest("bad path".into()))?;
     let mut seg: Vec<&str> = seg.iter().map(String::as_str).collect();
     if let Some(last) = seg.last_mut().filter(|l| l.ends_with(".sig")) {
@@ -177,7 +175,7 @@ fn route_of(seg: &[&str], query: Option<&str>) -> Result<Route, Refused> {
 
 /// Splits a path into percent-decoded segments, refusing anything that could
 /// name another path once decoded (separators, dot segments, NUL, backslash).
-pub fn segments(path: &str) -> Option<Vec<String>> {
+pub(crate) fn segments(path: &str) -> Option<Vec<String>> {
     let mut out = Vec::new();
     for raw in path.split('/').skip(1) {
         let seg = percent_encoding::percent_decode_str(raw).decode_utf8().ok()?.into_owned();
@@ -195,7 +193,7 @@ pub fn segments(path: &str) -> Option<Vec<String>> {
 /// The query as identity claims and labels. An empty value is no claim
 /// (iPXE sends `hostname=` when it has none); a value of the wrong shape is
 /// a 400 naming the key.
-pub fn split_query(q: Option<&str>) -> Result<(Claims, Labels), Refused> {
+pub(crate) fn split_query(q: Option<&str>) -> Result<(Claims, Labels), Refused> {
     let bad = |k: &str, why: &str| Refused::BadRequest(format!("query parameter `{}`: {why}", k.escape_debug()));
     let mut claims = Claims::default();
     let mut labels = Labels::new();

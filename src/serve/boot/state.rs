@@ -73,16 +73,16 @@ pub struct State {
 }
 
 /// The files every boot needs; others (disks, tarballs) only where a group opts in.
-pub const BOOT_FILES: [ArtifactName; 3] = [ArtifactName::Kernel, ArtifactName::Initrd, ArtifactName::Script];
+pub(crate) const BOOT_FILES: [ArtifactName; 3] = [ArtifactName::Kernel, ArtifactName::Initrd, ArtifactName::Script];
 
 impl State {
-    pub fn group(&self, g: &Group) -> Option<&Target> {
+    pub(crate) fn group(&self, g: &Group) -> Option<&Target> {
         self.groups.get(&g.name)
     }
 
     /// The group that lets `client` download `art` of `entry` (`*` for
     /// `--serve-all`), if one does.
-    pub fn download_group(&self, client: IpAddr, entry: &str, art: &Artifact) -> Option<&str> {
+    pub(crate) fn download_group(&self, client: IpAddr, entry: &str, art: &Artifact) -> Option<&str> {
         if self.serve_all {
             return Some("*");
         }
@@ -98,7 +98,7 @@ impl State {
 
     /// The signed copy of `file` of `entry` made with the certificate whose
     /// fingerprint starts with `cert`, if a group that admits `client` hands it out.
-    pub fn signed_file(
+    pub(crate) fn signed_file(
         &self,
         client: IpAddr,
         entry: &str,
@@ -114,7 +114,7 @@ impl State {
     }
 
     /// Whether `client` may fetch profile `name`'s script.
-    pub fn may_boot_profile(&self, client: IpAddr, name: &str) -> bool {
+    pub(crate) fn may_boot_profile(&self, client: IpAddr, name: &str) -> bool {
         self.serve_all
             || self.machines.groups.iter().any(|g| {
                 self.groups.get(&g.name).is_some_and(|t| t.profile == name && t.entry.is_ok()) && g.admits(client)
@@ -308,17 +308,17 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
 pub struct Current(std::sync::RwLock<std::sync::Arc<State>>);
 
 impl Current {
-    pub fn new(state: State) -> Current {
+    pub(crate) fn new(state: State) -> Current {
         Current(std::sync::RwLock::new(std::sync::Arc::new(state)))
     }
 
-    pub fn get(&self) -> std::sync::Arc<State> {
+    pub(crate) fn get(&self) -> std::sync::Arc<State> {
         // A poisoned lock only means a writer panicked mid-swap of an Arc:
         // the value inside is still a whole state.
         self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn replace(&self, state: State) {
+    pub(crate) fn replace(&self, state: State) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(state);
     }
 }
@@ -326,7 +326,7 @@ impl Current {
 impl State {
     /// `imgd_group_stale`: 1 for each group booting an entry other than its
     /// profile's current build (Prometheus text format).
-    pub fn stale_metrics(&self) -> String {
+    pub(crate) fn stale_metrics(&self) -> String {
         use crate::serve::http::metrics::esc;
         use std::fmt::Write;
         let mut s = String::new();

@@ -35,12 +35,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 /// Chunk size: large enough for few syscalls, small enough that a client only
 /// holds little at once.
-pub const CHUNK: u64 = 128 * 1024;
+pub(crate) const CHUNK: u64 = 128 * 1024;
 
 /// What a reader gets, unshared, when the budget is held by other clients.
-pub const PIECE: u64 = 16 * 1024;
+pub(crate) const PIECE: u64 = 16 * 1024;
 
-pub type Key = (PathBuf, u64, u64, u64);
+pub(crate) type Key = (PathBuf, u64, u64, u64);
 
 pub struct ChunkCache {
     budget: usize,
@@ -88,7 +88,7 @@ impl Drop for Counted {
 }
 
 impl ChunkCache {
-    pub fn new(budget: usize) -> Self {
+    pub(crate) fn new(budget: usize) -> Self {
         ChunkCache {
             budget,
             live: Arc::default(),
@@ -99,17 +99,17 @@ impl ChunkCache {
         }
     }
 
-    pub fn key(path: &Path, md: &std::fs::Metadata) -> Key {
+    pub(crate) fn key(path: &Path, md: &std::fs::Metadata) -> Key {
         (path.to_path_buf(), md.dev(), md.ino(), md.len())
     }
 
     /// Bytes of chunk memory alive now (cached or being sent).
-    pub fn live_bytes(&self) -> usize {
+    pub(crate) fn live_bytes(&self) -> usize {
         self.live.load(Ordering::Relaxed)
     }
 
     /// Reads so far that got a piece because the budget was held.
-    pub fn pieces(&self) -> u64 {
+    pub(crate) fn pieces(&self) -> u64 {
         self.pieces.load(Ordering::Relaxed)
     }
 
@@ -120,7 +120,7 @@ impl ChunkCache {
 
     /// The outboard of `file` (`key`), which must hash to `blake3` (hex):
     /// made by reading the file once, then kept. Blocking.
-    pub fn outboard(&self, key: &Key, file: &std::fs::File, blake3: &str) -> std::io::Result<Arc<Outboard>> {
+    pub(crate) fn outboard(&self, key: &Key, file: &std::fs::File, blake3: &str) -> std::io::Result<Arc<Outboard>> {
         let slot = {
             let mut map = self.outboards.lock().unwrap_or_else(|p| p.into_inner());
             if map.len() >= KEEP_OUTBOARDS && !map.contains_key(key) {
@@ -149,12 +149,12 @@ impl ChunkCache {
 
     /// Whether `path` was found not to match its digest (by a read since
     /// start-up; `imgd verify` checks the whole store).
-    pub fn is_corrupt(&self, path: &Path) -> bool {
+    pub(crate) fn is_corrupt(&self, path: &Path) -> bool {
         self.corrupt.lock().unwrap_or_else(|p| p.into_inner()).contains(path)
     }
 
     /// The chunk if it is cached (never blocks on I/O).
-    pub fn cached(&self, key: &Key, index: u64) -> Option<Bytes> {
+    pub(crate) fn cached(&self, key: &Key, index: u64) -> Option<Bytes> {
         self.lock().map.get(&(key.clone(), index)).cloned()
     }
 
@@ -163,7 +163,13 @@ impl ChunkCache {
     /// of at most [`PIECE`] bytes read for this caller alone. Shorter at the
     /// end of the file. Either is checked against `outboard` first.
     /// Blocking: call it off the async workers.
-    pub fn read(&self, key: &Key, file: &std::fs::File, off: u64, outboard: &Outboard) -> std::io::Result<Bytes> {
+    pub(crate) fn read(
+        &self,
+        key: &Key,
+        file: &std::fs::File,
+        off: u64,
+        outboard: &Outboard,
+    ) -> std::io::Result<Bytes> {
         let size = key.3;
         let index = off / CHUNK;
         let start = index * CHUNK;

@@ -8,14 +8,14 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-pub struct IdleTimeout<T> {
+pub(crate) struct IdleTimeout<T> {
     inner: T,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
 }
 
 impl<T> IdleTimeout<T> {
-    pub fn new(inner: T, idle: Duration) -> Self {
+    pub(crate) fn new(inner: T, idle: Duration) -> Self {
         IdleTimeout { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)) }
     }
 

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 /// store scan (64), and a socket for each TFTP transfer the PXE side may
 /// run at once (128, `pxe::tftp::TFTP_MAX_TRANSFERS`), so HTTP keeps
 /// accepting whatever TFTP clients do.
-pub const RESERVED_FDS: u64 = 64 + 128;
+pub(crate) const RESERVED_FDS: u64 = 64 + 128;
 
 /// Raises the open-files limit to its hard limit and returns how many
 /// connections fit in it: each may hold a socket and an open artifact. With
@@ -60,7 +60,7 @@ async fn reject(mut stream: tokio::net::TcpStream, retry_after: u32) {
 
 /// The listener's limits, from `imgd serve`'s options.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub max_connections: usize,
     /// Seconds a client beyond the limit is told to wait.
     pub retry_after: u32,
@@ -177,7 +177,7 @@ fn start_connection<H, F>(
 /// Accepts connections until `shutdown` resolves, then stops accepting and
 /// waits for in-flight requests (downloads included) up to the drain
 /// deadline. `handle` answers each request; this room only carries it.
-pub async fn serve<H, F>(
+pub(crate) async fn serve<H, F>(
     listener: TcpListener,
     limits: Limits,
     metrics: Arc<Metrics>,

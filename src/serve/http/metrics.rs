@@ -32,11 +32,11 @@ struct Part {
 }
 
 impl Metrics {
-    pub fn request(&self, endpoint: &'static str, status: u16) {
+    pub(crate) fn request(&self, endpoint: &'static str, status: u16) {
         *self.requests.lock().unwrap_or_else(|p| p.into_inner()).entry((endpoint, status)).or_default() += 1;
     }
 
-    pub fn boot(&self, profile: &str, group: &str) {
+    pub(crate) fn boot(&self, profile: &str, group: &str) {
         *self
             .boots
             .lock()
@@ -47,7 +47,7 @@ impl Metrics {
 
     /// A proxyDHCP packet: `client` is its kind or `ignored`, `what` the
     /// reply (offer, ack) or why it got none.
-    pub fn dhcp(&self, client: &'static str, what: &'static str) {
+    pub(crate) fn dhcp(&self, client: &'static str, what: &'static str) {
         *self.dhcp.lock().unwrap_or_else(|p| p.into_inner()).entry((client, what)).or_default() += 1;
     }
 
@@ -57,7 +57,7 @@ impl Metrics {
     }
 
     /// `part` runs (again).
-    pub fn part_up(&self, part: &'static str) {
+    pub(crate) fn part_up(&self, part: &'static str) {
         let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
         let p = parts.entry(part).or_default();
         if p.down.take().is_some() {
@@ -66,17 +66,17 @@ impl Metrics {
     }
 
     /// `part` stopped, for `why`.
-    pub fn part_down(&self, part: &'static str, why: &str) {
+    pub(crate) fn part_down(&self, part: &'static str, why: &str) {
         self.parts.lock().unwrap_or_else(|p| p.into_inner()).entry(part).or_default().down = Some(why.to_string());
     }
 
     /// The parts that are down now, and why.
-    pub fn parts_down(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn parts_down(&self) -> Vec<(&'static str, String)> {
         self.parts().into_iter().filter_map(|(n, down, _)| Some((n, down?))).collect()
     }
 
     /// Every background part: name, why it is down (None: up), restarts.
-    pub fn parts(&self) -> Vec<(&'static str, Option<String>, u64)> {
+    pub(crate) fn parts(&self) -> Vec<(&'static str, Option<String>, u64)> {
         let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
         parts.iter().map(|(n, p)| (*n, p.down.clone(), p.restarts)).collect()
     }
@@ -103,7 +103,7 @@ impl Metrics {
 
     /// Everything counted, in the Prometheus text format, with `groups` (the
     /// boot room's own gauges, already rendered) after the boots.
-    pub fn render(&self, groups: &str, chunks: &super::chunks::ChunkCache) -> String {
+    pub(crate) fn render(&self, groups: &str, chunks: &super::chunks::ChunkCache) -> String {
         let mut s = String::new();
         s.push_str("# HELP imgd_http_requests_total HTTP requests by endpoint and status.\n");
         s.push_str("# TYPE imgd_http_requests_total counter\n");
@@ -186,6 +186,6 @@ impl Metrics {
 }
 
 /// A label value as the Prometheus text format wants it.
-pub fn esc(v: &str) -> String {
+pub(crate) fn esc(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

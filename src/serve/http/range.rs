@@ -1,10 +1,10 @@
 //! `Range: bytes=...` per RFC 9110 §14: what part of an artifact to send.
 
 /// Inclusive byte range.
-pub type Span = (u64, u64);
+pub(crate) type Span = (u64, u64);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ranges {
+pub(crate) enum Ranges {
     /// No (usable) Range header: send everything with 200.
     Full,
     /// One satisfiable range: 206 with Content-Range.
@@ -19,7 +19,7 @@ pub enum Ranges {
 /// Range, §14.2), so a client cannot make us send one file a thousand times.
 const MAX_RANGES: usize = 16;
 
-pub fn parse(header: Option<&str>, size: u64) -> Ranges {
+pub(crate) fn parse(header: Option<&str>, size: u64) -> Ranges {
     let Some(h) = header else { return Ranges::Full };
     let Some(spec) = h.trim().strip_prefix("bytes=") else { return Ranges::Full };
     let mut spans = Vec::new();

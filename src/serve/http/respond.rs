@@ -10,7 +10,7 @@ pub type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 /// What the request said about conditions and ranges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Conditions {
+pub(crate) struct Conditions {
     pub if_none_match: Option<String>,
     pub if_range: Option<String>,
     pub range: Option<String>,
@@ -18,7 +18,7 @@ pub struct Conditions {
 
 /// What is known of the file.
 #[derive(Debug, Clone)]
-pub struct FileMeta {
+pub(crate) struct FileMeta {
     pub size: u64,
     /// Quoted, e.g. `"9f2c…"` (the artifact's SHA-256).
     pub etag: String,
@@ -27,14 +27,14 @@ pub struct FileMeta {
 
 /// A piece of a body: literal bytes (multipart headers) or a region of the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Part {
+pub(crate) enum Part {
     Bytes(Bytes),
     /// Offset and length.
     Region(u64, u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// 304: the client has it.
     NotModified,
     /// 416 with `Content-Range: bytes */size`.
@@ -43,7 +43,7 @@ pub enum Decision {
     Send { status: u16, content_type: String, content_range: Option<String>, parts: Vec<Part>, len: u64 },
 }
 
-pub fn decide(meta: &FileMeta, c: &Conditions) -> Decision {
+pub(crate) fn decide(meta: &FileMeta, c: &Conditions) -> Decision {
     if let Some(inm) = &c.if_none_match {
         let hit = inm.split(',').map(|t| t.trim().trim_start_matches("W/")).any(|t| t == "*" || t == meta.etag);
         if hit {

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// An artifact opened for reading.
-pub struct Opened {
+pub(crate) struct Opened {
     file: Arc<std::fs::File>,
     key: Key,
     outboard: Arc<Outboard>,
@@ -27,7 +27,7 @@ pub struct Opened {
 /// Opens `path` without following symlinks and checks it is a regular file
 /// of `size` bytes whose BLAKE3 is `blake3` (what the manifest promises;
 /// the file is read once per process to make its outboard). Runs on the pool.
-pub async fn open(chunks: &Arc<ChunkCache>, path: PathBuf, size: u64, blake3: &str) -> std::io::Result<Opened> {
+pub(crate) async fn open(chunks: &Arc<ChunkCache>, path: PathBuf, size: u64, blake3: &str) -> std::io::Result<Opened> {
     let (chunks, blake3) = (chunks.clone(), blake3.to_string());
     tokio::task::spawn_blocking(move || {
         use std::os::unix::fs::OpenOptionsExt;
@@ -55,11 +55,11 @@ pub async fn open(chunks: &Arc<ChunkCache>, path: PathBuf, size: u64, blake3: &s
 }
 
 /// Told, when a body ends, the bytes it sent and whether it sent them all.
-pub type OnEnd = Box<dyn FnOnce(u64, bool) + Send + Sync>;
+pub(crate) type OnEnd = Box<dyn FnOnce(u64, bool) + Send + Sync>;
 
 /// A body that sends `parts` of the opened file through the shared `chunks`,
 /// counted in `metrics`; `on_end` hears how it ended.
-pub fn body(
+pub(crate) fn body(
     chunks: &Arc<ChunkCache>,
     metrics: &Arc<Metrics>,
     file: Opened,

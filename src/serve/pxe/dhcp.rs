@@ -24,7 +24,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// How a netbooting client asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Client {
+pub(crate) enum Client {
     /// iPXE, already running (user class `iPXE`).
     Ipxe,
     /// Firmware PXE on a legacy BIOS.
@@ -37,7 +37,7 @@ pub enum Client {
 
 impl Client {
     /// The label in metrics.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Client::Ipxe => "ipxe",
             Client::BiosPxe => "bios_pxe",
@@ -48,12 +48,12 @@ impl Client {
 }
 
 /// RFC 4578 architecture numbers for UEFI HTTP boot.
-pub const ARCH_X64_HTTP: u16 = 16;
-pub const ARCH_ARM64_HTTP: u16 = 19;
+pub(crate) const ARCH_X64_HTTP: u16 = 16;
+pub(crate) const ARCH_ARM64_HTTP: u16 = 19;
 
 /// A checked boot request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub(crate) struct Request {
     pub kind: MessageType,
     pub client: Client,
     /// RFC 4578 client architecture (option 93).
@@ -70,7 +70,7 @@ pub struct Request {
 
 /// Why a packet gets no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Ignored {
+pub(crate) enum Ignored {
     #[error("not a DHCP request: {0}")]
     Malformed(String),
     #[error("not a netboot client (no PXEClient/HTTPClient class with an architecture)")]
@@ -85,7 +85,7 @@ pub enum Ignored {
 
 impl Ignored {
     /// The reason label in metrics.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Ignored::Malformed(_) => "malformed",
             Ignored::NotNetboot => "not_netboot",
@@ -98,7 +98,7 @@ impl Ignored {
 
 /// What the client is told to boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BootFile {
+pub(crate) enum BootFile {
     /// A loader over TFTP from this server.
     Tftp(Loader),
     /// A URL the client fetches itself.
@@ -106,7 +106,7 @@ pub enum BootFile {
 }
 
 impl BootFile {
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         match self {
             BootFile::Tftp(l) => l.file_name().to_string(),
             BootFile::Url(u) => u.clone(),
@@ -140,7 +140,7 @@ fn check_header(bytes: &[u8]) -> Result<(), Ignored> {
 
 /// Parses and checks a packet from a client. A decoder panic (a bug, on a
 /// packet nobody foresaw) costs that packet only.
-pub fn parse(bytes: &[u8]) -> Result<Request, Ignored> {
+pub(crate) fn parse(bytes: &[u8]) -> Result<Request, Ignored> {
     check_header(bytes)?;
     let decoded = std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(bytes)))
         .map_err(|_| Ignored::Malformed("the DHCP decoder failed on it".into()))?;
@@ -207,7 +207,7 @@ pub fn parse(bytes: &[u8]) -> Result<Request, Ignored> {
 /// `uki` is the server path of the unified kernel image the machine's group
 /// gives UEFI HTTP boot firmware, if it gives one. None: nothing to boot
 /// (an arm64 HTTP client whose group has no UKI; there is no arm64 iPXE).
-pub fn boot_file(req: &Request, http: SocketAddrV4, uki: Option<&str>) -> Option<BootFile> {
+pub(crate) fn boot_file(req: &Request, http: SocketAddrV4, uki: Option<&str>) -> Option<BootFile> {
     Some(match (req.client, uki) {
         (Client::Ipxe, _) => BootFile::Url(format!("http://{http}/boot.ipxe")),
         (Client::BiosPxe, _) => BootFile::Tftp(Loader::BiosUndi),
@@ -223,7 +223,7 @@ pub fn boot_file(req: &Request, http: SocketAddrV4, uki: Option<&str>) -> Option
 /// The answer to `req` from `server` (this host's address on the client's
 /// segment): an OFFER to a DISCOVER on port 67, an ACK to a REQUEST on the
 /// PXE port 4011. No address is offered (yiaddr stays 0.0.0.0).
-pub fn reply(req: &Request, server: Ipv4Addr, boot: &BootFile) -> Vec<u8> {
+pub(crate) fn reply(req: &Request, server: Ipv4Addr, boot: &BootFile) -> Vec<u8> {
     let kind = if req.kind == MessageType::Discover { MessageType::Offer } else { MessageType::Ack };
     let mut m = Message::default();
     m.set_opcode(Opcode::BootReply)

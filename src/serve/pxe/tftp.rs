@@ -15,10 +15,10 @@ use std::time::Duration;
 /// Transfers at once over all clients: each holds a socket (a file
 /// descriptor) for as long as its client keeps it going, and
 /// `listener::RESERVED_FDS` keeps room for them beside HTTP.
-pub const TFTP_MAX_TRANSFERS: usize = 128;
+pub(crate) const TFTP_MAX_TRANSFERS: usize = 128;
 /// Transfers at once from one client address: firmware fetches one loader
 /// at a time, so more is a flood (one laptop must not take the service).
-pub const TFTP_MAX_PER_CLIENT: usize = 4;
+pub(crate) const TFTP_MAX_PER_CLIENT: usize = 4;
 const _: () = assert!(TFTP_MAX_TRANSFERS as u64 + 64 <= crate::serve::http::listener::RESERVED_FDS);
 
 /// Transfers in progress, in total and per client address.

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// How far a boot got, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Step {
+pub(crate) enum Step {
     Refused,
     /// proxyDHCP answered it (offer on 67 or ack on 4011).
     Offer,
@@ -58,7 +58,7 @@ impl Step {
 /// is one of a netboot server's larger allocations): a [`Mac`] not its
 /// text, group and entry names shared between rows, the history inline.
 #[derive(Debug, Clone, Serialize)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub mac: Option<Mac>,
     pub address: IpAddr,
     pub hostname: Option<Box<str>>,
@@ -85,7 +85,7 @@ pub struct Seen {
 
 /// A group, as the page's first table shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct GroupRow {
+pub(crate) struct GroupRow {
     pub name: String,
     /// Its selector in short (`mac 52:54:00:00:00:01 (+2)`, `default`).
     pub selector: String,
@@ -105,7 +105,7 @@ pub struct GroupRow {
 
 /// A part of the server and whether it runs.
 #[derive(Debug, Clone, Serialize)]
-pub struct PartRow {
+pub(crate) struct PartRow {
     pub name: String,
     pub up: bool,
     /// Why it is down (it is being started again).
@@ -115,14 +115,14 @@ pub struct PartRow {
 
 /// The last reload (SIGHUP, or a changed machines file): when, and its error.
 #[derive(Debug, Clone, Serialize)]
-pub struct Reload {
+pub(crate) struct Reload {
     pub at: u64,
     pub error: Option<String>,
 }
 
 /// What the page shows above the machines.
 #[derive(Debug, Clone, Serialize)]
-pub struct Overview {
+pub(crate) struct Overview {
     pub groups: Vec<GroupRow>,
     pub parts: Vec<PartRow>,
     pub reload: Option<Reload>,
@@ -170,7 +170,7 @@ const NAMES: usize = 4096;
 /// A boot's steps with when each was reached, inline (seconds since the
 /// epoch as `u32`: good until 2106).
 #[derive(Debug, Clone, Copy)]
-pub struct History {
+pub(crate) struct History {
     len: u8,
     steps: [(Step, u32); HISTORY],
 }
@@ -188,7 +188,7 @@ fn shared_name<S: serde::Serializer>(v: &Option<Arc<str>>, s: S) -> Result<S::Ok
 }
 
 impl History {
-    pub fn steps(&self) -> impl Iterator<Item = (Step, u64)> + '_ {
+    pub(crate) fn steps(&self) -> impl Iterator<Item = (Step, u64)> + '_ {
         self.steps[..usize::from(self.len)].iter().map(|&(s, t)| (s, u64::from(t)))
     }
 
@@ -228,7 +228,7 @@ pub(super) fn now() -> u64 {
 }
 
 impl Status {
-    pub fn new(cap: usize, stuck_after: Duration) -> Status {
+    pub(crate) fn new(cap: usize, stuck_after: Duration) -> Status {
         Status {
             cap: cap.max(1),
             stuck_after,
@@ -248,7 +248,7 @@ impl Status {
         *self.reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(Reload { at: now(), error });
     }
 
-    pub fn last_reload(&self) -> Option<Reload> {
+    pub(crate) fn last_reload(&self) -> Option<Reload> {
         self.reload.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -264,7 +264,7 @@ impl Status {
     }
 
     /// Per group: (boots in the last hour, machines of `rows` mid-boot).
-    pub fn group_counts(&self, rows: &[Seen]) -> HashMap<String, (usize, usize)> {
+    pub(crate) fn group_counts(&self, rows: &[Seen]) -> HashMap<String, (usize, usize)> {
         let hour_ago = now().saturating_sub(3600);
         let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
         for (g, q) in self.boots.lock().unwrap_or_else(|p| p.into_inner()).iter() {
@@ -279,7 +279,7 @@ impl Status {
     }
 
     /// A boot script was sent (`group`/`entry`), or refused (`refusal`).
-    pub fn script(
+    pub(crate) fn script(
         &self,
         mac: Option<Mac>,
         address: IpAddr,
@@ -336,7 +336,7 @@ impl Status {
     /// proxyDHCP answered `mac` (from `address` once it has one). A
     /// firmware's request starts a new boot; iPXE's, after its loader, is
     /// part of the one under way.
-    pub fn offer(&self, mac: Mac, address: Option<IpAddr>, firmware: bool) {
+    pub(crate) fn offer(&self, mac: Mac, address: Option<IpAddr>, firmware: bool) {
         let mut inner = self.lock();
         if let Some(a) = address {
             inner.point(a, Key::Mac(mac), self.cap);
@@ -357,7 +357,7 @@ impl Status {
 
     /// `mac`, already answered, will boot from `address` (what its DHCP
     /// REQUEST asked for). Other machines on the LAN are not noted.
-    pub fn address(&self, mac: Mac, address: IpAddr) {
+    pub(crate) fn address(&self, mac: Mac, address: IpAddr) {
         let mut inner = self.lock();
         if let Some(seen) = inner.machines.get_mut(&Key::Mac(mac)) {
             seen.address = address;
@@ -366,7 +366,7 @@ impl Status {
     }
 
     /// TFTP sent `address` a loader.
-    pub fn loader(&self, address: IpAddr) {
+    pub(crate) fn loader(&self, address: IpAddr) {
         let mut inner = self.lock();
         let key = inner.at.get(&address).copied().unwrap_or(Key::Address(address));
         inner.point(address, key, self.cap);
@@ -375,7 +375,7 @@ impl Status {
     }
 
     /// A boot file was asked for from `address`: `step` is what it is.
-    pub fn file(&self, address: IpAddr, group: &str, entry: &str, step: Step) {
+    pub(crate) fn file(&self, address: IpAddr, group: &str, entry: &str, step: Step) {
         let mut inner = self.lock();
         let key = inner.at.get(&address).copied().unwrap_or(Key::Address(address));
         // A UKI-only machine (UEFI HTTP boot) asks for nothing else: its
@@ -400,7 +400,7 @@ impl Status {
 
     /// A boot file's download ended: `bytes` sent, `whole` if all of it.
     /// The last file of a boot (initrd, or a UKI) sent whole is `done`.
-    pub fn sent(&self, address: IpAddr, step: Step, bytes: u64, whole: bool) {
+    pub(crate) fn sent(&self, address: IpAddr, step: Step, bytes: u64, whole: bool) {
         let mut inner = self.lock();
         let Some(key) = inner.at.get(&address).copied() else { return };
         let seen = inner.touch(key, address, self.cap);
@@ -412,7 +412,7 @@ impl Status {
 
     /// The table: stuck machines first, then by `sort` ("step": least far
     /// first; else most recently seen first).
-    pub fn table(&self, sort: Sort) -> Vec<Seen> {
+    pub(crate) fn table(&self, sort: Sort) -> Vec<Seen> {
         let t = now();
         let inner = self.lock();
         let mut rows: Vec<Seen> = inner
@@ -521,14 +521,14 @@ impl Inner {
 
 /// The table's order (`?sort=step` or `?sort=time`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Sort {
+pub(crate) enum Sort {
     Step,
     #[default]
     Time,
 }
 
 impl Sort {
-    pub fn parse(v: &str) -> Option<Sort> {
+    pub(crate) fn parse(v: &str) -> Option<Sort> {
         match v {
             "step" => Some(Sort::Step),
             "time" => Some(Sort::Time),

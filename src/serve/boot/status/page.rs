@@ -7,7 +7,7 @@ use serde::Serialize;
 use std::fmt::Write;
 
 /// `/status.json`.
-pub fn json(over: &Overview, rows: &[Seen]) -> String {
+pub(crate) fn json(over: &Overview, rows: &[Seen]) -> String {
     // Written straight from the rows, compact: a 10,000-machine table
     // through a `serde_json::Value` took ~100 ms and ~50 MiB at its peak.
     #[derive(Serialize)]
@@ -66,7 +66,7 @@ fn html_overview(s: &mut String, over: &Overview) {
 }
 
 /// `/status`: a plain table that refreshes itself every 5 s.
-pub fn html(over: &Overview, rows: &[Seen], sort: Sort) -> String {
+pub(crate) fn html(over: &Overview, rows: &[Seen], sort: Sort) -> String {
     let t = now();
     let stuck = rows.iter().filter(|r| r.stuck).count();
     let mut s = String::from(
@@ -118,7 +118,7 @@ fn steps(history: &History) -> String {
 
 /// Text as HTML shows it, inert: markup characters and quotes as entities,
 /// control characters dropped.
-pub fn escape(v: &str) -> String {
+pub(crate) fn escape(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for c in v.chars() {
         match c {

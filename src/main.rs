@@ -4,7 +4,6 @@
 mod cmd;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use imgd::config::ConfigError;
 
 #[derive(Parser, Debug)]
 #[command(name = "imgd", version, about = "Machine profiles to reproducible, bootable images: build, netboot, test.")]
@@ -115,9 +114,7 @@ fn main() {
         Command::Man => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map_err(Into::into),
     };
     if let Err(e) = result {
-        // A ConfigError anywhere in the chain means the user's input is wrong.
-        let bad_input = e.chain().any(|c| c.is::<ConfigError>());
         eprintln!("error: {e:#}");
-        std::process::exit(if bad_input { 2 } else { 1 });
+        std::process::exit(imgd::model::Kind::of(&e).exit_code());
     }
 }

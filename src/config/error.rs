@@ -1,51 +1,9 @@
 //! Errors in user input (profiles, hardware files, `--set`): they always name the
 //! file, the line and column where known, and the key, and map to exit code 2.
 
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// A mistake in the user's input. `imgd` exits with code 2 on this error.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The file the mistake is in, or a pseudo-source such as `--set`.
-    pub file: PathBuf,
-    /// 1-based line and column of the offending key or value, when known.
-    pub pos: Option<(usize, usize)>,
-    /// Dotted key, e.g. `disk.size` or `files[2].mode`.
-    pub key: Option<String>,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        ConfigError { file: file.into(), pos: None, key: None, message: message.into() }
-    }
-
-    pub fn key(mut self, key: impl Into<String>) -> Self {
-        self.key = Some(key.into());
-        self
-    }
-
-    pub fn at(mut self, pos: Option<(usize, usize)>) -> Self {
-        self.pos = pos;
-        self
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some((line, col)) = self.pos {
-            write!(f, ":{line}:{col}")?;
-        }
-        if let Some(key) = &self.key {
-            write!(f, ": key `{key}`")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use crate::model::error::ConfigError;
 
 /// 1-based (line, column) of a byte offset in `text`.
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {

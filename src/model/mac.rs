@@ -1,6 +1,7 @@
 //! MAC addresses: parsed once where they enter (a machines file, a DHCP
 //! packet), compared as bytes, shown one way (`52:54:00:ab:cd:ef`).
 
+use super::names::BadName;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 
@@ -9,11 +10,11 @@ use std::fmt;
 pub struct Mac(pub [u8; 6]);
 
 impl std::str::FromStr for Mac {
-    type Err = String;
+    type Err = BadName;
 
     /// Six hex pairs separated by `:` or `-` (one kind throughout), any case.
-    fn from_str(s: &str) -> Result<Mac, String> {
-        let bad = || format!("`{}` is not a MAC address (six hex pairs: 52:54:00:12:34:56)", s.escape_debug());
+    fn from_str(s: &str) -> Result<Mac, BadName> {
+        let bad = || BadName::new(s, "a MAC address (six hex pairs: 52:54:00:12:34:56)");
         let sep = if s.contains('-') { '-' } else { ':' };
         let parts: Vec<&str> = s.split(sep).collect();
         // Hex digits only: from_str_radix would take a sign ("+1").

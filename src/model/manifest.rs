@@ -19,7 +19,7 @@
 //!               ...the rest of the resolved profile, inputs by digest... } }
 //! ```
 
-use super::names::{Blake3, EntryName, InputHash};
+use super::names::{BadName, Blake3, EntryName, InputHash};
 use super::platform::{Arch, Firmware, Format};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -106,7 +106,7 @@ pub enum ArtifactName {
 pub struct ArtifactFile(String);
 
 impl ArtifactFile {
-    pub(crate) fn new(name: &str) -> Result<ArtifactFile, String> {
+    pub(crate) fn new(name: &str) -> Result<ArtifactFile, BadName> {
         let ok = (1..=128).contains(&name.len())
             && !name.starts_with('.')
             && name != "manifest.json"
@@ -114,7 +114,7 @@ impl ArtifactFile {
         if ok {
             Ok(ArtifactFile(name.to_string()))
         } else {
-            Err(format!("`{}` is not an artifact file name", name.escape_debug()))
+            Err(BadName::new(name, "an artifact file name"))
         }
     }
 

@@ -21,7 +21,7 @@ pub struct BadName {
 }
 
 impl BadName {
-    fn new(value: &str, what: &'static str) -> BadName {
+    pub(crate) fn new(value: &str, what: &'static str) -> BadName {
         BadName { value: value.chars().take(80).collect::<String>().escape_debug().to_string(), what }
     }
 }

@@ -42,7 +42,7 @@ fn machines(path: &Path) -> Result<Vec<Machine>, ConfigError> {
                     return Err(at(1, format!("`{}` is not a hostname", host.escape_debug())));
                 }
                 let col = line.find(mac).map_or(1, |c| c + 1);
-                let mac: Mac = mac.parse().map_err(|e: String| at(col, e))?;
+                let mac = mac.parse::<Mac>().map_err(|e| at(col, e.to_string()))?;
                 if let Some(m) = out.iter().find(|m| m.mac == mac || m.host == *host) {
                     return Err(at(1, format!("{} {} is listed twice (as {} {})", host, mac, m.host, m.mac)));
                 }

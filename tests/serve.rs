@@ -173,7 +173,7 @@ fn machines_get_the_most_specific_group_and_unknown_ones_retry() {
     let unknown = script(&["--interface", "127.0.0.5"], "mac=52-54-00-00-00-09&platform=pcbios&rack=7");
     assert!(unknown.contains("no group matches this machine") && unknown.contains("sleep 10"), "{unknown}");
     assert!(unknown.contains("chain --replace --autofree /boot.ipxe?rack=7"), "labels survive the retry: {unknown}");
-    assert!(s.log.lock().unwrap().contains("unknown machine: mac 52:54:00:00:00:09"), "logged");
+    s.wait_log("unknown machine: mac 52:54:00:00:00:09");
     // The chain script asks iPXE for every identity variable, escaped.
     let (_, _, chain) = curl(&[&format!("{}/boot.ipxe?rack=7", s.base)]);
     let chain = String::from_utf8(chain).unwrap();
@@ -481,8 +481,7 @@ fn build_flag_builds_missing_profiles_and_profile_urls_boot_them() {
         let body = String::from_utf8_lossy(&body);
         assert!(body.contains("group g cannot boot yet") && body.contains("sleep 10"), "{body}");
         assert!(!body.contains("not built") && !body.contains(&*store.to_string_lossy()), "{body}");
-        let log = s.log.lock().unwrap().clone();
-        assert!(log.contains("group g: profile hello is not built on this server"), "{log}");
+        s.wait_log("group g: profile hello is not built on this server");
     }
     let s = Serve::start(&store, &["--config", &conf, "--build"]);
     assert_eq!(entries(&store).len(), 1, "built at start-up");
@@ -601,6 +600,12 @@ fn hostile_query_values_never_reach_a_script_or_a_log_line() {
         let body = String::from_utf8_lossy(&body);
         assert_eq!(st, 400, "{q}: {body}");
         assert!(!body.contains("chain http://198.51.100.1") && !body.contains("forged line"), "{q}: {body}");
+    }
+    // Every refusal is logged (written by the log's own thread: wait for all six).
+    let end = Instant::now() + Duration::from_secs(10);
+    while s.log.lock().unwrap().matches("bad request").count() < 6 {
+        assert!(Instant::now() < end, "six refusals logged: {}", s.log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
     }
     let log = s.log.lock().unwrap().clone();
     assert!(!log.contains("\nimgd: forged line") && !log.contains("198.51.100.1"), "{log}");

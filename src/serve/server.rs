@@ -4,7 +4,7 @@
 //! connections lives in [`super::http::listener`].
 
 use super::boot::machines::Machine;
-use super::boot::render::{self, ipxe_safe, render};
+use super::boot::render::{self, ipxe_safe};
 use super::boot::route::{self, Claims, Labels, Refused, Route};
 use super::boot::state::{Current, State, Target};
 use super::boot::status::{self, Sort, Status, Step};
@@ -406,15 +406,15 @@ impl Server {
     /// extra query parameters (labels) passed through.
     fn chain(&self, state: &State, labels: &Labels) -> String {
         let labels = Self::label_query(labels, '&');
-        let template = if state.signer.is_some() { render::CHAIN_SIGNED } else { render::CHAIN };
-        render(template, &[("base", ""), ("labels", &labels)])
+        let template = if state.signer.is_some() { &render::CHAIN_SIGNED } else { &render::CHAIN };
+        template.render(&[("base", ""), ("labels", &labels)])
     }
 
     fn unknown(&self, state: &State, reason: &str, labels: &Labels) -> String {
         let query = Self::label_query(labels, '?');
         let retry = self.opts.retry_after.to_string();
-        let template = if state.signer.is_some() { render::UNKNOWN_SIGNED } else { render::UNKNOWN };
-        render(template, &[("reason", &ipxe_safe(reason)), ("retry", &retry), ("base", ""), ("query", &query)])
+        let template = if state.signer.is_some() { &render::UNKNOWN_SIGNED } else { &render::UNKNOWN };
+        template.render(&[("reason", &ipxe_safe(reason)), ("retry", &retry), ("base", ""), ("query", &query)])
     }
 
     /// The boot script of `target` for `group`: signed steps when the
@@ -464,8 +464,8 @@ impl Server {
         all.extend(named.iter().map(|(k, v)| (k.as_str(), *v)));
         // A signed script names no machine: it is the same for the whole
         // group, so one signature serves them all.
-        let template = if state.signer.is_some() { render::MACHINE_SIGNED } else { render::MACHINE };
-        Ok(render(template, &all))
+        let template = if state.signer.is_some() { &render::MACHINE_SIGNED } else { &render::MACHINE };
+        Ok(template.render(&all))
     }
 
     /// `/ipxe?mac=..`: the script for this machine's group, and what to

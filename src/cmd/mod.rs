@@ -65,7 +65,7 @@ impl StoreArgs {
     }
 
     pub fn open(&self) -> anyhow::Result<imgd::store::Store> {
-        imgd::store::Store::open(&self.dir())
+        Ok(imgd::store::Store::open(&self.dir())?)
     }
 }
 

@@ -23,9 +23,47 @@ pub mod settings;
 
 pub use crate::model::manifest::Manifest;
 use crate::model::{EntryName, InputHash, NAME_HASH_LEN};
-use anyhow::{Context, Result};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+
+/// Why a store operation failed: what it was doing, and on which path or
+/// entry. (The cause follows in the chain: `{:#}` prints both.)
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file or folder of the store could not be read, written or locked.
+    #[error("{doing} {}", path.display())]
+    Io {
+        doing: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An entry's manifest could not be read or written as imgd writes it.
+    #[error("the manifest of {entry}")]
+    Manifest {
+        entry: EntryName,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A GC root of this id is held by another running process.
+    #[error("GC root {id} is held by another process")]
+    RootHeld { id: String },
+    /// An entry was renamed into place and is not there when read back.
+    #[error("entry {0} vanished after commit")]
+    Vanished(EntryName),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Tags an I/O error with what was done to which path.
+fn io<'p>(doing: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> StoreError + 'p {
+    move |source| StoreError::Io { doing, path: path.to_path_buf(), source }
+}
+
+/// Tags a manifest's read or write error with its entry.
+fn manifest(entry: &EntryName) -> impl FnOnce(anyhow::Error) -> StoreError + '_ {
+    move |e| StoreError::Manifest { entry: entry.clone(), source: e.into() }
+}
 
 /// The folder of signed copies, inside the store.
 pub(crate) const SIGNED_DIR: &str = ".signed";
@@ -62,7 +100,7 @@ pub(crate) struct BuildLock {
 impl Store {
     pub fn open(root: &Path) -> Result<Store> {
         for d in [root.to_path_buf(), root.join(".tmp"), root.join(".locks")] {
-            std::fs::create_dir_all(&d).with_context(|| format!("creating store directory {}", d.display()))?;
+            std::fs::create_dir_all(&d).map_err(io("creating store directory", &d))?;
         }
         Ok(Store { root: root.to_path_buf() })
     }
@@ -81,9 +119,7 @@ impl Store {
     fn forget_signed(&self, entry: &str) -> Result<()> {
         let dir = self.signed_dir(entry);
         match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("removing {}", dir.display()))
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", &dir)(e)),
             _ => Ok(()),
         }
     }
@@ -95,52 +131,62 @@ impl Store {
         if !mpath.is_file() {
             return Ok(None);
         }
-        let manifest = Manifest::read(&mpath)?;
+        let manifest = Manifest::read(&mpath).map_err(manifest(name))?;
         Ok(Some(Entry { name: name.clone(), path, manifest }))
     }
 
     /// Blocks until no other process builds `hash`.
     pub(crate) fn lock(&self, hash: &InputHash) -> Result<BuildLock> {
         let p = self.root.join(".locks").join(format!("{}.lock", hash.short()));
-        let f = File::options().create(true).truncate(false).write(true).open(&p)?;
-        f.lock().with_context(|| format!("locking {}", p.display()))?;
+        let f = File::options().create(true).truncate(false).write(true).open(&p).map_err(io("opening", &p))?;
+        f.lock().map_err(io("locking", &p))?;
         Ok(BuildLock { _file: f })
     }
 
     /// A private folder for a build of `name` (hold its lock first): named
     /// after the entry, so `gc` can tell it belongs to a running build.
     pub(crate) fn begin(&self, name: &EntryName) -> Result<Pending> {
-        let dir = tempfile::Builder::new().prefix(&format!("{name}.")).tempdir_in(self.root.join(".tmp"))?;
+        let tmp = self.root.join(".tmp");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{name}."))
+            .tempdir_in(&tmp)
+            .map_err(io("making a folder in", &tmp))?;
         Ok(Pending { dir, name: name.clone() })
     }
 
     /// Scratch space for a build of `name` (removed when dropped).
     pub(crate) fn work_dir(&self, name: &EntryName) -> Result<tempfile::TempDir> {
-        Ok(tempfile::Builder::new().prefix(&format!("{name}.work.")).tempdir_in(self.root.join(".tmp"))?)
+        let tmp = self.root.join(".tmp");
+        tempfile::Builder::new()
+            .prefix(&format!("{name}.work."))
+            .tempdir_in(&tmp)
+            .map_err(io("making a folder in", &tmp))
     }
 
     /// Writes the manifest, syncs everything and renames the entry into place.
     pub(crate) fn commit(&self, pending: Pending, manifest: &Manifest) -> Result<Entry> {
         let dir = pending.dir.path();
-        let mut names: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+        let sync = |p: &Path| File::open(p).and_then(|f| f.sync_all()).map_err(io("syncing", p));
+        let listed: std::io::Result<Vec<_>> = std::fs::read_dir(dir).and_then(|d| d.collect());
+        let mut names = listed.map_err(io("listing", dir))?;
         names.sort_by_key(|e| e.file_name());
         for e in names {
-            File::open(e.path())?.sync_all()?;
+            sync(&e.path())?;
         }
-        manifest.write(&dir.join("manifest.json"))?;
-        File::open(dir)?.sync_all()?;
+        manifest.write(&dir.join("manifest.json")).map_err(self::manifest(&pending.name))?;
+        sync(dir)?;
         let dest = self.root.join(&pending.name);
         let tmp = pending.dir.keep();
-        std::fs::rename(&tmp, &dest).with_context(|| format!("moving build into {}", dest.display()))?;
-        File::open(&self.root)?.sync_all()?;
-        self.get(&pending.name)?.context("entry vanished after commit")
+        std::fs::rename(&tmp, &dest).map_err(io("moving the build into", &dest))?;
+        sync(&self.root)?;
+        self.get(&pending.name)?.ok_or_else(|| StoreError::Vanished(pending.name.clone()))
     }
 
     /// Every complete entry, oldest first.
     pub fn entries(&self) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
-        for e in std::fs::read_dir(&self.root)? {
-            let e = e?;
+        for e in std::fs::read_dir(&self.root).map_err(io("listing", &self.root))? {
+            let e = e.map_err(io("listing", &self.root))?;
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') {
                 continue;
@@ -152,7 +198,7 @@ impl Store {
             match self.get(&name) {
                 Ok(Some(entry)) => out.push(entry),
                 Ok(None) => {}
-                Err(err) => tracing::warn!("skipping {name}: {err:#}"),
+                Err(err) => tracing::warn!("skipping an entry: {err:#}"),
             }
         }
         out.sort_by(|a, b| (a.manifest.built_at, &a.name).cmp(&(b.manifest.built_at, &b.name)));
@@ -185,8 +231,9 @@ impl Store {
     /// itself: its folders are leftovers too. Returns what it removed.
     pub(crate) fn sweep_tmp(&self, held: Option<&InputHash>) -> Result<Vec<String>> {
         let mut removed = Vec::new();
-        for e in std::fs::read_dir(self.root.join(".tmp"))? {
-            let e = e?;
+        let tmp = self.root.join(".tmp");
+        for e in std::fs::read_dir(&tmp).map_err(io("listing", &tmp))? {
+            let e = e.map_err(io("listing", &tmp))?;
             let name = e.file_name().to_string_lossy().into_owned();
             // `<hash32>-<profile>.<random>` or `.work.<random>`, or a gc's `.gc`.
             let hash = name.split('-').next().unwrap_or("");
@@ -194,7 +241,7 @@ impl Store {
             if hash.len() == NAME_HASH_LEN && !mine && self.build_running(hash) {
                 continue;
             }
-            let is_dir = e.file_type()?.is_dir();
+            let is_dir = e.file_type().map_err(io("reading the type of", &e.path()))?.is_dir();
             let remove = || if is_dir { std::fs::remove_dir_all(e.path()) } else { std::fs::remove_file(e.path()) };
             // A tool a killed build started may still be finishing (the kernel
             // delivers its death signal, but not instantly): try again briefly.
@@ -241,8 +288,8 @@ impl Store {
                 // Rename out of the namespace first: a half-deleted entry must
                 // not look complete.
                 let trash = self.root.join(".tmp").join(format!("{}.gc", e.name));
-                std::fs::rename(&e.path, &trash)?;
-                std::fs::remove_dir_all(&trash)?;
+                std::fs::rename(&e.path, &trash).map_err(io("moving out of the store", &e.path))?;
+                std::fs::remove_dir_all(&trash).map_err(io("removing", &trash))?;
                 self.forget_signed(&e.name)?;
                 removed.push(e.name.to_string());
             }
@@ -254,8 +301,8 @@ impl Store {
     /// `.locks/gc.lock`: exclusive for gc, shared for a server choosing entries.
     pub fn gc_lock(&self, exclusive: bool) -> Result<File> {
         let p = self.root.join(".locks").join("gc.lock");
-        let f = File::options().create(true).truncate(false).write(true).open(&p)?;
-        if exclusive { f.lock() } else { f.lock_shared() }.with_context(|| format!("locking {}", p.display()))?;
+        let f = File::options().create(true).truncate(false).write(true).open(&p).map_err(io("opening", &p))?;
+        if exclusive { f.lock() } else { f.lock_shared() }.map_err(io("locking", &p))?;
         Ok(f)
     }
 
@@ -286,9 +333,11 @@ impl Store {
     /// Makes `names` a GC root for as long as the returned root lives.
     pub fn gc_root(&self, id: &str) -> Result<Root> {
         let dir = self.root.join(".roots");
-        std::fs::create_dir_all(&dir)?;
-        let lock = File::options().create(true).truncate(false).write(true).open(dir.join(format!("{id}.lock")))?;
-        lock.try_lock().with_context(|| format!("GC root {id} is held by another process"))?;
+        std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        let path = dir.join(format!("{id}.lock"));
+        let lock =
+            File::options().create(true).truncate(false).write(true).open(&path).map_err(io("opening", &path))?;
+        lock.try_lock().map_err(|_| StoreError::RootHeld { id: id.to_string() })?;
         Ok(Root { path: dir.join(format!("{id}.json")), _lock: lock })
     }
 }
@@ -301,7 +350,7 @@ pub struct Root {
 
 impl Root {
     /// Replaces the rooted entries (atomically: gc sees the old list or the new).
-    pub fn set(&self, names: &[EntryName]) -> Result<()> {
+    pub fn set(&self, names: &[EntryName]) -> anyhow::Result<()> {
         crate::fsutil::write_atomic(&self.path, &serde_json::to_vec(names)?)
     }
 }
@@ -309,5 +358,35 @@ impl Root {
 impl Drop for Root {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_say_what_failed_on_which_path_or_entry() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("not-a-folder");
+        std::fs::write(&file, "").unwrap();
+        let err = Store::open(&file.join("store")).err().unwrap();
+        assert!(
+            matches!(&err, StoreError::Io { doing: "creating store directory", path, .. } if path.starts_with(&file))
+        );
+        let shown = format!("{:#}", anyhow::Error::from(err));
+        assert!(shown.starts_with(&format!("creating store directory {}", file.display())), "{shown}");
+
+        let store = Store::open(&d.path().join("store")).unwrap();
+        let name = EntryName::new(&format!("{}-web", "0".repeat(NAME_HASH_LEN))).unwrap();
+        std::fs::create_dir_all(store.root().join(&*name)).unwrap();
+        std::fs::write(store.root().join(&*name).join("manifest.json"), "{ not json").unwrap();
+        let err = store.get(&name).err().unwrap();
+        assert!(matches!(&err, StoreError::Manifest { entry, .. } if *entry == name), "{err:?}");
+        assert!(format!("{:#}", anyhow::Error::from(err)).contains("manifest.json"));
+
+        let _root = store.gc_root("serve-1").unwrap();
+        let err = store.gc_root("serve-1").err().unwrap();
+        assert!(matches!(&err, StoreError::RootHeld { id } if id == "serve-1"), "{err:?}");
     }
 }

@@ -54,6 +54,14 @@ const AWS_LAYERS: &[&[&str]] = &[
     &["retry", "output", "model", "options", "error"],
 ];
 
+/// Pure files: the planners, a pure function of (observed, wanted), import
+/// only plain data and helpers, nothing that talks to AWS (module paths; a
+/// path allows everything below it).
+const AWS_PURE: Pure = &[
+    ("sync::plan", &["model", "output", "options", "error", "retry", "sync::request"]),
+    ("prune::plan", &["model", "output", "options", "error", "retry", "prune::request"]),
+];
+
 /// Rooms inside a top-level module, in the same top-to-bottom order: the
 /// netboot server's hall (`server`) joins the PXE room, which asks the boot
 /// room, which sends through the HTTP room.
@@ -75,6 +83,7 @@ struct Crate {
     files: Vec<File>,
     layers: Layers,
     rooms: Rooms,
+    pure: Pure,
 }
 
 fn root() -> PathBuf {
@@ -84,8 +93,9 @@ fn root() -> PathBuf {
 /// Every `.rs` file below `dir`, named by its module path from `root_file`.
 type Layers = &'static [&'static [&'static str]];
 type Rooms = &'static [(&'static str, Layers)];
+type Pure = &'static [(&'static str, &'static [&'static str])];
 
-fn load_crate(name: &'static str, dir: &Path, root_file: &str, layers: Layers, rooms: Rooms) -> Crate {
+fn load_crate(name: &'static str, dir: &Path, root_file: &str, layers: Layers, rooms: Rooms, pure: Pure) -> Crate {
     let mut paths = Vec::new();
     walk(dir, &mut paths);
     paths.sort();
@@ -124,7 +134,7 @@ fn load_crate(name: &'static str, dir: &Path, root_file: &str, layers: Layers, r
         kept.extend(more);
     }
     files.retain(|f| kept.contains(&f.module));
-    Crate { name, files, layers, rooms }
+    Crate { name, files, layers, rooms, pure }
 }
 
 fn child(parent: &[String], name: &str) -> Vec<String> {
@@ -610,6 +620,20 @@ fn problems(krate: &Crate) -> Vec<String> {
         }
     }
 
+    // Pure files import only what they are allowed.
+    for e in &es {
+        let from = krate.files[e.from].module.join("::");
+        let Some((_, allowed)) = krate.pure.iter().find(|(m, _)| *m == from) else { continue };
+        let to = &krate.files[e.to].module;
+        let ok = allowed.iter().any(|a| {
+            let a: Vec<&str> = a.split("::").collect();
+            to.len() >= a.len() && to.iter().zip(&a).all(|(x, y)| x == y)
+        });
+        if !ok {
+            out.push(format!("{}:{}: `{from}` is pure and imports `{}`", name(e.from), e.line, to.join("::")));
+        }
+    }
+
     // Long functions.
     for f in &krate.files {
         for (line, fn_name, len) in functions(&f.code) {
@@ -667,9 +691,9 @@ fn functions(code: &str) -> Vec<(usize, String, usize)> {
 fn crates() -> Vec<Crate> {
     let r = root();
     vec![
-        load_crate("imgd", &r.join("src"), "lib.rs", IMGD_LAYERS, IMGD_ROOMS),
-        load_crate("imgd (binary)", &r.join("src"), "main.rs", &[&["cmd"], &[""]], &[]),
-        load_crate("imgd-aws", &r.join("aws/src"), "lib.rs", AWS_LAYERS, &[]),
+        load_crate("imgd", &r.join("src"), "lib.rs", IMGD_LAYERS, IMGD_ROOMS, &[]),
+        load_crate("imgd (binary)", &r.join("src"), "main.rs", &[&["cmd"], &[""]], &[], &[]),
+        load_crate("imgd-aws", &r.join("aws/src"), "lib.rs", AWS_LAYERS, &[], AWS_PURE),
     ]
 }
 
@@ -719,6 +743,7 @@ fn the_checker_sees_cycles_upward_imports_and_long_functions() {
         ],
         layers: &[&["a"], &["b"]],
         rooms: &[],
+        pure: &[],
     };
     let found = problems(&krate);
     assert!(found.iter().any(|p| p.contains("file cycle") && p.contains("a.rs:1 -> b.rs")), "{found:?}");
@@ -736,8 +761,32 @@ fn the_checker_sees_cycles_upward_imports_and_long_functions() {
         ],
         layers: &[&["m"]],
         rooms: &[("m", &[&["hi"], &["lo"]])],
+        pure: &[],
     };
     let found = problems(&krate);
     assert!(found.iter().any(|p| p.contains("m/lo.rs:3: `m::lo` imports `m::hi`, a room above it")), "{found:?}");
     assert!(!found.iter().any(|p| p.contains("`m::hi` imports")), "a higher room may import a lower one: {found:?}");
+
+    // A pure planner importing what talks to AWS (and what it may import).
+    let krate = Crate {
+        name: "t",
+        files: vec![
+            file(&[], "pub mod ami; pub mod model; pub mod sync;"),
+            file(&["ami"], "pub fn find() {}"),
+            file(&["model"], "pub struct M;"),
+            file(&["sync"], "pub mod plan; pub mod request;"),
+            file(&["sync", "request"], "pub struct R;"),
+            file(
+                &["sync", "plan"],
+                "use crate::model::M;
+use super::request::R;
+fn f() { crate::ami::find() }",
+            ),
+        ],
+        layers: &[&["sync"], &["ami"], &["model"]],
+        rooms: &[],
+        pure: &[("sync::plan", &["model", "sync::request"])],
+    };
+    let found = problems(&krate);
+    assert_eq!(found, ["sync/plan.rs:3: `sync::plan` is pure and imports `ami`"], "{found:?}");
 }

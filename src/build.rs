@@ -10,13 +10,59 @@
 
 use crate::artifact;
 use crate::config::Recipe;
+use crate::fsutil::IoAt;
 use crate::model::{Blake3, EntryName, InputHash};
 use crate::progress::Progress;
 use crate::store::remote::Remote;
 use crate::store::{Entry, Manifest, Store};
-use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
+
+/// What can stop the pipeline, each from the step it was in.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The profile or hardware file is wrong (exit code 2).
+    #[error("resolving the profile")]
+    Config(#[source] crate::model::ConfigError),
+    #[error(transparent)]
+    Debian(#[from] crate::debian::DebianError),
+    #[error(transparent)]
+    Name(#[from] crate::model::BadName),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Io(#[from] crate::fsutil::IoError),
+    #[error("assembling the root filesystem")]
+    Rootfs(#[source] crate::rootfs::RootfsError),
+    #[error(transparent)]
+    Artifact(#[from] artifact::ArtifactError),
+    /// Measuring a UKI for its PCR 11 value (`what`: which UKI).
+    #[error("measuring {what} as its stub will")]
+    Measure {
+        what: &'static str,
+        #[source]
+        source: artifact::ArtifactError,
+    },
+    #[error(transparent)]
+    Sign(#[from] crate::sign::SignError),
+    #[error(transparent)]
+    Remote(#[from] crate::store::remote::RemoteError),
+    #[error(transparent)]
+    Manifest(#[from] crate::model::manifest::ManifestError),
+    #[error("recording the recipe in the manifest")]
+    Record(#[source] serde_json::Error),
+    /// An entry from the remote cache that is not what its name says.
+    #[error("{0}")]
+    Fetched(String),
+}
+
+impl From<crate::model::ConfigError> for BuildError {
+    fn from(e: crate::model::ConfigError) -> Self {
+        BuildError::Config(e)
+    }
+}
+
+type Result<T, E = BuildError> = std::result::Result<T, E>;
 
 /// Bumped whenever the builder's output for the same inputs changes (its
 /// files, or the manifest: `layout-2` names artifacts by BLAKE3, `layout-3`
@@ -141,7 +187,7 @@ fn find_or_build(
     match store.sweep_tmp(Some(&hash)) {
         Ok(gone) if !gone.is_empty() => tracing::info!("removed {} folder(s) killed builds left", gone.len()),
         Ok(_) => {}
-        Err(e) => tracing::warn!("cannot sweep the store's .tmp: {e:#}"),
+        Err(e) => tracing::warn!("cannot sweep the store's .tmp: {}", crate::model::Chain(&e)),
     }
     let mut bad_copy = false;
     if let Some(r) = remote {
@@ -153,7 +199,7 @@ fn find_or_build(
             }
             Ok(None) => step.done(),
             Err(e) => {
-                tracing::warn!("{name} from {}: {e:#}; building here", r.url());
+                tracing::warn!("{name} from {}: {}; building here", r.url(), crate::model::Chain(&e));
                 bad_copy = true;
             }
         }
@@ -162,7 +208,7 @@ fn find_or_build(
     let work = store.work_dir(&name)?;
 
     let step = progress.step(&format!("root filesystem for {}", recipe.name));
-    let rootfs = crate::rootfs::assemble(recipe, work.path(), remote).context("assembling the root filesystem")?;
+    let rootfs = crate::rootfs::assemble(recipe, work.path(), remote).map_err(BuildError::Rootfs)?;
     step.done();
     // Kept in the store, which holds what it is for; ~200 MB per Debian base.
     let frames = artifact::tarball::FrameCache::new(store.root().join(".cache/tar-frames"), 1 << 30);
@@ -184,14 +230,18 @@ fn find_or_build(
         pcr11: pcr11(pending.path(), &artifacts)?,
         disk_pcr11: disk_pcr11(pending.path(), &artifacts, &recipe.name, recipe.firmware)?,
         artifacts,
-        recipe: recipe.record()?,
+        recipe: recipe.record().map_err(BuildError::Record)?,
     };
     let entry = store.commit(pending, &manifest)?;
     if let Some(r) = remote {
         let step = progress.step(&format!("sharing {name} with {}", r.url()));
         match r.push(&entry, bad_copy) {
             Ok(()) => step.done(),
-            Err(e) => tracing::warn!("could not share {name} with {} ({e:#}); the local build is fine", r.url()),
+            Err(e) => tracing::warn!(
+                "could not share {name} with {} ({}); the local build is fine",
+                r.url(),
+                crate::model::Chain(&e)
+            ),
         }
     }
     Ok((entry, Outcome::Built))
@@ -229,16 +279,21 @@ fn fetch(store: &Store, remote: &dyn Remote, name: &EntryName, hash: &InputHash)
     }
     let manifest = Manifest::read(&fetched)?;
     if &manifest.hash != hash || &manifest.name != name {
-        anyhow::bail!("its manifest names {} ({}), not {name}", manifest.name, manifest.hash);
+        return Err(BuildError::Fetched(format!(
+            "its manifest names {} ({}), not {name}",
+            manifest.name, manifest.hash
+        )));
     }
     for a in &manifest.artifacts {
         let path = pending.path().join(a.file.as_str());
         if !remote.get(name, a.file.as_str(), &path, a.size)? {
-            anyhow::bail!("{} is missing although the manifest lists it", a.file);
+            return Err(BuildError::Fetched(format!("{} is missing although the manifest lists it", a.file)));
         }
-        let (size, digest) = (std::fs::metadata(&path)?.len(), Blake3::of_file(&path)?);
+        let size = std::fs::metadata(&path).at("reading", &path)?.len();
+        let digest = Blake3::of_file(&path).at("reading", &path)?;
         if size != a.size || digest != a.blake3 {
-            anyhow::bail!("{} does not match its manifest (blake3 {digest}, {size} bytes)", a.file);
+            let problem = format!("{} does not match its manifest (blake3 {digest}, {size} bytes)", a.file);
+            return Err(BuildError::Fetched(problem));
         }
     }
     // Derived from the UKI just checked, never taken from the remote.
@@ -257,7 +312,8 @@ fn pcr11(
 ) -> Result<Option<crate::model::manifest::Pcr11>> {
     use crate::model::manifest::ArtifactName;
     let Some(a) = artifacts.iter().find(|a| a.name == ArtifactName::Uki) else { return Ok(None) };
-    artifact::uki::pcr11(&dir.join(a.file.as_str())).map(Some).context("measuring the UKI as its stub will")
+    let measured = artifact::uki::pcr11(&dir.join(a.file.as_str()));
+    measured.map(Some).map_err(|source| BuildError::Measure { what: "the UKI", source })
 }
 
 /// PCR 11 for the UKI on the ESP of the entry's raw UEFI disk, if it has one.
@@ -272,8 +328,10 @@ fn disk_pcr11(
     let raw = artifacts.iter().find(|a| a.format == Format::Raw && a.name == ArtifactName::Disk);
     let Some(raw) = raw.filter(|_| firmware == Firmware::Uefi) else { return Ok(None) };
     // Beside the pending entry (in the store's .tmp), not inside it.
-    let tmp = tempfile::tempdir_in(dir.parent().unwrap_or(dir))?;
+    let beside = dir.parent().unwrap_or(dir);
+    let tmp = tempfile::tempdir_in(beside).at("making a private folder in", beside)?;
     let uki = tmp.path().join("disk-uki.efi");
     artifact::disk::esp_file(&dir.join(raw.file.as_str()), &format!("::/EFI/Linux/{profile}.efi"), &uki)?;
-    artifact::uki::pcr11(&uki).map(Some).context("measuring the disk's UKI as its stub will")
+    let measured = artifact::uki::pcr11(&uki);
+    measured.map(Some).map_err(|source| BuildError::Measure { what: "the disk's UKI", source })
 }

@@ -2,16 +2,38 @@
 //! destination's own folder, synced, then renamed over the destination; and
 //! the early start of a big file's writeback.
 
-use anyhow::{Context, Result};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// An I/O failure on a path, saying what was being done: the error every
+/// layer reports a file or folder it could not read, write or make with
+/// (`reading /var/lib/imgd/store/x: No such file or directory`).
+#[derive(Debug, thiserror::Error)]
+#[error("{doing} {}", path.display())]
+pub struct IoError {
+    /// What was being done, as a verb phrase: `reading`, `creating`.
+    pub doing: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// `.at("reading", path)` on an `io::Result`: the failure as an [`IoError`].
+pub trait IoAt<T> {
+    fn at(self, doing: &'static str, path: impl AsRef<Path>) -> Result<T, IoError>;
+}
+
+impl<T> IoAt<T> for std::io::Result<T> {
+    fn at(self, doing: &'static str, path: impl AsRef<Path>) -> Result<T, IoError> {
+        self.map_err(|source| IoError { doing, path: path.as_ref().to_path_buf(), source })
+    }
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing into {}", dir.display()))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).at("writing into", dir)?;
+    tmp.write_all(bytes).and_then(|()| tmp.as_file().sync_all()).at("writing", tmp.path())?;
+    tmp.persist(path).map_err(|e| e.error).at("writing", path)?;
     Ok(())
 }
 

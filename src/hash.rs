@@ -8,13 +8,32 @@ use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
+/// A signing certificate that could not be read as one.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("reading certificate {}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: not a PEM certificate", path.display())]
+    NotPem {
+        path: std::path::PathBuf,
+        #[source]
+        source: pem::PemError,
+    },
+    #[error("{}: a PEM {tag}, not a CERTIFICATE", path.display())]
+    NotCertificate { path: std::path::PathBuf, tag: String },
+}
+
 /// SHA-256 of a PEM certificate's DER bytes, hex: the name of its signed sets.
-pub fn cert_fingerprint(cert: &Path) -> anyhow::Result<String> {
-    use anyhow::Context as _;
-    let text = std::fs::read_to_string(cert).with_context(|| format!("reading certificate {}", cert.display()))?;
-    let p = pem::parse(&text).with_context(|| format!("{}: not a PEM certificate", cert.display()))?;
+pub fn cert_fingerprint(cert: &Path) -> Result<String, CertError> {
+    let path = || cert.to_path_buf();
+    let text = std::fs::read_to_string(cert).map_err(|source| CertError::Read { path: path(), source })?;
+    let p = pem::parse(&text).map_err(|source| CertError::NotPem { path: path(), source })?;
     if p.tag() != "CERTIFICATE" {
-        anyhow::bail!("{}: a PEM {}, not a CERTIFICATE", cert.display(), p.tag());
+        return Err(CertError::NotCertificate { path: path(), tag: p.tag().to_string() });
     }
     Ok(sha256_hex(p.contents()))
 }

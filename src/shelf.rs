@@ -4,7 +4,7 @@
 //! and renamed into place only when whole: a killed run never leaves
 //! something that looks complete, and the next maker sweeps what it left.
 
-use anyhow::{Context, Result};
+use crate::fsutil::{IoAt, IoError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -32,18 +32,20 @@ impl Shelf {
 
     /// Blocks until this process is the only maker of `key`; the lock is
     /// held until the returned file is dropped.
-    pub(crate) fn lock(&self, key: &str) -> Result<std::fs::File> {
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
-        let f = std::fs::File::options().create(true).truncate(false).write(true).open(self.lock_path(key))?;
-        f.lock().with_context(|| format!("locking {key} in {}", self.dir.display()))?;
+    pub(crate) fn lock(&self, key: &str) -> Result<std::fs::File, IoError> {
+        std::fs::create_dir_all(&self.dir).at("creating", &self.dir)?;
+        let path = self.lock_path(key);
+        let f = std::fs::File::options().create(true).truncate(false).write(true).open(&path).at("opening", &path)?;
+        f.lock().at("locking", &path)?;
         Ok(f)
     }
 
     /// The lock of `key` if no one holds it: for removals, which skip what
     /// is being made rather than wait for it.
-    pub(crate) fn try_lock(&self, key: &str) -> Result<std::fs::File> {
-        let f = std::fs::File::options().create(true).truncate(false).write(true).open(self.lock_path(key))?;
-        f.try_lock().map_err(|e| anyhow::anyhow!("{key} in {} is locked: {e}", self.dir.display()))?;
+    pub(crate) fn try_lock(&self, key: &str) -> Result<std::fs::File, IoError> {
+        let path = self.lock_path(key);
+        let f = std::fs::File::options().create(true).truncate(false).write(true).open(&path).at("opening", &path)?;
+        f.try_lock().map_err(std::io::Error::from).at("taking the lock (another process holds it)", &path)?;
         Ok(f)
     }
 
@@ -55,13 +57,13 @@ impl Shelf {
     /// renamed to. Folders with the same `prefix` that killed runs left are
     /// removed first: the caller holds the lock of the key the prefix names,
     /// so no live maker owns them.
-    pub(crate) fn workspace(&self, prefix: &str) -> Result<tempfile::TempDir> {
+    pub(crate) fn workspace(&self, prefix: &str) -> Result<tempfile::TempDir, IoError> {
         for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             if e.file_name().to_string_lossy().starts_with(prefix) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
-        Ok(tempfile::Builder::new().prefix(prefix).tempdir_in(&self.dir)?)
+        tempfile::Builder::new().prefix(prefix).tempdir_in(&self.dir).at("making a private folder in", &self.dir)
     }
 
     /// Keys of `kind` (names ending in its suffix, which is stripped) none of

@@ -17,13 +17,53 @@
 //! on the ESP replaced by signed ones (mtools, in place on the copy), so the
 //! whole disk boot passes Secure Boot.
 
+use crate::fsutil::{IoAt, IoError};
 use crate::model::{Blake3, EntryName};
 use crate::store::{Entry, Store};
 use crate::tools::run;
-use anyhow::{bail, Context, Result};
+use crate::tools::ToolError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// What can stop a signing, or make a published signed set untrustworthy.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error(transparent)]
+    Cert(#[from] crate::hash::CertError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Artifact(#[from] crate::artifact::ArtifactError),
+    /// A signed set, or a file to sign, that is not what it must be.
+    #[error("{}: {problem}", path.display())]
+    Refused { path: PathBuf, problem: String },
+    #[error("entry {0} has no EFI binary to sign: build the `uki` format")]
+    NoEfi(EntryName),
+    #[error("signing key {}: not a file", .0.display())]
+    NoKey(PathBuf),
+    #[error("sbsign (apt-get install sbsigntool; an encrypted key must be decrypted first)")]
+    Sbsign(#[source] ToolError),
+    #[error("sbverify: the signed copy does not verify against the certificate")]
+    Sbverify(#[source] ToolError),
+    #[error("{tool} on the ESP of {}", disk.display())]
+    Esp {
+        tool: String,
+        disk: PathBuf,
+        #[source]
+        source: ToolError,
+    },
+}
+
+type Result<T, E = SignError> = std::result::Result<T, E>;
+
+fn refused(path: &Path, problem: impl Into<String>) -> SignError {
+    SignError::Refused { path: path.to_path_buf(), problem: problem.into() }
+}
 
 /// The record of one signed set.
 pub(crate) const RECORD: &str = "signature.json";
@@ -75,17 +115,17 @@ pub fn find(store: &Store, entry: &Entry, fingerprint: &str) -> Result<Option<Si
     let bytes = match std::fs::read(dir.join(RECORD)) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.join(RECORD).display())),
+        Err(source) => return Err(IoError { doing: "reading", path: dir.join(RECORD), source }.into()),
     };
     let record: Record =
-        serde_json::from_slice(&bytes).with_context(|| format!("{}: not a signature record", dir.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| refused(&dir, format!("not a signature record: {e}")))?;
     if record.entry != entry.name || record.cert_sha256 != fingerprint {
-        bail!("{}: its record names another entry or certificate", dir.display());
+        return Err(refused(&dir, "its record names another entry or certificate"));
     }
     for f in &record.files {
-        crate::model::manifest::ArtifactFile::new(&f.file).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        crate::model::manifest::ArtifactFile::new(&f.file).map_err(|e| refused(&dir, e.to_string()))?;
         if !entry.manifest.artifacts.iter().any(|a| a.file.as_str() == f.file && a.blake3 == f.unsigned_blake3) {
-            bail!("{}: {} was signed from other bytes than the entry holds", dir.display(), f.file);
+            return Err(refused(&dir, format!("{} was signed from other bytes than the entry holds", f.file)));
         }
     }
     Ok(Some(Signed { dir, record }))
@@ -114,10 +154,10 @@ pub fn sign(store: &Store, entry: &Entry, key: &Path, cert: &Path) -> Result<Sig
     let fingerprint = cert_fingerprint(cert)?;
     let arts = efi_artifacts(entry);
     if arts.is_empty() {
-        bail!("entry {} has no EFI binary to sign: build the `uki` format", entry.name);
+        return Err(SignError::NoEfi(entry.name.clone()));
     }
     if !key.is_file() {
-        bail!("signing key {}: not a file", key.display());
+        return Err(SignError::NoKey(key.to_path_buf()));
     }
     // The build lock of the entry's hash: a build starting meanwhile must not
     // sweep this work folder as a killed build's leftovers.
@@ -126,9 +166,9 @@ pub fn sign(store: &Store, entry: &Entry, key: &Path, cert: &Path) -> Result<Sig
     let mut files = Vec::new();
     let checked = |a: &crate::model::manifest::Artifact| -> Result<PathBuf> {
         let src = entry.path.join(a.file.as_str());
-        let digest = Blake3::of_file(&src).with_context(|| format!("reading {}", src.display()))?;
+        let digest = Blake3::of_file(&src).at("reading", &src)?;
         if digest != a.blake3 {
-            bail!("{}: its bytes do not match the manifest; not signing a damaged entry (rebuild it)", src.display());
+            return Err(refused(&src, "its bytes do not match the manifest; not signing a damaged entry (rebuild it)"));
         }
         Ok(src)
     };
@@ -154,29 +194,35 @@ pub fn sign(store: &Store, entry: &Entry, key: &Path, cert: &Path) -> Result<Sig
         files.push(SignedFile {
             file: a.file.as_str().to_string(),
             unsigned_blake3: a.blake3.clone(),
-            blake3: Blake3::of_file(&out)?,
-            size: std::fs::metadata(&out)?.len(),
+            blake3: Blake3::of_file(&out).at("reading", &out)?,
+            size: std::fs::metadata(&out).at("reading", &out)?.len(),
         });
     }
     let record = Record { entry: entry.name.clone(), cert_sha256: fingerprint.clone(), files };
-    std::fs::write(work.path().join(RECORD), serde_json::to_vec_pretty(&record)?)?;
-    for f in std::fs::read_dir(work.path())? {
-        std::fs::File::open(f?.path())?.sync_all()?;
-    }
+    let json = serde_json::to_vec_pretty(&record).map_err(std::io::Error::from);
+    json.and_then(|j| std::fs::write(work.path().join(RECORD), j)).at("writing", work.path().join(RECORD))?;
+    let sync = |dir: &Path| -> std::io::Result<()> {
+        for f in std::fs::read_dir(dir)? {
+            std::fs::File::open(f?.path())?.sync_all()?;
+        }
+        Ok(())
+    };
+    sync(work.path()).at("syncing", work.path())?;
     // Publish: the folder appears whole under its name or not at all; an
     // older set for the same certificate is swapped out, then removed.
     let dir = set_dir(store, &entry.name, &fingerprint);
-    let parent = dir.parent().context("signed set has no parent")?;
-    std::fs::create_dir_all(parent)?;
+    let parent = dir.parent().unwrap_or(&dir);
+    std::fs::create_dir_all(parent).at("creating", parent)?;
     let staged = work.keep();
     if dir.exists() {
         rustix::fs::renameat_with(rustix::fs::CWD, &staged, rustix::fs::CWD, &dir, rustix::fs::RenameFlags::EXCHANGE)
-            .with_context(|| format!("replacing {}", dir.display()))?;
+            .map_err(std::io::Error::from)
+            .at("replacing", &dir)?;
     } else {
-        std::fs::rename(&staged, &dir).with_context(|| format!("publishing {}", dir.display()))?;
+        std::fs::rename(&staged, &dir).at("publishing", &dir)?;
     }
     let _ = std::fs::remove_dir_all(&staged);
-    std::fs::File::open(parent)?.sync_all()?;
+    std::fs::File::open(parent).and_then(|f| f.sync_all()).at("syncing", parent)?;
     tracing::info!(entry = %entry.name, cert_sha256 = %fingerprint, "signed {} EFI binary(ies)", record.files.len());
     Ok(Signed { dir, record })
 }
@@ -184,9 +230,8 @@ pub fn sign(store: &Store, entry: &Entry, key: &Path, cert: &Path) -> Result<Sig
 /// `sbsign` `src` to `out`, then `sbverify` it against `cert`.
 fn sign_file(src: &Path, out: &Path, key: &Path, cert: &Path) -> Result<()> {
     run(Command::new("sbsign").arg("--key").arg(key).arg("--cert").arg(cert).arg("--output").arg(out).arg(src))
-        .context("sbsign (apt-get install sbsigntool; an encrypted key must be decrypted first)")?;
-    run(Command::new("sbverify").arg("--cert").arg(cert).arg(out))
-        .context("sbverify: the signed copy does not verify against the certificate")?;
+        .map_err(SignError::Sbsign)?;
+    run(Command::new("sbverify").arg("--cert").arg(cert).arg(out)).map_err(SignError::Sbverify)?;
     Ok(())
 }
 
@@ -202,10 +247,12 @@ fn sign_disk(entry: &Entry, src: &Path, out: &Path, key: &Path, cert: &Path, wor
     let on_esp = [format!("::/EFI/BOOT/{}", m.arch.efi_boot_file()), format!("::/EFI/Linux/{}.efi", m.profile)];
     for (i, path) in on_esp.iter().enumerate() {
         let (plain, signed) = (work.join(format!("esp-{i}.efi")), work.join(format!("esp-{i}.signed.efi")));
-        let mtools = |args: &[&std::ffi::OsStr]| {
-            run(Command::new(args[0]).env("MTOOLS_SKIP_CHECK", "1").args(&args[1..]))
-                .with_context(|| format!("{} on the ESP of {}", args[0].to_string_lossy(), out.display()))
-        };
+        let mtools =
+            |args: &[&std::ffi::OsStr]| {
+                run(Command::new(args[0]).env("MTOOLS_SKIP_CHECK", "1").args(&args[1..])).map_err(|source| {
+                    SignError::Esp { tool: args[0].to_string_lossy().into_owned(), disk: out.to_path_buf(), source }
+                })
+            };
         mtools(&["mcopy".as_ref(), "-n".as_ref(), "-i".as_ref(), image.as_ref(), path.as_ref(), plain.as_ref()])?;
         sign_file(&plain, &signed, key, cert)?;
         // -m keeps the file's time; -o overwrites it in place.
@@ -218,8 +265,8 @@ fn sign_disk(entry: &Entry, src: &Path, out: &Path, key: &Path, cert: &Path, wor
             signed.as_ref(),
             path.as_ref(),
         ])?;
-        std::fs::remove_file(&plain)?;
-        std::fs::remove_file(&signed)?;
+        std::fs::remove_file(&plain).at("removing", &plain)?;
+        std::fs::remove_file(&signed).at("removing", &signed)?;
     }
     Ok(())
 }
@@ -230,17 +277,20 @@ fn sign_disk(entry: &Entry, src: &Path, out: &Path, key: &Path, cert: &Path, wor
 /// fields and comparing checks that it is one.
 fn signed_vhd(unsigned: &Path, signed_raw: &Path, out: &Path) -> Result<()> {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(unsigned)?;
-    let len = f.metadata()?.len();
+    let f = std::fs::File::open(unsigned).at("reading", unsigned)?;
+    let len = f.metadata().at("reading", unsigned)?.len();
     let mut footer = [0u8; 512];
-    anyhow::ensure!(len >= 512, "{}: too short for a VHD", unsigned.display());
-    f.read_exact_at(&mut footer, len - 512)?;
-    let stamp = u32::from_be_bytes(footer[24..28].try_into()?);
-    let uuid: [u8; 16] = footer[68..84].try_into()?;
+    if len < 512 {
+        return Err(refused(unsigned, "too short for a VHD"));
+    }
+    f.read_exact_at(&mut footer, len - 512).at("reading", unsigned)?;
+    let stamp = u32::from_be_bytes([footer[24], footer[25], footer[26], footer[27]]);
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&footer[68..84]);
     let epoch = u64::from(stamp) + crate::artifact::disk::VHD_EPOCH;
     let written = crate::artifact::disk::to_vhd(signed_raw, out, epoch, uuid)?;
     if written != footer {
-        bail!("{}: its footer is not one imgd writes; not making a signed copy", unsigned.display());
+        return Err(refused(unsigned, "its footer is not one imgd writes; not making a signed copy"));
     }
     Ok(())
 }

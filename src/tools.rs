@@ -1,7 +1,6 @@
 //! Running the external image tools (mkfs.ext4, debugfs, mtools, sfdisk,
 //! qemu-img, depmod, dpkg-deb) with errors that show what failed and its stderr.
 
-use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -62,19 +61,34 @@ pub(crate) fn read_deb_data<T>(
     Ok(out)
 }
 
+/// An external tool that could not be started or that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// Not installed, or not executable.
+    #[error("cannot run {command} (is it installed? see scripts/setup.sh)")]
+    NotRun {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// It ran and exited non-zero: the last lines of its stderr.
+    #[error("{command} failed ({status}):\n{stderr}")]
+    Failed { command: String, status: std::process::ExitStatus, stderr: String },
+}
+
 /// Runs a command to completion; a non-zero exit becomes an error carrying the
 /// command line and the tail of its stderr.
-pub(crate) fn run(cmd: &mut Command) -> Result<String> {
-    let shown = format!("{cmd:?}").replace('"', "");
-    let out = guarded(cmd)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {shown} (is it installed? see scripts/setup.sh)"))?;
+pub(crate) fn run(cmd: &mut Command) -> Result<String, ToolError> {
+    let command = format!("{cmd:?}").replace('"', "");
+    let out = match guarded(cmd).stdin(Stdio::null()).output() {
+        Ok(out) => out,
+        Err(source) => return Err(ToolError::NotRun { command, source }),
+    };
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(12).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        bail!("{shown} failed ({}):\n{}", out.status, tail.join("\n"));
+        return Err(ToolError::Failed { command, status: out.status, stderr: tail.join("\n") });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -5,8 +5,9 @@
 //! filesystem is made in place (mkfs at the partition's offset). Either way
 //! the raw disk stores only the blocks the filesystems use.
 
+use super::error::{ArtifactError, Result};
+use crate::fsutil::IoAt;
 use crate::tools::run;
-use anyhow::{Context, Result};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -68,13 +69,13 @@ pub(crate) fn esp_offset(disk: &Path) -> Result<u64> {
     let mut h = [0u8; 92];
     f.read_exact_at(&mut h, 512)?;
     if &h[..8] != b"EFI PART" {
-        anyhow::bail!("{}: no GPT header", disk.display());
+        return Err(ArtifactError::Disk(format!("{}: no GPT header", disk.display())));
     }
     let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
     let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default());
     let (table, count, size) = (u64_at(&h, 72), u32_at(&h, 80).min(256), u32_at(&h, 84) as usize);
     if !(128..=4096).contains(&size) {
-        anyhow::bail!("{}: GPT entry size {size}", disk.display());
+        return Err(ArtifactError::Disk(format!("{}: GPT entry size {size}", disk.display())));
     }
     let mut e = vec![0u8; size];
     for i in 0..count as u64 {
@@ -83,7 +84,7 @@ pub(crate) fn esp_offset(disk: &Path) -> Result<u64> {
             return Ok(u64_at(&e, 32) * 512);
         }
     }
-    anyhow::bail!("{}: no EFI system partition", disk.display())
+    Err(ArtifactError::Disk(format!("{}: no EFI system partition", disk.display())))
 }
 
 /// Copies `path` (`::/EFI/...`) out of the ESP of the GPT disk `disk` to
@@ -91,7 +92,7 @@ pub(crate) fn esp_offset(disk: &Path) -> Result<u64> {
 pub(crate) fn esp_file(disk: &Path, path: &str, out: &Path) -> Result<()> {
     let image = format!("{}@@{}", disk.display(), esp_offset(disk)?);
     run(Command::new("mcopy").env("MTOOLS_SKIP_CHECK", "1").args(["-n", "-i", &image, path]).arg(out))
-        .with_context(|| format!("reading {path} from the ESP of {}", disk.display()))
+        .map_err(|source| ArtifactError::EspFile { path: path.to_string(), disk: disk.to_path_buf(), source })
         .map(drop)
 }
 
@@ -124,12 +125,13 @@ pub(crate) fn write_gpt(disk: &Path, l: &Layout, ids: &GptIds<'_>) -> Result<()>
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .context("cannot run sfdisk (install fdisk)")?;
+        .map_err(|source| crate::tools::ToolError::NotRun { command: "sfdisk".into(), source })?;
     use std::io::Write;
-    child.stdin.take().context("sfdisk's input was not piped")?.write_all(script.as_bytes())?;
+    let stdin = child.stdin.take().ok_or(ArtifactError::Missing("sfdisk's input was not piped"))?;
+    { stdin }.write_all(script.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        anyhow::bail!("sfdisk failed: {}", String::from_utf8_lossy(&out.stderr));
+        return Err(ArtifactError::Disk(format!("sfdisk failed: {}", String::from_utf8_lossy(&out.stderr))));
     }
     Ok(())
 }
@@ -137,7 +139,7 @@ pub(crate) fn write_gpt(disk: &Path, l: &Layout, ids: &GptIds<'_>) -> Result<()>
 /// Copies the data regions of `src` into `dst` at `offset`, skipping holes, so
 /// unused space stays unallocated.
 pub(crate) fn splice(src: &Path, dst: &File, offset: u64) -> Result<()> {
-    let f = File::open(src).with_context(|| format!("opening {}", src.display()))?;
+    let f = File::open(src).at("opening", src)?;
     let len = f.metadata()?.len();
     let mut buf = vec![0u8; 4 * MIB as usize];
     for (data, hole) in crate::fsutil::data_regions(&f, len)? {
@@ -173,7 +175,7 @@ pub(crate) fn assemble_raw(
     let (esp, grub) = std::thread::scope(|s| -> Result<_> {
         let root = s.spawn(|| make_root(out, l.root_start, l.root_size));
         let esp = make_esp();
-        root.join().map_err(|_| anyhow::anyhow!("making the root filesystem panicked"))??;
+        root.join().map_err(|_| ArtifactError::Panicked("making the root filesystem".into()))??;
         esp
     })?;
     splice(&esp, &f, l.esp_start)?;
@@ -196,7 +198,9 @@ pub(crate) fn copy_sparse(src: &File, dst: &File, len: u64) -> Result<()> {
             let want = (hole - off_in) as usize;
             let n =
                 copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want).map_err(std::io::Error::from)?;
-            anyhow::ensure!(n > 0, "copy_file_range stopped at byte {off_in}");
+            if n == 0 {
+                return Err(ArtifactError::Disk(format!("copy_file_range stopped at byte {off_in}")));
+            }
         }
     }
     Ok(())
@@ -220,13 +224,16 @@ const BLOCKLIST: usize = 0x200 - 12;
 
 impl GrubBios {
     fn install(&self, disk: &File, start: u64) -> Result<()> {
-        anyhow::ensure!(self.boot_img.len() == 512, "boot.img must be 512 bytes");
+        if self.boot_img.len() != 512 {
+            return Err(ArtifactError::Disk("boot.img must be 512 bytes".to_string()));
+        }
         let sectors = self.core_img.len().div_ceil(512) as u64;
-        anyhow::ensure!(
-            sectors * 512 <= MIB,
-            "core.img ({} bytes) does not fit the BIOS boot partition",
-            self.core_img.len()
-        );
+        if sectors * 512 > MIB {
+            return Err(ArtifactError::Disk(format!(
+                "core.img ({} bytes) does not fit the BIOS boot partition",
+                self.core_img.len()
+            )));
+        }
         let lba = start / 512;
         let mut core = self.core_img.clone();
         core.resize(sectors as usize * 512, 0);
@@ -254,8 +261,7 @@ pub(crate) fn to_qcow2(raw: &Path, out: &Path) -> Result<()> {
     run(Command::new("qemu-img")
         .args(["convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1"])
         .arg(raw)
-        .arg(out))
-    .context("qemu-img convert")?;
+        .arg(out))?;
     Ok(())
 }
 

@@ -4,8 +4,8 @@
 //! keeps time: local time, so mtools runs with TZ=UTC (the builder's time
 //! zone must not change the image).
 
+use super::error::Result;
 use crate::tools::run;
-use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -25,8 +25,7 @@ fn mtools(program: &str, epoch: u64) -> Command {
 pub(crate) fn make(image: &Path, size: u64, serial: u32, files: &[EspFile], epoch: u64) -> Result<()> {
     std::fs::File::create(image)?.set_len(size)?;
     let img = image.to_string_lossy().into_owned();
-    run(mtools("mformat", epoch).args(["-i", &img, "-F", "-N", &format!("{serial:08x}"), "-v", "ESP", "::"]))
-        .context("mformat")?;
+    run(mtools("mformat", epoch).args(["-i", &img, "-F", "-N", &format!("{serial:08x}"), "-v", "ESP", "::"]))?;
     let mut dirs: Vec<String> = Vec::new();
     for f in files {
         let mut parts: Vec<&str> = f.dest.split('/').collect();
@@ -42,14 +41,13 @@ pub(crate) fn make(image: &Path, size: u64, serial: u32, files: &[EspFile], epoc
         let mut c = mtools("mmd", epoch);
         c.args(["-i", &img]);
         c.args(dirs.iter().map(|d| format!("::/{d}")));
-        run(&mut c).context("mmd")?;
+        run(&mut c)?;
     }
     for f in files {
         // mcopy -m keeps the source's mtime: stamp the source first.
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
         std::fs::File::options().write(true).open(&f.src)?.set_modified(t)?;
-        run(mtools("mcopy", epoch).args(["-m", "-i", &img]).arg(&f.src).arg(format!("::/{}", f.dest)))
-            .with_context(|| format!("mcopy {}", f.dest))?;
+        run(mtools("mcopy", epoch).args(["-m", "-i", &img]).arg(&f.src).arg(format!("::/{}", f.dest)))?;
     }
     Ok(())
 }

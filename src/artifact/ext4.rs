@@ -13,9 +13,9 @@
 //! LC_ALL=C anyway, so a version that took the whole locale could not reorder
 //! the image (tests/build.rs builds under sv_SE, another zone, umask, tmpfs).
 
+use super::error::{ArtifactError, Result};
 use crate::rootfs::tree::{Kind, Tree};
 use crate::tools::run;
-use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
@@ -55,8 +55,7 @@ pub fn make(tree: &Tree, image: &Path, region: Region, p: &Ext4Params<'_>, work:
         .arg("-d")
         .arg(tree.staging())
         .arg(image)
-        .arg(format!("{}k", region.size / 1024)))
-    .context("mkfs.ext4")?;
+        .arg(format!("{}k", region.size / 1024)))?;
     drop(flush);
 
     let t1 = std::time::Instant::now();
@@ -75,20 +74,20 @@ pub fn make(tree: &Tree, image: &Path, region: Region, p: &Ext4Params<'_>, work:
             .arg(&target)
             .stdin(std::process::Stdio::null())
             .output()
-            .context("cannot run debugfs (install e2fsprogs)")?;
+            .map_err(|source| crate::tools::ToolError::NotRun { command: "debugfs".into(), source })?;
         // debugfs exits 0 even when a command fails; its complaints are the lines
         // that are neither its banner nor the echo of a command.
         let stderr = String::from_utf8_lossy(&out.stderr);
         if let Some(line) = stderr.lines().find(|l| !l.starts_with("debugfs") && !l.trim().is_empty()) {
-            anyhow::bail!("debugfs mknod in {} failed: {line}", image.display());
+            return Err(ArtifactError::Ext4(format!("debugfs mknod in {} failed: {line}", image.display())));
         }
         if !out.status.success() {
-            anyhow::bail!("debugfs failed ({}): {stderr}", out.status);
+            return Err(ArtifactError::Ext4(format!("debugfs failed ({}): {stderr}", out.status)));
         }
     }
     let f = std::fs::File::options().read(true).write(true).open(image)?;
     super::ext4_inodes::apply(&f, region.offset, tree, p.epoch)
-        .with_context(|| format!("setting owners, modes and times in {}", image.display()))?;
+        .map_err(|e| e.within(format!("setting owners, modes and times in {}", image.display())))?;
     tracing::debug!(mkfs = ?(t1 - t0), inodes = ?t1.elapsed(), "ext4 made");
     Ok(())
 }
@@ -116,7 +115,9 @@ fn mknod_script(tree: &Tree) -> Result<String> {
             _ => continue,
         };
         if rel.contains(['"', '\n', '\r']) {
-            anyhow::bail!("cannot put /{rel} in an ext4 image: its name holds a quote or a newline");
+            return Err(ArtifactError::Ext4(format!(
+                "cannot put /{rel} in an ext4 image: its name holds a quote or a newline"
+            )));
         }
         // debugfs 1.47's mknod links only into the current directory.
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));

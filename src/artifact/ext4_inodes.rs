@@ -14,8 +14,8 @@
 //! none writes inodes with metadata_csum; what this needs is ~150 lines of the
 //! on-disk format (kernel.org's ext4 "Data Structures and Algorithms").
 
+use super::error::{ArtifactError, Result};
 use crate::rootfs::tree::{Kind, Node, Tree};
-use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -61,7 +61,9 @@ impl<'a> Fs<'a> {
     fn open(file: &'a File, offset: u64) -> Result<Self> {
         let mut sb = [0u8; 1024];
         file.read_exact_at(&mut sb, offset + SUPERBLOCK)?;
-        ensure!(le16(&sb, 0x38) == MAGIC, "no ext4 superblock at offset {offset}");
+        if le16(&sb, 0x38) != MAGIC {
+            return Err(ArtifactError::Ext4(format!("no ext4 superblock at offset {offset}")));
+        }
         let block_size = 1024u64 << le32(&sb, 0x18);
         let blocks = le32(&sb, 0x04) as u64 | (le32(&sb, 0x150) as u64) << 32;
         let first_data_block = le32(&sb, 0x14) as u64;
@@ -69,8 +71,12 @@ impl<'a> Fs<'a> {
         let inodes_per_group = le32(&sb, 0x28);
         let inode_size = le16(&sb, 0x58) as usize;
         let (incompat, ro_compat) = (le32(&sb, 0x60), le32(&sb, 0x64));
-        ensure!(incompat & INCOMPAT_INLINE_DATA == 0, "inline_data is not supported here");
-        ensure!(inode_size >= 160 && blocks_per_group > 0, "unexpected ext4 geometry");
+        if incompat & INCOMPAT_INLINE_DATA != 0 {
+            return Err(ArtifactError::Ext4("inline_data is not supported here".to_string()));
+        }
+        if !(inode_size >= 160 && blocks_per_group > 0) {
+            return Err(ArtifactError::Ext4("unexpected ext4 geometry".to_string()));
+        }
         let desc_size = if incompat & INCOMPAT_64BIT != 0 { le16(&sb, 0xFE) as usize } else { 32 };
         let groups = (blocks - first_data_block).div_ceil(blocks_per_group);
         let mut gdt = vec![0u8; groups as usize * desc_size];
@@ -95,7 +101,7 @@ impl<'a> Fs<'a> {
     fn inode_at(&self, ino: u32) -> Result<u64> {
         let i = (ino - 1) as u64;
         let table = self.inode_tables.get((i / self.inodes_per_group as u64) as usize);
-        let table = table.with_context(|| format!("inode {ino} is beyond the inode tables"))?;
+        let table = table.ok_or_else(|| ArtifactError::Ext4(format!("inode {ino} is beyond the inode tables")))?;
         Ok(self.offset + table + (i % self.inodes_per_group as u64) * self.inode_size as u64)
     }
 
@@ -127,16 +133,22 @@ impl<'a> Fs<'a> {
 
     /// The physical blocks of an extent-mapped inode, in logical order.
     fn blocks(&self, inode: &[u8]) -> Result<Vec<u64>> {
-        ensure!(le32(inode, 0x20) & EXTENTS_FL != 0, "a directory is not extent-mapped");
+        if le32(inode, 0x20) & EXTENTS_FL == 0 {
+            return Err(ArtifactError::Ext4("a directory is not extent-mapped".to_string()));
+        }
         let mut out = Vec::new();
         self.walk_extents(&inode[0x28..0x28 + 60], &mut out, 0)?;
         Ok(out)
     }
 
     fn walk_extents(&self, node: &[u8], out: &mut Vec<u64>, level: u32) -> Result<()> {
-        ensure!(le16(node, 0) == EXTENT_MAGIC && level < 8, "bad extent tree");
+        if !(le16(node, 0) == EXTENT_MAGIC && level < 8) {
+            return Err(ArtifactError::Ext4("bad extent tree".to_string()));
+        }
         let (entries, depth) = (le16(node, 2) as usize, le16(node, 6));
-        ensure!(12 + entries * 12 <= node.len(), "bad extent header");
+        if 12 + entries * 12 > node.len() {
+            return Err(ArtifactError::Ext4("bad extent header".to_string()));
+        }
         for e in node[12..12 + entries * 12].chunks_exact(12) {
             if depth == 0 {
                 let len = le16(e, 4) as u64;
@@ -166,10 +178,13 @@ impl<'a> Fs<'a> {
             while at + 8 <= block.len() {
                 let (ino, rec_len, name_len) =
                     (le32(&block, at), le16(&block, at + 4) as usize, block[at + 6] as usize);
-                ensure!(rec_len >= 8 && at + rec_len <= block.len() && 8 + name_len <= rec_len, "bad directory entry");
+                if !(rec_len >= 8 && at + rec_len <= block.len() && 8 + name_len <= rec_len) {
+                    return Err(ArtifactError::Ext4("bad directory entry".to_string()));
+                }
                 let name = &block[at + 8..at + 8 + name_len];
                 if ino != 0 && name != b"." && name != b".." {
-                    let name = String::from_utf8(name.to_vec()).context("a file name in the image is not UTF-8")?;
+                    let name = String::from_utf8(name.to_vec())
+                        .map_err(|_| ArtifactError::Ext4("a file name in the image is not UTF-8".into()))?;
                     out.push((name, ino));
                 }
                 at += rec_len;
@@ -226,15 +241,20 @@ pub(crate) fn apply(image: &File, offset: u64, tree: &Tree, epoch: u64) -> Resul
                 n
             }
             None if rel.is_empty() || rel == "lost+found" => &default_dir,
-            None => bail!("the ext4 image holds /{rel}, which the root filesystem does not list"),
+            None => {
+                return Err(ArtifactError::Ext4(format!(
+                    "the ext4 image holds /{rel}, which the root filesystem does not list"
+                )))
+            }
         };
         let mode = node.st_mode() as u16;
-        ensure!(
-            mode & S_IFMT == on_disk & S_IFMT,
-            "/{rel} is of another file type in the ext4 image ({:o}) than in the tree ({:o})",
-            on_disk & S_IFMT,
-            mode & S_IFMT
-        );
+        if mode & S_IFMT != on_disk & S_IFMT {
+            return Err(ArtifactError::Ext4(format!(
+                "/{rel} is of another file type in the ext4 image ({:o}) than in the tree ({:o})",
+                on_disk & S_IFMT,
+                mode & S_IFMT
+            )));
+        }
         if on_disk & S_IFMT == S_IFDIR {
             // Sorted, so the walk (and which path of a hard link sets the
             // inode) does not depend on the order mkfs wrote the entries.
@@ -253,7 +273,12 @@ pub(crate) fn apply(image: &File, offset: u64, tree: &Tree, epoch: u64) -> Resul
         set_fields(&mut inode, mode, node.uid, node.gid, epoch);
         fs.write_inode(ino, &mut inode)?;
     }
-    ensure!(paths == tree.len(), "the ext4 image holds {paths} of the root filesystem's {} paths", tree.len());
+    if paths != tree.len() {
+        return Err(ArtifactError::Ext4(format!(
+            "the ext4 image holds {paths} of the root filesystem's {} paths",
+            tree.len()
+        )));
+    }
     Ok(())
 }
 

@@ -3,10 +3,10 @@
 //! filesystem UUID, mounts it and switches to it. It does not depend on the
 //! base having initramfs tooling of its own.
 
+use super::error::{ArtifactError, Result};
 use crate::config::recipe::Recipe;
 use crate::rootfs::tree::{Kind, Node, Tree};
 use crate::rootfs::Rootfs;
-use anyhow::{Context, Result};
 use std::path::Path;
 
 const APPLETS: &[&str] = &[
@@ -64,11 +64,12 @@ exec switch_root /newroot "$init"
 
 /// Builds the initramfs tree in `work/initramfs` and writes it to `out`.
 pub(crate) fn write(recipe: &Recipe, rootfs: &Rootfs, work: &Path, out: &Path) -> Result<()> {
-    let busybox = recipe.initramfs_busybox.as_ref().context("disk build without busybox input")?;
+    let busybox =
+        recipe.initramfs_busybox.as_ref().ok_or(ArtifactError::Missing("disk build without busybox input"))?;
     let mut t = Tree::new(&work.join("initramfs"))?;
     let unpack = work.join("initramfs-busybox");
     let mut bb = Tree::new(&unpack)?;
-    bb.extract_deb(&busybox.path).with_context(|| format!("unpacking {}", busybox.name))?;
+    bb.extract_deb(&busybox.path).map_err(super::error::input("unpacking", &busybox.name))?;
     let bin = bb.resolve("/bin/busybox", true)?;
     t.add_copy("/bin/busybox", &bb.staged(&bin), 0o755)?;
     std::fs::remove_dir_all(&unpack)?;

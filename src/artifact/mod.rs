@@ -6,6 +6,7 @@
 pub mod compress;
 pub mod cpio;
 pub mod disk;
+mod error;
 pub mod esp;
 pub mod ext4;
 pub mod ext4_inodes;
@@ -15,10 +16,12 @@ pub mod tarball;
 pub mod uki;
 
 use crate::config::recipe::Recipe;
+use crate::fsutil::IoAt;
 use crate::model::{Arch, Artifact, ArtifactFile, ArtifactName, Blake3, Firmware, Format};
 use crate::progress::Progress;
 use crate::rootfs::Rootfs;
-use anyhow::{Context, Result};
+pub use error::ArtifactError;
+use error::Result;
 use std::path::Path;
 
 /// The iPXE script template, built into the binary (and into the input hash).
@@ -91,7 +94,7 @@ impl Made {
                 },
                 name,
                 format,
-                file: ArtifactFile::new(&file).map_err(anyhow::Error::msg)?,
+                file: ArtifactFile::new(&file)?,
             });
         }
         Ok(artifacts)
@@ -137,11 +140,11 @@ pub(crate) fn produce(
     disks_and_tarball(job, tar_frames, &mut made)?;
     if let crate::config::recipe::Base::Debian(base) = &recipe.base {
         if let Some(lock) = &base.lock {
-            let status =
-                rootfs.tree.read(sbom::DPKG_STATUS).with_context(|| format!("reading /{}", sbom::DPKG_STATUS))?;
+            let status = rootfs.tree.read(sbom::DPKG_STATUS).map_err(error::input("reading", &sbom::DPKG_STATUS))?;
             let installed = sbom::installed(&String::from_utf8_lossy(&status), lock)?;
             let doc = sbom::document(entry, &recipe.name, hash, recipe.epoch, lock, &installed);
-            std::fs::write(out.join(sbom::FILE), serde_json::to_vec_pretty(&doc)?)?;
+            let json = serde_json::to_vec_pretty(&doc).map_err(std::io::Error::from);
+            json.and_then(|j| std::fs::write(out.join(sbom::FILE), j)).at("writing", out.join(sbom::FILE))?;
             made.add(ArtifactName::Sbom, Format::Sbom, sbom::FILE);
         }
     }
@@ -152,8 +155,8 @@ pub(crate) fn produce(
 fn ipxe_bundle(job: Job<'_>, entry: &str, made: &mut Made) -> Result<()> {
     let Job { recipe, rootfs, hash, out, progress, .. } = job;
     let step = progress.step("ipxe: kernel, initrd (whole root filesystem), boot.ipxe");
-    std::fs::copy(&rootfs.kernel.image, out.join("vmlinuz")).context("copying the kernel")?;
-    cpio::write_initrd(&rootfs.tree, &out.join("initrd"), recipe.epoch).context("writing initrd")?;
+    std::fs::copy(&rootfs.kernel.image, out.join("vmlinuz")).at("copying the kernel to", out.join("vmlinuz"))?;
+    cpio::write_initrd(&rootfs.tree, &out.join("initrd"), recipe.epoch).at("writing", out.join("initrd"))?;
     let script = IPXE_TEMPLATE
         .replace("{{entry}}", entry)
         .replace("{{profile}}", &recipe.name)
@@ -174,7 +177,7 @@ fn uki_artifact(job: Job<'_>, made: &mut Made) -> Result<()> {
     // The same initrd as the iPXE bundle's: reuse it when it was made.
     let initrd = if job.has(Format::Ipxe) { out.join("initrd") } else { work.join("uki-initrd") };
     if !job.has(Format::Ipxe) {
-        cpio::write_initrd(&rootfs.tree, &initrd, recipe.epoch).context("writing initrd")?;
+        cpio::write_initrd(&rootfs.tree, &initrd, recipe.epoch).at("writing", &initrd)?;
     }
     let cmdline = format!("rdinit=/init {}", recipe.cmdline);
     let uki_file = format!("{}.efi", recipe.name);
@@ -194,7 +197,9 @@ fn raw_disk(job: Job<'_>) -> Result<std::path::PathBuf> {
     let root_size = match recipe.disk.size {
         Some(total) => {
             let min = overhead + recipe.disk.esp_size + 16 * disk::MIB;
-            anyhow::ensure!(total >= min, "disk.size {total} is too small: at least {min} bytes");
+            if total < min {
+                return Err(ArtifactError::Disk(format!("disk.size {total} is too small: at least {min} bytes")));
+            }
             total - overhead - recipe.disk.esp_size
         }
         None => auto_root_size(rootfs, recipe.disk.free),
@@ -324,7 +329,7 @@ fn esp_image(
 
     let step = progress.step("disk: EFI system partition (systemd-boot)");
     let loader = work.join("esp-loader.efi");
-    let efi = recipe.efi_loader.as_ref().context("no EFI loader")?;
+    let efi = recipe.efi_loader.as_ref().ok_or(ArtifactError::Missing("no EFI loader"))?;
     let want = format!("/usr/lib/systemd/boot/efi/systemd-boot{}.efi", recipe.arch.efi_suffix());
     std::fs::write(&loader, systemd_efi_file(efi, &want, work)?)?;
     let options = format!("root=UUID={root_uuid} rw init={} {}", recipe.init, recipe.cmdline);
@@ -381,13 +386,14 @@ fn esp_image(
 /// (another architecture's), the file at `want` inside it.
 fn systemd_efi_file(input: &crate::config::recipe::Input, want: &str, work: &Path) -> Result<Vec<u8>> {
     if !input.name.ends_with(".deb") {
-        return std::fs::read(&input.path).with_context(|| format!("reading {}", input.path.display()));
+        return Ok(std::fs::read(&input.path).at("reading", &input.path)?);
     }
     let dir = tempfile::tempdir_in(work)?;
     let mut t = crate::rootfs::tree::Tree::new(&dir.path().join("deb"))?;
-    t.extract_deb(&input.path).with_context(|| format!("unpacking {}", input.name))?;
-    let rel = t.resolve(want, true)?;
-    std::fs::read(t.staged(&rel)).with_context(|| format!("{} has no {want}", input.name))
+    t.extract_deb(&input.path).map_err(error::input("unpacking", &input.name))?;
+    let missing = || error::input("reading", &format_args!("{} from {}", want, input.name));
+    let rel = t.resolve(want, true).map_err(missing())?;
+    std::fs::read(t.staged(&rel)).map_err(missing())
 }
 
 /// A unified kernel image: systemd's stub + the kernel, `initrd`, `cmdline`
@@ -401,7 +407,7 @@ fn write_uki(
     work: &Path,
     out: &Path,
 ) -> Result<()> {
-    let stub_input = recipe.efi_stub.as_ref().context("no EFI stub")?;
+    let stub_input = recipe.efi_stub.as_ref().ok_or(ArtifactError::Missing("no EFI stub"))?;
     let want = format!("/usr/lib/systemd/boot/efi/linux{}.efi.stub", recipe.arch.efi_suffix());
     let stub = systemd_efi_file(stub_input, &want, work)?;
     let image_os_release = ["/etc/os-release", "/usr/lib/os-release"].iter().find_map(|p| {
@@ -410,13 +416,14 @@ fn write_uki(
     });
     let osrel = uki::os_release(image_os_release.as_deref(), &recipe.name, hash);
     let sections = uki::sections(osrel, cmdline.trim(), &rootfs.kernel.image, initrd);
-    uki::write(&stub, &sections, out).with_context(|| format!("writing the unified kernel image {}", out.display()))?;
+    uki::write(&stub, &sections, out)
+        .map_err(|e| e.within(format!("writing the unified kernel image {}", out.display())))?;
     Ok(())
 }
 
 /// The result of a scoped thread; a panic in it becomes an error naming `what`.
-fn joined<T, E: Into<anyhow::Error>>(h: std::thread::ScopedJoinHandle<'_, Result<T, E>>, what: &str) -> Result<T> {
-    h.join().map_err(|_| anyhow::anyhow!("{what} panicked"))?.map_err(Into::into)
+fn joined<T, E: Into<ArtifactError>>(h: std::thread::ScopedJoinHandle<'_, Result<T, E>>, what: &str) -> Result<T> {
+    h.join().map_err(|_| ArtifactError::Panicked(what.to_string()))?.map_err(Into::into)
 }
 
 /// Root filesystem size when the profile gives none: content, a block per
@@ -471,7 +478,6 @@ fn grub_core(dir: &Path, config: &str, work: &Path) -> Result<Vec<u8>> {
                 "terminal",
                 "echo",
             ]),
-    )
-    .context("grub-mkimage (apt-get install grub-pc-bin)")?;
+    )?;
     Ok(std::fs::read(&out)?)
 }

@@ -14,8 +14,8 @@
 //! time is the build's epoch, not the clock; not the mirror nor the lock's
 //! date, which are not hashed), so the same inputs give the same bytes.
 
+use super::error::{ArtifactError, Result};
 use crate::config::lock::Lock;
-use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 pub(crate) const FILE: &str = "sbom.spdx.json";
@@ -56,7 +56,8 @@ pub(crate) struct Installed {
 /// The installed packages of a dpkg `status` file, in the lock's order,
 /// each one the package its lock line names (name, architecture, version).
 pub(crate) fn installed(status: &str, lock: &Lock) -> Result<Vec<Installed>> {
-    let paragraphs = crate::debian::deb822::parse(status).map_err(|e| anyhow::anyhow!("/{DPKG_STATUS}: {e}"))?;
+    let paragraphs =
+        crate::debian::deb822::parse(status).map_err(|e| ArtifactError::Sbom(format!("/{DPKG_STATUS}: {e}")))?;
     let mut found: Vec<Installed> = Vec::new();
     for p in &paragraphs {
         if !p.get("Status").is_some_and(|s| s.ends_with(" installed")) {
@@ -66,7 +67,9 @@ pub(crate) fn installed(status: &str, lock: &Lock) -> Result<Vec<Installed>> {
         let (Some(name), Some(version), Some(architecture)) =
             (field("Package"), field("Version"), field("Architecture"))
         else {
-            bail!("/{DPKG_STATUS}: an installed package without Package, Version or Architecture");
+            return Err(ArtifactError::Sbom(format!(
+                "/{DPKG_STATUS}: an installed package without Package, Version or Architecture"
+            )));
         };
         found.push(Installed {
             name,
@@ -82,24 +85,24 @@ pub(crate) fn installed(status: &str, lock: &Lock) -> Result<Vec<Installed>> {
     for l in &lock.packages {
         let at = found.iter().position(|i| i.name == l.name && i.architecture == l.architecture);
         let Some(i) = at.map(|at| found.swap_remove(at)) else {
-            bail!(
+            return Err(ArtifactError::Sbom(format!(
                 "{} {} is locked but the image's dpkg database does not list it as installed",
-                l.name,
-                l.architecture
-            );
+                l.name, l.architecture
+            )));
         };
         if i.version != l.version {
-            bail!(
+            return Err(ArtifactError::Sbom(format!(
                 "the image holds {} {} but its lock line says {}: refused (was the lock edited?)",
-                i.name,
-                i.version,
-                l.version
-            );
+                i.name, i.version, l.version
+            )));
         }
         ordered.push(i);
     }
     if let Some(i) = found.first() {
-        bail!("the image holds {} {} {}, which no lock line names", i.name, i.version, i.architecture);
+        return Err(ArtifactError::Sbom(format!(
+            "the image holds {} {} {}, which no lock line names",
+            i.name, i.version, i.architecture
+        )));
     }
     Ok(ordered)
 }

@@ -11,7 +11,8 @@
 //! to the file alignment, and the image size, initialized-data size and PE
 //! checksum are set to match. Same inputs, same bytes.
 
-use anyhow::{bail, ensure, Context, Result};
+use super::error::{ArtifactError, Result};
+use crate::fsutil::IoAt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -31,7 +32,7 @@ impl SectionData {
     fn len(&self) -> Result<u64> {
         Ok(match self {
             SectionData::Bytes(b) => b.len() as u64,
-            SectionData::File(p) => std::fs::metadata(p).with_context(|| format!("{}", p.display()))?.len(),
+            SectionData::File(p) => std::fs::metadata(p).at("reading", p)?.len(),
         })
     }
 }
@@ -70,15 +71,23 @@ fn align(v: u64, a: u64) -> u64 {
 
 impl Pe {
     fn parse(b: &[u8]) -> Result<Pe> {
-        ensure!(b.len() >= 0x40 && &b[..2] == b"MZ", "not a PE file (no MZ header)");
+        if !(b.len() >= 0x40 && &b[..2] == b"MZ") {
+            return Err(ArtifactError::Uki("not a PE file (no MZ header)".to_string()));
+        }
         let pe = u32_at(b, 0x3c) as usize;
-        ensure!(b.len() >= pe + 24 && &b[pe..pe + 4] == b"PE\0\0", "not a PE file (no PE signature)");
+        if !(b.len() >= pe + 24 && &b[pe..pe + 4] == b"PE\0\0") {
+            return Err(ArtifactError::Uki("not a PE file (no PE signature)".to_string()));
+        }
         let coff = pe + 4;
         let count = u16_at(b, coff + 2) as usize;
         let opt_size = u16_at(b, coff + 16) as usize;
         let opt = coff + 20;
-        ensure!(b.len() >= opt + opt_size && opt_size >= 112 + 5 * 8, "PE optional header is cut short");
-        ensure!(u16_at(b, opt) == 0x20b, "not a PE32+ image (64-bit EFI stubs only)");
+        if !(b.len() >= opt + opt_size && opt_size >= 112 + 5 * 8) {
+            return Err(ArtifactError::Uki("PE optional header is cut short".to_string()));
+        }
+        if u16_at(b, opt) != 0x20b {
+            return Err(ArtifactError::Uki("not a PE32+ image (64-bit EFI stubs only)".to_string()));
+        }
         let sections = opt + opt_size;
         let p = Pe {
             coff,
@@ -89,11 +98,12 @@ impl Pe {
             file_align: u32_at(b, opt + 36) as u64,
             size_of_headers: u32_at(b, opt + 60) as usize,
         };
-        ensure!(
-            p.section_align.is_power_of_two() && p.file_align.is_power_of_two(),
-            "PE alignments are not powers of two"
-        );
-        ensure!(b.len() >= sections + count * SECTION_HEADER, "PE section table is cut short");
+        if !(p.section_align.is_power_of_two() && p.file_align.is_power_of_two()) {
+            return Err(ArtifactError::Uki("PE alignments are not powers of two".to_string()));
+        }
+        if b.len() < sections + count * SECTION_HEADER {
+            return Err(ArtifactError::Uki("PE section table is cut short".to_string()));
+        }
         Ok(p)
     }
 
@@ -116,17 +126,20 @@ impl Pe {
 
 /// Writes `stub` plus `sections` to `out`. Returns the file's size.
 pub(crate) fn write(stub: &[u8], sections: &[Section], out: &Path) -> Result<u64> {
-    let pe = Pe::parse(stub).context("reading the EFI stub")?;
+    let pe = Pe::parse(stub).map_err(|e| e.within("reading the EFI stub"))?;
     // A signed stub's signature would no longer match once sections are added.
-    ensure!(!pe.signed(stub), "the stub is signed; use the unsigned linux*.efi.stub");
+    if pe.signed(stub) {
+        return Err(ArtifactError::Uki("the stub is signed; use the unsigned linux*.efi.stub".to_string()));
+    }
     let room = pe.size_of_headers;
     let needed = pe.section(pe.count + sections.len());
-    ensure!(
-        needed <= room,
-        "the EFI stub has header room for {} more section(s), {} needed",
-        (room - pe.section(pe.count)) / SECTION_HEADER,
-        sections.len()
-    );
+    if needed > room {
+        return Err(ArtifactError::Uki(format!(
+            "the EFI stub has header room for {} more section(s), {} needed",
+            (room - pe.section(pe.count)) / SECTION_HEADER,
+            sections.len()
+        )));
+    }
     // Where the stub's sections end, in memory and in the file.
     let (mut vend, mut fend) = (0u64, room as u64);
     for i in 0..pe.count {
@@ -138,7 +151,9 @@ pub(crate) fn write(stub: &[u8], sections: &[Section], out: &Path) -> Result<u64
             fend = fend.max(raw_at + raw_size);
         }
     }
-    ensure!(fend as usize <= stub.len(), "the EFI stub's sections run past its end");
+    if fend as usize > stub.len() {
+        return Err(ArtifactError::Uki("the EFI stub's sections run past its end".to_string()));
+    }
     // Anything after the last section (a COFF symbol table, debug data) is
     // dropped: it is not loaded, and would sit between the stub and the new
     // sections. The header's pointer to the symbol table goes with it.
@@ -150,10 +165,14 @@ pub(crate) fn write(stub: &[u8], sections: &[Section], out: &Path) -> Result<u64
     let mut init_data = u32_at(&header, pe.opt + 8) as u64;
     let (mut va, mut at) = (align(vend, pe.section_align), align(fend, pe.file_align));
     for (i, s) in sections.iter().enumerate() {
-        ensure!(s.name.len() <= 8 && s.name.starts_with('.'), "bad section name {}", s.name);
+        if !(s.name.len() <= 8 && s.name.starts_with('.')) {
+            return Err(ArtifactError::Uki(format!("bad section name {}", s.name)));
+        }
         let len = s.data.len()?;
         let raw = align(len, pe.file_align);
-        ensure!(va + len < u32::MAX as u64 && at + raw < u32::MAX as u64, "the image would pass 4 GiB");
+        if !(va + len < u32::MAX as u64 && at + raw < u32::MAX as u64) {
+            return Err(ArtifactError::Uki("the image would pass 4 GiB".to_string()));
+        }
         let h = pe.section(pe.count + i);
         header[h..h + SECTION_HEADER].fill(0);
         header[h..h + s.name.len()].copy_from_slice(s.name.as_bytes());
@@ -174,7 +193,7 @@ pub(crate) fn write(stub: &[u8], sections: &[Section], out: &Path) -> Result<u64
     put_u32(&mut header, checksum_at, 0);
 
     // Write, summing the PE checksum as the bytes go by; then put it in.
-    let f = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let f = std::fs::File::create(out).at("creating", out)?;
     let mut w = Summed { inner: std::io::BufWriter::with_capacity(1 << 20, f), sum: 0, odd: None, len: 0 };
     w.write_all(&header)?;
     for (s, &(at, raw, len)) in sections.iter().zip(&placed) {
@@ -185,11 +204,13 @@ pub(crate) fn write(stub: &[u8], sections: &[Section], out: &Path) -> Result<u64
                 b.len() as u64
             }
             SectionData::File(p) => {
-                let mut f = std::fs::File::open(p).with_context(|| format!("{}", p.display()))?;
+                let mut f = std::fs::File::open(p).at("reading", p)?;
                 std::io::copy(&mut (&mut f).take(len + 1), &mut w)?
             }
         };
-        ensure!(n == len, "{} changed while the UKI was written", s.name);
+        if n != len {
+            return Err(ArtifactError::Uki(format!("{} changed while the UKI was written", s.name)));
+        }
         pad_to(&mut w, at + raw)?;
     }
     let len = w.len;
@@ -203,7 +224,7 @@ pub(crate) fn write(stub: &[u8], sections: &[Section], out: &Path) -> Result<u64
 
 fn pad_to(w: &mut Summed, at: u64) -> Result<()> {
     if w.len > at {
-        bail!("section data overlaps the next section");
+        return Err(ArtifactError::Uki("section data overlaps the next section".to_string()));
     }
     let zeros = [0u8; 4096];
     while w.len < at {
@@ -279,11 +300,11 @@ pub(crate) const BOOT_PHASES: [&str; 4] = ["enter-initrd", "leave-initrd", "sysi
 pub(crate) fn pcr11(uki: &Path) -> Result<crate::model::manifest::Pcr11> {
     use sha2::{Digest, Sha256};
     use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(uki).with_context(|| format!("opening {}", uki.display()))?;
+    let f = std::fs::File::open(uki).at("opening", uki)?;
     let file_len = f.metadata()?.len();
     let mut head = vec![0u8; (file_len as usize).min(64 << 10)];
     f.read_exact_at(&mut head, 0)?;
-    let pe = Pe::parse(&head).with_context(|| format!("reading {}", uki.display()))?;
+    let pe = Pe::parse(&head).map_err(|e| e.within(format!("reading {}", uki.display())))?;
     let extend = |pcr: &mut [u8; 32], digest: &[u8]| {
         *pcr = Sha256::new().chain_update(&pcr[..]).chain_update(digest).finalize().into();
     };
@@ -296,7 +317,9 @@ pub(crate) fn pcr11(uki: &Path) -> Result<crate::model::manifest::Pcr11> {
         };
         // The stub measures the section as loaded: VirtualSize bytes, the
         // file's data zero-filled past SizeOfRawData.
-        ensure!(at + raw.min(vsize) <= file_len, "{want} runs past the end of {}", uki.display());
+        if at + raw.min(vsize) > file_len {
+            return Err(ArtifactError::Uki(format!("{want} runs past the end of {}", uki.display())));
+        }
         let mut name = want.as_bytes().to_vec();
         name.push(0);
         extend(&mut pcr, &Sha256::digest(&name));
@@ -438,14 +461,14 @@ mod tests {
         let out = dir.path().join("uki.efi");
         let many: Vec<Section> = (0..20).map(|_| Section { name: ".x", data: SectionData::Bytes(vec![1]) }).collect();
         let e = write(&tiny_pe(), &many, &out).unwrap_err();
-        assert!(format!("{e:#}").contains("header room"), "{e:#}");
+        assert!(crate::model::Chain(&e).to_string().contains("header room"), "{}", crate::model::Chain(&e));
         let mut signed = tiny_pe();
         put_u32(&mut signed, 0x84 + 20 + 112 + 4 * 8 + 4, 0x100);
         let e = write(&signed, &[], &out).unwrap_err();
-        assert!(format!("{e:#}").contains("signed"), "{e:#}");
+        assert!(crate::model::Chain(&e).to_string().contains("signed"), "{}", crate::model::Chain(&e));
         let e =
             write(b"not a pe file at all, no MZ here......................................", &[], &out).unwrap_err();
-        assert!(format!("{e:#}").contains("not a PE"), "{e:#}");
+        assert!(crate::model::Chain(&e).to_string().contains("not a PE"), "{}", crate::model::Chain(&e));
     }
 
     #[test]

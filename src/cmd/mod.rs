@@ -98,7 +98,7 @@ impl ProfileArgs {
     ) -> anyhow::Result<imgd::build::Built> {
         let remote = self.remote(endpoint)?;
         let progress = imgd::progress::Progress::new(false);
-        imgd::build::entry(recipe, store, &progress, remote.as_deref())
+        Ok(imgd::build::entry(recipe, store, &progress, remote.as_deref())?)
     }
 
     /// The profile (parsed once) and its recipe with the profile's own formats.
@@ -115,7 +115,7 @@ impl ProfileArgs {
     /// The recipe, building only `formats` when any are given.
     pub fn recipe_with(&self, formats: &[Format]) -> anyhow::Result<Recipe> {
         let formats = (!formats.is_empty()).then(|| formats.to_vec());
-        imgd::build::recipe(&config::load(&self.request())?, &self.cache(), formats, self.unlocked)
+        Ok(imgd::build::recipe(&config::load(&self.request())?, &self.cache(), formats, self.unlocked)?)
     }
 }
 

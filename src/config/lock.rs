@@ -5,10 +5,10 @@
 //!
 //! The file's format lives with the profile it pins: a recipe holds its lock.
 //! Making one (the signed index, the dependency closure) is `crate::debian`'s.
-use anyhow::{bail, Context, Result};
+use crate::fsutil::{IoAt, IoError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub(crate) const LOCK_VERSION: u32 = 1;
 
@@ -16,17 +16,45 @@ pub(crate) const LOCK_VERSION: u32 = 1;
 /// base's index signature is checked with, unless the profile names its own.
 pub(crate) const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
+/// A lock file that cannot be read or used, or a mirror URL imgd does not use.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// Not TOML of the lock's shape: where, and what the parser said.
+    #[error("{}{}: {message}", path.display(), at.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
+    Toml { path: PathBuf, at: Option<(usize, usize)>, message: String },
+    #[error("{}: not a usable lock", path.display())]
+    Unusable {
+        path: PathBuf,
+        #[source]
+        source: Box<LockError>,
+    },
+    /// A field a build would put in a path, a command or a hash is not one
+    /// a lock can hold.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Serialize(#[from] toml::ser::Error),
+}
+
+type Result<T, E = LockError> = std::result::Result<T, E>;
+
+macro_rules! invalid {
+    ($($t:tt)*) => { return Err(LockError::Invalid(format!($($t)*))) };
+}
+
 /// A mirror URL as a profile or lock gives it, checked where it enters: it
 /// lands in the image's sources.list and a shell hook. The URL without its
 /// trailing `/`.
 pub(crate) fn checked_mirror_url(url: &str) -> Result<String> {
     let base = url.trim_end_matches('/').to_string();
     if !(base.starts_with("http://") || base.starts_with("https://") || base.starts_with("file:///")) {
-        bail!("mirror `{url}`: expected an http://, https:// or file:/// URL");
+        invalid!("mirror `{url}`: expected an http://, https:// or file:/// URL");
     }
     // A URL's own characters only.
     if !base.bytes().all(|b| b.is_ascii_graphic() && !b"'\"\\`$;&|<>".contains(&b)) {
-        bail!("mirror `{}`: characters a mirror URL does not have", base.escape_default());
+        invalid!("mirror `{}`: characters a mirror URL does not have", base.escape_default());
     }
     Ok(base)
 }
@@ -107,25 +135,26 @@ impl Lock {
     /// Reads and checks a lock file: every field a build will put in a path,
     /// a command line or a hash is checked here, where it enters.
     pub fn read(path: &Path) -> Result<Lock> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let lock: Lock = toml::from_str(&text).map_err(|e| {
-            let at = e.span().map(|s| super::error::line_col(&text, s.start)).map(|(l, c)| format!(":{l}:{c}"));
-            anyhow::anyhow!("{}{}: {}", path.display(), at.unwrap_or_default(), e.message().trim())
+        let text = std::fs::read_to_string(path).at("reading", path)?;
+        let lock: Lock = toml::from_str(&text).map_err(|e| LockError::Toml {
+            path: path.to_path_buf(),
+            at: e.span().map(|s| super::error::line_col(&text, s.start)),
+            message: e.message().trim().to_string(),
         })?;
-        lock.check().with_context(|| format!("{}: not a usable lock", path.display()))?;
+        lock.check().map_err(|e| LockError::Unusable { path: path.to_path_buf(), source: Box::new(e) })?;
         Ok(lock)
     }
 
     pub(crate) fn check(&self) -> Result<()> {
         if self.lock_version != LOCK_VERSION {
-            bail!("lock_version {} (this imgd reads {LOCK_VERSION}): run `imgd lock` again", self.lock_version);
+            invalid!("lock_version {} (this imgd reads {LOCK_VERSION}): run `imgd lock` again", self.lock_version);
         }
         // Both land in the lock file's header comment, a line each.
         if self.mirror.contains(char::is_control) || self.release_date.contains(char::is_control) {
-            bail!("mirror or release_date holds a control character");
+            invalid!("mirror or release_date holds a control character");
         }
         if self.packages.is_empty() {
-            bail!("no packages");
+            invalid!("no packages");
         }
         let name_ok = |s: &str| {
             !s.is_empty()
@@ -134,12 +163,12 @@ impl Lock {
         };
         let r = &self.request;
         if ![&r.suite, &r.architecture].into_iter().chain(&r.components).chain(&r.packages).all(|s| name_ok(s)) {
-            bail!("[request] holds a name that is not a Debian suite, architecture, component or package");
+            invalid!("[request] holds a name that is not a Debian suite, architecture, component or package");
         }
         let mut seen = std::collections::HashSet::new();
         for p in &self.packages {
             if !name_ok(&p.name) || !name_ok(&p.version) || !name_ok(&p.architecture) {
-                bail!(
+                invalid!(
                     "package `{}` {} {}: not a Debian package name, version and architecture",
                     p.name,
                     p.version,
@@ -147,16 +176,16 @@ impl Lock {
                 );
             }
             if p.sha256.len() != 64 || !p.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-                bail!("package {}: sha256 `{}` is not a lowercase SHA-256", p.name, p.sha256);
+                invalid!("package {}: sha256 `{}` is not a lowercase SHA-256", p.name, p.sha256);
             }
             if p.filename.starts_with('/')
                 || p.filename.split('/').any(|c| c == ".." || c.is_empty())
                 || p.filename.contains(char::is_control)
             {
-                bail!("package {}: filename `{}` is not a path inside a mirror", p.name, p.filename);
+                invalid!("package {}: filename `{}` is not a path inside a mirror", p.name, p.filename);
             }
             if !seen.insert(&p.name) {
-                bail!("package {} is locked twice", p.name);
+                invalid!("package {} is locked twice", p.name);
             }
         }
         Ok(())
@@ -176,12 +205,8 @@ impl Lock {
 
     /// Writes atomically: a lock is never seen half-written.
     pub fn write(&self, path: &Path, profile: &str) -> Result<()> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        std::io::Write::write_all(&mut tmp, self.to_toml(profile)?.as_bytes())?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(path).map_err(|e| e.error).with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
+        let text = self.to_toml(profile)?;
+        Ok(crate::fsutil::write_atomic(path, text.as_bytes())?)
     }
 }
 
@@ -273,7 +298,7 @@ mod tests {
             assert!(Lock::read(&path).is_err(), "accepted {to}");
         }
         std::fs::write(&path, "lock_version = 1\nbogus = 2\n").unwrap();
-        let e = format!("{:#}", Lock::read(&path).unwrap_err());
+        let e = crate::model::Chain(&Lock::read(&path).unwrap_err()).to_string();
         assert!(e.contains("x.lock:"), "{e}");
     }
 

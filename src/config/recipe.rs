@@ -117,7 +117,7 @@ fn debian_base_with(l: &Loaded, arch: Arch, cache: &Path, read_lock: bool) -> Re
     packages.sort();
     packages.dedup();
     let mirror = spec.mirror.clone().unwrap_or_else(|| "http://deb.debian.org/debian".into());
-    checked_mirror_url(&mirror).map_err(|e| l.error(&key("mirror"), format!("{e:#}")))?;
+    checked_mirror_url(&mirror).map_err(|e| l.error(&key("mirror"), crate::model::Chain(&e).to_string()))?;
     let keyring = PathBuf::from(spec.keyring.as_deref().unwrap_or(DEBIAN_KEYRING));
     let request =
         Request { suite: spec.suite.clone(), architecture: arch.debian().into(), variant, components, packages };
@@ -131,7 +131,8 @@ fn debian_base_with(l: &Loaded, arch: Arch, cache: &Path, read_lock: bool) -> Re
         cache: cache.to_path_buf(),
     };
     if read_lock && lock_path.exists() {
-        let lock = Lock::read(&lock_path).map_err(|e| ConfigError::new(&lock_path, format!("{e:#}")))?;
+        let lock =
+            Lock::read(&lock_path).map_err(|e| ConfigError::new(&lock_path, format!("{}", crate::model::Chain(&e))))?;
         if lock.request != base.request {
             return Err(l.error(
                 "base.debian",

@@ -383,8 +383,8 @@ fn signing(l: &Loaded, formats: &[Format]) -> Result<Option<Signing>, ConfigErro
     let Some(sb) = l.profile.secure_boot.as_ref().filter(|_| formats.contains(&Format::Uki)) else { return Ok(None) };
     let key = PathBuf::from(&sb.key);
     std::fs::metadata(&key).map_err(|e| l.error("secure_boot.key", format!("{}: {e}", sb.key)))?;
-    let cert_sha256 =
-        hash::cert_fingerprint(Path::new(&sb.cert)).map_err(|e| l.error("secure_boot.cert", format!("{e:#}")))?;
+    let cert_sha256 = hash::cert_fingerprint(Path::new(&sb.cert))
+        .map_err(|e| l.error("secure_boot.cert", crate::model::Chain(&e).to_string()))?;
     Ok(Some(Signing { key, cert: PathBuf::from(&sb.cert), cert_sha256 }))
 }
 

@@ -5,9 +5,10 @@
 //! cannot slip in an index, or a field, of its own.
 
 use super::deb822;
+use super::error::{DebianError, Result};
 use super::fetch::Mirror;
 use super::index::Index;
-use anyhow::{bail, Context, Result};
+use crate::fsutil::IoAt;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
@@ -27,41 +28,48 @@ impl Release {
     /// Fetches `dists/<suite>/InRelease` and checks its signature with `keyring`.
     pub(crate) fn fetch(mirror: &Mirror, suite: &str, keyring: &Path) -> Result<Release> {
         let raw = mirror.get(&format!("dists/{suite}/InRelease"))?;
-        let signed = verify_clearsigned(&raw, keyring).with_context(|| {
-            format!("{}: dists/{suite}/InRelease is not signed by a key in {}", mirror, keyring.display())
+        let signed = verify_clearsigned(&raw, keyring).map_err(|e| DebianError::Signature {
+            mirror: mirror.to_string(),
+            suite: suite.to_string(),
+            keyring: keyring.to_path_buf(),
+            source: Box::new(e),
         })?;
-        let release = Release::parse(&signed).with_context(|| format!("{mirror}: dists/{suite}/InRelease"))?;
+        let release = Release::parse(&signed).map_err(|e| e.within(format!("{mirror}: dists/{suite}/InRelease")))?;
         // A validly signed Release of another suite (an older one, say) is
         // not what was asked for: apt refuses that too.
         if release.suite != suite && release.codename != suite {
-            bail!(
-                "{mirror}: dists/{suite}/InRelease is signed but describes suite {} ({}), not {suite}",
-                release.suite,
-                release.codename
-            );
+            return Err(DebianError::OtherSuite {
+                mirror: mirror.to_string(),
+                suite: suite.to_string(),
+                got: release.suite,
+                codename: release.codename,
+            });
         }
         Ok(release)
     }
 
     pub(crate) fn parse(text: &str) -> Result<Release> {
-        let paras = deb822::parse(text).map_err(anyhow::Error::msg)?;
-        let p = paras.first().context("empty Release file")?;
+        let malformed = |m: String| DebianError::Malformed(m);
+        let paras = deb822::parse(text).map_err(malformed)?;
+        let p = paras.first().ok_or_else(|| malformed("empty Release file".into()))?;
         if let Some(until) = p.get("Valid-Until") {
-            let t = parse_date(until).with_context(|| format!("Valid-Until: {until}"))?;
+            let t = parse_date(until).ok_or_else(|| malformed(format!("Valid-Until: {until}: not a date")))?;
             if t < std::time::SystemTime::now() {
-                bail!("the Release file expired at {until} (Valid-Until): a stale copy, refused");
+                return Err(malformed(format!(
+                    "the Release file expired at {until} (Valid-Until): a stale copy, refused"
+                )));
             }
         }
         let mut files = HashMap::new();
         for line in p.get("SHA256").unwrap_or_default().lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             if let [sha, size, path] = f[..] {
-                let size = size.parse().with_context(|| format!("SHA256 entry `{line}`: bad size"))?;
+                let size = size.parse().map_err(|_| malformed(format!("SHA256 entry `{line}`: bad size")))?;
                 files.insert(path.to_string(), (sha.to_ascii_lowercase(), size));
             }
         }
         if files.is_empty() {
-            bail!("the Release file lists no SHA256 checksums");
+            return Err(malformed("the Release file lists no SHA256 checksums".into()));
         }
         Ok(Release {
             suite: p.get("Suite").unwrap_or_default().to_string(),
@@ -69,7 +77,7 @@ impl Release {
             date: p
                 .get("Date")
                 .filter(|d| !d.contains(char::is_control))
-                .context("the Release file has no one-line Date")?
+                .ok_or_else(|| malformed("the Release file has no one-line Date".into()))?
                 .to_string(),
             files,
         })
@@ -83,52 +91,62 @@ impl Release {
             let path = format!("{dir}/{name}");
             let Some((sha, size)) = self.files.get(&path) else { continue };
             let body = mirror.get(&format!("dists/{suite}/{path}"))?;
+            let within = format!("{mirror}: dists/{suite}/{path}");
             if body.len() as u64 != *size || crate::hash::sha256_hex(&body) != *sha {
-                bail!("{mirror}: dists/{suite}/{path} does not match the SHA-256 in the signed Release: refused");
+                let (mirror, suite) = (mirror.to_string(), suite.to_string());
+                return Err(DebianError::NotSigned { mirror, suite, path });
             }
             let mut text = String::new();
             if gz {
                 flate2::read::GzDecoder::new(&body[..])
                     .read_to_string(&mut text)
-                    .with_context(|| format!("decompressing {path}"))?;
+                    .map_err(|e| DebianError::Malformed(format!("not gzip text: {e}")).within(&within))?;
             } else {
-                text = String::from_utf8(body).with_context(|| format!("{path} is not UTF-8"))?;
+                text =
+                    String::from_utf8(body).map_err(|_| DebianError::Malformed("not UTF-8".into()).within(&within))?;
             }
-            return Index::parse(&text, arch).with_context(|| format!("{mirror}: dists/{suite}/{path}"));
+            return Index::parse(&text, arch).map_err(|e| e.within(within));
         }
-        bail!("{mirror}: the Release of {suite} lists no {dir}/Packages(.gz): is {component} a component of it, {arch} one of its architectures?")
+        Err(DebianError::NoIndex {
+            mirror: mirror.to_string(),
+            suite: suite.to_string(),
+            dir,
+            component: component.to_string(),
+            arch: arch.to_string(),
+        })
     }
 }
 
 /// Runs `gpgv` on a clear-signed file and returns the text it says is signed.
 fn verify_clearsigned(raw: &[u8], keyring: &Path) -> Result<String> {
     if !keyring.is_file() {
-        bail!("keyring {} not found (Debian's is in package debian-archive-keyring)", keyring.display());
+        return Err(DebianError::NoKeyring(keyring.to_path_buf()));
     }
-    let dir = tempfile::tempdir()?;
+    let dir = tempfile::tempdir().at("making a private folder in", std::env::temp_dir())?;
     let input = dir.path().join("InRelease");
     let output = dir.path().join("signed");
-    std::fs::write(&input, raw)?;
+    std::fs::write(&input, raw).at("writing", &input)?;
     let out = std::process::Command::new("gpgv")
         .arg("--keyring")
-        .arg(std::path::absolute(keyring)?)
+        .arg(std::path::absolute(keyring).at("finding", keyring)?)
         .arg("--output")
         .arg(&output)
         .arg(&input)
         .output()
-        .context("running gpgv (package gpgv)")?;
+        .map_err(DebianError::NoGpgv)?;
     if !out.status.success() {
         let why = String::from_utf8_lossy(&out.stderr);
         let why: Vec<&str> = why.lines().filter(|l| !l.trim().is_empty()).collect();
-        bail!("gpgv: {}", why.join("; "));
+        return Err(DebianError::Gpgv(why.join("; ")));
     }
-    String::from_utf8(std::fs::read(&output)?).context("the signed text is not UTF-8")
+    String::from_utf8(std::fs::read(&output).at("reading", &output)?)
+        .map_err(|_| DebianError::Malformed("the signed text is not UTF-8".into()))
 }
 
 /// An RFC 2822 date as Debian writes them (`Sat, 10 Aug 2024 09:33:28 UTC`).
-fn parse_date(s: &str) -> Result<std::time::SystemTime> {
+fn parse_date(s: &str) -> Option<std::time::SystemTime> {
     let s = s.trim().trim_end_matches("UTC").trim_end_matches("GMT").trim_end_matches("+0000").trim();
-    httpdate::parse_http_date(&format!("{s} GMT")).map_err(|e| anyhow::anyhow!("{e}"))
+    httpdate::parse_http_date(&format!("{s} GMT")).ok()
 }
 
 #[cfg(test)]

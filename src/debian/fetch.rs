@@ -1,7 +1,8 @@
 //! Getting files from a Debian mirror (http, https or file://), and `.deb`s
 //! into a content-addressed pool where each is kept under its SHA-256.
 
-use anyhow::{bail, Context, Result};
+use super::error::{DebianError, Result};
+use crate::fsutil::IoAt;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -42,21 +43,28 @@ impl Mirror {
     /// A reader over the file at `path`, below the mirror's base.
     fn open(&self, path: &str) -> Result<Box<dyn Read + Send>> {
         if path.split('/').any(|c| c == "..") {
-            bail!("{self}: refusing path `{path}` (it climbs out of the mirror)");
+            return Err(DebianError::Climbs { mirror: self.to_string(), path: path.to_string() });
         }
         let url = self.url(path);
         if let Some(local) = url.strip_prefix("file://") {
-            let f = std::fs::File::open(local).with_context(|| format!("reading {local}"))?;
+            let f = std::fs::File::open(local).at("reading", local)?;
             return Ok(Box::new(f));
         }
-        let resp = self.agent.get(&url).call().with_context(|| format!("GET {url}"))?;
+        let resp = match self.agent.get(&url).call() {
+            Ok(resp) => resp,
+            Err(e) => return Err(DebianError::Mirror { doing: "GET", url, source: Box::new(e) }),
+        };
         Ok(Box::new(resp.into_body().into_reader().take(MAX_BODY)))
     }
 
     /// The whole file at `path` (indexes: small enough to hold).
     pub(crate) fn get(&self, path: &str) -> Result<Vec<u8>> {
         let mut buf = Vec::new();
-        self.open(path)?.read_to_end(&mut buf).with_context(|| format!("reading {}", self.url(path)))?;
+        self.open(path)?.read_to_end(&mut buf).map_err(|e| DebianError::Mirror {
+            doing: "reading",
+            url: self.url(path),
+            source: Box::new(e),
+        })?;
         Ok(buf)
     }
 }
@@ -87,21 +95,25 @@ impl Pool {
     /// A new private folder in the pool's folder, for a download to land in
     /// before [`Pool::adopt`] checks it.
     pub(crate) fn partial_dir(&self) -> Result<tempfile::TempDir> {
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
-        Ok(tempfile::Builder::new().prefix(PARTIAL).tempdir_in(&self.dir)?)
+        std::fs::create_dir_all(&self.dir).at("creating", &self.dir)?;
+        Ok(tempfile::Builder::new()
+            .prefix(PARTIAL)
+            .tempdir_in(&self.dir)
+            .at("making a private folder in", &self.dir)?)
     }
 
     /// Keeps a downloaded file as `sha256` if it has that size and digest;
     /// else this is an error (and the caller's private folder goes with it).
     pub(crate) fn adopt(&self, file: &std::path::Path, sha256: &str, size: u64) -> Result<PathBuf> {
-        let got = std::fs::metadata(file)?.len();
-        let actual = crate::hash::sha256_file(file)?;
+        let got = std::fs::metadata(file).at("reading", file)?.len();
+        let actual = crate::hash::sha256_file(file).at("reading", file)?;
         if got != size || actual != sha256 {
-            bail!("got {got} bytes with SHA-256 {actual}, the lock says {size} bytes with {sha256}: refused");
+            let (at, sha256) = (String::new(), sha256.to_string());
+            return Err(DebianError::NotLocked { at, got, actual, size, sha256 });
         }
         let dest = self.path(sha256);
-        std::fs::File::open(file)?.sync_all()?;
-        std::fs::rename(file, &dest)?;
+        std::fs::File::open(file).and_then(|f| f.sync_all()).at("syncing", file)?;
+        std::fs::rename(file, &dest).at("keeping", &dest)?;
         Ok(dest)
     }
 
@@ -124,27 +136,32 @@ impl Pool {
         if dest.is_file() {
             return Ok(dest);
         }
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
-        let mut tmp = tempfile::Builder::new().prefix(PARTIAL).tempfile_in(&self.dir)?;
+        std::fs::create_dir_all(&self.dir).at("creating", &self.dir)?;
+        let mut tmp = tempfile::Builder::new().prefix(PARTIAL).tempfile_in(&self.dir).at("writing into", &self.dir)?;
         let mut reader = mirror.open(path)?.take(size + 1);
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 256 << 10];
         let mut got = 0u64;
         loop {
-            let n = reader.read(&mut buf).with_context(|| format!("downloading {path} from {mirror}"))?;
+            let n = reader.read(&mut buf).map_err(|e| DebianError::Mirror {
+                doing: "downloading",
+                url: mirror.url(path),
+                source: Box::new(e),
+            })?;
             if n == 0 {
                 break;
             }
             got += n as u64;
             hasher.update(&buf[..n]);
-            tmp.write_all(&buf[..n])?;
+            tmp.write_all(&buf[..n]).at("writing", tmp.path())?;
         }
         let actual = hex::encode(hasher.finalize());
         if got != size || actual != sha256 {
-            bail!("{mirror}/{path}: got {got} bytes with SHA-256 {actual}, the lock says {size} bytes with {sha256}: refused");
+            let (at, sha256) = (format!("{mirror}/{path}: "), sha256.to_string());
+            return Err(DebianError::NotLocked { at, got, actual, size, sha256 });
         }
-        tmp.as_file().sync_all()?;
-        tmp.persist(&dest).map_err(|e| e.error)?;
+        tmp.as_file().sync_all().at("syncing", tmp.path())?;
+        tmp.persist(&dest).map_err(|e| e.error).at("keeping", &dest)?;
         Ok(dest)
     }
 }

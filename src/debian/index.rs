@@ -2,7 +2,7 @@
 //! with the relations the resolver follows.
 
 use super::deb822;
-use anyhow::{bail, Context, Result};
+use super::error::{DebianError, Result};
 use debversion::Version;
 use std::collections::HashMap;
 
@@ -89,7 +89,7 @@ pub(crate) fn parse_relations(s: &str) -> Result<Vec<Vec<Relation>>> {
     for group in s.split(',').map(str::trim).filter(|g| !g.is_empty()) {
         let mut alts = Vec::new();
         for alt in group.split('|').map(str::trim) {
-            alts.push(parse_relation(alt).with_context(|| format!("relation `{alt}`"))?);
+            alts.push(parse_relation(alt).map_err(|e| e.within(format!("relation `{alt}`")))?);
         }
         out.push(alts);
     }
@@ -106,7 +106,7 @@ fn parse_relation(s: &str) -> Result<Relation> {
     // `:any` / `:native` qualifiers: this resolver works in one architecture.
     let name = name.split(':').next().unwrap_or(name).to_string();
     if name.is_empty() || name.contains(char::is_whitespace) {
-        bail!("bad package name");
+        return Err(DebianError::Malformed("bad package name".into()));
     }
     let constraint = match rest {
         None => None,
@@ -122,8 +122,8 @@ fn parse_relation(s: &str) -> Result<Relation> {
             ]
             .into_iter()
             .find_map(|(p, op)| c.strip_prefix(p).map(|v| (op, v.trim())))
-            .context("bad version operator")?;
-            Some((op, v.parse::<Version>().map_err(|e| anyhow::anyhow!("version `{v}`: {e}"))?))
+            .ok_or_else(|| DebianError::Malformed("bad version operator".into()))?;
+            Some((op, v.parse::<Version>().map_err(|e| DebianError::Malformed(format!("version `{v}`: {e}")))?))
         }
     };
     Ok(Relation { name, constraint })
@@ -141,44 +141,41 @@ impl Index {
     /// Parses a `Packages` file of architecture `arch`.
     pub(crate) fn parse(text: &str, arch: &str) -> Result<Index> {
         let mut index = Index::default();
-        for p in deb82_paragraphs(text)? {
+        for p in deb822::parse(text).map_err(DebianError::Malformed)? {
             let field = |f: &str| p.get(f).map(str::to_string);
-            let name = field("Package").context("a paragraph without Package")?;
-            let ctx = || format!("package {name}");
-            let architecture = field("Architecture").with_context(ctx)?;
+            let name = field("Package").ok_or_else(|| DebianError::Malformed("a paragraph without Package".into()))?;
+            let bad = |what: String| DebianError::Malformed(format!("package {name}: {what}"));
+            let required = |f: &'static str| p.get(f).ok_or_else(|| bad(format!("no {f}")));
+            let architecture = required("Architecture")?.to_string();
             if architecture != arch && architecture != "all" {
                 continue;
             }
-            let version: Version = p
-                .get("Version")
-                .with_context(ctx)?
-                .parse()
-                .map_err(|e| anyhow::anyhow!("package {name}: bad Version: {e}"))?;
-            let sha256 = field("SHA256").with_context(|| format!("package {name} has no SHA256"))?.to_ascii_lowercase();
+            let version: Version = required("Version")?.parse().map_err(|e| bad(format!("bad Version: {e}")))?;
+            let sha256 = required("SHA256")?.to_ascii_lowercase();
             if !crate::hash::is_sha256_hex(&sha256) {
-                bail!("package {name}: SHA256 `{sha256}` is not a SHA-256");
+                return Err(bad(format!("SHA256 `{sha256}` is not a SHA-256")));
             }
-            let filename = field("Filename").with_context(ctx)?;
+            let filename = required("Filename")?.to_string();
             if filename.starts_with('/')
                 || filename.split('/').any(|c| c == "..")
                 || filename.contains(char::is_control)
             {
-                bail!("package {name}: Filename `{filename}` is not a path inside the mirror");
+                return Err(bad(format!("Filename `{filename}` is not a path inside the mirror")));
             }
             let mut depends = Vec::new();
             for f in ["Pre-Depends", "Depends"] {
                 if let Some(v) = p.get(f) {
-                    depends.extend(parse_relations(v).with_context(|| format!("package {name}: {f}"))?);
+                    depends.extend(parse_relations(v).map_err(|e| e.within(format!("package {name}: {f}")))?);
                 }
             }
             let provides = parse_relations(p.get("Provides").unwrap_or_default())
-                .with_context(|| format!("package {name}: Provides"))?
+                .map_err(|e| e.within(format!("package {name}: Provides")))?
                 .into_iter()
                 .flatten()
                 .map(|r| (r.name, r.constraint.map(|c| c.1)))
                 .collect();
             let pkg = Package {
-                size: p.get("Size").with_context(ctx)?.parse().with_context(|| format!("package {name}: bad Size"))?,
+                size: required("Size")?.parse().map_err(|_| bad("bad Size".into()))?,
                 essential: p.get("Essential") == Some("yes"),
                 priority: field("Priority").unwrap_or_else(|| "optional".into()),
                 name: name.clone(),
@@ -224,10 +221,6 @@ impl Index {
             e.dedup();
         }
     }
-}
-
-fn deb82_paragraphs(text: &str) -> Result<Vec<deb822::Paragraph>> {
-    deb822::parse(text).map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]

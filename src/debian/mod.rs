@@ -4,12 +4,14 @@
 
 pub mod archive;
 pub mod deb822;
+mod error;
 pub mod fetch;
 pub mod index;
 pub mod resolve;
 
 use crate::config::lock::{self, Lock, Request};
-use anyhow::{Context, Result};
+pub use error::DebianError;
+use error::Result;
 use std::path::Path;
 
 /// Resolves `request` against `mirror` now: the signed Release, the
@@ -21,8 +23,11 @@ pub fn resolve_lock(mirror_url: &str, keyring: &Path, request: &Request) -> Resu
     for c in &request.components {
         index.merge(release.packages(&mirror, &request.suite, c, &request.architecture)?);
     }
-    let set = resolve::resolve(&index, request.variant, &request.packages)
-        .with_context(|| format!("resolving the packages of {} from {mirror}", request.suite))?;
+    let set = resolve::resolve(&index, request.variant, &request.packages).map_err(|e| DebianError::Resolve {
+        suite: request.suite.clone(),
+        mirror: mirror.to_string(),
+        source: Box::new(e),
+    })?;
     let lock = Lock {
         lock_version: lock::LOCK_VERSION,
         mirror: mirror_url.trim_end_matches('/').to_string(),

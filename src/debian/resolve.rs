@@ -7,9 +7,9 @@
 //! (apt's order). The build installs exactly this set, so where apt would
 //! have chosen otherwise the lock still says what the image holds.
 
+use super::error::{DebianError, Result};
 use super::index::{Index, Package, Relation};
 use crate::config::lock::Variant;
-use anyhow::{bail, Result};
 use std::collections::{BTreeMap, VecDeque};
 
 /// The closure of the seeds and `requested`, sorted by name.
@@ -32,8 +32,8 @@ pub fn resolve<'a>(index: &'a Index, variant: Variant, requested: &[String]) -> 
             Some(p) => seeds.push(p),
             None => match index.providers.get(r).map(Vec::as_slice) {
                 Some([only]) => seeds.extend(index.packages.get(only)),
-                Some(many) => bail!("`{r}` is a virtual package provided by {}: name one of them", many.join(", ")),
-                None => bail!("package `{r}` is not in the index"),
+                Some(many) => return Err(DebianError::Virtual { name: r.clone(), providers: many.to_vec() }),
+                None => return Err(DebianError::NotInIndex(r.clone())),
             },
         }
     }
@@ -51,7 +51,11 @@ pub fn resolve<'a>(index: &'a Index, variant: Variant, requested: &[String]) -> 
             }
             let Some(pick) = group.iter().find_map(|r| candidate(index, r)) else {
                 let alts: Vec<String> = group.iter().map(ToString::to_string).collect();
-                bail!("{} {} depends on {}, which nothing in the index satisfies", p.name, p.version, alts.join(" | "));
+                return Err(DebianError::Unsatisfied {
+                    package: p.name.clone(),
+                    version: p.version.to_string(),
+                    wants: alts.join(" | "),
+                });
             };
             if chosen.insert(&pick.name, pick).is_none() {
                 queue.push_back(pick);

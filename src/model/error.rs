@@ -55,6 +55,22 @@ impl fmt::Display for Located<'_> {
     }
 }
 
+/// An error with its sources, one line: `what: why: root cause` (what
+/// anyhow's `{:#}` prints, for typed errors).
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
+}
+
 /// How a failed command ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

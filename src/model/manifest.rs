@@ -21,9 +21,9 @@
 
 use super::names::{BadName, Blake3, EntryName, InputHash};
 use super::platform::{Arch, Firmware, Format};
-use anyhow::{bail, Context, Result};
+use crate::fsutil::{IoAt, IoError};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A manifest larger than this is refused unread (real ones are a few KiB).
 pub(crate) const MAX_BYTES: u64 = 4 << 20;
@@ -158,17 +158,43 @@ pub struct RecipeRecord {
     pub rest: serde_json::Map<String, serde_json::Value>,
 }
 
+/// A manifest that could not be read, or that says something imgd never writes.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error("{} is larger than {MAX_BYTES} bytes; not a manifest", path.display())]
+    TooLarge { path: PathBuf },
+    /// Not JSON of the manifest's shape.
+    #[error("parsing {}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<ManifestError>,
+    },
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("entry name `{0}` does not match its hash and profile")]
+    NameMismatch(EntryName),
+    #[error("{0} is listed twice")]
+    Twice(ArtifactFile),
+    #[error("pcr11: `{}` is not 64 hex digits", .0.escape_debug())]
+    BadPcr(String),
+}
+
+type Result<T, E = ManifestError> = std::result::Result<T, E>;
+
 impl Manifest {
     /// Reads and checks a manifest (see the module docs).
     pub fn read(path: &Path) -> Result<Manifest> {
         use std::io::Read;
-        let f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let f = std::fs::File::open(path).at("reading", path)?;
         let mut text = Vec::new();
-        f.take(MAX_BYTES + 1).read_to_end(&mut text).with_context(|| format!("reading {}", path.display()))?;
+        f.take(MAX_BYTES + 1).read_to_end(&mut text).at("reading", path)?;
         if text.len() as u64 > MAX_BYTES {
-            bail!("{} is larger than {MAX_BYTES} bytes; not a manifest", path.display());
+            return Err(ManifestError::TooLarge { path: path.to_path_buf() });
         }
-        Self::parse(&text).with_context(|| format!("parsing {}", path.display()))
+        Self::parse(&text).map_err(|e| ManifestError::Parse { path: path.to_path_buf(), source: Box::new(e) })
     }
 
     pub(crate) fn parse(text: &[u8]) -> Result<Manifest> {
@@ -180,18 +206,18 @@ impl Manifest {
     /// What serde cannot say: the names fit together and nothing is listed twice.
     fn check(&self) -> Result<()> {
         if EntryName::of(&self.hash, &self.profile).ok().as_ref() != Some(&self.name) {
-            bail!("entry name `{}` does not match its hash and profile", self.name);
+            return Err(ManifestError::NameMismatch(self.name.clone()));
         }
         let mut seen = std::collections::BTreeSet::new();
         for a in &self.artifacts {
             if !seen.insert(&a.file) {
-                bail!("{} is listed twice", a.file);
+                return Err(ManifestError::Twice(a.file.clone()));
             }
         }
         for p in self.pcr11.iter().chain(&self.disk_pcr11) {
             for v in std::iter::once(&p.sha256).chain(p.phases_sha256.values()) {
                 if !crate::hash::is_digest_hex(v) {
-                    bail!("pcr11: `{}` is not 64 hex digits", v.escape_debug());
+                    return Err(ManifestError::BadPcr(v.clone()));
                 }
             }
         }
@@ -202,7 +228,7 @@ impl Manifest {
     pub(crate) fn write(&self, path: &Path) -> Result<()> {
         let mut text = serde_json::to_string_pretty(self)?;
         text.push('\n');
-        crate::fsutil::write_atomic(path, text.as_bytes())
+        Ok(crate::fsutil::write_atomic(path, text.as_bytes())?)
     }
 
     pub fn artifact(&self, format: Format, name: ArtifactName) -> Option<&Artifact> {
@@ -262,9 +288,9 @@ mod tests {
             &"x".repeat(129),
         ] {
             let e = parse(&manifest(&[bad])).unwrap_err();
-            assert!(format!("{e:#}").contains("not an artifact file name"), "{bad:?}: {e:#}");
+            assert!(crate::model::Chain(&e).to_string().contains("not an artifact file name"), "{bad:?}: {e:#}");
         }
-        assert!(format!("{:#}", parse(&manifest(&["a", "a"])).unwrap_err()).contains("listed twice"));
+        assert!(crate::model::Chain(&parse(&manifest(&["a", "a"])).unwrap_err()).to_string().contains("listed twice"));
     }
 
     #[test]
@@ -285,7 +311,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("manifest.json");
         std::fs::write(&p, vec![b' '; (MAX_BYTES + 1) as usize]).unwrap();
-        assert!(format!("{:#}", Manifest::read(&p).unwrap_err()).contains("larger than"));
+        assert!(crate::model::Chain(&Manifest::read(&p).unwrap_err()).to_string().contains("larger than"));
     }
 
     /// Mutations of a good manifest: parsed and checked, or refused; never a

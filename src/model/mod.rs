@@ -10,7 +10,7 @@ pub mod manifest;
 pub mod names;
 pub mod platform;
 
-pub use error::{ConfigError, Kind};
+pub use error::{Chain, ConfigError, Kind};
 pub use mac::Mac;
 pub use manifest::{Artifact, ArtifactFile, ArtifactName, Manifest, Pcr11, RecipeRecord};
 pub use names::{valid_name, BadName, Blake3, EntryName, InputHash, NAME_HASH_LEN};

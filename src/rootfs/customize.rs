@@ -1,9 +1,9 @@
 //! What a profile adds on top of its base: mount points, users with SSH keys,
 //! the hostname, files, and enabled systemd units.
 
+use super::error::Result;
 use super::tree::{Kind, Tree};
 use crate::config::recipe::{FileContent, Recipe};
-use anyhow::{bail, Result};
 
 /// Directories every Linux root needs as mount points.
 pub(crate) fn skeleton(tree: &mut Tree) -> Result<()> {
@@ -101,8 +101,9 @@ pub(crate) fn users(tree: &mut Tree, recipe: &Recipe) -> Result<()> {
     let days = recipe.epoch / 86_400;
     for (i, u) in recipe.users.iter().enumerate() {
         if ids(&passwd).iter().any(|(n, _)| n == &u.name) {
-            bail!(recipe
-                .profile_error(&format!("users[{i}].name"), format!("user `{}` already exists in the base", u.name)));
+            return Err(recipe
+                .profile_error(&format!("users[{i}].name"), format!("user `{}` already exists in the base", u.name))
+                .into());
         }
         let uid = u.uid.unwrap_or(1000 + i as u32);
         let home = u.home.clone().unwrap_or_else(|| format!("/home/{}", u.name));
@@ -199,9 +200,9 @@ pub(crate) fn services(tree: &mut Tree, recipe: &Recipe) -> Result<()> {
             .map(|d| format!("{d}/{file_name}"))
             .find(|p| matches!(tree.get(p).map(|n| &n.kind), Some(Kind::File)));
         let Some(path) = found else {
-            bail!(
-                recipe.profile_error(&format!("services.enable[{i}]"), format!("unit {file_name} is not in the image"))
-            );
+            return Err(recipe
+                .profile_error(&format!("services.enable[{i}]"), format!("unit {file_name} is not in the image"))
+                .into());
         };
         let body = text(tree, &path);
         let mut targets = Vec::new();
@@ -218,10 +219,12 @@ pub(crate) fn services(tree: &mut Tree, recipe: &Recipe) -> Result<()> {
             }
         }
         if targets.is_empty() {
-            bail!(recipe.profile_error(
-                &format!("services.enable[{i}]"),
-                format!("unit {file_name} has no WantedBy= or RequiredBy=")
-            ));
+            return Err(recipe
+                .profile_error(
+                    &format!("services.enable[{i}]"),
+                    format!("unit {file_name} has no WantedBy= or RequiredBy="),
+                )
+                .into());
         }
         for t in targets {
             tree.add_symlink(&format!("/etc/systemd/system/{t}/{unit}"), &path)?;

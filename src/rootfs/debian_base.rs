@@ -11,12 +11,13 @@
 //! would differ). The result is kept under the hash of what went in, so a
 //! profile change that does not touch the package set reuses it.
 
+use super::error::{Result, RootfsError};
 use super::tree::Tree;
 use crate::config::lock::Lock;
 use crate::debian::fetch::{Mirror, Pool};
+use crate::fsutil::IoAt;
 use crate::shelf::Shelf;
 use crate::store::remote::Remote;
-use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -71,13 +72,14 @@ pub fn fetch_all(lock: &Lock, pool: &Pool, mirror: &Mirror, remote: Option<&dyn 
     if let Some(r) = remote {
         missing.retain(|p| {
             let name = format!("{}.deb", p.sha256);
-            let got = pool.partial_dir().and_then(|tmp| {
+            let got = (|| -> Result<bool> {
+                let tmp = pool.partial_dir()?;
                 let file = tmp.path().join(&name);
                 if !r.get(REMOTE_POOL, &name, &file, p.size)? {
                     return Ok(false);
                 }
-                pool.adopt(&file, &p.sha256, p.size).map(|_| true)
-            });
+                Ok(pool.adopt(&file, &p.sha256, p.size).map(|_| true)?)
+            })();
             match got {
                 Ok(true) => {
                     report.from_cache += 1;
@@ -85,7 +87,13 @@ pub fn fetch_all(lock: &Lock, pool: &Pool, mirror: &Mirror, remote: Option<&dyn 
                 }
                 Ok(false) => true,
                 Err(e) => {
-                    tracing::warn!("{} {} from {}: {e:#}; taking it from the mirror", p.name, p.version, r.url());
+                    tracing::warn!(
+                        "{} {} from {}: {}; taking it from the mirror",
+                        p.name,
+                        p.version,
+                        r.url(),
+                        crate::model::Chain(&e)
+                    );
                     bad.insert(&p.sha256);
                     true
                 }
@@ -105,13 +113,16 @@ pub fn fetch_all(lock: &Lock, pool: &Pool, mirror: &Mirror, remote: Option<&dyn 
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(p) = missing.get(i) else { return Ok(()) };
-                        pool.fetch(mirror, &p.filename, &p.sha256, p.size)
-                            .with_context(|| format!("{} {}", p.name, p.version))?;
+                        pool.fetch(mirror, &p.filename, &p.sha256, p.size).map_err(|e| RootfsError::Package {
+                            name: p.name.clone(),
+                            version: p.version.clone(),
+                            source: Box::new(e.into()),
+                        })?;
                     }
                 })
             })
             .collect();
-        workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|_| bail!("a download thread panicked")))
+        workers.into_iter().try_for_each(|w| w.join().unwrap_or(Err(RootfsError::Panicked("a download thread"))))
     })?;
     report.from_mirror = missing.len();
     if let Some(r) = remote {
@@ -120,7 +131,12 @@ pub fn fetch_all(lock: &Lock, pool: &Pool, mirror: &Mirror, remote: Option<&dyn 
             match r.put_file(REMOTE_POOL, &name, &pool.path(&p.sha256), &p.sha256, bad.contains(p.sha256.as_str())) {
                 Ok(()) => report.shared += 1,
                 Err(e) => {
-                    tracing::warn!("could not share {} with {} ({e:#}); the local pool is fine", p.name, r.url());
+                    tracing::warn!(
+                        "could not share {} with {} ({}); the local pool is fine",
+                        p.name,
+                        r.url(),
+                        crate::model::Chain(&e)
+                    );
                     break;
                 }
             }
@@ -158,7 +174,7 @@ pub(crate) fn base_tarball(
         return Ok(done);
     }
     if !rustix::process::geteuid().is_root() {
-        bail!("assembling a Debian base needs root (mmdebstrap --mode=root creates device nodes and chroots)");
+        return Err(RootfsError::NeedsRoot);
     }
     let _locked = cache.bases.lock(key)?;
     if done.is_file() {
@@ -191,10 +207,10 @@ pub(crate) fn base_tarball(
         // copy://: apt inside the chroot cannot see a file:// path outside it.
         .arg(format!("deb [trusted=yes] copy://{} ./", repo.display()));
     tracing::info!("assembling the Debian base ({} packages) with mmdebstrap", names.len());
-    crate::tools::run(&mut cmd).context("mmdebstrap")?;
+    crate::tools::run(&mut cmd)?;
     // On disk before it has the name that says it is complete.
-    std::fs::File::open(&out)?.sync_all()?;
-    std::fs::rename(&out, &done)?;
+    std::fs::File::open(&out).and_then(|f| f.sync_all()).at("syncing", &out)?;
+    std::fs::rename(&out, &done).at("keeping", &done)?;
     Ok(done)
 }
 
@@ -219,12 +235,12 @@ pub(crate) fn base_tree(
         if !unpacked.join("nodes.json").is_file() {
             let tmp = cache.bases.workspace(&format!(".unpack-{}-", &key[..16]))?;
             let mut tree = Tree::new(&tmp.path().join("root"))?;
-            tree.extract_tarball(&tarball).with_context(|| format!("unpacking {}", tarball.display()))?;
-            tree.save(tmp.path())?;
+            tree.extract_tarball(&tarball).map_err(super::error::unpacking("unpacking", &tarball.display()))?;
+            tree.save(tmp.path()).at("saving the unpacked base in", tmp.path())?;
             // Only whole unpacked trees are ever under this name: every file
             // on disk first (one syncfs, not 16,000 fsyncs).
-            rustix::fs::syncfs(std::fs::File::open(tmp.path())?)?;
-            std::fs::rename(tmp.keep(), &unpacked)?;
+            std::fs::File::open(tmp.path()).and_then(|f| Ok(rustix::fs::syncfs(f)?)).at("syncing", tmp.path())?;
+            std::fs::rename(tmp.keep(), &unpacked).at("keeping", &unpacked)?;
             drop(_locked);
             remove_unused(cache, crate::shelf::UNUSED, &key);
         }
@@ -232,8 +248,8 @@ pub(crate) fn base_tree(
     // Used now, before the files are linked: a removal of unused bases
     // must never see this one as unused while a build reads it.
     crate::shelf::touch(&unpacked.join("nodes.json"));
-    let tree =
-        Tree::link_from(&unpacked, staging).with_context(|| format!("linking the base from {}", unpacked.display()))?;
+    let tree = Tree::link_from(&unpacked, staging)
+        .map_err(super::error::unpacking("linking the base from", &unpacked.display()))?;
     Ok(tree)
 }
 
@@ -273,16 +289,11 @@ fn is_what_its_line_says(control: &str, p: &crate::config::lock::Locked) -> Resu
     let got = (field("Package"), field("Version"), field("Architecture"));
     let want = (p.name.as_str(), p.version.as_str(), p.architecture.as_str());
     if (got.0.as_str(), got.1.as_str(), got.2.as_str()) != want {
-        bail!(
-            "the lock line {} {} {} names a .deb (SHA-256 {}) that is {} {} {}: refused (was the lock edited? run `imgd lock`)",
-            want.0,
-            want.1,
-            want.2,
-            p.sha256,
-            got.0,
-            got.1,
-            got.2
-        );
+        return Err(RootfsError::NotItsLine {
+            want: format!("{} {} {}", want.0, want.1, want.2),
+            sha256: p.sha256.clone(),
+            got: format!("{} {} {}", got.0, got.1, got.2),
+        });
     }
     Ok(())
 }
@@ -291,19 +302,18 @@ fn is_what_its_line_says(control: &str, p: &crate::config::lock::Locked) -> Resu
 /// (same file system; a copy otherwise) and a `Packages` index written from
 /// each package's own control fields.
 fn local_repo(lock: &Lock, pool: &Pool, repo: &Path) -> Result<()> {
-    std::fs::create_dir_all(repo)?;
+    std::fs::create_dir_all(repo).at("creating", repo)?;
     let mut index = String::new();
     for p in &lock.packages {
         let file = format!("{}_{}_{}.deb", p.name, p.version.replace(':', "%3a"), p.architecture);
         let src = pool.path(&p.sha256);
         let dst = repo.join(&file);
-        std::fs::hard_link(&src, &dst).or_else(|_| std::fs::copy(&src, &dst).map(|_| ()))?;
-        let control = crate::tools::run(Command::new("dpkg-deb").arg("--field").arg(&dst))
-            .with_context(|| format!("reading the control fields of {file}"))?;
+        std::fs::hard_link(&src, &dst).or_else(|_| std::fs::copy(&src, &dst).map(|_| ())).at("linking", &dst)?;
+        let control = crate::tools::run(Command::new("dpkg-deb").arg("--field").arg(&dst))?;
         is_what_its_line_says(&control, p)?;
         index.push_str(control.trim_end());
         index.push_str(&format!("\nFilename: ./{file}\nSize: {}\nSHA256: {}\n\n", p.size, p.sha256));
     }
-    std::fs::write(repo.join("Packages"), index)?;
+    std::fs::write(repo.join("Packages"), index).at("writing", repo.join("Packages"))?;
     Ok(())
 }

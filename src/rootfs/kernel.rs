@@ -2,11 +2,12 @@
 //! the base's own /boot and /lib/modules), which modules a machine needs (the
 //! hardware's list closed over modules.dep), and installing them into a tree.
 
+use super::error::{Result, RootfsError};
 use super::tree::Tree;
 use crate::config::recipe::{Kernel, Recipe};
+use crate::fsutil::IoAt;
 use crate::shelf::Shelf;
 use crate::tools::run;
-use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -50,10 +51,12 @@ impl KernelParts {
                     Err(e) => {
                         // A cache folder that cannot be written (a read-only
                         // home) costs time, not the build.
-                        tracing::warn!("cannot keep the unpacked kernel in imgd's cache ({e:#}); unpacking it here");
+                        tracing::warn!(
+                            "cannot keep the unpacked kernel in imgd's cache ({}); unpacking it here",
+                            crate::model::Chain(&e)
+                        );
                         let dir = work.join("kernel-deb");
-                        unpack_deb(&deb.path, &dir)
-                            .with_context(|| format!("unpacking kernel {}", deb.path.display()))?;
+                        unpack_deb(&deb.path, &dir).map_err(unpacking_kernel(&deb.path))?;
                         dir
                     }
                 };
@@ -77,11 +80,14 @@ impl KernelParts {
             }
             Kernel::FromBase => {
                 let boot = base.resolve("/boot", true)?;
-                let (version, _) = find_image(&base.staged(&boot)).context("kernel.from_base: the base's /boot")?;
+                let (version, _) = find_image(&base.staged(&boot))
+                    .map_err(|e| RootfsError::Kernel(format!("kernel.from_base: the base's /boot: {e}")))?;
                 let image = base.staged(&base.resolve(&format!("/boot/vmlinuz-{version}"), true)?);
                 let mods = base.staged(&base.resolve(&format!("/lib/modules/{version}"), true)?);
                 if !mods.is_dir() {
-                    bail!("kernel.from_base: the base has /boot/vmlinuz-{version} but no /lib/modules/{version}");
+                    return Err(RootfsError::Kernel(format!(
+                        "kernel.from_base: the base has /boot/vmlinuz-{version} but no /lib/modules/{version}"
+                    )));
                 }
                 Self::with_modules(version, image, mods, work)
             }
@@ -96,7 +102,7 @@ impl KernelParts {
             let inside_work = dir.starts_with(work);
             if !inside_work {
                 let copy = work.join("kernel-modules/lib/modules").join(&version);
-                std::fs::create_dir_all(work.join("kernel-modules/lib/modules"))?;
+                std::fs::create_dir_all(work.join("kernel-modules/lib/modules")).at("creating", work)?;
                 run(std::process::Command::new("cp").arg("-a").arg(&dir).arg(&copy))?;
                 dir = copy;
             }
@@ -110,7 +116,7 @@ impl KernelParts {
             deps: BTreeMap::new(),
             builtin: BTreeSet::new(),
         };
-        let dep = std::fs::read_to_string(dir.join("modules.dep")).context("reading modules.dep")?;
+        let dep = std::fs::read_to_string(dir.join("modules.dep")).at("reading", dir.join("modules.dep"))?;
         for line in dep.lines() {
             let Some((m, rest)) = line.split_once(':') else { continue };
             parts.modules.insert(module_name(m), m.to_string());
@@ -174,7 +180,8 @@ impl KernelParts {
         }
         let rel = tree.resolve(&dest, true)?;
         depmod(&tree.staged(&rel), &self.version)?;
-        let mut generated: Vec<String> = std::fs::read_dir(tree.staged(&rel))?
+        let mut generated: Vec<String> = std::fs::read_dir(tree.staged(&rel))
+            .at("reading", tree.staged(&rel))?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .filter(|n| n.starts_with("modules."))
             .collect();
@@ -198,12 +205,13 @@ fn unpack_deb(deb: &Path, dir: &Path) -> std::io::Result<()> {
 
 /// The kernel's version, image and modules folder in an unpacked package.
 fn deb_parts(dir: &Path, name: &str) -> Result<(String, PathBuf, PathBuf)> {
-    let (version, image) = find_image(&dir.join("boot")).with_context(|| format!("kernel package {name}"))?;
+    let (version, image) =
+        find_image(&dir.join("boot")).map_err(|e| RootfsError::Kernel(format!("kernel package {name}: {e}")))?;
     let modules_dir = ["lib/modules", "usr/lib/modules"]
         .iter()
         .map(|m| dir.join(m).join(&version))
         .find(|p| p.is_dir())
-        .ok_or_else(|| anyhow!("kernel package {name} has no lib/modules/{version}"))?;
+        .ok_or_else(|| RootfsError::Kernel(format!("kernel package {name} has no lib/modules/{version}")))?;
     Ok((version, image, modules_dir))
 }
 
@@ -220,20 +228,20 @@ fn unpacked_deb(deb: &crate::config::recipe::Input, shelf: &Shelf, _locked: std:
     if !used.is_file() {
         let work = shelf.workspace(&format!(".unpack-{}-", &key[..16]))?;
         let dir = work.path().join("deb");
-        unpack_deb(&deb.path, &dir).with_context(|| format!("unpacking kernel {}", deb.path.display()))?;
+        unpack_deb(&deb.path, &dir).map_err(unpacking_kernel(&deb.path))?;
         let (version, _, modules_dir) = deb_parts(&dir, &deb.name)?;
         // Debian's kernel packages ship no modules.dep.
         if !modules_dir.join("modules.dep").is_file() {
             depmod(&modules_dir, &version)?;
         }
         // `.used` last: it is what says the folder is whole.
-        std::fs::write(dir.join(".used"), "")?;
-        rustix::fs::syncfs(std::fs::File::open(&dir)?)?;
+        std::fs::write(dir.join(".used"), "").at("writing", dir.join(".used"))?;
+        std::fs::File::open(&dir).and_then(|f| Ok(rustix::fs::syncfs(f)?)).at("syncing", &dir)?;
         // What a removal that was killed half way left (we hold the lock).
         if done.exists() {
-            std::fs::remove_dir_all(&done)?;
+            std::fs::remove_dir_all(&done).at("removing", &done)?;
         }
-        std::fs::rename(&dir, &done)?;
+        std::fs::rename(&dir, &done).at("keeping", &done)?;
         drop(_locked);
         remove_unused(shelf, crate::shelf::UNUSED, key);
     }
@@ -257,15 +265,19 @@ pub fn shelf(cache: &Path) -> Shelf {
 fn depmod(modules_dir: &Path, version: &str) -> Result<()> {
     let s = modules_dir.to_string_lossy();
     let suffix = format!("/lib/modules/{version}");
-    let base = s.strip_suffix(&suffix).ok_or_else(|| anyhow!("{s} does not end in {suffix}"))?;
-    run(std::process::Command::new("depmod").arg("-b").arg(base).arg(version)).context("depmod")?;
+    let base = s.strip_suffix(&suffix).ok_or_else(|| RootfsError::Kernel(format!("{s} does not end in {suffix}")))?;
+    run(std::process::Command::new("depmod").arg("-b").arg(base).arg(version))?;
     Ok(())
+}
+
+fn unpacking_kernel(deb: &Path) -> impl FnOnce(std::io::Error) -> RootfsError {
+    super::error::unpacking("unpacking kernel", &deb.display())
 }
 
 /// Finds `vmlinuz-<version>` (or `vmlinux-`/`Image-`) in a /boot directory.
 fn find_image(boot: &Path) -> Result<(String, PathBuf)> {
     let mut found: Vec<(String, PathBuf)> = std::fs::read_dir(boot)
-        .with_context(|| format!("reading {}", boot.display()))?
+        .at("reading", boot)?
         .filter_map(|e| {
             let e = e.ok()?;
             let name = e.file_name().into_string().ok()?;
@@ -274,7 +286,7 @@ fn find_image(boot: &Path) -> Result<(String, PathBuf)> {
         })
         .collect();
     found.sort();
-    found.pop().ok_or_else(|| anyhow!("no vmlinuz-* in {}", boot.display()))
+    found.pop().ok_or_else(|| RootfsError::NoKernelImage(boot.to_path_buf()))
 }
 
 #[cfg(test)]

@@ -3,13 +3,15 @@
 
 pub mod customize;
 pub mod debian_base;
+mod error;
 pub mod kernel;
 pub mod node_stage;
 pub mod scratch;
 pub mod tree;
 
 use crate::config::recipe::{Base, Kernel, Recipe};
-use anyhow::{bail, Context, Result};
+pub use error::RootfsError;
+use error::{unpacking, Result};
 use kernel::KernelParts;
 use std::path::Path;
 use tree::Tree;
@@ -32,13 +34,13 @@ pub(crate) fn assemble(
     match &recipe.base {
         Base::Debs(debs) => {
             for d in debs {
-                tree.extract_deb(&d.path).with_context(|| format!("unpacking {}", d.name))?;
+                tree.extract_deb(&d.path).map_err(unpacking("unpacking", &d.name))?;
             }
         }
-        Base::Tarball(t) => tree.extract_tarball(&t.path).with_context(|| format!("unpacking {}", t.name))?,
-        Base::Dir(d) => tree.import_dir(&d.path, "/").with_context(|| format!("copying {}", d.path.display()))?,
+        Base::Tarball(t) => tree.extract_tarball(&t.path).map_err(unpacking("unpacking", &t.name))?,
+        Base::Dir(d) => tree.import_dir(&d.path, "/").map_err(unpacking("copying", &d.path.display()))?,
         Base::Debian(base) => {
-            let lock = base.lock.as_ref().context("the Debian base has no lock (run `imgd lock`)")?;
+            let lock = base.lock.as_ref().ok_or(RootfsError::NoLock)?;
             let cache = debian_base::Cache::new(&base.cache);
             let mirror = crate::debian::fetch::Mirror::new(&base.mirror)?;
             tree = debian_base::base_tree(lock, &cache, &mirror, remote, recipe.epoch, &work.join("root"))?;
@@ -83,7 +85,7 @@ fn check_init(tree: &Tree, recipe: &Recipe) -> Result<()> {
         _ => false,
     };
     if !ok {
-        bail!(recipe.profile_error("init", format!("{init} is not an executable file in the image")));
+        return Err(recipe.profile_error("init", format!("{init} is not an executable file in the image")).into());
     }
     Ok(())
 }

@@ -18,8 +18,8 @@
 //! line `NONCE SECONDS BASE64` runs the decoded script with `sh` for at most
 //! SECONDS and answers `NONCE STATUS BASE64-OUTPUT` (stdout and stderr).
 
+use super::error::Result;
 use super::tree::Tree;
-use anyhow::Result;
 
 pub const PATH: &str = "/lib/imgd/node-init";
 /// The modules the stage loads (the hardware's, in load order), one per line.

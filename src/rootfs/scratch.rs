@@ -11,10 +11,11 @@
 //! packages resolution named, each with the shared libraries its ELF header
 //! needs and nothing else of those packages.
 
+use super::error::{Result, RootfsError};
 use super::tree::{Kind, Tree};
 use crate::config::recipe::{Base, Input, Recipe};
 use crate::config::scratch::{Scratch, STAGE};
-use anyhow::{bail, Context, Result};
+use crate::fsutil::IoAt;
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -40,14 +41,17 @@ pub(crate) fn install(tree: &mut Tree, recipe: &Recipe, s: &Scratch, work: &Path
         add_tools(tree, s, &recipe.scratch_tools, work)?;
     }
     if !is_executable(tree, "/bin/busybox") {
-        bail!(recipe.profile_error("scratch", "the scratch stage runs on busybox: add busybox-static to the base"));
+        let e = recipe.profile_error("scratch", "the scratch stage runs on busybox: add busybox-static to the base");
+        return Err(e.into());
     }
     let mut programs = String::new();
     for p in s.programs() {
         let Some(path) = program(tree, p) else {
             let pkg = if p == "mdadm" { "mdadm" } else { "e2fsprogs or xfsprogs" };
             let key = if p == "mdadm" { "scratch.layout" } else { "scratch.filesystem" };
-            bail!(recipe.profile_error(key, format!("the image has no {p}: add {pkg} to the base's packages")));
+            return Err(recipe
+                .profile_error(key, format!("the image has no {p}: add {pkg} to the base's packages"))
+                .into());
         };
         programs.push_str(&format!("{}='{path}'\n", p.replace('.', "_")));
     }
@@ -97,7 +101,7 @@ fn add_tools(tree: &mut Tree, s: &Scratch, debs: &[Input], work: &Path) -> Resul
     let dir = work.join("scratch-tools");
     let mut pkgs = Tree::new(&dir)?;
     for deb in debs {
-        pkgs.extract_deb(&deb.path).with_context(|| format!("unpacking {}", deb.name))?;
+        pkgs.extract_deb(&deb.path).map_err(super::error::unpacking("unpacking", &deb.name))?;
     }
     let mut todo: Vec<String> = Vec::new();
     for p in s.programs() {
@@ -105,7 +109,7 @@ fn add_tools(tree: &mut Tree, s: &Scratch, debs: &[Input], work: &Path) -> Resul
             .iter()
             .map(|d| format!("{d}/{p}"))
             .find(|c| pkgs.get(c).is_some())
-            .with_context(|| format!("{p} is in none of the scratch packages"))?;
+            .ok_or_else(|| RootfsError::Scratch(format!("{p} is in none of the scratch packages")))?;
         todo.push(path);
     }
     if pkgs.get("/etc/mke2fs.conf").is_some() {
@@ -117,15 +121,17 @@ fn add_tools(tree: &mut Tree, s: &Scratch, debs: &[Input], work: &Path) -> Resul
             continue;
         }
         let data = std::fs::read(pkgs.staged(&pkgs.resolve(&path, true)?))?;
-        let (interp, needed) = elf_needs(&data).with_context(|| format!("reading {path} as ELF"))?;
+        let (interp, needed) = elf_needs(&data).map_err(|source| RootfsError::Elf { path: path.clone(), source })?;
         todo.extend(interp);
         for lib in needed {
             let found = LIB_DIRS.iter().map(|d| format!("{d}/{lib}")).find(|c| pkgs.get(c).is_some());
-            todo.push(found.with_context(|| format!("{path} needs {lib}, which none of the scratch packages holds"))?);
+            let missing =
+                || RootfsError::Scratch(format!("{path} needs {lib}, which none of the scratch packages holds"));
+            todo.push(found.ok_or_else(missing)?);
         }
         copy(tree, &pkgs, &path, 0o755)?;
     }
-    std::fs::remove_dir_all(&dir)?;
+    std::fs::remove_dir_all(&dir).at("removing", &dir)?;
     Ok(())
 }
 
@@ -137,7 +143,7 @@ fn copy(tree: &mut Tree, pkgs: &Tree, path: &str, mode: u32) -> Result<()> {
 }
 
 /// An ELF file's interpreter (`PT_INTERP`) and `DT_NEEDED` libraries.
-fn elf_needs(data: &[u8]) -> Result<(Option<String>, Vec<String>)> {
+fn elf_needs(data: &[u8]) -> Result<(Option<String>, Vec<String>), Box<dyn std::error::Error + Send + Sync>> {
     use object::elf::{FileHeader64, DT_NEEDED};
     use object::read::elf::{Dyn, FileHeader, ProgramHeader};
     use object::Endianness;
@@ -157,7 +163,7 @@ fn elf_needs(data: &[u8]) -> Result<(Option<String>, Vec<String>)> {
             if d.tag32(endian) == Some(DT_NEEDED) {
                 let name = String::from_utf8_lossy(d.string(endian, strings)?).into_owned();
                 if name.contains('/') || name.starts_with('.') {
-                    bail!("a needed library `{name}` that is not a plain file name");
+                    return Err(format!("a needed library `{name}` that is not a plain file name").into());
                 }
                 needed.push(name);
             }

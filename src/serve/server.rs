@@ -582,7 +582,7 @@ impl Server {
                 r
             }
             Err(e) => {
-                tracing::error!(%client, "signing for imgverify: {e:#}");
+                tracing::error!(%client, "signing for imgverify: {}", crate::model::Chain(&e));
                 text(StatusCode::SERVICE_UNAVAILABLE, "cannot sign (see the server's log)\n")
             }
         }

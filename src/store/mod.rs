@@ -43,7 +43,7 @@ pub enum StoreError {
     Manifest {
         entry: EntryName,
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: crate::model::manifest::ManifestError,
     },
     /// A GC root of this id is held by another running process.
     #[error("GC root {id} is held by another process")]
@@ -61,8 +61,8 @@ fn io<'p>(doing: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) ->
 }
 
 /// Tags a manifest's read or write error with its entry.
-fn manifest(entry: &EntryName) -> impl FnOnce(anyhow::Error) -> StoreError + '_ {
-    move |e| StoreError::Manifest { entry: entry.clone(), source: e.into() }
+fn manifest(entry: &EntryName) -> impl FnOnce(crate::model::manifest::ManifestError) -> StoreError + '_ {
+    move |source| StoreError::Manifest { entry: entry.clone(), source }
 }
 
 /// The folder of signed copies, inside the store.
@@ -198,7 +198,7 @@ impl Store {
             match self.get(&name) {
                 Ok(Some(entry)) => out.push(entry),
                 Ok(None) => {}
-                Err(err) => tracing::warn!("skipping an entry: {err:#}"),
+                Err(err) => tracing::warn!("skipping an entry: {}", crate::model::Chain(&err)),
             }
         }
         out.sort_by(|a, b| (a.manifest.built_at, &a.name).cmp(&(b.manifest.built_at, &b.name)));
@@ -350,8 +350,10 @@ pub struct Root {
 
 impl Root {
     /// Replaces the rooted entries (atomically: gc sees the old list or the new).
-    pub fn set(&self, names: &[EntryName]) -> anyhow::Result<()> {
-        crate::fsutil::write_atomic(&self.path, &serde_json::to_vec(names)?)
+    pub fn set(&self, names: &[EntryName]) -> Result<(), crate::fsutil::IoError> {
+        use crate::fsutil::IoAt;
+        let json = serde_json::to_vec(names).map_err(std::io::Error::from).at("writing", &self.path)?;
+        crate::fsutil::write_atomic(&self.path, &json)
     }
 }
 

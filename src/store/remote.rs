@@ -8,8 +8,27 @@
 //! is this hash's, fetches each file with the size the manifest promises, and
 //! re-hashes it before anything is committed to the store.
 
-use anyhow::Result;
 use std::path::Path;
+
+/// A remote cache that could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// A local file to send could not be read.
+    #[error(transparent)]
+    Io(#[from] crate::fsutil::IoError),
+    /// The remote refused, failed, or sent what was not asked for.
+    #[error("{doing} {entry}/{file} at {url}")]
+    Transfer {
+        doing: &'static str,
+        url: String,
+        entry: String,
+        file: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+type Result<T, E = RemoteError> = std::result::Result<T, E>;
 
 /// Where builds are shared.
 pub trait Remote {

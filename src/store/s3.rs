@@ -2,11 +2,11 @@
 //! `imgd_aws` sees it (named files with their digests, the machine's traits),
 //! the options every AWS command shares, and the S3 build cache.
 
-use super::remote::Remote;
+use super::remote::{Remote, RemoteError};
 use super::Entry;
+use crate::fsutil::{IoAt, IoError};
 use crate::model::manifest::ArtifactName;
 use crate::model::{Arch, Firmware, Format};
-use anyhow::{Context, Result};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ impl imgd_aws::Verify for crate::hash::Pieces {
 impl Entry {
     /// The entry for `imgd_aws`: every artifact, then the manifest (uploaded
     /// last, it marks the entry complete in S3).
-    pub fn for_aws(&self) -> Result<imgd_aws::Entry> {
+    pub fn for_aws(&self) -> Result<imgd_aws::Entry, IoError> {
         let m = &self.manifest;
         // Every piece read to be sent is checked against the manifest.
         let file = |name: &str, blake3: &str, size: u64| {
@@ -36,8 +36,8 @@ impl Entry {
         let mut files: Vec<imgd_aws::File> =
             m.artifacts.iter().map(|a| file(a.file.as_str(), &a.blake3, a.size)).collect();
         let manifest = self.path.join("manifest.json");
-        let size = std::fs::metadata(&manifest).with_context(|| format!("{}", manifest.display()))?.len();
-        files.push(file("manifest.json", &crate::hash::artifact_digest(&manifest)?, size));
+        let size = std::fs::metadata(&manifest).at("reading", &manifest)?.len();
+        files.push(file("manifest.json", &crate::hash::artifact_digest(&manifest).at("reading", &manifest)?, size));
         let disk = |f: Format| m.artifact(f, ArtifactName::Disk).map(|a| file(a.file.as_str(), &a.blake3, a.size));
         Ok(imgd_aws::Entry {
             name: self.name.to_string(),
@@ -96,25 +96,32 @@ impl S3Cache {
     }
 }
 
+impl S3Cache {
+    fn failed(&self, doing: &'static str, entry: &str, file: &str) -> impl FnOnce(imgd_aws::Error) -> RemoteError {
+        let (url, entry, file) = (self.url.clone(), entry.to_string(), file.to_string());
+        move |e| RemoteError::Transfer { doing, url, entry, file, source: Box::new(e) }
+    }
+}
+
 impl Remote for S3Cache {
-    fn get(&self, entry: &str, file: &str, dest: &Path, max_size: u64) -> Result<bool> {
-        Ok(self.rt.block_on(self.cache.get(entry, file, dest, max_size))?)
+    fn get(&self, entry: &str, file: &str, dest: &Path, max_size: u64) -> Result<bool, RemoteError> {
+        self.rt.block_on(self.cache.get(entry, file, dest, max_size)).map_err(self.failed("fetching", entry, file))
     }
 
-    fn push(&self, entry: &Entry, overwrite: bool) -> Result<()> {
+    fn push(&self, entry: &Entry, overwrite: bool) -> Result<(), RemoteError> {
         let e = entry.for_aws()?;
-        self.rt.block_on(self.cache.put(&e.name, &e.files, overwrite))?;
+        self.rt.block_on(self.cache.put(&e.name, &e.files, overwrite)).map_err(self.failed("pushing", &e.name, "*"))?;
         let c = &self.cache.counters;
         tracing::info!("pushed {} to {} ({} bytes)", entry.name, self.url, c.get(&c.uploaded_bytes));
         Ok(())
     }
 
-    fn put_file(&self, entry: &str, file: &str, path: &Path, sha256: &str, overwrite: bool) -> Result<()> {
-        let size = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?.len();
+    fn put_file(&self, entry: &str, file: &str, path: &Path, sha256: &str, overwrite: bool) -> Result<(), RemoteError> {
+        let size = std::fs::metadata(path).at("reading", path)?.len();
         let digest = format!("sha256:{sha256}");
         let check = imgd_aws::Check::default(); // the pool checks its packages' SHA-256
         let f = imgd_aws::File { name: file.to_string(), path: path.to_path_buf(), digest, size, check };
-        Ok(self.rt.block_on(self.cache.put(entry, &[f], overwrite))?)
+        self.rt.block_on(self.cache.put(entry, &[f], overwrite)).map_err(self.failed("pushing", entry, file))
     }
 
     fn url(&self) -> &str {

@@ -11,7 +11,8 @@
 //! store files (immutable) by entry and name. The key is read only by
 //! openssl; imgd never opens it, logs it or copies it.
 
-use anyhow::{bail, Context, Result};
+use super::error::{BootError, Result};
+use crate::fsutil::IoAt;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::io::Write;
@@ -49,20 +50,22 @@ impl IpxeSigning {
             .args(["x509", "-noout", "-ext", "extendedKeyUsage", "-in"])
             .arg(&cert)
             .output()
-            .context("running openssl (Debian: apt-get install openssl)")?;
+            .map_err(|source| BootError::Openssl { doing: "running", source })?;
         if !String::from_utf8_lossy(&eku.stdout).contains("Code Signing") {
-            bail!(
+            return Err(BootError::Signing(format!(
                 "{}: the certificate has no extended key usage codeSigning, which iPXE requires of a signer",
                 cert.display()
-            );
+            )));
         }
         if let Some(c) = &certs {
-            std::fs::metadata(c).with_context(|| format!("reading {}", c.display()))?;
+            std::fs::metadata(c).at("reading", c)?;
         }
         let s = IpxeSigning { key, cert, certs, cert_sha256 };
         let probe = b"imgd: signing probe\n";
-        let sig = s.sign(Input::Bytes(probe)).context("signing a probe")?;
-        anyhow::ensure!(!sig.is_empty(), "openssl made an empty signature");
+        let sig = s.sign(Input::Bytes(probe))?;
+        if sig.is_empty() {
+            return Err(BootError::Signing("openssl made an empty signature".into()));
+        }
         Ok(s)
     }
 
@@ -77,24 +80,27 @@ impl IpxeSigning {
             cmd.arg("-in").arg(p);
         }
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().context("running openssl cms (Debian: apt-get install openssl)")?;
-        let mut stdin = child.stdin.take().context("openssl's stdin")?;
+        let openssl = |doing| move |source| BootError::Openssl { doing, source };
+        let mut child = cmd.spawn().map_err(openssl("running"))?;
+        let Some(mut stdin) = child.stdin.take() else {
+            return Err(BootError::Signing("openssl's stdin was not piped".into()));
+        };
         if let Input::Bytes(b) = input {
             // openssl reads all of it before it writes the (small) signature.
-            stdin.write_all(b).context("writing to openssl cms")?;
+            stdin.write_all(b).map_err(openssl("writing to"))?;
         }
         drop(stdin);
-        let out = child.wait_with_output().context("waiting for openssl cms")?;
+        let out = child.wait_with_output().map_err(openssl("waiting for"))?;
         if !out.status.success() {
             // openssl's message names the file at fault (key/cert mismatch,
             // unreadable key); it never prints the key.
             let err = String::from_utf8_lossy(&out.stderr);
             let (k, c) = (self.key.display(), self.cert.display());
             if err.contains("key values mismatch") {
-                bail!("{k} is not the key of {c}");
+                return Err(BootError::Signing(format!("{k} is not the key of {c}")));
             }
             let first = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("failed");
-            bail!("openssl cms -sign with {k} and {c}: {}", first.trim());
+            return Err(BootError::Signing(format!("openssl cms -sign with {k} and {c}: {}", first.trim())));
         }
         Ok(out.stdout)
     }
@@ -127,9 +133,7 @@ impl Signer {
         }
         let me = self.clone();
         let body = text.as_bytes().to_vec();
-        let sig = tokio::task::spawn_blocking(move || me.signing.sign(Input::Bytes(&body)))
-            .await
-            .context("signing task")??;
+        let sig = tokio::task::spawn_blocking(move || me.signing.sign(Input::Bytes(&body))).await??;
         let sig = Bytes::from(sig);
         let mut cache = self.scripts.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_CACHED_SCRIPTS {
@@ -148,15 +152,14 @@ impl Signer {
         let sig = cell
             .get_or_try_init(|| async move {
                 let sig = tokio::task::spawn_blocking(move || {
-                    let meta = std::fs::symlink_metadata(&path).with_context(|| format!("{}", path.display()))?;
+                    let meta = std::fs::symlink_metadata(&path).at("reading", &path)?;
                     if !meta.is_file() || meta.len() != size {
-                        bail!("{}: not a plain file of {size} bytes, as its manifest says", path.display());
+                        return Err(BootError::NotPlain { path, size });
                     }
                     me.signing.sign(Input::File(&path))
                 })
-                .await
-                .context("signing task")??;
-                anyhow::Ok(Bytes::from(sig))
+                .await??;
+                Ok::<_, BootError>(Bytes::from(sig))
             })
             .await?;
         Ok(sig.clone())

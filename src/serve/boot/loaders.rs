@@ -7,7 +7,7 @@
 //! and HTTP then serve exactly these bytes, and nothing a client names ever
 //! reaches the filesystem.
 
-use anyhow::Context;
+use super::error::BootError;
 use bytes::Bytes;
 use std::path::Path;
 
@@ -52,12 +52,16 @@ pub struct Loaders {
 impl Loaders {
     /// Reads every loader from `dir`; a missing one is an error that says
     /// which package provides it.
-    pub fn load(dir: &Path) -> anyhow::Result<Loaders> {
-        let read = |l: Loader| -> anyhow::Result<Bytes> {
-            let p = dir.join(l.file_name());
-            let b =
-                std::fs::read(&p).with_context(|| format!("reading {} (Debian: apt-get install ipxe)", p.display()))?;
-            anyhow::ensure!(!b.is_empty(), "{} is empty", p.display());
+    pub fn load(dir: &Path) -> Result<Loaders, BootError> {
+        let read = |l: Loader| -> Result<Bytes, BootError> {
+            let path = dir.join(l.file_name());
+            let b = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(source) => return Err(BootError::Loader { path, source }),
+            };
+            if b.is_empty() {
+                return Err(BootError::EmptyLoader(path));
+            }
             Ok(Bytes::from(b))
         };
         Ok(Loaders { bios_undi: read(Loader::BiosUndi)?, uefi_snp: read(Loader::UefiSnp)? })

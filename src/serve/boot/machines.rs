@@ -298,11 +298,14 @@ impl Source<'_> {
     /// `[ipxe_signing]`: its files exist (paths relative to the machines
     /// file's folder) and the key matches the certificate.
     fn ipxe_signing(&self, p: &IpxeSigningPaths, here: &Path) -> Result<super::imgverify::IpxeSigning, ConfigError> {
-        let err = |key: &str, e: anyhow::Error| self.error(format!("ipxe_signing.{key}"), format!("{e:#}"));
+        let err = |key: &str, e: &(dyn std::error::Error + 'static)| {
+            self.error(format!("ipxe_signing.{key}"), crate::model::Chain(e).to_string())
+        };
         for (key, file) in [("key", Some(&p.key)), ("cert", Some(&p.cert)), ("certs", p.certs.as_ref())] {
             if let Some(file) = file {
-                std::fs::metadata(here.join(file))
-                    .map_err(|e| err(key, anyhow::anyhow!("{}: {e}", here.join(file).display())))?;
+                let path = here.join(file);
+                std::fs::metadata(&path)
+                    .map_err(|e| err(key, &crate::fsutil::IoError { doing: "reading", path, source: e }))?;
             }
         }
         super::imgverify::IpxeSigning::check(
@@ -310,7 +313,7 @@ impl Source<'_> {
             here.join(&p.cert),
             p.certs.as_ref().map(|c| here.join(c)),
         )
-        .map_err(|e| err("cert", e))
+        .map_err(|e| err("cert", &e))
     }
 
     /// One group's own fields: names, what it boots, values that land in
@@ -406,8 +409,8 @@ impl MachinesFile {
                     let m = "signed_with is for http_boot = \"uki\" (the signed image is the UKI)";
                     return Err(src.error(key, m.into()));
                 }
-                let fp =
-                    crate::sign::cert_fingerprint(&here.join(cert)).map_err(|e| src.error(key, format!("{e:#}")))?;
+                let fp = crate::sign::cert_fingerprint(&here.join(cert))
+                    .map_err(|e| src.error(key, crate::model::Chain(&e).to_string()))?;
                 g.signed_with_sha256 = Some(fp);
             }
         }

@@ -6,6 +6,7 @@
 //! and [`loaders`] are the iPXE binaries firmware fetches first (over HTTP
 //! here, over TFTP in the PXE room).
 
+mod error;
 pub mod imgverify;
 pub mod loaders;
 pub mod machines;
@@ -13,3 +14,5 @@ pub mod render;
 pub mod route;
 pub mod state;
 pub mod status;
+
+pub use error::BootError;

@@ -18,14 +18,15 @@
 //! more in `downloads`. `--serve-all`
 //! serves every entry and file to every client.
 
+use super::error::Result;
 use super::machines::{Group, HttpBoot, MachinesFile};
 use crate::build::fetch_only;
 use crate::config::{self, LoadRequest};
 use crate::model::manifest::{Artifact, ArtifactName};
+use crate::model::Chain;
 use crate::model::EntryName;
 use crate::model::Format;
 use crate::store::{Entry, Store};
-use anyhow::Result;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -147,17 +148,17 @@ fn exact_entry(
         Ok(None) if !src.build_missing && remote.is_some() => match remote.map(|c| (c, fetch_only(r, store, c))) {
             Some((_, Ok(Some(e)))) => Ok(e),
             Some((c, Ok(None))) => Err(format!("profile {profile} is not built here nor in {}", c.url())),
-            Some((c, Err(e))) => Err(format!("{name} from {}: {e:#}", c.url())),
+            Some((c, Err(e))) => Err(format!("{name} from {}: {}", c.url(), Chain(&e))),
             None => Err(format!("profile {profile} is not built on this server")),
         },
         Ok(None) if src.build_missing => {
             tracing::info!("building {profile} (not in the store)");
             let progress = crate::progress::Progress::new(false);
             // The same pipeline as `imgd build`: signed as its profile asks.
-            crate::build::entry(r, store, &progress, remote).map(|b| b.entry).map_err(|e| format!("{e:#}"))
+            crate::build::entry(r, store, &progress, remote).map(|b| b.entry).map_err(|e| Chain(&e).to_string())
         }
         Ok(None) => Err(format!("profile {profile} is not built on this server (run `imgd build {profile}`)")),
-        Err(e) => Err(format!("{e:#}")),
+        Err(e) => Err(Chain(&e).to_string()),
     }
 }
 
@@ -173,11 +174,12 @@ fn current(
     let req = LoadRequest { profile: profile.to_string(), root: src.root.clone(), ..Default::default() };
     // The same pipeline as `imgd build` (never --unlocked: a server boots
     // pinned package sets only).
-    let recipe =
-        config::load(&req).map_err(anyhow::Error::from).and_then(|l| crate::build::recipe(&l, &src.cache, None, false));
+    let recipe = config::load(&req)
+        .map_err(crate::build::BuildError::from)
+        .and_then(|l| crate::build::recipe(&l, &src.cache, None, false));
     let exact = match &recipe {
         Ok(r) => exact_entry(src, store, remote, profile, r),
-        Err(e) => Err(format!("{e:#}")),
+        Err(e) => Err(Chain(e).to_string()),
     };
     let why = match exact {
         Ok(e) => return Target { profile: profile.into(), entry: Ok(e), stale: false },
@@ -238,7 +240,7 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
                 let entry = match store.get(name) {
                     Ok(Some(e)) => Ok(e),
                     Ok(None) => Err(format!("entry {name} is not in the store")),
-                    Err(e) => Err(format!("{e:#}")),
+                    Err(e) => Err(Chain(&e).to_string()),
                 };
                 let profile = entry.as_ref().map_or_else(|_| name.to_string(), |e| e.manifest.profile.clone());
                 Target { profile, entry, stale: false }
@@ -287,7 +289,7 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
                 g.signed_with.as_deref().unwrap_or(Path::new("?")).display(),
                 entry.manifest.profile
             )),
-            Err(e) => Err(format!("{e:#}")),
+            Err(e) => Err(Chain(&e).to_string()),
         };
         if let Err(e) = &set {
             tracing::warn!("group {}: {e}; its HTTP boot machines get nothing", g.name);

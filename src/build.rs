@@ -41,7 +41,7 @@ pub enum BuildError {
     Measure {
         what: &'static str,
         #[source]
-        source: artifact::ArtifactError,
+        source: Box<artifact::ArtifactError>,
     },
     #[error(transparent)]
     Sign(#[from] crate::sign::SignError),
@@ -313,7 +313,7 @@ fn pcr11(
     use crate::model::manifest::ArtifactName;
     let Some(a) = artifacts.iter().find(|a| a.name == ArtifactName::Uki) else { return Ok(None) };
     let measured = artifact::uki::pcr11(&dir.join(a.file.as_str()));
-    measured.map(Some).map_err(|source| BuildError::Measure { what: "the UKI", source })
+    measured.map(Some).map_err(|e| BuildError::Measure { what: "the UKI", source: Box::new(e) })
 }
 
 /// PCR 11 for the UKI on the ESP of the entry's raw UEFI disk, if it has one.
@@ -333,5 +333,5 @@ fn disk_pcr11(
     let uki = tmp.path().join("disk-uki.efi");
     artifact::disk::esp_file(&dir.join(raw.file.as_str()), &format!("::/EFI/Linux/{profile}.efi"), &uki)?;
     let measured = artifact::uki::pcr11(&uki);
-    measured.map(Some).map_err(|source| BuildError::Measure { what: "the disk's UKI", source })
+    measured.map(Some).map_err(|e| BuildError::Measure { what: "the disk's UKI", source: Box::new(e) })
 }

@@ -335,3 +335,34 @@ fn disk_pcr11(
     let measured = artifact::uki::pcr11(&uki);
     measured.map(Some).map_err(|e| BuildError::Measure { what: "the disk's UKI", source: Box::new(e) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Chain, ConfigError, Kind};
+
+    /// Bad input found deep in the pipeline still exits 2 once a command
+    /// has wrapped it in anyhow; anything else exits 1. Each layer says
+    /// which step it was in.
+    #[test]
+    fn a_config_error_deep_in_the_pipeline_keeps_its_kind_and_its_steps() {
+        let bad = ConfigError::new("profiles/web.toml", "/bin/nope is not an executable file in the image").key("init");
+        let e = BuildError::Rootfs(crate::rootfs::RootfsError::from(bad));
+        assert_eq!(
+            Chain(&e).to_string(),
+            "assembling the root filesystem: the profile does not fit its image: \
+             profiles/web.toml: key `init`: /bin/nope is not an executable file in the image"
+        );
+        let e = anyhow::Error::from(e).context("building web");
+        assert_eq!(Kind::of(&e).exit_code(), 2);
+
+        let io = crate::fsutil::IoError {
+            doing: "writing",
+            path: "/store/x".into(),
+            source: std::io::Error::other("disk full"),
+        };
+        let e = BuildError::Rootfs(crate::rootfs::RootfsError::Io(io));
+        assert_eq!(Chain(&e).to_string(), "assembling the root filesystem: writing /store/x: disk full");
+        assert_eq!(Kind::of(&anyhow::Error::from(e)).exit_code(), 1);
+    }
+}

@@ -108,7 +108,7 @@ fn main() {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Status(a) => cmd::status::run(a),
         Command::Compose(a) => cmd::compose::run(a),
-        Command::Relay { addr } => imgd::qemu::relay(addr),
+        Command::Relay { addr } => imgd::qemu::relay(addr).map_err(Into::into),
         #[cfg(feature = "aws")]
         Command::Sync(a) => match &a.deployments {
             Some(file) => cmd::deploy::run(a, file),

@@ -251,7 +251,8 @@ async fn start_pxe(cfg: pxe::Config, loaders: Loaders, server: &Server) -> anyho
                 Some(t) => t,
                 None => pxe::tftp(addr, pxe::TFTP_PORT, loaders, metrics, st).await?,
             };
-            tftp.serve().await.map_err(Into::into)
+            let addr = std::net::SocketAddr::from((addr, pxe::TFTP_PORT));
+            tftp.serve().await.map_err(|source| pxe::PxeError::Tftp { addr, source })
         }
     }));
     eprintln!("imgd serve: proxyDHCP and TFTP on {} ({})", cfg.iface, cfg.addr);

@@ -240,7 +240,7 @@ impl NetbootServer {
 
     /// What qemu's guestfwd runs per guest connection.
     pub fn relay(&self) -> anyhow::Result<String> {
-        self.0.relay()
+        Ok(self.0.relay()?)
     }
 
     /// Whether iPXE fetched the chain script, its own script, the kernel and

@@ -9,15 +9,20 @@
 //! stage reads its name, addresses and hosts from the command line and
 //! serves commands on a virtio-serial port only these VMs have.
 
+mod error;
 pub mod switch;
 pub mod vm;
 
+pub use error::{ComposeError, VmError};
+
 use crate::config::composition::{Action, Composition, Step};
 use crate::config::hardware::QemuSpec;
+use crate::fsutil::IoAt;
 use crate::model::{Arch, Firmware};
 use crate::qemu::{self, Accel, BootSource, Machine};
-use anyhow::{bail, Result};
 use serde::Serialize;
+
+type Result<T, E = ComposeError> = std::result::Result<T, E>;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -127,7 +132,7 @@ fn netboot_groups(comp: &Composition, images: &[RoleImage]) -> Result<Vec<crate:
         .iter()
         .enumerate()
         .map(|(i, node)| {
-            let m = boot_mac(i).parse().map_err(anyhow::Error::msg)?;
+            let m = boot_mac(i).parse()?;
             Ok(machines::Group {
                 name: node.name.clone(),
                 entry: Some(images[node.role].entry.clone()),
@@ -286,7 +291,7 @@ impl<'a> Running<'a> {
                     if self.vms[i].as_mut().is_some_and(Vm::running) {
                         continue;
                     }
-                    self.start(i).map_err(|e| fail(Some(n), format!("{e:#}")))?;
+                    self.start(i).map_err(|e| fail(Some(n), crate::model::Chain(&e).to_string()))?;
                 }
                 return Ok(());
             }
@@ -313,7 +318,7 @@ impl<'a> Running<'a> {
                         act(vm, action, step.timeout).err().map(|e| StepFailed {
                             log: Some(vm.log.clone()),
                             tail: vm.tail(30),
-                            ..fail(Some(&vm.name), format!("{e:#}"))
+                            ..fail(Some(&vm.name), crate::model::Chain(&e).to_string())
                         })
                     })
                 })
@@ -367,8 +372,8 @@ fn node_command(
         },
     };
     let scratch = dir.join(format!("vm-{}", node.name));
-    std::fs::create_dir(&scratch)?;
-    qemu::command(&m, &src, &scratch)
+    std::fs::create_dir(&scratch).at("creating", &scratch)?;
+    Ok(qemu::command(&m, &src, &scratch)?)
 }
 
 fn agent_path(dir: &Path, node: usize) -> PathBuf {
@@ -383,7 +388,10 @@ fn door(comp: &Composition, node: &crate::config::composition::Node, dir: &Path,
             // A port the kernel has just handed out and let go: qemu binds it
             // a moment later (another process taking it in between makes
             // qemu fail to start, loudly).
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(ComposeError::SshPort)?
+                .port();
             Door::Ssh { port, user: a.user.clone(), key: a.key.clone() }
         }
         None => Door::Port(agent_path(dir, i)),
@@ -394,7 +402,7 @@ fn door(comp: &Composition, node: &crate::config::composition::Node, dir: &Path,
 fn act(vm: &mut Vm, action: &Action, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     match action {
-        Action::Console(text) => vm.wait_console(text, timeout),
+        Action::Console(text) => Ok(vm.wait_console(text, timeout)?),
         Action::Run { cmd, expect } => {
             let out = vm.exec(cmd, timeout)?;
             check(&out, cmd, expect.as_deref())
@@ -402,7 +410,10 @@ fn act(vm: &mut Vm, action: &Action, timeout: Duration) -> Result<()> {
         Action::Fail(cmd) => {
             let out = vm.exec(cmd, timeout)?;
             if out.status == 0 {
-                bail!("`{cmd}` passed but must fail; it printed: {}", out.text.trim());
+                return Err(ComposeError::Check(format!(
+                    "`{cmd}` passed but must fail; it printed: {}",
+                    out.text.trim()
+                )));
             }
             Ok(())
         }
@@ -415,10 +426,10 @@ fn act(vm: &mut Vm, action: &Action, timeout: Duration) -> Result<()> {
                         Ok(()) => return Ok(()),
                         Err(e) => e,
                     },
-                    Err(e) => e,
+                    Err(e) => e.into(),
                 };
                 if Instant::now() + Duration::from_millis(500) >= deadline {
-                    return Err(last.context(format!("still failing after {}s", timeout.as_secs())));
+                    return Err(ComposeError::StillFailing { secs: timeout.as_secs(), source: Box::new(last) });
                 }
                 std::thread::sleep(Duration::from_millis(500));
             }
@@ -429,11 +440,11 @@ fn act(vm: &mut Vm, action: &Action, timeout: Duration) -> Result<()> {
 
 fn check(out: &vm::Output, cmd: &str, expect: Option<&str>) -> Result<()> {
     if out.status != 0 {
-        bail!("`{cmd}` exited {}: {}", out.status, out.text.trim());
+        return Err(ComposeError::Check(format!("`{cmd}` exited {}: {}", out.status, out.text.trim())));
     }
     if let Some(e) = expect {
         if !out.text.contains(e) {
-            bail!("`{cmd}` printed {:?}, not containing {e:?}", out.text.trim());
+            return Err(ComposeError::Check(format!("`{cmd}` printed {:?}, not containing {e:?}", out.text.trim())));
         }
     }
     Ok(())

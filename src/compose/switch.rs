@@ -9,7 +9,8 @@
 //! userspace switches there are (vde, slirp helpers) are C programs to run
 //! beside imgd, and a partition needs the forwarding decision in our hands.
 
-use anyhow::{Context, Result};
+use super::error::ComposeError;
+use crate::fsutil::IoAt;
 use std::collections::{BTreeSet, HashMap};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -44,7 +45,7 @@ struct Network {
 struct Pcap(std::io::BufWriter<std::fs::File>);
 
 impl Pcap {
-    fn create(path: &Path) -> Result<Pcap> {
+    fn create(path: &Path) -> std::io::Result<Pcap> {
         use std::io::Write;
         let f = std::fs::File::options().write(true).create_new(true).open(path)?;
         let mut w = std::io::BufWriter::new(f);
@@ -102,7 +103,11 @@ impl Switch {
     /// Binds a port for each (network, machine) in `members` (machine
     /// indexes per network) under `dir`, and starts forwarding; with
     /// `pcap`, network N's frames are captured to `pcap[N]`.
-    pub(crate) fn start(dir: &Path, members: &[Vec<usize>], pcap: Option<&[PathBuf]>) -> Result<(Switch, Links)> {
+    pub(crate) fn start(
+        dir: &Path,
+        members: &[Vec<usize>],
+        pcap: Option<&[PathBuf]>,
+    ) -> Result<(Switch, Links), ComposeError> {
         let cuts: Arc<Cuts> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let forwarded = Arc::new(AtomicU64::new(0));
@@ -115,14 +120,13 @@ impl Switch {
                 // Short names: a unix socket path has at most 107 bytes.
                 let link =
                     Link { switch: dir.join(format!("s{net}-{node}")), qemu: dir.join(format!("q{net}-{node}")) };
-                let sock =
-                    UnixDatagram::bind(&link.switch).with_context(|| format!("binding {}", link.switch.display()))?;
-                sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+                let sock = UnixDatagram::bind(&link.switch).at("binding", &link.switch)?;
+                sock.set_read_timeout(Some(Duration::from_millis(200))).at("setting a timeout on", &link.switch)?;
                 ports.push(Port { node, sock, peer: link.qemu.clone() });
                 links.insert((net, node), link);
             }
             let pcap = match pcap.and_then(|p| p.get(net)) {
-                Some(path) => Some(Mutex::new(Pcap::create(path).with_context(|| path.display().to_string())?)),
+                Some(path) => Some(Mutex::new(Pcap::create(path).at("creating", path)?)),
                 None => None,
             };
             let network = Arc::new(Network { ports, learned: Mutex::default(), pcap });

@@ -2,7 +2,8 @@
 //! file and in memory, for `console` steps and failure tails), its NICs on
 //! imgd's switch, and the command port its node stage serves.
 
-use anyhow::{bail, Context, Result};
+use super::error::VmError;
+use crate::fsutil::IoAt;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -10,6 +11,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
+
+type Result<T, E = VmError> = std::result::Result<T, E>;
 use std::time::{Duration, Instant};
 
 /// Console text kept in memory per machine (the log file has all of it).
@@ -98,9 +101,9 @@ impl Vm {
     pub(crate) fn start(name: &str, cmd: &Command, log: &Path, door: &Door) -> Result<Vm> {
         let mut cmd = crate::tools::guarded(cmd);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().context("cannot start qemu (apt-get install qemu-system-x86)")?;
+        let mut child = cmd.spawn().map_err(VmError::Start)?;
         let console: Arc<(Mutex<Console>, Condvar)> = Arc::default();
-        let logf = std::fs::File::options().write(true).create_new(true).open(log)?;
+        let logf = std::fs::File::options().write(true).create_new(true).open(log).at("creating console log", log)?;
         let logf = Arc::new(Mutex::new(logf));
         if let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) {
             pump(out, console.clone(), logf.clone(), "");
@@ -119,11 +122,11 @@ impl Vm {
                 return Ok(());
             }
             if c.closed {
-                bail!("qemu exited before `{text}` appeared on the console");
+                return Err(VmError::ConsoleClosed(text.to_string()));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                bail!("`{text}` did not appear on the console within {}s", timeout.as_secs());
+                return Err(VmError::ConsoleTimeout { text: text.to_string(), secs: timeout.as_secs() });
             }
             c = cv.wait_timeout(c, left).unwrap_or_else(|e| e.into_inner()).0;
         }
@@ -175,8 +178,8 @@ impl Agent {
         let stream = loop {
             match UnixStream::connect(&self.path) {
                 Ok(s) => break s,
-                Err(e) if Instant::now() >= deadline => {
-                    bail!("cannot reach the command port of {} ({}): {e}", self.name, self.path.display())
+                Err(source) if Instant::now() >= deadline => {
+                    return Err(VmError::Unreachable { name: self.name.clone(), path: self.path.clone(), source });
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
@@ -189,9 +192,7 @@ impl Agent {
                 Err(_) if Instant::now() < deadline => {}
                 Err(e) => {
                     self.conn = None;
-                    return Err(
-                        e.context(format!("the node stage of {} never answered on its command port", self.name))
-                    );
+                    return Err(VmError::NeverAnswered { name: self.name.clone(), source: Box::new(e) });
                 }
             }
         }
@@ -202,18 +203,18 @@ impl Agent {
         self.seq += 1;
         // A nonce per command: a late answer to an earlier one is skipped.
         let nonce = format!("n{}x{}", self.seq, std::process::id());
-        let conn = self.conn.as_mut().context("not connected")?;
+        let conn = self.conn.as_mut().ok_or(VmError::NotConnected)?;
         let line = format!("{nonce} {secs} {}\n", b64.encode(script));
         conn.get_mut().write_all(line.as_bytes())?;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                bail!("no answer from {} within {}s", self.name, secs);
+                return Err(VmError::NoAnswer { name: self.name.clone(), secs });
             }
             conn.get_mut().set_read_timeout(Some(left))?;
             let mut answer = String::new();
             match conn.read_line(&mut answer) {
-                Ok(0) => bail!("the command port of {} closed", self.name),
+                Ok(0) => return Err(VmError::PortClosed(self.name.clone())),
                 Ok(_) => {}
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
                 Err(e) => return Err(e.into()),
@@ -222,8 +223,8 @@ impl Agent {
             if parts.next() != Some(nonce.as_str()) {
                 continue;
             }
-            let status = parts.next().and_then(|s| s.parse().ok()).context("a malformed answer")?;
-            let bytes = b64.decode(parts.next().unwrap_or("")).context("a malformed answer")?;
+            let status = parts.next().and_then(|s| s.parse().ok()).ok_or(VmError::Malformed)?;
+            let bytes = b64.decode(parts.next().unwrap_or("")).map_err(|_| VmError::Malformed)?;
             return Ok(Output { status, text: String::from_utf8_lossy(&bytes).into_owned() });
         }
     }
@@ -255,7 +256,8 @@ impl Ssh {
                 return Ok(Output { status, text });
             }
             if self.reached || Instant::now() + Duration::from_secs(1) >= deadline {
-                bail!("ssh to {} ({}@127.0.0.1:{}) failed: {}", self.name, self.user, self.port, ssh_said.trim());
+                let (name, user, port) = (self.name.clone(), self.user.clone(), self.port);
+                return Err(VmError::Ssh { name, user, port, said: ssh_said.trim().to_string() });
             }
             std::thread::sleep(Duration::from_secs(1));
         }
@@ -276,7 +278,7 @@ impl Ssh {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .context("cannot run ssh (apt-get install openssh-client)")?;
+            .map_err(VmError::NoSsh)?;
         let read = |r: Option<Box<dyn Read + Send>>| {
             std::thread::spawn(move || {
                 let mut text = Vec::new();
@@ -295,7 +297,7 @@ impl Ssh {
             if Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("no answer from {} over ssh in time", self.name);
+                return Err(VmError::SshTimeout(self.name.clone()));
             }
             std::thread::sleep(Duration::from_millis(50));
         };

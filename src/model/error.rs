@@ -3,8 +3,13 @@
 //! [`ConfigError`], wherever it is found (a profile, a hardware file, a
 //! machines file, a flag, a lock): it names the file, the line and the key,
 //! and makes imgd exit with code 2. Every other failure exits with 1.
-//! Errors travel up in `anyhow` chains with their context; the kind is read
-//! from the typed error inside, in one place ([`Kind::of`]).
+//!
+//! Library layers fail with typed `thiserror` enums (`StoreError`,
+//! `RootfsError`, `BuildError`, …) whose variants carry the path, key or id;
+//! the commands (`cmd/`) carry them up in `anyhow`. The kind is read from
+//! the error's chain of sources, in one place ([`Kind::of`]): so a layer
+//! holds a `ConfigError` as the `#[source]` of a variant saying which step
+//! found it, never behind `#[error(transparent)]` (which would hide it).
 
 use std::fmt;
 use std::path::PathBuf;

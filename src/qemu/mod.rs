@@ -5,8 +5,8 @@
 //! opened with `snapshot=on` so the store's files are never written.
 
 use crate::config::hardware::{DiskBus, QemuSpec};
+use crate::fsutil::IoAt;
 use crate::model::{Arch, Firmware, Format};
-use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -198,6 +198,49 @@ fn on_path(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
+/// What can stop a boot before or while it runs.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error(transparent)]
+    Io(#[from] crate::fsutil::IoError),
+    #[error(transparent)]
+    Tool(#[from] crate::tools::ToolError),
+    #[error(transparent)]
+    Artifact(#[from] crate::artifact::ArtifactError),
+    /// This machine cannot boot that here (a firmware or qemu missing, an
+    /// arch or firmware that does not fit the boot source): what and why.
+    #[error("{0}")]
+    Cannot(String),
+    #[error("cannot start {program} (apt-get install {package})")]
+    Start {
+        program: String,
+        package: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("enrolling the certificate (pip install virt-firmware)")]
+    Enrol(#[source] crate::tools::ToolError),
+    /// The machine did not reach its marker: why, the console log's path
+    /// and its last lines.
+    #[error("{reason} (console log: {})\n--- last {} console lines ---\n{}", log.display(), tail.len(), tail.join("\n"))]
+    Boot { reason: String, log: PathBuf, tail: Vec<String> },
+    #[error("relay: connecting to {addr}")]
+    Relay {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// qemu's console or the relay's streams failed mid-way.
+    #[error("talking to qemu: {0}")]
+    Stream(#[from] std::io::Error),
+}
+
+type Result<T, E = QemuError> = std::result::Result<T, E>;
+
+fn cannot(why: impl Into<String>) -> QemuError {
+    QemuError::Cannot(why.into())
+}
+
 fn first_existing(paths: &[&str]) -> Option<PathBuf> {
     paths.iter().map(PathBuf::from).find(|p| p.is_file())
 }
@@ -230,7 +273,7 @@ pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Comm
     match src {
         BootSource::Netboot { relay, mac } => {
             if relay.contains(',') {
-                bail!("the relay command must not contain commas (qemu option syntax): {relay}");
+                return Err(cannot(format!("the relay command must not contain commas (qemu option syntax): {relay}")));
             }
             if m.firmware == Firmware::Uefi {
                 uefi_firmware(&mut c, m, scratch)?;
@@ -249,7 +292,7 @@ pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Comm
         BootSource::EfiApp { app } => {
             user_net(&mut c, m);
             if m.firmware != Firmware::Uefi {
-                bail!("an EFI application boots by UEFI; this hardware boots by BIOS");
+                return Err(cannot("an EFI application boots by UEFI; this hardware boots by BIOS"));
             }
             uefi_firmware(&mut c, m, scratch)?;
             let esp = esp_holding(m, app, scratch)?;
@@ -272,13 +315,13 @@ pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Comm
 /// What an aarch64 boot needs that x86_64 has by default.
 fn aarch64_can_boot(m: &Machine<'_>, src: &BootSource, program: &str) -> Result<()> {
     if !on_path(program) {
-        bail!("booting aarch64 hardware needs qemu-system-aarch64 (apt-get install qemu-system-arm)");
+        return Err(cannot("booting aarch64 hardware needs qemu-system-aarch64 (apt-get install qemu-system-arm)"));
     }
     if m.firmware == Firmware::Bios {
-        bail!("aarch64 machines have no BIOS: set firmware = \"uefi\"");
+        return Err(cannot("aarch64 machines have no BIOS: set firmware = \"uefi\""));
     }
     if matches!(src, BootSource::Netboot { .. }) {
-        bail!("netboot tests need an iPXE ROM for the NIC; Debian's ipxe-qemu ships x86 ROMs only");
+        return Err(cannot("netboot tests need an iPXE ROM for the NIC; Debian's ipxe-qemu ships x86 ROMs only"));
     }
     Ok(())
 }
@@ -298,13 +341,13 @@ fn uefi_firmware(c: &mut Command, m: &Machine<'_>, scratch: &Path) -> Result<()>
         }
         _ => first_existing(code),
     };
-    let code = code.with_context(|| format!("UEFI firmware not found (apt-get install {pkg})"))?;
+    let code = code.ok_or_else(|| cannot(format!("UEFI firmware not found (apt-get install {pkg})")))?;
     let vars_src = match m.secure_boot {
         Some(v) => v.to_path_buf(),
-        None => first_existing(vars).with_context(|| format!("UEFI vars not found (apt-get install {pkg})"))?,
+        None => first_existing(vars).ok_or_else(|| cannot(format!("UEFI vars not found (apt-get install {pkg})")))?,
     };
     let vars = scratch.join("OVMF_VARS.fd");
-    std::fs::copy(&vars_src, &vars)?;
+    std::fs::copy(&vars_src, &vars).at("copying the UEFI vars to", &vars)?;
     c.arg("-drive").arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()));
     c.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
     Ok(())
@@ -328,7 +371,7 @@ fn user_net(c: &mut Command, m: &Machine<'_>) {
 fn esp_holding(m: &Machine<'_>, app: &Path, scratch: &Path) -> Result<PathBuf> {
     use crate::artifact::{disk::MIB, esp};
     let esp_img = scratch.join("esp.img");
-    let size = (std::fs::metadata(app)?.len() + 40 * MIB).div_ceil(MIB) * MIB;
+    let size = (std::fs::metadata(app).at("reading", app)?.len() + 40 * MIB).div_ceil(MIB) * MIB;
     let dest = format!("EFI/BOOT/{}", m.arch.efi_boot_file());
     esp::make(&esp_img, size, 0x1d0_0001, &[esp::EspFile { dest, src: app.to_path_buf() }], 0)?;
     Ok(esp_img)
@@ -348,7 +391,7 @@ fn disk_device(bus: DiskBus) -> String {
 /// copy of OVMF's empty template, as one would for a fleet's own keys.
 pub fn enrol_vars(cert: &Path, out: &Path) -> Result<()> {
     let template = first_existing(&["/usr/share/OVMF/OVMF_VARS_4M.fd"])
-        .context("OVMF's 4M variable store not found (apt-get install ovmf)")?;
+        .ok_or_else(|| cannot("OVMF's 4M variable store not found (apt-get install ovmf)"))?;
     // The owner GUID of the enrolled entries: any fixed value does.
     const OWNER: &str = "a0d3b1b6-8f57-4a5e-9d2c-696d67640001";
     crate::tools::run(
@@ -365,7 +408,7 @@ pub fn enrol_vars(cert: &Path, out: &Path) -> Result<()> {
             .arg(cert)
             .arg("--secure-boot"),
     )
-    .context("enrolling the certificate (pip install virt-firmware)")?;
+    .map_err(QemuError::Enrol)?;
     Ok(())
 }
 
@@ -382,7 +425,7 @@ pub fn run_interactive(cmd: Command) -> Result<std::process::ExitStatus> {
         cmd = c;
         eprintln!("imgd run: Ctrl-A X quits qemu");
     }
-    let mut child = Reaper(cmd.spawn().context("cannot start qemu-system-x86_64 (apt-get install qemu-system-x86)")?);
+    let mut child = Reaper(cmd.spawn().map_err(|e| start_error(&cmd, e))?);
     Ok(child.0.wait()?)
 }
 
@@ -423,6 +466,14 @@ pub fn kvm_works(kernel: &Path, cache: &Path) -> bool {
     ok
 }
 
+/// qemu (or the setpriv guarding it) could not be started.
+fn start_error(cmd: &Command, source: std::io::Error) -> QemuError {
+    let args = std::iter::once(cmd.get_program()).chain(cmd.get_args());
+    let program = args.map(|a| a.to_string_lossy()).find(|a| a.starts_with("qemu-")).unwrap_or_default().into_owned();
+    let package = if program.ends_with("aarch64") { "qemu-system-arm" } else { "qemu-system-x86" };
+    QemuError::Start { program, package, source }
+}
+
 /// Kills qemu when dropped, whatever path the caller leaves by.
 struct Reaper(Child);
 
@@ -446,18 +497,14 @@ pub fn boot_until(cmd: Command, marker: &str, timeout: Duration, log: &Path) -> 
     let start = Instant::now();
     let mut cmd = crate::tools::guarded(&cmd);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = Reaper(cmd.spawn().context("cannot start qemu (apt-get install qemu-system-x86)")?);
+    let mut child = Reaper(cmd.spawn().map_err(|e| start_error(&cmd, e))?);
     let (Some(stdout), Some(stderr)) = (child.0.stdout.take(), child.0.stderr.take()) else {
-        bail!("qemu's console pipes were not set up");
+        return Err(cannot("qemu's console pipes were not set up"));
     };
     let rx = console_chunks(stdout, stderr);
     // create_new: the log's folder is the caller's private one, and an
     // existing file (or a planted symlink) is never written through.
-    let mut logf = std::fs::File::options()
-        .write(true)
-        .create_new(true)
-        .open(log)
-        .with_context(|| format!("creating console log {}", log.display()))?;
+    let mut logf = std::fs::File::options().write(true).create_new(true).open(log).at("creating console log", log)?;
     let mut tail = Tail::default();
     loop {
         let left = timeout.saturating_sub(start.elapsed());
@@ -573,24 +620,20 @@ impl Tail {
         })
     }
 
-    fn error(&self, reason: &str, log: &Path) -> anyhow::Error {
+    fn error(&self, reason: &str, log: &Path) -> QemuError {
         // A line the console has not ended yet (a prompt, a half-written
         // message) is the newest thing it said: shown too.
         let partial = Some(self.partial.as_str()).filter(|p| !p.trim().is_empty());
-        let lines: Vec<&str> = self.lines.iter().map(String::as_str).chain(partial).collect();
-        anyhow::anyhow!(
-            "{reason} (console log: {})\n--- last {} console lines ---\n{}",
-            log.display(),
-            lines.len(),
-            lines.join("\n")
-        )
+        let tail = self.lines.iter().map(String::as_str).chain(partial).map(str::to_string).collect();
+        QemuError::Boot { reason: reason.to_string(), log: log.to_path_buf(), tail }
     }
 }
 
 /// Copies stdin to a TCP connection and the connection to stdout: what qemu's
 /// `guestfwd=...-cmd:` runs once per guest connection.
 pub fn relay(addr: &str) -> Result<()> {
-    let conn = std::net::TcpStream::connect(addr).with_context(|| format!("relay: connecting to {addr}"))?;
+    let conn =
+        std::net::TcpStream::connect(addr).map_err(|source| QemuError::Relay { addr: addr.to_string(), source })?;
     let mut up = conn.try_clone()?;
     let t = std::thread::spawn(move || {
         let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);

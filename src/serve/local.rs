@@ -4,9 +4,9 @@
 //! (`restrict=on`), so a machine boots exactly what a fleet's would: the
 //! chain script, its group's script, the kernel and initrd over HTTP.
 
+use super::boot::BootError;
 use super::boot::{machines, state};
 use super::{Options, Server};
-use anyhow::Result;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ pub struct LocalServer {
 impl LocalServer {
     /// Serves `groups` (each naming its entry in `store`) on a free
     /// loopback port until dropped.
-    pub fn start(root: &Path, store: &Path, groups: Vec<machines::Group>) -> Result<LocalServer> {
+    pub fn start(root: &Path, store: &Path, groups: Vec<machines::Group>) -> Result<LocalServer, BootError> {
         let sources = state::Sources {
             root: root.to_path_buf(),
             cache: crate::dirs::cache(),
@@ -32,9 +32,11 @@ impl LocalServer {
             remote_cache: None,
         };
         let st = state::load(&sources, Some(machines::MachinesFile { groups, ..Default::default() }), None)?;
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let tcp = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-        let port = tcp.local_addr()?.port();
+        let loopback = |source| BootError::Loopback { doing: "serving on loopback", source };
+        let rt =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(loopback)?;
+        let tcp = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).map_err(loopback)?;
+        let port = tcp.local_addr().map_err(loopback)?.port();
         // qemu's guestfwd relay serves one guest connection at a time: a kept-alive
         // connection would hold back iPXE's next one until it timed out.
         let server = Server::new(st, Options { keep_alive: false, ..Options::default() });
@@ -51,8 +53,10 @@ impl LocalServer {
 
     /// What qemu's guestfwd runs per guest connection: this binary's
     /// `imgd relay` to the server (no commas: qemu option syntax).
-    pub fn relay(&self) -> Result<String> {
-        Ok(format!("{} relay 127.0.0.1:{}", std::env::current_exe()?.display(), self.port))
+    pub fn relay(&self) -> Result<String, BootError> {
+        let exe = std::env::current_exe()
+            .map_err(|source| BootError::Loopback { doing: "finding imgd's own binary", source })?;
+        Ok(format!("{} relay 127.0.0.1:{}", exe.display(), self.port))
     }
 }
 

@@ -376,7 +376,7 @@ mod tests {
         assert!(
             matches!(&err, StoreError::Io { doing: "creating store directory", path, .. } if path.starts_with(&file))
         );
-        let shown = format!("{:#}", anyhow::Error::from(err));
+        let shown = crate::model::Chain(&err).to_string();
         assert!(shown.starts_with(&format!("creating store directory {}", file.display())), "{shown}");
 
         let store = Store::open(&d.path().join("store")).unwrap();
@@ -385,7 +385,7 @@ mod tests {
         std::fs::write(store.root().join(&*name).join("manifest.json"), "{ not json").unwrap();
         let err = store.get(&name).err().unwrap();
         assert!(matches!(&err, StoreError::Manifest { entry, .. } if *entry == name), "{err:?}");
-        assert!(format!("{:#}", anyhow::Error::from(err)).contains("manifest.json"));
+        assert!(crate::model::Chain(&err).to_string().contains("manifest.json"));
 
         let _root = store.gc_root("serve-1").unwrap();
         let err = store.gc_root("serve-1").err().unwrap();

@@ -5,7 +5,6 @@
 use super::remote::Remote;
 use crate::config::error::line_col;
 use crate::config::ConfigError;
-use anyhow::Result;
 use std::path::Path;
 
 /// `<root>/imgd.toml`: settings shared by everyone who builds in this folder.

@@ -36,6 +36,13 @@ pub enum BootError {
     },
     #[error("{} is empty", .0.display())]
     EmptyLoader(PathBuf),
+    /// The in-process server of `imgd test` and `imgd compose`.
+    #[error("{doing}")]
+    Loopback {
+        doing: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl From<crate::model::ConfigError> for BootError {

@@ -13,18 +13,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Runs `start()`'s part in a task of its own until the process ends,
 /// restarting it whenever it stops.
-pub async fn supervise<F, Fut>(part: &'static str, metrics: Arc<Metrics>, start: F)
+pub async fn supervise<F, Fut, E>(part: &'static str, metrics: Arc<Metrics>, start: F)
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     supervise_from(part, metrics, start, FIRST_BACKOFF).await
 }
 
-async fn supervise_from<F, Fut>(part: &'static str, metrics: Arc<Metrics>, mut start: F, first: Duration)
+async fn supervise_from<F, Fut, E>(part: &'static str, metrics: Arc<Metrics>, mut start: F, first: Duration)
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     let mut backoff = first;
     loop {
@@ -32,7 +34,10 @@ where
         let began = Instant::now();
         let why = match tokio::spawn(start()).await {
             Ok(Ok(())) => "it returned".to_string(),
-            Ok(Err(e)) => format!("{e:#}"),
+            Ok(Err(e)) => {
+                let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+                crate::model::Chain(&*e).to_string()
+            }
             Err(e) if e.is_panic() => format!("it panicked: {}", panic_text(e.into_panic())),
             Err(e) => e.to_string(),
         };
@@ -81,7 +86,7 @@ mod tests {
                 let r = r.clone();
                 async move {
                     match r.fetch_add(1, Ordering::SeqCst) {
-                        0 => anyhow::bail!("socket gone"),
+                        0 => Err(std::io::Error::other("socket gone")),
                         1 => panic!("a bug in one packet"),
                         _ => std::future::pending().await,
                     }

@@ -6,10 +6,12 @@
 //! in the HTTP room's metrics.
 
 pub mod dhcp;
+mod error;
 pub mod net;
 pub mod proxy_dhcp;
 pub mod tftp;
 
+pub use error::PxeError;
 pub use net::{resolve_interface, Config, DHCP_PORT, PXE_PORT, TFTP_PORT};
 pub use proxy_dhcp::ProxyDhcp;
 pub use tftp::{tftp, TFTP_MAX_BLOCK, TFTP_MAX_WINDOW, TFTP_RETRIES};

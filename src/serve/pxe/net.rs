@@ -1,7 +1,7 @@
 //! Where the PXE room listens: the interface facing the machines, its
 //! address, and UDP sockets bound to that segment.
 
-use anyhow::{bail, Context};
+use super::error::PxeError;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use tokio::net::UdpSocket;
@@ -26,8 +26,8 @@ pub struct Config {
 
 /// `IFACE` or `ADDR` (one of this host's IPv4 addresses) to the interface
 /// and its address.
-pub fn resolve_interface(spec: &str) -> anyhow::Result<(String, Ipv4Addr)> {
-    let ifs = if_addrs::get_if_addrs().context("listing network interfaces")?;
+pub fn resolve_interface(spec: &str) -> Result<(String, Ipv4Addr), PxeError> {
+    let ifs = if_addrs::get_if_addrs().map_err(PxeError::Interfaces)?;
     let v4 = |i: &if_addrs::Interface| match i.ip() {
         std::net::IpAddr::V4(a) => Some(a),
         _ => None,
@@ -41,7 +41,7 @@ pub fn resolve_interface(spec: &str) -> anyhow::Result<(String, Ipv4Addr)> {
         None => {
             let mut have: Vec<String> = ifs.iter().filter_map(|i| Some(format!("{} ({})", i.name, v4(i)?))).collect();
             have.dedup();
-            bail!("--proxy-dhcp {spec}: no interface with that name or IPv4 address here; have {}", have.join(", "))
+            Err(PxeError::NoInterface { spec: spec.to_string(), have: have.join(", ") })
         }
     }
 }
@@ -49,13 +49,14 @@ pub fn resolve_interface(spec: &str) -> anyhow::Result<(String, Ipv4Addr)> {
 /// A UDP socket on `port` of every address, bound to `iface`: DHCP clients
 /// without an address broadcast, so only a wildcard socket hears them, and
 /// the device binding keeps it (and its broadcast replies) to that segment.
-pub(crate) fn udp_on_device(iface: &str, port: u16) -> anyhow::Result<UdpSocket> {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_address(true)?;
-    s.set_broadcast(true)?;
-    s.bind_device(Some(iface.as_bytes())).with_context(|| format!("binding a socket to interface {iface}"))?;
-    s.set_nonblocking(true)?;
+pub(crate) fn udp_on_device(iface: &str, port: u16) -> Result<UdpSocket, PxeError> {
+    let socket = |what: String| move |source| PxeError::Socket { what, source };
+    let setup = || format!("setting up a UDP socket for port {port} on {iface}");
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(socket(setup()))?;
+    s.set_reuse_address(true).and_then(|()| s.set_broadcast(true)).map_err(socket(setup()))?;
+    s.bind_device(Some(iface.as_bytes())).map_err(socket(format!("binding a socket to interface {iface}")))?;
+    s.set_nonblocking(true).map_err(socket(setup()))?;
     s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
-        .with_context(|| format!("binding UDP port {port} on {iface}"))?;
-    Ok(UdpSocket::from_std(s.into())?)
+        .map_err(socket(format!("binding UDP port {port} on {iface}")))?;
+    UdpSocket::from_std(s.into()).map_err(socket(setup()))
 }

@@ -21,7 +21,7 @@ pub struct ProxyDhcp {
 }
 
 impl ProxyDhcp {
-    pub fn bind(cfg: Arc<Config>) -> anyhow::Result<ProxyDhcp> {
+    pub fn bind(cfg: Arc<Config>) -> Result<ProxyDhcp, super::error::PxeError> {
         let on_dhcp = udp_on_device(&cfg.iface, DHCP_PORT)?;
         let on_pxe = udp_on_device(&cfg.iface, PXE_PORT)?;
         tracing::info!(iface = %cfg.iface, addr = %cfg.addr, "proxyDHCP on ports {} and {}", DHCP_PORT, PXE_PORT);
@@ -31,7 +31,12 @@ impl ProxyDhcp {
     /// Answers netboot clients until the task is dropped, counting in
     /// `metrics` what it answered and what it left alone.
     /// Each answer is noted in `status` (the machine's `offer` step).
-    pub async fn run(self, metrics: Arc<Metrics>, state: Arc<Current>, status: Arc<Status>) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        metrics: Arc<Metrics>,
+        state: Arc<Current>,
+        status: Arc<Status>,
+    ) -> Result<(), super::error::PxeError> {
         let ProxyDhcp { cfg, on_dhcp, on_pxe } = self;
         let (mut a, mut b) = ([0u8; 1500], [0u8; 1500]);
         loop {

@@ -3,7 +3,6 @@
 use crate::serve::boot::loaders::{Loader, Loaders};
 use crate::serve::boot::status::Status;
 use crate::serve::http::metrics::Metrics;
-use anyhow::Context;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -128,7 +127,7 @@ pub async fn tftp(
     loaders: Loaders,
     counts_in: Arc<Metrics>,
     status: Arc<Status>,
-) -> anyhow::Result<async_tftp::server::TftpServer<impl async_tftp::server::Handler>> {
+) -> Result<async_tftp::server::TftpServer<impl async_tftp::server::Handler>, super::error::PxeError> {
     let files = LoaderFiles(loaders, counts_in, Arc::default(), status);
     let server = async_tftp::server::TftpServerBuilder::with_handler(files)
         .bind(SocketAddr::from((addr, port)))
@@ -142,7 +141,7 @@ pub async fn tftp(
         .window_size_limit(TFTP_MAX_WINDOW)
         .build()
         .await
-        .with_context(|| format!("TFTP on {addr}:{port}"))?;
+        .map_err(|source| super::error::PxeError::Tftp { addr: SocketAddr::from((addr, port)), source })?;
     tracing::info!("TFTP on {addr}:{port} (loaders only, read-only)");
     Ok(server)
 }

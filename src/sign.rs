@@ -104,7 +104,7 @@ impl Signed {
 
 pub use crate::hash::cert_fingerprint;
 
-fn set_dir(store: &Store, entry: &str, fingerprint: &str) -> PathBuf {
+fn set_dir(store: &Store, entry: &EntryName, fingerprint: &str) -> PathBuf {
     store.signed_dir(entry).join(&fingerprint[..32])
 }
 

@@ -17,7 +17,7 @@ pub mod uki;
 
 use crate::config::recipe::Recipe;
 use crate::fsutil::IoAt;
-use crate::model::{Arch, Artifact, ArtifactFile, ArtifactName, Blake3, Firmware, Format};
+use crate::model::{Arch, Artifact, ArtifactFile, ArtifactName, Blake3, EntryName, Firmware, Format, InputHash};
 use crate::progress::Progress;
 use crate::rootfs::Rootfs;
 pub use error::ArtifactError;
@@ -29,7 +29,7 @@ pub(crate) const IPXE_TEMPLATE: &str = include_str!("../../pxe/boot.ipxe");
 
 /// A 16-byte identifier derived from the input hash and a purpose, shaped as
 /// an RFC 4122 version-4 UUID so tools accept it.
-pub(crate) fn derived_id(hash: &str, purpose: &str) -> [u8; 16] {
+pub(crate) fn derived_id(hash: &InputHash, purpose: &str) -> [u8; 16] {
     use sha2::{Digest, Sha256};
     let d = Sha256::digest(format!("{hash}:{purpose}").as_bytes());
     let mut id = [0u8; 16];
@@ -106,7 +106,7 @@ impl Made {
 struct Job<'a> {
     recipe: &'a Recipe,
     rootfs: &'a Rootfs,
-    hash: &'a str,
+    hash: &'a InputHash,
     out: &'a Path,
     work: &'a Path,
     progress: &'a Progress,
@@ -123,8 +123,8 @@ impl Job<'_> {
 pub(crate) fn produce(
     recipe: &Recipe,
     rootfs: &Rootfs,
-    hash: &str,
-    entry: &str,
+    hash: &InputHash,
+    entry: &EntryName,
     places: Places<'_>,
     progress: &Progress,
 ) -> Result<Vec<Artifact>> {
@@ -152,7 +152,7 @@ pub(crate) fn produce(
 }
 
 /// The iPXE bundle: kernel, initrd (the whole root filesystem), boot.ipxe.
-fn ipxe_bundle(job: Job<'_>, entry: &str, made: &mut Made) -> Result<()> {
+fn ipxe_bundle(job: Job<'_>, entry: &EntryName, made: &mut Made) -> Result<()> {
     let Job { recipe, rootfs, hash, out, progress, .. } = job;
     let step = progress.step("ipxe: kernel, initrd (whole root filesystem), boot.ipxe");
     std::fs::copy(&rootfs.kernel.image, out.join("vmlinuz")).at("copying the kernel to", out.join("vmlinuz"))?;
@@ -316,7 +316,7 @@ fn disks_from_raw<'s>(job: Job<'s>, s: &'s std::thread::Scope<'s, '_>, raw: &Pat
 fn esp_image(
     recipe: &Recipe,
     rootfs: &Rootfs,
-    hash: &str,
+    hash: &InputHash,
     work: &Path,
     esp_size: u64,
     root_uuid: &str,
@@ -401,7 +401,7 @@ fn systemd_efi_file(input: &crate::config::recipe::Input, want: &str, work: &Pat
 fn write_uki(
     recipe: &Recipe,
     rootfs: &Rootfs,
-    hash: &str,
+    hash: &InputHash,
     initrd: &Path,
     cmdline: &str,
     work: &Path,

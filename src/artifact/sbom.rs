@@ -108,9 +108,9 @@ pub(crate) fn installed(status: &str, lock: &Lock) -> Result<Vec<Installed>> {
 }
 
 pub(crate) fn document(
-    entry: &str,
+    entry: &crate::model::EntryName,
     profile: &str,
-    hash: &str,
+    hash: &crate::model::InputHash,
     epoch: u64,
     lock: &Lock,
     installed: &[Installed],
@@ -233,7 +233,9 @@ mod tests {
         let l = lock(&[("base-files", "12.4", "amd64"), ("libc6", "2.36-9", "amd64")]);
         let got = installed(STATUS, &l).unwrap();
         assert_eq!(got.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["base-files", "libc6"]);
-        let doc = document("e", "p", "h", 0, &l, &got);
+        let hash = crate::model::InputHash::new(&"ab".repeat(32)).unwrap();
+        let entry = crate::model::EntryName::of(&hash, "p").unwrap();
+        let doc = document(&entry, "p", &hash, 0, &l, &got);
         let libc = &doc["packages"][2];
         assert_eq!(libc["versionInfo"], "2.36-9");
         assert_eq!(libc["supplier"], "Organization: GNU Libc Maintainers (debian-glibc@lists.debian.org)");

@@ -353,7 +353,7 @@ pub(crate) fn pcr11(uki: &Path) -> Result<crate::model::manifest::Pcr11> {
 /// `/usr/lib/os-release`), or a minimal one, with `IMAGE_ID` and
 /// `IMAGE_VERSION` naming the profile and build so the boot menu and
 /// `/etc/os-release` readers can tell builds apart.
-pub(crate) fn os_release(image_os_release: Option<&str>, profile: &str, hash: &str) -> String {
+pub(crate) fn os_release(image_os_release: Option<&str>, profile: &str, hash: &crate::model::InputHash) -> String {
     let mut s: String = match image_os_release {
         Some(text) => text
             .lines()
@@ -473,8 +473,14 @@ mod tests {
 
     #[test]
     fn os_release_names_the_build() {
-        let s = os_release(Some("ID=debian\nIMAGE_ID=old\nVERSION_ID=12\n"), "web", &"ab".repeat(32));
+        let s = os_release(
+            Some("ID=debian\nIMAGE_ID=old\nVERSION_ID=12\n"),
+            "web",
+            &crate::model::InputHash::new(&"ab".repeat(32)).unwrap(),
+        );
         assert_eq!(s, "ID=debian\nVERSION_ID=12\nIMAGE_ID=web\nIMAGE_VERSION=abababababab\n");
-        assert!(os_release(None, "hello", &"0".repeat(64)).contains("ID=imgd\n"));
+        assert!(
+            os_release(None, "hello", &crate::model::InputHash::new(&"0".repeat(64)).unwrap()).contains("ID=imgd\n")
+        );
     }
 }

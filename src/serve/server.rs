@@ -115,7 +115,7 @@ enum Sent {
 struct Boot {
     profile: String,
     group: String,
-    entry: String,
+    entry: EntryName,
     mac: String,
     client: IpAddr,
 }
@@ -282,7 +282,7 @@ impl Server {
                 self.artifact(&state, client, &entry, &file, &conditions, head).await
             }
             Route::Signed { entry, cert, file, conditions } => {
-                match state.signed_file(client, entry.as_str(), &cert, file.as_str()) {
+                match state.signed_file(client, &entry, &cert, file.as_str()) {
                     Some((path, f)) => {
                         let what = format!("{}/{cert}/{file}", entry.as_str());
                         self.send_file(&what, path, (f.size, &f.blake3), &conditions, head, None).await
@@ -493,11 +493,14 @@ impl Server {
         let vars: Vec<(String, String)> = group.vars.iter().map(|(k, v)| (k.clone(), ipxe_safe(v))).collect();
         let how = (group.kernel_args.as_str(), group.verify);
         match self.boot_script(state, target, &group.name, &who, how, &vars) {
-            Ok(s) => {
-                let entry = target.entry.as_ref().map_or("?", |e| e.name.as_str()).to_string();
-                let boot = Boot { profile: target.profile.clone(), group: group.name.clone(), entry, mac, client };
-                (s, Sent::Boot(boot))
-            }
+            // A script is only made for a target with an entry.
+            Ok(s) => match &target.entry {
+                Ok(e) => {
+                    let (profile, group, entry) = (target.profile.clone(), group.name.clone(), e.name.clone());
+                    (s, Sent::Boot(Boot { profile, group, entry, mac, client }))
+                }
+                Err(why) => wait(why.clone()),
+            },
             Err(e) => wait(e),
         }
     }

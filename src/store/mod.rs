@@ -111,12 +111,12 @@ impl Store {
 
     /// Where the signed copies of `entry` live (`.signed/<entry>/`, made by
     /// `crate::sign`): the store owns the folder, so gc removes it with the entry.
-    pub(crate) fn signed_dir(&self, entry: &str) -> PathBuf {
+    pub(crate) fn signed_dir(&self, entry: &EntryName) -> PathBuf {
         self.root.join(SIGNED_DIR).join(entry)
     }
 
     /// Removes every signed set of `entry` (when gc removes the entry).
-    fn forget_signed(&self, entry: &str) -> Result<()> {
+    fn forget_signed(&self, entry: &EntryName) -> Result<()> {
         let dir = self.signed_dir(entry);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", &dir)(e)),

@@ -83,12 +83,12 @@ impl State {
 
     /// The group that lets `client` download `art` of `entry` (`*` for
     /// `--serve-all`), if one does.
-    pub(crate) fn download_group(&self, client: IpAddr, entry: &str, art: &Artifact) -> Option<&str> {
+    pub(crate) fn download_group(&self, client: IpAddr, entry: &EntryName, art: &Artifact) -> Option<&str> {
         if self.serve_all {
             return Some("*");
         }
         let g = self.machines.groups.iter().find(|g| {
-            let boots = self.groups.get(&g.name).is_some_and(|t| t.entry.as_ref().is_ok_and(|e| e.name == entry));
+            let boots = self.groups.get(&g.name).is_some_and(|t| t.entry.as_ref().is_ok_and(|e| &e.name == entry));
             let file_ok = (art.format == Format::Ipxe && BOOT_FILES.contains(&art.name))
                 || (art.name == ArtifactName::Uki && g.http_boot == HttpBoot::Uki)
                 || g.downloads.contains(&art.name);
@@ -102,13 +102,13 @@ impl State {
     pub(crate) fn signed_file(
         &self,
         client: IpAddr,
-        entry: &str,
+        entry: &EntryName,
         cert: &str,
         file: &str,
     ) -> Option<(PathBuf, crate::sign::SignedFile)> {
         self.machines.groups.iter().find_map(|g| {
             let set = self.signed.get(&g.name)?.as_ref().ok()?;
-            let ok = set.record.entry == entry && set.record.cert_sha256.starts_with(cert) && g.admits(client);
+            let ok = &set.record.entry == entry && set.record.cert_sha256.starts_with(cert) && g.admits(client);
             let f = set.record.files.iter().find(|f| f.file == file).filter(|_| ok)?;
             Some((set.dir.join(file), f.clone()))
         })

@@ -354,7 +354,7 @@ mod tests {
              profiles/web.toml: key `init`: /bin/nope is not an executable file in the image"
         );
         let e = anyhow::Error::from(e).context("building web");
-        assert_eq!(Kind::of(&e).exit_code(), 2);
+        assert_eq!(Kind::of(e.as_ref()).exit_code(), 2);
 
         let io = crate::fsutil::IoError {
             doing: "writing",
@@ -363,6 +363,6 @@ mod tests {
         };
         let e = BuildError::Rootfs(crate::rootfs::RootfsError::Io(io));
         assert_eq!(Chain(&e).to_string(), "assembling the root filesystem: writing /store/x: disk full");
-        assert_eq!(Kind::of(&anyhow::Error::from(e)).exit_code(), 1);
+        assert_eq!(Kind::of(anyhow::Error::from(e).as_ref()).exit_code(), 1);
     }
 }

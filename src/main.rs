@@ -130,6 +130,6 @@ fn main() {
     drop(flush_log); // every line logged is written before the last one
     if let Err(e) = result {
         eprintln!("error: {e:#}");
-        std::process::exit(imgd::model::Kind::of(&e).exit_code());
+        std::process::exit(imgd::model::Kind::of(e.as_ref()).exit_code());
     }
 }

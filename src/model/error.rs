@@ -88,12 +88,16 @@ pub enum Kind {
 impl Kind {
     /// The kind of an error chain: bad input when any error in it is a
     /// [`ConfigError`] (context added on the way up does not change it).
-    pub fn of(e: &anyhow::Error) -> Kind {
-        if e.chain().any(|c| c.is::<ConfigError>()) {
-            Kind::BadInput
-        } else {
-            Kind::Failed
+    /// (`anyhow::Error` gives its chain as `e.as_ref()`.)
+    pub fn of(e: &(dyn std::error::Error + 'static)) -> Kind {
+        let mut next = Some(e);
+        while let Some(c) = next {
+            if c.is::<ConfigError>() {
+                return Kind::BadInput;
+            }
+            next = c.source();
         }
+        Kind::Failed
     }
 
     pub fn exit_code(self) -> i32 {
@@ -120,9 +124,9 @@ mod tests {
     fn the_kind_survives_context_and_only_bad_input_exits_2() {
         let bad: anyhow::Result<()> = Err(ConfigError::new("hardware/vm.toml", "unknown arch").into());
         let bad = bad.context("resolving web").context("building web").unwrap_err();
-        assert_eq!(Kind::of(&bad), Kind::BadInput);
-        assert_eq!(Kind::of(&bad).exit_code(), 2);
+        assert_eq!(Kind::of(bad.as_ref()), Kind::BadInput);
+        assert_eq!(Kind::of(bad.as_ref()).exit_code(), 2);
         let io = anyhow::Error::from(std::io::Error::other("disk full")).context("writing the store entry");
-        assert_eq!(Kind::of(&io).exit_code(), 1);
+        assert_eq!(Kind::of(io.as_ref()).exit_code(), 1);
     }
 }

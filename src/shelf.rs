@@ -45,7 +45,7 @@ impl Shelf {
     pub(crate) fn try_lock(&self, key: &str) -> Result<std::fs::File, IoError> {
         let path = self.lock_path(key);
         let f = std::fs::File::options().create(true).truncate(false).write(true).open(&path).at("opening", &path)?;
-        f.try_lock().map_err(std::io::Error::from).at("taking the lock (another process holds it)", &path)?;
+        f.try_lock().map_err(std::io::Error::from).at("locking", &path)?;
         Ok(f)
     }
 

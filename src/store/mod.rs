@@ -31,13 +31,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A file or folder of the store could not be read, written or locked.
-    #[error("{doing} {}", path.display())]
-    Io {
-        doing: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::fsutil::IoError),
     /// An entry's manifest could not be read or written as imgd writes it.
     #[error("the manifest of {entry}")]
     Manifest {
@@ -57,7 +52,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Tags an I/O error with what was done to which path.
 fn io<'p>(doing: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> StoreError + 'p {
-    move |source| StoreError::Io { doing, path: path.to_path_buf(), source }
+    move |source| StoreError::Io(crate::fsutil::IoError { doing, path: path.to_path_buf(), source })
 }
 
 /// Tags a manifest's read or write error with its entry.
@@ -374,7 +369,7 @@ mod tests {
         std::fs::write(&file, "").unwrap();
         let err = Store::open(&file.join("store")).err().unwrap();
         assert!(
-            matches!(&err, StoreError::Io { doing: "creating store directory", path, .. } if path.starts_with(&file))
+            matches!(&err, StoreError::Io(crate::fsutil::IoError { doing: "creating store directory", path, .. }) if path.starts_with(&file))
         );
         let shown = crate::model::Chain(&err).to_string();
         assert!(shown.starts_with(&format!("creating store directory {}", file.display())), "{shown}");

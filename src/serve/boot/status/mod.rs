@@ -5,10 +5,10 @@
 //! group, entry, the last step reached (DHCP offer -> TFTP loader -> script
 //! -> kernel -> initrd -> done, or offer -> uki -> done), the steps of its
 //! current boot with their times, bytes sent, when, its labels and the last
-//! refusal. A machine that started
-//! a boot and made no progress for longer than the stuck threshold comes
-//! first. At most `cap` machines are kept, least recently seen dropped (a
-//! machine costs a few hundred bytes); nothing is written to disk.
+//! refusal. A machine that started a boot and made no progress for longer
+//! than the stuck threshold comes first. At most `cap` machines are kept: a
+//! full table drops its least recently seen sixteenth (a machine costs about
+//! 170 bytes with its indexes); nothing is written to disk.
 //!
 //! Every value a client claimed (MAC, hostname) was checked to iPXE's
 //! shapes where it entered, and is escaped again for HTML by [`page`],
@@ -54,33 +54,105 @@ impl Step {
     }
 }
 
-/// One machine, as the table shows it. Kept small (a 10,000-machine table
-/// is one of a netboot server's larger allocations): a [`Mac`] not its
-/// text, group and entry names shared between rows, the history inline.
-#[derive(Debug, Clone, Serialize)]
+/// One machine, as the table keeps and shows it. Kept small (a
+/// 10,000-machine table is one of a netboot server's larger allocations,
+/// and a proxyDHCP storm fills it): a [`Mac`] not its text, one shared
+/// group-and-entry pair for all rows of a group, the history inline with
+/// 16-bit times, and what few machines carry (hostname, labels, a refusal)
+/// boxed apart: 120 bytes a row, key included (it was 241, and an ordered
+/// index beside it).
+#[derive(Debug, Clone)]
 pub(crate) struct Seen {
     pub mac: Option<Mac>,
     pub address: IpAddr,
-    pub hostname: Option<Box<str>>,
-    #[serde(serialize_with = "shared_name")]
-    pub group: Option<Arc<str>>,
-    #[serde(serialize_with = "shared_name")]
-    pub entry: Option<Arc<str>>,
     pub step: Step,
+    /// Started a boot and made no progress for longer than the threshold.
+    pub stuck: bool,
+    /// The group it was put in and the entry that boots it.
+    target: Option<Arc<Target>>,
     pub bytes: u64,
     /// Seconds since the epoch of the last thing it did.
     pub last: u64,
-    pub refusal: Option<Box<str>>,
-    /// The steps of its current boot, each with when (seconds since the
-    /// epoch); at most `HISTORY`, the first kept.
+    /// The steps of its current boot, each with when; at most `HISTORY`,
+    /// the first kept.
     pub history: History,
+    extra: Option<Box<Extra>>,
+    /// How the table knows it, and when it was last touched (for dropping
+    /// the least recently seen).
+    key: Key,
+    seq: u64,
+}
+
+/// A group and the entry it boots, shared by the rows of its machines.
+#[derive(Debug)]
+struct Target {
+    group: Box<str>,
+    entry: Box<str>,
+}
+
+/// What most machines lack.
+#[derive(Debug, Clone, Default)]
+struct Extra {
+    hostname: Option<Box<str>>,
+    refusal: Option<Box<str>>,
     /// The labels its last script request carried (`?rack=7`), at most
     /// `LABELS`, values cut to `LABEL_CHARS`.
-    pub labels: BTreeMap<String, String>,
-    /// Started a boot and made no progress for longer than the threshold.
-    pub stuck: bool,
-    #[serde(skip)]
-    seq: u64,
+    labels: BTreeMap<String, String>,
+}
+
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+impl Seen {
+    pub(crate) fn group(&self) -> Option<&str> {
+        self.target.as_deref().map(|t| &*t.group)
+    }
+
+    pub(crate) fn entry(&self) -> Option<&str> {
+        self.target.as_deref().map(|t| &*t.entry)
+    }
+
+    pub(crate) fn hostname(&self) -> Option<&str> {
+        self.extra.as_deref().and_then(|x| x.hostname.as_deref())
+    }
+
+    /// Why its last request was refused.
+    pub(crate) fn refusal(&self) -> Option<&str> {
+        self.extra.as_deref().and_then(|x| x.refusal.as_deref())
+    }
+
+    pub(crate) fn labels(&self) -> &BTreeMap<String, String> {
+        self.extra.as_deref().map_or(&NO_LABELS, |x| &x.labels)
+    }
+
+    /// Its extras, made when first needed and dropped when empty again.
+    fn extra(&mut self, f: impl FnOnce(&mut Extra)) {
+        let x = self.extra.get_or_insert_with(Box::default);
+        f(x);
+        if x.hostname.is_none() && x.refusal.is_none() && x.labels.is_empty() {
+            self.extra = None;
+        }
+    }
+}
+
+/// The row as `/status.json` has always written it.
+impl Serialize for Seen {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut r = s.serialize_struct("Seen", 12)?;
+        r.serialize_field("mac", &self.mac)?;
+        r.serialize_field("address", &self.address)?;
+        r.serialize_field("hostname", &self.hostname())?;
+        r.serialize_field("group", &self.group())?;
+        r.serialize_field("entry", &self.entry())?;
+        r.serialize_field("step", &self.step)?;
+        r.serialize_field("bytes", &self.bytes)?;
+        r.serialize_field("last", &self.last)?;
+        r.serialize_field("refusal", &self.refusal())?;
+        r.serialize_field("history", &self.history)?;
+        r.serialize_field("labels", self.labels())?;
+        r.serialize_field("stuck", &self.stuck)?;
+        r.end()
+    }
 }
 
 /// A group, as the page's first table shows it.
@@ -151,54 +223,59 @@ enum Key {
 
 #[derive(Default)]
 struct Inner {
-    machines: HashMap<Key, Seen>,
+    /// The machines, in no order (a slab: a row's index changes only when
+    /// another row is removed).
+    rows: Vec<Seen>,
+    index: HashMap<Key, u32>,
     /// Key of the machine last seen at an address (artifact requests carry
     /// no MAC: the script request before them did).
     at: HashMap<IpAddr, Key>,
-    /// seq -> key, oldest first, for dropping the least recently seen.
-    order: BTreeMap<u64, Key>,
     seq: u64,
-    /// Group and entry names, one copy each for all rows (bounded: cleared
+    /// Group -> its current target, one copy for all rows (bounded: cleared
     /// past `NAMES`, rows keep theirs).
-    names: std::collections::HashSet<Arc<str>>,
+    targets: HashMap<Arc<str>, Arc<Target>>,
 }
 
 /// Steps kept per boot: a whole boot has at most 6 distinct ones.
-const HISTORY: usize = 10;
+const HISTORY: usize = 8;
 const NAMES: usize = 4096;
 
-/// A boot's steps with when each was reached, inline (seconds since the
-/// epoch as `u32`: good until 2106).
+/// A boot's steps with when each was reached, inline: seconds since the
+/// epoch of the first (`u32`: good until 2106), and of each step after it
+/// (`u16`: a step more than 18 hours after the first shows as 18 hours).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct History {
     len: u8,
-    steps: [(Step, u32); HISTORY],
+    steps: [Step; HISTORY],
+    after: [u16; HISTORY],
+    start: u32,
 }
 
 impl Default for History {
     fn default() -> History {
-        History { len: 0, steps: [(Step::Refused, 0); HISTORY] }
+        History { len: 0, steps: [Step::Refused; HISTORY], after: [0; HISTORY], start: 0 }
     }
-}
-
-/// A shared name as the string it is (serde's `rc` feature would do this
-/// for every crate of the build).
-fn shared_name<S: serde::Serializer>(v: &Option<Arc<str>>, s: S) -> Result<S::Ok, S::Error> {
-    v.as_deref().serialize(s)
 }
 
 impl History {
     pub(crate) fn steps(&self) -> impl Iterator<Item = (Step, u64)> + '_ {
-        self.steps[..usize::from(self.len)].iter().map(|&(s, t)| (s, u64::from(t)))
+        let n = usize::from(self.len);
+        let start = u64::from(self.start);
+        self.steps[..n].iter().zip(&self.after[..n]).map(move |(&s, &t)| (s, start + u64::from(t)))
     }
 
     fn last(&self) -> Option<Step> {
-        self.len.checked_sub(1).map(|i| self.steps[usize::from(i)].0)
+        self.len.checked_sub(1).map(|i| self.steps[usize::from(i)])
     }
 
     fn push(&mut self, step: Step, at: u64) {
-        if usize::from(self.len) < HISTORY {
-            self.steps[usize::from(self.len)] = (step, u32::try_from(at).unwrap_or(u32::MAX));
+        let n = usize::from(self.len);
+        if n == 0 {
+            self.start = u32::try_from(at).unwrap_or(u32::MAX);
+        }
+        if n < HISTORY {
+            self.steps[n] = step;
+            self.after[n] = u16::try_from(at.saturating_sub(u64::from(self.start))).unwrap_or(u16::MAX);
             self.len += 1;
         }
     }
@@ -271,7 +348,7 @@ impl Status {
             counts.entry(g.clone()).or_default().0 = q.iter().filter(|b| **b >= hour_ago).count();
         }
         for r in rows {
-            if let (Some(g), false) = (r.group.as_deref(), matches!(r.step, Step::Done | Step::Refused)) {
+            if let (Some(g), false) = (r.group(), matches!(r.step, Step::Done | Step::Refused)) {
                 counts.entry(g.to_string()).or_default().1 += 1;
             }
         }
@@ -296,7 +373,7 @@ impl Status {
             None => None,
         };
         inner.point(address, key, self.cap);
-        let names = to.ok().map(|(g, e)| (inner.name(g), inner.name(e)));
+        let target = to.ok().map(|(g, e)| inner.target(g, e));
         let seen = inner.touch(key, address, self.cap);
         if let Some(e) = earlier {
             if seen.history.is_empty() {
@@ -305,18 +382,18 @@ impl Status {
             }
         }
         seen.mac = mac.or(seen.mac);
-        seen.hostname = hostname.map(Box::from).or(seen.hostname.take());
         seen.address = address;
-        seen.labels = labels
-            .iter()
-            .take(LABELS)
-            .map(|(k, v)| (k.chars().take(LABEL_CHARS).collect(), v.chars().take(LABEL_CHARS).collect()))
-            .collect();
-        match names {
-            Some((g, e)) => {
-                self.boot_started(&g);
-                seen.group = Some(g);
-                seen.entry = Some(e);
+        seen.extra(|x| {
+            x.hostname = hostname.map(Box::from).or(x.hostname.take());
+            x.labels = labels
+                .iter()
+                .take(LABELS)
+                .map(|(k, v)| (k.chars().take(LABEL_CHARS).collect(), v.chars().take(LABEL_CHARS).collect()))
+                .collect();
+        });
+        match target {
+            Some(t) => {
+                seen.target = Some(t.clone());
                 // A script after the loader is the same boot; one after a
                 // finished or refused boot (iPXE's ROM) starts a new one.
                 if seen.step > Step::Script || seen.step == Step::Refused {
@@ -324,11 +401,13 @@ impl Status {
                 }
                 seen.advance(Step::Script, true);
                 seen.bytes = 0;
-                seen.refusal = None;
+                seen.extra(|x| x.refusal = None);
+                drop(inner);
+                self.boot_started(&t.group);
             }
             None => {
                 seen.advance(Step::Refused, true);
-                seen.refusal = to.err().map(Box::from);
+                seen.extra(|x| x.refusal = to.err().map(Box::from));
             }
         }
     }
@@ -350,7 +429,7 @@ impl Status {
         if new_boot {
             seen.history.clear();
             seen.bytes = 0;
-            seen.refusal = None;
+            seen.extra(|x| x.refusal = None);
         }
         seen.advance(Step::Offer, new_boot);
     }
@@ -359,7 +438,7 @@ impl Status {
     /// REQUEST asked for). Other machines on the LAN are not noted.
     pub(crate) fn address(&self, mac: Mac, address: IpAddr) {
         let mut inner = self.lock();
-        if let Some(seen) = inner.machines.get_mut(&Key::Mac(mac)) {
+        if let Some(seen) = inner.get_mut(Key::Mac(mac)) {
             seen.address = address;
             inner.point(address, Key::Mac(mac), self.cap);
         }
@@ -381,10 +460,9 @@ impl Status {
         // A UKI-only machine (UEFI HTTP boot) asks for nothing else: its
         // download's end is found by this address.
         inner.point(address, key, self.cap);
-        let (g, e) = (inner.name(group), inner.name(entry));
+        let target = inner.target(group, entry);
         let seen = inner.touch(key, address, self.cap);
-        seen.group = Some(g);
-        seen.entry = Some(e);
+        seen.target = Some(target);
         if seen.step == Step::Done {
             seen.history.clear();
             seen.bytes = 0;
@@ -416,8 +494,8 @@ impl Status {
         let t = now();
         let inner = self.lock();
         let mut rows: Vec<Seen> = inner
-            .machines
-            .values()
+            .rows
+            .iter()
             .map(|s| {
                 let mut s = s.clone();
                 s.stuck = !matches!(s.step, Step::Done | Step::Refused)
@@ -450,69 +528,100 @@ impl Seen {
 }
 
 impl Inner {
+    fn get_mut(&mut self, key: Key) -> Option<&mut Seen> {
+        let i = *self.index.get(&key)?;
+        self.rows.get_mut(i as usize)
+    }
+
     /// Notes that `address` is `key`'s now. Addresses come from clients
     /// (a DHCP REQUEST names any it likes): past twice the table's size the
     /// map is rebuilt from the rows, so it stays bounded whatever they send.
     fn point(&mut self, address: IpAddr, key: Key, cap: usize) {
         self.at.insert(address, key);
         if self.at.len() > 2 * cap + 16 {
-            self.at = self.machines.iter().map(|(k, s)| (s.address, *k)).collect();
+            self.at = self.rows.iter().map(|s| (s.address, s.key)).collect();
             self.at.insert(address, key);
         }
     }
 
     /// Removes the machine under `key`, if any.
     fn forget(&mut self, key: Key) -> Option<Seen> {
-        let gone = self.machines.remove(&key)?;
-        self.order.remove(&gone.seq);
-        Some(gone)
+        let i = *self.index.get(&key)?;
+        Some(self.remove_at(i as usize))
     }
 
-    /// The one shared copy of a group or entry name.
-    fn name(&mut self, name: &str) -> Arc<str> {
-        if let Some(n) = self.names.get(name) {
-            return n.clone();
+    /// Removes row `i`; the last row takes its place.
+    fn remove_at(&mut self, i: usize) -> Seen {
+        let gone = self.rows.swap_remove(i);
+        self.index.remove(&gone.key);
+        if let Some(moved) = self.rows.get(i) {
+            self.index.insert(moved.key, i as u32);
         }
-        if self.names.len() >= NAMES {
-            self.names.clear();
-        }
-        let n: Arc<str> = Arc::from(name);
-        self.names.insert(n.clone());
-        n
+        gone
     }
 
-    /// The machine under `key`, made if new and marked most recently seen;
-    /// the least recently seen goes when there are more than `cap`.
-    fn touch(&mut self, key: Key, address: IpAddr, cap: usize) -> &mut Seen {
-        self.seq += 1;
-        let seq = self.seq;
-        if let Some(old) = self.machines.get(&key).map(|s| s.seq) {
-            self.order.remove(&old);
-        } else if self.machines.len() >= cap {
-            if let Some((_, gone)) = self.order.pop_first() {
-                if let Some(g) = self.machines.remove(&gone) {
-                    if self.at.get(&g.address) == Some(&gone) {
-                        self.at.remove(&g.address);
-                    }
+    /// Drops the `n` least recently seen machines. Done a sixteenth of the
+    /// table at a time, so a full table costs one pass over its rows every
+    /// `cap / 16` new machines, not an ordered index kept for each row.
+    fn drop_oldest(&mut self, n: usize) {
+        let mut seqs: Vec<u64> = self.rows.iter().map(|r| r.seq).collect();
+        let Some(k) = n.min(seqs.len()).checked_sub(1) else { return };
+        let (_, &mut cut, _) = seqs.select_nth_unstable(k);
+        // From the back: the row swapped into a removed one's place was
+        // looked at already.
+        for i in (0..self.rows.len()).rev() {
+            if self.rows[i].seq <= cut {
+                let gone = self.remove_at(i);
+                if self.at.get(&gone.address) == Some(&gone.key) {
+                    self.at.remove(&gone.address);
                 }
             }
         }
-        self.order.insert(seq, key);
-        let seen = self.machines.entry(key).or_insert_with(|| Seen {
-            mac: None,
-            address,
-            hostname: None,
-            group: None,
-            entry: None,
-            step: Step::Script,
-            bytes: 0,
-            last: 0,
-            refusal: None,
-            history: History::default(),
-            labels: BTreeMap::new(),
-            stuck: false,
-            seq,
-        });
+    }
+
+    /// The one shared copy of a group and the entry it boots.
+    fn target(&mut self, group: &str, entry: &str) -> Arc<Target> {
+        if let Some(t) = self.targets.get(group).filter(|t| &*t.entry == entry) {
+            return t.clone();
+        }
+        if self.targets.len() >= NAMES {
+            self.targets.clear();
+        }
+        let t = Arc::new(Target { group: group.into(), entry: entry.into() });
+        self.targets.insert(Arc::from(group), t.clone());
+        t
+    }
+
+    /// The machine under `key`, made if new and marked most recently seen;
+    /// the least recently seen go when there are more than `cap`.
+    fn touch(&mut self, key: Key, address: IpAddr, cap: usize) -> &mut Seen {
+        self.seq += 1;
+        let seq = self.seq;
+        let i = match self.index.get(&key) {
+            Some(&i) => i as usize,
+            None => {
+                if self.rows.len() >= cap {
+                    self.drop_oldest((cap / 16).max(1));
+                }
+                self.rows.push(Seen {
+                    mac: None,
+                    address,
+                    step: Step::Script,
+                    stuck: false,
+                    target: None,
+                    bytes: 0,
+                    last: 0,
+                    history: History::default(),
+                    extra: None,
+                    key,
+                    seq,
+                });
+                let i = self.rows.len() - 1;
+                self.index.insert(key, i as u32);
+                i
+            }
+        };
+        let seen = &mut self.rows[i];
         seen.seq = seq;
         seen.last = now();
         seen
@@ -566,7 +675,7 @@ mod tests {
         s.script(None, ip(2), None, &BTreeMap::new(), Err("no group matches this machine"));
         let rows = s.table(Sort::Step);
         assert_eq!(rows[0].step, Step::Refused);
-        assert_eq!(rows[0].refusal.as_deref(), Some("no group matches this machine"));
+        assert_eq!(rows[0].refusal(), Some("no group matches this machine"));
     }
 
     #[test]
@@ -585,6 +694,32 @@ mod tests {
         s.sent(ip(5), Step::Initrd, 1, true);
         let rows = s.table(Sort::Time);
         assert!(rows[0].stuck && rows[1].stuck && !rows[2].stuck, "{rows:?}");
+    }
+
+    #[test]
+    fn a_full_table_drops_its_least_recently_seen_sixteenth_and_a_row_stays_small() {
+        let s = Status::new(32, Duration::from_secs(120));
+        let mac = |n: u32| m(&format!("52:54:00:00:{:02x}:{:02x}", n >> 8, n & 0xff));
+        for n in 0..32 {
+            s.offer(mac(n), Some(IpAddr::from([10, 0, 1, n as u8])), true);
+        }
+        // Machine 0 is seen again: now 1 and 2 are the least recently seen.
+        s.offer(mac(0), None, true);
+        s.offer(mac(100), None, true);
+        let rows = s.table(Sort::Time);
+        assert_eq!(rows.len(), 31, "32 - 32/16 + 1");
+        let kept: Vec<Mac> = rows.iter().filter_map(|r| r.mac).collect();
+        assert!(kept.contains(&mac(0)) && kept.contains(&mac(100)) && kept.contains(&mac(3)), "{kept:?}");
+        assert!(!kept.contains(&mac(1)) && !kept.contains(&mac(2)), "{kept:?}");
+        // Every remaining row is still found by its key and its address.
+        let inner = s.lock();
+        for (i, r) in inner.rows.iter().enumerate() {
+            assert_eq!(inner.index[&r.key] as usize, i);
+        }
+        assert!(!inner.at.contains_key(&IpAddr::from([10, 0, 1, 1])), "a dropped machine's address is forgotten");
+        drop(inner);
+        // What a 10,000-machine storm costs: a row's bytes, extras apart.
+        assert!(std::mem::size_of::<Seen>() <= 128, "{}", std::mem::size_of::<Seen>());
     }
 
     #[test]
@@ -634,7 +769,7 @@ mod tests {
         }
         let inner = s.lock();
         assert!(inner.at.len() <= 2 * 10 + 16 + 1, "{}", inner.at.len());
-        assert!(inner.machines.len() <= 10);
+        assert!(inner.rows.len() <= 10);
     }
 
     #[test]

@@ -90,15 +90,15 @@ pub(crate) fn html(over: &Overview, rows: &[Seen], sort: Sort) -> String {
         let cells = [
             r.mac.map_or_else(|| "-".into(), |m| m.to_string()),
             r.address.to_string(),
-            r.hostname.as_deref().unwrap_or_default().to_string(),
-            r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
-            r.group.as_deref().unwrap_or_default().to_string(),
-            r.entry.as_deref().unwrap_or_default().to_string(),
+            r.hostname().unwrap_or_default().to_string(),
+            r.labels().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+            r.group().unwrap_or_default().to_string(),
+            r.entry().unwrap_or_default().to_string(),
             format!("{}{}", r.step.text(), if r.stuck { " (stuck)" } else { "" }),
             steps(&r.history),
             r.bytes.to_string(),
             format!("{} s ago", t.saturating_sub(r.last)),
-            r.refusal.as_deref().unwrap_or_default().to_string(),
+            r.refusal().unwrap_or_default().to_string(),
         ];
         let _ = write!(s, "<tr{}>", if r.stuck { " class=\"stuck\"" } else { "" });
         for c in cells {

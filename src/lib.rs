@@ -12,6 +12,7 @@ pub mod debian;
 pub mod dirs;
 pub mod fsutil;
 pub mod hash;
+pub mod logbatch;
 pub mod model;
 pub mod progress;
 pub mod qemu;

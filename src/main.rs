@@ -77,22 +77,22 @@ fn main() {
     // Colours only on a terminal: a log file or journal gets plain lines.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let log = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
-    // `imgd serve` logs a line per boot step: written by a thread of its own,
-    // in batches, so no request waits on stderr (a write and the stderr lock
-    // per line were 14% of the CPU of a /ipxe render). Nothing is dropped: a
-    // full queue waits. 8,192 lines is 0.15 s of a render storm; the default
-    // 128k slots were 5 MiB of resident memory. Other commands write in place,
-    // in order with their progress bars.
+    // `imgd serve` logs a line per boot step: gathered and written by a
+    // thread of its own, a batch every 20 ms at most (see logbatch), so no
+    // answer waits on stderr or wakes a thread per line. Nothing is dropped.
+    // Other commands write in place, in order with their progress bars.
     let mut flush_log = None;
     if matches!(cli.command, Command::Serve(_)) {
-        let stderr = std::io::BufWriter::with_capacity(64 << 10, std::io::stderr());
-        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-            .lossy(false)
-            .buffered_lines_limit(8192)
-            .thread_name("imgd-log")
-            .finish(stderr);
-        log.with_writer(writer).init();
-        flush_log = Some(guard);
+        match imgd::logbatch::batched(std::io::stderr(), "imgd-log") {
+            Ok((writer, guard)) => {
+                log.with_writer(writer).init();
+                flush_log = Some(guard);
+            }
+            Err(e) => {
+                log.with_writer(std::io::stderr).init();
+                tracing::warn!("logging in place: no thread for the log writer: {e}");
+            }
+        }
     } else {
         log.with_writer(std::io::stderr).init();
     }

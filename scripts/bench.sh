@@ -519,6 +519,7 @@ storm_dhcp() {
   echo 5 > "/proc/$srv/clear_refs"
   a=$(ip netns exec "$C" "$storm" dhcp "$machines" "$window")
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$srv/status")
+  local split; split=$(rss_split "$srv")
   stop_servers
   ip netns exec "$S" dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --interface=eth0 --bind-interfaces \
     --dhcp-range=192.0.2.0,proxy --pxe-service=BC_EFI,imgd,snponly --pxe-service=X86-64_EFI,imgd,snponly \
@@ -528,6 +529,7 @@ storm_dhcp() {
   sleep 1
   b=$(ip netns exec "$C" "$storm" dhcp "$machines" "$window")
   nrss=$(awk '/VmHWM/ {print $2}' "/proc/$srv/status")
+  local nsplit; nsplit=$(rss_split "$srv")
   stop_servers
   drop_namespaces
   local _n io ia is i50 i99 ia50 ia99 ierr no na ns n50 n99 na50 na99 nerr
@@ -538,12 +540,20 @@ storm_dhcp() {
   printf '  %-34s imgd %8s ms   dnsmasq %8s ms\n' "offer latency p50" "$i50" "$n50"
   printf '  %-34s imgd %8s ms   dnsmasq %8s ms\n' "offer latency p99" "$i99" "$n99"
   printf '  %-34s imgd %8s ms   dnsmasq %8s ms\n' "4011 ack latency p99" "$ia99" "$na99"
-  printf '  %-34s imgd %8.1f MiB  dnsmasq %8.1f MiB\n' "server peak RSS" "$(calc "$rss / 1024")" "$(calc "$nrss / 1024")"
+  printf '  %-34s imgd %8.1f MiB  dnsmasq %8.1f MiB  (goal: <= 2x)\n' "server peak RSS" "$(calc "$rss / 1024")" "$(calc "$nrss / 1024")"
+  printf '  %-34s imgd %s  dnsmasq %s\n' "  after: private / program and libraries" "$split" "$nsplit"
   figure "dhcp_errors${sfx:-}" "$ierr" "$nerr" count -
   figure "dhcp_offer_p99${sfx:-}" "$i99" "$n99" ms "$(calc "$i99 / ($n99 + 0.001)")"
   figure "dhcp_ack_p99${sfx:-}" "$ia99" "$na99" ms "$(calc "$ia99 / ($na99 + 0.001)")"
   figure "dhcp_peak_rss${sfx:-}" "$(calc "$rss / 1024")" "$(calc "$nrss / 1024")" MiB "$(calc "$rss / ($nrss + 1)")"
   [ "$ierr" = 0 ] || { echo "bench.sh storm: imgd left $ierr machines unanswered; its log:" >&2; tail -5 "$tmp/storm-dhcp.log" >&2; exit 1; }
+}
+
+# rss_split PID: its resident memory now as "private / file-backed" MiB:
+# what is its own (heap, stacks, relocated data) and the pages of its
+# program and libraries (shared, dropped by the kernel under pressure).
+rss_split() {
+  awk '/^RssAnon/ {a = $2} /^RssFile/ {f = $2} END {printf "%4.1f / %4.1f MiB", a / 1024, f / 1024}' "/proc/$1/status"
 }
 
 # start_moto: moto on a free loopback port, stopped with the other servers;

@@ -114,6 +114,7 @@ pub fn gc(a: &GcArgs) -> anyhow::Result<()> {
         a.cache_unused,
         "",
     ));
+    removed.extend(imgd::qemu::pvh::remove_unused(&imgd::qemu::pvh::shelf(&cache), a.cache_unused));
     let mib = |b: u64| b.div_ceil(1 << 20);
     for r in &removed {
         println!("removed {} from the cache ({} MiB)", r.what, mib(r.bytes));

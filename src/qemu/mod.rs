@@ -4,6 +4,8 @@
 //! Guests never get a network unless a test asks for one, and disk images are
 //! opened with `snapshot=on` so the store's files are never written.
 
+pub mod pvh;
+
 use crate::config::hardware::{DiskBus, QemuSpec};
 use crate::fsutil::IoAt;
 use crate::model::{Arch, Firmware, Format};
@@ -287,6 +289,18 @@ pub fn command(m: &Machine<'_>, src: &BootSource, scratch: &Path) -> Result<Comm
         }
         BootSource::Direct { kernel, initrd, cmdline } => {
             user_net(&mut c, m);
+            let kernel = match m.arch {
+                Arch::X86_64 => pvh::kernel_for_qemu(kernel, &crate::dirs::cache()),
+                Arch::Aarch64 => kernel.clone(),
+            };
+            // The kernel's IO-APIC timer check counts ticks over a few
+            // milliseconds of real time, which a TCG guest on a busy host
+            // can miss ("IO-APIC + timer doesn't work!", a panic). KVM
+            // guests skip it by themselves; qemu's timer does work.
+            let cmdline = match m.accel {
+                Accel::Kvm => cmdline.clone(),
+                Accel::Tcg | Accel::Auto => format!("{cmdline} no_timer_check"),
+            };
             c.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).arg("-append").arg(cmdline);
         }
         BootSource::EfiApp { app } => {

@@ -541,7 +541,7 @@ storm_dhcp() {
   printf '  %-34s imgd %8s ms   dnsmasq %8s ms\n' "offer latency p99" "$i99" "$n99"
   printf '  %-34s imgd %8s ms   dnsmasq %8s ms\n' "4011 ack latency p99" "$ia99" "$na99"
   printf '  %-34s imgd %8.1f MiB  dnsmasq %8.1f MiB  (goal: <= 2x)\n' "server peak RSS" "$(calc "$rss / 1024")" "$(calc "$nrss / 1024")"
-  printf '  %-34s imgd %s  dnsmasq %s\n' "  after: private / program and libraries" "$split" "$nsplit"
+  printf '  %-34s imgd %s  dnsmasq %s\n' "  own memory / program pages, after" "$split" "$nsplit"
   figure "dhcp_errors${sfx:-}" "$ierr" "$nerr" count -
   figure "dhcp_offer_p99${sfx:-}" "$i99" "$n99" ms "$(calc "$i99 / ($n99 + 0.001)")"
   figure "dhcp_ack_p99${sfx:-}" "$ia99" "$na99" ms "$(calc "$ia99 / ($na99 + 0.001)")"

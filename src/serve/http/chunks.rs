@@ -17,6 +17,12 @@
 //! idle timeout), and what it costs stays of the order of the connection's
 //! own buffers.
 //!
+//! Room is made from idle chunks (none being sent), and of those the one the
+//! downloads under way reach last: each download tells the cache where it
+//! is ([`Reader`]). A storm of machines streams a disk or an initrd front to
+//! back, so a chunk just read is soon wanted by the ones behind, and one all
+//! of them have passed is not (until a new machine starts over).
+//!
 //! No byte leaves unchecked: each file's BLAKE3 tree is cut at pieces
 //! ([`Outboard`], made once per file by reading it, and checked against the
 //! digest its manifest holds), and every chunk read from disk (as its eight
@@ -31,7 +37,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// Chunk size: large enough for few syscalls, small enough that a client only
 /// holds little at once.
@@ -48,6 +54,9 @@ pub struct ChunkCache {
     live: Arc<AtomicUsize>,
     /// Reads answered with a piece because the budget was held.
     pieces: AtomicU64,
+    /// Chunks found in the cache, and chunks read from disk (and checked).
+    hits: AtomicU64,
+    reads: AtomicU64,
     inner: Mutex<Inner>,
     /// Each file's outboard, made by the first reader (others wait for it),
     /// or why the file does not match its digest.
@@ -65,30 +74,101 @@ const KEEP_OUTBOARDS: usize = 1024;
 
 #[derive(Default)]
 struct Inner {
-    map: HashMap<(Key, u64), Bytes>,
-    order: VecDeque<(Key, u64)>,
+    files: HashMap<Key, File>,
+    /// Cached chunks, oldest first (a chunk still being sent is passed
+    /// over when its turn to go comes).
+    order: VecDeque<(Arc<Key>, u64)>,
 }
 
-/// A chunk's memory, counted in `live` until its last `Bytes` drops. Mapped
-/// by itself, not taken from malloc: chunks come and go all day, and malloc
-/// keeps what they freed in its per-thread arenas (the serve bench's server
-/// held ~50 MiB after its first phases with 16 MiB of chunks); a mapping
-/// goes back to the system when its last reader is done.
+/// A file's cached chunks and where its downloads are.
+#[derive(Default)]
+struct File {
+    key: Arc<Key>,
+    chunks: HashMap<u64, Arc<Counted>>,
+    /// The chunk each download of it reads next.
+    readers: Vec<Weak<AtomicU64>>,
+}
+
+impl Inner {
+    fn file(&mut self, key: &Key) -> &mut File {
+        self.files.entry(key.clone()).or_insert_with(|| File { key: Arc::new(key.clone()), ..File::default() })
+    }
+
+    fn chunk(&self, key: &Key, index: u64) -> Option<&Arc<Counted>> {
+        self.files.get(key)?.chunks.get(&index)
+    }
+
+    /// Takes chunk `index` of `key`'s file out of the cache, and the file's
+    /// entry with its last chunk once no download reads it.
+    fn remove(&mut self, key: &Key, index: u64) -> Option<Arc<Counted>> {
+        let file = self.files.get_mut(key)?;
+        let chunk = file.chunks.remove(&index);
+        file.readers.retain(|r| r.strong_count() > 0);
+        if file.chunks.is_empty() && file.readers.is_empty() {
+            self.files.remove(key);
+        }
+        chunk
+    }
+}
+
+/// A download's place in its file, for the cache to keep what it will read.
+pub(crate) struct Reader(Arc<AtomicU64>);
+
+impl Reader {
+    /// The download reads chunk `index` next.
+    pub(crate) fn at(&self, index: u64) {
+        self.0.store(index, Ordering::Relaxed);
+    }
+}
+
+/// Idle chunks looked at, oldest first, to choose the one to evict: a
+/// bounded look keeps eviction's cost flat with a large budget.
+const EVICTION_LOOK: usize = 64;
+
+/// A cached chunk handed to one response: the cache sees, by the `Arc`'s
+/// count, whether any response still holds it.
+struct Held(Arc<Counted>);
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        AsRef::<[u8]>::as_ref(&*self.0)
+    }
+}
+
+/// A chunk's memory, counted in `live` until the cache and every response
+/// let go of it. Mapped by itself, not taken from malloc: chunks come and go
+/// all day, and malloc keeps what they freed in its per-thread arenas (the
+/// serve bench's server held ~50 MiB after its first phases with 16 MiB of
+/// chunks); a mapping goes back to the system when its last reader is done.
+/// A chunk evicted to make room hands its mapping to the next chunk instead
+/// (zeroing, mapping and unmapping with its TLB shootdown were a tenth of
+/// the server's CPU on the big-file benchmark).
 struct Counted {
-    data: memmap2::MmapMut,
+    /// Taken out only when the mapping is handed on, counted as it was.
+    data: Option<memmap2::MmapMut>,
     live: Arc<AtomicUsize>,
 }
 
 impl AsRef<[u8]> for Counted {
     fn as_ref(&self) -> &[u8] {
-        &self.data
+        self.data.as_deref().unwrap_or_default()
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.live.fetch_sub(self.data.len(), Ordering::Relaxed);
+        if let Some(d) = &self.data {
+            self.live.fetch_sub(d.len(), Ordering::Relaxed);
+        }
     }
+}
+
+/// Where a new chunk's bytes go, its memory already counted.
+enum Room {
+    /// A mapping of its own, to be made.
+    Fresh,
+    /// The mapping of an idle chunk just evicted.
+    Reused(memmap2::MmapMut),
 }
 
 impl ChunkCache {
@@ -97,6 +177,8 @@ impl ChunkCache {
             budget,
             live: Arc::default(),
             pieces: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
             inner: Mutex::new(Inner::default()),
             outboards: Mutex::default(),
             corrupt: Mutex::default(),
@@ -115,6 +197,11 @@ impl ChunkCache {
     /// Reads so far that got a piece because the budget was held.
     pub(crate) fn pieces(&self) -> u64 {
         self.pieces.load(Ordering::Relaxed)
+    }
+
+    /// Chunks shared from the cache so far, and chunks read from disk.
+    pub(crate) fn hits_and_reads(&self) -> (u64, u64) {
+        (self.hits.load(Ordering::Relaxed), self.reads.load(Ordering::Relaxed))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -151,6 +238,16 @@ impl ChunkCache {
         self.corrupt.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_path_buf());
     }
 
+    /// Registers a download of `key`'s file, starting at chunk `index`.
+    pub(crate) fn reader(&self, key: &Key, index: u64) -> Reader {
+        let pos = Arc::new(AtomicU64::new(index));
+        let mut inner = self.lock();
+        let list = &mut inner.file(key).readers;
+        list.retain(|r| r.strong_count() > 0);
+        list.push(Arc::downgrade(&pos));
+        Reader(pos)
+    }
+
     /// Whether `path` was found not to match its digest (by a read since
     /// start-up; `imgd verify` checks the whole store).
     pub(crate) fn is_corrupt(&self, path: &Path) -> bool {
@@ -159,7 +256,9 @@ impl ChunkCache {
 
     /// The chunk if it is cached (never blocks on I/O).
     pub(crate) fn cached(&self, key: &Key, index: u64) -> Option<Bytes> {
-        self.lock().map.get(&(key.clone(), index)).cloned()
+        let held = self.lock().chunk(key, index).cloned()?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(Bytes::from_owner(Held(held)))
     }
 
     /// Bytes of `file` from `off`: the rest of its chunk (read and cached if
@@ -181,7 +280,7 @@ impl ChunkCache {
             Some(c) => c,
             None => {
                 let len = CHUNK.min(size.saturating_sub(start)) as usize;
-                if !self.make_room(len) {
+                let Some(room) = self.make_room(len) else {
                     self.pieces.fetch_add(1, Ordering::Relaxed);
                     // The piece holding `off`, read and checked on its own.
                     let at = off - off % PIECE;
@@ -193,15 +292,14 @@ impl ChunkCache {
                         }
                     })?;
                     return Ok(Bytes::from(piece).slice(((off - at) as usize).min(plen)..));
-                }
+                };
                 // Counted from make_room on, so an error uncounts it here.
                 // Populated at once: one call, not a page fault per page.
-                let data = match memmap2::MmapOptions::new()
-                    .len(len)
-                    .populate()
-                    .map_anon()
-                    .and_then(|mut d| verified(file, start, &mut d, outboard, key).map(|()| d))
-                {
+                let data = match room {
+                    Room::Reused(d) => Ok(d),
+                    Room::Fresh => memmap2::MmapOptions::new().len(len).populate().map_anon(),
+                };
+                let data = match data.and_then(|mut d| verified(file, start, &mut d, outboard, key).map(|()| d)) {
                     Ok(d) => d,
                     Err(e) => {
                         self.live.fetch_sub(len, Ordering::Relaxed);
@@ -211,15 +309,17 @@ impl ChunkCache {
                         return Err(e);
                     }
                 };
-                let counted = Counted { data, live: self.live.clone() };
-                let chunk = Bytes::from_owner(counted);
+                self.reads.fetch_add(1, Ordering::Relaxed);
+                let chunk = Arc::new(Counted { data: Some(data), live: self.live.clone() });
                 let mut inner = self.lock();
                 // Another reader may have cached it meanwhile: keep one.
-                let cached = inner.map.entry((key.clone(), index)).or_insert_with(|| chunk.clone()).clone();
-                if cached.as_ptr() == chunk.as_ptr() {
-                    inner.order.push_back((key.clone(), index));
+                let file = inner.file(key);
+                let cached = file.chunks.entry(index).or_insert_with(|| chunk.clone()).clone();
+                if Arc::ptr_eq(&cached, &chunk) {
+                    let key = file.key.clone();
+                    inner.order.push_back((key, index));
                 }
-                cached
+                Bytes::from_owner(Held(cached))
             }
         };
         let from = (off - start) as usize;
@@ -227,9 +327,15 @@ impl ChunkCache {
     }
 
     /// Reserves `len` bytes of the budget for a new chunk, evicting cached
-    /// chunks oldest first until it fits. False when it cannot fit because
-    /// the rest is held by responses in flight.
-    fn make_room(&self, len: usize) -> bool {
+    /// chunks no response holds, oldest first, until it fits. False when it
+    /// cannot fit because the rest is held by responses in flight.
+    ///
+    /// A chunk being sent stays cached: evicting it would free nothing (its
+    /// response holds it) and would make the next reader of it, often a
+    /// download a few chunks behind, read and hash it again. (Evicting those
+    /// too halved the 64-connection big-file throughput: with 64 downloads
+    /// holding a chunk or two each, the budget held little else.)
+    fn make_room(&self, len: usize) -> Option<Room> {
         let mut inner = self.lock();
         loop {
             let live = self.live.load(Ordering::Relaxed);
@@ -237,12 +343,79 @@ impl ChunkCache {
                 // Counted now (the chunk's `Counted` takes it over), so two
                 // readers cannot both take the last room.
                 self.live.fetch_add(len, Ordering::Relaxed);
-                return true;
+                return Some(Room::Fresh);
             }
-            let Some(old) = inner.order.pop_front() else { return false };
-            // Frees its memory now unless a response still holds it.
-            inner.map.remove(&old);
+            let victim = inner.victim()?;
+            let (key, index) = inner.order.remove(victim)?;
+            // Nobody else holds it (clones are made under this lock): its
+            // mapping is the new chunk's if the size fits, else it goes back.
+            if let Some(Ok(mut idle)) = inner.remove(&key, index).map(Arc::try_unwrap) {
+                if idle.data.as_ref().is_some_and(|d| d.len() == len) {
+                    return idle.data.take().map(Room::Reused);
+                }
+            }
         }
+    }
+}
+
+impl Inner {
+    /// Which cached chunk to evict (its place in `order`): of the oldest
+    /// idle ones, the one whose next reader is farthest off. None when every
+    /// chunk is being sent.
+    ///
+    /// A chunk being sent stays cached: evicting it would free nothing (its
+    /// response holds it), and the downloads a few chunks behind would read
+    /// and hash it again. Of the idle ones, a chunk that a download is about
+    /// to reach is worth more than one every download has passed: with 64
+    /// downloads of a 64 MiB file spread over it and 16 MiB of budget,
+    /// oldest-first eviction read half the chunks twice.
+    fn victim(&self) -> Option<usize> {
+        let mut best: Option<(u64, usize)> = None;
+        let mut looked = 0;
+        let mut places: Option<(&Arc<Key>, Vec<u64>)> = None;
+        for (i, (key, index)) in self.order.iter().enumerate() {
+            if self.chunk(key, *index).is_none_or(|c| Arc::strong_count(c) > 1) {
+                continue;
+            }
+            // Chunks in order mostly run file by file: one file's places
+            // at a time.
+            if places.as_ref().is_none_or(|(k, _)| !Arc::ptr_eq(k, key)) {
+                places = Some((key, self.places(key)));
+            }
+            let at = places.as_ref().map_or(&[][..], |(_, at)| &at[..]);
+            let wait = wait(at, *index, key.3.div_ceil(CHUNK));
+            if best.is_none_or(|(w, _)| wait > w) {
+                best = Some((wait, i));
+            }
+            looked += 1;
+            if wait == u64::MAX || looked == EVICTION_LOOK {
+                break;
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    /// The chunks the downloads of `key`'s file read next, in order.
+    fn places(&self, key: &Key) -> Vec<u64> {
+        let mut at: Vec<u64> = self
+            .files
+            .get(key)
+            .into_iter()
+            .flat_map(|f| &f.readers)
+            .filter_map(|r| r.upgrade().map(|p| p.load(Ordering::Relaxed)))
+            .collect();
+        at.sort_unstable();
+        at
+    }
+}
+
+/// How many chunks the nearest download behind chunk `index` (of a file of
+/// `chunks`) has to go to reach it: a download past every cached chunk is
+/// taken to start over, as a new machine would. `u64::MAX` with none.
+fn wait(places: &[u64], index: u64, chunks: u64) -> u64 {
+    match places.partition_point(|&p| p <= index) {
+        0 => places.last().map_or(u64::MAX, |&last| index + chunks.saturating_sub(last)),
+        n => index - places[n - 1],
     }
 }
 
@@ -323,14 +496,61 @@ mod tests {
         assert_eq!(piece.len() as u64, PIECE - 5);
         assert_eq!(c.pieces(), 1);
         assert_eq!(&piece[..], &data[off as usize..(2 * CHUNK + PIECE) as usize]);
-        assert_eq!(c.live_bytes(), 2 * CHUNK as usize, "evicted chunks still held are still counted");
-        assert!(c.cached(&k, 0).is_none() && c.cached(&k, 1).is_none(), "evicted to make room");
-        // Once the clients are done, their memory is free and chunks are shared again.
+        assert_eq!(c.live_bytes(), 2 * CHUNK as usize, "the chunks in flight are still counted");
+        assert!(c.cached(&k, 0).is_some() && c.cached(&k, 1).is_some(), "and still shared: evicting frees nothing");
+        // Once the clients are done, their chunks are only cached: room is
+        // made of them, and chunks are shared again.
         drop(held);
-        assert_eq!(c.live_bytes(), 0);
         let chunk = c.read(&k, &f, off, &o).unwrap();
         assert_eq!(chunk.len() as u64, CHUNK - 5);
-        assert_eq!(c.live_bytes(), CHUNK as usize);
+        assert_eq!(c.live_bytes(), 2 * CHUNK as usize);
+        assert_eq!(c.pieces(), 1);
+    }
+
+    /// Room is made from chunks nobody is sending: a chunk a response holds
+    /// stays shared for the downloads behind it, and the hits and reads show.
+    #[test]
+    fn chunks_in_flight_stay_cached_and_idle_ones_make_room() {
+        let (_d, f, k, _, o) = file(CHUNK * 4);
+        let c = ChunkCache::new(2 * CHUNK as usize);
+        let sending = c.read(&k, &f, 0, &o).unwrap();
+        drop(c.read(&k, &f, CHUNK, &o).unwrap());
+        c.read(&k, &f, 2 * CHUNK, &o).unwrap();
+        assert!(c.cached(&k, 0).is_some(), "chunk 0 is being sent: kept, though oldest");
+        assert!(c.cached(&k, 1).is_none(), "chunk 1 was idle: it made the room");
+        assert_eq!(c.hits_and_reads(), (1, 3));
+        drop(sending);
+        c.read(&k, &f, 3 * CHUNK, &o).unwrap();
+        assert!(c.live_bytes() <= 2 * CHUNK as usize);
+    }
+
+    /// With a download at chunk 4 of 8: chunk 5 is its next read, chunk 0
+    /// its read after it starts over, chunk 2 the farthest off. Room is
+    /// made of chunk 2, though chunk 0 is older.
+    #[test]
+    fn room_is_made_of_the_chunk_read_last_by_the_downloads_under_way() {
+        let (_d, f, k, _, o) = file(CHUNK * 8);
+        let c = ChunkCache::new(3 * CHUNK as usize);
+        for i in [0, 5, 2] {
+            drop(c.read(&k, &f, i * CHUNK, &o).unwrap());
+        }
+        let download = c.reader(&k, 4);
+        c.read(&k, &f, 6 * CHUNK, &o).unwrap();
+        let kept: Vec<u64> = (0..8).filter(|&i| c.cached(&k, i).is_some()).collect();
+        assert_eq!(kept, [0, 5, 6]);
+        // Once it is done, the oldest goes first again.
+        drop(download);
+        c.read(&k, &f, 7 * CHUNK, &o).unwrap();
+        let kept: Vec<u64> = (0..8).filter(|&i| c.cached(&k, i).is_some()).collect();
+        assert_eq!(kept, [5, 6, 7]);
+    }
+
+    #[test]
+    fn the_wait_is_to_the_nearest_download_behind() {
+        assert_eq!(wait(&[], 3, 8), u64::MAX, "no download: evicted first");
+        assert_eq!(wait(&[2, 6], 5, 8), 3);
+        assert_eq!(wait(&[2, 6], 6, 8), 0);
+        assert_eq!(wait(&[2, 6], 1, 8), 3, "after the one at 6 starts over");
     }
 
     #[test]

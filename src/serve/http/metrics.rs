@@ -181,6 +181,21 @@ impl Metrics {
             "counter",
             chunks.pieces().to_string(),
         );
+        let (hits, reads) = chunks.hits_and_reads();
+        gauge(
+            &mut s,
+            "imgd_chunk_hits_total",
+            "Artifact chunks sent from the shared cache, not read again.",
+            "counter",
+            hits.to_string(),
+        );
+        gauge(
+            &mut s,
+            "imgd_chunk_reads_total",
+            "Artifact chunks read from disk and checked against their BLAKE3.",
+            "counter",
+            reads.to_string(),
+        );
         s
     }
 }

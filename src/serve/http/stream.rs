@@ -4,7 +4,7 @@
 //! file is a 404, not a broken body; the open handle keeps the bytes readable
 //! even if `imgd gc` unlinks the entry mid-download.
 
-use super::chunks::{ChunkCache, Key, CHUNK};
+use super::chunks::{ChunkCache, Key, Reader, CHUNK};
 use super::metrics::Metrics;
 use super::respond::Body;
 use super::respond::Part;
@@ -72,7 +72,13 @@ pub(crate) fn body(
         Part::Region(_, len) => *len,
     });
     let end = End { on_end, sent: 0, expected: expected.sum() };
-    let cursor = Cursor { file, parts: parts.into(), pos: None, chunks: chunks.clone(), guard, failed: false, end };
+    let first = parts.iter().find_map(|p| match p {
+        Part::Region(start, _) => Some(start / CHUNK),
+        Part::Bytes(_) => None,
+    });
+    let reader = chunks.reader(&file.key, first.unwrap_or(0));
+    let cursor =
+        Cursor { file, parts: parts.into(), pos: None, chunks: chunks.clone(), reader, guard, failed: false, end };
     let s = futures_util::stream::unfold(cursor, |mut c| async move {
         if c.failed {
             return None;
@@ -119,6 +125,8 @@ struct Cursor {
     /// Next offset and end (exclusive) of the region being sent.
     pos: Option<(u64, u64)>,
     chunks: Arc<ChunkCache>,
+    /// Where this download is, so the cache keeps the chunks it will read.
+    reader: Reader,
     guard: Transfer,
     failed: bool,
     end: End,
@@ -148,6 +156,7 @@ impl Cursor {
     async fn chunk(&mut self, off: u64, end: u64) -> std::io::Result<Bytes> {
         let key = &self.file.key;
         let index = off / CHUNK;
+        self.reader.at(index);
         let bytes = match self.chunks.cached(key, index) {
             Some(chunk) => chunk.slice(((off - index * CHUNK) as usize).min(chunk.len())..),
             None => {

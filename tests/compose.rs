@@ -274,10 +274,20 @@ fn connect_gives_a_shell_pane_per_machine(store: &Path, cache: &Path, f: &str) {
     let panes: Vec<String> =
         tmux.cmd(&["list-panes", "-t", &session, "-F", "#{pane_id}"]).lines().map(str::to_string).collect();
     assert_eq!(panes.len(), 2, "one pane per machine");
+    let end = Instant::now() + Duration::from_secs(60);
+    // Keys sent before a shell's first prompt are echoed ahead of it: type
+    // once each pane shows its prompt.
     for p in &panes {
+        loop {
+            let shown = tmux.cmd(&["capture-pane", "-p", "-t", p]);
+            if shown.lines().any(|l| l.trim_end().ends_with('$')) {
+                break;
+            }
+            assert!(Instant::now() < end, "no prompt in pane {p}:\n{shown}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
         tmux.cmd(&["send-keys", "-t", p, "hostname", "Enter"]);
     }
-    let end = Instant::now() + Duration::from_secs(60);
     for name in ["server", "node1"] {
         loop {
             let shown: String = panes.iter().map(|p| tmux.cmd(&["capture-pane", "-p", "-t", p])).collect();

@@ -99,14 +99,79 @@ impl Moto {
 /// Runs boto3 code against `endpoint` (moto, or a proxy in front of it)
 /// with `s3` and `ec2(region)` bound; what the code prints is parsed as JSON.
 pub fn py_at(endpoint: &str, code: &str) -> Value {
-    let script = format!(
-        "import boto3, json\nE='{endpoint}'\nkw=dict(endpoint_url=E, aws_access_key_id='test', aws_secret_access_key='test')\n\
-         s3=boto3.client('s3', region_name='us-east-1', **kw)\nec2=lambda r: boto3.client('ec2', region_name=r, **kw)\n{code}\n"
-    );
-    let out = Command::new("python3").arg("-c").arg(&script).output().unwrap();
-    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).unwrap_or(Value::Null)
+    let mut checker = Checker::take();
+    let out = checker.run(endpoint, code);
+    CHECKERS.lock().unwrap_or_else(|p| p.into_inner()).push(checker);
+    serde_json::from_str(out.trim()).unwrap_or(Value::Null)
+}
+
+/// Python interpreters with boto3 loaded, kept for the next check: starting
+/// one and loading boto3 costs half a second of CPU, and the suite makes some
+/// 170 checks while its tests compete for two cores. A checker runs one
+/// check at a time, each in fresh globals; a test takes a free one or starts
+/// one, so there are at most as many as checks at once.
+static CHECKERS: std::sync::Mutex<Vec<Checker>> = std::sync::Mutex::new(Vec::new());
+
+const CHECKER: &str = r#"
+import boto3, contextlib, io, json, sys, traceback
+for line in sys.stdin:
+    req = json.loads(line)
+    E = req["endpoint"]
+    kw = dict(endpoint_url=E, aws_access_key_id="test", aws_secret_access_key="test")
+    g = dict(boto3=boto3, json=json, E=E, kw=kw, s3=boto3.client("s3", region_name="us-east-1", **kw),
+             ec2=lambda r, kw=kw: boto3.client("ec2", region_name=r, **kw))
+    out, err = io.StringIO(), ""
+    try:
+        with contextlib.redirect_stdout(out):
+            exec(req["code"], g)
+    except BaseException:
+        err = traceback.format_exc() or "failed"
+    sys.__stdout__.write(json.dumps(dict(out=out.getvalue(), err=err)) + "\n")
+    sys.__stdout__.flush()
+"#;
+
+struct Checker {
+    child: Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Checker {
+    fn take() -> Checker {
+        if let Some(c) = CHECKERS.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return c;
+        }
+        let mut child = Command::new("python3")
+            .args(["-c", CHECKER])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with boto3 (scripts/setup.sh)");
+        let input = child.stdin.take().unwrap();
+        let output = std::io::BufReader::new(child.stdout.take().unwrap());
+        Checker { child, input, output }
+    }
+
+    /// What `code` printed; panics (the test fails) with Python's
+    /// traceback if it raised.
+    fn run(&mut self, endpoint: &str, code: &str) -> String {
+        use std::io::{BufRead, Write};
+        let req = serde_json::json!({ "endpoint": endpoint, "code": code });
+        writeln!(self.input, "{req}").unwrap();
+        let mut line = String::new();
+        self.output.read_line(&mut line).unwrap();
+        let reply: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("python checker: {e}: {line:?}"));
+        let err = reply["err"].as_str().unwrap_or_default();
+        assert!(err.is_empty(), "python failed: {err}");
+        reply["out"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// `imgd <cmd> args --json` against `endpoint`, with test credentials and no

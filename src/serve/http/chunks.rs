@@ -121,6 +121,9 @@ impl Reader {
     }
 }
 
+/// Downloads of one file whose places choose what to evict.
+const PLACES: usize = 2048;
+
 /// Idle chunks looked at, oldest first, to choose the one to evict: a
 /// bounded look keeps eviction's cost flat with a large budget.
 const EVICTION_LOOK: usize = 64;
@@ -395,15 +398,15 @@ impl Inner {
         best.map(|(_, i)| i)
     }
 
-    /// The chunks the downloads of `key`'s file read next, in order.
+    /// The chunks the downloads of `key`'s file read next, in order: of
+    /// every download, or of an even sample of [`PLACES`] of them (this runs
+    /// under the cache's lock, and thousands of downloads would make each
+    /// eviction sort thousands of places).
     fn places(&self, key: &Key) -> Vec<u64> {
-        let mut at: Vec<u64> = self
-            .files
-            .get(key)
-            .into_iter()
-            .flat_map(|f| &f.readers)
-            .filter_map(|r| r.upgrade().map(|p| p.load(Ordering::Relaxed)))
-            .collect();
+        let readers = self.files.get(key).map_or(&[][..], |f| &f.readers[..]);
+        let step = readers.len().div_ceil(PLACES).max(1);
+        let mut at: Vec<u64> =
+            readers.iter().step_by(step).filter_map(|r| r.upgrade().map(|p| p.load(Ordering::Relaxed))).collect();
         at.sort_unstable();
         at
     }

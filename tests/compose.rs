@@ -79,6 +79,25 @@ fn a_step_that_cannot_pass_names_its_node_and_tail_and_leaves_no_qemu() {
     std::fs::remove_dir_all(kept).unwrap();
 }
 
+/// Stops `imgd compose up` as Ctrl-C does when a test ends before its
+/// `down` (a failed assert): its machines would run on after the suite.
+struct StopOnDrop(std::process::Child);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
+        let _ = std::process::Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+        let end = Instant::now() + Duration::from_secs(30);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn up_exec_and_down_reach_the_machines_from_other_processes() {
     let h = hello();
@@ -89,14 +108,16 @@ fn up_exec_and_down_reach_the_machines_from_other_processes() {
     let f = file.to_str().unwrap();
     let cache = scratch_cache(&d.path().join("cache"));
     let run = |args: &[&str]| imgd(&h.store).env("IMGD_CACHE", &cache).arg("compose").args(args).output().unwrap();
-    let mut up = imgd(&h.store)
-        .env("IMGD_CACHE", &cache)
-        .args(["compose", "up", f, "--variant", "small"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let log = wait_for_console(&mut up, "Ctrl-C or `imgd compose down", Duration::from_secs(120));
+    let mut up = StopOnDrop(
+        imgd(&h.store)
+            .env("IMGD_CACHE", &cache)
+            .args(["compose", "up", f, "--variant", "small"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let log = wait_for_console(&mut up.0, "Ctrl-C or `imgd compose down", Duration::from_secs(120));
     let dir = log.split("consoles in ").nth(1).and_then(|s| s.lines().next()).unwrap().to_string();
     // exec waits for the node stage; the name and address come from the command line.
     let out = run(&["exec", f, "node1", "hostname; ip -4 addr; grep server /etc/hosts", "--timeout", "120"]);
@@ -112,7 +133,7 @@ fn up_exec_and_down_reach_the_machines_from_other_processes() {
     let down = run(&["down", f]);
     assert!(down.status.success(), "{}", text(&down));
     let end = Instant::now() + Duration::from_secs(30);
-    while up.try_wait().unwrap().is_none() {
+    while up.0.try_wait().unwrap().is_none() {
         assert!(Instant::now() < end, "up did not stop");
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -329,15 +329,9 @@ impl ChunkCache {
         Ok(chunk.slice(from.min(chunk.len())..))
     }
 
-    /// Reserves `len` bytes of the budget for a new chunk, evicting cached
-    /// chunks no response holds, oldest first, until it fits. False when it
-    /// cannot fit because the rest is held by responses in flight.
-    ///
-    /// A chunk being sent stays cached: evicting it would free nothing (its
-    /// response holds it) and would make the next reader of it, often a
-    /// download a few chunks behind, read and hash it again. (Evicting those
-    /// too halved the 64-connection big-file throughput: with 64 downloads
-    /// holding a chunk or two each, the budget held little else.)
+    /// Reserves `len` bytes of the budget for a new chunk, evicting idle
+    /// chunks ([`Inner::victim`]) until it fits. None when it cannot fit
+    /// because the rest is held by responses in flight.
     fn make_room(&self, len: usize) -> Option<Room> {
         let mut inner = self.lock();
         loop {
@@ -368,10 +362,11 @@ impl Inner {
     ///
     /// A chunk being sent stays cached: evicting it would free nothing (its
     /// response holds it), and the downloads a few chunks behind would read
-    /// and hash it again. Of the idle ones, a chunk that a download is about
-    /// to reach is worth more than one every download has passed: with 64
-    /// downloads of a 64 MiB file spread over it and 16 MiB of budget,
-    /// oldest-first eviction read half the chunks twice.
+    /// and hash it again (with 64 downloads holding a chunk or two each, a
+    /// 16 MiB budget held little else). Of the idle ones, a chunk that a
+    /// download is about to reach is worth more than one every download has
+    /// passed: with 64 downloads spread over a 64 MiB file, oldest-first
+    /// eviction read half the chunks twice.
     fn victim(&self) -> Option<usize> {
         let mut best: Option<(u64, usize)> = None;
         let mut looked = 0;

@@ -6,8 +6,13 @@
 //! Debian 12). The binary stays position-independent. Where the linker lacks
 //! `-z pack-relative-relocs` or glibc is older than 2.36 (which could not load
 //! such a binary), nothing changes.
+//!
+//! And, where the linker takes an ordering file (LLD, Rust's default linker on
+//! x86_64 Linux), it places the functions a serving imgd runs side by side
+//! (`scripts/hot-symbols.txt`; `scripts/hot-symbols.sh` says why and makes it).
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -17,6 +22,45 @@ fn main() {
     if native_gnu_linux && linker_packs() && glibc_at_least(2, 36) {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
+    hot_symbols();
+}
+
+/// Names missing from the binary (another toolchain, updated dependencies)
+/// are skipped without a warning: the order is an optimization, never needed.
+fn hot_symbols() {
+    let file = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default()).join("scripts/hot-symbols.txt");
+    println!("cargo:rerun-if-changed={}", file.display());
+    if !file.is_file() {
+        return;
+    }
+    let args = [format!("-Wl,--symbol-ordering-file={}", file.display()), "-Wl,--no-warn-symbol-ordering".to_string()];
+    if links_with(&args) {
+        for a in args {
+            println!("cargo:rustc-link-arg-bins={a}");
+        }
+    }
+}
+
+/// Whether rustc, with this build's linker and flags, links an empty program
+/// with `args`: GNU ld, for one, refuses --symbol-ordering-file.
+fn links_with(args: &[String]) -> bool {
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    let out = PathBuf::from(var("OUT_DIR"));
+    let src = out.join("link-probe.rs");
+    if std::fs::write(&src, "fn main() {}\n").is_err() {
+        return false;
+    }
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let mut c = Command::new(rustc);
+    c.arg(&src).arg("-o").arg(out.join("link-probe")).arg("--target").arg(var("TARGET"));
+    c.args(var("CARGO_ENCODED_RUSTFLAGS").split('\x1f').filter(|f| !f.is_empty()));
+    if let Ok(linker) = std::env::var("RUSTC_LINKER") {
+        c.arg("-C").arg(format!("linker={linker}"));
+    }
+    for a in args {
+        c.arg("-C").arg(format!("link-arg={a}"));
+    }
+    c.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 fn output(cmd: &str, arg: &str) -> String {

@@ -558,6 +558,16 @@ storm_dhcp() {
   printf '  %-34s imgd %8s ms   dnsmasq %8s ms\n' "4011 ack latency p99" "$ia99" "$na99"
   printf '  %-34s imgd %8.1f MiB  dnsmasq %8.1f MiB  (goal: <= 2x)\n' "server peak RSS" "$(calc "$rss / 1024")" "$(calc "$nrss / 1024")"
   printf '  %-34s imgd %s  dnsmasq %s\n' "  own memory / program pages, after" "$split" "$nsplit"
+  # Program pages depend on the hot functions lying together (build.rs):
+  # names the binary no longer has are laid out where they fall.
+  local hot=0 listed
+  listed=$(wc -l < scripts/hot-symbols.txt)
+  if command -v nm >/dev/null; then
+    hot=$(nm --defined-only "$imgd" | awk '{print $3}' | LC_ALL=C sort -u | LC_ALL=C comm -12 - scripts/hot-symbols.txt | wc -l)
+  fi
+  printf '  %-34s %s of the %s listed for the builds with and without AWS (scripts/hot-symbols.sh lists them again)\n' \
+    "  hot functions laid out together" "$hot" "$listed"
+  figure "dhcp_hot_functions${sfx:-}" "$hot" "$listed" count "$(calc "$hot / $listed")"
   figure "dhcp_errors${sfx:-}" "$ierr" "$nerr" count -
   figure "dhcp_offer_p99${sfx:-}" "$i99" "$n99" ms "$(calc "$i99 / ($n99 + 0.001)")"
   figure "dhcp_ack_p99${sfx:-}" "$ia99" "$na99" ms "$(calc "$ia99 / ($na99 + 0.001)")"

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Writes scripts/hot-symbols.txt: the functions an `imgd serve --proxy-dhcp`
+# runs from start through a 300-machine proxyDHCP storm, as callgrind saw them
+# (mangled names, one per line). build.rs hands the file to the linker, which
+# places those functions side by side at the front of .text.
+#
+# Why: the kernel maps a program's pages 64 KiB around each one touched, and
+# the hot code of a server is a few hundred KiB scattered over 25 MB of .text
+# (the AWS SDK is most of it). Packed together, an idle server maps ~4 MiB less
+# of the binary (README, Performance).
+#
+# Symbol names carry a hash of the crate's version, features and profile (not
+# its path or RUSTFLAGS), so the file fits every `cargo build --release` with
+# this Cargo.lock and toolchain, with or without the AWS side (both are
+# profiled). After a toolchain or dependency update, names that no longer exist
+# are skipped by the linker; re-run this script to profile again
+# (`scripts/bench.sh storm` prints how many still match).
+#
+# Needs root (two network namespaces joined by a veth pair; nothing leaves
+# them), valgrind and iproute2.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v valgrind >/dev/null || { echo "hot-symbols.sh: needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "hot-symbols.sh: needs root for its network namespaces" >&2; exit 1; }
+
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+work=$(mktemp -d)
+S="imgd-hot-s-$$" C="imgd-hot-c-$$"
+srv=""
+cleanup() {
+  [ -z "$srv" ] || kill "$srv" 2>/dev/null || true
+  ip netns del "$S" 2>/dev/null || true
+  ip netns del "$C" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cargo build --release -q --example storm
+ip netns add "$S"; ip netns add "$C"
+ip -n "$S" link set lo up; ip -n "$C" link set lo up
+ip -n "$S" link add eth0 type veth peer name eth0 netns "$C"
+ip -n "$S" addr add 192.0.2.1/24 dev eth0; ip -n "$S" link set eth0 up
+ip -n "$C" addr add 192.0.2.50/24 dev eth0; ip -n "$C" link set eth0 up
+# serve checks that a group's entry names a build; one never built will do.
+printf '[[group]]\nname = "fleet"\nentry = "%s-hello"\ndefault = true\n' "$(printf '0%.0s' $(seq 32))" \
+  > "$work/machines.toml"
+
+# profile FEATURES...: one build of imgd, under callgrind through a storm.
+profile() {
+  cargo build --release -q --bin imgd "$@"
+  cp "$target/release/imgd" "$work/imgd"
+  IMGD_STORE="$work/store" ip netns exec "$S" valgrind -q --tool=callgrind --demangle=no \
+    --callgrind-out-file="$work/callgrind.%p" "$work/imgd" serve --listen 192.0.2.1:8080 \
+    --config "$work/machines.toml" --proxy-dhcp eth0 2>"$work/serve.log" &
+  srv=$!
+  local i
+  for i in $(seq 1 600); do grep -q "listening on" "$work/serve.log" && break; sleep 0.1; done
+  grep -q "listening on" "$work/serve.log" || { cat "$work/serve.log" >&2; exit 1; }
+  ip netns exec "$C" "$target/release/examples/storm" dhcp 300 5 >/dev/null
+  kill -TERM "$srv"; wait "$srv" || true; srv=""
+}
+profile
+profile --no-default-features
+
+# fn=(id) name and cfn=(id) name lines name each function once; callgrind
+# marks recursion depth with 'N, and only Rust's names (_ZN legacy, _R v0) are
+# ours to order (libc's are in another file).
+cat "$work"/callgrind.* | sed -nE "s/^c?fn=\([0-9]+\) (_ZN|_R)/\1/p" | sed -E "s/'[0-9]+$//" \
+  | LC_ALL=C sort -u > scripts/hot-symbols.txt
+echo "hot-symbols.sh: $(wc -l < scripts/hot-symbols.txt) functions in scripts/hot-symbols.txt"

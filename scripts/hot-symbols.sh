@@ -20,7 +20,9 @@
 # them), valgrind and iproute2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v valgrind >/dev/null || { echo "hot-symbols.sh: needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+for t in valgrind python3; do
+  command -v "$t" >/dev/null || { echo "hot-symbols.sh: needs $t (apt-get install $t)" >&2; exit 1; }
+done
 [ "$(id -u)" = 0 ] || { echo "hot-symbols.sh: needs root for its network namespaces" >&2; exit 1; }
 
 target="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -41,9 +43,37 @@ ip -n "$S" link set lo up; ip -n "$C" link set lo up
 ip -n "$S" link add eth0 type veth peer name eth0 netns "$C"
 ip -n "$S" addr add 192.0.2.1/24 dev eth0; ip -n "$S" link set eth0 up
 ip -n "$C" addr add 192.0.2.50/24 dev eth0; ip -n "$C" link set eth0 up
-# serve checks that a group's entry names a build; one never built will do.
-printf '[[group]]\nname = "fleet"\nentry = "%s-hello"\ndefault = true\n' "$(printf '0%.0s' $(seq 32))" \
-  > "$work/machines.toml"
+# A real build of hello in a store of its own, as every real server has:
+# loading and checking its manifest is code each answer's path runs (an
+# entry never built, or a toy manifest, skips some of it, and those functions
+# land scattered: ~1.3 MiB more of the binary mapped under a storm). Needs
+# what scripts/setup.sh fetched.
+cargo build --release -q --bin imgd
+entry=$(IMGD_STORE="$work/store" "$target/release/imgd" build hello --format ipxe --json \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["name"])')
+# A fleet's machines file: groups by MAC, by source network and by platform,
+# then the default (matching them is each answer's work too).
+cat > "$work/machines.toml" <<EOF
+[[group]]
+name = "by-mac"
+entry = "$entry"
+selector = { mac = ["52:54:00:12:34:56", "52:54:00:12:34:57"] }
+
+[[group]]
+name = "rack-7"
+entry = "$entry"
+selector = { source = ["10.7.0.0/16"] }
+
+[[group]]
+name = "arm"
+entry = "$entry"
+selector = { arch = "arm64", platform = "efi" }
+
+[[group]]
+name = "fleet"
+entry = "$entry"
+default = true
+EOF
 
 # profile FEATURES...: one build of imgd, under callgrind through a storm.
 profile() {

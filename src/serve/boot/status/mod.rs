@@ -8,12 +8,14 @@
 //! refusal. A machine that started a boot and made no progress for longer
 //! than the stuck threshold comes first. At most `cap` machines are kept: a
 //! full table drops its least recently seen sixteenth (a machine costs about
-//! 170 bytes with its indexes); nothing is written to disk.
+//! 130 bytes with its index, 40 more once it has an address); nothing is
+//! written to disk.
 //!
 //! Every value a client claimed (MAC, hostname) was checked to iPXE's
 //! shapes where it entered, and is escaped again for HTML by [`page`],
 //! which writes the table as the page and as JSON.
 
+mod index;
 pub mod page;
 
 use crate::model::Mac;
@@ -81,6 +83,13 @@ pub(crate) struct Seen {
     /// the least recently seen).
     key: Key,
     seq: u64,
+}
+
+impl index::Keyed for Seen {
+    type Key = Key;
+    fn key(&self) -> &Key {
+        &self.key
+    }
 }
 
 /// A group and the entry it boots, shared by the rows of its machines.
@@ -226,7 +235,7 @@ struct Inner {
     /// The machines, in no order (a slab: a row's index changes only when
     /// another row is removed).
     rows: Vec<Seen>,
-    index: HashMap<Key, u32>,
+    index: index::Index,
     /// Key of the machine last seen at an address (artifact requests carry
     /// no MAC: the script request before them did).
     at: HashMap<IpAddr, Key>,
@@ -529,8 +538,8 @@ impl Seen {
 
 impl Inner {
     fn get_mut(&mut self, key: Key) -> Option<&mut Seen> {
-        let i = *self.index.get(&key)?;
-        self.rows.get_mut(i as usize)
+        let i = self.index.get(&key, &self.rows)?;
+        self.rows.get_mut(i)
     }
 
     /// Notes that `address` is `key`'s now. Addresses come from clients
@@ -546,16 +555,17 @@ impl Inner {
 
     /// Removes the machine under `key`, if any.
     fn forget(&mut self, key: Key) -> Option<Seen> {
-        let i = *self.index.get(&key)?;
-        Some(self.remove_at(i as usize))
+        let i = self.index.get(&key, &self.rows)?;
+        Some(self.remove_at(i))
     }
 
     /// Removes row `i`; the last row takes its place.
     fn remove_at(&mut self, i: usize) -> Seen {
+        let last = self.rows.len() - 1;
         let gone = self.rows.swap_remove(i);
-        self.index.remove(&gone.key);
+        self.index.moved(&gone.key, i, None);
         if let Some(moved) = self.rows.get(i) {
-            self.index.insert(moved.key, i as u32);
+            self.index.moved(&moved.key, last, Some(i));
         }
         gone
     }
@@ -597,8 +607,8 @@ impl Inner {
     fn touch(&mut self, key: Key, address: IpAddr, cap: usize) -> &mut Seen {
         self.seq += 1;
         let seq = self.seq;
-        let i = match self.index.get(&key) {
-            Some(&i) => i as usize,
+        let i = match self.index.get(&key, &self.rows) {
+            Some(i) => i,
             None => {
                 if self.rows.len() >= cap {
                     self.drop_oldest((cap / 16).max(1));
@@ -617,7 +627,7 @@ impl Inner {
                     seq,
                 });
                 let i = self.rows.len() - 1;
-                self.index.insert(key, i as u32);
+                self.index.insert(i, &self.rows);
                 i
             }
         };
@@ -678,6 +688,31 @@ mod tests {
         assert_eq!(rows[0].refusal(), Some("no group matches this machine"));
     }
 
+    /// Every row is found by its key, and the index holds nothing else,
+    /// through machines arriving, saying their MAC, and being dropped.
+    #[test]
+    fn the_index_finds_every_row_through_arrivals_merges_and_drops() {
+        let s = Status::new(20, Duration::from_secs(120));
+        let mut x: u32 = 7;
+        for _ in 0..3000 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let n = (x >> 16) as u8 % 60;
+            let mac = m(&format!("52:54:00:00:00:{n:02x}"));
+            match (x >> 8) % 4 {
+                0 => s.offer(mac, Some(ip(n)), true),
+                1 => s.loader(ip(n)),
+                2 => s.script(Some(mac), ip(n), None, &BTreeMap::new(), Ok(("lab", "e1"))),
+                _ => s.script(None, ip(n), None, &BTreeMap::new(), Err("no group")),
+            }
+            let inner = s.lock();
+            assert!(inner.rows.len() <= 20);
+            assert_eq!(inner.index.len(), inner.rows.len());
+            for (i, r) in inner.rows.iter().enumerate() {
+                assert_eq!(inner.index.get(&r.key, &inner.rows), Some(i), "{:?}", r.key);
+            }
+        }
+    }
+
     #[test]
     fn at_most_cap_machines_are_kept_least_recently_seen_dropped_and_stalled_ones_come_first() {
         let s = Status::new(3, Duration::from_secs(0));
@@ -714,8 +749,9 @@ mod tests {
         // Every remaining row is still found by its key and its address.
         let inner = s.lock();
         for (i, r) in inner.rows.iter().enumerate() {
-            assert_eq!(inner.index[&r.key] as usize, i);
+            assert_eq!(inner.index.get(&r.key, &inner.rows), Some(i));
         }
+        assert_eq!(inner.index.len(), inner.rows.len(), "no slot points at a dropped row");
         assert!(!inner.at.contains_key(&IpAddr::from([10, 0, 1, 1])), "a dropped machine's address is forgotten");
         drop(inner);
         // What a 10,000-machine storm costs: a row's bytes, extras apart.

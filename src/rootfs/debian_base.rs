@@ -200,6 +200,12 @@ pub(crate) fn base_tarball(
         // openssh-server's postinst made (secrets, different every run:
         // images make their own at first boot). The image's apt points at
         // the real mirror, not at the local repository it was built from.
+        // dpkg need not fsync each file of a chroot that is thrown away if
+        // the assembly fails (the finished tarball is synced below): 6% of
+        // the assembly here (106 -> 100 s), the same bytes. The option file
+        // is gone before the tarball is made.
+        .arg("--setup-hook=mkdir -p \"$1/etc/dpkg/dpkg.cfg.d\" && echo force-unsafe-io > \"$1/etc/dpkg/dpkg.cfg.d/zz-imgd-unsafe-io\"")
+        .arg("--customize-hook=rm -f \"$1/etc/dpkg/dpkg.cfg.d/zz-imgd-unsafe-io\"")
         .arg("--customize-hook=rm -f \"$1/etc/hostname\" \"$1/etc/resolv.conf\" \"$1\"/etc/ssh/ssh_host_*")
         .arg(format!("--customize-hook=printf '%s' '{sources}' > \"$1/etc/apt/sources.list\""))
         .arg(&lock.request.suite)

@@ -204,13 +204,11 @@ fn machine(lan: &mut Lan, scratch: &Path, fw: Firmware, mac: &str, secure_vars: 
         a.extend(["-accel", "tcg", "-global", "driver=cfi.pflash01,property=secure,value=on"].map(String::from));
     }
     a.extend(["-serial", "stdio", "-monitor", "none", "-display", "none"].map(String::from));
-    if uefi {
-        // As imgd runs them: no display card for the firmware to draw on.
-        a.extend(["-vga", "none"].map(String::from));
-    }
     a.push("-netdev".into());
     a.push(format!("tap,id=n0,ifname={tap},script=no,downscript=no"));
     if uefi {
+        // As imgd runs them: no display card for the firmware to draw on.
+        a.extend(["-vga", "none"].map(String::from));
         let own_vars = scratch.join(format!("vars-{tap}.fd"));
         std::fs::copy(vars, &own_vars).unwrap();
         a.push("-drive".into());

@@ -363,13 +363,13 @@ fn uefi_firmware(c: &mut Command, m: &Machine<'_>, scratch: &Path) -> Result<()>
     let vars = scratch.join("OVMF_VARS.fd");
     std::fs::copy(&vars_src, &vars).at("copying the UEFI vars to", &vars)?;
     c.arg("-drive").arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()));
+    c.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
     // No display card: nothing shows it, and under TCG the firmware drawing
     // its console on it and the kernel's EFI framebuffer console mirroring
     // every line cost ~2 s of a 14 s boot of hello. UEFI firmware and the
     // kernel both talk on the serial port, which imgd reads. (BIOS boots keep
     // the card: SeaBIOS, GRUB and iPXE write their console through it.)
     c.args(["-vga", "none"]);
-    c.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
     Ok(())
 }
 

@@ -24,13 +24,14 @@ use std::process::Command;
 /// Bumped when the way a base is assembled changes its bytes.
 const BASE_VERSION: &str = "mmdebstrap-custom-2";
 
-/// Run in the finished chroot with INITRD=No dropped: each installed
-/// kernel's /vmlinuz and /initrd.img links, then its initramfs, as the
-/// kernel's postinst and its initramfs-tools hook would have. A lock
-/// without a kernel or without initramfs-tools skips either.
+/// Run in the finished chroot with INITRD=No dropped: what each installed
+/// kernel's postinst does, once more: its /vmlinuz and /initrd.img links,
+/// then every hook in /etc/kernel/postinst.d (initramfs-tools', or any other
+/// initramfs generator's). A lock without a kernel skips it.
 const INITRAMFS_ONCE: &str = "unset INITRD; command -v linux-version >/dev/null || exit 0; \
     for v in $(linux-version list); do linux-update-symlinks install \"$v\" \"/boot/vmlinuz-$v\" || exit 1; \
-    if command -v update-initramfs >/dev/null; then update-initramfs -c -k \"$v\" || exit 1; fi; done";
+    if [ -d /etc/kernel/postinst.d ]; then run-parts --report --exit-on-error --arg=\"$v\" \
+    --arg=\"/boot/vmlinuz-$v\" /etc/kernel/postinst.d || exit 1; fi; done";
 
 /// Downloads running at once: a mirror serves many small files faster in
 /// parallel, and a handful is what apt uses.

@@ -77,6 +77,18 @@ pub fn hello() -> &'static Shared {
     })
 }
 
+/// The debian profile with every format, built once for the tests that
+/// read it (a build of each: ~10 s of CPU, and the store holds 2.5 GB).
+pub fn debian() -> &'static Shared {
+    static DEBIAN: OnceLock<Shared> = OnceLock::new();
+    DEBIAN.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let manifest = build(&store, &["debian"]);
+        Shared { _dir: dir, store, manifest }
+    })
+}
+
 /// imgd's cache folder, as the binary under test finds it (`$IMGD_CACHE`,
 /// else `$XDG_CACHE_HOME/imgd`, else `~/.cache/imgd`).
 pub fn cache_dir() -> PathBuf {

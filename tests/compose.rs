@@ -108,10 +108,12 @@ fn up_exec_and_down_reach_the_machines_from_other_processes() {
     let f = file.to_str().unwrap();
     let cache = scratch_cache(&d.path().join("cache"));
     let run = |args: &[&str]| imgd(&h.store).env("IMGD_CACHE", &cache).arg("compose").args(args).output().unwrap();
+    // Booted by their kernels: the example's test above netboots, and up
+    // starts machines the same way whatever boots them.
     let mut up = StopOnDrop(
         imgd(&h.store)
             .env("IMGD_CACHE", &cache)
-            .args(["compose", "up", f, "--variant", "small"])
+            .args(["compose", "up", f, "--variant", "small", "--boot", "kernel"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

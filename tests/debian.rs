@@ -92,7 +92,7 @@ fn the_locked_base_rebuilds_offline_after_a_profile_change_and_lists_every_packa
     let d = tempfile::tempdir().unwrap();
     let one = d.path().join("one");
     // Every format: root filesystem tarball, raw, qcow2, VHD (and the SBOM).
-    let first = build(&one, &["debian"]);
+    let first = &debian().manifest;
     let base = newest_base();
 
     // What is inside: the manifest lists every installed package, and an
@@ -143,8 +143,8 @@ fn the_locked_base_rebuilds_offline_after_a_profile_change_and_lists_every_packa
 #[test]
 fn a_base_assembled_again_offline_from_the_pool_is_bit_identical() {
     let d = tempfile::tempdir().unwrap();
-    let (one, two) = (d.path().join("one"), d.path().join("two"));
-    let first = build(&one, &["debian"]);
+    let two = d.path().join("two");
+    let first = &debian().manifest;
     let base = newest_base();
     let base_sha = tool("sha256sum", &[base.to_str().unwrap()]);
     // No cached base, no network: assembled again from the pool, with the
@@ -194,7 +194,7 @@ fn a_lock_with_two_packages_files_swapped_is_refused_naming_both() {
     std::fs::create_dir_all(own.join("debian")).unwrap();
     std::os::unix::fs::symlink(cache_dir().join("debian/pool"), own.join("debian/pool")).unwrap();
     // Both packages are in the pool (the real lock's build put them there).
-    build(&d.path().join("real"), &["debian", "--format", "tar"]);
+    debian();
     let out = imgd(&d.path().join("s"))
         .env("IMGD_ROOT", p.path())
         .env("IMGD_CACHE", &own)

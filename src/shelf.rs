@@ -60,7 +60,18 @@ impl Shelf {
     pub(crate) fn workspace(&self, prefix: &str) -> Result<tempfile::TempDir, IoError> {
         for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             if e.file_name().to_string_lossy().starts_with(prefix) {
-                let _ = std::fs::remove_dir_all(e.path());
+                let path = e.path();
+                // A removal would go down into what is mounted there: the
+                // bind-mounted /dev of a chroot is the host's own.
+                if let Some(m) = mount_under(&path) {
+                    tracing::warn!(
+                        "leaving {}: {} is mounted in it (unmount it to have it removed)",
+                        path.display(),
+                        m
+                    );
+                    continue;
+                }
+                let _ = std::fs::remove_dir_all(path);
             }
         }
         tempfile::Builder::new().prefix(prefix).tempdir_in(&self.dir).at("making a private folder in", &self.dir)
@@ -175,6 +186,38 @@ pub(crate) fn touch(file: &Path) {
     }
 }
 
+/// A mount point at or under `path`, as this process's mount namespace sees
+/// it (`/proc/self/mountinfo`, whose paths escape space, tab, newline and
+/// backslash as octal).
+fn mount_under(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let path = path.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_octal)
+        .find(|m| m.strip_prefix(path.as_ref()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
+}
+
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let digits = b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match digits {
+            Some(d) => {
+                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')));
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +232,37 @@ mod tests {
         let w = shelf.workspace(".make-k1-").unwrap();
         assert!(!left.exists(), "a killed maker's folder of the same key is swept");
         assert!(other.exists() && w.path().exists());
+    }
+
+    /// What a killed maker left is swept, except where something is mounted
+    /// in it: a chroot's bind-mounted /dev is the host's (needs root, as
+    /// assembling a Debian base does).
+    #[test]
+    fn a_leftover_with_a_mount_in_it_is_left_alone_until_unmounted() {
+        let d = tempfile::tempdir().unwrap();
+        let shelf = Shelf::new(d.path().to_path_buf());
+        // A space in the name: mountinfo writes it as \040.
+        let mounted = d.path().join(".assemble-killed x/chroot/dev");
+        std::fs::create_dir_all(&mounted).unwrap();
+        let mount = |args: &[&str]| {
+            assert!(std::process::Command::new(args[0]).args(&args[1..]).status().unwrap().success(), "{args:?}")
+        };
+        mount(&["mount", "-t", "tmpfs", "-o", "size=1m", "imgd-test", mounted.to_str().unwrap()]);
+        // Unmounted however the test ends.
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let unmount = Unmount(&mounted);
+        std::fs::write(mounted.join("null"), "the host's device").unwrap();
+        let w = shelf.workspace(".assemble-").unwrap();
+        assert!(mounted.join("null").exists(), "nothing under a mount point is removed");
+        drop(unmount);
+        drop(w);
+        let _w = shelf.workspace(".assemble-").unwrap();
+        assert!(!d.path().join(".assemble-killed x").exists(), "swept once nothing is mounted there");
     }
 
     #[test]

@@ -71,6 +71,10 @@ fn newest_base() -> std::path::PathBuf {
 /// `imgd build` with no network at all: a network namespace of its own,
 /// with only a loopback that is down. `cache`: another cache folder.
 fn build_offline(store: &std::path::Path, cache: Option<&std::path::Path>, args: &[&str]) -> serde_json::Value {
+    json(&ok(&mut offline(store, cache, args)))
+}
+
+fn offline(store: &std::path::Path, cache: Option<&std::path::Path>, args: &[&str]) -> Command {
     let mut c = imgd(store);
     if let Some(cache) = cache {
         c.env("IMGD_CACHE", cache);
@@ -84,7 +88,68 @@ fn build_offline(store: &std::path::Path, cache: Option<&std::path::Path>, args:
         }
     }
     wrapped.current_dir(repo());
-    json(&ok(&mut wrapped))
+    wrapped
+}
+
+/// Whether an mmdebstrap, in its own mount namespace, has something mounted
+/// under `dir` (its chroot's /proc, /sys, /dev).
+fn mmdebstrap_mounted_under(dir: &std::path::Path) -> bool {
+    let dir = dir.to_str().unwrap();
+    std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+        let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+        comm.trim() == "mmdebstrap"
+            && std::fs::read_to_string(p.path().join("mountinfo")).unwrap_or_default().contains(dir)
+    })
+}
+
+/// A process whose command line, working folder or root is under `dir`.
+fn process_in(dir: &std::path::Path) -> Option<String> {
+    let dir = dir.to_str().unwrap();
+    std::fs::read_dir("/proc").unwrap().flatten().find_map(|p| {
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let link = |l: &str| std::fs::read_link(p.path().join(l)).map(|t| t.display().to_string()).unwrap_or_default();
+        let (cwd, root) = (link("cwd"), link("root"));
+        [&cmdline, &cwd, &root].iter().any(|s| s.contains(dir)).then(|| format!("{cmdline} (cwd {cwd}, root {root})"))
+    })
+}
+
+/// An assembly killed (with imgd, by SIGKILL) while mmdebstrap has its
+/// chroot's /proc, /sys and /dev mounted leaves no mount in the host's
+/// namespace, no process behind, and its chroot in the folder the next
+/// assembly sweeps.
+fn kill_mid_assembly(store: &std::path::Path, cache: &std::path::Path) {
+    let mut build =
+        offline(store, Some(cache), &["debian"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let t = Instant::now();
+    while !mmdebstrap_mounted_under(cache) {
+        assert!(build.try_wait().unwrap().is_none(), "the build ended before mmdebstrap mounted anything");
+        assert!(t.elapsed() < Duration::from_secs(300), "mmdebstrap mounted nothing in 300 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("figure debian assembly killed {:.1}s in, with its mounts up", t.elapsed().as_secs_f64());
+    build.kill().unwrap();
+    build.wait().unwrap();
+    // mmdebstrap, dpkg and the maintainer scripts end with it (bounded: the
+    // kernel's kills take a moment to land).
+    let t = Instant::now();
+    while let Some(p) = process_in(cache) {
+        assert!(t.elapsed() < Duration::from_secs(10), "still running after the kill: {p}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!host.contains(cache.to_str().unwrap()), "mounted in the host's namespace:\n{host}");
+    let left: Vec<_> = std::fs::read_dir(cache.join("debian/bases"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".assemble-"))
+        .collect();
+    assert_eq!(left.len(), 1, "one work folder left by the killed assembly");
+    let chroot = std::fs::read_dir(left[0].path())
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("mmdebstrap."));
+    assert!(chroot, "mmdebstrap's chroot is in the work folder, not in /tmp");
 }
 
 #[test]
@@ -139,7 +204,8 @@ fn the_locked_base_rebuilds_offline_after_a_profile_change_and_lists_every_packa
 }
 
 /// The rest of the test above, on its own so that it runs beside it: its
-/// mmdebstrap run is the longest single step of the suite.
+/// mmdebstrap run is the longest single step of the suite. Killed once
+/// first, mid-assembly.
 #[test]
 fn a_base_assembled_again_offline_from_the_pool_is_bit_identical() {
     let d = tempfile::tempdir().unwrap();
@@ -154,9 +220,16 @@ fn a_base_assembled_again_offline_from_the_pool_is_bit_identical() {
     let own = scratch_cache(&d.path().join("cache"));
     std::fs::create_dir_all(own.join("debian")).unwrap();
     std::os::unix::fs::symlink(cache_dir().join("debian/pool"), own.join("debian/pool")).unwrap();
+    kill_mid_assembly(&two, &own);
     let t = Instant::now();
     let again = build_offline(&two, Some(&own), &["debian"]);
     eprintln!("figure debian base assembled offline from the pool: {:.1}s", t.elapsed().as_secs_f64());
+    let bases: Vec<String> = std::fs::read_dir(own.join("debian/bases"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!bases.iter().any(|b| b.starts_with(".assemble-")), "the killed assembly's folder was swept: {bases:?}");
     let rebuilt = own.join("debian/bases").join(base.file_name().unwrap());
     let rebuilt_sha = tool("sha256sum", &[rebuilt.to_str().unwrap()]);
     assert_eq!(rebuilt_sha.split_whitespace().next(), base_sha.split_whitespace().next(), "the base is reproducible");

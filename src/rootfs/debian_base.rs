@@ -199,8 +199,20 @@ pub(crate) fn base_tarball(
     let out = work.path().join("base.tar.zst");
     let names: Vec<&str> = lock.packages.iter().map(|p| p.name.as_str()).collect();
     let sources = format!("deb {} {} {}\n", mirror, lock.request.suite, lock.request.components.join(" "));
-    let mut cmd = Command::new("mmdebstrap");
-    cmd.env("SOURCE_DATE_EPOCH", epoch.to_string())
+    // In mount and PID namespaces of its own, so that a kill of imgd ends
+    // all of it: the /proc, /sys and /dev it mounts in its chroot go with
+    // the mount namespace (killed, mmdebstrap cannot unmount them, and in
+    // the host's namespace they stayed, under a folder the next build
+    // removes), and its dpkg and maintainer scripts with the PID namespace
+    // (the kernel kills them when mmdebstrap, its first process, dies; they
+    // went on writing into the chroot). unshare dies by tools::run's
+    // parent-death signal and takes mmdebstrap with it (--kill-child). The
+    // chroot is made in the work folder, not /tmp, so that the next build's
+    // sweep also takes what a killed assembly left (~700 MB).
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--", "mmdebstrap"])
+        .env("TMPDIR", work.path())
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
         .args(["--mode=root", "--variant=custom", "--quiet"])
         .arg(format!("--architectures={}", lock.request.architecture))
         .arg(format!("--include={}", names.join(",")))

@@ -40,7 +40,8 @@
 # RUNS=N, SECS=N override the number of runs and wrk's duration; CONNS="1000 5000"
 # the connection counts of the serve memory figure.
 # IMGD_BIN=path uses that imgd instead of building target/release/imgd; STORM_BIN=path
-# the storm load generator (scripts/storm.rs, `cargo build --example storm`).
+# the storm load generator (scripts/storm.rs, `cargo build --example storm`);
+# STORM_PARTS=dhcp (or http) runs one half of the storm.
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-build}"
@@ -90,6 +91,10 @@ drop_namespaces() {
   namespaces=()
 }
 trap 'stop_servers; drop_namespaces; rm -rf "$tmp"' EXIT
+# Killed or interrupted, it still cleans up (bash runs EXIT traps only when it
+# exits itself: a TERM left the storm's network namespaces behind).
+trap 'exit 143' TERM
+trap 'exit 130' INT
 
 # figure NAME IMGD ANCHOR UNIT RATIO: the machine-readable line of one figure.
 figure() { printf 'figure %s.%s %s %s %s %s\n' "$what_now" "$1" "$2" "$3" "$4" "$5"; }
@@ -399,7 +404,7 @@ bench_storm() {
   # 10 s (a rack power-cycled after an outage). QUICK: one short round.
   local machines windows
   if [ "$quick" = 1 ]; then machines="${MACHINES:-300}"; windows="${WINDOW:-3}"; else machines="${MACHINES:-10000}"; windows="${WINDOW:-60 10}"; fi
-  local storm="${STORM_BIN:-}"
+  local storm="${STORM_BIN:-}" parts="${STORM_PARTS:-http dhcp}"
   if [ -z "$storm" ]; then cargo build --release -q --example storm; storm="$PWD/target/release/examples/storm"; fi
   # A store entry with a 1 MiB kernel and initrd: the storm measures the
   # server's answers and its memory, not loopback's copy bandwidth.
@@ -440,8 +445,8 @@ default = true
   for window in $windows; do
     # Figures of the rounds after the first carry the window: `errors_10s`.
     sfx=""; [ "$first" = 1 ] || sfx="_${window}s"
-    storm_round
-    storm_dhcp "$machines" "$window" "$storm" "$entry"
+    case " $parts " in *" http "*) storm_round ;; esac
+    case " $parts " in *" dhcp "*) storm_dhcp "$machines" "$window" "$storm" "$entry" ;; esac
     first=0
   done
 }

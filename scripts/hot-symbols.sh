@@ -12,7 +12,9 @@
 # Symbol names carry a hash of the crate's version, features and profile (not
 # its path or RUSTFLAGS), so the file fits every `cargo build --release` with
 # this Cargo.lock and toolchain, with or without the AWS side (both are
-# profiled). After a toolchain or dependency update, names that no longer exist
+# profiled). Not a build under RUSTC_WORKSPACE_WRAPPER (CI's clippy-driver):
+# cargo hashes the wrapper into imgd's own crates, whose names then differ;
+# so run this script with plain cargo, as a user builds. After a toolchain or dependency update, names that no longer exist
 # are skipped by the linker; re-run this script to profile again
 # (`scripts/bench.sh storm` prints how many still match).
 #

@@ -1,5 +1,5 @@
 //! The table's index, key -> row: a hash table of row numbers alone, the key
-//! kept once, in its row. A `HashMap<Key, u32>` stored each 18-byte key again
+//! made from its row. A `HashMap<Key, u32>` stored each 18-byte key again
 //! and took ~600 KiB for a 10,000-machine table (the largest allocation of a
 //! proxyDHCP server under a storm after the rows themselves); this takes 5
 //! bytes a slot, ~80 KiB.
@@ -10,7 +10,7 @@ use std::hash::{BuildHasher, Hash, RandomState};
 /// A row that carries its own key.
 pub(super) trait Keyed {
     type Key: Hash + Eq;
-    fn key(&self) -> &Self::Key;
+    fn key(&self) -> Self::Key;
 }
 
 #[derive(Default)]
@@ -23,7 +23,7 @@ impl Index {
     /// The row of `key`.
     pub(super) fn get<R: Keyed>(&self, key: &R::Key, rows: &[R]) -> Option<usize> {
         let found =
-            self.table.find(self.hasher.hash_one(key), |&i| rows.get(i as usize).is_some_and(|r| r.key() == key));
+            self.table.find(self.hasher.hash_one(key), |&i| rows.get(i as usize).is_some_and(|r| r.key() == *key));
         found.map(|&i| i as usize)
     }
 

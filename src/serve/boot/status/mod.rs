@@ -8,14 +8,16 @@
 //! refusal. A machine that started a boot and made no progress for longer
 //! than the stuck threshold comes first. At most `cap` machines are kept: a
 //! full table drops its least recently seen sixteenth (a machine costs about
-//! 130 bytes with its index, 40 more once it has an address); nothing is
+//! 105 bytes with its index, 20 more once it has an address); nothing is
 //! written to disk.
 //!
 //! Every value a client claimed (MAC, hostname) was checked to iPXE's
 //! shapes where it entered, and is escaped again for HTML by [`page`],
 //! which writes the table as the page and as JSON.
 
+mod addresses;
 mod index;
+use index::Keyed as _;
 pub mod page;
 
 use crate::model::Mac;
@@ -61,8 +63,8 @@ impl Step {
 /// and a proxyDHCP storm fills it): a [`Mac`] not its text, one shared
 /// group-and-entry pair for all rows of a group, the history inline with
 /// 16-bit times, and what few machines carry (hostname, labels, a refusal)
-/// boxed apart: 120 bytes a row, key included (it was 241, and an ordered
-/// index beside it).
+/// boxed apart: 96 bytes a row (it was 241, and an ordered index beside it;
+/// 120 while it kept a copy of its key).
 #[derive(Debug, Clone)]
 pub(crate) struct Seen {
     pub mac: Option<Mac>,
@@ -73,22 +75,23 @@ pub(crate) struct Seen {
     /// The group it was put in and the entry that boots it.
     target: Option<Arc<Target>>,
     pub bytes: u64,
-    /// Seconds since the epoch of the last thing it did.
-    pub last: u64,
+    /// Seconds since the epoch of the last thing it did (`u32`: good
+    /// until 2106, as the history's).
+    last: u32,
     /// The steps of its current boot, each with when; at most `HISTORY`,
     /// the first kept.
     pub history: History,
     extra: Option<Box<Extra>>,
-    /// How the table knows it, and when it was last touched (for dropping
-    /// the least recently seen).
-    key: Key,
+    /// When it was last touched (for dropping the least recently seen).
     seq: u64,
 }
 
+/// How the table knows it: made from its MAC and address, not kept (a row
+/// keyed by address never gets a MAC: one that says its MAC is another row).
 impl index::Keyed for Seen {
     type Key = Key;
-    fn key(&self) -> &Key {
-        &self.key
+    fn key(&self) -> Key {
+        self.mac.map_or(Key::Address(self.address), Key::Mac)
     }
 }
 
@@ -112,6 +115,11 @@ struct Extra {
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
 impl Seen {
+    /// Seconds since the epoch of the last thing it did.
+    pub(crate) fn last(&self) -> u64 {
+        u64::from(self.last)
+    }
+
     pub(crate) fn group(&self) -> Option<&str> {
         self.target.as_deref().map(|t| &*t.group)
     }
@@ -155,7 +163,7 @@ impl Serialize for Seen {
         r.serialize_field("entry", &self.entry())?;
         r.serialize_field("step", &self.step)?;
         r.serialize_field("bytes", &self.bytes)?;
-        r.serialize_field("last", &self.last)?;
+        r.serialize_field("last", &self.last())?;
         r.serialize_field("refusal", &self.refusal())?;
         r.serialize_field("history", &self.history)?;
         r.serialize_field("labels", self.labels())?;
@@ -236,9 +244,10 @@ struct Inner {
     /// another row is removed).
     rows: Vec<Seen>,
     index: index::Index,
-    /// Key of the machine last seen at an address (artifact requests carry
-    /// no MAC: the script request before them did).
-    at: HashMap<IpAddr, Key>,
+    /// MAC of the machine last seen at an address (artifact requests carry
+    /// no MAC: the script request before them did). An address not here is
+    /// its own key.
+    at: addresses::Addresses,
     seq: u64,
     /// Group -> its current target, one copy for all rows (bounded: cleared
     /// past `NAMES`, rows keep theirs).
@@ -390,7 +399,6 @@ impl Status {
                 seen.step = e.step;
             }
         }
-        seen.mac = mac.or(seen.mac);
         seen.address = address;
         seen.extra(|x| {
             x.hostname = hostname.map(Box::from).or(x.hostname.take());
@@ -430,7 +438,6 @@ impl Status {
             inner.point(a, Key::Mac(mac), self.cap);
         }
         let seen = inner.touch(Key::Mac(mac), address.unwrap_or(IpAddr::from([0, 0, 0, 0])), self.cap);
-        seen.mac = Some(mac);
         if let Some(a) = address {
             seen.address = a;
         }
@@ -456,7 +463,7 @@ impl Status {
     /// TFTP sent `address` a loader.
     pub(crate) fn loader(&self, address: IpAddr) {
         let mut inner = self.lock();
-        let key = inner.at.get(&address).copied().unwrap_or(Key::Address(address));
+        let key = inner.key_at(address);
         inner.point(address, key, self.cap);
         let seen = inner.touch(key, address, self.cap);
         seen.advance(Step::Loader, false);
@@ -465,7 +472,7 @@ impl Status {
     /// A boot file was asked for from `address`: `step` is what it is.
     pub(crate) fn file(&self, address: IpAddr, group: &str, entry: &str, step: Step) {
         let mut inner = self.lock();
-        let key = inner.at.get(&address).copied().unwrap_or(Key::Address(address));
+        let key = inner.key_at(address);
         // A UKI-only machine (UEFI HTTP boot) asks for nothing else: its
         // download's end is found by this address.
         inner.point(address, key, self.cap);
@@ -489,7 +496,10 @@ impl Status {
     /// The last file of a boot (initrd, or a UKI) sent whole is `done`.
     pub(crate) fn sent(&self, address: IpAddr, step: Step, bytes: u64, whole: bool) {
         let mut inner = self.lock();
-        let Some(key) = inner.at.get(&address).copied() else { return };
+        let key = inner.key_at(address);
+        if inner.index.get(&key, &inner.rows).is_none() {
+            return;
+        }
         let seen = inner.touch(key, address, self.cap);
         seen.bytes += bytes;
         if whole && matches!(step, Step::Initrd | Step::Uki) && seen.step == step {
@@ -508,7 +518,7 @@ impl Status {
             .map(|s| {
                 let mut s = s.clone();
                 s.stuck = !matches!(s.step, Step::Done | Step::Refused)
-                    && t.saturating_sub(s.last) > self.stuck_after.as_secs();
+                    && t.saturating_sub(s.last()) > self.stuck_after.as_secs();
                 s
             })
             .collect();
@@ -531,7 +541,7 @@ impl Seen {
         }
         self.step = step;
         if self.history.last() != Some(step) {
-            self.history.push(step, self.last);
+            self.history.push(step, self.last());
         }
     }
 }
@@ -546,11 +556,20 @@ impl Inner {
     /// (a DHCP REQUEST names any it likes): past twice the table's size the
     /// map is rebuilt from the rows, so it stays bounded whatever they send.
     fn point(&mut self, address: IpAddr, key: Key, cap: usize) {
-        self.at.insert(address, key);
+        let Key::Mac(mac) = key else {
+            self.at.remove(&address);
+            return;
+        };
+        self.at.insert(address, mac);
         if self.at.len() > 2 * cap + 16 {
-            self.at = self.rows.iter().map(|s| (s.address, s.key)).collect();
-            self.at.insert(address, key);
+            self.at = self.rows.iter().filter_map(|s| Some((s.address, s.mac?))).collect();
+            self.at.insert(address, mac);
         }
+    }
+
+    /// The key of the machine last seen at `address`.
+    fn key_at(&self, address: IpAddr) -> Key {
+        self.at.get(&address).map_or(Key::Address(address), |&m| Key::Mac(m))
     }
 
     /// Removes the machine under `key`, if any.
@@ -563,9 +582,9 @@ impl Inner {
     fn remove_at(&mut self, i: usize) -> Seen {
         let last = self.rows.len() - 1;
         let gone = self.rows.swap_remove(i);
-        self.index.moved(&gone.key, i, None);
+        self.index.moved(&gone.key(), i, None);
         if let Some(moved) = self.rows.get(i) {
-            self.index.moved(&moved.key, last, Some(i));
+            self.index.moved(&moved.key(), last, Some(i));
         }
         gone
     }
@@ -582,7 +601,7 @@ impl Inner {
         for i in (0..self.rows.len()).rev() {
             if self.rows[i].seq <= cut {
                 let gone = self.remove_at(i);
-                if self.at.get(&gone.address) == Some(&gone.key) {
+                if gone.mac.is_some() && self.at.get(&gone.address) == gone.mac.as_ref() {
                     self.at.remove(&gone.address);
                 }
             }
@@ -613,8 +632,13 @@ impl Inner {
                 if self.rows.len() >= cap {
                     self.drop_oldest((cap / 16).max(1));
                 }
+                // Its key says what it is known by; the caller says the rest.
+                let (mac, address) = match key {
+                    Key::Mac(m) => (Some(m), address),
+                    Key::Address(a) => (None, a),
+                };
                 self.rows.push(Seen {
-                    mac: None,
+                    mac,
                     address,
                     step: Step::Script,
                     stuck: false,
@@ -623,7 +647,6 @@ impl Inner {
                     last: 0,
                     history: History::default(),
                     extra: None,
-                    key,
                     seq,
                 });
                 let i = self.rows.len() - 1;
@@ -633,7 +656,7 @@ impl Inner {
         };
         let seen = &mut self.rows[i];
         seen.seq = seq;
-        seen.last = now();
+        seen.last = u32::try_from(now()).unwrap_or(u32::MAX);
         seen
     }
 }
@@ -708,7 +731,7 @@ mod tests {
             assert!(inner.rows.len() <= 20);
             assert_eq!(inner.index.len(), inner.rows.len());
             for (i, r) in inner.rows.iter().enumerate() {
-                assert_eq!(inner.index.get(&r.key, &inner.rows), Some(i), "{:?}", r.key);
+                assert_eq!(inner.index.get(&r.key(), &inner.rows), Some(i), "{:?}", r.key());
             }
         }
     }
@@ -749,13 +772,13 @@ mod tests {
         // Every remaining row is still found by its key and its address.
         let inner = s.lock();
         for (i, r) in inner.rows.iter().enumerate() {
-            assert_eq!(inner.index.get(&r.key, &inner.rows), Some(i));
+            assert_eq!(inner.index.get(&r.key(), &inner.rows), Some(i));
         }
         assert_eq!(inner.index.len(), inner.rows.len(), "no slot points at a dropped row");
-        assert!(!inner.at.contains_key(&IpAddr::from([10, 0, 1, 1])), "a dropped machine's address is forgotten");
+        assert!(inner.at.get(&IpAddr::from([10, 0, 1, 1])).is_none(), "a dropped machine's address is forgotten");
         drop(inner);
         // What a 10,000-machine storm costs: a row's bytes, extras apart.
-        assert!(std::mem::size_of::<Seen>() <= 128, "{}", std::mem::size_of::<Seen>());
+        assert!(std::mem::size_of::<Seen>() <= 96, "{}", std::mem::size_of::<Seen>());
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub(crate) fn html(over: &Overview, rows: &[Seen], sort: Sort) -> String {
             format!("{}{}", r.step.text(), if r.stuck { " (stuck)" } else { "" }),
             steps(&r.history),
             r.bytes.to_string(),
-            format!("{} s ago", t.saturating_sub(r.last)),
+            format!("{} s ago", t.saturating_sub(r.last())),
             r.refusal().unwrap_or_default().to_string(),
         ];
         let _ = write!(s, "<tr{}>", if r.stuck { " class=\"stuck\"" } else { "" });

@@ -572,7 +572,7 @@ storm_dhcp() {
   if command -v nm >/dev/null; then
     hot=$(nm --defined-only "$imgd" | awk '{print $3}' | LC_ALL=C sort -u | LC_ALL=C comm -12 - scripts/hot-symbols.txt | wc -l)
   fi
-  printf '  %-34s %s of the %s listed for the builds with and without AWS (scripts/hot-symbols.sh lists them again)\n' \
+  printf '  %-34s %s of the %s listed for the builds with and without AWS, plain and CI (scripts/hot-symbols.sh lists them again)\n' \
     "  hot functions laid out together" "$hot" "$listed"
   figure "dhcp_hot_functions${sfx:-}" "$hot" "$listed" count "$(calc "$hot / $listed")"
   figure "dhcp_errors${sfx:-}" "$ierr" "$nerr" count -

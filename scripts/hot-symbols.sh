@@ -12,10 +12,12 @@
 # Symbol names carry a hash of the crate's version, features and profile (not
 # its path or RUSTFLAGS), so the file fits every `cargo build --release` with
 # this Cargo.lock and toolchain, with or without the AWS side (both are
-# profiled). Not a build under RUSTC_WORKSPACE_WRAPPER (CI's clippy-driver):
-# cargo hashes the wrapper into imgd's own crates, whose names then differ;
-# so run this script with plain cargo, as a user builds. After a toolchain or dependency update, names that no longer exist
-# are skipped by the linker; re-run this script to profile again
+# profiled). A build in CI's environment (.ci/run: clippy-driver as
+# RUSTC_WORKSPACE_WRAPPER, -D warnings, incremental) names imgd's own
+# functions differently (cargo hashes part of it into their crates), so the
+# file holds both: a plain cargo build's names, as a user builds, and CI's.
+# After a toolchain or dependency update, names that no longer exist are
+# skipped by the linker; re-run this script to profile again
 # (`scripts/bench.sh storm` prints how many still match).
 #
 # Needs root (two network namespaces joined by a veth pair; nothing leaves
@@ -80,7 +82,7 @@ EOF
 # profile FEATURES...: one build of imgd, under callgrind through a storm.
 profile() {
   cargo build --release -q --bin imgd "$@"
-  cp "$target/release/imgd" "$work/imgd"
+  cp "${CARGO_TARGET_DIR:-$target}/release/imgd" "$work/imgd"
   IMGD_STORE="$work/store" ip netns exec "$S" valgrind -q --tool=callgrind --demangle=no \
     --callgrind-out-file="$work/callgrind.%p" "$work/imgd" serve --listen 192.0.2.1:8080 \
     --config "$work/machines.toml" --proxy-dhcp eth0 2>"$work/serve.log" &
@@ -93,6 +95,14 @@ profile() {
 }
 profile
 profile --no-default-features
+# The same in CI's environment (its own target folder, as .ci/run keeps).
+ci() {
+  CARGO_TARGET_DIR="${IMGD_CI_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/imgd-ci/target}" \
+    RUSTC_WORKSPACE_WRAPPER="$(command -v clippy-driver)" RUSTFLAGS="-D warnings" \
+    CARGO_PROFILE_RELEASE_INCREMENTAL=true "$@"
+}
+ci profile
+ci profile --no-default-features
 
 # fn=(id) name and cfn=(id) name lines name each function once; callgrind
 # marks recursion depth with 'N, and only Rust's names (_ZN legacy, _R v0) are

@@ -107,11 +107,12 @@ fn bench_storm_runs_in_its_quick_form() {
     assert!(*named(&f, "storm.dhcp_offer_p99") > 0.0);
     // The code the server runs lies together in the binary (build.rs) only if
     // this build still has the names scripts/hot-symbols.txt lists: about
-    // 2/3 of them, the rest being the build without AWS's. Fewer means a
-    // dependency or the toolchain renamed them.
+    // 2/5 of them, the rest being those of the build without AWS and of the
+    // plain (not CI's) builds. Fewer means a dependency or the toolchain
+    // renamed them.
     let listed = std::fs::read_to_string(repo().join("scripts/hot-symbols.txt")).unwrap().lines().count() as f64;
     let found = *named(&f, "storm.dhcp_hot_functions");
-    assert!(found >= listed / 2.0, "{found} of {listed} hot functions found: run scripts/hot-symbols.sh");
+    assert!(found >= listed / 3.0, "{found} of {listed} hot functions found: run scripts/hot-symbols.sh");
 }
 
 #[test]

@@ -64,11 +64,8 @@ impl Shelf {
                 // A removal would go down into what is mounted there: the
                 // bind-mounted /dev of a chroot is the host's own.
                 if let Some(m) = mount_under(&path) {
-                    tracing::warn!(
-                        "leaving {}: {} is mounted in it (unmount it to have it removed)",
-                        path.display(),
-                        m
-                    );
+                    // Debug-quoted: a mount point may hold any byte but '/'.
+                    tracing::warn!("leaving {path:?}: {m:?} is mounted in it (unmount it to have it removed)");
                     continue;
                 }
                 let _ = std::fs::remove_dir_all(path);

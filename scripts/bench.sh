@@ -468,7 +468,7 @@ storm_round() {
   mkdir -p "$root/artifacts"
   curl -sf "$I/boot.ipxe" > "$root/boot.ipxe"
   curl -sf "$I/ipxe?mac=52-54-00-00-00-01&platform=efi" > "$root/ipxe"
-  ln -s "$dir" "$root/artifacts/$entry"
+  ln -sfn "$dir" "$root/artifacts/$entry"
   start_nginx storm-nginx "$port_n" "$root" 20000
   for i in $(seq 1 50); do curl -sf "$N/boot.ipxe" >/dev/null && break; sleep 0.1; done
   echo "boot storm: $machines machines (own MAC + 127/8 address each) within ${window}s, each /boot.ipxe -> /ipxe -> kernel + initrd (1 MiB each):"

@@ -566,11 +566,14 @@ storm_dhcp() {
   printf '  %-34s imgd %8.1f MiB  dnsmasq %8.1f MiB  (goal: <= 2x)\n' "server peak RSS" "$(calc "$rss / 1024")" "$(calc "$nrss / 1024")"
   printf '  %-34s imgd %s  dnsmasq %s\n' "  own memory / program pages, after" "$split" "$nsplit"
   # Program pages depend on the hot functions lying together (build.rs):
-  # names the binary no longer has are laid out where they fall.
-  local hot=0 listed
-  listed=$(wc -l < scripts/hot-symbols.txt)
+  # names the binary no longer has are laid out where they fall. Counted
+  # without LLVM's `.llvm.HASH` endings, which scripts/linker-wrapper.sh
+  # follows from build to build.
+  local hot=0 listed bare='s/\.llvm\.[0-9]+$//'
+  listed=$(sed -E "$bare" scripts/hot-symbols.txt | LC_ALL=C sort -u | wc -l)
   if command -v nm >/dev/null; then
-    hot=$(nm --defined-only "$imgd" | awk '{print $3}' | LC_ALL=C sort -u | LC_ALL=C comm -12 - scripts/hot-symbols.txt | wc -l)
+    hot=$(nm --defined-only "$imgd" | awk '{print $3}' | sed -E "$bare" | LC_ALL=C sort -u \
+      | LC_ALL=C comm -12 - <(sed -E "$bare" scripts/hot-symbols.txt | LC_ALL=C sort -u) | wc -l)
   fi
   printf '  %-34s %s of the %s listed for the builds with and without AWS, plain and CI (scripts/hot-symbols.sh lists them again)\n' \
     "  hot functions laid out together" "$hot" "$listed"

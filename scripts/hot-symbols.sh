@@ -16,6 +16,8 @@
 # RUSTC_WORKSPACE_WRAPPER, -D warnings, incremental) names imgd's own
 # functions differently (cargo hashes part of it into their crates), so the
 # file holds both: a plain cargo build's names, as a user builds, and CI's.
+# LLVM's `NAME.llvm.HASH` names change with any edit to imgd: the linker,
+# scripts/linker-wrapper.sh, adds this build's names of each such NAME.
 # After a toolchain or dependency update, names that no longer exist are
 # skipped by the linker; re-run this script to profile again
 # (`scripts/bench.sh storm` prints how many still match).

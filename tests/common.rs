@@ -163,7 +163,14 @@ pub fn entries(store: &Path) -> Vec<String> {
 /// this reads chunks), within `limit`; panics with the console otherwise, or
 /// if the child exits first. Returns the console read so far.
 pub fn wait_for_console(child: &mut std::process::Child, marker: &str, limit: std::time::Duration) -> String {
+    wait_for_any(child, &[marker], limit)
+}
+
+/// The console up to the first of `markers` (within `limit`): a refusal is
+/// seen as soon as the firmware prints it, not when a boot times out.
+pub fn wait_for_any(child: &mut std::process::Child, markers: &[&str], limit: std::time::Duration) -> String {
     use std::io::Read;
+    let marker = markers.join("` or `");
     let mut out = child.stdout.take().expect("stdout piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -176,7 +183,7 @@ pub fn wait_for_console(child: &mut std::process::Child, marker: &str, limit: st
     });
     let mut console = String::new();
     let deadline = std::time::Instant::now() + limit;
-    while !console.contains(marker) {
+    while !markers.iter().any(|m| console.contains(m)) {
         assert!(std::time::Instant::now() < deadline, "no `{marker}` within {limit:?}:\n{console}");
         if let Ok(c) = rx.recv_timeout(std::time::Duration::from_secs(1)) {
             console.push_str(&c);

@@ -270,7 +270,12 @@ fn one_changed_byte_in_any_input_changes_the_hash() {
     let bb = std::fs::read_dir(cache.path().join("debs"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("busybox-static_"))
+        // The profile's (x86_64) package: the cache also holds arm64's, and
+        // which of the two a folder lists first depends on the filesystem.
+        .find(|p| {
+            let n = p.file_name().unwrap().to_str().unwrap();
+            n.starts_with("busybox-static_") && n.ends_with("_amd64.deb")
+        })
         .unwrap();
     let mut bytes = std::fs::read(&bb).unwrap();
     let last = bytes.len() - 1;

@@ -228,6 +228,12 @@ pub(crate) fn base_tarball(
         .arg("--setup-hook=mkdir -p \"$1/etc/dpkg/dpkg.cfg.d\" && echo force-unsafe-io > \"$1/etc/dpkg/dpkg.cfg.d/zz-imgd-unsafe-io\"")
         .arg("--customize-hook=rm -f \"$1/etc/dpkg/dpkg.cfg.d/zz-imgd-unsafe-io\"")
         .arg("--customize-hook=rm -f \"$1/etc/hostname\" \"$1/etc/resolv.conf\" \"$1\"/etc/ssh/ssh_host_*")
+        // apt's partial folders belong to its _apt user, as in any Debian
+        // install. apt itself chowns them only when _apt could reach the
+        // chroot: under a folder of mode 700 (a private temp folder) it
+        // falls back to root, and the base's bytes depended on where the
+        // cache was.
+        .arg(format!("--customize-hook={APT_PARTIAL_OWNER}"))
         .arg(format!("--customize-hook=printf '%s' '{sources}' > \"$1/etc/apt/sources.list\""))
         // The initramfs is made once, with every package in place. Left to
         // itself it is made twice: by the kernel's postinst hook, then again
@@ -250,6 +256,11 @@ pub(crate) fn base_tarball(
     std::fs::rename(&out, &done).at("keeping", &done)?;
     Ok(done)
 }
+
+/// Gives apt's partial folders to `_apt` when the image has that user.
+const APT_PARTIAL_OWNER: &str = "if chroot \"$1\" id -u _apt >/dev/null 2>&1; then \
+    for d in var/cache/apt/archives/partial var/lib/apt/lists/partial; do \
+    [ ! -d \"$1/$d\" ] || chroot \"$1\" chown _apt:root \"/$d\"; done; fi";
 
 /// The base as a tree staged in `staging`. The tarball is unpacked once
 /// into the cache (`<key>.tree`: files and node table); every build links

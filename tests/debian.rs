@@ -90,7 +90,7 @@ fn tar_differences(a: &std::path::Path, b: &std::path::Path) -> Vec<String> {
                 h.gid().unwrap_or(0),
                 h.mtime().unwrap_or(0),
                 data.len(),
-                &tool_sha256(&data)[..16]
+                &digest_hex(&data)[..16]
             );
             out.insert(e.path().unwrap().display().to_string(), what);
         }
@@ -108,7 +108,7 @@ fn tar_differences(a: &std::path::Path, b: &std::path::Path) -> Vec<String> {
     diffs
 }
 
-fn tool_sha256(data: &[u8]) -> String {
+fn digest_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
 }

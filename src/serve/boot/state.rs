@@ -30,6 +30,7 @@ use crate::store::{Entry, Store};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Where profiles and the store are, and what to do about missing builds.
 #[derive(Debug, Clone)]
@@ -52,8 +53,9 @@ pub struct Sources {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub profile: String,
-    /// The entry to boot, or why there is none.
-    pub entry: Result<Entry, String>,
+    /// The entry to boot, or why there is none. Shared: a fleet's machines
+    /// file has hundreds of groups booting a few entries.
+    pub entry: Result<Arc<Entry>, String>,
     /// The entry is not the profile's current build (see the module docs).
     pub stale: bool,
 }
@@ -65,7 +67,7 @@ pub struct State {
     /// Profile name -> what `/profiles/<name>/boot.ipxe` boots.
     pub profiles: BTreeMap<String, Target>,
     /// Entry name -> entry, for `/artifacts/`.
-    pub entries: BTreeMap<EntryName, Entry>,
+    pub entries: BTreeMap<EntryName, Arc<Entry>>,
     /// Group name -> the signed UKI set it hands out (`signed_with`), or why none.
     pub signed: BTreeMap<String, Result<crate::sign::Signed, String>>,
     pub serve_all: bool,
@@ -182,7 +184,7 @@ fn current(
         Err(e) => Err(Chain(e).to_string()),
     };
     let why = match exact {
-        Ok(e) => return Target { profile: profile.into(), entry: Ok(e), stale: false },
+        Ok(e) => return Target { profile: profile.into(), entry: Ok(Arc::new(e)), stale: false },
         Err(why) => why,
     };
     let kept = previous.and_then(|t| t.entry.as_ref().ok()).and_then(|e| store.get(&e.name).ok().flatten());
@@ -191,7 +193,7 @@ fn current(
     match fallback {
         Some(e) => {
             tracing::warn!("profile {profile}: {why}; serving {} instead (built {})", e.name, e.manifest.built_at);
-            Target { profile: profile.into(), entry: Ok(e), stale: true }
+            Target { profile: profile.into(), entry: Ok(Arc::new(e)), stale: true }
         }
         None => Target { profile: profile.into(), entry: Err(why), stale: false },
     }
@@ -226,6 +228,7 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
     let mut groups = BTreeMap::new();
     let mut profiles: BTreeMap<String, Target> = BTreeMap::new();
     let mut entries = BTreeMap::new();
+    let mut named: BTreeMap<EntryName, Result<Arc<Entry>, String>> = BTreeMap::new();
     for g in &machines.groups {
         let before = previous.and_then(|p| p.groups.get(&g.name));
         let target = match (&g.profile, &g.entry) {
@@ -237,11 +240,15 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
                 t
             }
             (None, Some(name)) => {
-                let entry = match store.get(name) {
-                    Ok(Some(e)) => Ok(e),
-                    Ok(None) => Err(format!("entry {name} is not in the store")),
-                    Err(e) => Err(Chain(&e).to_string()),
-                };
+                // Read once however many groups boot it.
+                let entry = named
+                    .entry(name.clone())
+                    .or_insert_with(|| match store.get(name) {
+                        Ok(Some(e)) => Ok(Arc::new(e)),
+                        Ok(None) => Err(format!("entry {name} is not in the store")),
+                        Err(e) => Err(Chain(&e).to_string()),
+                    })
+                    .clone();
                 let profile = entry.as_ref().map_or_else(|_| name.to_string(), |e| e.manifest.profile.clone());
                 Target { profile, entry, stale: false }
             }
@@ -255,7 +262,7 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
     }
     if src.serve_all {
         for e in store.entries()? {
-            entries.insert(e.name.clone(), e);
+            entries.entry(e.name.clone()).or_insert_with(|| Arc::new(e));
         }
         let dir = src.root.join("profiles");
         for f in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -346,5 +353,55 @@ impl State {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fleet's machines file names one entry in many groups: the store is
+    /// read for it once and every group holds the same copy.
+    #[test]
+    fn groups_booting_one_entry_share_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let name = format!("{}-storm", &hash[..32]);
+        let entry_dir = dir.path().join("store").join(&name);
+        std::fs::create_dir_all(&entry_dir).unwrap();
+        let mut artifacts = Vec::new();
+        for (file, kind) in [("vmlinuz", "kernel"), ("initrd", "initrd")] {
+            std::fs::write(entry_dir.join(file), file).unwrap();
+            let b3 = blake3::hash(file.as_bytes()).to_hex().to_string();
+            artifacts.push(
+                serde_json::json!({"name": kind, "format": "ipxe", "file": file, "size": file.len(), "blake3": b3}),
+            );
+        }
+        let manifest = serde_json::json!({"name": name, "hash": hash, "profile": "storm", "hardware": "qemu-x86_64",
+            "arch": "x86_64", "firmware": "uefi", "imgd_version": "test", "built_at": 0, "source_date_epoch": 0,
+            "artifacts": artifacts, "recipe": {"cmdline": "console=ttyS0"}});
+        std::fs::write(entry_dir.join("manifest.json"), manifest.to_string()).unwrap();
+        let mut text = String::new();
+        for r in 1..=3 {
+            text += &format!(
+                "[[group]]\nname = \"rack-{r}\"\nentry = \"{name}\"\nselector = {{ source = [\"10.{r}.0.0/16\"] }}\n"
+            );
+        }
+        let machines = MachinesFile::parse(Path::new("machines.toml"), &text).unwrap();
+        let src = Sources {
+            root: dir.path().into(),
+            cache: dir.path().join("cache"),
+            store: dir.path().join("store"),
+            machines: None,
+            serve_all: false,
+            build_missing: false,
+            remote_cache: None,
+        };
+        let st = load(&src, Some(machines), None).unwrap();
+        let booted: Vec<&Arc<Entry>> = st.groups.values().map(|t| t.entry.as_ref().unwrap()).collect();
+        assert_eq!(booted.len(), 3);
+        assert!(booted.iter().all(|e| Arc::ptr_eq(e, booted[0])), "each group has its own copy");
+        assert!(Arc::ptr_eq(&st.entries[&booted[0].name], booted[0]));
+        assert_eq!(booted[0].manifest.profile, "storm");
     }
 }

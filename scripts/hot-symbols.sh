@@ -102,8 +102,15 @@ profile() {
 profile
 profile --no-default-features
 # The same in CI's environment (its own target folder, as .ci/run keeps).
+# The linker too, at .ci/run's path: the linker's path is part of every
+# unit's fingerprint, and another one rebuilt all of CI's dependencies here
+# and again at CI's next run (8-9 min each).
 ci() {
-  CARGO_TARGET_DIR="${IMGD_CI_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/imgd-ci/target}" \
+  local dir="${IMGD_CI_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/imgd-ci/target}"
+  mkdir -p "$dir"
+  cp scripts/linker-wrapper.sh "$(dirname "$dir")/linker-wrapper.sh.new"
+  mv "$(dirname "$dir")/linker-wrapper.sh.new" "$(dirname "$dir")/linker-wrapper.sh"
+  CARGO_TARGET_DIR="$dir" CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER="$(dirname "$dir")/linker-wrapper.sh" \
     RUSTC_WORKSPACE_WRAPPER="$(command -v clippy-driver)" RUSTFLAGS="-D warnings" \
     CARGO_PROFILE_RELEASE_INCREMENTAL=true "$@"
 }

@@ -227,8 +227,7 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
     let remote = remote.as_deref();
     let mut groups = BTreeMap::new();
     let mut profiles: BTreeMap<String, Target> = BTreeMap::new();
-    let mut entries = BTreeMap::new();
-    let mut named: BTreeMap<EntryName, Result<Arc<Entry>, String>> = BTreeMap::new();
+    let mut entries: BTreeMap<EntryName, Arc<Entry>> = BTreeMap::new();
     for g in &machines.groups {
         let before = previous.and_then(|p| p.groups.get(&g.name));
         let target = match (&g.profile, &g.entry) {
@@ -241,14 +240,14 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
             }
             (None, Some(name)) => {
                 // Read once however many groups boot it.
-                let entry = named
-                    .entry(name.clone())
-                    .or_insert_with(|| match store.get(name) {
+                let entry = match entries.get(name) {
+                    Some(e) => Ok(Arc::clone(e)),
+                    None => match store.get(name) {
                         Ok(Some(e)) => Ok(Arc::new(e)),
                         Ok(None) => Err(format!("entry {name} is not in the store")),
                         Err(e) => Err(Chain(&e).to_string()),
-                    })
-                    .clone();
+                    },
+                };
                 let profile = entry.as_ref().map_or_else(|_| name.to_string(), |e| e.manifest.profile.clone());
                 Target { profile, entry, stale: false }
             }

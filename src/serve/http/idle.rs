@@ -94,3 +94,35 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Bytes moving keep a connection open past the idle period (the timer
+    /// fires, finds recent progress and waits again); silence closes it one
+    /// period after the last byte, not sooner and not much later.
+    #[tokio::test]
+    async fn only_a_whole_idle_period_without_bytes_closes_a_connection() {
+        let idle = Duration::from_millis(300);
+        let (near, mut far) = tokio::io::duplex(1 << 16);
+        let mut conn = IdleTimeout::new(near, idle);
+        let start = Instant::now();
+        for _ in 0..8 {
+            conn.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            far.read_exact(&mut b).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(start.elapsed() >= 2 * idle, "the loop outlasts the period");
+        let quiet = Instant::now();
+        let mut buf = [0u8; 8];
+        let e = conn.read(&mut buf).await.unwrap_err();
+        let waited = quiet.elapsed();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        // 100 ms of the period had passed since the last write.
+        assert!(waited >= idle - Duration::from_millis(120), "closed after {waited:?}");
+        assert!(waited < Duration::from_secs(2), "closed after {waited:?}");
+    }
+}

@@ -441,6 +441,7 @@ impl Server {
         // wait as for a missing build rather than fail mid-download.
         let corrupt = [ArtifactName::Kernel, ArtifactName::Initrd]
             .into_iter()
+            .filter(|_| self.chunks.any_corrupt())
             .filter_map(|n| m.artifact(Format::Ipxe, n))
             .find(|a| self.chunks.is_corrupt(&entry.path.join(a.file.as_str())));
         if let Some(a) = corrupt {

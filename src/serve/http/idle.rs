@@ -100,9 +100,9 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// Bytes moving keep a connection open past the idle period (the timer
-    /// fires, finds recent progress and waits again); silence closes it one
-    /// period after the last byte, not sooner and not much later.
+    /// Bytes moving keep a connection open past the idle period; silence
+    /// closes it one period after the last byte, not sooner and not much
+    /// later.
     #[tokio::test]
     async fn only_a_whole_idle_period_without_bytes_closes_a_connection() {
         let idle = Duration::from_millis(300);

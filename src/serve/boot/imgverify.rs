@@ -85,12 +85,22 @@ impl IpxeSigning {
         let Some(mut stdin) = child.stdin.take() else {
             return Err(BootError::Signing("openssl's stdin was not piped".into()));
         };
+        // openssl reads all of the input before it writes the (small)
+        // signature. One that fails first (a key that is not the
+        // certificate's) may exit before reading it: then its status and
+        // message say why, not the broken pipe, which a race decided.
+        let mut unread = None;
         if let Input::Bytes(b) = input {
-            // openssl reads all of it before it writes the (small) signature.
-            stdin.write_all(b).map_err(openssl("writing to"))?;
+            match stdin.write_all(b) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => unread = Some(e),
+                r => r.map_err(openssl("writing to"))?,
+            }
         }
         drop(stdin);
         let out = child.wait_with_output().map_err(openssl("waiting for"))?;
+        if let (Some(e), true) = (unread, out.status.success()) {
+            return Err(openssl("writing to")(e));
+        }
         if !out.status.success() {
             // openssl's message names the file at fault (key/cert mismatch,
             // unreadable key); it never prints the key.

@@ -13,6 +13,7 @@ pub mod dirs;
 pub mod fsutil;
 pub mod hash;
 pub mod logbatch;
+pub mod logfmt;
 pub mod model;
 pub mod progress;
 pub mod qemu;

@@ -76,7 +76,12 @@ fn main() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colours only on a terminal: a log file or journal gets plain lines.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let log = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_timer(imgd::logfmt::Clock)
+        .fmt_fields(imgd::logfmt::Fields);
     // `imgd serve` logs a line per boot step: gathered and written by a
     // thread of its own, a batch every 20 ms at most (see logbatch), so no
     // answer waits on stderr or wakes a thread per line. Nothing is dropped.

@@ -39,7 +39,7 @@ const IMGD_LAYERS: &[&[&str]] = &[
     // The shared words: names, MACs, formats, the manifest.
     &["model"],
     // Leaves: no imgd module below them but each other.
-    &["hash", "shelf", "fsutil", "tools", "dirs", "progress", "logbatch"],
+    &["hash", "shelf", "fsutil", "tools", "dirs", "progress", "logbatch", "logfmt"],
 ];
 
 const AWS_LAYERS: &[&[&str]] = &[

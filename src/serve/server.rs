@@ -4,7 +4,7 @@
 //! connections lives in [`super::http::listener`].
 
 use super::boot::machines::Machine;
-use super::boot::render::{self, ipxe_safe};
+use super::boot::render::{self, ipxe_safe, Rendered};
 use super::boot::route::{self, Claims, Labels, Refused, Route};
 use super::boot::state::{Current, State, Target};
 use super::boot::status::{self, Sort, Status, Step};
@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use ipnet::IpNet;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,19 +106,18 @@ impl Denied {
 }
 
 /// What sending a machine's script means besides its bytes.
-enum Sent {
+enum Sent<'s> {
     /// A boot: counted in metrics and logged as a boot step.
-    Boot(Boot),
+    Boot(Boot<'s>),
     /// No boot (unknown machine, nothing to boot): a warning.
     Warn(String),
 }
 
-struct Boot {
-    profile: String,
-    group: String,
-    entry: EntryName,
-    mac: String,
-    client: IpAddr,
+/// Names from the state the script came from.
+struct Boot<'s> {
+    profile: &'s str,
+    group: &'s str,
+    entry: &'s str,
 }
 
 pub struct Server {
@@ -143,6 +143,60 @@ fn empty_body() -> Body {
 
 fn encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// An address as text, written without core::fmt's padding machinery:
+/// `Ipv4Addr`'s `Display` took 1,100 instructions, and a script request
+/// shows its client twice (the script's comment, the log line).
+struct Shown(IpAddr);
+
+impl std::fmt::Display for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let IpAddr::V4(a) = self.0 else { return self.0.fmt(f) };
+        let mut text = [0u8; 15];
+        let mut n = 0;
+        for (i, o) in a.octets().into_iter().enumerate() {
+            if i > 0 {
+                text[n] = b'.';
+                n += 1;
+            }
+            for (at, digit) in [(100, o / 100), (10, o / 10 % 10), (1, o % 10)] {
+                if o >= at || at == 1 {
+                    text[n] = b'0' + digit;
+                    n += 1;
+                }
+            }
+        }
+        f.pad(std::str::from_utf8(&text[..n]).map_err(|_| std::fmt::Error)?)
+    }
+}
+
+/// `mac 52:54:00:12:34:56 from 10.0.0.5`: a machine in its script's first
+/// line and in warnings. Put together without `format!`, which took 1,100
+/// instructions of each script request for it.
+fn who(mac: Option<crate::model::Mac>, client: IpAddr) -> String {
+    use std::fmt::Write;
+    let mut who = String::with_capacity(64);
+    who.push_str("mac ");
+    match mac {
+        Some(m) => who.push_str(std::str::from_utf8(&m.text()).unwrap_or("?")),
+        None => who.push('?'),
+    }
+    who.push_str(" from ");
+    let _ = write!(who, "{}", Shown(client));
+    who
+}
+
+/// A machine's MAC in a log line, `?` when it sent none.
+struct MacOrUnknown(Option<crate::model::Mac>);
+
+impl std::fmt::Display for MacOrUnknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(m) => m.fmt(f),
+            None => f.write_str("?"),
+        }
+    }
 }
 
 /// An address as one family sees it: IPv4 clients of a `[::]` listener
@@ -219,6 +273,10 @@ impl Server {
     }
 
     fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        // Only a trusted proxy's headers are read (most servers trust none).
+        if self.opts.trusted_proxies.is_empty() {
+            return canonical(peer);
+        }
         let xff: Vec<&str> = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
         forwarded_client(peer, &xff, &self.opts.trusted_proxies)
     }
@@ -417,28 +475,27 @@ impl Server {
         template.render(&[("reason", &ipxe_safe(reason)), ("retry", &retry), ("base", ""), ("query", &query)])
     }
 
-    /// The boot script of `target` for `group`: signed steps when the
-    /// server signs (`verify`: refuse to boot what fails them).
+    /// The boot script of `target` for `group`, for `machine`: signed steps
+    /// when the server signs (`verify`: refuse to boot what fails them).
+    /// Rendered once per state; a request checks only that the files are
+    /// still good and fills in the machine's line.
     fn boot_script(
         &self,
         state: &State,
         target: &Target,
         group: &str,
         machine: &str,
-        (extra, verify): (&str, bool),
-        vars: &[(String, String)],
+        how: (&str, bool),
+        vars: &BTreeMap<String, String>,
     ) -> Result<String, String> {
         let entry = target.entry.as_ref().map_err(Clone::clone)?;
-        let m = &entry.manifest;
-        use crate::model::manifest::ArtifactName;
-        use crate::model::Format;
-        if m.artifact(Format::Ipxe, ArtifactName::Kernel).is_none()
-            || m.artifact(Format::Ipxe, ArtifactName::Initrd).is_none()
-        {
-            return Err(format!("{} has no ipxe artifacts (build it with --format ipxe)", entry.name));
-        }
+        let rendered = target.script.get_or_init(|| self.render_script(state, target, entry, group, how, vars));
+        let rendered = rendered.as_ref().map_err(Clone::clone)?;
         // A file found not to match its BLAKE3 (a bad disk): its machines
         // wait as for a missing build rather than fail mid-download.
+        use crate::model::manifest::ArtifactName;
+        use crate::model::Format;
+        let m = &entry.manifest;
         let corrupt = [ArtifactName::Kernel, ArtifactName::Initrd]
             .into_iter()
             .filter(|_| self.chunks.any_corrupt())
@@ -447,13 +504,34 @@ impl Server {
         if let Some(a) = corrupt {
             return Err(format!("{}/{} does not match its manifest's BLAKE3 (see `imgd verify`)", entry.name, a.file));
         }
+        Ok(rendered.fill(machine))
+    }
+
+    /// What [`Server::boot_script`] renders once: the script with the
+    /// `{{machine}}` line open, or why the entry cannot netboot.
+    fn render_script(
+        &self,
+        state: &State,
+        target: &Target,
+        entry: &crate::store::Entry,
+        group: &str,
+        (extra, verify): (&str, bool),
+        vars: &BTreeMap<String, String>,
+    ) -> Result<Rendered, String> {
+        let m = &entry.manifest;
+        use crate::model::manifest::ArtifactName;
+        use crate::model::Format;
+        if m.artifact(Format::Ipxe, ArtifactName::Kernel).is_none()
+            || m.artifact(Format::Ipxe, ArtifactName::Initrd).is_none()
+        {
+            return Err(format!("{} has no ipxe artifacts (build it with --format ipxe)", entry.name));
+        }
         // The profile's command line and the group's kernel_args come from
         // trusted files, checked for control characters when loaded.
         let cmdline = format!("rdinit=/init {} {extra}", m.recipe.cmdline);
         let artifacts = self.artifacts_base();
         let unverified = if verify { render::ON_UNVERIFIED_REFUSE } else { render::ON_UNVERIFIED_WARN };
         let mut all: Vec<(&str, &str)> = vec![
-            ("machine", machine),
             ("group", group),
             ("profile", &target.profile),
             ("entry", &entry.name),
@@ -461,45 +539,46 @@ impl Server {
             ("cmdline", cmdline.trim()),
             ("unverified", unverified),
         ];
-        let named: Vec<(String, &str)> = vars.iter().map(|(k, v)| (format!("var.{k}"), v.as_str())).collect();
-        all.extend(named.iter().map(|(k, v)| (k.as_str(), *v)));
+        let named: Vec<(String, String)> = vars.iter().map(|(k, v)| (format!("var.{k}"), ipxe_safe(v))).collect();
+        all.extend(named.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         // A signed script names no machine: it is the same for the whole
         // group, so one signature serves them all.
         let template = if state.signer.is_some() { &render::MACHINE_SIGNED } else { &render::MACHINE };
-        Ok(template.render(&all))
+        Ok(template.render_around(&all, Some("machine")))
     }
 
     /// `/ipxe?mac=..`: the script for this machine's group, and what to
     /// count and log when it is sent (not when only its signature is).
-    fn machine_body(&self, state: &State, claims: Claims, labels: Labels, client: IpAddr) -> (String, Sent) {
+    fn machine_body<'s>(
+        &self,
+        state: &'s State,
+        claims: Claims,
+        labels: &Labels,
+        client: IpAddr,
+    ) -> (String, Sent<'s>) {
         // Claims are checked to iPXE's shapes (route.rs), so `who` is safe in
         // a script comment and a log line.
-        let mac = claims.mac.map_or_else(|| "?".into(), |m| m.to_string());
-        let who = format!("mac {mac} from {client}");
+        let who = who(claims.mac, client);
         let m = Machine { claims, source: Some(client), labels: labels.clone() };
         let Some(group) = state.machines.select(&m) else {
             let warn = format!("unknown machine: {who} (no group matches, no default group)");
-            return (self.unknown(state, &format!("no group matches this machine ({who})"), &labels), Sent::Warn(warn));
+            return (self.unknown(state, &format!("no group matches this machine ({who})"), labels), Sent::Warn(warn));
         };
         // Why a group cannot boot (a profile's parse error, a store path) is
         // for the server's log: the client is unauthenticated and only
         // learns that it should wait.
         let wait = |why: String| {
             let told = format!("group {} cannot boot yet; the reason is in the server's log", group.name);
-            (self.unknown(state, &told, &labels), Sent::Warn(format!("{who} -> group {}: {why}", group.name)))
+            (self.unknown(state, &told, labels), Sent::Warn(format!("{who} -> group {}: {why}", group.name)))
         };
         let Some(target) = state.group(group) else {
             return wait("no target".into());
         };
-        let vars: Vec<(String, String)> = group.vars.iter().map(|(k, v)| (k.clone(), ipxe_safe(v))).collect();
         let how = (group.kernel_args.as_str(), group.verify);
-        match self.boot_script(state, target, &group.name, &who, how, &vars) {
+        match self.boot_script(state, target, &group.name, &who, how, &group.vars) {
             // A script is only made for a target with an entry.
             Ok(s) => match &target.entry {
-                Ok(e) => {
-                    let (profile, group, entry) = (target.profile.clone(), group.name.clone(), e.name.clone());
-                    (s, Sent::Boot(Boot { profile, group, entry, mac, client }))
-                }
+                Ok(e) => (s, Sent::Boot(Boot { profile: &target.profile, group: &group.name, entry: e.name.as_str() })),
                 Err(why) => wait(why.clone()),
             },
             Err(e) => wait(e),
@@ -508,18 +587,17 @@ impl Server {
 
     fn machine_script(&self, state: &State, claims: Claims, labels: Labels, client: IpAddr) -> Response<Body> {
         let (mac, hostname) = (claims.mac, claims.hostname.clone());
-        let shown = labels.clone();
-        let (body, sent) = self.machine_body(state, claims, labels, client);
+        let (body, sent) = self.machine_body(state, claims, &labels, client);
         let to = match &sent {
-            Sent::Boot(b) => Ok((b.group.as_str(), b.entry.as_str())),
+            Sent::Boot(b) => Ok((b.group, b.entry)),
             Sent::Warn(w) => Err(w.as_str()),
         };
-        self.status.script(mac, client, hostname.as_deref(), &shown, to);
+        self.status.script(mac, client, hostname.as_deref(), &labels, to);
         match sent {
             Sent::Boot(b) => {
                 // A boot event: one line per step (script here, each file in `artifact`).
-                self.metrics.boot(&b.profile, &b.group);
-                tracing::info!(step = %"script", mac = %b.mac, source = %b.client, group = %b.group, entry = %b.entry, "boot step");
+                self.metrics.boot(b.profile, b.group);
+                tracing::info!(step = %"script", mac = %MacOrUnknown(mac), source = %Shown(client), group = %b.group, entry = %b.entry, "boot step");
             }
             Sent::Warn(w) => tracing::warn!("{w}"),
         }
@@ -536,7 +614,7 @@ impl Server {
             return Err(Denied::Forbidden);
         }
         let group = format!("profile:{name}");
-        match self.boot_script(state, target, &group, "any machine", ("", false), &[]) {
+        match self.boot_script(state, target, &group, "any machine", ("", false), &BTreeMap::new()) {
             Ok(s) => Ok((s, target.profile.clone())),
             Err(e) => {
                 tracing::warn!(%client, "{group}: {e}");
@@ -563,7 +641,7 @@ impl Server {
         let sig = match of {
             Route::Chain { labels } => signer.script(&self.chain(state, &labels)).await,
             Route::Machine { claims, labels } => {
-                signer.script(&self.machine_body(state, claims, labels, client).0).await
+                signer.script(&self.machine_body(state, claims, &labels, client).0).await
             }
             Route::Profile { name } => match self.profile_body(state, &name, client) {
                 Ok((s, _)) => signer.script(&s).await,
@@ -740,6 +818,19 @@ mod tests {
         // A hop that does not parse stops the walk at the last good one.
         assert_eq!(forwarded_client(p, &["198.51.100.7, junk"], &t), p);
         assert_eq!(forwarded_client(p, &[], &t), p);
+    }
+
+    #[test]
+    fn addresses_are_shown_as_std_shows_them() {
+        let mut all: Vec<IpAddr> = ["0.0.0.0", "255.255.255.255", "10.0.100.9", "192.168.1.10", "::1", "fe80::1:2"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        all.extend((0..=255u8).map(|o| IpAddr::from([o, 255 - o, o / 7, 99])));
+        for a in all {
+            assert_eq!(Shown(a).to_string(), a.to_string());
+        }
+        assert_eq!(format!("[{:>9}]", Shown(IpAddr::from([1, 2, 3, 4]))), "[  1.2.3.4]");
     }
 
     #[test]

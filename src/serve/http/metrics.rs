@@ -8,7 +8,8 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
-    boots: Mutex<BTreeMap<(String, String), u64>>,
+    /// Profile -> group -> boots (nested: a boot counts without copying its names).
+    boots: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
     /// proxyDHCP answers by (client kind, reply), and packets left alone by reason.
     dhcp: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// TFTP requests by (file or "-", outcome).
@@ -37,12 +38,17 @@ impl Metrics {
     }
 
     pub(crate) fn boot(&self, profile: &str, group: &str) {
-        *self
-            .boots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((profile.to_string(), group.to_string()))
-            .or_default() += 1;
+        let mut boots = self.boots.lock().unwrap_or_else(|p| p.into_inner());
+        let groups = match boots.get_mut(profile) {
+            Some(g) => g,
+            None => boots.entry(profile.to_string()).or_default(),
+        };
+        match groups.get_mut(group) {
+            Some(n) => *n += 1,
+            None => {
+                groups.insert(group.to_string(), 1);
+            }
+        }
     }
 
     /// A proxyDHCP packet: `client` is its kind or `ignored`, `what` the
@@ -112,8 +118,10 @@ impl Metrics {
         }
         s.push_str("# HELP imgd_boots_total Boot scripts served, by profile and group.\n");
         s.push_str("# TYPE imgd_boots_total counter\n");
-        for ((p, g), n) in self.boots.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(s, "imgd_boots_total{{profile=\"{}\",group=\"{}\"}} {n}", esc(p), esc(g));
+        for (p, groups) in self.boots.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            for (g, n) in groups {
+                let _ = writeln!(s, "imgd_boots_total{{profile=\"{}\",group=\"{}\"}} {n}", esc(p), esc(g));
+            }
         }
         s.push_str(groups);
         // Every family is announced even before it has samples (no PXE side,

@@ -351,7 +351,10 @@ impl Status {
     fn boot_started(&self, group: &str) {
         let t = now();
         let mut boots = self.boots.lock().unwrap_or_else(|p| p.into_inner());
-        let q = boots.entry(group.to_string()).or_default();
+        let q = match boots.get_mut(group) {
+            Some(q) => q,
+            None => boots.entry(group.to_string()).or_default(),
+        };
         while q.front().is_some_and(|b| *b + 3600 < t) || q.len() >= BOOTS_KEPT {
             q.pop_front();
         }
@@ -400,14 +403,17 @@ impl Status {
             }
         }
         seen.address = address;
-        seen.extra(|x| {
-            x.hostname = hostname.map(Box::from).or(x.hostname.take());
-            x.labels = labels
-                .iter()
-                .take(LABELS)
-                .map(|(k, v)| (k.chars().take(LABEL_CHARS).collect(), v.chars().take(LABEL_CHARS).collect()))
-                .collect();
-        });
+        // Most machines send neither: no box made and dropped for them.
+        if hostname.is_some() || !labels.is_empty() || seen.extra.is_some() {
+            seen.extra(|x| {
+                x.hostname = hostname.map(Box::from).or(x.hostname.take());
+                x.labels = labels
+                    .iter()
+                    .take(LABELS)
+                    .map(|(k, v)| (k.chars().take(LABEL_CHARS).collect(), v.chars().take(LABEL_CHARS).collect()))
+                    .collect();
+            });
+        }
         match target {
             Some(t) => {
                 seen.target = Some(t.clone());
@@ -418,7 +424,9 @@ impl Status {
                 }
                 seen.advance(Step::Script, true);
                 seen.bytes = 0;
-                seen.extra(|x| x.refusal = None);
+                if seen.extra.is_some() {
+                    seen.extra(|x| x.refusal = None);
+                }
                 drop(inner);
                 self.boot_started(&t.group);
             }

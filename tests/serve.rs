@@ -394,6 +394,19 @@ fn sighup_reloads_and_a_broken_config_keeps_the_old_one() {
         (ok["groups"][0]["name"].as_str(), ok["groups"][0]["selector"].as_str()),
         (Some("two"), Some("default"))
     );
+    // A group's script is rendered once per configuration: each machine
+    // still gets its own line, and a reload that changes only the group's
+    // kernel arguments changes the script.
+    let other = String::from_utf8(curl(&[&format!("{}/ipxe?mac=52-54-00-00-00-02", s.base)]).2).unwrap();
+    assert!(get().contains("# imgd: mac 52:54:00:00:00:01 from 127.0.0.1 -> group two"), "{}", get());
+    assert!(other.contains("# imgd: mac 52:54:00:00:00:02 from 127.0.0.1 -> group two"), "{other}");
+    write_config(d.path(), "[[group]]\nname = \"two\"\nprofile = \"hello\"\ndefault = true\nkernel_args = \"quiet\"\n");
+    s.signal("HUP");
+    let end = Instant::now() + Duration::from_secs(20);
+    while !get().contains(" quiet\n") {
+        assert!(Instant::now() < end, "the reload's kernel_args are not in the script: {}", get());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

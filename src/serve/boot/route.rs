@@ -204,7 +204,8 @@ pub(crate) fn split_query(q: Option<&str>) -> Result<(Claims, Labels), Refused> 
         if v.len() > MAX_VALUE {
             return Err(bad(&k, "too long"));
         }
-        if v.chars().any(char::is_control) {
+        // Bytes first: a value as iPXE sends it is printable ASCII.
+        if !v.bytes().all(|b| (0x20..0x7f).contains(&b)) && v.chars().any(char::is_control) {
             return Err(bad(&k, "control characters"));
         }
         let slot = match &*k {

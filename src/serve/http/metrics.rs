@@ -212,3 +212,32 @@ impl Metrics {
 pub(crate) fn esc(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_endpoint_and_status_hot_or_not() {
+        let m = Metrics::default();
+        for _ in 0..3 {
+            m.request("ipxe", 200);
+        }
+        m.request("ipxe", 400);
+        m.request("artifacts", 206);
+        m.request("metrics", 200);
+        assert_eq!((m.requests("ipxe", 200), m.requests("ipxe", 400), m.requests("artifacts", 206)), (3, 1, 1));
+        assert_eq!(m.requests("artifacts", 200), 0);
+        let text = m.render("", &super::super::chunks::ChunkCache::new(1 << 20));
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("imgd_http_requests_total")).collect();
+        assert_eq!(
+            lines,
+            [
+                r#"imgd_http_requests_total{endpoint="artifacts",status="206"} 1"#,
+                r#"imgd_http_requests_total{endpoint="ipxe",status="200"} 3"#,
+                r#"imgd_http_requests_total{endpoint="ipxe",status="400"} 1"#,
+                r#"imgd_http_requests_total{endpoint="metrics",status="200"} 1"#,
+            ]
+        );
+    }
+}

@@ -333,17 +333,20 @@ impl Server {
         let endpoint = route.endpoint();
         let resp = match route {
             Route::Chain { labels } => Self::script(self.chain(&state, &labels)),
-            Route::Signature(of) => self.signature(&state, *of, client).await,
+            // The file-sending branches are boxed: their futures are large,
+            // and a script request would otherwise copy their room around
+            // (memcpy of the request's future, ~700 instructions a render).
+            Route::Signature(of) => Box::pin(self.signature(&state, *of, client)).await,
             Route::Machine { claims, labels } => self.machine_script(&state, claims, labels, client),
             Route::Profile { name } => self.profile_script(&state, &name, client),
             Route::Artifact { entry, file, conditions } => {
-                self.artifact(&state, client, &entry, &file, &conditions, head).await
+                Box::pin(self.artifact(&state, client, &entry, &file, &conditions, head)).await
             }
             Route::Signed { entry, cert, file, conditions } => {
                 match state.signed_file(client, &entry, &cert, file.as_str()) {
                     Some((path, f)) => {
                         let what = format!("{}/{cert}/{file}", entry.as_str());
-                        self.send_file(&what, path, (f.size, &f.blake3), &conditions, head, None).await
+                        Box::pin(self.send_file(&what, path, (f.size, &f.blake3), &conditions, head, None)).await
                     }
                     None => {
                         tracing::info!(%client, "refused: no group hands this client {}/{cert}/{file}", entry.as_str());

@@ -707,7 +707,7 @@ impl Server {
         };
         if !head {
             let step = format!("{:?}", art.name).to_lowercase();
-            tracing::info!(step = %step, source = %client, group = %group, entry = %e.name, file = %art.file, "boot step");
+            tracing::info!(step = %step, source = %Shown(client), group = %group, entry = %e.name, file = %art.file, "boot step");
         }
         let what = format!("{}/{}", e.name, art.file);
         let step = match art.name {

@@ -7,7 +7,8 @@
 #                            boot by hand (qemu command line, python http.server)
 #   scripts/bench.sh serve   imgd serve vs nginx (sendfile on) on the same files, with
 #                            wrk: 64 MiB to 64 connections, /ipxe renders vs a small
-#                            static file, 1000 connections downloading a 16 MiB initrd
+#                            static file (and each server's CPU per request),
+#                            1000 connections downloading a 16 MiB initrd
 #   scripts/bench.sh storm   a boot storm: 10,000 simulated iPXE machines (own MAC and
 #                            127.0.0.0/8 source address each) arriving within 60 s,
 #                            /boot.ipxe -> /ipxe -> kernel + initrd (1 MiB each) on one
@@ -102,6 +103,8 @@ figure() { printf 'figure %s.%s %s %s %s %s\n' "$what_now" "$1" "$2" "$3" "$4" "
 now() { date +%s.%N; }
 calc() { awk "BEGIN { print $1 }"; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# cpu_ticks PID...: user + system CPU the processes used so far, in clock ticks.
+cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 # free_port: a TCP port on loopback nothing listens on now.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # start_nginx NAME PORT ROOT CONNECTIONS: nginx (sendfile on, no access log)
@@ -361,10 +364,23 @@ PY
   [ "$ierr" = 0 ] || { echo "bench.sh serve: imgd had $ierr errors; its log:" >&2; tail -5 "$tmp/serve.log" >&2; exit 1; }
   # Renders vs a static file, taking turns too: one 10 s run of each moved
   # the ratio between 0.81 and 1.07 from day to day (session 8).
-  local ir=() nr=() ip=() np=() irps nrps ip99 np99
+  # And the servers' CPU per request, from /proc around each run: on a
+  # machine whose speed moves between runs it ranks them more steadily than
+  # requests per second (session 21: nginx gave 156k and 225k req/s in
+  # back-to-back runs; CPU per request moved a tenth).
+  local ir=() nr=() ip=() np=() ic=() nc=() irps nrps ip99 np99 t0 hz workers
+  hz=$(getconf CLK_TCK)
+  workers=$(pgrep -P "$(cat "$tmp/nginx.pid")" | tr '\n' ' ')
   ierr=0; nerr=0
   for i in $(seq "$runs"); do
-    a=$(run -c64 -d"${secs}s" --latency "$I/ipxe?mac=52-54-00-12-34-56&platform=efi"); b=$(run -c64 -d"${secs}s" --latency "$N/small.txt")
+    t0=$(cpu_ticks "$srv")
+    a=$(run -c64 -d"${secs}s" --latency "$I/ipxe?mac=52-54-00-12-34-56&platform=efi")
+    ic+=("$(calc "($(cpu_ticks "$srv") - $t0) / $hz * 1e6 / ($(echo "$a" | cut -d' ' -f1) * $secs + 1e-9)")")
+    # shellcheck disable=SC2086 # one PID per word
+    t0=$(cpu_ticks $workers)
+    b=$(run -c64 -d"${secs}s" --latency "$N/small.txt")
+    # shellcheck disable=SC2086
+    nc+=("$(calc "($(cpu_ticks $workers) - $t0) / $hz * 1e6 / ($(echo "$b" | cut -d' ' -f1) * $secs + 1e-9)")")
     read -r irps _ ip99 e <<<"$a"; ir+=("$irps"); ip+=("$ip99"); ierr=$((ierr + e))
     read -r nrps _ np99 e <<<"$b"; nr+=("$nrps"); np+=("$np99"); nerr=$((nerr + e))
   done
@@ -373,8 +389,14 @@ PY
   echo "  (renders, req/s per run: imgd $(printf '%.0f ' "${ir[@]}")/ nginx $(printf '%.0f ' "${nr[@]}"))"
   printf '  %-46s imgd %8.0f req/s  nginx %8.0f req/s  ratio %.2fx  (goal >= 1.0)\n' "/ipxe render vs static small file, median of $runs" "$irps" "$nrps" "$(calc "$irps / $nrps")"
   printf '  %-46s imgd %8.2f ms     nginx %8.2f ms     (goal < 5 ms; errors %s/%s)\n' "  p99 latency, median of $runs" "$ip99" "$np99" "$ierr" "$nerr"
+  local icpu ncpu
+  icpu=$(printf '%s\n' "${ic[@]}" | median); ncpu=$(printf '%s\n' "${nc[@]}" | median)
+  printf '  %-46s imgd %8.2f us     nginx %8.2f us     ratio %.2fx  (nginx / imgd; per run: imgd %s/ nginx %s)\n' \
+    "  server CPU per request, median of $runs" "$icpu" "$ncpu" "$(calc "$ncpu / $icpu")" \
+    "$(printf '%.1f ' "${ic[@]}")" "$(printf '%.1f ' "${nc[@]}")"
   figure ipxe_render "$irps" "$nrps" req/s "$(calc "$irps / $nrps")"
   figure ipxe_p99 "$ip99" "$np99" ms "$(calc "$ip99 / $np99")"
+  figure ipxe_cpu_us "$icpu" "$ncpu" us "$(calc "$ncpu / $icpu")"
   local conns rss
   for conns in $conns_list; do
     # Each figure is the peak of its own run: writing 5 to clear_refs resets

@@ -199,8 +199,8 @@ mod tests {
         } else {
             tracing::subscriber::with_default(base.finish(), &event);
         }
-        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
-        text
+        let bytes = out.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
     }
 
     struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);

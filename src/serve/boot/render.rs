@@ -60,46 +60,56 @@ impl Template {
     /// The template with each `{{name}}` replaced by its value in `vars`; an
     /// unknown name is left as written so a typo shows.
     pub(crate) fn render(&self, vars: &[(&str, &str)]) -> String {
-        self.render_around(vars, None).fill("")
+        // No hole: the text is the first piece, taken as it is.
+        self.render_around(vars, None).first
     }
 
     /// As [`Template::render`], with each `{{open}}` left as a hole that
     /// [`Rendered::fill`] fills later: the parts of a script that are the
     /// same for a whole group rendered once, the machine's own line per request.
     pub(crate) fn render_around(&self, vars: &[(&str, &str)], open: Option<&str>) -> Rendered {
-        let mut pieces = Vec::new();
+        // Text before the first hole, then the text after each hole so far.
+        let (mut first, mut after) = (None, Vec::new());
         let mut out = String::with_capacity(self.text_len + vars.iter().map(|(_, v)| v.len()).sum::<usize>());
         for p in &self.parts {
             match p {
                 Part::Text(t) => out.push_str(t),
-                Part::Var(name, _) if Some(*name) == open => pieces.push(std::mem::take(&mut out)),
+                Part::Var(name, _) if Some(*name) == open => match first {
+                    None => first = Some(std::mem::take(&mut out)),
+                    Some(_) => after.push(std::mem::take(&mut out)),
+                },
                 Part::Var(name, written) => match vars.iter().find(|(k, _)| k == name) {
                     Some((_, v)) => out.push_str(v),
                     None => out.push_str(written),
                 },
             }
         }
-        pieces.push(out);
-        Rendered { pieces }
+        match first {
+            None => Rendered { first: out, after },
+            Some(first) => {
+                after.push(out);
+                Rendered { first, after }
+            }
+        }
     }
 }
 
-/// A rendered template with holes: its pieces, to be joined by one value.
+/// A rendered template with holes: the text before the first hole, then the
+/// text after each (none without holes: `render` allocates nothing more).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Rendered {
-    pieces: Vec<String>,
+    first: String,
+    after: Vec<String>,
 }
 
 impl Rendered {
     /// The script, with `value` in each hole.
     pub(crate) fn fill(&self, value: &str) -> String {
-        let holes = self.pieces.len().saturating_sub(1);
-        let len = self.pieces.iter().map(String::len).sum::<usize>() + holes * value.len();
+        let len = self.first.len() + self.after.iter().map(|p| value.len() + p.len()).sum::<usize>();
         let mut out = String::with_capacity(len);
-        for (i, p) in self.pieces.iter().enumerate() {
-            if i > 0 {
-                out.push_str(value);
-            }
+        out.push_str(&self.first);
+        for p in &self.after {
+            out.push_str(value);
             out.push_str(p);
         }
         out

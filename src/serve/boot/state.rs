@@ -253,6 +253,31 @@ fn newest(store: &Store, profile: &str, hardware: Option<&str>) -> Option<Entry>
     })
 }
 
+/// A group's `entry`, read from the store once however many groups boot it
+/// (one that is missing or unreadable too: `unreadable` keeps why).
+fn stored_entry(
+    store: &Store,
+    name: &EntryName,
+    entries: &BTreeMap<EntryName, Arc<Entry>>,
+    unreadable: &mut BTreeMap<EntryName, String>,
+) -> Result<Arc<Entry>, String> {
+    if let Some(e) = entries.get(name) {
+        return Ok(Arc::clone(e));
+    }
+    if let Some(why) = unreadable.get(name) {
+        return Err(why.clone());
+    }
+    let got = match store.get(name) {
+        Ok(Some(e)) => Ok(Arc::new(e)),
+        Ok(None) => Err(format!("entry {name} is not in the store")),
+        Err(e) => Err(Chain(&e).to_string()),
+    };
+    if let Err(why) = &got {
+        unreadable.insert(name.clone(), why.clone());
+    }
+    got
+}
+
 /// Builds the state from the sources (`machines` overrides the file);
 /// `previous` is the state a reload replaces.
 pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&State>) -> Result<State> {
@@ -270,6 +295,7 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
     let mut groups = BTreeMap::new();
     let mut profiles: BTreeMap<String, Target> = BTreeMap::new();
     let mut entries: BTreeMap<EntryName, Arc<Entry>> = BTreeMap::new();
+    let mut unreadable: BTreeMap<EntryName, String> = BTreeMap::new();
     for g in &machines.groups {
         let before = previous.and_then(|p| p.groups.get(&g.name));
         let target = match (&g.profile, &g.entry) {
@@ -281,15 +307,7 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
                 t
             }
             (None, Some(name)) => {
-                // Read once however many groups boot it.
-                let entry = match entries.get(name) {
-                    Some(e) => Ok(Arc::clone(e)),
-                    None => match store.get(name) {
-                        Ok(Some(e)) => Ok(Arc::new(e)),
-                        Ok(None) => Err(format!("entry {name} is not in the store")),
-                        Err(e) => Err(Chain(&e).to_string()),
-                    },
-                };
+                let entry = stored_entry(&store, name, &entries, &mut unreadable);
                 let profile = entry.as_ref().map_or_else(|_| name.to_string(), |e| e.manifest.profile.clone());
                 Target::new(profile, entry, false)
             }

@@ -5,11 +5,17 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use super::shards::Sharded;
+
+type Boots = BTreeMap<String, BTreeMap<String, u64>>;
+
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
-    /// Profile -> group -> boots (nested: a boot counts without copying its names).
-    boots: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
+    /// Written by every request: one copy per thread (see shards.rs).
+    requests: Sharded<BTreeMap<(&'static str, u16), u64>>,
+    /// Profile -> group -> boots (nested: a boot counts without copying its
+    /// names), one copy per thread as `requests`.
+    boots: Sharded<Boots>,
     /// proxyDHCP answers by (client kind, reply), and packets left alone by reason.
     dhcp: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// TFTP requests by (file or "-", outcome).
@@ -34,11 +40,11 @@ struct Part {
 
 impl Metrics {
     pub(crate) fn request(&self, endpoint: &'static str, status: u16) {
-        *self.requests.lock().unwrap_or_else(|p| p.into_inner()).entry((endpoint, status)).or_default() += 1;
+        *self.requests.mine().entry((endpoint, status)).or_default() += 1;
     }
 
     pub(crate) fn boot(&self, profile: &str, group: &str) {
-        let mut boots = self.boots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut boots = self.boots.mine();
         let groups = match boots.get_mut(profile) {
             Some(g) => g,
             None => boots.entry(profile.to_string()).or_default(),
@@ -89,7 +95,27 @@ impl Metrics {
 
     /// Requests answered so far at `endpoint` with `status`.
     pub fn requests(&self, endpoint: &str, status: u16) -> u64 {
-        self.requests.lock().unwrap_or_else(|p| p.into_inner()).get(&(endpoint, status)).copied().unwrap_or(0)
+        let mut n = 0;
+        self.requests.each(|r| n += r.get(&(endpoint, status)).copied().unwrap_or(0));
+        n
+    }
+
+    /// The shards' counts added up, in order.
+    fn all_requests(&self) -> BTreeMap<(&'static str, u16), u64> {
+        let mut all = BTreeMap::new();
+        self.requests.each(|r| r.iter().for_each(|(k, n)| *all.entry(*k).or_default() += n));
+        all
+    }
+
+    fn all_boots(&self) -> Boots {
+        let mut all = Boots::new();
+        self.boots.each(|b| {
+            for (p, groups) in b {
+                let to = all.entry(p.clone()).or_default();
+                groups.iter().for_each(|(g, n)| *to.entry(g.clone()).or_default() += n);
+            }
+        });
+        all
     }
 
     /// The background parts' health and restarts.
@@ -113,14 +139,14 @@ impl Metrics {
         let mut s = String::new();
         s.push_str("# HELP imgd_http_requests_total HTTP requests by endpoint and status.\n");
         s.push_str("# TYPE imgd_http_requests_total counter\n");
-        for ((e, st), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for ((e, st), n) in self.all_requests() {
             let _ = writeln!(s, "imgd_http_requests_total{{endpoint=\"{e}\",status=\"{st}\"}} {n}");
         }
         s.push_str("# HELP imgd_boots_total Boot scripts served, by profile and group.\n");
         s.push_str("# TYPE imgd_boots_total counter\n");
-        for (p, groups) in self.boots.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (p, groups) in self.all_boots() {
             for (g, n) in groups {
-                let _ = writeln!(s, "imgd_boots_total{{profile=\"{}\",group=\"{}\"}} {n}", esc(p), esc(g));
+                let _ = writeln!(s, "imgd_boots_total{{profile=\"{}\",group=\"{}\"}} {n}", esc(&p), esc(&g));
             }
         }
         s.push_str(groups);

@@ -10,6 +10,7 @@ pub mod listener;
 pub mod metrics;
 pub mod range;
 pub mod respond;
+pub mod shards;
 pub mod stream;
 pub mod supervise;
 

@@ -21,6 +21,7 @@ use index::Keyed as _;
 pub mod page;
 
 use crate::model::Mac;
+use crate::serve::http::shards::Sharded;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -224,8 +225,9 @@ pub struct Status {
     reload: Mutex<Option<Reload>>,
     /// Group -> when each of its boots in the last hour started (at most
     /// `BOOTS_KEPT` a group: a fleet booting faster than that in an hour
-    /// shows that many).
-    boots: Mutex<HashMap<String, VecDeque<u64>>>,
+    /// shows that many). Written by every script: one copy per thread (see
+    /// shards.rs), each keeping at most `BOOTS_KEPT` a group.
+    boots: Sharded<HashMap<String, VecDeque<u64>>>,
 }
 
 const BOOTS_KEPT: usize = 100_000;
@@ -329,7 +331,7 @@ impl Status {
             stuck_after,
             inner: Mutex::default(),
             reload: Mutex::default(),
-            boots: Mutex::default(),
+            boots: Sharded::default(),
         }
     }
 
@@ -350,7 +352,7 @@ impl Status {
     /// A boot in `group` started now.
     fn boot_started(&self, group: &str) {
         let t = now();
-        let mut boots = self.boots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut boots = self.boots.mine();
         let q = match boots.get_mut(group) {
             Some(q) => q,
             None => boots.entry(group.to_string()).or_default(),
@@ -365,9 +367,12 @@ impl Status {
     pub(crate) fn group_counts(&self, rows: &[Seen]) -> HashMap<String, (usize, usize)> {
         let hour_ago = now().saturating_sub(3600);
         let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
-        for (g, q) in self.boots.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            counts.entry(g.clone()).or_default().0 = q.iter().filter(|b| **b >= hour_ago).count();
-        }
+        self.boots.each(|boots| {
+            for (g, q) in boots {
+                let c = &mut counts.entry(g.clone()).or_default().0;
+                *c = (*c + q.iter().filter(|b| **b >= hour_ago).count()).min(BOOTS_KEPT);
+            }
+        });
         for r in rows {
             if let (Some(g), false) = (r.group(), matches!(r.step, Step::Done | Step::Refused)) {
                 counts.entry(g.to_string()).or_default().1 += 1;

@@ -329,7 +329,7 @@ impl Server {
             }
             Err(Refused::NotFound) => return ("other", text(StatusCode::NOT_FOUND, "not found\n")),
         };
-        let state = self.state();
+        let state = self.state.load();
         let endpoint = route.endpoint();
         let resp = match route {
             Route::Chain { labels } => Self::script(self.chain(&state, &labels)),

@@ -372,22 +372,29 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
     Ok(State { machines, groups, profiles, entries, signed, serve_all: src.serve_all, signer })
 }
 /// The state being served, swapped whole on reload: requests in flight keep
-/// the one they started with.
-pub struct Current(std::sync::RwLock<std::sync::Arc<State>>);
+/// the one they started with. An `ArcSwap`, not a `RwLock<Arc>`: every
+/// request reads it, and a read here writes nothing another core reads (a
+/// lock word and the Arc's count were written by every request on every
+/// core).
+pub struct Current(arc_swap::ArcSwap<State>);
 
 impl Current {
     pub(crate) fn new(state: State) -> Current {
-        Current(std::sync::RwLock::new(std::sync::Arc::new(state)))
+        Current(arc_swap::ArcSwap::from_pointee(state))
     }
 
+    /// The state, to keep (e.g. across a download).
     pub(crate) fn get(&self) -> std::sync::Arc<State> {
-        // A poisoned lock only means a writer panicked mid-swap of an Arc:
-        // the value inside is still a whole state.
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.load_full()
+    }
+
+    /// The state, for the length of one answer.
+    pub(crate) fn load(&self) -> arc_swap::Guard<std::sync::Arc<State>> {
+        self.0.load()
     }
 
     pub(crate) fn replace(&self, state: State) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(state);
+        self.0.store(std::sync::Arc::new(state));
     }
 }
 

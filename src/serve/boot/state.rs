@@ -373,8 +373,8 @@ pub fn load(src: &Sources, machines: Option<MachinesFile>, previous: Option<&Sta
 }
 /// The state being served, swapped whole on reload: requests in flight keep
 /// the one they started with. An `ArcSwap`, not a `RwLock<Arc>`: every
-/// request reads it, and a read here writes nothing another core reads (a
-/// lock word and the Arc's count were written by every request on every
+/// request reads it, and its read writes only the reading thread's own slot
+/// (a lock word and the Arc's count were written by every request on every
 /// core).
 pub struct Current(arc_swap::ArcSwap<State>);
 

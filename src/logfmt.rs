@@ -10,7 +10,8 @@
 //! as plain `name=value`. Written by hand because tracing-subscriber offers
 //! neither a cached clock nor an unpainted field format.
 //!
-//! Every value, not only the message, goes through [`Escaped`]: a control
+//! A `str` field is written as its text, like a `%` one; every value, not
+//! only the message, goes through [`Escaped`]: a control
 //! character becomes its escape (`\n`, `\u{1b}`), so a line stays one line
 //! and cannot drive a terminal whatever a field carries.
 
@@ -116,8 +117,9 @@ pub struct FieldVisitor<'w> {
     result: fmt::Result,
 }
 
-impl Visit for FieldVisitor<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+impl FieldVisitor<'_> {
+    /// ` name=` (nothing for the message), then the value as `value` writes it.
+    fn field(&mut self, field: &Field, value: impl FnOnce(&mut Escaped<&mut Writer<'_>>) -> fmt::Result) {
         let name = field.name();
         // The `log` crate's records arrive with their origin as `log.*`
         // fields, which the line's head already shows.
@@ -133,8 +135,21 @@ impl Visit for FieldVisitor<'_> {
                 w.write_str(name.strip_prefix("r#").unwrap_or(name))?;
                 w.write_char('=')?;
             }
-            write!(Escaped(w), "{value:?}")
+            value(&mut Escaped(w))
         })();
+    }
+}
+
+impl Visit for FieldVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.field(field, |w| write!(w, "{value:?}"));
+    }
+
+    /// A `str` field is written as its text, as a `%` field is (the default
+    /// format quotes it), and without a trip through core::fmt: a boot
+    /// step's five fields took ~450 instructions each that way.
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.field(field, |w| w.write_str(value));
     }
 }
 
@@ -220,16 +235,19 @@ mod tests {
         let mac = format_args!("52:54:00:aa:bb:cc");
         let ip: std::net::IpAddr = "127.0.0.70".parse().unwrap();
         let event = || {
-            tracing::info!(step = %"script", mac = %mac, source = %ip, group = "lab", "boot step");
+            tracing::info!(step = %"script", mac = %mac, source = %ip, group = %"lab", "boot step");
             tracing::warn!(r#type = 3, "unknown machine: {}", "mac ? from 127.0.0.1");
         };
         let (fast, default) = (lines(true, event), lines(false, event));
         let body = |s: &str| s.lines().map(|l| l[27..].to_string()).collect::<Vec<_>>();
         assert_eq!(body(&fast), body(&default), "{fast}\n{default}");
-        assert_eq!(
-            body(&fast)[0],
-            "  INFO boot step step=script mac=52:54:00:aa:bb:cc source=127.0.0.70 group=\"lab\""
-        );
+        assert_eq!(body(&fast)[0], "  INFO boot step step=script mac=52:54:00:aa:bb:cc source=127.0.0.70 group=lab");
+        // A `str` field reads as a `%` one (the default format quotes it).
+        let plain = lines(true, || tracing::info!(step = "script", group = "lab", n = 3, "boot step"));
+        assert!(plain.ends_with("  INFO boot step step=script group=lab n=3\n"), "{plain}");
+        let long = "x".repeat(200);
+        let text = lines(true, || tracing::info!(r#type = "a", long = long.as_str(), "boot step"));
+        assert!(text.ends_with(&format!("  INFO boot step type=a long={long}\n")), "{text}");
         // The time: RFC 3339 with microseconds, UTC, as the default writes it.
         let stamp = &fast[..27];
         assert!(stamp.ends_with('Z') && stamp.as_bytes()[19] == b'.', "{stamp}");
@@ -244,9 +262,13 @@ mod tests {
 
     #[test]
     fn a_field_cannot_break_its_line() {
-        let text = lines(true, || tracing::info!(name = %"a\nb\u{1b}[2J", "boot step"));
-        assert_eq!(text.lines().count(), 1, "{text}");
-        assert!(text.ends_with("boot step name=a\\nb\\u{1b}[2J\n"), "{text}");
+        for text in [
+            lines(true, || tracing::info!(name = %"a\nb\u{1b}[2J", "boot step")),
+            lines(true, || tracing::info!(name = "a\nb\u{1b}[2J", "boot step")),
+        ] {
+            assert_eq!(text.lines().count(), 1, "{text}");
+            assert!(text.ends_with("boot step name=a\\nb\\u{1b}[2J\n"), "{text}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! machines fills it: ~180 KiB instead of ~390.
 
 use crate::model::Mac;
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 
 #[derive(Default)]

@@ -22,8 +22,9 @@ pub mod page;
 
 use crate::model::Mac;
 use crate::serve::http::shards::Sharded;
+use hashbrown::HashMap;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -64,7 +64,8 @@ pub struct ServeArgs {
     /// Seconds a client may take to send request headers.
     #[arg(long, default_value_t = 10)]
     pub header_timeout: u64,
-    /// Seconds a connection may sit with no bytes moving.
+    /// Seconds a connection may sit with no bytes moving (it is closed
+    /// within a quarter of this after).
     #[arg(long, default_value_t = 60)]
     pub idle_timeout: u64,
     /// Seconds shutdown waits for in-flight downloads.

@@ -4,7 +4,7 @@
 use super::idle::IdleTimeout;
 use super::metrics::Metrics;
 use super::respond::Body;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -154,10 +154,9 @@ fn start_connection<H, F>(
         let answer = handle(req, peer);
         async move { Ok::<_, std::convert::Infallible>(answer.await) }
     });
-    let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+    // The header timeout is kept by IdleTimeout too, not hyper's timer (see idle.rs).
+    let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout, limits.header_timeout));
     let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
         .writev(true)
         // Hyper queues body frames until this much is buffered
         // (400 KiB by default): at one chunk, a slow client pins

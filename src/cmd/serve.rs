@@ -61,7 +61,9 @@ pub struct ServeArgs {
     /// open-files limit allows).
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
-    /// Seconds a client may take to send request headers.
+    /// Seconds a connection may go with nothing to answer: a request head
+    /// that never completes, a keep-alive connection with no next request
+    /// (closed within a quarter of this after).
     #[arg(long, default_value_t = 10)]
     pub header_timeout: u64,
     /// Seconds a connection may sit with no bytes moving (it is closed

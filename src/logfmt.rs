@@ -56,9 +56,9 @@ impl FormatTime for Clock {
         }
         // Both are ASCII digits and separators.
         w.write_str(std::str::from_utf8(&stamp).unwrap_or("????-??-??T??:??:??"))?;
-        w.write_char('.')?;
+        w.write_str(".")?;
         w.write_str(std::str::from_utf8(&micros).unwrap_or("??????"))?;
-        w.write_char('Z')
+        w.write_str("Z")
     }
 }
 
@@ -129,11 +129,11 @@ impl FieldVisitor<'_> {
         let w = &mut self.writer;
         self.result = (|| {
             if !std::mem::take(&mut self.first) {
-                w.write_char(' ')?;
+                w.write_str(" ")?;
             }
             if name != "message" {
                 w.write_str(name.strip_prefix("r#").unwrap_or(name))?;
-                w.write_char('=')?;
+                w.write_str("=")?;
             }
             value(&mut Escaped(w))
         })();
@@ -171,7 +171,8 @@ pub struct Escaped<W>(pub W);
 impl<W: fmt::Write> fmt::Write for Escaped<W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         // Printable ASCII, as nearly every value is, goes through whole.
-        if s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        // Without an early exit, so the check runs 16 bytes at a time.
+        if !s.bytes().fold(false, |bad, b| bad | !(0x20..0x7f).contains(&b)) {
             return self.0.write_str(s);
         }
         for c in s.chars() {

@@ -400,7 +400,12 @@ impl Status {
             None => None,
         };
         inner.point(address, key, self.cap);
-        let target = to.ok().map(|(g, e)| inner.target(g, e));
+        // A machine asking again for the same target keeps its `Arc`: each
+        // clone and drop wrote the count's cache line, which every core's
+        // requests for that group share.
+        let known = |t: &Arc<Target>| to.is_ok_and(|(g, e)| *t.group == *g && *t.entry == *e);
+        let same = inner.get_mut(key).is_some_and(|s| s.target.as_ref().is_some_and(known));
+        let target = to.ok().filter(|_| !same).map(|(g, e)| inner.target(g, e));
         let seen = inner.touch(key, address, self.cap);
         if let Some(e) = earlier {
             if seen.history.is_empty() {
@@ -420,9 +425,11 @@ impl Status {
                     .collect();
             });
         }
-        match target {
-            Some(t) => {
-                seen.target = Some(t.clone());
+        match to {
+            Ok((group, _)) => {
+                if let Some(t) = target {
+                    seen.target = Some(t);
+                }
                 // A script after the loader is the same boot; one after a
                 // finished or refused boot (iPXE's ROM) starts a new one.
                 if seen.step > Step::Script || seen.step == Step::Refused {
@@ -434,9 +441,9 @@ impl Status {
                     seen.extra(|x| x.refusal = None);
                 }
                 drop(inner);
-                self.boot_started(&t.group);
+                self.boot_started(group);
             }
-            None => {
+            Err(_) => {
                 seen.advance(Step::Refused, true);
                 seen.extra(|x| x.refusal = to.err().map(Box::from));
             }
@@ -574,6 +581,10 @@ impl Inner {
             self.at.remove(&address);
             return;
         };
+        // Read first: a machine seen again at its address writes nothing.
+        if self.at.get(&address) == Some(&mac) {
+            return;
+        }
         self.at.insert(address, mac);
         if self.at.len() > 2 * cap + 16 {
             self.at = self.rows.iter().filter_map(|s| Some((s.address, s.mac?))).collect();

@@ -480,6 +480,42 @@ fn a_client_that_never_sends_headers_is_disconnected() {
     assert!(start.elapsed() < Duration::from_secs(10), "held for {:?}", start.elapsed());
 }
 
+/// `--header-timeout` also ends a keep-alive connection that asks nothing
+/// more after its answer, long before the idle timeout.
+#[test]
+fn a_keep_alive_connection_with_no_next_request_is_closed_after_the_header_timeout() {
+    let h = hello();
+    let s = Serve::start(&h.store, &["--serve-all", "--header-timeout", "1", "--idle-timeout", "30"]);
+    let mut c = std::net::TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    use std::io::Write;
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf);
+    let held = start.elapsed();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "answered first: {text}");
+    assert!(held >= Duration::from_millis(900), "closed {held:?} after its answer");
+    assert!(held < Duration::from_secs(10), "held for {held:?}");
+}
+
+/// A download the client reads more slowly than the header timeout is not
+/// cut by it: an answer under way is not a connection with nothing to say.
+#[test]
+fn a_download_slower_than_the_header_timeout_completes() {
+    let h = hello();
+    let (entry, _) = hello_entry();
+    let s = Serve::start(&h.store, &["--serve-all", "--header-timeout", "1", "--idle-timeout", "30"]);
+    let size = std::fs::metadata(h.store.join(&entry).join("vmlinuz")).unwrap().len();
+    let rate = (size / 3).max(1).to_string();
+    let start = Instant::now();
+    let (st, _, body) = curl(&["--limit-rate", &rate, &format!("{}/artifacts/{entry}/vmlinuz", s.base)]);
+    assert_eq!(st, 200);
+    assert_eq!(body.len() as u64, size, "the whole kernel");
+    assert!(start.elapsed() >= Duration::from_millis(1500), "took only {:?}", start.elapsed());
+}
+
 #[test]
 fn build_flag_builds_missing_profiles_and_profile_urls_boot_them() {
     let d = tempfile::tempdir().unwrap();

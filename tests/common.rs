@@ -264,6 +264,59 @@ pub fn cms_verifies(content: &[u8], sig: &[u8], ca_crt: &Path) -> bool {
         .success()
 }
 
+/// Which of a child's output streams announces its port.
+#[cfg_attr(not(feature = "aws"), allow(dead_code))] // moto (stderr) only runs with AWS
+pub enum Announces {
+    Stdout,
+    Stderr,
+}
+
+/// Spawns a server told to listen on port 0 and returns it with the port it
+/// printed: the first number after `marker` on a line of `stream`. The rest
+/// of that stream is read and dropped so the child never blocks on it.
+///
+/// Choosing a free port here and handing it to the server raced: two tests
+/// could be given one number, the loser's server exited on "address in use"
+/// and its test talked to the other test's server (boto3 got a 501 from
+/// `http.server`). A port the server bound itself cannot be shared.
+pub fn spawn_on_own_port(cmd: &mut Command, stream: Announces, marker: &str) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let (out, err) = match stream {
+        Announces::Stdout => (Stdio::piped(), Stdio::null()),
+        Announces::Stderr => (Stdio::null(), Stdio::piped()),
+    };
+    let mut child = cmd.stdout(out).stderr(err).spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let pipe: Box<dyn std::io::Read + Send> = match stream {
+        Announces::Stdout => Box::new(child.stdout.take().unwrap()),
+        Announces::Stderr => Box::new(child.stderr.take().unwrap()),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let marker = marker.to_owned();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(pipe).lines();
+        for line in lines.by_ref().map_while(Result::ok) {
+            let port = line.split_once(marker.as_str()).and_then(|(_, rest)| {
+                let digits: String =
+                    rest.chars().skip_while(|c| !c.is_ascii_digit()).take_while(char::is_ascii_digit).collect();
+                digits.parse::<u16>().ok()
+            });
+            if let Some(port) = port {
+                let _ = tx.send(port);
+                break;
+            }
+        }
+        lines.for_each(drop);
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(port) => (child, port),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("{cmd:?} did not say which port it listens on within 60 s: {:?}", child.wait());
+        }
+    }
+}
+
 /// A loopback port nothing listens on right now (for `imgd run --ssh`).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -47,24 +47,17 @@ impl Mirror {
         std::fs::write(&keyring, key).unwrap();
         let root = dir.path().join("www");
         std::fs::create_dir_all(&root).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let server = Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
-            .arg(&root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        // `-u`: the line naming the port must not wait in Python's buffer.
+        let (server, port) = spawn_on_own_port(
+            Command::new("python3")
+                .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "0", "--directory"])
+                .arg(&root),
+            Announces::Stdout,
+            " port ",
+        );
         let m = Mirror { dir, gnupg, keyring, server, url: format!("http://127.0.0.1:{port}/debian") };
         m.publish(ARCHIVE);
-        // Bounded wait for the server to listen.
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return m;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("http.server did not start");
+        m
     }
 
     fn root(&self) -> PathBuf {

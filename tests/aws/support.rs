@@ -4,7 +4,6 @@
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 pub use crate::common::repo;
 
@@ -56,24 +55,18 @@ impl Drop for Moto {
 
 impl Moto {
     pub fn start() -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-            // Objects stay in memory: by default moto moves every body over
-            // 5 MiB (each 16 MiB part) into a temporary file, a quarter of its
-            // CPU here. The largest object in these tests is ~100 MiB.
-            .env("MOTO_S3_DEFAULT_KEY_BUFFER_SIZE", (1u64 << 30).to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server (pip install 'moto[server]')");
+        let (child, port) = crate::common::spawn_on_own_port(
+            Command::new("moto_server")
+                .args(["-H", "127.0.0.1", "-p", "0"])
+                .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+                // Objects stay in memory: by default moto moves every body over
+                // 5 MiB (each 16 MiB part) into a temporary file, a quarter of
+                // its CPU here. The largest object in these tests is ~100 MiB.
+                .env("MOTO_S3_DEFAULT_KEY_BUFFER_SIZE", (1u64 << 30).to_string()),
+            crate::common::Announces::Stderr,
+            "Running on http://127.0.0.1:",
+        );
         let addr = format!("127.0.0.1:{port}");
-        let end = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < end, "moto did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
         Moto { child, url: format!("http://{addr}"), addr }
     }
 

@@ -376,11 +376,17 @@ impl Server {
                 }
             }
             Route::Loader { loader } => match &self.opts.loaders {
-                Some(l) => {
-                    let mut r = Response::new(Full::new(l.get(loader)).map_err(|never| match never {}).boxed());
-                    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/efi"));
-                    r
-                }
+                Some(l) => match l.get(loader) {
+                    Ok(b) => {
+                        let mut r = Response::new(Full::new(b).map_err(|never| match never {}).boxed());
+                        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/efi"));
+                        r
+                    }
+                    Err(e) => {
+                        tracing::error!(%client, "cannot read {}: {e}", loader.file_name());
+                        text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the loader\n")
+                    }
+                },
                 None => text(StatusCode::NOT_FOUND, "not found\n"),
             },
             Route::Metrics => text(StatusCode::OK, self.metrics.render(&state.stale_metrics(), &self.chunks)),

@@ -54,7 +54,7 @@ impl Drop for Metered {
     }
 }
 
-/// Serves only the loaders, from memory: any other name is "file not
+/// Serves only the loaders (see loaders.rs): any other name is "file not
 /// found", and writes are refused. Counts in the server's metrics.
 struct LoaderFiles(Loaders, Arc<Metrics>, Arc<Mutex<Budget>>, Arc<Status>);
 
@@ -86,13 +86,20 @@ impl async_tftp::server::Handler for LoaderFiles {
             self.1.tftp("-", "refused");
             return Err(async_tftp::packet::Error::FileNotFound);
         };
+        let b = match self.0.get(l) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(%client, "TFTP: cannot read {}: {e}", l.file_name());
+                self.1.tftp(l.file_name(), "error");
+                return Err(async_tftp::packet::Error::Msg("cannot read the file".into()));
+            }
+        };
         if !self.admit(client.ip()) {
             // Debug, not info: a flood would otherwise flood the log too.
             tracing::debug!(%client, "TFTP: busy ({TFTP_MAX_PER_CLIENT} per client, {TFTP_MAX_TRANSFERS} in all)");
             self.1.tftp(l.file_name(), "busy");
             return Err(async_tftp::packet::Error::Msg("busy, try again".into()));
         }
-        let b = self.0.get(l);
         self.1.tftp(l.file_name(), "sent");
         self.3.loader(client.ip());
         tracing::info!(%client, "TFTP: sending {} ({} bytes)", l.file_name(), b.len());

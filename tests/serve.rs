@@ -523,6 +523,54 @@ fn a_download_slower_than_the_header_timeout_completes() {
     assert_eq!(got.len() - head_end, size, "the whole kernel");
 }
 
+/// A client that shuts its sending side after the request (as `nc -N` and
+/// some firmware do) still gets the answer.
+#[test]
+fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    let h = hello();
+    let (entry, _) = hello_entry();
+    let s = Serve::start(&h.store, &["--serve-all"]);
+    let size = std::fs::metadata(h.store.join(&entry).join("vmlinuz")).unwrap().len() as usize;
+    use std::io::Write;
+    let mut c = std::net::TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(format!("GET /artifacts/{entry}/vmlinuz HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got[..head_end]));
+    assert_eq!(got.len() - head_end, size, "the whole kernel");
+}
+
+/// A client that hangs up in the middle of a download gives back its
+/// connection and transfer at once (the server sees it when writing).
+#[test]
+fn a_client_that_hangs_up_mid_download_is_let_go() {
+    let h = hello();
+    let (entry, _) = hello_entry();
+    let s = Serve::start(&h.store, &["--serve-all", "--idle-timeout", "60"]);
+    use std::io::Write;
+    let mut c = std::net::TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
+    c.write_all(format!("GET /artifacts/{entry}/vmlinuz HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+    let mut got = vec![0u8; 64 << 10];
+    c.read_exact(&mut got).unwrap();
+    let active = |name: &str| -> String {
+        let (_, _, m) = curl(&[&format!("{}/metrics", s.base)]);
+        let m = String::from_utf8_lossy(&m).into_owned();
+        m.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_default().to_string()
+    };
+    assert_eq!(active("imgd_active_transfers"), "imgd_active_transfers 1", "under way");
+    drop(c);
+    let end = Instant::now() + Duration::from_secs(10);
+    while active("imgd_active_transfers") != "imgd_active_transfers 0" {
+        assert!(Instant::now() < end, "the transfer outlived its client by 10 s (idle timeout 60 s)");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Only the request asking for the metrics is left.
+    assert_eq!(active("imgd_active_connections"), "imgd_active_connections 1");
+}
+
 #[test]
 fn build_flag_builds_missing_profiles_and_profile_urls_boot_them() {
     let d = tempfile::tempdir().unwrap();

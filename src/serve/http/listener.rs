@@ -163,6 +163,15 @@ fn start_connection<H, F>(
         // about one chunk, and no measurable throughput is lost.
         .max_buf_size(super::chunks::CHUNK as usize)
         .keep_alive(limits.keep_alive)
+        // Hyper otherwise reads the socket while each request is in flight,
+        // to see a client hang up early. That read makes room in a buffer
+        // the request still points into, so every request allocated a new
+        // 8 KiB buffer and freed the old: a malloc the two workers contended
+        // for (half of all futex calls under load). A client that hangs up
+        // is still seen: writing to it fails, and the stall timer ends it.
+        // And a client that shuts its sending side after its request now
+        // gets the answer (hyper took that for a hang-up).
+        .half_close(true)
         .serve_connection(io, service);
     let conn = graceful.watch(conn);
     tokio::spawn(async move {

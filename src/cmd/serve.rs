@@ -126,18 +126,18 @@ fn pxe_config(spec: &str, listen: &str) -> anyhow::Result<pxe::Config> {
     Ok(pxe::Config { iface, addr, http })
 }
 
-/// Threads reading artifact chunks at once, at most.
-const BLOCKING_THREADS: usize = 16;
+/// Threads of the main runtime's blocking work at once (a reload's load;
+/// artifact chunks are read on the HTTP threads' own, listener.rs).
+const BLOCKING_THREADS: usize = 4;
 
 pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
     // Signals first: a SIGHUP that arrives while the store loads must not
     // kill the server (its default action), it is queued for the reloader.
-    // Blocking threads read and check artifact chunks (and load a reload):
-    // past a few per core they add no throughput, and a thousand clients
-    // reading at once made 318 of them, a stack and a malloc arena each
-    // (the bench's 1,000-connection peak RSS: 72.8 MiB; 64.7 and 68.3 MiB
-    // with this bound, at the same or better MB/s).
-    let rt = tokio::runtime::Builder::new_multi_thread().max_blocking_threads(BLOCKING_THREADS).enable_all().build()?;
+    // One thread: it accepts, answers proxyDHCP and reloads; HTTP
+    // connections are served by threads of their own, one per core
+    // (serve/http/workers.rs).
+    let rt =
+        tokio::runtime::Builder::new_current_thread().max_blocking_threads(BLOCKING_THREADS).enable_all().build()?;
     use tokio::signal::unix::{signal, SignalKind};
     let (hup, mut term, mut int) = rt.block_on(async {
         anyhow::Ok((signal(SignalKind::hangup())?, signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?))

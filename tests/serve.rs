@@ -501,6 +501,23 @@ fn a_keep_alive_connection_with_no_next_request_is_closed_after_the_header_timeo
     assert!(held < Duration::from_secs(10), "held for {held:?}");
 }
 
+/// A raw connection to `s` that has asked for hello's kernel (`entry`).
+fn asking_for_the_kernel(s: &Serve, entry: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut c = std::net::TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(format!("GET /artifacts/{entry}/vmlinuz HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+    c
+}
+
+/// `got` is a 200 answer carrying the whole kernel of `store`'s `entry`.
+fn assert_the_whole_kernel(got: &[u8], store: &Path, entry: &str) {
+    let size = std::fs::metadata(store.join(entry).join("vmlinuz")).unwrap().len() as usize;
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got[..head_end]));
+    assert_eq!(got.len() - head_end, size, "the whole kernel");
+}
+
 /// A download the client reads more slowly than the header timeout is not
 /// cut by it: an answer under way is not a connection with nothing to say.
 #[test]
@@ -508,19 +525,13 @@ fn a_download_slower_than_the_header_timeout_completes() {
     let h = hello();
     let (entry, _) = hello_entry();
     let s = Serve::start(&h.store, &["--serve-all", "--header-timeout", "1", "--idle-timeout", "30"]);
-    let size = std::fs::metadata(h.store.join(&entry).join("vmlinuz")).unwrap().len() as usize;
-    use std::io::Write;
-    let mut c = std::net::TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    c.write_all(format!("GET /artifacts/{entry}/vmlinuz HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+    let mut c = asking_for_the_kernel(&s, &entry);
     // A little, then nothing for twice the header timeout, then the rest.
     let mut got = vec![0u8; 64 << 10];
     c.read_exact(&mut got).unwrap();
     std::thread::sleep(Duration::from_millis(2500));
     let _ = c.read_to_end(&mut got);
-    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
-    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got[..head_end]));
-    assert_eq!(got.len() - head_end, size, "the whole kernel");
+    assert_the_whole_kernel(&got, &h.store, &entry);
 }
 
 /// A client that shuts its sending side after the request (as `nc -N` and
@@ -530,17 +541,11 @@ fn a_client_that_half_closes_after_its_request_gets_the_answer() {
     let h = hello();
     let (entry, _) = hello_entry();
     let s = Serve::start(&h.store, &["--serve-all"]);
-    let size = std::fs::metadata(h.store.join(&entry).join("vmlinuz")).unwrap().len() as usize;
-    use std::io::Write;
-    let mut c = std::net::TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    c.write_all(format!("GET /artifacts/{entry}/vmlinuz HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+    let mut c = asking_for_the_kernel(&s, &entry);
     c.shutdown(std::net::Shutdown::Write).unwrap();
     let mut got = Vec::new();
     let _ = c.read_to_end(&mut got);
-    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
-    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got[..head_end]));
-    assert_eq!(got.len() - head_end, size, "the whole kernel");
+    assert_the_whole_kernel(&got, &h.store, &entry);
 }
 
 /// A client that hangs up in the middle of a download gives back its
@@ -550,9 +555,7 @@ fn a_client_that_hangs_up_mid_download_is_let_go() {
     let h = hello();
     let (entry, _) = hello_entry();
     let s = Serve::start(&h.store, &["--serve-all", "--idle-timeout", "60"]);
-    use std::io::Write;
-    let mut c = std::net::TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
-    c.write_all(format!("GET /artifacts/{entry}/vmlinuz HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+    let mut c = asking_for_the_kernel(&s, &entry);
     let mut got = vec![0u8; 64 << 10];
     c.read_exact(&mut got).unwrap();
     let active = |name: &str| -> String {

@@ -127,11 +127,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn bytes_are_shared_while_in_use_and_read_again_after() {
+    /// A folder with both loaders, small.
+    fn two_loaders() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("undionly.kpxe"), b"bios").unwrap();
         std::fs::write(dir.path().join("snponly.efi"), b"uefi loader").unwrap();
+        dir
+    }
+
+    #[test]
+    fn bytes_are_shared_while_in_use_and_read_again_after() {
+        let dir = two_loaders();
         let l = Loaders::load(dir.path()).unwrap();
         let a = l.get(Loader::UefiSnp).unwrap();
         let b = l.get(Loader::UefiSnp).unwrap();
@@ -148,9 +154,7 @@ mod tests {
 
     #[test]
     fn a_loader_cut_short_in_place_is_refused_not_served_in_part() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("undionly.kpxe"), b"bios").unwrap();
-        std::fs::write(dir.path().join("snponly.efi"), b"uefi loader").unwrap();
+        let dir = two_loaders();
         let l = Loaders::load(dir.path()).unwrap();
         std::fs::OpenOptions::new().write(true).open(dir.path().join("snponly.efi")).unwrap().set_len(3).unwrap();
         let e = l.get(Loader::UefiSnp).unwrap_err();

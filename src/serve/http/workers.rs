@@ -29,7 +29,7 @@ impl Workers {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .max_blocking_threads(blocking.max(1))
-                .thread_name(format!("imgd-http-{i}-blocking"))
+                .thread_name(format!("imgd-read-{i}"))
                 .build()?;
             runtimes.push(rt.handle().clone());
             let mut stopped = stopped.clone();

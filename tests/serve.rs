@@ -574,6 +574,32 @@ fn a_client_that_hangs_up_mid_download_is_let_go() {
     assert_eq!(active("imgd_active_connections"), "imgd_active_connections 1");
 }
 
+/// The server's threads named `imgd-http-*` (once it has answered: they
+/// start after it says where it listens).
+fn http_threads(s: &Serve) -> usize {
+    assert_eq!(curl(&[&format!("{}/healthz", s.base)]).0, 200);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", s.child.id())).unwrap();
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|c| c.starts_with("imgd-http-"))
+        .count()
+}
+
+/// HTTP is served by one thread per core unless `--http-threads` says how
+/// many, and each of them serves.
+#[test]
+fn http_threads_are_one_per_core_or_as_many_as_asked() {
+    let h = hello();
+    let s = Serve::start(&h.store, &["--serve-all"]);
+    assert_eq!(http_threads(&s), std::thread::available_parallelism().unwrap().get());
+    let s = Serve::start(&h.store, &["--serve-all", "--http-threads", "3"]);
+    assert_eq!(http_threads(&s), 3);
+    // Connections go to the threads in turn: six in a row are all answered.
+    for _ in 0..6 {
+        assert_eq!(curl(&[&format!("{}/healthz", s.base)]).0, 200);
+    }
+}
+
 #[test]
 fn build_flag_builds_missing_profiles_and_profile_urls_boot_them() {
     let d = tempfile::tempdir().unwrap();

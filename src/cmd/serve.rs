@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// open-files limit allows).
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Threads serving HTTP connections, each taking new ones in turn
+    /// (0: one per core). Fewer leave cores to other work on the machine.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub http_threads: usize,
     /// Seconds a connection may go with nothing to answer: a request head
     /// that never completes, a keep-alive connection with no next request
     /// (closed within a quarter of this after).
@@ -164,6 +168,7 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
         trusted_proxies: a.trusted_proxy.clone(),
         artifact_base_url: a.artifact_base_url.clone(),
         max_connections: listener::connections_that_fit(a.max_connections),
+        http_threads: a.http_threads,
         header_timeout: Duration::from_secs(a.header_timeout),
         idle_timeout: Duration::from_secs(a.idle_timeout),
         drain: Duration::from_secs(a.drain),

@@ -39,7 +39,7 @@ impl LocalServer {
         let port = tcp.local_addr().map_err(loopback)?.port();
         // qemu's guestfwd relay serves one guest connection at a time: a kept-alive
         // connection would hold back iPXE's next one until it timed out.
-        let server = Server::new(st, Options { keep_alive: false, ..Options::default() });
+        let server = Server::new(st, Options { keep_alive: false, http_threads: 1, ..Options::default() });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let srv = server.clone();
         let handle = rt.spawn(async move {

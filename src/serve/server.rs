@@ -37,6 +37,8 @@ pub struct Options {
     /// `imgd sync`); default: this server's `/artifacts`.
     pub artifact_base_url: Option<String>,
     pub max_connections: usize,
+    /// Threads serving HTTP connections (0: one per core).
+    pub http_threads: usize,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     /// How long shutdown waits for in-flight transfers.
@@ -67,6 +69,7 @@ impl Default for Options {
             trusted_proxies: Vec::new(),
             artifact_base_url: None,
             max_connections: 10_000,
+            http_threads: 0,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             drain: Duration::from_secs(30),
@@ -314,6 +317,7 @@ impl Server {
         let o = &self.opts;
         let limits = listener::Limits {
             max_connections: o.max_connections,
+            threads: o.http_threads,
             retry_after: o.retry_after,
             header_timeout: o.header_timeout,
             idle_timeout: o.idle_timeout,

@@ -70,6 +70,8 @@ async fn reject(mut stream: tokio::net::TcpStream, retry_after: u32) {
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
     pub max_connections: usize,
+    /// Threads serving connections (0: one per core).
+    pub threads: usize,
     /// Seconds a client beyond the limit is told to wait.
     pub retry_after: u32,
     pub header_timeout: Duration,
@@ -213,7 +215,7 @@ where
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let threads = Workers::per_core();
+    let threads = if limits.threads == 0 { Workers::per_core() } else { limits.threads };
     let workers = Workers::start(threads, READ_THREADS.div_ceil(threads))?;
     let mut health = AcceptHealth::default();
     metrics.part_up(PART);

@@ -107,12 +107,13 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 # free_port: a TCP port on loopback nothing listens on now.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-# start_nginx NAME PORT ROOT CONNECTIONS: nginx (sendfile on, no access log)
-# serving ROOT on loopback PORT, config and pid under $tmp/NAME.*, stopped
-# with the other servers.
+# start_nginx NAME PORT ROOT CONNECTIONS [WORKERS [CPU]]: nginx (sendfile on,
+# no access log) serving ROOT on loopback PORT with WORKERS worker processes
+# (one per core unless given), all on core CPU if given; config and pid under
+# $tmp/NAME.*, stopped with the other servers.
 start_nginx() {
   cat > "$tmp/$1.conf" <<NGX
-worker_processes auto;
+worker_processes ${5:-auto};
 user root;
 daemon off;
 pid $tmp/$1.pid;
@@ -126,7 +127,7 @@ http {
   server { listen 127.0.0.1:$2; root $3; }
 }
 NGX
-  nginx -c "$tmp/$1.conf" &
+  if [ -n "${6:-}" ]; then taskset -c "$6" nginx -c "$tmp/$1.conf" & else nginx -c "$tmp/$1.conf" & fi
   servers+=($!)
 }
 
@@ -290,7 +291,10 @@ bench_boot() {
   done
 }
 
-# wrk's summary as "requests/s bytes/s p99_ms errors".
+# wrk's summary as "requests/s bytes/s p99_ms errors", from wrk's output
+# once it has ended: python starting beside a running wrk took tens of ms of
+# CPU from it or the server, and raised the p99 of a 5 s render run from
+# 0.7 to 1.6 ms (session 25).
 wrk_summary() {
   python3 -c '
 import re, sys
@@ -308,8 +312,77 @@ rps = float(num(r"Requests/sec:\s+([\d.]+)"))
 bps = size(num(r"Transfer/sec:\s+(\S+)", "0B"))
 p99 = ms(num(r"\s99%\s+(\S+)", "0ms"))
 errs = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", t)) + int(num(r"Non-2xx or 3xx responses: (\d+)"))
-print(f"{rps:.0f} {bps:.0f} {p99:.2f} {errs}")
+print(f"{rps:.0f} {bps:.0f} {p99:.3f} {errs}")
 '
+}
+
+# render_rounds LABEL SUFFIX WRK... -- IMGD_URL IMGD_PIDS NGINX_URL NGINX_PIDS:
+# $runs turns of /ipxe renders from imgd and nginx's static small file, each
+# driven by the command WRK for $secs s over 64 connections; prints and
+# records (figure names ipxe_*SUFFIX) the medians of requests per second,
+# p99 and the servers' CPU per request. CPU is read from /proc around each
+# run: on a machine whose speed moves between runs it ranks them more
+# steadily than requests per second (session 21: nginx gave 156k and 225k
+# req/s in back-to-back runs; CPU per request moved a tenth).
+render_rounds() {
+  local label=$1 suffix=$2 load=()
+  shift 2
+  while [ "$1" != -- ]; do load+=("$1"); shift; done
+  local iurl=$2 ipids=$3 nurl=$4 npids=$5
+  local ir=() nr=() ip=() np=() ic=() nc=() irps nrps ip99 np99 t0 hz a b e i ierr=0 nerr=0
+  hz=$(getconf CLK_TCK)
+  for i in $(seq "$runs"); do
+    # shellcheck disable=SC2086 # one PID per word
+    t0=$(cpu_ticks $ipids)
+    a=$("${load[@]}" -c64 -d"${secs}s" --latency "$iurl/ipxe?mac=52-54-00-12-34-56&platform=efi" 2>&1)
+    a=$(wrk_summary <<<"$a")
+    # shellcheck disable=SC2086
+    ic+=("$(calc "($(cpu_ticks $ipids) - $t0) / $hz * 1e6 / ($(echo "$a" | cut -d' ' -f1) * $secs + 1e-9)")")
+    # shellcheck disable=SC2086
+    t0=$(cpu_ticks $npids)
+    b=$("${load[@]}" -c64 -d"${secs}s" --latency "$nurl/small.txt" 2>&1)
+    b=$(wrk_summary <<<"$b")
+    # shellcheck disable=SC2086
+    nc+=("$(calc "($(cpu_ticks $npids) - $t0) / $hz * 1e6 / ($(echo "$b" | cut -d' ' -f1) * $secs + 1e-9)")")
+    read -r irps _ ip99 e <<<"$a"; ir+=("$irps"); ip+=("$ip99"); ierr=$((ierr + e))
+    read -r nrps _ np99 e <<<"$b"; nr+=("$nrps"); np+=("$np99"); nerr=$((nerr + e))
+  done
+  irps=$(printf '%s\n' "${ir[@]}" | median); nrps=$(printf '%s\n' "${nr[@]}" | median)
+  ip99=$(printf '%s\n' "${ip[@]}" | median); np99=$(printf '%s\n' "${np[@]}" | median)
+  [ -z "$label" ] || echo "  $label"
+  echo "  (renders, req/s per run: imgd $(printf '%.0f ' "${ir[@]}")/ nginx $(printf '%.0f ' "${nr[@]}"); p99 ms per run: imgd $(printf '%s ' "${ip[@]}")/ nginx $(printf '%s ' "${np[@]}"))"
+  printf '  %-46s imgd %8.0f req/s  nginx %8.0f req/s  ratio %.2fx  (goal >= 1.0)\n' "/ipxe render vs static small file, median of $runs" "$irps" "$nrps" "$(calc "$irps / $nrps")"
+  printf '  %-46s imgd %8.2f ms     nginx %8.2f ms     ratio %.2fx  (nginx / imgd; goal >= 1.0 and < 5 ms; errors %s/%s)\n' \
+    "  p99 latency, median of $runs" "$ip99" "$np99" "$(calc "$np99 / $ip99")" "$ierr" "$nerr"
+  local icpu ncpu
+  icpu=$(printf '%s\n' "${ic[@]}" | median); ncpu=$(printf '%s\n' "${nc[@]}" | median)
+  printf '  %-46s imgd %8.2f us     nginx %8.2f us     ratio %.2fx  (nginx / imgd; per run: imgd %s/ nginx %s)\n' \
+    "  server CPU per request, median of $runs" "$icpu" "$ncpu" "$(calc "$ncpu / $icpu")" \
+    "$(printf '%.1f ' "${ic[@]}")" "$(printf '%.1f ' "${nc[@]}")"
+  figure "ipxe_render$suffix" "$irps" "$nrps" req/s "$(calc "$irps / $nrps")"
+  figure "ipxe_p99$suffix" "$ip99" "$np99" ms "$(calc "$np99 / $ip99")"
+  figure "ipxe_cpu_us$suffix" "$icpu" "$ncpu" us "$(calc "$ncpu / $icpu")"
+  [ "$ierr" = 0 ] || { echo "bench.sh serve: imgd had $ierr errors rendering" >&2; exit 1; }
+}
+
+# render_on_own_cores DIR: the renders again with wrk off the servers' core.
+# Above, wrk's two threads share the two cores with the servers', and p99
+# measures the scheduler more than the server: the same imgd gave 1.8, 2.5
+# and 3.8 ms in back-to-back runs, nginx 2.5-3.6 (session 25). Here each
+# server has core 0 (imgd with one HTTP thread, nginx with one worker) and
+# wrk's one thread core 1, as clients on other machines would be.
+render_on_own_cores() {
+  [ "$(nproc)" -ge 2 ] || { echo "  (renders on own cores: skipped, it needs 2 cores)"; return 0; }
+  local port_i port_n srv
+  port_i=$(free_port); port_n=$(free_port)
+  start_nginx nginx1 "$port_n" "$1" 8192 1 0
+  IMGD_STORE="$tmp/store" setpriv --pdeathsig KILL -- taskset -c 0 "$imgd" serve --listen "127.0.0.1:$port_i" --config "$tmp/machines.toml" \
+    --max-connections 20000 --http-threads 1 2>>"$tmp/serve.log" &
+  srv=$!
+  servers+=("$srv")
+  sleep 1
+  render_rounds "the same, each server on core 0 (one thread or worker), wrk -t1 on core 1:" _own_cores taskset -c 1 wrk -t1 -- \
+    "http://127.0.0.1:$port_i" "$srv" "http://127.0.0.1:$port_n" "$(pgrep -P "$(cat "$tmp/nginx1.pid")" | tr '\n' ' ')"
 }
 
 bench_serve() {
@@ -346,7 +419,7 @@ PY
   servers+=("$srv")
   sleep 1
   local I="http://127.0.0.1:$port_i" N="http://127.0.0.1:$port_n"
-  run() { wrk -t2 "$@" 2>&1 | wrk_summary; }
+  run() { local out; out=$(wrk -t2 "$@" 2>&1); wrk_summary <<<"$out"; }
   echo "imgd serve vs nginx (sendfile on), wrk -t2, ${secs}s each, same files:"
   local a b i ia=() na=() ierr=0 nerr=0 e
   # The big-file figure is noisy on a 2-core machine (wrk shares the cores):
@@ -364,39 +437,8 @@ PY
   [ "$ierr" = 0 ] || { echo "bench.sh serve: imgd had $ierr errors; its log:" >&2; tail -5 "$tmp/serve.log" >&2; exit 1; }
   # Renders vs a static file, taking turns too: one 10 s run of each moved
   # the ratio between 0.81 and 1.07 from day to day (session 8).
-  # And the servers' CPU per request, from /proc around each run: on a
-  # machine whose speed moves between runs it ranks them more steadily than
-  # requests per second (session 21: nginx gave 156k and 225k req/s in
-  # back-to-back runs; CPU per request moved a tenth).
-  local ir=() nr=() ip=() np=() ic=() nc=() irps nrps ip99 np99 t0 hz workers
-  hz=$(getconf CLK_TCK)
-  workers=$(pgrep -P "$(cat "$tmp/nginx.pid")" | tr '\n' ' ')
-  ierr=0; nerr=0
-  for i in $(seq "$runs"); do
-    t0=$(cpu_ticks "$srv")
-    a=$(run -c64 -d"${secs}s" --latency "$I/ipxe?mac=52-54-00-12-34-56&platform=efi")
-    ic+=("$(calc "($(cpu_ticks "$srv") - $t0) / $hz * 1e6 / ($(echo "$a" | cut -d' ' -f1) * $secs + 1e-9)")")
-    # shellcheck disable=SC2086 # one PID per word
-    t0=$(cpu_ticks $workers)
-    b=$(run -c64 -d"${secs}s" --latency "$N/small.txt")
-    # shellcheck disable=SC2086
-    nc+=("$(calc "($(cpu_ticks $workers) - $t0) / $hz * 1e6 / ($(echo "$b" | cut -d' ' -f1) * $secs + 1e-9)")")
-    read -r irps _ ip99 e <<<"$a"; ir+=("$irps"); ip+=("$ip99"); ierr=$((ierr + e))
-    read -r nrps _ np99 e <<<"$b"; nr+=("$nrps"); np+=("$np99"); nerr=$((nerr + e))
-  done
-  irps=$(printf '%s\n' "${ir[@]}" | median); nrps=$(printf '%s\n' "${nr[@]}" | median)
-  ip99=$(printf '%s\n' "${ip[@]}" | median); np99=$(printf '%s\n' "${np[@]}" | median)
-  echo "  (renders, req/s per run: imgd $(printf '%.0f ' "${ir[@]}")/ nginx $(printf '%.0f ' "${nr[@]}"))"
-  printf '  %-46s imgd %8.0f req/s  nginx %8.0f req/s  ratio %.2fx  (goal >= 1.0)\n' "/ipxe render vs static small file, median of $runs" "$irps" "$nrps" "$(calc "$irps / $nrps")"
-  printf '  %-46s imgd %8.2f ms     nginx %8.2f ms     (goal < 5 ms; errors %s/%s)\n' "  p99 latency, median of $runs" "$ip99" "$np99" "$ierr" "$nerr"
-  local icpu ncpu
-  icpu=$(printf '%s\n' "${ic[@]}" | median); ncpu=$(printf '%s\n' "${nc[@]}" | median)
-  printf '  %-46s imgd %8.2f us     nginx %8.2f us     ratio %.2fx  (nginx / imgd; per run: imgd %s/ nginx %s)\n' \
-    "  server CPU per request, median of $runs" "$icpu" "$ncpu" "$(calc "$ncpu / $icpu")" \
-    "$(printf '%.1f ' "${ic[@]}")" "$(printf '%.1f ' "${nc[@]}")"
-  figure ipxe_render "$irps" "$nrps" req/s "$(calc "$irps / $nrps")"
-  figure ipxe_p99 "$ip99" "$np99" ms "$(calc "$ip99 / $np99")"
-  figure ipxe_cpu_us "$icpu" "$ncpu" us "$(calc "$ncpu / $icpu")"
+  render_rounds "" "" wrk -t2 -- "$I" "$srv" "$N" "$(pgrep -P "$(cat "$tmp/nginx.pid")" | tr '\n' ' ')"
+  render_on_own_cores "$dir"
   local conns rss
   for conns in $conns_list; do
     # Each figure is the peak of its own run: writing 5 to clear_refs resets

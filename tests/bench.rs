@@ -71,6 +71,9 @@ fn bench_serve_runs_in_its_quick_form() {
     let f = quick("serve");
     assert!(*named(&f, "serve.artifact_64c") > 0.0);
     assert!(*named(&f, "serve.ipxe_cpu_us") > 0.0, "the servers' CPU per render is measured");
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        assert!(*named(&f, "serve.ipxe_render_own_cores") > 0.0, "renders measured with wrk off the servers' core");
+    }
     assert_eq!(*named(&f, "serve.errors_200c"), 0.0, "downloads under load end without errors");
     assert!(*named(&f, "serve.artifact_200c") > 0.0, "the storm on one big artifact ran beside nginx");
 }

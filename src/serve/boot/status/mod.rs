@@ -403,10 +403,12 @@ impl Status {
         // A machine asking again for the same target keeps its `Arc`: each
         // clone and drop wrote the count's cache line, which every core's
         // requests for that group share.
+        // Found once: this is every render's path.
         let known = |t: &Arc<Target>| to.is_ok_and(|(g, e)| *t.group == *g && *t.entry == *e);
-        let same = inner.get_mut(key).is_some_and(|s| s.target.as_ref().is_some_and(known));
+        let i = inner.touch_at(key, address, self.cap);
+        let same = inner.rows[i].target.as_ref().is_some_and(known);
         let target = to.ok().filter(|_| !same).map(|(g, e)| inner.target(g, e));
-        let seen = inner.touch(key, address, self.cap);
+        let seen = &mut inner.rows[i];
         if let Some(e) = earlier {
             if seen.history.is_empty() {
                 seen.history = e.history;
@@ -649,6 +651,12 @@ impl Inner {
     /// The machine under `key`, made if new and marked most recently seen;
     /// the least recently seen go when there are more than `cap`.
     fn touch(&mut self, key: Key, address: IpAddr, cap: usize) -> &mut Seen {
+        let i = self.touch_at(key, address, cap);
+        &mut self.rows[i]
+    }
+
+    /// [`Self::touch`], giving the row's place.
+    fn touch_at(&mut self, key: Key, address: IpAddr, cap: usize) -> usize {
         self.seq += 1;
         let seq = self.seq;
         let i = match self.index.get(&key, &self.rows) {
@@ -682,7 +690,7 @@ impl Inner {
         let seen = &mut self.rows[i];
         seen.seq = seq;
         seen.last = u32::try_from(now()).unwrap_or(u32::MAX);
-        seen
+        i
     }
 }
 

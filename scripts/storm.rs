@@ -232,7 +232,7 @@ async fn dhcp_storm(n: u32, window: f64) {
     let errors = p.values().filter(|e| e.acked.is_none()).count();
     // machines offers acks secs offer_p50 offer_p99 ack_p50 ack_p99 errors
     println!(
-        "{n} {} {} {secs:.1} {:.2} {:.2} {:.2} {:.2} {errors}",
+        "{n} {} {} {secs:.1} {:.3} {:.3} {:.3} {:.3} {errors}",
         offers.len(),
         acks.len(),
         pct(&mut offers, 0.5),

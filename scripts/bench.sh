@@ -594,7 +594,7 @@ storm_round() {
 # on loopback; nothing leaves them), answered by imgd serve --proxy-dhcp and
 # then by dnsmasq in proxy mode (--dhcp-range=...,proxy with a pxe-service).
 storm_dhcp() {
-  local machines=$1 window=$2 storm=$3 entry=$4
+  local machines=$1 window=$2 storm=$3
   if [ "$(id -u)" != 0 ] || ! command -v dnsmasq >/dev/null; then
     echo "  (proxyDHCP storm skipped: it needs root and dnsmasq for its network namespaces)"
     return 0
@@ -606,56 +606,17 @@ storm_dhcp() {
   ip -n "$S" link add eth0 type veth peer name eth0 netns "$C"
   ip -n "$S" addr add 192.0.2.1/24 dev eth0; ip -n "$S" link set eth0 up
   ip -n "$C" addr add 192.0.2.50/24 dev eth0; ip -n "$C" link set eth0 up
-  # imgd and dnsmasq take turns, $rounds rounds each, and the medians are
-  # compared: at a 10 s window the p99s are a few tenths of a ms, and one
-  # run of each moved their ratio between 0.82 and 1.19 (sessions 19-24).
-  # Each round's server starts afresh, so its peak is that round's own; the
-  # highest peak of each is compared.
-  local rounds=${DHCP_ROUNDS:-$runs} r srv out irounds=() nrounds=() rss=0 nrss=0 peak split nsplit
-  if [ "$window" -gt 10 ] && [ -z "${DHCP_ROUNDS:-}" ]; then rounds=1; fi
-  for r in $(seq "$rounds"); do
-    IMGD_STORE="$tmp/storm-store" ip netns exec "$S" setpriv --pdeathsig KILL -- "$imgd" serve --listen 192.0.2.1:8080 \
-      --config "$tmp/storm-machines.toml" --proxy-dhcp eth0 2>"$tmp/storm-dhcp.log" &
-    srv=$!
-    servers+=("$srv")
-    local i
-    for i in $(seq 1 50); do grep -q "listening on" "$tmp/storm-dhcp.log" 2>/dev/null && break; sleep 0.1; done
-    echo 5 > "/proc/$srv/clear_refs"
-    out=$(ip netns exec "$C" "$storm" dhcp "$machines" "$window")
-    irounds+=("$out")
-    peak=$(awk '/VmHWM/ {print $2}' "/proc/$srv/status"); [ "$peak" -le "$rss" ] || rss=$peak
-    split=$(rss_split "$srv")
-    stop_servers
-    ip netns exec "$S" dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --interface=eth0 --bind-interfaces \
-      --dhcp-range=192.0.2.0,proxy --pxe-service=BC_EFI,imgd,snponly --pxe-service=X86-64_EFI,imgd,snponly \
-      --user=root --pid-file --log-facility=/dev/null &
-    srv=$!
-    servers+=("$srv")
-    sleep 1
-    out=$(ip netns exec "$C" "$storm" dhcp "$machines" "$window")
-    nrounds+=("$out")
-    peak=$(awk '/VmHWM/ {print $2}' "/proc/$srv/status"); [ "$peak" -le "$nrss" ] || nrss=$peak
-    nsplit=$(rss_split "$srv")
-    stop_servers
-  done
-  drop_namespaces
-  # Each round's line: machines offers acks secs p50 p99 ack_p50 ack_p99
-  # unanswered; the medians of each column (unanswered summed).
-  local a b _n io ia is i50 i99 ia50 ia99 ierr no na ns n50 n99 na50 na99 nerr
-  a=$(printf '%s\n' "${irounds[@]}" | columns_median)
-  b=$(printf '%s\n' "${nrounds[@]}" | columns_median)
-  read -r _n io ia is i50 i99 ia50 ia99 ierr <<<"$a"
-  read -r _n no na ns n50 n99 na50 na99 nerr <<<"$b"
-  if [ "$rounds" -gt 1 ]; then
-    echo "  (proxyDHCP, $rounds rounds each taking turns; offer p99 ms per round: imgd $(printf '%s\n' "${irounds[@]}" | awk '{printf "%s ", $6}')/ dnsmasq $(printf '%s\n' "${nrounds[@]}" | awk '{printf "%s ", $6}'); ack p99: imgd $(printf '%s\n' "${irounds[@]}" | awk '{printf "%s ", $8}')/ dnsmasq $(printf '%s\n' "${nrounds[@]}" | awk '{printf "%s ", $8}'))"
+  dhcp_rounds "$machines" "$window" "$storm" "$S" "$C" "" "" "${sfx:-}"
+  # The same with the load generator off the server's core: at 1,000
+  # machines a second the ack's p99 moved 0.37-0.51 ms for both servers with
+  # the storm's threads sharing the two cores, and 0.07-0.09 ms (imgd) and
+  # 0.08-0.38 (dnsmasq) with the server on core 0 and the storm on core 1
+  # (session 25): what is left is the server's own time.
+  if [ "$(nproc)" -ge 2 ]; then
+    echo "the same, each server on core 0 and the storm on core 1:"
+    dhcp_rounds "$machines" "$window" "$storm" "$S" "$C" "taskset -c 0" "taskset -c 1" "_own_cores${sfx:-}"
   fi
-  echo "proxyDHCP storm: $machines UEFI PXE machines within ${window}s (DISCOVER -> offer, then REQUEST to port 4011 -> ack; no retries; medians of $rounds):"
-  printf '  %-34s imgd %8s      dnsmasq %8s      (goal: 0)\n' "machines without an ack" "$ierr" "$nerr"
-  printf '  %-34s imgd %8s ms   dnsmasq %8s ms\n' "offer latency p50" "$i50" "$n50"
-  printf '  %-34s imgd %8s ms   dnsmasq %8s ms\n' "offer latency p99" "$i99" "$n99"
-  printf '  %-34s imgd %8s ms   dnsmasq %8s ms\n' "4011 ack latency p99" "$ia99" "$na99"
-  printf '  %-34s imgd %8.1f MiB  dnsmasq %8.1f MiB  (goal: <= 2x; the highest of the rounds)\n' "server peak RSS" "$(calc "$rss / 1024")" "$(calc "$nrss / 1024")"
-  printf '  %-34s imgd %s  dnsmasq %s\n' "  own memory / program pages, after" "$split" "$nsplit"
+  drop_namespaces
   # Program pages depend on the hot functions lying together (build.rs):
   # names the binary no longer has are laid out where they fall. Counted
   # without LLVM's `.llvm.HASH` endings, which scripts/linker-wrapper.sh
@@ -669,6 +630,69 @@ storm_dhcp() {
   printf '  %-34s %s of the %s listed for the builds with and without AWS, plain and CI (scripts/hot-symbols.sh lists them again)\n' \
     "  hot functions laid out together" "$hot" "$listed"
   figure "dhcp_hot_functions${sfx:-}" "$hot" "$listed" count "$(calc "$hot / $listed")"
+}
+
+# dhcp_rounds MACHINES WINDOW STORM SERVER_NS CLIENT_NS SERVER_PIN STORM_PIN
+# SUFFIX: the proxyDHCP storm's rounds, imgd and dnsmasq taking turns, each
+# server started as SERVER_PIN (a command prefix, or "") and the storm as
+# STORM_PIN; prints the medians and records figures named dhcp_*SUFFIX.
+dhcp_rounds() {
+  local machines=$1 window=$2 storm=$3 S=$4 C=$5 spin=$6 cpin=$7 sfx=$8
+  # imgd and dnsmasq take turns, $rounds rounds each, and the medians are
+  # compared: at a 10 s window the p99s are a few tenths of a ms, and one
+  # run of each moved their ratio between 0.82 and 1.19 (sessions 19-24).
+  # Each round's server starts afresh, so its peak is that round's own; the
+  # highest peak of each is compared.
+  local rounds=${DHCP_ROUNDS:-$runs} r srv out irounds=() nrounds=() ipeaks="" npeaks="" rss=0 nrss=0 peak split nsplit
+  if [ "$window" -gt 10 ] && [ -z "${DHCP_ROUNDS:-}" ]; then rounds=1; fi
+  for r in $(seq "$rounds"); do
+    # shellcheck disable=SC2086 # the prefixes are words, or nothing
+    IMGD_STORE="$tmp/storm-store" ip netns exec "$S" setpriv --pdeathsig KILL -- $spin "$imgd" serve --listen 192.0.2.1:8080 \
+      --config "$tmp/storm-machines.toml" --proxy-dhcp eth0 2>"$tmp/storm-dhcp.log" &
+    srv=$!
+    servers+=("$srv")
+    local i
+    for i in $(seq 1 50); do grep -q "listening on" "$tmp/storm-dhcp.log" 2>/dev/null && break; sleep 0.1; done
+    echo 5 > "/proc/$srv/clear_refs"
+    # shellcheck disable=SC2086
+    out=$(ip netns exec "$C" $cpin "$storm" dhcp "$machines" "$window")
+    irounds+=("$out")
+    peak=$(awk '/VmHWM/ {print $2}' "/proc/$srv/status"); [ "$peak" -le "$rss" ] || rss=$peak
+    ipeaks+="$(awk -v p="$peak" 'BEGIN { printf "%.1f", p / 1024 }') "
+    split=$(rss_split "$srv")
+    stop_servers
+    # shellcheck disable=SC2086
+    ip netns exec "$S" $spin dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --interface=eth0 --bind-interfaces \
+      --dhcp-range=192.0.2.0,proxy --pxe-service=BC_EFI,imgd,snponly --pxe-service=X86-64_EFI,imgd,snponly \
+      --user=root --pid-file --log-facility=/dev/null &
+    srv=$!
+    servers+=("$srv")
+    sleep 1
+    # shellcheck disable=SC2086
+    out=$(ip netns exec "$C" $cpin "$storm" dhcp "$machines" "$window")
+    nrounds+=("$out")
+    peak=$(awk '/VmHWM/ {print $2}' "/proc/$srv/status"); [ "$peak" -le "$nrss" ] || nrss=$peak
+    npeaks+="$(awk -v p="$peak" 'BEGIN { printf "%.1f", p / 1024 }') "
+    nsplit=$(rss_split "$srv")
+    stop_servers
+  done
+  # Each round's line: machines offers acks secs p50 p99 ack_p50 ack_p99
+  # unanswered; the medians of each column (unanswered summed).
+  local a b _n io ia is i50 i99 ia50 ia99 ierr no na ns n50 n99 na50 na99 nerr
+  a=$(printf '%s\n' "${irounds[@]}" | columns_median)
+  b=$(printf '%s\n' "${nrounds[@]}" | columns_median)
+  read -r _n io ia is i50 i99 ia50 ia99 ierr <<<"$a"
+  read -r _n no na ns n50 n99 na50 na99 nerr <<<"$b"
+  if [ "$rounds" -gt 1 ]; then
+    echo "  (proxyDHCP, $rounds rounds each taking turns; offer p99 ms per round: imgd $(printf '%s\n' "${irounds[@]}" | awk '{printf "%s ", $6}')/ dnsmasq $(printf '%s\n' "${nrounds[@]}" | awk '{printf "%s ", $6}'); ack p99: imgd $(printf '%s\n' "${irounds[@]}" | awk '{printf "%s ", $8}')/ dnsmasq $(printf '%s\n' "${nrounds[@]}" | awk '{printf "%s ", $8}'); peak RSS MiB: imgd $ipeaks/ dnsmasq $npeaks)"
+  fi
+  echo "proxyDHCP storm: $machines UEFI PXE machines within ${window}s (DISCOVER -> offer, then REQUEST to port 4011 -> ack; no retries; medians of $rounds):"
+  printf '  %-34s imgd %8s      dnsmasq %8s      (goal: 0)\n' "machines without an ack" "$ierr" "$nerr"
+  printf '  %-34s imgd %8s ms   dnsmasq %8s ms\n' "offer latency p50" "$i50" "$n50"
+  printf '  %-34s imgd %8s ms   dnsmasq %8s ms\n' "offer latency p99" "$i99" "$n99"
+  printf '  %-34s imgd %8s ms   dnsmasq %8s ms\n' "4011 ack latency p99" "$ia99" "$na99"
+  printf '  %-34s imgd %8.1f MiB  dnsmasq %8.1f MiB  (goal: <= 2x; the highest of the rounds)\n' "server peak RSS" "$(calc "$rss / 1024")" "$(calc "$nrss / 1024")"
+  printf '  %-34s imgd %s  dnsmasq %s\n' "  own memory / program pages, after" "$split" "$nsplit"
   figure "dhcp_errors${sfx:-}" "$ierr" "$nerr" count -
   figure "dhcp_offer_p99${sfx:-}" "$i99" "$n99" ms "$(calc "$i99 / ($n99 + 0.001)")"
   figure "dhcp_ack_p99${sfx:-}" "$ia99" "$na99" ms "$(calc "$ia99 / ($na99 + 0.001)")"

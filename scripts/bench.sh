@@ -670,7 +670,7 @@ dhcp_rounds() {
   # run of each moved their ratio between 0.82 and 1.19 (sessions 19-24).
   # Each round's server starts afresh, so its peak is that round's own; the
   # highest peak of each is compared.
-  local rounds=${DHCP_ROUNDS:-$runs} r srv out irounds=() nrounds=() ipeaks="" npeaks="" rss=0 nrss=0 peak split nsplit
+  local rounds=${DHCP_ROUNDS:-$runs} r srv out irounds=() nrounds=() ipeaks="" npeaks="" rss=0 nrss=0 peak split nsplit now_split
   if [ "$window" -gt 10 ] && [ -z "${DHCP_ROUNDS:-}" ]; then rounds=1; fi
   for r in $(seq "$rounds"); do
     # shellcheck disable=SC2086 # the prefixes are words, or nothing
@@ -681,13 +681,9 @@ dhcp_rounds() {
     local i
     for i in $(seq 1 50); do grep -q "listening on" "$tmp/storm-dhcp.log" 2>/dev/null && break; sleep 0.1; done
     echo 5 > "/proc/$srv/clear_refs"
-    # shellcheck disable=SC2086
-    out=$(ip netns exec "$C" $cpin "$storm" dhcp "$machines" "$window")
-    irounds+=("$out")
-    peak=$(awk '/VmHWM/ {print $2}' "/proc/$srv/status"); [ "$peak" -le "$rss" ] || rss=$peak
-    ipeaks+="$(awk -v p="$peak" 'BEGIN { printf "%.1f", p / 1024 }') "
-    split=$(rss_split "$srv")
-    stop_servers
+    dhcp_measure "$srv"
+    irounds+=("$out"); ipeaks+="$(mib "$peak") "; split=$now_split
+    [ "$peak" -le "$rss" ] || rss=$peak
     # shellcheck disable=SC2086
     ip netns exec "$S" $spin dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --interface=eth0 --bind-interfaces \
       --dhcp-range=192.0.2.0,proxy --pxe-service=BC_EFI,imgd,snponly --pxe-service=X86-64_EFI,imgd,snponly \
@@ -695,13 +691,9 @@ dhcp_rounds() {
     srv=$!
     servers+=("$srv")
     sleep 1
-    # shellcheck disable=SC2086
-    out=$(ip netns exec "$C" $cpin "$storm" dhcp "$machines" "$window")
-    nrounds+=("$out")
-    peak=$(awk '/VmHWM/ {print $2}' "/proc/$srv/status"); [ "$peak" -le "$nrss" ] || nrss=$peak
-    npeaks+="$(awk -v p="$peak" 'BEGIN { printf "%.1f", p / 1024 }') "
-    nsplit=$(rss_split "$srv")
-    stop_servers
+    dhcp_measure "$srv"
+    nrounds+=("$out"); npeaks+="$(mib "$peak") "; nsplit=$now_split
+    [ "$peak" -le "$nrss" ] || nrss=$peak
   done
   # Each round's line: machines offers acks secs p50 p99 ack_p50 ack_p99
   # unanswered; the medians of each column (unanswered summed).
@@ -726,6 +718,20 @@ dhcp_rounds() {
   figure "dhcp_peak_rss${sfx:-}" "$(calc "$rss / 1024")" "$(calc "$nrss / 1024")" MiB "$(calc "$rss / ($nrss + 1)")"
   [ "$ierr" = 0 ] || { echo "bench.sh storm: imgd left $ierr machines unanswered; its log:" >&2; tail -5 "$tmp/storm-dhcp.log" >&2; exit 1; }
 }
+
+# dhcp_measure PID: one storm (dhcp_rounds' locals) against the server PID,
+# then the server stopped; sets out (the storm's line), peak (the server's
+# peak RSS, KiB) and now_split (rss_split after the storm).
+dhcp_measure() {
+  # shellcheck disable=SC2086 # the prefix is words, or nothing
+  out=$(ip netns exec "$C" $cpin "$storm" dhcp "$machines" "$window")
+  peak=$(awk '/VmHWM/ {print $2}' "/proc/$1/status")
+  now_split=$(rss_split "$1")
+  stop_servers
+}
+
+# mib KIB: KiB as MiB with one decimal.
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 # columns_median: lines of numbers in, one line out: each column's median
 # (the last, a count of failures, summed).

@@ -173,15 +173,17 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BatchWriter {
 mod tests {
     use super::*;
 
-    /// A `Write` whose bytes and write calls the test can read.
+    /// A `Write` whose bytes, write calls and writing threads the test can read.
     #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<(Vec<u8>, usize)>>);
+    struct Sink(Arc<Mutex<(Vec<u8>, usize, Vec<String>)>>);
 
     impl Write for Sink {
+        /// Keeps the bytes, counts the calls and notes the calling thread.
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             let mut s = lock(&self.0);
             s.0.extend_from_slice(buf);
             s.1 += 1;
+            s.2.push(std::thread::current().name().unwrap_or("").to_string());
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -207,7 +209,7 @@ mod tests {
             t.join().unwrap();
         }
         drop(guard);
-        let (bytes, writes) = lock(&sink.0).clone();
+        let (bytes, writes, _) = lock(&sink.0).clone();
         let text = String::from_utf8(bytes).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 8000, "nothing dropped");
@@ -241,25 +243,9 @@ mod tests {
         assert_eq!(lock(&sink.0).0.len(), 4 + (1 << 20));
     }
 
-    /// A `Write` that notes which threads wrote to it.
-    #[derive(Clone, Default)]
-    struct Writers(Arc<Mutex<(usize, Vec<String>)>>);
-
-    impl Write for Writers {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let mut s = lock(&self.0);
-            s.0 += buf.len();
-            s.1.push(std::thread::current().name().unwrap_or("").to_string());
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn a_busy_logger_below_the_bound_never_writes_itself() {
-        let sink = Writers::default();
+        let sink = Sink::default();
         let (mut w, guard) = batched(sink.clone(), "test-log").unwrap();
         // Half the bound, faster than 20 ms: the HTTP thread's case at
         // 160,000 renders a second. Every write is the writer's.
@@ -269,11 +255,11 @@ mod tests {
             w.write_all(b"\n").unwrap();
         }
         let end = std::time::Instant::now() + Duration::from_secs(5);
-        while lock(&sink.0).0 < MAX_BATCH / 2 {
+        while lock(&sink.0).0.len() < MAX_BATCH / 2 {
             assert!(std::time::Instant::now() < end, "the burst was never written");
             std::thread::sleep(Duration::from_millis(5));
         }
-        let writers = lock(&sink.0).1.clone();
+        let writers = lock(&sink.0).2.clone();
         assert!(writers.iter().all(|n| n == "test-log"), "written by {writers:?}");
         drop(guard);
     }

@@ -175,7 +175,10 @@ mod tests {
 
     /// A `Write` whose bytes, write calls and writing threads the test can read.
     #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<(Vec<u8>, usize, Vec<String>)>>);
+    struct Sink(Arc<Mutex<Sunk>>);
+
+    /// The bytes written, the write calls, and the thread of each call.
+    type Sunk = (Vec<u8>, usize, Vec<String>);
 
     impl Write for Sink {
         /// Keeps the bytes, counts the calls and notes the calling thread.

@@ -636,7 +636,7 @@ storm_dhcp() {
   # The same with the load generator off the server's core: at 1,000
   # machines a second the ack's p99 moved 0.37-0.51 ms for both servers with
   # the storm's threads sharing the two cores, and 0.07-0.09 ms (imgd) and
-  # 0.08-0.38 (dnsmasq) with the server on core 0 and the storm on core 1
+  # 0.08-0.43 (dnsmasq) with the server on core 0 and the storm on core 1
   # (session 25): what is left is the server's own time.
   if [ "$(nproc)" -ge 2 ]; then
     echo "the same, each server on core 0 and the storm on core 1:"

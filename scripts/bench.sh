@@ -670,7 +670,7 @@ dhcp_rounds() {
   # run of each moved their ratio between 0.82 and 1.19 (sessions 19-24).
   # Each round's server starts afresh, so its peak is that round's own; the
   # highest peak of each is compared.
-  local rounds=${DHCP_ROUNDS:-$runs} r srv out irounds=() nrounds=() ipeaks="" npeaks="" rss=0 nrss=0 peak split nsplit now_split
+  local rounds=${DHCP_ROUNDS:-$runs} r srv out irounds=() nrounds=() ipeaks="" npeaks="" rss=0 nrss=0 peak split nsplit now_split cpu_us icpus=() ncpus=()
   if [ "$window" -gt 10 ] && [ -z "${DHCP_ROUNDS:-}" ]; then rounds=1; fi
   for r in $(seq "$rounds"); do
     # shellcheck disable=SC2086 # the prefixes are words, or nothing
@@ -682,7 +682,7 @@ dhcp_rounds() {
     for i in $(seq 1 50); do grep -q "listening on" "$tmp/storm-dhcp.log" 2>/dev/null && break; sleep 0.1; done
     echo 5 > "/proc/$srv/clear_refs"
     dhcp_measure "$srv"
-    irounds+=("$out"); ipeaks+="$(mib "$peak") "; split=$now_split
+    irounds+=("$out"); ipeaks+="$(mib "$peak") "; split=$now_split; icpus+=("$cpu_us")
     [ "$peak" -le "$rss" ] || rss=$peak
     # shellcheck disable=SC2086
     ip netns exec "$S" $spin dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --interface=eth0 --bind-interfaces \
@@ -692,7 +692,7 @@ dhcp_rounds() {
     servers+=("$srv")
     sleep 1
     dhcp_measure "$srv"
-    nrounds+=("$out"); npeaks+="$(mib "$peak") "; nsplit=$now_split
+    nrounds+=("$out"); npeaks+="$(mib "$peak") "; nsplit=$now_split; ncpus+=("$cpu_us")
     [ "$peak" -le "$nrss" ] || nrss=$peak
   done
   # Each round's line: machines offers acks secs p50 p99 ack_p50 ack_p99
@@ -710,21 +710,31 @@ dhcp_rounds() {
   printf '  %-34s imgd %8s ms   dnsmasq %8s ms\n' "offer latency p50" "$i50" "$n50"
   printf '  %-34s imgd %8s ms   dnsmasq %8s ms\n' "offer latency p99" "$i99" "$n99"
   printf '  %-34s imgd %8s ms   dnsmasq %8s ms\n' "4011 ack latency p99" "$ia99" "$na99"
+  # CPU per machine ranks the servers more steadily than a p99 a few tenths
+  # of a ms long, as CPU per request does for the renders.
+  local icpu ncpu
+  icpu=$(printf '%s\n' "${icpus[@]}" | median); ncpu=$(printf '%s\n' "${ncpus[@]}" | median)
+  printf '  %-34s imgd %8.1f us   dnsmasq %8.1f us   (offer + ack; per round: imgd %s/ dnsmasq %s)\n' "server CPU per machine" "$icpu" "$ncpu" \
+    "$(printf '%.1f ' "${icpus[@]}")" "$(printf '%.1f ' "${ncpus[@]}")"
   printf '  %-34s imgd %8.1f MiB  dnsmasq %8.1f MiB  (goal: <= 2x; the highest of the rounds)\n' "server peak RSS" "$(calc "$rss / 1024")" "$(calc "$nrss / 1024")"
   printf '  %-34s imgd %s  dnsmasq %s\n' "  own memory / program pages, after" "$split" "$nsplit"
   figure "dhcp_errors${sfx:-}" "$ierr" "$nerr" count -
   figure "dhcp_offer_p99${sfx:-}" "$i99" "$n99" ms "$(calc "$i99 / ($n99 + 0.001)")"
   figure "dhcp_ack_p99${sfx:-}" "$ia99" "$na99" ms "$(calc "$ia99 / ($na99 + 0.001)")"
+  figure "dhcp_cpu_us${sfx:-}" "$icpu" "$ncpu" us "$(calc "$ncpu / ($icpu + 0.001)")"
   figure "dhcp_peak_rss${sfx:-}" "$(calc "$rss / 1024")" "$(calc "$nrss / 1024")" MiB "$(calc "$rss / ($nrss + 1)")"
   [ "$ierr" = 0 ] || { echo "bench.sh storm: imgd left $ierr machines unanswered; its log:" >&2; tail -5 "$tmp/storm-dhcp.log" >&2; exit 1; }
 }
 
 # dhcp_measure PID: one storm (dhcp_rounds' locals) against the server PID,
-# then the server stopped; sets out (the storm's line), peak (the server's
-# peak RSS, KiB) and now_split (rss_split after the storm).
+# then the server stopped; sets out (the storm's line), cpu_us (the server's
+# CPU time per machine, offer and ack), peak (its peak RSS, KiB) and
+# now_split (rss_split after the storm).
 dhcp_measure() {
+  local t0; t0=$(cpu_ticks "$1")
   # shellcheck disable=SC2086 # the prefix is words, or nothing
   out=$(ip netns exec "$C" $cpin "$storm" dhcp "$machines" "$window")
+  cpu_us=$(calc "($(cpu_ticks "$1") - $t0) / $(getconf CLK_TCK) * 1e6 / $machines")
   peak=$(awk '/VmHWM/ {print $2}' "/proc/$1/status")
   now_split=$(rss_split "$1")
   stop_servers

@@ -31,6 +31,11 @@ struct Budget {
 /// ends (async-tftp drops the reader then, however it ends).
 struct Metered {
     bytes: futures_lite::io::Cursor<bytes::Bytes>,
+    _place: Place,
+}
+
+/// One transfer's place in the budget, given back when dropped.
+struct Place {
     budget: Arc<Mutex<Budget>>,
     client: IpAddr,
 }
@@ -41,7 +46,7 @@ impl futures_lite::AsyncRead for Metered {
     }
 }
 
-impl Drop for Metered {
+impl Drop for Place {
     fn drop(&mut self) {
         let mut b = self.budget.lock().unwrap_or_else(|e| e.into_inner());
         b.total = b.total.saturating_sub(1);
@@ -60,15 +65,15 @@ struct LoaderFiles(Loaders, Arc<Metrics>, Arc<Mutex<Budget>>, Arc<Status>);
 
 impl LoaderFiles {
     /// A place for one more transfer from `client`, if the budget has one.
-    fn admit(&self, client: IpAddr) -> bool {
+    fn admit(&self, client: IpAddr) -> Option<Place> {
         let mut b = self.2.lock().unwrap_or_else(|e| e.into_inner());
         let mine = b.per_client.get(&client).copied().unwrap_or(0);
         if b.total >= TFTP_MAX_TRANSFERS || mine >= TFTP_MAX_PER_CLIENT {
-            return false;
+            return None;
         }
         b.total += 1;
         b.per_client.insert(client, mine + 1);
-        true
+        Some(Place { budget: self.2.clone(), client })
     }
 }
 
@@ -86,6 +91,13 @@ impl async_tftp::server::Handler for LoaderFiles {
             self.1.tftp("-", "refused");
             return Err(async_tftp::packet::Error::FileNotFound);
         };
+        // Admitted first: a client turned away costs no read of the file.
+        let Some(place) = self.admit(client.ip()) else {
+            // Debug, not info: a flood would otherwise flood the log too.
+            tracing::debug!(%client, "TFTP: busy ({TFTP_MAX_PER_CLIENT} per client, {TFTP_MAX_TRANSFERS} in all)");
+            self.1.tftp(l.file_name(), "busy");
+            return Err(async_tftp::packet::Error::Msg("busy, try again".into()));
+        };
         let b = match self.0.get(l) {
             Ok(b) => b,
             Err(e) => {
@@ -94,17 +106,11 @@ impl async_tftp::server::Handler for LoaderFiles {
                 return Err(async_tftp::packet::Error::Msg("cannot read the file".into()));
             }
         };
-        if !self.admit(client.ip()) {
-            // Debug, not info: a flood would otherwise flood the log too.
-            tracing::debug!(%client, "TFTP: busy ({TFTP_MAX_PER_CLIENT} per client, {TFTP_MAX_TRANSFERS} in all)");
-            self.1.tftp(l.file_name(), "busy");
-            return Err(async_tftp::packet::Error::Msg("busy, try again".into()));
-        }
         self.1.tftp(l.file_name(), "sent");
         self.3.loader(client.ip());
         tracing::info!(%client, "TFTP: sending {} ({} bytes)", l.file_name(), b.len());
         let len = b.len() as u64;
-        let reader = Metered { bytes: futures_lite::io::Cursor::new(b), budget: self.2.clone(), client: client.ip() };
+        let reader = Metered { bytes: futures_lite::io::Cursor::new(b), _place: place };
         Ok((reader, Some(len)))
     }
 

@@ -3,6 +3,7 @@
 //! [`super::http::respond`]'s decision and streamed by [`super::http::stream`]. Accepting
 //! connections lives in [`super::http::listener`].
 
+use super::boot::loaders::Loader;
 use super::boot::machines::Machine;
 use super::boot::render::{self, ipxe_safe, Rendered};
 use super::boot::route::{self, Claims, Labels, Refused, Route};
@@ -397,25 +398,11 @@ impl Server {
         let endpoint = route.endpoint();
         let resp = match route {
             Route::Chain { labels } => Self::script(self.chain(&state, &labels)),
-            Route::Signature(_) | Route::Artifact { .. } | Route::Signed { .. } => {
+            Route::Signature(_) | Route::Artifact { .. } | Route::Signed { .. } | Route::Loader { .. } => {
                 return Made::Later(ToSend { route, state: arc_swap::Guard::into_inner(state) })
             }
             Route::Machine { claims, labels } => self.machine_script(&state, claims, labels, client),
             Route::Profile { name } => self.profile_script(&state, &name, client),
-            Route::Loader { loader } => match &self.opts.loaders {
-                Some(l) => match l.get(loader) {
-                    Ok(b) => {
-                        let mut r = Response::new(Full::new(b).map_err(|never| match never {}).boxed());
-                        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/efi"));
-                        r
-                    }
-                    Err(e) => {
-                        tracing::error!(%client, "cannot read {}: {e}", loader.file_name());
-                        text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the loader\n")
-                    }
-                },
-                None => text(StatusCode::NOT_FOUND, "not found\n"),
-            },
             Route::Metrics => text(StatusCode::OK, self.metrics.render(&state.stale_metrics(), &self.chunks)),
             Route::Healthz => self.health(),
             Route::Status { json, sort } => self.status_page(client, json, sort),
@@ -423,8 +410,8 @@ impl Server {
         Made::Now(endpoint, resp)
     }
 
-    /// Sends a file or a signature: the only answers that wait (on the
-    /// disk, or the signing tool).
+    /// Sends a file, a loader or a signature: the only answers that wait
+    /// (on the disk, or the signing tool).
     async fn send(
         self: &Arc<Self>,
         ToSend { route, state }: ToSend,
@@ -449,9 +436,28 @@ impl Server {
                     }
                 }
             }
+            Route::Loader { loader } => self.loader(loader, client).await,
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         };
         (endpoint, resp)
+    }
+
+    /// An iPXE build for UEFI HTTP boot (with `--proxy-dhcp`).
+    async fn loader(&self, loader: Loader, client: IpAddr) -> Response<Body> {
+        let Some(loaders) = &self.opts.loaders else {
+            return text(StatusCode::NOT_FOUND, "not found\n");
+        };
+        match loaders.get(loader).await {
+            Ok(b) => {
+                let mut r = Response::new(Full::new(b).map_err(|never| match never {}).boxed());
+                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/efi"));
+                r
+            }
+            Err(e) => {
+                tracing::error!(%client, "cannot read {}: {e}", loader.file_name());
+                text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the loader\n")
+            }
+        }
     }
 
     /// The page's groups (what each boots, how many of the table's machines

@@ -95,22 +95,43 @@ impl Loaders {
     /// Its bytes: the copy a transfer in progress holds, else read again
     /// from the file opened at start-up. An error if that file is now
     /// shorter than it was then (changed in place; never served in part).
-    pub(crate) fn get(&self, l: Loader) -> std::io::Result<Bytes> {
+    ///
+    /// The read runs on a blocking thread, not the one asking: for TFTP
+    /// that thread also answers proxyDHCP, for UEFI HTTP boot it serves
+    /// other requests, and ~250 KiB from a cold disk can take milliseconds.
+    pub(crate) async fn get(&self, l: Loader) -> std::io::Result<Bytes> {
         let o = match l {
             Loader::BiosUndi => &self.bios_undi,
             Loader::UefiSnp => &self.uefi_snp,
         };
-        let mut in_use = o.in_use.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(b) = in_use.upgrade() {
+        if let Some(b) = o.in_use().upgrade() {
             return Ok(Bytes::from_owner(Shared(b)));
         }
-        let mut b = vec![0; o.len];
-        o.file
-            .read_exact_at(&mut b, 0)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", o.path.display())))?;
-        let b = Arc::new(b);
-        *in_use = Arc::downgrade(&b);
+        let reading = o.clone();
+        let read = tokio::task::spawn_blocking(move || reading.read()).await.map_err(std::io::Error::other)??;
+        // Another transfer may have read it meanwhile: all share one copy.
+        let mut in_use = o.in_use();
+        let b = in_use.upgrade().unwrap_or_else(|| {
+            let b = Arc::new(read);
+            *in_use = Arc::downgrade(&b);
+            b
+        });
         Ok(Bytes::from_owner(Shared(b)))
+    }
+}
+
+impl Opened {
+    fn in_use(&self) -> std::sync::MutexGuard<'_, Weak<Vec<u8>>> {
+        self.in_use.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The whole file, as long as it was at start-up.
+    fn read(&self) -> std::io::Result<Vec<u8>> {
+        let mut b = vec![0; self.len];
+        self.file
+            .read_exact_at(&mut b, 0)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", self.path.display())))?;
+        Ok(b)
     }
 }
 
@@ -135,12 +156,12 @@ mod tests {
         dir
     }
 
-    #[test]
-    fn bytes_are_shared_while_in_use_and_read_again_after() {
+    #[tokio::test]
+    async fn bytes_are_shared_while_in_use_and_read_again_after() {
         let dir = two_loaders();
         let l = Loaders::load(dir.path()).unwrap();
-        let a = l.get(Loader::UefiSnp).unwrap();
-        let b = l.get(Loader::UefiSnp).unwrap();
+        let a = l.get(Loader::UefiSnp).await.unwrap();
+        let b = l.get(Loader::UefiSnp).await.unwrap();
         assert_eq!(&a[..], b"uefi loader");
         assert_eq!(a.as_ptr(), b.as_ptr(), "one copy while in use");
         drop((a, b));
@@ -148,16 +169,33 @@ mod tests {
         // A package upgrade renames a new file over the old: the open one is served.
         std::fs::write(dir.path().join("new"), b"other").unwrap();
         std::fs::rename(dir.path().join("new"), dir.path().join("snponly.efi")).unwrap();
-        assert_eq!(&l.get(Loader::UefiSnp).unwrap()[..], b"uefi loader");
-        assert_eq!(&l.get(Loader::BiosUndi).unwrap()[..], b"bios");
+        assert_eq!(&l.get(Loader::UefiSnp).await.unwrap()[..], b"uefi loader");
+        assert_eq!(&l.get(Loader::BiosUndi).await.unwrap()[..], b"bios");
     }
 
-    #[test]
-    fn a_loader_cut_short_in_place_is_refused_not_served_in_part() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn transfers_starting_together_share_one_copy() {
+        let dir = two_loaders();
+        let l = Loaders::load(dir.path()).unwrap();
+        let gets: Vec<_> = (0..16)
+            .map(|_| {
+                let l = l.clone();
+                tokio::spawn(async move { l.get(Loader::BiosUndi).await.unwrap() })
+            })
+            .collect();
+        let mut got = Vec::new();
+        for g in gets {
+            got.push(g.await.unwrap());
+        }
+        assert!(got.iter().all(|b| &b[..] == b"bios" && b.as_ptr() == got[0].as_ptr()), "one copy for all");
+    }
+
+    #[tokio::test]
+    async fn a_loader_cut_short_in_place_is_refused_not_served_in_part() {
         let dir = two_loaders();
         let l = Loaders::load(dir.path()).unwrap();
         std::fs::OpenOptions::new().write(true).open(dir.path().join("snponly.efi")).unwrap().set_len(3).unwrap();
-        let e = l.get(Loader::UefiSnp).unwrap_err();
+        let e = l.get(Loader::UefiSnp).await.unwrap_err();
         assert!(e.to_string().contains("snponly.efi"), "{e}");
     }
 

@@ -98,7 +98,7 @@ impl async_tftp::server::Handler for LoaderFiles {
             self.1.tftp(l.file_name(), "busy");
             return Err(async_tftp::packet::Error::Msg("busy, try again".into()));
         };
-        let b = match self.0.get(l) {
+        let b = match self.0.get(l).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(%client, "TFTP: cannot read {}: {e}", l.file_name());

@@ -39,6 +39,9 @@ pub struct Faults {
     pub part_delay_ms: u64,
     /// Flip a byte in the first UploadPart's body (moto stores it anyway).
     pub corrupt_first_part: bool,
+    /// Answer this many UploadParts with a bare 502 and no body, as a load
+    /// balancer in front of S3-compatible storage does; they never reach moto.
+    pub bare_502_parts: usize,
     /// Accept this many PutSnapshotBlock requests, then hold every later one
     /// unanswered (a link that died mid-upload) until [`Proxy::release_blocks`];
     /// held ones never reach moto. 0: never.
@@ -58,6 +61,8 @@ pub struct Log {
     /// Bodies of EC2 calls and of StartSnapshot, to check what was asked for.
     pub bodies: Vec<(String, String)>,
     pub corrupted: usize,
+    /// UploadParts answered with a bare 502.
+    pub bare_502s: usize,
     /// S3 bodies that came with a checksum header, checked as S3 would.
     pub checksums_checked: usize,
     /// Those whose body did not match its header (S3 would answer BadDigest).
@@ -259,6 +264,13 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
         });
     }
 
+    if upload_part {
+        let mut log = st.log.lock().unwrap();
+        if log.bare_502s < st.faults.bare_502_parts {
+            log.bare_502s += 1;
+            return Ok(Response::builder().status(StatusCode::BAD_GATEWAY).body(Full::new(Bytes::new())).unwrap());
+        }
+    }
     if parts.method == hyper::Method::PUT {
         if let Some(bad) = checksum_mismatch(&parts.headers, &body) {
             let mut log = st.log.lock().unwrap();

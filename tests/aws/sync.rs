@@ -182,6 +182,35 @@ fn import_method_uses_import_snapshot_and_explains_a_missing_vmimport_role() {
     assert_eq!(moto.images("us-east-1").len(), 1, "{ami}");
 }
 
+/// A bare 5xx (no body, as from a load balancer) is retried like S3's own,
+/// and the log says what the endpoint answered: the SDK alone reports only
+/// "unhandled error: error parsing XML".
+#[test]
+fn a_bare_502_to_a_part_is_retried_and_named() {
+    use super::proxy::{Faults, Proxy};
+    let moto = Moto::start();
+    moto.py("s3.create_bucket(Bucket='imgs')");
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let args = ["hello", "--bucket", "imgs", "--regions", "us-east-1"];
+    let named = "S3 UploadPart: the endpoint answered HTTP 502 with an empty body";
+
+    // Every attempt answered so: the sync fails, and says with what.
+    let down = Proxy::start(&moto.addr, Faults { bare_502_parts: usize::MAX, ..Faults::default() });
+    let out = support::aws(&down.url, &store, "sync", &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(named) && err.contains("part 1 of s3://imgs/"), "{err}");
+    assert!(moto.images("us-east-1").is_empty());
+
+    // Once: the SDK's retry sends the part again, and the sync completes.
+    let once = Proxy::start(&moto.addr, Faults { bare_502_parts: 1, ..Faults::default() });
+    let (r, err) = support::aws_ok(&once.url, &store, "sync", &args);
+    assert_eq!(once.log(|l| l.bare_502s), 1);
+    assert_eq!(err.matches(named).count(), 1, "{err}");
+    assert_eq!(moto.images("us-east-1").len(), 1, "{r}");
+}
+
 #[test]
 fn two_syncs_of_one_build_at_once_make_one_image_and_both_succeed() {
     two_syncs_at_once(false);

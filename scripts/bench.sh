@@ -669,8 +669,11 @@ dhcp_rounds() {
   # compared: at a 10 s window the p99s are a few tenths of a ms, and one
   # run of each moved their ratio between 0.82 and 1.19 (sessions 19-24).
   # Each round's server starts afresh, so its peak is that round's own; the
-  # highest peak of each is compared.
+  # highest peak of each is compared. At least 7 rounds (not QUICK): each
+  # server's offer p99 moved 0.15-0.40 ms from round to round (session 26,
+  # 9 rounds), and medians of fewer move the ratio by several hundredths.
   local rounds=${DHCP_ROUNDS:-$runs} r srv out irounds=() nrounds=() ipeaks="" npeaks="" rss=0 nrss=0 peak split nsplit now_split cpu_us icpus=() ncpus=()
+  if [ "$quick" != 1 ] && [ -z "${DHCP_ROUNDS:-}" ] && [ "$rounds" -lt 7 ]; then rounds=7; fi
   if [ "$window" -gt 10 ] && [ -z "${DHCP_ROUNDS:-}" ]; then rounds=1; fi
   for r in $(seq "$rounds"); do
     # shellcheck disable=SC2086 # the prefixes are words, or nothing

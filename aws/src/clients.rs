@@ -69,9 +69,9 @@ impl Clients {
 
 /// Says what an endpoint answered when an error was not the service's own
 /// (an empty 5xx from a load balancer, a proxy's HTML page, an emulator's
-/// crash): the SDK reports only "unhandled error: error parsing XML", which
-/// names neither the status nor who answered. Logged on every attempt,
-/// retried or not.
+/// crash): the SDK reports only "unhandled error" ("Error" for an empty
+/// body, "error parsing XML" for text), which names neither the status nor
+/// what came back. Logged on every attempt, retried or not.
 #[derive(Debug)]
 struct NotTheServices;
 

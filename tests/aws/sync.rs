@@ -184,7 +184,7 @@ fn import_method_uses_import_snapshot_and_explains_a_missing_vmimport_role() {
 
 /// A bare 5xx (no body, as from a load balancer) is retried like S3's own,
 /// and the log says what the endpoint answered: the SDK alone reports only
-/// "unhandled error: error parsing XML".
+/// "unhandled error: Error".
 #[test]
 fn a_bare_502_to_a_part_is_retried_and_named() {
     use super::proxy::{Faults, Proxy};

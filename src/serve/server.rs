@@ -135,9 +135,15 @@ pub struct Server {
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
+    let mut r = whole(body, "text/plain; charset=utf-8");
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// A 200 answer of `body`, all in memory, of `content_type`.
+fn whole(body: impl Into<Bytes>, content_type: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -448,11 +454,7 @@ impl Server {
             return text(StatusCode::NOT_FOUND, "not found\n");
         };
         match loaders.get(loader).await {
-            Ok(b) => {
-                let mut r = Response::new(Full::new(b).map_err(|never| match never {}).boxed());
-                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/efi"));
-                r
-            }
+            Ok(b) => whole(b, "application/efi"),
             Err(e) => {
                 tracing::error!(%client, "cannot read {}: {e}", loader.file_name());
                 text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the loader\n")
@@ -763,8 +765,7 @@ impl Server {
         };
         match sig {
             Ok(sig) => {
-                let mut r = Response::new(Full::new(sig).map_err(|never| match never {}).boxed());
-                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/pkcs7-signature"));
+                let mut r = whole(sig, "application/pkcs7-signature");
                 r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 r
             }
